@@ -1,0 +1,311 @@
+//! Commands: everything that changes engine state. A command is plain data, carries its
+//! ingest timestamp, and is what the journal records, so replaying the same commands
+//! reproduces the same events.
+
+use crate::types::{
+    AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Side, UnixNanos,
+};
+
+/// How an order executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum OrderType {
+    /// Limit, good till canceled: matches what it can, rests the remainder.
+    Limit = 0,
+    /// Immediate or cancel: matches what it can at its limit, cancels the rest.
+    Ioc = 1,
+    /// Fill or kill: fills completely at its limit at once, or does nothing.
+    Fok = 2,
+    /// Market: matches at any price until filled, out of liquidity or out of funds.
+    Market = 3,
+    /// Post-only limit: rests without matching; rejected if it would cross.
+    PostOnly = 4,
+}
+
+impl OrderType {
+    /// Wire code.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`OrderType::as_u8`].
+    pub fn from_u8(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => OrderType::Limit,
+            1 => OrderType::Ioc,
+            2 => OrderType::Fok,
+            3 => OrderType::Market,
+            4 => OrderType::PostOnly,
+            _ => return None,
+        })
+    }
+
+    /// Name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderType::Limit => "limit",
+            OrderType::Ioc => "ioc",
+            OrderType::Fok => "fok",
+            OrderType::Market => "market",
+            OrderType::PostOnly => "post_only",
+        }
+    }
+}
+
+/// Self-trade prevention: what happens when an order would trade against a resting order
+/// of the same account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum StpMode {
+    /// Cancel the resting order and keep matching the incoming one.
+    #[default]
+    CancelResting = 0,
+    /// Cancel the rest of the incoming order.
+    CancelIncoming = 1,
+    /// Cancel both.
+    CancelBoth = 2,
+    /// Allow the self-trade.
+    None = 3,
+}
+
+impl StpMode {
+    /// Wire code.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`StpMode::as_u8`].
+    pub fn from_u8(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => StpMode::CancelResting,
+            1 => StpMode::CancelIncoming,
+            2 => StpMode::CancelBoth,
+            3 => StpMode::None,
+            _ => return None,
+        })
+    }
+}
+
+/// A new order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewOrder {
+    /// Unique id, allocated by the submitter (see `EngineHandle::allocate_order_id`).
+    pub order_id: OrderId,
+    /// The client's own id for the order, echoed in every report (0 = none).
+    pub client_order_id: u64,
+    /// Owner.
+    pub account: AccountId,
+    /// Market.
+    pub instrument: InstrumentId,
+    /// Buy or sell.
+    pub side: Side,
+    /// Execution style.
+    pub order_type: OrderType,
+    /// Limit price (ignored for market orders).
+    pub price: Price,
+    /// Quantity.
+    pub qty: Qty,
+    /// Self-trade prevention.
+    pub stp: StpMode,
+}
+
+/// Cancel a resting order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CancelOrder {
+    /// The order.
+    pub order_id: OrderId,
+    /// Must own the order; anyone else gets `UnknownOrder`.
+    pub account: AccountId,
+    /// The order's market.
+    pub instrument: InstrumentId,
+}
+
+/// Change a resting order's price and/or quantity. Lowering the quantity at the same price
+/// keeps time priority; any other change loses it (and may trade).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplaceOrder {
+    /// The order.
+    pub order_id: OrderId,
+    /// Must own the order.
+    pub account: AccountId,
+    /// The order's market.
+    pub instrument: InstrumentId,
+    /// New limit price.
+    pub price: Price,
+    /// New total open quantity (what remains to fill after the replace).
+    pub qty: Qty,
+}
+
+/// Credit (positive) or debit (negative) an account: the only way money enters or leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// Account.
+    pub account: AccountId,
+    /// Asset.
+    pub asset: AssetId,
+    /// Signed amount; a debit cannot exceed the available balance.
+    pub amount: Amount,
+    /// Echoed in the report so the submitter can match it.
+    pub request_id: u64,
+}
+
+/// What a command asks the engine to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Place an order.
+    New(NewOrder),
+    /// Cancel an order.
+    Cancel(CancelOrder),
+    /// Replace an order.
+    Replace(ReplaceOrder),
+    /// Deposit or withdraw.
+    Transfer(Transfer),
+}
+
+/// A command with its ingest timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// Assigned at ingest; every event the command causes carries it.
+    pub ts: UnixNanos,
+    /// The request.
+    pub kind: CommandKind,
+}
+
+impl Command {
+    /// The instrument the command is about, if any (transfers are not).
+    pub fn instrument(&self) -> Option<InstrumentId> {
+        match &self.kind {
+            CommandKind::New(o) => Some(o.instrument),
+            CommandKind::Cancel(c) => Some(c.instrument),
+            CommandKind::Replace(r) => Some(r.instrument),
+            CommandKind::Transfer(_) => None,
+        }
+    }
+}
+
+/// Why a command (or part of an order) was refused or ended. Stable codes: they go on the
+/// wire and into client code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RejectReason {
+    /// No reason (the report is not a rejection).
+    None = 0,
+    /// The instrument id is not in this engine.
+    UnknownInstrument = 1,
+    /// The account id is outside the account table.
+    UnknownAccount = 2,
+    /// Quantity is zero or negative.
+    NonPositiveQty = 3,
+    /// Quantity is not a multiple of the lot size, or above the maximum.
+    InvalidQty = 4,
+    /// Price is not a multiple of the tick size.
+    InvalidPrice = 5,
+    /// Price is outside the instrument's band.
+    PriceOutOfBand = 6,
+    /// The account cannot fund the order (or the debit).
+    InsufficientFunds = 7,
+    /// No such open order for this account.
+    UnknownOrder = 8,
+    /// The order id is already in use.
+    DuplicateOrderId = 9,
+    /// A post-only order would have crossed.
+    WouldCross = 10,
+    /// A fill-or-kill order could not be filled completely.
+    FokUnfillable = 11,
+    /// Self-trade prevention ended the order.
+    SelfTrade = 12,
+    /// A market or IOC order found nothing (more) to trade with.
+    NoLiquidity = 13,
+    /// Amount arithmetic would overflow.
+    Overflow = 14,
+    /// The replace changes nothing.
+    NoChange = 15,
+    /// Canceled at the owner's request.
+    UserCanceled = 16,
+    /// The engine's order capacity is exhausted.
+    BookFull = 17,
+    /// The asset id is not in the asset table.
+    UnknownAsset = 18,
+}
+
+impl RejectReason {
+    /// Wire code.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`RejectReason::as_u8`].
+    pub fn from_u8(code: u8) -> Option<Self> {
+        use RejectReason::*;
+        Some(match code {
+            0 => None,
+            1 => UnknownInstrument,
+            2 => UnknownAccount,
+            3 => NonPositiveQty,
+            4 => InvalidQty,
+            5 => InvalidPrice,
+            6 => PriceOutOfBand,
+            7 => InsufficientFunds,
+            8 => UnknownOrder,
+            9 => DuplicateOrderId,
+            10 => WouldCross,
+            11 => FokUnfillable,
+            12 => SelfTrade,
+            13 => NoLiquidity,
+            14 => Overflow,
+            15 => NoChange,
+            16 => UserCanceled,
+            17 => BookFull,
+            18 => UnknownAsset,
+            _ => return Option::None,
+        })
+    }
+
+    /// Stable snake_case code used in JSON.
+    pub fn as_str(self) -> &'static str {
+        use RejectReason::*;
+        match self {
+            None => "none",
+            UnknownInstrument => "unknown_instrument",
+            UnknownAccount => "unknown_account",
+            NonPositiveQty => "non_positive_qty",
+            InvalidQty => "invalid_qty",
+            InvalidPrice => "invalid_price",
+            PriceOutOfBand => "price_out_of_band",
+            InsufficientFunds => "insufficient_funds",
+            UnknownOrder => "unknown_order",
+            DuplicateOrderId => "duplicate_order_id",
+            WouldCross => "would_cross",
+            FokUnfillable => "fok_unfillable",
+            SelfTrade => "self_trade",
+            NoLiquidity => "no_liquidity",
+            Overflow => "overflow",
+            NoChange => "no_change",
+            UserCanceled => "user_canceled",
+            BookFull => "book_full",
+            UnknownAsset => "unknown_asset",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for code in 0..=255u8 {
+            if let Some(r) = RejectReason::from_u8(code) {
+                assert_eq!(r.as_u8(), code);
+            }
+            if let Some(t) = OrderType::from_u8(code) {
+                assert_eq!(t.as_u8(), code);
+            }
+            if let Some(s) = StpMode::from_u8(code) {
+                assert_eq!(s.as_u8(), code);
+            }
+        }
+        assert_eq!(RejectReason::from_u8(17), Some(RejectReason::BookFull));
+        assert_eq!(RejectReason::from_u8(19), None);
+    }
+}

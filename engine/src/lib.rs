@@ -1,0 +1,37 @@
+//! tickgate's engine: deterministic limit order books, matching, accounts and events.
+//!
+//! Data flow: a [`Command`] (new order, cancel, replace, transfer) enters an [`Engine`]
+//! shard, which validates it, checks and holds funds in the [`Ledger`], matches it
+//! against the instrument's [`OrderBook`] and pushes [`Event`]s (execution reports,
+//! trades, book deltas, best bid/offer) into an [`EventSink`]. The [`runtime`] runs each
+//! shard on its own thread behind a bounded lock-free command queue and publishes events
+//! into an [`EventRing`] that any number of readers consume at their own pace.
+//!
+//! Everything inside is integer fixed-point (`Price`, `Qty`, `Amount`); no wall clock or
+//! randomness reaches the matching core, so the same commands always give the same events.
+
+pub mod accounts;
+pub mod book;
+pub mod command;
+pub mod engine;
+pub mod event;
+pub mod instrument;
+pub mod l2;
+pub mod ring;
+pub mod runtime;
+pub mod types;
+
+pub use accounts::{Balance, Ledger};
+pub use book::{BookSnapshot, OrderBook, RestingOrder};
+pub use command::{
+    CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
+    Transfer,
+};
+pub use engine::{Engine, EngineCounters, EngineSpec, EventSink};
+pub use event::{Bbo, BookDelta, Event, EventDigest, ExecKind, ExecReport, Trade, EVENT_WORDS};
+pub use instrument::{default_markets, Asset, Instrument, InstrumentSpec};
+pub use l2::L2Book;
+pub use ring::{EventRing, ReadOutcome, RingReader, RingWriter};
+pub use types::{
+    AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Seq, Side, UnixNanos,
+};

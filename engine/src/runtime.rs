@@ -1,0 +1,493 @@
+//! Threads and queues around [`Engine`] shards.
+//!
+//! Each shard owns a disjoint set of instruments (instrument `i` goes to shard
+//! `i % shards`) and runs on its own OS thread. Commands reach it through a bounded
+//! crossbeam channel (lock-free array queue): a full queue is an immediate
+//! [`SubmitError::QueueFull`] to the submitter, never a silent drop and never a block.
+//! The shard stamps each command with its ingest time, processes commands in batches and
+//! publishes the events of a batch into its [`EventRing`] with one head store. Readers of
+//! the ring never block it.
+//!
+//! Accounts: each shard keeps its own ledger, so with several shards an account's funds
+//! are partitioned per shard (an isolated risk domain per shard, funded by transfers sent
+//! to that shard). With one shard (the default) there is one ledger for everything.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_utils::{Backoff, CachePadded};
+
+use crate::accounts::Balance;
+use crate::book::BookSnapshot;
+use crate::command::{Command, CommandKind, Transfer};
+use crate::engine::{Engine, EngineCounters, EngineSpec};
+use crate::instrument::{Asset, Instrument, InstrumentError};
+use crate::ring::{EventRing, RingReader, RingWriter};
+use crate::types::{AccountId, AssetId, InstrumentId, OrderId, UnixNanos};
+
+/// Called by a shard thread after it publishes a batch of events (e.g. to wake async
+/// readers). Must be cheap and must not block.
+pub type PublishHook = Arc<dyn Fn() + Send + Sync>;
+
+/// How the engine runs.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Instruments, assets, accounts, book capacity.
+    pub spec: EngineSpec,
+    /// Shard threads (at least 1).
+    pub shards: usize,
+    /// Commands each shard's queue holds before submitters get `QueueFull`.
+    pub queue_capacity: usize,
+    /// Events each shard's ring keeps for readers (rounded up to a power of two).
+    pub ring_capacity: usize,
+    /// Commands processed between two publications of the ring head.
+    pub batch_max: usize,
+    /// Called after every publication.
+    pub on_publish: Option<PublishHook>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("shards", &self.shards)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("ring_capacity", &self.ring_capacity)
+            .field("batch_max", &self.batch_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            spec: EngineSpec::default(),
+            shards: 1,
+            queue_capacity: 65_536,
+            ring_capacity: 1 << 20,
+            batch_max: 1024,
+            on_publish: None,
+        }
+    }
+}
+
+/// Why a command was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The shard's queue is full: back off and retry.
+    #[error("engine queue is full")]
+    QueueFull,
+    /// The engine has stopped.
+    #[error("engine has stopped")]
+    Stopped,
+    /// No shard owns the instrument.
+    #[error("unknown instrument")]
+    UnknownInstrument,
+    /// No such shard.
+    #[error("unknown shard")]
+    UnknownShard,
+}
+
+/// A read-only question answered by a shard between two commands.
+enum Query {
+    Book {
+        instrument: InstrumentId,
+        depth: usize,
+        reply: Sender<Option<BookSnapshot>>,
+    },
+    Balances {
+        account: AccountId,
+        reply: Sender<Option<Vec<Balance>>>,
+    },
+    Digest {
+        reply: Sender<(u64, EngineCounters)>,
+    },
+}
+
+enum Request {
+    Command(Command),
+    Query(Query),
+    Stop,
+}
+
+/// Per-shard counters, updated once per batch.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    commands: CachePadded<AtomicU64>,
+    events: AtomicU64,
+    trades: AtomicU64,
+    rejects: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl ShardStats {
+    fn store(&self, c: &EngineCounters, batches: u64) {
+        self.commands.store(c.commands, Ordering::Relaxed);
+        self.events.store(c.events, Ordering::Relaxed);
+        self.trades.store(c.trades, Ordering::Relaxed);
+        self.rejects.store(c.rejects, Ordering::Relaxed);
+        self.batches.store(batches, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> EngineCounters {
+        EngineCounters {
+            commands: self.commands.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            trades: self.trades.load(Ordering::Relaxed),
+            rejects: self.rejects.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct ShardLink {
+    tx: Sender<Request>,
+    ring: Arc<EventRing>,
+    stats: Arc<ShardStats>,
+}
+
+struct Shared {
+    shards: Vec<ShardLink>,
+    instruments: Vec<Instrument>,
+    assets: Vec<Asset>,
+    next_order_id: AtomicU64,
+    stopped: AtomicBool,
+}
+
+/// A cheap, cloneable handle to submit commands, ask questions and read events.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("shards", &self.shared.shards.len())
+            .finish()
+    }
+}
+
+/// The running engine: its threads and a handle.
+pub struct EngineRuntime {
+    handle: EngineHandle,
+    threads: Vec<JoinHandle<Engine>>,
+}
+
+/// Wall-clock nanoseconds since the epoch (0 if the clock is before 1970).
+pub fn now_nanos() -> UnixNanos {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    UnixNanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+impl EngineRuntime {
+    /// Builds every shard and starts its thread.
+    pub fn start(config: RuntimeConfig) -> Result<EngineRuntime, InstrumentError> {
+        let shard_count = config.shards.max(1);
+        let mut links = Vec::with_capacity(shard_count);
+        let mut threads = Vec::with_capacity(shard_count);
+        let mut instruments = Vec::new();
+        for shard in 0..shard_count {
+            let engine = Engine::new(&config.spec, |i| i.0 as usize % shard_count == shard)?;
+            instruments = engine.instruments().to_vec();
+            let (tx, rx) = bounded(config.queue_capacity.max(1));
+            let (ring, writer) = EventRing::with_capacity(config.ring_capacity);
+            let stats = Arc::new(ShardStats::default());
+            let worker = ShardWorker {
+                engine,
+                rx,
+                writer,
+                stats: Arc::clone(&stats),
+                batch_max: config.batch_max.max(1),
+                on_publish: config.on_publish.clone(),
+                last_ts: UnixNanos(0),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("engine-{shard}"))
+                .spawn(move || worker.run())
+                .expect("spawning an engine thread at start-up");
+            links.push(ShardLink { tx, ring, stats });
+            threads.push(thread);
+        }
+        let shared = Arc::new(Shared {
+            shards: links,
+            instruments,
+            assets: config.spec.assets.clone(),
+            next_order_id: AtomicU64::new(1),
+            stopped: AtomicBool::new(false),
+        });
+        Ok(EngineRuntime {
+            handle: EngineHandle { shared },
+            threads,
+        })
+    }
+
+    /// A handle to this engine.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Stops every shard after the commands already queued and returns their final state.
+    pub fn shutdown(self) -> Vec<Engine> {
+        self.handle.shared.stopped.store(true, Ordering::Release);
+        for link in &self.handle.shared.shards {
+            // A full queue still takes the stop eventually: this blocks until there is room.
+            let _ = link.tx.send(Request::Stop);
+        }
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("engine thread does not panic"))
+            .collect()
+    }
+}
+
+impl EngineHandle {
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shared.shards.len()
+    }
+
+    /// The shard that owns `instrument`.
+    pub fn shard_of(&self, instrument: InstrumentId) -> Option<usize> {
+        ((instrument.0 as usize) < self.shared.instruments.len())
+            .then(|| instrument.0 as usize % self.shared.shards.len())
+    }
+
+    /// The instrument table.
+    pub fn instruments(&self) -> &[Instrument] {
+        &self.shared.instruments
+    }
+
+    /// The asset table.
+    pub fn assets(&self) -> &[Asset] {
+        &self.shared.assets
+    }
+
+    /// Looks an instrument up by symbol.
+    pub fn instrument_by_symbol(&self, symbol: &str) -> Option<&Instrument> {
+        self.shared
+            .instruments
+            .iter()
+            .find(|i| i.spec.symbol == symbol)
+    }
+
+    /// A fresh, engine-wide unique order id.
+    pub fn allocate_order_id(&self) -> OrderId {
+        OrderId(self.shared.next_order_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// `n` fresh order ids at once (for high-rate submitters such as the synthetic feed).
+    pub fn reserve_order_ids(&self, n: u64) -> Range<u64> {
+        let start = self.shared.next_order_id.fetch_add(n, Ordering::Relaxed);
+        start..start + n
+    }
+
+    fn send(&self, shard: usize, request: Request) -> Result<(), SubmitError> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(SubmitError::Stopped);
+        }
+        let link = self
+            .shared
+            .shards
+            .get(shard)
+            .ok_or(SubmitError::UnknownShard)?;
+        link.tx.try_send(request).map_err(|e| match e {
+            TrySendError::Full(_) => SubmitError::QueueFull,
+            TrySendError::Disconnected(_) => SubmitError::Stopped,
+        })
+    }
+
+    /// Queues a command on the shard that owns its instrument. Transfers go to shard 0;
+    /// use [`EngineHandle::submit_transfer`] to fund another shard's ledger.
+    pub fn submit(&self, kind: CommandKind) -> Result<(), SubmitError> {
+        let command = Command {
+            ts: UnixNanos(0),
+            kind,
+        };
+        let shard = match command.instrument() {
+            Some(i) => self.shard_of(i).ok_or(SubmitError::UnknownInstrument)?,
+            None => 0,
+        };
+        self.send(shard, Request::Command(command))
+    }
+
+    /// Queues a transfer on a given shard's ledger.
+    pub fn submit_transfer(&self, shard: usize, transfer: Transfer) -> Result<(), SubmitError> {
+        let command = Command {
+            ts: UnixNanos(0),
+            kind: CommandKind::Transfer(transfer),
+        };
+        self.send(shard, Request::Command(command))
+    }
+
+    fn ask<T>(
+        &self,
+        shard: usize,
+        query: impl FnOnce(Sender<T>) -> Query,
+    ) -> Result<T, SubmitError> {
+        let (tx, rx) = bounded(1);
+        self.send(shard, Request::Query(query(tx)))?;
+        rx.recv().map_err(|_| SubmitError::Stopped)
+    }
+
+    /// Snapshot of the top `depth` levels, valid at the sequence it carries. Blocks until
+    /// the shard answers (between two commands).
+    pub fn book_snapshot(
+        &self,
+        instrument: InstrumentId,
+        depth: usize,
+    ) -> Result<BookSnapshot, SubmitError> {
+        let shard = self
+            .shard_of(instrument)
+            .ok_or(SubmitError::UnknownInstrument)?;
+        self.ask(shard, |reply| Query::Book {
+            instrument,
+            depth,
+            reply,
+        })?
+        .ok_or(SubmitError::UnknownInstrument)
+    }
+
+    /// Balances of `account` per asset on `shard`'s ledger; `None` for an unknown account.
+    pub fn balances(
+        &self,
+        shard: usize,
+        account: AccountId,
+    ) -> Result<Option<Vec<Balance>>, SubmitError> {
+        self.ask(shard, |reply| Query::Balances { account, reply })
+    }
+
+    /// State digest and counters of `shard`, taken between two commands.
+    pub fn digest(&self, shard: usize) -> Result<(u64, EngineCounters), SubmitError> {
+        self.ask(shard, |reply| Query::Digest { reply })
+    }
+
+    /// A reader of `shard`'s events, starting at the next event.
+    pub fn reader(&self, shard: usize) -> Option<RingReader> {
+        self.shared.shards.get(shard).map(|l| l.ring.reader())
+    }
+
+    /// `shard`'s event ring.
+    pub fn ring(&self, shard: usize) -> Option<&Arc<EventRing>> {
+        self.shared.shards.get(shard).map(|l| &l.ring)
+    }
+
+    /// Counters summed over every shard (updated once per batch).
+    pub fn counters(&self) -> EngineCounters {
+        self.shared
+            .shards
+            .iter()
+            .map(|l| l.stats.load())
+            .fold(EngineCounters::default(), |a, b| EngineCounters {
+                commands: a.commands + b.commands,
+                events: a.events + b.events,
+                trades: a.trades + b.trades,
+                rejects: a.rejects + b.rejects,
+            })
+    }
+
+    /// Commands waiting in `shard`'s queue.
+    pub fn queue_len(&self, shard: usize) -> usize {
+        self.shared.shards.get(shard).map_or(0, |l| l.tx.len())
+    }
+}
+
+struct ShardWorker {
+    engine: Engine,
+    rx: Receiver<Request>,
+    writer: RingWriter,
+    stats: Arc<ShardStats>,
+    batch_max: usize,
+    on_publish: Option<PublishHook>,
+    last_ts: UnixNanos,
+}
+
+impl ShardWorker {
+    /// Spins briefly (commands usually arrive back to back under load), then parks.
+    fn wait(&self) -> Option<Request> {
+        let backoff = Backoff::new();
+        loop {
+            match self.rx.try_recv() {
+                Ok(request) => return Some(request),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) if backoff.is_completed() => return self.rx.recv().ok(),
+                Err(TryRecvError::Empty) => backoff.snooze(),
+            }
+        }
+    }
+
+    /// Handles one request; `false` means stop.
+    fn handle(&mut self, request: Request) -> bool {
+        match request {
+            Request::Command(mut command) => {
+                // Ingest time, made monotonic per shard so replays and clients can rely on
+                // timestamps never going backwards.
+                let now = now_nanos().max(self.last_ts);
+                self.last_ts = now;
+                command.ts = now;
+                self.engine.process(&command, &mut self.writer);
+            }
+            Request::Query(query) => self.answer(query),
+            Request::Stop => return false,
+        }
+        true
+    }
+
+    fn answer(&mut self, query: Query) {
+        // A requester that went away is not the engine's problem: ignore send errors.
+        match query {
+            Query::Book {
+                instrument,
+                depth,
+                reply,
+            } => {
+                let _ = reply.send(self.engine.book_snapshot(instrument, depth));
+            }
+            Query::Balances { account, reply } => {
+                let ledger = self.engine.ledger();
+                let balances = ledger.contains(account).then(|| {
+                    (0..self.engine.assets().len())
+                        .map(|a| ledger.balance(account, AssetId(a as u16)))
+                        .collect()
+                });
+                let _ = reply.send(balances);
+            }
+            Query::Digest { reply } => {
+                let _ = reply.send((self.engine.state_digest(), self.engine.counters()));
+            }
+        }
+    }
+
+    fn run(mut self) -> Engine {
+        let mut batches = 0u64;
+        'outer: while let Some(first) = self.wait() {
+            let mut running = self.handle(first);
+            let mut handled = 1;
+            while running && handled < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(request) => {
+                        running = self.handle(request);
+                        handled += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.writer.publish();
+            batches += 1;
+            self.stats.store(&self.engine.counters(), batches);
+            if let Some(hook) = &self.on_publish {
+                hook();
+            }
+            if !running {
+                break 'outer;
+            }
+        }
+        self.writer.publish();
+        self.engine
+    }
+}

@@ -1,0 +1,192 @@
+//! Domain newtypes. Everything inside the engine is an integer: prices in ticks of the
+//! instrument's price precision, quantities in units of its quantity precision, asset
+//! amounts in the asset's minor units. Wire formats convert at the edge.
+
+use std::fmt;
+
+macro_rules! newtype {
+    ($(#[$meta:meta])* $name:ident($inner:ty)) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub $inner);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+newtype!(
+    /// A price as a raw fixed-point integer at the instrument's price precision
+    /// (e.g. `6512345` is 65123.45 at precision 2).
+    Price(i64)
+);
+newtype!(
+    /// A quantity as a raw fixed-point integer at the instrument's quantity precision.
+    Qty(i64)
+);
+newtype!(
+    /// An amount of an asset in its minor units (e.g. micro-dollars at precision 6).
+    Amount(i64)
+);
+newtype!(
+    /// Engine-wide unique order id, allocated by the submitter before the command is queued.
+    OrderId(u64)
+);
+newtype!(
+    /// Dense account index (`0..accounts_max`).
+    AccountId(u32)
+);
+newtype!(
+    /// Dense instrument index into the engine's instrument table.
+    InstrumentId(u32)
+);
+newtype!(
+    /// Dense asset index into the engine's asset table.
+    AssetId(u16)
+);
+newtype!(
+    /// A gap-free per-channel sequence number; the first event of a channel has sequence 1.
+    Seq(u64)
+);
+newtype!(
+    /// Nanoseconds since the Unix epoch, assigned when a command is ingested.
+    UnixNanos(u64)
+);
+
+impl Qty {
+    /// The zero quantity.
+    pub const ZERO: Qty = Qty(0);
+}
+
+impl Seq {
+    /// The sequence that follows this one.
+    #[inline]
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+/// Side of an order or a book level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Side {
+    /// Bid side: the order buys the base asset.
+    Buy = 0,
+    /// Ask side: the order sells the base asset.
+    Sell = 1,
+}
+
+impl Side {
+    /// The other side.
+    #[inline]
+    pub fn opposite(self) -> Side {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+
+    /// Wire code (0 = buy, 1 = sell).
+    #[inline]
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`Side::as_u8`].
+    #[inline]
+    pub fn from_u8(code: u8) -> Option<Side> {
+        match code {
+            0 => Some(Side::Buy),
+            1 => Some(Side::Sell),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name used in JSON and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+/// Formats a raw fixed-point integer with `precision` decimals, without floats.
+pub fn format_fixed(raw: i64, precision: u8) -> String {
+    if precision == 0 {
+        return raw.to_string();
+    }
+    let scale = 10u64.pow(u32::from(precision));
+    let sign = if raw < 0 { "-" } else { "" };
+    let abs = raw.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / scale,
+        abs % scale,
+        width = usize::from(precision)
+    )
+}
+
+/// Parses a decimal string into a raw fixed-point integer with exactly `precision`
+/// decimals. More decimals than the precision, or an overflow, is an error.
+pub fn parse_fixed(text: &str, precision: u8) -> Option<i64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int_part, frac_part) = match digits.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (digits, ""),
+    };
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    if !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        || frac_part.len() > usize::from(precision)
+    {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for b in int_part.bytes() {
+        value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+    }
+    for i in 0..usize::from(precision) {
+        let digit = frac_part
+            .as_bytes()
+            .get(i)
+            .map_or(0, |b| i64::from(b - b'0'));
+        value = value.checked_mul(10)?.checked_add(digit)?;
+    }
+    Some(if negative { -value } else { value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_point_round_trips() {
+        assert_eq!(format_fixed(6512345, 2), "65123.45");
+        assert_eq!(format_fixed(-5, 3), "-0.005");
+        assert_eq!(format_fixed(42, 0), "42");
+        assert_eq!(parse_fixed("65123.45", 2), Some(6512345));
+        assert_eq!(parse_fixed("65123.4", 2), Some(6512340));
+        assert_eq!(parse_fixed("1", 4), Some(10000));
+        assert_eq!(parse_fixed("-0.005", 3), Some(-5));
+        assert_eq!(parse_fixed(".5", 1), Some(5));
+    }
+
+    #[test]
+    fn fixed_point_rejects_garbage() {
+        assert_eq!(parse_fixed("1.234", 2), None);
+        assert_eq!(parse_fixed("abc", 2), None);
+        assert_eq!(parse_fixed("", 2), None);
+        assert_eq!(parse_fixed(".", 2), None);
+        assert_eq!(parse_fixed("1e5", 2), None);
+        assert_eq!(parse_fixed("99999999999999999999", 0), None);
+    }
+}
