@@ -439,6 +439,8 @@ impl ShardWorker {
     }
 
     fn answer(&mut self, query: Query) {
+        // Publish first: whoever gets the answer can then read every event it reflects.
+        self.writer.publish();
         // A requester that went away is not the engine's problem: ignore send errors.
         match query {
             Query::Book {

@@ -1,0 +1,260 @@
+//! The engine on its own thread: concurrent submitters, concurrent readers (one slow), a
+//! full queue answered with back-pressure, and queries answered between commands.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tickgate_engine::runtime::{EngineRuntime, RuntimeConfig, SubmitError};
+use tickgate_engine::*;
+
+fn config(ring_capacity: usize) -> RuntimeConfig {
+    let mut spec = spec();
+    spec.orders_per_book_max = 1 << 16;
+    RuntimeConfig {
+        spec,
+        ring_capacity,
+        queue_capacity: 1024,
+        ..RuntimeConfig::default()
+    }
+}
+
+fn submit_retrying(handle: &tickgate_engine::runtime::EngineHandle, kind: CommandKind) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match handle.submit(kind) {
+            Ok(()) => return,
+            Err(SubmitError::QueueFull) if Instant::now() < deadline => std::thread::yield_now(),
+            Err(e) => panic!("submit failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn submitters_and_readers_run_concurrently_and_a_slow_reader_learns_what_it_missed() {
+    let runtime = EngineRuntime::start(config(1 << 12)).expect("valid config");
+    let handle = runtime.handle();
+    let ring = Arc::clone(handle.ring(0).expect("shard 0"));
+    let done = Arc::new(AtomicBool::new(false));
+
+    let reader = |slow: bool| {
+        let mut reader = ring.reader_from_oldest();
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let (mut read, mut missed, mut out) = (0u64, 0u64, Vec::with_capacity(1024));
+            let mut last_book_seq = 0u64;
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                out.clear();
+                let o = reader.read(&mut out, if slow && !finished { 1 } else { 1024 });
+                read += o.read as u64;
+                missed += o.missed;
+                for e in &out {
+                    if let Event::BookDelta(d) = e {
+                        if o.missed == 0 && last_book_seq != 0 {
+                            assert!(d.seq.0 > last_book_seq, "book sequence moves forward");
+                        }
+                        last_book_seq = d.seq.0;
+                    }
+                }
+                if finished && reader.lag() == 0 {
+                    return (read, missed);
+                }
+                if slow && !finished {
+                    std::thread::sleep(Duration::from_millis(2));
+                } else if o.read == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        })
+    };
+    let fast = reader(false);
+    let slow = reader(true);
+
+    for account in 0..4u32 {
+        for (asset, amount) in [(USD, 1_000_000_000), (BTC, 1_000_000)] {
+            submit_retrying(
+                &handle,
+                CommandKind::Transfer(Transfer {
+                    account: AccountId(account),
+                    asset,
+                    amount: Amount(amount),
+                    request_id: 0,
+                }),
+            );
+        }
+    }
+    let per_thread = 5_000u64;
+    let submitters: Vec<_> = (0..3u32)
+        .map(|t| {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    let side = if (i + u64::from(t)) % 2 == 0 {
+                        Side::Buy
+                    } else {
+                        Side::Sell
+                    };
+                    let order_type = if i % 7 == 0 {
+                        OrderType::Ioc
+                    } else {
+                        OrderType::Limit
+                    };
+                    submit_retrying(
+                        &handle,
+                        CommandKind::New(NewOrder {
+                            order_id: handle.allocate_order_id(),
+                            client_order_id: i,
+                            account: AccountId(t),
+                            instrument: MKT,
+                            side,
+                            order_type,
+                            price: Price(95 + (i % 11) as i64),
+                            qty: Qty(1 + (i % 5) as i64),
+                            stp: StpMode::CancelResting,
+                        }),
+                    );
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().expect("submitter");
+    }
+    // A query is answered in order with the commands before it: all are processed now.
+    let (_, counters) = handle.digest(0).expect("engine running");
+    assert_eq!(counters.commands, 8 + 3 * per_thread);
+    let published = ring.head();
+    assert_eq!(published, counters.events, "every event is in the ring");
+    done.store(true, Ordering::Release);
+
+    let (fast_read, fast_missed) = fast.join().expect("fast reader");
+    let (slow_read, slow_missed) = slow.join().expect("slow reader");
+    assert_eq!(
+        fast_read + fast_missed,
+        published,
+        "fast reader accounts for every event"
+    );
+    assert_eq!(
+        slow_read + slow_missed,
+        published,
+        "slow reader accounts for every event"
+    );
+    assert!(slow_missed > 0, "the slow reader was lapped and told so");
+    assert!(slow_missed > fast_missed);
+    let engines = runtime.shutdown();
+    engines[0].check_invariants();
+}
+
+#[test]
+fn a_full_queue_is_back_pressure_not_a_drop() {
+    let gate = Arc::new(Barrier::new(2));
+    let blocked = Arc::new(AtomicBool::new(true));
+    let mut config = config(1 << 10);
+    config.queue_capacity = 8;
+    let (g, b) = (Arc::clone(&gate), Arc::clone(&blocked));
+    // The publish hook stalls the engine thread until the test opens the gate.
+    config.on_publish = Some(Arc::new(move || {
+        if b.swap(false, Ordering::AcqRel) {
+            g.wait();
+        }
+    }));
+    let runtime = EngineRuntime::start(config).expect("valid");
+    let handle = runtime.handle();
+    let transfer = CommandKind::Transfer(Transfer {
+        account: AccountId(0),
+        asset: USD,
+        amount: Amount(1),
+        request_id: 0,
+    });
+    handle.submit(transfer).expect("first command");
+    // Wait until the engine is stalled in the hook with an empty queue.
+    while handle.queue_len(0) > 0 {
+        std::thread::yield_now();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let mut accepted = 0;
+    let refused = loop {
+        match handle.submit(transfer) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused, SubmitError::QueueFull);
+    assert_eq!(accepted, 8, "exactly the queue's capacity was taken");
+    gate.wait();
+    let engines = runtime.shutdown();
+    assert_eq!(
+        engines[0].ledger().balance(AccountId(0), USD).total,
+        Amount(9),
+        "nothing queued was lost"
+    );
+    assert_eq!(handle.submit(transfer), Err(SubmitError::Stopped));
+}
+
+#[test]
+fn snapshots_and_routing_across_shards() {
+    let mut cfg = RuntimeConfig {
+        shards: 3,
+        ring_capacity: 1 << 12,
+        ..RuntimeConfig::default()
+    };
+    cfg.spec.accounts_max = 4;
+    let runtime = EngineRuntime::start(cfg).expect("default markets");
+    let handle = runtime.handle();
+    assert_eq!(handle.shards(), 3);
+    let sol = handle
+        .instrument_by_symbol("SOL-USD")
+        .expect("default set")
+        .id;
+    let shard = handle.shard_of(sol).expect("routed");
+    let usd = AssetId(0);
+    handle
+        .submit_transfer(
+            shard,
+            Transfer {
+                account: AccountId(1),
+                asset: usd,
+                amount: Amount(1_000_000_000_000),
+                request_id: 0,
+            },
+        )
+        .expect("queued");
+    let id = handle.allocate_order_id();
+    handle
+        .submit(CommandKind::New(NewOrder {
+            order_id: id,
+            client_order_id: 1,
+            account: AccountId(1),
+            instrument: sol,
+            side: Side::Buy,
+            order_type: OrderType::Limit,
+            price: Price(14_990),
+            qty: Qty(300),
+            stp: StpMode::CancelResting,
+        }))
+        .expect("queued");
+    let snap = handle.book_snapshot(sol, 10).expect("answered");
+    assert_eq!(snap.bids, vec![(Price(14_990), Qty(300))]);
+    assert_eq!(snap.seq, Seq(1));
+    let balances = handle
+        .balances(shard, AccountId(1))
+        .expect("answered")
+        .expect("known account");
+    assert_eq!(balances[0].held, Amount(14_990 * 300 * 100));
+    assert_eq!(
+        handle.balances(shard, AccountId(99)).expect("answered"),
+        None
+    );
+    assert_eq!(
+        handle.book_snapshot(InstrumentId(99), 1),
+        Err(SubmitError::UnknownInstrument)
+    );
+    let ids = handle.reserve_order_ids(10);
+    assert_eq!(ids.end - ids.start, 10);
+    assert!(ids.start > id.0);
+    runtime.shutdown();
+}
