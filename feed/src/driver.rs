@@ -1,0 +1,161 @@
+//! Runs a [`SyntheticFlow`] against a live engine at a fixed rate, on its own thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tickgate_engine::runtime::{EngineHandle, SubmitError};
+use tickgate_engine::CommandKind;
+
+use crate::synthetic::{FlowConfig, OrderIds, SyntheticFlow};
+
+/// Counters of a running feed.
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    /// Commands queued on the engine.
+    pub submitted: AtomicU64,
+    /// Times the engine's queue was full and the feed had to wait.
+    pub backpressure: AtomicU64,
+}
+
+/// A running feed thread. Stops when dropped or on [`FeedDriver::stop`].
+#[derive(Debug)]
+pub struct FeedDriver {
+    stop: Arc<AtomicBool>,
+    stats: Arc<FeedStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Ids reserved from the engine in blocks, so the feed touches the shared counter rarely.
+struct BlockIds {
+    handle: EngineHandle,
+    next: u64,
+    end: u64,
+}
+
+impl OrderIds for BlockIds {
+    fn next_order_id(&mut self) -> tickgate_engine::OrderId {
+        if self.next == self.end {
+            let block = self.handle.reserve_order_ids(65_536);
+            self.next = block.start;
+            self.end = block.end;
+        }
+        self.next += 1;
+        tickgate_engine::OrderId(self.next - 1)
+    }
+}
+
+/// Pacing granularity: the feed wakes this often and submits what the rate allows.
+const TICK: Duration = Duration::from_millis(1);
+/// How far behind schedule the feed may fall before it forgets the backlog.
+const BACKLOG_MAX: Duration = Duration::from_millis(100);
+
+impl FeedDriver {
+    /// Funds the flow's accounts on every shard, then submits `rate_per_sec` commands per
+    /// second (0: as fast as the engine takes them) until stopped.
+    pub fn start(handle: EngineHandle, config: FlowConfig, rate_per_sec: u64) -> FeedDriver {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(FeedStats::default());
+        let (s, st) = (Arc::clone(&stop), Arc::clone(&stats));
+        let thread = std::thread::Builder::new()
+            .name("feed".into())
+            .spawn(move || run(handle, config, rate_per_sec, &s, &st))
+            .expect("spawning the feed thread at start-up");
+        FeedDriver {
+            stop,
+            stats,
+            thread: Some(thread),
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &FeedStats {
+        &self.stats
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for FeedDriver {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Submits, waiting while the queue is full. `false` if the engine stopped (or we did).
+fn submit(
+    stats: &FeedStats,
+    stop: &AtomicBool,
+    send: impl Fn() -> Result<(), SubmitError>,
+) -> bool {
+    loop {
+        match send() {
+            Ok(()) => {
+                stats.submitted.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Err(SubmitError::QueueFull) => {
+                stats.backpressure.fetch_add(1, Ordering::Relaxed);
+                if stop.load(Ordering::Acquire) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+fn run(handle: EngineHandle, config: FlowConfig, rate: u64, stop: &AtomicBool, stats: &FeedStats) {
+    let mut flow = SyntheticFlow::new(config, handle.instruments());
+    for shard in 0..handle.shards() {
+        for transfer in flow.funding(handle.assets()) {
+            if !submit(stats, stop, || handle.submit_transfer(shard, transfer)) {
+                return;
+            }
+        }
+    }
+    let mut ids = BlockIds {
+        handle: handle.clone(),
+        next: 0,
+        end: 0,
+    };
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let mut skipped: u64 = 0;
+    while !stop.load(Ordering::Acquire) {
+        let due = if rate == 0 {
+            sent + 1024
+        } else {
+            let elapsed = start.elapsed();
+            let due = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u64 - skipped;
+            let backlog_max = (BACKLOG_MAX.as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
+            if due > sent + backlog_max {
+                // Fell behind (engine saturated or machine busy): do not burst to catch up.
+                skipped += due - sent - backlog_max;
+            }
+            due.min(sent + backlog_max)
+        };
+        while sent < due {
+            let kind: CommandKind = flow.next_command(&mut ids);
+            if !submit(stats, stop, || handle.submit(kind)) {
+                return;
+            }
+            sent += 1;
+        }
+        if rate != 0 {
+            std::thread::sleep(TICK);
+        }
+    }
+}
