@@ -1,1 +1,151 @@
-fn main() {}
+//! Engine latency per command: `cargo bench -p benches --bench engine_latency`.
+//!
+//! Two measurements over the synthetic market's command mix, printed as HDR percentiles:
+//! 1. **service**: time inside `Engine::process` for one command (events published into
+//!    a ring), measured around each call on one thread. Includes ~20 ns of clock reads.
+//! 2. **end to end at a fixed offered rate** (default 1,000,000 commands/s): one client
+//!    thread submits on a fixed schedule through the real runtime (bounded queue, engine
+//!    thread, event ring) and reads the ring between submissions; latency runs from the
+//!    scheduled send time to the moment the client reads the command's first report, so
+//!    it includes queueing, the engine, the ring and the client's own polling (coordinated
+//!    omission is avoided by measuring from the schedule, not from the actual send).
+//!
+//! Env: `TICKGATE_LATENCY_RATE` (commands/s), `TICKGATE_LATENCY_SECONDS`.
+
+use std::time::{Duration, Instant};
+
+use benches::Workload;
+use hdrhistogram::Histogram;
+use tickgate_engine::runtime::{EngineRuntime, RuntimeConfig, SubmitError};
+use tickgate_engine::{CommandKind, Event, EventRing};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn print(name: &str, h: &Histogram<u64>) {
+    println!(
+        "{name:<28} n={:>9}  p50={:>7} ns  p90={:>7} ns  p99={:>7} ns  p99.9={:>8} ns  max={:>9} ns",
+        h.len(),
+        h.value_at_quantile(0.50),
+        h.value_at_quantile(0.90),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn service_time(workload: &Workload) {
+    let mut engine = workload.engine();
+    let (_ring, mut writer) = EventRing::with_capacity(1 << 16);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).expect("valid bounds");
+    for cmd in &workload.measured {
+        let start = Instant::now();
+        engine.process(cmd, &mut writer);
+        writer.publish();
+        h.saturating_record(start.elapsed().as_nanos() as u64);
+    }
+    print("service (1 thread)", &h);
+}
+
+fn end_to_end(workload: &Workload, rate: u64, seconds: u64) {
+    let runtime = EngineRuntime::start(RuntimeConfig {
+        spec: workload.spec.clone(),
+        ring_capacity: 1 << 20,
+        ..RuntimeConfig::default()
+    })
+    .expect("valid spec");
+    let handle = runtime.handle();
+    let mut reader = handle.reader(0).expect("shard 0");
+    let mut events = Vec::with_capacity(4096);
+    for cmd in &workload.setup {
+        while handle.submit(cmd.kind) == Err(SubmitError::QueueFull) {
+            std::thread::yield_now();
+        }
+    }
+    handle.digest(0).expect("engine running"); // wait for the setup to be applied
+    reader.read(&mut events, usize::MAX);
+    events.clear();
+
+    let total = ((rate * seconds) as usize).min(workload.measured.len());
+    let interval_ns = 1e9 / rate as f64;
+    // The client order id of each measured command is its index + 1: match reports by it.
+    let mut scheduled = vec![0u64; total];
+    let mut seen = vec![false; total];
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let (mut sent, mut answered, mut missed) = (0usize, 0usize, 0u64);
+    let start = Instant::now();
+    let deadline = Duration::from_secs(seconds + 10);
+    while answered < total && start.elapsed() < deadline {
+        let now = start.elapsed().as_nanos() as u64;
+        while sent < total && (sent as f64 * interval_ns) as u64 <= now {
+            let kind = match workload.measured[sent].kind {
+                CommandKind::New(mut o) => {
+                    o.client_order_id = sent as u64 + 1;
+                    CommandKind::New(o)
+                }
+                other => other,
+            };
+            match handle.submit(kind) {
+                Ok(()) => {
+                    scheduled[sent] = (sent as f64 * interval_ns) as u64;
+                    if !matches!(kind, CommandKind::New(_)) {
+                        // Cancels/replaces echo no client id: count them answered, untimed.
+                        seen[sent] = true;
+                        answered += 1;
+                    }
+                    sent += 1;
+                }
+                Err(SubmitError::QueueFull) => break,
+                Err(e) => panic!("engine stopped: {e}"),
+            }
+        }
+        events.clear();
+        missed += reader.read(&mut events, 4096).missed;
+        let read_at = start.elapsed().as_nanos() as u64;
+        for e in &events {
+            if let Event::Exec(r) = e {
+                let Some(i) = (r.client_order_id as usize).checked_sub(1) else {
+                    continue;
+                };
+                if i < total && !seen[i] {
+                    seen[i] = true;
+                    answered += 1;
+                    h.saturating_record(read_at.saturating_sub(scheduled[i]).max(1));
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    print(&format!("end to end @ {rate}/s"), &h);
+    println!(
+        "{:<28} offered {rate}/s, achieved {:.0}/s over {elapsed:.2}s, {answered}/{total} answered, ring misses {missed}",
+        "",
+        sent as f64 / elapsed
+    );
+    runtime.shutdown();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (e.g. `cargo test --benches`) is a
+    // smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (rate, seconds) = if smoke {
+        (100_000, 1)
+    } else {
+        (
+            env("TICKGATE_LATENCY_RATE", 1_000_000),
+            env("TICKGATE_LATENCY_SECONDS", 5),
+        )
+    };
+    let measured = (rate * seconds) as usize;
+    let workload = Workload::mixed(42, 200_000, measured.max(100_000));
+    service_time(&workload);
+    end_to_end(&workload, rate, seconds);
+}

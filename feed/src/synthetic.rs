@@ -314,8 +314,10 @@ mod tests {
     };
 
     fn engine() -> Engine {
-        let mut spec = EngineSpec::default();
-        spec.accounts_max = 1016;
+        let spec = EngineSpec {
+            accounts_max: 1016,
+            ..EngineSpec::default()
+        };
         Engine::new(&spec, |_| true).expect("default markets")
     }
 
@@ -370,17 +372,13 @@ mod tests {
         let (_, engine, events) = run(1, 100_000);
         engine.check_invariants();
         let (_, specs) = default_markets();
-        for i in 0..specs.len() {
+        for (i, spec) in specs.iter().enumerate() {
             let id = InstrumentId(i as u32);
             let trades = events
                 .iter()
                 .filter(|e| matches!(e, Event::Trade(t) if t.instrument == id))
                 .count();
-            assert!(
-                trades > 100,
-                "{} traded only {trades} times",
-                specs[i].symbol
-            );
+            assert!(trades > 100, "{} traded only {trades} times", spec.symbol);
             let book = engine.book(id).expect("owned");
             assert!(
                 book.best(Side::Buy).is_some() && book.best(Side::Sell).is_some(),
