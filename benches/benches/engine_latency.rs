@@ -10,7 +10,9 @@
 //!    it includes queueing, the engine, the ring and the client's own polling (coordinated
 //!    omission is avoided by measuring from the schedule, not from the actual send).
 //!
-//! Env: `TICKGATE_LATENCY_RATE` (commands/s), `TICKGATE_LATENCY_SECONDS`.
+//! Env: `TICKGATE_LATENCY_RATE` (commands/s), `TICKGATE_LATENCY_SECONDS`,
+//! `TICKGATE_RING_CAPACITY` (events), `TICKGATE_CLIENT_SLEEP_US`,
+//! `TICKGATE_IDLE_SPIN_US` (how long the engine thread spins before parking).
 
 use std::time::{Duration, Instant};
 
@@ -54,10 +56,14 @@ fn service_time(workload: &Workload) {
     print("service (1 thread)", &h);
 }
 
+/// Marks client order ids of measured orders (warm-up orders carry small ids).
+const TAG: u64 = 1 << 40;
+
 fn end_to_end(workload: &Workload, rate: u64, seconds: u64) {
     let runtime = EngineRuntime::start(RuntimeConfig {
         spec: workload.spec.clone(),
-        ring_capacity: 1 << 20,
+        ring_capacity: env("TICKGATE_RING_CAPACITY", 1 << 16) as usize,
+        idle_spin: Duration::from_micros(env("TICKGATE_IDLE_SPIN_US", 50)),
         ..RuntimeConfig::default()
     })
     .expect("valid spec");
@@ -75,11 +81,12 @@ fn end_to_end(workload: &Workload, rate: u64, seconds: u64) {
 
     let total = ((rate * seconds) as usize).min(workload.measured.len());
     let interval_ns = 1e9 / rate as f64;
-    // The client order id of each measured command is its index + 1: match reports by it.
+    // The client order id of each measured command is TAG + its index: match reports by it.
     let mut scheduled = vec![0u64; total];
     let mut seen = vec![false; total];
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
     let (mut sent, mut answered, mut missed) = (0usize, 0usize, 0u64);
+    let client_sleep = Duration::from_micros(env("TICKGATE_CLIENT_SLEEP_US", 0));
     let start = Instant::now();
     let deadline = Duration::from_secs(seconds + 10);
     while answered < total && start.elapsed() < deadline {
@@ -87,7 +94,7 @@ fn end_to_end(workload: &Workload, rate: u64, seconds: u64) {
         while sent < total && (sent as f64 * interval_ns) as u64 <= now {
             let kind = match workload.measured[sent].kind {
                 CommandKind::New(mut o) => {
-                    o.client_order_id = sent as u64 + 1;
+                    o.client_order_id = TAG + sent as u64;
                     CommandKind::New(o)
                 }
                 other => other,
@@ -107,12 +114,17 @@ fn end_to_end(workload: &Workload, rate: u64, seconds: u64) {
             }
         }
         events.clear();
-        missed += reader.read(&mut events, 4096).missed;
+        let outcome = reader.read(&mut events, 4096);
+        missed += outcome.missed;
+        if outcome.read == 0 && client_sleep > Duration::ZERO {
+            // Leave the core to the engine and the OS instead of spinning on it.
+            std::thread::sleep(client_sleep);
+        }
         let read_at = start.elapsed().as_nanos() as u64;
         for e in &events {
             if let Event::Exec(r) = e {
-                let Some(i) = (r.client_order_id as usize).checked_sub(1) else {
-                    continue;
+                let Some(i) = r.client_order_id.checked_sub(TAG).map(|i| i as usize) else {
+                    continue; // an order from the warm-up, or a transfer
                 };
                 if i < total && !seen[i] {
                     seen[i] = true;
