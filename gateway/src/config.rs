@@ -1,6 +1,11 @@
 //! Configuration: raw flags and environment (clap) in, validated [`Config`] out.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use clap::Parser;
+
+use crate::ws::WsLimits;
 
 /// Command-line flags; every one can also come from the environment.
 #[derive(Parser, Debug, Clone)]
@@ -10,6 +15,9 @@ use clap::Parser;
     about = "A market-data trading backend in one process"
 )]
 pub struct Flags {
+    /// Address to listen on (HTTP, WebSocket, SSE, metrics).
+    #[arg(long, env = "TICKGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
     /// Engine shard threads (instruments are spread over them).
     #[arg(long, env = "TICKGATE_SHARDS", default_value_t = 1)]
     pub shards: usize,
@@ -29,8 +37,44 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_QUEUE_CAPACITY", default_value_t = 65_536)]
     pub queue_capacity: usize,
     /// Events each engine ring keeps for readers.
-    #[arg(long, env = "TICKGATE_RING_CAPACITY", default_value_t = 1 << 20)]
+    #[arg(long, env = "TICKGATE_RING_CAPACITY", default_value_t = 1 << 18)]
     pub ring_capacity: usize,
+    /// Chunks each fan-out channel ring keeps (a client further behind is resynced).
+    #[arg(long, env = "TICKGATE_CHANNEL_RING_CHUNKS", default_value_t = 1024)]
+    pub channel_ring_chunks: usize,
+    /// Shortest fan-out pass in microseconds: larger batches fewer, bigger writes.
+    #[arg(long, env = "TICKGATE_FANOUT_PASS_US", default_value_t = 200)]
+    pub fanout_pass_us: u64,
+    /// Open WebSocket connections at most (more get HTTP 503).
+    #[arg(long, env = "TICKGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Subscriptions per WebSocket connection at most.
+    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    pub max_subscriptions: usize,
+    /// Largest inbound WebSocket message in bytes (larger: close 1009).
+    #[arg(long, env = "TICKGATE_WS_MESSAGE_BYTES_MAX", default_value_t = 4096)]
+    pub ws_message_bytes_max: usize,
+    /// Inbound WebSocket messages per second per connection.
+    #[arg(long, env = "TICKGATE_WS_RATE", default_value_t = 20)]
+    pub ws_rate: u32,
+    /// Inbound WebSocket burst per connection.
+    #[arg(long, env = "TICKGATE_WS_BURST", default_value_t = 40)]
+    pub ws_burst: u32,
+    /// Server ping period in milliseconds.
+    #[arg(long, env = "TICKGATE_PING_MS", default_value_t = 20_000)]
+    pub ping_ms: u64,
+    /// Silence after a ping, in milliseconds, that closes a connection (4001).
+    #[arg(long, env = "TICKGATE_PONG_TIMEOUT_MS", default_value_t = 40_000)]
+    pub pong_timeout_ms: u64,
+    /// Quiet time in milliseconds after which a subscribed channel gets a heartbeat.
+    #[arg(long, env = "TICKGATE_HEARTBEAT_MS", default_value_t = 5_000)]
+    pub heartbeat_ms: u64,
+    /// A write stalled this long (milliseconds) closes the connection (4008).
+    #[arg(long, env = "TICKGATE_WRITE_STALL_MS", default_value_t = 10_000)]
+    pub write_stall_ms: u64,
+    /// Time allowed to send the HTTP request head, in milliseconds.
+    #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub handshake_timeout_ms: u64,
 }
 
 /// Why flags were refused.
@@ -44,42 +88,80 @@ pub enum ConfigError {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Listen address (port 0: any free port).
+    pub listen: SocketAddr,
     /// Engine shard threads, 1..=64.
     pub shards: usize,
     /// Synthetic flow rate, commands/s; `None` when the feed is off.
     pub feed_rate: Option<u64>,
     /// Synthetic flow seed.
     pub seed: u64,
-    /// Instrument shown in the summary line.
-    pub summary_symbol: String,
+    /// Instrument shown in the summary line; `None` turns the summary off.
+    pub summary_symbol: Option<String>,
     /// Engine queue capacity per shard.
     pub queue_capacity: usize,
     /// Engine ring capacity per shard.
     pub ring_capacity: usize,
+    /// Fan-out ring capacity per channel, in chunks.
+    pub channel_ring_chunks: usize,
+    /// Shortest fan-out pass.
+    pub fanout_pass: Duration,
+    /// WebSocket limits.
+    pub ws: WsLimits,
+    /// Time allowed for the HTTP request head.
+    pub handshake_timeout: Duration,
 }
 
 impl TryFrom<Flags> for Config {
     type Error = ConfigError;
 
     fn try_from(f: Flags) -> Result<Self, ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if !(1..=64).contains(&f.shards) {
-            return Err(ConfigError::Invalid(format!(
-                "--shards must be 1..=64, got {}",
-                f.shards
-            )));
+            return invalid("--shards must be 1..=64");
         }
-        if f.queue_capacity == 0 || f.ring_capacity < 1024 {
-            return Err(ConfigError::Invalid(
-                "--queue-capacity must be > 0 and --ring-capacity >= 1024".into(),
-            ));
+        if f.queue_capacity == 0 || f.ring_capacity < 1024 || f.channel_ring_chunks < 16 {
+            return invalid(
+                "--queue-capacity > 0, --ring-capacity >= 1024, --channel-ring-chunks >= 16",
+            );
         }
+        if f.max_connections == 0 || f.max_subscriptions == 0 || f.ws_message_bytes_max < 128 {
+            return invalid(
+                "--max-connections, --max-subscriptions > 0; --ws-message-bytes-max >= 128",
+            );
+        }
+        if f.ws_rate == 0
+            || f.ws_burst == 0
+            || f.ping_ms == 0
+            || f.heartbeat_ms == 0
+            || f.write_stall_ms == 0
+        {
+            return invalid("rates and intervals must be > 0");
+        }
+        let ms = Duration::from_millis;
         Ok(Config {
+            listen: f.listen,
             shards: f.shards,
             feed_rate: (!f.no_feed).then_some(f.feed_rate),
             seed: f.seed,
-            summary_symbol: f.summary_symbol,
+            summary_symbol: Some(f.summary_symbol),
             queue_capacity: f.queue_capacity,
             ring_capacity: f.ring_capacity,
+            channel_ring_chunks: f.channel_ring_chunks,
+            fanout_pass: Duration::from_micros(f.fanout_pass_us),
+            ws: WsLimits {
+                connections_max: f.max_connections,
+                subscriptions_per_connection_max: f.max_subscriptions,
+                ws_message_bytes_max: f.ws_message_bytes_max,
+                inbound_rate_per_sec: f.ws_rate,
+                inbound_burst: f.ws_burst,
+                ping_interval: ms(f.ping_ms),
+                pong_timeout: ms(f.pong_timeout_ms),
+                heartbeat_interval: ms(f.heartbeat_ms),
+                write_stall_timeout: ms(f.write_stall_ms),
+                ..WsLimits::default()
+            },
+            handshake_timeout: ms(f.handshake_timeout_ms),
         })
     }
 }
@@ -87,5 +169,17 @@ impl TryFrom<Flags> for Config {
 impl Default for Config {
     fn default() -> Self {
         Config::try_from(Flags::parse_from(["tickgate"])).expect("defaults are valid")
+    }
+}
+
+impl Config {
+    /// Defaults for tests: any free port on loopback, no feed, no summary line.
+    pub fn for_tests() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            feed_rate: None,
+            summary_symbol: None,
+            ..Config::default()
+        }
     }
 }

@@ -1,11 +1,23 @@
-//! The tickgate server: the engine, the synthetic feed and (as they land) the network
-//! side, wired together in one process.
+//! The tickgate server: the engine, the synthetic feed and the network side, wired
+//! together in one process.
 //!
-//! [`config`] turns flags and environment into a validated [`Config`]; [`server::run`]
-//! starts the engine shards and the feed, logs a one-line summary per second, and stops
-//! cleanly when its shutdown future resolves.
+//! - [`config`]: flags and environment in, validated [`Config`] out.
+//! - [`server`]: starts the engine shards, the feed, the fan-out hub and the listener;
+//!   stops them in order.
+//! - [`http`]: the one listener's routes (WebSocket upgrade, health, metrics).
+//! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings.
+//! - [`ws`]: per-connection reader/writer tasks, control messages, backpressure.
+//! - [`protocol`]: the wire format (binary and JSON) and WebSocket framing.
+//! - [`client`]: a small WebSocket client for tests and tools.
 
+pub mod client;
 pub mod config;
+pub mod fanout;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
 pub mod server;
+pub mod ws;
 
 pub use config::{Config, Flags};
+pub use server::Server;

@@ -1,66 +1,248 @@
-//! Starting and stopping the whole system.
+//! Starting and stopping the whole system: engine, feed, fan-out hub, HTTP listener.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tickgate_engine::runtime::{EngineHandle, EngineRuntime, RuntimeConfig};
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::{EngineCounters, EngineSpec};
 use tickgate_feed::{FeedDriver, FlowConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::fanout::{Directory, Hub, HubWake};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::ws::WsContext;
 
 /// Accounts the engine tables hold: users, plus the synthetic flow's range.
 const ACCOUNTS_MAX: u32 = 4096;
+/// How long shutdown waits for connections to close before it stops waiting.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts the engine (and the feed unless disabled), logs a summary every second, and
-/// returns after `shutdown` resolves and everything has stopped.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let spec = EngineSpec {
-        accounts_max: ACCOUNTS_MAX,
-        ..EngineSpec::default()
-    };
-    let runtime = EngineRuntime::start(RuntimeConfig {
-        spec,
-        shards: config.shards,
-        queue_capacity: config.queue_capacity,
-        ring_capacity: config.ring_capacity,
-        ..RuntimeConfig::default()
-    })?;
-    let handle = runtime.handle();
-    tracing::info!(
-        shards = config.shards,
-        instruments = handle.instruments().len(),
-        "engine started"
-    );
-    let feed = config.feed_rate.map(|rate| {
-        tracing::info!(rate, seed = config.seed, "synthetic feed started");
-        FeedDriver::start(
-            handle.clone(),
-            FlowConfig {
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    engine: EngineHandle,
+    runtime: EngineRuntime,
+    hub: Hub,
+    feed: Option<FeedDriver>,
+    metrics: Arc<Metrics>,
+    directory: Arc<Directory>,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    alive: mpsc::Receiver<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Starts everything and begins accepting connections.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let wake = HubWake::default();
+        let hook_wake = wake.clone();
+        let runtime = EngineRuntime::start(RuntimeConfig {
+            spec: EngineSpec {
+                accounts_max: ACCOUNTS_MAX,
+                ..EngineSpec::default()
+            },
+            shards: config.shards,
+            queue_capacity: config.queue_capacity,
+            ring_capacity: config.ring_capacity,
+            on_publish: Some(Arc::new(move || hook_wake.wake())),
+            ..RuntimeConfig::default()
+        })?;
+        let engine = runtime.handle();
+        let metrics = Arc::new(Metrics::default());
+        let directory = Arc::new(Directory::new(
+            engine.instruments(),
+            config.channel_ring_chunks,
+        ));
+        let hub = {
+            let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
+            let pass = config.fanout_pass;
+            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pass)).await?
+        };
+        let feed = config.feed_rate.map(|rate| {
+            let flow = FlowConfig {
                 seed: config.seed,
                 ..FlowConfig::default()
-            },
-            rate,
-        )
-    });
+            };
+            FeedDriver::start(engine.clone(), flow, rate)
+        });
 
-    let summary = summary_loop(handle.clone(), config.summary_symbol.clone());
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (alive_tx, alive) = mpsc::channel(1);
+        let ws = Arc::new(WsContext {
+            directory: Arc::clone(&directory),
+            metrics: Arc::clone(&metrics),
+            limits: config.ws.clone(),
+            shutdown: shutdown_rx.clone(),
+            alive: alive_tx.clone(),
+        });
+        let state = Arc::new(AppState {
+            engine: engine.clone(),
+            metrics: Arc::clone(&metrics),
+            ws,
+        });
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            state,
+            shutdown_rx,
+            alive_tx,
+            config.handshake_timeout,
+        ));
+        Ok(Server {
+            addr,
+            engine,
+            runtime,
+            hub,
+            feed,
+            metrics,
+            directory,
+            shutdown,
+            accept,
+            alive,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Channels.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    /// Stops accepting, closes every WebSocket with 1001, finishes HTTP requests, then
+    /// stops the feed, the hub and the engine.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        // Every connection task holds a sender; all dropped = all closed.
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, self.alive.recv()).await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
+        }
+        if let Some(feed) = self.feed.take() {
+            feed.stop();
+        }
+        let (hub, runtime) = (self.hub, self.runtime);
+        let engines = tokio::task::spawn_blocking(move || {
+            hub.stop();
+            runtime.shutdown()
+        })
+        .await?;
+        let commands: u64 = engines.iter().map(|e| e.counters().commands).sum();
+        tracing::info!(commands, "stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+    handshake_timeout: Duration,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let mut shutdown = shutdown.clone();
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| http::handle(req, Arc::clone(&state)));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!("http connection error: {e}");
+                    }
+                }
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+                }
+            }
+            drop(alive);
+        });
+    }
+}
+
+/// Runs the server until `shutdown` resolves, logging a one-line summary every second.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let summary_symbol = config.summary_symbol.clone();
+    let feed_rate = config.feed_rate;
+    let server = Server::start(config).await?;
+    tracing::info!(
+        shards = server.engine().shards(),
+        instruments = server.engine().instruments().len(),
+        feed_rate = ?feed_rate,
+        "engine started"
+    );
+    tracing::info!(
+        "listening on http://{} (WebSocket: ws://{}/ws)",
+        server.local_addr(),
+        server.local_addr()
+    );
+    let summary = summary_loop(server.engine().clone(), summary_symbol);
     tokio::select! {
         () = shutdown => tracing::info!("shutting down"),
         () = summary => {}
     }
-    if let Some(feed) = feed {
-        feed.stop();
-    }
-    let engines = tokio::task::spawn_blocking(move || runtime.shutdown()).await?;
-    let commands: u64 = engines.iter().map(|e| e.counters().commands).sum();
-    tracing::info!(commands, "engine stopped");
-    Ok(())
+    server.shutdown().await
 }
 
 /// One line per second: rates and the top of book of one instrument.
-async fn summary_loop(handle: EngineHandle, symbol: String) {
+async fn summary_loop(handle: EngineHandle, symbol: Option<String>) {
+    let Some(symbol) = symbol else {
+        return std::future::pending().await;
+    };
     let instrument = handle.instrument_by_symbol(&symbol).cloned();
     if instrument.is_none() {
         tracing::warn!(%symbol, "summary symbol is not an instrument; showing rates only");
@@ -74,23 +256,20 @@ async fn summary_loop(handle: EngineHandle, symbol: String) {
         let rate = |f: fn(&EngineCounters) -> u64| (f(&now) - f(&last)) as f64 / elapsed;
         let top = match &instrument {
             Some(i) => {
-                let h = handle.clone();
-                let id = i.id;
+                let (h, id) = (handle.clone(), i.id);
                 let snap = tokio::task::spawn_blocking(move || h.book_snapshot(id, 1)).await;
                 let p = i.spec.price_precision;
+                let side = |l: Option<&(tickgate_engine::Price, tickgate_engine::Qty)>| {
+                    l.map_or_else(|| "-".to_string(), |(px, _)| format_fixed(px.0, p))
+                };
                 match snap {
-                    Ok(Ok(s)) => {
-                        let side = |l: Option<&(tickgate_engine::Price, tickgate_engine::Qty)>| {
-                            l.map_or_else(|| "-".to_string(), |(px, _)| format_fixed(px.0, p))
-                        };
-                        format!(
-                            "{} {} / {}",
-                            i.spec.symbol,
-                            side(s.bids.first()),
-                            side(s.asks.first())
-                        )
-                    }
-                    _ => "engine stopped".to_string(),
+                    Ok(Ok(s)) => format!(
+                        "{} {} / {}",
+                        i.spec.symbol,
+                        side(s.bids.first()),
+                        side(s.asks.first())
+                    ),
+                    _ => "engine busy".to_string(),
                 }
             }
             None => String::new(),

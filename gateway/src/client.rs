@@ -1,0 +1,87 @@
+//! A small WebSocket client over fastwebsockets, for tests, tools and examples.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use http_body_util::Empty;
+use hyper::header::{CONNECTION, UPGRADE};
+use hyper::upgrade::Upgraded;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// A connected client.
+pub type Client = WebSocket<TokioIo<Upgraded>>;
+
+struct SpawnExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpawnExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn(fut);
+    }
+}
+
+/// Opens a WebSocket to `ws://addr{path_and_query}`.
+pub async fn connect(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<Client> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let req = Request::builder()
+        .method("GET")
+        .uri(format!("http://{addr}{path_and_query}"))
+        .header("Host", addr.to_string())
+        .header(UPGRADE, "websocket")
+        .header(CONNECTION, "upgrade")
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
+        .header("Sec-WebSocket-Version", "13")
+        .body(Empty::<Bytes>::new())?;
+    let (mut ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await?;
+    ws.set_auto_pong(true);
+    ws.set_max_message_size(64 << 20);
+    Ok(ws)
+}
+
+/// Sends a JSON text message.
+pub async fn send_json(ws: &mut Client, value: &serde_json::Value) -> anyhow::Result<()> {
+    let text = value.to_string();
+    ws.write_frame(Frame::text(Payload::Owned(text.into_bytes())))
+        .await?;
+    Ok(())
+}
+
+/// A frame as plain owned data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Text (control replies, JSON market data).
+    Text(String),
+    /// Binary market data.
+    Binary(Vec<u8>),
+    /// Close with its code and reason.
+    Close(Option<u16>, String),
+}
+
+/// Reads the next data or close frame (pings are answered automatically).
+pub async fn next(ws: &mut Client) -> anyhow::Result<Message> {
+    loop {
+        let frame = ws.read_frame().await?;
+        match frame.opcode {
+            OpCode::Text => return Ok(Message::Text(String::from_utf8(frame.payload.to_vec())?)),
+            OpCode::Binary => return Ok(Message::Binary(frame.payload.to_vec())),
+            OpCode::Close => {
+                let p = frame.payload.to_vec();
+                let code = (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+                let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default()).into_owned();
+                return Ok(Message::Close(code, reason));
+            }
+            _ => continue,
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The one HTTP listener: routing, JSON errors, health and metrics.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use tickgate_engine::runtime::EngineHandle;
+
+use crate::metrics::Metrics;
+use crate::ws::{self, WsContext};
+
+/// What request handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// WebSocket context.
+    pub ws: Arc<WsContext>,
+}
+
+/// The one error shape: `{"error": {"code": "...", "message": "..."}}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    json_response(status, &body)
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "application/json".parse().expect("static header"),
+    );
+    response
+}
+
+/// Routes one request.
+pub async fn handle(
+    req: Request<Incoming>,
+    state: Arc<AppState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    if path != "/ws" {
+        state
+            .metrics
+            .http_requests_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let response = match (req.method(), path) {
+        (&Method::GET, "/ws") => ws::upgrade(req, &state.ws),
+        (&Method::GET, "/healthz") => {
+            let c = state.engine.counters();
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "status": "ok",
+                    "engine": { "shards": state.engine.shards(), "commands": c.commands, "events": c.events },
+                    "ws_connections": state.metrics.ws_connections.load(Ordering::Relaxed),
+                }),
+            )
+        }
+        (&Method::GET, "/metrics") => {
+            let mut response =
+                Response::new(Full::new(Bytes::from(state.metrics.render(&state.engine))));
+            let headers = response.headers_mut();
+            headers.insert(
+                CONTENT_TYPE,
+                "text/plain; version=0.0.4".parse().expect("static header"),
+            );
+            headers.insert(CACHE_CONTROL, "no-store".parse().expect("static header"));
+            response
+        }
+        (_, "/ws" | "/healthz" | "/metrics") => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET",
+        ),
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    };
+    Ok(response)
+}

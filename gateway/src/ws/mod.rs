@@ -1,0 +1,164 @@
+//! WebSocket market data: the `/ws` upgrade, per-connection tasks, control messages.
+
+pub mod connection;
+pub mod control;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::fanout::Directory;
+use crate::http::json_error;
+use crate::metrics::Metrics;
+
+/// Market-data encoding a connection asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Binary frames (default).
+    Binary,
+    /// JSON text frames (`?format=json`), for debugging.
+    Json,
+}
+
+/// WebSocket limits and timings.
+#[derive(Clone, Debug)]
+pub struct WsLimits {
+    /// Open WebSocket connections at most; more get HTTP 503 before the upgrade.
+    pub connections_max: usize,
+    /// Subscriptions one connection may hold.
+    pub subscriptions_per_connection_max: usize,
+    /// Largest inbound message; larger closes with 1009.
+    pub ws_message_bytes_max: usize,
+    /// Inbound messages per second (token bucket refill).
+    pub inbound_rate_per_sec: u32,
+    /// Inbound burst (token bucket size).
+    pub inbound_burst: u32,
+    /// Server ping period.
+    pub ping_interval: Duration,
+    /// Silence (no frame at all) after a ping that closes the connection with 4001.
+    pub pong_timeout: Duration,
+    /// A subscribed channel quiet this long gets a heartbeat message.
+    pub heartbeat_interval: Duration,
+    /// A write that makes no progress this long closes the connection (4008).
+    pub write_stall_timeout: Duration,
+    /// Gap notices within `slow_gap_window` that close a connection (4008).
+    pub slow_gaps_max: usize,
+    /// Window for `slow_gaps_max`.
+    pub slow_gap_window: Duration,
+    /// Bytes one vectored write carries at most.
+    pub write_batch_bytes_max: usize,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        WsLimits {
+            connections_max: 10_000,
+            subscriptions_per_connection_max: 64,
+            ws_message_bytes_max: 4096,
+            inbound_rate_per_sec: 20,
+            inbound_burst: 40,
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(40),
+            heartbeat_interval: Duration::from_secs(5),
+            write_stall_timeout: Duration::from_secs(10),
+            slow_gaps_max: 5,
+            slow_gap_window: Duration::from_secs(60),
+            write_batch_bytes_max: 256 * 1024,
+        }
+    }
+}
+
+/// What every WebSocket connection shares.
+#[derive(Debug)]
+pub struct WsContext {
+    /// Channels.
+    pub directory: Arc<Directory>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Limits.
+    pub limits: WsLimits,
+    /// Flips to `true` on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Dropped by each connection task when it ends; shutdown waits for all of them.
+    pub alive: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Handles `GET /ws`: checks limits, answers 101 and spawns the connection.
+pub fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WsContext>) -> Response<Full<Bytes>> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "expected a WebSocket upgrade",
+        );
+    }
+    let format = match query_param(req.uri().query(), "format") {
+        None | Some("binary") => Format::Binary,
+        Some("json") => Format::Json,
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_format",
+                "format must be binary or json",
+            )
+        }
+    };
+    // Reserve a slot before answering so concurrent upgrades cannot overshoot the limit.
+    let metrics = &ctx.metrics;
+    let open = metrics.ws_connections.fetch_add(1, Ordering::AcqRel);
+    if open as usize >= ctx.limits.connections_max || *ctx.shutdown.borrow() {
+        metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
+        metrics.ws_rejected_total.fetch_add(1, Ordering::Relaxed);
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "connection limit reached",
+        );
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => {
+            metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
+            return json_error(StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string());
+        }
+    };
+    metrics.ws_connections_total.fetch_add(1, Ordering::Relaxed);
+    let ctx = Arc::clone(ctx);
+    tokio::spawn(async move {
+        let alive = ctx.alive.clone();
+        match upgrade.await {
+            Ok(ws) => {
+                let upgraded = ws.into_inner().into_inner();
+                // Take the TCP stream back from hyper so reads and writes can be split
+                // without a lock, and writes can be vectored.
+                match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        connection::run(parts.io.into_inner(), parts.read_buf, format, &ctx).await;
+                    }
+                    Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+                }
+            }
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+        ctx.metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
+        drop(alive);
+    });
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// The value of `name` in a query string (no percent-decoding: values here are plain).
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
