@@ -136,6 +136,13 @@ impl Server {
         &self.metrics
     }
 
+    /// Stops the synthetic feed (if running); the engine keeps serving other commands.
+    pub fn stop_feed(&mut self) {
+        if let Some(feed) = self.feed.take() {
+            feed.stop();
+        }
+    }
+
     /// Channels.
     pub fn directory(&self) -> &Arc<Directory> {
         &self.directory

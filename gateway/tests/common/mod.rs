@@ -1,0 +1,202 @@
+#![allow(dead_code, unreachable_pub, missing_docs)]
+//! Shared helpers: a real server on 127.0.0.1:0 and real WebSocket clients.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tickgate_engine::runtime::EngineHandle;
+use tickgate_engine::*;
+use tickgate_gateway::client::{self, Client, Message};
+use tickgate_gateway::{Config, Server};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config::for_tests();
+    tweak(&mut config);
+    Server::start(config).await.expect("server starts")
+}
+
+/// Connects and consumes the welcome message.
+pub async fn connect(server: &Server, query: &str) -> Client {
+    let mut ws = client::connect(server.local_addr(), &format!("/ws{query}"))
+        .await
+        .expect("connects");
+    let welcome = text(&mut ws).await;
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    ws
+}
+
+pub async fn next(ws: &mut Client) -> Message {
+    tokio::time::timeout(WAIT, client::next(ws))
+        .await
+        .expect("a frame within the timeout")
+        .expect("read")
+}
+
+/// The next text frame as JSON (skipping binary frames).
+pub async fn text(ws: &mut Client) -> Value {
+    loop {
+        match next(ws).await {
+            Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
+            Message::Binary(_) => continue,
+            Message::Close(code, reason) => panic!("closed: {code:?} {reason}"),
+        }
+    }
+}
+
+/// Sends a request and returns the next control reply (an object with `op`).
+pub async fn request(ws: &mut Client, body: Value) -> Value {
+    client::send_json(ws, &body).await.expect("send");
+    loop {
+        let v = text(ws).await;
+        if v.is_object() && v.get("op").is_some() {
+            return v;
+        }
+    }
+}
+
+pub fn symbol_id(engine: &EngineHandle, symbol: &str) -> InstrumentId {
+    engine
+        .instrument_by_symbol(symbol)
+        .expect("default instrument")
+        .id
+}
+
+/// Funds accounts 1 and 2 with plenty of everything on every shard.
+pub fn fund(engine: &EngineHandle) {
+    for shard in 0..engine.shards() {
+        for account in [1u32, 2] {
+            for (i, asset) in engine.assets().iter().enumerate() {
+                let amount = Amount(10i64.pow(u32::from(asset.precision)) * 1_000_000_000);
+                let t = Transfer {
+                    account: AccountId(account),
+                    asset: AssetId(i as u16),
+                    amount,
+                    request_id: 0,
+                };
+                engine.submit_transfer(shard, t).expect("queue has room");
+            }
+        }
+    }
+}
+
+pub fn order(
+    engine: &EngineHandle,
+    account: u32,
+    instrument: InstrumentId,
+    side: Side,
+    order_type: OrderType,
+    price: i64,
+    qty: i64,
+) -> OrderId {
+    let id = engine.allocate_order_id();
+    engine
+        .submit(CommandKind::New(NewOrder {
+            order_id: id,
+            client_order_id: id.0,
+            account: AccountId(account),
+            instrument,
+            side,
+            order_type,
+            price: Price(price),
+            qty: Qty(qty),
+            stp: StpMode::None,
+        }))
+        .expect("queue has room");
+    id
+}
+
+/// Waits until `check` holds, polling.
+pub async fn eventually(mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+use tickgate_gateway::protocol::{self, body_i64, MsgType};
+
+/// What a binary client has seen on one book channel and one trades channel.
+#[derive(Default, Debug)]
+pub struct Follower {
+    pub book: Option<L2Book>,
+    pub book_channel: u32,
+    pub trades_channel: u32,
+    pub last_trade_seq: Option<u64>,
+    pub trades: u64,
+    pub deltas: Vec<(u64, Side, i64, i64)>,
+    pub resyncs: u64,
+    pub gaps: Vec<(u64, u64)>,
+}
+
+impl Follower {
+    /// Applies one binary frame; panics on any sequence break the protocol forbids.
+    pub fn apply(&mut self, payload: &[u8]) {
+        for msg in protocol::decode(payload) {
+            let msg = msg.expect("well-formed message");
+            match msg.msg_type {
+                MsgType::BookSnapshot if msg.channel == self.book_channel => {
+                    let (bids, asks) =
+                        protocol::decode_book_snapshot(msg.body).expect("snapshot body");
+                    if msg.flags & protocol::FLAG_RESYNC != 0 {
+                        self.resyncs += 1;
+                    }
+                    self.book = Some(L2Book::from_snapshot(&BookSnapshot {
+                        seq: Seq(msg.seq),
+                        bids,
+                        asks,
+                    }));
+                }
+                MsgType::BookDelta if msg.channel == self.book_channel => {
+                    let book = self.book.as_mut().expect("snapshot before deltas");
+                    let side = Side::from_u8(msg.body[0]).expect("side");
+                    let (price, qty) = (
+                        body_i64(msg.body, 1).expect("price"),
+                        body_i64(msg.body, 2).expect("qty"),
+                    );
+                    let delta = BookDelta {
+                        instrument: InstrumentId(0),
+                        seq: Seq(msg.seq),
+                        ts: UnixNanos(msg.ts),
+                        side,
+                        price: Price(price),
+                        qty: Qty(qty),
+                    };
+                    assert_eq!(book.apply(&delta), Ok(true), "contiguous book sequence");
+                    self.deltas.push((msg.seq, side, price, qty));
+                }
+                MsgType::TradesSnapshot if msg.channel == self.trades_channel => {
+                    if msg.flags & protocol::FLAG_RESYNC != 0 {
+                        self.resyncs += 1;
+                    }
+                    self.last_trade_seq = Some(msg.seq);
+                }
+                MsgType::Trade if msg.channel == self.trades_channel => {
+                    let last = self.last_trade_seq.expect("snapshot before trades");
+                    assert_eq!(msg.seq, last + 1, "contiguous trade sequence");
+                    self.last_trade_seq = Some(msg.seq);
+                    self.trades += 1;
+                }
+                MsgType::Gap if msg.channel == self.trades_channel => {
+                    let (from, to) = (
+                        body_i64(msg.body, 0).expect("from") as u64,
+                        body_i64(msg.body, 1).expect("to") as u64,
+                    );
+                    assert_eq!(
+                        Some(from),
+                        self.last_trade_seq.map(|s| s + 1),
+                        "gap starts where we were"
+                    );
+                    self.gaps.push((from, to));
+                    self.last_trade_seq = Some(to);
+                }
+                _ => {}
+            }
+        }
+    }
+}

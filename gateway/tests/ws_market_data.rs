@@ -1,0 +1,173 @@
+//! Market data over real WebSockets: snapshot then contiguous deltas, the rebuilt book
+//! equals the engine's, binary and JSON carry the same content, heartbeats, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tickgate_engine::types::parse_fixed;
+use tickgate_engine::*;
+use tickgate_gateway::client::Message;
+use tickgate_gateway::protocol::{self, MsgType};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
+    let mut server = start(|c| c.feed_rate = Some(20_000)).await;
+    let symbols = ["BTC-USD", "ETH-USD"];
+    let mut bin = connect(&server, "").await;
+    let mut jsn = connect(&server, "?format=json").await;
+    let channels: Vec<String> = symbols
+        .iter()
+        .flat_map(|s| [format!("book.{s}"), format!("trades.{s}")])
+        .collect();
+    let sub = json!({"op": "subscribe", "id": 1, "channels": channels, "depth": 1000});
+    let ack = request(&mut bin, sub.clone()).await;
+    assert_eq!(ack["op"], "subscribed", "{ack}");
+    assert_eq!(ack["channels"].as_array().map(Vec::len), Some(4));
+    let ack_json = request(&mut jsn, sub).await;
+    assert_eq!(ack_json["op"], "subscribed");
+
+    let id = |name: &str| {
+        ack["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == name)
+            .unwrap()["channel_id"]
+            .as_u64()
+            .unwrap() as u32
+    };
+    let mut followers: Vec<Follower> = symbols
+        .iter()
+        .map(|s| Follower {
+            book_channel: id(&format!("book.{s}")),
+            trades_channel: id(&format!("trades.{s}")),
+            ..Follower::default()
+        })
+        .collect();
+
+    // Let the market run, then stop it and wait until the client has every delta.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < until {
+        if let Message::Binary(p) = next(&mut bin).await {
+            followers.iter_mut().for_each(|f| f.apply(&p));
+        }
+    }
+    server.stop_feed();
+    let engine = server.engine().clone();
+    for (f, s) in followers.iter_mut().zip(symbols) {
+        let expected = engine
+            .book_snapshot(symbol_id(&engine, s), usize::MAX)
+            .expect("engine answers");
+        while f.book.as_ref().map(|b| b.seq()) != Some(expected.seq) {
+            if let Message::Binary(p) = next(&mut bin).await {
+                f.apply(&p);
+            }
+        }
+        let mine = f.book.as_ref().expect("book").snapshot(usize::MAX);
+        assert_eq!(
+            mine, expected,
+            "{s}: snapshot + deltas == engine book at seq {}",
+            expected.seq
+        );
+        assert!(
+            f.deltas.len() > 50,
+            "{s}: a lively market ({} deltas)",
+            f.deltas.len()
+        );
+        assert!(f.trades > 5, "{s}: trades flowed ({})", f.trades);
+        assert_eq!(f.resyncs, 0);
+    }
+
+    // The JSON client saw the same deltas for BTC-USD (compare the overlapping range).
+    let btc = engine.instrument_by_symbol("BTC-USD").expect("btc").clone();
+    let mut json_deltas: Vec<(u64, Side, i64, i64)> = Vec::new();
+    let last_bin = followers[0].deltas.last().expect("deltas").0;
+    while json_deltas.last().map_or(true, |(s, ..)| *s < last_bin) {
+        let Message::Text(t) = next(&mut jsn).await else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+        for m in v.as_array().into_iter().flatten() {
+            if m["type"] == "book_delta" && m["channel"] == "book.BTC-USD" {
+                let side = if m["side"] == "buy" {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                let price =
+                    parse_fixed(m["price"].as_str().unwrap(), btc.spec.price_precision).unwrap();
+                let qty = parse_fixed(m["qty"].as_str().unwrap(), btc.spec.qty_precision).unwrap();
+                json_deltas.push((m["seq"].as_u64().unwrap(), side, price, qty));
+            }
+        }
+    }
+    let first_json = json_deltas[0].0;
+    let bin_tail: Vec<_> = followers[0]
+        .deltas
+        .iter()
+        .filter(|d| d.0 >= first_json)
+        .cloned()
+        .collect();
+    assert!(bin_tail.len() > 10, "overlap is meaningful");
+    assert_eq!(
+        json_deltas[..bin_tail.len()],
+        bin_tail[..],
+        "binary and JSON carry the same deltas"
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_channels_get_heartbeats_with_their_last_sequence() {
+    let server = start(|c| c.ws.heartbeat_interval = Duration::from_millis(100)).await;
+    let engine = server.engine().clone();
+    fund(&engine);
+    let sol = symbol_id(&engine, "SOL-USD");
+    order(&engine, 1, sol, Side::Sell, OrderType::Limit, 15_000, 100);
+    order(&engine, 2, sol, Side::Buy, OrderType::Limit, 15_000, 40);
+    let mut ws = connect(&server, "").await;
+    eventually(|| server.directory().get("trades.SOL-USD").unwrap().last_seq() == 1).await;
+    let ack = request(
+        &mut ws,
+        json!({"op": "subscribe", "channels": ["trades.SOL-USD", "bbo.SOL-USD"]}),
+    )
+    .await;
+    assert_eq!(ack["channels"][0]["seq"], 1, "{ack}");
+    let mut heartbeats = std::collections::HashMap::new();
+    while heartbeats.len() < 2 {
+        if let Message::Binary(p) = next(&mut ws).await {
+            for m in protocol::decode(&p) {
+                let m = m.expect("valid");
+                if m.msg_type == MsgType::Heartbeat {
+                    heartbeats.insert(m.channel, m.seq);
+                }
+            }
+        }
+    }
+    let trades_id = ack["channels"][0]["channel_id"].as_u64().unwrap() as u32;
+    assert_eq!(
+        heartbeats[&trades_id], 1,
+        "heartbeat carries the last trade sequence"
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_websockets_with_1001() {
+    let server = start(|_| {}).await;
+    let mut ws = connect(&server, "").await;
+    let stopping = tokio::spawn(server.shutdown());
+    loop {
+        match next(&mut ws).await {
+            Message::Close(code, _) => {
+                assert_eq!(code, Some(protocol::close::GOING_AWAY));
+                break;
+            }
+            _ => continue,
+        }
+    }
+    stopping.await.expect("task").expect("clean shutdown");
+}
