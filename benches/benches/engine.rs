@@ -62,10 +62,7 @@ fn mixed_flow(c: &mut Criterion) {
 const MKT: InstrumentId = InstrumentId(0);
 
 fn populated() -> (Engine, u64) {
-    let spec = EngineSpec {
-        accounts_max: 8,
-        ..EngineSpec::default()
-    };
+    let spec = EngineSpec { accounts_max: 8, ..EngineSpec::default() };
     let mut engine = Engine::new(&spec, |_| true).expect("valid");
     let mut sink = Vec::new();
     for account in 0..8 {
@@ -76,13 +73,8 @@ fn populated() -> (Engine, u64) {
                 amount: Amount(1 << 60),
                 request_id: 0,
             };
-            engine.process(
-                &Command {
-                    ts: UnixNanos(0),
-                    kind: CommandKind::Transfer(t),
-                },
-                &mut sink,
-            );
+            engine
+                .process(&Command { ts: UnixNanos(0), kind: CommandKind::Transfer(t) }, &mut sink);
         }
     }
     // 10,000 resting orders over 200 levels a side around 65000.00.
@@ -91,15 +83,8 @@ fn populated() -> (Engine, u64) {
         id += 1;
         let side = if i % 2 == 0 { Side::Buy } else { Side::Sell };
         let offset = 1 + (i / 2) % 200;
-        let price = if side == Side::Buy {
-            6_500_000 - offset
-        } else {
-            6_500_000 + offset
-        };
-        engine.process(
-            &new(id, (i % 4) as u32, side, OrderType::Limit, price, 10),
-            &mut sink,
-        );
+        let price = if side == Side::Buy { 6_500_000 - offset } else { 6_500_000 + offset };
+        engine.process(&new(id, (i % 4) as u32, side, OrderType::Limit, price, 10), &mut sink);
     }
     (engine, id)
 }
@@ -180,10 +165,7 @@ fn single_commands(c: &mut Criterion) {
             b,
             &mut nothing,
             &mut |e, id, sink| {
-                e.process(
-                    &new(id, 5, Side::Buy, OrderType::Limit, near_bid(id), 1),
-                    sink,
-                )
+                e.process(&new(id, 5, Side::Buy, OrderType::Limit, near_bid(id), 1), sink)
             },
             &mut |e, id, sink| e.process(&cancel(id, 5), sink),
         )
@@ -193,10 +175,7 @@ fn single_commands(c: &mut Criterion) {
         batched(
             b,
             &mut |e, id, sink| {
-                e.process(
-                    &new(id, 5, Side::Buy, OrderType::Limit, near_bid(id), 1),
-                    sink,
-                )
+                e.process(&new(id, 5, Side::Buy, OrderType::Limit, near_bid(id), 1), sink)
             },
             &mut |e, id, sink| e.process(&cancel(id, 5), sink),
             &mut nothing,
@@ -207,21 +186,11 @@ fn single_commands(c: &mut Criterion) {
         batched(
             b,
             &mut |e, id, sink| {
-                e.process(
-                    &new(id + 1, 7, Side::Sell, OrderType::Limit, 6_500_000, 1),
-                    sink,
-                )
+                e.process(&new(id + 1, 7, Side::Sell, OrderType::Limit, 6_500_000, 1), sink)
             },
             &mut |e, id, sink| {
                 e.process(
-                    &new(
-                        id + 1_000_000_000,
-                        6,
-                        Side::Buy,
-                        OrderType::Ioc,
-                        6_500_000,
-                        1,
-                    ),
+                    &new(id + 1_000_000_000, 6, Side::Buy, OrderType::Ioc, 6_500_000, 1),
                     sink,
                 )
             },

@@ -37,10 +37,7 @@ fn print(name: &str, h: &Histogram<u64>) {
 }
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn service_time(workload: &Workload) {
@@ -151,10 +148,7 @@ fn main() {
     let (rate, seconds) = if smoke {
         (100_000, 1)
     } else {
-        (
-            env("TICKGATE_LATENCY_RATE", 1_000_000),
-            env("TICKGATE_LATENCY_SECONDS", 5),
-        )
+        (env("TICKGATE_LATENCY_RATE", 1_000_000), env("TICKGATE_LATENCY_SECONDS", 5))
     };
     let measured = (rate * seconds) as usize;
     let workload = Workload::mixed(42, 200_000, measured.max(100_000));

@@ -19,25 +19,14 @@ pub struct Workload {
 impl Workload {
     /// `warmup` + `measured` commands of synthetic flow from `seed`.
     pub fn mixed(seed: u64, warmup: usize, measured: usize) -> Workload {
-        let spec = EngineSpec {
-            accounts_max: 2048,
-            ..EngineSpec::default()
-        };
+        let spec = EngineSpec { accounts_max: 2048, ..EngineSpec::default() };
         let engine = Engine::new(&spec, |_| true).expect("default markets are valid");
-        let mut flow = SyntheticFlow::new(
-            FlowConfig {
-                seed,
-                ..FlowConfig::default()
-            },
-            engine.instruments(),
-        );
+        let mut flow =
+            SyntheticFlow::new(FlowConfig { seed, ..FlowConfig::default() }, engine.instruments());
         let mut ts = 0u64;
         let mut stamp = |kind| {
             ts += 1;
-            Command {
-                ts: UnixNanos(ts),
-                kind,
-            }
+            Command { ts: UnixNanos(ts), kind }
         };
         let mut setup: Vec<Command> = flow
             .funding(engine.assets())
@@ -46,14 +35,8 @@ impl Workload {
             .collect();
         let mut ids = SequentialIds(0);
         setup.extend((0..warmup).map(|_| stamp(flow.next_command(&mut ids))));
-        let measured = (0..measured)
-            .map(|_| stamp(flow.next_command(&mut ids)))
-            .collect();
-        Workload {
-            spec,
-            setup,
-            measured,
-        }
+        let measured = (0..measured).map(|_| stamp(flow.next_command(&mut ids))).collect();
+        Workload { spec, setup, measured }
     }
 
     /// A fresh engine with the setup applied.

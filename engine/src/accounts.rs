@@ -163,10 +163,7 @@ impl Ledger {
     pub fn check_invariants(&self) {
         for (i, b) in self.balances.iter().enumerate() {
             assert!(b.held.0 >= 0, "negative hold at balance {i}: {b:?}");
-            assert!(
-                b.held.0 <= b.total.0,
-                "hold above total at balance {i}: {b:?}"
-            );
+            assert!(b.held.0 <= b.total.0, "hold above total at balance {i}: {b:?}");
         }
     }
 

@@ -161,9 +161,7 @@ impl OrderBook {
     /// Slot of the oldest order at the best price of `side`.
     #[inline]
     pub fn front(&self, side: Side) -> Option<u32> {
-        self.ladder(side)
-            .last()
-            .map(|&(_, l)| self.levels[l as usize].head)
+        self.ladder(side).last().map(|&(_, l)| self.levels[l as usize].head)
     }
 
     /// The order in `slot`. Slots come from [`OrderBook::front`] or [`OrderBook::find`].
@@ -203,12 +201,7 @@ impl OrderBook {
             return Err(BookFull);
         }
         let level = self.level_for(order.side, order.price);
-        let node = Node {
-            order,
-            prev: self.levels[level as usize].tail,
-            next: NIL,
-            level,
-        };
+        let node = Node { order, prev: self.levels[level as usize].tail, next: NIL, level };
         let slot = match self.free_nodes.pop() {
             Some(slot) => {
                 self.nodes[slot as usize] = node;
@@ -248,13 +241,7 @@ impl OrderBook {
                 return l;
             }
         }
-        let level = Level {
-            price,
-            total: Qty::ZERO,
-            head: NIL,
-            tail: NIL,
-            count: 0,
-        };
+        let level = Level { price, total: Qty::ZERO, head: NIL, tail: NIL, count: 0 };
         let l = match self.free_levels.pop() {
             Some(l) => {
                 self.levels[l as usize] = level;
@@ -273,10 +260,7 @@ impl OrderBook {
     /// order after the fill and the level's new aggregate quantity.
     pub fn fill(&mut self, slot: u32, qty: Qty) -> (RestingOrder, Qty) {
         let node = &mut self.nodes[slot as usize];
-        debug_assert!(
-            qty.0 > 0 && qty.0 <= node.order.leaves.0,
-            "fill within open qty"
-        );
+        debug_assert!(qty.0 > 0 && qty.0 <= node.order.leaves.0, "fill within open qty");
         node.order.leaves.0 -= qty.0;
         node.order.filled.0 += qty.0;
         let order = node.order;
@@ -295,10 +279,7 @@ impl OrderBook {
     /// Returns the level's new aggregate quantity.
     pub fn reduce(&mut self, slot: u32, leaves: Qty) -> Qty {
         let node = &mut self.nodes[slot as usize];
-        debug_assert!(
-            leaves.0 > 0 && leaves.0 < node.order.leaves.0,
-            "reduce keeps some"
-        );
+        debug_assert!(leaves.0 > 0 && leaves.0 < node.order.leaves.0, "reduce keeps some");
         let delta = node.order.leaves.0 - leaves.0;
         node.order.leaves = leaves;
         let lvl = &mut self.levels[node.level as usize];
@@ -309,12 +290,7 @@ impl OrderBook {
     /// Unlinks the order in `slot`. Returns it and its level's new aggregate quantity
     /// (zero when the level is gone).
     pub fn remove(&mut self, slot: u32) -> (RestingOrder, Qty) {
-        let Node {
-            order,
-            prev,
-            next,
-            level,
-        } = self.nodes[slot as usize];
+        let Node { order, prev, next, level } = self.nodes[slot as usize];
         if prev == NIL {
             self.levels[level as usize].head = next;
         } else {
@@ -347,11 +323,7 @@ impl OrderBook {
         } else {
             ladder.partition_point(|&(x, _)| x < k)
         };
-        debug_assert_eq!(
-            ladder.get(at).map(|e| e.1),
-            Some(level),
-            "level is in its ladder"
-        );
+        debug_assert_eq!(ladder.get(at).map(|e| e.1), Some(level), "level is in its ladder");
         ladder.remove(at);
         self.free_levels.push(level);
     }
@@ -418,10 +390,7 @@ impl OrderBook {
                 assert!(count > 0, "no empty levels in the ladder");
             }
         }
-        let listed: usize = [Side::Buy, Side::Sell]
-            .iter()
-            .map(|&s| self.orders(s).count())
-            .sum();
+        let listed: usize = [Side::Buy, Side::Sell].iter().map(|&s| self.orders(s).count()).sum();
         assert_eq!(listed, self.index.len(), "every indexed order is linked");
         if let (Some((bid, _)), Some((ask, _))) = (self.best(Side::Buy), self.best(Side::Sell)) {
             assert!(bid < ask, "book is not crossed");
@@ -471,10 +440,7 @@ mod tests {
         let (b, total) = book.insert(order(2, Side::Sell, 10, 5)).unwrap();
         assert_eq!(total, Qty(10));
         let (after, total) = book.fill(a, Qty(2));
-        assert_eq!(
-            (after.leaves, after.filled, total),
-            (Qty(3), Qty(2), Qty(8))
-        );
+        assert_eq!((after.leaves, after.filled, total), (Qty(3), Qty(2), Qty(8)));
         assert_eq!(book.reduce(b, Qty(1)), Qty(4));
         let (_, total) = book.fill(a, Qty(3));
         assert_eq!(total, Qty(1));

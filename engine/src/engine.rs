@@ -47,12 +47,7 @@ pub struct EngineSpec {
 impl Default for EngineSpec {
     fn default() -> Self {
         let (assets, instruments) = default_markets();
-        EngineSpec {
-            assets,
-            instruments,
-            accounts_max: 4096,
-            orders_per_book_max: 1 << 20,
-        }
+        EngineSpec { assets, instruments, accounts_max: 4096, orders_per_book_max: 1 << 20 }
     }
 }
 
@@ -114,11 +109,7 @@ impl Live {
             instrument: o.instrument,
             side: o.side,
             order_type: o.order_type,
-            price: if o.order_type == OrderType::Market {
-                Price(0)
-            } else {
-                o.price
-            },
+            price: if o.order_type == OrderType::Market { Price(0) } else { o.price },
             leaves: o.qty,
             filled: Qty::ZERO,
             stp: o.stp,
@@ -171,11 +162,7 @@ fn report(
     reason: RejectReason,
     last: (Price, Qty),
 ) -> Event {
-    let seq = if ledger.contains(o.account) {
-        ledger.next_exec_seq(o.account)
-    } else {
-        Seq(0)
-    };
+    let seq = if ledger.contains(o.account) { ledger.next_exec_seq(o.account) } else { Seq(0) };
     Event::Exec(ExecReport {
         account: o.account,
         seq,
@@ -217,12 +204,7 @@ impl<S: EventSink> Ctx<'_, S> {
 
     #[inline]
     fn touch(&mut self, side: Side, price: Price, qty: Qty) {
-        match self
-            .touched
-            .iter_mut()
-            .rev()
-            .find(|e| e.0 == side && e.1 == price)
-        {
+        match self.touched.iter_mut().rev().find(|e| e.0 == side && e.1 == price) {
             Some(entry) => entry.2 = qty,
             None => self.touched.push((side, price, qty)),
         }
@@ -236,18 +218,11 @@ impl<S: EventSink> Ctx<'_, S> {
             Side::Buy if o.order_type == OrderType::Market => (spec.quote, Amount(0)),
             Side::Buy => (
                 spec.quote,
-                self.market
-                    .instrument
-                    .notional(o.price, o.leaves)
-                    .expect("validated at accept"),
+                self.market.instrument.notional(o.price, o.leaves).expect("validated at accept"),
             ),
-            Side::Sell => (
-                spec.base,
-                self.market
-                    .instrument
-                    .base_amount(o.leaves)
-                    .expect("validated"),
-            ),
+            Side::Sell => {
+                (spec.base, self.market.instrument.base_amount(o.leaves).expect("validated"))
+            }
         }
     }
 
@@ -265,10 +240,7 @@ impl<S: EventSink> Ctx<'_, S> {
     /// stopped. Returns why it stopped early (`None` when nothing remains to say).
     fn match_incoming(&mut self, t: &mut Live) -> RejectReason {
         let opposite = t.side.opposite();
-        let (base, quote) = (
-            self.market.instrument.spec.base,
-            self.market.instrument.spec.quote,
-        );
+        let (base, quote) = (self.market.instrument.spec.base, self.market.instrument.spec.quote);
         while t.leaves.0 > 0 {
             let Some(slot) = self.market.book.front(opposite) else {
                 return RejectReason::NoLiquidity;
@@ -298,10 +270,7 @@ impl<S: EventSink> Ctx<'_, S> {
             let mut qty = Qty(t.leaves.0.min(maker.leaves.0));
             if t.order_type == OrderType::Market && t.side == Side::Buy {
                 let available = self.ledger.balance(t.account, quote).available();
-                let affordable = self
-                    .market
-                    .instrument
-                    .affordable_qty(maker.price, available);
+                let affordable = self.market.instrument.affordable_qty(maker.price, available);
                 qty = Qty(qty.0.min(affordable.0));
                 if qty.0 == 0 {
                     return RejectReason::InsufficientFunds;
@@ -359,12 +328,7 @@ impl<S: EventSink> Ctx<'_, S> {
                 (maker.price, qty),
             );
             let taker = *t;
-            self.report(
-                &taker,
-                fill_kind(t.leaves),
-                RejectReason::None,
-                (maker.price, qty),
-            );
+            self.report(&taker, fill_kind(t.leaves), RejectReason::None, (maker.price, qty));
         }
         RejectReason::None
     }
@@ -497,10 +461,7 @@ impl Engine {
     ) -> Result<Self, InstrumentError> {
         let mut instruments = Vec::with_capacity(spec.instruments.len());
         for (i, s) in spec.instruments.iter().enumerate() {
-            if instruments
-                .iter()
-                .any(|x: &Instrument| x.spec.symbol == s.symbol)
-            {
+            if instruments.iter().any(|x: &Instrument| x.spec.symbol == s.symbol) {
                 return Err(InstrumentError::Duplicate(s.symbol.clone()));
             }
             let instrument = Instrument::new(InstrumentId(i as u32), s.clone(), &spec.assets)?;
@@ -562,10 +523,7 @@ impl Engine {
 
     /// The book of an owned instrument.
     pub fn book(&self, instrument: InstrumentId) -> Option<&OrderBook> {
-        self.markets
-            .get(instrument.0 as usize)?
-            .as_ref()
-            .map(|m| &m.book)
+        self.markets.get(instrument.0 as usize)?.as_ref().map(|m| &m.book)
     }
 
     /// Aggregated snapshot of the top `depth` levels, valid at the current book sequence.
@@ -594,14 +552,7 @@ impl Engine {
     fn reject<S: EventSink>(&mut self, ts: UnixNanos, o: &Live, reason: RejectReason, out: &mut S) {
         self.counters.rejects += 1;
         self.counters.events += 1;
-        out.push(report(
-            &mut self.ledger,
-            o,
-            ts,
-            ExecKind::Rejected,
-            reason,
-            (Price(0), Qty(0)),
-        ));
+        out.push(report(&mut self.ledger, o, ts, ExecKind::Rejected, reason, (Price(0), Qty(0))));
     }
 
     /// Splits out the matching context for an owned market.
@@ -627,9 +578,7 @@ impl Engine {
         if let Err(reason) = self.validate_new(o) {
             return self.reject(ts, &live, reason, out);
         }
-        let mut cx = self
-            .ctx(o.instrument, ts, out)
-            .expect("validated: owned market");
+        let mut cx = self.ctx(o.instrument, ts, out).expect("validated: owned market");
         let book = &cx.market.book;
         if o.order_type == OrderType::PostOnly {
             let crosses = match o.side {
@@ -670,12 +619,7 @@ impl Engine {
                 (Price(0), Qty(0)),
             );
         }
-        cx.report(
-            &live,
-            ExecKind::Accepted,
-            RejectReason::None,
-            (Price(0), Qty(0)),
-        );
+        cx.report(&live, ExecKind::Accepted, RejectReason::None, (Price(0), Qty(0)));
         cx.execute(&mut live);
         cx.flush();
     }
@@ -716,10 +660,7 @@ impl Engine {
             .get(instrument.0 as usize)
             .and_then(Option::as_ref)
             .ok_or(RejectReason::UnknownInstrument)?;
-        let slot = market
-            .book
-            .find(order_id)
-            .ok_or(RejectReason::UnknownOrder)?;
+        let slot = market.book.find(order_id).ok_or(RejectReason::UnknownOrder)?;
         let order = *market.book.order(slot);
         // Someone else's order is reported exactly like a missing one: nothing leaks.
         if order.account != account {
@@ -751,9 +692,7 @@ impl Engine {
                 return self.reject(ts, &live, reason, out);
             }
         };
-        let mut cx = self
-            .ctx(c.instrument, ts, out)
-            .expect("found: owned market");
+        let mut cx = self.ctx(c.instrument, ts, out).expect("found: owned market");
         cx.cancel_resting(slot, RejectReason::UserCanceled);
         cx.flush();
     }
@@ -767,14 +706,8 @@ impl Engine {
             }
         };
         let old = Live::from_resting(&order, r.instrument);
-        let mut new = Live {
-            price: r.price,
-            leaves: r.qty,
-            ..old
-        };
-        let mut cx = self
-            .ctx(r.instrument, ts, out)
-            .expect("found: owned market");
+        let mut new = Live { price: r.price, leaves: r.qty, ..old };
+        let mut cx = self.ctx(r.instrument, ts, out).expect("found: owned market");
         let instrument = &cx.market.instrument;
         let checked = check_qty(instrument, r.qty).and_then(|()| check_price(instrument, r.price));
         let reason = match checked {
@@ -784,16 +717,10 @@ impl Engine {
                 // Lower quantity at the same price: keep time priority.
                 let (asset, old_hold) = cx.hold_of(&old);
                 let (_, new_hold) = cx.hold_of(&new);
-                cx.ledger
-                    .release(order.account, asset, Amount(old_hold.0 - new_hold.0));
+                cx.ledger.release(order.account, asset, Amount(old_hold.0 - new_hold.0));
                 let level_qty = cx.market.book.reduce(slot, r.qty);
                 cx.touch(order.side, order.price, level_qty);
-                cx.report(
-                    &new,
-                    ExecKind::Replaced,
-                    RejectReason::None,
-                    (Price(0), Qty(0)),
-                );
+                cx.report(&new, ExecKind::Replaced, RejectReason::None, (Price(0), Qty(0)));
                 return cx.flush();
             }
             Ok(()) => {
@@ -814,15 +741,8 @@ impl Engine {
                     let (_, level_qty) = cx.market.book.remove(slot);
                     cx.touch(order.side, order.price, level_qty);
                     cx.ledger.release(order.account, asset, old_hold);
-                    cx.ledger
-                        .hold(order.account, asset, new_hold)
-                        .expect("checked available");
-                    cx.report(
-                        &new,
-                        ExecKind::Replaced,
-                        RejectReason::None,
-                        (Price(0), Qty(0)),
-                    );
+                    cx.ledger.hold(order.account, asset, new_hold).expect("checked available");
+                    cx.report(&new, ExecKind::Replaced, RejectReason::None, (Price(0), Qty(0)));
                     cx.execute(&mut new);
                     return cx.flush();
                 }
@@ -838,11 +758,7 @@ impl Engine {
             client_order_id: t.request_id,
             account: t.account,
             instrument: InstrumentId(0),
-            side: if t.amount.0 >= 0 {
-                Side::Buy
-            } else {
-                Side::Sell
-            },
+            side: if t.amount.0 >= 0 { Side::Buy } else { Side::Sell },
             order_type: OrderType::Limit,
             price: Price(i64::from(t.asset.0)),
             leaves: Qty(0),
@@ -916,10 +832,9 @@ impl Engine {
             for side in [Side::Buy, Side::Sell] {
                 for o in m.book.orders(side) {
                     let (asset, amount) = match side {
-                        Side::Buy => (
-                            m.instrument.spec.quote,
-                            m.instrument.notional(o.price, o.leaves),
-                        ),
+                        Side::Buy => {
+                            (m.instrument.spec.quote, m.instrument.notional(o.price, o.leaves))
+                        }
                         Side::Sell => (m.instrument.spec.base, m.instrument.base_amount(o.leaves)),
                     };
                     let amount = amount.expect("validated amounts");
@@ -931,15 +846,8 @@ impl Engine {
         if self.markets.iter().all(Option::is_some) {
             for a in 0..accounts {
                 for s in 0..assets {
-                    let held = self
-                        .ledger
-                        .balance(AccountId(a as u32), AssetId(s as u16))
-                        .held;
-                    assert_eq!(
-                        held.0,
-                        expected[a * assets + s],
-                        "hold of account {a} asset {s}"
-                    );
+                    let held = self.ledger.balance(AccountId(a as u32), AssetId(s as u16)).held;
+                    assert_eq!(held.0, expected[a * assets + s], "hold of account {a} asset {s}");
                 }
             }
         }

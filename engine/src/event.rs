@@ -228,13 +228,8 @@ impl Event {
                 w[6] = b.ask_qty.0 as u64;
             }
             Event::Exec(e) => {
-                w[0] = head(
-                    TAG_EXEC,
-                    e.side.as_u8(),
-                    e.kind as u8,
-                    e.reason.as_u8(),
-                    e.instrument.0,
-                );
+                w[0] =
+                    head(TAG_EXEC, e.side.as_u8(), e.kind as u8, e.reason.as_u8(), e.instrument.0);
                 w[1] = e.seq.0;
                 w[2] = e.ts.0;
                 w[3] = u64::from(e.account.0) | u64::from(e.order_type.as_u8()) << 32;
@@ -324,10 +319,7 @@ pub struct EventDigest {
 
 impl Default for EventDigest {
     fn default() -> Self {
-        EventDigest {
-            state: 0xcbf2_9ce4_8422_2325,
-            count: 0,
-        }
+        EventDigest { state: 0xcbf2_9ce4_8422_2325, count: 0 }
     }
 }
 

@@ -93,31 +93,21 @@ impl Instrument {
         assets: &[Asset],
     ) -> Result<Self, InstrumentError> {
         let asset = |id: AssetId| {
-            assets
-                .get(usize::from(id.0))
-                .ok_or_else(|| InstrumentError::UnknownAsset {
-                    symbol: spec.symbol.clone(),
-                    asset: id.0,
-                })
+            assets.get(usize::from(id.0)).ok_or_else(|| InstrumentError::UnknownAsset {
+                symbol: spec.symbol.clone(),
+                asset: id.0,
+            })
         };
         let base = asset(spec.base)?;
         let quote = asset(spec.quote)?;
-        let precision_err = || InstrumentError::Precision {
-            symbol: spec.symbol.clone(),
-        };
+        let precision_err = || InstrumentError::Precision { symbol: spec.symbol.clone() };
         let quote_exp = quote
             .precision
             .checked_sub(spec.price_precision)
             .and_then(|p| p.checked_sub(spec.qty_precision))
             .ok_or_else(precision_err)?;
-        let base_exp = base
-            .precision
-            .checked_sub(spec.qty_precision)
-            .ok_or_else(precision_err)?;
-        let grid = |what| InstrumentError::Grid {
-            symbol: spec.symbol.clone(),
-            what,
-        };
+        let base_exp = base.precision.checked_sub(spec.qty_precision).ok_or_else(precision_err)?;
+        let grid = |what| InstrumentError::Grid { symbol: spec.symbol.clone(), what };
         if spec.tick_size.0 <= 0 || spec.lot_size.0 <= 0 || spec.qty_max.0 <= 0 {
             return Err(grid("tick, lot and max quantity must be positive"));
         }
@@ -127,18 +117,9 @@ impl Instrument {
         if spec.price_min.0 % spec.tick_size.0 != 0 || spec.price_max.0 % spec.tick_size.0 != 0 {
             return Err(grid("price band must be on the tick grid"));
         }
-        let quote_scale = 10i64
-            .checked_pow(u32::from(quote_exp))
-            .ok_or_else(precision_err)?;
-        let base_scale = 10i64
-            .checked_pow(u32::from(base_exp))
-            .ok_or_else(precision_err)?;
-        Ok(Instrument {
-            id,
-            spec,
-            quote_scale,
-            base_scale,
-        })
+        let quote_scale = 10i64.checked_pow(u32::from(quote_exp)).ok_or_else(precision_err)?;
+        let base_scale = 10i64.checked_pow(u32::from(base_exp)).ok_or_else(precision_err)?;
+        Ok(Instrument { id, spec, quote_scale, base_scale })
     }
 
     /// Quote amount of `qty` at `price`, exact; `None` on overflow.
@@ -183,10 +164,7 @@ pub fn default_markets() -> (Vec<Asset>, Vec<InstrumentSpec>) {
     ];
     let assets = names
         .iter()
-        .map(|(symbol, precision)| Asset {
-            symbol: (*symbol).to_string(),
-            precision: *precision,
-        })
+        .map(|(symbol, precision)| Asset { symbol: (*symbol).to_string(), precision: *precision })
         .collect();
     // (base asset, price precision, qty precision, reference price as raw)
     let table: [(u16, u8, u8, i64); 8] = [
@@ -201,21 +179,19 @@ pub fn default_markets() -> (Vec<Asset>, Vec<InstrumentSpec>) {
     ];
     let instruments = table
         .iter()
-        .map(
-            |&(base, price_precision, qty_precision, reference)| InstrumentSpec {
-                symbol: format!("{}-USD", names[usize::from(base)].0),
-                base: AssetId(base),
-                quote: AssetId(0),
-                price_precision,
-                qty_precision,
-                tick_size: Price(1),
-                lot_size: Qty(1),
-                price_min: Price(1),
-                price_max: Price(reference * 100),
-                qty_max: Qty(10i64.pow(u32::from(qty_precision)) * 1_000_000),
-                reference_price: Price(reference),
-            },
-        )
+        .map(|&(base, price_precision, qty_precision, reference)| InstrumentSpec {
+            symbol: format!("{}-USD", names[usize::from(base)].0),
+            base: AssetId(base),
+            quote: AssetId(0),
+            price_precision,
+            qty_precision,
+            tick_size: Price(1),
+            lot_size: Qty(1),
+            price_min: Price(1),
+            price_max: Price(reference * 100),
+            qty_max: Qty(10i64.pow(u32::from(qty_precision)) * 1_000_000),
+            reference_price: Price(reference),
+        })
         .collect();
     (assets, instruments)
 }
@@ -233,10 +209,7 @@ mod tests {
     fn notional_is_exact() {
         let i = btc();
         // 65000.00 USD * 0.0001 BTC = 6.5 USD = 6_500_000 micro-dollars
-        assert_eq!(
-            i.notional(Price(6_500_000), Qty(1)),
-            Some(Amount(6_500_000))
-        );
+        assert_eq!(i.notional(Price(6_500_000), Qty(1)), Some(Amount(6_500_000)));
         // 0.0001 BTC = 10_000 satoshi
         assert_eq!(i.base_amount(Qty(1)), Some(Amount(10_000)));
         assert_eq!(i.notional(Price(i64::MAX), Qty(i64::MAX)), None);
@@ -245,14 +218,8 @@ mod tests {
     #[test]
     fn affordable_qty_rounds_down_to_lots() {
         let i = btc();
-        assert_eq!(
-            i.affordable_qty(Price(6_500_000), Amount(6_499_999)),
-            Qty(0)
-        );
-        assert_eq!(
-            i.affordable_qty(Price(6_500_000), Amount(13_000_001)),
-            Qty(2)
-        );
+        assert_eq!(i.affordable_qty(Price(6_500_000), Amount(6_499_999)), Qty(0));
+        assert_eq!(i.affordable_qty(Price(6_500_000), Amount(13_000_001)), Qty(2));
     }
 
     #[test]

@@ -51,10 +51,7 @@ impl L2Book {
             return Ok(false);
         }
         if delta.seq != self.seq.next() {
-            return Err(SeqGap {
-                expected: self.seq.next(),
-                got: delta.seq,
-            });
+            return Err(SeqGap { expected: self.seq.next(), got: delta.seq });
         }
         let side = match delta.side {
             Side::Buy => &mut self.bids,
@@ -80,19 +77,8 @@ impl L2Book {
     pub fn snapshot(&self, depth: usize) -> BookSnapshot {
         BookSnapshot {
             seq: self.seq,
-            bids: self
-                .bids
-                .iter()
-                .rev()
-                .take(depth)
-                .map(|(p, q)| (*p, *q))
-                .collect(),
-            asks: self
-                .asks
-                .iter()
-                .take(depth)
-                .map(|(p, q)| (*p, *q))
-                .collect(),
+            bids: self.bids.iter().rev().take(depth).map(|(p, q)| (*p, *q)).collect(),
+            asks: self.asks.iter().take(depth).map(|(p, q)| (*p, *q)).collect(),
         }
     }
 }
@@ -115,25 +101,14 @@ mod tests {
 
     #[test]
     fn applies_in_order_and_detects_gaps() {
-        let snap = BookSnapshot {
-            seq: Seq(5),
-            bids: vec![(Price(10), Qty(1))],
-            asks: vec![],
-        };
+        let snap = BookSnapshot { seq: Seq(5), bids: vec![(Price(10), Qty(1))], asks: vec![] };
         let mut book = L2Book::from_snapshot(&snap);
-        assert_eq!(
-            book.apply(&delta(4, Side::Buy, 9, 9)),
-            Ok(false),
-            "old delta ignored"
-        );
+        assert_eq!(book.apply(&delta(4, Side::Buy, 9, 9)), Ok(false), "old delta ignored");
         assert_eq!(book.apply(&delta(6, Side::Sell, 12, 3)), Ok(true));
         assert_eq!(book.apply(&delta(7, Side::Buy, 10, 0)), Ok(true));
         assert_eq!(
             book.apply(&delta(9, Side::Buy, 8, 1)),
-            Err(SeqGap {
-                expected: Seq(8),
-                got: Seq(9)
-            })
+            Err(SeqGap { expected: Seq(8), got: Seq(9) })
         );
         assert_eq!(book.best(), (None, Some((Price(12), Qty(3)))));
         assert_eq!(book.seq(), Seq(7));

@@ -49,20 +49,14 @@ impl EventRing {
     pub fn with_capacity(capacity: usize) -> (Arc<EventRing>, RingWriter) {
         let capacity = capacity.max(2).next_power_of_two();
         let slots = (0..capacity)
-            .map(|_| Slot {
-                stamp: AtomicU64::new(0),
-                words: Default::default(),
-            })
+            .map(|_| Slot { stamp: AtomicU64::new(0), words: Default::default() })
             .collect();
         let ring = Arc::new(EventRing {
             slots,
             mask: capacity as u64 - 1,
             head: CachePadded::new(AtomicU64::new(0)),
         });
-        let writer = RingWriter {
-            ring: Arc::clone(&ring),
-            next: 0,
-        };
+        let writer = RingWriter { ring: Arc::clone(&ring), next: 0 };
         (ring, writer)
     }
 
@@ -79,19 +73,13 @@ impl EventRing {
 
     /// A reader that starts at the next event to be published.
     pub fn reader(self: &Arc<Self>) -> RingReader {
-        RingReader {
-            ring: Arc::clone(self),
-            cursor: self.head(),
-        }
+        RingReader { ring: Arc::clone(self), cursor: self.head() }
     }
 
     /// A reader that starts at the oldest event still in the ring.
     pub fn reader_from_oldest(self: &Arc<Self>) -> RingReader {
         let head = self.head();
-        RingReader {
-            ring: Arc::clone(self),
-            cursor: head.saturating_sub(self.capacity()),
-        }
+        RingReader { ring: Arc::clone(self), cursor: head.saturating_sub(self.capacity()) }
     }
 
     /// Reads the event at `index` if it is still in its slot.
@@ -122,9 +110,7 @@ pub struct RingWriter {
 
 impl std::fmt::Debug for RingWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RingWriter")
-            .field("next", &self.next)
-            .finish()
+        f.debug_struct("RingWriter").field("next", &self.next).finish()
     }
 }
 
@@ -185,10 +171,7 @@ pub struct RingReader {
 
 impl Clone for RingReader {
     fn clone(&self) -> Self {
-        RingReader {
-            ring: Arc::clone(&self.ring),
-            cursor: self.cursor,
-        }
+        RingReader { ring: Arc::clone(&self.ring), cursor: self.cursor }
     }
 }
 
@@ -258,18 +241,11 @@ mod tests {
         let mut reader = ring.reader();
         let mut out = Vec::new();
         writer.write(&ev(1));
-        assert_eq!(
-            reader.read(&mut out, 10).read,
-            0,
-            "unpublished is invisible"
-        );
+        assert_eq!(reader.read(&mut out, 10).read, 0, "unpublished is invisible");
         writer.write(&ev(2));
         writer.publish();
         assert_eq!(reader.read(&mut out, 1), ReadOutcome { read: 1, missed: 0 });
-        assert_eq!(
-            reader.read(&mut out, 10),
-            ReadOutcome { read: 1, missed: 0 }
-        );
+        assert_eq!(reader.read(&mut out, 10), ReadOutcome { read: 1, missed: 0 });
         assert_eq!(out, vec![ev(1), ev(2)]);
     }
 
@@ -303,9 +279,7 @@ mod tests {
                         let o = reader.read(&mut out, 256);
                         missed += o.missed;
                         for e in &out {
-                            let Event::BookDelta(d) = e else {
-                                panic!("wrong event")
-                            };
+                            let Event::BookDelta(d) = e else { panic!("wrong event") };
                             // A torn read would mix fields of two events.
                             assert_eq!(d.ts.0, d.seq.0, "consistent event");
                             assert_eq!(d.price.0 as u64, d.seq.0, "consistent event");

@@ -98,18 +98,9 @@ pub enum SubmitError {
 
 /// A read-only question answered by a shard between two commands.
 enum Query {
-    Book {
-        instrument: InstrumentId,
-        depth: usize,
-        reply: Sender<Option<BookSnapshot>>,
-    },
-    Balances {
-        account: AccountId,
-        reply: Sender<Option<Vec<Balance>>>,
-    },
-    Digest {
-        reply: Sender<(u64, EngineCounters)>,
-    },
+    Book { instrument: InstrumentId, depth: usize, reply: Sender<Option<BookSnapshot>> },
+    Balances { account: AccountId, reply: Sender<Option<Vec<Balance>>> },
+    Digest { reply: Sender<(u64, EngineCounters)> },
 }
 
 enum Request {
@@ -169,9 +160,7 @@ pub struct EngineHandle {
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle")
-            .field("shards", &self.shared.shards.len())
-            .finish()
+        f.debug_struct("EngineHandle").field("shards", &self.shared.shards.len()).finish()
     }
 }
 
@@ -183,10 +172,7 @@ pub struct EngineRuntime {
 
 /// Wall-clock nanoseconds since the epoch (0 if the clock is before 1970).
 pub fn now_nanos() -> UnixNanos {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     UnixNanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
@@ -227,10 +213,7 @@ impl EngineRuntime {
             next_order_id: AtomicU64::new(1),
             stopped: AtomicBool::new(false),
         });
-        Ok(EngineRuntime {
-            handle: EngineHandle { shared },
-            threads,
-        })
+        Ok(EngineRuntime { handle: EngineHandle { shared }, threads })
     }
 
     /// A handle to this engine.
@@ -245,10 +228,7 @@ impl EngineRuntime {
             // A full queue still takes the stop eventually: this blocks until there is room.
             let _ = link.tx.send(Request::Stop);
         }
-        self.threads
-            .into_iter()
-            .map(|t| t.join().expect("engine thread does not panic"))
-            .collect()
+        self.threads.into_iter().map(|t| t.join().expect("engine thread does not panic")).collect()
     }
 }
 
@@ -276,10 +256,7 @@ impl EngineHandle {
 
     /// Looks an instrument up by symbol.
     pub fn instrument_by_symbol(&self, symbol: &str) -> Option<&Instrument> {
-        self.shared
-            .instruments
-            .iter()
-            .find(|i| i.spec.symbol == symbol)
+        self.shared.instruments.iter().find(|i| i.spec.symbol == symbol)
     }
 
     /// A fresh, engine-wide unique order id.
@@ -297,11 +274,7 @@ impl EngineHandle {
         if self.shared.stopped.load(Ordering::Acquire) {
             return Err(SubmitError::Stopped);
         }
-        let link = self
-            .shared
-            .shards
-            .get(shard)
-            .ok_or(SubmitError::UnknownShard)?;
+        let link = self.shared.shards.get(shard).ok_or(SubmitError::UnknownShard)?;
         link.tx.try_send(request).map_err(|e| match e {
             TrySendError::Full(_) => SubmitError::QueueFull,
             TrySendError::Disconnected(_) => SubmitError::Stopped,
@@ -311,10 +284,7 @@ impl EngineHandle {
     /// Queues a command on the shard that owns its instrument. Transfers go to shard 0;
     /// use [`EngineHandle::submit_transfer`] to fund another shard's ledger.
     pub fn submit(&self, kind: CommandKind) -> Result<(), SubmitError> {
-        let command = Command {
-            ts: UnixNanos(0),
-            kind,
-        };
+        let command = Command { ts: UnixNanos(0), kind };
         let shard = match command.instrument() {
             Some(i) => self.shard_of(i).ok_or(SubmitError::UnknownInstrument)?,
             None => 0,
@@ -324,10 +294,7 @@ impl EngineHandle {
 
     /// Queues a transfer on a given shard's ledger.
     pub fn submit_transfer(&self, shard: usize, transfer: Transfer) -> Result<(), SubmitError> {
-        let command = Command {
-            ts: UnixNanos(0),
-            kind: CommandKind::Transfer(transfer),
-        };
+        let command = Command { ts: UnixNanos(0), kind: CommandKind::Transfer(transfer) };
         self.send(shard, Request::Command(command))
     }
 
@@ -348,15 +315,9 @@ impl EngineHandle {
         instrument: InstrumentId,
         depth: usize,
     ) -> Result<BookSnapshot, SubmitError> {
-        let shard = self
-            .shard_of(instrument)
-            .ok_or(SubmitError::UnknownInstrument)?;
-        self.ask(shard, |reply| Query::Book {
-            instrument,
-            depth,
-            reply,
-        })?
-        .ok_or(SubmitError::UnknownInstrument)
+        let shard = self.shard_of(instrument).ok_or(SubmitError::UnknownInstrument)?;
+        self.ask(shard, |reply| Query::Book { instrument, depth, reply })?
+            .ok_or(SubmitError::UnknownInstrument)
     }
 
     /// Balances of `account` per asset on `shard`'s ledger; `None` for an unknown account.
@@ -385,16 +346,14 @@ impl EngineHandle {
 
     /// Counters summed over every shard (updated once per batch).
     pub fn counters(&self) -> EngineCounters {
-        self.shared
-            .shards
-            .iter()
-            .map(|l| l.stats.load())
-            .fold(EngineCounters::default(), |a, b| EngineCounters {
+        self.shared.shards.iter().map(|l| l.stats.load()).fold(EngineCounters::default(), |a, b| {
+            EngineCounters {
                 commands: a.commands + b.commands,
                 events: a.events + b.events,
                 trades: a.trades + b.trades,
                 rejects: a.rejects + b.rejects,
-            })
+            }
+        })
     }
 
     /// Commands waiting in `shard`'s queue.
@@ -463,11 +422,7 @@ impl ShardWorker {
         self.writer.publish();
         // A requester that went away is not the engine's problem: ignore send errors.
         match query {
-            Query::Book {
-                instrument,
-                depth,
-                reply,
-            } => {
+            Query::Book { instrument, depth, reply } => {
                 let _ = reply.send(self.engine.book_snapshot(instrument, depth));
             }
             Query::Balances { account, reply } => {

@@ -122,12 +122,7 @@ pub fn format_fixed(raw: i64, precision: u8) -> String {
     let scale = 10u64.pow(u32::from(precision));
     let sign = if raw < 0 { "-" } else { "" };
     let abs = raw.unsigned_abs();
-    format!(
-        "{sign}{}.{:0width$}",
-        abs / scale,
-        abs % scale,
-        width = usize::from(precision)
-    )
+    format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = usize::from(precision))
 }
 
 /// Parses a decimal string into a raw fixed-point integer with exactly `precision`
@@ -155,10 +150,7 @@ pub fn parse_fixed(text: &str, precision: u8) -> Option<i64> {
         value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
     }
     for i in 0..usize::from(precision) {
-        let digit = frac_part
-            .as_bytes()
-            .get(i)
-            .map_or(0, |b| i64::from(b - b'0'));
+        let digit = frac_part.as_bytes().get(i).map_or(0, |b| i64::from(b - b'0'));
         value = value.checked_mul(10)?.checked_add(digit)?;
     }
     Some(if negative { -value } else { value })

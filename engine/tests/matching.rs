@@ -16,13 +16,7 @@ fn limit_rests_with_hold_then_fills_at_maker_price_with_improvement_returned() {
     h.fund(2, 10_000, 0);
     let (ask, out) = h.order(1, Sell, Limit, 100, 4);
     assert_eq!(kinds(&out), vec![(Accepted, RejectReason::None)]);
-    assert_eq!(
-        h.balance(1, BTC),
-        Balance {
-            total: Amount(10),
-            held: Amount(4)
-        }
-    );
+    assert_eq!(h.balance(1, BTC), Balance { total: Amount(10), held: Amount(4) });
 
     // Buy 3 at limit 105: fills 3 at the maker's 100; hold was 105*3, debit is 100*3.
     let (bid, out) = h.order(2, Buy, Limit, 105, 3);
@@ -43,30 +37,13 @@ fn limit_rests_with_hold_then_fills_at_maker_price_with_improvement_returned() {
     );
     let maker = reports(&out)[1];
     assert_eq!(
-        (
-            maker.order_id,
-            maker.leaves_qty,
-            maker.cum_qty,
-            maker.last_price
-        ),
+        (maker.order_id, maker.leaves_qty, maker.cum_qty, maker.last_price),
         (ask, Qty(1), Qty(3), Price(100))
     );
-    assert_eq!(
-        h.balance(2, USD),
-        Balance {
-            total: Amount(9_700),
-            held: Amount(0)
-        }
-    );
+    assert_eq!(h.balance(2, USD), Balance { total: Amount(9_700), held: Amount(0) });
     assert_eq!(h.balance(2, BTC).total, Amount(3));
     assert_eq!(h.balance(1, USD).total, Amount(300));
-    assert_eq!(
-        h.balance(1, BTC),
-        Balance {
-            total: Amount(7),
-            held: Amount(1)
-        }
-    );
+    assert_eq!(h.balance(1, BTC), Balance { total: Amount(7), held: Amount(1) });
     assert_eq!(h.engine.ledger().position(AccountId(2), MKT), Qty(3));
     assert_eq!(h.engine.ledger().position(AccountId(1), MKT), Qty(-3));
     assert_eq!(h.book().asks, vec![(Price(100), Qty(1))]);
@@ -82,21 +59,13 @@ fn taker_sweeps_levels_in_price_time_order() {
     let (a2, _) = h.order(3, Sell, Limit, 100, 2);
     let (a3, _) = h.order(1, Sell, Limit, 100, 2);
     let (_, out) = h.order(2, Buy, Limit, 101, 5);
-    let t: Vec<(OrderId, i64, i64)> = trades(&out)
-        .iter()
-        .map(|t| (t.maker_order, t.price.0, t.qty.0))
-        .collect();
+    let t: Vec<(OrderId, i64, i64)> =
+        trades(&out).iter().map(|t| (t.maker_order, t.price.0, t.qty.0)).collect();
     assert_eq!(t, vec![(a2, 100, 2), (a3, 100, 2), (a1, 101, 1)]);
     // Deltas are coalesced per level: one per touched level, final quantities.
     let deltas: Vec<(i64, i64)> = out
         .iter()
-        .filter_map(|e| {
-            if let Event::BookDelta(d) = e {
-                Some((d.price.0, d.qty.0))
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let Event::BookDelta(d) = e { Some((d.price.0, d.qty.0)) } else { None })
         .collect();
     assert_eq!(deltas, vec![(100, 0), (101, 1)]);
     assert_eq!(h.balance(2, USD).total, Amount(100_000 - 400 - 101));
@@ -118,13 +87,7 @@ fn ioc_cancels_its_remainder_and_releases_the_hold() {
             (Canceled, RejectReason::NoLiquidity)
         ]
     );
-    assert_eq!(
-        h.balance(2, USD),
-        Balance {
-            total: Amount(9_800),
-            held: Amount(0)
-        }
-    );
+    assert_eq!(h.balance(2, USD), Balance { total: Amount(9_800), held: Amount(0) });
     assert!(h.book().bids.is_empty(), "IOC never rests");
 }
 
@@ -157,11 +120,7 @@ fn fok_does_not_count_own_liquidity_under_stp() {
     let (_, out) = h.order(1, Buy, Fok, 100, 2);
     assert_eq!(rejection(&out), Some(RejectReason::FokUnfillable));
     let (_, out) = h.order_stp(1, Buy, Fok, 100, 3, StpMode::None);
-    assert_eq!(
-        trades(&out).len(),
-        2,
-        "with STP off its own orders count and trade"
-    );
+    assert_eq!(trades(&out).len(), 2, "with STP off its own orders count and trade");
 }
 
 #[test]
@@ -174,23 +133,14 @@ fn market_orders_trade_until_out_of_liquidity_or_funds() {
     // 250 USD buys 1 @100 then 1 @110 (210), and cannot afford a third.
     let (_, out) = h.order(2, Buy, Market, 0, 10);
     assert_eq!(
-        trades(&out)
-            .iter()
-            .map(|t| (t.price.0, t.qty.0))
-            .collect::<Vec<_>>(),
+        trades(&out).iter().map(|t| (t.price.0, t.qty.0)).collect::<Vec<_>>(),
         vec![(100, 1), (110, 1)]
     );
     assert_eq!(
         reports(&out).last().map(|r| (r.kind, r.reason)),
         Some((Canceled, RejectReason::InsufficientFunds))
     );
-    assert_eq!(
-        h.balance(2, USD),
-        Balance {
-            total: Amount(40),
-            held: Amount(0)
-        }
-    );
+    assert_eq!(h.balance(2, USD), Balance { total: Amount(40), held: Amount(0) });
 
     // Market sell holds base up front and stops when the book runs dry.
     h.fund(3, 0, 3);
@@ -202,21 +152,11 @@ fn market_orders_trade_until_out_of_liquidity_or_funds() {
         reports(&out).last().map(|r| (r.kind, r.reason)),
         Some((Canceled, RejectReason::NoLiquidity))
     );
-    assert_eq!(
-        h.balance(3, BTC),
-        Balance {
-            total: Amount(2),
-            held: Amount(0)
-        }
-    );
+    assert_eq!(h.balance(3, BTC), Balance { total: Amount(2), held: Amount(0) });
     let (_, out) = h.order(3, Sell, Market, 0, 5);
     assert_eq!(rejection(&out), Some(RejectReason::InsufficientFunds));
     let (_, out) = h.order(5, Buy, Market, 0, 1);
-    assert_eq!(
-        rejection(&out),
-        Some(RejectReason::InsufficientFunds),
-        "nothing to spend"
-    );
+    assert_eq!(rejection(&out), Some(RejectReason::InsufficientFunds), "nothing to spend");
 }
 
 #[test]
@@ -240,26 +180,13 @@ fn cancel_releases_hold_and_only_the_owner_can_cancel() {
     let (id, _) = h.order(2, Buy, Limit, 50, 10);
     assert_eq!(h.balance(2, USD).held, Amount(500));
     let out = h.cancel(3, id);
-    assert_eq!(
-        rejection(&out),
-        Some(RejectReason::UnknownOrder),
-        "another account sees nothing"
-    );
+    assert_eq!(rejection(&out), Some(RejectReason::UnknownOrder), "another account sees nothing");
     assert_eq!(reports(&out)[0].account, AccountId(3));
     let out = h.cancel(2, id);
     assert_eq!(kinds(&out), vec![(Canceled, RejectReason::UserCanceled)]);
-    assert_eq!(
-        h.balance(2, USD),
-        Balance {
-            total: Amount(10_000),
-            held: Amount(0)
-        }
-    );
+    assert_eq!(h.balance(2, USD), Balance { total: Amount(10_000), held: Amount(0) });
     assert!(h.book().bids.is_empty());
-    assert_eq!(
-        rejection(&h.cancel(2, id)),
-        Some(RejectReason::UnknownOrder)
-    );
+    assert_eq!(rejection(&h.cancel(2, id)), Some(RejectReason::UnknownOrder));
 }
 
 #[test]
@@ -274,11 +201,7 @@ fn replace_down_keeps_priority_other_changes_lose_it() {
     assert_eq!(kinds(&out), vec![(Replaced, RejectReason::None)]);
     assert_eq!(h.balance(1, USD).held, Amount(300));
     let (_, out) = h.order(7, Sell, Ioc, 100, 1);
-    assert_eq!(
-        trades(&out)[0].maker_order,
-        first,
-        "quantity down kept its place"
-    );
+    assert_eq!(trades(&out)[0].maker_order, first, "quantity down kept its place");
 
     // Quantity up: goes to the back of the queue.
     h.replace(1, first, 100, 4);
@@ -311,17 +234,11 @@ fn replace_rejections_leave_the_order_untouched() {
         assert_eq!(h.book(), book);
         assert_eq!(h.balance(1, USD).held, Amount(500));
     }
-    assert_eq!(
-        rejection(&h.replace(2, id, 100, 1)),
-        Some(RejectReason::UnknownOrder)
-    );
+    assert_eq!(rejection(&h.replace(2, id, 100, 1)), Some(RejectReason::UnknownOrder));
     // A post-only order cannot be re-priced through the spread.
     h.order(5, Sell, Limit, 110, 1);
     let (po, _) = h.order(1, Buy, PostOnly, 90, 1);
-    assert_eq!(
-        rejection(&h.replace(1, po, 110, 1)),
-        Some(RejectReason::WouldCross)
-    );
+    assert_eq!(rejection(&h.replace(1, po, 110, 1)), Some(RejectReason::WouldCross));
 }
 
 #[test]
@@ -335,13 +252,7 @@ fn replace_through_the_spread_trades() {
     assert_eq!(kinds(&out)[0], (Replaced, RejectReason::None));
     assert_eq!(trades(&out).len(), 1);
     assert_eq!(h.book().bids, vec![(Price(95), Qty(1))]);
-    assert_eq!(
-        h.balance(1, USD),
-        Balance {
-            total: Amount(10_000 - 190),
-            held: Amount(95)
-        }
-    );
+    assert_eq!(h.balance(1, USD), Balance { total: Amount(10_000 - 190), held: Amount(95) });
 }
 
 #[test]
@@ -358,10 +269,7 @@ fn self_trade_prevention_modes() {
     let (mut h, own) = setup();
     let (_, out) = h.order_stp(1, Buy, Limit, 100, 2, StpMode::CancelResting);
     let r = reports(&out);
-    assert_eq!(
-        (r[1].order_id, r[1].kind, r[1].reason),
-        (own, Canceled, RejectReason::SelfTrade)
-    );
+    assert_eq!((r[1].order_id, r[1].kind, r[1].reason), (own, Canceled, RejectReason::SelfTrade));
     assert_eq!(trades(&out).len(), 1);
     assert_eq!(h.balance(1, BTC).held, Amount(0));
 
@@ -370,16 +278,10 @@ fn self_trade_prevention_modes() {
     let (_, out) = h.order_stp(1, Buy, Limit, 100, 2, StpMode::CancelIncoming);
     assert_eq!(
         kinds(&out),
-        vec![
-            (Accepted, RejectReason::None),
-            (Canceled, RejectReason::SelfTrade)
-        ]
+        vec![(Accepted, RejectReason::None), (Canceled, RejectReason::SelfTrade)]
     );
     assert_eq!(h.book().asks, vec![(Price(100), Qty(4))]);
-    assert!(
-        h.book().bids.is_empty(),
-        "a self-trade-stopped limit does not rest"
-    );
+    assert!(h.book().bids.is_empty(), "a self-trade-stopped limit does not rest");
     assert_eq!(h.balance(1, USD).held, Amount(0));
 
     // Cancel both.
@@ -394,13 +296,7 @@ fn self_trade_prevention_modes() {
     let (mut h, own) = setup();
     let (_, out) = h.order_stp(1, Buy, Limit, 100, 1, StpMode::None);
     assert_eq!(trades(&out)[0].maker_order, own);
-    assert_eq!(
-        h.balance(1, USD),
-        Balance {
-            total: Amount(10_000),
-            held: Amount(0)
-        }
-    );
+    assert_eq!(h.balance(1, USD), Balance { total: Amount(10_000), held: Amount(0) });
     assert_eq!(h.balance(1, BTC).total, Amount(10));
 }
 
@@ -445,15 +341,9 @@ fn every_validation_reject_reason() {
         assert_eq!(out.len(), 1, "a rejection is one report and nothing else");
     }
     assert_eq!(rejection(&h.run(new(1, 0, 100, 2, 1))), None);
-    assert_eq!(
-        rejection(&h.run(new(1, 0, 100, 2, 1))),
-        Some(RejectReason::DuplicateOrderId)
-    );
+    assert_eq!(rejection(&h.run(new(1, 0, 100, 2, 1))), Some(RejectReason::DuplicateOrderId));
     assert_eq!(rejection(&h.run(new(1, 0, 100, 2, 2))), None);
-    assert_eq!(
-        rejection(&h.run(new(1, 0, 100, 2, 3))),
-        Some(RejectReason::BookFull)
-    );
+    assert_eq!(rejection(&h.run(new(1, 0, 100, 2, 3))), Some(RejectReason::BookFull));
     let transfer = |account, asset, amount| {
         CommandKind::Transfer(Transfer {
             account: AccountId(account),
@@ -462,27 +352,15 @@ fn every_validation_reject_reason() {
             request_id: 7,
         })
     };
-    assert_eq!(
-        rejection(&h.run(transfer(1, 9, 1))),
-        Some(RejectReason::UnknownAsset)
-    );
-    assert_eq!(
-        rejection(&h.run(transfer(99, 0, 1))),
-        Some(RejectReason::UnknownAccount)
-    );
+    assert_eq!(rejection(&h.run(transfer(1, 9, 1))), Some(RejectReason::UnknownAsset));
+    assert_eq!(rejection(&h.run(transfer(99, 0, 1))), Some(RejectReason::UnknownAccount));
     assert_eq!(
         rejection(&h.run(transfer(1, 0, -1_000_000))),
         Some(RejectReason::InsufficientFunds),
         "held funds cannot leave"
     );
     assert_eq!(rejection(&h.run(transfer(1, 0, -999_600))), None);
-    assert_eq!(
-        h.balance(1, USD),
-        Balance {
-            total: Amount(400),
-            held: Amount(400)
-        }
-    );
+    assert_eq!(h.balance(1, USD), Balance { total: Amount(400), held: Amount(400) });
 }
 
 #[test]
@@ -535,8 +413,5 @@ fn events_carry_their_command_timestamp() {
     h.order(2, Buy, Limit, 100, 1);
     let ts: Vec<u64> = h.events[before..].iter().map(|e| e.ts().0).collect();
     assert!(ts.len() >= 5);
-    assert!(
-        ts.iter().all(|&t| t == ts[0]),
-        "one command, one timestamp: {ts:?}"
-    );
+    assert!(ts.iter().all(|&t| t == ts[0]), "one command, one timestamp: {ts:?}");
 }

@@ -12,27 +12,10 @@ use tickgate_engine::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    New {
-        account: u32,
-        sell: bool,
-        order_type: u8,
-        price: i64,
-        qty: i64,
-        stp: u8,
-    },
-    Cancel {
-        pick: usize,
-        account_hint: bool,
-    },
-    Replace {
-        pick: usize,
-        price: i64,
-        qty: i64,
-    },
-    Withdraw {
-        account: u32,
-        usd: i64,
-    },
+    New { account: u32, sell: bool, order_type: u8, price: i64, qty: i64, stp: u8 },
+    Cancel { pick: usize, account_hint: bool },
+    Replace { pick: usize, price: i64, qty: i64 },
+    Withdraw { account: u32, usd: i64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -62,14 +45,7 @@ fn commands(ops: &[Op]) -> Vec<Command> {
     let mut placed: Vec<(OrderId, u32)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let kind = match *op {
-            Op::New {
-                account,
-                sell,
-                order_type,
-                price,
-                qty,
-                stp,
-            } => {
+            Op::New { account, sell, order_type, price, qty, stp } => {
                 let id = OrderId(i as u64 + 1);
                 placed.push((id, account));
                 CommandKind::New(NewOrder {
@@ -87,11 +63,7 @@ fn commands(ops: &[Op]) -> Vec<Command> {
             Op::Cancel { pick, account_hint } if !placed.is_empty() => {
                 let (id, account) = placed[pick % placed.len()];
                 // Sometimes the wrong account: must be refused without effect.
-                let account = if account_hint {
-                    account
-                } else {
-                    (account + 1) % 4
-                };
+                let account = if account_hint { account } else { (account + 1) % 4 };
                 CommandKind::Cancel(CancelOrder {
                     order_id: id,
                     account: AccountId(account),
@@ -120,10 +92,7 @@ fn commands(ops: &[Op]) -> Vec<Command> {
     }
     out.into_iter()
         .enumerate()
-        .map(|(i, kind)| Command {
-            ts: UnixNanos(1_000 + i as u64),
-            kind,
-        })
+        .map(|(i, kind)| Command { ts: UnixNanos(1_000 + i as u64), kind })
         .collect()
 }
 

@@ -14,12 +14,7 @@ use tickgate_engine::*;
 fn config(ring_capacity: usize) -> RuntimeConfig {
     let mut spec = spec();
     spec.orders_per_book_max = 1 << 16;
-    RuntimeConfig {
-        spec,
-        ring_capacity,
-        queue_capacity: 1024,
-        ..RuntimeConfig::default()
-    }
+    RuntimeConfig { spec, ring_capacity, queue_capacity: 1024, ..RuntimeConfig::default() }
 }
 
 fn submit_retrying(handle: &tickgate_engine::runtime::EngineHandle, kind: CommandKind) {
@@ -93,16 +88,8 @@ fn submitters_and_readers_run_concurrently_and_a_slow_reader_learns_what_it_miss
             let handle = handle.clone();
             std::thread::spawn(move || {
                 for i in 0..per_thread {
-                    let side = if (i + u64::from(t)) % 2 == 0 {
-                        Side::Buy
-                    } else {
-                        Side::Sell
-                    };
-                    let order_type = if i % 7 == 0 {
-                        OrderType::Ioc
-                    } else {
-                        OrderType::Limit
-                    };
+                    let side = if (i + u64::from(t)) % 2 == 0 { Side::Buy } else { Side::Sell };
+                    let order_type = if i % 7 == 0 { OrderType::Ioc } else { OrderType::Limit };
                     submit_retrying(
                         &handle,
                         CommandKind::New(NewOrder {
@@ -133,16 +120,8 @@ fn submitters_and_readers_run_concurrently_and_a_slow_reader_learns_what_it_miss
 
     let (fast_read, fast_missed) = fast.join().expect("fast reader");
     let (slow_read, slow_missed) = slow.join().expect("slow reader");
-    assert_eq!(
-        fast_read + fast_missed,
-        published,
-        "fast reader accounts for every event"
-    );
-    assert_eq!(
-        slow_read + slow_missed,
-        published,
-        "slow reader accounts for every event"
-    );
+    assert_eq!(fast_read + fast_missed, published, "fast reader accounts for every event");
+    assert_eq!(slow_read + slow_missed, published, "slow reader accounts for every event");
     assert!(slow_missed > 0, "the slow reader was lapped and told so");
     assert!(slow_missed > fast_missed);
     let engines = runtime.shutdown();
@@ -197,19 +176,12 @@ fn a_full_queue_is_back_pressure_not_a_drop() {
 
 #[test]
 fn snapshots_and_routing_across_shards() {
-    let mut cfg = RuntimeConfig {
-        shards: 3,
-        ring_capacity: 1 << 12,
-        ..RuntimeConfig::default()
-    };
+    let mut cfg = RuntimeConfig { shards: 3, ring_capacity: 1 << 12, ..RuntimeConfig::default() };
     cfg.spec.accounts_max = 4;
     let runtime = EngineRuntime::start(cfg).expect("default markets");
     let handle = runtime.handle();
     assert_eq!(handle.shards(), 3);
-    let sol = handle
-        .instrument_by_symbol("SOL-USD")
-        .expect("default set")
-        .id;
+    let sol = handle.instrument_by_symbol("SOL-USD").expect("default set").id;
     let shard = handle.shard_of(sol).expect("routed");
     let usd = AssetId(0);
     handle
@@ -240,19 +212,10 @@ fn snapshots_and_routing_across_shards() {
     let snap = handle.book_snapshot(sol, 10).expect("answered");
     assert_eq!(snap.bids, vec![(Price(14_990), Qty(300))]);
     assert_eq!(snap.seq, Seq(1));
-    let balances = handle
-        .balances(shard, AccountId(1))
-        .expect("answered")
-        .expect("known account");
+    let balances = handle.balances(shard, AccountId(1)).expect("answered").expect("known account");
     assert_eq!(balances[0].held, Amount(14_990 * 300 * 100));
-    assert_eq!(
-        handle.balances(shard, AccountId(99)).expect("answered"),
-        None
-    );
-    assert_eq!(
-        handle.book_snapshot(InstrumentId(99), 1),
-        Err(SubmitError::UnknownInstrument)
-    );
+    assert_eq!(handle.balances(shard, AccountId(99)).expect("answered"), None);
+    assert_eq!(handle.book_snapshot(InstrumentId(99), 1), Err(SubmitError::UnknownInstrument));
     let ids = handle.reserve_order_ids(10);
     assert_eq!(ids.end - ids.start, 10);
     assert!(ids.start > id.0);

@@ -62,11 +62,7 @@ impl FeedDriver {
             .name("feed".into())
             .spawn(move || run(handle, config, rate_per_sec, &s, &st))
             .expect("spawning the feed thread at start-up");
-        FeedDriver {
-            stop,
-            stats,
-            thread: Some(thread),
-        }
+        FeedDriver { stop, stats, thread: Some(thread) }
     }
 
     /// Live counters.
@@ -126,11 +122,7 @@ fn run(handle: EngineHandle, config: FlowConfig, rate: u64, stop: &AtomicBool, s
             }
         }
     }
-    let mut ids = BlockIds {
-        handle: handle.clone(),
-        next: 0,
-        end: 0,
-    };
+    let mut ids = BlockIds { handle: handle.clone(), next: 0, end: 0 };
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut skipped: u64 = 0;

@@ -114,20 +114,12 @@ impl SyntheticFlow {
                 }
             })
             .collect();
-        SyntheticFlow {
-            rng: Xoshiro256PlusPlus::seed_from_u64(config.seed),
-            markets,
-            config,
-        }
+        SyntheticFlow { rng: Xoshiro256PlusPlus::seed_from_u64(config.seed), markets, config }
     }
 
     /// Deposits that fund every flow account generously in every asset (10^9 whole units).
     pub fn funding(&self, assets: &[Asset]) -> Vec<Transfer> {
-        let accounts = self
-            .config
-            .maker_accounts
-            .clone()
-            .chain(self.config.taker_accounts.clone());
+        let accounts = self.config.maker_accounts.clone().chain(self.config.taker_accounts.clone());
         accounts
             .flat_map(|account| {
                 assets.iter().enumerate().map(move |(i, asset)| Transfer {
@@ -142,10 +134,7 @@ impl SyntheticFlow {
 
     /// Every account the flow trades from.
     pub fn accounts(&self) -> impl Iterator<Item = u32> {
-        self.config
-            .maker_accounts
-            .clone()
-            .chain(self.config.taker_accounts.clone())
+        self.config.maker_accounts.clone().chain(self.config.taker_accounts.clone())
     }
 
     /// The current fair price of the `n`th market (for displays and tests).
@@ -173,9 +162,7 @@ impl SyntheticFlow {
             let up = (self.below(128) as i64) < 64 + pull.clamp(-48, 48);
             let market = &mut self.markets[m];
             market.fair += if up { market.tick } else { -market.tick };
-            market.fair = market
-                .fair
-                .clamp(market.price_min + 100 * market.tick, market.price_max);
+            market.fair = market.fair.clamp(market.price_min + 100 * market.tick, market.price_max);
         }
         let over = self.markets[m].live.len() >= self.config.live_orders_per_instrument;
         let roll = if over { 50 } else { self.below(100) };
@@ -189,11 +176,7 @@ impl SyntheticFlow {
     }
 
     fn quote(&mut self, m: usize, ids: &mut impl OrderIds) -> CommandKind {
-        let side = if self.below(2) == 0 {
-            Side::Buy
-        } else {
-            Side::Sell
-        };
+        let side = if self.below(2) == 0 { Side::Buy } else { Side::Sell };
         // The smaller of two uniforms: quotes cluster near the top of the book.
         let depth = self.config.quote_depth_ticks.max(1) as u64;
         let offset = 1 + self.below(depth).min(self.below(depth)) as i64;
@@ -207,23 +190,14 @@ impl SyntheticFlow {
             Side::Sell => market.fair + offset * market.tick,
         }
         .clamp(market.price_min, market.price_max);
-        market.live.push_back(Quote {
-            id,
-            account,
-            price,
-            lots,
-        });
+        market.live.push_back(Quote { id, account, price, lots });
         CommandKind::New(NewOrder {
             order_id: id,
             client_order_id: id.0,
             account,
             instrument: market.id,
             side,
-            order_type: if post_only {
-                OrderType::PostOnly
-            } else {
-                OrderType::Limit
-            },
+            order_type: if post_only { OrderType::PostOnly } else { OrderType::Limit },
             price: Price(price),
             qty: Qty(lots * market.lot),
             stp: StpMode::CancelResting,
@@ -255,11 +229,7 @@ impl SyntheticFlow {
         let quote = &mut self.markets[m].live[at];
         // Mostly size down at the same price (keeps priority); sometimes size up (loses
         // it). A replace of an order that has filled meanwhile is rejected, as on a venue.
-        let lots = if quote.lots > 1 {
-            quote.lots - 1
-        } else {
-            quote.lots + 1
-        };
+        let lots = if quote.lots > 1 { quote.lots - 1 } else { quote.lots + 1 };
         quote.lots = lots;
         let quote = *quote;
         let market = &self.markets[m];
@@ -273,11 +243,7 @@ impl SyntheticFlow {
     }
 
     fn take(&mut self, m: usize, ids: &mut impl OrderIds, order_type: OrderType) -> CommandKind {
-        let side = if self.below(2) == 0 {
-            Side::Buy
-        } else {
-            Side::Sell
-        };
+        let side = if self.below(2) == 0 { Side::Buy } else { Side::Sell };
         let reach = self.below(4) as i64;
         let lots = 1 + self.below(self.config.max_lots.max(1) as u64 / 2 + 1) as i64;
         let account = self.pick(&self.config.taker_accounts.clone());
@@ -295,11 +261,7 @@ impl SyntheticFlow {
             instrument: market.id,
             side,
             order_type,
-            price: if order_type == OrderType::Market {
-                Price(0)
-            } else {
-                Price(price)
-            },
+            price: if order_type == OrderType::Market { Price(0) } else { Price(price) },
             qty: Qty(lots * market.lot),
             stp: StpMode::CancelResting,
         })
@@ -314,29 +276,18 @@ mod tests {
     };
 
     fn engine() -> Engine {
-        let spec = EngineSpec {
-            accounts_max: 1016,
-            ..EngineSpec::default()
-        };
+        let spec = EngineSpec { accounts_max: 1016, ..EngineSpec::default() };
         Engine::new(&spec, |_| true).expect("default markets")
     }
 
     fn run(seed: u64, n: usize) -> (EventDigest, Engine, Vec<Event>) {
         let mut engine = engine();
-        let mut flow = SyntheticFlow::new(
-            FlowConfig {
-                seed,
-                ..FlowConfig::default()
-            },
-            engine.instruments(),
-        );
+        let mut flow =
+            SyntheticFlow::new(FlowConfig { seed, ..FlowConfig::default() }, engine.instruments());
         let mut events = Vec::new();
         for (i, t) in flow.funding(engine.assets()).into_iter().enumerate() {
             engine.process(
-                &Command {
-                    ts: UnixNanos(i as u64),
-                    kind: CommandKind::Transfer(t),
-                },
+                &Command { ts: UnixNanos(i as u64), kind: CommandKind::Transfer(t) },
                 &mut events,
             );
         }
@@ -344,13 +295,7 @@ mod tests {
         let mut digest = EventDigest::default();
         for i in 0..n {
             let kind = flow.next_command(&mut ids);
-            engine.process(
-                &Command {
-                    ts: UnixNanos(1_000_000 + i as u64),
-                    kind,
-                },
-                &mut events,
-            );
+            engine.process(&Command { ts: UnixNanos(1_000_000 + i as u64), kind }, &mut events);
         }
         for e in &events {
             digest.add(e);
@@ -380,23 +325,14 @@ mod tests {
                 .count();
             assert!(trades > 100, "{} traded only {trades} times", spec.symbol);
             let book = engine.book(id).expect("owned");
-            assert!(
-                book.best(Side::Buy).is_some() && book.best(Side::Sell).is_some(),
-                "two-sided"
-            );
+            assert!(book.best(Side::Buy).is_some() && book.best(Side::Sell).is_some(), "two-sided");
             assert!(book.order_count() <= 2 * FlowConfig::default().live_orders_per_instrument);
         }
-        let reports = events
-            .iter()
-            .filter(|e| matches!(e, Event::Exec(_)))
-            .count();
+        let reports = events.iter().filter(|e| matches!(e, Event::Exec(_))).count();
         let rejects = events
             .iter()
             .filter(|e| matches!(e, Event::Exec(r) if r.kind == ExecKind::Rejected))
             .count();
-        assert!(
-            rejects * 4 < reports,
-            "mostly valid flow: {rejects} rejects of {reports} reports"
-        );
+        assert!(rejects * 4 < reports, "mostly valid flow: {rejects} rejects of {reports} reports");
     }
 }

@@ -10,7 +10,7 @@ use hyper::header::{CONNECTION, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 /// A connected client.
 pub type Client = WebSocket<TokioIo<Upgraded>>;
@@ -29,7 +29,20 @@ where
 
 /// Opens a WebSocket to `ws://addr{path_and_query}`.
 pub async fn connect(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<Client> {
-    let stream = TcpStream::connect(addr).await?;
+    connect_with(addr, path_and_query, None).await
+}
+
+/// Like [`connect`], with a fixed kernel receive buffer (to play a slow reader).
+pub async fn connect_with(
+    addr: SocketAddr,
+    path_and_query: &str,
+    recv_buffer_bytes: Option<u32>,
+) -> anyhow::Result<Client> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(bytes) = recv_buffer_bytes {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     let req = Request::builder()
         .method("GET")
@@ -37,10 +50,7 @@ pub async fn connect(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<C
         .header("Host", addr.to_string())
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")
-        .header(
-            "Sec-WebSocket-Key",
-            fastwebsockets::handshake::generate_key(),
-        )
+        .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
         .header("Sec-WebSocket-Version", "13")
         .body(Empty::<Bytes>::new())?;
     let (mut ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await?;
@@ -52,8 +62,7 @@ pub async fn connect(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<C
 /// Sends a JSON text message.
 pub async fn send_json(ws: &mut Client, value: &serde_json::Value) -> anyhow::Result<()> {
     let text = value.to_string();
-    ws.write_frame(Frame::text(Payload::Owned(text.into_bytes())))
-        .await?;
+    ws.write_frame(Frame::text(Payload::Owned(text.into_bytes()))).await?;
     Ok(())
 }
 

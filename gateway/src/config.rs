@@ -9,11 +9,7 @@ use crate::ws::WsLimits;
 
 /// Command-line flags; every one can also come from the environment.
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "tickgate",
-    version,
-    about = "A market-data trading backend in one process"
-)]
+#[command(name = "tickgate", version, about = "A market-data trading backend in one process")]
 pub struct Flags {
     /// Address to listen on (HTTP, WebSocket, SSE, metrics).
     #[arg(long, env = "TICKGATE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -72,6 +68,9 @@ pub struct Flags {
     /// A write stalled this long (milliseconds) closes the connection (4008).
     #[arg(long, env = "TICKGATE_WRITE_STALL_MS", default_value_t = 10_000)]
     pub write_stall_ms: u64,
+    /// Kernel send buffer per WebSocket connection, in bytes.
+    #[arg(long, env = "TICKGATE_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
+    pub socket_send_buffer: usize,
     /// Time allowed to send the HTTP request head, in milliseconds.
     #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
@@ -159,6 +158,7 @@ impl TryFrom<Flags> for Config {
                 pong_timeout: ms(f.pong_timeout_ms),
                 heartbeat_interval: ms(f.heartbeat_ms),
                 write_stall_timeout: ms(f.write_stall_ms),
+                socket_send_buffer_bytes: f.socket_send_buffer.max(4096),
                 ..WsLimits::default()
             },
             handshake_timeout: ms(f.handshake_timeout_ms),

@@ -68,10 +68,7 @@ impl ConnWaker {
     /// A waker with a process-unique id.
     pub fn new() -> Arc<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(ConnWaker {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            ..ConnWaker::default()
-        })
+        Arc::new(ConnWaker { id: NEXT.fetch_add(1, Ordering::Relaxed), ..ConnWaker::default() })
     }
 
     /// Wakes the connection (at most one wake-up is pending at a time).
@@ -186,9 +183,7 @@ impl Channel {
         if index >= self.head() {
             return None;
         }
-        self.slots[(index & self.mask) as usize]
-            .load_full()
-            .filter(|c| c.index == index)
+        self.slots[(index & self.mask) as usize].load_full().filter(|c| c.index == index)
     }
 
     /// Registers a subscriber and returns its snapshot and starting cursor.
@@ -235,21 +230,11 @@ impl Channel {
             }
             ChannelKind::Bbo => {
                 let (seq, ts, bid, ask) =
-                    state
-                        .bbo
-                        .unwrap_or((0, 0, (Price(0), Qty(0)), (Price(0), Qty(0))));
+                    state.bbo.unwrap_or((0, 0, (Price(0), Qty(0)), (Price(0), Qty(0))));
                 if json {
                     json::bbo(&mut j, i, &self.name, true, seq, ts, bid, ask);
                 } else {
-                    bin::bbo(
-                        &mut b,
-                        self.id,
-                        flags | protocol::FLAG_SNAPSHOT,
-                        seq,
-                        ts,
-                        bid,
-                        ask,
-                    );
+                    bin::bbo(&mut b, self.id, flags | protocol::FLAG_SNAPSHOT, seq, ts, bid, ask);
                 }
             }
             ChannelKind::Trades => {
@@ -262,11 +247,7 @@ impl Channel {
             }
         }
         let snapshot = if json { json_frame(&j) } else { bin_frame(&b) };
-        Start {
-            cursor: self.head(),
-            snapshot,
-            seq,
-        }
+        Start { cursor: self.head(), snapshot, seq }
     }
 }
 
@@ -312,9 +293,7 @@ impl Directory {
 
     /// Whether `symbol` is an instrument.
     pub fn has_symbol(&self, symbol: &str) -> bool {
-        self.channels
-            .iter()
-            .any(|c| c.instrument.spec.symbol == symbol)
+        self.channels.iter().any(|c| c.instrument.spec.symbol == symbol)
     }
 
     /// Every channel.
@@ -367,9 +346,8 @@ impl Hub {
         min_pass: Duration,
     ) -> Hub {
         let stop = Arc::new(AtomicBool::new(false));
-        let readers: Vec<RingReader> = (0..engine.shards())
-            .filter_map(|s| engine.reader(s))
-            .collect();
+        let readers: Vec<RingReader> =
+            (0..engine.shards()).filter_map(|s| engine.reader(s)).collect();
         let mut worker = HubWorker {
             engine,
             directory,
@@ -381,9 +359,7 @@ impl Hub {
             bin: Vec::with_capacity(CHUNK_BYTES_MAX + 1024),
             json: String::new(),
         };
-        worker.pending = (0..worker.directory.all().len())
-            .map(|_| Pending::default())
-            .collect();
+        worker.pending = (0..worker.directory.all().len()).map(|_| Pending::default()).collect();
         // Snapshots first: the readers were created before, so every later delta is seen.
         worker.reset_books();
         let s = Arc::clone(&stop);
@@ -392,10 +368,7 @@ impl Hub {
             .spawn(move || worker.run(&s))
             .expect("spawning the hub thread at start-up");
         let _ = wake.0.set(thread.thread().clone());
-        Hub {
-            stop,
-            thread: Some(thread),
-        }
+        Hub { stop, thread: Some(thread) }
     }
 
     /// Stops the thread and waits for it.
@@ -442,9 +415,7 @@ impl HubWorker {
                 got += outcome.read;
                 if outcome.missed > 0 {
                     lapped = true;
-                    self.metrics
-                        .hub_missed
-                        .fetch_add(outcome.missed, Ordering::Relaxed);
+                    self.metrics.hub_missed.fetch_add(outcome.missed, Ordering::Relaxed);
                 }
                 for e in &self.events {
                     let (instrument, kind) = match e {
@@ -459,9 +430,7 @@ impl HubWorker {
                     }
                 }
             }
-            self.metrics
-                .hub_events
-                .fetch_add(got as u64, Ordering::Relaxed);
+            self.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);
             for at in 0..self.pending.len() {
                 if !self.pending[at].events.is_empty() {
                     self.publish(at);
@@ -483,11 +452,7 @@ impl HubWorker {
 
     fn reset_books(&mut self) {
         let directory = Arc::clone(&self.directory);
-        for c in directory
-            .all()
-            .iter()
-            .filter(|c| c.kind == ChannelKind::Book)
-        {
+        for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Book) {
             self.reset_book(c);
         }
     }
@@ -698,9 +663,5 @@ pub fn subscriber_count(channel: &Channel) -> usize {
 
 /// Total JSON subscribers across channels.
 pub fn json_subscribers(directory: &Directory) -> usize {
-    directory
-        .all()
-        .iter()
-        .map(|c| c.lock().json_subscribers)
-        .sum()
+    directory.all().iter().map(|c| c.lock().json_subscribers).sum()
 }

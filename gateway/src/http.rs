@@ -35,10 +35,7 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Ful
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        "application/json".parse().expect("static header"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
     response
 }
 
@@ -49,10 +46,7 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     if path != "/ws" {
-        state
-            .metrics
-            .http_requests_total
-            .fetch_add(1, Ordering::Relaxed);
+        state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
     let response = match (req.method(), path) {
         (&Method::GET, "/ws") => ws::upgrade(req, &state.ws),
@@ -71,18 +65,14 @@ pub async fn handle(
             let mut response =
                 Response::new(Full::new(Bytes::from(state.metrics.render(&state.engine))));
             let headers = response.headers_mut();
-            headers.insert(
-                CONTENT_TYPE,
-                "text/plain; version=0.0.4".parse().expect("static header"),
-            );
+            headers
+                .insert(CONTENT_TYPE, "text/plain; version=0.0.4".parse().expect("static header"));
             headers.insert(CACHE_CONTROL, "no-store".parse().expect("static header"));
             response
         }
-        (_, "/ws" | "/healthz" | "/metrics") => json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET",
-        ),
+        (_, "/ws" | "/healthz" | "/metrics") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+        }
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     };
     Ok(response)

@@ -15,9 +15,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = Config::try_from(Flags::parse())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(server::run(config, shutdown_signal()))
 }
 

@@ -76,10 +76,7 @@ impl Metrics {
             ("engine_trades_total", c.trades),
             ("engine_events_total", c.events),
         ] {
-            let _ = writeln!(
-                out,
-                "# TYPE tickgate_{name} counter\ntickgate_{name} {value}"
-            );
+            let _ = writeln!(out, "# TYPE tickgate_{name} counter\ntickgate_{name} {value}");
         }
         for shard in 0..engine.shards() {
             let _ = writeln!(

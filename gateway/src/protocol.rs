@@ -111,10 +111,7 @@ pub fn put_header(
     seq: u64,
     ts: u64,
 ) {
-    debug_assert!(
-        body <= usize::from(u16::MAX),
-        "bodies are bounded by the snapshot depth cap"
-    );
+    debug_assert!(body <= usize::from(u16::MAX), "bodies are bounded by the snapshot depth cap");
     out.push(t as u8);
     out.push(flags);
     out.extend_from_slice(&(body as u16).to_le_bytes());
@@ -211,15 +208,7 @@ pub mod bin {
     /// A book snapshot (depth already applied).
     pub fn book_snapshot(out: &mut Vec<u8>, channel: u32, flags: u8, ts: u64, s: &BookSnapshot) {
         let body = 8 + 16 * (s.bids.len() + s.asks.len());
-        put_header(
-            out,
-            MsgType::BookSnapshot,
-            flags | FLAG_SNAPSHOT,
-            body,
-            channel,
-            s.seq.0,
-            ts,
-        );
+        put_header(out, MsgType::BookSnapshot, flags | FLAG_SNAPSHOT, body, channel, s.seq.0, ts);
         out.extend_from_slice(&(s.bids.len() as u16).to_le_bytes());
         out.extend_from_slice(&(s.asks.len() as u16).to_le_bytes());
         out.extend_from_slice(&[0; 4]);
@@ -278,10 +267,7 @@ pub mod json {
     use super::*;
 
     fn head(out: &mut String, t: &str, channel: &str, seq: u64, ts: u64) {
-        let _ = write!(
-            out,
-            r#"{{"type":"{t}","channel":"{channel}","seq":{seq},"ts":{ts}"#
-        );
+        let _ = write!(out, r#"{{"type":"{t}","channel":"{channel}","seq":{seq},"ts":{ts}"#);
     }
 
     /// A book delta.
@@ -553,8 +539,7 @@ pub fn decode(payload: &[u8]) -> impl Iterator<Item = Result<Decoded<'_>, Decode
 
 /// Reads the `n`th little-endian i64 of a body.
 pub fn body_i64(body: &[u8], n: usize) -> Option<i64> {
-    body.get(n * 8..n * 8 + 8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+    body.get(n * 8..n * 8 + 8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
 /// Decodes a book snapshot body into levels.
@@ -570,10 +555,7 @@ pub fn decode_book_snapshot(body: &[u8]) -> Option<(Vec<Level>, Vec<Level>)> {
             Qty(body_i64(&body[8..], 2 * n + 1).unwrap_or(0)),
         )
     };
-    Some((
-        (0..bids).map(level).collect(),
-        (bids..bids + asks).map(level).collect(),
-    ))
+    Some(((0..bids).map(level).collect(), (bids..bids + asks).map(level).collect()))
 }
 
 #[cfg(test)]
@@ -609,30 +591,21 @@ mod tests {
             (MsgType::BookDelta, 5, 10, 99)
         );
         assert_eq!(msgs[0].body[0], Side::Sell.as_u8());
-        assert_eq!(
-            (body_i64(msgs[0].body, 1), body_i64(msgs[0].body, 2)),
-            (Some(123), Some(4))
-        );
+        assert_eq!((body_i64(msgs[0].body, 1), body_i64(msgs[0].body, 2)), (Some(123), Some(4)));
         assert_eq!(msgs[1].body.len(), 40);
         assert_eq!(msgs[2].flags, FLAG_RESYNC | FLAG_SNAPSHOT);
         assert_eq!(
             decode_book_snapshot(msgs[2].body),
             Some((snap.bids.clone(), snap.asks.clone()))
         );
-        assert_eq!(
-            (body_i64(msgs[3].body, 0), body_i64(msgs[3].body, 1)),
-            (Some(4), Some(9))
-        );
+        assert_eq!((body_i64(msgs[3].body, 0), body_i64(msgs[3].body, 1)), (Some(4), Some(9)));
     }
 
     #[test]
     fn truncated_and_unknown_messages_are_errors() {
         let mut out = Vec::new();
         bin::heartbeat(&mut out, 1, 2, 3);
-        assert_eq!(
-            decode(&out[..10]).next(),
-            Some(Err(DecodeError::Truncated(0)))
-        );
+        assert_eq!(decode(&out[..10]).next(), Some(Err(DecodeError::Truncated(0))));
         out[0] = 99;
         assert_eq!(decode(&out).next(), Some(Err(DecodeError::UnknownType(99))));
     }
@@ -644,9 +617,6 @@ mod tests {
         assert_eq!(&mid[..4], &[0x82, 126, 1, 44]);
         let big = frame(Opcode::Binary, &vec![0; 70_000]);
         assert_eq!(&big[..2], &[0x82, 127]);
-        assert_eq!(
-            close_frame(4008, "slow"),
-            vec![0x88, 6, 0x0f, 0xa8, b's', b'l', b'o', b'w']
-        );
+        assert_eq!(close_frame(4008, "slow"), vec![0x88, 6, 0x0f, 0xa8, b's', b'l', b'o', b'w']);
     }
 }

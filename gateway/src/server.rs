@@ -43,9 +43,7 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("Server").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -55,10 +53,7 @@ impl Server {
         let wake = HubWake::default();
         let hook_wake = wake.clone();
         let runtime = EngineRuntime::start(RuntimeConfig {
-            spec: EngineSpec {
-                accounts_max: ACCOUNTS_MAX,
-                ..EngineSpec::default()
-            },
+            spec: EngineSpec { accounts_max: ACCOUNTS_MAX, ..EngineSpec::default() },
             shards: config.shards,
             queue_capacity: config.queue_capacity,
             ring_capacity: config.ring_capacity,
@@ -67,20 +62,14 @@ impl Server {
         })?;
         let engine = runtime.handle();
         let metrics = Arc::new(Metrics::default());
-        let directory = Arc::new(Directory::new(
-            engine.instruments(),
-            config.channel_ring_chunks,
-        ));
+        let directory = Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks));
         let hub = {
             let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
             let pass = config.fanout_pass;
             tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pass)).await?
         };
         let feed = config.feed_rate.map(|rate| {
-            let flow = FlowConfig {
-                seed: config.seed,
-                ..FlowConfig::default()
-            };
+            let flow = FlowConfig { seed: config.seed, ..FlowConfig::default() };
             FeedDriver::start(engine.clone(), flow, rate)
         });
 
@@ -95,11 +84,8 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             alive: alive_tx.clone(),
         });
-        let state = Arc::new(AppState {
-            engine: engine.clone(),
-            metrics: Arc::clone(&metrics),
-            ws,
-        });
+        let state =
+            Arc::new(AppState { engine: engine.clone(), metrics: Arc::clone(&metrics), ws });
         let accept = tokio::spawn(accept_loop(
             listener,
             state,
@@ -107,18 +93,7 @@ impl Server {
             alive_tx,
             config.handshake_timeout,
         ));
-        Ok(Server {
-            addr,
-            engine,
-            runtime,
-            hub,
-            feed,
-            metrics,
-            directory,
-            shutdown,
-            accept,
-            alive,
-        })
+        Ok(Server { addr, engine, runtime, hub, feed, metrics, directory, shutdown, accept, alive })
     }
 
     /// The bound address.

@@ -18,10 +18,8 @@ async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
     let symbols = ["BTC-USD", "ETH-USD"];
     let mut bin = connect(&server, "").await;
     let mut jsn = connect(&server, "?format=json").await;
-    let channels: Vec<String> = symbols
-        .iter()
-        .flat_map(|s| [format!("book.{s}"), format!("trades.{s}")])
-        .collect();
+    let channels: Vec<String> =
+        symbols.iter().flat_map(|s| [format!("book.{s}"), format!("trades.{s}")]).collect();
     let sub = json!({"op": "subscribe", "id": 1, "channels": channels, "depth": 1000});
     let ack = request(&mut bin, sub.clone()).await;
     assert_eq!(ack["op"], "subscribed", "{ack}");
@@ -30,12 +28,8 @@ async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
     assert_eq!(ack_json["op"], "subscribed");
 
     let id = |name: &str| {
-        ack["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["channel"] == name)
-            .unwrap()["channel_id"]
+        ack["channels"].as_array().unwrap().iter().find(|c| c["channel"] == name).unwrap()
+            ["channel_id"]
             .as_u64()
             .unwrap() as u32
     };
@@ -58,25 +52,16 @@ async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
     server.stop_feed();
     let engine = server.engine().clone();
     for (f, s) in followers.iter_mut().zip(symbols) {
-        let expected = engine
-            .book_snapshot(symbol_id(&engine, s), usize::MAX)
-            .expect("engine answers");
+        let expected =
+            engine.book_snapshot(symbol_id(&engine, s), usize::MAX).expect("engine answers");
         while f.book.as_ref().map(|b| b.seq()) != Some(expected.seq) {
             if let Message::Binary(p) = next(&mut bin).await {
                 f.apply(&p);
             }
         }
         let mine = f.book.as_ref().expect("book").snapshot(usize::MAX);
-        assert_eq!(
-            mine, expected,
-            "{s}: snapshot + deltas == engine book at seq {}",
-            expected.seq
-        );
-        assert!(
-            f.deltas.len() > 50,
-            "{s}: a lively market ({} deltas)",
-            f.deltas.len()
-        );
+        assert_eq!(mine, expected, "{s}: snapshot + deltas == engine book at seq {}", expected.seq);
+        assert!(f.deltas.len() > 50, "{s}: a lively market ({} deltas)", f.deltas.len());
         assert!(f.trades > 5, "{s}: trades flowed ({})", f.trades);
         assert_eq!(f.resyncs, 0);
     }
@@ -92,11 +77,7 @@ async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
         let v: serde_json::Value = serde_json::from_str(&t).expect("json");
         for m in v.as_array().into_iter().flatten() {
             if m["type"] == "book_delta" && m["channel"] == "book.BTC-USD" {
-                let side = if m["side"] == "buy" {
-                    Side::Buy
-                } else {
-                    Side::Sell
-                };
+                let side = if m["side"] == "buy" { Side::Buy } else { Side::Sell };
                 let price =
                     parse_fixed(m["price"].as_str().unwrap(), btc.spec.price_precision).unwrap();
                 let qty = parse_fixed(m["qty"].as_str().unwrap(), btc.spec.qty_precision).unwrap();
@@ -105,12 +86,8 @@ async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
         }
     }
     let first_json = json_deltas[0].0;
-    let bin_tail: Vec<_> = followers[0]
-        .deltas
-        .iter()
-        .filter(|d| d.0 >= first_json)
-        .cloned()
-        .collect();
+    let bin_tail: Vec<_> =
+        followers[0].deltas.iter().filter(|d| d.0 >= first_json).cloned().collect();
     assert!(bin_tail.len() > 10, "overlap is meaningful");
     assert_eq!(
         json_deltas[..bin_tail.len()],
@@ -130,11 +107,9 @@ async fn quiet_channels_get_heartbeats_with_their_last_sequence() {
     order(&engine, 2, sol, Side::Buy, OrderType::Limit, 15_000, 40);
     let mut ws = connect(&server, "").await;
     eventually(|| server.directory().get("trades.SOL-USD").unwrap().last_seq() == 1).await;
-    let ack = request(
-        &mut ws,
-        json!({"op": "subscribe", "channels": ["trades.SOL-USD", "bbo.SOL-USD"]}),
-    )
-    .await;
+    let ack =
+        request(&mut ws, json!({"op": "subscribe", "channels": ["trades.SOL-USD", "bbo.SOL-USD"]}))
+            .await;
     assert_eq!(ack["channels"][0]["seq"], 1, "{ack}");
     let mut heartbeats = std::collections::HashMap::new();
     while heartbeats.len() < 2 {
@@ -148,10 +123,7 @@ async fn quiet_channels_get_heartbeats_with_their_last_sequence() {
         }
     }
     let trades_id = ack["channels"][0]["channel_id"].as_u64().unwrap() as u32;
-    assert_eq!(
-        heartbeats[&trades_id], 1,
-        "heartbeat carries the last trade sequence"
-    );
+    assert_eq!(heartbeats[&trades_id], 1, "heartbeat carries the last trade sequence");
     server.shutdown().await.expect("clean shutdown");
 }
 

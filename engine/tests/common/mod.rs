@@ -12,14 +12,8 @@ pub const MKT: InstrumentId = InstrumentId(0);
 pub fn spec() -> EngineSpec {
     EngineSpec {
         assets: vec![
-            Asset {
-                symbol: "USD".into(),
-                precision: 0,
-            },
-            Asset {
-                symbol: "BTC".into(),
-                precision: 0,
-            },
+            Asset { symbol: "USD".into(), precision: 0 },
+            Asset { symbol: "BTC".into(), precision: 0 },
         ],
         instruments: vec![InstrumentSpec {
             symbol: "BTC-USD".into(),
@@ -53,24 +47,13 @@ impl Harness {
 
     pub fn with_spec(spec: EngineSpec) -> Self {
         let engine = Engine::new(&spec, |_| true).expect("valid spec");
-        Harness {
-            engine,
-            events: Vec::new(),
-            next_id: 1,
-            ts: 0,
-        }
+        Harness { engine, events: Vec::new(), next_id: 1, ts: 0 }
     }
 
     pub fn run(&mut self, kind: CommandKind) -> Vec<Event> {
         self.ts += 1;
         let mut out = Vec::new();
-        self.engine.process(
-            &Command {
-                ts: UnixNanos(self.ts),
-                kind,
-            },
-            &mut out,
-        );
+        self.engine.process(&Command { ts: UnixNanos(self.ts), kind }, &mut out);
         self.events.extend_from_slice(&out);
         self.engine.check_invariants();
         out
@@ -87,10 +70,7 @@ impl Harness {
                 }));
                 assert!(matches!(
                     out[0],
-                    Event::Exec(ExecReport {
-                        kind: ExecKind::Transferred,
-                        ..
-                    })
+                    Event::Exec(ExecReport { kind: ExecKind::Transferred, .. })
                 ));
             }
         }
@@ -104,14 +84,7 @@ impl Harness {
         price: i64,
         qty: i64,
     ) -> (OrderId, Vec<Event>) {
-        self.order_stp(
-            account,
-            side,
-            order_type,
-            price,
-            qty,
-            StpMode::CancelResting,
-        )
+        self.order_stp(account, side, order_type, price, qty, StpMode::CancelResting)
     }
 
     pub fn order_stp(
@@ -167,16 +140,7 @@ impl Harness {
 }
 
 pub fn reports(events: &[Event]) -> Vec<ExecReport> {
-    events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Exec(r) = e {
-                Some(*r)
-            } else {
-                None
-            }
-        })
-        .collect()
+    events.iter().filter_map(|e| if let Event::Exec(r) = e { Some(*r) } else { None }).collect()
 }
 
 pub fn kinds(events: &[Event]) -> Vec<(ExecKind, RejectReason)> {
@@ -184,21 +148,9 @@ pub fn kinds(events: &[Event]) -> Vec<(ExecKind, RejectReason)> {
 }
 
 pub fn trades(events: &[Event]) -> Vec<Trade> {
-    events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Trade(t) = e {
-                Some(*t)
-            } else {
-                None
-            }
-        })
-        .collect()
+    events.iter().filter_map(|e| if let Event::Trade(t) = e { Some(*t) } else { None }).collect()
 }
 
 pub fn rejection(events: &[Event]) -> Option<RejectReason> {
-    reports(events)
-        .iter()
-        .find(|r| r.kind == ExecKind::Rejected)
-        .map(|r| r.reason)
+    reports(events).iter().find(|r| r.kind == ExecKind::Rejected).map(|r| r.reason)
 }

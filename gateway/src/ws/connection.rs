@@ -40,6 +40,10 @@ enum Ctl {
 /// Serves an upgraded connection until it closes or the server shuts down.
 pub async fn run(stream: TcpStream, read_buf: Bytes, format: Format, ctx: &Arc<WsContext>) {
     let _ = stream.set_nodelay(true);
+    // A fixed send buffer bounds kernel memory per client and makes a client that stops
+    // reading visible to the writer quickly (autotuning would grow it to megabytes).
+    let _ =
+        socket2::SockRef::from(&stream).set_send_buffer_size(ctx.limits.socket_send_buffer_bytes);
     let (read_half, write_half) = stream.into_split();
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let started = Instant::now();
@@ -61,6 +65,7 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, format: Format, ctx: &Arc<W
         out_bytes: 0,
         out_messages: 0,
         gap_times: VecDeque::new(),
+        gapped: false,
         closing: None,
     };
     writer.run(rx, last_seen, started).await;
@@ -139,14 +144,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         last_seen.store(millis_since(started), Ordering::Relaxed);
         let ctl = match frame.opcode {
-            OpCode::Text if !frame.fin => Ctl::Close(
-                close::UNSUPPORTED_DATA,
-                "fragmented messages are not accepted",
-            ),
+            OpCode::Text if !frame.fin => {
+                Ctl::Close(close::UNSUPPORTED_DATA, "fragmented messages are not accepted")
+            }
             OpCode::Text => {
-                ctx.metrics
-                    .ws_requests_total
-                    .fetch_add(1, Ordering::Relaxed);
+                ctx.metrics.ws_requests_total.fetch_add(1, Ordering::Relaxed);
                 if !rate.take() {
                     if rate.violations > 2 * limits.inbound_burst {
                         Ctl::Close(close::POLICY, "inbound message rate far over the limit")
@@ -167,10 +169,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                 }
             }
-            OpCode::Binary | OpCode::Continuation => Ctl::Close(
-                close::UNSUPPORTED_DATA,
-                "only text control messages are accepted",
-            ),
+            OpCode::Binary | OpCode::Continuation => {
+                Ctl::Close(close::UNSUPPORTED_DATA, "only text control messages are accepted")
+            }
             OpCode::Ping => Ctl::Pong(Bytes::copy_from_slice(&frame.payload)),
             OpCode::Pong => continue,
             OpCode::Close => {
@@ -185,9 +186,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         match tx.try_send(ctl) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                let _ = tx
-                    .send(Ctl::Close(close::POLICY, "too many requests in flight"))
-                    .await;
+                let _ = tx.send(Ctl::Close(close::POLICY, "too many requests in flight")).await;
                 return;
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -217,6 +216,7 @@ struct Writer<W> {
     out_bytes: usize,
     out_messages: u64,
     gap_times: VecDeque<Instant>,
+    gapped: bool,
     closing: Option<Closing>,
 }
 
@@ -298,10 +298,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             if self.closing.is_none() {
                 self.waker.clear();
                 self.drain(limits.write_batch_bytes_max);
+                self.count_episode();
             }
             if let Some(Closing::Send(code, reason)) = self.closing {
-                self.out.clear();
-                self.out_bytes = 0;
+                // What is queued (gap notices, error replies) still goes out first.
                 self.push(protocol::close_frame(code, reason).into(), 0);
                 // Best effort: a peer that does not read cannot stall shutdown.
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
@@ -313,10 +313,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return, // peer gone
                     Err(_) => {
-                        self.ctx
-                            .metrics
-                            .ws_slow_closes_total
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.ctx.metrics.ws_slow_closes_total.fetch_add(1, Ordering::Relaxed);
                         return; // stalled: the socket is full, a close frame could not go out
                     }
                 }
@@ -331,36 +328,25 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     fn error(&mut self, e: RequestError) {
-        self.ctx
-            .metrics
-            .ws_errors_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
         self.push(control::error_reply(&e), 0);
     }
 
     fn handle(&mut self, ctl: Ctl) {
         match ctl {
-            Ctl::Request(Request::Subscribe {
-                id,
-                channels,
-                depth,
-            }) => self.subscribe(id, channels, depth),
+            Ctl::Request(Request::Subscribe { id, channels, depth }) => {
+                self.subscribe(id, channels, depth)
+            }
             Ctl::Request(Request::Unsubscribe { id, channels }) => self.unsubscribe(id, channels),
             Ctl::Request(Request::Ping { id }) => {
                 let ts = tickgate_engine::runtime::now_nanos().0;
-                self.push(
-                    control::reply("pong", &id, serde_json::json!({ "ts": ts })),
-                    0,
-                );
+                self.push(control::reply("pong", &id, serde_json::json!({ "ts": ts })), 0);
             }
             Ctl::Reply(frame) => self.push(frame, 0),
             Ctl::Pong(payload) => self.push(protocol::frame(Opcode::Pong, &payload).into(), 0),
             Ctl::Close(code, reason) => {
                 if code != close::NORMAL {
-                    self.ctx
-                        .metrics
-                        .ws_protocol_closes_total
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
                 }
                 self.closing = Some(Closing::Send(code, reason));
             }
@@ -401,10 +387,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             Ok(c) => c,
             Err(e) => return self.error(e),
         };
-        let new = channels
-            .iter()
-            .filter(|c| !self.subs.iter().any(|s| s.channel.id == c.id))
-            .count();
+        let new =
+            channels.iter().filter(|c| !self.subs.iter().any(|s| s.channel.id == c.id)).count();
         let max = self.ctx.limits.subscriptions_per_connection_max;
         if self.subs.len() + new > max {
             return self.error(RequestError {
@@ -432,20 +416,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 last_seq: start.seq,
                 last_sent: Instant::now(),
             };
-            match self
-                .subs
-                .iter_mut()
-                .find(|s| s.channel.id == sub.channel.id)
-            {
+            match self.subs.iter_mut().find(|s| s.channel.id == sub.channel.id) {
                 Some(existing) => *existing = sub, // resubscribe: fresh snapshot, same slot
                 None => self.subs.push(sub),
             }
             snapshots.push(start.snapshot);
         }
-        self.push(
-            control::reply("subscribed", &id, serde_json::json!({ "channels": acks })),
-            0,
-        );
+        self.push(control::reply("subscribed", &id, serde_json::json!({ "channels": acks })), 0);
         for s in snapshots {
             self.push(s, 1);
         }
@@ -456,31 +433,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             Ok(c) => c,
             Err(e) => return self.error(e),
         };
-        if let Some(missing) = channels
-            .iter()
-            .find(|c| !self.subs.iter().any(|s| s.channel.id == c.id))
+        if let Some(missing) =
+            channels.iter().find(|c| !self.subs.iter().any(|s| s.channel.id == c.id))
         {
             let message = format!("not subscribed to `{}`", missing.name);
-            return self.error(RequestError {
-                id,
-                code: ErrorCode::NotSubscribed,
-                message,
-            });
+            return self.error(RequestError { id, code: ErrorCode::NotSubscribed, message });
         }
         let json = self.format == Format::Json;
         for c in &channels {
             c.unsubscribe(&self.waker, json);
         }
-        self.subs
-            .retain(|s| !channels.iter().any(|c| c.id == s.channel.id));
-        self.push(
-            control::reply(
-                "unsubscribed",
-                &id,
-                serde_json::json!({ "channels": names }),
-            ),
-            0,
-        );
+        self.subs.retain(|s| !channels.iter().any(|c| c.id == s.channel.id));
+        self.push(control::reply("unsubscribed", &id, serde_json::json!({ "channels": names })), 0);
     }
 
     /// Collects every new chunk of every subscription, up to `budget` bytes.
@@ -499,20 +463,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     break;
                 }
                 let lapped = head - sub.cursor > sub.channel.capacity();
-                let chunk = if lapped {
-                    None
-                } else {
-                    sub.channel.chunk(sub.cursor)
-                };
+                let chunk = if lapped { None } else { sub.channel.chunk(sub.cursor) };
                 let Some(chunk) = chunk else {
                     self.fell_behind(n);
                     continue;
                 };
-                let frame = if json {
-                    chunk.json.clone()
-                } else {
-                    Some(chunk.bin.clone())
-                };
+                let frame = if json { chunk.json.clone() } else { Some(chunk.bin.clone()) };
                 match frame {
                     Some(frame) if !chunk.resync => {
                         let sub = &mut self.subs[n];
@@ -536,10 +492,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         sub.cursor = start.cursor;
         sub.last_seq = start.seq;
         sub.last_sent = Instant::now();
-        self.ctx
-            .metrics
-            .ws_resyncs_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.ws_resyncs_total.fetch_add(1, Ordering::Relaxed);
         self.push(start.snapshot, 1);
     }
 
@@ -575,28 +528,27 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             };
             self.push(frame, 1);
         }
-        self.ctx
-            .metrics
-            .ws_gaps_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.ws_gaps_total.fetch_add(1, Ordering::Relaxed);
         let sub = &mut self.subs[n];
         sub.last_seq = to;
         sub.cursor = if first.is_some() { index } else { head };
+        self.gapped = true;
+    }
+
+    /// Counts one falling-behind episode (however many channels it hit) and closes a
+    /// connection that keeps falling behind.
+    fn count_episode(&mut self) {
+        if !std::mem::take(&mut self.gapped) {
+            return;
+        }
         let now = Instant::now();
         self.gap_times.push_back(now);
         let window = self.ctx.limits.slow_gap_window;
-        while self
-            .gap_times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
+        while self.gap_times.front().is_some_and(|t| now.duration_since(*t) > window) {
             self.gap_times.pop_front();
         }
         if self.gap_times.len() > self.ctx.limits.slow_gaps_max {
-            self.ctx
-                .metrics
-                .ws_slow_closes_total
-                .fetch_add(1, Ordering::Relaxed);
+            self.ctx.metrics.ws_slow_closes_total.fetch_add(1, Ordering::Relaxed);
             self.closing = Some(Closing::Send(close::SLOW_CONSUMER, "slow consumer"));
         }
     }
@@ -628,27 +580,17 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Writes everything queued, vectored, handling partial writes.
     async fn flush(&mut self) -> std::io::Result<()> {
         const IOV_MAX: usize = 512;
-        let (frames, bytes, messages) = (
-            self.out.len() as u64,
-            self.out_bytes as u64,
-            self.out_messages,
-        );
+        let (frames, bytes, messages) =
+            (self.out.len() as u64, self.out_bytes as u64, self.out_messages);
         while !self.out.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .out
-                .iter()
-                .take(IOV_MAX)
-                .map(|b| IoSlice::new(b))
-                .collect();
+            let slices: Vec<IoSlice<'_>> =
+                self.out.iter().take(IOV_MAX).map(|b| IoSlice::new(b)).collect();
             let mut written = self.io.write_vectored(&slices).await?;
             if written == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             while written > 0 {
-                let front = self
-                    .out
-                    .front_mut()
-                    .expect("written bytes came from queued frames");
+                let front = self.out.front_mut().expect("written bytes came from queued frames");
                 if written >= front.len() {
                     written -= front.len();
                     self.out.pop_front();
@@ -663,8 +605,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let m = &self.ctx.metrics;
         m.ws_frames_sent_total.fetch_add(frames, Ordering::Relaxed);
         m.ws_bytes_sent_total.fetch_add(bytes, Ordering::Relaxed);
-        m.ws_messages_sent_total
-            .fetch_add(messages, Ordering::Relaxed);
+        m.ws_messages_sent_total.fetch_add(messages, Ordering::Relaxed);
         Ok(())
     }
 }

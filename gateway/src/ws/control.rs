@@ -113,18 +113,13 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
         message: format!("invalid JSON request: {e}"),
     })?;
     let id = envelope.id;
-    let err = |code, message: &str| RequestError {
-        id: id.clone(),
-        code,
-        message: message.into(),
-    };
+    let err = |code, message: &str| RequestError { id: id.clone(), code, message: message.into() };
     let channels = |c: Option<Vec<String>>| match c {
         None => Err(err(ErrorCode::Malformed, "`channels` is required")),
         Some(c) if c.is_empty() => Err(err(ErrorCode::Malformed, "`channels` is empty")),
-        Some(c) if c.len() > CHANNELS_PER_REQUEST_MAX => Err(err(
-            ErrorCode::LimitExceeded,
-            "too many channels in one request",
-        )),
+        Some(c) if c.len() > CHANNELS_PER_REQUEST_MAX => {
+            Err(err(ErrorCode::LimitExceeded, "too many channels in one request"))
+        }
         Some(c) => Ok(c),
     };
     match envelope.op.as_deref() {
@@ -134,16 +129,11 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
                 Some(d) if (1..=protocol::SNAPSHOT_DEPTH_MAX as u64).contains(&d) => d as usize,
                 Some(_) => return Err(err(ErrorCode::InvalidDepth, "depth must be 1..=1000")),
             };
-            Ok(Request::Subscribe {
-                channels: channels(envelope.channels)?,
-                depth,
-                id,
-            })
+            Ok(Request::Subscribe { channels: channels(envelope.channels)?, depth, id })
         }
-        Some("unsubscribe") => Ok(Request::Unsubscribe {
-            channels: channels(envelope.channels)?,
-            id,
-        }),
+        Some("unsubscribe") => {
+            Ok(Request::Unsubscribe { channels: channels(envelope.channels)?, id })
+        }
         Some("ping") => Ok(Request::Ping { id }),
         Some(other) => Err(err(ErrorCode::UnknownOp, &format!("unknown op `{other}`"))),
         None => Err(err(ErrorCode::UnknownOp, "`op` is required")),
@@ -190,9 +180,7 @@ mod tests {
         );
         assert_eq!(
             p(r#"{"op":"ping","id":"a"}"#),
-            Ok(Request::Ping {
-                id: Some(RequestId::Str("a".into()))
-            })
+            Ok(Request::Ping { id: Some(RequestId::Str("a".into())) })
         );
         assert!(matches!(
             p(r#"{"op":"unsubscribe","channels":["x"]}"#),
@@ -209,10 +197,7 @@ mod tests {
         assert_eq!(code(r#"{"id":1}"#), Some(ErrorCode::UnknownOp));
         assert_eq!(code(r#"{"op":"dance"}"#), Some(ErrorCode::UnknownOp));
         assert_eq!(code(r#"{"op":"subscribe"}"#), Some(ErrorCode::Malformed));
-        assert_eq!(
-            code(r#"{"op":"subscribe","channels":[]}"#),
-            Some(ErrorCode::Malformed)
-        );
+        assert_eq!(code(r#"{"op":"subscribe","channels":[]}"#), Some(ErrorCode::Malformed));
         assert_eq!(
             code(r#"{"op":"subscribe","channels":["a"],"depth":0}"#),
             Some(ErrorCode::InvalidDepth)
@@ -221,24 +206,14 @@ mod tests {
             code(r#"{"op":"subscribe","channels":["a"],"depth":-1}"#),
             Some(ErrorCode::Malformed)
         );
-        let many = format!(
-            r#"{{"op":"subscribe","channels":[{}]}}"#,
-            vec!["\"a\""; 65].join(",")
-        );
+        let many = format!(r#"{{"op":"subscribe","channels":[{}]}}"#, vec!["\"a\""; 65].join(","));
         assert_eq!(code(&many), Some(ErrorCode::LimitExceeded));
-        assert_eq!(
-            p(r#"{"op":"dance","id":3}"#).err().and_then(|e| e.id),
-            Some(RequestId::Num(3))
-        );
+        assert_eq!(p(r#"{"op":"dance","id":3}"#).err().and_then(|e| e.id), Some(RequestId::Num(3)));
     }
 
     #[test]
     fn replies_are_text_frames_with_the_id() {
-        let frame = reply(
-            "pong",
-            &Some(RequestId::Num(1)),
-            serde_json::json!({"ts": 5}),
-        );
+        let frame = reply("pong", &Some(RequestId::Num(1)), serde_json::json!({"ts": 5}));
         assert_eq!(frame[0], 0x81);
         let body: serde_json::Value = serde_json::from_slice(&frame[2..]).expect("json");
         assert_eq!(body, serde_json::json!({"op": "pong", "id": 1, "ts": 5}));

@@ -49,12 +49,16 @@ pub struct WsLimits {
     pub heartbeat_interval: Duration,
     /// A write that makes no progress this long closes the connection (4008).
     pub write_stall_timeout: Duration,
-    /// Gap notices within `slow_gap_window` that close a connection (4008).
+    /// Falling-behind episodes on trades channels (each sends gap notices) within
+    /// `slow_gap_window` after which a connection is closed (4008).
     pub slow_gaps_max: usize,
     /// Window for `slow_gaps_max`.
     pub slow_gap_window: Duration,
     /// Bytes one vectored write carries at most.
     pub write_batch_bytes_max: usize,
+    /// Kernel send buffer per connection (`SO_SNDBUF`): what a client that stops reading
+    /// can hold of the server's memory, and how soon the server notices it fell behind.
+    pub socket_send_buffer_bytes: usize,
 }
 
 impl Default for WsLimits {
@@ -72,6 +76,7 @@ impl Default for WsLimits {
             slow_gaps_max: 5,
             slow_gap_window: Duration::from_secs(60),
             write_batch_bytes_max: 256 * 1024,
+            socket_send_buffer_bytes: 256 * 1024,
         }
     }
 }

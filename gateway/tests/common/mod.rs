@@ -19,9 +19,8 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
 
 /// Connects and consumes the welcome message.
 pub async fn connect(server: &Server, query: &str) -> Client {
-    let mut ws = client::connect(server.local_addr(), &format!("/ws{query}"))
-        .await
-        .expect("connects");
+    let mut ws =
+        client::connect(server.local_addr(), &format!("/ws{query}")).await.expect("connects");
     let welcome = text(&mut ws).await;
     assert_eq!(welcome["op"], "welcome", "{welcome}");
     ws
@@ -57,10 +56,7 @@ pub async fn request(ws: &mut Client, body: Value) -> Value {
 }
 
 pub fn symbol_id(engine: &EngineHandle, symbol: &str) -> InstrumentId {
-    engine
-        .instrument_by_symbol(symbol)
-        .expect("default instrument")
-        .id
+    engine.instrument_by_symbol(symbol).expect("default instrument").id
 }
 
 /// Funds accounts 1 and 2 with plenty of everything on every shard.
@@ -111,10 +107,7 @@ pub fn order(
 pub async fn eventually(mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in time"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -199,4 +192,25 @@ impl Follower {
             }
         }
     }
+}
+
+/// A raw HTTP/1.1 exchange (`Connection: close`): returns (status, headers+body text).
+pub async fn http_raw(addr: std::net::SocketAddr, request_head: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request_head.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// The JSON body of a raw HTTP response.
+pub fn body_json(response: &str) -> Value {
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or(Value::Null)
 }

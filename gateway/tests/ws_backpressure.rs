@@ -1,0 +1,131 @@
+//! A client that stops reading while the feed runs hot: the healthy client keeps
+//! contiguous sequences, the slow one gets resync snapshots and gap notices and is finally
+//! closed as a slow consumer (4008), everything is counted, and memory stays bounded.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tickgate_gateway::client::Message;
+use tickgate_gateway::protocol::{self, MsgType};
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_is_conflated_gapped_and_closed_while_others_stay_contiguous() {
+    let server = start(|c| {
+        c.feed_rate = Some(50_000);
+        c.ws.slow_gaps_max = 2;
+        c.channel_ring_chunks = 256;
+        c.fanout_pass = Duration::from_micros(500);
+        c.ws.write_stall_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let symbols =
+        ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD", "AVAX-USD", "LINK-USD"];
+    let all: Vec<String> =
+        symbols.iter().flat_map(|s| [format!("book.{s}"), format!("trades.{s}")]).collect();
+
+    // The healthy client follows BTC-USD on its own task and checks every sequence.
+    let mut healthy = connect(&server, "").await;
+    let ack = request(
+        &mut healthy,
+        json!({"op": "subscribe", "channels": ["book.BTC-USD", "trades.BTC-USD"]}),
+    )
+    .await;
+    let ids: Vec<u32> = ack["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel_id"].as_u64().unwrap() as u32)
+        .collect();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let healthy_task = tokio::spawn(async move {
+        let mut f =
+            Follower { book_channel: ids[0], trades_channel: ids[1], ..Follower::default() };
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return f,
+                m = next(&mut healthy) => if let Message::Binary(p) = m { f.apply(&p) },
+            }
+        }
+    });
+
+    let mut slow = tickgate_gateway::client::connect_with(server.local_addr(), "/ws", Some(4096))
+        .await
+        .expect("connects");
+    assert_eq!(text(&mut slow).await["op"], "welcome");
+    let ack = request(&mut slow, json!({"op": "subscribe", "channels": all, "depth": 10})).await;
+    assert_eq!(ack["op"], "subscribed");
+    let rss_before = rss_bytes();
+
+    let (mut resync_snapshots, mut gap_notices, mut close_code) = (0u32, 0u32, None);
+    'cycles: for _ in 0..6 {
+        // Stop reading: the socket fills, the writer blocks, the rings move on.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Then read for a while (data keeps flowing, so bound it by time).
+        let until = tokio::time::Instant::now() + Duration::from_millis(300);
+        while tokio::time::Instant::now() < until {
+            let m = match tokio::time::timeout(
+                Duration::from_millis(100),
+                tickgate_gateway::client::next(&mut slow),
+            )
+            .await
+            {
+                Err(_) => break,
+                Ok(Err(_)) => break 'cycles,
+                Ok(Ok(m)) => m,
+            };
+            match m {
+                Message::Binary(p) => {
+                    for m in protocol::decode(&p) {
+                        let m = m.expect("well-formed");
+                        if m.flags & protocol::FLAG_RESYNC != 0 {
+                            resync_snapshots += 1;
+                        }
+                        if m.msg_type == MsgType::Gap {
+                            gap_notices += 1;
+                        }
+                    }
+                }
+                Message::Close(code, _) => {
+                    close_code = code;
+                    break 'cycles;
+                }
+                Message::Text(_) => {}
+            }
+        }
+    }
+    let rss_growth = rss_bytes().saturating_sub(rss_before);
+    eprintln!("slow client: {resync_snapshots} resyncs, {gap_notices} gaps, close {close_code:?}; rss +{} KiB", rss_growth >> 10);
+    let _ = stop_tx.send(());
+    let healthy = healthy_task.await.expect("healthy client never saw a broken sequence");
+
+    assert!(resync_snapshots > 0, "book channels were conflated into resync snapshots");
+    assert!(gap_notices > 0, "trades channels announced their gaps");
+    assert_eq!(
+        close_code,
+        Some(protocol::close::SLOW_CONSUMER),
+        "persistently slow: closed with 4008"
+    );
+    assert_eq!(healthy.resyncs, 0, "the healthy client was never resynced");
+    assert!(healthy.gaps.is_empty(), "nor gapped");
+    assert!(healthy.deltas.len() > 1000, "and kept receiving ({} deltas)", healthy.deltas.len());
+    let m = server.metrics();
+    assert!(m.ws_resyncs_total.load(Ordering::Relaxed) >= u64::from(resync_snapshots));
+    assert!(m.ws_gaps_total.load(Ordering::Relaxed) > 0);
+    assert_eq!(m.ws_slow_closes_total.load(Ordering::Relaxed), 1);
+    // Bounded by the rings (fixed at start), not by what the slow client did not read.
+    assert!(rss_growth < 64 << 20, "memory grew by {} MiB", rss_growth >> 20);
+    server.shutdown().await.expect("clean shutdown");
+}

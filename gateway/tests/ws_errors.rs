@@ -1,0 +1,197 @@
+//! Every kind of bad input gets its documented answer over a real socket, and the server
+//! keeps serving everyone else.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use fastwebsockets::{Frame, OpCode, Payload};
+use serde_json::json;
+use tickgate_gateway::client::{self, Message};
+use tickgate_gateway::protocol::close;
+
+async fn expect_close(ws: &mut client::Client) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, client::next(ws)).await.expect("close in time") {
+            Ok(Message::Close(code, _)) => return code,
+            Ok(_) => continue,
+            Err(e) => panic!("connection ended without a close frame: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_error_replies_and_the_connection_stays_usable() {
+    let server = start(|c| c.ws.subscriptions_per_connection_max = 3).await;
+    let mut ws = connect(&server, "").await;
+    let cases = [
+        (json!("not an object"), "malformed"),
+        (json!({"id": 1}), "unknown_op"),
+        (json!({"op": "trade", "id": 2}), "unknown_op"),
+        (json!({"op": "subscribe", "id": 3}), "malformed"),
+        (json!({"op": "subscribe", "id": 4, "channels": ["candles.BTC-USD"]}), "unknown_channel"),
+        (json!({"op": "subscribe", "id": 5, "channels": ["book"]}), "unknown_channel"),
+        (json!({"op": "subscribe", "id": 6, "channels": ["book.NOPE-USD"]}), "unknown_symbol"),
+        (
+            json!({"op": "subscribe", "id": 7, "channels": ["book.BTC-USD"], "depth": 5000}),
+            "invalid_depth",
+        ),
+        (json!({"op": "unsubscribe", "id": 8, "channels": ["book.BTC-USD"]}), "not_subscribed"),
+        (
+            json!({"op": "subscribe", "id": 9, "channels": ["book.BTC-USD", "bbo.BTC-USD", "trades.BTC-USD", "book.ETH-USD"]}),
+            "limit_exceeded",
+        ),
+    ];
+    for (body, code) in cases {
+        let reply = request(&mut ws, body.clone()).await;
+        assert_eq!(reply["op"], "error", "{body} -> {reply}");
+        assert_eq!(reply["code"], code, "{body} -> {reply}");
+        if let Some(id) = body.get("id") {
+            assert_eq!(&reply["id"], id, "the id is echoed");
+        }
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Invalid JSON text (not even parseable) is malformed too.
+    ws.write_frame(Frame::text(Payload::Owned(b"{nope".to_vec()))).await.expect("send");
+    assert_eq!(text(&mut ws).await["code"], "malformed");
+    // A failed all-or-nothing subscribe changed nothing: three subscriptions still fit.
+    let ok = request(&mut ws, json!({"op": "subscribe", "id": 10, "channels": ["book.BTC-USD", "bbo.BTC-USD", "trades.BTC-USD"]})).await;
+    assert_eq!(ok["op"], "subscribed", "{ok}");
+    let unsub =
+        request(&mut ws, json!({"op": "unsubscribe", "id": 11, "channels": ["bbo.BTC-USD"]})).await;
+    assert_eq!(unsub["op"], "unsubscribed");
+    let pong = request(&mut ws, json!({"op": "ping", "id": "still-here"})).await;
+    assert_eq!((pong["op"].as_str(), pong["id"].as_str()), (Some("pong"), Some("still-here")));
+    assert!(server.metrics().ws_errors_total.load(Ordering::Relaxed) >= 11);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_close_with_documented_codes_and_others_keep_working() {
+    let server = start(|c| {
+        c.ws.inbound_rate_per_sec = 5;
+        c.ws.inbound_burst = 5;
+    })
+    .await;
+    let mut bystander = connect(&server, "").await;
+
+    // Oversized message: 1009.
+    let mut ws = connect(&server, "").await;
+    let big = format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(5000));
+    ws.write_frame(Frame::text(Payload::Owned(big.into_bytes()))).await.expect("send");
+    assert_eq!(expect_close(&mut ws).await, Some(close::TOO_BIG));
+
+    // Binary data from the client: 1003.
+    let mut ws = connect(&server, "").await;
+    ws.write_frame(Frame::binary(Payload::Owned(vec![1, 2, 3]))).await.expect("send");
+    assert_eq!(expect_close(&mut ws).await, Some(close::UNSUPPORTED_DATA));
+
+    // Fragmented text: 1003.
+    let mut ws = connect(&server, "").await;
+    ws.write_frame(Frame::new(false, OpCode::Text, None, Payload::Owned(b"{\"op\":".to_vec())))
+        .await
+        .expect("send");
+    assert_eq!(expect_close(&mut ws).await, Some(close::UNSUPPORTED_DATA));
+
+    // Flooding: rate_limited errors, then 1008.
+    let mut ws = connect(&server, "").await;
+    for _ in 0..30 {
+        client::send_json(&mut ws, &json!({"op": "ping"})).await.expect("send");
+    }
+    let mut rate_limited = 0;
+    let code = loop {
+        match next(&mut ws).await {
+            Message::Text(t) if t.contains("rate_limited") => rate_limited += 1,
+            Message::Close(code, _) => break code,
+            _ => {}
+        }
+    };
+    assert!(rate_limited > 0, "told it was rate limited before being closed");
+    assert_eq!(code, Some(close::POLICY));
+
+    // The bystander was never affected.
+    let pong = request(&mut bystander, json!({"op": "ping", "id": 1})).await;
+    assert_eq!(pong["op"], "pong");
+    assert!(server.metrics().ws_protocol_closes_total.load(Ordering::Relaxed) >= 4);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_and_http_errors_are_json() {
+    let server = start(|c| c.ws.connections_max = 2).await;
+    let addr = server.local_addr();
+    let a = connect(&server, "").await;
+    let _b = connect(&server, "").await;
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let (status, response) =
+        http_raw(addr, &upgrade.replace("Connection: upgrade", "Connection: upgrade, close")).await;
+    assert_eq!(status, 503, "{response}");
+    assert_eq!(body_json(&response)["error"]["code"], "too_many_connections");
+    assert_eq!(server.metrics().ws_rejected_total.load(Ordering::Relaxed), 1);
+    drop(a);
+    eventually(|| server.metrics().ws_connections.load(Ordering::Relaxed) < 2).await;
+    let _c = connect(&server, "").await; // a slot freed up
+
+    let get = |path: &str, method: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+    };
+    let (status, response) = http_raw(addr, &get("/ws", "GET")).await;
+    assert_eq!(
+        (status, body_json(&response)["error"]["code"].as_str()),
+        (400, Some("not_websocket"))
+    );
+    let (status, response) = http_raw(
+        addr,
+        &get("/ws?format=xml", "GET")
+            .replace("Connection: close", "Upgrade: websocket\r\nConnection: upgrade, close"),
+    )
+    .await;
+    assert_eq!(
+        (status, body_json(&response)["error"]["code"].as_str()),
+        (400, Some("invalid_format"))
+    );
+    let (status, response) = http_raw(addr, &get("/nope", "GET")).await;
+    assert_eq!((status, body_json(&response)["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, _) = http_raw(addr, &get("/healthz", "POST")).await;
+    assert_eq!(status, 405);
+    let (status, response) = http_raw(addr, &get("/healthz", "GET")).await;
+    assert_eq!((status, body_json(&response)["status"].as_str()), (200, Some("ok")));
+    let (status, response) = http_raw(addr, &get("/metrics", "GET")).await;
+    assert_eq!(status, 200);
+    assert!(response.contains("tickgate_ws_rejected_total 1"), "{response}");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_and_slow_handshakes_are_cut() {
+    let server = start(|c| {
+        c.ws.ping_interval = Duration::from_millis(100);
+        c.ws.pong_timeout = Duration::from_millis(200);
+        c.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A client that never answers pings (it does not read, so it cannot pong).
+    let mut silent = client::connect(server.local_addr(), "/ws").await.expect("connects");
+    silent.set_auto_pong(false);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(expect_close(&mut silent).await, Some(close::HEARTBEAT_TIMEOUT));
+    assert_eq!(server.metrics().ws_heartbeat_closes_total.load(Ordering::Relaxed), 1);
+
+    // A client that answers pings stays.
+    let mut lively = connect(&server, "").await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(800);
+    while tokio::time::Instant::now() < until {
+        let _ = tokio::time::timeout(Duration::from_millis(50), client::next(&mut lively)).await;
+    }
+    let pong = request(&mut lively, json!({"op": "ping", "id": 1})).await;
+    assert_eq!(pong["op"], "pong");
+
+    // A TCP connection that never sends its request head is dropped.
+    let (status, response) = http_raw(server.local_addr(), "GET /healthz HTTP/1.1\r\n").await;
+    assert!(status == 0 || status == 408, "dropped or 408, got {status}: {response}");
+    server.shutdown().await.expect("clean shutdown");
+}
