@@ -311,11 +311,6 @@ const CHUNK_BYTES_MAX: usize = 16 * 1024;
 /// Events the hub takes from one shard ring per pass.
 const HUB_READ_MAX: usize = 16_384;
 
-#[derive(Default)]
-struct Pending {
-    events: Vec<Event>,
-}
-
 /// The hub thread. Stops when dropped or on [`Hub::stop`].
 #[derive(Debug)]
 pub struct Hub {
@@ -350,16 +345,11 @@ impl Hub {
             (0..engine.shards()).filter_map(|s| engine.reader(s)).collect();
         let mut worker = HubWorker {
             engine,
-            directory,
-            metrics,
             readers,
-            pending: Vec::new(),
+            publisher: Publisher::new(directory, metrics),
             events: Vec::with_capacity(HUB_READ_MAX),
             min_pass,
-            bin: Vec::with_capacity(CHUNK_BYTES_MAX + 1024),
-            json: String::new(),
         };
-        worker.pending = (0..worker.directory.all().len()).map(|_| Pending::default()).collect();
         // Snapshots first: the readers were created before, so every later delta is seen.
         worker.reset_books();
         let s = Arc::clone(&stop);
@@ -393,14 +383,10 @@ impl Drop for Hub {
 
 struct HubWorker {
     engine: EngineHandle,
-    directory: Arc<Directory>,
-    metrics: Arc<Metrics>,
     readers: Vec<RingReader>,
-    pending: Vec<Pending>,
+    publisher: Publisher,
     events: Vec<Event>,
     min_pass: Duration,
-    bin: Vec<u8>,
-    json: String,
 }
 
 impl HubWorker {
@@ -415,31 +401,21 @@ impl HubWorker {
                 got += outcome.read;
                 if outcome.missed > 0 {
                     lapped = true;
-                    self.metrics.hub_missed.fetch_add(outcome.missed, Ordering::Relaxed);
+                    self.publisher.metrics.hub_missed.fetch_add(outcome.missed, Ordering::Relaxed);
                 }
                 for e in &self.events {
-                    let (instrument, kind) = match e {
-                        Event::BookDelta(d) => (d.instrument, ChannelKind::Book),
-                        Event::Bbo(b) => (b.instrument, ChannelKind::Bbo),
-                        Event::Trade(t) => (t.instrument, ChannelKind::Trades),
-                        Event::Exec(_) => continue,
-                    };
-                    let at = self.directory.index(instrument.0, kind);
-                    if let Some(p) = self.pending.get_mut(at) {
-                        p.events.push(*e);
-                    }
+                    self.publisher.ingest(e);
                 }
             }
-            self.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);
-            for at in 0..self.pending.len() {
-                if !self.pending[at].events.is_empty() {
-                    self.publish(at);
-                }
-            }
+            self.publisher.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);
+            self.publisher.publish();
             if lapped {
                 // Deltas were lost: rebuild every book from the engine rather than wait for
                 // the next delta of each to reveal its gap.
                 self.reset_books();
+            }
+            for channel in self.publisher.take_resets() {
+                self.reset_book(&channel);
             }
             if got == 0 {
                 std::thread::park_timeout(Duration::from_millis(50));
@@ -451,24 +427,83 @@ impl HubWorker {
     }
 
     fn reset_books(&mut self) {
-        let directory = Arc::clone(&self.directory);
+        let directory = Arc::clone(&self.publisher.directory);
         for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Book) {
             self.reset_book(c);
         }
     }
 
-    /// Replaces a book channel's state with an engine snapshot and tells subscribers.
+    /// Replaces a book channel's state with an engine snapshot.
     fn reset_book(&mut self, channel: &Arc<Channel>) {
-        let snapshot = match self.engine.book_snapshot(channel.instrument.id, usize::MAX) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(channel = %channel.name, "cannot snapshot the book: {e}");
-                return;
-            }
+        match self.engine.book_snapshot(channel.instrument.id, usize::MAX) {
+            Ok(snapshot) => self.publisher.reset(channel, &snapshot),
+            // The next delta will show the gap again and retry.
+            Err(e) => tracing::warn!(channel = %channel.name, "cannot snapshot the book: {e}"),
+        }
+    }
+}
+
+/// The producer side of the fan-out, without a thread: ingest engine events, then
+/// publish every changed channel as chunks. The hub thread drives one; benches drive one
+/// directly.
+#[derive(Debug)]
+pub struct Publisher {
+    directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
+    pending: Vec<Vec<Event>>,
+    resets: Vec<Arc<Channel>>,
+    bin: Vec<u8>,
+    json: String,
+}
+
+impl Publisher {
+    /// A publisher into `directory`'s channels.
+    pub fn new(directory: Arc<Directory>, metrics: Arc<Metrics>) -> Self {
+        let pending = (0..directory.all().len()).map(|_| Vec::new()).collect();
+        Publisher {
+            directory,
+            metrics,
+            pending,
+            resets: Vec::new(),
+            bin: Vec::with_capacity(CHUNK_BYTES_MAX + 1024),
+            json: String::new(),
+        }
+    }
+
+    /// Queues an event for its channel (private execution reports are not public data).
+    #[inline]
+    pub fn ingest(&mut self, e: &Event) {
+        let (instrument, kind) = match e {
+            Event::BookDelta(d) => (d.instrument, ChannelKind::Book),
+            Event::Bbo(b) => (b.instrument, ChannelKind::Bbo),
+            Event::Trade(t) => (t.instrument, ChannelKind::Trades),
+            Event::Exec(_) => return,
         };
+        let at = self.directory.index(instrument.0, kind);
+        if let Some(p) = self.pending.get_mut(at) {
+            p.push(*e);
+        }
+    }
+
+    /// Publishes every channel with queued events.
+    pub fn publish(&mut self) {
+        for at in 0..self.pending.len() {
+            if !self.pending[at].is_empty() {
+                self.publish_channel(at);
+            }
+        }
+    }
+
+    /// Book channels whose deltas broke sequence: the caller must [`Publisher::reset`] them.
+    pub fn take_resets(&mut self) -> Vec<Arc<Channel>> {
+        std::mem::take(&mut self.resets)
+    }
+
+    /// Restarts a book channel from `snapshot` and tells its subscribers to resync.
+    pub fn reset(&mut self, channel: &Channel, snapshot: &BookSnapshot) {
         self.metrics.hub_resyncs.fetch_add(1, Ordering::Relaxed);
         let mut state = channel.lock();
-        state.book = L2Book::from_snapshot(&snapshot);
+        state.book = L2Book::from_snapshot(snapshot);
         state.last_seq = snapshot.seq.0;
         channel.last_seq.store(snapshot.seq.0, Ordering::Release);
         let chunk = Chunk {
@@ -494,9 +529,9 @@ impl HubWorker {
     }
 
     /// Applies a channel's pending events to its state and publishes them as chunks.
-    fn publish(&mut self, at: usize) {
+    fn publish_channel(&mut self, at: usize) {
         let channel = Arc::clone(&self.directory.all()[at]);
-        let events = std::mem::take(&mut self.pending[at].events);
+        let mut events = std::mem::take(&mut self.pending[at]);
         let mut state = channel.lock();
         let with_json = state.json_subscribers > 0;
         let mut first_seq = 0u64;
@@ -617,10 +652,10 @@ impl HubWorker {
         }
         channel.last_seq.store(state.last_seq, Ordering::Release);
         drop(state);
-        self.pending[at].events = events;
-        self.pending[at].events.clear();
+        events.clear();
+        self.pending[at] = events; // keep the allocation
         if needs_reset {
-            self.reset_book(&channel);
+            self.resets.push(channel);
         }
     }
 
