@@ -1,1 +1,7 @@
-//! placeholder
+//! Command-line instruments for tuning tickgate.
+//!
+//! - [`load`]: N WebSocket clients against a running server: delivered messages/s and
+//!   bytes/s, end-to-end latency (engine timestamp to receipt, HDR histogram), sequence
+//!   continuity, resyncs, gaps and closes.
+
+pub mod load;

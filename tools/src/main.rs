@@ -1,0 +1,106 @@
+//! `tickgate-tools`: instruments for latency tuning.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mimalloc::MiMalloc;
+use tickgate_tools::load::{self, LoadConfig, Pattern};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(name = "tickgate-tools", version, about = "Instruments for tickgate latency tuning")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Open N WebSocket clients against a running server and report delivery and latency.
+    Load {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Connections.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        connections: usize,
+        /// Channel kinds per symbol, comma separated (book, bbo, trades).
+        #[arg(long, default_value = "book,trades")]
+        kinds: String,
+        /// `all`, `spread:K` (K symbols per connection) or `hot:SYMBOL`.
+        #[arg(long, default_value = "spread:3")]
+        pattern: String,
+        /// Symbols the server lists.
+        #[arg(
+            long,
+            default_value = "BTC-USD,ETH-USD,SOL-USD,XRP-USD,DOGE-USD,ADA-USD,AVAX-USD,LINK-USD"
+        )]
+        symbols: String,
+        /// Ask for JSON frames instead of binary.
+        #[arg(long)]
+        json_frames: bool,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds before measuring.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Client runtime threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Load {
+            addr,
+            connections,
+            kinds,
+            pattern,
+            symbols,
+            json_frames,
+            duration,
+            warmup,
+            threads,
+            json,
+        } => {
+            let pattern = match pattern.split_once(':') {
+                None if pattern == "all" => Pattern::All,
+                Some(("spread", k)) => {
+                    Pattern::Spread(k.parse().context("spread:K needs a number")?)
+                }
+                Some(("hot", s)) => Pattern::Hot(s.to_string()),
+                _ => anyhow::bail!("--pattern must be all, spread:K or hot:SYMBOL"),
+            };
+            let config = LoadConfig {
+                addr,
+                connections,
+                kinds: kinds.split(',').map(str::to_string).collect(),
+                pattern,
+                symbols: symbols.split(',').map(str::to_string).collect(),
+                json: json_frames,
+                duration: Duration::from_secs_f64(duration),
+                warmup: Duration::from_secs_f64(warmup),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(load::run(config))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+    }
+}
