@@ -192,7 +192,7 @@ async fn run_connection(
             OpCode::Close => {
                 let p = &frame.payload;
                 stats.closed =
-                    Some((p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]])).unwrap_or(1005));
+                    Some(if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 });
                 break;
             }
             _ => {}
