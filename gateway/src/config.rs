@@ -41,6 +41,13 @@ pub struct Flags {
     /// Shortest fan-out pass in microseconds: larger batches fewer, bigger writes.
     #[arg(long, env = "TICKGATE_FANOUT_PASS_US", default_value_t = 200)]
     pub fanout_pass_us: u64,
+    /// Longest fan-out pass in microseconds (bounds the latency pacing adds).
+    #[arg(long, env = "TICKGATE_FANOUT_MAX_PASS_US", default_value_t = 20_000)]
+    pub fanout_max_pass_us: u64,
+    /// Connection writes per second the fan-out paces itself to (more connections: longer
+    /// passes, bigger writes).
+    #[arg(long, env = "TICKGATE_FANOUT_WRITES_PER_SEC", default_value_t = 200_000)]
+    pub fanout_writes_per_sec: u64,
     /// Open WebSocket connections at most (more get HTTP 503).
     #[arg(long, env = "TICKGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -103,8 +110,8 @@ pub struct Config {
     pub ring_capacity: usize,
     /// Fan-out ring capacity per channel, in chunks.
     pub channel_ring_chunks: usize,
-    /// Shortest fan-out pass.
-    pub fanout_pass: Duration,
+    /// Fan-out pacing.
+    pub fanout: crate::fanout::Pacing,
     /// WebSocket limits.
     pub ws: WsLimits,
     /// Time allowed for the HTTP request head.
@@ -147,7 +154,11 @@ impl TryFrom<Flags> for Config {
             queue_capacity: f.queue_capacity,
             ring_capacity: f.ring_capacity,
             channel_ring_chunks: f.channel_ring_chunks,
-            fanout_pass: Duration::from_micros(f.fanout_pass_us),
+            fanout: crate::fanout::Pacing {
+                min_pass: Duration::from_micros(f.fanout_pass_us),
+                max_pass: Duration::from_micros(f.fanout_max_pass_us),
+                writes_per_sec: f.fanout_writes_per_sec.max(1),
+            },
             ws: WsLimits {
                 connections_max: f.max_connections,
                 subscriptions_per_connection_max: f.max_subscriptions,

@@ -71,11 +71,14 @@ impl ConnWaker {
         Arc::new(ConnWaker { id: NEXT.fetch_add(1, Ordering::Relaxed), ..ConnWaker::default() })
     }
 
-    /// Wakes the connection (at most one wake-up is pending at a time).
-    pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
+    /// Wakes the connection (at most one wake-up is pending at a time). Returns whether
+    /// this call woke it (`false`: a wake-up was already pending).
+    pub fn wake(&self) -> bool {
+        let woke = !self.pending.swap(true, Ordering::AcqRel);
+        if woke {
             self.notify.notify_one();
         }
+        woke
     }
 
     /// Call before draining: later wakes will be delivered.
@@ -338,7 +341,7 @@ impl Hub {
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
         wake: HubWake,
-        min_pass: Duration,
+        pacing: Pacing,
     ) -> Hub {
         let stop = Arc::new(AtomicBool::new(false));
         let readers: Vec<RingReader> =
@@ -348,7 +351,7 @@ impl Hub {
             readers,
             publisher: Publisher::new(directory, metrics),
             events: Vec::with_capacity(HUB_READ_MAX),
-            min_pass,
+            pacing,
         };
         // Snapshots first: the readers were created before, so every later delta is seen.
         worker.reset_books();
@@ -386,7 +389,18 @@ struct HubWorker {
     readers: Vec<RingReader>,
     publisher: Publisher,
     events: Vec<Event>,
-    min_pass: Duration,
+    pacing: Pacing,
+}
+
+/// How the hub spaces its passes.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// Shortest pass.
+    pub min_pass: Duration,
+    /// Longest pass (bounds the latency pacing can add).
+    pub max_pass: Duration,
+    /// Connection wake-ups (hence writes) per second the hub aims not to exceed.
+    pub writes_per_sec: u64,
 }
 
 impl HubWorker {
@@ -417,10 +431,17 @@ impl HubWorker {
             for channel in self.publisher.take_resets() {
                 self.reset_book(&channel);
             }
+            // Pace passes so that the writes they cause stay within the budget: each woken
+            // connection will make one write syscall, and on a small machine those dominate.
+            // Few connections: short passes, low latency. Many: longer passes, larger writes.
+            let woken = self.publisher.take_woken();
+            let budget = self.pacing.writes_per_sec.max(1);
+            let paced = Duration::from_micros(woken.saturating_mul(1_000_000) / budget);
+            let pass =
+                paced.clamp(self.pacing.min_pass, self.pacing.max_pass.max(self.pacing.min_pass));
             if got == 0 {
                 std::thread::park_timeout(Duration::from_millis(50));
-            } else if let Some(rest) = self.min_pass.checked_sub(started.elapsed()) {
-                // Coalesce: fewer, larger chunks mean fewer wake-ups and writes per client.
+            } else if let Some(rest) = pass.checked_sub(started.elapsed()) {
                 std::thread::sleep(rest);
             }
         }
@@ -454,6 +475,7 @@ pub struct Publisher {
     resets: Vec<Arc<Channel>>,
     bin: Vec<u8>,
     json: String,
+    woken: u64,
 }
 
 impl Publisher {
@@ -467,6 +489,7 @@ impl Publisher {
             resets: Vec::new(),
             bin: Vec::with_capacity(CHUNK_BYTES_MAX + 1024),
             json: String::new(),
+            woken: 0,
         }
     }
 
@@ -518,14 +541,19 @@ impl Publisher {
         self.store(channel, &mut state, chunk);
     }
 
-    fn store(&self, channel: &Channel, state: &mut State, chunk: Chunk) {
+    fn store(&mut self, channel: &Channel, state: &mut State, chunk: Chunk) {
         let index = chunk.index;
         channel.slots[(index & channel.mask) as usize].store(Some(Arc::new(chunk)));
         channel.head.store(index + 1, Ordering::Release);
         self.metrics.hub_chunks.fetch_add(1, Ordering::Relaxed);
         for w in &state.subscribers {
-            w.wake();
+            self.woken += u64::from(w.wake());
         }
+    }
+
+    /// Connections woken since the last call.
+    pub fn take_woken(&mut self) -> u64 {
+        std::mem::take(&mut self.woken)
     }
 
     /// Applies a channel's pending events to its state and publishes them as chunks.

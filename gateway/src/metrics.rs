@@ -34,6 +34,8 @@ metrics! {
     ws_rejected_total: "counter",
     /// Frames written to WebSocket clients (market data and replies).
     ws_frames_sent_total: "counter",
+    /// Write system calls (vectored) on WebSocket connections.
+    ws_writes_total: "counter",
     /// Market-data messages delivered to WebSocket clients.
     ws_messages_sent_total: "counter",
     /// Bytes written to WebSocket clients.

@@ -65,8 +65,8 @@ impl Server {
         let directory = Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks));
         let hub = {
             let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
-            let pass = config.fanout_pass;
-            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pass)).await?
+            let pacing = config.fanout;
+            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing)).await?
         };
         let feed = config.feed_rate.map(|rate| {
             let flow = FlowConfig { seed: config.seed, ..FlowConfig::default() };

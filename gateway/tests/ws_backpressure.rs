@@ -27,7 +27,7 @@ async fn slow_client_is_conflated_gapped_and_closed_while_others_stay_contiguous
         c.feed_rate = Some(50_000);
         c.ws.slow_gaps_max = 2;
         c.channel_ring_chunks = 256;
-        c.fanout_pass = Duration::from_micros(500);
+        c.fanout.min_pass = Duration::from_micros(500);
         c.ws.write_stall_timeout = Duration::from_secs(30);
     })
     .await;
@@ -70,6 +70,7 @@ async fn slow_client_is_conflated_gapped_and_closed_while_others_stay_contiguous
     let rss_before = rss_bytes();
 
     let (mut resync_snapshots, mut gap_notices, mut close_code) = (0u32, 0u32, None);
+    let mut read_error = None;
     'cycles: for _ in 0..6 {
         // Stop reading: the socket fills, the writer blocks, the rings move on.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -83,7 +84,10 @@ async fn slow_client_is_conflated_gapped_and_closed_while_others_stay_contiguous
             .await
             {
                 Err(_) => break,
-                Ok(Err(_)) => break 'cycles,
+                Ok(Err(e)) => {
+                    read_error = Some(e.to_string());
+                    break 'cycles;
+                }
                 Ok(Ok(m)) => m,
             };
             match m {
@@ -107,7 +111,10 @@ async fn slow_client_is_conflated_gapped_and_closed_while_others_stay_contiguous
         }
     }
     let rss_growth = rss_bytes().saturating_sub(rss_before);
-    eprintln!("slow client: {resync_snapshots} resyncs, {gap_notices} gaps, close {close_code:?}; rss +{} KiB", rss_growth >> 10);
+    eprintln!(
+        "slow client: {resync_snapshots} resyncs, {gap_notices} gaps, close {close_code:?}, error {read_error:?}; rss +{} KiB",
+        rss_growth >> 10
+    );
     let _ = stop_tx.send(());
     let healthy = healthy_task.await.expect("healthy client never saw a broken sequence");
 

@@ -8,9 +8,11 @@
 //! market data and never holds more than one write batch of references.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{Cursor, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -69,7 +71,33 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, format: Format, ctx: &Arc<W
         closing: None,
     };
     writer.run(rx, last_seen, started).await;
-    reader.abort();
+    // Let the reader see the client's close (or EOF) before the socket is dropped: closing
+    // a socket with unread input makes the kernel send a reset, which can overtake our
+    // close frame on its way to the client.
+    let mut reader = reader;
+    if tokio::time::timeout(CLOSE_LINGER, &mut reader).await.is_err() {
+        reader.abort();
+    }
+}
+
+/// How long a closing connection waits for the client's side of the close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut io: R,
+    tx: mpsc::Sender<Ctl>,
+    ctx: Arc<WsContext>,
+    last_seen: Arc<AtomicU64>,
+    started: Instant,
+) {
+    read_frames(&mut io, tx, ctx, last_seen, started).await;
+    // Discard whatever else the client sends until it closes its side.
+    let mut sink = [0u8; 2048];
+    while let Ok(n) = io.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// Milliseconds since `started`, for the `last_seen` stamp.
@@ -104,8 +132,8 @@ impl RateLimit {
 
 /// The read half as an AsyncRead fastwebsockets can parse; the write side it is paired
 /// with is a sink, because with auto-pong and auto-close off the parser never writes.
-async fn read_loop<R: AsyncRead + Unpin>(
-    io: R,
+async fn read_frames<R: AsyncRead + Unpin>(
+    io: &mut R,
     tx: mpsc::Sender<Ctl>,
     ctx: Arc<WsContext>,
     last_seen: Arc<AtomicU64>,
@@ -309,7 +337,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 return;
             }
             if !self.out.is_empty() {
-                match tokio::time::timeout(limits.write_stall_timeout, self.flush()).await {
+                // Most writes complete at once: arm the stall timer only if this one waits.
+                let stall = limits.write_stall_timeout;
+                let result = {
+                    let mut write = std::pin::pin!(self.flush());
+                    let first =
+                        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+                    match first {
+                        Poll::Ready(done) => Ok(done),
+                        Poll::Pending => tokio::time::timeout(stall, write).await,
+                    }
+                };
+                match result {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return, // peer gone
                     Err(_) => {
@@ -450,11 +489,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Collects every new chunk of every subscription, up to `budget` bytes.
     fn drain(&mut self, budget: usize) {
         let json = self.format == Format::Json;
+        let now = Instant::now();
         for n in 0..self.subs.len() {
             loop {
                 if self.out_bytes >= budget {
                     // More next round: stay awake.
-                    self.waker.wake();
+                    let _ = self.waker.wake();
                     return;
                 }
                 let sub = &self.subs[n];
@@ -474,7 +514,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         let sub = &mut self.subs[n];
                         sub.cursor += 1;
                         sub.last_seq = chunk.last_seq;
-                        sub.last_sent = Instant::now();
+                        sub.last_sent = now;
                         self.push(frame, u64::from(chunk.messages));
                     }
                     // The hub rebuilt the channel, or this JSON client joined as JSON encoding
@@ -586,6 +626,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             let slices: Vec<IoSlice<'_>> =
                 self.out.iter().take(IOV_MAX).map(|b| IoSlice::new(b)).collect();
             let mut written = self.io.write_vectored(&slices).await?;
+            self.ctx.metrics.ws_writes_total.fetch_add(1, Ordering::Relaxed);
             if written == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
