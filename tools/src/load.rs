@@ -48,6 +48,8 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// Time before measuring starts.
     pub warmup: Duration,
+    /// Connect and hold the connections without subscribing (memory per idle connection).
+    pub idle: bool,
 }
 
 /// What one connection saw while measuring.
@@ -111,6 +113,18 @@ async fn run_connection(
     let query = if config.json { "/ws?format=json" } else { "/ws" };
     let mut ws = client::connect(config.addr, query).await.context("connect")?;
     let channels = channels_for(&config, index);
+    if config.idle {
+        tokio::time::sleep_until(stop.into()).await;
+        return Ok(ConnStats {
+            messages: 0,
+            bytes: 0,
+            resyncs: 0,
+            gaps: 0,
+            seq_breaks: 0,
+            closed: None,
+            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?,
+        });
+    }
     client::send_json(
         &mut ws,
         &serde_json::json!({"op": "subscribe", "id": index, "channels": channels, "depth": 20}),

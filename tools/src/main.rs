@@ -55,6 +55,9 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Hold idle connections (no subscriptions), e.g. to measure server memory per connection.
+        #[arg(long)]
+        idle: bool,
     },
 }
 
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             warmup,
             threads,
             json,
+            idle,
         } => {
             let pattern = match pattern.split_once(':') {
                 None if pattern == "all" => Pattern::All,
@@ -89,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                 json: json_frames,
                 duration: Duration::from_secs_f64(duration),
                 warmup: Duration::from_secs_f64(warmup),
+                idle,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.max(1))
