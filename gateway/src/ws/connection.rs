@@ -1,64 +1,58 @@
-//! One WebSocket connection: a reader task and a writer task over the split TCP stream.
+//! One WebSocket connection, served by one task.
 //!
-//! The **reader** parses client frames with fastwebsockets (single text frames only),
-//! applies the inbound rate limit and hands requests to the writer over a small bounded
-//! queue. The **writer** owns the subscriptions: it answers requests, and whenever the hub
-//! wakes it, walks each subscription's cursor through the channel ring, collects the
-//! shared pre-framed chunks and writes them with one vectored write. It never copies
-//! market data and never holds more than one write batch of references.
+//! The task owns the TCP stream's two halves and the connection's subscriptions. It wakes
+//! when the client sends something (parsed by [`super::inbound`] from a buffer that is empty
+//! while idle), when the hub publishes on a subscribed channel, for pings and heartbeats,
+//! and on shutdown. When woken by the hub it walks each subscription's cursor through the
+//! channel ring, collects the shared pre-framed chunks and writes them with one vectored
+//! write: market data is never copied per connection, and at most one write batch of
+//! references is held. Client input is not read while a write batch is pending, so a
+//! client cannot make the server queue answers faster than it takes them.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{Cursor, IoSlice};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::IoSlice;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use fastwebsockets::{OpCode, Role, WebSocketError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use super::control::{self, ErrorCode, Request, RequestError, RequestId};
+use super::inbound::{self, Inbound};
 use super::{Format, WsContext};
 use crate::fanout::{Channel, ConnWaker};
 use crate::protocol::{self, bin, close, json, ChannelKind, Opcode};
 
-/// Requests waiting for the writer; a client that fills this is flooding.
-const CONTROL_QUEUE: usize = 64;
-
-/// What the reader tells the writer.
-#[derive(Debug)]
-enum Ctl {
-    Request(Request),
-    Reply(Bytes),
-    Pong(Bytes),
-    Close(u16, &'static str),
-    Gone,
-}
+/// How long a closing connection waits for the client's side of the close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Bytes taken from the socket per read.
+const READ_CHUNK: usize = 2048;
+/// The window in which more than twice the burst of rate-limit violations closes the
+/// connection (1008).
+const VIOLATION_WINDOW: Duration = Duration::from_secs(10);
 
 /// Serves an upgraded connection until it closes or the server shuts down.
+/// `read_buf` holds bytes the client sent right after its upgrade request.
 pub async fn run(stream: TcpStream, read_buf: Bytes, format: Format, ctx: &Arc<WsContext>) {
     let _ = stream.set_nodelay(true);
     // A fixed send buffer bounds kernel memory per client and makes a client that stops
     // reading visible to the writer quickly (autotuning would grow it to megabytes).
     let _ =
         socket2::SockRef::from(&stream).set_send_buffer_size(ctx.limits.socket_send_buffer_bytes);
-    let (read_half, write_half) = stream.into_split();
-    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    let started = Instant::now();
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let reader = tokio::spawn(read_loop(
-        AsyncReadExt::chain(Cursor::new(read_buf), read_half),
-        tx,
-        Arc::clone(ctx),
-        Arc::clone(&last_seen),
-        started,
-    ));
-    let mut writer = Writer {
-        io: write_half,
+    let (rd, wr) = stream.into_split();
+    let limits = &ctx.limits;
+    // Copy, then let go: `read_buf` is a view into hyper's 8 KiB read buffer, which it
+    // would otherwise keep alive for the life of the connection.
+    let input = read_buf.to_vec();
+    drop(read_buf);
+    let mut conn = Conn {
+        rd,
+        io: wr,
         ctx: Arc::clone(ctx),
         format,
         waker: ConnWaker::new(),
@@ -69,40 +63,47 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, format: Format, ctx: &Arc<W
         gap_times: VecDeque::new(),
         gapped: false,
         closing: None,
+        input,
+        last_seen: Instant::now(),
+        rate: RateLimit {
+            tokens: f64::from(limits.inbound_burst),
+            burst: f64::from(limits.inbound_burst),
+            per_sec: f64::from(limits.inbound_rate_per_sec),
+            at: Instant::now(),
+            violations: 0,
+            window_start: Instant::now(),
+        },
+        scratch: Vec::new(),
     };
-    writer.run(rx, last_seen, started).await;
-    // Let the reader see the client's close (or EOF) before the socket is dropped: closing
-    // a socket with unread input makes the kernel send a reset, which can overtake our
-    // close frame on its way to the client.
-    let mut reader = reader;
-    if tokio::time::timeout(CLOSE_LINGER, &mut reader).await.is_err() {
-        reader.abort();
+    let closing = conn.serve().await;
+    let Conn { rd, mut io, subs, waker, .. } = conn;
+    let json = format == Format::Json;
+    for s in &subs {
+        s.channel.unsubscribe(&waker, json);
+    }
+    drop(subs);
+    if let Closing::Send(..) = closing {
+        // Let the client's close (or EOF) arrive before the socket is dropped: closing a
+        // socket with unread input makes the kernel send a reset, which can overtake our
+        // close frame on its way to the client.
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+        let _ = tokio::time::timeout(CLOSE_LINGER, discard_until_eof(&rd)).await;
     }
 }
 
-/// How long a closing connection waits for the client's side of the close.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
-async fn read_loop<R: AsyncRead + Unpin>(
-    mut io: R,
-    tx: mpsc::Sender<Ctl>,
-    ctx: Arc<WsContext>,
-    last_seen: Arc<AtomicU64>,
-    started: Instant,
-) {
-    read_frames(&mut io, tx, ctx, last_seen, started).await;
-    // Discard whatever else the client sends until it closes its side.
-    let mut sink = [0u8; 2048];
-    while let Ok(n) = io.read(&mut sink).await {
-        if n == 0 {
-            break;
+async fn discard_until_eof(rd: &OwnedReadHalf) {
+    let mut sink = [0u8; READ_CHUNK];
+    loop {
+        if rd.readable().await.is_err() {
+            return;
+        }
+        match rd.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
-}
-
-/// Milliseconds since `started`, for the `last_seen` stamp.
-fn millis_since(started: Instant) -> u64 {
-    started.elapsed().as_millis() as u64
 }
 
 /// A token bucket for inbound messages.
@@ -112,116 +113,26 @@ struct RateLimit {
     per_sec: f64,
     at: Instant,
     violations: u32,
+    window_start: Instant,
 }
 
 impl RateLimit {
-    fn take(&mut self) -> bool {
+    /// Takes `cost` tokens, or counts a violation.
+    fn take(&mut self, cost: f64) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec)
             .min(self.burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            self.violations += 1;
-            false
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            return true;
         }
-    }
-}
-
-/// The read half as an AsyncRead fastwebsockets can parse; the write side it is paired
-/// with is a sink, because with auto-pong and auto-close off the parser never writes.
-async fn read_frames<R: AsyncRead + Unpin>(
-    io: &mut R,
-    tx: mpsc::Sender<Ctl>,
-    ctx: Arc<WsContext>,
-    last_seen: Arc<AtomicU64>,
-    started: Instant,
-) {
-    let (mut ws, _) = fastwebsockets::after_handshake_split(io, tokio::io::sink(), Role::Server);
-    ws.set_auto_pong(false);
-    ws.set_auto_close(false);
-    ws.set_max_message_size(ctx.limits.ws_message_bytes_max);
-    let limits = &ctx.limits;
-    let mut rate = RateLimit {
-        tokens: f64::from(limits.inbound_burst),
-        burst: f64::from(limits.inbound_burst),
-        per_sec: f64::from(limits.inbound_rate_per_sec),
-        at: Instant::now(),
-        violations: 0,
-    };
-    let mut scratch = Vec::with_capacity(256);
-    // Nothing is ever obligated: auto-pong and auto-close are off.
-    let mut no_send = |_| async { Ok::<(), std::convert::Infallible>(()) };
-    loop {
-        let frame = match ws.read_frame(&mut no_send).await {
-            Ok(frame) => frame,
-            Err(e) => {
-                let ctl = match e {
-                    WebSocketError::FrameTooLarge => Ctl::Close(close::TOO_BIG, "message too big"),
-                    WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => Ctl::Gone,
-                    WebSocketError::InvalidUTF8 => {
-                        Ctl::Close(close::INVALID_PAYLOAD, "invalid utf-8")
-                    }
-                    _ => Ctl::Close(close::PROTOCOL_ERROR, "protocol error"),
-                };
-                let _ = tx.send(ctl).await;
-                return;
-            }
-        };
-        last_seen.store(millis_since(started), Ordering::Relaxed);
-        let ctl = match frame.opcode {
-            OpCode::Text if !frame.fin => {
-                Ctl::Close(close::UNSUPPORTED_DATA, "fragmented messages are not accepted")
-            }
-            OpCode::Text => {
-                ctx.metrics.ws_requests_total.fetch_add(1, Ordering::Relaxed);
-                if !rate.take() {
-                    if rate.violations > 2 * limits.inbound_burst {
-                        Ctl::Close(close::POLICY, "inbound message rate far over the limit")
-                    } else {
-                        Ctl::Reply(control::error_reply(&RequestError {
-                            id: None,
-                            code: ErrorCode::RateLimited,
-                            message: format!(
-                                "at most {} messages per second",
-                                limits.inbound_rate_per_sec
-                            ),
-                        }))
-                    }
-                } else {
-                    match control::parse(&frame.payload, &mut scratch) {
-                        Ok(request) => Ctl::Request(request),
-                        Err(e) => Ctl::Reply(control::error_reply(&e)),
-                    }
-                }
-            }
-            OpCode::Binary | OpCode::Continuation => {
-                Ctl::Close(close::UNSUPPORTED_DATA, "only text control messages are accepted")
-            }
-            OpCode::Ping => Ctl::Pong(Bytes::copy_from_slice(&frame.payload)),
-            OpCode::Pong => continue,
-            OpCode::Close => {
-                let _ = tx.send(Ctl::Close(close::NORMAL, "")).await;
-                return;
-            }
-        };
-        let fatal = matches!(ctl, Ctl::Close(..));
-        if let Ctl::Reply(_) = ctl {
-            ctx.metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
+        if now.duration_since(self.window_start) > VIOLATION_WINDOW {
+            self.window_start = now;
+            self.violations = 0;
         }
-        match tx.try_send(ctl) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let _ = tx.send(Ctl::Close(close::POLICY, "too many requests in flight")).await;
-                return;
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-        }
-        if fatal {
-            return;
-        }
+        self.violations += 1;
+        false
     }
 }
 
@@ -234,8 +145,9 @@ struct Sub {
     last_sent: Instant,
 }
 
-struct Writer<W> {
-    io: W,
+struct Conn {
+    rd: OwnedReadHalf,
+    io: OwnedWriteHalf,
     ctx: Arc<WsContext>,
     format: Format,
     waker: Arc<ConnWaker>,
@@ -246,33 +158,25 @@ struct Writer<W> {
     gap_times: VecDeque<Instant>,
     gapped: bool,
     closing: Option<Closing>,
+    /// Unparsed client bytes; empty (no heap) between messages.
+    input: Vec<u8>,
+    last_seen: Instant,
+    rate: RateLimit,
+    scratch: Vec<u8>,
 }
 
-/// Why the writer is ending.
+/// Why the connection is ending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Closing {
-    /// The peer went away: nothing to say.
+    /// The peer went away, or its socket stalled: nothing more can be said.
     Gone,
     /// Send a close frame with this code and reason, then end.
     Send(u16, &'static str),
 }
 
-impl<W> Drop for Writer<W> {
-    fn drop(&mut self) {
-        let json = self.format == Format::Json;
-        for s in &self.subs {
-            s.channel.unsubscribe(&self.waker, json);
-        }
-    }
-}
-
-impl<W: AsyncWrite + Unpin> Writer<W> {
-    async fn run(
-        &mut self,
-        mut rx: mpsc::Receiver<Ctl>,
-        last_seen: Arc<AtomicU64>,
-        started: Instant,
-    ) {
+impl Conn {
+    /// Serves until the connection ends; returns how.
+    async fn serve(&mut self) -> Closing {
         let limits = self.ctx.limits.clone();
         let mut shutdown = self.ctx.shutdown.clone();
         let mut ping = tokio::time::interval(limits.ping_interval);
@@ -294,15 +198,22 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }),
         );
         self.push(welcome, 0);
+        // Bytes that came with the upgrade request.
+        self.parse_input(limits.write_batch_bytes_max);
+        let waker = Arc::clone(&self.waker);
         loop {
             if self.out.is_empty() && self.closing.is_none() {
                 tokio::select! {
                     biased;
-                    _ = shutdown.changed() => self.closing = Some(Closing::Send(close::GOING_AWAY, "server shutting down")),
-                    ctl = rx.recv() => self.handle(ctl.unwrap_or(Ctl::Gone)),
+                    _ = shutdown.changed() => {
+                        self.closing = Some(Closing::Send(close::GOING_AWAY, "server shutting down"));
+                    }
+                    ready = self.rd.readable() => match ready {
+                        Ok(()) => self.read_input(limits.write_batch_bytes_max),
+                        Err(_) => self.closing = Some(Closing::Gone),
+                    },
                     _ = ping.tick() => {
-                        let silent_ms = millis_since(started).saturating_sub(last_seen.load(Ordering::Relaxed));
-                        if Duration::from_millis(silent_ms) > limits.ping_interval + limits.pong_timeout {
+                        if self.last_seen.elapsed() > limits.ping_interval + limits.pong_timeout {
                             self.ctx.metrics.ws_heartbeat_closes_total.fetch_add(1, Ordering::Relaxed);
                             self.closing = Some(Closing::Send(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
                         } else {
@@ -310,31 +221,27 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         }
                     }
                     _ = heartbeat.tick() => self.heartbeats(limits.heartbeat_interval),
-                    () = self.waker.woken() => {}
+                    () = waker.woken() => {}
                 }
-            }
-            // Take whatever else is ready without waiting.
-            while let Ok(ctl) = rx.try_recv() {
-                self.handle(ctl);
-                if self.closing.is_some() {
-                    break;
-                }
-            }
-            if self.closing == Some(Closing::Gone) {
-                return;
+            } else if self.closing.is_none() {
+                // Answers that were held back while a batch was pending.
+                self.parse_input(limits.write_batch_bytes_max);
             }
             if self.closing.is_none() {
                 self.waker.clear();
                 self.drain(limits.write_batch_bytes_max);
                 self.count_episode();
             }
-            if let Some(Closing::Send(code, reason)) = self.closing {
-                // What is queued (gap notices, error replies) still goes out first.
-                self.push(protocol::close_frame(code, reason).into(), 0);
-                // Best effort: a peer that does not read cannot stall shutdown.
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
-                return;
+            match self.closing {
+                Some(Closing::Gone) => return Closing::Gone,
+                Some(Closing::Send(code, reason)) => {
+                    // What is queued (gap notices, error replies) still goes out first.
+                    self.push(protocol::close_frame(code, reason).into(), 0);
+                    // Best effort: a peer that does not read cannot stall the close.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+                    return Closing::Send(code, reason);
+                }
+                None => {}
             }
             if !self.out.is_empty() {
                 // Most writes complete at once: arm the stall timer only if this one waits.
@@ -350,13 +257,100 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 };
                 match result {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return, // peer gone
+                    Ok(Err(_)) => return Closing::Gone,
                     Err(_) => {
+                        // Stalled: the socket is full, so not even a close frame can go out.
                         self.ctx.metrics.ws_slow_closes_total.fetch_add(1, Ordering::Relaxed);
-                        return; // stalled: the socket is full, a close frame could not go out
+                        return Closing::Gone;
                     }
                 }
             }
+        }
+    }
+
+    /// Reads what the socket has and handles complete frames.
+    fn read_input(&mut self, budget: usize) {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match self.rd.try_read(&mut chunk) {
+                Ok(0) => {
+                    self.closing = Some(Closing::Gone);
+                    return;
+                }
+                Ok(n) => {
+                    self.last_seen = Instant::now();
+                    self.input.extend_from_slice(&chunk[..n]);
+                    // Parse as we go: the buffer never holds more than one frame plus a read.
+                    self.parse_input(budget);
+                    if self.closing.is_some() || self.out_bytes >= budget {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.closing = Some(Closing::Gone);
+                    return;
+                }
+            }
+        }
+        if self.input.is_empty() && self.input.capacity() > READ_CHUNK {
+            self.input = Vec::new(); // an idle connection holds no input buffer
+        }
+    }
+
+    /// Handles every complete frame in the input buffer, while answers fit the budget.
+    fn parse_input(&mut self, budget: usize) {
+        let max = self.ctx.limits.ws_message_bytes_max;
+        while self.closing.is_none() && self.out_bytes < budget {
+            match inbound::parse(&mut self.input, max) {
+                Ok(None) => return,
+                Ok(Some(Inbound::Text(text))) => self.text(&text),
+                Ok(Some(Inbound::Ping(payload))) => {
+                    self.push(protocol::frame(Opcode::Pong, &payload).into(), 0);
+                }
+                Ok(Some(Inbound::Pong)) => {}
+                Ok(Some(Inbound::Close)) => {
+                    self.closing = Some(Closing::Send(close::NORMAL, ""));
+                }
+                Err(v) => {
+                    self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
+                    self.closing = Some(Closing::Send(v.code, v.reason));
+                }
+            }
+        }
+    }
+
+    /// One control message: rate limit, parse, answer.
+    fn text(&mut self, text: &[u8]) {
+        let limits = &self.ctx.limits;
+        self.ctx.metrics.ws_requests_total.fetch_add(1, Ordering::Relaxed);
+        let request = control::parse(text, &mut self.scratch);
+        // A request naming many channels costs more: snapshots are the expensive part.
+        let cost = match &request {
+            Ok(Request::Subscribe { channels, .. }) => 1.0 + channels.len() as f64 / 8.0,
+            _ => 1.0,
+        };
+        if !self.rate.take(cost) {
+            if self.rate.violations > 2 * limits.inbound_burst {
+                self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
+                self.closing =
+                    Some(Closing::Send(close::POLICY, "inbound message rate far over the limit"));
+            } else {
+                let message =
+                    format!("at most {} messages per second", limits.inbound_rate_per_sec);
+                let id = request.as_ref().ok().and_then(Request::id).cloned();
+                self.error(RequestError { id, code: ErrorCode::RateLimited, message });
+            }
+            return;
+        }
+        match request {
+            Ok(Request::Subscribe { id, channels, depth }) => self.subscribe(id, channels, depth),
+            Ok(Request::Unsubscribe { id, channels }) => self.unsubscribe(id, channels),
+            Ok(Request::Ping { id }) => {
+                let ts = tickgate_engine::runtime::now_nanos().0;
+                self.push(control::reply("pong", &id, serde_json::json!({ "ts": ts })), 0);
+            }
+            Err(e) => self.error(e),
         }
     }
 
@@ -369,28 +363,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     fn error(&mut self, e: RequestError) {
         self.ctx.metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
         self.push(control::error_reply(&e), 0);
-    }
-
-    fn handle(&mut self, ctl: Ctl) {
-        match ctl {
-            Ctl::Request(Request::Subscribe { id, channels, depth }) => {
-                self.subscribe(id, channels, depth)
-            }
-            Ctl::Request(Request::Unsubscribe { id, channels }) => self.unsubscribe(id, channels),
-            Ctl::Request(Request::Ping { id }) => {
-                let ts = tickgate_engine::runtime::now_nanos().0;
-                self.push(control::reply("pong", &id, serde_json::json!({ "ts": ts })), 0);
-            }
-            Ctl::Reply(frame) => self.push(frame, 0),
-            Ctl::Pong(payload) => self.push(protocol::frame(Opcode::Pong, &payload).into(), 0),
-            Ctl::Close(code, reason) => {
-                if code != close::NORMAL {
-                    self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
-                }
-                self.closing = Some(Closing::Send(code, reason));
-            }
-            Ctl::Gone => self.closing = Some(Closing::Gone),
-        }
     }
 
     /// Resolves channel names; all-or-nothing, so a failed request changes nothing.

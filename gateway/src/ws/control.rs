@@ -50,6 +50,17 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request's id, if it has one.
+    pub fn id(&self) -> Option<&RequestId> {
+        match self {
+            Request::Subscribe { id, .. }
+            | Request::Unsubscribe { id, .. }
+            | Request::Ping { id } => id.as_ref(),
+        }
+    }
+}
+
 /// Stable error codes (documented in `docs/PROTOCOL.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -120,7 +131,12 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
         Some(c) if c.len() > CHANNELS_PER_REQUEST_MAX => {
             Err(err(ErrorCode::LimitExceeded, "too many channels in one request"))
         }
-        Some(c) => Ok(c),
+        Some(mut c) => {
+            // Naming a channel twice in one request means it once.
+            let mut seen = std::collections::HashSet::with_capacity(c.len());
+            c.retain(|name| seen.insert(name.clone()));
+            Ok(c)
+        }
     };
     match envelope.op.as_deref() {
         Some("subscribe") => {

@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod control;
+pub mod inbound;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -136,9 +137,9 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WsContext>) -> Response<Ful
         }
     };
     metrics.ws_connections_total.fetch_add(1, Ordering::Relaxed);
-    let ctx = Arc::clone(ctx);
+    let slot = ConnectionSlot(Arc::clone(ctx));
     tokio::spawn(async move {
-        let alive = ctx.alive.clone();
+        let ctx = &slot.0;
         match upgrade.await {
             Ok(ws) => {
                 let upgraded = ws.into_inner().into_inner();
@@ -146,18 +147,26 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WsContext>) -> Response<Ful
                 // without a lock, and writes can be vectored.
                 match upgraded.downcast::<TokioIo<TcpStream>>() {
                     Ok(parts) => {
-                        connection::run(parts.io.into_inner(), parts.read_buf, format, &ctx).await;
+                        connection::run(parts.io.into_inner(), parts.read_buf, format, ctx).await;
                     }
                     Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
                 }
             }
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
-        ctx.metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
-        drop(alive);
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// Holds one of the `connections_max` slots and a handle that keeps shutdown waiting;
+/// both are released when the connection's task ends, however it ends.
+struct ConnectionSlot(Arc<WsContext>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The value of `name` in a query string (no percent-decoding: values here are plain).
