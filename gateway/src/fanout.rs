@@ -19,7 +19,7 @@
 //! starts at the next chunk and never sees a delta twice or misses one.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,7 +83,10 @@ impl ConnWaker {
 
     /// Call before draining: later wakes will be delivered.
     pub fn clear(&self) {
-        self.pending.store(false, Ordering::Release);
+        self.pending.store(false, Ordering::Relaxed);
+        // Pairs with the fence after a chunk is published: either the hub sees `false` and
+        // wakes us, or our next look at the ring heads sees its chunk (store-load order).
+        fence(Ordering::SeqCst);
     }
 
     /// Resolves after the next wake (or at once if one is stored).
@@ -209,6 +212,12 @@ impl Channel {
         if json && state.subscribers.len() < before {
             state.json_subscribers = state.json_subscribers.saturating_sub(1);
         }
+    }
+
+    /// The next chunk index and the last sequence published, read together.
+    pub fn position(&self) -> (u64, u64) {
+        let state = self.lock();
+        (self.head(), state.last_seq)
     }
 
     /// A fresh snapshot flagged as a resync, for a subscriber that fell behind.
@@ -352,6 +361,7 @@ impl Hub {
             publisher: Publisher::new(directory, metrics),
             events: Vec::with_capacity(HUB_READ_MAX),
             pacing,
+            retry: Vec::new(),
         };
         // Snapshots first: the readers were created before, so every later delta is seen.
         worker.reset_books();
@@ -390,6 +400,8 @@ struct HubWorker {
     publisher: Publisher,
     events: Vec<Event>,
     pacing: Pacing,
+    /// Book channels whose reset failed, retried every pass.
+    retry: Vec<Arc<Channel>>,
 }
 
 /// How the hub spaces its passes.
@@ -409,10 +421,12 @@ impl HubWorker {
             let started = Instant::now();
             let mut got = 0usize;
             let mut lapped = false;
+            let mut behind = false;
             for r in 0..self.readers.len() {
                 self.events.clear();
                 let outcome = self.readers[r].read(&mut self.events, HUB_READ_MAX);
                 got += outcome.read;
+                behind |= outcome.read == HUB_READ_MAX;
                 if outcome.missed > 0 {
                     lapped = true;
                     self.publisher.metrics.hub_missed.fetch_add(outcome.missed, Ordering::Relaxed);
@@ -423,13 +437,25 @@ impl HubWorker {
             }
             self.publisher.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);
             self.publisher.publish();
+            let mut stale = self.publisher.take_resets();
             if lapped {
                 // Deltas were lost: rebuild every book from the engine rather than wait for
                 // the next delta of each to reveal its gap.
-                self.reset_books();
+                let directory = Arc::clone(&self.publisher.directory);
+                stale = directory
+                    .all()
+                    .iter()
+                    .filter(|c| c.kind == ChannelKind::Book)
+                    .cloned()
+                    .collect();
             }
-            for channel in self.publisher.take_resets() {
-                self.reset_book(&channel);
+            stale.extend(self.retry.drain(..));
+            stale.sort_by_key(|c| c.id);
+            stale.dedup_by_key(|c| c.id);
+            for channel in stale {
+                if !self.reset_book(&channel) {
+                    self.retry.push(channel);
+                }
             }
             // Pace passes so that the writes they cause stay within the budget: each woken
             // connection will make one write syscall, and on a small machine those dominate.
@@ -441,6 +467,8 @@ impl HubWorker {
                 paced.clamp(self.pacing.min_pass, self.pacing.max_pass.max(self.pacing.min_pass));
             if got == 0 {
                 std::thread::park_timeout(Duration::from_millis(50));
+            } else if behind {
+                // Still behind the engine: no pause until caught up.
             } else if let Some(rest) = pass.checked_sub(started.elapsed()) {
                 std::thread::sleep(rest);
             }
@@ -450,16 +478,24 @@ impl HubWorker {
     fn reset_books(&mut self) {
         let directory = Arc::clone(&self.publisher.directory);
         for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Book) {
-            self.reset_book(c);
+            if !self.reset_book(c) {
+                self.retry.push(Arc::clone(c));
+            }
         }
     }
 
-    /// Replaces a book channel's state with an engine snapshot.
-    fn reset_book(&mut self, channel: &Arc<Channel>) {
+    /// Replaces a book channel's state with an engine snapshot; `false` if the engine could
+    /// not answer now (its queue is full), to be retried on the next pass.
+    fn reset_book(&mut self, channel: &Arc<Channel>) -> bool {
         match self.engine.book_snapshot(channel.instrument.id, usize::MAX) {
-            Ok(snapshot) => self.publisher.reset(channel, &snapshot),
-            // The next delta will show the gap again and retry.
-            Err(e) => tracing::warn!(channel = %channel.name, "cannot snapshot the book: {e}"),
+            Ok(snapshot) => {
+                self.publisher.reset(channel, &snapshot);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(channel = %channel.name, "cannot snapshot the book yet: {e}");
+                false
+            }
         }
     }
 }
@@ -528,6 +564,7 @@ impl Publisher {
         let mut state = channel.lock();
         state.book = L2Book::from_snapshot(snapshot);
         state.last_seq = snapshot.seq.0;
+        state.last_ts = tickgate_engine::runtime::now_nanos().0;
         channel.last_seq.store(snapshot.seq.0, Ordering::Release);
         let chunk = Chunk {
             index: channel.head(),
@@ -545,6 +582,7 @@ impl Publisher {
         let index = chunk.index;
         channel.slots[(index & channel.mask) as usize].store(Some(Arc::new(chunk)));
         channel.head.store(index + 1, Ordering::Release);
+        fence(Ordering::SeqCst); // see `ConnWaker::clear`
         self.metrics.hub_chunks.fetch_add(1, Ordering::Relaxed);
         for w in &state.subscribers {
             self.woken += u64::from(w.wake());

@@ -526,7 +526,14 @@ impl Conn {
             }
         };
         let from = sub.last_seq + 1;
-        let to = first.map_or_else(|| channel.last_seq(), |f| f - 1);
+        let (to, resume) = match first {
+            Some(f) => (f - 1, index),
+            // Nothing readable: resume at the head, missing everything up to what it follows.
+            None => {
+                let (head, last_seq) = channel.position();
+                (last_seq, head)
+            }
+        };
         let ts = tickgate_engine::runtime::now_nanos().0;
         if to >= from {
             let frame = if self.format == Format::Json {
@@ -543,7 +550,7 @@ impl Conn {
         self.ctx.metrics.ws_gaps_total.fetch_add(1, Ordering::Relaxed);
         let sub = &mut self.subs[n];
         sub.last_seq = to;
-        sub.cursor = if first.is_some() { index } else { head };
+        sub.cursor = resume;
         self.gapped = true;
     }
 
