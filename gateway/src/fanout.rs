@@ -449,7 +449,7 @@ impl HubWorker {
                     .cloned()
                     .collect();
             }
-            stale.extend(self.retry.drain(..));
+            stale.append(&mut self.retry);
             stale.sort_by_key(|c| c.id);
             stale.dedup_by_key(|c| c.id);
             for channel in stale {
