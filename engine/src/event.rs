@@ -198,7 +198,7 @@ impl Event {
     }
 
     /// Fixed-size encoding (see the module docs). Unused words are zero.
-    #[inline]
+    #[inline(always)]
     pub fn to_words(&self) -> [u64; EVENT_WORDS] {
         let mut w = [0u64; EVENT_WORDS];
         match *self {

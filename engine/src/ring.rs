@@ -116,7 +116,7 @@ impl std::fmt::Debug for RingWriter {
 
 impl RingWriter {
     /// Stores an event; readers see it after the next [`RingWriter::publish`].
-    #[inline]
+    #[inline(always)]
     pub fn write(&mut self, event: &Event) {
         let index = self.next;
         let slot = &self.ring.slots[(index & self.ring.mask) as usize];
@@ -147,7 +147,7 @@ impl RingWriter {
 }
 
 impl crate::engine::EventSink for RingWriter {
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, event: Event) {
         self.write(&event);
     }
