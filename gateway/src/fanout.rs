@@ -194,14 +194,17 @@ impl Channel {
 
     /// Registers a subscriber and returns its snapshot and starting cursor.
     pub fn subscribe(&self, waker: &Arc<ConnWaker>, json: bool, depth: usize) -> Start {
-        let mut state = self.lock();
-        if !state.subscribers.iter().any(|w| w.id == waker.id) {
-            state.subscribers.push(Arc::clone(waker));
-            if json {
-                state.json_subscribers += 1;
+        let view = {
+            let mut state = self.lock();
+            if !state.subscribers.iter().any(|w| w.id == waker.id) {
+                state.subscribers.push(Arc::clone(waker));
+                if json {
+                    state.json_subscribers += 1;
+                }
             }
-        }
-        self.start(&state, json, depth, false)
+            self.view(&state, depth)
+        };
+        self.start(view, json, false)
     }
 
     /// Removes a subscriber.
@@ -222,35 +225,46 @@ impl Channel {
 
     /// A fresh snapshot flagged as a resync, for a subscriber that fell behind.
     pub fn resync(&self, json: bool, depth: usize) -> Start {
-        let state = self.lock();
-        self.start(&state, json, depth, true)
+        let view = self.view(&self.lock(), depth);
+        self.start(view, json, true)
     }
 
-    fn start(&self, state: &State, json: bool, depth: usize, resync: bool) -> Start {
+    /// Copies what a snapshot needs, under the lock (the hub waits on it): encoding happens
+    /// after the lock is released.
+    fn view(&self, state: &State, depth: usize) -> View {
+        let data = match self.kind {
+            ChannelKind::Book => {
+                ViewData::Book(state.book.snapshot(depth.clamp(1, SNAPSHOT_DEPTH_MAX)))
+            }
+            ChannelKind::Bbo => {
+                ViewData::Bbo(state.bbo.unwrap_or((0, 0, (Price(0), Qty(0)), (Price(0), Qty(0)))))
+            }
+            ChannelKind::Trades => ViewData::Trades(state.trades.iter().copied().collect()),
+        };
+        View { cursor: self.head(), seq: state.last_seq, ts: state.last_ts, data }
+    }
+
+    fn start(&self, view: View, json: bool, resync: bool) -> Start {
         let flags = if resync { FLAG_RESYNC } else { 0 };
         let i = &self.instrument;
-        let (seq, ts) = (state.last_seq, state.last_ts);
+        let View { cursor, seq, ts, data } = view;
         let (mut b, mut j) = (Vec::new(), String::new());
-        match self.kind {
-            ChannelKind::Book => {
-                let snap: BookSnapshot = state.book.snapshot(depth.clamp(1, SNAPSHOT_DEPTH_MAX));
+        match data {
+            ViewData::Book(snap) => {
                 if json {
                     json::book_snapshot(&mut j, i, &self.name, resync, ts, &snap);
                 } else {
                     bin::book_snapshot(&mut b, self.id, flags, ts, &snap);
                 }
             }
-            ChannelKind::Bbo => {
-                let (seq, ts, bid, ask) =
-                    state.bbo.unwrap_or((0, 0, (Price(0), Qty(0)), (Price(0), Qty(0))));
+            ViewData::Bbo((seq, ts, bid, ask)) => {
                 if json {
                     json::bbo(&mut j, i, &self.name, true, seq, ts, bid, ask);
                 } else {
                     bin::bbo(&mut b, self.id, flags | protocol::FLAG_SNAPSHOT, seq, ts, bid, ask);
                 }
             }
-            ChannelKind::Trades => {
-                let trades: Vec<TradeMsg> = state.trades.iter().copied().collect();
+            ViewData::Trades(trades) => {
                 if json {
                     json::trades_snapshot(&mut j, i, &self.name, resync, seq, ts, &trades);
                 } else {
@@ -259,8 +273,22 @@ impl Channel {
             }
         }
         let snapshot = if json { json_frame(&j) } else { bin_frame(&b) };
-        Start { cursor: self.head(), snapshot, seq }
+        Start { cursor, snapshot, seq }
     }
+}
+
+/// A channel's state as of one chunk index, copied out of the lock.
+struct View {
+    cursor: u64,
+    seq: u64,
+    ts: u64,
+    data: ViewData,
+}
+
+enum ViewData {
+    Book(BookSnapshot),
+    Bbo((u64, u64, Level, Level)),
+    Trades(Vec<TradeMsg>),
 }
 
 fn bin_frame(payload: &[u8]) -> Bytes {
