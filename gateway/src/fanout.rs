@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::protocol::{
     self, bin, channel_id, frame_header, json, ChannelKind, Opcode, TradeMsg, FLAG_RESYNC,
-    RECENT_TRADES, SNAPSHOT_DEPTH_MAX,
+    RECENT_TRADES, SNAPSHOT_DEPTH_MAX, TRADES_KEPT,
 };
 
 /// A pass's worth of one channel's messages, framed once.
@@ -152,7 +152,7 @@ impl Channel {
             state: Mutex::new(State {
                 book: L2Book::default(),
                 bbo: None,
-                trades: VecDeque::with_capacity(RECENT_TRADES),
+                trades: VecDeque::with_capacity(TRADES_KEPT),
                 last_seq: 0,
                 last_ts: 0,
                 json_subscribers: 0,
@@ -223,6 +223,20 @@ impl Channel {
         (self.head(), state.last_seq)
     }
 
+    /// The book's top `depth` levels and the timestamp of its last change, valid at the
+    /// snapshot's `seq` (the same sequence WebSocket deltas carry). Book channels only.
+    pub fn book(&self, depth: usize) -> (BookSnapshot, u64) {
+        let state = self.lock();
+        (state.book.snapshot(depth.clamp(1, SNAPSHOT_DEPTH_MAX)), state.last_ts)
+    }
+
+    /// Up to `limit` most recent trades, newest first, and the last trade sequence.
+    /// Trades channels only.
+    pub fn recent_trades(&self, limit: usize) -> (Vec<TradeMsg>, u64) {
+        let state = self.lock();
+        (state.trades.iter().rev().take(limit).copied().collect(), state.last_seq)
+    }
+
     /// A fresh snapshot flagged as a resync, for a subscriber that fell behind.
     pub fn resync(&self, json: bool, depth: usize) -> Start {
         let view = self.view(&self.lock(), depth);
@@ -239,7 +253,10 @@ impl Channel {
             ChannelKind::Bbo => {
                 ViewData::Bbo(state.bbo.unwrap_or((0, 0, (Price(0), Qty(0)), (Price(0), Qty(0)))))
             }
-            ChannelKind::Trades => ViewData::Trades(state.trades.iter().copied().collect()),
+            ChannelKind::Trades => {
+                let skip = state.trades.len().saturating_sub(RECENT_TRADES);
+                ViewData::Trades(state.trades.iter().skip(skip).copied().collect())
+            }
         };
         View { cursor: self.head(), seq: state.last_seq, ts: state.last_ts, data }
     }
@@ -718,7 +735,7 @@ impl Publisher {
                         }
                         messages += 1;
                     }
-                    if state.trades.len() == RECENT_TRADES {
+                    if state.trades.len() == TRADES_KEPT {
                         state.trades.pop_front();
                     }
                     state.trades.push_back(msg);

@@ -48,6 +48,9 @@ pub async fn handle(
     if path != "/ws" {
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
+    if let Some(response) = crate::rest::route(&req, &state) {
+        return Ok(response);
+    }
     let response = match (req.method(), path) {
         (&Method::GET, "/ws") => ws::upgrade(req, &state.ws),
         (&Method::GET, "/healthz") => {

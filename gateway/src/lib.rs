@@ -5,6 +5,7 @@
 //! - [`server`]: starts the engine shards, the feed, the fan-out hub and the listener;
 //!   stops them in order.
 //! - [`http`]: the one listener's routes (WebSocket upgrade, health, metrics).
+//! - [`rest`]: the `/api/v1` REST API (public market data so far).
 //! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings.
 //! - [`ws`]: per-connection reader/writer tasks, control messages, backpressure.
 //! - [`protocol`]: the wire format (binary and JSON) and WebSocket framing.
@@ -16,6 +17,7 @@ pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod rest;
 pub mod server;
 pub mod ws;
 

@@ -132,8 +132,10 @@ fn put_side_pad(out: &mut Vec<u8>, side: Side) {
 
 /// Snapshot depth cap: keeps a snapshot message body under 64 KiB.
 pub const SNAPSHOT_DEPTH_MAX: usize = 1000;
-/// Trades kept per instrument for the snapshot sent on subscribe.
+/// Trades sent in the snapshot on subscribe.
 pub const RECENT_TRADES: usize = 32;
+/// Trades kept per instrument (for the snapshot and `GET /api/v1/markets/{sym}/trades`).
+pub const TRADES_KEPT: usize = 1000;
 
 /// A trade as the gateway keeps and sends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

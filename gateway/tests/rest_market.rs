@@ -1,0 +1,130 @@
+//! Public market data over real HTTP: instruments, the book (joinable with WebSocket deltas
+//! by its sequence), recent trades, cache validation, and errors as JSON.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use tickgate_engine::*;
+use tickgate_gateway::client::Message;
+use tickgate_gateway::protocol::{self, MsgType};
+
+fn get(addr: std::net::SocketAddr, path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n")
+}
+
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instruments_book_and_trades_agree_with_the_engine_and_the_websocket_stream() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let engine = server.engine().clone();
+    fund(&engine);
+    let eth = symbol_id(&engine, "ETH-USD");
+    order(&engine, 1, eth, Side::Sell, OrderType::Limit, 350_010, 2_000);
+    order(&engine, 1, eth, Side::Sell, OrderType::Limit, 350_020, 500);
+    order(&engine, 2, eth, Side::Buy, OrderType::Limit, 349_990, 1_500);
+    order(&engine, 2, eth, Side::Buy, OrderType::Ioc, 350_010, 250);
+    let expected = engine.book_snapshot(eth, 10).expect("engine answers");
+    eventually(|| {
+        server.directory().get("book.ETH-USD").map(|c| c.last_seq()) == Some(expected.seq.0)
+    })
+    .await;
+
+    let (status, response) = http_raw(addr, &get(addr, "/api/v1/instruments", "")).await;
+    assert_eq!(status, 200, "{response}");
+    let list = body_json(&response);
+    let eth_json = list["instruments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["symbol"] == "ETH-USD")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (eth_json["price_precision"].as_u64(), eth_json["tick_size"].as_str()),
+        (Some(2), Some("0.01"))
+    );
+    assert!(header(&response, "cache-control").is_some_and(|v| v.contains("max-age")));
+
+    let (status, response) =
+        http_raw(addr, &get(addr, "/api/v1/markets/ETH-USD/book?depth=10", "")).await;
+    assert_eq!(status, 200, "{response}");
+    let book = body_json(&response);
+    assert_eq!(
+        book["seq"].as_u64(),
+        Some(expected.seq.0),
+        "the book carries the WebSocket book sequence"
+    );
+    assert_eq!(book["asks"], json!([["3500.10", "1.750"], ["3500.20", "0.500"]]));
+    assert_eq!(book["bids"], json!([["3499.90", "1.500"]]));
+    // Revalidation: same sequence, 304 with no body.
+    let etag = header(&response, "etag").expect("etag").to_string();
+    let (status, not_modified) = http_raw(
+        addr,
+        &get(addr, "/api/v1/markets/ETH-USD/book?depth=10", &format!("If-None-Match: {etag}\r\n")),
+    )
+    .await;
+    assert_eq!(status, 304, "{not_modified}");
+
+    let (status, response) =
+        http_raw(addr, &get(addr, "/api/v1/markets/ETH-USD/trades?limit=5", "")).await;
+    assert_eq!(status, 200);
+    let trades = body_json(&response);
+    assert_eq!(
+        trades["trades"],
+        json!([{"seq": 1, "ts": trades["trades"][0]["ts"], "price": "3500.10", "qty": "0.250", "taker_side": "buy"}])
+    );
+
+    // The book moves: the old ETag no longer matches, and a WebSocket subscriber starting
+    // now gets a snapshot at the same sequence as REST.
+    order(&engine, 2, eth, Side::Buy, OrderType::Limit, 349_980, 100);
+    let moved = engine.book_snapshot(eth, 10).expect("engine").seq.0;
+    eventually(|| server.directory().get("book.ETH-USD").map(|c| c.last_seq()) == Some(moved))
+        .await;
+    let (status, response) = http_raw(
+        addr,
+        &get(addr, "/api/v1/markets/ETH-USD/book?depth=10", &format!("If-None-Match: {etag}\r\n")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rest_seq = body_json(&response)["seq"].as_u64();
+    let mut ws = connect(&server, "").await;
+    request(&mut ws, json!({"op": "subscribe", "channels": ["book.ETH-USD"], "depth": 10})).await;
+    let Message::Binary(snapshot) = next(&mut ws).await else { panic!("snapshot") };
+    let msg = protocol::decode(&snapshot).next().expect("one message").expect("valid");
+    assert_eq!((msg.msg_type, Some(msg.seq)), (MsgType::BookSnapshot, rest_seq));
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_market_data_requests_get_json_errors() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    for (path, status, code) in [
+        ("/api/v1/markets/NOPE-USD/book", 404, "unknown_symbol"),
+        ("/api/v1/markets/NOPE-USD/trades", 404, "unknown_symbol"),
+        ("/api/v1/markets/BTC-USD/book?depth=0", 400, "invalid_parameter"),
+        ("/api/v1/markets/BTC-USD/book?depth=abc", 400, "invalid_parameter"),
+        ("/api/v1/markets/BTC-USD/trades?limit=100000", 400, "invalid_parameter"),
+        ("/api/v1/markets/BTC-USD", 404, "not_found"),
+        ("/api/v1/nothing", 404, "not_found"),
+    ] {
+        let (got, response) = http_raw(addr, &get(addr, path, "")).await;
+        assert_eq!(got, status, "{path}: {response}");
+        assert_eq!(body_json(&response)["error"]["code"], code, "{path}");
+    }
+    let post = format!("POST /api/v1/instruments HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let (status, response) = http_raw(addr, &post).await;
+    assert_eq!(
+        (status, body_json(&response)["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
