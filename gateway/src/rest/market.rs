@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::Instrument;
 
-use super::{cached, number_param};
+use super::{cached, invalid_parameter, number_param};
 use crate::http::{json_error, AppState};
 use crate::protocol::{SNAPSHOT_DEPTH_MAX, TRADES_KEPT};
 
@@ -59,7 +59,7 @@ pub fn book<B>(req: &Request<B>, state: &AppState, symbol: &str) -> Response<Ful
     };
     let depth = match number_param(req, "depth", 50, 1..=SNAPSHOT_DEPTH_MAX) {
         Ok(d) => d,
-        Err(response) => return response,
+        Err(message) => return invalid_parameter(&message),
     };
     let (snapshot, ts) = channel.book(depth);
     let i = &channel.instrument;
@@ -89,7 +89,7 @@ pub fn trades<B>(req: &Request<B>, state: &AppState, symbol: &str) -> Response<F
     };
     let limit = match number_param(req, "limit", 100, 1..=TRADES_KEPT) {
         Ok(l) => l,
-        Err(response) => return response,
+        Err(message) => return invalid_parameter(&message),
     };
     let (trades, last_seq) = channel.recent_trades(limit);
     let i = &channel.instrument;

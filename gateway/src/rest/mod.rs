@@ -52,22 +52,27 @@ pub fn cached<B>(
     response
 }
 
-/// A query parameter parsed as a number within `range`, or a 400 answer.
+/// A query parameter parsed as a number within `range`; the error is the 400 message.
 pub fn number_param<B>(
     req: &Request<B>,
     name: &str,
     default: usize,
     range: std::ops::RangeInclusive<usize>,
-) -> Result<usize, Response<Full<Bytes>>> {
+) -> Result<usize, String> {
     match crate::ws::query_param(req.uri().query(), name) {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(json_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                &format!("`{name}` must be a whole number in {}..={}", range.start(), range.end()),
+            _ => Err(format!(
+                "`{name}` must be a whole number in {}..={}",
+                range.start(),
+                range.end()
             )),
         },
     }
+}
+
+/// The 400 answer for a bad parameter.
+pub fn invalid_parameter(message: &str) -> Response<Full<Bytes>> {
+    json_error(StatusCode::BAD_REQUEST, "invalid_parameter", message)
 }
