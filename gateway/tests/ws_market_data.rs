@@ -14,8 +14,21 @@ use tickgate_gateway::protocol::{self, MsgType};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
-    let mut server = start(|c| c.feed_rate = Some(20_000)).await;
-    let symbols = ["BTC-USD", "ETH-USD"];
+    rebuild_books(1, &["BTC-USD", "ETH-USD"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn books_rebuild_across_engine_shards() {
+    // Instrument i lives on shard i % 3: these three are on three different shards.
+    rebuild_books(3, &["BTC-USD", "ETH-USD", "SOL-USD"]).await;
+}
+
+async fn rebuild_books(shards: usize, symbols: &[&str]) {
+    let mut server = start(|c| {
+        c.feed_rate = Some(20_000);
+        c.shards = shards;
+    })
+    .await;
     let mut bin = connect(&server, "").await;
     let mut jsn = connect(&server, "?format=json").await;
     let channels: Vec<String> =
@@ -23,7 +36,7 @@ async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
     let sub = json!({"op": "subscribe", "id": 1, "channels": channels, "depth": 1000});
     let ack = request(&mut bin, sub.clone()).await;
     assert_eq!(ack["op"], "subscribed", "{ack}");
-    assert_eq!(ack["channels"].as_array().map(Vec::len), Some(4));
+    assert_eq!(ack["channels"].as_array().map(Vec::len), Some(symbols.len() * 2));
     let ack_json = request(&mut jsn, sub).await;
     assert_eq!(ack_json["op"], "subscribed");
 
@@ -51,14 +64,21 @@ async fn snapshot_plus_deltas_rebuild_the_engine_book_in_binary_and_json() {
     }
     server.stop_feed();
     let engine = server.engine().clone();
-    for (f, s) in followers.iter_mut().zip(symbols) {
-        let expected =
-            engine.book_snapshot(symbol_id(&engine, s), usize::MAX).expect("engine answers");
-        while f.book.as_ref().map(|b| b.seq()) != Some(expected.seq) {
-            if let Message::Binary(p) = next(&mut bin).await {
-                f.apply(&p);
-            }
+    let expected: Vec<BookSnapshot> = symbols
+        .iter()
+        .map(|s| engine.book_snapshot(symbol_id(&engine, s), usize::MAX).expect("engine answers"))
+        .collect();
+    // Every frame goes to every follower: a frame carries messages of several channels.
+    while followers
+        .iter()
+        .zip(&expected)
+        .any(|(f, e)| f.book.as_ref().map(|b| b.seq()) != Some(e.seq))
+    {
+        if let Message::Binary(p) = next(&mut bin).await {
+            followers.iter_mut().for_each(|f| f.apply(&p));
         }
+    }
+    for ((f, s), expected) in followers.iter().zip(symbols.iter().copied()).zip(expected) {
         let mine = f.book.as_ref().expect("book").snapshot(usize::MAX);
         assert_eq!(mine, expected, "{s}: snapshot + deltas == engine book at seq {}", expected.seq);
         assert!(f.deltas.len() > 50, "{s}: a lively market ({} deltas)", f.deltas.len());
