@@ -11,7 +11,7 @@ use crate::ws::WsLimits;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tickgate", version, about = "A market-data trading backend in one process")]
 pub struct Flags {
-    /// Address to listen on (HTTP, WebSocket, SSE, metrics).
+    /// Address to listen on (HTTP, WebSocket, metrics).
     #[arg(long, env = "TICKGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Engine shard threads (instruments are spread over them).
@@ -72,7 +72,8 @@ pub struct Flags {
     /// Quiet time in milliseconds after which a subscribed channel gets a heartbeat.
     #[arg(long, env = "TICKGATE_HEARTBEAT_MS", default_value_t = 5_000)]
     pub heartbeat_ms: u64,
-    /// A write stalled this long (milliseconds) closes the connection (4008).
+    /// A write stalled this long (milliseconds) ends the connection (its socket is full, so
+    /// no close frame can be sent).
     #[arg(long, env = "TICKGATE_WRITE_STALL_MS", default_value_t = 10_000)]
     pub write_stall_ms: u64,
     /// Kernel send buffer per WebSocket connection, in bytes.
