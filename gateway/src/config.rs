@@ -82,6 +82,15 @@ pub struct Flags {
     /// Time allowed to send the HTTP request head, in milliseconds.
     #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
+    /// Users file (JSON: username, argon2 password_hash, account); default: the demo users.
+    #[arg(long, env = "TICKGATE_USERS")]
+    pub users: Option<std::path::PathBuf>,
+    /// Secret that signs tokens (default: random per process, so tokens die with it).
+    #[arg(long, env = "TICKGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Token lifetime in seconds.
+    #[arg(long, env = "TICKGATE_TOKEN_LIFETIME_SECS", default_value_t = 900)]
+    pub token_lifetime_secs: u64,
 }
 
 /// Why flags were refused.
@@ -117,6 +126,12 @@ pub struct Config {
     pub ws: WsLimits,
     /// Time allowed for the HTTP request head.
     pub handshake_timeout: Duration,
+    /// Users file; `None`: demo users.
+    pub users: Option<std::path::PathBuf>,
+    /// Token signing secret; `None`: random.
+    pub jwt_secret: Option<String>,
+    /// Token lifetime.
+    pub token_lifetime: Duration,
 }
 
 impl TryFrom<Flags> for Config {
@@ -174,6 +189,9 @@ impl TryFrom<Flags> for Config {
                 ..WsLimits::default()
             },
             handshake_timeout: ms(f.handshake_timeout_ms),
+            users: f.users,
+            jwt_secret: f.jwt_secret,
+            token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),
         })
     }
 }

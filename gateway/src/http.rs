@@ -23,6 +23,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// WebSocket context.
     pub ws: Arc<WsContext>,
+    /// Users.
+    pub users: crate::auth::Users,
+    /// Token issuing and checking.
+    pub tokens: crate::auth::Tokens,
 }
 
 /// The one error shape: `{"error": {"code": "...", "message": "..."}}`.
@@ -48,11 +52,11 @@ pub async fn handle(
     if path != "/ws" {
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(response) = crate::rest::route(&req, &state) {
-        return Ok(response);
+    if path.starts_with("/api/v1/") {
+        return Ok(crate::rest::route(req, &state).await);
     }
     let response = match (req.method(), path) {
-        (&Method::GET, "/ws") => ws::upgrade(req, &state.ws),
+        (&Method::GET, "/ws") => ws::upgrade(req, &state.ws, &state.tokens),
         (&Method::GET, "/healthz") => {
             let c = state.engine.counters();
             json_response(

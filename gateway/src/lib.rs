@@ -1,6 +1,7 @@
 //! The tickgate server: the engine, the synthetic feed and the network side, wired
 //! together in one process.
 //!
+//! - [`auth`]: users (argon2 password hashes) and short-lived JWTs.
 //! - [`config`]: flags and environment in, validated [`Config`] out.
 //! - [`server`]: starts the engine shards, the feed, the fan-out hub and the listener;
 //!   stops them in order.
@@ -11,6 +12,7 @@
 //! - [`protocol`]: the wire format (binary and JSON) and WebSocket framing.
 //! - [`client`]: a small WebSocket client for tests and tools.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod fanout;

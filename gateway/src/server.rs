@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::auth::{Tokens, Users};
 use crate::config::Config;
 use crate::fanout::{Directory, Hub, HubWake};
 use crate::http::{self, AppState};
@@ -73,6 +74,14 @@ impl Server {
             FeedDriver::start(engine.clone(), flow, rate)
         });
 
+        let users = match &config.users {
+            Some(path) => Users::from_file(path)?,
+            None => tokio::task::spawn_blocking(Users::demo).await??,
+        };
+        fund_demo_accounts(&engine, &users);
+        let tokens =
+            Tokens::new(config.jwt_secret.as_deref().map(str::as_bytes), config.token_lifetime);
+
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -84,8 +93,13 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             alive: alive_tx.clone(),
         });
-        let state =
-            Arc::new(AppState { engine: engine.clone(), metrics: Arc::clone(&metrics), ws });
+        let state = Arc::new(AppState {
+            engine: engine.clone(),
+            metrics: Arc::clone(&metrics),
+            ws,
+            users,
+            tokens,
+        });
         let accept = tokio::spawn(accept_loop(
             listener,
             state,
@@ -145,6 +159,29 @@ impl Server {
         let commands: u64 = engines.iter().map(|e| e.counters().commands).sum();
         tracing::info!(commands, "stopped");
         Ok(())
+    }
+}
+
+/// Demo balances for every user's account on every shard: 1,000,000 of the quote asset
+/// and 1,000 of every other asset, so a fresh server can be traded on at once.
+fn fund_demo_accounts(engine: &EngineHandle, users: &Users) {
+    use tickgate_engine::{Amount, AssetId, Transfer};
+    for user in users.all() {
+        for shard in 0..engine.shards() {
+            for (i, asset) in engine.assets().iter().enumerate() {
+                let units = if i == 0 { 1_000_000 } else { 1_000 };
+                let amount = Amount(10i64.pow(u32::from(asset.precision)) * units);
+                let t = Transfer {
+                    account: user.account,
+                    asset: AssetId(i as u16),
+                    amount,
+                    request_id: 0,
+                };
+                if let Err(e) = engine.submit_transfer(shard, t) {
+                    tracing::warn!(user = %user.username, "demo funding not queued: {e}");
+                }
+            }
+        }
     }
 }
 

@@ -1,29 +1,95 @@
-//! REST API under `/api/v1`. So far: public market data ([`market`]).
+//! REST API under `/api/v1`: public market data ([`market`]), login and the account
+//! ([`account`]). One error shape everywhere: `{"error": {"code", "message"}}`.
 
+pub mod account;
 pub mod market;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderValue, CACHE_CONTROL, ETAG, IF_NONE_MATCH};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::auth::Claims;
 use crate::http::{json_error, json_response, AppState};
 
-/// Routes `/api/v1/...`; `None` if the path is not an API route.
-pub fn route<B>(req: &Request<B>, state: &AppState) -> Option<Response<Full<Bytes>>> {
-    let path = req.uri().path().strip_prefix("/api/v1/")?;
+/// Largest request body the API reads.
+pub const BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// Routes `/api/v1/...`.
+pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+    let path = req.uri().path().strip_prefix("/api/v1/").unwrap_or_default().to_string();
     let segments: Vec<&str> = path.split('/').collect();
-    let get = req.method() == Method::GET || req.method() == Method::HEAD;
-    let response = match segments.as_slice() {
-        ["instruments"] if get => market::instruments(req, state),
-        ["markets", symbol, "book"] if get => market::book(req, state, symbol),
-        ["markets", symbol, "trades"] if get => market::trades(req, state, symbol),
-        ["instruments"] | ["markets", _, "book" | "trades"] => {
+    let method = req.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    match segments.as_slice() {
+        ["instruments"] if get => market::instruments(&req, state),
+        ["markets", symbol, "book"] if get => market::book(&req, state, symbol),
+        ["markets", symbol, "trades"] if get => market::trades(&req, state, symbol),
+        ["auth", "login"] if post => account::login(req, state).await,
+        ["auth", "refresh"] if post => account::refresh(&req, state),
+        ["account"] if get => account::account(&req, state).await,
+        ["instruments"] | ["markets", _, "book" | "trades"] | ["account"] => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
         }
+        ["auth", "login" | "refresh"] => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")
+        }
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    }
+}
+
+/// The caller's claims from `Authorization: Bearer`, or the 401 answer.
+pub fn authenticate<B>(req: &Request<B>, state: &AppState) -> Result<Claims, String> {
+    let token = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| "missing bearer token".to_string())?;
+    state.tokens.verify(token.trim()).map_err(|e| e.to_string())
+}
+
+/// The 401 answer.
+pub fn unauthorized(message: &str) -> Response<Full<Bytes>> {
+    let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Reads a JSON request body (`Content-Type: application/json`, at most
+/// [`BODY_BYTES_MAX`] bytes) into `T`, or answers 415, 413 or 400.
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Full<Bytes>>> {
+    let is_json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !is_json {
+        return Err(json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ));
+    }
+    let body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!("request bodies are at most {BODY_BYTES_MAX} bytes"),
+            ))
+        }
+        Err(_) => {
+            return Err(json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body"))
+        }
     };
-    Some(response)
+    let mut bytes = body.to_vec();
+    simd_json::serde::from_slice(&mut bytes).map_err(|e| {
+        json_error(StatusCode::BAD_REQUEST, "malformed", &format!("invalid JSON body: {e}"))
+    })
 }
 
 /// A cacheable JSON answer: `ETag` from `tag`, `304` when the client has it already.

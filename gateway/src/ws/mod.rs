@@ -98,13 +98,24 @@ pub struct WsContext {
 }
 
 /// Handles `GET /ws`: checks limits, answers 101 and spawns the connection.
-pub fn upgrade(mut req: Request<Incoming>, ctx: &Arc<WsContext>) -> Response<Full<Bytes>> {
+pub fn upgrade(
+    mut req: Request<Incoming>,
+    ctx: &Arc<WsContext>,
+    tokens: &crate::auth::Tokens,
+) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_error(
             StatusCode::BAD_REQUEST,
             "not_websocket",
             "expected a WebSocket upgrade",
         );
+    }
+    // Browsers cannot set headers on a WebSocket: the token comes in the query string. No
+    // token: public market data only. A bad token: 401 before the upgrade.
+    if let Some(token) = query_param(req.uri().query(), "token") {
+        if let Err(e) = tokens.verify(token) {
+            return crate::rest::unauthorized(&e.to_string());
+        }
     }
     let format = match query_param(req.uri().query(), "format") {
         None | Some("binary") => Format::Binary,

@@ -1,0 +1,246 @@
+//! Users and tokens.
+//!
+//! Users come from a JSON file (`--users FILE`: `[{"username": "...", "password_hash":
+//! "<argon2 PHC string>", "account": N}]`) or, by default, a built-in demo set whose
+//! passwords are hashed with argon2 at start-up. Login returns a short-lived HS256 JWT
+//! naming the user and the account; REST takes it as `Authorization: Bearer`, WebSocket as
+//! `?token=` on the upgrade. Expired, forged, malformed and missing tokens are all answered
+//! with the same 401: nothing about why is revealed beyond the code.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tickgate_engine::AccountId;
+
+/// The built-in users, documented in the README: (username, password, account).
+pub const DEMO_USERS: [(&str, &str, u32); 2] =
+    [("alice", "alice-demo-password", 1), ("bob", "bob-demo-password", 2)];
+
+/// A user who can log in.
+#[derive(Clone, Debug)]
+pub struct User {
+    /// Login name.
+    pub username: String,
+    /// Argon2 hash (PHC string).
+    pub password_hash: String,
+    /// The engine account the user trades with.
+    pub account: AccountId,
+}
+
+#[derive(Deserialize)]
+struct UserFileEntry {
+    username: String,
+    password_hash: String,
+    account: u32,
+}
+
+/// Why users could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// The file could not be read.
+    #[error("cannot read users file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is not the expected JSON.
+    #[error("users file is not valid: {0}")]
+    Format(#[from] serde_json::Error),
+    /// A hash is not an argon2 PHC string, or a name repeats.
+    #[error("users file: {0}")]
+    Invalid(String),
+    /// Hashing failed.
+    #[error("hashing a demo password failed: {0}")]
+    Hash(String),
+}
+
+/// Every user, by name.
+#[derive(Clone, Debug)]
+pub struct Users {
+    by_name: HashMap<String, User>,
+}
+
+impl Users {
+    /// The demo users, hashed now.
+    pub fn demo() -> Result<Users, UsersError> {
+        let mut by_name = HashMap::new();
+        for (name, password, account) in DEMO_USERS {
+            let salt = SaltString::generate(&mut OsRng);
+            let hash = Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map_err(|e| UsersError::Hash(e.to_string()))?
+                .to_string();
+            by_name.insert(
+                name.to_string(),
+                User {
+                    username: name.to_string(),
+                    password_hash: hash,
+                    account: AccountId(account),
+                },
+            );
+        }
+        Ok(Users { by_name })
+    }
+
+    /// Users from a JSON file.
+    pub fn from_file(path: &std::path::Path) -> Result<Users, UsersError> {
+        let entries: Vec<UserFileEntry> = serde_json::from_slice(&std::fs::read(path)?)?;
+        let mut by_name = HashMap::new();
+        for e in entries {
+            PasswordHash::new(&e.password_hash)
+                .map_err(|err| UsersError::Invalid(format!("{}: {err}", e.username)))?;
+            let user = User {
+                username: e.username.clone(),
+                password_hash: e.password_hash,
+                account: AccountId(e.account),
+            };
+            if by_name.insert(e.username.clone(), user).is_some() {
+                return Err(UsersError::Invalid(format!("duplicate user {}", e.username)));
+            }
+        }
+        Ok(Users { by_name })
+    }
+
+    /// Every user.
+    pub fn all(&self) -> impl Iterator<Item = &User> {
+        self.by_name.values()
+    }
+
+    /// The user if the password is right. Unknown users cost a hash too, so timing does
+    /// not tell which names exist.
+    pub fn check(&self, username: &str, password: &str) -> Option<&User> {
+        let user = self.by_name.get(username);
+        let hash = user.map(|u| u.password_hash.as_str()).unwrap_or(DUMMY_HASH);
+        let ok = PasswordHash::new(hash)
+            .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok());
+        user.filter(|_| ok)
+    }
+}
+
+/// A valid argon2 hash of a random string: verified against when the user is unknown.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$ZmTBw3fcuUm0ZK3IgXv0eAvGZ7mO5cE0GZbYbYyP0uA";
+
+/// What a token says.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// Username.
+    pub sub: String,
+    /// Account id.
+    pub acc: u32,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+}
+
+/// A token the server refused (expired, forged, malformed, missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid or expired token")]
+pub struct InvalidToken;
+
+/// Issues and checks tokens.
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    lifetime: Duration,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").field("lifetime", &self.lifetime).finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    tickgate_engine::runtime::now_nanos().0 / 1_000_000_000
+}
+
+impl Tokens {
+    /// Tokens signed with `secret` (random when `None`: tokens then die with the process).
+    pub fn new(secret: Option<&[u8]>, lifetime: Duration) -> Tokens {
+        let mut random = [0u8; 32];
+        let secret = match secret {
+            Some(s) => s,
+            None => {
+                OsRng.fill_bytes(&mut random);
+                &random
+            }
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Tokens {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            lifetime,
+        }
+    }
+
+    /// Token lifetime.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// A fresh token for `user`.
+    pub fn issue(&self, username: &str, account: AccountId) -> String {
+        let iat = now_secs();
+        let claims = Claims {
+            sub: username.to_string(),
+            acc: account.0,
+            iat,
+            exp: iat + self.lifetime.as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 encoding of plain claims cannot fail")
+    }
+
+    /// The claims of a valid, unexpired token.
+    pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|_| InvalidToken)?;
+        // `exp` is checked with one-second resolution by the library; be exact.
+        if claims.exp <= now_secs() {
+            return Err(InvalidToken);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_refuse_forgeries() {
+        let tokens = Tokens::new(Some(b"secret-one"), Duration::from_secs(60));
+        let t = tokens.issue("alice", AccountId(1));
+        let claims = tokens.verify(&t).expect("valid");
+        assert_eq!((claims.sub.as_str(), claims.acc), ("alice", 1));
+        let other = Tokens::new(Some(b"secret-two"), Duration::from_secs(60));
+        assert_eq!(other.verify(&t), Err(InvalidToken), "forged: other key");
+        assert_eq!(tokens.verify("not.a.token"), Err(InvalidToken));
+        assert_eq!(tokens.verify(""), Err(InvalidToken));
+        let mut tampered = t.clone();
+        tampered.pop();
+        assert_eq!(tokens.verify(&tampered), Err(InvalidToken));
+        let expired = Tokens::new(Some(b"secret-one"), Duration::from_secs(0));
+        assert_eq!(tokens.verify(&expired.issue("alice", AccountId(1))), Err(InvalidToken));
+    }
+
+    #[test]
+    fn passwords_are_checked_against_argon2_hashes() {
+        let users = Users::demo().expect("hashing works");
+        let alice = users.check("alice", "alice-demo-password").expect("right password");
+        assert_eq!(alice.account, AccountId(1));
+        assert!(alice.password_hash.starts_with("$argon2"));
+        assert!(users.check("alice", "wrong").is_none());
+        assert!(users.check("mallory", "alice-demo-password").is_none());
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok(), "the dummy hash parses");
+    }
+}

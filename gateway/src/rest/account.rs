@@ -1,0 +1,120 @@
+//! Login, token refresh and the caller's account.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use tickgate_engine::types::format_fixed;
+use tickgate_engine::AccountId;
+
+use super::{authenticate, json_body, unauthorized};
+use crate::http::{json_error, json_response, AppState};
+
+#[derive(Deserialize)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+fn token_response(state: &AppState, username: &str, account: AccountId) -> Response<Full<Bytes>> {
+    let token = state.tokens.issue(username, account);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "token": token,
+            "token_type": "Bearer",
+            "expires_in": state.tokens.lifetime().as_secs(),
+            "account": account.0,
+        }),
+    )
+}
+
+/// `POST /api/v1/auth/login` `{"username", "password"}`: a short-lived token.
+pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+    let body: Login = match json_body(req).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    // Argon2 is slow on purpose: keep it off the async workers.
+    let users = state.users.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        users.check(&body.username, &body.password).map(|u| (u.username.clone(), u.account))
+    })
+    .await;
+    match checked {
+        Ok(Some((username, account))) => token_response(state, &username, account),
+        Ok(None) => json_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong username or password",
+        ),
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "login failed"),
+    }
+}
+
+/// `POST /api/v1/auth/refresh` with a valid token: a new token with a fresh lifetime.
+pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    match authenticate(req, state) {
+        Ok(claims) => token_response(state, &claims.sub, AccountId(claims.acc)),
+        Err(message) => unauthorized(&message),
+    }
+}
+
+/// `GET /api/v1/account`: balances per asset (total, available, held), summed over the
+/// engine shards' ledgers.
+pub async fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authenticate(req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    let engine = state.engine.clone();
+    let account = AccountId(claims.acc);
+    let totals = tokio::task::spawn_blocking(move || {
+        let mut totals = vec![(0i128, 0i128); engine.assets().len()];
+        for shard in 0..engine.shards() {
+            match engine.balances(shard, account) {
+                Ok(Some(balances)) => {
+                    for (t, b) in totals.iter_mut().zip(balances) {
+                        t.0 += i128::from(b.total.0);
+                        t.1 += i128::from(b.held.0);
+                    }
+                }
+                Ok(None) => return Err("unknown account"),
+                Err(_) => return Err("engine busy"),
+            }
+        }
+        Ok(totals)
+    })
+    .await;
+    let totals = match totals {
+        Ok(Ok(t)) => t,
+        Ok(Err("unknown account")) => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "unknown_account",
+                "the account does not exist",
+            )
+        }
+        _ => return json_error(StatusCode::SERVICE_UNAVAILABLE, "engine_busy", "try again"),
+    };
+    let assets = state.engine.assets();
+    let fmt = |v: i128, p: u8| format_fixed(i64::try_from(v).unwrap_or(i64::MAX), p);
+    let balances: Vec<_> = totals
+        .iter()
+        .zip(assets)
+        .map(|((total, held), a)| {
+            json!({
+                "asset": a.symbol,
+                "total": fmt(*total, a.precision),
+                "available": fmt(total - held, a.precision),
+                "held": fmt(*held, a.precision),
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "account": claims.acc, "username": claims.sub, "balances": balances }),
+    )
+}
