@@ -396,6 +396,7 @@ impl Hub {
         metrics: Arc<Metrics>,
         wake: HubWake,
         pacing: Pacing,
+        orders: Arc<crate::orders::OrderStore>,
     ) -> Hub {
         let stop = Arc::new(AtomicBool::new(false));
         let readers: Vec<RingReader> =
@@ -407,6 +408,7 @@ impl Hub {
             events: Vec::with_capacity(HUB_READ_MAX),
             pacing,
             retry: Vec::new(),
+            orders,
         };
         // Snapshots first: the readers were created before, so every later delta is seen.
         worker.reset_books();
@@ -447,6 +449,8 @@ struct HubWorker {
     pacing: Pacing,
     /// Book channels whose reset failed, retried every pass.
     retry: Vec<Arc<Channel>>,
+    /// Users' orders and fills, fed with the execution reports.
+    orders: Arc<crate::orders::OrderStore>,
 }
 
 /// How the hub spaces its passes.
@@ -477,7 +481,10 @@ impl HubWorker {
                     self.publisher.metrics.hub_missed.fetch_add(outcome.missed, Ordering::Relaxed);
                 }
                 for e in &self.events {
-                    self.publisher.ingest(e);
+                    match e {
+                        Event::Exec(r) => self.orders.apply(r),
+                        _ => self.publisher.ingest(e),
+                    }
                 }
             }
             self.publisher.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);

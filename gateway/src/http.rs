@@ -27,6 +27,10 @@ pub struct AppState {
     pub users: crate::auth::Users,
     /// Token issuing and checking.
     pub tokens: crate::auth::Tokens,
+    /// Users' orders and fills.
+    pub orders: Arc<crate::orders::OrderStore>,
+    /// Answers already given per `Idempotency-Key`.
+    pub idempotency: crate::rest::orders::IdempotencyCache,
 }
 
 /// The one error shape: `{"error": {"code": "...", "message": "..."}}`.

@@ -9,6 +9,7 @@
 //! - [`rest`]: the `/api/v1` REST API (public market data so far).
 //! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings.
 //! - [`ws`]: per-connection reader/writer tasks, control messages, backpressure.
+//! - [`orders`]: users' orders and fills from execution reports; request waiters.
 //! - [`protocol`]: the wire format (binary and JSON) and WebSocket framing.
 //! - [`client`]: a small WebSocket client for tests and tools.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod fanout;
 pub mod http;
 pub mod metrics;
+pub mod orders;
 pub mod protocol;
 pub mod rest;
 pub mod server;

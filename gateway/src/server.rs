@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::fanout::{Directory, Hub, HubWake};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::orders::OrderStore;
 use crate::ws::WsContext;
 
 /// Accounts the engine tables hold: users, plus the synthetic flow's range.
@@ -64,21 +65,24 @@ impl Server {
         let engine = runtime.handle();
         let metrics = Arc::new(Metrics::default());
         let directory = Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks));
-        let hub = {
-            let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
-            let pacing = config.fanout;
-            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing)).await?
-        };
-        let feed = config.feed_rate.map(|rate| {
-            let flow = FlowConfig { seed: config.seed, ..FlowConfig::default() };
-            FeedDriver::start(engine.clone(), flow, rate)
-        });
 
         let users = match &config.users {
             Some(path) => Users::from_file(path)?,
             None => tokio::task::spawn_blocking(Users::demo).await??,
         };
         fund_demo_accounts(&engine, &users);
+        let orders = Arc::new(OrderStore::new(users.all().map(|u| u.account)));
+        let hub = {
+            let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
+            let (pacing, o) = (config.fanout, Arc::clone(&orders));
+            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing, o)).await?
+        };
+        // The feed starts last, so the hub sees its market from the first command.
+        let feed = config.feed_rate.map(|rate| {
+            let flow = FlowConfig { seed: config.seed, ..FlowConfig::default() };
+            FeedDriver::start(engine.clone(), flow, rate)
+        });
+
         let tokens =
             Tokens::new(config.jwt_secret.as_deref().map(str::as_bytes), config.token_lifetime);
 
@@ -99,6 +103,8 @@ impl Server {
             ws,
             users,
             tokens,
+            orders,
+            idempotency: Default::default(),
         });
         let accept = tokio::spawn(accept_loop(
             listener,

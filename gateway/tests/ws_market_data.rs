@@ -90,7 +90,7 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
     let btc = engine.instrument_by_symbol("BTC-USD").expect("btc").clone();
     let mut json_deltas: Vec<(u64, Side, i64, i64)> = Vec::new();
     let last_bin = followers[0].deltas.last().expect("deltas").0;
-    while json_deltas.last().map_or(true, |(s, ..)| *s < last_bin) {
+    while json_deltas.last().is_none_or(|(s, ..)| *s < last_bin) {
         let Message::Text(t) = next(&mut jsn).await else {
             continue;
         };

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod market;
+pub mod orders;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -30,7 +31,23 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         ["auth", "login"] if post => account::login(req, state).await,
         ["auth", "refresh"] if post => account::refresh(&req, state),
         ["account"] if get => account::account(&req, state).await,
-        ["instruments"] | ["markets", _, "book" | "trades"] | ["account"] => {
+        ["orders"] if post => orders::place(req, state).await,
+        ["orders"] if get => orders::list(&req, state),
+        ["orders", id] if get => orders::get_one(&req, state, id),
+        ["orders", id] if method == Method::DELETE => orders::cancel(&req, state, id).await,
+        ["fills"] if get => orders::fills(&req, state),
+        ["positions"] if get => orders::positions(&req, state),
+        ["orders"] => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET or POST")
+        }
+        ["orders", _] => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET or DELETE")
+        }
+        ["instruments"]
+        | ["markets", _, "book" | "trades"]
+        | ["account"]
+        | ["fills"]
+        | ["positions"] => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
         }
         ["auth", "login" | "refresh"] => {
@@ -58,29 +75,44 @@ pub fn unauthorized(message: &str) -> Response<Full<Bytes>> {
     response
 }
 
+/// The 415 answer unless the request says `Content-Type: application/json`.
+pub fn reject_non_json<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    (!is_json).then(|| {
+        json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        )
+    })
+}
+
+/// The 413 answer.
+pub fn too_large() -> Response<Full<Bytes>> {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!("request bodies are at most {BODY_BYTES_MAX} bytes"),
+    )
+}
+
 /// Reads a JSON request body (`Content-Type: application/json`, at most
 /// [`BODY_BYTES_MAX`] bytes) into `T`, or answers 415, 413 or 400.
 pub async fn json_body<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
 ) -> Result<T, Response<Full<Bytes>>> {
-    let is_json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if !is_json {
-        return Err(json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send Content-Type: application/json",
-        ));
+    if let Some(response) = reject_non_json(&req) {
+        return Err(response);
     }
     let body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                &format!("request bodies are at most {BODY_BYTES_MAX} bytes"),
-            ))
+            return Err(too_large())
         }
         Err(_) => {
             return Err(json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body"))

@@ -1,0 +1,288 @@
+//! Users' orders and fills, kept by the gateway from the engine's execution reports, and
+//! the waiters that turn an asynchronous engine answer into an HTTP response.
+//!
+//! The hub thread applies every execution report of a user account here (feed accounts
+//! are ignored, so memory follows user activity, and each account keeps at most
+//! [`ORDERS_KEPT`] orders and [`FILLS_KEPT`] fills). Request handlers read under a short
+//! lock; the engine itself is never locked or queried for these.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use tickgate_engine::{
+    AccountId, ExecKind, ExecReport, InstrumentId, OrderId, OrderType, Price, Qty, RejectReason,
+    Side,
+};
+use tokio::sync::oneshot;
+
+/// Orders one account keeps (oldest closed ones go first).
+pub const ORDERS_KEPT: usize = 10_000;
+/// Fills one account keeps.
+pub const FILLS_KEPT: usize = 10_000;
+
+/// An order's life so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Resting in the book.
+    Open,
+    /// Completely filled.
+    Filled,
+    /// Canceled (by the user, IOC/FOK/market remainder, self-trade prevention...).
+    Canceled,
+    /// Refused by the engine.
+    Rejected,
+}
+
+impl Status {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Filled => "filled",
+            Status::Canceled => "canceled",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// One order as the user sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct OrderView {
+    /// Engine id.
+    pub id: OrderId,
+    /// The client's id.
+    pub client_order_id: u64,
+    /// Market.
+    pub instrument: InstrumentId,
+    /// Side.
+    pub side: Side,
+    /// Type.
+    pub order_type: OrderType,
+    /// Limit price (0 for market orders).
+    pub price: Price,
+    /// Open quantity.
+    pub leaves: Qty,
+    /// Filled quantity.
+    pub filled: Qty,
+    /// Status.
+    pub status: Status,
+    /// Why it was rejected or canceled.
+    pub reason: RejectReason,
+    /// Engine timestamp of the last change.
+    pub updated_ts: u64,
+}
+
+/// One fill.
+#[derive(Clone, Copy, Debug)]
+pub struct FillView {
+    /// Increasing per account (the report's sequence): the pagination cursor.
+    pub id: u64,
+    /// Engine timestamp.
+    pub ts: u64,
+    /// Order.
+    pub order_id: OrderId,
+    /// Market.
+    pub instrument: InstrumentId,
+    /// Side of the order.
+    pub side: Side,
+    /// Price.
+    pub price: Price,
+    /// Quantity.
+    pub qty: Qty,
+}
+
+#[derive(Default)]
+struct AccountState {
+    orders: BTreeMap<OrderId, OrderView>,
+    fills: VecDeque<FillView>,
+    positions: HashMap<InstrumentId, i64>,
+}
+
+/// Which reports answer a waiting request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Awaiting {
+    /// A new order: accepted or rejected.
+    New,
+    /// A cancel: canceled or rejected.
+    Cancel,
+    /// A replace: replaced or rejected.
+    Replace,
+}
+
+impl Awaiting {
+    fn answered_by(self, kind: ExecKind) -> bool {
+        matches!(
+            (self, kind),
+            (_, ExecKind::Rejected)
+                | (Awaiting::New, ExecKind::Accepted)
+                | (Awaiting::Cancel, ExecKind::Canceled)
+                | (Awaiting::Replace, ExecKind::Replaced)
+        )
+    }
+}
+
+/// Orders, fills and waiters for every user account.
+#[derive(Default)]
+pub struct OrderStore {
+    users: HashSet<AccountId>,
+    accounts: Mutex<HashMap<AccountId, AccountState>>,
+    waiters: Mutex<HashMap<OrderId, (Awaiting, oneshot::Sender<ExecReport>)>>,
+}
+
+impl std::fmt::Debug for OrderStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderStore").field("users", &self.users.len()).finish_non_exhaustive()
+    }
+}
+
+impl OrderStore {
+    /// A store for these user accounts.
+    pub fn new(users: impl IntoIterator<Item = AccountId>) -> Self {
+        OrderStore { users: users.into_iter().collect(), ..OrderStore::default() }
+    }
+
+    /// Registers interest in the engine's answer about `order` (before submitting it).
+    pub fn wait(&self, order: OrderId, awaiting: Awaiting) -> oneshot::Receiver<ExecReport> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(order, (awaiting, tx));
+        rx
+    }
+
+    /// Drops interest (the request gave up).
+    pub fn forget(&self, order: OrderId) {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&order);
+    }
+
+    /// Applies one execution report (called by the hub thread, in engine order).
+    pub fn apply(&self, r: &ExecReport) {
+        if !self.users.contains(&r.account) || r.kind == ExecKind::Transferred {
+            return;
+        }
+        {
+            let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+            let state = accounts.entry(r.account).or_default();
+            apply_to(state, r);
+        }
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if waiters.get(&r.order_id).is_some_and(|(a, _)| a.answered_by(r.kind)) {
+            if let Some((_, tx)) = waiters.remove(&r.order_id) {
+                let _ = tx.send(*r);
+            }
+        }
+    }
+
+    /// One order of `account`.
+    pub fn order(&self, account: AccountId, id: OrderId) -> Option<OrderView> {
+        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        accounts.get(&account)?.orders.get(&id).copied()
+    }
+
+    /// Orders of `account`, newest first, with ids below `before`, filtered.
+    pub fn orders(
+        &self,
+        account: AccountId,
+        before: Option<OrderId>,
+        keep: impl Fn(&OrderView) -> bool,
+        limit: usize,
+    ) -> Vec<OrderView> {
+        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = accounts.get(&account) else { return Vec::new() };
+        let upper = before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        state
+            .orders
+            .range((std::ops::Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, o)| *o)
+            .filter(|o| keep(o))
+            .take(limit)
+            .collect()
+    }
+
+    /// Fills of `account`, newest first, with ids below `before`, filtered.
+    pub fn fills(
+        &self,
+        account: AccountId,
+        before: Option<u64>,
+        instrument: Option<InstrumentId>,
+        limit: usize,
+    ) -> Vec<FillView> {
+        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = accounts.get(&account) else { return Vec::new() };
+        state
+            .fills
+            .iter()
+            .rev()
+            .filter(|f| before.is_none_or(|b| f.id < b))
+            .filter(|f| instrument.is_none_or(|i| f.instrument == i))
+            .take(limit)
+            .copied()
+            .collect()
+    }
+
+    /// Net position per instrument (bought minus sold) from the fills since start.
+    pub fn positions(&self, account: AccountId) -> Vec<(InstrumentId, i64)> {
+        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = accounts
+            .get(&account)
+            .map(|s| s.positions.iter().map(|(i, q)| (*i, *q)).collect())
+            .unwrap_or_default();
+        out.sort_by_key(|(i, _)| i.0);
+        out
+    }
+}
+
+fn apply_to(state: &mut AccountState, r: &ExecReport) {
+    let status = match r.kind {
+        ExecKind::Rejected => Status::Rejected,
+        ExecKind::Canceled => Status::Canceled,
+        ExecKind::Filled => Status::Filled,
+        _ => Status::Open,
+    };
+    if r.kind == ExecKind::Rejected && state.orders.contains_key(&r.order_id) {
+        // A refused cancel or replace: the order itself is unchanged.
+        return;
+    }
+    let view = state.orders.entry(r.order_id).or_insert(OrderView {
+        id: r.order_id,
+        client_order_id: r.client_order_id,
+        instrument: r.instrument,
+        side: r.side,
+        order_type: r.order_type,
+        price: r.price,
+        leaves: r.leaves_qty,
+        filled: r.cum_qty,
+        status,
+        reason: r.reason,
+        updated_ts: r.ts.0,
+    });
+    view.price = r.price;
+    view.leaves = r.leaves_qty;
+    view.filled = r.cum_qty;
+    view.status = status;
+    view.reason = r.reason;
+    view.updated_ts = r.ts.0;
+    if matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled) {
+        let signed = if r.side == Side::Buy { r.last_qty.0 } else { -r.last_qty.0 };
+        *state.positions.entry(r.instrument).or_default() += signed;
+        if state.fills.len() == FILLS_KEPT {
+            state.fills.pop_front();
+        }
+        state.fills.push_back(FillView {
+            id: r.seq.0,
+            ts: r.ts.0,
+            order_id: r.order_id,
+            instrument: r.instrument,
+            side: r.side,
+            price: r.last_price,
+            qty: r.last_qty,
+        });
+    }
+    if state.orders.len() > ORDERS_KEPT {
+        // Forget the oldest closed order (open ones are always kept).
+        let oldest_closed =
+            state.orders.iter().find(|(_, o)| o.status != Status::Open).map(|(id, _)| *id);
+        if let Some(id) = oldest_closed {
+            state.orders.remove(&id);
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Order entry and the caller's orders, fills and positions.
+//!
+//! `POST /api/v1/orders` allocates an order id, registers a waiter, queues the command and
+//! answers with the engine's verdict: `201` with the order when accepted, `422` with the
+//! engine's reason when rejected. An `Idempotency-Key` makes a retry safe: the same key and
+//! body get the original answer again; the same key with another body gets `422`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tickgate_engine::runtime::SubmitError;
+use tickgate_engine::types::{format_fixed, parse_fixed};
+use tickgate_engine::{
+    AccountId, CancelOrder, CommandKind, ExecKind, Instrument, NewOrder, OrderId, OrderType, Price,
+    Qty, Side, StpMode,
+};
+
+use super::{authenticate, invalid_parameter, number_param, unauthorized, BODY_BYTES_MAX};
+use crate::http::{json_error, json_response, AppState};
+use crate::orders::{Awaiting, FillView, OrderView, Status};
+
+/// How long a request waits for the engine's answer.
+const ENGINE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idempotency keys remembered (oldest forgotten first).
+const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
+/// Longest accepted `Idempotency-Key`.
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+
+enum Remembered {
+    InFlight(u64),
+    Done(u64, StatusCode, Bytes),
+}
+
+type KeySlot = (u32, String);
+
+/// Answers given per (account, `Idempotency-Key`), bounded.
+#[derive(Default)]
+pub struct IdempotencyCache {
+    /// The answers, and the keys in insertion order for eviction.
+    inner: Mutex<(HashMap<KeySlot, Remembered>, VecDeque<KeySlot>)>,
+}
+
+impl std::fmt::Debug for IdempotencyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyCache").finish_non_exhaustive()
+    }
+}
+
+fn body_hash(body: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Deserialize)]
+struct NewOrderBody {
+    symbol: String,
+    side: String,
+    #[serde(rename = "type")]
+    order_type: String,
+    price: Option<String>,
+    qty: String,
+    client_order_id: Option<u64>,
+    stp: Option<String>,
+}
+
+fn side_of(s: &str) -> Option<Side> {
+    match s {
+        "buy" => Some(Side::Buy),
+        "sell" => Some(Side::Sell),
+        _ => None,
+    }
+}
+
+fn type_of(s: &str) -> Option<OrderType> {
+    Some(match s {
+        "limit" => OrderType::Limit,
+        "ioc" => OrderType::Ioc,
+        "fok" => OrderType::Fok,
+        "market" => OrderType::Market,
+        "post_only" => OrderType::PostOnly,
+        _ => return None,
+    })
+}
+
+fn stp_of(s: Option<&str>) -> Option<StpMode> {
+    Some(match s {
+        None | Some("cancel_resting") => StpMode::CancelResting,
+        Some("cancel_incoming") => StpMode::CancelIncoming,
+        Some("cancel_both") => StpMode::CancelBoth,
+        Some("none") => StpMode::None,
+        Some(_) => return None,
+    })
+}
+
+/// The JSON form of an order.
+pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
+    let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
+    json!({
+        "id": o.id.0,
+        "client_order_id": o.client_order_id,
+        "symbol": i.spec.symbol,
+        "side": o.side.as_str(),
+        "type": o.order_type.as_str(),
+        "price": format_fixed(o.price.0, pp),
+        "open_qty": format_fixed(o.leaves.0, qp),
+        "filled_qty": format_fixed(o.filled.0, qp),
+        "status": o.status.as_str(),
+        "reason": o.reason.as_str(),
+        "updated_ts": o.updated_ts,
+    })
+}
+
+fn fill_json(f: &FillView, i: &Instrument) -> Value {
+    json!({
+        "id": f.id,
+        "ts": f.ts,
+        "order_id": f.order_id.0,
+        "symbol": i.spec.symbol,
+        "side": f.side.as_str(),
+        "price": format_fixed(f.price.0, i.spec.price_precision),
+        "qty": format_fixed(f.qty.0, i.spec.qty_precision),
+    })
+}
+
+fn instrument(state: &AppState, id: tickgate_engine::InstrumentId) -> Option<&Instrument> {
+    state.engine.instruments().get(id.0 as usize)
+}
+
+fn submit_error(e: SubmitError) -> Response<Full<Bytes>> {
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "engine_busy", &e.to_string());
+    response.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    response
+}
+
+/// `POST /api/v1/orders`.
+pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authenticate(&req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    let key = req.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_string));
+    let key = match key {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX => Some(k),
+        Some(_) => return invalid_parameter("Idempotency-Key must be 1 to 128 visible characters"),
+    };
+    if let Some(response) = super::reject_non_json(&req) {
+        return response;
+    }
+    let body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return super::too_large()
+        }
+        Err(_) => {
+            return json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body")
+        }
+    };
+    let Some(key) = key else { return place_once(&body, claims.acc, state).await };
+
+    let hash = body_hash(&body);
+    let slot = (claims.acc, key);
+    {
+        let mut guard = state.idempotency.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *guard;
+        match map.get(&slot) {
+            Some(Remembered::Done(h, status, bytes)) if *h == hash => {
+                let mut response = Response::new(Full::new(bytes.clone()));
+                *response.status_mut() = *status;
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                return response;
+            }
+            Some(Remembered::InFlight(h)) if *h == hash => {
+                return json_error(
+                    StatusCode::CONFLICT,
+                    "request_in_progress",
+                    "the same request is still being processed",
+                );
+            }
+            Some(_) => {
+                return json_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                );
+            }
+            None => {}
+        }
+        map.insert(slot.clone(), Remembered::InFlight(hash));
+        order.push_back(slot.clone());
+        while order.len() > IDEMPOTENCY_KEYS_MAX {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+    let response = place_once(&body, claims.acc, state).await;
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    {
+        let mut guard = state.idempotency.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if parts.status.is_server_error() {
+            guard.0.remove(&slot); // not an answer: a retry may try again
+        } else {
+            guard.0.insert(slot, Remembered::Done(hash, parts.status, bytes.clone()));
+        }
+    }
+    Response::from_parts(parts, Full::new(bytes))
+}
+
+async fn place_once(body: &[u8], account: u32, state: &AppState) -> Response<Full<Bytes>> {
+    let mut bytes = body.to_vec();
+    let body: NewOrderBody = match simd_json::serde::from_slice(&mut bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(StatusCode::BAD_REQUEST, "malformed", &format!("invalid order: {e}"))
+        }
+    };
+    let Some(i) = state.engine.instrument_by_symbol(&body.symbol) else {
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_symbol",
+            &format!("no instrument `{}`", body.symbol),
+        );
+    };
+    let (Some(side), Some(order_type), Some(stp)) =
+        (side_of(&body.side), type_of(&body.order_type), stp_of(body.stp.as_deref()))
+    else {
+        return invalid_parameter("side is buy|sell; type is limit|ioc|fok|market|post_only; stp is cancel_resting|cancel_incoming|cancel_both|none");
+    };
+    let Some(qty) = parse_fixed(&body.qty, i.spec.qty_precision) else {
+        return invalid_parameter(&format!(
+            "qty must be a decimal with at most {} decimals",
+            i.spec.qty_precision
+        ));
+    };
+    let price = match (order_type, body.price.as_deref()) {
+        (OrderType::Market, _) => 0,
+        (_, Some(p)) => match parse_fixed(p, i.spec.price_precision) {
+            Some(p) => p,
+            None => {
+                return invalid_parameter(&format!(
+                    "price must be a decimal with at most {} decimals",
+                    i.spec.price_precision
+                ))
+            }
+        },
+        (_, None) => return invalid_parameter("price is required for this order type"),
+    };
+    let id = state.engine.allocate_order_id();
+    let answer = state.orders.wait(id, Awaiting::New);
+    let command = CommandKind::New(NewOrder {
+        order_id: id,
+        client_order_id: body.client_order_id.unwrap_or(0),
+        account: AccountId(account),
+        instrument: i.id,
+        side,
+        order_type,
+        price: Price(price),
+        qty: Qty(qty),
+        stp,
+    });
+    if let Err(e) = state.engine.submit(command) {
+        state.orders.forget(id);
+        return submit_error(e);
+    }
+    let report = match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(r)) => r,
+        _ => {
+            state.orders.forget(id);
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "engine_timeout",
+                "no answer from the engine in time",
+            );
+        }
+    };
+    if report.kind == ExecKind::Rejected {
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            report.reason.as_str(),
+            "the engine rejected the order",
+        );
+    }
+    match state.orders.order(AccountId(account), id) {
+        Some(o) => json_response(StatusCode::CREATED, &order_json(&o, i)),
+        None => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "accepted order not recorded")
+        }
+    }
+}
+
+fn parse_order_id(id: &str) -> Option<OrderId> {
+    id.parse().ok().map(OrderId)
+}
+
+/// `GET /api/v1/orders/{id}`.
+pub fn get_one<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
+    let claims = match authenticate(req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    // Another user's order answers exactly like a missing one.
+    let found = parse_order_id(id).and_then(|id| state.orders.order(AccountId(claims.acc), id));
+    match found.and_then(|o| instrument(state, o.instrument).map(|i| order_json(&o, i))) {
+        Some(body) => json_response(StatusCode::OK, &body),
+        None => json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order"),
+    }
+}
+
+/// `DELETE /api/v1/orders/{id}`.
+pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
+    let claims = match authenticate(req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    let account = AccountId(claims.acc);
+    let Some(order) = parse_order_id(id).and_then(|id| state.orders.order(account, id)) else {
+        return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
+    };
+    if order.status != Status::Open {
+        return json_error(
+            StatusCode::CONFLICT,
+            "order_closed",
+            &format!("the order is {}", order.status.as_str()),
+        );
+    }
+    let answer = state.orders.wait(order.id, Awaiting::Cancel);
+    let command = CommandKind::Cancel(CancelOrder {
+        order_id: order.id,
+        account,
+        instrument: order.instrument,
+    });
+    if let Err(e) = state.engine.submit(command) {
+        state.orders.forget(order.id);
+        return submit_error(e);
+    }
+    match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(r)) if r.kind == ExecKind::Canceled => {}
+        Ok(Ok(_)) => {
+            // Filled (or canceled otherwise) while the cancel was on its way.
+            return json_error(
+                StatusCode::CONFLICT,
+                "order_closed",
+                "the order closed before the cancel arrived",
+            );
+        }
+        _ => {
+            state.orders.forget(order.id);
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "engine_timeout",
+                "no answer from the engine in time",
+            );
+        }
+    }
+    match (state.orders.order(account, order.id), instrument(state, order.instrument)) {
+        (Some(o), Some(i)) => json_response(StatusCode::OK, &order_json(&o, i)),
+        _ => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "canceled order not recorded")
+        }
+    }
+}
+
+/// `symbol`, `cursor` and `limit` of a list request.
+struct Page {
+    symbol: Option<tickgate_engine::InstrumentId>,
+    before: Option<u64>,
+    limit: usize,
+}
+
+fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, Box<Response<Full<Bytes>>>> {
+    let query = req.uri().query();
+    let symbol = match crate::ws::query_param(query, "symbol") {
+        None => None,
+        Some(s) => match state.engine.instrument_by_symbol(s) {
+            Some(i) => Some(i.id),
+            None => {
+                let message = format!("no instrument `{s}`");
+                return Err(Box::new(json_error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_symbol",
+                    &message,
+                )));
+            }
+        },
+    };
+    let before =
+        match crate::ws::query_param(query, "cursor") {
+            None => None,
+            Some(c) => Some(c.parse().map_err(|_| {
+                Box::new(invalid_parameter("cursor must be a value from next_cursor"))
+            })?),
+        };
+    let limit =
+        number_param(req, "limit", 100, 1..=1000).map_err(|m| Box::new(invalid_parameter(&m)))?;
+    Ok(Page { symbol, before, limit })
+}
+
+/// `GET /api/v1/orders?status=open|closed&symbol=&cursor=&limit=`: newest first.
+pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authenticate(req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    let want_open = match crate::ws::query_param(req.uri().query(), "status") {
+        None => None,
+        Some("open") => Some(true),
+        Some("closed") => Some(false),
+        Some(_) => return invalid_parameter("status is open or closed"),
+    };
+    let Page { symbol, before, limit } = match page(req, state) {
+        Ok(p) => p,
+        Err(response) => return *response,
+    };
+    let orders = state.orders.orders(
+        AccountId(claims.acc),
+        before.map(OrderId),
+        |o| {
+            want_open.is_none_or(|open| (o.status == Status::Open) == open)
+                && symbol.is_none_or(|s| o.instrument == s)
+        },
+        limit,
+    );
+    let next = (orders.len() == limit).then(|| orders.last().map(|o| o.id.0)).flatten();
+    let list: Vec<Value> = orders
+        .iter()
+        .filter_map(|o| instrument(state, o.instrument).map(|i| order_json(o, i)))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "orders": list, "next_cursor": next }))
+}
+
+/// `GET /api/v1/fills?symbol=&cursor=&limit=`: newest first; a cursor never repeats or
+/// skips a fill, however many arrive meanwhile (ids only grow).
+pub fn fills<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authenticate(req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    let Page { symbol, before, limit } = match page(req, state) {
+        Ok(p) => p,
+        Err(response) => return *response,
+    };
+    let fills = state.orders.fills(AccountId(claims.acc), before, symbol, limit);
+    let next = (fills.len() == limit).then(|| fills.last().map(|f| f.id)).flatten();
+    let list: Vec<Value> = fills
+        .iter()
+        .filter_map(|f| instrument(state, f.instrument).map(|i| fill_json(f, i)))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "fills": list, "next_cursor": next }))
+}
+
+/// `GET /api/v1/positions`: net quantity per instrument from this process's fills.
+pub fn positions<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authenticate(req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    let list: Vec<Value> = state
+        .orders
+        .positions(AccountId(claims.acc))
+        .iter()
+        .filter_map(|(id, qty)| {
+            instrument(state, *id).map(|i| json!({ "symbol": i.spec.symbol, "qty": format_fixed(*qty, i.spec.qty_precision) }))
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "positions": list }))
+}

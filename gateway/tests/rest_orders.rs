@@ -1,0 +1,241 @@
+//! Order entry over real HTTP: place, fill against another user, query, cancel, idempotent
+//! retries, isolation between users, rejections, and fill pagination under new fills.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use serde_json::{json, Value};
+use tickgate_gateway::auth::DEMO_USERS;
+
+struct Api {
+    addr: SocketAddr,
+    token: String,
+}
+
+impl Api {
+    async fn login(addr: SocketAddr, user: usize) -> Api {
+        let (name, password, _) = DEMO_USERS[user];
+        let body = json!({"username": name, "password": password}).to_string();
+        let req = format!("POST /api/v1/auth/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let (status, response) = http_raw(addr, &req).await;
+        assert_eq!(status, 200, "{response}");
+        Api { addr, token: body_json(&response)["token"].as_str().expect("token").to_string() }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        extra: &str,
+    ) -> (u16, Value) {
+        let addr = self.addr;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+            self.token,
+            body.len()
+        );
+        let (status, response) = http_raw(addr, &req).await;
+        (status, body_json(&response))
+    }
+
+    async fn order(&self, body: Value) -> (u16, Value) {
+        self.call("POST", "/api/v1/orders", Some(body), "").await
+    }
+
+    async fn balance(&self, asset: &str) -> Value {
+        let (_, account) = self.call("GET", "/api/v1/account", None, "").await;
+        account["balances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["asset"] == asset)
+            .cloned()
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_fill_between_users_and_everything_agrees() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+
+    let (status, ask) = alice.order(json!({"symbol": "BTC-USD", "side": "sell", "type": "limit", "price": "65000.00", "qty": "0.5000", "client_order_id": 7})).await;
+    assert_eq!(status, 201, "{ask}");
+    assert_eq!(
+        (ask["status"].as_str(), ask["open_qty"].as_str(), ask["client_order_id"].as_u64()),
+        (Some("open"), Some("0.5000"), Some(7))
+    );
+    assert_eq!(alice.balance("BTC").await["held"], "0.50000000");
+
+    let (status, bid) = bob.order(json!({"symbol": "BTC-USD", "side": "buy", "type": "ioc", "price": "65100.00", "qty": "0.2000"})).await;
+    assert_eq!(status, 201, "{bid}");
+    let ask_id = ask["id"].as_u64().unwrap();
+    eventually_async(|| async {
+        alice.call("GET", &format!("/api/v1/orders/{ask_id}"), None, "").await.1["filled_qty"]
+            == "0.2000"
+    })
+    .await;
+    let (_, ask_now) = alice.call("GET", &format!("/api/v1/orders/{ask_id}"), None, "").await;
+    assert_eq!(
+        (ask_now["status"].as_str(), ask_now["open_qty"].as_str()),
+        (Some("open"), Some("0.3000"))
+    );
+
+    // 0.2 BTC at the maker's 65000.00 = 13000 USD moved, no money created.
+    assert_eq!(alice.balance("USD").await["total"], "1013000.000000");
+    assert_eq!(bob.balance("USD").await["total"], "987000.000000");
+    assert_eq!(bob.balance("BTC").await["total"], "1000.20000000");
+    assert_eq!(bob.balance("USD").await["held"], "0.000000", "IOC remainder released its hold");
+    let (_, fills) = alice.call("GET", "/api/v1/fills", None, "").await;
+    assert_eq!(fills["fills"][0]["qty"], "0.2000");
+    assert_eq!(fills["fills"][0]["price"], "65000.00");
+    let (_, positions) = bob.call("GET", "/api/v1/positions", None, "").await;
+    assert_eq!(positions["positions"], json!([{"symbol": "BTC-USD", "qty": "0.2000"}]));
+
+    // Bob can neither see nor cancel Alice's order.
+    let (status, body) = bob.call("GET", &format!("/api/v1/orders/{ask_id}"), None, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_order")));
+    let (status, _) = bob.call("DELETE", &format!("/api/v1/orders/{ask_id}"), None, "").await;
+    assert_eq!(status, 404);
+
+    // Alice cancels; a second cancel finds it closed; the hold is gone.
+    let (status, canceled) =
+        alice.call("DELETE", &format!("/api/v1/orders/{ask_id}"), None, "").await;
+    assert_eq!(
+        (status, canceled["status"].as_str(), canceled["reason"].as_str()),
+        (200, Some("canceled"), Some("user_canceled"))
+    );
+    let (status, body) = alice.call("DELETE", &format!("/api/v1/orders/{ask_id}"), None, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("order_closed")));
+    assert_eq!(alice.balance("BTC").await["held"], "0.00000000");
+    let (_, open) = alice.call("GET", "/api/v1/orders?status=open", None, "").await;
+    assert_eq!(open["orders"], json!([]));
+    let (_, closed) =
+        alice.call("GET", "/api/v1/orders?status=closed&symbol=BTC-USD", None, "").await;
+    assert_eq!(closed["orders"].as_array().map(Vec::len), Some(1));
+    server.shutdown().await.expect("clean shutdown");
+}
+
+async fn eventually_async<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_and_rejections() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let alice = Api::login(addr, 0).await;
+    let order = json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "3000.00", "qty": "1.000"});
+    let (s1, first) =
+        alice.call("POST", "/api/v1/orders", Some(order.clone()), "Idempotency-Key: k-1\r\n").await;
+    let (s2, again) =
+        alice.call("POST", "/api/v1/orders", Some(order.clone()), "Idempotency-Key: k-1\r\n").await;
+    assert_eq!((s1, s2), (201, 201));
+    assert_eq!(first["id"], again["id"], "a retry returns the original order");
+    let (s3, other) = alice.call("POST", "/api/v1/orders", Some(json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "3000.00", "qty": "2.000"})), "Idempotency-Key: k-1\r\n").await;
+    assert_eq!((s3, other["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
+    let (_, open) = alice.call("GET", "/api/v1/orders?status=open", None, "").await;
+    assert_eq!(open["orders"].as_array().map(Vec::len), Some(1), "exactly one order exists");
+
+    for (body, status, code) in [
+        (
+            json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "3000.00", "qty": "100000.000"}),
+            422,
+            "insufficient_funds",
+        ),
+        (
+            json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "3000.001", "qty": "1.000"}),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "qty": "1.000"}),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            json!({"symbol": "ETH-USD", "side": "up", "type": "limit", "price": "1.00", "qty": "1.000"}),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            json!({"symbol": "ETH-USD", "side": "buy", "type": "post_only", "price": "0.00", "qty": "1.000"}),
+            422,
+            "price_out_of_band",
+        ),
+        (
+            json!({"symbol": "NOPE", "side": "buy", "type": "limit", "price": "1.00", "qty": "1.000"}),
+            422,
+            "unknown_symbol",
+        ),
+        (json!({"symbol": "ETH-USD"}), 400, "malformed"),
+    ] {
+        let (got, answer) = alice.order(body.clone()).await;
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body}");
+    }
+    let anonymous = Api { addr, token: "nope".into() };
+    let (status, _) = anonymous.order(order).await;
+    assert_eq!(status, 401);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_pages_never_repeat_or_skip_while_fills_arrive() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let trade = |n: usize| {
+        let (alice, bob) = (&alice, &bob);
+        async move {
+            for _ in 0..n {
+                let (s, _) = alice.order(json!({"symbol": "SOL-USD", "side": "sell", "type": "limit", "price": "150.00", "qty": "1.00"})).await;
+                assert_eq!(s, 201);
+                let (s, _) = bob.order(json!({"symbol": "SOL-USD", "side": "buy", "type": "ioc", "price": "150.00", "qty": "1.00"})).await;
+                assert_eq!(s, 201);
+            }
+        }
+    };
+    trade(10).await;
+    eventually_async(|| async {
+        alice.call("GET", "/api/v1/fills?limit=1000", None, "").await.1["fills"]
+            .as_array()
+            .map(Vec::len)
+            == Some(10)
+    })
+    .await;
+    let (_, all) = alice.call("GET", "/api/v1/fills?limit=1000", None, "").await;
+    let original: Vec<u64> =
+        all["fills"].as_array().unwrap().iter().map(|f| f["id"].as_u64().unwrap()).collect();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<u64> = None;
+    loop {
+        let path = match cursor {
+            Some(c) => format!("/api/v1/fills?limit=3&cursor={c}"),
+            None => "/api/v1/fills?limit=3".to_string(),
+        };
+        let (_, page) = alice.call("GET", &path, None, "").await;
+        seen.extend(page["fills"].as_array().unwrap().iter().map(|f| f["id"].as_u64().unwrap()));
+        trade(1).await; // new fills land while we page
+        match page["next_cursor"].as_u64() {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "strictly newest first: {seen:?}");
+    assert_eq!(seen, original, "every fill exactly once, none of the new ones mixed in");
+    server.shutdown().await.expect("clean shutdown");
+}
