@@ -64,6 +64,20 @@ struct ConnStats {
     latency: Histogram<u64>,
 }
 
+impl ConnStats {
+    fn empty() -> anyhow::Result<ConnStats> {
+        Ok(ConnStats {
+            messages: 0,
+            bytes: 0,
+            resyncs: 0,
+            gaps: 0,
+            seq_breaks: 0,
+            closed: None,
+            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?,
+        })
+    }
+}
+
 /// The probe's result.
 #[derive(Debug)]
 pub struct Report {
@@ -115,30 +129,14 @@ async fn run_connection(
     let channels = channels_for(&config, index);
     if config.idle {
         tokio::time::sleep_until(stop.into()).await;
-        return Ok(ConnStats {
-            messages: 0,
-            bytes: 0,
-            resyncs: 0,
-            gaps: 0,
-            seq_breaks: 0,
-            closed: None,
-            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?,
-        });
+        return ConnStats::empty();
     }
     client::send_json(
         &mut ws,
         &serde_json::json!({"op": "subscribe", "id": index, "channels": channels, "depth": 20}),
     )
     .await?;
-    let mut stats = ConnStats {
-        messages: 0,
-        bytes: 0,
-        resyncs: 0,
-        gaps: 0,
-        seq_breaks: 0,
-        closed: None,
-        latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?,
-    };
+    let mut stats = ConnStats::empty()?;
     // Last sequence per channel for the contiguous kinds (book deltas, trades).
     let mut last: HashMap<u32, u64> = HashMap::new();
     loop {
