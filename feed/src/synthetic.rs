@@ -84,6 +84,19 @@ struct MarketFlow {
     live: VecDeque<Quote>,
 }
 
+impl MarketFlow {
+    /// `ticks` away from fair towards the aggressive side (buy: up, sell: down), clamped to
+    /// the instrument's band; negative `ticks` go passive.
+    fn price_from_fair(&self, side: Side, ticks: i64) -> i64 {
+        let step = ticks * self.tick;
+        let price = match side {
+            Side::Buy => self.fair + step,
+            Side::Sell => self.fair - step,
+        };
+        price.clamp(self.price_min, self.price_max)
+    }
+}
+
 /// The generator. Call [`SyntheticFlow::next_command`] for each command.
 #[derive(Debug)]
 pub struct SyntheticFlow {
@@ -185,11 +198,8 @@ impl SyntheticFlow {
         let account = self.pick(&self.config.maker_accounts.clone());
         let id = ids.next_order_id();
         let market = &mut self.markets[m];
-        let price = match side {
-            Side::Buy => market.fair - offset * market.tick,
-            Side::Sell => market.fair + offset * market.tick,
-        }
-        .clamp(market.price_min, market.price_max);
+        // Makers stay on their own side of fair.
+        let price = market.price_from_fair(side, -offset);
         market.live.push_back(Quote { id, account, price, lots });
         CommandKind::New(NewOrder {
             order_id: id,
@@ -249,11 +259,8 @@ impl SyntheticFlow {
         let account = self.pick(&self.config.taker_accounts.clone());
         let id = ids.next_order_id();
         let market = &self.markets[m];
-        let price = match side {
-            Side::Buy => market.fair + reach * market.tick,
-            Side::Sell => market.fair - reach * market.tick,
-        }
-        .clamp(market.price_min, market.price_max);
+        // Takers reach across fair.
+        let price = market.price_from_fair(side, reach);
         CommandKind::New(NewOrder {
             order_id: id,
             client_order_id: id.0,

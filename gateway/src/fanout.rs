@@ -808,13 +808,3 @@ impl Publisher {
         self.store(channel, state, chunk);
     }
 }
-
-/// Counts subscribers (for tests and metrics).
-pub fn subscriber_count(channel: &Channel) -> usize {
-    channel.lock().subscribers.len()
-}
-
-/// Total JSON subscribers across channels.
-pub fn json_subscribers(directory: &Directory) -> usize {
-    directory.all().iter().map(|c| c.lock().json_subscribers).sum()
-}
