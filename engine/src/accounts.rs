@@ -5,6 +5,7 @@
 //! `0 <= held <= total` for every balance, and money only enters or leaves through
 //! transfers, so the sum of every asset over all accounts changes by nothing else.
 
+use crate::snapshot::{ByteReader, StateError};
 use crate::types::{AccountId, Amount, AssetId, InstrumentId, Qty, Seq};
 
 /// One account's balance of one asset.
@@ -165,6 +166,47 @@ impl Ledger {
             assert!(b.held.0 >= 0, "negative hold at balance {i}: {b:?}");
             assert!(b.held.0 <= b.total.0, "hold above total at balance {i}: {b:?}");
         }
+    }
+
+    /// Appends sizes, balances, positions and report sequences (for snapshots).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.accounts().to_le_bytes());
+        for b in &self.balances {
+            out.extend_from_slice(&b.total.0.to_le_bytes());
+            out.extend_from_slice(&b.held.0.to_le_bytes());
+        }
+        for p in &self.positions {
+            out.extend_from_slice(&p.0.to_le_bytes());
+        }
+        for s in &self.exec_seq {
+            out.extend_from_slice(&s.0.to_le_bytes());
+        }
+    }
+
+    /// Reads what [`Ledger::encode_into`] wrote into this ledger, which must have the same
+    /// table sizes; balances must satisfy `0 <= held <= total`.
+    pub(crate) fn decode_from(&mut self, r: &mut ByteReader<'_>) -> Result<(), StateError> {
+        let accounts = r.u32()?;
+        if accounts != self.accounts() {
+            return Err(r.error(format!(
+                "snapshot has {accounts} accounts, this configuration {}",
+                self.accounts()
+            )));
+        }
+        for b in &mut self.balances {
+            let (total, held) = (r.i64()?, r.i64()?);
+            if held < 0 || held > total {
+                return Err(r.error("balance with a hold outside 0..=total"));
+            }
+            *b = Balance { total: Amount(total), held: Amount(held) };
+        }
+        for p in &mut self.positions {
+            *p = Qty(r.i64()?);
+        }
+        for s in &mut self.exec_seq {
+            *s = Seq(r.u64()?);
+        }
+        Ok(())
     }
 
     /// Folds every balance, position and sequence into `hash` (FNV-1a), for state digests.

@@ -14,6 +14,7 @@ use crate::command::{
 };
 use crate::event::{Bbo, BookDelta, Event, ExecKind, ExecReport, Trade};
 use crate::instrument::{default_markets, Asset, Instrument, InstrumentError, InstrumentSpec};
+use crate::snapshot::{ByteReader, StateError};
 use crate::types::{
     AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Seq, Side, UnixNanos,
 };
@@ -152,6 +153,7 @@ pub struct Engine {
     ledger: Ledger,
     touched: Vec<(Side, Price, Qty)>,
     counters: EngineCounters,
+    max_order_id: u64,
 }
 
 fn report(
@@ -493,7 +495,125 @@ impl Engine {
             markets,
             touched: Vec::with_capacity(64),
             counters: EngineCounters::default(),
+            max_order_id: 0,
         })
+    }
+
+    /// Largest order id any new order has carried (accepted or not): ids handed out after
+    /// a restart start above it.
+    pub fn max_order_id(&self) -> u64 {
+        self.max_order_id
+    }
+
+    /// Appends the whole state (see [`crate::snapshot`] for the file around it): table
+    /// sizes, counters, the ledger, and per owned market its channel sequences, last top
+    /// of book and resting orders in priority order.
+    pub fn encode_state(&self, out: &mut Vec<u8>) {
+        let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
+        out.extend_from_slice(&(self.assets.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.instruments.len() as u32).to_le_bytes());
+        let c = &self.counters;
+        for v in [c.commands, c.rejects, c.trades, c.events, self.max_order_id] {
+            put(out, v);
+        }
+        self.ledger.encode_into(out);
+        let owned: Vec<&Market> = self.markets.iter().flatten().collect();
+        out.extend_from_slice(&(owned.len() as u32).to_le_bytes());
+        for m in owned {
+            out.extend_from_slice(&m.instrument.id.0.to_le_bytes());
+            for v in [m.trades_seq.0, m.book_seq.0, m.bbo_seq.0] {
+                put(out, v);
+            }
+            let (bp, bq, ap, aq) = m.top;
+            for v in [bp.0, bq.0, ap.0, aq.0] {
+                put(out, v as u64);
+            }
+            out.extend_from_slice(&(m.book.order_count() as u32).to_le_bytes());
+            for side in [Side::Buy, Side::Sell] {
+                for o in m.book.orders(side) {
+                    put(out, o.id.0);
+                    put(out, o.client_order_id);
+                    out.extend_from_slice(&o.account.0.to_le_bytes());
+                    for v in [o.price.0, o.leaves.0, o.filled.0] {
+                        put(out, v as u64);
+                    }
+                    out.extend_from_slice(&[o.side.as_u8(), o.order_type.as_u8(), o.stp.as_u8()]);
+                }
+            }
+        }
+    }
+
+    /// An engine built from `spec` (owning what `owns` says) with the state that
+    /// [`Engine::encode_state`] wrote. The tables must match `spec` exactly and every order
+    /// must be valid for its book; otherwise the state is refused.
+    pub fn restore_state(
+        spec: &EngineSpec,
+        owns: impl Fn(InstrumentId) -> bool,
+        bytes: &[u8],
+    ) -> Result<Engine, StateError> {
+        let mut e = Engine::new(spec, owns)
+            .map_err(|err| StateError { at: 0, what: format!("engine spec: {err}") })?;
+        let mut r = ByteReader::new(bytes);
+        let (assets, instruments) = (r.u32()? as usize, r.u32()? as usize);
+        if assets != e.assets.len() || instruments != e.instruments.len() {
+            return Err(r.error(format!(
+                "tables differ: snapshot has {assets} assets and {instruments} instruments, \
+                 this configuration {} and {}",
+                e.assets.len(),
+                e.instruments.len()
+            )));
+        }
+        e.counters = EngineCounters {
+            commands: r.u64()?,
+            rejects: r.u64()?,
+            trades: r.u64()?,
+            events: r.u64()?,
+        };
+        e.max_order_id = r.u64()?;
+        e.ledger.decode_from(&mut r)?;
+        let owned = r.u32()? as usize;
+        if owned != e.markets.iter().flatten().count() {
+            return Err(r.error(format!("snapshot holds {owned} markets, this shard owns others")));
+        }
+        for _ in 0..owned {
+            let id = r.u32()?;
+            let Some(Some(m)) = e.markets.get_mut(id as usize) else {
+                return Err(r.error(format!("instrument {id} is not owned by this shard")));
+            };
+            m.trades_seq = Seq(r.u64()?);
+            m.book_seq = Seq(r.u64()?);
+            m.bbo_seq = Seq(r.u64()?);
+            m.top = (Price(r.i64()?), Qty(r.i64()?), Price(r.i64()?), Qty(r.i64()?));
+            let count = r.u32()?;
+            for _ in 0..count {
+                let id = OrderId(r.u64()?);
+                let client_order_id = r.u64()?;
+                let account = AccountId(r.u32()?);
+                let (price, leaves, filled) = (Price(r.i64()?), Qty(r.i64()?), Qty(r.i64()?));
+                let side = Side::from_u8(r.u8()?).ok_or_else(|| r.error("side"))?;
+                let order_type = OrderType::from_u8(r.u8()?).ok_or_else(|| r.error("type"))?;
+                let stp = StpMode::from_u8(r.u8()?).ok_or_else(|| r.error("stp mode"))?;
+                if leaves.0 <= 0 || filled.0 < 0 || m.book.contains(id) || price.0 <= 0 {
+                    return Err(r.error(format!("order {} is not a valid resting order", id.0)));
+                }
+                let order = RestingOrder {
+                    id,
+                    client_order_id,
+                    account,
+                    price,
+                    leaves,
+                    filled,
+                    side,
+                    order_type,
+                    stp,
+                };
+                m.book.insert(order).map_err(|_| r.error("book capacity exceeded"))?;
+            }
+        }
+        if !r.finished() {
+            return Err(r.error("bytes after the last market"));
+        }
+        Ok(e)
     }
 
     /// The asset table.
@@ -542,7 +662,10 @@ impl Engine {
     pub fn process<S: EventSink>(&mut self, cmd: &Command, out: &mut S) {
         self.counters.commands += 1;
         match &cmd.kind {
-            CommandKind::New(o) => self.new_order(cmd.ts, o, out),
+            CommandKind::New(o) => {
+                self.max_order_id = self.max_order_id.max(o.order_id.0);
+                self.new_order(cmd.ts, o, out)
+            }
             CommandKind::Cancel(c) => self.cancel(cmd.ts, c, out),
             CommandKind::Replace(r) => self.replace(cmd.ts, r, out),
             CommandKind::Transfer(t) => self.transfer(cmd.ts, t, out),

@@ -16,9 +16,11 @@ pub mod command;
 pub mod engine;
 pub mod event;
 pub mod instrument;
+pub mod journal;
 pub mod l2;
 pub mod ring;
 pub mod runtime;
+pub mod snapshot;
 pub mod types;
 
 pub use accounts::{Balance, Ledger};
