@@ -446,6 +446,11 @@ impl JournalWriter {
         self.next_seq
     }
 
+    /// Bytes appended but not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Current segment file.
     pub fn path(&self) -> &Path {
         &self.path

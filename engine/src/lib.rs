@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod book;
 pub mod command;
+pub mod durable;
 pub mod engine;
 pub mod event;
 pub mod instrument;

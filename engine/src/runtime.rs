@@ -24,14 +24,24 @@ use crossbeam_utils::{Backoff, CachePadded};
 use crate::accounts::Balance;
 use crate::book::BookSnapshot;
 use crate::command::{Command, CommandKind, Transfer};
+use crate::durable::{
+    journal_loop, recover, snapshot_loop, DurabilityConfig, Failure, JournalItem, JournalStage,
+    JournalStats, Recovery, SnapshotJob,
+};
 use crate::engine::{Engine, EngineCounters, EngineSpec};
+use crate::event::Event;
 use crate::instrument::{Asset, Instrument, InstrumentError};
+use crate::journal::{JournalError, JournalWriter};
 use crate::ring::{EventRing, RingReader, RingWriter};
 use crate::types::{AccountId, AssetId, InstrumentId, OrderId, UnixNanos};
 
 /// Called by a shard thread after it publishes a batch of events (e.g. to wake async
 /// readers). Must be cheap and must not block.
 pub type PublishHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Called with `(shard, event)` for every event recovery replays from the journal (before
+/// any thread starts), so state kept outside the engine can be rebuilt.
+pub type ReplayHook = Arc<dyn Fn(usize, &Event) + Send + Sync>;
 
 /// How the engine runs.
 #[derive(Clone)]
@@ -51,6 +61,10 @@ pub struct RuntimeConfig {
     /// How long an idle shard thread spins before it parks: lower latency for the first
     /// command after a pause, at the cost of a busy core while idle.
     pub idle_spin: Duration,
+    /// Journal, snapshots and recovery; `None`: state lives in memory only.
+    pub durability: Option<DurabilityConfig>,
+    /// Sees every event recovery replays.
+    pub on_replay: Option<ReplayHook>,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -61,6 +75,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("ring_capacity", &self.ring_capacity)
             .field("batch_max", &self.batch_max)
             .field("idle_spin", &self.idle_spin)
+            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +90,8 @@ impl Default for RuntimeConfig {
             batch_max: 1024,
             on_publish: None,
             idle_spin: Duration::from_micros(50),
+            durability: None,
+            on_replay: None,
         }
     }
 }
@@ -94,19 +111,59 @@ pub enum SubmitError {
     /// No such shard.
     #[error("unknown shard")]
     UnknownShard,
+    /// The journal could not be written: the engine takes no more commands.
+    #[error("journal failed; the engine takes no more commands")]
+    JournalFailed,
+}
+
+/// Why the engine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The instrument table is invalid.
+    #[error(transparent)]
+    Instrument(#[from] InstrumentError),
+    /// Recovery found damage, or the data directory is unusable.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// A shard's state digest, taken between two commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardDigest {
+    /// [`Engine::state_digest`].
+    pub state: u64,
+    /// Running totals.
+    pub counters: EngineCounters,
+    /// Journal sequence of the last applied command (0 without a journal).
+    pub journal_seq: u64,
 }
 
 /// A read-only question answered by a shard between two commands.
 enum Query {
     Book { instrument: InstrumentId, depth: usize, reply: Sender<Option<BookSnapshot>> },
     Balances { account: AccountId, reply: Sender<Option<Vec<Balance>>> },
-    Digest { reply: Sender<(u64, EngineCounters)> },
+    Digest { reply: Sender<ShardDigest> },
 }
 
 enum Request {
     Command(Command),
     Query(Query),
+    /// A journaled batch, in journal order (durable shards only).
+    Batch(Vec<Request>),
     Stop,
+}
+
+impl JournalItem for Request {
+    fn command_mut(&mut self) -> Option<&mut Command> {
+        match self {
+            Request::Command(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn is_stop(&self) -> bool {
+        matches!(self, Request::Stop)
+    }
 }
 
 /// Per-shard counters, updated once per batch.
@@ -142,6 +199,8 @@ struct ShardLink {
     tx: Sender<Request>,
     ring: Arc<EventRing>,
     stats: Arc<ShardStats>,
+    journal: Option<Arc<JournalStats>>,
+    failure: Arc<Failure>,
 }
 
 struct Shared {
@@ -168,6 +227,8 @@ impl std::fmt::Debug for EngineHandle {
 pub struct EngineRuntime {
     handle: EngineHandle,
     threads: Vec<JoinHandle<Engine>>,
+    helpers: Vec<JoinHandle<()>>,
+    recoveries: Vec<Recovery>,
 }
 
 /// Wall-clock nanoseconds since the epoch (0 if the clock is before 1970).
@@ -177,19 +238,39 @@ pub fn now_nanos() -> UnixNanos {
 }
 
 impl EngineRuntime {
-    /// Builds every shard and starts its thread.
-    pub fn start(config: RuntimeConfig) -> Result<EngineRuntime, InstrumentError> {
+    /// Builds every shard (recovering it from its data directory when durability is on)
+    /// and starts its threads.
+    pub fn start(config: RuntimeConfig) -> Result<EngineRuntime, StartError> {
         let shard_count = config.shards.max(1);
         let mut links = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
+        let mut helpers = Vec::new();
+        let mut recoveries = Vec::new();
         let mut instruments = Vec::new();
+        let mut max_order_id = 0;
         for shard in 0..shard_count {
-            let engine = Engine::new(&config.spec, |i| i.0 as usize % shard_count == shard)?;
+            let owns = move |i: InstrumentId| i.0 as usize % shard_count == shard;
+            let (engine, recovery) = match &config.durability {
+                Some(d) => {
+                    let hook = config.on_replay.clone();
+                    let mut on_event = |e: &Event| {
+                        if let Some(h) = &hook {
+                            h(shard, e);
+                        }
+                    };
+                    let (engine, r) =
+                        recover(&d.shard_dir(shard), shard, &config.spec, owns, &mut on_event)?;
+                    (engine, Some(r))
+                }
+                None => (Engine::new(&config.spec, owns)?, None),
+            };
             instruments = engine.instruments().to_vec();
+            max_order_id = max_order_id.max(engine.max_order_id());
             let (tx, rx) = bounded(config.queue_capacity.max(1));
             let (ring, writer) = EventRing::with_capacity(config.ring_capacity);
             let stats = Arc::new(ShardStats::default());
-            let worker = ShardWorker {
+            let failure = Arc::new(Failure::default());
+            let mut worker = ShardWorker {
                 engine,
                 rx,
                 writer,
@@ -198,22 +279,73 @@ impl EngineRuntime {
                 on_publish: config.on_publish.clone(),
                 idle_spin: config.idle_spin,
                 last_ts: UnixNanos(0),
+                durable: None,
             };
+            let mut journal = None;
+            if let (Some(d), Some(r)) = (&config.durability, &recovery) {
+                let dir = d.shard_dir(shard);
+                let writer = JournalWriter::open(&dir, shard as u32, r.next_seq, d.segment_bytes)?;
+                let jstats = Arc::new(JournalStats::default());
+                jstats.applied_seq.store(r.next_seq - 1, Ordering::Relaxed);
+                let (batch_tx, batch_rx) = bounded::<Request>(4);
+                let (snap_tx, snap_rx) = bounded::<SnapshotJob>(1);
+                let queue = std::mem::replace(&mut worker.rx, batch_rx);
+                let stage = JournalStage {
+                    writer,
+                    mode: d.mode,
+                    batch_max: d.batch_max.max(1),
+                    last_ts: UnixNanos(r.last_ts),
+                    stats: Arc::clone(&jstats),
+                    failure: Arc::clone(&failure),
+                };
+                helpers.push(
+                    std::thread::Builder::new()
+                        .name(format!("journal-{shard}"))
+                        .spawn(move || {
+                            let forward = |batch| batch_tx.send(Request::Batch(batch)).is_ok();
+                            journal_loop(stage, queue, forward)
+                        })
+                        .expect("spawning a journal thread at start-up"),
+                );
+                let (ss, sf) = (Arc::clone(&jstats), Arc::clone(&failure));
+                helpers.push(
+                    std::thread::Builder::new()
+                        .name(format!("snapshot-{shard}"))
+                        .spawn(move || snapshot_loop(dir, snap_rx, ss, sf))
+                        .expect("spawning a snapshot thread at start-up"),
+                );
+                worker.durable = Some(DurableState {
+                    shard: shard as u32,
+                    applied_seq: r.next_seq - 1,
+                    last_snapshot_seq: r.snapshot.as_ref().map_or(0, |(_, seq)| *seq),
+                    snapshot_every: d.snapshot_every,
+                    snapshots: snap_tx,
+                    stats: Arc::clone(&jstats),
+                });
+                worker.last_ts = UnixNanos(r.last_ts);
+                journal = Some(jstats);
+            }
             let thread = std::thread::Builder::new()
                 .name(format!("engine-{shard}"))
                 .spawn(move || worker.run())
                 .expect("spawning an engine thread at start-up");
-            links.push(ShardLink { tx, ring, stats });
+            links.push(ShardLink { tx, ring, stats, journal, failure });
             threads.push(thread);
+            recoveries.extend(recovery);
         }
         let shared = Arc::new(Shared {
             shards: links,
             instruments,
             assets: config.spec.assets.clone(),
-            next_order_id: AtomicU64::new(1),
+            next_order_id: AtomicU64::new(max_order_id + 1),
             stopped: AtomicBool::new(false),
         });
-        Ok(EngineRuntime { handle: EngineHandle { shared }, threads })
+        Ok(EngineRuntime { handle: EngineHandle { shared }, threads, helpers, recoveries })
+    }
+
+    /// What recovery did, per shard (empty without durability).
+    pub fn recoveries(&self) -> &[Recovery] {
+        &self.recoveries
     }
 
     /// A handle to this engine.
@@ -228,7 +360,15 @@ impl EngineRuntime {
             // A full queue still takes the stop eventually: this blocks until there is room.
             let _ = link.tx.send(Request::Stop);
         }
-        self.threads.into_iter().map(|t| t.join().expect("engine thread does not panic")).collect()
+        let engines = self
+            .threads
+            .into_iter()
+            .map(|t| t.join().expect("engine thread does not panic"))
+            .collect();
+        for helper in self.helpers {
+            let _ = helper.join();
+        }
+        engines
     }
 }
 
@@ -275,8 +415,12 @@ impl EngineHandle {
             return Err(SubmitError::Stopped);
         }
         let link = self.shared.shards.get(shard).ok_or(SubmitError::UnknownShard)?;
+        if link.failure.is_failed() {
+            return Err(SubmitError::JournalFailed);
+        }
         link.tx.try_send(request).map_err(|e| match e {
             TrySendError::Full(_) => SubmitError::QueueFull,
+            TrySendError::Disconnected(_) if link.failure.is_failed() => SubmitError::JournalFailed,
             TrySendError::Disconnected(_) => SubmitError::Stopped,
         })
     }
@@ -329,9 +473,19 @@ impl EngineHandle {
         self.ask(shard, |reply| Query::Balances { account, reply })
     }
 
-    /// State digest and counters of `shard`, taken between two commands.
-    pub fn digest(&self, shard: usize) -> Result<(u64, EngineCounters), SubmitError> {
+    /// State digest, counters and journal position of `shard`, taken between two commands.
+    pub fn digest(&self, shard: usize) -> Result<ShardDigest, SubmitError> {
         self.ask(shard, |reply| Query::Digest { reply })
+    }
+
+    /// Journal counters of `shard` (`None` without durability).
+    pub fn journal_stats(&self, shard: usize) -> Option<&Arc<JournalStats>> {
+        self.shared.shards.get(shard)?.journal.as_ref()
+    }
+
+    /// The first journal or snapshot failure of any shard.
+    pub fn durability_failure(&self) -> Option<String> {
+        self.shared.shards.iter().find_map(|l| l.failure.message())
     }
 
     /// A reader of `shard`'s events, starting at the next event.
@@ -371,6 +525,18 @@ struct ShardWorker {
     on_publish: Option<PublishHook>,
     idle_spin: Duration,
     last_ts: UnixNanos,
+    durable: Option<DurableState>,
+}
+
+/// What a durable shard's engine thread tracks: its journal position and when to
+/// snapshot.
+struct DurableState {
+    shard: u32,
+    applied_seq: u64,
+    last_snapshot_seq: u64,
+    snapshot_every: u64,
+    snapshots: Sender<SnapshotJob>,
+    stats: Arc<JournalStats>,
 }
 
 impl ShardWorker {
@@ -404,14 +570,30 @@ impl ShardWorker {
     fn handle(&mut self, request: Request) -> bool {
         match request {
             Request::Command(mut command) => {
-                // Ingest time, made monotonic per shard so replays and clients can rely on
-                // timestamps never going backwards.
-                let now = now_nanos().max(self.last_ts);
-                self.last_ts = now;
-                command.ts = now;
+                match &mut self.durable {
+                    // Stamped by the journal stage, which wrote it down with that stamp.
+                    Some(d) => {
+                        d.applied_seq += 1;
+                        self.last_ts = command.ts;
+                    }
+                    // Ingest time, made monotonic per shard so replays and clients can rely
+                    // on timestamps never going backwards.
+                    None => {
+                        let now = now_nanos().max(self.last_ts);
+                        self.last_ts = now;
+                        command.ts = now;
+                    }
+                }
                 self.engine.process(&command, &mut self.writer);
             }
             Request::Query(query) => self.answer(query),
+            Request::Batch(requests) => {
+                for request in requests {
+                    if !self.handle(request) {
+                        return false;
+                    }
+                }
+            }
             Request::Stop => return false,
         }
         true
@@ -435,8 +617,30 @@ impl ShardWorker {
                 let _ = reply.send(balances);
             }
             Query::Digest { reply } => {
-                let _ = reply.send((self.engine.state_digest(), self.engine.counters()));
+                let _ = reply.send(ShardDigest {
+                    state: self.engine.state_digest(),
+                    counters: self.engine.counters(),
+                    journal_seq: self.durable.as_ref().map_or(0, |d| d.applied_seq),
+                });
             }
+        }
+    }
+
+    /// Durable shards: publish the journal position and hand a snapshot over when due
+    /// (skipped, and retried after the next batch, while the previous one is being written).
+    fn after_batch(&mut self) {
+        let Some(d) = &mut self.durable else { return };
+        d.stats.applied_seq.store(d.applied_seq, Ordering::Relaxed);
+        if d.snapshot_every == 0
+            || d.applied_seq < d.last_snapshot_seq + d.snapshot_every
+            || d.snapshots.is_full()
+        {
+            return;
+        }
+        let bytes =
+            crate::snapshot::encode_snapshot(&self.engine, d.shard, d.applied_seq, self.last_ts.0);
+        if d.snapshots.try_send(SnapshotJob { seq: d.applied_seq, bytes }).is_ok() {
+            d.last_snapshot_seq = d.applied_seq;
         }
     }
 
@@ -457,6 +661,7 @@ impl ShardWorker {
             self.writer.publish();
             batches += 1;
             self.stats.store(&self.engine.counters(), batches);
+            self.after_batch();
             if let Some(hook) = &self.on_publish {
                 hook();
             }

@@ -1,0 +1,497 @@
+//! Durability around an engine shard: recovery at start, the journaling stage in front of
+//! the engine thread, and the snapshot writer behind it.
+//!
+//! With durability on, a shard is a three-stage pipeline:
+//!
+//! ```text
+//! submitters ─▶ queue ─▶ journal thread ─▶ batch channel ─▶ engine thread ─▶ event ring
+//!                         (stamp, append,                    (apply, publish)
+//!                          write, fdatasync)                        │ every N commands
+//!                                                                   ▼
+//!                                                           snapshot thread
+//!                                                  (write atomically, prune old files)
+//! ```
+//!
+//! The journal thread takes every queued request at once (up to a batch limit), stamps
+//! each command with its ingest time, appends them all, writes the batch with one `write`
+//! and covers it with one `fdatasync` (group commit), and only then hands the batch to the
+//! engine. The engine therefore never holds a command that is not on disk, so nothing it
+//! says (execution reports, market data, query answers) can be undone by a crash. While
+//! the disk syncs one batch, the engine applies the previous one and the next one gathers
+//! in the queue: under load, batches grow until the disk keeps up.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::engine::{Engine, EngineSpec, EventSink};
+use crate::event::{Event, EventDigest};
+use crate::journal::{list_segments, read_segment, JournalError, JournalWriter, SyncMode};
+use crate::snapshot::{list_snapshots, read_snapshot};
+use crate::types::{InstrumentId, UnixNanos};
+
+/// Where and how commands are journaled.
+#[derive(Clone, Debug)]
+pub struct DurabilityConfig {
+    /// Data directory; shard `i` keeps its files in `<dir>/shard-<i>`.
+    pub dir: PathBuf,
+    /// When a batch counts as written.
+    pub mode: SyncMode,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Commands between two snapshots (0: never).
+    pub snapshot_every: u64,
+    /// Most commands one journal batch (one write, one sync) takes.
+    pub batch_max: usize,
+}
+
+impl DurabilityConfig {
+    /// Defaults for `dir`: fsync mode, 64 MiB segments, a snapshot every million commands.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DurabilityConfig {
+            dir: dir.into(),
+            mode: SyncMode::Fsync,
+            segment_bytes: 64 << 20,
+            snapshot_every: 1_000_000,
+            batch_max: 16_384,
+        }
+    }
+
+    /// Directory of shard `shard`.
+    pub fn shard_dir(&self, shard: usize) -> PathBuf {
+        shard_dir(&self.dir, shard)
+    }
+}
+
+/// Directory of shard `shard` under a data directory.
+pub fn shard_dir(dir: &Path, shard: usize) -> PathBuf {
+    dir.join(format!("shard-{shard}"))
+}
+
+/// What recovery of one shard did.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// The shard.
+    pub shard: usize,
+    /// Snapshot the state started from, with its sequence.
+    pub snapshot: Option<(PathBuf, u64)>,
+    /// Newer snapshots that failed verification and were passed over, with the reason.
+    pub skipped_snapshots: Vec<String>,
+    /// Journal records applied after the snapshot.
+    pub replayed: u64,
+    /// Torn tail cut from the last segment: file and bytes.
+    pub torn: Option<(PathBuf, u64)>,
+    /// Sequence the next command gets.
+    pub next_seq: u64,
+    /// Ingest timestamp of the last recovered command (0 if none).
+    pub last_ts: u64,
+    /// Time recovery took.
+    pub elapsed: Duration,
+}
+
+impl Recovery {
+    /// Whether the shard started from nothing (no snapshot, no journal).
+    pub fn is_fresh(&self) -> bool {
+        self.next_seq == 1
+    }
+}
+
+struct FnSink<'a>(&'a mut dyn FnMut(&Event));
+
+impl EventSink for FnSink<'_> {
+    #[inline]
+    fn push(&mut self, event: Event) {
+        (self.0)(&event);
+    }
+}
+
+/// Rebuilds shard `shard` from `dir`: the newest snapshot that verifies, then every
+/// journal record after it, in order, each event passed to `on_event`. A torn last record
+/// is cut from the file (and reported); any other damage, a gap in sequences or an
+/// unknown version is an error naming the file and offset, and nothing starts.
+pub fn recover(
+    dir: &Path,
+    shard: usize,
+    spec: &EngineSpec,
+    owns: impl Fn(InstrumentId) -> bool + Copy,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(Engine, Recovery), JournalError> {
+    let started = Instant::now();
+    let mut report = Recovery { shard, ..Recovery::default() };
+    let mut engine = None;
+    let mut from_seq = 0u64;
+    for (seq, path) in list_snapshots(dir)?.into_iter().rev() {
+        match read_snapshot(&path, shard as u32, spec, owns) {
+            Ok(loaded) => {
+                from_seq = loaded.seq;
+                report.last_ts = loaded.last_ts;
+                report.snapshot = Some((path, seq));
+                engine = Some(loaded.engine);
+                break;
+            }
+            Err(e) => report.skipped_snapshots.push(e.to_string()),
+        }
+    }
+    let mut engine = match engine {
+        Some(e) => e,
+        None => Engine::new(spec, owns).map_err(|e| JournalError::Corrupt {
+            path: dir.to_path_buf(),
+            offset: 0,
+            what: format!("engine spec: {e}"),
+        })?,
+    };
+    let segments = list_segments(dir)?;
+    let mut sink = FnSink(on_event);
+    let replay = replay_segments(&segments, shard, from_seq + 1, &mut engine, &mut sink)?;
+    if let Some((path, valid, torn)) = replay.torn {
+        cut(&path, valid)?;
+        report.torn = Some((path, torn));
+    }
+    if replay.records > 0 {
+        report.last_ts = replay.last_ts;
+    }
+    report.replayed = replay.records;
+    let next = replay.next;
+    report.next_seq = next;
+    report.elapsed = started.elapsed();
+    Ok((engine, report))
+}
+
+struct Replay {
+    records: u64,
+    next: u64,
+    last_ts: u64,
+    /// Torn tail found: file, valid bytes, torn bytes.
+    torn: Option<(PathBuf, u64, u64)>,
+}
+
+/// Applies every record from sequence `next` on, checking that segments follow each
+/// other without gap or overlap. Segments wholly before `next` are not read.
+fn replay_segments(
+    segments: &[(u64, PathBuf)],
+    shard: usize,
+    mut next: u64,
+    engine: &mut Engine,
+    sink: &mut FnSink<'_>,
+) -> Result<Replay, JournalError> {
+    // A segment's records end where the next segment begins.
+    let first = (0..segments.len())
+        .position(|i| segments.get(i + 1).is_none_or(|(following, _)| *following > next))
+        .unwrap_or(segments.len());
+    let mut out = Replay { records: 0, next, last_ts: 0, torn: None };
+    for (i, (first_seq, path)) in segments.iter().enumerate().skip(first) {
+        let joins = if i == first { *first_seq <= next } else { *first_seq == next };
+        if !joins {
+            return Err(JournalError::Corrupt {
+                path: path.clone(),
+                offset: 16,
+                what: format!(
+                    "segment starts at sequence {first_seq} but the state before it ends at {} \
+                     (gap or overlap)",
+                    next - 1
+                ),
+            });
+        }
+        let last = i + 1 == segments.len();
+        let (mut records, mut last_ts) = (0u64, out.last_ts);
+        let scan = read_segment(path, shard as u32, None, last, |record| {
+            if record.seq >= next {
+                engine.process(&record.command, sink);
+                last_ts = record.command.ts.0;
+                records += 1;
+            }
+        })?;
+        // Records before `next` (already in the snapshot) were skipped, the rest applied.
+        next = next.max(first_seq + scan.records);
+        out.records += records;
+        out.last_ts = last_ts;
+        if scan.torn_bytes > 0 {
+            out.torn = Some((path.clone(), scan.valid_bytes, scan.torn_bytes));
+        }
+    }
+    out.next = next;
+    Ok(out)
+}
+
+/// Cuts a torn tail off `path` (or removes a segment whose header never made it).
+fn cut(path: &Path, valid_bytes: u64) -> Result<(), JournalError> {
+    if valid_bytes == 0 {
+        return fs::remove_file(path).map_err(|e| JournalError::io(path, e));
+    }
+    let file = OpenOptions::new().write(true).open(path).map_err(|e| JournalError::io(path, e))?;
+    file.set_len(valid_bytes).map_err(|e| JournalError::io(path, e))?;
+    file.sync_all().map_err(|e| JournalError::io(path, e))
+}
+
+/// What a from-scratch replay of a data directory found.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// Per shard: journal records replayed, state digest, event digest and event count.
+    pub shards: Vec<VerifiedShard>,
+}
+
+/// One shard's replay.
+#[derive(Clone, Debug)]
+pub struct VerifiedShard {
+    /// The shard.
+    pub shard: usize,
+    /// Snapshot the replay had to start from (the journal before it was pruned), if any.
+    pub from_snapshot: Option<u64>,
+    /// Records replayed.
+    pub records: u64,
+    /// Sequence of the last record.
+    pub last_seq: u64,
+    /// [`Engine::state_digest`] after the last record.
+    pub state_digest: u64,
+    /// Digest of every event the replay produced.
+    pub event_digest: u64,
+    /// Events produced.
+    pub events: u64,
+}
+
+/// Replays every shard's journal in `dir` from the beginning (from the oldest snapshot if
+/// older segments were pruned) without changing any file, and digests the result. Two
+/// runs over the same files give the same digests; the state digest equals what the live
+/// engine reported at the same sequence.
+pub fn verify(dir: &Path, spec: &EngineSpec, shards: usize) -> Result<Verified, JournalError> {
+    let mut out = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let sdir = shard_dir(dir, shard);
+        let owns = move |i: InstrumentId| i.0 as usize % shards == shard;
+        let segments = list_segments(&sdir)?;
+        let (mut engine, from_snapshot, next) = match segments.first() {
+            Some((1, _)) | None => (
+                Engine::new(spec, owns).map_err(|e| JournalError::Corrupt {
+                    path: sdir.clone(),
+                    offset: 0,
+                    what: format!("engine spec: {e}"),
+                })?,
+                None,
+                1,
+            ),
+            Some((first, path)) => {
+                // Pruned: the oldest snapshot that reaches the first segment.
+                let snapshot = list_snapshots(&sdir)?
+                    .into_iter()
+                    .find(|(seq, _)| seq + 1 >= *first)
+                    .ok_or_else(|| JournalError::Corrupt {
+                        path: path.clone(),
+                        offset: 16,
+                        what: format!("journal starts at {first} and no snapshot covers before"),
+                    })?;
+                let loaded = read_snapshot(&snapshot.1, shard as u32, spec, owns)?;
+                (loaded.engine, Some(loaded.seq), loaded.seq + 1)
+            }
+        };
+        let mut digest = EventDigest::default();
+        let mut add = |e: &Event| digest.add(e);
+        let replay = replay_segments(&segments, shard, next, &mut engine, &mut FnSink(&mut add))?;
+        let (records, next) = (replay.records, replay.next);
+        out.push(VerifiedShard {
+            shard,
+            from_snapshot,
+            records,
+            last_seq: next - 1,
+            state_digest: engine.state_digest(),
+            event_digest: digest.value(),
+            events: digest.count,
+        });
+    }
+    Ok(Verified { shards: out })
+}
+
+/// Live durability counters of one shard.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    /// Commands appended.
+    pub records: AtomicU64,
+    /// Batches written.
+    pub batches: AtomicU64,
+    /// `fdatasync` calls.
+    pub syncs: AtomicU64,
+    /// Bytes written.
+    pub bytes: AtomicU64,
+    /// Snapshots written.
+    pub snapshots: AtomicU64,
+    /// Journal sequence the engine has applied up to.
+    pub applied_seq: AtomicU64,
+}
+
+/// Set when journaling failed: the shard stops taking commands (nothing unjournaled is
+/// ever applied), and the error is kept for health checks.
+#[derive(Debug, Default)]
+pub struct Failure {
+    failed: AtomicBool,
+    message: Mutex<Option<String>>,
+}
+
+impl Failure {
+    /// Records the first failure.
+    pub fn set(&self, message: String) {
+        if let Ok(mut m) = self.message.lock() {
+            m.get_or_insert(message);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Whether something failed.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// What failed.
+    pub fn message(&self) -> Option<String> {
+        self.message.lock().ok().and_then(|m| m.clone())
+    }
+}
+
+/// A snapshot to write: sequence and file bytes.
+pub(crate) struct SnapshotJob {
+    pub(crate) seq: u64,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// Writes snapshots handed over by the engine thread and prunes what they make
+/// unnecessary: all but the two newest snapshots, and segments wholly before the older of
+/// the two (so a damaged newest snapshot still has a complete fallback).
+pub(crate) fn snapshot_loop(
+    dir: PathBuf,
+    jobs: Receiver<SnapshotJob>,
+    stats: Arc<JournalStats>,
+    failure: Arc<Failure>,
+) {
+    for job in jobs {
+        if let Err(e) = crate::snapshot::write_snapshot(&dir, job.seq, &job.bytes) {
+            // A failed snapshot loses nothing (the journal still has everything): report it
+            // and keep the journal.
+            failure.set(format!("snapshot: {e}"));
+            continue;
+        }
+        stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = prune(&dir) {
+            failure.set(format!("pruning: {e}"));
+        }
+    }
+}
+
+fn prune(dir: &Path) -> Result<(), JournalError> {
+    let snapshots = list_snapshots(dir)?;
+    if snapshots.len() < 2 {
+        return Ok(());
+    }
+    let keep_from = snapshots[snapshots.len() - 2].0;
+    for (_, path) in &snapshots[..snapshots.len() - 2] {
+        fs::remove_file(path).map_err(|e| JournalError::io(path, e))?;
+    }
+    let segments = list_segments(dir)?;
+    for pair in segments.windows(2) {
+        // Every record of pair[0] is below pair[1]'s first sequence.
+        if pair[1].0 <= keep_from + 1 {
+            fs::remove_file(&pair[0].1).map_err(|e| JournalError::io(&pair[0].1, e))?;
+        }
+    }
+    crate::journal::sync_dir(dir)
+}
+
+/// What the journal stage runs with.
+pub(crate) struct JournalStage {
+    pub(crate) writer: JournalWriter,
+    pub(crate) mode: SyncMode,
+    pub(crate) batch_max: usize,
+    /// Timestamp of the last journaled command: stamps never go backwards.
+    pub(crate) last_ts: UnixNanos,
+    pub(crate) stats: Arc<JournalStats>,
+    pub(crate) failure: Arc<Failure>,
+}
+
+/// The journal stage: stamps, appends, group-commits, forwards. Returns when a stop
+/// request has been forwarded, the engine is gone, or the disk failed.
+pub(crate) fn journal_loop<R: JournalItem>(
+    stage: JournalStage,
+    rx: Receiver<R>,
+    mut forward: impl FnMut(Vec<R>) -> bool,
+) {
+    let JournalStage { mut writer, mode, batch_max, mut last_ts, stats, failure } = stage;
+    let interval = match mode {
+        SyncMode::BatchAsync(d) => Some(d),
+        _ => None,
+    };
+    let mut last_sync = Instant::now();
+    loop {
+        let first = match interval {
+            Some(d) if writer.is_dirty() => {
+                match rx.recv_timeout(d.saturating_sub(last_sync.elapsed())) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Err(e) = writer.sync() {
+                            return failure.set(e.to_string());
+                        }
+                        stats.syncs.fetch_add(1, Ordering::Relaxed);
+                        last_sync = Instant::now();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            _ => match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+        };
+        let mut batch = Vec::with_capacity(64);
+        let mut records = 0u64;
+        let mut next = Some(first);
+        while let Some(mut item) = next.take() {
+            if let Some(command) = item.command_mut() {
+                let now = crate::runtime::now_nanos().max(last_ts);
+                last_ts = now;
+                command.ts = now;
+                writer.append(command);
+                records += 1;
+            }
+            let stop = item.is_stop();
+            batch.push(item);
+            if !stop && batch.len() < batch_max {
+                next = rx.try_recv().ok();
+            }
+        }
+        let stop = batch.last().is_some_and(JournalItem::is_stop);
+        let before = writer.pending_bytes();
+        let sync = match mode {
+            SyncMode::Fsync => records > 0,
+            SyncMode::BatchAsync(d) => stop || last_sync.elapsed() >= d,
+            SyncMode::None => false,
+        };
+        if let Err(e) = writer.commit(sync) {
+            failure.set(e.to_string());
+            return;
+        }
+        if sync {
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            last_sync = Instant::now();
+        }
+        if records > 0 {
+            stats.records.fetch_add(records, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(before as u64, Ordering::Relaxed);
+        }
+        if !forward(batch) || stop {
+            if let Err(e) = writer.sync() {
+                failure.set(e.to_string());
+            }
+            return;
+        }
+    }
+}
+
+/// What the journal stage needs to know about a queued request.
+pub(crate) trait JournalItem: Send {
+    /// The command to journal and stamp, if the request is one.
+    fn command_mut(&mut self) -> Option<&mut crate::command::Command>;
+    /// Whether the request stops the shard.
+    fn is_stop(&self) -> bool;
+}
