@@ -31,9 +31,9 @@ fn delta(seq: u64) -> BookDelta {
         instrument: InstrumentId(0),
         seq: Seq(seq),
         ts: UnixNanos(1_700_000_000_000_000_000 + seq),
-        side: if seq % 2 == 0 { Side::Buy } else { Side::Sell },
+        side: if seq.is_multiple_of(2) { Side::Buy } else { Side::Sell },
         price: Price(6_500_000 + (seq % 100) as i64),
-        qty: Qty(if seq % 3 == 0 { 0 } else { (seq % 50) as i64 + 1 }),
+        qty: Qty(if seq.is_multiple_of(3) { 0 } else { (seq % 50) as i64 + 1 }),
     }
 }
 

@@ -251,6 +251,12 @@ pub struct VerifiedShard {
     pub event_digest: u64,
     /// Events produced.
     pub events: u64,
+    /// Per asset: the sum over every account after the replay.
+    pub asset_totals: Vec<i128>,
+    /// Per asset: the sum of every applied transfer, the only way money enters or leaves
+    /// (`None` when the replay started from a snapshot and cannot see earlier transfers).
+    /// Equal to `asset_totals` when no money was created or lost.
+    pub transfers: Option<Vec<i128>>,
 }
 
 /// Replays every shard's journal in `dir` from the beginning (from the oldest snapshot if
@@ -288,7 +294,17 @@ pub fn verify(dir: &Path, spec: &EngineSpec, shards: usize) -> Result<Verified, 
             }
         };
         let mut digest = EventDigest::default();
-        let mut add = |e: &Event| digest.add(e);
+        let mut transfers = vec![0i128; spec.assets.len()];
+        let mut add = |e: &Event| {
+            digest.add(e);
+            if let Event::Exec(r) = e {
+                if r.kind == crate::event::ExecKind::Transferred {
+                    if let Some(t) = transfers.get_mut(r.price.0 as usize) {
+                        *t += i128::from(r.last_qty.0);
+                    }
+                }
+            }
+        };
         let replay = replay_segments(&segments, shard, next, &mut engine, &mut FnSink(&mut add))?;
         let (records, next) = (replay.records, replay.next);
         out.push(VerifiedShard {
@@ -299,6 +315,10 @@ pub fn verify(dir: &Path, spec: &EngineSpec, shards: usize) -> Result<Verified, 
             state_digest: engine.state_digest(),
             event_digest: digest.value(),
             events: digest.count,
+            asset_totals: (0..spec.assets.len())
+                .map(|a| engine.ledger().asset_total(crate::types::AssetId(a as u16)))
+                .collect(),
+            transfers: from_snapshot.is_none().then_some(transfers),
         });
     }
     Ok(Verified { shards: out })

@@ -22,7 +22,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::accounts::Balance;
-use crate::book::BookSnapshot;
+use crate::book::{BookSnapshot, RestingOrder};
 use crate::command::{Command, CommandKind, Transfer};
 use crate::durable::{
     journal_loop, recover, snapshot_loop, DurabilityConfig, Failure, JournalItem, JournalStage,
@@ -125,6 +125,27 @@ pub enum StartError {
     /// Recovery found damage, or the data directory is unusable.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another process (lock held on its LOCK file)")]
+    Locked(std::path::PathBuf),
+}
+
+/// Takes the data directory's exclusive lock, held as long as the file stays open: two
+/// processes appending to one journal would corrupt it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| JournalError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(JournalError::io(&path, e).into()),
+    }
 }
 
 /// A shard's state digest, taken between two commands.
@@ -143,6 +164,7 @@ enum Query {
     Book { instrument: InstrumentId, depth: usize, reply: Sender<Option<BookSnapshot>> },
     Balances { account: AccountId, reply: Sender<Option<Vec<Balance>>> },
     Digest { reply: Sender<ShardDigest> },
+    OpenOrders { accounts: Vec<AccountId>, reply: Sender<Vec<(InstrumentId, RestingOrder)>> },
 }
 
 enum Request {
@@ -229,6 +251,8 @@ pub struct EngineRuntime {
     threads: Vec<JoinHandle<Engine>>,
     helpers: Vec<JoinHandle<()>>,
     recoveries: Vec<Recovery>,
+    /// The data directory's lock, released when the runtime is dropped.
+    _lock: Option<std::fs::File>,
 }
 
 /// Wall-clock nanoseconds since the epoch (0 if the clock is before 1970).
@@ -242,6 +266,7 @@ impl EngineRuntime {
     /// and starts its threads.
     pub fn start(config: RuntimeConfig) -> Result<EngineRuntime, StartError> {
         let shard_count = config.shards.max(1);
+        let lock = config.durability.as_ref().map(|d| lock_data_dir(&d.dir)).transpose()?;
         let mut links = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
         let mut helpers = Vec::new();
@@ -340,7 +365,13 @@ impl EngineRuntime {
             next_order_id: AtomicU64::new(max_order_id + 1),
             stopped: AtomicBool::new(false),
         });
-        Ok(EngineRuntime { handle: EngineHandle { shared }, threads, helpers, recoveries })
+        Ok(EngineRuntime {
+            handle: EngineHandle { shared },
+            threads,
+            helpers,
+            recoveries,
+            _lock: lock,
+        })
     }
 
     /// What recovery did, per shard (empty without durability).
@@ -478,6 +509,15 @@ impl EngineHandle {
         self.ask(shard, |reply| Query::Digest { reply })
     }
 
+    /// Every resting order of `accounts` on `shard`, per instrument in priority order.
+    pub fn open_orders(
+        &self,
+        shard: usize,
+        accounts: Vec<AccountId>,
+    ) -> Result<Vec<(InstrumentId, RestingOrder)>, SubmitError> {
+        self.ask(shard, |reply| Query::OpenOrders { accounts, reply })
+    }
+
     /// Journal counters of `shard` (`None` without durability).
     pub fn journal_stats(&self, shard: usize) -> Option<&Arc<JournalStats>> {
         self.shared.shards.get(shard)?.journal.as_ref()
@@ -553,7 +593,7 @@ impl ShardWorker {
                 Err(TryRecvError::Empty) => {
                     polls = polls.wrapping_add(1);
                     // Reading the clock costs more than a poll: look at it every 64 polls.
-                    if polls % 64 == 0 && start.elapsed() >= self.idle_spin {
+                    if polls.is_multiple_of(64) && start.elapsed() >= self.idle_spin {
                         return self.rx.recv().ok();
                     }
                     if backoff.is_completed() {
@@ -622,6 +662,20 @@ impl ShardWorker {
                     counters: self.engine.counters(),
                     journal_seq: self.durable.as_ref().map_or(0, |d| d.applied_seq),
                 });
+            }
+            Query::OpenOrders { accounts, reply } => {
+                let mut out = Vec::new();
+                for instrument in self.engine.instruments() {
+                    let Some(book) = self.engine.book(instrument.id) else { continue };
+                    for side in [crate::types::Side::Buy, crate::types::Side::Sell] {
+                        out.extend(
+                            book.orders(side)
+                                .filter(|o| accounts.contains(&o.account))
+                                .map(|o| (instrument.id, *o)),
+                        );
+                    }
+                }
+                let _ = reply.send(out);
             }
         }
     }

@@ -212,6 +212,8 @@ fn replaying_the_journal_reproduces_the_live_event_stream() {
     assert_eq!(v.events, live.count);
     assert_eq!(v.event_digest, live.value(), "replayed events equal the live ones");
     assert_eq!(v.state_digest, live_state);
+    assert_eq!(v.transfers.as_ref(), Some(&v.asset_totals), "money is conserved");
+    assert!(v.asset_totals[0] > 0);
 }
 
 #[test]
@@ -235,4 +237,18 @@ fn damage_in_the_middle_of_the_journal_refuses_to_start() {
     assert!(err.contains("offset"), "{err}");
     // Verification refuses the same way.
     assert!(durable::verify(&tmp.0, &spec(), 1).is_err());
+}
+
+#[test]
+fn a_second_runtime_cannot_open_the_same_data_directory() {
+    let tmp = TempDir::new("lock");
+    let first = EngineRuntime::start(config(&tmp.0, 1, 0)).expect("fresh start");
+    match EngineRuntime::start(config(&tmp.0, 1, 0)) {
+        Err(StartError::Locked(dir)) => assert_eq!(dir, tmp.0),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("two runtimes on one journal"),
+    }
+    first.shutdown();
+    let again = EngineRuntime::start(config(&tmp.0, 1, 0)).expect("lock released on shutdown");
+    again.shutdown();
 }

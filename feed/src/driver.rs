@@ -55,12 +55,27 @@ impl FeedDriver {
     /// Funds the flow's accounts on every shard, then submits `rate_per_sec` commands per
     /// second (0: as fast as the engine takes them) until stopped.
     pub fn start(handle: EngineHandle, config: FlowConfig, rate_per_sec: u64) -> FeedDriver {
+        Self::spawn(handle, config, rate_per_sec, true)
+    }
+
+    /// Like [`FeedDriver::start`] without the funding: for an engine recovered from a
+    /// journal that already holds it.
+    pub fn resume(handle: EngineHandle, config: FlowConfig, rate_per_sec: u64) -> FeedDriver {
+        Self::spawn(handle, config, rate_per_sec, false)
+    }
+
+    fn spawn(
+        handle: EngineHandle,
+        config: FlowConfig,
+        rate_per_sec: u64,
+        fund: bool,
+    ) -> FeedDriver {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(FeedStats::default());
         let (s, st) = (Arc::clone(&stop), Arc::clone(&stats));
         let thread = std::thread::Builder::new()
             .name("feed".into())
-            .spawn(move || run(handle, config, rate_per_sec, &s, &st))
+            .spawn(move || run(handle, config, rate_per_sec, fund, &s, &st))
             .expect("spawning the feed thread at start-up");
         FeedDriver { stop, stats, thread: Some(thread) }
     }
@@ -113,9 +128,16 @@ fn submit(
     }
 }
 
-fn run(handle: EngineHandle, config: FlowConfig, rate: u64, stop: &AtomicBool, stats: &FeedStats) {
+fn run(
+    handle: EngineHandle,
+    config: FlowConfig,
+    rate: u64,
+    fund: bool,
+    stop: &AtomicBool,
+    stats: &FeedStats,
+) {
     let mut flow = SyntheticFlow::new(config, handle.instruments());
-    for shard in 0..handle.shards() {
+    for shard in (0..handle.shards()).filter(|_| fund) {
         for transfer in flow.funding(handle.assets()) {
             if !submit(stats, stop, || handle.submit_transfer(shard, transfer)) {
                 return;

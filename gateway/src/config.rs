@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use tickgate_engine::durable::DurabilityConfig;
+use tickgate_engine::journal::SyncMode;
+
 use crate::ws::WsLimits;
 
 /// Command-line flags; every one can also come from the environment.
@@ -91,6 +94,39 @@ pub struct Flags {
     /// Token lifetime in seconds.
     #[arg(long, env = "TICKGATE_TOKEN_LIFETIME_SECS", default_value_t = 900)]
     pub token_lifetime_secs: u64,
+    /// Data directory: command journal and snapshots (created if missing).
+    #[arg(long, env = "TICKGATE_DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
+    /// When an order counts as written: `fsync` (acknowledged means on disk),
+    /// `batch-async` (synced every --sync-interval-ms: a crash loses at most that much),
+    /// `none` (never synced; benchmarks only), `off` (no journal: state dies with the
+    /// process).
+    #[arg(long, env = "TICKGATE_DURABILITY", default_value = "fsync", value_parser = ["fsync", "batch-async", "none", "off"])]
+    pub durability: String,
+    /// Sync interval of `--durability batch-async`, in milliseconds.
+    #[arg(long, env = "TICKGATE_SYNC_INTERVAL_MS", default_value_t = 10)]
+    pub sync_interval_ms: u64,
+    /// Commands between two snapshots (0: never).
+    #[arg(long, env = "TICKGATE_SNAPSHOT_EVERY", default_value_t = 1_000_000)]
+    pub snapshot_every: u64,
+    /// Journal segment size in MiB before a new segment starts.
+    #[arg(long, env = "TICKGATE_SEGMENT_MB", default_value_t = 64)]
+    pub segment_mb: u64,
+    /// A subcommand instead of running the server.
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// Things `tickgate` does besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Subcommand {
+    /// Replays the journal in --data-dir from scratch (read-only) and prints, per shard,
+    /// the digest of the final state and of the event stream, and the money totals.
+    VerifyJournal {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Why flags were refused.
@@ -132,6 +168,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Token lifetime.
     pub token_lifetime: Duration,
+    /// Journal and snapshots; `None`: in memory only.
+    pub durability: Option<tickgate_engine::durable::DurabilityConfig>,
 }
 
 impl TryFrom<Flags> for Config {
@@ -161,6 +199,25 @@ impl TryFrom<Flags> for Config {
             return invalid("rates and intervals must be > 0");
         }
         let ms = Duration::from_millis;
+        let mode = match f.durability.as_str() {
+            "fsync" => Some(SyncMode::Fsync),
+            "batch-async" if f.sync_interval_ms > 0 => {
+                Some(SyncMode::BatchAsync(ms(f.sync_interval_ms)))
+            }
+            "batch-async" => return invalid("--sync-interval-ms must be > 0"),
+            "none" => Some(SyncMode::None),
+            _ => None,
+        };
+        if f.segment_mb == 0 {
+            return invalid("--segment-mb must be > 0");
+        }
+        let durability = mode.map(|mode| {
+            let mut d = DurabilityConfig::new(f.data_dir.clone());
+            d.mode = mode;
+            d.snapshot_every = f.snapshot_every;
+            d.segment_bytes = f.segment_mb << 20;
+            d
+        });
         Ok(Config {
             listen: f.listen,
             shards: f.shards,
@@ -192,6 +249,7 @@ impl TryFrom<Flags> for Config {
             users: f.users,
             jwt_secret: f.jwt_secret,
             token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),
+            durability,
         })
     }
 }
@@ -203,12 +261,14 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults for tests: any free port on loopback, no feed, no summary line.
+    /// Defaults for tests: any free port on loopback, no feed, no summary line, no
+    /// journal.
     pub fn for_tests() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             feed_rate: None,
             summary_symbol: None,
+            durability: None,
             ..Config::default()
         }
     }

@@ -63,15 +63,24 @@ pub async fn handle(
         (&Method::GET, "/ws") => ws::upgrade(req, &state.ws, &state.tokens),
         (&Method::GET, "/healthz") => {
             let c = state.engine.counters();
+            let failure = state.engine.durability_failure();
+            let journal: Vec<_> = (0..state.engine.shards())
+                .filter_map(|s| state.engine.journal_stats(s))
+                .map(|j| j.applied_seq.load(Ordering::Relaxed))
+                .collect();
+            let status =
+                if failure.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
             json_response(
-                StatusCode::OK,
+                status,
                 &serde_json::json!({
-                    "status": "ok",
+                    "status": if failure.is_some() { "failing" } else { "ok" },
                     "engine": { "shards": state.engine.shards(), "commands": c.commands, "events": c.events },
+                    "journal": { "enabled": !journal.is_empty(), "applied_seq": journal, "failure": failure },
                     "ws_connections": state.metrics.ws_connections.load(Ordering::Relaxed),
                 }),
             )
         }
+        (&Method::GET, "/debug/digest") => digest(&state).await,
         (&Method::GET, "/metrics") => {
             let mut response =
                 Response::new(Full::new(Bytes::from(state.metrics.render(&state.engine))));
@@ -81,10 +90,38 @@ pub async fn handle(
             headers.insert(CACHE_CONTROL, "no-store".parse().expect("static header"));
             response
         }
-        (_, "/ws" | "/healthz" | "/metrics") => {
+        (_, "/ws" | "/healthz" | "/metrics" | "/debug/digest") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
         }
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     };
     Ok(response)
+}
+
+/// Per shard, between two commands: the state digest (compare with
+/// `tickgate verify-journal`), the journal sequence it is valid at, and the money totals.
+async fn digest(state: &AppState) -> Response<Full<Bytes>> {
+    let engine = state.engine.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        (0..engine.shards()).map(|s| engine.digest(s)).collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    match answer {
+        Ok(Ok(shards)) => {
+            let shards: Vec<_> = shards
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    serde_json::json!({
+                        "shard": i,
+                        "journal_seq": d.journal_seq,
+                        "state_digest": format!("{:016x}", d.state),
+                        "commands": d.counters.commands,
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &serde_json::json!({ "shards": shards }))
+        }
+        _ => json_error(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", "engine stopped"),
+    }
 }

@@ -171,6 +171,33 @@ impl OrderStore {
         }
     }
 
+    /// Records an order the engine holds open (after a restart: orders placed before the
+    /// newest snapshot are not in the replayed reports). The engine's open and filled
+    /// quantities win over anything recorded.
+    pub fn restore_open(&self, instrument: InstrumentId, o: &tickgate_engine::RestingOrder) {
+        if !self.users.contains(&o.account) {
+            return;
+        }
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let view = accounts.entry(o.account).or_default().orders.entry(o.id).or_insert(OrderView {
+            id: o.id,
+            client_order_id: o.client_order_id,
+            instrument,
+            side: o.side,
+            order_type: o.order_type,
+            price: o.price,
+            leaves: o.leaves,
+            filled: o.filled,
+            status: Status::Open,
+            reason: RejectReason::None,
+            updated_ts: 0,
+        });
+        view.price = o.price;
+        view.leaves = o.leaves;
+        view.filled = o.filled;
+        view.status = Status::Open;
+    }
+
     /// One order of `account`.
     pub fn order(&self, account: AccountId, id: OrderId) -> Option<OrderView> {
         let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());

@@ -52,26 +52,51 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Starts everything and begins accepting connections.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let wake = HubWake::default();
-        let hook_wake = wake.clone();
-        let runtime = EngineRuntime::start(RuntimeConfig {
-            spec: EngineSpec { accounts_max: ACCOUNTS_MAX, ..EngineSpec::default() },
-            shards: config.shards,
-            queue_capacity: config.queue_capacity,
-            ring_capacity: config.ring_capacity,
-            on_publish: Some(Arc::new(move || hook_wake.wake())),
-            ..RuntimeConfig::default()
-        })?;
-        let engine = runtime.handle();
-        let metrics = Arc::new(Metrics::default());
-        let directory = Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks));
-
         let users = match &config.users {
             Some(path) => Users::from_file(path)?,
             None => tokio::task::spawn_blocking(Users::demo).await??,
         };
-        fund_demo_accounts(&engine, &users);
         let orders = Arc::new(OrderStore::new(users.all().map(|u| u.account)));
+        let wake = HubWake::default();
+        let hook_wake = wake.clone();
+        let replay_orders = Arc::clone(&orders);
+        let runtime_config = RuntimeConfig {
+            spec: engine_spec(),
+            shards: config.shards,
+            queue_capacity: config.queue_capacity,
+            ring_capacity: config.ring_capacity,
+            on_publish: Some(Arc::new(move || hook_wake.wake())),
+            durability: config.durability.clone(),
+            // Users' orders and fills since the newest snapshot come back from the journal.
+            on_replay: Some(Arc::new(move |_, e: &tickgate_engine::Event| {
+                if let tickgate_engine::Event::Exec(r) = e {
+                    replay_orders.apply(r);
+                }
+            })),
+            ..RuntimeConfig::default()
+        };
+        let runtime =
+            tokio::task::spawn_blocking(move || EngineRuntime::start(runtime_config)).await??;
+        let fresh = log_recovery(&config, &runtime);
+        let engine = runtime.handle();
+        let metrics = Arc::new(Metrics::default());
+        let directory = Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks));
+
+        if fresh {
+            fund_demo_accounts(&engine, &users);
+        } else {
+            // Orders still resting in the engine are always known, including those placed
+            // before the snapshot recovery started from.
+            let accounts: Vec<_> = users.all().map(|u| u.account).collect();
+            for shard in 0..engine.shards() {
+                let (e, a) = (engine.clone(), accounts.clone());
+                for (instrument, o) in
+                    tokio::task::spawn_blocking(move || e.open_orders(shard, a)).await??
+                {
+                    orders.restore_open(instrument, &o);
+                }
+            }
+        }
         let hub = {
             let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
             let (pacing, o) = (config.fanout, Arc::clone(&orders));
@@ -80,7 +105,12 @@ impl Server {
         // The feed starts last, so the hub sees its market from the first command.
         let feed = config.feed_rate.map(|rate| {
             let flow = FlowConfig { seed: config.seed, ..FlowConfig::default() };
-            FeedDriver::start(engine.clone(), flow, rate)
+            if fresh {
+                FeedDriver::start(engine.clone(), flow, rate)
+            } else {
+                // Its accounts were funded by the journaled first run.
+                FeedDriver::resume(engine.clone(), flow, rate)
+            }
         });
 
         let tokens =
@@ -166,6 +196,44 @@ impl Server {
         tracing::info!(commands, "stopped");
         Ok(())
     }
+}
+
+/// The engine's tables: the default markets, users' accounts and the synthetic flow's.
+pub fn engine_spec() -> EngineSpec {
+    EngineSpec { accounts_max: ACCOUNTS_MAX, ..EngineSpec::default() }
+}
+
+/// Logs the durability mode and what recovery did; `true` when every shard started empty
+/// (a first run, or no journal), so accounts need their initial funding.
+fn log_recovery(config: &Config, runtime: &EngineRuntime) -> bool {
+    let Some(d) = &config.durability else {
+        tracing::warn!("durability off: state is in memory only and dies with the process");
+        return true;
+    };
+    tracing::info!(mode = %d.mode, dir = %d.dir.display(), snapshot_every = d.snapshot_every, "journal");
+    for r in runtime.recoveries() {
+        for skipped in &r.skipped_snapshots {
+            tracing::warn!(shard = r.shard, "snapshot passed over: {skipped}");
+        }
+        if let Some((path, bytes)) = &r.torn {
+            tracing::warn!(
+                shard = r.shard,
+                "torn journal tail cut: {bytes} bytes at the end of {}",
+                path.display()
+            );
+        }
+        let rate = r.replayed as f64 / r.elapsed.as_secs_f64().max(1e-9);
+        tracing::info!(
+            shard = r.shard,
+            snapshot = ?r.snapshot.as_ref().map(|(_, seq)| seq),
+            replayed = r.replayed,
+            next_seq = r.next_seq,
+            elapsed_ms = r.elapsed.as_secs_f64() * 1e3,
+            records_per_sec = rate as u64,
+            "recovered"
+        );
+    }
+    runtime.recoveries().iter().all(|r| r.is_fresh())
 }
 
 /// Demo balances for every user's account on every shard: 1,000,000 of the quote asset

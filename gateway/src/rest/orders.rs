@@ -136,8 +136,15 @@ fn instrument(state: &AppState, id: tickgate_engine::InstrumentId) -> Option<&In
 }
 
 fn submit_error(e: SubmitError) -> Response<Full<Bytes>> {
-    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, "engine_busy", &e.to_string());
-    response.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    let code = match e {
+        SubmitError::QueueFull => "engine_busy",
+        SubmitError::JournalFailed => "journal_failed",
+        _ => "engine_unavailable",
+    };
+    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, code, &e.to_string());
+    if e == SubmitError::QueueFull {
+        response.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    }
     response
 }
 
