@@ -3,60 +3,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
-use serde_json::{json, Value};
-use tickgate_gateway::auth::DEMO_USERS;
-
-struct Api {
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Api {
-    async fn login(addr: SocketAddr, user: usize) -> Api {
-        let (name, password, _) = DEMO_USERS[user];
-        let body = json!({"username": name, "password": password}).to_string();
-        let req = format!("POST /api/v1/auth/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        let (status, response) = http_raw(addr, &req).await;
-        assert_eq!(status, 200, "{response}");
-        Api { addr, token: body_json(&response)["token"].as_str().expect("token").to_string() }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-        extra: &str,
-    ) -> (u16, Value) {
-        let addr = self.addr;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
-            self.token,
-            body.len()
-        );
-        let (status, response) = http_raw(addr, &req).await;
-        (status, body_json(&response))
-    }
-
-    async fn order(&self, body: Value) -> (u16, Value) {
-        self.call("POST", "/api/v1/orders", Some(body), "").await
-    }
-
-    async fn balance(&self, asset: &str) -> Value {
-        let (_, account) = self.call("GET", "/api/v1/account", None, "").await;
-        account["balances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["asset"] == asset)
-            .cloned()
-            .unwrap()
-    }
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_fill_between_users_and_everything_agrees() {

@@ -214,3 +214,53 @@ pub fn body_json(response: &str) -> Value {
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
+
+/// A logged-in REST user speaking raw HTTP/1.1.
+pub struct Api {
+    pub addr: std::net::SocketAddr,
+    pub token: String,
+}
+
+impl Api {
+    pub async fn login(addr: std::net::SocketAddr, user: usize) -> Api {
+        let (name, password, _) = tickgate_gateway::auth::DEMO_USERS[user];
+        let body = serde_json::json!({"username": name, "password": password}).to_string();
+        let req = format!("POST /api/v1/auth/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let (status, response) = http_raw(addr, &req).await;
+        assert_eq!(status, 200, "{response}");
+        Api { addr, token: body_json(&response)["token"].as_str().expect("token").to_string() }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        extra: &str,
+    ) -> (u16, Value) {
+        let addr = self.addr;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+            self.token,
+            body.len()
+        );
+        let (status, response) = http_raw(addr, &req).await;
+        (status, body_json(&response))
+    }
+
+    pub async fn order(&self, body: Value) -> (u16, Value) {
+        self.call("POST", "/api/v1/orders", Some(body), "").await
+    }
+
+    pub async fn balance(&self, asset: &str) -> Value {
+        let (_, account) = self.call("GET", "/api/v1/account", None, "").await;
+        account["balances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["asset"] == asset)
+            .cloned()
+            .unwrap()
+    }
+}
