@@ -13,6 +13,13 @@
 //! Env: `TICKGATE_LATENCY_RATE` (commands/s), `TICKGATE_LATENCY_SECONDS`,
 //! `TICKGATE_RING_CAPACITY` (events), `TICKGATE_CLIENT_SLEEP_US`,
 //! `TICKGATE_IDLE_SPIN_US` (how long the engine thread spins before parking).
+//!
+//! Durability: `TICKGATE_DURABILITY=fsync|batch-async|none` runs the end-to-end part with
+//! the journal in front of the engine (in `TICKGATE_DATA_DIR`, default
+//! `target/bench-journal`, emptied first), so latency is acknowledgement latency (the
+//! report is only produced after the command's batch is synced); it then reports the
+//! journal's batches and syncs, and times recovery of the whole journal in a fresh
+//! runtime (records replayed per second).
 
 use std::time::{Duration, Instant};
 
@@ -57,13 +64,15 @@ fn service_time(workload: &Workload) {
 const TAG: u64 = 1 << 40;
 
 fn end_to_end(workload: &Workload, rate: u64, seconds: u64) {
-    let runtime = EngineRuntime::start(RuntimeConfig {
+    let durability = durability();
+    let config = RuntimeConfig {
         spec: workload.spec.clone(),
         ring_capacity: env("TICKGATE_RING_CAPACITY", 1 << 16) as usize,
         idle_spin: Duration::from_micros(env("TICKGATE_IDLE_SPIN_US", 50)),
+        durability: durability.clone(),
         ..RuntimeConfig::default()
-    })
-    .expect("valid spec");
+    };
+    let runtime = EngineRuntime::start(config.clone()).expect("valid spec");
     let handle = runtime.handle();
     let mut reader = handle.reader(0).expect("shard 0");
     let mut events = Vec::with_capacity(4096);
@@ -138,7 +147,48 @@ fn end_to_end(workload: &Workload, rate: u64, seconds: u64) {
         "",
         sent as f64 / elapsed
     );
+    if let Some(stats) = handle.journal_stats(0) {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let (records, batches, syncs) =
+            (get(&stats.records), get(&stats.batches), get(&stats.syncs));
+        println!(
+            "{:<28} journal: {records} records in {batches} batches ({:.0} per batch), {syncs} syncs, {:.1} MB",
+            "",
+            records as f64 / batches.max(1) as f64,
+            get(&stats.bytes) as f64 / 1e6
+        );
+    }
     runtime.shutdown();
+    if durability.is_some() {
+        let start = Instant::now();
+        let recovered = EngineRuntime::start(config).expect("recovers");
+        let elapsed = start.elapsed().as_secs_f64();
+        let replayed = recovered.recoveries()[0].replayed;
+        println!(
+            "{:<28} recovery: {replayed} records in {elapsed:.3} s = {:.0} records/s (start-up included)",
+            "",
+            replayed as f64 / elapsed
+        );
+        recovered.shutdown();
+    }
+}
+
+/// The journal configuration `TICKGATE_DURABILITY` asks for, in a fresh directory.
+fn durability() -> Option<tickgate_engine::durable::DurabilityConfig> {
+    use tickgate_engine::journal::SyncMode;
+    let mode = match std::env::var("TICKGATE_DURABILITY").ok()?.as_str() {
+        "fsync" => SyncMode::Fsync,
+        "batch-async" => SyncMode::BatchAsync(Duration::from_millis(10)),
+        "none" => SyncMode::None,
+        other => panic!("TICKGATE_DURABILITY={other}: expected fsync, batch-async or none"),
+    };
+    let dir = std::env::var("TICKGATE_DATA_DIR").unwrap_or_else(|_| "target/bench-journal".into());
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut d = tickgate_engine::durable::DurabilityConfig::new(dir);
+    d.mode = mode;
+    d.snapshot_every = 0;
+    println!("durability: {mode} in {}", d.dir.display());
+    Some(d)
 }
 
 fn main() {

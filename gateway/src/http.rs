@@ -26,7 +26,7 @@ pub struct AppState {
     /// Users.
     pub users: crate::auth::Users,
     /// Token issuing and checking.
-    pub tokens: crate::auth::Tokens,
+    pub tokens: Arc<crate::auth::Tokens>,
     /// Users' orders and fills.
     pub orders: Arc<crate::orders::OrderStore>,
     /// Answers already given per `Idempotency-Key`.

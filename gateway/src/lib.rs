@@ -9,6 +9,7 @@
 //! - [`rest`]: the `/api/v1` REST API (public market data so far).
 //! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings.
 //! - [`ws`]: per-connection reader/writer tasks, control messages, backpressure.
+//! - [`trading`]: order entry shared by REST and WebSocket.
 //! - [`orders`]: users' orders and fills from execution reports; request waiters.
 //! - [`protocol`]: the wire format (binary and JSON) and WebSocket framing.
 //! - [`client`]: a small WebSocket client for tests and tools.
@@ -23,6 +24,7 @@ pub mod orders;
 pub mod protocol;
 pub mod rest;
 pub mod server;
+pub mod trading;
 pub mod ws;
 
 pub use config::{Config, Flags};

@@ -13,7 +13,7 @@ use tickgate_engine::{
     AccountId, ExecKind, ExecReport, InstrumentId, OrderId, OrderType, Price, Qty, RejectReason,
     Side,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 /// Orders one account keeps (oldest closed ones go first).
 pub const ORDERS_KEPT: usize = 10_000;
@@ -127,7 +127,13 @@ pub struct OrderStore {
     users: HashSet<AccountId>,
     accounts: Mutex<HashMap<AccountId, AccountState>>,
     waiters: Mutex<HashMap<OrderId, (Awaiting, oneshot::Sender<ExecReport>)>>,
+    /// Live execution reports per account, for the WebSocket `orders` channel.
+    streams: Mutex<HashMap<AccountId, broadcast::Sender<ExecReport>>>,
 }
+
+/// Reports one account's `orders` subscribers may fall behind by before they are told
+/// they missed some (and should refetch over REST).
+pub const ORDER_STREAM_CAPACITY: usize = 1024;
 
 impl std::fmt::Debug for OrderStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,6 +154,15 @@ impl OrderStore {
         rx
     }
 
+    /// A live feed of `account`'s execution reports (transfers included), in engine order.
+    pub fn subscribe(&self, account: AccountId) -> broadcast::Receiver<ExecReport> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams
+            .entry(account)
+            .or_insert_with(|| broadcast::channel(ORDER_STREAM_CAPACITY).0)
+            .subscribe()
+    }
+
     /// Drops interest (the request gave up).
     pub fn forget(&self, order: OrderId) {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&order);
@@ -155,7 +170,17 @@ impl OrderStore {
 
     /// Applies one execution report (called by the hub thread, in engine order).
     pub fn apply(&self, r: &ExecReport) {
-        if !self.users.contains(&r.account) || r.kind == ExecKind::Transferred {
+        if !self.users.contains(&r.account) {
+            return;
+        }
+        {
+            let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(stream) = streams.get(&r.account) {
+                // No receiver left is fine: nobody is listening right now.
+                let _ = stream.send(*r);
+            }
+        }
+        if r.kind == ExecKind::Transferred {
             return;
         }
         {

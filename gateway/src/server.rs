@@ -113,8 +113,10 @@ impl Server {
             }
         });
 
-        let tokens =
-            Tokens::new(config.jwt_secret.as_deref().map(str::as_bytes), config.token_lifetime);
+        let tokens = Arc::new(Tokens::new(
+            config.jwt_secret.as_deref().map(str::as_bytes),
+            config.token_lifetime,
+        ));
 
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -126,6 +128,11 @@ impl Server {
             limits: config.ws.clone(),
             shutdown: shutdown_rx.clone(),
             alive: alive_tx.clone(),
+            trading: crate::trading::Trading {
+                engine: engine.clone(),
+                orders: Arc::clone(&orders),
+            },
+            tokens: Arc::clone(&tokens),
         });
         let state = Arc::new(AppState {
             engine: engine.clone(),

@@ -187,3 +187,28 @@ async fn fill_pages_never_repeat_or_skip_while_fills_arrive() {
     assert_eq!(seen, original, "every fill exactly once, none of the new ones mixed in");
     server.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_over_rest() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let (status, placed) = alice.order(json!({"symbol": "SOL-USD", "side": "buy", "type": "limit", "price": "140.00", "qty": "10.00"})).await;
+    assert_eq!(status, 201, "{placed}");
+    let path = format!("/api/v1/orders/{}", placed["id"]);
+    let (status, smaller) = alice.call("PATCH", &path, Some(json!({"qty": "4.00"})), "").await;
+    assert_eq!((status, smaller["open_qty"].as_str()), (200, Some("4.00")), "{smaller}");
+    let (status, moved) =
+        alice.call("PATCH", &path, Some(json!({"price": "141.50", "qty": "5.00"})), "").await;
+    assert_eq!(
+        (status, moved["price"].as_str(), moved["open_qty"].as_str()),
+        (200, Some("141.50"), Some("5.00"))
+    );
+    assert_eq!(alice.call("PATCH", &path, Some(json!({})), "").await.0, 400);
+    let (status, same) = alice.call("PATCH", &path, Some(json!({"qty": "5.00"})), "").await;
+    assert_eq!((status, same["error"]["code"].as_str()), (422, Some("no_change")), "{same}");
+    assert_eq!(bob.call("PATCH", &path, Some(json!({"qty": "1.00"})), "").await.0, 404);
+    assert_eq!(alice.call("DELETE", &path, None, "").await.0, 200);
+    let (status, closed) = alice.call("PATCH", &path, Some(json!({"qty": "1.00"})), "").await;
+    assert_eq!((status, closed["error"]["code"].as_str()), (409, Some("order_closed")));
+}

@@ -35,14 +35,17 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         ["orders"] if get => orders::list(&req, state),
         ["orders", id] if get => orders::get_one(&req, state, id),
         ["orders", id] if method == Method::DELETE => orders::cancel(&req, state, id).await,
+        ["orders", id] if method == Method::PATCH => orders::replace(req, state, id).await,
         ["fills"] if get => orders::fills(&req, state),
         ["positions"] if get => orders::positions(&req, state),
         ["orders"] => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET or POST")
         }
-        ["orders", _] => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET or DELETE")
-        }
+        ["orders", _] => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET, PATCH or DELETE",
+        ),
         ["instruments"]
         | ["markets", _, "book" | "trades"]
         | ["account"]

@@ -7,28 +7,21 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Value};
-use tickgate_engine::runtime::SubmitError;
-use tickgate_engine::types::{format_fixed, parse_fixed};
-use tickgate_engine::{
-    AccountId, CancelOrder, CommandKind, ExecKind, Instrument, NewOrder, OrderId, OrderType, Price,
-    Qty, Side, StpMode,
-};
+use tickgate_engine::types::format_fixed;
+use tickgate_engine::{AccountId, Instrument, OrderId};
 
 use super::{authenticate, invalid_parameter, number_param, unauthorized, BODY_BYTES_MAX};
 use crate::http::{json_error, json_response, AppState};
-use crate::orders::{Awaiting, FillView, OrderView, Status};
+use crate::orders::{FillView, Status};
+use crate::trading::{NewOrderRequest, ReplaceRequest, TradeError, Trading};
 
-/// How long a request waits for the engine's answer.
-const ENGINE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idempotency keys remembered (oldest forgotten first).
 const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
 /// Longest accepted `Idempotency-Key`.
@@ -60,64 +53,7 @@ fn body_hash(body: &[u8]) -> u64 {
     h.finish()
 }
 
-#[derive(Deserialize)]
-struct NewOrderBody {
-    symbol: String,
-    side: String,
-    #[serde(rename = "type")]
-    order_type: String,
-    price: Option<String>,
-    qty: String,
-    client_order_id: Option<u64>,
-    stp: Option<String>,
-}
-
-fn side_of(s: &str) -> Option<Side> {
-    match s {
-        "buy" => Some(Side::Buy),
-        "sell" => Some(Side::Sell),
-        _ => None,
-    }
-}
-
-fn type_of(s: &str) -> Option<OrderType> {
-    Some(match s {
-        "limit" => OrderType::Limit,
-        "ioc" => OrderType::Ioc,
-        "fok" => OrderType::Fok,
-        "market" => OrderType::Market,
-        "post_only" => OrderType::PostOnly,
-        _ => return None,
-    })
-}
-
-fn stp_of(s: Option<&str>) -> Option<StpMode> {
-    Some(match s {
-        None | Some("cancel_resting") => StpMode::CancelResting,
-        Some("cancel_incoming") => StpMode::CancelIncoming,
-        Some("cancel_both") => StpMode::CancelBoth,
-        Some("none") => StpMode::None,
-        Some(_) => return None,
-    })
-}
-
-/// The JSON form of an order.
-pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
-    let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
-    json!({
-        "id": o.id.0,
-        "client_order_id": o.client_order_id,
-        "symbol": i.spec.symbol,
-        "side": o.side.as_str(),
-        "type": o.order_type.as_str(),
-        "price": format_fixed(o.price.0, pp),
-        "open_qty": format_fixed(o.leaves.0, qp),
-        "filled_qty": format_fixed(o.filled.0, qp),
-        "status": o.status.as_str(),
-        "reason": o.reason.as_str(),
-        "updated_ts": o.updated_ts,
-    })
-}
+pub use crate::trading::order_json;
 
 fn fill_json(f: &FillView, i: &Instrument) -> Value {
     json!({
@@ -135,17 +71,16 @@ fn instrument(state: &AppState, id: tickgate_engine::InstrumentId) -> Option<&In
     state.engine.instruments().get(id.0 as usize)
 }
 
-fn submit_error(e: SubmitError) -> Response<Full<Bytes>> {
-    let code = match e {
-        SubmitError::QueueFull => "engine_busy",
-        SubmitError::JournalFailed => "journal_failed",
-        _ => "engine_unavailable",
-    };
-    let mut response = json_error(StatusCode::SERVICE_UNAVAILABLE, code, &e.to_string());
-    if e == SubmitError::QueueFull {
+fn trade_error(e: TradeError) -> Response<Full<Bytes>> {
+    let mut response = json_error(e.status, e.code, &e.message);
+    if e.code == "engine_busy" {
         response.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("1"));
     }
     response
+}
+
+fn trading(state: &AppState) -> Trading {
+    Trading { engine: state.engine.clone(), orders: Arc::clone(&state.orders) }
 }
 
 /// `POST /api/v1/orders`.
@@ -229,83 +164,15 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
 
 async fn place_once(body: &[u8], account: u32, state: &AppState) -> Response<Full<Bytes>> {
     let mut bytes = body.to_vec();
-    let body: NewOrderBody = match simd_json::serde::from_slice(&mut bytes) {
+    let request: NewOrderRequest = match simd_json::serde::from_slice(&mut bytes) {
         Ok(b) => b,
         Err(e) => {
             return json_error(StatusCode::BAD_REQUEST, "malformed", &format!("invalid order: {e}"))
         }
     };
-    let Some(i) = state.engine.instrument_by_symbol(&body.symbol) else {
-        return json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_symbol",
-            &format!("no instrument `{}`", body.symbol),
-        );
-    };
-    let (Some(side), Some(order_type), Some(stp)) =
-        (side_of(&body.side), type_of(&body.order_type), stp_of(body.stp.as_deref()))
-    else {
-        return invalid_parameter("side is buy|sell; type is limit|ioc|fok|market|post_only; stp is cancel_resting|cancel_incoming|cancel_both|none");
-    };
-    let Some(qty) = parse_fixed(&body.qty, i.spec.qty_precision) else {
-        return invalid_parameter(&format!(
-            "qty must be a decimal with at most {} decimals",
-            i.spec.qty_precision
-        ));
-    };
-    let price = match (order_type, body.price.as_deref()) {
-        (OrderType::Market, _) => 0,
-        (_, Some(p)) => match parse_fixed(p, i.spec.price_precision) {
-            Some(p) => p,
-            None => {
-                return invalid_parameter(&format!(
-                    "price must be a decimal with at most {} decimals",
-                    i.spec.price_precision
-                ))
-            }
-        },
-        (_, None) => return invalid_parameter("price is required for this order type"),
-    };
-    let id = state.engine.allocate_order_id();
-    let answer = state.orders.wait(id, Awaiting::New);
-    let command = CommandKind::New(NewOrder {
-        order_id: id,
-        client_order_id: body.client_order_id.unwrap_or(0),
-        account: AccountId(account),
-        instrument: i.id,
-        side,
-        order_type,
-        price: Price(price),
-        qty: Qty(qty),
-        stp,
-    });
-    if let Err(e) = state.engine.submit(command) {
-        state.orders.forget(id);
-        return submit_error(e);
-    }
-    let report = match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, answer).await {
-        Ok(Ok(r)) => r,
-        _ => {
-            state.orders.forget(id);
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "engine_timeout",
-                "no answer from the engine in time",
-            );
-        }
-    };
-    if report.kind == ExecKind::Rejected {
-        return json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            report.reason.as_str(),
-            "the engine rejected the order",
-        );
-    }
-    match state.orders.order(AccountId(account), id) {
-        Some(o) => json_response(StatusCode::CREATED, &order_json(&o, i)),
-        None => {
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "accepted order not recorded")
-        }
+    match trading(state).place(AccountId(account), &request).await {
+        Ok(order) => json_response(StatusCode::CREATED, &order),
+        Err(e) => trade_error(e),
     }
 }
 
@@ -333,51 +200,50 @@ pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response
         Ok(c) => c,
         Err(message) => return unauthorized(&message),
     };
-    let account = AccountId(claims.acc);
-    let Some(order) = parse_order_id(id).and_then(|id| state.orders.order(account, id)) else {
+    let Some(id) = parse_order_id(id) else {
         return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
     };
-    if order.status != Status::Open {
-        return json_error(
-            StatusCode::CONFLICT,
-            "order_closed",
-            &format!("the order is {}", order.status.as_str()),
-        );
+    match trading(state).cancel(AccountId(claims.acc), id).await {
+        Ok(order) => json_response(StatusCode::OK, &order),
+        Err(e) => trade_error(e),
     }
-    let answer = state.orders.wait(order.id, Awaiting::Cancel);
-    let command = CommandKind::Cancel(CancelOrder {
-        order_id: order.id,
-        account,
-        instrument: order.instrument,
-    });
-    if let Err(e) = state.engine.submit(command) {
-        state.orders.forget(order.id);
-        return submit_error(e);
+}
+
+/// `PATCH /api/v1/orders/{id}` with `{"price": "...", "qty": "..."}` (either or both):
+/// replace. Lowering only the quantity keeps the order's place in the queue.
+pub async fn replace(req: Request<Incoming>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
+    let claims = match authenticate(&req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    let Some(id) = parse_order_id(id) else {
+        return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
+    };
+    if let Some(response) = super::reject_non_json(&req) {
+        return response;
     }
-    match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, answer).await {
-        Ok(Ok(r)) if r.kind == ExecKind::Canceled => {}
-        Ok(Ok(_)) => {
-            // Filled (or canceled otherwise) while the cancel was on its way.
+    let mut body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
+        Ok(c) => c.to_bytes().to_vec(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return super::too_large()
+        }
+        Err(_) => {
+            return json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body")
+        }
+    };
+    let request: ReplaceRequest = match simd_json::serde::from_slice(&mut body) {
+        Ok(r) => r,
+        Err(e) => {
             return json_error(
-                StatusCode::CONFLICT,
-                "order_closed",
-                "the order closed before the cancel arrived",
-            );
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                &format!("invalid replace: {e}"),
+            )
         }
-        _ => {
-            state.orders.forget(order.id);
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "engine_timeout",
-                "no answer from the engine in time",
-            );
-        }
-    }
-    match (state.orders.order(account, order.id), instrument(state, order.instrument)) {
-        (Some(o), Some(i)) => json_response(StatusCode::OK, &order_json(&o, i)),
-        _ => {
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "canceled order not recorded")
-        }
+    };
+    match trading(state).replace(AccountId(claims.acc), id, &request).await {
+        Ok(order) => json_response(StatusCode::OK, &order),
+        Err(e) => trade_error(e),
     }
 }
 

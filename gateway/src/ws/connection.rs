@@ -18,9 +18,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
+use tickgate_engine::{AccountId, ExecReport, OrderId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::broadcast;
 
 use super::control::{self, ErrorCode, Request, RequestError, RequestId};
 use super::inbound::{self, Inbound};
@@ -38,7 +40,13 @@ const VIOLATION_WINDOW: Duration = Duration::from_secs(10);
 
 /// Serves an upgraded connection until it closes or the server shuts down.
 /// `read_buf` holds bytes the client sent right after its upgrade request.
-pub async fn run(stream: TcpStream, read_buf: Bytes, format: Format, ctx: &Arc<WsContext>) {
+pub async fn run(
+    stream: TcpStream,
+    read_buf: Bytes,
+    format: Format,
+    account: Option<AccountId>,
+    ctx: &Arc<WsContext>,
+) {
     let _ = stream.set_nodelay(true);
     // A fixed send buffer bounds kernel memory per client and makes a client that stops
     // reading visible to the writer quickly (autotuning would grow it to megabytes).
@@ -50,6 +58,7 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, format: Format, ctx: &Arc<W
     // would otherwise keep alive for the life of the connection.
     let input = read_buf.to_vec();
     drop(read_buf);
+    let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(ANSWERS_IN_FLIGHT_MAX);
     let mut conn = Conn {
         rd,
         io: wr,
@@ -74,6 +83,10 @@ pub async fn run(stream: TcpStream, read_buf: Bytes, format: Format, ctx: &Arc<W
             window_start: Instant::now(),
         },
         scratch: Vec::new(),
+        account,
+        answers: answers_tx,
+        answers_rx,
+        orders: None,
     };
     let closing = conn.serve().await;
     let Conn { rd, mut io, subs, waker, .. } = conn;
@@ -163,6 +176,27 @@ struct Conn {
     last_seen: Instant,
     rate: RateLimit,
     scratch: Vec<u8>,
+    /// The authenticated account (`?token=` or `auth`), if any.
+    account: Option<AccountId>,
+    /// Order-entry answers come back from their tasks through here.
+    answers: tokio::sync::mpsc::Sender<Bytes>,
+    answers_rx: tokio::sync::mpsc::Receiver<Bytes>,
+    /// The private `orders` channel, when subscribed.
+    orders: Option<broadcast::Receiver<ExecReport>>,
+}
+
+/// Order requests one connection may have waiting for the engine (the inbound rate limit
+/// keeps it far below this).
+const ANSWERS_IN_FLIGHT_MAX: usize = 256;
+
+/// The next report of the `orders` channel; never resolves when not subscribed.
+async fn next_report(
+    orders: &mut Option<broadcast::Receiver<ExecReport>>,
+) -> Result<ExecReport, broadcast::error::RecvError> {
+    match orders {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why the connection is ending.
@@ -221,6 +255,8 @@ impl Conn {
                         }
                     }
                     _ = heartbeat.tick() => self.heartbeats(limits.heartbeat_interval),
+                    Some(answer) = self.answers_rx.recv() => self.push(answer, 0),
+                    report = next_report(&mut self.orders) => self.report(report),
                     () = waker.woken() => {}
                 }
             } else if self.closing.is_none() {
@@ -350,7 +386,108 @@ impl Conn {
                 let ts = tickgate_engine::runtime::now_nanos().0;
                 self.push(control::reply("pong", &id, serde_json::json!({ "ts": ts })), 0);
             }
+            Ok(Request::Auth { id, token }) => self.auth(id, &token),
+            Ok(
+                r @ (Request::OrderNew { .. }
+                | Request::OrderCancel { .. }
+                | Request::OrderReplace { .. }),
+            ) => self.order_entry(r),
             Err(e) => self.error(e),
+        }
+    }
+
+    fn auth(&mut self, id: Option<RequestId>, token: &str) {
+        if self.account.is_some() {
+            let message = "this connection is already authenticated".to_string();
+            return self.error(RequestError { id, code: ErrorCode::AlreadyAuthenticated, message });
+        }
+        match self.ctx.tokens.verify(token) {
+            Ok(claims) => {
+                self.account = Some(AccountId(claims.acc));
+                let fields = serde_json::json!({ "username": claims.sub, "account": claims.acc });
+                self.push(control::reply("authenticated", &id, fields), 0);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
+            }
+        }
+    }
+
+    /// Runs an order request on its own task (the engine answers asynchronously); the
+    /// answer comes back through `answers`, in the order the engine gives them.
+    fn order_entry(&mut self, request: Request) {
+        let id = request.id().cloned();
+        let Some(account) = self.account else {
+            let message = "order entry needs an authenticated connection (?token= or auth)".into();
+            return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
+        };
+        let (trading, answers) = (self.ctx.trading.clone(), self.answers.clone());
+        let metrics = Arc::clone(&self.ctx.metrics);
+        tokio::spawn(async move {
+            let (op, result) = match &request {
+                Request::OrderNew { order, .. } => {
+                    ("order.accepted", trading.place(account, order).await)
+                }
+                Request::OrderCancel { order_id, .. } => {
+                    ("order.canceled", trading.cancel(account, OrderId(*order_id)).await)
+                }
+                Request::OrderReplace { order_id, replace, .. } => {
+                    ("order.replaced", trading.replace(account, OrderId(*order_id), replace).await)
+                }
+                _ => return,
+            };
+            let frame = match result {
+                Ok(order) => control::reply(op, &id, serde_json::json!({ "order": order })),
+                Err(e) => {
+                    metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
+                    control::reply(
+                        "error",
+                        &id,
+                        serde_json::json!({ "code": e.code, "message": e.message }),
+                    )
+                }
+            };
+            // The connection may be gone by now: then nobody needs the answer.
+            let _ = answers.send(frame).await;
+        });
+    }
+
+    /// One report of the `orders` channel (JSON text in both formats: it is low-rate).
+    fn report(&mut self, report: Result<ExecReport, broadcast::error::RecvError>) {
+        match report {
+            Ok(r) => {
+                let frame = execution_frame(&r, &self.ctx.trading);
+                self.push(frame, 1);
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let fields = serde_json::json!({ "channel": "orders", "missed": missed });
+                self.push(control::reply("orders_gap", &None, fields), 0);
+            }
+            Err(broadcast::error::RecvError::Closed) => self.orders = None,
+        }
+    }
+
+    /// Subscribes to or leaves the private `orders` channel (it must be alone in its
+    /// request).
+    fn orders_channel(&mut self, id: Option<RequestId>, subscribe: bool) {
+        let Some(account) = self.account else {
+            let message = "the orders channel needs an authenticated connection".into();
+            return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
+        };
+        if subscribe {
+            self.orders = Some(self.ctx.trading.orders.subscribe(account));
+            let ack =
+                serde_json::json!({ "channels": [{ "channel": "orders", "account": account.0 }] });
+            self.push(control::reply("subscribed", &id, ack), 0);
+        } else if self.orders.take().is_some() {
+            self.push(
+                control::reply("unsubscribed", &id, serde_json::json!({ "channels": ["orders"] })),
+                0,
+            );
+        } else {
+            let message = "not subscribed to `orders`".into();
+            self.error(RequestError { id, code: ErrorCode::NotSubscribed, message });
         }
     }
 
@@ -394,6 +531,13 @@ impl Conn {
     }
 
     fn subscribe(&mut self, id: Option<RequestId>, names: Vec<String>, depth: usize) {
+        if names.iter().any(|n| n == ORDERS_CHANNEL) {
+            if names.len() > 1 {
+                let message = "subscribe to `orders` in a request of its own".into();
+                return self.error(RequestError { id, code: ErrorCode::Malformed, message });
+            }
+            return self.orders_channel(id, true);
+        }
         let channels = match self.resolve(&id, &names) {
             Ok(c) => c,
             Err(e) => return self.error(e),
@@ -440,6 +584,9 @@ impl Conn {
     }
 
     fn unsubscribe(&mut self, id: Option<RequestId>, names: Vec<String>) {
+        if names.len() == 1 && names[0] == ORDERS_CHANNEL {
+            return self.orders_channel(id, false);
+        }
         let channels = match self.resolve(&id, &names) {
             Ok(c) => c,
             Err(e) => return self.error(e),
@@ -636,4 +783,49 @@ fn json_array_frame(object: &str) -> Bytes {
     payload.push_str(object);
     payload.push(']');
     protocol::frame(Opcode::Text, payload.as_bytes()).into()
+}
+
+/// The private channel of the connection's own execution reports.
+pub const ORDERS_CHANNEL: &str = "orders";
+
+/// `{"op":"execution", ...}`: one execution report of the `orders` channel. `seq` is the
+/// account's report sequence: contiguous, so a client can tell it missed one.
+fn execution_frame(r: &ExecReport, trading: &crate::trading::Trading) -> Bytes {
+    use tickgate_engine::types::format_fixed;
+    let fields = if r.kind == tickgate_engine::ExecKind::Transferred {
+        let asset = trading.engine.assets().get(r.price.0 as usize);
+        serde_json::json!({
+            "seq": r.seq.0,
+            "ts": r.ts.0,
+            "kind": r.kind.as_str(),
+            "asset": asset.map(|a| a.symbol.as_str()),
+            "amount": asset.map(|a| format_fixed(r.last_qty.0, a.precision)),
+        })
+    } else {
+        let (symbol, pp, qp) = match trading.instrument(r.instrument) {
+            Some(i) => (i.spec.symbol.as_str(), i.spec.price_precision, i.spec.qty_precision),
+            None => ("", 0, 0),
+        };
+        serde_json::json!({
+            "seq": r.seq.0,
+            "ts": r.ts.0,
+            "kind": r.kind.as_str(),
+            "reason": r.reason.as_str(),
+            "order_id": r.order_id.0,
+            "client_order_id": r.client_order_id,
+            "symbol": symbol,
+            "side": r.side.as_str(),
+            "type": r.order_type.as_str(),
+            "price": format_fixed(r.price.0, pp),
+            "last_price": format_fixed(r.last_price.0, pp),
+            "last_qty": format_fixed(r.last_qty.0, qp),
+            "open_qty": format_fixed(r.leaves_qty.0, qp),
+            "filled_qty": format_fixed(r.cum_qty.0, qp),
+        })
+    };
+    let mut object = serde_json::json!({ "op": "execution", "channel": ORDERS_CHANNEL });
+    if let (Some(o), serde_json::Value::Object(extra)) = (object.as_object_mut(), fields) {
+        o.extend(extra);
+    }
+    protocol::frame(Opcode::Text, object.to_string().as_bytes()).into()
 }

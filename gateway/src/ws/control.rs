@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{self, Opcode};
+use crate::trading::{NewOrderRequest, ReplaceRequest};
 
 /// A client's request id, echoed verbatim.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -22,6 +23,16 @@ struct Envelope {
     id: Option<RequestId>,
     channels: Option<Vec<String>>,
     depth: Option<u64>,
+    token: Option<String>,
+    order_id: Option<u64>,
+    symbol: Option<String>,
+    side: Option<String>,
+    #[serde(rename = "type")]
+    order_type: Option<String>,
+    price: Option<String>,
+    qty: Option<String>,
+    client_order_id: Option<u64>,
+    stp: Option<String>,
 }
 
 /// A parsed, well-formed request.
@@ -48,6 +59,36 @@ pub enum Request {
         /// Echoed id.
         id: Option<RequestId>,
     },
+    /// Authenticates the connection (when no `?token=` was given on the upgrade).
+    Auth {
+        /// Echoed id.
+        id: Option<RequestId>,
+        /// A token from `POST /api/v1/auth/login`.
+        token: String,
+    },
+    /// Places an order (authenticated connections).
+    OrderNew {
+        /// Echoed id.
+        id: Option<RequestId>,
+        /// The order, with the same fields as `POST /api/v1/orders`.
+        order: NewOrderRequest,
+    },
+    /// Cancels an order.
+    OrderCancel {
+        /// Echoed id.
+        id: Option<RequestId>,
+        /// Engine order id.
+        order_id: u64,
+    },
+    /// Replaces an order's price and/or open quantity.
+    OrderReplace {
+        /// Echoed id.
+        id: Option<RequestId>,
+        /// Engine order id.
+        order_id: u64,
+        /// New price and/or quantity.
+        replace: ReplaceRequest,
+    },
 }
 
 impl Request {
@@ -56,7 +97,11 @@ impl Request {
         match self {
             Request::Subscribe { id, .. }
             | Request::Unsubscribe { id, .. }
-            | Request::Ping { id } => id.as_ref(),
+            | Request::Ping { id }
+            | Request::Auth { id, .. }
+            | Request::OrderNew { id, .. }
+            | Request::OrderCancel { id, .. }
+            | Request::OrderReplace { id, .. } => id.as_ref(),
         }
     }
 }
@@ -80,6 +125,10 @@ pub enum ErrorCode {
     NotSubscribed,
     /// Over the inbound message rate.
     RateLimited,
+    /// Order entry or the `orders` channel without authentication, or a bad token.
+    Unauthorized,
+    /// `auth` on a connection that is already authenticated.
+    AlreadyAuthenticated,
 }
 
 impl ErrorCode {
@@ -94,6 +143,8 @@ impl ErrorCode {
             ErrorCode::InvalidDepth => "invalid_depth",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::AlreadyAuthenticated => "already_authenticated",
         }
     }
 }
@@ -151,6 +202,41 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
             Ok(Request::Unsubscribe { channels: channels(envelope.channels)?, id })
         }
         Some("ping") => Ok(Request::Ping { id }),
+        Some("auth") => match envelope.token {
+            Some(token) => Ok(Request::Auth { id, token }),
+            None => Err(err(ErrorCode::Malformed, "`token` is required")),
+        },
+        Some("order.new") => {
+            let (Some(symbol), Some(side), Some(order_type), Some(qty)) =
+                (envelope.symbol, envelope.side, envelope.order_type, envelope.qty)
+            else {
+                return Err(err(
+                    ErrorCode::Malformed,
+                    "`symbol`, `side`, `type` and `qty` are required",
+                ));
+            };
+            let order = NewOrderRequest {
+                symbol,
+                side,
+                order_type,
+                price: envelope.price,
+                qty,
+                client_order_id: envelope.client_order_id,
+                stp: envelope.stp,
+            };
+            Ok(Request::OrderNew { id, order })
+        }
+        Some("order.cancel") => match envelope.order_id {
+            Some(order_id) => Ok(Request::OrderCancel { id, order_id }),
+            None => Err(err(ErrorCode::Malformed, "`order_id` is required")),
+        },
+        Some("order.replace") => match envelope.order_id {
+            Some(order_id) => {
+                let replace = ReplaceRequest { price: envelope.price, qty: envelope.qty };
+                Ok(Request::OrderReplace { id, order_id, replace })
+            }
+            None => Err(err(ErrorCode::Malformed, "`order_id` is required")),
+        },
         Some(other) => Err(err(ErrorCode::UnknownOp, &format!("unknown op `{other}`"))),
         None => Err(err(ErrorCode::UnknownOp, "`op` is required")),
     }
@@ -225,6 +311,29 @@ mod tests {
         let many = format!(r#"{{"op":"subscribe","channels":[{}]}}"#, vec!["\"a\""; 65].join(","));
         assert_eq!(code(&many), Some(ErrorCode::LimitExceeded));
         assert_eq!(p(r#"{"op":"dance","id":3}"#).err().and_then(|e| e.id), Some(RequestId::Num(3)));
+    }
+
+    #[test]
+    fn parses_auth_and_order_entry() {
+        assert_eq!(
+            p(r#"{"op":"auth","id":1,"token":"t"}"#),
+            Ok(Request::Auth { id: Some(RequestId::Num(1)), token: "t".into() })
+        );
+        let Ok(Request::OrderNew { order, .. }) = p(
+            r#"{"op":"order.new","id":2,"symbol":"BTC-USD","side":"buy","type":"limit","price":"1.00","qty":"0.1000","client_order_id":9}"#,
+        ) else {
+            panic!("order.new parses");
+        };
+        assert_eq!((order.symbol.as_str(), order.client_order_id), ("BTC-USD", Some(9)));
+        assert!(matches!(
+            p(r#"{"op":"order.replace","order_id":5,"qty":"1"}"#),
+            Ok(Request::OrderReplace { order_id: 5, .. })
+        ));
+        let code = |t: &str| p(t).map_err(|e| e.code).err();
+        assert_eq!(code(r#"{"op":"order.cancel"}"#), Some(ErrorCode::Malformed));
+        assert_eq!(code(r#"{"op":"order.new","symbol":"BTC-USD"}"#), Some(ErrorCode::Malformed));
+        assert_eq!(code(r#"{"op":"auth"}"#), Some(ErrorCode::Malformed));
+        assert_eq!(code(r#"{"op":"order.cancel","order_id":-1}"#), Some(ErrorCode::Malformed));
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub struct WsContext {
     pub shutdown: watch::Receiver<bool>,
     /// Dropped by each connection task when it ends; shutdown waits for all of them.
     pub alive: tokio::sync::mpsc::Sender<()>,
+    /// Order entry and users' execution reports.
+    pub trading: crate::trading::Trading,
+    /// Token verification for the `auth` message.
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
 /// Handles `GET /ws`: checks limits, answers 101 and spawns the connection.
@@ -112,9 +116,11 @@ pub fn upgrade(
     }
     // Browsers cannot set headers on a WebSocket: the token comes in the query string. No
     // token: public market data only. A bad token: 401 before the upgrade.
+    let mut account = None;
     if let Some(token) = query_param(req.uri().query(), "token") {
-        if let Err(e) = tokens.verify(token) {
-            return crate::rest::unauthorized(&e.to_string());
+        match tokens.verify(token) {
+            Ok(claims) => account = Some(tickgate_engine::AccountId(claims.acc)),
+            Err(e) => return crate::rest::unauthorized(&e.to_string()),
         }
     }
     let format = match query_param(req.uri().query(), "format") {
@@ -158,7 +164,8 @@ pub fn upgrade(
                 // without a lock, and writes can be vectored.
                 match upgraded.downcast::<TokioIo<TcpStream>>() {
                     Ok(parts) => {
-                        connection::run(parts.io.into_inner(), parts.read_buf, format, ctx).await;
+                        let (io, buf) = (parts.io.into_inner(), parts.read_buf);
+                        connection::run(io, buf, format, account, ctx).await;
                     }
                     Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
                 }

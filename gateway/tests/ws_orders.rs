@@ -1,0 +1,187 @@
+//! Order entry over WebSocket (`order.new`, `order.replace`, `order.cancel`), the private
+//! `orders` channel, `auth` as a message, and isolation between users, over real sockets.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use tickgate_gateway::client::{self, Client};
+
+/// Sends a request and reads until its answer (same `id`); executions seen meanwhile are
+/// kept in `stash`.
+async fn ask(ws: &mut Client, body: Value, stash: &mut Vec<Value>) -> Value {
+    let id = body["id"].clone();
+    client::send_json(ws, &body).await.expect("send");
+    loop {
+        let v = text(ws).await;
+        if v["op"] == "execution" {
+            stash.push(v);
+        } else if v["id"] == id {
+            return v;
+        }
+    }
+}
+
+/// Reads until `stash` holds `n` executions.
+async fn executions(ws: &mut Client, stash: &mut Vec<Value>, n: usize) {
+    while stash.len() < n {
+        let v = text(ws).await;
+        if v["op"] == "execution" {
+            stash.push(v);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_entry_and_private_reports_over_websocket() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let mut a = connect(&server, &format!("?token={}", alice.token)).await;
+    let mut b = connect(&server, &format!("?token={}", bob.token)).await;
+    let (mut a_exec, mut b_exec) = (Vec::new(), Vec::new());
+
+    let sub =
+        ask(&mut a, json!({"op": "subscribe", "id": 1, "channels": ["orders"]}), &mut a_exec).await;
+    assert_eq!(sub["op"], "subscribed", "{sub}");
+    let sub =
+        ask(&mut b, json!({"op": "subscribe", "id": 1, "channels": ["orders"]}), &mut b_exec).await;
+    assert_eq!(sub["op"], "subscribed", "{sub}");
+
+    // Alice rests a sell; the answer is the engine's verdict with the order.
+    let placed = ask(
+        &mut a,
+        json!({"op": "order.new", "id": 2, "symbol": "BTC-USD", "side": "sell", "type": "limit", "price": "65000.00", "qty": "0.5000", "client_order_id": 77}),
+        &mut a_exec,
+    )
+    .await;
+    assert_eq!(placed["op"], "order.accepted", "{placed}");
+    let order = &placed["order"];
+    assert_eq!(
+        (order["status"].as_str(), order["client_order_id"].as_u64()),
+        (Some("open"), Some(77))
+    );
+    let id = order["id"].as_u64().expect("order id");
+
+    // Replace down in size (keeps priority), then Bob buys part of it over WebSocket.
+    let replaced = ask(
+        &mut a,
+        json!({"op": "order.replace", "id": 3, "order_id": id, "qty": "0.4000"}),
+        &mut a_exec,
+    )
+    .await;
+    assert_eq!(
+        (replaced["op"].as_str(), replaced["order"]["open_qty"].as_str()),
+        (Some("order.replaced"), Some("0.4000")),
+        "{replaced}"
+    );
+    let taken = ask(
+        &mut b,
+        json!({"op": "order.new", "id": 4, "symbol": "BTC-USD", "side": "buy", "type": "ioc", "price": "65000.00", "qty": "0.1000"}),
+        &mut b_exec,
+    )
+    .await;
+    assert_eq!(taken["op"], "order.accepted", "{taken}");
+    let canceled =
+        ask(&mut a, json!({"op": "order.cancel", "id": 5, "order_id": id}), &mut a_exec).await;
+    assert_eq!(
+        (canceled["op"].as_str(), canceled["order"]["status"].as_str()),
+        (Some("order.canceled"), Some("canceled")),
+        "{canceled}"
+    );
+    assert_eq!(canceled["order"]["filled_qty"], "0.1000");
+
+    // Alice's channel: accepted, replaced, partially filled, canceled, with contiguous seqs.
+    executions(&mut a, &mut a_exec, 4).await;
+    let kinds: Vec<_> = a_exec.iter().map(|e| e["kind"].as_str().unwrap_or_default()).collect();
+    assert_eq!(kinds, ["accepted", "replaced", "partially_filled", "canceled"], "{a_exec:?}");
+    assert!(a_exec.iter().all(|e| e["order_id"] == id && e["channel"] == "orders"));
+    let seqs: Vec<u64> = a_exec.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(a_exec[2]["last_qty"], "0.1000");
+
+    // Bob's channel has only Bob's order: accepted, filled.
+    executions(&mut b, &mut b_exec, 2).await;
+    assert!(b_exec.iter().all(|e| e["order_id"] != id), "Bob saw Alice's order: {b_exec:?}");
+    let ping = ask(&mut b, json!({"op": "ping", "id": 9}), &mut b_exec).await;
+    assert_eq!(ping["op"], "pong");
+    assert_eq!(b_exec.len(), 2, "{b_exec:?}");
+
+    // Bob cannot touch Alice's order, and engine rejections carry the engine's reason.
+    let foreign =
+        ask(&mut b, json!({"op": "order.cancel", "id": 10, "order_id": id}), &mut b_exec).await;
+    assert_eq!(
+        (foreign["op"].as_str(), foreign["code"].as_str()),
+        (Some("error"), Some("unknown_order"))
+    );
+    let poor = ask(
+        &mut b,
+        json!({"op": "order.new", "id": 11, "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "65000.00", "qty": "999.0000"}),
+        &mut b_exec,
+    )
+    .await;
+    assert_eq!(poor["code"], "insufficient_funds", "{poor}");
+    let bad = ask(
+        &mut b,
+        json!({"op": "order.new", "id": 12, "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1.001", "qty": "1"}),
+        &mut b_exec,
+    )
+    .await;
+    assert_eq!(bad["code"], "invalid_parameter", "{bad}");
+    let unknown = ask(
+        &mut b,
+        json!({"op": "order.new", "id": 13, "symbol": "NOPE", "side": "buy", "type": "limit", "price": "1", "qty": "1"}),
+        &mut b_exec,
+    )
+    .await;
+    assert_eq!(unknown["code"], "unknown_symbol", "{unknown}");
+    // The REST view agrees with what the socket said.
+    let (status, rest) = alice.call("GET", &format!("/api/v1/orders/{id}"), None, "").await;
+    assert_eq!(
+        (status, rest["status"].as_str(), rest["filled_qty"].as_str()),
+        (200, Some("canceled"), Some("0.1000"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_message_unlocks_order_entry() {
+    let server = start(|_| {}).await;
+    let alice = Api::login(server.local_addr(), 0).await;
+    let mut ws = connect(&server, "").await;
+    let mut stash = Vec::new();
+    let order = json!({"op": "order.new", "id": 1, "symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "3000.00", "qty": "1.000"});
+    let refused = ask(&mut ws, order.clone(), &mut stash).await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("unauthorized"))
+    );
+    let refused =
+        ask(&mut ws, json!({"op": "subscribe", "id": 2, "channels": ["orders"]}), &mut stash).await;
+    assert_eq!(refused["code"], "unauthorized");
+    let bad =
+        ask(&mut ws, json!({"op": "auth", "id": 3, "token": "forged.token.value"}), &mut stash)
+            .await;
+    assert_eq!(bad["code"], "unauthorized");
+    let ok = ask(&mut ws, json!({"op": "auth", "id": 4, "token": alice.token}), &mut stash).await;
+    assert_eq!(
+        (ok["op"].as_str(), ok["account"].as_u64()),
+        (Some("authenticated"), Some(1)),
+        "{ok}"
+    );
+    let again =
+        ask(&mut ws, json!({"op": "auth", "id": 5, "token": alice.token}), &mut stash).await;
+    assert_eq!(again["code"], "already_authenticated");
+    let mixed = ask(
+        &mut ws,
+        json!({"op": "subscribe", "id": 6, "channels": ["orders", "bbo.ETH-USD"]}),
+        &mut stash,
+    )
+    .await;
+    assert_eq!(mixed["code"], "malformed");
+    let placed = ask(&mut ws, order, &mut stash).await;
+    assert_eq!(placed["op"], "order.accepted", "{placed}");
+    let left =
+        ask(&mut ws, json!({"op": "unsubscribe", "id": 7, "channels": ["orders"]}), &mut stash)
+            .await;
+    assert_eq!(left["code"], "not_subscribed");
+}
