@@ -1,4 +1,4 @@
-//! Crash test on the real binary: place orders from several clients while the synthetic
+//! Crash test on the real binary: place orders from several REST and WebSocket clients while the synthetic
 //! feed runs, SIGKILL the process at a random moment, restart it on the same data
 //! directory, and check that every acknowledged order is there in a state consistent with
 //! its acknowledgement, and that the live state digest equals a from-scratch replay of the
@@ -120,6 +120,43 @@ async fn trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>)
     acked
 }
 
+/// Places orders over an authenticated WebSocket until the server goes away.
+async fn ws_trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>) -> Vec<Acked> {
+    use tickgate_gateway::client::{self, Message};
+    let api = Api::login(addr, user).await;
+    let mut acked = Vec::new();
+    let Ok(mut ws) = client::connect(addr, &format!("/ws?token={}", api.token)).await else {
+        return acked;
+    };
+    let mut rng = Rng(seed | 1);
+    let mut request_id = 0u64;
+    'orders: while !stop.load(Ordering::Relaxed) {
+        let r = rng.next();
+        request_id += 1;
+        let side = if r.is_multiple_of(2) { "buy" } else { "sell" };
+        let price = format!("{}.{:02}", 3490 + (r >> 8) % 20, (r >> 16) % 100);
+        let qty = format!("0.{:03}", 10 + (r >> 24) % 90);
+        let body = json!({"op": "order.new", "id": request_id, "symbol": "ETH-USD", "side": side, "type": "limit", "price": price, "qty": qty});
+        if client::send_json(&mut ws, &body).await.is_err() {
+            break;
+        }
+        // The server is killed at some point: a read error ends the trader.
+        loop {
+            let Ok(Message::Text(t)) = client::next(&mut ws).await else { break 'orders };
+            let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
+            if v["id"] != request_id {
+                continue; // welcome, or something else
+            }
+            if let (Some(id), Some(s)) = (v["order"]["id"].as_u64(), v["order"]["status"].as_str())
+            {
+                acked.push(Acked { user, id, status: s.to_string(), via: "ws" });
+            }
+            break;
+        }
+    }
+    acked
+}
+
 /// One request; `None` when the connection fails (the server was killed).
 async fn try_call(
     api: &Api,
@@ -196,12 +233,16 @@ async fn acknowledged_orders_survive_sigkill() {
         // Trading with the feed running, then SIGKILL at a random moment.
         let server = spawn(&dir.0, true);
         let stop = Arc::new(AtomicBool::new(false));
-        let traders: Vec<_> = [(0usize, 1u64), (0, 2), (1, 3)]
+        let mut traders: Vec<_> = [(0usize, 1u64), (0, 2), (1, 3)]
             .into_iter()
             .map(|(user, s)| {
                 tokio::spawn(trader(server.addr, user, seed ^ (s << 32) ^ round, Arc::clone(&stop)))
             })
             .collect();
+        for (user, s) in [(0usize, 4u64), (1, 5)] {
+            let seed = seed ^ (s << 32) ^ round;
+            traders.push(tokio::spawn(ws_trader(server.addr, user, seed, Arc::clone(&stop))));
+        }
         let kill_after = Duration::from_millis(300 + rng.next() % 1200);
         tokio::time::sleep(kill_after).await;
         drop(server); // SIGKILL, then reaped
@@ -243,7 +284,12 @@ async fn acknowledged_orders_survive_sigkill() {
         drop(server);
     }
     let via_rest = acked.iter().filter(|a| a.via == "rest").count();
-    println!("{} acknowledged orders checked across 3 kills ({via_rest} over REST)", acked.len());
+    let via_ws = acked.len() - via_rest;
+    println!(
+        "{} acknowledged orders checked across 3 kills ({via_rest} over REST, {via_ws} over WebSocket)",
+        acked.len()
+    );
+    assert!(via_ws > 0, "no order was acknowledged over WebSocket");
 
     // A flipped byte in the middle of the journal: the server refuses to start and says
     // where.
