@@ -186,6 +186,10 @@ impl JournalItem for Request {
     fn is_stop(&self) -> bool {
         matches!(self, Request::Stop)
     }
+
+    fn may_overtake(&self) -> bool {
+        matches!(self, Request::Query(Query::Balances { .. }))
+    }
 }
 
 /// Per-shard counters, updated once per batch.
@@ -496,6 +500,8 @@ impl EngineHandle {
     }
 
     /// Balances of `account` per asset on `shard`'s ledger; `None` for an unknown account.
+    /// Includes every command acknowledged before the call; with a journal it does not
+    /// wait for commands still being synced (they are not acknowledged yet).
     pub fn balances(
         &self,
         shard: usize,

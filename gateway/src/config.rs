@@ -94,6 +94,12 @@ pub struct Flags {
     /// Token lifetime in seconds.
     #[arg(long, env = "TICKGATE_TOKEN_LIFETIME_SECS", default_value_t = 900)]
     pub token_lifetime_secs: u64,
+    /// Authenticated REST requests per second per user (0: unlimited); over it: 429.
+    #[arg(long, env = "TICKGATE_REST_RATE", default_value_t = 1_000)]
+    pub rest_rate: u32,
+    /// Burst of authenticated REST requests per user.
+    #[arg(long, env = "TICKGATE_REST_BURST", default_value_t = 2_000)]
+    pub rest_burst: u32,
     /// Data directory: command journal and snapshots (created if missing).
     #[arg(long, env = "TICKGATE_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
@@ -168,6 +174,10 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Token lifetime.
     pub token_lifetime: Duration,
+    /// Authenticated REST requests per second per user (0: unlimited).
+    pub rest_rate: u32,
+    /// Burst of authenticated REST requests per user.
+    pub rest_burst: u32,
     /// Journal and snapshots; `None`: in memory only.
     pub durability: Option<tickgate_engine::durable::DurabilityConfig>,
 }
@@ -250,6 +260,8 @@ impl TryFrom<Flags> for Config {
             jwt_secret: f.jwt_secret,
             token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),
             durability,
+            rest_rate: f.rest_rate,
+            rest_burst: f.rest_burst,
         })
     }
 }

@@ -27,6 +27,8 @@ pub struct AppState {
     pub users: crate::auth::Users,
     /// Token issuing and checking.
     pub tokens: Arc<crate::auth::Tokens>,
+    /// Per-user REST request rate.
+    pub rest_limit: crate::rest::UserRateLimit,
     /// Users' orders and fills.
     pub orders: Arc<crate::orders::OrderStore>,
     /// Answers already given per `Idempotency-Key`.

@@ -142,6 +142,7 @@ impl Server {
             tokens,
             orders,
             idempotency: Default::default(),
+            rest_limit: crate::rest::UserRateLimit::new(config.rest_rate, config.rest_burst),
         });
         let accept = tokio::spawn(accept_loop(
             listener,

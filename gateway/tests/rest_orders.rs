@@ -212,3 +212,31 @@ async fn replace_over_rest() {
     let (status, closed) = alice.call("PATCH", &path, Some(json!({"qty": "1.00"})), "").await;
     assert_eq!((status, closed["error"]["code"].as_str()), (409, Some("order_closed")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_rate_limit_answers_429_with_retry_after() {
+    let server = start(|c| {
+        c.rest_rate = 2;
+        c.rest_burst = 5;
+    })
+    .await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    for _ in 0..5 {
+        assert_eq!(alice.call("GET", "/api/v1/positions", None, "").await.0, 200);
+    }
+    let head = format!(
+        "GET /api/v1/positions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        alice.token
+    );
+    let (status, response) = http_raw(addr, &head).await;
+    assert_eq!(status, 429, "{response}");
+    assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
+    assert_eq!(body_json(&response)["error"]["code"], "rate_limited");
+    // Another user has a bucket of their own; the public API is not per-user limited.
+    assert_eq!(bob.call("GET", "/api/v1/positions", None, "").await.0, 200);
+    assert_eq!(alice.call("GET", "/api/v1/instruments", None, "").await.0, 200);
+    // The bucket refills.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(alice.call("GET", "/api/v1/positions", None, "").await.0, 200);
+}

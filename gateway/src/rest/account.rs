@@ -9,7 +9,7 @@ use serde_json::json;
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::AccountId;
 
-use super::{authenticate, json_body, unauthorized};
+use super::{authenticate, authorize, json_body, unauthorized};
 use crate::http::{json_error, json_response, AppState};
 
 #[derive(Deserialize)]
@@ -65,9 +65,9 @@ pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 /// `GET /api/v1/account`: balances per asset (total, available, held), summed over the
 /// engine shards' ledgers.
 pub async fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
-    let claims = match authenticate(req, state) {
+    let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     let engine = state.engine.clone();
     let account = AccountId(claims.acc);

@@ -71,6 +71,62 @@ pub fn authenticate<B>(req: &Request<B>, state: &AppState) -> Result<Claims, Str
     state.tokens.verify(token.trim()).map_err(|e| e.to_string())
 }
 
+/// The caller's claims, once authenticated and within the per-user request rate; else the
+/// 401 or 429 answer.
+pub fn authorize<B>(
+    req: &Request<B>,
+    state: &AppState,
+) -> Result<Claims, Box<Response<Full<Bytes>>>> {
+    let claims = authenticate(req, state).map_err(|m| Box::new(unauthorized(&m)))?;
+    state.rest_limit.check(claims.acc).map_err(|wait| Box::new(too_many_requests(wait)))?;
+    Ok(claims)
+}
+
+/// The 429 answer, with `Retry-After` in whole seconds (at least 1).
+pub fn too_many_requests(wait: std::time::Duration) -> Response<Full<Bytes>> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        &format!("too many requests; retry in {} ms", wait.as_millis().max(1)),
+    );
+    if let Ok(v) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+        response.headers_mut().insert("retry-after", v);
+    }
+    response
+}
+
+/// Requests per second per user (a token bucket per account, `governor`).
+pub struct UserRateLimit {
+    limiter: Option<governor::DefaultKeyedRateLimiter<u32>>,
+}
+
+impl std::fmt::Debug for UserRateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRateLimit").field("enabled", &self.limiter.is_some()).finish()
+    }
+}
+
+impl UserRateLimit {
+    /// `per_sec` requests per second with bursts of `burst`; `per_sec == 0`: unlimited.
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        let limiter = std::num::NonZeroU32::new(per_sec).map(|rate| {
+            let burst = std::num::NonZeroU32::new(burst).unwrap_or(rate);
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        });
+        UserRateLimit { limiter }
+    }
+
+    /// `Err(wait)` when `account` is over its rate.
+    pub fn check(&self, account: u32) -> Result<(), std::time::Duration> {
+        use governor::clock::{Clock, DefaultClock};
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        limiter
+            .check_key(&account)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
 /// The 401 answer.
 pub fn unauthorized(message: &str) -> Response<Full<Bytes>> {
     let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::{AccountId, Instrument, OrderId};
 
-use super::{authenticate, invalid_parameter, number_param, unauthorized, BODY_BYTES_MAX};
+use super::{authorize, invalid_parameter, number_param, BODY_BYTES_MAX};
 use crate::http::{json_error, json_response, AppState};
 use crate::orders::{FillView, Status};
 use crate::trading::{NewOrderRequest, ReplaceRequest, TradeError, Trading};
@@ -85,9 +85,9 @@ fn trading(state: &AppState) -> Trading {
 
 /// `POST /api/v1/orders`.
 pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
-    let claims = match authenticate(&req, state) {
+    let claims = match authorize(&req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     let key = req.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_string));
     let key = match key {
@@ -182,9 +182,9 @@ fn parse_order_id(id: &str) -> Option<OrderId> {
 
 /// `GET /api/v1/orders/{id}`.
 pub fn get_one<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
-    let claims = match authenticate(req, state) {
+    let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     // Another user's order answers exactly like a missing one.
     let found = parse_order_id(id).and_then(|id| state.orders.order(AccountId(claims.acc), id));
@@ -196,9 +196,9 @@ pub fn get_one<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full
 
 /// `DELETE /api/v1/orders/{id}`.
 pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
-    let claims = match authenticate(req, state) {
+    let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     let Some(id) = parse_order_id(id) else {
         return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
@@ -212,9 +212,9 @@ pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response
 /// `PATCH /api/v1/orders/{id}` with `{"price": "...", "qty": "..."}` (either or both):
 /// replace. Lowering only the quantity keeps the order's place in the queue.
 pub async fn replace(req: Request<Incoming>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
-    let claims = match authenticate(&req, state) {
+    let claims = match authorize(&req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     let Some(id) = parse_order_id(id) else {
         return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
@@ -284,9 +284,9 @@ fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, Box<Response<Full
 
 /// `GET /api/v1/orders?status=open|closed&symbol=&cursor=&limit=`: newest first.
 pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
-    let claims = match authenticate(req, state) {
+    let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     let want_open = match crate::ws::query_param(req.uri().query(), "status") {
         None => None,
@@ -318,9 +318,9 @@ pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 /// `GET /api/v1/fills?symbol=&cursor=&limit=`: newest first; a cursor never repeats or
 /// skips a fill, however many arrive meanwhile (ids only grow).
 pub fn fills<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
-    let claims = match authenticate(req, state) {
+    let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     let Page { symbol, before, limit } = match page(req, state) {
         Ok(p) => p,
@@ -337,9 +337,9 @@ pub fn fills<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 
 /// `GET /api/v1/positions`: net quantity per instrument from this process's fills.
 pub fn positions<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
-    let claims = match authenticate(req, state) {
+    let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     let list: Vec<Value> = state
         .orders
