@@ -100,6 +100,18 @@ pub struct Flags {
     /// Burst of authenticated REST requests per user.
     #[arg(long, env = "TICKGATE_REST_BURST", default_value_t = 2_000)]
     pub rest_burst: u32,
+    /// Events each user's alert history keeps for `Last-Event-ID` replay.
+    #[arg(long, env = "TICKGATE_SSE_HISTORY", default_value_t = 1_000)]
+    pub sse_history: usize,
+    /// Open SSE streams per user at most (more: 429).
+    #[arg(long, env = "TICKGATE_SSE_STREAMS_PER_USER", default_value_t = 16)]
+    pub sse_streams_per_user: u64,
+    /// Open SSE streams in total at most (more: 503).
+    #[arg(long, env = "TICKGATE_SSE_STREAMS_MAX", default_value_t = 20_000)]
+    pub sse_streams_max: u64,
+    /// SSE heartbeat comment period when idle, in milliseconds.
+    #[arg(long, env = "TICKGATE_SSE_HEARTBEAT_MS", default_value_t = 15_000)]
+    pub sse_heartbeat_ms: u64,
     /// Data directory: command journal and snapshots (created if missing).
     #[arg(long, env = "TICKGATE_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
@@ -178,6 +190,10 @@ pub struct Config {
     pub rest_rate: u32,
     /// Burst of authenticated REST requests per user.
     pub rest_burst: u32,
+    /// Events each user's alert history keeps.
+    pub sse_history: usize,
+    /// SSE limits.
+    pub sse: crate::sse::SseLimits,
     /// Journal and snapshots; `None`: in memory only.
     pub durability: Option<tickgate_engine::durable::DurabilityConfig>,
 }
@@ -261,6 +277,13 @@ impl TryFrom<Flags> for Config {
             token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),
             durability,
             rest_rate: f.rest_rate,
+            sse_history: f.sse_history.max(1),
+            sse: crate::sse::SseLimits {
+                streams_per_user_max: f.sse_streams_per_user,
+                streams_max: f.sse_streams_max,
+                heartbeat: ms(f.sse_heartbeat_ms.clamp(1, 15_000)),
+                ..crate::sse::SseLimits::default()
+            },
             rest_burst: f.rest_burst,
         })
     }

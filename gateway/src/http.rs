@@ -33,7 +33,14 @@ pub struct AppState {
     pub orders: Arc<crate::orders::OrderStore>,
     /// Answers already given per `Idempotency-Key`.
     pub idempotency: crate::rest::orders::IdempotencyCache,
+    /// Users' alert histories and price alerts.
+    pub alerts: Arc<crate::alerts::AlertHub>,
+    /// SSE limits.
+    pub sse: crate::sse::SseLimits,
 }
+
+/// Every response body: a complete one, or an SSE stream.
+pub type HttpBody = http_body_util::Either<Full<Bytes>, crate::sse::SseBody>;
 
 /// The one error shape: `{"error": {"code": "...", "message": "..."}}`.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
@@ -53,13 +60,20 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
 pub async fn handle(
     req: Request<Incoming>,
     state: Arc<AppState>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<HttpBody>, Infallible> {
     let path = req.uri().path();
     if path != "/ws" {
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
+    if path == "/api/v1/alerts/stream" {
+        if req.method() == Method::GET {
+            return Ok(crate::sse::stream(&req, &state));
+        }
+        let response = json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
+        return Ok(response.map(HttpBody::Left));
+    }
     if path.starts_with("/api/v1/") {
-        return Ok(crate::rest::route(req, &state).await);
+        return Ok(crate::rest::route(req, &state).await.map(HttpBody::Left));
     }
     let response = match (req.method(), path) {
         (&Method::GET, "/ws") => ws::upgrade(req, &state.ws, &state.tokens),
@@ -97,7 +111,7 @@ pub async fn handle(
         }
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     };
-    Ok(response)
+    Ok(response.map(HttpBody::Left))
 }
 
 /// Per shard, between two commands: the state digest (compare with

@@ -10,10 +10,12 @@
 //! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings.
 //! - [`ws`]: per-connection reader/writer tasks, control messages, backpressure.
 //! - [`trading`]: order entry shared by REST and WebSocket.
+//! - [`alerts`], [`sse`]: per-user alert histories, price alerts, the SSE stream.
 //! - [`orders`]: users' orders and fills from execution reports; request waiters.
 //! - [`protocol`]: the wire format (binary and JSON) and WebSocket framing.
 //! - [`client`]: a small WebSocket client for tests and tools.
 
+pub mod alerts;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod orders;
 pub mod protocol;
 pub mod rest;
 pub mod server;
+pub mod sse;
 pub mod trading;
 pub mod ws;
 

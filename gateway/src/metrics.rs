@@ -26,6 +26,14 @@ macro_rules! metrics {
 }
 
 metrics! {
+    /// SSE alert streams open now.
+    sse_streams: "gauge",
+    /// SSE alert streams opened since start.
+    sse_streams_total: "counter",
+    /// Reconnects whose Last-Event-ID was older than the history (sent a `reset`).
+    sse_resets_total: "counter",
+    /// Streams closed because the client did not keep up.
+    sse_slow_closes_total: "counter",
     /// WebSocket connections open now.
     ws_connections: "gauge",
     /// WebSocket connections accepted since start.

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::alerts::{AlertHub, AlertWorker};
 use crate::auth::{Tokens, Users};
 use crate::config::Config;
 use crate::fanout::{Directory, Hub, HubWake};
@@ -36,6 +37,8 @@ pub struct Server {
     runtime: EngineRuntime,
     hub: Hub,
     feed: Option<FeedDriver>,
+    alerts: Arc<AlertHub>,
+    alert_worker: Option<AlertWorker>,
     metrics: Arc<Metrics>,
     directory: Arc<Directory>,
     shutdown: watch::Sender<bool>,
@@ -102,6 +105,12 @@ impl Server {
             let (pacing, o) = (config.fanout, Arc::clone(&orders));
             tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing, o)).await?
         };
+        let alerts = Arc::new(AlertHub::new(
+            users.all().map(|u| u.account),
+            engine.instruments().len(),
+            config.sse_history,
+        ));
+        let alert_worker = Some(AlertWorker::start(engine.clone(), Arc::clone(&alerts)));
         // The feed starts last, so the hub sees its market from the first command.
         let feed = config.feed_rate.map(|rate| {
             let flow = FlowConfig { seed: config.seed, ..FlowConfig::default() };
@@ -143,6 +152,8 @@ impl Server {
             orders,
             idempotency: Default::default(),
             rest_limit: crate::rest::UserRateLimit::new(config.rest_rate, config.rest_burst),
+            alerts: Arc::clone(&alerts),
+            sse: config.sse.clone(),
         });
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -151,7 +162,20 @@ impl Server {
             alive_tx,
             config.handshake_timeout,
         ));
-        Ok(Server { addr, engine, runtime, hub, feed, metrics, directory, shutdown, accept, alive })
+        Ok(Server {
+            addr,
+            engine,
+            runtime,
+            hub,
+            feed,
+            alerts,
+            alert_worker,
+            metrics,
+            directory,
+            shutdown,
+            accept,
+            alive,
+        })
     }
 
     /// The bound address.
@@ -176,6 +200,11 @@ impl Server {
         }
     }
 
+    /// Users' alert histories and price alerts.
+    pub fn alerts(&self) -> &Arc<AlertHub> {
+        &self.alerts
+    }
+
     /// Channels.
     pub fn directory(&self) -> &Arc<Directory> {
         &self.directory
@@ -184,6 +213,11 @@ impl Server {
     /// Stops accepting, closes every WebSocket with 1001, finishes HTTP requests, then
     /// stops the feed, the hub and the engine.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        // Open alert streams deliver this notice, then end.
+        self.alerts.publish_system(&serde_json::json!({
+            "notice": "shutting_down",
+            "message": "the server is shutting down; reconnect with Last-Event-ID",
+        }));
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
         // Every connection task holds a sender; all dropped = all closed.
@@ -193,6 +227,9 @@ impl Server {
         }
         if let Some(feed) = self.feed.take() {
             feed.stop();
+        }
+        if let Some(worker) = self.alert_worker.take() {
+            worker.stop();
         }
         let (hub, runtime) = (self.hub, self.runtime);
         let engines = tokio::task::spawn_blocking(move || {

@@ -2,6 +2,7 @@
 //! ([`account`]). One error shape everywhere: `{"error": {"code", "message"}}`.
 
 pub mod account;
+pub mod alerts;
 pub mod market;
 pub mod orders;
 
@@ -36,10 +37,16 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         ["orders", id] if get => orders::get_one(&req, state, id),
         ["orders", id] if method == Method::DELETE => orders::cancel(&req, state, id).await,
         ["orders", id] if method == Method::PATCH => orders::replace(req, state, id).await,
+        ["alerts"] if post => alerts::create(req, state).await,
+        ["alerts"] if get => alerts::list(&req, state),
+        ["alerts", id] if method == Method::DELETE => alerts::delete(&req, state, id),
         ["fills"] if get => orders::fills(&req, state),
         ["positions"] if get => orders::positions(&req, state),
-        ["orders"] => {
+        ["orders" | "alerts"] => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET or POST")
+        }
+        ["alerts", _] => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use DELETE")
         }
         ["orders", _] => json_error(
             StatusCode::METHOD_NOT_ALLOWED,

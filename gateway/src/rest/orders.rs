@@ -219,27 +219,9 @@ pub async fn replace(req: Request<Incoming>, state: &AppState, id: &str) -> Resp
     let Some(id) = parse_order_id(id) else {
         return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
     };
-    if let Some(response) = super::reject_non_json(&req) {
-        return response;
-    }
-    let mut body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
-        Ok(c) => c.to_bytes().to_vec(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return super::too_large()
-        }
-        Err(_) => {
-            return json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body")
-        }
-    };
-    let request: ReplaceRequest = match simd_json::serde::from_slice(&mut body) {
+    let request: ReplaceRequest = match super::json_body(req).await {
         Ok(r) => r,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                &format!("invalid replace: {e}"),
-            )
-        }
+        Err(response) => return response,
     };
     match trading(state).replace(AccountId(claims.acc), id, &request).await {
         Ok(order) => json_response(StatusCode::OK, &order),

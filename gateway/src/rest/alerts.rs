@@ -1,0 +1,108 @@
+//! Price alerts: `POST /api/v1/alerts`, `GET /api/v1/alerts`, `DELETE /api/v1/alerts/{id}`.
+//! They fire into the user's SSE stream (`GET /api/v1/alerts/stream`, see [`crate::sse`]).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tickgate_engine::types::{format_fixed, parse_fixed};
+use tickgate_engine::AccountId;
+
+use super::{authorize, invalid_parameter, json_body};
+use crate::alerts::{AddError, Condition, PriceAlert, ALERTS_PER_USER_MAX};
+use crate::http::{json_error, json_response, AppState};
+
+#[derive(Deserialize)]
+struct NewAlert {
+    symbol: String,
+    condition: String,
+    price: String,
+    #[serde(default)]
+    repeat: bool,
+}
+
+fn alert_json(a: &PriceAlert, state: &AppState) -> Value {
+    let i = state.engine.instruments().get(a.instrument.0 as usize);
+    json!({
+        "id": a.id,
+        "symbol": i.map(|i| i.spec.symbol.as_str()),
+        "condition": a.condition.as_str(),
+        "price": i.map(|i| format_fixed(a.price, i.spec.price_precision)),
+        "repeat": a.repeat,
+    })
+}
+
+/// `POST /api/v1/alerts` with `{"symbol", "condition": "above"|"below"|"crosses", "price",
+/// "repeat": false}`.
+pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authorize(&req, state) {
+        Ok(c) => c,
+        Err(response) => return *response,
+    };
+    let body: NewAlert = match json_body(req).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let Some(instrument) = state.engine.instrument_by_symbol(&body.symbol) else {
+        let message = format!("no instrument `{}`", body.symbol);
+        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "unknown_symbol", &message);
+    };
+    let Some(condition) = Condition::parse(&body.condition) else {
+        return invalid_parameter("condition is above, below or crosses");
+    };
+    let spec = &instrument.spec;
+    let price = match parse_fixed(&body.price, spec.price_precision) {
+        Some(p) if p > 0 => p,
+        _ => {
+            return invalid_parameter(&format!(
+                "price must be a positive decimal with at most {} decimals",
+                spec.price_precision
+            ))
+        }
+    };
+    match state.alerts.add_alert(
+        AccountId(claims.acc),
+        instrument.id,
+        condition,
+        price,
+        body.repeat,
+    ) {
+        Ok(alert) => json_response(StatusCode::CREATED, &alert_json(&alert, state)),
+        Err(AddError::TooMany) => json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "limit_exceeded",
+            &format!("at most {ALERTS_PER_USER_MAX} alerts per user"),
+        ),
+        Err(AddError::UnknownUser) => {
+            json_error(StatusCode::NOT_FOUND, "unknown_account", "no alert history for this user")
+        }
+    }
+}
+
+/// `GET /api/v1/alerts`: the caller's alerts, oldest first.
+pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authorize(req, state) {
+        Ok(c) => c,
+        Err(response) => return *response,
+    };
+    let alerts: Vec<Value> =
+        state.alerts.alerts(AccountId(claims.acc)).iter().map(|a| alert_json(a, state)).collect();
+    json_response(StatusCode::OK, &json!({ "alerts": alerts }))
+}
+
+/// `DELETE /api/v1/alerts/{id}`.
+pub fn delete<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
+    let claims = match authorize(req, state) {
+        Ok(c) => c,
+        Err(response) => return *response,
+    };
+    let removed = id.parse().is_ok_and(|id| state.alerts.remove_alert(AccountId(claims.acc), id));
+    if removed {
+        json_response(StatusCode::OK, &json!({ "deleted": id }))
+    } else {
+        // Another user's alert answers exactly like a missing one.
+        json_error(StatusCode::NOT_FOUND, "unknown_alert", "no such alert")
+    }
+}
