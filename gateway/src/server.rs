@@ -329,6 +329,12 @@ async fn accept_loop(
         let mut shutdown = shutdown.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
+            // Alert streams on a fresh connection are served without hyper (see sse.rs).
+            if crate::sse::is_stream_request(&stream, handshake_timeout).await {
+                crate::sse::serve_raw(stream, &state, handshake_timeout).await;
+                drop(alive);
+                return;
+            }
             let service = service_fn(move |req| http::handle(req, Arc::clone(&state)));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -17,6 +17,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::alerts::{frame_event, AlertHub, Replay, UserAlerts};
@@ -83,62 +85,107 @@ impl Drop for StreamGuard {
     }
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<HttpBody> {
-    json_error(status, code, message).map(HttpBody::Left)
+/// Why a stream was not opened: the JSON error answer to give instead.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<&'static str>,
 }
 
-/// Handles `GET /api/v1/alerts/stream`.
-pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
-    let query = req.uri().query();
-    // Browsers' EventSource cannot set headers: the token may come in the query string.
-    let token = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| crate::ws::query_param(query, "token"));
-    let Some(token) = token else {
-        return crate::rest::unauthorized("missing bearer token").map(HttpBody::Left);
-    };
-    let claims = match state.tokens.verify(token.trim()) {
-        Ok(c) => c,
-        Err(e) => return crate::rest::unauthorized(&e.to_string()).map(HttpBody::Left),
-    };
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| crate::ws::query_param(query, "last_event_id"));
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Refusal { status, code, message: message.into(), retry_after: None }
+    }
+
+    fn response(&self) -> Response<HttpBody> {
+        let mut response = if self.status == StatusCode::UNAUTHORIZED {
+            crate::rest::unauthorized(&self.message)
+        } else {
+            json_error(self.status, self.code, &self.message)
+        };
+        if let Some(v) = self.retry_after {
+            response.headers_mut().insert("retry-after", HeaderValue::from_static(v));
+        }
+        response.map(HttpBody::Left)
+    }
+
+    /// The same answer as raw HTTP/1.1 bytes (for streams served without hyper).
+    fn raw(&self) -> Vec<u8> {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } })
+            .to_string();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            head.push_str("www-authenticate: Bearer\r\n");
+        }
+        if let Some(v) = self.retry_after {
+            head.push_str(&format!("retry-after: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        head.push_str(&body);
+        head.into_bytes()
+    }
+}
+
+/// An opened stream: what to send first, and what the pump needs.
+struct Opened {
+    user: Arc<UserAlerts>,
+    cursor: u64,
+    watch: watch::Receiver<u64>,
+    /// `retry:` advice, then the replay (or a `reset`).
+    initial: Vec<Bytes>,
+    guard: StreamGuard,
+}
+
+/// Authenticates, applies the limits and computes the replay for a stream request.
+/// `token` comes from `Authorization: Bearer` or `?token=`; `last_event_id` from the
+/// header or `?last_event_id=`.
+fn open(
+    state: &AppState,
+    token: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Result<Opened, Refusal> {
+    let unauthorized = |m: String| Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let token = token.ok_or_else(|| unauthorized("missing bearer token".into()))?;
+    let claims = state.tokens.verify(token.trim()).map_err(|e| unauthorized(e.to_string()))?;
     let last_event_id = match last_event_id.map(|v| v.trim().parse::<u64>()) {
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
-            return error(
+            return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_parameter",
                 "Last-Event-ID must be an id from this stream",
-            )
+            ))
         }
     };
     let hub = &state.alerts;
     let limits = &state.sse;
-    let Some(user) = hub.user(tickgate_engine::AccountId(claims.acc)).cloned() else {
-        return crate::rest::unauthorized("no such user").map(HttpBody::Left);
-    };
+    let user = hub
+        .user(tickgate_engine::AccountId(claims.acc))
+        .cloned()
+        .ok_or_else(|| unauthorized("no such user".into()))?;
     // Take the places first, so concurrent connects cannot overshoot the limits.
     if user.streams.fetch_add(1, Ordering::AcqRel) >= limits.streams_per_user_max {
         user.streams.fetch_sub(1, Ordering::AcqRel);
         let message = format!("at most {} open streams per user", limits.streams_per_user_max);
-        let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", &message);
-        response.headers_mut().insert("retry-after", HeaderValue::from_static("5"));
-        return response;
+        let mut refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message);
+        refusal.retry_after = Some("5");
+        return Err(refusal);
     }
     if hub.streams.fetch_add(1, Ordering::AcqRel) >= limits.streams_max
         || *state.ws.shutdown.borrow()
     {
         hub.streams.fetch_sub(1, Ordering::AcqRel);
         user.streams.fetch_sub(1, Ordering::AcqRel);
-        return error(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", "stream limit reached");
+        let message = "stream limit reached";
+        return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", message));
     }
     state.metrics.sse_streams.fetch_add(1, Ordering::Relaxed);
     state.metrics.sse_streams_total.fetch_add(1, Ordering::Relaxed);
@@ -147,20 +194,16 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
         user: Arc::clone(&user),
         metrics: Arc::clone(&state.metrics),
     };
-
     // Watch before reading the history: nothing published in between is missed.
     let watch = user.watch();
-    let (tx, rx) = mpsc::channel(limits.backlog_max.max(hub.history_max() + 2));
-    let retry = format!("retry: {}\n\n", limits.retry.as_millis());
-    let _ = tx.try_send(Bytes::from(retry));
+    let mut initial = vec![Bytes::from(format!("retry: {}\n\n", limits.retry.as_millis()))];
     let cursor = match user.replay(last_event_id) {
         Replay::Events(events) => {
             // No Last-Event-ID: live events only, from the newest id now.
             let mut cursor = last_event_id.unwrap_or_else(|| *watch.borrow());
             for e in events {
                 cursor = e.id;
-                // The channel holds a whole history: the replay always fits.
-                let _ = tx.try_send(e.wire);
+                initial.push(e.wire);
             }
             cursor
         }
@@ -171,11 +214,46 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
                 "message": "events since Last-Event-ID are no longer kept: refetch your state over REST",
                 "refetch": ["/api/v1/account", "/api/v1/orders", "/api/v1/fills", "/api/v1/alerts"],
             });
-            let _ = tx.try_send(frame_event(latest, "reset", &data));
+            initial.push(frame_event(latest, "reset", &data));
             latest
         }
     };
-    tokio::spawn(pump(user, cursor, watch, tx, limits.heartbeat, state.ws.shutdown.clone(), guard));
+    Ok(Opened { user, cursor, watch, initial, guard })
+}
+
+fn bearer(value: Option<&[u8]>) -> Option<&str> {
+    std::str::from_utf8(value?).ok()?.strip_prefix("Bearer ")
+}
+
+/// Handles `GET /api/v1/alerts/stream` arriving through hyper (a keep-alive connection
+/// that served other requests first).
+pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
+    let query = req.uri().query();
+    let header = |name: &str| req.headers().get(name).map(|v| v.as_bytes());
+    // Browsers' EventSource cannot set headers: the token may come in the query string.
+    let token =
+        bearer(header(AUTHORIZATION.as_str())).or_else(|| crate::ws::query_param(query, "token"));
+    let last_event_id = header("last-event-id")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .or_else(|| crate::ws::query_param(query, "last_event_id"));
+    let opened = match open(state, token, last_event_id) {
+        Ok(o) => o,
+        Err(refusal) => return refusal.response(),
+    };
+    let (tx, rx) = mpsc::channel(state.sse.backlog_max.max(state.alerts.history_max() + 2));
+    for b in opened.initial {
+        // The channel holds a whole history: the replay always fits.
+        let _ = tx.try_send(b);
+    }
+    tokio::spawn(pump(
+        opened.user,
+        opened.cursor,
+        opened.watch,
+        tx,
+        state.sse.heartbeat,
+        state.ws.shutdown.clone(),
+        opened.guard,
+    ));
     let mut response = Response::new(HttpBody::Right(SseBody { rx }));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -184,6 +262,168 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
     response
 }
 
+const STREAM_REQUEST: &[u8] = b"GET /api/v1/alerts/stream";
+
+/// Whether the first request on a fresh connection is a stream request (looked at with
+/// `peek`, so nothing is consumed). Such connections are served by [`serve_raw`] without
+/// hyper: an open stream then costs a few hundred bytes instead of hyper's buffers.
+pub async fn is_stream_request(stream: &TcpStream, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; STREAM_REQUEST.len() + 1];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0
+            || buf[..n.min(STREAM_REQUEST.len())] != STREAM_REQUEST[..n.min(STREAM_REQUEST.len())]
+        {
+            return false;
+        }
+        if n == buf.len() {
+            return matches!(buf[STREAM_REQUEST.len()], b' ' | b'?');
+        }
+        // A request line arriving in pieces: look again shortly.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Largest request head a raw stream request may have.
+const HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// Serves a stream request on a connection of its own: reads and parses the head
+/// (`httparse`), answers with an error or `200` and the stream, delimited by closing the
+/// connection (`Connection: close`, no chunked encoding).
+pub async fn serve_raw(mut stream: TcpStream, state: &AppState, head_timeout: Duration) {
+    let mut head = Vec::with_capacity(1024);
+    let read_head = async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            head.extend_from_slice(&chunk[..n]);
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Some(());
+            }
+            if head.len() > HEAD_BYTES_MAX {
+                return None;
+            }
+        }
+    };
+    if tokio::time::timeout(head_timeout, read_head).await.ok().flatten().is_none() {
+        return;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let opened = match req.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {
+            let header = |name: &str| {
+                req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+            };
+            let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q);
+            let token =
+                bearer(header("authorization")).or_else(|| crate::ws::query_param(query, "token"));
+            let last_event_id = header("last-event-id")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .or_else(|| crate::ws::query_param(query, "last_event_id"));
+            state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
+            open(state, token, last_event_id)
+        }
+        _ => Err(Refusal::new(StatusCode::BAD_REQUEST, "malformed", "unparsable request head")),
+    };
+    let opened = match opened {
+        Ok(o) => o,
+        Err(refusal) => {
+            let _ = tokio::time::timeout(head_timeout, stream.write_all(&refusal.raw())).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    drop(head);
+    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n".to_vec();
+    for b in &opened.initial {
+        out.extend_from_slice(b);
+    }
+    let Opened { user, cursor, watch, guard, .. } = opened;
+    let limits =
+        RawLimits { heartbeat: state.sse.heartbeat, stall: state.ws.limits.write_stall_timeout };
+    pump_raw(stream, out, user, cursor, watch, state.ws.shutdown.clone(), limits, guard).await;
+}
+
+struct RawLimits {
+    heartbeat: Duration,
+    stall: Duration,
+}
+
+/// The raw stream's loop: write what is pending (a client that does not take it within
+/// the stall time is dropped: its events stay in the history), then wait for new events,
+/// the heartbeat, the client closing, or shutdown. No per-stream queue: the history is the
+/// queue, and the cursor is the stream's place in it.
+#[allow(clippy::too_many_arguments)]
+async fn pump_raw(
+    mut stream: TcpStream,
+    mut out: Vec<u8>,
+    user: Arc<UserAlerts>,
+    mut cursor: u64,
+    mut watch: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: RawLimits,
+    guard: StreamGuard,
+) {
+    let mut ticker = tokio::time::interval(limits.heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut fresh = Vec::new();
+    let mut ending = false;
+    loop {
+        if !out.is_empty() {
+            match tokio::time::timeout(limits.stall, stream.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    guard.metrics.sse_slow_closes_total.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            out.clear();
+            if out.capacity() > 16 * 1024 {
+                out = Vec::new(); // a burst went by: do not keep its buffer
+            }
+        }
+        if ending {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        tokio::select! {
+            changed = watch.changed() => ending = changed.is_err(),
+            _ = ticker.tick() => {
+                out.extend_from_slice(b": heartbeat\n\n");
+                continue;
+            }
+            ready = stream.readable() => {
+                // The client sends nothing on a stream: data or EOF both end it.
+                let mut probe = [0u8; 64];
+                match ready.map(|()| stream.try_read(&mut probe)) {
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => return,
+                }
+                continue;
+            }
+            _ = shutdown.changed() => ending = true,
+        }
+        fresh.clear();
+        if !user.since(cursor, &mut fresh) {
+            // Fell behind the history while connected: end; the reconnect gets `reset`.
+            return;
+        }
+        for e in fresh.drain(..) {
+            cursor = e.id;
+            out.extend_from_slice(&e.wire);
+        }
+    }
+}
 /// Moves a user's new events into the stream until the client goes away, falls too far
 /// behind, or the server shuts down.
 async fn pump(

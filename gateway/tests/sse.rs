@@ -39,6 +39,18 @@ async fn open(
     query: &str,
     last_event_id: Option<u64>,
 ) -> Result<(Stream, hyper::HeaderMap), (u16, hyper::HeaderMap, Value)> {
+    open_on(addr, bearer, query, last_event_id, false).await
+}
+
+/// `after_request`: send another request on the connection first, so the stream request
+/// is served by hyper (a fresh connection's first stream request is served without it).
+async fn open_on(
+    addr: SocketAddr,
+    bearer: Option<&str>,
+    query: &str,
+    last_event_id: Option<u64>,
+    after_request: bool,
+) -> Result<(Stream, hyper::HeaderMap), (u16, hyper::HeaderMap, Value)> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
@@ -47,6 +59,15 @@ async fn open(
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
+    if after_request {
+        let req = hyper::Request::get("/api/v1/instruments")
+            .header("host", addr.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(req).await.expect("response");
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.expect("body");
+    }
     let mut req = hyper::Request::get(format!("/api/v1/alerts/stream{query}"))
         .header("host", addr.to_string());
     if let Some(token) = bearer {
@@ -309,4 +330,28 @@ async fn auth_failures_and_limits_answer_json_not_a_stream() {
             Some(b) => assert!(b.comment.is_some(), "only heartbeats may follow: {b:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_keep_alive_connection_works_the_same() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let alice = Api::login(addr, 0).await;
+    let (mut s, headers) =
+        open_on(addr, Some(&alice.token), "", None, true).await.expect("stream through hyper");
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(s.block().await.expect("retry").retry, Some(2000));
+    trade(addr, "ADA-USD", "0.4500", "10.0").await;
+    let fill = s.event().await;
+    assert_eq!((fill.event.as_str(), fill.data["price"].as_str()), ("fill", Some("0.4500")));
+    drop(s);
+    trade(addr, "ADA-USD", "0.4600", "10.0").await;
+    let (mut again, _) =
+        open_on(addr, Some(&alice.token), "", fill.id, true).await.expect("reconnect");
+    let missed = again.event().await;
+    assert_eq!(missed.data["price"], "0.4600");
+    let Err((status, _, body)) = open_on(addr, None, "", None, true).await else {
+        panic!("no token, yet a stream");
+    };
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
 }

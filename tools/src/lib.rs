@@ -3,5 +3,7 @@
 //! - [`load`]: N WebSocket clients against a running server: delivered messages/s and
 //!   bytes/s, end-to-end latency (engine timestamp to receipt, HDR histogram), sequence
 //!   continuity, resyncs, gaps and closes.
+//! - [`sse`]: N SSE alert streams: delivery latency of price alerts.
 
 pub mod load;
+pub mod sse;

@@ -59,10 +59,81 @@ enum Command {
         #[arg(long)]
         idle: bool,
     },
+    /// Open N SSE alert streams and report delivery latency of price alerts.
+    Sse {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Streams (spread over the users).
+        #[arg(long, short = 'n', default_value_t = 100)]
+        streams: usize,
+        /// Users as `name:password`, comma separated.
+        #[arg(long, default_value = "alice:alice-demo-password,bob:bob-demo-password")]
+        users: String,
+        /// Set a repeating `crosses` alert at the current mid of this symbol for each user
+        /// (the live market then fires it); without it the streams stay idle.
+        #[arg(long)]
+        alert: Option<String>,
+        /// With --alert: also set alerts 1 to K ticks on either side of the mid.
+        #[arg(long, default_value_t = 0)]
+        alert_spread: i64,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds before measuring.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Client runtime threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Sse {
+            addr,
+            streams,
+            users,
+            alert,
+            alert_spread,
+            duration,
+            warmup,
+            threads,
+            json,
+        } => {
+            let users = users
+                .split(',')
+                .map(|u| {
+                    u.split_once(':')
+                        .map(|(n, p)| (n.to_string(), p.to_string()))
+                        .context("--users entries are name:password")
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let config = tickgate_tools::sse::SseConfig {
+                addr,
+                streams,
+                users,
+                alert_symbol: alert,
+                alert_spread: alert_spread.clamp(0, 40),
+                duration: Duration::from_secs_f64(duration),
+                warmup: Duration::from_secs_f64(warmup),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(tickgate_tools::sse::run(config))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
         Command::Load {
             addr,
             connections,
