@@ -4,6 +4,8 @@
 //!   bytes/s, end-to-end latency (engine timestamp to receipt, HDR histogram), sequence
 //!   continuity, resyncs, gaps and closes.
 //! - [`sse`]: N SSE alert streams: delivery latency of price alerts.
+//! - [`users`]: users files for `tickgate --users`.
 
 pub mod load;
 pub mod sse;
+pub mod users;

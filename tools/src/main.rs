@@ -59,6 +59,22 @@ enum Command {
         #[arg(long)]
         idle: bool,
     },
+    /// Write a users file (JSON) for `tickgate --users`: `user<i>` with password `pw<i>`
+    /// on account `first-account + i`.
+    Users {
+        /// Users.
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Account of the first user (demo users use 1 and 2; the synthetic flow 1000 up).
+        #[arg(long, default_value_t = 10)]
+        first_account: u32,
+        /// Cheap argon2 parameters (8 KiB, 1 pass): fast logins for load tests only.
+        #[arg(long)]
+        cheap: bool,
+        /// Output file.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Open N SSE alert streams and report delivery latency of price alerts.
     Sse {
         /// Server address.
@@ -67,16 +83,23 @@ enum Command {
         /// Streams (spread over the users).
         #[arg(long, short = 'n', default_value_t = 100)]
         streams: usize,
-        /// Users as `name:password`, comma separated.
+        /// Users as `name:password`, comma separated, or `generated:N` for the N users
+        /// `tickgate-tools users --count N` writes (`user<i>` / `pw<i>`).
         #[arg(long, default_value = "alice:alice-demo-password,bob:bob-demo-password")]
         users: String,
         /// Set a repeating `crosses` alert at the current mid of this symbol for each user
         /// (the live market then fires it); without it the streams stay idle.
         #[arg(long)]
         alert: Option<String>,
-        /// With --alert: also set alerts 1 to K ticks on either side of the mid.
+        /// With --alert: also set alerts 1 to K steps on either side of the mid.
         #[arg(long, default_value_t = 0)]
         alert_spread: i64,
+        /// Ticks between two alerts of the spread.
+        #[arg(long, default_value_t = 1)]
+        alert_step: i64,
+        /// Offset user i's alerts by i - users/2 ticks (users' alerts at different prices).
+        #[arg(long)]
+        stagger: bool,
         /// Measured seconds.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
@@ -94,17 +117,31 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Users { count, first_account, cheap, out } => {
+            tickgate_tools::users::write(&out, count, first_account, cheap)?;
+            eprintln!("wrote {count} users to {}", out.display());
+            Ok(())
+        }
         Command::Sse {
             addr,
             streams,
             users,
             alert,
             alert_spread,
+            alert_step,
+            stagger,
             duration,
             warmup,
             threads,
             json,
         } => {
+            let users = match users.strip_prefix("generated:") {
+                Some(n) => {
+                    let n: u32 = n.parse().context("generated:N needs a number")?;
+                    (0..n).map(|i| format!("user{i}:pw{i}")).collect::<Vec<_>>().join(",")
+                }
+                None => users,
+            };
             let users = users
                 .split(',')
                 .map(|u| {
@@ -119,6 +156,8 @@ fn main() -> anyhow::Result<()> {
                 users,
                 alert_symbol: alert,
                 alert_spread: alert_spread.clamp(0, 40),
+                alert_step: alert_step.max(1),
+                stagger,
                 duration: Duration::from_secs_f64(duration),
                 warmup: Duration::from_secs_f64(warmup),
             };

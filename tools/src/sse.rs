@@ -25,8 +25,13 @@ pub struct SseConfig {
     pub users: Vec<(String, String)>,
     /// Symbol of the repeating `crosses` alert set per user; `None`: idle streams.
     pub alert_symbol: Option<String>,
-    /// Alerts on each side of the mid, one tick apart (0: one alert at the mid).
+    /// Alerts on each side of the mid (0: one alert at the mid).
     pub alert_spread: i64,
+    /// Ticks between two alerts.
+    pub alert_step: i64,
+    /// Offset user `i`'s alerts by `i - users/2` ticks, so users' alerts sit at different
+    /// prices and a price move fires a few users' alerts rather than everyone's.
+    pub stagger: bool,
     /// Measured time.
     pub duration: Duration,
     /// Time before measuring starts (all streams are open by then).
@@ -120,6 +125,8 @@ async fn set_alerts(
     token: &str,
     symbol: &str,
     spread: i64,
+    step: i64,
+    offset: i64,
 ) -> anyhow::Result<String> {
     let (_, book) =
         http(addr, &format!("GET /api/v1/markets/{symbol}/book?depth=1 HTTP/1.1"), "").await?;
@@ -128,10 +135,10 @@ async fn set_alerts(
     let decimals = bid.split('.').nth(1).map_or(0, str::len);
     let scale = 10f64.powi(decimals as i32);
     let (bid, ask): (f64, f64) = (bid.parse()?, ask.parse()?);
-    let mid = ((bid + ask) / 2.0 * scale).round() as i64;
+    let mid = ((bid + ask) / 2.0 * scale).round() as i64 + offset;
     let head = format!("POST /api/v1/alerts HTTP/1.1\r\nAuthorization: Bearer {token}");
     for tick in -spread..=spread {
-        let price = format!("{:.*}", decimals, (mid + tick) as f64 / scale);
+        let price = format!("{:.*}", decimals, (mid + tick * step) as f64 / scale);
         let body =
             json!({"symbol": symbol, "condition": "crosses", "price": price, "repeat": true});
         let (status, v) = http(addr, &head, &body.to_string()).await?;
@@ -139,7 +146,7 @@ async fn set_alerts(
             bail!("alert not set: {status} {v}");
         }
     }
-    Ok(format!("{:.*} +/- {spread} ticks", decimals, mid as f64 / scale))
+    Ok(format!("{:.*} +/- {spread} x {step} ticks", decimals, mid as f64 / scale))
 }
 
 /// Reads one stream until `end`; returns (stayed open, events, histogram).
@@ -210,11 +217,16 @@ fn field_u64(block: &[u8], key: &[u8]) -> Option<u64> {
 /// Runs the probe.
 pub async fn run(config: SseConfig) -> anyhow::Result<SseReport> {
     let mut tokens = Vec::new();
+    let half = config.users.len() as i64 / 2;
     for (user, password) in &config.users {
         let token = login(config.addr, user, password).await?;
         if let Some(symbol) = &config.alert_symbol {
-            let at = set_alerts(config.addr, &token, symbol, config.alert_spread).await?;
-            eprintln!("{user}: repeating crosses alerts on {symbol} at {at}");
+            let offset = if config.stagger { tokens.len() as i64 - half } else { 0 };
+            let (spread, step) = (config.alert_spread, config.alert_step);
+            let at = set_alerts(config.addr, &token, symbol, spread, step, offset).await?;
+            if tokens.len() < 3 {
+                eprintln!("{user}: repeating crosses alerts on {symbol} at {at}");
+            }
         }
         tokens.push(token);
     }
