@@ -15,6 +15,37 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::auth::Claims;
 use crate::http::{json_error, json_response, AppState};
 
+/// Every route the server answers, as (method, path template): what
+/// `/api/v1/openapi.json` must describe, no more and no less (checked by a test that also
+/// sends a real request to each). HEAD is served wherever GET is.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/instruments"),
+    ("GET", "/api/v1/markets/{symbol}/book"),
+    ("GET", "/api/v1/markets/{symbol}/trades"),
+    ("POST", "/api/v1/auth/login"),
+    ("POST", "/api/v1/auth/refresh"),
+    ("GET", "/api/v1/account"),
+    ("GET", "/api/v1/positions"),
+    ("POST", "/api/v1/orders"),
+    ("GET", "/api/v1/orders"),
+    ("GET", "/api/v1/orders/{id}"),
+    ("DELETE", "/api/v1/orders/{id}"),
+    ("PATCH", "/api/v1/orders/{id}"),
+    ("GET", "/api/v1/fills"),
+    ("POST", "/api/v1/alerts"),
+    ("GET", "/api/v1/alerts"),
+    ("DELETE", "/api/v1/alerts/{id}"),
+    ("GET", "/api/v1/alerts/stream"),
+    ("GET", "/ws"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/debug/digest"),
+];
+
+/// The OpenAPI 3 document, served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Largest request body the API reads.
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
 
@@ -26,6 +57,13 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
     match segments.as_slice() {
+        ["openapi.json"] if get => {
+            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+            response
+        }
         ["instruments"] if get => market::instruments(&req, state),
         ["markets", symbol, "book"] if get => market::book(&req, state, symbol),
         ["markets", symbol, "trades"] if get => market::trades(&req, state, symbol),
@@ -54,6 +92,7 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
             "use GET, PATCH or DELETE",
         ),
         ["instruments"]
+        | ["openapi.json"]
         | ["markets", _, "book" | "trades"]
         | ["account"]
         | ["fills"]
