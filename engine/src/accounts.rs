@@ -39,6 +39,9 @@ pub struct Ledger {
     balances: Vec<Balance>,
     positions: Vec<Qty>,
     exec_seq: Vec<Seq>,
+    /// Accounts whose balances changed since [`Ledger::take_changed`], and their flags.
+    changed: Vec<u32>,
+    changed_flag: Vec<bool>,
 }
 
 impl Ledger {
@@ -51,6 +54,8 @@ impl Ledger {
             balances: vec![Balance::default(); n * assets],
             positions: vec![Qty::ZERO; n * instruments],
             exec_seq: vec![Seq(0); n],
+            changed: Vec::new(),
+            changed_flag: vec![false; n],
         }
     }
 
@@ -78,8 +83,31 @@ impl Ledger {
 
     #[inline]
     fn balance_mut(&mut self, account: AccountId, asset: AssetId) -> &mut Balance {
+        let a = account.0 as usize;
+        if !self.changed_flag[a] {
+            self.changed_flag[a] = true;
+            self.changed.push(account.0);
+        }
         let slot = self.slot(account, asset);
         &mut self.balances[slot]
+    }
+
+    /// Calls `f` with each account whose balances changed since the last call, and its
+    /// balances per asset; then forgets the changes.
+    pub fn take_changed(&mut self, mut f: impl FnMut(AccountId, &[Balance])) {
+        for &a in &self.changed {
+            let start = a as usize * self.assets;
+            f(AccountId(a), &self.balances[start..start + self.assets]);
+            self.changed_flag[a as usize] = false;
+        }
+        self.changed.clear();
+    }
+
+    /// Calls `f` with every account's balances (to publish a recovered state).
+    pub fn for_each(&self, mut f: impl FnMut(AccountId, &[Balance])) {
+        for (a, row) in self.balances.chunks(self.assets.max(1)).enumerate() {
+            f(AccountId(a as u32), row);
+        }
     }
 
     /// Net position (base quantity bought minus sold) of `account` in `instrument`.

@@ -11,6 +11,7 @@
 //! randomness reaches the matching core, so the same commands always give the same events.
 
 pub mod accounts;
+pub mod board;
 pub mod book;
 pub mod command;
 pub mod durable;

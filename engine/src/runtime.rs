@@ -22,6 +22,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::accounts::Balance;
+use crate::board::BalanceBoard;
 use crate::book::{BookSnapshot, RestingOrder};
 use crate::command::{Command, CommandKind, Transfer};
 use crate::durable::{
@@ -223,6 +224,7 @@ impl ShardStats {
 
 struct ShardLink {
     tx: Sender<Request>,
+    board: Arc<BalanceBoard>,
     ring: Arc<EventRing>,
     stats: Arc<ShardStats>,
     journal: Option<Arc<JournalStats>>,
@@ -299,7 +301,13 @@ impl EngineRuntime {
             let (ring, writer) = EventRing::with_capacity(config.ring_capacity);
             let stats = Arc::new(ShardStats::default());
             let failure = Arc::new(Failure::default());
+            let board =
+                Arc::new(BalanceBoard::new(engine.ledger().accounts(), config.spec.assets.len()));
+            engine.ledger().for_each(|a, row| board.write(a, row));
+            let mut engine = engine;
+            engine.take_changed_balances(|_, _| {});
             let mut worker = ShardWorker {
+                board: Arc::clone(&board),
                 engine,
                 rx,
                 writer,
@@ -358,7 +366,7 @@ impl EngineRuntime {
                 .name(format!("engine-{shard}"))
                 .spawn(move || worker.run())
                 .expect("spawning an engine thread at start-up");
-            links.push(ShardLink { tx, ring, stats, journal, failure });
+            links.push(ShardLink { tx, board, ring, stats, journal, failure });
             threads.push(thread);
             recoveries.extend(recovery);
         }
@@ -524,6 +532,12 @@ impl EngineHandle {
         self.ask(shard, |reply| Query::OpenOrders { accounts, reply })
     }
 
+    /// Balances of `account` on `shard` as of the last published batch, read lock-free
+    /// (the engine thread is not involved); `None` for an unknown account or shard.
+    pub fn published_balances(&self, shard: usize, account: AccountId) -> Option<Vec<Balance>> {
+        self.shared.shards.get(shard)?.board.read(account)
+    }
+
     /// Journal counters of `shard` (`None` without durability).
     pub fn journal_stats(&self, shard: usize) -> Option<&Arc<JournalStats>> {
         self.shared.shards.get(shard)?.journal.as_ref()
@@ -563,6 +577,7 @@ impl EngineHandle {
 }
 
 struct ShardWorker {
+    board: Arc<BalanceBoard>,
     engine: Engine,
     rx: Receiver<Request>,
     writer: RingWriter,
@@ -646,7 +661,10 @@ impl ShardWorker {
     }
 
     fn answer(&mut self, query: Query) {
-        // Publish first: whoever gets the answer can then read every event it reflects.
+        // Publish first (balances, then events): whoever gets the answer can then read
+        // every event it reflects.
+        let board = &self.board;
+        self.engine.take_changed_balances(|a, row| board.write(a, row));
         self.writer.publish();
         // A requester that went away is not the engine's problem: ignore send errors.
         match query {
@@ -718,6 +736,9 @@ impl ShardWorker {
                     Err(_) => break,
                 }
             }
+            // Balances first: whoever sees this batch's reports reads balances including them.
+            let board = &self.board;
+            self.engine.take_changed_balances(|a, row| board.write(a, row));
             self.writer.publish();
             batches += 1;
             self.stats.store(&self.engine.counters(), batches);

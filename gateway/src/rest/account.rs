@@ -64,41 +64,29 @@ pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 
 /// `GET /api/v1/account`: balances per asset (total, available, held), summed over the
 /// engine shards' ledgers.
-pub async fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
         Err(response) => return *response,
     };
-    let engine = state.engine.clone();
+    // Published by the engine threads after every batch, read lock-free: the engine is
+    // neither locked nor asked.
     let account = AccountId(claims.acc);
-    let totals = tokio::task::spawn_blocking(move || {
-        let mut totals = vec![(0i128, 0i128); engine.assets().len()];
-        for shard in 0..engine.shards() {
-            match engine.balances(shard, account) {
-                Ok(Some(balances)) => {
-                    for (t, b) in totals.iter_mut().zip(balances) {
-                        t.0 += i128::from(b.total.0);
-                        t.1 += i128::from(b.held.0);
-                    }
-                }
-                Ok(None) => return Err("unknown account"),
-                Err(_) => return Err("engine busy"),
-            }
-        }
-        Ok(totals)
-    })
-    .await;
-    let totals = match totals {
-        Ok(Ok(t)) => t,
-        Ok(Err("unknown account")) => {
+    let engine = &state.engine;
+    let mut totals = vec![(0i128, 0i128); engine.assets().len()];
+    for shard in 0..engine.shards() {
+        let Some(balances) = engine.published_balances(shard, account) else {
             return json_error(
                 StatusCode::NOT_FOUND,
                 "unknown_account",
                 "the account does not exist",
-            )
+            );
+        };
+        for (t, b) in totals.iter_mut().zip(balances) {
+            t.0 += i128::from(b.total.0);
+            t.1 += i128::from(b.held.0);
         }
-        _ => return json_error(StatusCode::SERVICE_UNAVAILABLE, "engine_busy", "try again"),
-    };
+    }
     let assets = state.engine.assets();
     let fmt = |v: i128, p: u8| format_fixed(i64::try_from(v).unwrap_or(i64::MAX), p);
     let balances: Vec<_> = totals

@@ -69,7 +69,7 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         ["markets", symbol, "trades"] if get => market::trades(&req, state, symbol),
         ["auth", "login"] if post => account::login(req, state).await,
         ["auth", "refresh"] if post => account::refresh(&req, state),
-        ["account"] if get => account::account(&req, state).await,
+        ["account"] if get => account::account(&req, state),
         ["orders"] if post => orders::place(req, state).await,
         ["orders"] if get => orders::list(&req, state),
         ["orders", id] if get => orders::get_one(&req, state, id),

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# REST throughput and latency with wrk (keep-alive), server and wrk on the same two cores:
+# GET /api/v1/account, then POST /api/v1/orders (IOC buys far below the market: each is
+# journaled, matched against nothing and canceled, i.e. a full engine round trip).
+# Usage: docs/bench/rest.sh [durability: fsync|batch-async|none|off] [connections] [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+durability=${1:-fsync}
+conns=${2:-64}
+secs=${3:-10}
+port=$((20000 + RANDOM % 20000))
+data=$(mktemp -d /tmp/tickgate-rest-bench.XXXX)
+./target/release/tickgate --listen 127.0.0.1:$port --no-feed --summary-symbol none \
+  --rest-rate 0 --durability "$durability" --data-dir "$data" > /tmp/tickgate-rest-server.log 2>&1 &
+server=$!
+trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$data"' EXIT
+sleep 2
+token=$(curl -s -XPOST 127.0.0.1:$port/api/v1/auth/login -H 'content-type: application/json' \
+  -d '{"username":"alice","password":"alice-demo-password"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
+echo "--- GET /api/v1/account, $conns connections, durability $durability"
+wrk -t1 -c"$conns" -d"${secs}s" --latency -H "Authorization: Bearer $token" \
+  "http://127.0.0.1:$port/api/v1/account" | grep -E "Requests/sec|Latency|50%|90%|99%|requests in|Non-2xx"
+cat > /tmp/tickgate-order.lua <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"symbol":"BTC-USD","side":"buy","type":"ioc","price":"1.00","qty":"0.0001"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+echo "--- POST /api/v1/orders (IOC), $conns connections, durability $durability"
+wrk -t1 -c"$conns" -d"${secs}s" --latency -s /tmp/tickgate-order.lua -H "Authorization: Bearer $token" \
+  "http://127.0.0.1:$port/api/v1/orders" | grep -E "Requests/sec|Latency|50%|90%|99%|requests in|Non-2xx"
+curl -s 127.0.0.1:$port/healthz; echo
