@@ -87,22 +87,30 @@ pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
             t.1 += i128::from(b.held.0);
         }
     }
+    // Written directly (the hottest authenticated read): no intermediate JSON values.
+    // Asset symbols are plain ASCII letters; the username goes through the JSON encoder.
+    use std::fmt::Write as _;
     let assets = state.engine.assets();
     let fmt = |v: i128, p: u8| format_fixed(i64::try_from(v).unwrap_or(i64::MAX), p);
-    let balances: Vec<_> = totals
-        .iter()
-        .zip(assets)
-        .map(|((total, held), a)| {
-            json!({
-                "asset": a.symbol,
-                "total": fmt(*total, a.precision),
-                "available": fmt(total - held, a.precision),
-                "held": fmt(*held, a.precision),
-            })
-        })
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({ "account": claims.acc, "username": claims.sub, "balances": balances }),
-    )
+    let username = serde_json::to_string(&claims.sub).unwrap_or_else(|_| "\"\"".into());
+    let mut body = String::with_capacity(96 + 96 * assets.len());
+    let _ = write!(body, r#"{{"account":{},"username":{username},"balances":["#, claims.acc);
+    for (i, ((total, held), a)) in totals.iter().zip(assets).enumerate() {
+        let _ = write!(
+            body,
+            r#"{}{{"asset":"{}","total":"{}","available":"{}","held":"{}"}}"#,
+            if i == 0 { "" } else { "," },
+            a.symbol,
+            fmt(*total, a.precision),
+            fmt(total - held, a.precision),
+            fmt(*held, a.precision),
+        );
+    }
+    body.push_str("]}");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
