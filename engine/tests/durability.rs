@@ -1,15 +1,14 @@
 //! Durable shards: journal, snapshots, pruning and recovery through the real runtime
 //! threads and files, and the from-scratch replay check against the live engine.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use tickgate_engine::durable::{self, DurabilityConfig, Recovery};
 use tickgate_engine::journal::{list_segments, SyncMode};
-use tickgate_engine::runtime::{
-    EngineHandle, EngineRuntime, RuntimeConfig, StartError, SubmitError,
-};
+use tickgate_engine::runtime::{EngineHandle, EngineRuntime, RuntimeConfig, StartError};
 use tickgate_engine::snapshot::list_snapshots;
 use tickgate_engine::*;
 
@@ -45,17 +44,6 @@ fn config(dir: &Path, shards: usize, snapshot_every: u64) -> RuntimeConfig {
         ring_capacity: 1 << 17,
         durability: Some(d),
         ..RuntimeConfig::default()
-    }
-}
-
-fn submit(handle: &EngineHandle, kind: CommandKind) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match handle.submit(kind) {
-            Ok(()) => return,
-            Err(SubmitError::QueueFull) if Instant::now() < deadline => std::thread::yield_now(),
-            Err(e) => panic!("submit failed: {e}"),
-        }
     }
 }
 
@@ -123,7 +111,7 @@ fn drive(handle: &EngineHandle, seed: u64, n: u64) {
             }
             _ => continue,
         };
-        submit(handle, kind);
+        common::submit_retrying(handle, kind);
     }
 }
 

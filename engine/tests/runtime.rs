@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tickgate_engine::runtime::{EngineRuntime, RuntimeConfig, SubmitError};
@@ -15,17 +15,6 @@ fn config(ring_capacity: usize) -> RuntimeConfig {
     let mut spec = spec();
     spec.orders_per_book_max = 1 << 16;
     RuntimeConfig { spec, ring_capacity, queue_capacity: 1024, ..RuntimeConfig::default() }
-}
-
-fn submit_retrying(handle: &tickgate_engine::runtime::EngineHandle, kind: CommandKind) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match handle.submit(kind) {
-            Ok(()) => return,
-            Err(SubmitError::QueueFull) if Instant::now() < deadline => std::thread::yield_now(),
-            Err(e) => panic!("submit failed: {e}"),
-        }
-    }
 }
 
 #[test]

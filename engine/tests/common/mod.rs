@@ -154,3 +154,18 @@ pub fn trades(events: &[Event]) -> Vec<Trade> {
 pub fn rejection(events: &[Event]) -> Option<RejectReason> {
     reports(events).iter().find(|r| r.kind == ExecKind::Rejected).map(|r| r.reason)
 }
+
+/// Submits, retrying while the queue is full (for up to 30 s); panics on any other error.
+pub fn submit_retrying(handle: &tickgate_engine::runtime::EngineHandle, kind: CommandKind) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match handle.submit(kind) {
+            Ok(()) => return,
+            Err(tickgate_engine::runtime::SubmitError::QueueFull) if Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("submit failed: {e}"),
+        }
+    }
+}
