@@ -276,7 +276,16 @@ impl Channel {
             }
             ViewData::Bbo((seq, ts, bid, ask)) => {
                 if json {
-                    json::bbo(&mut j, i, &self.name, true, seq, ts, bid, ask);
+                    json::bbo(
+                        &mut j,
+                        i,
+                        &self.name,
+                        flags | protocol::FLAG_SNAPSHOT,
+                        seq,
+                        ts,
+                        bid,
+                        ask,
+                    );
                 } else {
                     bin::bbo(&mut b, self.id, flags | protocol::FLAG_SNAPSHOT, seq, ts, bid, ask);
                 }
@@ -698,16 +707,7 @@ impl Publisher {
                     bin::bbo(&mut self.bin, channel.id, 0, b.seq.0, b.ts.0, bid, ask);
                     if with_json {
                         self.comma(messages);
-                        json::bbo(
-                            &mut self.json,
-                            i,
-                            &channel.name,
-                            false,
-                            b.seq.0,
-                            b.ts.0,
-                            bid,
-                            ask,
-                        );
+                        json::bbo(&mut self.json, i, &channel.name, 0, b.seq.0, b.ts.0, bid, ask);
                     }
                     (state.last_seq, state.last_ts) = (b.seq.0, b.ts.0);
                 }

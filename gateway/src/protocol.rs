@@ -300,7 +300,7 @@ pub mod json {
         out: &mut String,
         i: &Instrument,
         channel: &str,
-        snapshot: bool,
+        flags: u8,
         seq: u64,
         ts: u64,
         bid: (Price, Qty),
@@ -308,9 +308,10 @@ pub mod json {
     ) {
         head(out, "bbo", channel, seq, ts);
         let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
+        let (snapshot, resync) = (flags & FLAG_SNAPSHOT != 0, flags & FLAG_RESYNC != 0);
         let _ = write!(
             out,
-            r#","snapshot":{snapshot},"bid_price":"{}","bid_qty":"{}","ask_price":"{}","ask_qty":"{}"}}"#,
+            r#","snapshot":{snapshot},"resync":{resync},"bid_price":"{}","bid_qty":"{}","ask_price":"{}","ask_qty":"{}"}}"#,
             format_fixed(bid.0 .0, pp),
             format_fixed(bid.1 .0, qp),
             format_fixed(ask.0 .0, pp),
@@ -564,6 +565,41 @@ pub fn decode_book_snapshot(body: &[u8]) -> Option<(Vec<Level>, Vec<Level>)> {
 mod tests {
     use super::*;
     use tickgate_engine::Seq;
+
+    #[test]
+    fn json_bbo_carries_the_snapshot_and_resync_flags() {
+        let (assets, specs) = tickgate_engine::default_markets();
+        let i = tickgate_engine::Instrument::new(
+            tickgate_engine::InstrumentId(0),
+            specs[0].clone(),
+            &assets,
+        )
+        .expect("valid instrument");
+        let bbo = |flags| {
+            let mut out = String::new();
+            json::bbo(
+                &mut out,
+                &i,
+                "bbo.BTC-USD",
+                flags,
+                3,
+                4,
+                (Price(1), Qty(2)),
+                (Price(5), Qty(6)),
+            );
+            serde_json::from_str::<serde_json::Value>(&out).expect("JSON")
+        };
+        let live = bbo(0);
+        assert_eq!(
+            (live["snapshot"].as_bool(), live["resync"].as_bool()),
+            (Some(false), Some(false))
+        );
+        let resync = bbo(FLAG_SNAPSHOT | FLAG_RESYNC);
+        assert_eq!(
+            (resync["snapshot"].as_bool(), resync["resync"].as_bool()),
+            (Some(true), Some(true))
+        );
+    }
 
     #[test]
     fn binary_messages_round_trip() {
