@@ -16,7 +16,7 @@
 //!
 //! Durability: `TICKGATE_DURABILITY=fsync|batch-async|none` runs the end-to-end part with
 //! the journal in front of the engine (in `TICKGATE_DATA_DIR`, default
-//! `target/bench-journal`, emptied first), so latency is acknowledgement latency (the
+//! `target/bench-journal` of the workspace, emptied first), so latency is acknowledgement latency (the
 //! report is only produced after the command's batch is synced); it then reports the
 //! journal's batches and syncs, and times recovery of the whole journal in a fresh
 //! runtime (records replayed per second).
@@ -182,7 +182,9 @@ fn durability() -> Option<tickgate_engine::durable::DurabilityConfig> {
         "none" => SyncMode::None,
         other => panic!("TICKGATE_DURABILITY={other}: expected fsync, batch-async or none"),
     };
-    let dir = std::env::var("TICKGATE_DATA_DIR").unwrap_or_else(|_| "target/bench-journal".into());
+    // Under the workspace's target directory, whatever directory cargo runs the bench in.
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-journal");
+    let dir = std::env::var("TICKGATE_DATA_DIR").unwrap_or_else(|_| default.into());
     let _ = std::fs::remove_dir_all(&dir);
     let mut d = tickgate_engine::durable::DurabilityConfig::new(dir);
     d.mode = mode;

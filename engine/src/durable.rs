@@ -30,7 +30,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::engine::{Engine, EngineSpec, EventSink};
 use crate::event::{Event, EventDigest};
-use crate::journal::{list_segments, read_segment, JournalError, JournalWriter, SyncMode};
+use crate::journal::{
+    list_numbered, list_segments, read_segment, JournalError, JournalWriter, SyncMode,
+};
 use crate::snapshot::{list_snapshots, read_snapshot};
 use crate::types::{InstrumentId, UnixNanos};
 
@@ -339,6 +341,9 @@ pub struct JournalStats {
     pub snapshots: AtomicU64,
     /// Journal sequence the engine has applied up to.
     pub applied_seq: AtomicU64,
+    /// Journal sequence on disk as the mode defines it (synced for `fsync` and
+    /// `batch-async`, written for `none`): snapshots never get ahead of it.
+    pub durable_seq: AtomicU64,
 }
 
 /// Set when journaling failed: the shard stops taking commands (nothing unjournaled is
@@ -378,22 +383,34 @@ pub(crate) struct SnapshotJob {
 /// Writes snapshots handed over by the engine thread and prunes what they make
 /// unnecessary: all but the two newest snapshots, and segments wholly before the older of
 /// the two (so a damaged newest snapshot still has a complete fallback).
+///
+/// A snapshot at sequence `S` is written only once the journal is durable up to `S`
+/// (in `batch-async` mode the engine runs ahead of the last sync): otherwise a crash could
+/// leave a snapshot newer than the journal, and a gap after it.
+///
+/// A failed snapshot or prune loses nothing (the journal still has everything): it is
+/// reported in `warning`, which does not stop the shard.
 pub(crate) fn snapshot_loop(
     dir: PathBuf,
     jobs: Receiver<SnapshotJob>,
     stats: Arc<JournalStats>,
-    failure: Arc<Failure>,
+    journal_failure: Arc<Failure>,
+    warning: Arc<Failure>,
 ) {
     for job in jobs {
+        while stats.durable_seq.load(Ordering::Acquire) < job.seq {
+            if journal_failure.is_failed() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if let Err(e) = crate::snapshot::write_snapshot(&dir, job.seq, &job.bytes) {
-            // A failed snapshot loses nothing (the journal still has everything): report it
-            // and keep the journal.
-            failure.set(format!("snapshot: {e}"));
+            warning.set(format!("snapshot: {e}"));
             continue;
         }
         stats.snapshots.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = prune(&dir) {
-            failure.set(format!("pruning: {e}"));
+            warning.set(format!("pruning: {e}"));
         }
     }
 }
@@ -406,6 +423,10 @@ fn prune(dir: &Path) -> Result<(), JournalError> {
     let keep_from = snapshots[snapshots.len() - 2].0;
     for (_, path) in &snapshots[..snapshots.len() - 2] {
         fs::remove_file(path).map_err(|e| JournalError::io(path, e))?;
+    }
+    // Temporary files of snapshots a crash interrupted.
+    for (_, path) in list_numbered(dir, "snapshot-", ".tgs.tmp")? {
+        fs::remove_file(&path).map_err(|e| JournalError::io(&path, e))?;
     }
     let segments = list_segments(dir)?;
     for pair in segments.windows(2) {
@@ -450,6 +471,7 @@ pub(crate) fn journal_loop<R: JournalItem>(
                         if let Err(e) = writer.sync() {
                             return failure.set(e.to_string());
                         }
+                        stats.durable_seq.store(writer.next_seq() - 1, Ordering::Release);
                         stats.syncs.fetch_add(1, Ordering::Relaxed);
                         last_sync = Instant::now();
                         continue;
@@ -510,14 +532,18 @@ pub(crate) fn journal_loop<R: JournalItem>(
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             last_sync = Instant::now();
         }
+        if sync || mode == SyncMode::None {
+            stats.durable_seq.store(writer.next_seq() - 1, Ordering::Release);
+        }
         if records > 0 {
             stats.records.fetch_add(records, Ordering::Relaxed);
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.bytes.fetch_add(before as u64, Ordering::Relaxed);
         }
         if !forward(batch) || stop {
-            if let Err(e) = writer.sync() {
-                failure.set(e.to_string());
+            match writer.sync() {
+                Ok(()) => stats.durable_seq.store(writer.next_seq() - 1, Ordering::Release),
+                Err(e) => failure.set(e.to_string()),
             }
             return;
         }

@@ -402,6 +402,10 @@ impl JournalWriter {
         segment_bytes: u64,
     ) -> Result<Self, JournalError> {
         fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        // The shard directory's own entry must be durable too.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
         let (file, path) = Self::create_segment(dir, shard, next_seq)?;
         Ok(JournalWriter {
             dir: dir.to_path_buf(),

@@ -229,6 +229,7 @@ struct ShardLink {
     stats: Arc<ShardStats>,
     journal: Option<Arc<JournalStats>>,
     failure: Arc<Failure>,
+    snapshot_warning: Arc<Failure>,
 }
 
 struct Shared {
@@ -301,6 +302,7 @@ impl EngineRuntime {
             let (ring, writer) = EventRing::with_capacity(config.ring_capacity);
             let stats = Arc::new(ShardStats::default());
             let failure = Arc::new(Failure::default());
+            let snapshot_warning = Arc::new(Failure::default());
             let board =
                 Arc::new(BalanceBoard::new(engine.ledger().accounts(), config.spec.assets.len()));
             engine.ledger().for_each(|a, row| board.write(a, row));
@@ -324,6 +326,7 @@ impl EngineRuntime {
                 let writer = JournalWriter::open(&dir, shard as u32, r.next_seq, d.segment_bytes)?;
                 let jstats = Arc::new(JournalStats::default());
                 jstats.applied_seq.store(r.next_seq - 1, Ordering::Relaxed);
+                jstats.durable_seq.store(r.next_seq - 1, Ordering::Relaxed);
                 let (batch_tx, batch_rx) = bounded::<Request>(4);
                 let (snap_tx, snap_rx) = bounded::<SnapshotJob>(1);
                 let queue = std::mem::replace(&mut worker.rx, batch_rx);
@@ -344,11 +347,12 @@ impl EngineRuntime {
                         })
                         .expect("spawning a journal thread at start-up"),
                 );
-                let (ss, sf) = (Arc::clone(&jstats), Arc::clone(&failure));
+                let (ss, sf, sw) =
+                    (Arc::clone(&jstats), Arc::clone(&failure), Arc::clone(&snapshot_warning));
                 helpers.push(
                     std::thread::Builder::new()
                         .name(format!("snapshot-{shard}"))
-                        .spawn(move || snapshot_loop(dir, snap_rx, ss, sf))
+                        .spawn(move || snapshot_loop(dir, snap_rx, ss, sf, sw))
                         .expect("spawning a snapshot thread at start-up"),
                 );
                 worker.durable = Some(DurableState {
@@ -366,7 +370,7 @@ impl EngineRuntime {
                 .name(format!("engine-{shard}"))
                 .spawn(move || worker.run())
                 .expect("spawning an engine thread at start-up");
-            links.push(ShardLink { tx, board, ring, stats, journal, failure });
+            links.push(ShardLink { tx, board, ring, stats, journal, failure, snapshot_warning });
             threads.push(thread);
             recoveries.extend(recovery);
         }
@@ -543,9 +547,15 @@ impl EngineHandle {
         self.shared.shards.get(shard)?.journal.as_ref()
     }
 
-    /// The first journal or snapshot failure of any shard.
+    /// The first journal failure of any shard (the shard then takes no more commands).
     pub fn durability_failure(&self) -> Option<String> {
         self.shared.shards.iter().find_map(|l| l.failure.message())
+    }
+
+    /// The first snapshot or pruning failure of any shard: nothing is lost (the journal
+    /// keeps everything) and the shard keeps running, but an operator should look.
+    pub fn snapshot_warning(&self) -> Option<String> {
+        self.shared.shards.iter().find_map(|l| l.snapshot_warning.message())
     }
 
     /// A reader of `shard`'s events, starting at the next event.

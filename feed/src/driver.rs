@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tickgate_engine::runtime::{EngineHandle, SubmitError};
-use tickgate_engine::CommandKind;
+use tickgate_engine::{AccountId, CancelOrder, CommandKind};
 
 use crate::synthetic::{FlowConfig, OrderIds, SyntheticFlow};
 
@@ -58,8 +58,10 @@ impl FeedDriver {
         Self::spawn(handle, config, rate_per_sec, true)
     }
 
-    /// Like [`FeedDriver::start`] without the funding: for an engine recovered from a
-    /// journal that already holds it.
+    /// Like [`FeedDriver::start`] without the funding, for an engine recovered from a
+    /// journal that already holds it: first cancels the flow's orders still resting from
+    /// the previous run (a new flow does not know them, so they would stay for good,
+    /// holding funds and book capacity).
     pub fn resume(handle: EngineHandle, config: FlowConfig, rate_per_sec: u64) -> FeedDriver {
         Self::spawn(handle, config, rate_per_sec, false)
     }
@@ -136,7 +138,19 @@ fn run(
     stop: &AtomicBool,
     stats: &FeedStats,
 ) {
+    let accounts: Vec<AccountId> =
+        config.maker_accounts.clone().chain(config.taker_accounts.clone()).map(AccountId).collect();
     let mut flow = SyntheticFlow::new(config, handle.instruments());
+    for shard in (0..handle.shards()).filter(|_| !fund) {
+        let Ok(left) = handle.open_orders(shard, accounts.clone()) else { return };
+        for (instrument, o) in left {
+            let cancel =
+                CommandKind::Cancel(CancelOrder { order_id: o.id, account: o.account, instrument });
+            if !submit(stats, stop, || handle.submit(cancel)) {
+                return;
+            }
+        }
+    }
     for shard in (0..handle.shards()).filter(|_| fund) {
         for transfer in flow.funding(handle.assets()) {
             if !submit(stats, stop, || handle.submit_transfer(shard, transfer)) {

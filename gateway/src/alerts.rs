@@ -102,14 +102,31 @@ pub struct AlertBook {
 }
 
 impl AlertBook {
-    /// Arms an alert.
-    pub fn insert(&mut self, alert: PriceAlert) {
+    /// Arms an alert. An `above` or `below` alert whose condition already holds at the
+    /// last price fires at once (returned): a one-shot one is then not kept, a repeating
+    /// one waits to re-arm.
+    pub fn insert(&mut self, alert: PriceAlert) -> Option<Fired> {
         let key = (alert.price, alert.id);
+        let holds = |last: i64| match alert.condition {
+            Condition::Above => last >= alert.price,
+            Condition::Below => last <= alert.price,
+            Condition::Crosses => false,
+        };
+        if let Some(last) = self.last.filter(|&l| holds(l)) {
+            if alert.repeat {
+                match alert.condition {
+                    Condition::Above => self.above_fired.insert(key, alert),
+                    _ => self.below_fired.insert(key, alert),
+                };
+            }
+            return Some(Fired { alert, last });
+        }
         match alert.condition {
             Condition::Above => self.above.insert(key, alert),
             Condition::Below => self.below.insert(key, alert),
             Condition::Crosses => self.crosses.insert(key, alert),
         };
+        None
     }
 
     /// Removes an alert; whether it was there.
@@ -379,11 +396,11 @@ impl AlertHub {
         }
     }
 
-    /// Adds a price alert.
+    /// Adds a price alert (firing it at once if its condition already holds).
     pub fn add_alert(
         &self,
         account: AccountId,
-        instrument: InstrumentId,
+        instrument: &Instrument,
         condition: Condition,
         price: i64,
         repeat: bool,
@@ -391,16 +408,23 @@ impl AlertHub {
         if !self.users.contains_key(&account) {
             return Err(AddError::UnknownUser);
         }
-        let book = self.books.get(instrument.0 as usize).ok_or(AddError::UnknownUser)?;
-        let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = alerts.entry(account).or_default();
-        if mine.len() >= ALERTS_PER_USER_MAX {
-            return Err(AddError::TooMany);
+        let book = self.books.get(instrument.id.0 as usize).ok_or(AddError::UnknownUser)?;
+        let alert = {
+            let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = alerts.entry(account).or_default();
+            if mine.len() >= ALERTS_PER_USER_MAX {
+                return Err(AddError::TooMany);
+            }
+            let id = self.next_alert_id.fetch_add(1, Ordering::Relaxed);
+            let alert =
+                PriceAlert { id, account, instrument: instrument.id, condition, price, repeat };
+            mine.insert(id, alert);
+            alert
+        };
+        let fired = book.lock().unwrap_or_else(|e| e.into_inner()).insert(alert);
+        if let Some(f) = fired {
+            self.publish_fired(instrument, &[f], now_nanos().0);
         }
-        let id = self.next_alert_id.fetch_add(1, Ordering::Relaxed);
-        let alert = PriceAlert { id, account, instrument, condition, price, repeat };
-        mine.insert(id, alert);
-        book.lock().unwrap_or_else(|e| e.into_inner()).insert(alert);
         Ok(alert)
     }
 
@@ -434,11 +458,15 @@ impl AlertHub {
             }
             book.on_price(price, fired);
         }
-        if fired.is_empty() {
-            return;
+        if !fired.is_empty() {
+            self.publish_fired(instrument, fired, ts);
         }
+    }
+
+    /// Publishes fired alerts to their owners, forgetting the one-shot ones.
+    fn publish_fired(&self, instrument: &Instrument, fired: &[Fired], ts: u64) {
         let pp = instrument.spec.price_precision;
-        for f in fired.iter() {
+        for f in fired {
             let a = &f.alert;
             if !a.repeat {
                 let mut alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
@@ -590,9 +618,9 @@ mod tests {
     #[test]
     fn above_and_below_fire_once_or_rearm() {
         let mut b = AlertBook::default();
-        b.insert(alert(1, Condition::Above, 100, false));
-        b.insert(alert(2, Condition::Above, 105, true));
-        b.insert(alert(3, Condition::Below, 90, true));
+        assert!(b.insert(alert(1, Condition::Above, 100, false)).is_none());
+        assert!(b.insert(alert(2, Condition::Above, 105, true)).is_none());
+        assert!(b.insert(alert(3, Condition::Below, 90, true)).is_none());
         assert_eq!(fire(&mut b, 95), Vec::<u64>::new());
         assert_eq!(fire(&mut b, 100), vec![1]);
         assert_eq!(fire(&mut b, 110), vec![2]);
@@ -604,10 +632,25 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_already_true_fires_when_added() {
+        let mut b = AlertBook::default();
+        assert_eq!(fire(&mut b, 105), Vec::<u64>::new());
+        let now = b.insert(alert(1, Condition::Above, 100, false)).expect("already above");
+        assert_eq!((now.alert.id, now.last), (1, 105));
+        assert!(b.is_empty(), "a one-shot alert that fired is not kept");
+        assert!(b.insert(alert(2, Condition::Below, 110, true)).is_some());
+        assert_eq!(fire(&mut b, 104), Vec::<u64>::new(), "waits to re-arm");
+        assert_eq!(fire(&mut b, 111), Vec::<u64>::new());
+        assert_eq!(fire(&mut b, 109), vec![2]);
+        assert!(b.insert(alert(3, Condition::Above, 200, false)).is_none());
+        assert!(b.insert(alert(4, Condition::Crosses, 109, false)).is_none());
+    }
+
+    #[test]
     fn crosses_fires_on_moves_through_the_threshold() {
         let mut b = AlertBook::default();
-        b.insert(alert(1, Condition::Crosses, 100, true));
-        b.insert(alert(2, Condition::Crosses, 200, false));
+        assert!(b.insert(alert(1, Condition::Crosses, 100, true)).is_none());
+        assert!(b.insert(alert(2, Condition::Crosses, 200, false)).is_none());
         assert_eq!(fire(&mut b, 50), Vec::<u64>::new(), "no previous price: nothing crossed");
         assert_eq!(fire(&mut b, 99), Vec::<u64>::new());
         assert_eq!(fire(&mut b, 100), vec![1], "touching counts");

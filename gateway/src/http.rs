@@ -37,7 +37,12 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::AlertHub>,
     /// SSE limits.
     pub sse: crate::sse::SseLimits,
+    /// When `/debug/digest` last ran (it walks the whole state on the engine thread).
+    pub digest_gate: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// Shortest time between two `/debug/digest` computations.
+const DIGEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Every response body: a complete one, or an SSE stream.
 pub type HttpBody = http_body_util::Either<Full<Bytes>, crate::sse::SseBody>;
@@ -91,7 +96,12 @@ pub async fn handle(
                 &serde_json::json!({
                     "status": if failure.is_some() { "failing" } else { "ok" },
                     "engine": { "shards": state.engine.shards(), "commands": c.commands, "events": c.events },
-                    "journal": { "enabled": !journal.is_empty(), "applied_seq": journal, "failure": failure },
+                    "journal": {
+                        "enabled": !journal.is_empty(),
+                        "applied_seq": journal,
+                        "failure": failure,
+                        "snapshot_warning": state.engine.snapshot_warning(),
+                    },
                     "ws_connections": state.metrics.ws_connections.load(Ordering::Relaxed),
                 }),
             )
@@ -117,6 +127,18 @@ pub async fn handle(
 /// Per shard, between two commands: the state digest (compare with
 /// `tickgate verify-journal`), the journal sequence it is valid at, and the money totals.
 async fn digest(state: &AppState) -> Response<Full<Bytes>> {
+    {
+        // The digest hashes every balance and resting order on the engine thread: at most
+        // one per second, so it cannot be used to take the matching thread away.
+        let mut last = state.digest_gate.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < DIGEST_INTERVAL) {
+            let mut response =
+                json_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "at most one per second");
+            response.headers_mut().insert("retry-after", "1".parse().expect("static header"));
+            return response;
+        }
+        *last = Some(std::time::Instant::now());
+    }
     let engine = state.engine.clone();
     let answer = tokio::task::spawn_blocking(move || {
         (0..engine.shards()).map(|s| engine.digest(s)).collect::<Result<Vec<_>, _>>()

@@ -154,6 +154,7 @@ impl Server {
             rest_limit: crate::rest::UserRateLimit::new(config.rest_rate, config.rest_burst),
             alerts: Arc::clone(&alerts),
             sse: config.sse.clone(),
+            digest_gate: Default::default(),
         });
         let accept = tokio::spawn(accept_loop(
             listener,

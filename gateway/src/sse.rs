@@ -270,6 +270,7 @@ const STREAM_REQUEST: &[u8] = b"GET /api/v1/alerts/stream";
 pub async fn is_stream_request(stream: &TcpStream, wait: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + wait;
     let mut buf = [0u8; STREAM_REQUEST.len() + 1];
+    let mut pause = Duration::from_millis(1);
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
@@ -283,8 +284,9 @@ pub async fn is_stream_request(stream: &TcpStream, wait: Duration) -> bool {
         if n == buf.len() {
             return matches!(buf[STREAM_REQUEST.len()], b' ' | b'?');
         }
-        // A request line arriving in pieces: look again shortly.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // A request line arriving in pieces: look again, less and less often.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 

@@ -62,13 +62,7 @@ pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<B
             ))
         }
     };
-    match state.alerts.add_alert(
-        AccountId(claims.acc),
-        instrument.id,
-        condition,
-        price,
-        body.repeat,
-    ) {
+    match state.alerts.add_alert(AccountId(claims.acc), instrument, condition, price, body.repeat) {
         Ok(alert) => json_response(StatusCode::CREATED, &alert_json(&alert, state)),
         Err(AddError::TooMany) => json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
