@@ -121,12 +121,31 @@ impl Awaiting {
     }
 }
 
+/// A request waiting for the engine's answer about one order.
+struct Waiter {
+    token: u64,
+    awaiting: Awaiting,
+    tx: oneshot::Sender<ExecReport>,
+}
+
+/// A registered wait: the answer, and the token that [`OrderStore::forget`] takes.
+#[derive(Debug)]
+pub struct Wait {
+    /// Resolves with the engine's answer.
+    pub answer: oneshot::Receiver<ExecReport>,
+    /// Identifies this wait.
+    pub token: u64,
+}
+
 /// Orders, fills and waiters for every user account.
 #[derive(Default)]
 pub struct OrderStore {
     users: HashSet<AccountId>,
     accounts: Mutex<HashMap<AccountId, AccountState>>,
-    waiters: Mutex<HashMap<OrderId, (Awaiting, oneshot::Sender<ExecReport>)>>,
+    /// Per order, the requests waiting for the engine's answer, oldest first (several
+    /// requests may be in flight for one order, e.g. a replace and a cancel).
+    waiters: Mutex<HashMap<OrderId, Vec<Waiter>>>,
+    next_token: std::sync::atomic::AtomicU64,
     /// Live execution reports per account, for the WebSocket `orders` channel.
     streams: Mutex<HashMap<AccountId, broadcast::Sender<ExecReport>>>,
 }
@@ -148,10 +167,12 @@ impl OrderStore {
     }
 
     /// Registers interest in the engine's answer about `order` (before submitting it).
-    pub fn wait(&self, order: OrderId, awaiting: Awaiting) -> oneshot::Receiver<ExecReport> {
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).insert(order, (awaiting, tx));
-        rx
+    pub fn wait(&self, order: OrderId, awaiting: Awaiting) -> Wait {
+        let (tx, answer) = oneshot::channel();
+        let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.entry(order).or_default().push(Waiter { token, awaiting, tx });
+        Wait { answer, token }
     }
 
     /// A live feed of `account`'s execution reports (transfers included), in engine order.
@@ -164,8 +185,14 @@ impl OrderStore {
     }
 
     /// Drops interest (the request gave up).
-    pub fn forget(&self, order: OrderId) {
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).remove(&order);
+    pub fn forget(&self, order: OrderId, token: u64) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = waiters.get_mut(&order) {
+            list.retain(|w| w.token != token);
+            if list.is_empty() {
+                waiters.remove(&order);
+            }
+        }
     }
 
     /// Applies one execution report (called by the hub thread, in engine order).
@@ -188,10 +215,14 @@ impl OrderStore {
             let state = accounts.entry(r.account).or_default();
             apply_to(state, r);
         }
+        // The oldest request this report answers (the engine answers in submission order).
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        if waiters.get(&r.order_id).is_some_and(|(a, _)| a.answered_by(r.kind)) {
-            if let Some((_, tx)) = waiters.remove(&r.order_id) {
-                let _ = tx.send(*r);
+        if let Some(list) = waiters.get_mut(&r.order_id) {
+            if let Some(at) = list.iter().position(|w| w.awaiting.answered_by(r.kind)) {
+                let _ = list.remove(at).tx.send(*r);
+            }
+            if list.is_empty() {
+                waiters.remove(&r.order_id);
             }
         }
     }
@@ -336,5 +367,49 @@ fn apply_to(state: &mut AccountState, r: &ExecReport) {
         if let Some(id) = oldest_closed {
             state.orders.remove(&id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickgate_engine::{Seq, UnixNanos};
+
+    fn report(kind: ExecKind, order: u64) -> ExecReport {
+        ExecReport {
+            account: AccountId(1),
+            seq: Seq(1),
+            ts: UnixNanos(1),
+            kind,
+            reason: RejectReason::None,
+            instrument: InstrumentId(0),
+            order_id: OrderId(order),
+            client_order_id: 0,
+            side: Side::Buy,
+            order_type: OrderType::Limit,
+            price: Price(10),
+            last_price: Price(0),
+            last_qty: Qty(0),
+            leaves_qty: Qty(5),
+            cum_qty: Qty(0),
+        }
+    }
+
+    #[test]
+    fn several_requests_on_one_order_each_get_their_own_answer() {
+        let store = OrderStore::new([AccountId(1)]);
+        store.apply(&report(ExecKind::Accepted, 7));
+        let mut replace = store.wait(OrderId(7), Awaiting::Replace);
+        let mut cancel = store.wait(OrderId(7), Awaiting::Cancel);
+        let mut other = store.wait(OrderId(7), Awaiting::Replace);
+        store.forget(OrderId(7), other.token);
+        store.apply(&report(ExecKind::Replaced, 7));
+        assert_eq!(replace.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Replaced));
+        assert!(cancel.answer.try_recv().is_err(), "a replace does not answer a cancel");
+        store.apply(&report(ExecKind::Canceled, 7));
+        assert_eq!(cancel.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Canceled));
+        assert!(other.answer.try_recv().is_err(), "a forgotten wait gets nothing");
+        assert!(store.waiters.lock().unwrap().is_empty(), "answered waits are gone");
+        assert_eq!(store.order(AccountId(1), OrderId(7)).map(|o| o.status), Some(Status::Canceled));
     }
 }

@@ -29,11 +29,14 @@ pub struct TradeError {
     pub code: &'static str,
     /// Explanation.
     pub message: String,
+    /// Set when the engine did not answer in time although the command was queued: it may
+    /// still execute, as this order.
+    pub queued: Option<OrderId>,
 }
 
 impl TradeError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        TradeError { status, code, message: message.into() }
+        TradeError { status, code, message: message.into(), queued: None }
     }
 
     fn invalid(message: impl Into<String>) -> Self {
@@ -53,12 +56,15 @@ impl TradeError {
         TradeError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     }
 
-    fn timeout() -> Self {
-        TradeError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "engine_timeout",
-            "no answer from the engine in time",
-        )
+    fn timeout(order: OrderId) -> Self {
+        let message = format!(
+            "no answer from the engine in time; the request was queued and may still take \
+             effect on order {}: look it up, or retry with the same Idempotency-Key",
+            order.0
+        );
+        let mut e = TradeError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_timeout", message);
+        e.queued = Some(order);
+        e
     }
 }
 
@@ -291,16 +297,16 @@ impl Trading {
         awaiting: Awaiting,
         command: CommandKind,
     ) -> Result<tickgate_engine::ExecReport, TradeError> {
-        let answer = self.orders.wait(id, awaiting);
+        let wait = self.orders.wait(id, awaiting);
         if let Err(e) = self.engine.submit(command) {
-            self.orders.forget(id);
+            self.orders.forget(id, wait.token);
             return Err(TradeError::submit(e));
         }
-        match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, answer).await {
+        match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, wait.answer).await {
             Ok(Ok(report)) => Ok(report),
             _ => {
-                self.orders.forget(id);
-                Err(TradeError::timeout())
+                self.orders.forget(id, wait.token);
+                Err(TradeError::timeout(id))
             }
         }
     }

@@ -30,6 +30,9 @@ const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 enum Remembered {
     InFlight(u64),
     Done(u64, StatusCode, Bytes),
+    /// The engine did not answer in time, but the order was queued under this id: a retry
+    /// answers from the order store instead of placing it again.
+    Queued(u64, OrderId),
 }
 
 type KeySlot = (u32, String);
@@ -107,7 +110,7 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
             return json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body")
         }
     };
-    let Some(key) = key else { return place_once(&body, claims.acc, state).await };
+    let Some(key) = key else { return place_once(&body, claims.acc, state).await.0 };
 
     let hash = body_hash(&body);
     let slot = (claims.acc, key);
@@ -118,6 +121,38 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
             Some(Remembered::Done(h, status, bytes)) if *h == hash => {
                 let mut response = Response::new(Full::new(bytes.clone()));
                 *response.status_mut() = *status;
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                return response;
+            }
+            Some(Remembered::Queued(h, id)) if *h == hash => {
+                let id = *id;
+                let Some(order) = state.orders.order(AccountId(claims.acc), id) else {
+                    return json_error(
+                        StatusCode::CONFLICT,
+                        "request_in_progress",
+                        &format!("order {} was queued; its outcome is not known yet", id.0),
+                    );
+                };
+                let Some(i) = instrument(state, order.instrument) else {
+                    return json_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "no instrument",
+                    );
+                };
+                let (status, body) = if order.status == Status::Rejected {
+                    let body = json!({"error": {"code": order.reason.as_str(), "message": "the engine rejected the order"}});
+                    (StatusCode::UNPROCESSABLE_ENTITY, body)
+                } else {
+                    (StatusCode::CREATED, order_json(&order, i))
+                };
+                let bytes = Bytes::from(body.to_string());
+                map.insert(slot, Remembered::Done(hash, status, bytes.clone()));
+                let mut response = Response::new(Full::new(bytes));
+                *response.status_mut() = status;
                 response.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("application/json"),
@@ -148,31 +183,43 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
             }
         }
     }
-    let response = place_once(&body, claims.acc, state).await;
+    let (response, queued) = place_once(&body, claims.acc, state).await;
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     {
         let mut guard = state.idempotency.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if parts.status.is_server_error() {
-            guard.0.remove(&slot); // not an answer: a retry may try again
-        } else {
-            guard.0.insert(slot, Remembered::Done(hash, parts.status, bytes.clone()));
-        }
+        match queued {
+            // No answer, but the order may still execute: never place it twice.
+            Some(id) => guard.0.insert(slot, Remembered::Queued(hash, id)),
+            // Not an answer (engine busy or stopped): a retry may try again.
+            None if parts.status.is_server_error() => guard.0.remove(&slot),
+            None => guard.0.insert(slot, Remembered::Done(hash, parts.status, bytes.clone())),
+        };
     }
     Response::from_parts(parts, Full::new(bytes))
 }
 
-async fn place_once(body: &[u8], account: u32, state: &AppState) -> Response<Full<Bytes>> {
+/// Places one order; also returns the order id when the engine did not answer in time
+/// but the order was queued (it may still execute).
+async fn place_once(
+    body: &[u8],
+    account: u32,
+    state: &AppState,
+) -> (Response<Full<Bytes>>, Option<OrderId>) {
     let mut bytes = body.to_vec();
     let request: NewOrderRequest = match simd_json::serde::from_slice(&mut bytes) {
         Ok(b) => b,
         Err(e) => {
-            return json_error(StatusCode::BAD_REQUEST, "malformed", &format!("invalid order: {e}"))
+            let message = format!("invalid order: {e}");
+            return (json_error(StatusCode::BAD_REQUEST, "malformed", &message), None);
         }
     };
     match trading(state).place(AccountId(account), &request).await {
-        Ok(order) => json_response(StatusCode::CREATED, &order),
-        Err(e) => trade_error(e),
+        Ok(order) => (json_response(StatusCode::CREATED, &order), None),
+        Err(e) => {
+            let queued = e.queued;
+            (trade_error(e), queued)
+        }
     }
 }
 
