@@ -77,6 +77,8 @@ async fn open_on(
         req = req.header("last-event-id", id.to_string());
     }
     let req = req.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
+    // After a first request the connection must be ready again before the next one.
+    sender.ready().await.expect("connection ready");
     let response = sender.send_request(req).await.expect("response");
     let (parts, body) = response.into_parts();
     if parts.status != 200 {
