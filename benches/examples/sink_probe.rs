@@ -54,6 +54,7 @@ fn main() {
                 tickgate_engine::CommandKind::Cancel(_) => "cancel",
                 tickgate_engine::CommandKind::Replace(_) => "replace",
                 tickgate_engine::CommandKind::Transfer(_) => "transfer",
+                tickgate_engine::CommandKind::Status(_) => "status",
             };
             let t = Instant::now();
             e.process(c, &mut sink);

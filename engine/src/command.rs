@@ -149,6 +149,17 @@ pub struct Transfer {
     pub request_id: u64,
 }
 
+/// Halt or resume trading in one instrument (an operator's decision, journaled like any
+/// command). While halted, new orders and replaces are rejected with `InstrumentHalted`;
+/// cancels still work, so users can always take risk off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TradingStatus {
+    /// The market.
+    pub instrument: InstrumentId,
+    /// `true`: halt; `false`: resume.
+    pub halted: bool,
+}
+
 /// What a command asks the engine to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommandKind {
@@ -160,6 +171,8 @@ pub enum CommandKind {
     Replace(ReplaceOrder),
     /// Deposit or withdraw.
     Transfer(Transfer),
+    /// Halt or resume an instrument.
+    Status(TradingStatus),
 }
 
 /// A command with its ingest timestamp.
@@ -179,6 +192,7 @@ impl Command {
             CommandKind::Cancel(c) => Some(c.instrument),
             CommandKind::Replace(r) => Some(r.instrument),
             CommandKind::Transfer(_) => None,
+            CommandKind::Status(s) => Some(s.instrument),
         }
     }
 }
@@ -226,6 +240,8 @@ pub enum RejectReason {
     BookFull = 17,
     /// The asset id is not in the asset table.
     UnknownAsset = 18,
+    /// Trading in the instrument is halted (cancels still work).
+    InstrumentHalted = 19,
 }
 
 impl RejectReason {
@@ -257,6 +273,7 @@ impl RejectReason {
             16 => UserCanceled,
             17 => BookFull,
             18 => UnknownAsset,
+            19 => InstrumentHalted,
             _ => return Option::None,
         })
     }
@@ -284,6 +301,7 @@ impl RejectReason {
             UserCanceled => "user_canceled",
             BookFull => "book_full",
             UnknownAsset => "unknown_asset",
+            InstrumentHalted => "instrument_halted",
         }
     }
 }
@@ -306,6 +324,7 @@ mod tests {
             }
         }
         assert_eq!(RejectReason::from_u8(17), Some(RejectReason::BookFull));
-        assert_eq!(RejectReason::from_u8(19), None);
+        assert_eq!(RejectReason::from_u8(19), Some(RejectReason::InstrumentHalted));
+        assert_eq!(RejectReason::from_u8(20), None);
     }
 }

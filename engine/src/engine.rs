@@ -76,6 +76,8 @@ struct Market {
     book_seq: Seq,
     bbo_seq: Seq,
     top: Top,
+    /// Trading halted: new orders and replaces are rejected, cancels work.
+    halted: bool,
 }
 
 impl Market {
@@ -485,6 +487,7 @@ impl Engine {
                     book_seq: Seq(0),
                     bbo_seq: Seq(0),
                     top: (Price(0), Qty(0), Price(0), Qty(0)),
+                    halted: false,
                 })
             })
             .collect();
@@ -528,6 +531,7 @@ impl Engine {
             for v in [bp.0, bq.0, ap.0, aq.0] {
                 put(out, v as u64);
             }
+            out.push(u8::from(m.halted));
             out.extend_from_slice(&(m.book.order_count() as u32).to_le_bytes());
             for side in [Side::Buy, Side::Sell] {
                 for o in m.book.orders(side) {
@@ -584,6 +588,11 @@ impl Engine {
             m.book_seq = Seq(r.u64()?);
             m.bbo_seq = Seq(r.u64()?);
             m.top = (Price(r.i64()?), Qty(r.i64()?), Price(r.i64()?), Qty(r.i64()?));
+            m.halted = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(r.error("trading status")),
+            };
             let count = r.u32()?;
             for _ in 0..count {
                 let id = OrderId(r.u64()?);
@@ -658,6 +667,11 @@ impl Engine {
         Some(m.book.snapshot(depth, m.book_seq))
     }
 
+    /// Whether trading in an owned instrument is halted (`None`: not owned).
+    pub fn is_halted(&self, instrument: InstrumentId) -> Option<bool> {
+        Some(self.markets.get(instrument.0 as usize)?.as_ref()?.halted)
+    }
+
     /// Last sequences of the (trades, book, bbo) channels of an owned instrument.
     pub fn channel_seqs(&self, instrument: InstrumentId) -> Option<(Seq, Seq, Seq)> {
         let m = self.markets.get(instrument.0 as usize)?.as_ref()?;
@@ -675,6 +689,12 @@ impl Engine {
             CommandKind::Cancel(c) => self.cancel(cmd.ts, c, out),
             CommandKind::Replace(r) => self.replace(cmd.ts, r, out),
             CommandKind::Transfer(t) => self.transfer(cmd.ts, t, out),
+            CommandKind::Status(s) => {
+                // No event: the state is asked for (`is_halted`) and shown by the gateway.
+                if let Some(Some(m)) = self.markets.get_mut(s.instrument.0 as usize) {
+                    m.halted = s.halted;
+                }
+            }
         }
     }
 
@@ -762,6 +782,9 @@ impl Engine {
         if !self.ledger.contains(o.account) {
             return Err(RejectReason::UnknownAccount);
         }
+        if market.halted {
+            return Err(RejectReason::InstrumentHalted);
+        }
         check_qty(&market.instrument, o.qty)?;
         if o.order_type != OrderType::Market {
             check_price(&market.instrument, o.price)?;
@@ -827,7 +850,17 @@ impl Engine {
     }
 
     fn replace<S: EventSink>(&mut self, ts: UnixNanos, r: &ReplaceOrder, out: &mut S) {
-        let (slot, order) = match self.find_owned(r.instrument, r.account, r.order_id) {
+        let halted = self
+            .markets
+            .get(r.instrument.0 as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|m| m.halted);
+        let found = self.find_owned(r.instrument, r.account, r.order_id);
+        let found = match found {
+            Ok(_) if halted => Err(RejectReason::InstrumentHalted),
+            other => other,
+        };
+        let (slot, order) = match found {
             Ok(found) => found,
             Err(reason) => {
                 let live = Self::unknown(r.order_id, r.account, r.instrument);
@@ -936,6 +969,7 @@ impl Engine {
             fold(m.trades_seq.0);
             fold(m.book_seq.0);
             fold(m.bbo_seq.0);
+            fold(u64::from(m.halted));
             for side in [Side::Buy, Side::Sell] {
                 for o in m.book.orders(side) {
                     fold(o.id.0);

@@ -21,7 +21,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::command::{
-    CancelOrder, Command, CommandKind, NewOrder, OrderType, ReplaceOrder, StpMode, Transfer,
+    CancelOrder, Command, CommandKind, NewOrder, OrderType, ReplaceOrder, StpMode, TradingStatus,
+    Transfer,
 };
 use crate::types::UnixNanos;
 use crate::types::{AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Side};
@@ -41,6 +42,7 @@ const KIND_NEW: u8 = 1;
 const KIND_CANCEL: u8 = 2;
 const KIND_REPLACE: u8 = 3;
 const KIND_TRANSFER: u8 = 4;
+const KIND_STATUS: u8 = 5;
 
 /// Why a journal could not be read (or written).
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,11 @@ pub fn encode_record(seq: u64, command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&r.instrument.0.to_le_bytes());
             out.extend_from_slice(&r.price.0.to_le_bytes());
             out.extend_from_slice(&r.qty.0.to_le_bytes());
+        }
+        CommandKind::Status(st) => {
+            out.push(KIND_STATUS);
+            out.extend_from_slice(&st.instrument.0.to_le_bytes());
+            out.push(u8::from(st.halted));
         }
         CommandKind::Transfer(t) => {
             out.push(KIND_TRANSFER);
@@ -193,6 +200,14 @@ pub fn decode_payload(payload: &[u8]) -> Option<Record> {
             asset: AssetId(c.u16()?),
             amount: Amount(c.i64()?),
             request_id: c.u64()?,
+        }),
+        KIND_STATUS => CommandKind::Status(TradingStatus {
+            instrument: InstrumentId(c.u32()?),
+            halted: match c.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            },
         }),
         _ => return None,
     };
@@ -510,7 +525,7 @@ mod tests {
     use super::*;
 
     fn cmd(i: u64) -> Command {
-        let kind = match i % 4 {
+        let kind = match i % 5 {
             0 => CommandKind::New(NewOrder {
                 order_id: OrderId(i),
                 client_order_id: i * 7,
@@ -533,6 +548,10 @@ mod tests {
                 instrument: InstrumentId(0),
                 price: Price(77),
                 qty: Qty(3),
+            }),
+            3 => CommandKind::Status(TradingStatus {
+                instrument: InstrumentId(4),
+                halted: i.is_multiple_of(2),
             }),
             _ => CommandKind::Transfer(Transfer {
                 account: AccountId(6),

@@ -29,7 +29,7 @@ pub use accounts::{Balance, Ledger};
 pub use book::{BookSnapshot, OrderBook, RestingOrder};
 pub use command::{
     CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
-    Transfer,
+    TradingStatus, Transfer,
 };
 pub use engine::{Engine, EngineCounters, EngineSpec, EventSink};
 pub use event::{Bbo, BookDelta, Event, EventDigest, ExecKind, ExecReport, Trade, EVENT_WORDS};

@@ -166,6 +166,7 @@ enum Query {
     Balances { account: AccountId, reply: Sender<Option<Vec<Balance>>> },
     Digest { reply: Sender<ShardDigest> },
     OpenOrders { accounts: Vec<AccountId>, reply: Sender<Vec<(InstrumentId, RestingOrder)>> },
+    Halted { instrument: InstrumentId, reply: Sender<Option<bool>> },
 }
 
 enum Request {
@@ -527,6 +528,14 @@ impl EngineHandle {
         self.ask(shard, |reply| Query::Digest { reply })
     }
 
+    /// Whether trading in `instrument` is halted, answered after every command queued
+    /// before the call.
+    pub fn is_halted(&self, instrument: InstrumentId) -> Result<bool, SubmitError> {
+        let shard = self.shard_of(instrument).ok_or(SubmitError::UnknownInstrument)?;
+        self.ask(shard, |reply| Query::Halted { instrument, reply })?
+            .ok_or(SubmitError::UnknownInstrument)
+    }
+
     /// Every resting order of `accounts` on `shard`, per instrument in priority order.
     pub fn open_orders(
         &self,
@@ -696,6 +705,9 @@ impl ShardWorker {
                     counters: self.engine.counters(),
                     journal_seq: self.durable.as_ref().map_or(0, |d| d.applied_seq),
                 });
+            }
+            Query::Halted { instrument, reply } => {
+                let _ = reply.send(self.engine.is_halted(instrument));
             }
             Query::OpenOrders { accounts, reply } => {
                 let mut out = Vec::new();

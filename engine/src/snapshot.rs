@@ -23,7 +23,7 @@ use crate::types::InstrumentId;
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TGSNAP01";
 /// Snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 const HEADER_BYTES: usize = 32;
 
 /// A little-endian reader over a byte slice; every read is bounds-checked.
@@ -182,7 +182,9 @@ pub fn read_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, CommandKind, NewOrder, OrderType, StpMode, Transfer};
+    use crate::command::{
+        Command, CommandKind, NewOrder, OrderType, StpMode, TradingStatus, Transfer,
+    };
     use crate::event::Event;
     use crate::types::{AccountId, Amount, AssetId, OrderId, Price, Qty, Side, UnixNanos};
 
@@ -217,6 +219,8 @@ mod tests {
             };
             e.process(&Command { ts: UnixNanos(2 + i), kind: CommandKind::New(o) }, &mut out);
         }
+        let halt = TradingStatus { instrument: InstrumentId(1), halted: true };
+        e.process(&Command { ts: UnixNanos(70), kind: CommandKind::Status(halt) }, &mut out);
         (spec, e)
     }
 
@@ -234,6 +238,8 @@ mod tests {
         assert_eq!(restored.state_digest(), original.state_digest());
         assert_eq!(restored.counters(), original.counters());
         assert_eq!(restored.max_order_id(), original.max_order_id());
+        assert_eq!(restored.is_halted(InstrumentId(1)), Some(true));
+        assert_eq!(restored.is_halted(InstrumentId(0)), Some(false));
         restored.check_invariants();
         // The same next command gives the same events (queue positions were kept).
         let sweep = NewOrder {

@@ -415,3 +415,23 @@ fn events_carry_their_command_timestamp() {
     assert!(ts.len() >= 5);
     assert!(ts.iter().all(|&t| t == ts[0]), "one command, one timestamp: {ts:?}");
 }
+
+#[test]
+fn a_halted_instrument_rejects_new_orders_and_replaces_but_takes_cancels() {
+    let mut h = Harness::new();
+    h.fund(1, 1_000_000, 100);
+    let (resting, _) = h.order(1, Side::Sell, OrderType::Limit, 100, 5);
+    let (other, _) = h.order(1, Side::Sell, OrderType::Limit, 101, 5);
+    assert!(h.run(CommandKind::Status(TradingStatus { instrument: MKT, halted: true })).is_empty());
+    assert_eq!(h.engine.is_halted(MKT), Some(true));
+    let (_, out) = h.order(1, Side::Buy, OrderType::Ioc, 100, 1);
+    assert_eq!(rejection(&out), Some(RejectReason::InstrumentHalted));
+    assert_eq!(rejection(&h.replace(1, resting, 99, 5)), Some(RejectReason::InstrumentHalted));
+    let canceled = h.cancel(1, other);
+    assert_eq!(kinds(&canceled), vec![(ExecKind::Canceled, RejectReason::UserCanceled)]);
+    h.run(CommandKind::Status(TradingStatus { instrument: MKT, halted: false }));
+    h.fund(2, 1_000_000, 0);
+    let (_, out) = h.order(2, Side::Buy, OrderType::Ioc, 100, 1);
+    assert_eq!(trades(&out).len(), 1, "trading again after the resume");
+    h.engine.check_invariants();
+}

@@ -112,6 +112,10 @@ pub struct Flags {
     /// SSE heartbeat comment period when idle, in milliseconds.
     #[arg(long, env = "TICKGATE_SSE_HEARTBEAT_MS", default_value_t = 15_000)]
     pub sse_heartbeat_ms: u64,
+    /// Bearer token of the operator endpoints (`/api/v1/admin/...`); without it they
+    /// answer 403.
+    #[arg(long, env = "TICKGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Data directory: command journal and snapshots (created if missing).
     #[arg(long, env = "TICKGATE_DATA_DIR", default_value = "data")]
     pub data_dir: std::path::PathBuf,
@@ -194,6 +198,8 @@ pub struct Config {
     pub sse_history: usize,
     /// SSE limits.
     pub sse: crate::sse::SseLimits,
+    /// Operator token; `None`: operator endpoints disabled.
+    pub admin_token: Option<String>,
     /// Journal and snapshots; `None`: in memory only.
     pub durability: Option<tickgate_engine::durable::DurabilityConfig>,
 }
@@ -277,6 +283,7 @@ impl TryFrom<Flags> for Config {
             token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),
             durability,
             rest_rate: f.rest_rate,
+            admin_token: f.admin_token.filter(|t| !t.is_empty()),
             sse_history: f.sse_history.max(1),
             sse: crate::sse::SseLimits {
                 streams_per_user_max: f.sse_streams_per_user,

@@ -37,6 +37,8 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::AlertHub>,
     /// SSE limits.
     pub sse: crate::sse::SseLimits,
+    /// Operator token; `None`: operator endpoints disabled.
+    pub admin_token: Option<String>,
     /// When `/debug/digest` last ran (it walks the whole state on the engine thread).
     pub digest_gate: std::sync::Mutex<Option<std::time::Instant>>,
 }

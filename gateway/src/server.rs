@@ -155,6 +155,7 @@ impl Server {
             alerts: Arc::clone(&alerts),
             sse: config.sse.clone(),
             digest_gate: Default::default(),
+            admin_token: config.admin_token.clone(),
         });
         let accept = tokio::spawn(accept_loop(
             listener,

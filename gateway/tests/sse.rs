@@ -357,3 +357,58 @@ async fn a_stream_on_a_keep_alive_connection_works_the_same() {
     };
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halting_an_instrument_rejects_orders_and_notifies_every_user() {
+    let server = start(|c| c.admin_token = Some("operator-secret".into())).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let (mut a, _) = open(addr, Some(&alice.token), "", None).await.expect("alice");
+    let (mut b, _) = open(addr, Some(&bob.token), "", None).await.expect("bob");
+    let admin = |path: &str, token: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n")
+    };
+    let halt = "/api/v1/admin/instruments/ETH-USD/halt";
+    let (status, _) = http_raw(addr, &admin(halt, &alice.token)).await;
+    assert_eq!(status, 401, "a user token is not the operator token");
+    let (status, response) = http_raw(addr, &admin(halt, "operator-secret")).await;
+    assert_eq!(
+        (status, body_json(&response)["status"].as_str()),
+        (200, Some("halted")),
+        "{response}"
+    );
+    for s in [&mut a, &mut b] {
+        let notice = s.event().await;
+        assert_eq!(
+            (notice.event.as_str(), notice.data["notice"].as_str()),
+            ("system", Some("instrument_halted"))
+        );
+        assert_eq!(notice.data["symbol"], "ETH-USD");
+    }
+    let order = json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "3000.00", "qty": "1.000"});
+    let (status, refused) = alice.order(order.clone()).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (422, Some("instrument_halted")));
+    let (status, _) = alice.order(json!({"symbol": "SOL-USD", "side": "buy", "type": "limit", "price": "100.00", "qty": "1.00"})).await;
+    assert_eq!(status, 201, "other instruments still trade");
+    let (status, response) =
+        http_raw(addr, &admin("/api/v1/admin/instruments/ETH-USD/resume", "operator-secret")).await;
+    assert_eq!((status, body_json(&response)["status"].as_str()), (200, Some("trading")));
+    let notice = a.event().await;
+    assert_eq!(notice.data["notice"], "instrument_resumed");
+    assert_eq!(alice.order(order).await.0, 201);
+    let (status, _) =
+        http_raw(addr, &admin("/api/v1/admin/instruments/NOPE/halt", "operator-secret")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_endpoints_are_off_without_a_token() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let head = format!("POST /api/v1/admin/instruments/ETH-USD/halt HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer anything\r\nContent-Length: 0\r\n\r\n");
+    let (status, response) = http_raw(addr, &head).await;
+    assert_eq!(
+        (status, body_json(&response)["error"]["code"].as_str()),
+        (403, Some("admin_disabled"))
+    );
+}

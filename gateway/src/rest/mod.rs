@@ -2,6 +2,7 @@
 //! ([`account`]). One error shape everywhere: `{"error": {"code", "message"}}`.
 
 pub mod account;
+pub mod admin;
 pub mod alerts;
 pub mod market;
 pub mod orders;
@@ -37,6 +38,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/alerts"),
     ("DELETE", "/api/v1/alerts/{id}"),
     ("GET", "/api/v1/alerts/stream"),
+    ("POST", "/api/v1/admin/instruments/{symbol}/halt"),
+    ("POST", "/api/v1/admin/instruments/{symbol}/resume"),
     ("GET", "/ws"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
@@ -75,6 +78,12 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         ["orders", id] if get => orders::get_one(&req, state, id),
         ["orders", id] if method == Method::DELETE => orders::cancel(&req, state, id).await,
         ["orders", id] if method == Method::PATCH => orders::replace(req, state, id).await,
+        ["admin", "instruments", symbol, action @ ("halt" | "resume")] if post => {
+            admin::trading_status(&req, state, symbol, *action == "halt").await
+        }
+        ["admin", "instruments", _, "halt" | "resume"] => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")
+        }
         ["alerts"] if post => alerts::create(req, state).await,
         ["alerts"] if get => alerts::list(&req, state),
         ["alerts", id] if method == Method::DELETE => alerts::delete(&req, state, id),
