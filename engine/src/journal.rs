@@ -11,10 +11,19 @@
 //! payload = u64 seq | u64 ingest ts (ns) | u8 kind | fixed body of the kind
 //! ```
 //!
+//! Records are grouped into **batches**, one per group commit (one `write`, one sync):
+//!
+//! ```text
+//! u32 batch length (from first_seq to the end) | u32 CRC32C of those bytes ^ 0xB47C4C0D | u64 first_seq | records
+//! ```
+//!
 //! All integers little-endian. Sequences start at 1 and are contiguous across segments.
-//! Reading distinguishes a **torn tail** (the last record of the last segment is
-//! incomplete or fails its checksum: a crash mid-write, cut and reported) from
-//! **corruption** (anything else: refused with the file and offset).
+//! Reading distinguishes a **torn tail** from **corruption**. A batch is the unit that a
+//! crash or a power loss can damage: until its sync returns, none of its records was
+//! acknowledged, and the disk may have kept any subset of its pages. So in the last
+//! segment, a damaged batch with no intact batch after it is a torn tail (cut, and
+//! reported); damage anywhere else, or followed by an intact batch, is corruption
+//! (refused with the file and offset).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -30,13 +39,23 @@ use crate::types::{AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"TGJRNL01";
 /// Segment format version this build writes and reads.
-pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_VERSION: u32 = 2;
 /// Bytes before the first record of a segment.
 pub const SEGMENT_HEADER_BYTES: usize = 24;
 /// Bytes before a record's payload (length, checksum).
 pub const RECORD_HEADER_BYTES: usize = 8;
 /// Largest payload any command encodes to; a larger length field is damage.
 pub const PAYLOAD_MAX: usize = 64;
+/// Bytes before a batch's records: length, checksum, first sequence.
+pub const BATCH_HEADER_BYTES: usize = 16;
+/// XORed into a batch's CRC, so that a record (whose frame has the same shape: length,
+/// CRC of what follows, sequence) can never pass for a batch header.
+const BATCH_CRC_TAG: u32 = 0xB47C_4C0D;
+/// Largest batch length field accepted (well above what any group commit writes).
+pub const BATCH_BYTES_MAX: usize = 64 << 20;
+/// Smallest record (a framed cancel or status change): bounds how many sequences a byte
+/// range can hold.
+const RECORD_BYTES_MIN: usize = RECORD_HEADER_BYTES + 17 + 5;
 
 const KIND_NEW: u8 = 1;
 const KIND_CANCEL: u8 = 2;
@@ -312,57 +331,90 @@ pub fn read_segment(
     }
     let mut at = SEGMENT_HEADER_BYTES;
     let mut records = 0u64;
-    let torn = |at: usize, records: u64| -> Result<SegmentScan, JournalError> {
-        Ok(SegmentScan { records, valid_bytes: at as u64, torn_bytes: (bytes.len() - at) as u64 })
-    };
     while at < bytes.len() {
-        let rest = &bytes[at..];
-        if rest.len() < RECORD_HEADER_BYTES {
-            if last {
-                return torn(at, records);
+        let batch = match check_batch(&bytes, at, expect) {
+            Ok(batch) => batch,
+            Err(what) => {
+                // A damaged batch is a torn tail only at the end of the last segment: no
+                // intact batch may follow it.
+                if last && !intact_batch_after(&bytes, at, expect) {
+                    let torn_bytes = (bytes.len() - at) as u64;
+                    return Ok(SegmentScan { records, valid_bytes: at as u64, torn_bytes });
+                }
+                return Err(JournalError::corrupt(path, at, what));
             }
-            return Err(JournalError::corrupt(path, at, "record header cut short"));
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-        if len == 0 || len > PAYLOAD_MAX {
-            // A torn write can leave zeros behind the last good record; anything else in
-            // a length field is damage.
-            if last && rest.iter().all(|&b| b == 0) {
-                return torn(at, records);
-            }
-            return Err(JournalError::corrupt(path, at, format!("invalid record length {len}")));
-        }
-        let end = RECORD_HEADER_BYTES + len;
-        if rest.len() < end {
-            if last {
-                return torn(at, records);
-            }
-            return Err(JournalError::corrupt(path, at, "record cut short"));
-        }
-        let payload = &rest[RECORD_HEADER_BYTES..end];
-        if crc32c::crc32c(payload) != crc {
-            if last && rest.len() == end {
-                return torn(at, records);
-            }
-            return Err(JournalError::corrupt(path, at, "record checksum mismatch"));
-        }
-        let Some(record) = decode_payload(payload) else {
-            return Err(JournalError::corrupt(path, at, "record is not a known command"));
         };
-        if record.seq != expect {
-            return Err(JournalError::corrupt(
-                path,
-                at,
-                format!("record sequence {} where {expect} was expected (gap)", record.seq),
-            ));
+        let mut r = batch.start;
+        while r < batch.end {
+            let rest = &bytes[r..batch.end];
+            let len = rest.get(..4).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize);
+            let end = RECORD_HEADER_BYTES + len;
+            if len == 0 || len > PAYLOAD_MAX || rest.len() < end {
+                return Err(JournalError::corrupt(path, r, format!("invalid record length {len}")));
+            }
+            let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
+            let payload = &rest[RECORD_HEADER_BYTES..end];
+            if crc32c::crc32c(payload) != crc {
+                return Err(JournalError::corrupt(path, r, "record checksum mismatch"));
+            }
+            let Some(record) = decode_payload(payload) else {
+                return Err(JournalError::corrupt(path, r, "record is not a known command"));
+            };
+            if record.seq != expect {
+                return Err(JournalError::corrupt(
+                    path,
+                    r,
+                    format!("record sequence {} where {expect} was expected (gap)", record.seq),
+                ));
+            }
+            each(record);
+            expect += 1;
+            records += 1;
+            r += end;
         }
-        each(record);
-        expect += 1;
-        records += 1;
-        at += end;
+        at = batch.end;
     }
     Ok(SegmentScan { records, valid_bytes: at as u64, torn_bytes: 0 })
+}
+
+/// The records of a verified batch: `bytes[start..end]`.
+struct Batch {
+    start: usize,
+    end: usize,
+}
+
+/// Verifies the batch at `at`, which must start at sequence `expect`.
+fn check_batch(bytes: &[u8], at: usize, expect: u64) -> Result<Batch, String> {
+    let rest = &bytes[at..];
+    if rest.len() < BATCH_HEADER_BYTES {
+        return Err("batch header cut short".into());
+    }
+    let word = |i: usize| u32::from_le_bytes(rest[i..i + 4].try_into().unwrap_or_default());
+    let len = word(0) as usize;
+    if !(8 + RECORD_BYTES_MIN..=BATCH_BYTES_MAX).contains(&len) || rest.len() < 8 + len {
+        return Err(format!("invalid batch length {len}"));
+    }
+    let body = &rest[8..8 + len];
+    if crc32c::crc32c(body) ^ BATCH_CRC_TAG != word(4) {
+        return Err("batch checksum mismatch".into());
+    }
+    let first = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
+    if first != expect {
+        return Err(format!("batch starts at sequence {first} where {expect} was expected (gap)"));
+    }
+    Ok(Batch { start: at + BATCH_HEADER_BYTES, end: at + 8 + len })
+}
+
+/// Whether an intact batch starts anywhere after the damaged one at `at` (which should
+/// have started at sequence `expect`): then the damage is not a torn tail.
+fn intact_batch_after(bytes: &[u8], at: usize, expect: u64) -> bool {
+    // A later batch starts at a later sequence, at most one per minimal record in between.
+    let span = (bytes.len() - at) / RECORD_BYTES_MIN + 1;
+    let plausible = |first: u64| first > expect && first <= expect + span as u64;
+    (at + 1..bytes.len().saturating_sub(BATCH_HEADER_BYTES - 1)).any(|off| {
+        let first = u64::from_le_bytes(bytes[off + 8..off + 16].try_into().unwrap_or_default());
+        plausible(first) && check_batch(bytes, off, first).is_ok()
+    })
 }
 
 /// When an appended batch counts as durable.
@@ -478,6 +530,11 @@ impl JournalWriter {
     /// Frames `command` into the pending batch and returns its sequence.
     pub fn append(&mut self, command: &Command) -> u64 {
         let seq = self.next_seq;
+        if self.buf.is_empty() {
+            // Room for the batch header, filled in by `commit`.
+            self.buf.extend_from_slice(&[0; 8]);
+            self.buf.extend_from_slice(&seq.to_le_bytes());
+        }
         encode_record(seq, command, &mut self.buf);
         self.next_seq += 1;
         seq
@@ -487,6 +544,10 @@ impl JournalWriter {
     /// rotates to a new segment when this one is full.
     pub fn commit(&mut self, sync: bool) -> Result<(), JournalError> {
         if !self.buf.is_empty() {
+            let body = &self.buf[8..];
+            let (len, crc) = (body.len() as u32, crc32c::crc32c(body) ^ BATCH_CRC_TAG);
+            self.buf[..4].copy_from_slice(&len.to_le_bytes());
+            self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
             self.file.write_all(&self.buf).map_err(|e| JournalError::io(&self.path, e))?;
             self.written += self.buf.len() as u64;
             self.buf.clear();
@@ -645,24 +706,38 @@ mod tests {
         write(&dir, 50, 1 << 20);
         let (_, path) = list_segments(&dir).unwrap().pop().unwrap();
         let full = fs::read(&path).unwrap();
-        // Cut inside the last record, and also leave garbage instead of its end.
-        for cut in [1usize, 5, 9, 20] {
+        // Batches of 10 (one per commit): a cut anywhere in the last batch loses that
+        // batch (never acknowledged), and only that batch.
+        for cut in [1usize, 5, 9, 20, 300] {
             fs::write(&path, &full[..full.len() - cut]).unwrap();
             let (records, torn) = read_all(&dir).unwrap();
-            assert_eq!(records.len(), 49, "cut {cut}");
+            assert_eq!(records.len(), 40, "cut {cut}");
             assert!(torn > 0);
         }
         let mut garbled = full.clone();
         let n = garbled.len();
         garbled[n - 3] ^= 0xff;
         fs::write(&path, &garbled).unwrap();
-        assert_eq!(read_all(&dir).unwrap().0.len(), 49);
+        assert_eq!(read_all(&dir).unwrap().0.len(), 40);
+        // A power loss that kept the end of the last batch but not its middle.
+        let mut holed = full.clone();
+        let n = holed.len();
+        holed[n - 250..n - 100].fill(0);
+        fs::write(&path, &holed).unwrap();
+        assert_eq!(read_all(&dir).unwrap().0.len(), 40);
         // Zeros after the last good record (a torn write that only extended the file).
         let mut zeros = full.clone();
         zeros.extend_from_slice(&[0; 40]);
         fs::write(&path, &zeros).unwrap();
         let (records, torn) = read_all(&dir).unwrap();
         assert_eq!((records.len(), torn), (50, 40));
+        // Damage in the batch before the last, with the last batch intact: corruption.
+        let mut earlier = full.clone();
+        let n = earlier.len();
+        earlier[n - 700] ^= 0x01;
+        fs::write(&path, &earlier).unwrap();
+        let err = read_all(&dir).unwrap_err().to_string();
+        assert!(err.contains("checksum") || err.contains("length"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
