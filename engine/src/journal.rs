@@ -347,7 +347,9 @@ pub fn read_segment(
         let mut r = batch.start;
         while r < batch.end {
             let rest = &bytes[r..batch.end];
-            let len = rest.get(..4).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize);
+            let len = rest
+                .get(..4)
+                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize);
             let end = RECORD_HEADER_BYTES + len;
             if len == 0 || len > PAYLOAD_MAX || rest.len() < end {
                 return Err(JournalError::corrupt(path, r, format!("invalid record length {len}")));

@@ -4,9 +4,13 @@
 //!   around a drifting fair price, takers crossing the spread, cancels and replaces) that
 //!   keeps every instrument lively. The same seed gives the same commands.
 //! - [`driver`]: runs a generator against a live engine at a fixed rate on its own thread.
+//! - [`replay`]: replays a recorded command journal into a live engine at 1x, Nx or full
+//!   speed.
 
 pub mod driver;
+pub mod replay;
 pub mod synthetic;
 
 pub use driver::{FeedDriver, FeedStats};
+pub use replay::{JournalReplay, ReplayStats};
 pub use synthetic::{FlowConfig, OrderIds, SequentialIds, SyntheticFlow};

@@ -26,6 +26,13 @@ pub struct Flags {
     /// Turn the synthetic feed off.
     #[arg(long, env = "TICKGATE_NO_FEED")]
     pub no_feed: bool,
+    /// Instead of the synthetic feed, replay the command journal of this data directory
+    /// (a recording of an earlier run) into the engine: same commands, same order.
+    #[arg(long, env = "TICKGATE_REPLAY")]
+    pub replay: Option<std::path::PathBuf>,
+    /// Pace of --replay relative to the recording (e.g. 1, 10); 0: as fast as possible.
+    #[arg(long, env = "TICKGATE_REPLAY_SPEED", default_value_t = 1.0)]
+    pub replay_speed: f64,
     /// Seed of the synthetic flow: the same seed gives the same market.
     #[arg(long, env = "TICKGATE_SEED", default_value_t = 42)]
     pub seed: u64,
@@ -168,6 +175,8 @@ pub struct Config {
     pub shards: usize,
     /// Synthetic flow rate, commands/s; `None` when the feed is off.
     pub feed_rate: Option<u64>,
+    /// Journal to replay instead of the synthetic feed, and its speed (`None`: full).
+    pub replay: Option<(std::path::PathBuf, Option<f64>)>,
     /// Synthetic flow seed.
     pub seed: u64,
     /// Instrument shown in the summary line; `None` turns the summary off.
@@ -240,6 +249,12 @@ impl TryFrom<Flags> for Config {
             "none" => Some(SyncMode::None),
             _ => None,
         };
+        if !f.replay_speed.is_finite() || f.replay_speed < 0.0 {
+            return invalid("--replay-speed must be a number >= 0");
+        }
+        if f.replay.as_ref().zip(Some(&f.data_dir)).is_some_and(|(r, d)| r == d) {
+            return invalid("--replay needs another directory than --data-dir");
+        }
         if f.segment_mb == 0 {
             return invalid("--segment-mb must be > 0");
         }
@@ -253,7 +268,8 @@ impl TryFrom<Flags> for Config {
         Ok(Config {
             listen: f.listen,
             shards: f.shards,
-            feed_rate: (!f.no_feed).then_some(f.feed_rate),
+            feed_rate: (!f.no_feed && f.replay.is_none()).then_some(f.feed_rate),
+            replay: f.replay.map(|dir| (dir, (f.replay_speed > 0.0).then_some(f.replay_speed))),
             seed: f.seed,
             summary_symbol: Some(f.summary_symbol),
             queue_capacity: f.queue_capacity,

@@ -37,6 +37,7 @@ pub struct Server {
     runtime: EngineRuntime,
     hub: Hub,
     feed: Option<FeedDriver>,
+    replay: Option<tickgate_feed::JournalReplay>,
     alerts: Arc<AlertHub>,
     alert_worker: Option<AlertWorker>,
     metrics: Arc<Metrics>,
@@ -85,9 +86,9 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let directory = Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks));
 
-        if fresh {
+        if fresh && config.replay.is_none() {
             fund_demo_accounts(&engine, &users);
-        } else {
+        } else if !fresh {
             // Orders still resting in the engine are always known, including those placed
             // before the snapshot recovery started from.
             let accounts: Vec<_> = users.all().map(|u| u.account).collect();
@@ -122,6 +123,20 @@ impl Server {
             }
         });
 
+        // A replayed recording brings its own funding and flow.
+        let replay = match &config.replay {
+            Some((dir, speed)) => {
+                let (e, d, s) = (engine.clone(), dir.clone(), *speed);
+                let replay = tokio::task::spawn_blocking(move || {
+                    tickgate_feed::JournalReplay::start(e, d, s)
+                })
+                .await??;
+                let total = replay.stats().total.load(std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(dir = %dir.display(), speed = ?speed, commands = total, "replaying a journal");
+                Some(replay)
+            }
+            None => None,
+        };
         let tokens = Arc::new(Tokens::new(
             config.jwt_secret.as_deref().map(str::as_bytes),
             config.token_lifetime,
@@ -170,6 +185,7 @@ impl Server {
             runtime,
             hub,
             feed,
+            replay,
             alerts,
             alert_worker,
             metrics,
@@ -202,6 +218,11 @@ impl Server {
         }
     }
 
+    /// The journal replay, when one runs.
+    pub fn replay(&self) -> Option<&tickgate_feed::JournalReplay> {
+        self.replay.as_ref()
+    }
+
     /// Users' alert histories and price alerts.
     pub fn alerts(&self) -> &Arc<AlertHub> {
         &self.alerts
@@ -229,6 +250,9 @@ impl Server {
         }
         if let Some(feed) = self.feed.take() {
             feed.stop();
+        }
+        if let Some(replay) = self.replay.take() {
+            replay.stop();
         }
         if let Some(worker) = self.alert_worker.take() {
             worker.stop();

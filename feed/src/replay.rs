@@ -1,0 +1,145 @@
+//! Replays a recorded command journal into a live engine: the same commands in the same
+//! order, paced by their recorded ingest times at 1x, Nx or full speed. The engine is
+//! deterministic, so the replaying engine reaches the recorded state (the timestamps of
+//! its events are its own); used with `tickgate-tools load` to measure the gateway under a
+//! realistic, bursty and reproducible stream.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tickgate_engine::durable::shard_dir;
+use tickgate_engine::journal::{list_segments, read_segment, JournalError, Record};
+use tickgate_engine::runtime::{EngineHandle, SubmitError};
+use tickgate_engine::CommandKind;
+
+/// What a replay has done so far.
+#[derive(Debug, Default)]
+pub struct ReplayStats {
+    /// Commands queued on the engine.
+    pub submitted: AtomicU64,
+    /// Commands in the journal.
+    pub total: AtomicU64,
+    /// Set when every command was submitted.
+    pub done: AtomicBool,
+}
+
+/// A running replay thread; stops when dropped or on [`JournalReplay::stop`].
+#[derive(Debug)]
+pub struct JournalReplay {
+    stop: Arc<AtomicBool>,
+    stats: Arc<ReplayStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The commands of one shard's journal, in order (segments read in full; a torn tail is
+/// left out, damage is an error).
+pub fn load(dir: &Path, shard: usize) -> Result<Vec<Record>, JournalError> {
+    let dir = shard_dir(dir, shard);
+    let segments = list_segments(&dir)?;
+    let mut out = Vec::new();
+    let mut expect = None;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        read_segment(path, shard as u32, expect, last, |r| out.push(r))?;
+        expect = out.last().map(|r: &Record| r.seq + 1);
+    }
+    Ok(out)
+}
+
+impl JournalReplay {
+    /// Loads shard 0's journal of `data_dir` and starts replaying it into `handle` at
+    /// `speed` times the recorded pace (`None`: as fast as the engine takes it). Order ids
+    /// the handle allocates afterwards are moved above every id in the journal, so live
+    /// orders never collide with replayed ones.
+    pub fn start(
+        handle: EngineHandle,
+        data_dir: PathBuf,
+        speed: Option<f64>,
+    ) -> Result<JournalReplay, JournalError> {
+        let records = load(&data_dir, 0)?;
+        let max_id = records
+            .iter()
+            .filter_map(|r| match r.command.kind {
+                CommandKind::New(o) => Some(o.order_id.0),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let _ = handle.reserve_order_ids(max_id);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ReplayStats::default());
+        stats.total.store(records.len() as u64, Ordering::Relaxed);
+        let (s, st) = (Arc::clone(&stop), Arc::clone(&stats));
+        let thread = std::thread::Builder::new()
+            .name("replay".into())
+            .spawn(move || run(&handle, &records, speed, &s, &st))
+            .expect("spawning the replay thread at start-up");
+        Ok(JournalReplay { stop, stats, thread: Some(thread) })
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<ReplayStats> {
+        &self.stats
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for JournalReplay {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn run(
+    handle: &EngineHandle,
+    records: &[Record],
+    speed: Option<f64>,
+    stop: &AtomicBool,
+    stats: &ReplayStats,
+) {
+    let Some(first) = records.first() else {
+        stats.done.store(true, Ordering::Release);
+        return;
+    };
+    let start = Instant::now();
+    for r in records {
+        if let Some(speed) = speed.filter(|s| *s > 0.0) {
+            let offset = r.command.ts.0.saturating_sub(first.command.ts.0) as f64 / speed;
+            let due = start + Duration::from_nanos(offset as u64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let submitted = loop {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            // Transfers go to shard 0 like the recorded ones (replays are single-shard).
+            match handle.submit(r.command.kind) {
+                Ok(()) => break true,
+                Err(SubmitError::QueueFull) => std::thread::sleep(Duration::from_micros(50)),
+                Err(_) => break false,
+            }
+        };
+        if !submitted {
+            return;
+        }
+        stats.submitted.fetch_add(1, Ordering::Relaxed);
+    }
+    stats.done.store(true, Ordering::Release);
+}
