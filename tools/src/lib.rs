@@ -5,7 +5,9 @@
 //!   continuity, resyncs, gaps and closes.
 //! - [`sse`]: N SSE alert streams: delivery latency of price alerts.
 //! - [`users`]: users files for `tickgate --users`.
+//! - [`capture`]: market-data captures: the recorder and the replayer.
 
+pub mod capture;
 pub mod load;
 pub mod sse;
 pub mod users;

@@ -59,6 +59,36 @@ enum Command {
         #[arg(long)]
         idle: bool,
     },
+    /// Record what a WebSocket client receives on some channels into a capture file.
+    Record {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Channels, comma separated.
+        #[arg(long, default_value = "book.BTC-USD,trades.BTC-USD,bbo.BTC-USD")]
+        channels: String,
+        /// Seconds to record.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop after this many frames (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        frames: u64,
+        /// Capture file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Serve a capture to WebSocket clients at 1x, Nx or full speed.
+    Replay {
+        /// Capture file.
+        #[arg(long = "in")]
+        input: std::path::PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Pace relative to the recording (1, 10, ...); 0: as fast as clients read.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
     /// Write a users file (JSON) for `tickgate --users`: `user<i>` with password `pw<i>`
     /// on account `first-account + i`.
     Users {
@@ -117,6 +147,35 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Record { addr, channels, duration, frames, out } => {
+            let config = tickgate_tools::capture::RecordConfig {
+                addr,
+                channels: channels.split(',').map(str::to_string).collect(),
+                duration: Duration::from_secs_f64(duration),
+                frames_max: frames,
+                progress: true,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(tickgate_tools::capture::record(&config, &out))?;
+            Ok(())
+        }
+        Command::Replay { input, listen, speed } => {
+            let capture = tickgate_tools::capture::read(&input)?;
+            eprintln!(
+                "{} frames from {} (channels {}); serving ws://{listen}/ at {}",
+                capture.frames.len(),
+                capture.header["server"],
+                capture.header["channels"],
+                if speed > 0.0 { format!("{speed}x") } else { "full speed".into() }
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                let speed = (speed > 0.0).then_some(speed);
+                tickgate_tools::capture::serve(listener, std::sync::Arc::new(capture), speed).await;
+                Ok::<_, anyhow::Error>(())
+            })
+        }
         Command::Users { count, first_account, cheap, out } => {
             tickgate_tools::users::write(&out, count, first_account, cheap)?;
             eprintln!("wrote {count} users to {}", out.display());

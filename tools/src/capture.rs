@@ -1,0 +1,288 @@
+//! Market-data captures: what a WebSocket client received, frame by frame, with receipt
+//! times, in a versioned file (format in `docs/CAPTURE.md`); the recorder that writes one
+//! from a running server, and the replayer that serves one back to WebSocket clients at
+//! 1x, Nx or full speed.
+
+use std::io::{BufWriter, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tickgate_gateway::client::{self, Message};
+use tokio::net::TcpListener;
+
+/// First bytes of a capture file.
+pub const MAGIC: &[u8; 8] = b"TGCAP001";
+/// Format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// A text frame (control replies, JSON market data).
+pub const KIND_TEXT: u8 = 1;
+/// A binary frame (protocol v1 market-data messages).
+pub const KIND_BINARY: u8 = 2;
+
+/// One captured frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedFrame {
+    /// Wall-clock receipt time, ns since the epoch.
+    pub received_ns: u64,
+    /// [`KIND_TEXT`] or [`KIND_BINARY`].
+    pub kind: u8,
+    /// The frame's payload.
+    pub payload: Vec<u8>,
+}
+
+/// A capture read back: its header and frames.
+#[derive(Debug)]
+pub struct Capture {
+    /// The JSON header: `version`, `started_ns`, `server`, `channels`, `instruments`.
+    pub header: Value,
+    /// Frames in receipt order.
+    pub frames: Vec<CapturedFrame>,
+    /// Bytes at the end that did not form a whole frame (a recorder stopped mid-write).
+    pub torn_bytes: usize,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Writes a capture: header first, then frames.
+pub struct CaptureWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> CaptureWriter<W> {
+    /// Starts a capture with its JSON header.
+    pub fn new(mut out: W, header: &Value) -> anyhow::Result<Self> {
+        let header = header.to_string();
+        out.write_all(MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        out.write_all(&(header.len() as u32).to_le_bytes())?;
+        out.write_all(header.as_bytes())?;
+        Ok(CaptureWriter { out })
+    }
+
+    /// Appends a frame: `u32 length | u64 receipt ns | u8 kind | u32 CRC32C | payload`.
+    pub fn frame(&mut self, f: &CapturedFrame) -> anyhow::Result<()> {
+        self.out.write_all(&(f.payload.len() as u32).to_le_bytes())?;
+        self.out.write_all(&f.received_ns.to_le_bytes())?;
+        self.out.write_all(&[f.kind])?;
+        self.out.write_all(&crc32c::crc32c(&f.payload).to_le_bytes())?;
+        self.out.write_all(&f.payload)?;
+        Ok(())
+    }
+
+    /// Flushes and returns the writer.
+    pub fn finish(mut self) -> anyhow::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Reads a whole capture, checking magic, version and every frame's checksum. An
+/// incomplete last frame is reported as torn; a bad checksum is an error.
+pub fn read(path: &Path) -> anyhow::Result<Capture> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+        bail!("{}: not a tickgate capture", path.display());
+    }
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
+    let version = word(8);
+    if version != VERSION {
+        bail!("{}: capture version {version}, this build reads {VERSION}", path.display());
+    }
+    let header_len = word(12) as usize;
+    let header_end = 16 + header_len;
+    let header: Value =
+        serde_json::from_slice(bytes.get(16..header_end).context("header cut short")?)
+            .context("capture header is not JSON")?;
+    let mut frames = Vec::new();
+    let mut at = header_end;
+    while at < bytes.len() {
+        if bytes.len() - at < 17 {
+            break;
+        }
+        let len = word(at) as usize;
+        let end = at + 17 + len;
+        if end > bytes.len() {
+            break;
+        }
+        let received_ns = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap_or_default());
+        let kind = bytes[at + 12];
+        let crc = word(at + 13);
+        let payload = bytes[at + 17..end].to_vec();
+        if crc32c::crc32c(&payload) != crc {
+            bail!("{}: frame checksum mismatch at offset {at}", path.display());
+        }
+        frames.push(CapturedFrame { received_ns, kind, payload });
+        at = end;
+    }
+    Ok(Capture { header, frames, torn_bytes: bytes.len() - at })
+}
+
+/// What to record.
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Channels to subscribe to (e.g. `book.BTC-USD`).
+    pub channels: Vec<String>,
+    /// Stop after this long.
+    pub duration: Duration,
+    /// Stop after this many frames (0: no limit).
+    pub frames_max: u64,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+}
+
+/// Records a capture of `config.channels` into `out`; returns the frames written. The
+/// instruments in the header come from the server's `GET /api/v1/instruments`.
+pub async fn record(config: &RecordConfig, out: &Path) -> anyhow::Result<u64> {
+    let instruments = instruments(config.addr).await.unwrap_or(Value::Null);
+    let header = json!({
+        "version": VERSION,
+        "started_ns": now_ns(),
+        "server": config.addr.to_string(),
+        "channels": config.channels,
+        "instruments": instruments,
+    });
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut writer = CaptureWriter::new(BufWriter::new(file), &header)?;
+    let mut ws = client::connect(config.addr, "/ws").await?;
+    client::send_json(&mut ws, &json!({"op": "subscribe", "id": 1, "channels": config.channels}))
+        .await?;
+    // A reader task, so stopping on time never cancels a read in the middle of a frame.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<CapturedFrame>(4096);
+    let reader = tokio::spawn(async move {
+        // A read error is the end of the stream (the server went away).
+        while let Ok(m) = client::next(&mut ws).await {
+            let received_ns = now_ns();
+            let frame = match m {
+                Message::Text(t) => {
+                    CapturedFrame { received_ns, kind: KIND_TEXT, payload: t.into_bytes() }
+                }
+                Message::Binary(b) => CapturedFrame { received_ns, kind: KIND_BINARY, payload: b },
+                Message::Close(..) => break,
+            };
+            if tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + config.duration;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                bytes += frame.payload.len() as u64;
+                writer.frame(&frame)?;
+                frames += 1;
+                if config.frames_max > 0 && frames >= config.frames_max {
+                    break;
+                }
+            }
+            _ = ticker.tick(), if config.progress => {
+                eprint!("\rrecorded {frames} frames, {:.1} MB", bytes as f64 / 1e6);
+            }
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    reader.abort();
+    writer.finish()?;
+    if config.progress {
+        eprintln!("\rrecorded {frames} frames, {:.1} MB to {}", bytes as f64 / 1e6, out.display());
+    }
+    Ok(frames)
+}
+
+async fn instruments(addr: SocketAddr) -> anyhow::Result<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req =
+        format!("GET /api/v1/instruments HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let body = text.split("\r\n\r\n").nth(1).context("no body")?;
+    Ok(serde_json::from_str::<Value>(body)?["instruments"].clone())
+}
+
+/// Serves `capture` on `listener`: every WebSocket client that connects (any path) gets
+/// the captured frames in order, paced by their receipt times at `speed` times the
+/// recorded pace (`None`: as fast as it reads), then a normal close. Runs until the task
+/// is dropped.
+pub async fn serve(listener: TcpListener, capture: Arc<Capture>, speed: Option<f64>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let capture = Arc::clone(&capture);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let capture = Arc::clone(&capture);
+                async move {
+                    let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"websocket only")));
+                        *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                        return Ok::<_, std::convert::Infallible>(r);
+                    };
+                    tokio::spawn(async move {
+                        if let Ok(ws) = upgrade.await {
+                            let _ = play(ws, &capture, speed).await;
+                        }
+                    });
+                    let (parts, _) = response.into_parts();
+                    Ok(Response::from_parts(parts, Full::new(Bytes::new())))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+async fn play(
+    mut ws: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
+    capture: &Capture,
+    speed: Option<f64>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let first = capture.frames.first().map_or(0, |f| f.received_ns);
+    for f in &capture.frames {
+        if let Some(speed) = speed.filter(|s| *s > 0.0) {
+            let due = start
+                + Duration::from_nanos((f.received_ns.saturating_sub(first) as f64 / speed) as u64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let opcode = if f.kind == KIND_TEXT { OpCode::Text } else { OpCode::Binary };
+        ws.write_frame(Frame::new(true, opcode, None, Payload::Borrowed(&f.payload))).await?;
+    }
+    ws.write_frame(Frame::close(1000, b"end of capture")).await?;
+    // Read what the client sent (its requests, its close) before the socket goes: closing
+    // with unread input makes the kernel reset the connection, and a reset can discard
+    // frames the client has not read yet.
+    let drain = async {
+        while let Ok(frame) = ws.read_frame().await {
+            if frame.opcode == OpCode::Close {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    Ok(())
+}

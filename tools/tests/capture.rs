@@ -1,0 +1,61 @@
+//! Record a live server's market data into a capture, serve the capture back with the
+//! replayer, record the replay: the second capture holds exactly the frames of the first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tickgate_gateway::{Config, Server};
+use tickgate_tools::capture::{self, RecordConfig, KIND_BINARY, KIND_TEXT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_then_replay_gives_back_the_same_stream() {
+    let server = Server::start(Config { feed_rate: Some(5_000), ..Config::for_tests() })
+        .await
+        .expect("server starts");
+    let dir = std::env::temp_dir().join(format!("tickgate-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (first, second) = (dir.join("live.tgc"), dir.join("replayed.tgc"));
+    let config = RecordConfig {
+        addr: server.local_addr(),
+        channels: vec!["book.BTC-USD".into(), "trades.BTC-USD".into()],
+        duration: Duration::from_secs(20),
+        frames_max: 200,
+        progress: false,
+    };
+    let recorded = capture::record(&config, &first).await.expect("records");
+    assert_eq!(recorded, 200);
+    let live = capture::read(&first).expect("reads back");
+    assert_eq!(live.frames.len(), 200);
+    assert_eq!(live.torn_bytes, 0);
+    assert_eq!(live.header["channels"][0], "book.BTC-USD");
+    assert!(live.header["instruments"].as_array().is_some_and(|i| i.len() == 8), "{}", live.header);
+    assert!(live.frames.iter().any(|f| f.kind == KIND_TEXT), "the welcome and subscribe replies");
+    assert!(live.frames.iter().filter(|f| f.kind == KIND_BINARY).count() > 100);
+    assert!(live.frames.windows(2).all(|w| w[0].received_ns <= w[1].received_ns));
+    server.shutdown().await.expect("clean stop");
+
+    // Serve it back at full speed and record what a client receives.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let replayer = tokio::spawn(capture::serve(listener, Arc::new(live), None));
+    let again = RecordConfig { addr, duration: Duration::from_secs(20), ..config };
+    let n = capture::record(&again, &second).await.expect("records the replay");
+    replayer.abort();
+    let (a, b) = (capture::read(&first).expect("first"), capture::read(&second).expect("second"));
+    assert_eq!(n, 200);
+    let frames = |c: &capture::Capture| {
+        c.frames.iter().map(|f| (f.kind, f.payload.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(frames(&a), frames(&b), "the replayed stream equals the recorded one");
+
+    // A damaged frame is refused, a cut one is reported as torn.
+    let mut bytes = std::fs::read(&first).expect("bytes");
+    let n = bytes.len();
+    std::fs::write(&second, &bytes[..n - 3]).expect("write");
+    let cut = capture::read(&second).expect("a torn tail is not an error");
+    assert_eq!((cut.frames.len(), cut.torn_bytes > 0), (199, true));
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&second, &bytes).expect("write");
+    assert!(capture::read(&second).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
