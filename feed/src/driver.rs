@@ -2,13 +2,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tickgate_engine::runtime::{EngineHandle, SubmitError};
 use tickgate_engine::{AccountId, CancelOrder, CommandKind};
 
 use crate::synthetic::{FlowConfig, OrderIds, SyntheticFlow};
+use crate::worker::Worker;
 
 /// Counters of a running feed.
 #[derive(Debug, Default)]
@@ -22,9 +22,8 @@ pub struct FeedStats {
 /// A running feed thread. Stops when dropped or on [`FeedDriver::stop`].
 #[derive(Debug)]
 pub struct FeedDriver {
-    stop: Arc<AtomicBool>,
     stats: Arc<FeedStats>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 /// Ids reserved from the engine in blocks, so the feed touches the shared counter rarely.
@@ -72,14 +71,11 @@ impl FeedDriver {
         rate_per_sec: u64,
         fund: bool,
     ) -> FeedDriver {
-        let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(FeedStats::default());
-        let (s, st) = (Arc::clone(&stop), Arc::clone(&stats));
-        let thread = std::thread::Builder::new()
-            .name("feed".into())
-            .spawn(move || run(handle, config, rate_per_sec, fund, &s, &st))
-            .expect("spawning the feed thread at start-up");
-        FeedDriver { stop, stats, thread: Some(thread) }
+        let st = Arc::clone(&stats);
+        let worker =
+            Worker::spawn("feed", move |stop| run(handle, config, rate_per_sec, fund, stop, &st));
+        FeedDriver { stats, worker }
     }
 
     /// Live counters.
@@ -87,22 +83,9 @@ impl FeedDriver {
         &self.stats
     }
 
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for FeedDriver {
-    fn drop(&mut self) {
-        self.halt();
+    /// Stops the thread and waits for it (dropping the driver does the same).
+    pub fn stop(self) {
+        self.worker.stop();
     }
 }
 

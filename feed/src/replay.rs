@@ -7,13 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tickgate_engine::durable::shard_dir;
 use tickgate_engine::journal::{list_segments, read_segment, JournalError, Record};
 use tickgate_engine::runtime::{EngineHandle, SubmitError};
 use tickgate_engine::CommandKind;
+
+use crate::worker::Worker;
 
 /// What a replay has done so far.
 #[derive(Debug, Default)]
@@ -29,9 +30,8 @@ pub struct ReplayStats {
 /// A running replay thread; stops when dropped or on [`JournalReplay::stop`].
 #[derive(Debug)]
 pub struct JournalReplay {
-    stop: Arc<AtomicBool>,
     stats: Arc<ReplayStats>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 /// The commands of one shard's journal, in order (segments read in full; a torn tail is
@@ -69,15 +69,11 @@ impl JournalReplay {
             .max()
             .unwrap_or(0);
         let _ = handle.reserve_order_ids(max_id);
-        let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ReplayStats::default());
         stats.total.store(records.len() as u64, Ordering::Relaxed);
-        let (s, st) = (Arc::clone(&stop), Arc::clone(&stats));
-        let thread = std::thread::Builder::new()
-            .name("replay".into())
-            .spawn(move || run(&handle, &records, speed, &s, &st))
-            .expect("spawning the replay thread at start-up");
-        Ok(JournalReplay { stop, stats, thread: Some(thread) })
+        let st = Arc::clone(&stats);
+        let worker = Worker::spawn("replay", move |stop| run(&handle, &records, speed, stop, &st));
+        Ok(JournalReplay { stats, worker })
     }
 
     /// Live counters.
@@ -85,22 +81,9 @@ impl JournalReplay {
         &self.stats
     }
 
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for JournalReplay {
-    fn drop(&mut self) {
-        self.halt();
+    /// Stops the thread and waits for it (dropping the replay does the same).
+    pub fn stop(self) {
+        self.worker.stop();
     }
 }
 

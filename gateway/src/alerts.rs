@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -491,8 +490,7 @@ impl AlertHub {
 /// The thread that evaluates alerts from the engine's events.
 #[derive(Debug)]
 pub struct AlertWorker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: tickgate_feed::Worker,
 }
 
 /// How long the worker sleeps when there is nothing to read.
@@ -501,33 +499,16 @@ const IDLE_SLEEP: Duration = Duration::from_micros(500);
 impl AlertWorker {
     /// Starts reading every shard's ring from now on.
     pub fn start(engine: EngineHandle, hub: Arc<AlertHub>) -> AlertWorker {
-        let stop = Arc::new(AtomicBool::new(false));
         let readers: Vec<RingReader> =
             (0..engine.shards()).filter_map(|s| engine.reader(s)).collect();
-        let s = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("alerts".into())
-            .spawn(move || run(&engine, &hub, readers, &s))
-            .expect("spawning the alerts thread at start-up");
-        AlertWorker { stop, thread: Some(thread) }
+        let worker =
+            tickgate_feed::Worker::spawn("alerts", move |stop| run(&engine, &hub, readers, stop));
+        AlertWorker { worker }
     }
 
-    /// Stops the thread.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for AlertWorker {
-    fn drop(&mut self) {
-        self.halt();
+    /// Stops the thread (dropping the worker does the same).
+    pub fn stop(self) {
+        self.worker.stop();
     }
 }
 
