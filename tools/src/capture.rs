@@ -161,8 +161,9 @@ pub async fn record(config: &RecordConfig, out: &Path) -> anyhow::Result<u64> {
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut writer = CaptureWriter::new(BufWriter::new(file), &header)?;
     let mut ws = client::connect(config.addr, "/ws").await?;
-    client::send_json(&mut ws, &json!({"op": "subscribe", "id": 1, "channels": config.channels}))
-        .await?;
+    // Full-depth book snapshots, so a capture can rebuild whole books.
+    let subscribe = json!({"op": "subscribe", "id": 1, "channels": config.channels, "depth": 1000});
+    client::send_json(&mut ws, &subscribe).await?;
     // A reader task, so stopping on time never cancels a read in the middle of a frame.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<CapturedFrame>(4096);
     let reader = tokio::spawn(async move {

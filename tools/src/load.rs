@@ -15,6 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use fastwebsockets::OpCode;
 use hdrhistogram::Histogram;
+use tickgate_engine::types::format_fixed;
+use tickgate_engine::{
+    BookDelta, BookSnapshot, InstrumentId, L2Book, Price, Qty, Seq, Side, UnixNanos,
+};
 use tickgate_gateway::client;
 use tickgate_gateway::protocol::{self, MsgType, FLAG_RESYNC};
 
@@ -50,6 +54,12 @@ pub struct LoadConfig {
     pub warmup: Duration,
     /// Connect and hold the connections without subscribing (memory per idle connection).
     pub idle: bool,
+    /// Rebuild every followed book from its snapshot and deltas and check it, at the end,
+    /// against the REST book snapshot at the same sequence (subscribes with full depth).
+    pub verify: bool,
+    /// Where the REST book comes from (default: `addr`); e.g. the real server when `addr`
+    /// is a capture replayer.
+    pub rest_addr: Option<SocketAddr>,
 }
 
 /// What one connection saw while measuring.
@@ -62,6 +72,35 @@ struct ConnStats {
     seq_breaks: u64,
     closed: Option<u16>,
     latency: Histogram<u64>,
+    books: BookCheck,
+}
+
+/// Book verification counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BookCheck {
+    /// Books equal to the REST snapshot at the same sequence.
+    pub verified: u64,
+    /// Books that differ from it: a lost or corrupted delta.
+    pub mismatched: u64,
+    /// Books that could not be brought to the REST snapshot's sequence in time.
+    pub unverified: u64,
+}
+
+impl BookCheck {
+    fn add(&mut self, o: BookCheck) {
+        self.verified += o.verified;
+        self.mismatched += o.mismatched;
+        self.unverified += o.unverified;
+    }
+}
+
+/// A followed book: its symbol and precisions (from the `subscribed` reply) and the book
+/// rebuilt from snapshot + deltas.
+struct Followed {
+    symbol: String,
+    price_precision: u8,
+    qty_precision: u8,
+    book: Option<L2Book>,
 }
 
 impl ConnStats {
@@ -74,6 +113,7 @@ impl ConnStats {
             seq_breaks: 0,
             closed: None,
             latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?,
+            books: BookCheck::default(),
         })
     }
 }
@@ -101,6 +141,8 @@ pub struct Report {
     pub latency: Histogram<u64>,
     /// Fewest and most messages one connection got.
     pub per_connection: (u64, u64),
+    /// Book verification (with `verify`).
+    pub books: BookCheck,
 }
 
 fn now_ns() -> u64 {
@@ -131,14 +173,17 @@ async fn run_connection(
         tokio::time::sleep_until(stop.into()).await;
         return ConnStats::empty();
     }
+    let depth = if config.verify { protocol::SNAPSHOT_DEPTH_MAX } else { 20 };
     client::send_json(
         &mut ws,
-        &serde_json::json!({"op": "subscribe", "id": index, "channels": channels, "depth": 20}),
+        &serde_json::json!({"op": "subscribe", "id": index, "channels": channels, "depth": depth}),
     )
     .await?;
     let mut stats = ConnStats::empty()?;
     // Last sequence per channel for the contiguous kinds (book deltas, trades).
     let mut last: HashMap<u32, u64> = HashMap::new();
+    let mut followed: HashMap<u32, Followed> = HashMap::new();
+    let mut open = true;
     loop {
         let now = Instant::now();
         if now >= stop {
@@ -150,6 +195,13 @@ async fn run_connection(
             Ok(Ok(f)) => f,
         };
         let measuring = Instant::now() >= start_measuring;
+        if config.verify {
+            match frame.opcode {
+                OpCode::Text => learn_channels(&frame.payload, &mut followed),
+                OpCode::Binary => follow(&frame.payload, &mut followed),
+                _ => {}
+            }
+        }
         match frame.opcode {
             OpCode::Binary => {
                 let received = now_ns();
@@ -205,12 +257,158 @@ async fn run_connection(
                 let p = &frame.payload;
                 stats.closed =
                     Some(if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 });
+                open = false;
                 break;
             }
             _ => {}
         }
     }
+    if config.verify {
+        let rest = config.rest_addr.unwrap_or(config.addr);
+        stats.books = verify_books(&mut ws, open, rest, &mut followed).await;
+    }
     Ok(stats)
+}
+
+/// Learns channel ids, symbols and precisions of book channels from `subscribed` replies.
+fn learn_channels(payload: &[u8], followed: &mut HashMap<u32, Followed>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { return };
+    if v["op"] != "subscribed" {
+        return;
+    }
+    for c in v["channels"].as_array().into_iter().flatten() {
+        let (Some(name), Some(id)) = (c["channel"].as_str(), c["channel_id"].as_u64()) else {
+            continue;
+        };
+        let Some(symbol) = name.strip_prefix("book.") else { continue };
+        followed.insert(
+            id as u32,
+            Followed {
+                symbol: symbol.to_string(),
+                price_precision: c["price_precision"].as_u64().unwrap_or(0) as u8,
+                qty_precision: c["qty_precision"].as_u64().unwrap_or(0) as u8,
+                book: None,
+            },
+        );
+    }
+}
+
+/// Applies a binary frame's book snapshots and deltas to the followed books. A delta that
+/// does not follow its book's sequence drops the book until the next snapshot (the
+/// sequence check counts the break).
+fn follow(payload: &[u8], followed: &mut HashMap<u32, Followed>) {
+    for msg in protocol::decode(payload).map_while(Result::ok) {
+        let Some(f) = followed.get_mut(&msg.channel) else { continue };
+        match msg.msg_type {
+            MsgType::BookSnapshot => {
+                f.book = protocol::decode_book_snapshot(msg.body).map(|(bids, asks)| {
+                    L2Book::from_snapshot(&BookSnapshot { seq: Seq(msg.seq), bids, asks })
+                });
+            }
+            MsgType::BookDelta => {
+                let (Some(book), Some(side), Some(price), Some(qty)) = (
+                    f.book.as_mut(),
+                    msg.body.first().and_then(|b| Side::from_u8(*b)),
+                    protocol::body_i64(msg.body, 1),
+                    protocol::body_i64(msg.body, 2),
+                ) else {
+                    continue;
+                };
+                let delta = BookDelta {
+                    instrument: InstrumentId(0),
+                    seq: Seq(msg.seq),
+                    ts: UnixNanos(msg.ts),
+                    side,
+                    price: Price(price),
+                    qty: Qty(qty),
+                };
+                if book.apply(&delta).is_err() {
+                    f.book = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A REST book: its sequence and levels as decimal strings.
+type RestBook = (u64, Vec<(String, String)>, Vec<(String, String)>);
+
+async fn rest_book(addr: SocketAddr, symbol: &str) -> Option<RestBook> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let head = format!(
+        "GET /api/v1/markets/{symbol}/book?depth={} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+        protocol::SNAPSHOT_DEPTH_MAX
+    );
+    s.write_all(head.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let v: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
+    let levels = |side: &str| -> Option<Vec<(String, String)>> {
+        v[side]
+            .as_array()?
+            .iter()
+            .map(|l| Some((l[0].as_str()?.to_string(), l[1].as_str()?.to_string())))
+            .collect()
+    };
+    Some((v["seq"].as_u64()?, levels("bids")?, levels("asks")?))
+}
+
+/// At the end of a run: brings each followed book to the sequence of a fresh REST snapshot
+/// (reading on while the connection is open) and compares them level by level.
+async fn verify_books(
+    ws: &mut client::Client,
+    mut open: bool,
+    rest: SocketAddr,
+    followed: &mut HashMap<u32, Followed>,
+) -> BookCheck {
+    let mut check = BookCheck::default();
+    let channels: Vec<u32> = followed.keys().copied().collect();
+    for channel in channels {
+        let mut outcome = None;
+        for _attempt in 0..3 {
+            let symbol = followed[&channel].symbol.clone();
+            let Some((seq, bids, asks)) = rest_book(rest, &symbol).await else { break };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            // Read on until the local book reaches the REST sequence.
+            while open && followed[&channel].book.as_ref().is_some_and(|b| b.seq().0 < seq) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, ws.read_frame()).await {
+                    Ok(Ok(frame)) if frame.opcode == OpCode::Binary => {
+                        follow(&frame.payload, followed);
+                    }
+                    Ok(Ok(frame)) if frame.opcode == OpCode::Close => open = false,
+                    Ok(Ok(_)) => {}
+                    _ => open = false,
+                }
+            }
+            let f = &followed[&channel];
+            let Some(book) = &f.book else { break };
+            if book.seq().0 != seq {
+                continue; // moved past it: take a newer REST snapshot
+            }
+            let (pp, qp) = (f.price_precision, f.qty_precision);
+            let local = book.snapshot(bids.len().max(asks.len()));
+            let fmt = |levels: &[(Price, Qty)], n: usize| -> Vec<(String, String)> {
+                levels
+                    .iter()
+                    .take(n)
+                    .map(|(p, q)| (format_fixed(p.0, pp), format_fixed(q.0, qp)))
+                    .collect()
+            };
+            let same = fmt(&local.bids, bids.len()) == bids && fmt(&local.asks, asks.len()) == asks;
+            outcome = Some(same);
+            break;
+        }
+        match outcome {
+            Some(true) => check.verified += 1,
+            Some(false) => check.mismatched += 1,
+            None => check.unverified += 1,
+        }
+    }
+    check
 }
 
 /// Runs the probe.
@@ -225,6 +423,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     }
     let mut latency = Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?;
     let (mut messages, mut bytes, mut resyncs, mut gaps, mut breaks) = (0, 0, 0, 0, 0);
+    let mut books = BookCheck::default();
     let mut closes: HashMap<Option<u16>, usize> = HashMap::new();
     let (mut fewest, mut most, mut ok) = (u64::MAX, 0, 0);
     for t in tasks {
@@ -236,6 +435,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
                 resyncs += s.resyncs;
                 gaps += s.gaps;
                 breaks += s.seq_breaks;
+                books.add(s.books);
                 fewest = fewest.min(s.messages);
                 most = most.max(s.messages);
                 if let Some(code) = s.closed {
@@ -264,6 +464,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
         closes,
         latency,
         per_connection: (if ok == 0 { 0 } else { fewest }, most),
+        books,
     })
 }
 
@@ -277,7 +478,8 @@ impl Report {
              delivered MB/s    {:.1}\n\
              latency us        p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\n\
              per connection    min {} max {} messages\n\
-             resyncs {}  gaps {}  sequence breaks {}  closes {:?}\n",
+             resyncs {}  gaps {}  sequence breaks {}  closes {:?}\n\
+             books verified {}  mismatched {}  unverified {}\n",
             self.connections,
             self.messages as f64 / self.seconds,
             self.bytes as f64 / self.seconds / 1e6,
@@ -292,6 +494,9 @@ impl Report {
             self.gaps,
             self.seq_breaks,
             self.closes,
+            self.books.verified,
+            self.books.mismatched,
+            self.books.unverified,
         )
     }
 
@@ -309,6 +514,7 @@ impl Report {
             "resyncs": self.resyncs,
             "gaps": self.gaps,
             "sequence_breaks": self.seq_breaks,
+            "books": { "verified": self.books.verified, "mismatched": self.books.mismatched, "unverified": self.books.unverified },
             "closes": self.closes.iter().map(|(c, n)| serde_json::json!({"code": c, "count": n})).collect::<Vec<_>>(),
         })
     }

@@ -58,6 +58,12 @@ enum Command {
         /// Hold idle connections (no subscriptions), e.g. to measure server memory per connection.
         #[arg(long)]
         idle: bool,
+        /// Rebuild the followed books and check them against the REST snapshot at the end.
+        #[arg(long)]
+        verify: bool,
+        /// REST address for --verify (default: --addr).
+        #[arg(long)]
+        rest_addr: Option<SocketAddr>,
     },
     /// Record what a WebSocket client receives on some channels into a capture file.
     Record {
@@ -244,6 +250,8 @@ fn main() -> anyhow::Result<()> {
             threads,
             json,
             idle,
+            verify,
+            rest_addr,
         } => {
             let pattern = match pattern.split_once(':') {
                 None if pattern == "all" => Pattern::All,
@@ -263,6 +271,8 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs_f64(duration),
                 warmup: Duration::from_secs_f64(warmup),
                 idle,
+                verify,
+                rest_addr,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.max(1))

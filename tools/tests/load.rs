@@ -1,0 +1,122 @@
+//! The load probe's checks against a real stream: a capture of an in-process server,
+//! served back by the replayer, intact, with one delta corrupted, and with one frame
+//! dropped. The rebuilt book must match the server's REST book exactly when intact, and
+//! the probe must catch the corruption and the gap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tickgate_gateway::protocol::{self, MsgType};
+use tickgate_gateway::{Config, Server};
+use tickgate_tools::capture::{self, Capture, CaptureWriter, RecordConfig, KIND_BINARY};
+use tickgate_tools::load::{self, LoadConfig, Pattern, Report};
+
+/// Serves `capture` and runs the probe against it, with the REST book from `rest`.
+async fn probe(capture: Capture, rest: std::net::SocketAddr) -> Report {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let replayer = tokio::spawn(capture::serve(listener, Arc::new(capture), None));
+    let config = LoadConfig {
+        addr,
+        connections: 1,
+        kinds: vec!["book".into(), "trades".into()],
+        pattern: Pattern::Hot("BTC-USD".into()),
+        symbols: vec!["BTC-USD".into()],
+        json: false,
+        duration: Duration::from_secs(2),
+        warmup: Duration::ZERO,
+        idle: false,
+        verify: true,
+        rest_addr: Some(rest),
+    };
+    let report = load::run(config).await.expect("probe runs");
+    replayer.abort();
+    report
+}
+
+/// (frame index, byte offset of the qty) of the last book delta in the capture.
+fn last_delta(c: &Capture) -> (usize, usize) {
+    let mut found = None;
+    for (i, f) in c.frames.iter().enumerate().filter(|(_, f)| f.kind == KIND_BINARY) {
+        for msg in protocol::decode(&f.payload).map_while(Result::ok) {
+            if msg.msg_type == MsgType::BookDelta {
+                let body = msg.body.as_ptr() as usize - f.payload.as_ptr() as usize;
+                found = Some((i, body + 16));
+            }
+        }
+    }
+    found.expect("the capture has book deltas")
+}
+
+fn rewrite(c: &Capture, path: &std::path::Path) -> Capture {
+    let file = std::fs::File::create(path).expect("create");
+    let mut w = CaptureWriter::new(file, &c.header).expect("header");
+    for f in &c.frames {
+        w.frame(f).expect("frame");
+    }
+    w.finish().expect("flush");
+    capture::read(path).expect("reads back")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_verifies_books_and_catches_corruption_and_gaps() {
+    let mut server = Server::start(Config { feed_rate: Some(5_000), ..Config::for_tests() })
+        .await
+        .expect("server starts");
+    let rest = server.local_addr();
+    let dir = std::env::temp_dir().join(format!("tickgate-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("btc.tgc");
+    let config = RecordConfig {
+        addr: rest,
+        channels: vec!["book.BTC-USD".into(), "trades.BTC-USD".into()],
+        duration: Duration::from_millis(1_500),
+        frames_max: 0,
+        progress: false,
+    };
+    let recorder = {
+        let path = path.clone();
+        tokio::spawn(async move { capture::record(&config, &path).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The market goes quiet, so the REST book stays at the capture's last sequence.
+    server.stop_feed();
+    recorder.await.expect("task").expect("records");
+    let original = capture::read(&path).expect("capture");
+    assert!(original.frames.len() > 20, "{} frames", original.frames.len());
+
+    let intact = probe(capture::read(&path).expect("capture"), rest).await;
+    assert_eq!(intact.books.verified, 1, "{}", intact.table());
+    assert_eq!((intact.books.mismatched, intact.seq_breaks), (0, 0), "{}", intact.table());
+
+    // One delta's quantity changed: the rebuilt book no longer matches.
+    let mut corrupted = capture::read(&path).expect("capture");
+    let (frame, qty_at) = last_delta(&corrupted);
+    let payload = &mut corrupted.frames[frame].payload;
+    let qty = i64::from_le_bytes(payload[qty_at..qty_at + 8].try_into().expect("8 bytes"));
+    payload[qty_at..qty_at + 8].copy_from_slice(&(qty + 1).to_le_bytes());
+    let corrupted = rewrite(&corrupted, &dir.join("corrupted.tgc"));
+    let report = probe(corrupted, rest).await;
+    assert_eq!(report.books.mismatched, 1, "{}", report.table());
+
+    // A frame with book deltas lost on the way: a sequence break, and no book to trust.
+    let mut gapped = capture::read(&path).expect("capture");
+    let (frame, _) = last_delta(&gapped);
+    let earlier = (0..frame)
+        .rev()
+        .find(|&i| {
+            gapped.frames[i].kind == KIND_BINARY
+                && protocol::decode(&gapped.frames[i].payload)
+                    .map_while(Result::ok)
+                    .any(|m| m.msg_type == MsgType::BookDelta)
+        })
+        .expect("an earlier frame with deltas");
+    gapped.frames.remove(earlier);
+    let gapped = rewrite(&gapped, &dir.join("gapped.tgc"));
+    let report = probe(gapped, rest).await;
+    assert!(report.seq_breaks >= 1, "{}", report.table());
+    assert_eq!(report.books.verified, 0, "{}", report.table());
+
+    server.shutdown().await.expect("clean stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
