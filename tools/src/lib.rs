@@ -6,8 +6,10 @@
 //! - [`sse`]: N SSE alert streams: delivery latency of price alerts.
 //! - [`users`]: users files for `tickgate --users`.
 //! - [`capture`]: market-data captures: the recorder and the replayer.
+//! - [`plot`]: latency percentile plots (SVG).
 
 pub mod capture;
 pub mod load;
+pub mod plot;
 pub mod sse;
 pub mod users;

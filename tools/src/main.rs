@@ -64,6 +64,9 @@ enum Command {
         /// REST address for --verify (default: --addr).
         #[arg(long)]
         rest_addr: Option<SocketAddr>,
+        /// Write the latency percentile distribution as an SVG plot to this file.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
     },
     /// Record what a WebSocket client receives on some channels into a capture file.
     Record {
@@ -252,6 +255,7 @@ fn main() -> anyhow::Result<()> {
             idle,
             verify,
             rest_addr,
+            plot,
         } => {
             let pattern = match pattern.split_once(':') {
                 None if pattern == "all" => Pattern::All,
@@ -278,7 +282,15 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(threads.max(1))
                 .enable_all()
                 .build()?;
+            let title = format!(
+                "tickgate load: {connections} connections, {:?}, {duration} s",
+                config.pattern
+            );
             let report = runtime.block_on(load::run(config))?;
+            if let Some(path) = &plot {
+                tickgate_tools::plot::latency_svg(&report.latency, &title, path)?;
+                eprintln!("latency plot written to {}", path.display());
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.json())?);
             } else {
