@@ -7,8 +7,10 @@
 //! - [`users`]: users files for `tickgate --users`.
 //! - [`capture`]: market-data captures: the recorder and the replayer.
 //! - [`plot`]: latency percentile plots (SVG).
+//! - [`compare`]: REST polling vs WebSocket push vs SSE.
 
 pub mod capture;
+pub mod compare;
 pub mod load;
 pub mod plot;
 pub mod sse;

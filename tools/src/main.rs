@@ -68,6 +68,33 @@ enum Command {
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
     },
+    /// REST polling vs WebSocket push vs SSE against a running server (feed on).
+    Compare {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Instrument.
+        #[arg(long, default_value = "BTC-USD")]
+        symbol: String,
+        /// Updates one client waits for, per method.
+        #[arg(long, default_value_t = 50)]
+        updates: usize,
+        /// Polling period in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        poll_ms: u64,
+        /// Clients in the load part.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Seconds of the load part, per method.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// The server's pid, to report its CPU use.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// User for the SSE part, `name:password`.
+        #[arg(long, default_value = "alice:alice-demo-password")]
+        user: String,
+    },
     /// Record what a WebSocket client receives on some channels into a capture file.
     Record {
         /// Server address.
@@ -156,6 +183,35 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Compare {
+            addr,
+            symbol,
+            updates,
+            poll_ms,
+            clients,
+            duration,
+            server_pid,
+            user,
+        } => {
+            let (name, password) = user.split_once(':').context("--user is name:password")?;
+            let config = tickgate_tools::compare::CompareConfig {
+                addr,
+                symbol,
+                updates,
+                poll_interval: Duration::from_millis(poll_ms.max(1)),
+                clients,
+                duration: Duration::from_secs_f64(duration),
+                server_pid,
+                user: (name.to_string(), password.to_string()),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let result = runtime.block_on(tickgate_tools::compare::run(&config))?;
+            print!("{}", result.table(&config));
+            Ok(())
+        }
         Command::Record { addr, channels, duration, frames, out } => {
             let config = tickgate_tools::capture::RecordConfig {
                 addr,
