@@ -177,7 +177,7 @@ async fn ws_one(c: &CompareConfig) -> anyhow::Result<OneClient> {
         }
         let received = now_ns();
         for msg in protocol::decode(&frame.payload).map_while(Result::ok) {
-            if msg.msg_type == MsgType::Bbo {
+            if msg.msg_type == MsgType::Bbo && out.updates < c.updates {
                 if !seen_snapshot {
                     seen_snapshot = true; // the subscription's snapshot is not an update
                     continue;
@@ -246,7 +246,7 @@ async fn sse_one(c: &CompareConfig) -> anyhow::Result<OneClient> {
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let block = String::from_utf8_lossy(&buf[..end]).to_string();
             buf.drain(..end + 2);
-            if block.contains("event: price") {
+            if block.contains("event: price") && out.updates < c.updates {
                 if let Some(ts) = block
                     .split("\"ts\":")
                     .nth(1)
