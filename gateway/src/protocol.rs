@@ -545,6 +545,22 @@ pub fn body_i64(body: &[u8], n: usize) -> Option<i64> {
     body.get(n * 8..n * 8 + 8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
+/// The engine's form of a book delta message (`None` if it is not a well-formed one). The
+/// instrument is left 0: the channel, not the message, names it.
+pub fn decode_book_delta(msg: &Decoded<'_>) -> Option<tickgate_engine::BookDelta> {
+    if msg.msg_type != MsgType::BookDelta {
+        return None;
+    }
+    Some(tickgate_engine::BookDelta {
+        instrument: tickgate_engine::InstrumentId(0),
+        seq: tickgate_engine::Seq(msg.seq),
+        ts: tickgate_engine::UnixNanos(msg.ts),
+        side: Side::from_u8(*msg.body.first()?)?,
+        price: Price(body_i64(msg.body, 1)?),
+        qty: Qty(body_i64(msg.body, 2)?),
+    })
+}
+
 /// Decodes a book snapshot body into levels.
 pub fn decode_book_snapshot(body: &[u8]) -> Option<(Vec<Level>, Vec<Level>)> {
     let bids = usize::from(u16::from_le_bytes([*body.first()?, *body.get(1)?]));

@@ -16,9 +16,7 @@ use anyhow::Context;
 use fastwebsockets::OpCode;
 use hdrhistogram::Histogram;
 use tickgate_engine::types::format_fixed;
-use tickgate_engine::{
-    BookDelta, BookSnapshot, InstrumentId, L2Book, Price, Qty, Seq, Side, UnixNanos,
-};
+use tickgate_engine::{BookSnapshot, L2Book, Price, Qty, Seq};
 use tickgate_gateway::client;
 use tickgate_gateway::protocol::{self, MsgType, FLAG_RESYNC};
 
@@ -306,21 +304,10 @@ fn follow(payload: &[u8], followed: &mut HashMap<u32, Followed>) {
                 });
             }
             MsgType::BookDelta => {
-                let (Some(book), Some(side), Some(price), Some(qty)) = (
-                    f.book.as_mut(),
-                    msg.body.first().and_then(|b| Side::from_u8(*b)),
-                    protocol::body_i64(msg.body, 1),
-                    protocol::body_i64(msg.body, 2),
-                ) else {
+                let (Some(book), Some(delta)) =
+                    (f.book.as_mut(), protocol::decode_book_delta(&msg))
+                else {
                     continue;
-                };
-                let delta = BookDelta {
-                    instrument: InstrumentId(0),
-                    seq: Seq(msg.seq),
-                    ts: UnixNanos(msg.ts),
-                    side,
-                    price: Price(price),
-                    qty: Qty(qty),
                 };
                 if book.apply(&delta).is_err() {
                     f.book = None;

@@ -147,21 +147,9 @@ impl Follower {
                 }
                 MsgType::BookDelta if msg.channel == self.book_channel => {
                     let book = self.book.as_mut().expect("snapshot before deltas");
-                    let side = Side::from_u8(msg.body[0]).expect("side");
-                    let (price, qty) = (
-                        body_i64(msg.body, 1).expect("price"),
-                        body_i64(msg.body, 2).expect("qty"),
-                    );
-                    let delta = BookDelta {
-                        instrument: InstrumentId(0),
-                        seq: Seq(msg.seq),
-                        ts: UnixNanos(msg.ts),
-                        side,
-                        price: Price(price),
-                        qty: Qty(qty),
-                    };
+                    let delta = protocol::decode_book_delta(&msg).expect("delta body");
                     assert_eq!(book.apply(&delta), Ok(true), "contiguous book sequence");
-                    self.deltas.push((msg.seq, side, price, qty));
+                    self.deltas.push((msg.seq, delta.side, delta.price.0, delta.qty.0));
                 }
                 MsgType::TradesSnapshot if msg.channel == self.trades_channel => {
                     if msg.flags & protocol::FLAG_RESYNC != 0 {
