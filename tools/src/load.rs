@@ -67,6 +67,7 @@ struct ConnStats {
     bytes: u64,
     resyncs: u64,
     gaps: u64,
+    snapshots: u64,
     seq_breaks: u64,
     closed: Option<u16>,
     latency: Histogram<u64>,
@@ -108,6 +109,7 @@ impl ConnStats {
             bytes: 0,
             resyncs: 0,
             gaps: 0,
+            snapshots: 0,
             seq_breaks: 0,
             closed: None,
             latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?,
@@ -131,6 +133,8 @@ pub struct Report {
     pub resyncs: u64,
     /// Gap notices received.
     pub gaps: u64,
+    /// Book and trade snapshots received (on subscribe and resyncs; not in `messages`).
+    pub snapshots: u64,
     /// Sequence breaks not explained by a resync or gap (protocol violations).
     pub seq_breaks: u64,
     /// Connections closed by the server (code, count).
@@ -210,6 +214,9 @@ async fn run_connection(
                     let msg = msg?;
                     match msg.msg_type {
                         MsgType::BookSnapshot | MsgType::TradesSnapshot => {
+                            if measuring {
+                                stats.snapshots += 1;
+                            }
                             if msg.flags & FLAG_RESYNC != 0 && measuring {
                                 stats.resyncs += 1;
                             }
@@ -410,6 +417,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     }
     let mut latency = Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?;
     let (mut messages, mut bytes, mut resyncs, mut gaps, mut breaks) = (0, 0, 0, 0, 0);
+    let mut snapshots = 0;
     let mut books = BookCheck::default();
     let mut closes: HashMap<Option<u16>, usize> = HashMap::new();
     let (mut fewest, mut most, mut ok) = (u64::MAX, 0, 0);
@@ -421,6 +429,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
                 bytes += s.bytes;
                 resyncs += s.resyncs;
                 gaps += s.gaps;
+                snapshots += s.snapshots;
                 breaks += s.seq_breaks;
                 books.add(s.books);
                 fewest = fewest.min(s.messages);
@@ -447,6 +456,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
         bytes,
         resyncs,
         gaps,
+        snapshots,
         seq_breaks: breaks,
         closes,
         latency,
@@ -500,6 +510,7 @@ impl Report {
             "per_connection_messages": { "min": self.per_connection.0, "max": self.per_connection.1 },
             "resyncs": self.resyncs,
             "gaps": self.gaps,
+            "snapshots": self.snapshots,
             "sequence_breaks": self.seq_breaks,
             "books": { "verified": self.books.verified, "mismatched": self.books.mismatched, "unverified": self.books.unverified },
             "closes": self.closes.iter().map(|(c, n)| serde_json::json!({"code": c, "count": n})).collect::<Vec<_>>(),

@@ -120,3 +120,34 @@ async fn the_probe_verifies_books_and_catches_corruption_and_gaps() {
     server.shutdown().await.expect("clean stop");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_counts_what_the_server_says_it_sent() {
+    let mut server = Server::start(Config { feed_rate: Some(5_000), ..Config::for_tests() })
+        .await
+        .expect("server starts");
+    let config = LoadConfig {
+        addr: server.local_addr(),
+        connections: 4,
+        kinds: vec!["book".into(), "trades".into(), "bbo".into()],
+        pattern: Pattern::All,
+        symbols: server.engine().instruments().iter().map(|i| i.spec.symbol.clone()).collect(),
+        json: false,
+        duration: Duration::from_millis(2_500),
+        warmup: Duration::ZERO,
+        idle: false,
+        verify: false,
+        rest_addr: None,
+    };
+    let probe = tokio::spawn(load::run(config));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Quiet before the probe stops reading, so everything sent has been read.
+    server.stop_feed();
+    let report = probe.await.expect("task").expect("probe runs");
+    let sent = server.metrics().ws_messages_sent_total.load(std::sync::atomic::Ordering::Relaxed);
+    let received = report.messages + report.snapshots + report.gaps;
+    assert!(report.messages > 1_000, "{}", report.table());
+    assert_eq!(received, sent, "probe and server disagree: {}", report.table());
+    assert_eq!((report.seq_breaks, report.connections), (0, 4), "{}", report.table());
+    server.shutdown().await.expect("clean stop");
+}
