@@ -90,7 +90,7 @@ struct Acked {
 
 /// Places orders until the server goes away; returns what was acknowledged.
 async fn trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>) -> Vec<Acked> {
-    let api = Api::login(addr, user).await;
+    let Some(api) = try_login(addr, user).await else { return Vec::new() };
     let mut rng = Rng(seed | 1);
     let mut acked = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -124,7 +124,7 @@ async fn trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>)
 /// Places orders over an authenticated WebSocket until the server goes away.
 async fn ws_trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>) -> Vec<Acked> {
     use tickgate_gateway::client::{self, Message};
-    let api = Api::login(addr, user).await;
+    let Some(api) = try_login(addr, user).await else { return Vec::new() };
     let mut acked = Vec::new();
     let Ok(mut ws) = client::connect(addr, &format!("/ws?token={}", api.token)).await else {
         return acked;
@@ -156,6 +156,16 @@ async fn ws_trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBoo
         }
     }
     acked
+}
+
+/// Logs in; `None` if the server went away first (it may be killed at any moment).
+async fn try_login(addr: SocketAddr, user: usize) -> Option<Api> {
+    let (name, password, _) = tickgate_gateway::auth::DEMO_USERS[user];
+    let api = Api { addr, token: String::new() };
+    let body = json!({"username": name, "password": password});
+    let (status, v) = try_call(&api, "POST", "/api/v1/auth/login", Some(body)).await?;
+    let token = v["token"].as_str().filter(|_| status == 200)?.to_string();
+    Some(Api { addr, token })
 }
 
 /// One request; `None` when the connection fails (the server was killed).
@@ -250,7 +260,7 @@ async fn acknowledged_orders_survive_sigkill() {
             let seed = seed ^ (s << 32) ^ round;
             traders.push(tokio::spawn(ws_trader(server.addr, user, seed, Arc::clone(&stop))));
         }
-        let kill_after = Duration::from_millis(300 + rng.next() % 1200);
+        let kill_after = Duration::from_millis(600 + rng.next() % 1200);
         tokio::time::sleep(kill_after).await;
         drop(server); // SIGKILL, then reaped
         stop.store(true, Ordering::Relaxed);
@@ -312,28 +322,55 @@ async fn acknowledged_orders_survive_sigkill() {
     );
     assert!(via_ws > 0, "no order was acknowledged over WebSocket");
 
-    // A flipped byte in the middle of the journal: the server refuses to start and says
-    // where.
-    let segment = std::fs::read_dir(dir.0.join("shard-0"))
+    // A flipped byte inside a batch that an intact batch follows, in the newest segment
+    // (which recovery always reads): the server refuses to start and says where.
+    let mut segments: Vec<_> = std::fs::read_dir(dir.0.join("shard-0"))
         .expect("shard directory")
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "tgj"))
-        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("a journal segment");
+        .collect();
+    segments.sort();
+    let (segment, offset) = segments
+        .iter()
+        .rev()
+        .find_map(|path| {
+            let bytes = std::fs::read(path).ok()?;
+            // Batch frames: u32 length (after the 8-byte length+CRC), so the second batch
+            // starts at 24 + 8 + first length. Damage the first batch's records.
+            let first_len = u32::from_le_bytes(bytes.get(24..28)?.try_into().ok()?) as usize;
+            let second = 24 + 8 + first_len;
+            (bytes.len() > second + 16).then_some((path.clone(), 24 + 16 + first_len / 2))
+        })
+        .expect("a segment with at least two batches");
     let mut bytes = std::fs::read(&segment).expect("read segment");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x5a;
+    bytes[offset] ^= 0x5a;
     std::fs::write(&segment, &bytes).expect("write segment");
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--no-feed", "--data-dir"])
         .arg(&dir.0)
         .env("NO_COLOR", "1")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("tickgate runs");
+    // It must exit by itself; a server that started is killed and the test fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tickgate started on a corrupt journal ({})", segment.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "started on a corrupt journal: {text}");
+    assert!(!status.success(), "started on a corrupt journal: {text}");
     assert!(text.contains(segment.to_str().expect("utf-8 path")), "{text}");
     assert!(text.contains("offset"), "{text}");
 }
