@@ -485,17 +485,9 @@ pub(crate) fn journal_loop<R: JournalItem>(
             },
         };
         let mut batch = Vec::with_capacity(64);
-        let mut fast = Vec::new();
         let mut records = 0u64;
         let mut next = Some(first);
         while let Some(mut item) = next.take() {
-            if item.may_overtake() {
-                fast.push(item);
-                if batch.len() + fast.len() < batch_max {
-                    next = rx.try_recv().ok();
-                }
-                continue;
-            }
             if let Some(command) = item.command_mut() {
                 let now = crate::runtime::now_nanos().max(last_ts);
                 last_ts = now;
@@ -505,19 +497,11 @@ pub(crate) fn journal_loop<R: JournalItem>(
             }
             let stop = item.is_stop();
             batch.push(item);
-            if !stop && batch.len() + fast.len() < batch_max {
+            if !stop && batch.len() < batch_max {
                 next = rx.try_recv().ok();
             }
         }
         let stop = batch.last().is_some_and(JournalItem::is_stop);
-        // Reads of acknowledged state need not wait for this batch's sync: no command in
-        // it has been acknowledged yet, so answering before it is still linearizable.
-        if !fast.is_empty() && !forward(fast) {
-            return;
-        }
-        if batch.is_empty() {
-            continue;
-        }
         let before = writer.pending_bytes();
         let sync = match mode {
             SyncMode::Fsync => records > 0,
@@ -556,7 +540,4 @@ pub(crate) trait JournalItem: Send {
     fn command_mut(&mut self) -> Option<&mut crate::command::Command>;
     /// Whether the request stops the shard.
     fn is_stop(&self) -> bool;
-    /// A read that may be answered before the commands queued ahead of it (they are not
-    /// acknowledged yet), so it does not wait for their sync.
-    fn may_overtake(&self) -> bool;
 }

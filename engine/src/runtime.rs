@@ -188,10 +188,6 @@ impl JournalItem for Request {
     fn is_stop(&self) -> bool {
         matches!(self, Request::Stop)
     }
-
-    fn may_overtake(&self) -> bool {
-        matches!(self, Request::Query(Query::Balances { .. }))
-    }
 }
 
 /// Per-shard counters, updated once per batch.
@@ -513,8 +509,8 @@ impl EngineHandle {
     }
 
     /// Balances of `account` per asset on `shard`'s ledger; `None` for an unknown account.
-    /// Includes every command acknowledged before the call; with a journal it does not
-    /// wait for commands still being synced (they are not acknowledged yet).
+    /// Answered in order with the commands queued before it (for lock-free reads of
+    /// acknowledged balances, see [`EngineHandle::published_balances`]).
     pub fn balances(
         &self,
         shard: usize,

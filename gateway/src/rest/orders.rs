@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -20,7 +20,7 @@ use tickgate_engine::{AccountId, Instrument, OrderId};
 use super::{authorize, invalid_parameter, number_param, BODY_BYTES_MAX};
 use crate::http::{json_error, json_response, AppState};
 use crate::orders::{FillView, Status};
-use crate::trading::{NewOrderRequest, ReplaceRequest, TradeError, Trading};
+use crate::trading::{NewOrderRequest, ReplaceRequest, TradeError};
 
 /// Idempotency keys remembered (oldest forgotten first).
 const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
@@ -80,10 +80,6 @@ fn trade_error(e: TradeError) -> Response<Full<Bytes>> {
         response.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("1"));
     }
     response
-}
-
-fn trading(state: &AppState) -> Trading {
-    Trading { engine: state.engine.clone(), orders: Arc::clone(&state.orders) }
 }
 
 /// `POST /api/v1/orders`.
@@ -214,7 +210,7 @@ async fn place_once(
             return (json_error(StatusCode::BAD_REQUEST, "malformed", &message), None);
         }
     };
-    match trading(state).place(AccountId(account), &request).await {
+    match state.ws.trading.place(AccountId(account), &request).await {
         Ok(order) => (json_response(StatusCode::CREATED, &order), None),
         Err(e) => {
             let queued = e.queued;
@@ -250,7 +246,7 @@ pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response
     let Some(id) = parse_order_id(id) else {
         return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
     };
-    match trading(state).cancel(AccountId(claims.acc), id).await {
+    match state.ws.trading.cancel(AccountId(claims.acc), id).await {
         Ok(order) => json_response(StatusCode::OK, &order),
         Err(e) => trade_error(e),
     }
@@ -270,7 +266,7 @@ pub async fn replace(req: Request<Incoming>, state: &AppState, id: &str) -> Resp
         Ok(r) => r,
         Err(response) => return response,
     };
-    match trading(state).replace(AccountId(claims.acc), id, &request).await {
+    match state.ws.trading.replace(AccountId(claims.acc), id, &request).await {
         Ok(order) => json_response(StatusCode::OK, &order),
         Err(e) => trade_error(e),
     }
