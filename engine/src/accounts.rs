@@ -92,22 +92,36 @@ impl Ledger {
         &mut self.balances[slot]
     }
 
-    /// Calls `f` with each account whose balances changed since the last call, and its
-    /// balances per asset; then forgets the changes.
-    pub fn take_changed(&mut self, mut f: impl FnMut(AccountId, &[Balance])) {
+    /// Calls `f` with each account whose balances changed since the last call (a fill
+    /// changes balances, so every position change is among them), with its balances per
+    /// asset and positions per instrument; then forgets the changes.
+    pub fn take_changed(&mut self, mut f: impl FnMut(AccountId, &[Balance], &[Qty])) {
         for &a in &self.changed {
-            let start = a as usize * self.assets;
-            f(AccountId(a), &self.balances[start..start + self.assets]);
+            f(AccountId(a), self.row(a as usize), self.positions_of(a as usize));
             self.changed_flag[a as usize] = false;
         }
         self.changed.clear();
     }
 
-    /// Calls `f` with every account's balances (to publish a recovered state).
-    pub fn for_each(&self, mut f: impl FnMut(AccountId, &[Balance])) {
-        for (a, row) in self.balances.chunks(self.assets.max(1)).enumerate() {
-            f(AccountId(a as u32), row);
+    /// Calls `f` with every account's balances and positions (to publish a recovered
+    /// state).
+    pub fn for_each(&self, mut f: impl FnMut(AccountId, &[Balance], &[Qty])) {
+        for a in 0..self.exec_seq.len() {
+            f(AccountId(a as u32), self.row(a), self.positions_of(a));
         }
+    }
+
+    fn row(&self, a: usize) -> &[Balance] {
+        &self.balances[a * self.assets..(a + 1) * self.assets]
+    }
+
+    fn positions_of(&self, a: usize) -> &[Qty] {
+        &self.positions[a * self.instruments..(a + 1) * self.instruments]
+    }
+
+    /// Number of instruments positions are kept for.
+    pub fn instruments(&self) -> usize {
+        self.instruments
     }
 
     /// Net position (base quantity bought minus sold) of `account` in `instrument`.

@@ -645,9 +645,12 @@ impl Engine {
         &self.ledger
     }
 
-    /// Hands every account whose balances changed since the last call, with its balances,
-    /// to `f` (the runtime publishes them for lock-free reads).
-    pub fn take_changed_balances(&mut self, f: impl FnMut(AccountId, &[crate::Balance])) {
+    /// Hands every account whose balances changed since the last call, with its balances
+    /// and positions, to `f` (the runtime publishes them for lock-free reads).
+    pub fn take_changed_balances(
+        &mut self,
+        f: impl FnMut(AccountId, &[crate::Balance], &[crate::Qty]),
+    ) {
         self.ledger.take_changed(f);
     }
 

@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod types;
 
 pub use accounts::{Balance, Ledger};
+pub use board::PublishedAccount;
 pub use book::{BookSnapshot, OrderBook, RestingOrder};
 pub use command::{
     CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,

@@ -22,7 +22,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::accounts::Balance;
-use crate::board::BalanceBoard;
+use crate::board::{BalanceBoard, PublishedAccount};
 use crate::book::{BookSnapshot, RestingOrder};
 use crate::command::{Command, CommandKind, Transfer};
 use crate::durable::{
@@ -300,11 +300,15 @@ impl EngineRuntime {
             let stats = Arc::new(ShardStats::default());
             let failure = Arc::new(Failure::default());
             let snapshot_warning = Arc::new(Failure::default());
-            let board =
-                Arc::new(BalanceBoard::new(engine.ledger().accounts(), config.spec.assets.len()));
-            engine.ledger().for_each(|a, row| board.write(a, row));
+            let ledger = engine.ledger();
+            let board = Arc::new(BalanceBoard::new(
+                ledger.accounts(),
+                config.spec.assets.len(),
+                ledger.instruments(),
+            ));
+            ledger.for_each(|a, row, positions| board.write(a, row, positions));
             let mut engine = engine;
-            engine.take_changed_balances(|_, _| {});
+            engine.take_changed_balances(|_, _, _| {});
             let mut worker = ShardWorker {
                 board: Arc::clone(&board),
                 engine,
@@ -510,7 +514,7 @@ impl EngineHandle {
 
     /// Balances of `account` per asset on `shard`'s ledger; `None` for an unknown account.
     /// Answered in order with the commands queued before it (for lock-free reads of
-    /// acknowledged balances, see [`EngineHandle::published_balances`]).
+    /// acknowledged balances, see [`EngineHandle::published_account`]).
     pub fn balances(
         &self,
         shard: usize,
@@ -541,9 +545,10 @@ impl EngineHandle {
         self.ask(shard, |reply| Query::OpenOrders { accounts, reply })
     }
 
-    /// Balances of `account` on `shard` as of the last published batch, read lock-free
-    /// (the engine thread is not involved); `None` for an unknown account or shard.
-    pub fn published_balances(&self, shard: usize, account: AccountId) -> Option<Vec<Balance>> {
+    /// Balances and positions of `account` on `shard` as of the last published batch,
+    /// read lock-free (the engine thread is not involved); `None` for an unknown account
+    /// or shard.
+    pub fn published_account(&self, shard: usize, account: AccountId) -> Option<PublishedAccount> {
         self.shared.shards.get(shard)?.board.read(account)
     }
 
@@ -679,7 +684,7 @@ impl ShardWorker {
         // Publish first (balances, then events): whoever gets the answer can then read
         // every event it reflects.
         let board = &self.board;
-        self.engine.take_changed_balances(|a, row| board.write(a, row));
+        self.engine.take_changed_balances(|a, row, p| board.write(a, row, p));
         self.writer.publish();
         // A requester that went away is not the engine's problem: ignore send errors.
         match query {
@@ -756,7 +761,7 @@ impl ShardWorker {
             }
             // Balances first: whoever sees this batch's reports reads balances including them.
             let board = &self.board;
-            self.engine.take_changed_balances(|a, row| board.write(a, row));
+            self.engine.take_changed_balances(|a, row, p| board.write(a, row, p));
             self.writer.publish();
             batches += 1;
             self.stats.store(&self.engine.counters(), batches);

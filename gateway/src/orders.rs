@@ -95,7 +95,6 @@ pub struct FillView {
 struct AccountState {
     orders: BTreeMap<OrderId, OrderView>,
     fills: VecDeque<FillView>,
-    positions: HashMap<InstrumentId, i64>,
 }
 
 /// Which reports answer a waiting request.
@@ -301,17 +300,6 @@ impl OrderStore {
             .copied()
             .collect()
     }
-
-    /// Net position per instrument (bought minus sold) from the fills since start.
-    pub fn positions(&self, account: AccountId) -> Vec<(InstrumentId, i64)> {
-        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = accounts
-            .get(&account)
-            .map(|s| s.positions.iter().map(|(i, q)| (*i, *q)).collect())
-            .unwrap_or_default();
-        out.sort_by_key(|(i, _)| i.0);
-        out
-    }
 }
 
 fn apply_to(state: &mut AccountState, r: &ExecReport) {
@@ -345,8 +333,6 @@ fn apply_to(state: &mut AccountState, r: &ExecReport) {
     view.reason = r.reason;
     view.updated_ts = r.ts.0;
     if matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled) {
-        let signed = if r.side == Side::Buy { r.last_qty.0 } else { -r.last_qty.0 };
-        *state.positions.entry(r.instrument).or_default() += signed;
         if state.fills.len() == FILLS_KEPT {
             state.fills.pop_front();
         }

@@ -75,14 +75,14 @@ pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let engine = &state.engine;
     let mut totals = vec![(0i128, 0i128); engine.assets().len()];
     for shard in 0..engine.shards() {
-        let Some(balances) = engine.published_balances(shard, account) else {
+        let Some(published) = engine.published_account(shard, account) else {
             return json_error(
                 StatusCode::NOT_FOUND,
                 "unknown_account",
                 "the account does not exist",
             );
         };
-        for (t, b) in totals.iter_mut().zip(balances) {
+        for (t, b) in totals.iter_mut().zip(published.balances) {
             t.0 += i128::from(b.total.0);
             t.1 += i128::from(b.held.0);
         }

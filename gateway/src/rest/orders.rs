@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tickgate_engine::types::format_fixed;
-use tickgate_engine::{AccountId, Instrument, OrderId};
+use tickgate_engine::{AccountId, Instrument, InstrumentId, OrderId};
 
 use super::{authorize, invalid_parameter, number_param, BODY_BYTES_MAX};
 use crate::http::{json_error, json_response, AppState};
@@ -360,18 +360,38 @@ pub fn fills<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({ "fills": list, "next_cursor": next }))
 }
 
-/// `GET /api/v1/positions`: net quantity per instrument from this process's fills.
+/// `GET /api/v1/positions`: net quantity (bought minus sold) per instrument, from the
+/// engine's ledger as published after every batch (so it survives restarts and counts
+/// every fill, however old); instruments never traded are left out.
 pub fn positions<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
         Err(response) => return *response,
     };
-    let list: Vec<Value> = state
-        .orders
-        .positions(AccountId(claims.acc))
+    let engine = &state.engine;
+    let mut net = vec![0i64; engine.instruments().len()];
+    for shard in 0..engine.shards() {
+        let Some(published) = engine.published_account(shard, AccountId(claims.acc)) else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "unknown_account",
+                "the account does not exist",
+            );
+        };
+        // Each instrument lives on one shard; the others publish zero for it.
+        for (n, q) in net.iter_mut().zip(published.positions) {
+            *n = n.saturating_add(q.0);
+        }
+    }
+    let list: Vec<Value> = net
         .iter()
+        .enumerate()
+        .filter(|(_, q)| **q != 0)
         .filter_map(|(id, qty)| {
-            instrument(state, *id).map(|i| json!({ "symbol": i.spec.symbol, "qty": format_fixed(*qty, i.spec.qty_precision) }))
+            let i = instrument(state, InstrumentId(id as u32))?;
+            Some(
+                json!({ "symbol": i.spec.symbol, "qty": format_fixed(*qty, i.spec.qty_precision) }),
+            )
         })
         .collect();
     json_response(StatusCode::OK, &json!({ "positions": list }))
