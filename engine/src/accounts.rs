@@ -184,6 +184,11 @@ impl Ledger {
         self.positions[slot].0 += qty.0;
     }
 
+    /// Last sequence on `account`'s private channel (`None`: no such account).
+    pub fn exec_seq(&self, account: AccountId) -> Option<Seq> {
+        self.exec_seq.get(account.0 as usize).copied()
+    }
+
     /// Next sequence on `account`'s private channel.
     #[inline]
     pub fn next_exec_seq(&mut self, account: AccountId) -> Seq {

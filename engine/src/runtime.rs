@@ -34,7 +34,7 @@ use crate::event::Event;
 use crate::instrument::{Asset, Instrument, InstrumentError};
 use crate::journal::{JournalError, JournalWriter};
 use crate::ring::{EventRing, RingReader, RingWriter};
-use crate::types::{AccountId, AssetId, InstrumentId, OrderId, UnixNanos};
+use crate::types::{AccountId, AssetId, InstrumentId, OrderId, Seq, UnixNanos};
 
 /// Called by a shard thread after it publishes a batch of events (e.g. to wake async
 /// readers). Must be cheap and must not block.
@@ -167,6 +167,7 @@ enum Query {
     Digest { reply: Sender<ShardDigest> },
     OpenOrders { accounts: Vec<AccountId>, reply: Sender<Vec<(InstrumentId, RestingOrder)>> },
     Halted { instrument: InstrumentId, reply: Sender<Option<bool>> },
+    ExecSeqs { accounts: Vec<AccountId>, reply: Sender<Vec<Option<Seq>>> },
 }
 
 enum Request {
@@ -523,6 +524,16 @@ impl EngineHandle {
         self.ask(shard, |reply| Query::Balances { account, reply })
     }
 
+    /// The last sequence of each account's execution reports on `shard` (`None` for an
+    /// unknown account), answered after every command queued before the call.
+    pub fn exec_seqs(
+        &self,
+        shard: usize,
+        accounts: Vec<AccountId>,
+    ) -> Result<Vec<Option<Seq>>, SubmitError> {
+        self.ask(shard, |reply| Query::ExecSeqs { accounts, reply })
+    }
+
     /// State digest, counters and journal position of `shard`, taken between two commands.
     pub fn digest(&self, shard: usize) -> Result<ShardDigest, SubmitError> {
         self.ask(shard, |reply| Query::Digest { reply })
@@ -690,6 +701,10 @@ impl ShardWorker {
         match query {
             Query::Book { instrument, depth, reply } => {
                 let _ = reply.send(self.engine.book_snapshot(instrument, depth));
+            }
+            Query::ExecSeqs { accounts, reply } => {
+                let ledger = self.engine.ledger();
+                let _ = reply.send(accounts.iter().map(|a| ledger.exec_seq(*a)).collect());
             }
             Query::Balances { account, reply } => {
                 let ledger = self.engine.ledger();

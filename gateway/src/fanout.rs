@@ -497,6 +497,9 @@ impl HubWorker {
                 }
             }
             self.publisher.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);
+            // Users' reports of this pass reach the history file before anyone can have
+            // acted on them over the network (a killed process then loses none).
+            self.orders.flush_history();
             self.publisher.publish();
             let mut stale = self.publisher.take_resets();
             if lapped {

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod fanout;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod orders;

@@ -15,6 +15,8 @@ use tickgate_engine::{
 };
 use tokio::sync::{broadcast, oneshot};
 
+use crate::history::{Entry, HistoryWriter};
+
 /// Orders one account keeps (oldest closed ones go first).
 pub const ORDERS_KEPT: usize = 10_000;
 /// Fills one account keeps.
@@ -46,7 +48,7 @@ impl Status {
 }
 
 /// One order as the user sees it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderView {
     /// Engine id.
     pub id: OrderId,
@@ -70,10 +72,12 @@ pub struct OrderView {
     pub reason: RejectReason,
     /// Engine timestamp of the last change.
     pub updated_ts: u64,
+    /// Sequence of the report that last changed it (0: restored from the engine's book).
+    pub seq: u64,
 }
 
 /// One fill.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FillView {
     /// Increasing per account (the report's sequence): the pagination cursor.
     pub id: u64,
@@ -95,6 +99,9 @@ pub struct FillView {
 struct AccountState {
     orders: BTreeMap<OrderId, OrderView>,
     fills: VecDeque<FillView>,
+    /// Per instrument, the sequence of the last report applied: a report at or below it
+    /// is already reflected (replays after a restart repeat some).
+    marks: HashMap<InstrumentId, u64>,
 }
 
 /// Which reports answer a waiting request.
@@ -147,6 +154,10 @@ pub struct OrderStore {
     next_token: std::sync::atomic::AtomicU64,
     /// Live execution reports per account, for the WebSocket `orders` channel.
     streams: Mutex<HashMap<AccountId, broadcast::Sender<ExecReport>>>,
+    /// Where applied reports are recorded, once attached (see [`crate::history`]).
+    history: Mutex<Option<HistoryWriter>>,
+    /// A history write failed (logged once; the store keeps working in memory).
+    history_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Reports one account's `orders` subscribers may fall behind by before they are told
@@ -194,7 +205,10 @@ impl OrderStore {
         }
     }
 
-    /// Applies one execution report (called by the hub thread, in engine order).
+    /// Applies one execution report (called by the hub thread, in engine order, and for
+    /// the journal's replay at start), and records it in the history once attached. A
+    /// report already reflected (same or older sequence for its account and market) is
+    /// skipped.
     pub fn apply(&self, r: &ExecReport) {
         if !self.users.contains(&r.account) {
             return;
@@ -212,7 +226,12 @@ impl OrderStore {
         {
             let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
             let state = accounts.entry(r.account).or_default();
-            apply_to(state, r);
+            if apply_to(state, r) {
+                let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(h) = history.as_mut() {
+                    h.push(Entry::Report(*r));
+                }
+            }
         }
         // The oldest request this report answers (the engine answers in submission order).
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,11 +265,81 @@ impl OrderStore {
             status: Status::Open,
             reason: RejectReason::None,
             updated_ts: 0,
+            seq: 0,
         });
         view.price = o.price;
         view.leaves = o.leaves;
         view.filled = o.filled;
         view.status = Status::Open;
+    }
+
+    /// Rebuilds the store from history records (at start, before anything else is
+    /// applied). Records of accounts that are not users here are ignored.
+    pub fn load(&self, entries: &[Entry]) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in entries {
+            let account = entry.report().account;
+            if self.users.contains(&account) {
+                load_entry(accounts.entry(account).or_default(), entry);
+            }
+        }
+    }
+
+    /// Every record that rebuilds the store's content (a compact history), accounts in id
+    /// order.
+    pub fn dump(&self) -> Vec<Entry> {
+        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<_> = accounts.keys().copied().collect();
+        ids.sort_by_key(|a| a.0);
+        let mut out = Vec::new();
+        for id in ids {
+            dump_account(id, &accounts[&id], &mut out);
+        }
+        out
+    }
+
+    /// From now on every new report applied is recorded in `writer`.
+    pub fn attach_history(&self, writer: HistoryWriter) {
+        *self.history.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
+    }
+
+    /// Writes the reports recorded since the last call (the hub calls this after every
+    /// pass), and rewrites the file compactly when appends have grown it enough.
+    pub fn flush_history(&self) {
+        let result = {
+            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(h) = history.as_mut() else { return };
+            h.flush().map(|()| h.wants_compaction().then(|| h.dir().to_path_buf()))
+        };
+        let result = match result {
+            Ok(Some(dir)) => {
+                // Only the hub changes the store, and this is the hub: the dump and the
+                // new file agree, and nothing is pushed meanwhile.
+                let dump = self.dump();
+                HistoryWriter::create(&dir, dump).map(|w| self.attach_history(w))
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            if !self.history_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!("order history not written (orders and fills placed from now on are not kept across a restart): {e}");
+            }
+        }
+    }
+
+    /// Puts what was written on disk (`fdatasync`); called about once a second, off the
+    /// hub thread. A `kill -9` loses nothing written; this bounds what a power loss can.
+    pub fn sync_history(&self) {
+        let file = {
+            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            history.as_mut().and_then(HistoryWriter::take_unsynced)
+        };
+        if let Some(Err(e)) | Some(Ok(Err(e))) = file.map(|f| f.map(|f| f.sync_data())) {
+            if !self.history_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!("order history not synced: {e}");
+            }
+        }
     }
 
     /// One order of `account`.
@@ -302,16 +391,17 @@ impl OrderStore {
     }
 }
 
-fn apply_to(state: &mut AccountState, r: &ExecReport) {
-    let status = match r.kind {
-        ExecKind::Rejected => Status::Rejected,
-        ExecKind::Canceled => Status::Canceled,
-        ExecKind::Filled => Status::Filled,
-        _ => Status::Open,
-    };
+/// Applies `r` unless it is already reflected; whether it was new.
+fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
+    let mark = state.marks.entry(r.instrument).or_default();
+    if r.seq.0 <= *mark {
+        return false;
+    }
+    *mark = r.seq.0;
+    let status = status_of(r.kind);
     if r.kind == ExecKind::Rejected && state.orders.contains_key(&r.order_id) {
         // A refused cancel or replace: the order itself is unchanged.
-        return;
+        return true;
     }
     let view = state.orders.entry(r.order_id).or_insert(OrderView {
         id: r.order_id,
@@ -325,6 +415,7 @@ fn apply_to(state: &mut AccountState, r: &ExecReport) {
         status,
         reason: r.reason,
         updated_ts: r.ts.0,
+        seq: r.seq.0,
     });
     view.price = r.price;
     view.leaves = r.leaves_qty;
@@ -332,20 +423,42 @@ fn apply_to(state: &mut AccountState, r: &ExecReport) {
     view.status = status;
     view.reason = r.reason;
     view.updated_ts = r.ts.0;
+    view.seq = r.seq.0;
     if matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled) {
-        if state.fills.len() == FILLS_KEPT {
-            state.fills.pop_front();
-        }
-        state.fills.push_back(FillView {
-            id: r.seq.0,
-            ts: r.ts.0,
-            order_id: r.order_id,
-            instrument: r.instrument,
-            side: r.side,
-            price: r.last_price,
-            qty: r.last_qty,
-        });
+        push_fill(
+            state,
+            FillView {
+                id: r.seq.0,
+                ts: r.ts.0,
+                order_id: r.order_id,
+                instrument: r.instrument,
+                side: r.side,
+                price: r.last_price,
+                qty: r.last_qty,
+            },
+        );
     }
+    forget_oldest_closed(state);
+    true
+}
+
+fn status_of(kind: ExecKind) -> Status {
+    match kind {
+        ExecKind::Rejected => Status::Rejected,
+        ExecKind::Canceled => Status::Canceled,
+        ExecKind::Filled => Status::Filled,
+        _ => Status::Open,
+    }
+}
+
+fn push_fill(state: &mut AccountState, fill: FillView) {
+    if state.fills.len() == FILLS_KEPT {
+        state.fills.pop_front();
+    }
+    state.fills.push_back(fill);
+}
+
+fn forget_oldest_closed(state: &mut AccountState) {
     if state.orders.len() > ORDERS_KEPT {
         // Forget the oldest closed order (open ones are always kept).
         let oldest_closed =
@@ -356,15 +469,125 @@ fn apply_to(state: &mut AccountState, r: &ExecReport) {
     }
 }
 
+/// A report with only the fields a history record uses set.
+fn bare_report(account: AccountId, instrument: InstrumentId, seq: u64) -> ExecReport {
+    ExecReport {
+        account,
+        seq: tickgate_engine::Seq(seq),
+        ts: tickgate_engine::UnixNanos(0),
+        kind: ExecKind::Accepted,
+        reason: RejectReason::None,
+        instrument,
+        order_id: OrderId(0),
+        client_order_id: 0,
+        side: Side::Buy,
+        order_type: OrderType::Limit,
+        price: Price(0),
+        last_price: Price(0),
+        last_qty: Qty(0),
+        leaves_qty: Qty(0),
+        cum_qty: Qty(0),
+    }
+}
+
+/// The history records that rebuild one account's state.
+fn dump_account(account: AccountId, state: &AccountState, out: &mut Vec<Entry>) {
+    for (instrument, seq) in &state.marks {
+        out.push(Entry::Mark(bare_report(account, *instrument, *seq)));
+    }
+    for o in state.orders.values() {
+        out.push(Entry::Order(ExecReport {
+            ts: tickgate_engine::UnixNanos(o.updated_ts),
+            kind: match o.status {
+                Status::Open => ExecKind::Accepted,
+                Status::Filled => ExecKind::Filled,
+                Status::Canceled => ExecKind::Canceled,
+                Status::Rejected => ExecKind::Rejected,
+            },
+            reason: o.reason,
+            order_id: o.id,
+            client_order_id: o.client_order_id,
+            side: o.side,
+            order_type: o.order_type,
+            price: o.price,
+            leaves_qty: o.leaves,
+            cum_qty: o.filled,
+            ..bare_report(account, o.instrument, o.seq)
+        }));
+    }
+    for f in &state.fills {
+        out.push(Entry::Fill(ExecReport {
+            ts: tickgate_engine::UnixNanos(f.ts),
+            kind: ExecKind::PartiallyFilled,
+            order_id: f.order_id,
+            side: f.side,
+            last_price: f.price,
+            last_qty: f.qty,
+            ..bare_report(account, f.instrument, f.id)
+        }));
+    }
+}
+
+/// Applies one history record to `state`.
+fn load_entry(state: &mut AccountState, entry: &Entry) {
+    let r = entry.report();
+    let raise = |state: &mut AccountState| {
+        let mark = state.marks.entry(r.instrument).or_default();
+        *mark = (*mark).max(r.seq.0);
+    };
+    match entry {
+        Entry::Report(r) => {
+            apply_to(state, r);
+        }
+        Entry::Order(r) => {
+            raise(state);
+            state.orders.insert(
+                r.order_id,
+                OrderView {
+                    id: r.order_id,
+                    client_order_id: r.client_order_id,
+                    instrument: r.instrument,
+                    side: r.side,
+                    order_type: r.order_type,
+                    price: r.price,
+                    leaves: r.leaves_qty,
+                    filled: r.cum_qty,
+                    status: status_of(r.kind),
+                    reason: r.reason,
+                    updated_ts: r.ts.0,
+                    seq: r.seq.0,
+                },
+            );
+            forget_oldest_closed(state);
+        }
+        Entry::Fill(r) => {
+            raise(state);
+            push_fill(
+                state,
+                FillView {
+                    id: r.seq.0,
+                    ts: r.ts.0,
+                    order_id: r.order_id,
+                    instrument: r.instrument,
+                    side: r.side,
+                    price: r.last_price,
+                    qty: r.last_qty,
+                },
+            );
+        }
+        Entry::Mark(_) => raise(state),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tickgate_engine::{Seq, UnixNanos};
 
-    fn report(kind: ExecKind, order: u64) -> ExecReport {
+    fn report(kind: ExecKind, order: u64, seq: u64) -> ExecReport {
         ExecReport {
             account: AccountId(1),
-            seq: Seq(1),
+            seq: Seq(seq),
             ts: UnixNanos(1),
             kind,
             reason: RejectReason::None,
@@ -384,18 +607,86 @@ mod tests {
     #[test]
     fn several_requests_on_one_order_each_get_their_own_answer() {
         let store = OrderStore::new([AccountId(1)]);
-        store.apply(&report(ExecKind::Accepted, 7));
+        store.apply(&report(ExecKind::Accepted, 7, 1));
         let mut replace = store.wait(OrderId(7), Awaiting::Replace);
         let mut cancel = store.wait(OrderId(7), Awaiting::Cancel);
         let mut other = store.wait(OrderId(7), Awaiting::Replace);
         store.forget(OrderId(7), other.token);
-        store.apply(&report(ExecKind::Replaced, 7));
+        store.apply(&report(ExecKind::Replaced, 7, 2));
         assert_eq!(replace.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Replaced));
         assert!(cancel.answer.try_recv().is_err(), "a replace does not answer a cancel");
-        store.apply(&report(ExecKind::Canceled, 7));
+        store.apply(&report(ExecKind::Canceled, 7, 3));
         assert_eq!(cancel.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Canceled));
         assert!(other.answer.try_recv().is_err(), "a forgotten wait gets nothing");
         assert!(store.waiters.lock().unwrap().is_empty(), "answered waits are gone");
         assert_eq!(store.order(AccountId(1), OrderId(7)).map(|o| o.status), Some(Status::Canceled));
+    }
+
+    fn fill(order: u64, seq: u64, qty: i64, leaves: i64, cum: i64) -> ExecReport {
+        let kind = if leaves == 0 { ExecKind::Filled } else { ExecKind::PartiallyFilled };
+        ExecReport {
+            last_price: Price(11),
+            last_qty: Qty(qty),
+            leaves_qty: Qty(leaves),
+            cum_qty: Qty(cum),
+            ..report(kind, order, seq)
+        }
+    }
+
+    fn content(store: &OrderStore) -> (Vec<OrderView>, Vec<FillView>) {
+        (
+            store.orders(AccountId(1), None, |_| true, usize::MAX),
+            store.fills(AccountId(1), None, None, usize::MAX),
+        )
+    }
+
+    #[test]
+    fn history_rebuilds_the_store_and_replayed_reports_apply_once() {
+        let dir =
+            std::env::temp_dir().join(format!("tickgate-orders-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let live = OrderStore::new([AccountId(1)]);
+        live.attach_history(HistoryWriter::create(&dir, []).expect("history file"));
+        let reports = [
+            report(ExecKind::Accepted, 1, 1),
+            fill(1, 2, 2, 3, 2),
+            report(ExecKind::Accepted, 2, 3),
+            // A refused cancel leaves the order as it is.
+            ExecReport { reason: RejectReason::UnknownOrder, ..report(ExecKind::Rejected, 2, 4) },
+            report(ExecKind::Canceled, 2, 5),
+            fill(1, 6, 3, 0, 5),
+        ];
+        for r in &reports[..5] {
+            live.apply(r);
+        }
+        live.flush_history();
+
+        // A restart: the file, then the journal's replay from a snapshot taken after
+        // report 1 (reports 2 to 5 are in both; 6 only in the journal).
+        let restarted = OrderStore::new([AccountId(1)]);
+        restarted.load(&crate::history::load(&dir).expect("history").entries);
+        assert_eq!(content(&restarted), content(&live));
+        for r in &reports[1..] {
+            restarted.apply(r);
+        }
+        live.apply(&reports[5]);
+        assert_eq!(content(&restarted), content(&live));
+        let (orders, fills) = content(&restarted);
+        assert_eq!(fills.len(), 2, "a replayed fill is not counted twice: {fills:?}");
+        assert_eq!(orders[1].status, Status::Filled);
+        assert_eq!(orders[0].status, Status::Canceled);
+
+        // The compact form rebuilds the same content, and the same marks.
+        let compact = OrderStore::new([AccountId(1)]);
+        compact.load(&live.dump());
+        assert_eq!(content(&compact), content(&live));
+        compact.apply(&reports[5]);
+        assert_eq!(content(&compact), content(&live), "marks survive compaction");
+
+        // Other accounts' records are not loaded.
+        let other = OrderStore::new([AccountId(2)]);
+        other.load(&live.dump());
+        assert!(other.dump().is_empty());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -1,5 +1,6 @@
 //! Starting and stopping the whole system: engine, feed, fan-out hub, HTTP listener.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tickgate_engine::runtime::{EngineHandle, EngineRuntime, RuntimeConfig};
 use tickgate_engine::types::format_fixed;
-use tickgate_engine::{EngineCounters, EngineSpec};
-use tickgate_feed::{FeedDriver, FlowConfig};
+use tickgate_engine::{AccountId, EngineCounters, EngineSpec};
+use tickgate_feed::{FeedDriver, FlowConfig, Worker};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -20,6 +21,7 @@ use crate::alerts::{AlertHub, AlertWorker};
 use crate::auth::{Tokens, Users};
 use crate::config::Config;
 use crate::fanout::{Directory, Hub, HubWake};
+use crate::history;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::orders::OrderStore;
@@ -42,6 +44,8 @@ pub struct Server {
     alert_worker: Option<AlertWorker>,
     metrics: Arc<Metrics>,
     directory: Arc<Directory>,
+    orders: Arc<OrderStore>,
+    history_sync: Option<Worker>,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
     alive: mpsc::Receiver<()>,
@@ -61,9 +65,17 @@ impl Server {
             None => tokio::task::spawn_blocking(Users::demo).await??,
         };
         let orders = Arc::new(OrderStore::new(users.all().map(|u| u.account)));
+        // Users' closed orders and fills from earlier runs (durable modes only).
+        let history_dir = config.durability.as_ref().map(|d| d.dir.join("history"));
+        let history = match history_dir.clone() {
+            Some(dir) => tokio::task::spawn_blocking(move || history::load(&dir)).await??,
+            None => history::Loaded::default(),
+        };
         let wake = HubWake::default();
         let hook_wake = wake.clone();
-        let replay_orders = Arc::clone(&orders);
+        let replayed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let replay_users: HashSet<AccountId> = users.all().map(|u| u.account).collect();
+        let replay_sink = Arc::clone(&replayed);
         let runtime_config = RuntimeConfig {
             spec: engine_spec(),
             shards: config.shards,
@@ -71,10 +83,13 @@ impl Server {
             ring_capacity: config.ring_capacity,
             on_publish: Some(Arc::new(move || hook_wake.wake())),
             durability: config.durability.clone(),
-            // Users' orders and fills since the newest snapshot come back from the journal.
+            // Users' reports since the newest snapshot come back from the journal; they are
+            // applied over the history once the engine says which of its records are real.
             on_replay: Some(Arc::new(move |_, e: &tickgate_engine::Event| {
                 if let tickgate_engine::Event::Exec(r) = e {
-                    replay_orders.apply(r);
+                    if replay_users.contains(&r.account) {
+                        replay_sink.lock().unwrap_or_else(|e| e.into_inner()).push(*r);
+                    }
                 }
             })),
             ..RuntimeConfig::default()
@@ -86,6 +101,12 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let directory = Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks));
 
+        let history_sync = match history_dir {
+            Some(dir) => {
+                Some(restore_history(&engine, &users, &orders, history, &replayed, dir).await?)
+            }
+            None => None,
+        };
         if fresh && config.replay.is_none() {
             fund_demo_accounts(&engine, &users);
         } else if !fresh {
@@ -164,7 +185,7 @@ impl Server {
             ws,
             users,
             tokens,
-            orders,
+            orders: Arc::clone(&orders),
             idempotency: Default::default(),
             rest_limit: crate::rest::UserRateLimit::new(config.rest_rate, config.rest_burst),
             alerts: Arc::clone(&alerts),
@@ -190,6 +211,8 @@ impl Server {
             alert_worker,
             metrics,
             directory,
+            orders,
+            history_sync,
             shutdown,
             accept,
             alive,
@@ -258,8 +281,14 @@ impl Server {
             worker.stop();
         }
         let (hub, runtime) = (self.hub, self.runtime);
+        let (history_sync, orders) = (self.history_sync, self.orders);
         let engines = tokio::task::spawn_blocking(move || {
             hub.stop();
+            if let Some(sync) = history_sync {
+                sync.stop();
+                orders.flush_history();
+                orders.sync_history();
+            }
             runtime.shutdown()
         })
         .await?;
@@ -267,6 +296,78 @@ impl Server {
         tracing::info!(commands, "stopped");
         Ok(())
     }
+}
+
+/// Rebuilds users' orders and fills: the history file's records the recovered engine
+/// knows of, then the journal's replayed reports past them; rewrites the file compactly
+/// and starts the thread that syncs it.
+async fn restore_history(
+    engine: &EngineHandle,
+    users: &Users,
+    orders: &Arc<OrderStore>,
+    loaded: history::Loaded,
+    replayed: &std::sync::Mutex<Vec<tickgate_engine::ExecReport>>,
+    dir: std::path::PathBuf,
+) -> anyhow::Result<Worker> {
+    if loaded.torn_bytes > 0 {
+        tracing::warn!(
+            "torn order history tail cut: {} bytes at the end of {}",
+            loaded.torn_bytes,
+            dir.join(history::FILE).display()
+        );
+    }
+    // A record past the engine's last report sequence for its account describes a command
+    // the journal lost (a `batch-async` or `none` loss window, or a removed journal): the
+    // order never happened as far as the engine knows, so neither does its history.
+    let accounts: Vec<AccountId> = users.all().map(|u| u.account).collect();
+    let mut known = std::collections::HashMap::new();
+    for shard in 0..engine.shards() {
+        let (e, a) = (engine.clone(), accounts.clone());
+        let seqs = tokio::task::spawn_blocking(move || e.exec_seqs(shard, a)).await??;
+        for (account, seq) in accounts.iter().zip(seqs) {
+            known.insert((*account, shard), seq.map_or(0, |s| s.0));
+        }
+    }
+    let total = loaded.entries.len();
+    let kept: Vec<_> = loaded
+        .entries
+        .into_iter()
+        .filter(|e| {
+            let r = e.report();
+            engine
+                .shard_of(r.instrument)
+                .and_then(|shard| known.get(&(r.account, shard)))
+                .is_some_and(|last| r.seq.0 <= *last)
+        })
+        .collect();
+    if kept.len() < total {
+        tracing::warn!(
+            dropped = total - kept.len(),
+            "order history records past the recovered journal dropped"
+        );
+    }
+    orders.load(&kept);
+    let replayed = std::mem::take(&mut *replayed.lock().unwrap_or_else(|e| e.into_inner()));
+    for r in &replayed {
+        orders.apply(r);
+    }
+    tracing::info!(records = kept.len(), replayed = replayed.len(), "order history restored");
+    let o = Arc::clone(orders);
+    let writer =
+        tokio::task::spawn_blocking(move || history::HistoryWriter::create(&dir, o.dump()))
+            .await??;
+    orders.attach_history(writer);
+    let o = Arc::clone(orders);
+    Ok(Worker::spawn("history-sync", move |stop| {
+        let mut last = std::time::Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() >= Duration::from_secs(1) {
+                o.sync_history();
+                last = std::time::Instant::now();
+            }
+        }
+    }))
 }
 
 /// The engine's tables: the default markets, users' accounts and the synthetic flow's.
