@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::command::Command;
 use crate::engine::{Engine, EngineSpec, EventSink};
 use crate::event::{Event, EventDigest};
 use crate::journal::{
@@ -171,14 +172,74 @@ struct Replay {
     torn: Option<(PathBuf, u64, u64)>,
 }
 
+/// Commands one hand-over from the reading thread to the replaying one carries.
+const REPLAY_CHUNK: usize = 4096;
+
 /// Applies every record from sequence `next` on, checking that segments follow each
 /// other without gap or overlap. Segments wholly before `next` are not read.
+///
+/// Two threads: one reads, checks (CRC32C) and decodes the segments, the calling one
+/// applies the commands, so the engine never waits for the disk or the checksums. Records
+/// are applied strictly in journal order, so the result is the same as one thread's.
 fn replay_segments(
     segments: &[(u64, PathBuf)],
     shard: usize,
-    mut next: u64,
+    next: u64,
     engine: &mut Engine,
     sink: &mut FnSink<'_>,
+) -> Result<Replay, JournalError> {
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<Vec<Command>>(8);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<Command>>(16);
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name(format!("replay-read-{shard}"))
+            .spawn_scoped(scope, move || {
+                let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+                let read = read_segments(segments, shard, next, |command| {
+                    chunk.push(command);
+                    if chunk.len() == REPLAY_CHUNK {
+                        let fresh = empty_rx
+                            .try_recv()
+                            .unwrap_or_else(|_| Vec::with_capacity(REPLAY_CHUNK));
+                        // The replaying side only stops early if it panicked.
+                        let _ = full_tx.send(std::mem::replace(&mut chunk, fresh));
+                    }
+                });
+                if !chunk.is_empty() {
+                    let _ = full_tx.send(chunk);
+                }
+                read
+            })
+            .map_err(|e| JournalError::io(Path::new("replay reader thread"), e))?;
+        let (mut records, mut last_ts) = (0u64, 0u64);
+        for mut chunk in full_rx.iter() {
+            for command in &chunk {
+                engine.process(command, sink);
+            }
+            if let Some(last) = chunk.last() {
+                last_ts = last.ts.0;
+            }
+            records += chunk.len() as u64;
+            chunk.clear();
+            let _ = empty_tx.try_send(chunk);
+        }
+        let mut out = reader.join().map_err(|_| {
+            JournalError::io(Path::new("replay reader thread"), std::io::Error::other("panicked"))
+        })??;
+        debug_assert_eq!(out.records, records);
+        out.records = records;
+        out.last_ts = last_ts;
+        Ok(out)
+    })
+}
+
+/// Reads, checks and decodes every record from sequence `next` on, handing each command
+/// to `each` (see [`replay_segments`]); `last_ts` of the result is left 0.
+fn read_segments(
+    segments: &[(u64, PathBuf)],
+    shard: usize,
+    mut next: u64,
+    mut each: impl FnMut(Command),
 ) -> Result<Replay, JournalError> {
     // A segment's records end where the next segment begins.
     let first = (0..segments.len())
@@ -199,18 +260,16 @@ fn replay_segments(
             });
         }
         let last = i + 1 == segments.len();
-        let (mut records, mut last_ts) = (0u64, out.last_ts);
+        let mut records = 0u64;
         let scan = read_segment(path, shard as u32, None, last, |record| {
             if record.seq >= next {
-                engine.process(&record.command, sink);
-                last_ts = record.command.ts.0;
+                each(record.command);
                 records += 1;
             }
         })?;
         // Records before `next` (already in the snapshot) were skipped, the rest applied.
         next = next.max(first_seq + scan.records);
         out.records += records;
-        out.last_ts = last_ts;
         if scan.torn_bytes > 0 {
             out.torn = Some((path.clone(), scan.valid_bytes, scan.torn_bytes));
         }
