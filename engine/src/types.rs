@@ -116,13 +116,55 @@ impl Side {
 
 /// Formats a raw fixed-point integer with `precision` decimals, without floats.
 pub fn format_fixed(raw: i64, precision: u8) -> String {
-    if precision == 0 {
-        return raw.to_string();
+    Fixed(raw, precision).to_string()
+}
+
+/// A raw fixed-point integer and its number of decimals, displayed as a decimal string
+/// (`Fixed(-1505, 2)` shows `-15.05`): for `write!` into a buffer without allocating,
+/// on the JSON and REST paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fixed(pub i64, pub u8);
+
+impl Fixed {
+    /// Writes the digits into the end of `buf`; returns where they start.
+    fn render(self, buf: &mut [u8; 48]) -> usize {
+        let Fixed(raw, precision) = self;
+        let mut abs = raw.unsigned_abs();
+        let mut at = buf.len();
+        // Decimals (at most 19 are meaningful for an i64; more are leading zeros, and
+        // past 26 the buffer is full: no instrument comes near that).
+        for _ in 0..usize::from(precision).min(26) {
+            at -= 1;
+            buf[at] = b'0' + (abs % 10) as u8;
+            abs /= 10;
+        }
+        if precision > 0 {
+            at -= 1;
+            buf[at] = b'.';
+        }
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (abs % 10) as u8;
+            abs /= 10;
+            if abs == 0 {
+                break;
+            }
+        }
+        if raw < 0 {
+            at -= 1;
+            buf[at] = b'-';
+        }
+        at
     }
-    let scale = 10u64.pow(u32::from(precision));
-    let sign = if raw < 0 { "-" } else { "" };
-    let abs = raw.unsigned_abs();
-    format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = usize::from(precision))
+}
+
+impl std::fmt::Display for Fixed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut buf = [0u8; 48];
+        let at = self.render(&mut buf);
+        // Only ASCII digits, '.' and '-' were written.
+        f.write_str(std::str::from_utf8(&buf[at..]).unwrap_or_default())
+    }
 }
 
 /// Parses a decimal string into a raw fixed-point integer with exactly `precision`
@@ -165,6 +207,30 @@ mod tests {
         assert_eq!(format_fixed(6512345, 2), "65123.45");
         assert_eq!(format_fixed(-5, 3), "-0.005");
         assert_eq!(format_fixed(42, 0), "42");
+        // The same digits as the formatting machinery gives, at every precision.
+        let reference = |raw: i64, precision: u8| {
+            if precision == 0 {
+                return raw.to_string();
+            }
+            let scale = 10u128.pow(u32::from(precision));
+            let sign = if raw < 0 { "-" } else { "" };
+            let abs = u128::from(raw.unsigned_abs());
+            let width = usize::from(precision);
+            format!("{sign}{}.{:0width$}", abs / scale, abs % scale)
+        };
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for precision in 0..=26u8 {
+            for raw in [0, 1, -1, 9, -10, 6_512_345, i64::MAX, i64::MIN, i64::MIN + 1] {
+                assert_eq!(format_fixed(raw, precision), reference(raw, precision));
+            }
+            for _ in 0..200 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let raw = (x as i64) >> (x % 60);
+                assert_eq!(format_fixed(raw, precision), reference(raw, precision), "{raw}");
+            }
+        }
         assert_eq!(parse_fixed("65123.45", 2), Some(6512345));
         assert_eq!(parse_fixed("65123.4", 2), Some(6512340));
         assert_eq!(parse_fixed("1", 4), Some(10000));

@@ -147,7 +147,15 @@ pub struct Tokens {
     decoding: DecodingKey,
     validation: Validation,
     lifetime: Duration,
+    /// Tokens whose signature checked, with their claims: a client sends the same token
+    /// with every request for its whole life, and the signature check (base64, HMAC,
+    /// JSON) is the dearest part of authenticating. Looked up by the exact token text;
+    /// expiry is still checked on every use.
+    verified: dashmap::DashMap<Box<str>, Claims>,
 }
+
+/// Verified tokens kept at most (expired ones go first, then all of them).
+const VERIFIED_MAX: usize = 65_536;
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,6 +186,7 @@ impl Tokens {
             decoding: DecodingKey::from_secret(secret),
             validation,
             lifetime,
+            verified: dashmap::DashMap::new(),
         }
     }
 
@@ -201,13 +210,24 @@ impl Tokens {
 
     /// The claims of a valid, unexpired token.
     pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
+        let now = now_secs();
+        if let Some(claims) = self.verified.get(token) {
+            return if claims.exp > now { Ok(claims.clone()) } else { Err(InvalidToken) };
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|_| InvalidToken)?;
         // `exp` is checked with one-second resolution by the library; be exact.
-        if claims.exp <= now_secs() {
+        if claims.exp <= now {
             return Err(InvalidToken);
         }
+        if self.verified.len() >= VERIFIED_MAX {
+            self.verified.retain(|_, c| c.exp > now);
+            if self.verified.len() >= VERIFIED_MAX {
+                self.verified.clear();
+            }
+        }
+        self.verified.insert(token.into(), claims.clone());
         Ok(claims)
     }
 }
@@ -231,6 +251,22 @@ mod tests {
         assert_eq!(tokens.verify(&tampered), Err(InvalidToken));
         let expired = Tokens::new(Some(b"secret-one"), Duration::from_secs(0));
         assert_eq!(tokens.verify(&expired.issue("alice", AccountId(1))), Err(InvalidToken));
+        // Checked again, from the cache of verified tokens: the same answers.
+        assert_eq!(tokens.verify(&t).map(|c| c.acc), Ok(1));
+        assert_eq!(other.verify(&t), Err(InvalidToken));
+        assert_eq!(tokens.verify(&tampered), Err(InvalidToken));
+    }
+
+    #[test]
+    fn a_cached_token_still_expires() {
+        let tokens = Tokens::new(Some(b"secret"), Duration::from_secs(1));
+        let t = tokens.issue("alice", AccountId(1));
+        let exp = tokens.verify(&t).expect("fresh").exp;
+        assert_eq!(tokens.verified.len(), 1, "verified once, then cached");
+        while now_secs() < exp {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(tokens.verify(&t), Err(InvalidToken), "expired while cached");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use tickgate_engine::l2::Level;
-use tickgate_engine::types::format_fixed;
+use tickgate_engine::types::Fixed;
 use tickgate_engine::{BookSnapshot, Instrument, InstrumentId, Price, Qty, Side};
 
 /// Protocol version announced in the welcome message.
@@ -289,8 +289,8 @@ pub mod json {
             out,
             r#","side":"{}","price":"{}","qty":"{}"}}"#,
             side.as_str(),
-            format_fixed(price.0, i.spec.price_precision),
-            format_fixed(qty.0, i.spec.qty_precision)
+            Fixed(price.0, i.spec.price_precision),
+            Fixed(qty.0, i.spec.qty_precision)
         );
     }
 
@@ -312,10 +312,10 @@ pub mod json {
         let _ = write!(
             out,
             r#","snapshot":{snapshot},"resync":{resync},"bid_price":"{}","bid_qty":"{}","ask_price":"{}","ask_qty":"{}"}}"#,
-            format_fixed(bid.0 .0, pp),
-            format_fixed(bid.1 .0, qp),
-            format_fixed(ask.0 .0, pp),
-            format_fixed(ask.1 .0, qp)
+            Fixed(bid.0 .0, pp),
+            Fixed(bid.1 .0, qp),
+            Fixed(ask.0 .0, pp),
+            Fixed(ask.1 .0, qp)
         );
     }
 
@@ -325,8 +325,8 @@ pub mod json {
         let _ = write!(
             out,
             r#","price":"{}","qty":"{}","taker_side":"{}","maker_order_id":{},"taker_order_id":{}}}"#,
-            format_fixed(t.price.0, i.spec.price_precision),
-            format_fixed(t.qty.0, i.spec.qty_precision),
+            Fixed(t.price.0, i.spec.price_precision),
+            Fixed(t.qty.0, i.spec.qty_precision),
             t.taker_side.as_str(),
             t.maker_order,
             t.taker_order
@@ -342,8 +342,8 @@ pub mod json {
             let _ = write!(
                 out,
                 r#"["{}","{}"]"#,
-                format_fixed(p.0, i.spec.price_precision),
-                format_fixed(q.0, i.spec.qty_precision)
+                Fixed(p.0, i.spec.price_precision),
+                Fixed(q.0, i.spec.qty_precision)
             );
         }
         out.push(']');
@@ -387,8 +387,8 @@ pub mod json {
                 r#"{{"seq":{},"ts":{},"price":"{}","qty":"{}","taker_side":"{}"}}"#,
                 t.seq,
                 t.ts,
-                format_fixed(t.price.0, i.spec.price_precision),
-                format_fixed(t.qty.0, i.spec.qty_precision),
+                Fixed(t.price.0, i.spec.price_precision),
+                Fixed(t.qty.0, i.spec.qty_precision),
                 t.taker_side.as_str()
             );
         }

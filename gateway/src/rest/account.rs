@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use tickgate_engine::types::format_fixed;
+use tickgate_engine::types::Fixed;
 use tickgate_engine::AccountId;
 
 use super::{authenticate, authorize, json_body, unauthorized};
@@ -91,7 +91,7 @@ pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     // Asset symbols are plain ASCII letters; the username goes through the JSON encoder.
     use std::fmt::Write as _;
     let assets = state.engine.assets();
-    let fmt = |v: i128, p: u8| format_fixed(i64::try_from(v).unwrap_or(i64::MAX), p);
+    let fmt = |v: i128, p: u8| Fixed(i64::try_from(v).unwrap_or(i64::MAX), p);
     let username = serde_json::to_string(&claims.sub).unwrap_or_else(|_| "\"\"".into());
     let mut body = String::with_capacity(96 + 96 * assets.len());
     let _ = write!(body, r#"{{"account":{},"username":{username},"balances":["#, claims.acc);
