@@ -2,7 +2,7 @@
 # REST throughput and latency with wrk (keep-alive), server and wrk on the same two cores:
 # GET /api/v1/account, then POST /api/v1/orders (IOC buys far below the market: each is
 # journaled, matched against nothing and canceled, i.e. a full engine round trip).
-# Usage: docs/bench/rest.sh [durability: fsync|batch-async|none|off] [connections] [seconds]
+# Usage: [SERVER_ARGS="--workers 1"] docs/bench/rest.sh [durability: fsync|batch-async|none|off] [connections] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 durability=${1:-fsync}
@@ -11,7 +11,7 @@ secs=${3:-10}
 port=$((20000 + RANDOM % 20000))
 data=$(mktemp -d /tmp/tickgate-rest-bench.XXXX)
 ./target/release/tickgate --listen 127.0.0.1:$port --no-feed --summary-symbol none \
-  --rest-rate 0 --durability "$durability" --data-dir "$data" > /tmp/tickgate-rest-server.log 2>&1 &
+  --rest-rate 0 --durability "$durability" --data-dir "$data" ${SERVER_ARGS:-} > /tmp/tickgate-rest-server.log 2>&1 &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$data"' EXIT
 sleep 2

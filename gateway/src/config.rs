@@ -20,6 +20,11 @@ pub struct Flags {
     /// Engine shard threads (instruments are spread over them).
     #[arg(long, env = "TICKGATE_SHARDS", default_value_t = 1)]
     pub shards: usize,
+    /// Network I/O threads (HTTP, WebSocket and SSE connections); 0 = one per core. Fewer
+    /// than the cores can serve more requests when something else on the machine (a load
+    /// generator) takes a core; fan-out latency prefers one per core (docs/BENCHMARKS.md).
+    #[arg(long, env = "TICKGATE_WORKERS", default_value_t = 0)]
+    pub workers: usize,
     /// Synthetic order flow in commands per second (0 = as fast as the engine takes them).
     #[arg(long, env = "TICKGATE_FEED_RATE", default_value_t = 20_000)]
     pub feed_rate: u64,

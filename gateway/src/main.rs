@@ -19,8 +19,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(Subcommand::VerifyJournal { json }) = flags.command {
         return verify_journal(&flags.data_dir, flags.shards, json);
     }
+    let workers = flags.workers;
     let config = Config::try_from(flags)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(server::run(config, shutdown_signal()))
 }
 
