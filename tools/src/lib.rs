@@ -11,6 +11,7 @@
 
 pub mod capture;
 pub mod compare;
+pub mod frames;
 pub mod load;
 pub mod plot;
 pub mod sse;

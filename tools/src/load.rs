@@ -15,9 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use fastwebsockets::OpCode;
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::{BookSnapshot, L2Book, Price, Qty, Seq};
 use tickgate_gateway::client;
+
+use crate::frames::FrameReader;
 use tickgate_gateway::protocol::{self, MsgType, FLAG_RESYNC};
 
 /// Which channels each connection follows.
@@ -181,98 +184,125 @@ async fn run_connection(
         &serde_json::json!({"op": "subscribe", "id": index, "channels": channels, "depth": depth}),
     )
     .await?;
+    let mut reader = FrameReader::from_client(ws)?;
     let mut stats = ConnStats::empty()?;
     // Last sequence per channel for the contiguous kinds (book deltas, trades).
-    let mut last: HashMap<u32, u64> = HashMap::new();
+    let mut last: FxHashMap<u32, u64> = FxHashMap::default();
     let mut followed: HashMap<u32, Followed> = HashMap::new();
+    let measure_from =
+        now_ns() + start_measuring.saturating_duration_since(Instant::now()).as_nanos() as u64;
+    let deadline = tokio::time::sleep_until(stop.into());
+    tokio::pin!(deadline);
     let mut open = true;
-    loop {
-        let now = Instant::now();
-        if now >= stop {
-            break;
+    'run: loop {
+        tokio::select! {
+            biased;
+            _ = &mut deadline => break,
+            more = reader.fill() => {
+                if !more? {
+                    open = false;
+                    break;
+                }
+            }
         }
-        let frame = match tokio::time::timeout(stop - now, ws.read_frame()).await {
-            Err(_) => break,
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(f)) => f,
-        };
-        let measuring = Instant::now() >= start_measuring;
-        if config.verify {
-            match frame.opcode {
-                OpCode::Text => learn_channels(&frame.payload, &mut followed),
-                OpCode::Binary => follow(&frame.payload, &mut followed),
+        // One clock read per read syscall: every frame it brought arrived together.
+        let received = now_ns();
+        let measuring = received >= measure_from;
+        while let Some((opcode, range)) = reader.next_frame()? {
+            let payload = reader.payload(range);
+            if config.verify {
+                match opcode {
+                    OpCode::Text => learn_channels(payload, &mut followed),
+                    OpCode::Binary => follow(payload, &mut followed),
+                    _ => {}
+                }
+            }
+            match opcode {
+                OpCode::Binary => {
+                    if measuring {
+                        stats.bytes += payload.len() as u64;
+                    }
+                    count_binary(payload, received, measuring, &mut last, &mut stats)?;
+                }
+                OpCode::Text if measuring => {
+                    // JSON mode: count messages by their timestamps without a full parse.
+                    stats.bytes += payload.len() as u64;
+                    let text = std::str::from_utf8(payload).unwrap_or_default();
+                    for part in text.split("\"ts\":").skip(1) {
+                        let digits = part.bytes().take_while(u8::is_ascii_digit).count();
+                        if let Ok(ts) = part[..digits].parse::<u64>() {
+                            stats.messages += 1;
+                            stats.latency.saturating_record(received.saturating_sub(ts).max(1_000));
+                        }
+                    }
+                }
+                OpCode::Ping => {
+                    let ping = payload.to_vec();
+                    reader.pong(&ping).await?;
+                }
+                OpCode::Close => {
+                    stats.closed = Some(match payload {
+                        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                        _ => 1005,
+                    });
+                    open = false;
+                    break 'run;
+                }
                 _ => {}
             }
-        }
-        match frame.opcode {
-            OpCode::Binary => {
-                let received = now_ns();
-                if measuring {
-                    stats.bytes += frame.payload.len() as u64;
-                }
-                for msg in protocol::decode(&frame.payload) {
-                    let msg = msg?;
-                    match msg.msg_type {
-                        MsgType::BookSnapshot | MsgType::TradesSnapshot => {
-                            if measuring {
-                                stats.snapshots += 1;
-                            }
-                            if msg.flags & FLAG_RESYNC != 0 && measuring {
-                                stats.resyncs += 1;
-                            }
-                            last.insert(msg.channel, msg.seq);
-                            continue;
-                        }
-                        MsgType::Gap => {
-                            if measuring {
-                                stats.gaps += 1;
-                            }
-                            last.insert(msg.channel, msg.seq);
-                            continue;
-                        }
-                        MsgType::BookDelta | MsgType::Trade => {
-                            if let Some(prev) = last.insert(msg.channel, msg.seq) {
-                                if msg.seq != prev + 1 && measuring {
-                                    stats.seq_breaks += 1;
-                                }
-                            }
-                        }
-                        MsgType::Bbo | MsgType::Heartbeat => {}
-                    }
-                    if measuring {
-                        stats.messages += 1;
-                        stats.latency.saturating_record(received.saturating_sub(msg.ts).max(1_000));
-                    }
-                }
-            }
-            OpCode::Text if measuring => {
-                // JSON mode: count messages by their timestamps without a full parse.
-                stats.bytes += frame.payload.len() as u64;
-                let received = now_ns();
-                let text = std::str::from_utf8(&frame.payload).unwrap_or_default();
-                for part in text.split("\"ts\":").skip(1) {
-                    let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
-                    if let Ok(ts) = digits.parse::<u64>() {
-                        stats.messages += 1;
-                        stats.latency.saturating_record(received.saturating_sub(ts).max(1_000));
-                    }
-                }
-            }
-            OpCode::Close => {
-                let p = &frame.payload;
-                stats.closed =
-                    Some(if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 });
-                open = false;
-                break;
-            }
-            _ => {}
         }
     }
     if config.verify {
         let rest = config.rest_addr.unwrap_or(config.addr);
-        stats.books = verify_books(&mut ws, open, rest, &mut followed).await;
+        stats.books = verify_books(&mut reader, open, rest, &mut followed).await;
     }
     Ok(stats)
+}
+
+/// Counts one binary frame's messages: sequence continuity per channel, snapshots,
+/// resyncs, gaps, and the latency of each message (receipt minus engine timestamp).
+fn count_binary(
+    payload: &[u8],
+    received: u64,
+    measuring: bool,
+    last: &mut FxHashMap<u32, u64>,
+    stats: &mut ConnStats,
+) -> anyhow::Result<()> {
+    for msg in protocol::decode(payload) {
+        let msg = msg?;
+        match msg.msg_type {
+            MsgType::BookSnapshot | MsgType::TradesSnapshot => {
+                if measuring {
+                    stats.snapshots += 1;
+                }
+                if msg.flags & FLAG_RESYNC != 0 && measuring {
+                    stats.resyncs += 1;
+                }
+                last.insert(msg.channel, msg.seq);
+                continue;
+            }
+            MsgType::Gap => {
+                if measuring {
+                    stats.gaps += 1;
+                }
+                last.insert(msg.channel, msg.seq);
+                continue;
+            }
+            MsgType::BookDelta | MsgType::Trade => {
+                if let Some(prev) = last.insert(msg.channel, msg.seq) {
+                    if msg.seq != prev + 1 && measuring {
+                        stats.seq_breaks += 1;
+                    }
+                }
+            }
+            MsgType::Bbo | MsgType::Heartbeat => {}
+        }
+        if measuring {
+            stats.messages += 1;
+            stats.latency.saturating_record(received.saturating_sub(msg.ts).max(1_000));
+        }
+    }
+    Ok(())
 }
 
 /// Learns channel ids, symbols and precisions of book channels from `subscribed` replies.
@@ -353,7 +383,7 @@ async fn rest_book(addr: SocketAddr, symbol: &str) -> Option<RestBook> {
 /// At the end of a run: brings each followed book to the sequence of a fresh REST snapshot
 /// (reading on while the connection is open) and compares them level by level.
 async fn verify_books(
-    ws: &mut client::Client,
+    reader: &mut FrameReader,
     mut open: bool,
     rest: SocketAddr,
     followed: &mut HashMap<u32, Followed>,
@@ -369,13 +399,21 @@ async fn verify_books(
             // Read on until the local book reaches the REST sequence.
             while open && followed[&channel].book.as_ref().is_some_and(|b| b.seq().0 < seq) {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, ws.read_frame()).await {
-                    Ok(Ok(frame)) if frame.opcode == OpCode::Binary => {
-                        follow(&frame.payload, followed);
+                if !matches!(tokio::time::timeout(left, reader.fill()).await, Ok(Ok(true))) {
+                    open = false;
+                }
+                loop {
+                    match reader.next_frame() {
+                        Ok(Some((OpCode::Binary, range))) => {
+                            follow(reader.payload(range), followed);
+                        }
+                        Ok(Some((OpCode::Close, _))) | Err(_) => open = false,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
                     }
-                    Ok(Ok(frame)) if frame.opcode == OpCode::Close => open = false,
-                    Ok(Ok(_)) => {}
-                    _ => open = false,
+                    if !open {
+                        break;
+                    }
                 }
             }
             let f = &followed[&channel];
