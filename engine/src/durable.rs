@@ -191,6 +191,9 @@ fn replay_segments(
     let (full_tx, full_rx) = crossbeam_channel::bounded::<Vec<Command>>(8);
     let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<Command>>(16);
     std::thread::scope(|scope| {
+        // Owned by this closure, so that if applying panics, unwinding drops them and the
+        // reader's next hand-over fails instead of blocking the scope forever.
+        let (full_rx, empty_tx) = (full_rx, empty_tx);
         let reader = std::thread::Builder::new()
             .name(format!("replay-read-{shard}"))
             .spawn_scoped(scope, move || {

@@ -4,12 +4,12 @@
 //! The engine's snapshot holds books, balances and positions, not closed orders or fills,
 //! and recovery replays only the journal after the newest snapshot. So the order store
 //! keeps its own file, `<data-dir>/history/orders.tgh`: every user execution report it
-//! applies is appended (written after every hub pass, so a `kill -9` loses none; synced
-//! to disk every second). At start the file is read back, then the journal's replayed
-//! reports are applied on top, each only if its per-account sequence is past what the
-//! file already holds (the engine numbers each account's reports gap-free per shard, so
-//! the reports of one instrument in the file are always a prefix of all of them). The file
-//! is then rewritten compactly from the store's content, and again whenever appends have
+//! applies is appended (written after every hub pass; synced to disk every second). At
+//! start the file is read back, then the journal's replayed reports are applied on top,
+//! each only where it is news: an order takes a report only if its per-account sequence is
+//! past the last one the order took (it never goes back to an older state), and a fill
+//! already kept is not added twice. The file is then rewritten compactly from the store's
+//! content, and again whenever appends have
 //! grown it well past that size.
 //!
 //! Layout: an 8-byte header `TGHIST01`, then fixed records of [`RECORD`] bytes:
@@ -44,8 +44,6 @@ pub enum Entry {
     /// A fill (a compaction record): its sequence, time, order, market, side, price and
     /// quantity (`last_price`, `last_qty`).
     Fill(ExecReport),
-    /// The last report sequence seen for `account` in `instrument` (a compaction record).
-    Mark(ExecReport),
 }
 
 impl Entry {
@@ -54,7 +52,6 @@ impl Entry {
             Entry::Report(r) => (0, r),
             Entry::Order(r) => (1, r),
             Entry::Fill(r) => (2, r),
-            Entry::Mark(r) => (3, r),
         }
     }
 
@@ -86,7 +83,6 @@ impl Entry {
             0 => Entry::Report(r),
             1 => Entry::Order(r),
             2 => Entry::Fill(r),
-            3 => Entry::Mark(r),
             _ => return None,
         })
     }
@@ -127,14 +123,19 @@ pub fn load(dir: &Path) -> io::Result<Loaded> {
     let body = &bytes[MAGIC.len()..];
     let whole = body.len() / RECORD;
     let mut loaded = Loaded { entries: Vec::with_capacity(whole), torn_bytes: 0 };
-    for (i, record) in body.chunks_exact(RECORD).enumerate() {
-        match Entry::decode(record) {
-            Some(e) => loaded.entries.push(e),
-            None if i + 1 == whole => loaded.torn_bytes = RECORD as u64,
-            None => {
-                return Err(damaged(MAGIC.len() + i * RECORD, "damaged record (checksum)"));
-            }
+    let records: Vec<&[u8]> = body.chunks_exact(RECORD).collect();
+    for (i, record) in records.iter().enumerate() {
+        if let Some(e) = Entry::decode(record) {
+            loaded.entries.push(e);
+            continue;
         }
+        // Damage that runs to the end of the file is a torn write (a crash, or a power
+        // loss that left unwritten blocks); damage with an intact record after it is not.
+        if records[i + 1..].iter().any(|r| Entry::decode(r).is_some()) {
+            return Err(damaged(MAGIC.len() + i * RECORD, "damaged record (checksum)"));
+        }
+        loaded.torn_bytes = ((whole - i) * RECORD) as u64;
+        break;
     }
     loaded.torn_bytes += (body.len() % RECORD) as u64;
     Ok(loaded)
@@ -186,16 +187,28 @@ impl HistoryWriter {
         entry.encode(&mut self.pending);
     }
 
-    /// Writes what was queued (into the page cache: it survives the process).
+    /// Writes what was queued (into the page cache: it survives the process). On failure
+    /// (a full disk) the queued records are dropped and a partial append is cut off, so
+    /// the file stays whole: what it holds is still exact, only incomplete.
     pub fn flush(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&self.pending)?;
-        self.len += self.pending.len() as u64;
+        let written = self.file.write_all(&self.pending);
+        let bytes = self.pending.len() as u64;
         self.pending.clear();
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += bytes;
         self.unsynced = true;
         Ok(())
+    }
+
+    /// A compaction failed: try again only after the file has doubled.
+    pub fn postpone_compaction(&mut self) {
+        self.compact_at = self.len.saturating_mul(2).max(self.compact_at);
     }
 
     /// Whether the file has grown enough to be rewritten from the store.
@@ -265,7 +278,7 @@ mod tests {
     #[test]
     fn round_trip_then_appends() {
         let dir = temp_dir("round");
-        let mut w = HistoryWriter::create(&dir, [Entry::Order(report(1)), Entry::Mark(report(2))])
+        let mut w = HistoryWriter::create(&dir, [Entry::Order(report(1)), Entry::Fill(report(2))])
             .expect("create");
         w.push(Entry::Report(report(3)));
         w.push(Entry::Fill(report(4)));
@@ -277,7 +290,7 @@ mod tests {
             loaded.entries,
             vec![
                 Entry::Order(report(1)),
-                Entry::Mark(report(2)),
+                Entry::Fill(report(2)),
                 Entry::Report(report(3)),
                 Entry::Fill(report(4))
             ]
@@ -311,6 +324,13 @@ mod tests {
         std::fs::write(&path, &last).expect("write");
         let loaded = load(&dir).expect("a torn last record loads");
         assert_eq!((loaded.entries.len(), loaded.torn_bytes), (2, RECORD as u64));
+
+        // The last two records zeroed (blocks a power loss never wrote): torn as well.
+        let mut zeroed = bytes.clone();
+        zeroed[8 + RECORD..].fill(0);
+        std::fs::write(&path, &zeroed).expect("write");
+        let loaded = load(&dir).expect("a zeroed tail loads");
+        assert_eq!((loaded.entries.len(), loaded.torn_bytes), (1, 2 * RECORD as u64));
 
         // The first record damaged, intact ones after it: refused, with file and offset.
         let mut inside = bytes.clone();

@@ -98,10 +98,8 @@ pub struct FillView {
 #[derive(Default)]
 struct AccountState {
     orders: BTreeMap<OrderId, OrderView>,
+    /// Oldest first, in id order.
     fills: VecDeque<FillView>,
-    /// Per instrument, the sequence of the last report applied: a report at or below it
-    /// is already reflected (replays after a restart repeat some).
-    marks: HashMap<InstrumentId, u64>,
 }
 
 /// Which reports answer a waiting request.
@@ -316,14 +314,22 @@ impl OrderStore {
                 // Only the hub changes the store, and this is the hub: the dump and the
                 // new file agree, and nothing is pushed meanwhile.
                 let dump = self.dump();
-                HistoryWriter::create(&dir, dump).map(|w| self.attach_history(w))
+                HistoryWriter::create(&dir, dump).map(|w| self.attach_history(w)).inspect_err(
+                    |_| {
+                        // Keep appending to the old file; do not retry on every pass.
+                        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(h) = history.as_mut() {
+                            h.postpone_compaction();
+                        }
+                    },
+                )
             }
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
         if let Err(e) = result {
             if !self.history_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::error!("order history not written (orders and fills placed from now on are not kept across a restart): {e}");
+                tracing::error!("order history not written: {e} (orders and fills from now on may be missing from it after a restart; balances, positions and open orders come from the engine and are not affected)");
             }
         }
     }
@@ -391,40 +397,44 @@ impl OrderStore {
     }
 }
 
-/// Applies `r` unless it is already reflected; whether it was new.
+/// Applies `r` unless it is already reflected; whether it changed anything. Replays after
+/// a restart repeat reports, and a hub that was lapped may have missed some that a replay
+/// then brings: so an order takes a report only if it is newer than the last one it took
+/// (never going back to an older state), and a fill is added only if it is not there.
 fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
-    let mark = state.marks.entry(r.instrument).or_default();
-    if r.seq.0 <= *mark {
+    let known = state.orders.get(&r.order_id).map(|o| o.seq);
+    let is_fill = matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled);
+    let new_fill = is_fill && !has_fill(state, r.seq.0);
+    let newer = known.is_none_or(|seq| r.seq.0 > seq);
+    if r.kind == ExecKind::Rejected && known.is_some() {
+        // A refused cancel or replace: the order itself is unchanged.
         return false;
     }
-    *mark = r.seq.0;
-    let status = status_of(r.kind);
-    if r.kind == ExecKind::Rejected && state.orders.contains_key(&r.order_id) {
-        // A refused cancel or replace: the order itself is unchanged.
-        return true;
+    if newer {
+        let status = status_of(r.kind);
+        let view = state.orders.entry(r.order_id).or_insert(OrderView {
+            id: r.order_id,
+            client_order_id: r.client_order_id,
+            instrument: r.instrument,
+            side: r.side,
+            order_type: r.order_type,
+            price: r.price,
+            leaves: r.leaves_qty,
+            filled: r.cum_qty,
+            status,
+            reason: r.reason,
+            updated_ts: r.ts.0,
+            seq: r.seq.0,
+        });
+        view.price = r.price;
+        view.leaves = r.leaves_qty;
+        view.filled = r.cum_qty;
+        view.status = status;
+        view.reason = r.reason;
+        view.updated_ts = r.ts.0;
+        view.seq = r.seq.0;
     }
-    let view = state.orders.entry(r.order_id).or_insert(OrderView {
-        id: r.order_id,
-        client_order_id: r.client_order_id,
-        instrument: r.instrument,
-        side: r.side,
-        order_type: r.order_type,
-        price: r.price,
-        leaves: r.leaves_qty,
-        filled: r.cum_qty,
-        status,
-        reason: r.reason,
-        updated_ts: r.ts.0,
-        seq: r.seq.0,
-    });
-    view.price = r.price;
-    view.leaves = r.leaves_qty;
-    view.filled = r.cum_qty;
-    view.status = status;
-    view.reason = r.reason;
-    view.updated_ts = r.ts.0;
-    view.seq = r.seq.0;
-    if matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled) {
+    if new_fill {
         push_fill(
             state,
             FillView {
@@ -438,8 +448,15 @@ fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
             },
         );
     }
-    forget_oldest_closed(state);
-    true
+    if newer {
+        forget_oldest_closed(state);
+    }
+    newer || new_fill
+}
+
+/// Whether a fill with this id is kept (fills are in id order).
+fn has_fill(state: &AccountState, id: u64) -> bool {
+    state.fills.binary_search_by_key(&id, |f| f.id).is_ok()
 }
 
 fn status_of(kind: ExecKind) -> Status {
@@ -451,11 +468,20 @@ fn status_of(kind: ExecKind) -> Status {
     }
 }
 
+/// Adds a fill in id order (one a replay brings late goes where it belongs), keeping the
+/// newest [`FILLS_KEPT`].
 fn push_fill(state: &mut AccountState, fill: FillView) {
-    if state.fills.len() == FILLS_KEPT {
+    match state.fills.back() {
+        Some(last) if last.id > fill.id => {
+            if let Err(at) = state.fills.binary_search_by_key(&fill.id, |f| f.id) {
+                state.fills.insert(at, fill);
+            }
+        }
+        _ => state.fills.push_back(fill),
+    }
+    if state.fills.len() > FILLS_KEPT {
         state.fills.pop_front();
     }
-    state.fills.push_back(fill);
 }
 
 fn forget_oldest_closed(state: &mut AccountState) {
@@ -492,9 +518,6 @@ fn bare_report(account: AccountId, instrument: InstrumentId, seq: u64) -> ExecRe
 
 /// The history records that rebuild one account's state.
 fn dump_account(account: AccountId, state: &AccountState, out: &mut Vec<Entry>) {
-    for (instrument, seq) in &state.marks {
-        out.push(Entry::Mark(bare_report(account, *instrument, *seq)));
-    }
     for o in state.orders.values() {
         out.push(Entry::Order(ExecReport {
             ts: tickgate_engine::UnixNanos(o.updated_ts),
@@ -530,17 +553,11 @@ fn dump_account(account: AccountId, state: &AccountState, out: &mut Vec<Entry>) 
 
 /// Applies one history record to `state`.
 fn load_entry(state: &mut AccountState, entry: &Entry) {
-    let r = entry.report();
-    let raise = |state: &mut AccountState| {
-        let mark = state.marks.entry(r.instrument).or_default();
-        *mark = (*mark).max(r.seq.0);
-    };
     match entry {
         Entry::Report(r) => {
             apply_to(state, r);
         }
         Entry::Order(r) => {
-            raise(state);
             state.orders.insert(
                 r.order_id,
                 OrderView {
@@ -561,7 +578,6 @@ fn load_entry(state: &mut AccountState, entry: &Entry) {
             forget_oldest_closed(state);
         }
         Entry::Fill(r) => {
-            raise(state);
             push_fill(
                 state,
                 FillView {
@@ -575,7 +591,6 @@ fn load_entry(state: &mut AccountState, entry: &Entry) {
                 },
             );
         }
-        Entry::Mark(_) => raise(state),
     }
 }
 
@@ -676,12 +691,26 @@ mod tests {
         assert_eq!(orders[1].status, Status::Filled);
         assert_eq!(orders[0].status, Status::Canceled);
 
-        // The compact form rebuilds the same content, and the same marks.
+        // The compact form rebuilds the same content, and a repeated report changes none.
         let compact = OrderStore::new([AccountId(1)]);
         compact.load(&live.dump());
         assert_eq!(content(&compact), content(&live));
-        compact.apply(&reports[5]);
-        assert_eq!(content(&compact), content(&live), "marks survive compaction");
+        for r in &reports {
+            compact.apply(r);
+        }
+        assert_eq!(content(&compact), content(&live), "repeats are recognised after compaction");
+
+        // A hub that was lapped missed the first fill; the replay brings it back, in its
+        // place, and does not take the order back to its older state.
+        let lapped = OrderStore::new([AccountId(1)]);
+        for r in reports.iter().filter(|r| r.seq.0 != 2) {
+            lapped.apply(r);
+        }
+        assert_eq!(content(&lapped).1.len(), 1);
+        for r in &reports {
+            lapped.apply(r);
+        }
+        assert_eq!(content(&lapped), content(&live));
 
         // Other accounts' records are not loaded.
         let other = OrderStore::new([AccountId(2)]);

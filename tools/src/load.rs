@@ -194,14 +194,18 @@ async fn run_connection(
     let deadline = tokio::time::sleep_until(stop.into());
     tokio::pin!(deadline);
     let mut open = true;
+    // Frames the handshake already brought are handled before the first read.
+    let mut first = true;
     'run: loop {
-        tokio::select! {
-            biased;
-            _ = &mut deadline => break,
-            more = reader.fill() => {
-                if !more? {
-                    open = false;
-                    break;
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                biased;
+                _ = &mut deadline => break,
+                more = reader.fill() => {
+                    if !more? {
+                        open = false;
+                        break;
+                    }
                 }
             }
         }
