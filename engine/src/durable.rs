@@ -440,6 +440,8 @@ impl Failure {
 pub(crate) struct SnapshotJob {
     pub(crate) seq: u64,
     pub(crate) bytes: Vec<u8>,
+    /// One past the shard's last event the state includes.
+    pub(crate) ring_position: u64,
 }
 
 /// Writes snapshots handed over by the engine thread and prunes what they make
@@ -458,6 +460,7 @@ pub(crate) fn snapshot_loop(
     stats: Arc<JournalStats>,
     journal_failure: Arc<Failure>,
     warning: Arc<Failure>,
+    barrier: Option<Box<dyn Fn(u64) -> bool + Send>>,
 ) {
     for job in jobs {
         while stats.durable_seq.load(Ordering::Acquire) < job.seq {
@@ -465,6 +468,14 @@ pub(crate) fn snapshot_loop(
                 return;
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+        if barrier.as_ref().is_some_and(|b| !b(job.ring_position)) {
+            warning.set(format!(
+                "snapshot at sequence {} skipped: derived state (order history) did not catch \
+                 up; the journal keeps every record",
+                job.seq
+            ));
+            continue;
         }
         if let Err(e) = crate::snapshot::write_snapshot(&dir, job.seq, &job.bytes) {
             warning.set(format!("snapshot: {e}"));

@@ -44,6 +44,13 @@ pub type PublishHook = Arc<dyn Fn() + Send + Sync>;
 /// any thread starts), so state kept outside the engine can be rebuilt.
 pub type ReplayHook = Arc<dyn Fn(usize, &Event) + Send + Sync>;
 
+/// Called on a shard's snapshot thread with `(shard, ring position)` before a snapshot is
+/// written: the position is one past the last event the snapshot's state includes. It
+/// returns once every reader that keeps derived state of its own (a user's order history)
+/// has stored the events before that position, because recovery will not replay them
+/// again; `false` gives up, and that snapshot is skipped (the journal keeps everything).
+pub type SnapshotBarrier = Arc<dyn Fn(usize, u64) -> bool + Send + Sync>;
+
 /// How the engine runs.
 #[derive(Clone)]
 pub struct RuntimeConfig {
@@ -66,6 +73,8 @@ pub struct RuntimeConfig {
     pub durability: Option<DurabilityConfig>,
     /// Sees every event recovery replays.
     pub on_replay: Option<ReplayHook>,
+    /// Holds each snapshot until derived state is stored (see [`SnapshotBarrier`]).
+    pub snapshot_barrier: Option<SnapshotBarrier>,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -93,6 +102,7 @@ impl Default for RuntimeConfig {
             idle_spin: Duration::from_micros(50),
             durability: None,
             on_replay: None,
+            snapshot_barrier: None,
         }
     }
 }
@@ -351,10 +361,13 @@ impl EngineRuntime {
                 );
                 let (ss, sf, sw) =
                     (Arc::clone(&jstats), Arc::clone(&failure), Arc::clone(&snapshot_warning));
+                let barrier = config.snapshot_barrier.clone().map(|b| {
+                    Box::new(move |position| b(shard, position)) as Box<dyn Fn(u64) -> bool + Send>
+                });
                 helpers.push(
                     std::thread::Builder::new()
                         .name(format!("snapshot-{shard}"))
-                        .spawn(move || snapshot_loop(dir, snap_rx, ss, sf, sw))
+                        .spawn(move || snapshot_loop(dir, snap_rx, ss, sf, sw, barrier))
                         .expect("spawning a snapshot thread at start-up"),
                 );
                 worker.durable = Some(DurableState {
@@ -755,7 +768,10 @@ impl ShardWorker {
         }
         let bytes =
             crate::snapshot::encode_snapshot(&self.engine, d.shard, d.applied_seq, self.last_ts.0);
-        if d.snapshots.try_send(SnapshotJob { seq: d.applied_seq, bytes }).is_ok() {
+        // The batch's events are published: the ring position covers all of them.
+        let ring_position = self.writer.written();
+        let job = SnapshotJob { seq: d.applied_seq, bytes, ring_position };
+        if d.snapshots.try_send(job).is_ok() {
             d.last_snapshot_seq = d.applied_seq;
         }
     }

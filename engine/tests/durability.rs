@@ -240,3 +240,55 @@ fn a_second_runtime_cannot_open_the_same_data_directory() {
     let again = EngineRuntime::start(config(&tmp.0, 1, 0)).expect("lock released on shutdown");
     again.shutdown();
 }
+
+#[test]
+fn snapshots_wait_for_the_barrier_and_are_skipped_when_it_gives_up() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    // A barrier that refuses: no snapshot is written, the journal keeps everything and a
+    // warning says why.
+    let tmp = TempDir::new("barrier-refuses");
+    let mut refusing = config(&tmp.0, 1, 500);
+    refusing.snapshot_barrier = Some(Arc::new(|_, _| false));
+    let runtime = EngineRuntime::start(refusing).expect("fresh start");
+    drive(&runtime.handle(), 3, 2_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while runtime.handle().snapshot_warning().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let warning = runtime.handle().snapshot_warning().expect("a skipped snapshot is reported");
+    assert!(warning.contains("skipped"), "{warning}");
+    runtime.shutdown();
+    assert!(list_snapshots(&tmp.0.join("shard-0")).unwrap().is_empty());
+    assert_eq!(list_segments(&tmp.0.join("shard-0")).unwrap()[0].0, 1, "nothing pruned");
+
+    // A barrier that lets go: it is asked with the ring position of the snapshot's last
+    // event (never beyond what was published), and the snapshot is written only after.
+    let tmp = TempDir::new("barrier-passes");
+    let asked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let open = Arc::new(AtomicBool::new(false));
+    let mut passing = config(&tmp.0, 1, 500);
+    let (a, o) = (Arc::clone(&asked), Arc::clone(&open));
+    passing.snapshot_barrier = Some(Arc::new(move |shard, position| {
+        assert_eq!(shard, 0);
+        a.lock().unwrap().push(position);
+        while !o.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }));
+    let runtime = EngineRuntime::start(passing).expect("fresh start");
+    let handle = runtime.handle();
+    let reader = handle.reader(0).expect("shard 0");
+    drive(&handle, 3, 2_000);
+    while asked.lock().unwrap().is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(list_snapshots(&tmp.0.join("shard-0")).unwrap().is_empty(), "held by the barrier");
+    let position = asked.lock().unwrap()[0];
+    assert!(position > 0 && position <= reader.lag(), "{position}");
+    open.store(true, Ordering::Release);
+    runtime.shutdown();
+    assert!(!list_snapshots(&tmp.0.join("shard-0")).unwrap().is_empty());
+}

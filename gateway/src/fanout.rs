@@ -500,6 +500,7 @@ impl HubWorker {
             // Users' reports of this pass reach the history file before anyone can have
             // acted on them over the network (a killed process then loses none).
             self.orders.flush_history();
+            self.orders.mark_stored(self.readers.iter().map(RingReader::cursor).enumerate());
             self.publisher.publish();
             let mut stale = self.publisher.take_resets();
             if lapped {

@@ -156,6 +156,10 @@ pub struct OrderStore {
     history: Mutex<Option<HistoryWriter>>,
     /// A history write failed (logged once; the store keeps working in memory).
     history_failed: std::sync::atomic::AtomicBool,
+    /// Per engine shard, the event ring position before which every report is in the
+    /// history file (written by the hub after each pass), and whether the hub stopped.
+    stored: Mutex<Vec<u64>>,
+    stored_final: std::sync::atomic::AtomicBool,
 }
 
 /// Reports one account's `orders` subscribers may fall behind by before they are told
@@ -331,6 +335,47 @@ impl OrderStore {
             if !self.history_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::error!("order history not written: {e} (orders and fills from now on may be missing from it after a restart; balances, positions and open orders come from the engine and are not affected)");
             }
+        }
+    }
+
+    /// Records that every report before these ring positions (per shard) is in the
+    /// history file (the hub, after [`OrderStore::flush_history`]).
+    pub fn mark_stored(&self, positions: impl Iterator<Item = (usize, u64)>) {
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        for (shard, position) in positions {
+            if stored.len() <= shard {
+                stored.resize(shard + 1, 0);
+            }
+            stored[shard] = stored[shard].max(position);
+        }
+    }
+
+    /// No more reports will be stored (the hub stopped): waits give up at once.
+    pub fn stop_storing(&self) {
+        self.stored_final.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The engine's snapshot barrier: waits until every report before `position` on
+    /// `shard`'s ring is in the history file, then puts the file on disk, so a snapshot
+    /// (after which recovery replays nothing older) never gets ahead of the history.
+    /// `false` after `timeout` or once the hub stopped (the snapshot is then skipped).
+    pub fn wait_stored(&self, shard: usize, position: u64, timeout: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
+            let reached = {
+                let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+                stored.get(shard).is_some_and(|p| *p >= position)
+            };
+            if reached {
+                self.sync_history();
+                return true;
+            }
+            if self.stored_final.load(std::sync::atomic::Ordering::Acquire)
+                || started.elapsed() >= timeout
+            {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 

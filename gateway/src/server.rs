@@ -29,6 +29,8 @@ use crate::ws::WsContext;
 
 /// Accounts the engine tables hold: users, plus the synthetic flow's range.
 const ACCOUNTS_MAX: u32 = 4096;
+/// How long a snapshot waits for the order history to catch up before it is skipped.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for connections to close before it stops waiting.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -92,6 +94,12 @@ impl Server {
                     }
                 }
             })),
+            // A snapshot waits until users' reports it covers are in the history file.
+            snapshot_barrier: history_dir.as_ref().map(|_| {
+                let o = Arc::clone(&orders);
+                Arc::new(move |shard, position| o.wait_stored(shard, position, SNAPSHOT_WAIT))
+                    as tickgate_engine::runtime::SnapshotBarrier
+            }),
             ..RuntimeConfig::default()
         };
         let runtime =
@@ -284,6 +292,8 @@ impl Server {
         let (history_sync, orders) = (self.history_sync, self.orders);
         let engines = tokio::task::spawn_blocking(move || {
             hub.stop();
+            // A snapshot still waiting for the history is skipped (the journal has it all).
+            orders.stop_storing();
             if let Some(sync) = history_sync {
                 sync.stop();
                 orders.flush_history();
