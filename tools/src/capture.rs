@@ -6,6 +6,7 @@
 use std::io::{BufWriter, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -223,17 +224,51 @@ async fn instruments(addr: SocketAddr) -> anyhow::Result<Value> {
     Ok(serde_json::from_str::<Value>(body)?["instruments"].clone())
 }
 
+/// What a replay has done so far, for its progress bar and summary.
+#[derive(Debug, Default)]
+pub struct ReplayStats {
+    /// Clients that connected.
+    pub clients: AtomicU64,
+    /// Frames sent, over all clients.
+    pub frames: AtomicU64,
+    /// Payload bytes sent, over all clients.
+    pub bytes: AtomicU64,
+    /// Furthest frame any client has reached.
+    pub furthest: AtomicU64,
+    /// One line per client that got the whole capture.
+    pub finished: std::sync::Mutex<Vec<String>>,
+}
+
+impl ReplayStats {
+    /// Takes the summary lines of clients that finished since the last call.
+    pub fn take_finished(&self) -> Vec<String> {
+        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Serves `capture` on `listener`: every WebSocket client that connects (any path) gets
 /// the captured frames in order, paced by their receipt times at `speed` times the
 /// recorded pace (`None`: as fast as it reads), then a normal close. Runs until the task
 /// is dropped.
 pub async fn serve(listener: TcpListener, capture: Arc<Capture>, speed: Option<f64>) {
+    serve_counted(listener, capture, speed, Arc::default()).await;
+}
+
+/// [`serve`], counting into `stats`.
+pub async fn serve_counted(
+    listener: TcpListener,
+    capture: Arc<Capture>,
+    speed: Option<f64>,
+    stats: Arc<ReplayStats>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let capture = Arc::clone(&capture);
+        let stats = Arc::clone(&stats);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let capture = Arc::clone(&capture);
+                let stats = Arc::clone(&stats);
                 async move {
                     let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
                         let mut r = Response::new(Full::new(Bytes::from_static(b"websocket only")));
@@ -242,7 +277,22 @@ pub async fn serve(listener: TcpListener, capture: Arc<Capture>, speed: Option<f
                     };
                     tokio::spawn(async move {
                         if let Ok(ws) = upgrade.await {
-                            let _ = play(ws, &capture, speed).await;
+                            let client = stats.clients.fetch_add(1, Ordering::Relaxed) + 1;
+                            let started = Instant::now();
+                            let line = match play(ws, &capture, speed, &stats).await {
+                                Ok((frames, bytes)) => {
+                                    let secs = started.elapsed().as_secs_f64().max(1e-9);
+                                    format!(
+                                        "client {client}: {frames} frames, {:.1} MB in {secs:.2} s \
+                                         ({:.0} frames/s, {:.1} MB/s)",
+                                        bytes as f64 / 1e6,
+                                        frames as f64 / secs,
+                                        bytes as f64 / 1e6 / secs
+                                    )
+                                }
+                                Err(e) => format!("client {client}: ended early: {e}"),
+                            };
+                            stats.finished.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                         }
                     });
                     let (parts, _) = response.into_parts();
@@ -257,14 +307,17 @@ pub async fn serve(listener: TcpListener, capture: Arc<Capture>, speed: Option<f
     }
 }
 
+/// Sends the capture to one client; the frames and payload bytes it sent.
 async fn play(
     mut ws: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
     capture: &Capture,
     speed: Option<f64>,
-) -> anyhow::Result<()> {
+    stats: &ReplayStats,
+) -> anyhow::Result<(u64, u64)> {
     let start = Instant::now();
     let first = capture.frames.first().map_or(0, |f| f.received_ns);
-    for f in &capture.frames {
+    let mut bytes = 0u64;
+    for (i, f) in capture.frames.iter().enumerate() {
         if let Some(speed) = speed.filter(|s| *s > 0.0) {
             let due = start
                 + Duration::from_nanos((f.received_ns.saturating_sub(first) as f64 / speed) as u64);
@@ -272,6 +325,10 @@ async fn play(
         }
         let opcode = if f.kind == KIND_TEXT { OpCode::Text } else { OpCode::Binary };
         ws.write_frame(Frame::new(true, opcode, None, Payload::Borrowed(&f.payload))).await?;
+        bytes += f.payload.len() as u64;
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(f.payload.len() as u64, Ordering::Relaxed);
+        stats.furthest.fetch_max(i as u64 + 1, Ordering::Relaxed);
     }
     ws.write_frame(Frame::close(1000, b"end of capture")).await?;
     // Read what the client sent (its requests, its close) before the socket goes: closing
@@ -285,5 +342,5 @@ async fn play(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    Ok(())
+    Ok((capture.frames.len() as u64, bytes))
 }

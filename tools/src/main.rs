@@ -237,7 +237,36 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 let speed = (speed > 0.0).then_some(speed);
-                tickgate_tools::capture::serve(listener, std::sync::Arc::new(capture), speed).await;
+                let stats = std::sync::Arc::new(tickgate_tools::capture::ReplayStats::default());
+                let bar = replay_bar(capture.frames.len() as u64);
+                let serving = tokio::spawn(tickgate_tools::capture::serve_counted(
+                    listener,
+                    std::sync::Arc::new(capture),
+                    speed,
+                    std::sync::Arc::clone(&stats),
+                ));
+                // Progress until Ctrl-C, then a summary.
+                let started = std::time::Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = tick.tick() => {
+                            update_replay_bar(&bar, &stats, started);
+                        }
+                    }
+                }
+                serving.abort();
+                update_replay_bar(&bar, &stats, started);
+                bar.finish_and_clear();
+                use std::sync::atomic::Ordering::Relaxed;
+                eprintln!(
+                    "replay: {} clients, {} frames, {:.1} MB sent in {:.1} s",
+                    stats.clients.load(Relaxed),
+                    stats.frames.load(Relaxed),
+                    stats.bytes.load(Relaxed) as f64 / 1e6,
+                    started.elapsed().as_secs_f64()
+                );
                 Ok::<_, anyhow::Error>(())
             })
         }
@@ -354,5 +383,40 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The replayer's progress bar: frames of the capture reached by the furthest client.
+fn replay_bar(frames: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(frames);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} frames  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message("waiting for a client");
+    bar
+}
+
+fn update_replay_bar(
+    bar: &indicatif::ProgressBar,
+    stats: &tickgate_tools::capture::ReplayStats,
+    started: std::time::Instant,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for line in stats.take_finished() {
+        bar.println(line);
+    }
+    bar.set_position(stats.furthest.load(Relaxed));
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let clients = stats.clients.load(Relaxed);
+    if clients > 0 {
+        bar.set_message(format!(
+            "{clients} clients, {:.1} MB sent, {:.0} frames/s",
+            stats.bytes.load(Relaxed) as f64 / 1e6,
+            stats.frames.load(Relaxed) as f64 / secs
+        ));
     }
 }

@@ -37,10 +37,25 @@ async fn record_then_replay_gives_back_the_same_stream() {
     // Serve it back at full speed and record what a client receives.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let replayer = tokio::spawn(capture::serve(listener, Arc::new(live), None));
+    let stats = Arc::new(capture::ReplayStats::default());
+    let replayer =
+        tokio::spawn(capture::serve_counted(listener, Arc::new(live), None, Arc::clone(&stats)));
     let again = RecordConfig { addr, duration: Duration::from_secs(20), ..config };
     let n = capture::record(&again, &second).await.expect("records the replay");
+    // The replayer's counters (its progress bar and summary) saw the same.
+    let mut finished = Vec::new();
+    for _ in 0..300 {
+        finished.extend(stats.take_finished());
+        if !finished.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     replayer.abort();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!((stats.clients.load(Relaxed), stats.frames.load(Relaxed)), (1, 200));
+    assert_eq!(stats.furthest.load(Relaxed), 200);
+    assert!(finished.len() == 1 && finished[0].contains("200 frames"), "{finished:?}");
     let (a, b) = (capture::read(&first).expect("first"), capture::read(&second).expect("second"));
     assert_eq!(n, 200);
     let frames = |c: &capture::Capture| {
