@@ -283,7 +283,7 @@ pub async fn serve_counted(
                                 Ok((frames, bytes)) => {
                                     let secs = started.elapsed().as_secs_f64().max(1e-9);
                                     format!(
-                                        "client {client}: {frames} frames, {:.1} MB in {secs:.2} s \
+                                        "client {client}: {frames} frames, {:.1} MB in {secs:.3} s \
                                          ({:.0} frames/s, {:.1} MB/s)",
                                         bytes as f64 / 1e6,
                                         frames as f64 / secs,

@@ -407,7 +407,11 @@ fn update_replay_bar(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     for line in stats.take_finished() {
-        bar.println(line);
+        if bar.is_hidden() {
+            eprintln!("{line}"); // not a terminal: no bar to print above
+        } else {
+            bar.println(line);
+        }
     }
     bar.set_position(stats.furthest.load(Relaxed));
     let secs = started.elapsed().as_secs_f64().max(1e-9);
