@@ -456,42 +456,20 @@ fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
         return false;
     }
     if newer {
-        let status = status_of(r.kind);
-        let view = state.orders.entry(r.order_id).or_insert(OrderView {
-            id: r.order_id,
-            client_order_id: r.client_order_id,
-            instrument: r.instrument,
-            side: r.side,
-            order_type: r.order_type,
-            price: r.price,
-            leaves: r.leaves_qty,
-            filled: r.cum_qty,
-            status,
-            reason: r.reason,
-            updated_ts: r.ts.0,
-            seq: r.seq.0,
-        });
-        view.price = r.price;
-        view.leaves = r.leaves_qty;
-        view.filled = r.cum_qty;
-        view.status = status;
-        view.reason = r.reason;
-        view.updated_ts = r.ts.0;
-        view.seq = r.seq.0;
+        let fresh = view_of(r);
+        let view = state.orders.entry(r.order_id).or_insert(fresh);
+        // What the order is stays as first seen; where it stands follows the report.
+        *view = OrderView {
+            id: view.id,
+            client_order_id: view.client_order_id,
+            instrument: view.instrument,
+            side: view.side,
+            order_type: view.order_type,
+            ..fresh
+        };
     }
     if new_fill {
-        push_fill(
-            state,
-            FillView {
-                id: r.seq.0,
-                ts: r.ts.0,
-                order_id: r.order_id,
-                instrument: r.instrument,
-                side: r.side,
-                price: r.last_price,
-                qty: r.last_qty,
-            },
-        );
+        push_fill(state, fill_of(r));
     }
     if newer {
         forget_oldest_closed(state);
@@ -603,39 +581,41 @@ fn load_entry(state: &mut AccountState, entry: &Entry) {
             apply_to(state, r);
         }
         Entry::Order(r) => {
-            state.orders.insert(
-                r.order_id,
-                OrderView {
-                    id: r.order_id,
-                    client_order_id: r.client_order_id,
-                    instrument: r.instrument,
-                    side: r.side,
-                    order_type: r.order_type,
-                    price: r.price,
-                    leaves: r.leaves_qty,
-                    filled: r.cum_qty,
-                    status: status_of(r.kind),
-                    reason: r.reason,
-                    updated_ts: r.ts.0,
-                    seq: r.seq.0,
-                },
-            );
+            state.orders.insert(r.order_id, view_of(r));
             forget_oldest_closed(state);
         }
-        Entry::Fill(r) => {
-            push_fill(
-                state,
-                FillView {
-                    id: r.seq.0,
-                    ts: r.ts.0,
-                    order_id: r.order_id,
-                    instrument: r.instrument,
-                    side: r.side,
-                    price: r.last_price,
-                    qty: r.last_qty,
-                },
-            );
-        }
+        Entry::Fill(r) => push_fill(state, fill_of(r)),
+    }
+}
+
+/// The order as a report leaves it.
+fn view_of(r: &ExecReport) -> OrderView {
+    OrderView {
+        id: r.order_id,
+        client_order_id: r.client_order_id,
+        instrument: r.instrument,
+        side: r.side,
+        order_type: r.order_type,
+        price: r.price,
+        leaves: r.leaves_qty,
+        filled: r.cum_qty,
+        status: status_of(r.kind),
+        reason: r.reason,
+        updated_ts: r.ts.0,
+        seq: r.seq.0,
+    }
+}
+
+/// The fill a fill report is.
+fn fill_of(r: &ExecReport) -> FillView {
+    FillView {
+        id: r.seq.0,
+        ts: r.ts.0,
+        order_id: r.order_id,
+        instrument: r.instrument,
+        side: r.side,
+        price: r.last_price,
+        qty: r.last_qty,
     }
 }
 
