@@ -1,23 +1,22 @@
 //! Fan-out hot paths: `cargo bench -p benches --bench fanout`.
 //!
 //! - `encode/*`: one market-data message, binary and JSON.
-//! - `publish/{idle,busy}_subscribers/N`: the hub's producer step (apply to channel state,
-//!   encode once, frame, store in the channel ring, wake subscribers) for a pass of 64 book
-//!   deltas on one channel with N subscribers. Encoding and storing are per event and do
-//!   not depend on N; waking is once per pass per subscriber (idle: a real wake-up; busy:
-//!   an atomic swap that finds a wake-up already pending).
+//! - `publish/subscribers/N`: the hub's producer step for a pass of 64 book deltas on one
+//!   channel with N subscribers: apply to the channel state, encode once, frame, store in
+//!   the channel ring, then wake the writer threads (two, as on a 2-core machine). The hub
+//!   never touches a subscriber, so the time must not depend on N.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tickgate_engine::{
     default_markets, BookDelta, Engine, EngineSpec, Event, InstrumentId, Price, Qty, Seq, Side,
     UnixNanos,
 };
-use tickgate_gateway::fanout::{ConnWaker, Directory, Publisher};
+use tickgate_gateway::fanout::{Directory, Publisher, Writers};
 use tickgate_gateway::metrics::Metrics;
 use tickgate_gateway::protocol::{bin, json};
 
@@ -82,36 +81,17 @@ fn publish(c: &mut Criterion) {
     for subscribers in [1usize, 100, 10_000] {
         let engine = Engine::new(&EngineSpec::default(), |_| true).expect("default markets");
         let directory = Arc::new(Directory::new(engine.instruments(), 1024));
-        let mut publisher = Publisher::new(Arc::clone(&directory), Arc::new(Metrics::default()));
+        let metrics = Arc::new(Metrics::default());
+        let mut publisher = Publisher::new(Arc::clone(&directory), Arc::clone(&metrics));
+        let writers = Writers::start(Arc::clone(&directory), metrics, 2);
         let channel = Arc::clone(directory.get("book.BTC-USD").expect("channel"));
-        let wakers: Vec<Arc<ConnWaker>> = (0..subscribers).map(|_| ConnWaker::new()).collect();
-        for w in &wakers {
-            black_box(channel.subscribe(w, false, 10));
+        for _ in 0..subscribers {
+            black_box(channel.subscribe(false, 10));
         }
+        assert_eq!(channel.subscribers(), subscribers);
         let mut seq = 0u64;
-        // Idle connections: every subscriber is parked and must be woken (the clear that
-        // re-arms them runs untimed, on "their" side).
         group.bench_with_input(
-            BenchmarkId::new("idle_subscribers", subscribers),
-            &subscribers,
-            |b, _| {
-                b.iter_batched(
-                    || wakers.iter().for_each(|w| w.clear()),
-                    |()| {
-                        for _ in 0..PASS {
-                            seq += 1;
-                            publisher.ingest(&Event::BookDelta(delta(seq)));
-                        }
-                        publisher.publish();
-                    },
-                    BatchSize::SmallInput,
-                )
-            },
-        );
-        // Busy connections: a wake-up is already pending for each, so waking is one atomic
-        // swap that finds it set.
-        group.bench_with_input(
-            BenchmarkId::new("busy_subscribers", subscribers),
+            BenchmarkId::new("subscribers", subscribers),
             &subscribers,
             |b, _| {
                 b.iter(|| {
@@ -120,10 +100,14 @@ fn publish(c: &mut Criterion) {
                         publisher.ingest(&Event::BookDelta(delta(seq)));
                     }
                     publisher.publish();
+                    if publisher.take_published() {
+                        writers.wake();
+                    }
                 })
             },
         );
         assert_eq!(channel.last_seq(), seq, "every delta was applied in order");
+        writers.stop();
     }
     group.finish();
 }

@@ -53,16 +53,14 @@ pub struct Flags {
     /// Chunks each fan-out channel ring keeps (a client further behind is resynced).
     #[arg(long, env = "TICKGATE_CHANNEL_RING_CHUNKS", default_value_t = 1024)]
     pub channel_ring_chunks: usize,
-    /// Shortest fan-out pass in microseconds: larger batches fewer, bigger writes.
+    /// Shortest fan-out pass in microseconds: a pass's events of one channel share a frame,
+    /// so longer passes mean fewer, larger frames.
     #[arg(long, env = "TICKGATE_FANOUT_PASS_US", default_value_t = 200)]
     pub fanout_pass_us: u64,
-    /// Longest fan-out pass in microseconds (bounds the latency pacing adds).
-    #[arg(long, env = "TICKGATE_FANOUT_MAX_PASS_US", default_value_t = 20_000)]
-    pub fanout_max_pass_us: u64,
-    /// Connection writes per second the fan-out paces itself to (more connections: longer
-    /// passes, bigger writes).
-    #[arg(long, env = "TICKGATE_FANOUT_WRITES_PER_SEC", default_value_t = 200_000)]
-    pub fanout_writes_per_sec: u64,
+    /// Fan-out writer threads, which write market data to WebSocket connections (each
+    /// owns a share of them); 0 = one per core.
+    #[arg(long, env = "TICKGATE_FANOUT_WRITERS", default_value_t = 0)]
+    pub fanout_writers: usize,
     /// Open WebSocket connections at most (more get HTTP 503).
     #[arg(long, env = "TICKGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -194,6 +192,8 @@ pub struct Config {
     pub channel_ring_chunks: usize,
     /// Fan-out pacing.
     pub fanout: crate::fanout::Pacing,
+    /// Fan-out writer threads (at least one).
+    pub fanout_writers: usize,
     /// WebSocket limits.
     pub ws: WsLimits,
     /// Time allowed for the HTTP request head.
@@ -280,10 +280,10 @@ impl TryFrom<Flags> for Config {
             queue_capacity: f.queue_capacity,
             ring_capacity: f.ring_capacity,
             channel_ring_chunks: f.channel_ring_chunks,
-            fanout: crate::fanout::Pacing {
-                min_pass: Duration::from_micros(f.fanout_pass_us),
-                max_pass: Duration::from_micros(f.fanout_max_pass_us),
-                writes_per_sec: f.fanout_writes_per_sec.max(1),
+            fanout: crate::fanout::Pacing { min_pass: Duration::from_micros(f.fanout_pass_us) },
+            fanout_writers: match f.fanout_writers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
             },
             ws: WsLimits {
                 connections_max: f.max_connections,

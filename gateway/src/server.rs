@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::alerts::{AlertHub, AlertWorker};
 use crate::auth::{Tokens, Users};
 use crate::config::Config;
-use crate::fanout::{Directory, Hub, HubWake};
+use crate::fanout::{Directory, Hub, HubWake, Writers};
 use crate::history;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -40,6 +40,7 @@ pub struct Server {
     engine: EngineHandle,
     runtime: EngineRuntime,
     hub: Hub,
+    writers: Arc<Writers>,
     feed: Option<FeedDriver>,
     replay: Option<tickgate_feed::JournalReplay>,
     alerts: Arc<AlertHub>,
@@ -130,10 +131,12 @@ impl Server {
                 }
             }
         }
+        let writers =
+            Writers::start(Arc::clone(&directory), Arc::clone(&metrics), config.fanout_writers);
         let hub = {
             let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
-            let (pacing, o) = (config.fanout, Arc::clone(&orders));
-            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing, o)).await?
+            let (pacing, o, w) = (config.fanout, Arc::clone(&orders), Arc::clone(&writers));
+            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing, o, w)).await?
         };
         let alerts = Arc::new(AlertHub::new(
             users.all().map(|u| u.account),
@@ -186,6 +189,7 @@ impl Server {
                 orders: Arc::clone(&orders),
             },
             tokens: Arc::clone(&tokens),
+            writers: Arc::clone(&writers),
         });
         let state = Arc::new(AppState {
             engine: engine.clone(),
@@ -213,6 +217,7 @@ impl Server {
             engine,
             runtime,
             hub,
+            writers,
             feed,
             replay,
             alerts,
@@ -288,10 +293,11 @@ impl Server {
         if let Some(worker) = self.alert_worker.take() {
             worker.stop();
         }
-        let (hub, runtime) = (self.hub, self.runtime);
+        let (hub, runtime, writers) = (self.hub, self.runtime, self.writers);
         let (history_sync, orders) = (self.history_sync, self.orders);
         let engines = tokio::task::spawn_blocking(move || {
             hub.stop();
+            writers.stop();
             // A snapshot still waiting for the history is skipped (the journal has it all).
             orders.stop_storing();
             if let Some(sync) = history_sync {

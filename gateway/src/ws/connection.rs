@@ -1,34 +1,29 @@
-//! One WebSocket connection, served by one task.
+//! One WebSocket connection: its task, and the [`Link`] it shares with its writer.
 //!
-//! The task owns the TCP stream's two halves and the connection's subscriptions. It wakes
-//! when the client sends something (parsed by [`super::inbound`] from a buffer that is empty
-//! while idle), when the hub publishes on a subscribed channel, for pings and heartbeats,
-//! and on shutdown. When woken by the hub it walks each subscription's cursor through the
-//! channel ring, collects the shared pre-framed chunks and writes them with one vectored
-//! write: market data is never copied per connection, and at most one write batch of
-//! references is held. Client input is not read while a write batch is pending, so a
-//! client cannot make the server queue answers faster than it takes them.
+//! The task owns what the client sends: it reads the socket (parsed by [`super::inbound`]
+//! from a buffer that is empty while idle), answers control messages, sends pings and
+//! heartbeats, and ends the connection. Market data does not go through it: the
+//! connection's writer thread ([`crate::fanout::writer`]) writes that straight from the
+//! channel rings (see [`super::outbox`]). The task writes only its own answers, and takes
+//! over all writing while the socket is full: it then waits for room before reading
+//! anything more from the client, so a client cannot make the server queue answers faster
+//! than it takes them.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tickgate_engine::{AccountId, ExecReport, OrderId};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
 use super::control::{self, ErrorCode, Request, RequestError, RequestId};
 use super::inbound::{self, Inbound};
+use super::outbox::{Closing, Flushed, Link, Sub, Tally};
 use super::{Format, WsContext};
-use crate::fanout::{Channel, ConnWaker};
-use crate::protocol::{self, bin, close, json, ChannelKind, Opcode};
+use crate::fanout::Channel;
+use crate::protocol::{self, close, ChannelKind, Opcode};
 
 /// How long a closing connection waits for the client's side of the close.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -37,6 +32,9 @@ const READ_CHUNK: usize = 2048;
 /// The window in which more than twice the burst of rate-limit violations closes the
 /// connection (1008).
 const VIOLATION_WINDOW: Duration = Duration::from_secs(10);
+/// How long the final writes of a closing connection (queued frames, the close frame) may
+/// take: a peer that does not read cannot hold a closing connection open.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Serves an upgraded connection until it closes or the server shuts down.
 /// `read_buf` holds bytes the client sent right after its upgrade request.
@@ -52,26 +50,18 @@ pub async fn run(
     // reading visible to the writer quickly (autotuning would grow it to megabytes).
     let _ =
         socket2::SockRef::from(&stream).set_send_buffer_size(ctx.limits.socket_send_buffer_bytes);
-    let (rd, wr) = stream.into_split();
     let limits = &ctx.limits;
     // Copy, then let go: `read_buf` is a view into hyper's 8 KiB read buffer, which it
     // would otherwise keep alive for the life of the connection.
     let input = read_buf.to_vec();
     drop(read_buf);
     let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(ANSWERS_IN_FLIGHT_MAX);
+    let link = Link::new(stream, format, Arc::clone(ctx));
+    ctx.writers.attach(&link);
     let mut conn = Conn {
-        rd,
-        io: wr,
+        link: Arc::clone(&link),
         ctx: Arc::clone(ctx),
         format,
-        waker: ConnWaker::new(),
-        subs: Vec::new(),
-        out: VecDeque::new(),
-        out_bytes: 0,
-        out_messages: 0,
-        gap_times: VecDeque::new(),
-        gapped: false,
-        closing: None,
         input,
         last_seen: Instant::now(),
         rate: RateLimit {
@@ -87,30 +77,34 @@ pub async fn run(
         answers: answers_tx,
         answers_rx,
         orders: None,
+        tally: Tally::default(),
     };
     let closing = conn.serve().await;
-    let Conn { rd, mut io, subs, waker, .. } = conn;
-    let json = format == Format::Json;
-    for s in &subs {
-        s.channel.unsubscribe(&waker, json);
+    drop(conn);
+    ctx.writers.detach(link.id);
+    {
+        let mut st = link.lock();
+        let json = format == Format::Json;
+        for s in st.subs.drain(..) {
+            s.channel.unsubscribe(json);
+        }
     }
-    drop(subs);
     if let Closing::Send(..) = closing {
         // Let the client's close (or EOF) arrive before the socket is dropped: closing a
         // socket with unread input makes the kernel send a reset, which can overtake our
         // close frame on its way to the client.
-        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
-        let _ = tokio::time::timeout(CLOSE_LINGER, discard_until_eof(&rd)).await;
+        let _ = socket2::SockRef::from(&link.stream).shutdown(std::net::Shutdown::Write);
+        let _ = tokio::time::timeout(CLOSE_LINGER, discard_until_eof(&link.stream)).await;
     }
 }
 
-async fn discard_until_eof(rd: &OwnedReadHalf) {
+async fn discard_until_eof(stream: &TcpStream) {
     let mut sink = [0u8; READ_CHUNK];
     loop {
-        if rd.readable().await.is_err() {
+        if stream.readable().await.is_err() {
             return;
         }
-        match rd.try_read(&mut sink) {
+        match stream.try_read(&mut sink) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -149,28 +143,11 @@ impl RateLimit {
     }
 }
 
-/// One subscription: where the connection is in the channel's ring.
-struct Sub {
-    channel: Arc<Channel>,
-    cursor: u64,
-    depth: usize,
-    last_seq: u64,
-    last_sent: Instant,
-}
-
+/// The task's side of a connection.
 struct Conn {
-    rd: OwnedReadHalf,
-    io: OwnedWriteHalf,
+    link: Arc<Link>,
     ctx: Arc<WsContext>,
     format: Format,
-    waker: Arc<ConnWaker>,
-    subs: Vec<Sub>,
-    out: VecDeque<Bytes>,
-    out_bytes: usize,
-    out_messages: u64,
-    gap_times: VecDeque<Instant>,
-    gapped: bool,
-    closing: Option<Closing>,
     /// Unparsed client bytes; empty (no heap) between messages.
     input: Vec<u8>,
     last_seen: Instant,
@@ -183,6 +160,7 @@ struct Conn {
     answers_rx: tokio::sync::mpsc::Receiver<Bytes>,
     /// The private `orders` channel, when subscribed.
     orders: Option<broadcast::Receiver<ExecReport>>,
+    tally: Tally,
 }
 
 /// Order requests one connection may have waiting for the engine (the inbound rate limit
@@ -197,15 +175,6 @@ async fn next_report(
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Why the connection is ending.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Closing {
-    /// The peer went away, or its socket stalled: nothing more can be said.
-    Gone,
-    /// Send a close frame with this code and reason, then end.
-    Send(u16, &'static str),
 }
 
 impl Conn {
@@ -234,97 +203,149 @@ impl Conn {
         self.push(welcome, 0);
         // Bytes that came with the upgrade request.
         self.parse_input(limits.write_batch_bytes_max);
-        let waker = Arc::clone(&self.waker);
+        let link = Arc::clone(&self.link);
         loop {
-            if self.out.is_empty() && self.closing.is_none() {
+            self.pump();
+            let (blocked, closing) = {
+                let st = link.lock();
+                (st.blocked, st.closing)
+            };
+            if let Some(closing) = closing {
+                return self.close(closing).await;
+            }
+            if blocked {
+                // The socket is full and the writer has handed the connection over: wait
+                // for room, reading nothing meanwhile.
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
-                        self.closing = Some(Closing::Send(close::GOING_AWAY, "server shutting down"));
+                        self.set_closing(Closing::Send(close::GOING_AWAY, "server shutting down"));
                     }
-                    ready = self.rd.readable() => match ready {
-                        Ok(()) => self.read_input(limits.write_batch_bytes_max),
-                        Err(_) => self.closing = Some(Closing::Gone),
-                    },
-                    _ = ping.tick() => {
-                        if self.last_seen.elapsed() > limits.ping_interval + limits.pong_timeout {
-                            self.ctx.metrics.ws_heartbeat_closes_total.fetch_add(1, Ordering::Relaxed);
-                            self.closing = Some(Closing::Send(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
-                        } else {
-                            self.push(protocol::frame(Opcode::Ping, b"tickgate").into(), 0);
+                    room = tokio::time::timeout(limits.write_stall_timeout, link.stream.writable()) => {
+                        match room {
+                            Ok(Ok(())) => {
+                                if self.unblock() {
+                                    // Answers held back while the socket was full.
+                                    self.parse_input(limits.write_batch_bytes_max);
+                                }
+                            }
+                            Ok(Err(_)) => self.set_closing(Closing::Gone),
+                            Err(_) => {
+                                // Stalled: the socket is full, so not even a close frame can go out.
+                                self.ctx.metrics.ws_slow_closes_total.fetch_add(1, Ordering::Relaxed);
+                                self.set_closing(Closing::Gone);
+                            }
                         }
                     }
-                    _ = heartbeat.tick() => self.heartbeats(limits.heartbeat_interval),
-                    Some(answer) = self.answers_rx.recv() => self.push(answer, 0),
-                    report = next_report(&mut self.orders) => self.report(report),
-                    () = waker.woken() => {}
                 }
-            } else if self.closing.is_none() {
-                // Answers that were held back while a batch was pending.
-                self.parse_input(limits.write_batch_bytes_max);
+                continue;
             }
-            if self.closing.is_none() {
-                self.waker.clear();
-                self.drain(limits.write_batch_bytes_max);
-                self.count_episode();
-            }
-            match self.closing {
-                Some(Closing::Gone) => return Closing::Gone,
-                Some(Closing::Send(code, reason)) => {
-                    // What is queued (gap notices, error replies) still goes out first.
-                    self.push(protocol::close_frame(code, reason).into(), 0);
-                    // Best effort: a peer that does not read cannot stall the close.
-                    let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
-                    return Closing::Send(code, reason);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    self.set_closing(Closing::Send(close::GOING_AWAY, "server shutting down"));
                 }
-                None => {}
-            }
-            if !self.out.is_empty() {
-                // Most writes complete at once: arm the stall timer only if this one waits.
-                let stall = limits.write_stall_timeout;
-                let result = {
-                    let mut write = std::pin::pin!(self.flush());
-                    let first =
-                        std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-                    match first {
-                        Poll::Ready(done) => Ok(done),
-                        Poll::Pending => tokio::time::timeout(stall, write).await,
-                    }
-                };
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Closing::Gone,
-                    Err(_) => {
-                        // Stalled: the socket is full, so not even a close frame can go out.
-                        self.ctx.metrics.ws_slow_closes_total.fetch_add(1, Ordering::Relaxed);
-                        return Closing::Gone;
+                ready = link.stream.readable() => match ready {
+                    Ok(()) => self.read_input(limits.write_batch_bytes_max),
+                    Err(_) => self.set_closing(Closing::Gone),
+                },
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > limits.ping_interval + limits.pong_timeout {
+                        self.ctx.metrics.ws_heartbeat_closes_total.fetch_add(1, Ordering::Relaxed);
+                        self.set_closing(Closing::Send(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
+                    } else {
+                        self.push(protocol::frame(Opcode::Ping, b"tickgate").into(), 0);
                     }
                 }
+                _ = heartbeat.tick() => link.lock().heartbeats(limits.heartbeat_interval),
+                Some(answer) = self.answers_rx.recv() => self.push(answer, 0),
+                report = next_report(&mut self.orders) => self.report(report),
+                // The writer found the socket full, or decided the connection must close.
+                () = link.task_woken() => {}
             }
         }
+    }
+
+    /// Writes what is queued and what the subscriptions have not sent yet, unless the
+    /// socket is full or the connection is closing.
+    fn pump(&mut self) {
+        let mut st = self.link.lock();
+        if !st.blocked && st.closing.is_none() {
+            self.link.pump(&mut st, &mut self.tally);
+        }
+        drop(st);
+        self.tally.publish(&self.ctx.metrics);
+    }
+
+    /// The socket has room again: write the rest; `true` once everything queued is out
+    /// (the writer takes the connection back; what came meanwhile is sent by the next
+    /// pump).
+    fn unblock(&mut self) -> bool {
+        let mut st = self.link.lock();
+        let done = match st.write(&self.link.stream, &mut self.tally) {
+            Flushed::Done => {
+                st.blocked = false;
+                true
+            }
+            Flushed::Blocked => false, // woken early: wait again
+            Flushed::Failed => {
+                st.closing.get_or_insert(Closing::Gone);
+                false
+            }
+        };
+        drop(st);
+        self.tally.publish(&self.ctx.metrics);
+        done
+    }
+
+    /// Sends the close frame after whatever is queued (best effort, bounded), then ends.
+    async fn close(&mut self, closing: Closing) -> Closing {
+        if let Closing::Send(code, reason) = closing {
+            self.link.lock().push(protocol::close_frame(code, reason).into(), 0);
+            let _ = tokio::time::timeout(CLOSE_FLUSH, self.flush()).await;
+        }
+        closing
+    }
+
+    /// Writes everything queued, waiting for the socket as needed (the writer keeps off a
+    /// closing connection, so nothing is added meanwhile).
+    async fn flush(&mut self) -> std::io::Result<()> {
+        loop {
+            let flushed = self.link.lock().write(&self.link.stream, &mut self.tally);
+            self.tally.publish(&self.ctx.metrics);
+            match flushed {
+                Flushed::Done => return Ok(()),
+                Flushed::Blocked => self.link.stream.writable().await?,
+                Flushed::Failed => return Err(std::io::ErrorKind::BrokenPipe.into()),
+            }
+        }
+    }
+
+    /// Marks the connection as ending (the first reason stands).
+    fn set_closing(&self, closing: Closing) {
+        self.link.lock().closing.get_or_insert(closing);
     }
 
     /// Reads what the socket has and handles complete frames.
     fn read_input(&mut self, budget: usize) {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            match self.rd.try_read(&mut chunk) {
+            match self.link.stream.try_read(&mut chunk) {
                 Ok(0) => {
-                    self.closing = Some(Closing::Gone);
+                    self.set_closing(Closing::Gone);
                     return;
                 }
                 Ok(n) => {
                     self.last_seen = Instant::now();
                     self.input.extend_from_slice(&chunk[..n]);
                     // Parse as we go: the buffer never holds more than one frame plus a read.
-                    self.parse_input(budget);
-                    if self.closing.is_some() || self.out_bytes >= budget {
+                    if !self.parse_input(budget) {
                         return;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
-                    self.closing = Some(Closing::Gone);
+                    self.set_closing(Closing::Gone);
                     return;
                 }
             }
@@ -334,23 +355,28 @@ impl Conn {
         }
     }
 
-    /// Handles every complete frame in the input buffer, while answers fit the budget.
-    fn parse_input(&mut self, budget: usize) {
+    /// Handles every complete frame in the input buffer while answers fit the budget;
+    /// `false` when it stopped for the budget or because the connection is closing.
+    fn parse_input(&mut self, budget: usize) -> bool {
         let max = self.ctx.limits.ws_message_bytes_max;
-        while self.closing.is_none() && self.out_bytes < budget {
+        loop {
+            {
+                let st = self.link.lock();
+                if st.closing.is_some() || st.out_bytes >= budget {
+                    return false;
+                }
+            }
             match inbound::parse(&mut self.input, max) {
-                Ok(None) => return,
+                Ok(None) => return true,
                 Ok(Some(Inbound::Text(text))) => self.text(&text),
                 Ok(Some(Inbound::Ping(payload))) => {
                     self.push(protocol::frame(Opcode::Pong, &payload).into(), 0);
                 }
                 Ok(Some(Inbound::Pong)) => {}
-                Ok(Some(Inbound::Close)) => {
-                    self.closing = Some(Closing::Send(close::NORMAL, ""));
-                }
+                Ok(Some(Inbound::Close)) => self.set_closing(Closing::Send(close::NORMAL, "")),
                 Err(v) => {
                     self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
-                    self.closing = Some(Closing::Send(v.code, v.reason));
+                    self.set_closing(Closing::Send(v.code, v.reason));
                 }
             }
         }
@@ -369,8 +395,10 @@ impl Conn {
         if !self.rate.take(cost) {
             if self.rate.violations > 2 * limits.inbound_burst {
                 self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
-                self.closing =
-                    Some(Closing::Send(close::POLICY, "inbound message rate far over the limit"));
+                self.set_closing(Closing::Send(
+                    close::POLICY,
+                    "inbound message rate far over the limit",
+                ));
             } else {
                 let message =
                     format!("at most {} messages per second", limits.inbound_rate_per_sec);
@@ -491,13 +519,12 @@ impl Conn {
         }
     }
 
-    fn push(&mut self, frame: Bytes, messages: u64) {
-        self.out_bytes += frame.len();
-        self.out_messages += messages;
-        self.out.push_back(frame);
+    /// Queues a frame (written by the next pump).
+    fn push(&self, frame: Bytes, messages: u64) {
+        self.link.lock().push(frame, messages);
     }
 
-    fn error(&mut self, e: RequestError) {
+    fn error(&self, e: RequestError) {
         self.ctx.metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
         self.push(control::error_reply(&e), 0);
     }
@@ -542,10 +569,14 @@ impl Conn {
             Ok(c) => c,
             Err(e) => return self.error(e),
         };
-        let new =
-            channels.iter().filter(|c| !self.subs.iter().any(|s| s.channel.id == c.id)).count();
         let max = self.ctx.limits.subscriptions_per_connection_max;
-        if self.subs.len() + new > max {
+        // One critical section: the writer must not send a channel's deltas before its
+        // snapshot, and every new subscription starts exactly after its snapshot.
+        let link = Arc::clone(&self.link);
+        let mut st = link.lock();
+        let new = channels.iter().filter(|c| !st.subs.iter().any(|s| s.channel.id == c.id)).count();
+        if st.subs.len() + new > max {
+            drop(st);
             return self.error(RequestError {
                 id,
                 code: ErrorCode::LimitExceeded,
@@ -555,8 +586,13 @@ impl Conn {
         let json = self.format == Format::Json;
         let mut acks = Vec::with_capacity(channels.len());
         let mut snapshots = Vec::with_capacity(channels.len());
+        let mut joined = Vec::with_capacity(new);
         for channel in channels {
-            let start = channel.subscribe(&self.waker, json, depth);
+            let existing = st.subs.iter().position(|s| s.channel.id == channel.id);
+            let start = match existing {
+                Some(_) => channel.restart(json, depth),
+                None => channel.subscribe(json, depth),
+            };
             acks.push(serde_json::json!({
                 "channel": channel.name,
                 "channel_id": channel.id,
@@ -564,6 +600,7 @@ impl Conn {
                 "price_precision": channel.instrument.spec.price_precision,
                 "qty_precision": channel.instrument.spec.qty_precision,
             }));
+            let index = channel.index;
             let sub = Sub {
                 channel,
                 cursor: start.cursor,
@@ -571,15 +608,22 @@ impl Conn {
                 last_seq: start.seq,
                 last_sent: Instant::now(),
             };
-            match self.subs.iter_mut().find(|s| s.channel.id == sub.channel.id) {
-                Some(existing) => *existing = sub, // resubscribe: fresh snapshot, same slot
-                None => self.subs.push(sub),
+            match existing {
+                Some(at) => st.subs[at] = sub, // resubscribe: fresh snapshot, same slot
+                None => {
+                    st.subs.push(sub);
+                    joined.push(index);
+                }
             }
             snapshots.push(start.snapshot);
         }
-        self.push(control::reply("subscribed", &id, serde_json::json!({ "channels": acks })), 0);
+        st.push(control::reply("subscribed", &id, serde_json::json!({ "channels": acks })), 0);
         for s in snapshots {
-            self.push(s, 1);
+            st.push(s, 1);
+        }
+        drop(st);
+        for channel in joined {
+            self.ctx.writers.subscribe(link.id, channel);
         }
     }
 
@@ -591,198 +635,31 @@ impl Conn {
             Ok(c) => c,
             Err(e) => return self.error(e),
         };
+        let link = Arc::clone(&self.link);
+        let mut st = link.lock();
         if let Some(missing) =
-            channels.iter().find(|c| !self.subs.iter().any(|s| s.channel.id == c.id))
+            channels.iter().find(|c| !st.subs.iter().any(|s| s.channel.id == c.id))
         {
             let message = format!("not subscribed to `{}`", missing.name);
+            drop(st);
             return self.error(RequestError { id, code: ErrorCode::NotSubscribed, message });
         }
         let json = self.format == Format::Json;
-        for c in &channels {
-            c.unsubscribe(&self.waker, json);
-        }
-        self.subs.retain(|s| !channels.iter().any(|c| c.id == s.channel.id));
-        self.push(control::reply("unsubscribed", &id, serde_json::json!({ "channels": names })), 0);
-    }
-
-    /// Collects every new chunk of every subscription, up to `budget` bytes.
-    fn drain(&mut self, budget: usize) {
-        let json = self.format == Format::Json;
-        let now = Instant::now();
-        for n in 0..self.subs.len() {
-            loop {
-                if self.out_bytes >= budget {
-                    // More next round: stay awake.
-                    let _ = self.waker.wake();
-                    return;
-                }
-                let sub = &self.subs[n];
-                let head = sub.channel.head();
-                if sub.cursor >= head {
-                    break;
-                }
-                let lapped = head - sub.cursor > sub.channel.capacity();
-                let chunk = if lapped { None } else { sub.channel.chunk(sub.cursor) };
-                let Some(chunk) = chunk else {
-                    self.fell_behind(n);
-                    continue;
-                };
-                let frame = if json { chunk.json.clone() } else { Some(chunk.bin.clone()) };
-                match frame {
-                    Some(frame) if !chunk.resync => {
-                        let sub = &mut self.subs[n];
-                        sub.cursor += 1;
-                        sub.last_seq = chunk.last_seq;
-                        sub.last_sent = now;
-                        self.push(frame, u64::from(chunk.messages));
-                    }
-                    // The hub rebuilt the channel, or this JSON client joined as JSON encoding
-                    // switched on: start over from a snapshot.
-                    _ => self.resync(n),
-                }
+        let mut left = Vec::with_capacity(channels.len());
+        st.subs.retain(|s| {
+            let leave = channels.iter().any(|c| c.id == s.channel.id);
+            if leave {
+                s.channel.unsubscribe(json);
+                left.push(s.channel.index);
             }
+            !leave
+        });
+        st.push(control::reply("unsubscribed", &id, serde_json::json!({ "channels": names })), 0);
+        drop(st);
+        for channel in left {
+            self.ctx.writers.unsubscribe(link.id, channel);
         }
     }
-
-    fn resync(&mut self, n: usize) {
-        let json = self.format == Format::Json;
-        let sub = &mut self.subs[n];
-        let start = sub.channel.resync(json, sub.depth);
-        sub.cursor = start.cursor;
-        sub.last_seq = start.seq;
-        sub.last_sent = Instant::now();
-        self.ctx.metrics.ws_resyncs_total.fetch_add(1, Ordering::Relaxed);
-        self.push(start.snapshot, 1);
-    }
-
-    /// The ring overran this subscription: conflate book/BBO, announce a gap on trades.
-    fn fell_behind(&mut self, n: usize) {
-        if self.subs[n].channel.kind != ChannelKind::Trades {
-            return self.resync(n);
-        }
-        let sub = &self.subs[n];
-        let channel = Arc::clone(&sub.channel);
-        let head = channel.head();
-        // The oldest chunk still readable (a margin of one: the hub may be overwriting it).
-        let mut index = head.saturating_sub(channel.capacity()).max(sub.cursor) + 1;
-        let first = loop {
-            match channel.chunk(index) {
-                Some(c) if !c.resync => break Some(c.first_seq),
-                _ if index + 1 >= head => break None,
-                _ => index += 1,
-            }
-        };
-        let from = sub.last_seq + 1;
-        let (to, resume) = match first {
-            Some(f) => (f - 1, index),
-            // Nothing readable: resume at the head, missing everything up to what it follows.
-            None => {
-                let (head, last_seq) = channel.position();
-                (last_seq, head)
-            }
-        };
-        let ts = tickgate_engine::runtime::now_nanos().0;
-        if to >= from {
-            let frame = if self.format == Format::Json {
-                let mut s = String::new();
-                json::gap(&mut s, &channel.name, ts, from, to);
-                json_array_frame(&s)
-            } else {
-                let mut b = Vec::new();
-                bin::gap(&mut b, channel.id, ts, from, to);
-                protocol::frame(Opcode::Binary, &b).into()
-            };
-            self.push(frame, 1);
-        }
-        self.ctx.metrics.ws_gaps_total.fetch_add(1, Ordering::Relaxed);
-        let sub = &mut self.subs[n];
-        sub.last_seq = to;
-        sub.cursor = resume;
-        self.gapped = true;
-    }
-
-    /// Counts one falling-behind episode (however many channels it hit) and closes a
-    /// connection that keeps falling behind.
-    fn count_episode(&mut self) {
-        if !std::mem::take(&mut self.gapped) {
-            return;
-        }
-        let now = Instant::now();
-        self.gap_times.push_back(now);
-        let window = self.ctx.limits.slow_gap_window;
-        while self.gap_times.front().is_some_and(|t| now.duration_since(*t) > window) {
-            self.gap_times.pop_front();
-        }
-        if self.gap_times.len() > self.ctx.limits.slow_gaps_max {
-            self.ctx.metrics.ws_slow_closes_total.fetch_add(1, Ordering::Relaxed);
-            self.closing = Some(Closing::Send(close::SLOW_CONSUMER, "slow consumer"));
-        }
-    }
-
-    /// A heartbeat for each caught-up subscription that has been quiet for `interval`.
-    fn heartbeats(&mut self, interval: Duration) {
-        let now = Instant::now();
-        let ts = tickgate_engine::runtime::now_nanos().0;
-        for n in 0..self.subs.len() {
-            let sub = &self.subs[n];
-            if now.duration_since(sub.last_sent) < interval || sub.cursor < sub.channel.head() {
-                continue;
-            }
-            let (id, seq) = (sub.channel.id, sub.last_seq);
-            let frame = if self.format == Format::Json {
-                let mut s = String::new();
-                json::heartbeat(&mut s, &sub.channel.name, seq, ts);
-                json_array_frame(&s)
-            } else {
-                let mut b = Vec::new();
-                bin::heartbeat(&mut b, id, seq, ts);
-                protocol::frame(Opcode::Binary, &b).into()
-            };
-            self.subs[n].last_sent = now;
-            self.push(frame, 1);
-        }
-    }
-
-    /// Writes everything queued, vectored, handling partial writes.
-    async fn flush(&mut self) -> std::io::Result<()> {
-        const IOV_MAX: usize = 512;
-        let (frames, bytes, messages) =
-            (self.out.len() as u64, self.out_bytes as u64, self.out_messages);
-        while !self.out.is_empty() {
-            let slices: Vec<IoSlice<'_>> =
-                self.out.iter().take(IOV_MAX).map(|b| IoSlice::new(b)).collect();
-            let mut written = self.io.write_vectored(&slices).await?;
-            self.ctx.metrics.ws_writes_total.fetch_add(1, Ordering::Relaxed);
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            while written > 0 {
-                let front = self.out.front_mut().expect("written bytes came from queued frames");
-                if written >= front.len() {
-                    written -= front.len();
-                    self.out.pop_front();
-                } else {
-                    front.advance(written);
-                    written = 0;
-                }
-            }
-        }
-        self.out_bytes = 0;
-        self.out_messages = 0;
-        let m = &self.ctx.metrics;
-        m.ws_frames_sent_total.fetch_add(frames, Ordering::Relaxed);
-        m.ws_bytes_sent_total.fetch_add(bytes, Ordering::Relaxed);
-        m.ws_messages_sent_total.fetch_add(messages, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-fn json_array_frame(object: &str) -> Bytes {
-    let mut payload = String::with_capacity(object.len() + 2);
-    payload.push('[');
-    payload.push_str(object);
-    payload.push(']');
-    protocol::frame(Opcode::Text, payload.as_bytes()).into()
 }
 
 /// The private channel of the connection's own execution reports.

@@ -1,8 +1,14 @@
 //! WebSocket market data: the `/ws` upgrade, per-connection tasks, control messages.
+//!
+//! - [`connection`]: one task per connection (client input, answers, pings, closing).
+//! - [`outbox`]: what the task shares with the connection's fan-out writer.
+//! - [`control`]: JSON control messages and replies.
+//! - [`inbound`]: client frames.
 
 pub mod connection;
 pub mod control;
 pub mod inbound;
+pub mod outbox;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -99,6 +105,8 @@ pub struct WsContext {
     pub trading: crate::trading::Trading,
     /// Token verification for the `auth` message.
     pub tokens: Arc<crate::auth::Tokens>,
+    /// The fan-out writer threads that write market data to connections.
+    pub writers: Arc<crate::fanout::Writers>,
 }
 
 /// Handles `GET /ws`: checks limits, answers 101 and spawns the connection.

@@ -1,0 +1,359 @@
+//! Fan-out: engine events in, pre-framed WebSocket frames out, shared by every subscriber.
+//!
+//! Three parts, each owned by one kind of thread:
+//!
+//! - [`hub`]: one **hub** thread reads every engine shard's event ring. Per public channel
+//!   (`book.<SYM>`, `bbo.<SYM>`, `trades.<SYM>`) it collects the events of one pass, then,
+//!   in one short critical section, applies them to the channel's state (the L2 book, the
+//!   last BBO, recent trades) and publishes them as one [`Chunk`]: a complete binary
+//!   WebSocket frame (and a JSON text frame when JSON subscribers exist), encoded once.
+//!   Chunks go into a bounded per-channel ring ([`Channel`]). Then it wakes the writers:
+//!   never a connection, so its cost is O(1) per event and O(writers) per pass, whatever
+//!   the number of subscribers.
+//! - [`writer`]: a few **writer** threads (one per core by default) each own a share of
+//!   the connections. A round finds the channels whose ring moved, visits each connection
+//!   that follows one of them once, and writes everything after its cursors (shared,
+//!   reference-counted bytes, no copy) with one non-blocking vectored write. Rounds are
+//!   self-clocked: the more connections are busy, the longer a round and the bigger each
+//!   write, with no pacing knob.
+//! - the connection's own task ([`crate::ws::connection`]) handles what the client sends,
+//!   pings and heartbeats, and takes over the writing when the socket is full, until it
+//!   drains.
+//!
+//! A connection that falls more than the ring behind is never waited for: book and BBO
+//! subscriptions get a fresh snapshot flagged as a resync; trades subscriptions get an
+//! explicit gap notice. Server memory is bounded by the rings, not by slow clients.
+//!
+//! Because state update and chunk publication happen under the same lock, a snapshot
+//! taken under that lock is valid exactly at the last published chunk: a subscriber
+//! starts at the next chunk and never sees a delta twice or misses one.
+
+pub mod hub;
+pub mod writer;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use tickgate_engine::l2::Level;
+use tickgate_engine::{BookSnapshot, Instrument, L2Book, Price, Qty};
+
+use crate::protocol::{
+    self, bin, channel_id, frame_header, json, ChannelKind, Opcode, TradeMsg, FLAG_RESYNC,
+    RECENT_TRADES, SNAPSHOT_DEPTH_MAX, TRADES_KEPT,
+};
+
+pub use hub::{Hub, HubWake, Pacing, Publisher};
+pub use writer::Writers;
+
+/// A pass's worth of one channel's messages, framed once.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Position in the channel's ring.
+    pub index: u64,
+    /// Sequence of the first message (0 for a chunk that only asks for a resync).
+    pub first_seq: u64,
+    /// Sequence of the last message.
+    pub last_seq: u64,
+    /// Complete binary frame.
+    pub bin: Bytes,
+    /// Complete JSON text frame; `None` when no JSON subscriber existed at publication.
+    pub json: Option<Bytes>,
+    /// The hub could not follow the engine here: subscribers must take a fresh snapshot.
+    pub resync: bool,
+    /// Messages in the chunk.
+    pub messages: u32,
+}
+
+/// What a channel remembers to build snapshots.
+#[derive(Debug)]
+struct State {
+    book: L2Book,
+    /// Last BBO: (seq, ts, bid, ask).
+    bbo: Option<(u64, u64, Level, Level)>,
+    trades: VecDeque<TradeMsg>,
+    last_seq: u64,
+    last_ts: u64,
+    json_subscribers: usize,
+    subscribers: usize,
+}
+
+/// One public channel.
+#[derive(Debug)]
+pub struct Channel {
+    /// Wire id.
+    pub id: u32,
+    /// Dense index in the [`Directory`] (writers keep per-channel tables by it).
+    pub index: usize,
+    /// Name, e.g. `book.BTC-USD`.
+    pub name: String,
+    /// Kind.
+    pub kind: ChannelKind,
+    /// The instrument.
+    pub instrument: Instrument,
+    slots: Box<[ArcSwapOption<Chunk>]>,
+    mask: u64,
+    head: AtomicU64,
+    last_seq: AtomicU64,
+    state: Mutex<State>,
+}
+
+/// Where a (re)subscribing connection starts: the snapshot frame and the next chunk index.
+#[derive(Debug)]
+pub struct Start {
+    /// Next chunk to read.
+    pub cursor: u64,
+    /// Snapshot as a complete frame in the subscriber's format.
+    pub snapshot: Bytes,
+    /// Sequence the snapshot is valid at.
+    pub seq: u64,
+}
+
+impl Channel {
+    fn new(instrument: &Instrument, kind: ChannelKind, index: usize, capacity: usize) -> Self {
+        let capacity = capacity.max(2).next_power_of_two();
+        Channel {
+            id: channel_id(instrument.id, kind),
+            index,
+            name: format!("{}.{}", kind.prefix(), instrument.spec.symbol),
+            kind,
+            instrument: instrument.clone(),
+            slots: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
+            mask: capacity as u64 - 1,
+            head: AtomicU64::new(0),
+            last_seq: AtomicU64::new(0),
+            state: Mutex::new(State {
+                book: L2Book::default(),
+                bbo: None,
+                trades: VecDeque::with_capacity(TRADES_KEPT),
+                last_seq: 0,
+                last_ts: 0,
+                json_subscribers: 0,
+                subscribers: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in this module; the state is plain
+        // data and stays usable, so recover rather than take every connection down.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Chunks in the ring.
+    pub fn capacity(&self) -> u64 {
+        self.mask + 1
+    }
+
+    /// Index one past the last published chunk.
+    #[inline]
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Last sequence published on the channel.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// The chunk at `index`, if it is published and not yet overwritten.
+    #[inline]
+    pub fn chunk(&self, index: u64) -> Option<Arc<Chunk>> {
+        if index >= self.head() {
+            return None;
+        }
+        self.slots[(index & self.mask) as usize].load_full().filter(|c| c.index == index)
+    }
+
+    /// Counts a new subscriber and returns its snapshot and starting cursor. Who reads the
+    /// ring is the writers' business: the channel only counts (JSON is encoded only while
+    /// JSON subscribers exist).
+    pub fn subscribe(&self, json: bool, depth: usize) -> Start {
+        let view = {
+            let mut state = self.lock();
+            state.subscribers += 1;
+            if json {
+                state.json_subscribers += 1;
+            }
+            self.view(&state, depth)
+        };
+        self.start(view, json, false)
+    }
+
+    /// A fresh snapshot for a subscriber that subscribes again (counted once already).
+    pub fn restart(&self, json: bool, depth: usize) -> Start {
+        let view = self.view(&self.lock(), depth);
+        self.start(view, json, false)
+    }
+
+    /// Removes a subscriber counted by [`Channel::subscribe`].
+    pub fn unsubscribe(&self, json: bool) {
+        let mut state = self.lock();
+        state.subscribers = state.subscribers.saturating_sub(1);
+        if json {
+            state.json_subscribers = state.json_subscribers.saturating_sub(1);
+        }
+    }
+
+    /// Subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.lock().subscribers
+    }
+
+    /// The next chunk index and the last sequence published, read together.
+    pub fn position(&self) -> (u64, u64) {
+        let state = self.lock();
+        (self.head(), state.last_seq)
+    }
+
+    /// The book's top `depth` levels and the timestamp of its last change, valid at the
+    /// snapshot's `seq` (the same sequence WebSocket deltas carry). Book channels only.
+    pub fn book(&self, depth: usize) -> (BookSnapshot, u64) {
+        let state = self.lock();
+        (state.book.snapshot(depth.clamp(1, SNAPSHOT_DEPTH_MAX)), state.last_ts)
+    }
+
+    /// Up to `limit` most recent trades, newest first, and the last trade sequence.
+    /// Trades channels only.
+    pub fn recent_trades(&self, limit: usize) -> (Vec<TradeMsg>, u64) {
+        let state = self.lock();
+        (state.trades.iter().rev().take(limit).copied().collect(), state.last_seq)
+    }
+
+    /// A fresh snapshot flagged as a resync, for a subscriber that fell behind.
+    pub fn resync(&self, json: bool, depth: usize) -> Start {
+        let view = self.view(&self.lock(), depth);
+        self.start(view, json, true)
+    }
+
+    /// Copies what a snapshot needs, under the lock (the hub waits on it): encoding happens
+    /// after the lock is released.
+    fn view(&self, state: &State, depth: usize) -> View {
+        let data = match self.kind {
+            ChannelKind::Book => {
+                ViewData::Book(state.book.snapshot(depth.clamp(1, SNAPSHOT_DEPTH_MAX)))
+            }
+            ChannelKind::Bbo => {
+                ViewData::Bbo(state.bbo.unwrap_or((0, 0, (Price(0), Qty(0)), (Price(0), Qty(0)))))
+            }
+            ChannelKind::Trades => {
+                let skip = state.trades.len().saturating_sub(RECENT_TRADES);
+                ViewData::Trades(state.trades.iter().skip(skip).copied().collect())
+            }
+        };
+        View { cursor: self.head(), seq: state.last_seq, ts: state.last_ts, data }
+    }
+
+    fn start(&self, view: View, json: bool, resync: bool) -> Start {
+        let flags = if resync { FLAG_RESYNC } else { 0 };
+        let i = &self.instrument;
+        let View { cursor, seq, ts, data } = view;
+        let (mut b, mut j) = (Vec::new(), String::new());
+        match data {
+            ViewData::Book(snap) => {
+                if json {
+                    json::book_snapshot(&mut j, i, &self.name, resync, ts, &snap);
+                } else {
+                    bin::book_snapshot(&mut b, self.id, flags, ts, &snap);
+                }
+            }
+            ViewData::Bbo((seq, ts, bid, ask)) => {
+                if json {
+                    json::bbo(
+                        &mut j,
+                        i,
+                        &self.name,
+                        flags | protocol::FLAG_SNAPSHOT,
+                        seq,
+                        ts,
+                        bid,
+                        ask,
+                    );
+                } else {
+                    bin::bbo(&mut b, self.id, flags | protocol::FLAG_SNAPSHOT, seq, ts, bid, ask);
+                }
+            }
+            ViewData::Trades(trades) => {
+                if json {
+                    json::trades_snapshot(&mut j, i, &self.name, resync, seq, ts, &trades);
+                } else {
+                    bin::trades_snapshot(&mut b, self.id, flags, seq, ts, &trades);
+                }
+            }
+        }
+        let snapshot = if json { json_frame(&j) } else { bin_frame(&b) };
+        Start { cursor, snapshot, seq }
+    }
+}
+
+/// A channel's state as of one chunk index, copied out of the lock.
+struct View {
+    cursor: u64,
+    seq: u64,
+    ts: u64,
+    data: ViewData,
+}
+
+enum ViewData {
+    Book(BookSnapshot),
+    Bbo((u64, u64, Level, Level)),
+    Trades(Vec<TradeMsg>),
+}
+
+fn bin_frame(payload: &[u8]) -> Bytes {
+    protocol::frame(Opcode::Binary, payload).into()
+}
+
+fn json_frame(objects: &str) -> Bytes {
+    let mut out = Vec::with_capacity(objects.len() + 12);
+    frame_header(&mut out, Opcode::Text, objects.len() + 2);
+    out.push(b'[');
+    out.extend_from_slice(objects.as_bytes());
+    out.push(b']');
+    out.into()
+}
+
+/// Every channel, by name and by dense index.
+#[derive(Debug)]
+pub struct Directory {
+    channels: Vec<Arc<Channel>>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Directory {
+    /// Channels for every instrument and kind.
+    pub fn new(instruments: &[Instrument], ring_chunks: usize) -> Self {
+        let mut channels = Vec::with_capacity(instruments.len() * 3);
+        let mut by_name = HashMap::new();
+        for i in instruments {
+            for kind in ChannelKind::ALL {
+                let channel = Arc::new(Channel::new(i, kind, channels.len(), ring_chunks));
+                by_name.insert(channel.name.clone(), channels.len());
+                channels.push(channel);
+            }
+        }
+        Directory { channels, by_name }
+    }
+
+    /// A channel by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Channel>> {
+        self.by_name.get(name).map(|&n| &self.channels[n])
+    }
+
+    /// Whether `symbol` is an instrument.
+    pub fn has_symbol(&self, symbol: &str) -> bool {
+        self.channels.iter().any(|c| c.instrument.spec.symbol == symbol)
+    }
+
+    /// Every channel.
+    pub fn all(&self) -> &[Arc<Channel>] {
+        &self.channels
+    }
+
+    /// Dense index of an instrument's channel of `kind`.
+    fn index(&self, instrument: u32, kind: ChannelKind) -> usize {
+        instrument as usize * 3 + kind as usize - 1
+    }
+}

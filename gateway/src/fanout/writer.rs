@@ -1,0 +1,406 @@
+//! Writer threads: the connection side of the fan-out, one per core by default.
+//!
+//! Each connection belongs to one writer (by its id). A writer keeps, for every channel,
+//! the list of its connections that follow it, and runs **rounds**:
+//!
+//! 1. apply the registrations connection tasks sent since the last round (attach,
+//!    subscribe, unsubscribe, detach);
+//! 2. find the channels whose ring head moved since the last round (one atomic load per
+//!    channel);
+//! 3. visit each connection that follows one of them once ([`Link::visit`]): walk its
+//!    cursors and write everything new with one non-blocking vectored write.
+//!
+//! The hub wakes the writers once per pass, never a connection: a pass costs the hub
+//! O(writers), however many subscribers there are. Rounds are self-clocked: while a writer
+//! is busy, passes pile up in the rings and the next round takes them all, so the busier
+//! the machine the bigger each write and the fewer the system calls, with latency about
+//! one round. A connection whose socket is full is handed to its own task (see
+//! [`crate::ws::outbox`]) and never holds a writer up.
+//!
+//! Why threads and not one wake-up per connection task: a task wake-up, its poll and its
+//! `select!` cost more than the write itself at a thousand connections (`perf`: a third of
+//! the server's CPU was scheduler and future polling), and each wake-up from the hub was
+//! O(subscribers) work on the producer's thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use slab::Slab;
+
+use super::Directory;
+use crate::metrics::Metrics;
+use crate::ws::outbox::{Link, Tally};
+
+/// Longest a writer sleeps without a wake-up (a safety net: every change wakes it).
+const IDLE_PARK: Duration = Duration::from_millis(50);
+
+/// What a connection task tells its writer.
+#[derive(Debug)]
+enum Registration {
+    Attach(Arc<Link>),
+    Subscribe(u64, usize),
+    Unsubscribe(u64, usize),
+    Detach(u64),
+}
+
+/// One writer's mailbox, shared with the hub and the connection tasks.
+#[derive(Debug, Default)]
+struct Mailbox {
+    /// A round is wanted: chunks were published or registrations arrived.
+    pending: AtomicBool,
+    /// Registrations in arrival order. Bounded in practice by the connection limit times
+    /// the per-connection inbound rate (each registration comes from a rate-limited
+    /// request); emptied every round.
+    inbox: Mutex<Vec<Registration>>,
+    thread: OnceLock<Thread>,
+}
+
+impl Mailbox {
+    fn wake(&self) {
+        // Release: a writer that takes the flag sees every head stored before it.
+        self.pending.store(true, Ordering::Release);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    fn send(&self, r: Registration) {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+        self.wake();
+    }
+}
+
+/// The writer threads. Cheap to share: the hub wakes them, connection tasks register with
+/// them.
+#[derive(Debug)]
+pub struct Writers {
+    mailboxes: Arc<[Mailbox]>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Writers {
+    /// Starts `count` writers (at least one) over `directory`'s channels.
+    pub fn start(directory: Arc<Directory>, metrics: Arc<Metrics>, count: usize) -> Arc<Writers> {
+        let count = count.max(1);
+        let mailboxes: Arc<[Mailbox]> = (0..count).map(|_| Mailbox::default()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..count)
+            .map(|index| {
+                let mut writer = Writer::new(
+                    index,
+                    Arc::clone(&mailboxes),
+                    Arc::clone(&directory),
+                    Arc::clone(&metrics),
+                );
+                let stop = Arc::clone(&stop);
+                let thread = std::thread::Builder::new()
+                    .name(format!("fanout-writer-{index}"))
+                    .spawn(move || writer.run(&stop))
+                    .expect("spawning a writer thread at start-up");
+                let _ = mailboxes[index].thread.set(thread.thread().clone());
+                thread
+            })
+            .collect();
+        Arc::new(Writers { mailboxes, stop, threads: Mutex::new(threads) })
+    }
+
+    /// Number of writer threads.
+    pub fn count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Asks every writer for a round (the hub, after a pass that published).
+    pub fn wake(&self) {
+        for m in self.mailboxes.iter() {
+            m.wake();
+        }
+    }
+
+    fn mailbox(&self, link: u64) -> &Mailbox {
+        &self.mailboxes[(link % self.mailboxes.len() as u64) as usize]
+    }
+
+    /// A new connection.
+    pub fn attach(&self, link: &Arc<Link>) {
+        self.mailbox(link.id).send(Registration::Attach(Arc::clone(link)));
+    }
+
+    /// The connection follows the channel with dense index `channel` from now on (its
+    /// outbox already holds the subscription and its cursor).
+    pub fn subscribe(&self, link: u64, channel: usize) {
+        self.mailbox(link).send(Registration::Subscribe(link, channel));
+    }
+
+    /// The connection no longer follows `channel`.
+    pub fn unsubscribe(&self, link: u64, channel: usize) {
+        self.mailbox(link).send(Registration::Unsubscribe(link, channel));
+    }
+
+    /// The connection ended; its writer lets go of it.
+    pub fn detach(&self, link: u64) {
+        self.mailbox(link).send(Registration::Detach(link));
+    }
+
+    /// Stops and joins the threads (connections still attached are let go).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A connection as its writer knows it.
+#[derive(Debug)]
+struct Entry<T> {
+    item: T,
+    /// Round in which it was last put on the visit list (visit once per round).
+    stamp: u64,
+    /// Channels it follows and its position in each channel's list.
+    channels: Vec<(usize, usize)>,
+}
+
+/// Who follows which channel, with O(1) join and leave.
+#[derive(Debug)]
+struct Followers<T> {
+    /// Per channel: the entries (slab keys) that follow it.
+    lists: Vec<Vec<usize>>,
+    entries: Slab<Entry<T>>,
+    by_link: FxHashMap<u64, usize>,
+}
+
+impl<T> Followers<T> {
+    fn new(channels: usize) -> Self {
+        Followers {
+            lists: vec![Vec::new(); channels],
+            entries: Slab::new(),
+            by_link: FxHashMap::default(),
+        }
+    }
+
+    fn attach(&mut self, link: u64, item: T) {
+        let key = self.entries.insert(Entry { item, stamp: 0, channels: Vec::new() });
+        self.by_link.insert(link, key);
+    }
+
+    /// Adds `link` to `channel`'s list (once); its key, if the link and channel exist.
+    fn join(&mut self, link: u64, channel: usize) -> Option<usize> {
+        let &key = self.by_link.get(&link)?;
+        let list = self.lists.get_mut(channel)?;
+        let entry = &mut self.entries[key];
+        if !entry.channels.iter().any(|&(c, _)| c == channel) {
+            entry.channels.push((channel, list.len()));
+            list.push(key);
+        }
+        Some(key)
+    }
+
+    /// Takes `link` off `channel`'s list in O(1): the last follower moves into its place
+    /// and its recorded position is updated.
+    fn leave(&mut self, link: u64, channel: usize) {
+        let Some(&key) = self.by_link.get(&link) else { return };
+        let entry = &mut self.entries[key];
+        let Some(i) = entry.channels.iter().position(|&(c, _)| c == channel) else { return };
+        let (_, pos) = entry.channels.swap_remove(i);
+        let list = &mut self.lists[channel];
+        list.swap_remove(pos);
+        if let Some(&moved) = list.get(pos) {
+            if let Some(slot) = self.entries[moved].channels.iter_mut().find(|(c, _)| *c == channel)
+            {
+                slot.1 = pos;
+            }
+        }
+    }
+
+    /// Removes `link` from every list; its former key.
+    fn detach(&mut self, link: u64) -> Option<usize> {
+        let &key = self.by_link.get(&link)?;
+        while let Some(&(channel, _)) = self.entries[key].channels.last() {
+            self.leave(link, channel);
+        }
+        self.by_link.remove(&link);
+        self.entries.remove(key);
+        Some(key)
+    }
+
+    /// Puts `key` on `visits` unless it is there for `round` already.
+    fn mark(&mut self, key: usize, round: u64, visits: &mut Vec<usize>) {
+        let entry = &mut self.entries[key];
+        if entry.stamp != round {
+            entry.stamp = round;
+            visits.push(key);
+        }
+    }
+}
+
+struct Writer {
+    index: usize,
+    mailboxes: Arc<[Mailbox]>,
+    directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
+    /// Per channel: the ring head at the last round.
+    seen: Vec<u64>,
+    followers: Followers<Arc<Link>>,
+    round: u64,
+    visits: Vec<usize>,
+    registrations: Vec<Registration>,
+    tally: Tally,
+}
+
+impl Writer {
+    fn new(
+        index: usize,
+        mailboxes: Arc<[Mailbox]>,
+        directory: Arc<Directory>,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
+        Writer {
+            index,
+            mailboxes,
+            seen: directory.all().iter().map(|c| c.head()).collect(),
+            followers: Followers::new(directory.all().len()),
+            directory,
+            metrics,
+            round: 0,
+            visits: Vec::new(),
+            registrations: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Acquire) {
+            // Acquire pairs with the hub's release in `Mailbox::wake`: the round below sees
+            // every chunk published before the wake-up. A wake-up that lands after this swap
+            // sets the flag again (and unparks), so none is lost.
+            if self.mailboxes[self.index].pending.swap(false, Ordering::AcqRel) {
+                self.round();
+            } else {
+                std::thread::park_timeout(IDLE_PARK);
+            }
+        }
+    }
+
+    /// One round: registrations, changed channels, visits.
+    fn round(&mut self) {
+        self.round += 1;
+        self.visits.clear();
+        std::mem::swap(
+            &mut self.registrations,
+            &mut *self.mailboxes[self.index].inbox.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut registrations = std::mem::take(&mut self.registrations);
+        for r in registrations.drain(..) {
+            self.register(r);
+        }
+        self.registrations = registrations; // keep the allocation
+        for (at, channel) in self.directory.all().iter().enumerate() {
+            let head = channel.head();
+            if head == self.seen[at] {
+                continue;
+            }
+            self.seen[at] = head;
+            for n in 0..self.followers.lists[at].len() {
+                let key = self.followers.lists[at][n];
+                self.followers.mark(key, self.round, &mut self.visits);
+            }
+        }
+        for &key in &self.visits {
+            self.followers.entries[key].item.visit(&mut self.tally);
+        }
+        self.tally.publish(&self.metrics);
+    }
+
+    fn register(&mut self, r: Registration) {
+        match r {
+            Registration::Attach(link) => self.followers.attach(link.id, link),
+            Registration::Subscribe(link, channel) => {
+                // Visit it this round: chunks published between its snapshot and now.
+                if let Some(key) = self.followers.join(link, channel) {
+                    self.followers.mark(key, self.round, &mut self.visits);
+                }
+            }
+            Registration::Unsubscribe(link, channel) => self.followers.leave(link, channel),
+            Registration::Detach(link) => {
+                if let Some(key) = self.followers.detach(link) {
+                    self.visits.retain(|&k| k != key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consistent(f: &Followers<()>) {
+        for (channel, list) in f.lists.iter().enumerate() {
+            for (pos, &k) in list.iter().enumerate() {
+                assert!(f.entries[k].channels.contains(&(channel, pos)), "{channel} {pos}");
+            }
+        }
+        for (k, e) in f.entries.iter() {
+            for &(channel, pos) in &e.channels {
+                assert_eq!(f.lists[channel][pos], k, "entry {k} channel {channel}");
+            }
+        }
+    }
+
+    /// The follower lists stay consistent through joins, leaves and detaches in any order
+    /// (each entry's recorded positions point back at it), and a round visits each
+    /// follower of the changed channels once.
+    #[test]
+    fn follower_lists_stay_consistent() {
+        let mut f: Followers<()> = Followers::new(8);
+        for link in 0..20u64 {
+            f.attach(link, ());
+            for channel in [0, link as usize % 3, 5] {
+                f.join(link, channel);
+            }
+        }
+        assert_eq!(f.lists[0].len(), 20);
+        assert_eq!(f.join(99, 0), None, "unknown link");
+        assert_eq!(f.join(1, 99), None, "unknown channel");
+        for link in (0..20).step_by(3) {
+            f.leave(link, 0);
+            f.leave(link, 5);
+            consistent(&f);
+        }
+        f.leave(4, 1);
+        f.leave(4, 1); // twice: no-op
+        consistent(&f);
+        assert_eq!(f.lists[0].len(), 20 - 7);
+        for link in [19, 0, 7, 8] {
+            assert!(f.detach(link).is_some());
+            consistent(&f);
+        }
+        assert_eq!(f.detach(7), None, "detached already");
+        assert_eq!(f.entries.len(), 16);
+        // Every follower of channels 0 and 5 (overlapping sets) visited exactly once.
+        let mut visits = Vec::new();
+        for channel in [0, 5] {
+            for n in 0..f.lists[channel].len() {
+                let key = f.lists[channel][n];
+                f.mark(key, 1, &mut visits);
+            }
+        }
+        let mut expected: Vec<usize> = f.lists[0].iter().chain(&f.lists[5]).copied().collect();
+        expected.sort_unstable();
+        expected.dedup();
+        visits.sort_unstable();
+        assert_eq!(visits, expected);
+    }
+}

@@ -1,0 +1,399 @@
+//! A connection's outgoing side, shared by its task and its writer thread.
+//!
+//! A [`Link`] holds the socket and, under one short lock, the [`Outbox`]: the connection's
+//! subscriptions (a cursor into each channel's ring), the frames queued for it and its
+//! falling-behind record. Two parties write through it:
+//!
+//! - the connection's **writer** thread ([`crate::fanout::writer`]), for market data: it
+//!   walks the cursors and writes everything new with one non-blocking vectored write;
+//! - the connection's own **task**, for answers, pings and heartbeats, and whenever the
+//!   socket is full: the writer then marks the outbox `blocked`, wakes the task and keeps
+//!   off until the task has waited for the socket and written the rest.
+//!
+//! Either way frames leave in the order they were queued, and at most one write batch is
+//! held per connection: memory is bounded by `write_batch_bytes_max` plus the kernel's send
+//! buffer, whatever the client does.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::{Format, WsContext};
+use crate::fanout::Channel;
+use crate::metrics::Metrics;
+use crate::protocol::{self, bin, close, json, ChannelKind, Opcode};
+
+/// Frames handed to one `writev` at most (Linux allows 1,024; a batch rarely has more).
+const IOV_MAX: usize = 64;
+
+/// One subscription: where the connection is in the channel's ring.
+#[derive(Debug)]
+pub struct Sub {
+    /// The channel.
+    pub channel: Arc<Channel>,
+    /// Next chunk to send.
+    pub cursor: u64,
+    /// Snapshot depth the client asked for (book channels).
+    pub depth: usize,
+    /// Sequence of the last message sent (what a heartbeat or gap notice reports).
+    pub last_seq: u64,
+    /// When something was last sent on this subscription.
+    pub last_sent: Instant,
+}
+
+/// Why the connection is ending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// The peer went away, or its socket stalled: nothing more can be said.
+    Gone,
+    /// Send a close frame with this code and reason, then end.
+    Send(u16, &'static str),
+}
+
+/// Outcome of writing what is queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued was written.
+    Done,
+    /// The socket is full; the rest stays queued.
+    Blocked,
+    /// The socket failed: the peer is gone.
+    Failed,
+}
+
+/// Counters a writer adds up over a round and publishes once (shared atomics per write
+/// would bounce between the writer threads' caches).
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Write system calls.
+    pub writes: u64,
+    /// Frames fully written.
+    pub frames: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Market-data messages in the batches fully written.
+    pub messages: u64,
+}
+
+impl Tally {
+    /// Adds the counts to the metrics and starts over.
+    pub fn publish(&mut self, m: &Metrics) {
+        if self.writes > 0 {
+            m.ws_writes_total.fetch_add(self.writes, Ordering::Relaxed);
+            m.ws_frames_sent_total.fetch_add(self.frames, Ordering::Relaxed);
+            m.ws_bytes_sent_total.fetch_add(self.bytes, Ordering::Relaxed);
+            m.ws_messages_sent_total.fetch_add(self.messages, Ordering::Relaxed);
+        }
+        *self = Tally::default();
+    }
+}
+
+/// What is queued for a connection and where it is in each channel, under the link's lock.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Binary or JSON.
+    pub format: Format,
+    /// Subscriptions, at most `subscriptions_per_connection_max`.
+    pub subs: Vec<Sub>,
+    out: VecDeque<Bytes>,
+    /// Bytes queued and not yet written.
+    pub out_bytes: usize,
+    out_messages: u64,
+    gap_times: VecDeque<Instant>,
+    gapped: bool,
+    /// Set when the connection must end (by the task, or by the writer for a slow
+    /// consumer or a failed socket); the writer keeps off from then on.
+    pub closing: Option<Closing>,
+    /// The socket is full: the task owns the writing until it drains.
+    pub blocked: bool,
+}
+
+/// A connection's socket and outbox, shared by its task and its writer.
+#[derive(Debug)]
+pub struct Link {
+    /// Process-unique id (also picks the writer).
+    pub id: u64,
+    /// The TCP stream: the task reads it, task and writer write it (under the lock).
+    pub stream: TcpStream,
+    state: Mutex<Outbox>,
+    task: Notify,
+    ctx: Arc<WsContext>,
+}
+
+impl Link {
+    /// A link over an upgraded stream.
+    pub fn new(stream: TcpStream, format: Format, ctx: Arc<WsContext>) -> Arc<Link> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Arc::new(Link {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            stream,
+            state: Mutex::new(Outbox {
+                format,
+                subs: Vec::new(),
+                out: VecDeque::new(),
+                out_bytes: 0,
+                out_messages: 0,
+                gap_times: VecDeque::new(),
+                gapped: false,
+                closing: None,
+                blocked: false,
+            }),
+            task: Notify::new(),
+            ctx,
+        })
+    }
+
+    /// The outbox. Held briefly: never across an await, at most for one non-blocking write.
+    pub fn lock(&self) -> MutexGuard<'_, Outbox> {
+        // Plain data that stays consistent between statements: a panic elsewhere while
+        // holding it must not take the connection's writer down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves when the writer handed the connection back to its task (blocked, closing).
+    pub async fn task_woken(&self) {
+        self.task.notified().await;
+    }
+
+    /// The writer's visit: send what is new, unless the task owns the writing now.
+    pub fn visit(&self, tally: &mut Tally) {
+        let mut st = self.lock();
+        if st.blocked || st.closing.is_some() {
+            return;
+        }
+        self.pump(&mut st, tally);
+    }
+
+    /// Collects what the subscriptions have not sent yet and writes it with what is
+    /// queued, until caught up or the socket is full (then `blocked`, and the task is
+    /// woken to wait for the socket). Sets `closing` for a slow consumer or a dead socket.
+    pub fn pump(&self, st: &mut Outbox, tally: &mut Tally) {
+        let limits = &self.ctx.limits;
+        loop {
+            let more = st.drain(&self.ctx.metrics, limits.write_batch_bytes_max);
+            st.count_episode(limits.slow_gaps_max, limits.slow_gap_window, &self.ctx.metrics);
+            if st.closing.is_some() {
+                self.task.notify_one();
+                return;
+            }
+            if st.out.is_empty() {
+                return;
+            }
+            match st.write(&self.stream, tally) {
+                Flushed::Done if more => {}
+                Flushed::Done => return,
+                Flushed::Blocked => {
+                    st.blocked = true;
+                    self.task.notify_one();
+                    return;
+                }
+                Flushed::Failed => {
+                    st.closing = Some(Closing::Gone);
+                    self.task.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Outbox {
+    /// Queues a frame carrying `messages` market-data messages.
+    pub fn push(&mut self, frame: Bytes, messages: u64) {
+        self.out_bytes += frame.len();
+        self.out_messages += messages;
+        self.out.push_back(frame);
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Writes what is queued without waiting: vectored, handling partial writes.
+    pub fn write(&mut self, stream: &TcpStream, tally: &mut Tally) -> Flushed {
+        while !self.out.is_empty() {
+            let mut iov = [IoSlice::new(&[]); IOV_MAX];
+            let n = self.out.len().min(IOV_MAX);
+            for (slot, frame) in iov.iter_mut().zip(self.out.iter()) {
+                *slot = IoSlice::new(frame);
+            }
+            let mut written = match stream.try_write_vectored(&iov[..n]) {
+                Ok(0) => return Flushed::Failed,
+                Ok(written) => written,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Flushed::Failed,
+            };
+            tally.writes += 1;
+            tally.bytes += written as u64;
+            self.out_bytes -= written;
+            while written > 0 {
+                let front = self.out.front_mut().expect("written bytes came from queued frames");
+                if written >= front.len() {
+                    written -= front.len();
+                    self.out.pop_front();
+                    tally.frames += 1;
+                } else {
+                    front.advance(written);
+                    written = 0;
+                }
+            }
+        }
+        tally.messages += std::mem::take(&mut self.out_messages);
+        Flushed::Done
+    }
+
+    /// Collects every new chunk of every subscription, up to `budget` queued bytes.
+    /// Returns whether it stopped at the budget with more to collect.
+    pub fn drain(&mut self, metrics: &Metrics, budget: usize) -> bool {
+        let json = self.format == Format::Json;
+        let now = Instant::now();
+        for n in 0..self.subs.len() {
+            loop {
+                if self.out_bytes >= budget {
+                    return true;
+                }
+                let sub = &self.subs[n];
+                let head = sub.channel.head();
+                if sub.cursor >= head {
+                    break;
+                }
+                let lapped = head - sub.cursor > sub.channel.capacity();
+                let chunk = if lapped { None } else { sub.channel.chunk(sub.cursor) };
+                let Some(chunk) = chunk else {
+                    self.fell_behind(n, metrics);
+                    continue;
+                };
+                let frame = if json { chunk.json.clone() } else { Some(chunk.bin.clone()) };
+                match frame {
+                    Some(frame) if !chunk.resync => {
+                        let sub = &mut self.subs[n];
+                        sub.cursor += 1;
+                        sub.last_seq = chunk.last_seq;
+                        sub.last_sent = now;
+                        self.push(frame, u64::from(chunk.messages));
+                    }
+                    // The hub rebuilt the channel, or this JSON client joined as JSON encoding
+                    // switched on: start over from a snapshot.
+                    _ => self.resync(n, metrics),
+                }
+            }
+        }
+        false
+    }
+
+    fn resync(&mut self, n: usize, metrics: &Metrics) {
+        let json = self.format == Format::Json;
+        let sub = &mut self.subs[n];
+        let start = sub.channel.resync(json, sub.depth);
+        sub.cursor = start.cursor;
+        sub.last_seq = start.seq;
+        sub.last_sent = Instant::now();
+        metrics.ws_resyncs_total.fetch_add(1, Ordering::Relaxed);
+        self.push(start.snapshot, 1);
+    }
+
+    /// The ring overran this subscription: conflate book/BBO, announce a gap on trades.
+    fn fell_behind(&mut self, n: usize, metrics: &Metrics) {
+        if self.subs[n].channel.kind != ChannelKind::Trades {
+            return self.resync(n, metrics);
+        }
+        let sub = &self.subs[n];
+        let channel = Arc::clone(&sub.channel);
+        let head = channel.head();
+        // The oldest chunk still readable (a margin of one: the hub may be overwriting it).
+        let mut index = head.saturating_sub(channel.capacity()).max(sub.cursor) + 1;
+        let first = loop {
+            match channel.chunk(index) {
+                Some(c) if !c.resync => break Some(c.first_seq),
+                _ if index + 1 >= head => break None,
+                _ => index += 1,
+            }
+        };
+        let from = sub.last_seq + 1;
+        let (to, resume) = match first {
+            Some(f) => (f - 1, index),
+            // Nothing readable: resume at the head, missing everything up to what it follows.
+            None => {
+                let (head, last_seq) = channel.position();
+                (last_seq, head)
+            }
+        };
+        let ts = tickgate_engine::runtime::now_nanos().0;
+        if to >= from {
+            let frame = if self.format == Format::Json {
+                let mut s = String::new();
+                json::gap(&mut s, &channel.name, ts, from, to);
+                json_array_frame(&s)
+            } else {
+                let mut b = Vec::new();
+                bin::gap(&mut b, channel.id, ts, from, to);
+                protocol::frame(Opcode::Binary, &b).into()
+            };
+            self.push(frame, 1);
+        }
+        metrics.ws_gaps_total.fetch_add(1, Ordering::Relaxed);
+        let sub = &mut self.subs[n];
+        sub.last_seq = to;
+        sub.cursor = resume;
+        self.gapped = true;
+    }
+
+    /// Counts one falling-behind episode (however many channels it hit) and closes a
+    /// connection that keeps falling behind.
+    fn count_episode(&mut self, gaps_max: usize, window: Duration, metrics: &Metrics) {
+        if !std::mem::take(&mut self.gapped) {
+            return;
+        }
+        let now = Instant::now();
+        self.gap_times.push_back(now);
+        while self.gap_times.front().is_some_and(|t| now.duration_since(*t) > window) {
+            self.gap_times.pop_front();
+        }
+        if self.gap_times.len() > gaps_max && self.closing.is_none() {
+            metrics.ws_slow_closes_total.fetch_add(1, Ordering::Relaxed);
+            self.closing = Some(Closing::Send(close::SLOW_CONSUMER, "slow consumer"));
+        }
+    }
+
+    /// A heartbeat for each caught-up subscription that has been quiet for `interval`.
+    pub fn heartbeats(&mut self, interval: Duration) {
+        let now = Instant::now();
+        let ts = tickgate_engine::runtime::now_nanos().0;
+        for n in 0..self.subs.len() {
+            let sub = &self.subs[n];
+            if now.duration_since(sub.last_sent) < interval || sub.cursor < sub.channel.head() {
+                continue;
+            }
+            let (id, seq) = (sub.channel.id, sub.last_seq);
+            let frame = if self.format == Format::Json {
+                let mut s = String::new();
+                json::heartbeat(&mut s, &sub.channel.name, seq, ts);
+                json_array_frame(&s)
+            } else {
+                let mut b = Vec::new();
+                bin::heartbeat(&mut b, id, seq, ts);
+                protocol::frame(Opcode::Binary, &b).into()
+            };
+            self.subs[n].last_sent = now;
+            self.push(frame, 1);
+        }
+    }
+}
+
+/// A JSON text frame holding one object in an array (the shape of every market-data
+/// frame).
+pub fn json_array_frame(object: &str) -> Bytes {
+    let mut payload = String::with_capacity(object.len() + 2);
+    payload.push('[');
+    payload.push_str(object);
+    payload.push(']');
+    protocol::frame(Opcode::Text, payload.as_bytes()).into()
+}
