@@ -10,12 +10,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use fastwebsockets::OpCode;
 use hdrhistogram::Histogram;
-use rustc_hash::FxHashMap;
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::{BookSnapshot, L2Book, Price, Qty, Seq};
 use tickgate_gateway::client;
@@ -73,7 +73,6 @@ struct ConnStats {
     snapshots: u64,
     seq_breaks: u64,
     closed: Option<u16>,
-    latency: Histogram<u64>,
     books: BookCheck,
 }
 
@@ -115,7 +114,6 @@ impl ConnStats {
             snapshots: 0,
             seq_breaks: 0,
             closed: None,
-            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?,
             books: BookCheck::default(),
         })
     }
@@ -165,11 +163,36 @@ fn channels_for(config: &LoadConfig, index: usize) -> Vec<String> {
     symbols.iter().flat_map(|s| config.kinds.iter().map(move |k| format!("{k}.{s}"))).collect()
 }
 
+/// The latency histogram all connections record into, once per read: one histogram of
+/// 3 significant digits is ~220 KB, so one per connection put every record in a cache miss
+/// at a thousand connections.
+type SharedLatency = Arc<Mutex<Histogram<u64>>>;
+
+/// Last sequence per channel for the contiguous kinds (book deltas, trades): a connection
+/// follows a handful of channels, so a linear scan beats hashing.
+#[derive(Debug, Default)]
+struct LastSeqs(Vec<(u32, u64)>);
+
+impl LastSeqs {
+    /// Stores `seq` for `channel`; the previous one, if any.
+    #[inline]
+    fn insert(&mut self, channel: u32, seq: u64) -> Option<u64> {
+        match self.0.iter_mut().find(|(c, _)| *c == channel) {
+            Some((_, last)) => Some(std::mem::replace(last, seq)),
+            None => {
+                self.0.push((channel, seq));
+                None
+            }
+        }
+    }
+}
+
 async fn run_connection(
     config: LoadConfig,
     index: usize,
     start_measuring: Instant,
     stop: Instant,
+    latency: SharedLatency,
 ) -> anyhow::Result<ConnStats> {
     let query = if config.json { "/ws?format=json" } else { "/ws" };
     let mut ws = client::connect(config.addr, query).await.context("connect")?;
@@ -186,8 +209,9 @@ async fn run_connection(
     .await?;
     let mut reader = FrameReader::from_client(ws)?;
     let mut stats = ConnStats::empty()?;
-    // Last sequence per channel for the contiguous kinds (book deltas, trades).
-    let mut last: FxHashMap<u32, u64> = FxHashMap::default();
+    let mut last = LastSeqs::default();
+    // Latencies of one read, recorded together.
+    let mut latencies: Vec<u64> = Vec::with_capacity(1024);
     let mut followed: HashMap<u32, Followed> = HashMap::new();
     let measure_from =
         now_ns() + start_measuring.saturating_duration_since(Instant::now()).as_nanos() as u64;
@@ -226,7 +250,14 @@ async fn run_connection(
                     if measuring {
                         stats.bytes += payload.len() as u64;
                     }
-                    count_binary(payload, received, measuring, &mut last, &mut stats)?;
+                    count_binary(
+                        payload,
+                        received,
+                        measuring,
+                        &mut last,
+                        &mut stats,
+                        &mut latencies,
+                    )?;
                 }
                 OpCode::Text if measuring => {
                     // JSON mode: count messages by their timestamps without a full parse.
@@ -236,7 +267,7 @@ async fn run_connection(
                         let digits = part.bytes().take_while(u8::is_ascii_digit).count();
                         if let Ok(ts) = part[..digits].parse::<u64>() {
                             stats.messages += 1;
-                            stats.latency.saturating_record(received.saturating_sub(ts).max(1_000));
+                            latencies.push(received.saturating_sub(ts).max(1_000));
                         }
                     }
                 }
@@ -255,12 +286,25 @@ async fn run_connection(
                 _ => {}
             }
         }
+        record(&latency, &mut latencies);
     }
+    record(&latency, &mut latencies);
     if config.verify {
         let rest = config.rest_addr.unwrap_or(config.addr);
         stats.books = verify_books(&mut reader, open, rest, &mut followed).await;
     }
     Ok(stats)
+}
+
+/// Records one read's latencies in the shared histogram (one lock per read).
+fn record(latency: &SharedLatency, latencies: &mut Vec<u64>) {
+    if latencies.is_empty() {
+        return;
+    }
+    let mut h = latency.lock().unwrap_or_else(|e| e.into_inner());
+    for v in latencies.drain(..) {
+        h.saturating_record(v);
+    }
 }
 
 /// Counts one binary frame's messages: sequence continuity per channel, snapshots,
@@ -269,8 +313,9 @@ fn count_binary(
     payload: &[u8],
     received: u64,
     measuring: bool,
-    last: &mut FxHashMap<u32, u64>,
+    last: &mut LastSeqs,
     stats: &mut ConnStats,
+    latencies: &mut Vec<u64>,
 ) -> anyhow::Result<()> {
     for msg in protocol::decode(payload) {
         let msg = msg?;
@@ -303,7 +348,7 @@ fn count_binary(
         }
         if measuring {
             stats.messages += 1;
-            stats.latency.saturating_record(received.saturating_sub(msg.ts).max(1_000));
+            latencies.push(received.saturating_sub(msg.ts).max(1_000));
         }
     }
     Ok(())
@@ -454,10 +499,18 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     let start_measuring = begin + config.warmup;
     let stop = start_measuring + config.duration;
     let mut tasks = Vec::with_capacity(config.connections);
+    let latency: SharedLatency =
+        Arc::new(Mutex::new(Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?));
     for index in 0..config.connections {
-        tasks.push(tokio::spawn(run_connection(config.clone(), index, start_measuring, stop)));
+        let shared = Arc::clone(&latency);
+        tasks.push(tokio::spawn(run_connection(
+            config.clone(),
+            index,
+            start_measuring,
+            stop,
+            shared,
+        )));
     }
-    let mut latency = Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?;
     let (mut messages, mut bytes, mut resyncs, mut gaps, mut breaks) = (0, 0, 0, 0, 0);
     let mut snapshots = 0;
     let mut books = BookCheck::default();
@@ -479,7 +532,6 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
                 if let Some(code) = s.closed {
                     *closes.entry(Some(code)).or_default() += 1;
                 }
-                latency.add(&s.latency)?;
             }
             Err(e) => {
                 *closes.entry(None).or_default() += {
@@ -491,6 +543,10 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     }
     let mut closes: Vec<_> = closes.into_iter().collect();
     closes.sort();
+    let latency = std::mem::replace(
+        &mut *latency.lock().unwrap_or_else(|e| e.into_inner()),
+        Histogram::new(1)?,
+    );
     Ok(Report {
         connections: ok,
         seconds: config.duration.as_secs_f64(),
