@@ -58,7 +58,8 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_FANOUT_PASS_US", default_value_t = 200)]
     pub fanout_pass_us: u64,
     /// Fan-out writer threads, which write market data to WebSocket connections (each
-    /// owns a share of them); 0 = one per core.
+    /// owns a share of them); 0 = one per two cores (the engine, the hub and the kernel's
+    /// network stack need the others; docs/BENCHMARKS.md).
     #[arg(long, env = "TICKGATE_FANOUT_WRITERS", default_value_t = 0)]
     pub fanout_writers: usize,
     /// Open WebSocket connections at most (more get HTTP 503).
@@ -282,7 +283,7 @@ impl TryFrom<Flags> for Config {
             channel_ring_chunks: f.channel_ring_chunks,
             fanout: crate::fanout::Pacing { min_pass: Duration::from_micros(f.fanout_pass_us) },
             fanout_writers: match f.fanout_writers {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
                 n => n,
             },
             ws: WsLimits {

@@ -56,6 +56,9 @@ metrics! {
     ws_resyncs_total: "counter",
     /// Trades subscribers that fell behind and got a gap notice.
     ws_gaps_total: "counter",
+    /// Times a connection's socket was full, so its task took the writing over from the
+    /// fan-out writer until it drained.
+    ws_blocked_total: "counter",
     /// Connections closed as slow consumers (code 4008).
     ws_slow_closes_total: "counter",
     /// Connections closed for missing heartbeats (code 4001).

@@ -190,6 +190,7 @@ impl Link {
                 Flushed::Done => return,
                 Flushed::Blocked => {
                     st.blocked = true;
+                    self.ctx.metrics.ws_blocked_total.fetch_add(1, Ordering::Relaxed);
                     self.task.notify_one();
                     return;
                 }

@@ -1,0 +1,56 @@
+//! A client that only pauses (its socket fills, so its task takes the writing over from
+//! the fan-out writer, then hands it back) loses nothing and sees nothing twice. In a test
+//! binary of its own: its long rings would disturb the memory bound checked in
+//! `ws_backpressure`.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tickgate_gateway::client::Message;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pauses_gets_every_message_in_order() {
+    let server = start(|c| {
+        c.feed_rate = Some(50_000);
+        // Rings far longer than the pauses: no resync or gap is excused.
+        c.channel_ring_chunks = 16_384;
+        c.fanout.min_pass = Duration::from_micros(500);
+        c.ws.socket_send_buffer_bytes = 4096;
+    })
+    .await;
+    let mut ws = tickgate_gateway::client::connect_with(server.local_addr(), "/ws", Some(4096))
+        .await
+        .expect("connects");
+    assert_eq!(text(&mut ws).await["op"], "welcome");
+    // Other books add volume so that the small socket buffers fill within a pause.
+    let channels = json!(["book.BTC-USD", "trades.BTC-USD", "book.ETH-USD", "book.SOL-USD"]);
+    let ack = request(&mut ws, json!({"op": "subscribe", "channels": channels})).await;
+    let id = |n: usize| ack["channels"][n]["channel_id"].as_u64().unwrap() as u32;
+    let mut f = Follower { book_channel: id(0), trades_channel: id(1), ..Follower::default() };
+    let blocked_before = server.metrics().ws_blocked_total.load(Ordering::Relaxed);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let until = tokio::time::Instant::now() + Duration::from_millis(400);
+        while tokio::time::Instant::now() < until {
+            match next(&mut ws).await {
+                // `apply` panics on any break in either sequence.
+                Message::Binary(p) => f.apply(&p),
+                Message::Close(code, reason) => panic!("closed: {code:?} {reason}"),
+                Message::Text(_) => {}
+            }
+        }
+    }
+    let blocked = server.metrics().ws_blocked_total.load(Ordering::Relaxed) - blocked_before;
+    eprintln!("{blocked} hand-overs, {} deltas, {} trades", f.deltas.len(), f.trades);
+    assert!(blocked >= 1, "the socket filled during the pauses and the task took over");
+    assert_eq!(f.resyncs, 0, "no resync: the ring covered every pause");
+    assert!(f.gaps.is_empty(), "no gap notice");
+    assert!(f.deltas.len() > 1000, "data kept coming ({} deltas)", f.deltas.len());
+    assert!(f.trades > 0, "trades too");
+    assert_eq!(server.metrics().ws_slow_closes_total.load(Ordering::Relaxed), 0);
+    server.shutdown().await.expect("clean shutdown");
+}
