@@ -46,7 +46,9 @@ pub async fn connect_with(
     stream.set_nodelay(true)?;
     let req = Request::builder()
         .method("GET")
-        .uri(format!("http://{addr}{path_and_query}"))
+        // Origin form (`GET /ws`): the absolute form is for proxies, and servers such as
+        // uWebSockets refuse it (RFC 9112, section 3.2).
+        .uri(path_and_query)
         .header("Host", addr.to_string())
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")
