@@ -10,6 +10,6 @@ port=$((20000 + RANDOM % 20000))
   --summary-symbol none ${SERVER_ARGS:-} > /tmp/tickgate-bench-server.log 2>&1 &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-sleep 1
+for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 ./target/release/tickgate-tools load --addr 127.0.0.1:$port -n "$conns" --pattern "$pattern" \
   --duration "${DURATION:-8}" --warmup "${WARMUP:-3}" "$@"

@@ -16,6 +16,10 @@ use crate::protocol::{bin, frame_header, json, ChannelKind, Opcode, TradeMsg, TR
 
 /// Largest binary payload one chunk carries; a busier pass is split over several chunks.
 const CHUNK_BYTES_MAX: usize = 16 * 1024;
+/// Passes per writer round at least (see [`HubWorker::pass`]).
+const ROUND_PASSES: u32 = 8;
+/// Longest pass, however long the writers' rounds.
+const PASS_MAX: Duration = Duration::from_millis(4);
 /// Events the hub takes from one shard ring per pass.
 const HUB_READ_MAX: usize = 16_384;
 
@@ -173,10 +177,20 @@ impl HubWorker {
                 std::thread::park_timeout(Duration::from_millis(50));
             } else if behind {
                 // Still behind the engine: no pause until caught up.
-            } else if let Some(rest) = self.pacing.min_pass.checked_sub(started.elapsed()) {
+            } else if let Some(rest) = self.pass().checked_sub(started.elapsed()) {
                 std::thread::sleep(rest);
             }
         }
+    }
+
+    /// This pass's length: the configured shortest, or an eighth of the writers' latest
+    /// round when that is longer. A writer visits each connection once per round and
+    /// writes every chunk published since, so passes much shorter than a round only
+    /// multiply the frames per write (hundreds per connection at 1,000 busy ones) without
+    /// making anything fresher than the round allows.
+    fn pass(&self) -> Duration {
+        (self.writers.round() / ROUND_PASSES)
+            .clamp(self.pacing.min_pass, PASS_MAX.max(self.pacing.min_pass))
     }
 
     fn reset_books(&mut self) {

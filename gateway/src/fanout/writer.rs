@@ -22,10 +22,10 @@
 //! the server's CPU was scheduler and future polling), and each wake-up from the hub was
 //! O(subscribers) work on the producer's thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 use slab::Slab;
@@ -78,6 +78,9 @@ impl Mailbox {
 #[derive(Debug)]
 pub struct Writers {
     mailboxes: Arc<[Mailbox]>,
+    /// Length of the latest round of any writer, in nanoseconds (the hub sizes its passes
+    /// by it).
+    round_ns: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -88,11 +91,13 @@ impl Writers {
         let count = count.max(1);
         let mailboxes: Arc<[Mailbox]> = (0..count).map(|_| Mailbox::default()).collect();
         let stop = Arc::new(AtomicBool::new(false));
+        let round_ns = Arc::new(AtomicU64::new(0));
         let threads = (0..count)
             .map(|index| {
                 let mut writer = Writer::new(
                     index,
                     Arc::clone(&mailboxes),
+                    Arc::clone(&round_ns),
                     Arc::clone(&directory),
                     Arc::clone(&metrics),
                 );
@@ -105,7 +110,12 @@ impl Writers {
                 thread
             })
             .collect();
-        Arc::new(Writers { mailboxes, stop, threads: Mutex::new(threads) })
+        Arc::new(Writers { mailboxes, round_ns, stop, threads: Mutex::new(threads) })
+    }
+
+    /// How long the latest round that wrote something took (any writer).
+    pub fn round(&self) -> Duration {
+        Duration::from_nanos(self.round_ns.load(Ordering::Relaxed))
     }
 
     /// Number of writer threads.
@@ -149,9 +159,14 @@ impl Writers {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = std::thread::current().id();
         for t in threads {
             t.thread().unpark();
-            let _ = t.join();
+            // The last handle can go away on a writer thread itself (a link it let go of
+            // held it): that thread sees the stop flag and ends on its own.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -248,6 +263,7 @@ impl<T> Followers<T> {
 struct Writer {
     index: usize,
     mailboxes: Arc<[Mailbox]>,
+    round_ns: Arc<AtomicU64>,
     directory: Arc<Directory>,
     metrics: Arc<Metrics>,
     /// Per channel: the ring head at the last round.
@@ -263,12 +279,14 @@ impl Writer {
     fn new(
         index: usize,
         mailboxes: Arc<[Mailbox]>,
+        round_ns: Arc<AtomicU64>,
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
     ) -> Writer {
         Writer {
             index,
             mailboxes,
+            round_ns,
             seen: directory.all().iter().map(|c| c.head()).collect(),
             followers: Followers::new(directory.all().len()),
             directory,
@@ -295,6 +313,7 @@ impl Writer {
 
     /// One round: registrations, changed channels, visits.
     fn round(&mut self) {
+        let started = Instant::now();
         self.round += 1;
         self.visits.clear();
         std::mem::swap(
@@ -319,6 +338,9 @@ impl Writer {
         }
         for &key in &self.visits {
             self.followers.entries[key].item.visit(&mut self.tally);
+        }
+        if !self.visits.is_empty() {
+            self.round_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         self.tally.publish(&self.metrics);
     }
