@@ -55,7 +55,6 @@ pub async fn run(
     // would otherwise keep alive for the life of the connection.
     let input = read_buf.to_vec();
     drop(read_buf);
-    let (answers_tx, answers_rx) = tokio::sync::mpsc::channel(ANSWERS_IN_FLIGHT_MAX);
     let link = Link::new(stream, format, Arc::clone(ctx));
     ctx.writers.attach(&link);
     let mut conn = Conn {
@@ -74,8 +73,7 @@ pub async fn run(
         },
         scratch: Vec::new(),
         account,
-        answers: answers_tx,
-        answers_rx,
+        answers: None,
         orders: None,
         tally: Tally::default(),
     };
@@ -99,16 +97,20 @@ pub async fn run(
 }
 
 async fn discard_until_eof(stream: &TcpStream) {
+    while stream.readable().await.is_ok() && discard_input(stream) {}
+}
+
+/// Reads and drops what the socket has; `false` at end of stream or on an error. Not
+/// async on purpose: its buffer lives on the thread's stack, not in every connection's
+/// task (a buffer held across an await is part of the task's size for its whole life).
+fn discard_input(stream: &TcpStream) -> bool {
     let mut sink = [0u8; READ_CHUNK];
     loop {
-        if stream.readable().await.is_err() {
-            return;
-        }
         match stream.try_read(&mut sink) {
-            Ok(0) => return,
+            Ok(0) => return false,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
         }
     }
 }
@@ -155,9 +157,9 @@ struct Conn {
     scratch: Vec<u8>,
     /// The authenticated account (`?token=` or `auth`), if any.
     account: Option<AccountId>,
-    /// Order-entry answers come back from their tasks through here.
-    answers: tokio::sync::mpsc::Sender<Bytes>,
-    answers_rx: tokio::sync::mpsc::Receiver<Bytes>,
+    /// Order-entry answers come back from their tasks through here; created by the first
+    /// order request (a channel preallocates ~1 KB, and most connections never trade).
+    answers: Option<Answers>,
     /// The private `orders` channel, when subscribed.
     orders: Option<broadcast::Receiver<ExecReport>>,
     tally: Tally,
@@ -166,6 +168,16 @@ struct Conn {
 /// Order requests one connection may have waiting for the engine (the inbound rate limit
 /// keeps it far below this).
 const ANSWERS_IN_FLIGHT_MAX: usize = 256;
+
+type Answers = (tokio::sync::mpsc::Sender<Bytes>, tokio::sync::mpsc::Receiver<Bytes>);
+
+/// The next order-entry answer; never resolves before the first order request.
+async fn next_answer(answers: &mut Option<Answers>) -> Option<Bytes> {
+    match answers {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The next report of the `orders` channel; never resolves when not subscribed.
 async fn next_report(
@@ -258,7 +270,7 @@ impl Conn {
                     }
                 }
                 _ = heartbeat.tick() => link.lock().heartbeats(limits.heartbeat_interval),
-                Some(answer) = self.answers_rx.recv() => self.push(answer, 0),
+                Some(answer) = next_answer(&mut self.answers) => self.push(answer, 0),
                 report = next_report(&mut self.orders) => self.report(report),
                 // The writer found the socket full, or decided the connection must close.
                 () = link.task_woken() => {}
@@ -450,7 +462,12 @@ impl Conn {
             let message = "order entry needs an authenticated connection (?token= or auth)".into();
             return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
         };
-        let (trading, answers) = (self.ctx.trading.clone(), self.answers.clone());
+        let answers = self
+            .answers
+            .get_or_insert_with(|| tokio::sync::mpsc::channel(ANSWERS_IN_FLIGHT_MAX))
+            .0
+            .clone();
+        let trading = self.ctx.trading.clone();
         let metrics = Arc::clone(&self.ctx.metrics);
         tokio::spawn(async move {
             let (op, result) = match &request {
