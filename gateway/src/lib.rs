@@ -7,8 +7,10 @@
 //!   stops them in order.
 //! - [`http`]: the one listener's routes (WebSocket upgrade, health, metrics).
 //! - [`rest`]: the `/api/v1` REST API (public market data so far).
-//! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings.
-//! - [`ws`]: per-connection reader/writer tasks, control messages, backpressure.
+//! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings (the hub),
+//!   and the writer threads that write them to the connections.
+//! - [`ws`]: per-connection tasks (client input, answers, pings, full sockets), control
+//!   messages, backpressure.
 //! - [`trading`]: order entry shared by REST and WebSocket.
 //! - [`alerts`], [`sse`]: per-user alert histories, price alerts, the SSE stream.
 //! - [`orders`]: users' orders and fills from execution reports; request waiters.
