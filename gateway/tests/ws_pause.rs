@@ -45,12 +45,24 @@ async fn a_client_that_pauses_gets_every_message_in_order() {
         }
     }
     let blocked = server.metrics().ws_blocked_total.load(Ordering::Relaxed) - blocked_before;
+    // Still live after the last hand-over, whatever the machine's speed: the client
+    // catches up with both channels' heads as they are now.
+    let head = |name: &str| server.directory().get(name).expect("channel").last_seq();
+    let (book_head, trades_head) = (head("book.BTC-USD"), head("trades.BTC-USD"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while f.book.as_ref().map_or(0, |b| b.seq().0) < book_head
+        || f.last_trade_seq.unwrap_or(0) < trades_head
+    {
+        assert!(tokio::time::Instant::now() < deadline, "caught up with the heads in time");
+        if let Message::Binary(p) = next(&mut ws).await {
+            f.apply(&p);
+        }
+    }
     eprintln!("{blocked} hand-overs, {} deltas, {} trades", f.deltas.len(), f.trades);
     assert!(blocked >= 1, "the socket filled during the pauses and the task took over");
     assert_eq!(f.resyncs, 0, "no resync: the ring covered every pause");
     assert!(f.gaps.is_empty(), "no gap notice");
-    assert!(f.deltas.len() > 1000, "data kept coming ({} deltas)", f.deltas.len());
-    assert!(f.trades > 0, "trades too");
+    assert!(!f.deltas.is_empty() && f.trades > 0, "data came through");
     assert_eq!(server.metrics().ws_slow_closes_total.load(Ordering::Relaxed), 0);
     server.shutdown().await.expect("clean shutdown");
 }
