@@ -197,3 +197,65 @@ async fn silent_clients_and_slow_handshakes_are_cut() {
     assert!(status == 0 || status == 408, "dropped or 408, got {status}: {response}");
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// Several requests in one TCP segment, with answers larger than the reply budget: parsing
+/// stops after the first answer, and the rest must still be answered once it is written,
+/// without waiting for the client to send anything more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_left_at_the_reply_budget_are_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(|c| c.ws.write_batch_bytes_max = 64).await;
+    let mut s = tokio::net::TcpStream::connect(server.local_addr()).await.expect("connect");
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.local_addr()
+    );
+    s.write_all(head.as_bytes()).await.expect("upgrade request");
+    // Three pings in one write: masked text frames with an all-zero mask key.
+    let mut burst = Vec::new();
+    for id in 1..=3 {
+        let text = format!(r#"{{"op":"ping","id":{id}}}"#);
+        burst.extend_from_slice(&[0x81, 0x80 | text.len() as u8, 0, 0, 0, 0]);
+        burst.extend_from_slice(text.as_bytes());
+    }
+    s.write_all(&burst).await.expect("requests");
+    // Read the 101 response, the welcome and the three pongs (server frames: unmasked,
+    // short text).
+    let mut buf = Vec::new();
+    let mut pongs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pongs.len() < 3 {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("answers in time; got {pongs:?}"))
+            .expect("read");
+        assert!(n > 0, "connection open");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if buf.starts_with(b"HTTP/1.1 101") {
+                buf.drain(..end + 4);
+            }
+        }
+        while buf.len() >= 2 && !buf.starts_with(b"HTTP") {
+            let (len, at) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+                126 => break,
+                n => (usize::from(n), 2),
+            };
+            if buf.len() < at + len {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[at..at + len]).into_owned();
+            if text.contains(r#""op":"pong""#) {
+                pongs.push(text);
+            }
+            buf.drain(..at + len);
+        }
+    }
+    for (n, pong) in pongs.iter().enumerate() {
+        assert!(pong.contains(&format!(r#""id":{}"#, n + 1)), "in order: {pong}");
+    }
+    server.shutdown().await.expect("clean shutdown");
+}

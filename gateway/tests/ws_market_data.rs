@@ -163,3 +163,54 @@ async fn shutdown_closes_websockets_with_1001() {
     }
     stopping.await.expect("task").expect("clean shutdown");
 }
+
+/// Subscriptions are counted once and released however they end: a name given twice,
+/// a resubscribe, an unsubscribe, and a closed connection, in binary and JSON. (The
+/// counts decide, among other things, whether JSON is encoded at all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_counted_once_and_released() {
+    let server = start(|c| c.feed_rate = Some(5_000)).await;
+    let count = |name: &str| server.directory().get(name).expect("channel").subscribers();
+    for query in ["", "?format=json"] {
+        let mut ws = connect(&server, query).await;
+        let ack = request(
+            &mut ws,
+            json!({"op": "subscribe", "id": 1, "channels": ["book.BTC-USD", "book.BTC-USD", "trades.BTC-USD"]}),
+        )
+        .await;
+        assert_eq!(ack["channels"].as_array().map(Vec::len), Some(2), "one ack each: {ack}");
+        assert_eq!((count("book.BTC-USD"), count("trades.BTC-USD")), (1, 1), "{query}");
+        // Resubscribing gives a fresh snapshot, not a second subscription.
+        let again =
+            request(&mut ws, json!({"op": "subscribe", "id": 2, "channels": ["book.BTC-USD"]}))
+                .await;
+        assert_eq!(again["op"], "subscribed");
+        assert_eq!(count("book.BTC-USD"), 1);
+        let left =
+            request(&mut ws, json!({"op": "unsubscribe", "id": 3, "channels": ["trades.BTC-USD"]}))
+                .await;
+        assert_eq!(left["op"], "unsubscribed", "{left}");
+        assert_eq!((count("book.BTC-USD"), count("trades.BTC-USD")), (1, 0));
+        // Data still flows on what is left, through the writer.
+        let mut deltas = 0;
+        while deltas < 20 {
+            match next(&mut ws).await {
+                Message::Binary(p) => {
+                    for m in protocol::decode(&p) {
+                        let m = m.expect("well-formed");
+                        assert_ne!(m.msg_type, MsgType::Trade, "unsubscribed trades stop");
+                        deltas += usize::from(m.msg_type == MsgType::BookDelta);
+                    }
+                }
+                Message::Text(t) => {
+                    assert!(!t.contains("\"trade\""), "unsubscribed trades stop: {t}");
+                    deltas += t.matches("\"book_delta\"").count();
+                }
+                Message::Close(code, reason) => panic!("closed: {code:?} {reason}"),
+            }
+        }
+        drop(ws);
+        eventually(|| count("book.BTC-USD") == 0).await;
+    }
+    server.shutdown().await.expect("clean shutdown");
+}

@@ -20,6 +20,10 @@ async fn a_client_that_pauses_gets_every_message_in_order() {
         c.channel_ring_chunks = 16_384;
         c.fanout.min_pass = Duration::from_micros(500);
         c.ws.socket_send_buffer_bytes = 4096;
+        // No heartbeat or ping makes the task write on its own: after a hand-over only
+        // the writer can carry the data on.
+        c.ws.heartbeat_interval = Duration::from_secs(120);
+        c.ws.ping_interval = Duration::from_secs(120);
     })
     .await;
     let mut ws = tickgate_gateway::client::connect_with(server.local_addr(), "/ws", Some(4096))

@@ -37,10 +37,10 @@ use crate::ws::outbox::{Link, Tally};
 /// Longest a writer sleeps without a wake-up (a safety net: every change wakes it).
 const IDLE_PARK: Duration = Duration::from_millis(50);
 
-/// What a connection task tells its writer.
+/// What a connection task tells its writer (links by id; `T` is the link itself).
 #[derive(Debug)]
-enum Registration {
-    Attach(Arc<Link>),
+enum Registration<T> {
+    Attach(u64, T),
     Subscribe(u64, usize),
     Unsubscribe(u64, usize),
     Detach(u64),
@@ -54,7 +54,7 @@ struct Mailbox {
     /// Registrations in arrival order. Bounded in practice by the connection limit times
     /// the per-connection inbound rate (each registration comes from a rate-limited
     /// request); emptied every round.
-    inbox: Mutex<Vec<Registration>>,
+    inbox: Mutex<Vec<Registration<Arc<Link>>>>,
     thread: OnceLock<Thread>,
 }
 
@@ -67,7 +67,7 @@ impl Mailbox {
         }
     }
 
-    fn send(&self, r: Registration) {
+    fn send(&self, r: Registration<Arc<Link>>) {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push(r);
         self.wake();
     }
@@ -136,7 +136,7 @@ impl Writers {
 
     /// A new connection.
     pub fn attach(&self, link: &Arc<Link>) {
-        self.mailbox(link.id).send(Registration::Attach(Arc::clone(link)));
+        self.mailbox(link.id).send(Registration::Attach(link.id, Arc::clone(link)));
     }
 
     /// The connection follows the channel with dense index `channel` from now on (its
@@ -250,6 +250,39 @@ impl<T> Followers<T> {
         Some(key)
     }
 
+    /// Applies one registration. A new subscription is visited in this round (chunks
+    /// published between its snapshot and now); a detached entry leaves the visit list.
+    fn apply(&mut self, r: Registration<T>, round: u64, visits: &mut Vec<usize>) {
+        match r {
+            Registration::Attach(link, item) => self.attach(link, item),
+            Registration::Subscribe(link, channel) => {
+                if let Some(key) = self.join(link, channel) {
+                    self.mark(key, round, visits);
+                }
+            }
+            Registration::Unsubscribe(link, channel) => self.leave(link, channel),
+            Registration::Detach(link) => {
+                // Only an entry marked in this round can be on the list (a mass disconnect
+                // must not scan it once per connection).
+                let marked =
+                    self.by_link.get(&link).is_some_and(|&k| self.entries[k].stamp == round);
+                if let Some(key) = self.detach(link) {
+                    if marked {
+                        visits.retain(|&k| k != key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts every follower of `channel` on `visits` (once per round).
+    fn mark_channel(&mut self, channel: usize, round: u64, visits: &mut Vec<usize>) {
+        for n in 0..self.lists[channel].len() {
+            let key = self.lists[channel][n];
+            self.mark(key, round, visits);
+        }
+    }
+
     /// Puts `key` on `visits` unless it is there for `round` already.
     fn mark(&mut self, key: usize, round: u64, visits: &mut Vec<usize>) {
         let entry = &mut self.entries[key];
@@ -271,7 +304,7 @@ struct Writer {
     followers: Followers<Arc<Link>>,
     round: u64,
     visits: Vec<usize>,
-    registrations: Vec<Registration>,
+    registrations: Vec<Registration<Arc<Link>>>,
     tally: Tally,
 }
 
@@ -322,18 +355,14 @@ impl Writer {
         );
         let mut registrations = std::mem::take(&mut self.registrations);
         for r in registrations.drain(..) {
-            self.register(r);
+            self.followers.apply(r, self.round, &mut self.visits);
         }
         self.registrations = registrations; // keep the allocation
         for (at, channel) in self.directory.all().iter().enumerate() {
             let head = channel.head();
-            if head == self.seen[at] {
-                continue;
-            }
-            self.seen[at] = head;
-            for n in 0..self.followers.lists[at].len() {
-                let key = self.followers.lists[at][n];
-                self.followers.mark(key, self.round, &mut self.visits);
+            if head != self.seen[at] {
+                self.seen[at] = head;
+                self.followers.mark_channel(at, self.round, &mut self.visits);
             }
         }
         for &key in &self.visits {
@@ -344,31 +373,14 @@ impl Writer {
         }
         self.tally.publish(&self.metrics);
     }
-
-    fn register(&mut self, r: Registration) {
-        match r {
-            Registration::Attach(link) => self.followers.attach(link.id, link),
-            Registration::Subscribe(link, channel) => {
-                // Visit it this round: chunks published between its snapshot and now.
-                if let Some(key) = self.followers.join(link, channel) {
-                    self.followers.mark(key, self.round, &mut self.visits);
-                }
-            }
-            Registration::Unsubscribe(link, channel) => self.followers.leave(link, channel),
-            Registration::Detach(link) => {
-                if let Some(key) = self.followers.detach(link) {
-                    self.visits.retain(|&k| k != key);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Registration::*;
 
-    fn consistent(f: &Followers<()>) {
+    fn consistent(f: &Followers<&'static str>) {
         for (channel, list) in f.lists.iter().enumerate() {
             for (pos, &k) in list.iter().enumerate() {
                 assert!(f.entries[k].channels.contains(&(channel, pos)), "{channel} {pos}");
@@ -379,50 +391,72 @@ mod tests {
                 assert_eq!(f.lists[channel][pos], k, "entry {k} channel {channel}");
             }
         }
+        assert_eq!(f.by_link.len(), f.entries.len());
     }
 
-    /// The follower lists stay consistent through joins, leaves and detaches in any order
-    /// (each entry's recorded positions point back at it), and a round visits each
-    /// follower of the changed channels once.
+    fn items(f: &Followers<&'static str>, visits: &[usize]) -> Vec<&'static str> {
+        let mut v: Vec<_> = visits.iter().map(|&k| f.entries[k].item).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Registrations as the writer applies them: the follower lists stay consistent
+    /// through subscribes, unsubscribes and detaches in any order (each entry's recorded
+    /// positions point back at it), a new subscription is visited in its round, a detached
+    /// connection is not, and a round visits each follower of the changed channels once.
     #[test]
-    fn follower_lists_stay_consistent() {
-        let mut f: Followers<()> = Followers::new(8);
-        for link in 0..20u64 {
-            f.attach(link, ());
-            for channel in [0, link as usize % 3, 5] {
-                f.join(link, channel);
-            }
-        }
-        assert_eq!(f.lists[0].len(), 20);
-        assert_eq!(f.join(99, 0), None, "unknown link");
-        assert_eq!(f.join(1, 99), None, "unknown channel");
-        for link in (0..20).step_by(3) {
-            f.leave(link, 0);
-            f.leave(link, 5);
-            consistent(&f);
-        }
-        f.leave(4, 1);
-        f.leave(4, 1); // twice: no-op
-        consistent(&f);
-        assert_eq!(f.lists[0].len(), 20 - 7);
-        for link in [19, 0, 7, 8] {
-            assert!(f.detach(link).is_some());
-            consistent(&f);
-        }
-        assert_eq!(f.detach(7), None, "detached already");
-        assert_eq!(f.entries.len(), 16);
-        // Every follower of channels 0 and 5 (overlapping sets) visited exactly once.
+    fn registrations_keep_the_follower_lists_consistent() {
+        let mut f: Followers<&'static str> = Followers::new(8);
         let mut visits = Vec::new();
-        for channel in [0, 5] {
-            for n in 0..f.lists[channel].len() {
-                let key = f.lists[channel][n];
-                f.mark(key, 1, &mut visits);
+        let names = ["a", "b", "c", "d", "e", "f"];
+        for (link, name) in names.iter().enumerate() {
+            f.apply(Attach(link as u64, *name), 1, &mut visits);
+            for channel in [0, link % 3, 5] {
+                f.apply(Subscribe(link as u64, channel), 1, &mut visits);
             }
         }
-        let mut expected: Vec<usize> = f.lists[0].iter().chain(&f.lists[5]).copied().collect();
-        expected.sort_unstable();
-        expected.dedup();
-        visits.sort_unstable();
-        assert_eq!(visits, expected);
+        assert_eq!(items(&f, &visits), names, "each new subscriber visited once");
+        assert_eq!(f.lists[0].len(), 6, "a channel named twice is followed once");
+        f.apply(Subscribe(99, 0), 1, &mut visits);
+        f.apply(Subscribe(1, 99), 1, &mut visits);
+        assert_eq!(visits.len(), 6, "unknown link or channel: nothing");
+        consistent(&f);
+
+        // Round 2: unsubscribes and a detach of a connection marked in this round.
+        visits.clear();
+        f.apply(Subscribe(2, 7), 2, &mut visits);
+        f.apply(Unsubscribe(0, 0), 2, &mut visits);
+        f.apply(Unsubscribe(3, 5), 2, &mut visits);
+        f.apply(Unsubscribe(3, 5), 2, &mut visits); // twice: nothing
+        f.apply(Detach(2), 2, &mut visits);
+        assert!(visits.is_empty(), "a detached connection is not visited");
+        consistent(&f);
+        assert_eq!(f.lists[0].len(), 4);
+        assert_eq!(f.lists[7].len(), 0);
+
+        // Round 3: a detach and an attach in one batch reuse the slab key; the new
+        // connection starts with no channels of the old one.
+        visits.clear();
+        let old_key = f.by_link[&4];
+        f.apply(Detach(4), 3, &mut visits);
+        f.apply(Attach(40, "g"), 3, &mut visits);
+        assert_eq!(f.by_link[&40], old_key, "the key is reused");
+        assert!(f.entries[old_key].channels.is_empty());
+        f.apply(Subscribe(40, 6), 3, &mut visits);
+        assert_eq!(items(&f, &visits), ["g"]);
+        consistent(&f);
+
+        // Round 4: channels 0 and 5 changed (overlapping followers): each visited once.
+        visits.clear();
+        f.mark_channel(0, 4, &mut visits);
+        f.mark_channel(5, 4, &mut visits);
+        assert_eq!(items(&f, &visits), ["a", "b", "d", "f"]);
+        f.mark_channel(0, 4, &mut visits);
+        assert_eq!(visits.len(), 4, "marked once per round");
+        for link in [0, 1, 3, 5, 40] {
+            f.apply(Detach(link), 5, &mut visits);
+        }
+        assert!(f.lists.iter().all(Vec::is_empty) && f.entries.is_empty());
+        consistent(&f);
     }
 }

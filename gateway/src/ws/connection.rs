@@ -56,7 +56,9 @@ pub async fn run(
     let input = read_buf.to_vec();
     drop(read_buf);
     let link = Link::new(stream, format, Arc::clone(ctx));
-    ctx.writers.attach(&link);
+    // From here on the writer holds the link: the guard lets go of it however the task
+    // ends (returns, panics, or is dropped), or the socket would stay open and written to.
+    let attached = Attached::new(&link, format, ctx);
     let mut conn = Conn {
         link: Arc::clone(&link),
         ctx: Arc::clone(ctx),
@@ -79,20 +81,41 @@ pub async fn run(
     };
     let closing = conn.serve().await;
     drop(conn);
-    ctx.writers.detach(link.id);
-    {
-        let mut st = link.lock();
-        let json = format == Format::Json;
-        for s in st.subs.drain(..) {
-            s.channel.unsubscribe(json);
-        }
-    }
+    drop(attached);
     if let Closing::Send(..) = closing {
         // Let the client's close (or EOF) arrive before the socket is dropped: closing a
         // socket with unread input makes the kernel send a reset, which can overtake our
         // close frame on its way to the client.
         let _ = socket2::SockRef::from(&link.stream).shutdown(std::net::Shutdown::Write);
         let _ = tokio::time::timeout(CLOSE_LINGER, discard_until_eof(&link.stream)).await;
+    }
+}
+
+/// A connection registered with its writer and counted in its channels; undone on drop.
+struct Attached {
+    link: Arc<Link>,
+    format: Format,
+    ctx: Arc<WsContext>,
+}
+
+impl Attached {
+    fn new(link: &Arc<Link>, format: Format, ctx: &Arc<WsContext>) -> Attached {
+        ctx.writers.attach(link);
+        Attached { link: Arc::clone(link), format, ctx: Arc::clone(ctx) }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut st = self.link.lock();
+        // The writer keeps off from now on, even before it reads the detach.
+        st.closing.get_or_insert(Closing::Gone);
+        let json = self.format == Format::Json;
+        for s in st.subs.drain(..) {
+            s.channel.unsubscribe(json);
+        }
+        drop(st);
+        self.ctx.writers.detach(self.link.id);
     }
 }
 
@@ -222,6 +245,15 @@ impl Conn {
                 let st = link.lock();
                 (st.blocked, st.closing)
             };
+            if !blocked && closing.is_none() && !self.input.is_empty() {
+                // Requests left over when the answers reached the budget: their answers
+                // went out, so handle them now rather than at the client's next bytes.
+                let before = self.input.len();
+                self.parse_input(limits.write_batch_bytes_max);
+                if self.input.len() != before {
+                    continue; // send their answers, then look again
+                }
+            }
             if let Some(closing) = closing {
                 return self.close(closing).await;
             }
@@ -582,10 +614,17 @@ impl Conn {
             }
             return self.orders_channel(id, true);
         }
-        let channels = match self.resolve(&id, &names) {
+        let mut channels = match self.resolve(&id, &names) {
             Ok(c) => c,
             Err(e) => return self.error(e),
         };
+        // A name given twice is one subscription: one ack, one snapshot.
+        let mut seen = Vec::with_capacity(channels.len());
+        channels.retain(|c| {
+            let first = !seen.contains(&c.id);
+            seen.push(c.id);
+            first
+        });
         let max = self.ctx.limits.subscriptions_per_connection_max;
         // One critical section: the writer must not send a channel's deltas before its
         // snapshot, and every new subscription starts exactly after its snapshot.
