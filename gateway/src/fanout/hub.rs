@@ -298,8 +298,9 @@ impl Publisher {
     }
 
     /// Puts a chunk in the channel's ring. Nobody is woken here: the pass wakes the
-    /// writers once, after every channel is published.
-    fn store(&mut self, channel: &Channel, _state: &mut State, chunk: Chunk) {
+    /// writers once, after every channel is published. `_locked` is the channel's state
+    /// guard: storing under it is what makes a snapshot valid exactly at the head.
+    fn store(&mut self, channel: &Channel, _locked: &mut State, chunk: Chunk) {
         let index = chunk.index;
         channel.slots[(index & channel.mask) as usize].store(Some(Arc::new(chunk)));
         // Release: a writer that sees the new head sees the chunk in its slot.

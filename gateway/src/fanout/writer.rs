@@ -118,11 +118,6 @@ impl Writers {
         Duration::from_nanos(self.round_ns.load(Ordering::Relaxed))
     }
 
-    /// Number of writer threads.
-    pub fn count(&self) -> usize {
-        self.mailboxes.len()
-    }
-
     /// Asks every writer for a round (the hub, after a pass that published).
     pub fn wake(&self) {
         for m in self.mailboxes.iter() {
@@ -349,15 +344,14 @@ impl Writer {
         let started = Instant::now();
         self.round += 1;
         self.visits.clear();
+        // Swap, not take: the inbox gets this writer's empty buffer back, allocation kept.
         std::mem::swap(
             &mut self.registrations,
             &mut *self.mailboxes[self.index].inbox.lock().unwrap_or_else(|e| e.into_inner()),
         );
-        let mut registrations = std::mem::take(&mut self.registrations);
-        for r in registrations.drain(..) {
+        for r in self.registrations.drain(..) {
             self.followers.apply(r, self.round, &mut self.visits);
         }
-        self.registrations = registrations; // keep the allocation
         for (at, channel) in self.directory.all().iter().enumerate() {
             let head = channel.head();
             if head != self.seen[at] {

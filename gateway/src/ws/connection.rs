@@ -58,7 +58,7 @@ pub async fn run(
     let link = Link::new(stream, format, Arc::clone(ctx));
     // From here on the writer holds the link: the guard lets go of it however the task
     // ends (returns, panics, or is dropped), or the socket would stay open and written to.
-    let attached = Attached::new(&link, format, ctx);
+    let attached = Attached::new(&link, ctx);
     let mut conn = Conn {
         link: Arc::clone(&link),
         ctx: Arc::clone(ctx),
@@ -94,14 +94,13 @@ pub async fn run(
 /// A connection registered with its writer and counted in its channels; undone on drop.
 struct Attached {
     link: Arc<Link>,
-    format: Format,
     ctx: Arc<WsContext>,
 }
 
 impl Attached {
-    fn new(link: &Arc<Link>, format: Format, ctx: &Arc<WsContext>) -> Attached {
+    fn new(link: &Arc<Link>, ctx: &Arc<WsContext>) -> Attached {
         ctx.writers.attach(link);
-        Attached { link: Arc::clone(link), format, ctx: Arc::clone(ctx) }
+        Attached { link: Arc::clone(link), ctx: Arc::clone(ctx) }
     }
 }
 
@@ -110,7 +109,7 @@ impl Drop for Attached {
         let mut st = self.link.lock();
         // The writer keeps off from now on, even before it reads the detach.
         st.closing.get_or_insert(Closing::Gone);
-        let json = self.format == Format::Json;
+        let json = st.format == Format::Json;
         for s in st.subs.drain(..) {
             s.channel.unsubscribe(json);
         }

@@ -214,20 +214,14 @@ impl Outbox {
         self.out.push_back(frame);
     }
 
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.out.is_empty()
-    }
-
     /// Writes what is queued without waiting: vectored, handling partial writes.
     pub fn write(&mut self, stream: &TcpStream, tally: &mut Tally) -> Flushed {
         while !self.out.is_empty() {
-            let mut iov = [IoSlice::new(&[]); IOV_MAX];
-            let n = self.out.len().min(IOV_MAX);
-            for (slot, frame) in iov.iter_mut().zip(self.out.iter()) {
-                *slot = IoSlice::new(frame);
-            }
-            let mut written = match stream.try_write_vectored(&iov[..n]) {
+            // Only as many slices as frames: a fixed array of IOV_MAX would be 16 KiB to
+            // fill on every write.
+            let iov: Vec<IoSlice<'_>> =
+                self.out.iter().take(IOV_MAX).map(|frame| IoSlice::new(frame)).collect();
+            let mut written = match stream.try_write_vectored(&iov) {
                 Ok(0) => return Flushed::Failed,
                 Ok(written) => written,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
