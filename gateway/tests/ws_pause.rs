@@ -26,7 +26,11 @@ async fn a_client_that_pauses_gets_every_message_in_order() {
         c.ws.ping_interval = Duration::from_secs(120);
     })
     .await;
-    let mut ws = tickgate_gateway::client::connect_with(server.local_addr(), "/ws", Some(4096))
+    // The server's send buffer is what fills; the client's receive buffer stays sane: a
+    // 4 KiB one made the kernel drop 64 KiB loopback segments and fall back on its persist
+    // and retransmit timers (`ss`: Send-Q stuck, timer:(persist), drops at the receiver),
+    // slowing the catch-up below to seconds.
+    let mut ws = tickgate_gateway::client::connect_with(server.local_addr(), "/ws", Some(65_536))
         .await
         .expect("connects");
     assert_eq!(text(&mut ws).await["op"], "welcome");
@@ -57,7 +61,15 @@ async fn a_client_that_pauses_gets_every_message_in_order() {
     while f.book.as_ref().map_or(0, |b| b.seq().0) < book_head
         || f.last_trade_seq.unwrap_or(0) < trades_head
     {
-        assert!(tokio::time::Instant::now() < deadline, "caught up with the heads in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "caught up with the heads in time: book {:?} of {book_head}, trades {:?} of \
+             {trades_head}, {} hand-overs, writes {}",
+            f.book.as_ref().map(|b| b.seq().0),
+            f.last_trade_seq,
+            server.metrics().ws_blocked_total.load(Ordering::Relaxed),
+            server.metrics().ws_writes_total.load(Ordering::Relaxed),
+        );
         if let Message::Binary(p) = next(&mut ws).await {
             f.apply(&p);
         }
