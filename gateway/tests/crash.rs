@@ -385,9 +385,17 @@ async fn acknowledged_orders_survive_sigkill() {
             let bytes = std::fs::read(path).ok()?;
             // Batch frames: u32 length (after the 8-byte length+CRC), so the second batch
             // starts at 24 + 8 + first length. Damage the first batch's records.
-            let first_len = u32::from_le_bytes(bytes.get(24..28)?.try_into().ok()?) as usize;
+            let len_at = |at: usize| -> Option<usize> {
+                Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+            };
+            let first_len = len_at(24)?;
             let second = 24 + 8 + first_len;
-            (bytes.len() > second + 16).then_some((path.clone(), 24 + 16 + first_len / 2))
+            // The second batch must be whole: a torn or zeroed one (the last run was
+            // killed) would make the damaged first batch the journal's torn tail, which
+            // recovery rightly cuts and starts from.
+            let second_len = len_at(second)?;
+            (second_len > 0 && bytes.len() >= second + 8 + second_len)
+                .then_some((path.clone(), 24 + 16 + first_len / 2))
         })
         .expect("a segment with at least two batches");
     let mut bytes = std::fs::read(&segment).expect("read segment");
