@@ -93,6 +93,7 @@ fn new(id: u64, account: u32, side: Side, order_type: OrderType, price: i64, qty
     Command {
         ts: UnixNanos(id),
         kind: CommandKind::New(NewOrder {
+            key: None,
             order_id: OrderId(id),
             client_order_id: id,
             account: AccountId(account),

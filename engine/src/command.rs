@@ -2,6 +2,7 @@
 //! ingest timestamp, and is what the journal records, so replaying the same commands
 //! reproduces the same events.
 
+use crate::idempotency::IdempotencyKey;
 use crate::types::{
     AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Side, UnixNanos,
 };
@@ -107,6 +108,9 @@ pub struct NewOrder {
     pub qty: Qty,
     /// Self-trade prevention.
     pub stp: StpMode,
+    /// The client's idempotency key, if it sent one: a second order with the same key
+    /// from the same account is refused (see [`crate::idempotency`]).
+    pub key: Option<IdempotencyKey>,
 }
 
 /// Cancel a resting order.
@@ -242,6 +246,11 @@ pub enum RejectReason {
     UnknownAsset = 18,
     /// Trading in the instrument is halted (cancels still work).
     InstrumentHalted = 19,
+    /// An order with this idempotency key and the same content exists already (a retry):
+    /// nothing new was placed.
+    DuplicateRequest = 20,
+    /// This idempotency key was used for a different order.
+    IdempotencyKeyReused = 21,
 }
 
 impl RejectReason {
@@ -274,6 +283,8 @@ impl RejectReason {
             17 => BookFull,
             18 => UnknownAsset,
             19 => InstrumentHalted,
+            20 => DuplicateRequest,
+            21 => IdempotencyKeyReused,
             _ => return Option::None,
         })
     }
@@ -302,6 +313,8 @@ impl RejectReason {
             BookFull => "book_full",
             UnknownAsset => "unknown_asset",
             InstrumentHalted => "instrument_halted",
+            DuplicateRequest => "duplicate_request",
+            IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 }
@@ -325,6 +338,7 @@ mod tests {
         }
         assert_eq!(RejectReason::from_u8(17), Some(RejectReason::BookFull));
         assert_eq!(RejectReason::from_u8(19), Some(RejectReason::InstrumentHalted));
-        assert_eq!(RejectReason::from_u8(20), None);
+        assert_eq!(RejectReason::from_u8(21), Some(RejectReason::IdempotencyKeyReused));
+        assert_eq!(RejectReason::from_u8(22), None);
     }
 }

@@ -13,6 +13,7 @@ use crate::command::{
     Transfer,
 };
 use crate::event::{Bbo, BookDelta, Event, ExecKind, ExecReport, Trade};
+use crate::idempotency::{fingerprint, KeyRecord, KeyTable};
 use crate::instrument::{default_markets, Asset, Instrument, InstrumentError, InstrumentSpec};
 use crate::snapshot::{ByteReader, StateError};
 use crate::types::{
@@ -156,6 +157,8 @@ pub struct Engine {
     touched: Vec<(Side, Price, Qty)>,
     counters: EngineCounters,
     max_order_id: u64,
+    /// Idempotency keys of new orders (see [`crate::idempotency`]).
+    keys: KeyTable,
 }
 
 fn report(
@@ -181,6 +184,7 @@ fn report(
         price: o.price,
         last_price: last.0,
         last_qty: last.1,
+        // A refused cancel or replace leaves the order as it was: its open quantity stands.
         leaves_qty: if matches!(kind, ExecKind::Canceled | ExecKind::Rejected) {
             Qty::ZERO
         } else {
@@ -199,7 +203,8 @@ impl<S: EventSink> Ctx<'_, S> {
 
     #[inline]
     fn report(&mut self, o: &Live, kind: ExecKind, reason: RejectReason, last: (Price, Qty)) {
-        if kind == ExecKind::Rejected {
+        // The one place a rejection is counted (with `Engine::reject`).
+        if kind.is_rejection() {
             self.counters.rejects += 1;
         }
         let event = report(self.ledger, o, self.ts, kind, reason, last);
@@ -499,6 +504,7 @@ impl Engine {
             touched: Vec::with_capacity(64),
             counters: EngineCounters::default(),
             max_order_id: 0,
+            keys: KeyTable::default(),
         })
     }
 
@@ -545,15 +551,18 @@ impl Engine {
                 }
             }
         }
+        self.keys.encode_into(out);
     }
 
     /// An engine built from `spec` (owning what `owns` says) with the state that
     /// [`Engine::encode_state`] wrote. The tables must match `spec` exactly and every order
     /// must be valid for its book; otherwise the state is refused.
+    /// `with_keys`: the state ends with the idempotency keys (snapshot version 3 on).
     pub fn restore_state(
         spec: &EngineSpec,
         owns: impl Fn(InstrumentId) -> bool,
         bytes: &[u8],
+        with_keys: bool,
     ) -> Result<Engine, StateError> {
         let mut e = Engine::new(spec, owns)
             .map_err(|err| StateError { at: 0, what: format!("engine spec: {err}") })?;
@@ -618,6 +627,9 @@ impl Engine {
                 };
                 m.book.insert(order).map_err(|_| r.error("book capacity exceeded"))?;
             }
+        }
+        if with_keys {
+            e.keys = KeyTable::decode_from(&mut r)?;
         }
         if !r.finished() {
             return Err(r.error("bytes after the last market"));
@@ -701,10 +713,53 @@ impl Engine {
         }
     }
 
-    fn reject<S: EventSink>(&mut self, ts: UnixNanos, o: &Live, reason: RejectReason, out: &mut S) {
+    /// Refuses a command before it reaches a market (`kind` says which command).
+    fn reject<S: EventSink>(
+        &mut self,
+        ts: UnixNanos,
+        o: &Live,
+        kind: ExecKind,
+        reason: RejectReason,
+        out: &mut S,
+    ) {
+        debug_assert!(kind.is_rejection());
         self.counters.rejects += 1;
         self.counters.events += 1;
-        out.push(report(&mut self.ledger, o, ts, ExecKind::Rejected, reason, (Price(0), Qty(0))));
+        out.push(report(&mut self.ledger, o, ts, kind, reason, (Price(0), Qty(0))));
+    }
+
+    /// The verdict on a keyed order's key: `Err` when the key was used already (a retry,
+    /// or a reuse for another order); else the key is remembered for this order, whatever
+    /// becomes of it, so that a retry gets this order's outcome and never a second order.
+    fn claim_key(&mut self, ts: UnixNanos, o: &NewOrder) -> Result<(), RejectReason> {
+        let Some(key) = o.key else { return Ok(()) };
+        let fingerprint = fingerprint(o);
+        match self.keys.find(o.account, key, ts) {
+            Some(r) if r.fingerprint == fingerprint => Err(RejectReason::DuplicateRequest),
+            Some(_) => Err(RejectReason::IdempotencyKeyReused),
+            // Keys of accounts that do not exist would only take memory.
+            None if !self.ledger.contains(o.account) => Ok(()),
+            None => {
+                let record = KeyRecord { key, order_id: o.order_id, fingerprint, ts };
+                self.keys.insert(o.account, record);
+                Ok(())
+            }
+        }
+    }
+
+    /// The remembered record of `key` for `account`, if any (a retry is answered from it).
+    pub fn key_record(
+        &self,
+        account: AccountId,
+        key: crate::idempotency::IdempotencyKey,
+        now: UnixNanos,
+    ) -> Option<KeyRecord> {
+        self.keys.find(account, key, now)
+    }
+
+    /// Every remembered idempotency key, accounts in id order.
+    pub fn key_records(&self) -> impl Iterator<Item = (AccountId, KeyRecord)> + '_ {
+        self.keys.records()
     }
 
     /// Splits out the matching context for an owned market.
@@ -727,8 +782,8 @@ impl Engine {
 
     fn new_order<S: EventSink>(&mut self, ts: UnixNanos, o: &NewOrder, out: &mut S) {
         let mut live = Live::from_new(o);
-        if let Err(reason) = self.validate_new(o) {
-            return self.reject(ts, &live, reason, out);
+        if let Err(reason) = self.claim_key(ts, o).and_then(|()| self.validate_new(o)) {
+            return self.reject(ts, &live, ExecKind::Rejected, reason, out);
         }
         let mut cx = self.ctx(o.instrument, ts, out).expect("validated: owned market");
         let book = &cx.market.book;
@@ -738,7 +793,6 @@ impl Engine {
                 Side::Sell => book.best(Side::Buy).is_some_and(|(p, _)| p >= o.price),
             };
             if crosses {
-                cx.counters.rejects += 1;
                 return cx.report(
                     &live,
                     ExecKind::Rejected,
@@ -844,7 +898,7 @@ impl Engine {
             Ok((slot, _)) => slot,
             Err(reason) => {
                 let live = Self::unknown(c.order_id, c.account, c.instrument);
-                return self.reject(ts, &live, reason, out);
+                return self.reject(ts, &live, ExecKind::CancelRejected, reason, out);
             }
         };
         let mut cx = self.ctx(c.instrument, ts, out).expect("found: owned market");
@@ -867,7 +921,7 @@ impl Engine {
             Ok(found) => found,
             Err(reason) => {
                 let live = Self::unknown(r.order_id, r.account, r.instrument);
-                return self.reject(ts, &live, reason, out);
+                return self.reject(ts, &live, ExecKind::ReplaceRejected, reason, out);
             }
         };
         let old = Live::from_resting(&order, r.instrument);
@@ -913,8 +967,7 @@ impl Engine {
                 }
             }
         };
-        cx.counters.rejects += 1;
-        cx.report(&old, ExecKind::Rejected, reason, (Price(0), Qty(0)));
+        cx.report(&old, ExecKind::ReplaceRejected, reason, (Price(0), Qty(0)));
     }
 
     fn transfer<S: EventSink>(&mut self, ts: UnixNanos, t: &Transfer, out: &mut S) {
@@ -940,7 +993,7 @@ impl Engine {
                 .map_err(|_| RejectReason::InsufficientFunds)
         };
         match result {
-            Err(reason) => self.reject(ts, &live, reason, out),
+            Err(reason) => self.reject(ts, &live, ExecKind::Rejected, reason, out),
             Ok(()) => {
                 self.counters.events += 1;
                 let last = (Price(0), Qty(t.amount.0));
@@ -983,6 +1036,7 @@ impl Engine {
                 }
             }
         }
+        self.keys.digest_into(&mut fold);
         hash
     }
 

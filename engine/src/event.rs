@@ -87,6 +87,12 @@ pub enum ExecKind {
     Replaced = 5,
     /// A transfer was applied (`price` holds the asset id, `last_qty` the signed amount).
     Transferred = 6,
+    /// A cancel was refused (`reason` says why); the order, if it exists, is unchanged and
+    /// `leaves_qty` is what it still has open.
+    CancelRejected = 7,
+    /// A replace was refused (`reason` says why); the order, if it exists, is unchanged and
+    /// `leaves_qty` is what it still has open.
+    ReplaceRejected = 8,
 }
 
 impl ExecKind {
@@ -100,6 +106,8 @@ impl ExecKind {
             4 => ExecKind::Canceled,
             5 => ExecKind::Replaced,
             6 => ExecKind::Transferred,
+            7 => ExecKind::CancelRejected,
+            8 => ExecKind::ReplaceRejected,
             _ => return None,
         })
     }
@@ -114,7 +122,14 @@ impl ExecKind {
             ExecKind::Canceled => "canceled",
             ExecKind::Replaced => "replaced",
             ExecKind::Transferred => "transferred",
+            ExecKind::CancelRejected => "cancel_rejected",
+            ExecKind::ReplaceRejected => "replace_rejected",
         }
+    }
+
+    /// Whether this report refuses a command (a new order, a cancel or a replace).
+    pub fn is_rejection(self) -> bool {
+        matches!(self, ExecKind::Rejected | ExecKind::CancelRejected | ExecKind::ReplaceRejected)
     }
 }
 

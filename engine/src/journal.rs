@@ -11,6 +11,9 @@
 //! payload = u64 seq | u64 ingest ts (ns) | u8 kind | fixed body of the kind
 //! ```
 //!
+//! A new order with an idempotency key is kind 6: the body of kind 1 followed by the
+//! 128-bit key, so recovery rebuilds the key table exactly (see [`crate::idempotency`]).
+//!
 //! Records are grouped into **batches**, one per group commit (one `write`, one sync):
 //!
 //! ```text
@@ -33,6 +36,7 @@ use crate::command::{
     CancelOrder, Command, CommandKind, NewOrder, OrderType, ReplaceOrder, StpMode, TradingStatus,
     Transfer,
 };
+use crate::idempotency::IdempotencyKey;
 use crate::types::UnixNanos;
 use crate::types::{AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Side};
 
@@ -44,8 +48,9 @@ pub const SEGMENT_VERSION: u32 = 2;
 pub const SEGMENT_HEADER_BYTES: usize = 24;
 /// Bytes before a record's payload (length, checksum).
 pub const RECORD_HEADER_BYTES: usize = 8;
-/// Largest payload any command encodes to; a larger length field is damage.
-pub const PAYLOAD_MAX: usize = 64;
+/// Largest payload any command encodes to (a keyed new order: 76 bytes); a larger length
+/// field is damage.
+pub const PAYLOAD_MAX: usize = 96;
 /// Bytes before a batch's records: length, checksum, first sequence.
 pub const BATCH_HEADER_BYTES: usize = 16;
 /// XORed into a batch's CRC, so that a record (whose frame has the same shape: length,
@@ -62,6 +67,7 @@ const KIND_CANCEL: u8 = 2;
 const KIND_REPLACE: u8 = 3;
 const KIND_TRANSFER: u8 = 4;
 const KIND_STATUS: u8 = 5;
+const KIND_NEW_KEYED: u8 = 6;
 
 /// Why a journal could not be read (or written).
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +119,7 @@ pub fn encode_record(seq: u64, command: &Command, out: &mut Vec<u8>) {
     out.extend_from_slice(&command.ts.0.to_le_bytes());
     match &command.kind {
         CommandKind::New(o) => {
-            out.push(KIND_NEW);
+            out.push(if o.key.is_some() { KIND_NEW_KEYED } else { KIND_NEW });
             out.extend_from_slice(&o.order_id.0.to_le_bytes());
             out.extend_from_slice(&o.client_order_id.to_le_bytes());
             out.extend_from_slice(&o.account.0.to_le_bytes());
@@ -121,6 +127,9 @@ pub fn encode_record(seq: u64, command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&[o.side.as_u8(), o.order_type.as_u8(), o.stp.as_u8()]);
             out.extend_from_slice(&o.price.0.to_le_bytes());
             out.extend_from_slice(&o.qty.0.to_le_bytes());
+            if let Some(key) = o.key {
+                out.extend_from_slice(&key.0.to_le_bytes());
+            }
         }
         CommandKind::Cancel(c) => {
             out.push(KIND_CANCEL);
@@ -183,6 +192,9 @@ impl Cursor<'_> {
     fn i64(&mut self) -> Option<i64> {
         self.take().map(i64::from_le_bytes)
     }
+    fn u128(&mut self) -> Option<u128> {
+        self.take().map(u128::from_le_bytes)
+    }
 }
 
 /// Decodes a payload (checksum already verified). `None`: not a command this build knows.
@@ -191,7 +203,7 @@ pub fn decode_payload(payload: &[u8]) -> Option<Record> {
     let seq = c.u64()?;
     let ts = UnixNanos(c.u64()?);
     let kind = match c.u8()? {
-        KIND_NEW => CommandKind::New(NewOrder {
+        kind @ (KIND_NEW | KIND_NEW_KEYED) => CommandKind::New(NewOrder {
             order_id: OrderId(c.u64()?),
             client_order_id: c.u64()?,
             account: AccountId(c.u32()?),
@@ -201,6 +213,10 @@ pub fn decode_payload(payload: &[u8]) -> Option<Record> {
             stp: StpMode::from_u8(c.u8()?)?,
             price: Price(c.i64()?),
             qty: Qty(c.i64()?),
+            key: match kind {
+                KIND_NEW_KEYED => Some(IdempotencyKey(c.u128()?)),
+                _ => None,
+            },
         }),
         KIND_CANCEL => CommandKind::Cancel(CancelOrder {
             order_id: OrderId(c.u64()?),
@@ -590,6 +606,7 @@ mod tests {
     fn cmd(i: u64) -> Command {
         let kind = match i % 5 {
             0 => CommandKind::New(NewOrder {
+                key: i.is_multiple_of(10).then_some(IdempotencyKey(u128::MAX - u128::from(i))),
                 order_id: OrderId(i),
                 client_order_id: i * 7,
                 account: AccountId(3),

@@ -17,6 +17,7 @@ pub mod command;
 pub mod durable;
 pub mod engine;
 pub mod event;
+pub mod idempotency;
 pub mod instrument;
 pub mod journal;
 pub mod l2;
@@ -34,6 +35,7 @@ pub use command::{
 };
 pub use engine::{Engine, EngineCounters, EngineSpec, EventSink};
 pub use event::{Bbo, BookDelta, Event, EventDigest, ExecKind, ExecReport, Trade, EVENT_WORDS};
+pub use idempotency::{IdempotencyKey, KeyRecord};
 pub use instrument::{default_markets, Asset, Instrument, InstrumentSpec};
 pub use l2::L2Book;
 pub use ring::{EventRing, ReadOutcome, RingReader, RingWriter};

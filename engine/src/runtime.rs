@@ -31,6 +31,7 @@ use crate::durable::{
 };
 use crate::engine::{Engine, EngineCounters, EngineSpec};
 use crate::event::Event;
+use crate::idempotency::KeyRecord;
 use crate::instrument::{Asset, Instrument, InstrumentError};
 use crate::journal::{JournalError, JournalWriter};
 use crate::ring::{EventRing, RingReader, RingWriter};
@@ -178,6 +179,7 @@ enum Query {
     OpenOrders { accounts: Vec<AccountId>, reply: Sender<Vec<(InstrumentId, RestingOrder)>> },
     Halted { instrument: InstrumentId, reply: Sender<Option<bool>> },
     ExecSeqs { accounts: Vec<AccountId>, reply: Sender<Vec<Option<Seq>>> },
+    Keys { accounts: Vec<AccountId>, reply: Sender<Vec<(AccountId, KeyRecord)>> },
 }
 
 enum Request {
@@ -569,6 +571,16 @@ impl EngineHandle {
         self.ask(shard, |reply| Query::OpenOrders { accounts, reply })
     }
 
+    /// The idempotency keys `shard` remembers for `accounts` (accounts in id order, each
+    /// oldest first), answered after every command queued before the call.
+    pub fn key_records(
+        &self,
+        shard: usize,
+        accounts: Vec<AccountId>,
+    ) -> Result<Vec<(AccountId, KeyRecord)>, SubmitError> {
+        self.ask(shard, |reply| Query::Keys { accounts, reply })
+    }
+
     /// Balances and positions of `account` on `shard` as of the last published batch,
     /// read lock-free (the engine thread is not involved); `None` for an unknown account
     /// or shard.
@@ -737,6 +749,10 @@ impl ShardWorker {
             }
             Query::Halted { instrument, reply } => {
                 let _ = reply.send(self.engine.is_halted(instrument));
+            }
+            Query::Keys { accounts, reply } => {
+                let records = self.engine.key_records().filter(|(a, _)| accounts.contains(a));
+                let _ = reply.send(records.collect());
             }
             Query::OpenOrders { accounts, reply } => {
                 let mut out = Vec::new();

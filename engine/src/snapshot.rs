@@ -7,9 +7,9 @@
 //! ```
 //!
 //! The CRC covers every byte before it. The state section is written by
-//! [`Engine::encode_state`]: table sizes, counters, the ledger, and every owned book's
+//! [`Engine::encode_state`]: table sizes, counters, the ledger, every owned book's
 //! channel sequences and resting orders in priority order (so restoring re-inserts them
-//! in the same queue positions). Files are written atomically: a temporary file, fsync,
+//! in the same queue positions), and (from version 3) the idempotency keys. Files are written atomically: a temporary file, fsync,
 //! rename, fsync of the directory; a reader never sees half a snapshot.
 
 use std::fs::{self, OpenOptions};
@@ -23,7 +23,9 @@ use crate::types::InstrumentId;
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TGSNAP01";
 /// Snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
+/// Oldest snapshot version this build still reads (version 2 has no idempotency keys).
+pub const SNAPSHOT_VERSION_MIN: u32 = 2;
 const HEADER_BYTES: usize = 32;
 
 /// A little-endian reader over a byte slice; every read is bounds-checked.
@@ -162,10 +164,13 @@ pub fn read_snapshot(
     let mut header = ByteReader::new(&body[8..HEADER_BYTES]);
     let field = |r: Result<u64, StateError>| r.map_err(|e| corrupt(8 + e.at, e.what));
     let version = field(header.u32().map(u64::from))?;
-    if version != u64::from(SNAPSHOT_VERSION) {
+    if !(u64::from(SNAPSHOT_VERSION_MIN)..=u64::from(SNAPSHOT_VERSION)).contains(&version) {
         return Err(corrupt(
             8,
-            format!("unknown snapshot version {version} (this build reads {SNAPSHOT_VERSION})"),
+            format!(
+                "unknown snapshot version {version} (this build reads \
+                 {SNAPSHOT_VERSION_MIN} to {SNAPSHOT_VERSION})"
+            ),
         ));
     }
     let file_shard = field(header.u32().map(u64::from))?;
@@ -174,7 +179,8 @@ pub fn read_snapshot(
     }
     let seq = field(header.u64())?;
     let last_ts = field(header.u64())?;
-    let engine = Engine::restore_state(spec, owns, &body[HEADER_BYTES..])
+    let with_keys = version >= 3;
+    let engine = Engine::restore_state(spec, owns, &body[HEADER_BYTES..], with_keys)
         .map_err(|e| corrupt(HEADER_BYTES + e.at, e.what))?;
     Ok(LoadedSnapshot { path: path.to_path_buf(), seq, last_ts, engine })
 }
@@ -186,6 +192,7 @@ mod tests {
         Command, CommandKind, NewOrder, OrderType, StpMode, TradingStatus, Transfer,
     };
     use crate::event::Event;
+    use crate::idempotency::IdempotencyKey;
     use crate::types::{AccountId, Amount, AssetId, OrderId, Price, Qty, Side, UnixNanos};
 
     fn busy_engine() -> (EngineSpec, Engine) {
@@ -207,6 +214,7 @@ mod tests {
         let lot = spec.instruments[0].lot_size.0;
         for i in 0..60u64 {
             let o = NewOrder {
+                key: i.is_multiple_of(5).then_some(IdempotencyKey(u128::from(i) << 70 | 3)),
                 order_id: OrderId(i + 1),
                 client_order_id: i,
                 account: AccountId(1 + (i % 3) as u32),
@@ -240,9 +248,13 @@ mod tests {
         assert_eq!(restored.max_order_id(), original.max_order_id());
         assert_eq!(restored.is_halted(InstrumentId(1)), Some(true));
         assert_eq!(restored.is_halted(InstrumentId(0)), Some(false));
+        let keys: Vec<_> = original.key_records().collect();
+        assert_eq!(keys.len(), 12);
+        assert_eq!(restored.key_records().collect::<Vec<_>>(), keys, "idempotency keys kept");
         restored.check_invariants();
         // The same next command gives the same events (queue positions were kept).
         let sweep = NewOrder {
+            key: None,
             order_id: OrderId(500),
             client_order_id: 9,
             account: AccountId(2),

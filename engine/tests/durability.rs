@@ -84,6 +84,7 @@ fn drive(handle: &EngineHandle, seed: u64, n: u64) {
                 let order_id = handle.allocate_order_id();
                 placed.push((order_id, account, instrument));
                 CommandKind::New(NewOrder {
+                    key: None,
                     order_id,
                     client_order_id: r >> 40,
                     account,

@@ -182,6 +182,7 @@ fn cancel_releases_hold_and_only_the_owner_can_cancel() {
     let out = h.cancel(3, id);
     assert_eq!(rejection(&out), Some(RejectReason::UnknownOrder), "another account sees nothing");
     assert_eq!(reports(&out)[0].account, AccountId(3));
+    assert_eq!(reports(&out)[0].kind, ExecKind::CancelRejected);
     let out = h.cancel(2, id);
     assert_eq!(kinds(&out), vec![(Canceled, RejectReason::UserCanceled)]);
     assert_eq!(h.balance(2, USD), Balance { total: Amount(10_000), held: Amount(0) });
@@ -229,8 +230,13 @@ fn replace_rejections_leave_the_order_untouched() {
         (0, 5, RejectReason::PriceOutOfBand),
         (100, 20, RejectReason::InsufficientFunds),
     ] {
+        let rejects = h.engine.counters().rejects;
         let out = h.replace(1, id, price, qty);
         assert_eq!(rejection(&out), Some(reason));
+        // Its own kind, with the order's true open quantity, counted once.
+        let r = reports(&out)[0];
+        assert_eq!((r.kind, r.leaves_qty), (ExecKind::ReplaceRejected, Qty(5)));
+        assert_eq!(h.engine.counters().rejects, rejects + 1);
         assert_eq!(h.book(), book);
         assert_eq!(h.balance(1, USD).held, Amount(500));
     }
@@ -312,6 +318,7 @@ fn every_validation_reject_reason() {
     h.fund(1, 1_000_000, 100);
     let new = |account: u32, instrument: u32, price: i64, qty: i64, id: u64| {
         CommandKind::New(NewOrder {
+            key: None,
             order_id: OrderId(id),
             client_order_id: 0,
             account: AccountId(account),
@@ -434,4 +441,53 @@ fn a_halted_instrument_rejects_new_orders_and_replaces_but_takes_cancels() {
     let (_, out) = h.order(2, Side::Buy, OrderType::Ioc, 100, 1);
     assert_eq!(trades(&out).len(), 1, "trading again after the resume");
     h.engine.check_invariants();
+}
+
+#[test]
+fn an_idempotency_key_places_one_order_and_refuses_reuse() {
+    let mut h = Harness::new();
+    h.fund(1, 1_000_000, 0);
+    h.fund(2, 1_000_000, 0);
+    let key = IdempotencyKey::from_text("k1");
+    let keyed = |id: u64, account: u32, price: i64| {
+        CommandKind::New(NewOrder {
+            key: Some(key),
+            order_id: OrderId(id),
+            client_order_id: 0,
+            account: AccountId(account),
+            instrument: MKT,
+            side: Buy,
+            order_type: Limit,
+            price: Price(price),
+            qty: Qty(1),
+            stp: StpMode::None,
+        })
+    };
+    let out = h.run(keyed(100, 1, 50));
+    assert_eq!(kinds(&out), vec![(Accepted, RejectReason::None)]);
+    // The same request again: refused as a duplicate, nothing new rests or is held.
+    let rejects = h.engine.counters().rejects;
+    let out = h.run(keyed(101, 1, 50));
+    assert_eq!(rejection(&out), Some(RejectReason::DuplicateRequest));
+    assert_eq!(h.engine.counters().rejects, rejects + 1);
+    assert_eq!(h.book().bids, vec![(Price(50), Qty(1))]);
+    assert_eq!(h.balance(1, USD).held, Amount(50));
+    // The same key for another order: refused as a reuse.
+    assert_eq!(rejection(&h.run(keyed(102, 1, 51))), Some(RejectReason::IdempotencyKeyReused));
+    // Another account's key with the same text is its own.
+    assert_eq!(kinds(&h.run(keyed(103, 2, 50))), vec![(Accepted, RejectReason::None)]);
+    let record = h.engine.key_record(AccountId(1), key, UnixNanos(10)).expect("remembered");
+    assert_eq!(record.order_id, OrderId(100));
+}
+
+#[test]
+fn a_post_only_cross_is_counted_once() {
+    let mut h = Harness::new();
+    h.fund(1, 1_000_000, 0);
+    h.fund(5, 0, 10);
+    h.order(5, Sell, Limit, 100, 1);
+    let rejects = h.engine.counters().rejects;
+    let (_, out) = h.order(1, Buy, PostOnly, 100, 1);
+    assert_eq!(rejection(&out), Some(RejectReason::WouldCross));
+    assert_eq!(h.engine.counters().rejects, rejects + 1);
 }

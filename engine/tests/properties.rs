@@ -49,6 +49,7 @@ fn commands(ops: &[Op]) -> Vec<Command> {
                 let id = OrderId(i as u64 + 1);
                 placed.push((id, account));
                 CommandKind::New(NewOrder {
+                    key: None,
                     order_id: id,
                     client_order_id: i as u64,
                     account: AccountId(account),
@@ -116,6 +117,7 @@ proptest! {
         let mut orders: HashMap<OrderId, Tracked> = HashMap::new();
         let cut = cut % cmds.len();
         let mut replica: Option<L2Book> = None;
+        let mut rejections = 0u64;
         for (i, cmd) in cmds.iter().enumerate() {
             if i == cut {
                 replica = Some(L2Book::from_snapshot(&engine.book_snapshot(MKT, usize::MAX).expect("owned")));
@@ -150,7 +152,17 @@ proptest! {
                             prop_assert_eq!(t.open, r.leaves_qty.0);
                             prop_assert_eq!(r.kind == ExecKind::Filled, t.open == 0);
                         }
-                        ExecKind::Rejected => {}
+                        ExecKind::Rejected => rejections += 1,
+                        ExecKind::CancelRejected | ExecKind::ReplaceRejected => {
+                            rejections += 1;
+                            // A refused cancel or replace tells the order's true open quantity
+                            // (none when it is not the account's order: nothing leaks).
+                            let open = match r.reason {
+                                RejectReason::UnknownOrder => 0,
+                                _ => orders.get(&r.order_id).map_or(0, |t| t.open),
+                            };
+                            prop_assert_eq!(r.leaves_qty.0, open, "{:?}", r);
+                        }
                     },
                     Event::BookDelta(d) => {
                         if let Some(book) = replica.as_mut() {
@@ -162,6 +174,8 @@ proptest! {
                 }
             }
         }
+        // Every refusal is counted once.
+        prop_assert_eq!(engine.counters().rejects, rejections);
         // Quantity: filled + resting + canceled = submitted, for every order.
         let book = engine.book(MKT).expect("owned");
         for (id, t) in &orders {

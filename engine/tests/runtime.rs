@@ -82,6 +82,7 @@ fn submitters_and_readers_run_concurrently_and_a_slow_reader_learns_what_it_miss
                     submit_retrying(
                         &handle,
                         CommandKind::New(NewOrder {
+                            key: None,
                             order_id: handle.allocate_order_id(),
                             client_order_id: i,
                             account: AccountId(t),
@@ -187,6 +188,7 @@ fn snapshots_and_routing_across_shards() {
     let id = handle.allocate_order_id();
     handle
         .submit(CommandKind::New(NewOrder {
+            key: None,
             order_id: id,
             client_order_id: 1,
             account: AccountId(1),

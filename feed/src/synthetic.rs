@@ -202,6 +202,7 @@ impl SyntheticFlow {
         let price = market.price_from_fair(side, -offset);
         market.live.push_back(Quote { id, account, price, lots });
         CommandKind::New(NewOrder {
+            key: None,
             order_id: id,
             client_order_id: id.0,
             account,
@@ -262,6 +263,7 @@ impl SyntheticFlow {
         // Takers reach across fair.
         let price = market.price_from_fair(side, reach);
         CommandKind::New(NewOrder {
+            key: None,
             order_id: id,
             client_order_id: id.0,
             account,

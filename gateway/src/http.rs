@@ -31,8 +31,6 @@ pub struct AppState {
     pub rest_limit: crate::rest::UserRateLimit,
     /// Users' orders and fills.
     pub orders: Arc<crate::orders::OrderStore>,
-    /// Answers already given per `Idempotency-Key`.
-    pub idempotency: crate::rest::orders::IdempotencyCache,
     /// Users' alert histories and price alerts.
     pub alerts: Arc<crate::alerts::AlertHub>,
     /// SSE limits.

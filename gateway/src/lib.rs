@@ -24,6 +24,7 @@ pub mod config;
 pub mod fanout;
 pub mod history;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod orders;
 pub mod protocol;

@@ -117,11 +117,78 @@ impl Awaiting {
     fn answered_by(self, kind: ExecKind) -> bool {
         matches!(
             (self, kind),
-            (_, ExecKind::Rejected)
-                | (Awaiting::New, ExecKind::Accepted)
-                | (Awaiting::Cancel, ExecKind::Canceled)
-                | (Awaiting::Replace, ExecKind::Replaced)
+            (Awaiting::New, ExecKind::Accepted | ExecKind::Rejected)
+                | (Awaiting::Cancel, ExecKind::Canceled | ExecKind::CancelRejected)
+                | (Awaiting::Replace, ExecKind::Replaced | ExecKind::ReplaceRejected)
         )
+    }
+}
+
+/// The engine's verdict on a waiting request, held back until every report of the command
+/// that gave it has been applied (see [`OrderStore::apply`]): a market order is answered
+/// filled, not accepted-and-open.
+#[derive(Debug)]
+pub struct Answer {
+    tx: oneshot::Sender<ExecReport>,
+    report: ExecReport,
+}
+
+impl Answer {
+    /// Hands the verdict to the request (which may have given up: that is fine).
+    pub fn send(self) {
+        let _ = self.tx.send(self.report);
+    }
+}
+
+/// Holds answers back until the command that gave them can have no more reports to come,
+/// then lets them go together after the pass's reports are in the history file.
+///
+/// The engine writes all events of one command in one go, stamped with that command's
+/// timestamp, and moves its ring's head only between commands. So, per shard, a command
+/// is complete once an event with another timestamp follows it, or once a read reached
+/// the head. (Two commands with one timestamp only delay an answer, never hurry it.)
+#[derive(Debug, Default)]
+pub struct AnswerGate {
+    /// Per shard: the timestamp of the last event seen, and the answers it may still add to.
+    pending: Vec<(u64, Vec<Answer>)>,
+    ready: Vec<Answer>,
+}
+
+impl AnswerGate {
+    /// A gate for `shards` engine shards.
+    pub fn new(shards: usize) -> Self {
+        AnswerGate { pending: (0..shards).map(|_| (0, Vec::new())).collect(), ready: Vec::new() }
+    }
+
+    /// Called for every event of `shard`, in ring order, before it is applied.
+    pub fn event(&mut self, shard: usize, ts: tickgate_engine::UnixNanos) {
+        let Some((last, held)) = self.pending.get_mut(shard) else { return };
+        if *last != ts.0 {
+            self.ready.append(held);
+            *last = ts.0;
+        }
+    }
+
+    /// Holds `answer`, given by `shard`'s current command.
+    pub fn hold(&mut self, shard: usize, answer: Answer) {
+        match self.pending.get_mut(shard) {
+            Some((_, held)) => held.push(answer),
+            None => self.ready.push(answer),
+        }
+    }
+
+    /// A read of `shard` reached its ring's head: every command read so far is complete.
+    pub fn caught_up(&mut self, shard: usize) {
+        if let Some((_, held)) = self.pending.get_mut(shard) {
+            self.ready.append(held);
+        }
+    }
+
+    /// Sends every answer whose command is complete.
+    pub fn release(&mut self) {
+        for answer in self.ready.drain(..) {
+            answer.send();
+        }
     }
 }
 
@@ -211,9 +278,16 @@ impl OrderStore {
     /// the journal's replay at start), and records it in the history once attached. A
     /// report already reflected (same or older sequence for its account and market) is
     /// skipped.
-    pub fn apply(&self, r: &ExecReport) {
+    ///
+    /// Returns the answer of the request waiting for this report, if any. The caller sends
+    /// it once the command's later reports are applied too (the engine emits them together:
+    /// the hub knows a command ended when the next event has another timestamp or the
+    /// ring's head is reached), so that the order the request reads is the command's
+    /// final verdict.
+    #[must_use = "the answer is sent once the command's reports are all applied"]
+    pub fn apply(&self, r: &ExecReport) -> Option<Answer> {
         if !self.users.contains(&r.account) {
-            return;
+            return None;
         }
         {
             let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
@@ -223,7 +297,7 @@ impl OrderStore {
             }
         }
         if r.kind == ExecKind::Transferred {
-            return;
+            return None;
         }
         {
             let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
@@ -237,14 +311,15 @@ impl OrderStore {
         }
         // The oldest request this report answers (the engine answers in submission order).
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = waiters.get_mut(&r.order_id) {
-            if let Some(at) = list.iter().position(|w| w.awaiting.answered_by(r.kind)) {
-                let _ = list.remove(at).tx.send(*r);
-            }
-            if list.is_empty() {
-                waiters.remove(&r.order_id);
-            }
+        let list = waiters.get_mut(&r.order_id)?;
+        let answer = list
+            .iter()
+            .position(|w| w.awaiting.answered_by(r.kind))
+            .map(|at| Answer { tx: list.remove(at).tx, report: *r });
+        if list.is_empty() {
+            waiters.remove(&r.order_id);
         }
+        answer
     }
 
     /// Records an order the engine holds open (after a restart: orders placed before the
@@ -451,8 +526,11 @@ fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
     let is_fill = matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled);
     let new_fill = is_fill && !has_fill(state, r.seq.0);
     let newer = known.is_none_or(|seq| r.seq.0 > seq);
-    if r.kind == ExecKind::Rejected && known.is_some() {
-        // A refused cancel or replace: the order itself is unchanged.
+    if matches!(r.kind, ExecKind::CancelRejected | ExecKind::ReplaceRejected)
+        || matches!(r.reason, RejectReason::DuplicateRequest | RejectReason::IdempotencyKeyReused)
+    {
+        // A refused cancel or replace: the order itself is unchanged. A refused retry is
+        // no order at all: the order its key belongs to is the one that counts.
         return false;
     }
     if newer {
@@ -645,17 +723,56 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_waits_for_the_rest_of_its_command() {
+        // A market order: accepted, then two fills, in one command (one timestamp).
+        let store = OrderStore::new([AccountId(1)]);
+        let mut gate = AnswerGate::new(1);
+        let mut wait = store.wait(OrderId(7), Awaiting::New);
+        let command = [report(ExecKind::Accepted, 7, 1), fill(7, 2, 2, 3, 2), fill(7, 3, 3, 0, 5)];
+        for r in &command {
+            gate.event(0, r.ts);
+            if let Some(answer) = store.apply(r) {
+                gate.hold(0, answer);
+            }
+            gate.release();
+            assert!(wait.answer.try_recv().is_err(), "no answer inside the command");
+        }
+        // The next command (another timestamp) closes it; the order read then is final.
+        gate.event(0, tickgate_engine::UnixNanos(2));
+        gate.release();
+        assert_eq!(wait.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Accepted));
+        let order = store.order(AccountId(1), OrderId(7)).expect("recorded");
+        assert_eq!((order.status, order.filled), (Status::Filled, Qty(5)));
+        // Reaching the ring's head closes a command too.
+        let mut cancel = store.wait(OrderId(8), Awaiting::New);
+        let answer = store.apply(&report(ExecKind::Accepted, 8, 4)).expect("answers");
+        gate.event(0, tickgate_engine::UnixNanos(3));
+        gate.hold(0, answer);
+        gate.release();
+        assert!(cancel.answer.try_recv().is_err());
+        gate.caught_up(0);
+        gate.release();
+        assert!(cancel.answer.try_recv().is_ok());
+    }
+
+    #[test]
     fn several_requests_on_one_order_each_get_their_own_answer() {
         let store = OrderStore::new([AccountId(1)]);
-        store.apply(&report(ExecKind::Accepted, 7, 1));
+        if let Some(answer) = store.apply(&report(ExecKind::Accepted, 7, 1)) {
+            answer.send();
+        }
         let mut replace = store.wait(OrderId(7), Awaiting::Replace);
         let mut cancel = store.wait(OrderId(7), Awaiting::Cancel);
         let mut other = store.wait(OrderId(7), Awaiting::Replace);
         store.forget(OrderId(7), other.token);
-        store.apply(&report(ExecKind::Replaced, 7, 2));
+        if let Some(answer) = store.apply(&report(ExecKind::Replaced, 7, 2)) {
+            answer.send();
+        }
         assert_eq!(replace.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Replaced));
         assert!(cancel.answer.try_recv().is_err(), "a replace does not answer a cancel");
-        store.apply(&report(ExecKind::Canceled, 7, 3));
+        if let Some(answer) = store.apply(&report(ExecKind::Canceled, 7, 3)) {
+            answer.send();
+        }
         assert_eq!(cancel.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Canceled));
         assert!(other.answer.try_recv().is_err(), "a forgotten wait gets nothing");
         assert!(store.waiters.lock().unwrap().is_empty(), "answered waits are gone");
@@ -692,12 +809,15 @@ mod tests {
             fill(1, 2, 2, 3, 2),
             report(ExecKind::Accepted, 2, 3),
             // A refused cancel leaves the order as it is.
-            ExecReport { reason: RejectReason::UnknownOrder, ..report(ExecKind::Rejected, 2, 4) },
+            ExecReport {
+                reason: RejectReason::UnknownOrder,
+                ..report(ExecKind::CancelRejected, 2, 4)
+            },
             report(ExecKind::Canceled, 2, 5),
             fill(1, 6, 3, 0, 5),
         ];
         for r in &reports[..5] {
-            live.apply(r);
+            let _ = live.apply(r);
         }
         live.flush_history();
 
@@ -707,9 +827,9 @@ mod tests {
         restarted.load(&crate::history::load(&dir).expect("history").entries);
         assert_eq!(content(&restarted), content(&live));
         for r in &reports[1..] {
-            restarted.apply(r);
+            let _ = restarted.apply(r);
         }
-        live.apply(&reports[5]);
+        let _ = live.apply(&reports[5]);
         assert_eq!(content(&restarted), content(&live));
         let (orders, fills) = content(&restarted);
         assert_eq!(fills.len(), 2, "a replayed fill is not counted twice: {fills:?}");
@@ -721,7 +841,7 @@ mod tests {
         compact.load(&live.dump());
         assert_eq!(content(&compact), content(&live));
         for r in &reports {
-            compact.apply(r);
+            let _ = compact.apply(r);
         }
         assert_eq!(content(&compact), content(&live), "repeats are recognised after compaction");
 
@@ -729,11 +849,11 @@ mod tests {
         // place, and does not take the order back to its older state.
         let lapped = OrderStore::new([AccountId(1)]);
         for r in reports.iter().filter(|r| r.seq.0 != 2) {
-            lapped.apply(r);
+            let _ = lapped.apply(r);
         }
         assert_eq!(content(&lapped).1.len(), 1);
         for r in &reports {
-            lapped.apply(r);
+            let _ = lapped.apply(r);
         }
         assert_eq!(content(&lapped), content(&live));
 

@@ -131,6 +131,15 @@ impl Server {
                 }
             }
         }
+        // Idempotency keys the engine remembers (from its snapshot and journal).
+        let keys = Arc::new(crate::idempotency::KeyCache::default());
+        if !fresh {
+            let accounts: Vec<_> = users.all().map(|u| u.account).collect();
+            for shard in 0..engine.shards() {
+                let (e, a) = (engine.clone(), accounts.clone());
+                keys.load(tokio::task::spawn_blocking(move || e.key_records(shard, a)).await??);
+            }
+        }
         let writers =
             Writers::start(Arc::clone(&directory), Arc::clone(&metrics), config.fanout_writers);
         let hub = {
@@ -187,6 +196,7 @@ impl Server {
             trading: crate::trading::Trading {
                 engine: engine.clone(),
                 orders: Arc::clone(&orders),
+                keys,
             },
             tokens: Arc::clone(&tokens),
             writers: Arc::clone(&writers),
@@ -198,7 +208,6 @@ impl Server {
             users,
             tokens,
             orders: Arc::clone(&orders),
-            idempotency: Default::default(),
             rest_limit: crate::rest::UserRateLimit::new(config.rest_rate, config.rest_burst),
             alerts: Arc::clone(&alerts),
             sse: config.sse.clone(),
@@ -365,7 +374,8 @@ async fn restore_history(
     orders.load(&kept);
     let replayed = std::mem::take(&mut *replayed.lock().unwrap_or_else(|e| e.into_inner()));
     for r in &replayed {
-        orders.apply(r);
+        // Nobody waits for an answer before the server starts.
+        let _ = orders.apply(r);
     }
     tracing::info!(records = kept.len(), replayed = replayed.len(), "order history restored");
     let o = Arc::clone(orders);

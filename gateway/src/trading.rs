@@ -1,6 +1,13 @@
 //! Order entry shared by REST and WebSocket: validate a request against the instrument,
-//! allocate the order id, register a waiter, queue the command and wait for the engine's
-//! verdict. Transport code only turns the outcome into an HTTP response or a WS reply.
+//! allocate the order id, claim its idempotency key, register a waiter, queue the command
+//! and wait for the engine's verdict (the order as the whole command left it). Transport
+//! code only turns the outcome into an HTTP response or a WS reply.
+//!
+//! Idempotency: a request with a key that this account used before for the same order
+//! (same symbol, side, type, price, quantity, `client_order_id` and `stp`) is answered
+//! with that order as it stands now, also after any restart (the key is journaled with
+//! the order); with the same key for a different order it is refused with
+//! `idempotency_key_reused`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +18,11 @@ use serde_json::{json, Value};
 use tickgate_engine::runtime::{EngineHandle, SubmitError};
 use tickgate_engine::types::{format_fixed, parse_fixed};
 use tickgate_engine::{
-    AccountId, CancelOrder, CommandKind, ExecKind, Instrument, InstrumentId, NewOrder, OrderId,
-    OrderType, Price, Qty, ReplaceOrder, Side, StpMode,
+    AccountId, CancelOrder, CommandKind, ExecKind, IdempotencyKey, Instrument, InstrumentId,
+    NewOrder, OrderId, OrderType, Price, Qty, RejectReason, ReplaceOrder, Side, StpMode, UnixNanos,
 };
 
+use crate::idempotency::{Claim, KeyCache, IDEMPOTENCY_KEY_BYTES_MAX};
 use crate::orders::{Awaiting, OrderStore, OrderView, Status};
 
 /// How long a request waits for the engine's answer.
@@ -45,6 +53,22 @@ impl TradeError {
 
     fn unknown_order() -> Self {
         TradeError::new(StatusCode::NOT_FOUND, "unknown_order", "no such order")
+    }
+
+    fn rejected(reason: RejectReason, what: &str) -> Self {
+        let status = match reason {
+            RejectReason::UnknownOrder => StatusCode::CONFLICT,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        TradeError::new(status, reason.as_str(), format!("the engine refused the {what}"))
+    }
+
+    fn key_reused() -> Self {
+        TradeError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this idempotency key was used for a different order",
+        )
     }
 
     fn submit(e: SubmitError) -> Self {
@@ -126,21 +150,31 @@ fn stp_of(s: Option<&str>) -> Option<StpMode> {
     })
 }
 
-/// The JSON form of an order.
+/// The JSON form of an order. `seq` is the sequence of the report that last changed it
+/// (the account's execution report sequence): of two views of one order, the one with the
+/// higher `seq` is newer. A rejected order's price is `null` when it was not a valid price
+/// for the instrument (that is why it was rejected).
 pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
     let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
+    let spec = &i.spec;
+    let valid_price = o.order_type == OrderType::Market
+        || (o.price >= spec.price_min
+            && o.price <= spec.price_max
+            && o.price.0 % spec.tick_size.0.max(1) == 0);
+    let price = (o.status != Status::Rejected || valid_price).then(|| format_fixed(o.price.0, pp));
     json!({
         "id": o.id.0,
         "client_order_id": o.client_order_id,
         "symbol": i.spec.symbol,
         "side": o.side.as_str(),
         "type": o.order_type.as_str(),
-        "price": format_fixed(o.price.0, pp),
+        "price": price,
         "open_qty": format_fixed(o.leaves.0, qp),
         "filled_qty": format_fixed(o.filled.0, qp),
         "status": o.status.as_str(),
         "reason": o.reason.as_str(),
         "updated_ts": o.updated_ts,
+        "seq": o.seq,
     })
 }
 
@@ -151,6 +185,8 @@ pub struct Trading {
     pub engine: EngineHandle,
     /// Orders, fills and waiters.
     pub orders: Arc<OrderStore>,
+    /// Idempotency keys (this process's copy of the engine's).
+    pub keys: Arc<KeyCache>,
 }
 
 impl Trading {
@@ -167,13 +203,55 @@ impl Trading {
         Ok(order_json(&o, i))
     }
 
-    /// Places an order; `Ok` is the accepted order's JSON. A rejection by the engine is a
-    /// `422` whose code is the engine's reason.
+    /// Places an order; `Ok` is the order's JSON as the engine's whole verdict left it
+    /// (a market order that filled is `filled`). A rejection by the engine is a `422`
+    /// whose code is the engine's reason. `key`: the client's idempotency key, if any.
     pub async fn place(
         &self,
         account: AccountId,
         r: &NewOrderRequest,
+        key: Option<&str>,
     ) -> Result<Value, TradeError> {
+        let key = key.map(key_of).transpose()?;
+        let order = self.new_order(account, r, key)?;
+        if let Some(key) = key {
+            let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
+            match self.keys.claim(account, key, fingerprint, order.order_id, now()) {
+                Claim::New => {}
+                Claim::Retry(id, at) => return self.replay(account, id, at),
+                Claim::Reused => return Err(TradeError::key_reused()),
+            }
+        }
+        let id = order.order_id;
+        let report = match self.submit_and_wait(id, Awaiting::New, CommandKind::New(order)).await {
+            Err(e) => {
+                if let (Some(key), None) = (key, e.queued) {
+                    // Never reached the engine: the key is free for a retry.
+                    self.keys.release(account, key, id);
+                }
+                return Err(e);
+            }
+            Ok(report) => report,
+        };
+        match (report.kind, report.reason, key) {
+            (ExecKind::Rejected, RejectReason::DuplicateRequest, Some(key)) => {
+                self.replay_from_engine(account, order.instrument, key).await
+            }
+            (ExecKind::Rejected, RejectReason::IdempotencyKeyReused, _) => {
+                Err(TradeError::key_reused())
+            }
+            (ExecKind::Rejected, reason, _) => Err(TradeError::rejected(reason, "order")),
+            _ => self.view_json(account, id),
+        }
+    }
+
+    /// Validates `r` and builds the engine command (with a fresh order id).
+    fn new_order(
+        &self,
+        account: AccountId,
+        r: &NewOrderRequest,
+        key: Option<IdempotencyKey>,
+    ) -> Result<NewOrder, TradeError> {
         let i = self.engine.instrument_by_symbol(&r.symbol).ok_or_else(|| {
             TradeError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -192,9 +270,8 @@ impl Trading {
             (_, Some(p)) => parse_price(i, p)?,
             (_, None) => return Err(TradeError::invalid("price is required for this order type")),
         };
-        let id = self.engine.allocate_order_id();
-        let command = CommandKind::New(NewOrder {
-            order_id: id,
+        Ok(NewOrder {
+            order_id: self.engine.allocate_order_id(),
             client_order_id: r.client_order_id.unwrap_or(0),
             account,
             instrument: i.id,
@@ -203,16 +280,58 @@ impl Trading {
             price: Price(price),
             qty: Qty(qty),
             stp,
-        });
-        let report = self.submit_and_wait(id, Awaiting::New, command).await?;
-        if report.kind == ExecKind::Rejected {
-            return Err(TradeError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                report.reason.as_str(),
-                "the engine rejected the order",
-            ));
+            key,
+        })
+    }
+
+    /// The answer to a retried keyed request: the order its first request created, as it
+    /// stands now.
+    fn replay(&self, account: AccountId, id: OrderId, at: UnixNanos) -> Result<Value, TradeError> {
+        match self.orders.order(account, id) {
+            Some(o) if o.status == Status::Rejected => Err(TradeError::rejected(o.reason, "order")),
+            Some(_) => self.view_json(account, id),
+            // Placed long ago and no longer kept (see `ORDERS_KEPT`).
+            None if now().0.saturating_sub(at.0) > 2 * ENGINE_ANSWER_TIMEOUT.as_nanos() as u64 => {
+                Err(TradeError::new(
+                    StatusCode::CONFLICT,
+                    "order_forgotten",
+                    format!("this key placed order {}, which is no longer kept", id.0),
+                ))
+            }
+            None => {
+                let mut e = TradeError::new(
+                    StatusCode::CONFLICT,
+                    "request_in_progress",
+                    format!("this key placed order {}; its outcome is not known yet", id.0),
+                );
+                e.queued = Some(id);
+                Err(e)
+            }
         }
-        self.view_json(account, id)
+    }
+
+    /// The engine knew a key this process did not (it never should): ask it which order
+    /// the key belongs to.
+    async fn replay_from_engine(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+        key: IdempotencyKey,
+    ) -> Result<Value, TradeError> {
+        let engine = self.engine.clone();
+        let shard = engine.shard_of(instrument).unwrap_or(0);
+        let records =
+            tokio::task::spawn_blocking(move || engine.key_records(shard, vec![account])).await;
+        let record = match records {
+            Ok(Ok(records)) => records.into_iter().find(|(_, r)| r.key == key),
+            Ok(Err(e)) => return Err(TradeError::submit(e)),
+            Err(_) => None,
+        };
+        let Some((_, record)) = record else {
+            return Err(TradeError::rejected(RejectReason::DuplicateRequest, "order"));
+        };
+        self.keys.load([(account, record)]);
+        self.replay(account, record.order_id, record.ts)
     }
 
     /// Cancels an open order of `account`.
@@ -225,6 +344,7 @@ impl Trading {
         });
         let report = self.submit_and_wait(order.id, Awaiting::Cancel, command).await?;
         if report.kind != ExecKind::Canceled {
+            // Refused as unknown: it filled or was canceled meanwhile.
             return Err(TradeError::new(
                 StatusCode::CONFLICT,
                 "order_closed",
@@ -263,17 +383,8 @@ impl Trading {
             qty: Qty(qty),
         });
         let report = self.submit_and_wait(order.id, Awaiting::Replace, command).await?;
-        if report.kind == ExecKind::Rejected {
-            let status = if report.reason == tickgate_engine::RejectReason::UnknownOrder {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            return Err(TradeError::new(
-                status,
-                report.reason.as_str(),
-                "the engine refused the replace",
-            ));
+        if report.kind == ExecKind::ReplaceRejected {
+            return Err(TradeError::rejected(report.reason, "replace"));
         }
         self.view_json(account, order.id)
     }
@@ -310,6 +421,21 @@ impl Trading {
             }
         }
     }
+}
+
+/// The engine's key for a client's key text: 1 to 128 visible ASCII characters.
+fn key_of(text: &str) -> Result<IdempotencyKey, TradeError> {
+    let visible = text.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if text.is_empty() || text.len() > IDEMPOTENCY_KEY_BYTES_MAX || !visible {
+        return Err(TradeError::invalid(format!(
+            "an idempotency key is 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"
+        )));
+    }
+    Ok(IdempotencyKey::from_text(text))
+}
+
+fn now() -> UnixNanos {
+    tickgate_engine::runtime::now_nanos()
 }
 
 fn parse_qty(i: &Instrument, text: &str) -> Result<i64, TradeError> {

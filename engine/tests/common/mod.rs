@@ -99,6 +99,7 @@ impl Harness {
         let id = OrderId(self.next_id);
         self.next_id += 1;
         let out = self.run(CommandKind::New(NewOrder {
+            key: None,
             order_id: id,
             client_order_id: id.0 * 10,
             account: AccountId(account),
@@ -152,7 +153,7 @@ pub fn trades(events: &[Event]) -> Vec<Trade> {
 }
 
 pub fn rejection(events: &[Event]) -> Option<RejectReason> {
-    reports(events).iter().find(|r| r.kind == ExecKind::Rejected).map(|r| r.reason)
+    reports(events).iter().find(|r| r.kind.is_rejection()).map(|r| r.reason)
 }
 
 /// Submits, retrying while the queue is full (for up to 30 s); panics on any other error.

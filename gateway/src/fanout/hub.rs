@@ -55,6 +55,7 @@ impl Hub {
         writers: Arc<Writers>,
     ) -> Hub {
         let stop = Arc::new(AtomicBool::new(false));
+        let shards = engine.shards();
         let readers: Vec<RingReader> =
             (0..engine.shards()).filter_map(|s| engine.reader(s)).collect();
         let mut worker = HubWorker {
@@ -65,6 +66,7 @@ impl Hub {
             events: Vec::with_capacity(HUB_READ_MAX),
             pacing,
             retry: Vec::new(),
+            answers: crate::orders::AnswerGate::new(shards),
             orders,
         };
         // Snapshots first: the readers were created before, so every later delta is seen.
@@ -110,6 +112,8 @@ struct HubWorker {
     retry: Vec<Arc<Channel>>,
     /// Users' orders and fills, fed with the execution reports.
     orders: Arc<crate::orders::OrderStore>,
+    /// Answers to order requests, sent once their commands' reports are all applied.
+    answers: crate::orders::AnswerGate,
 }
 
 /// How the hub spaces its passes.
@@ -138,16 +142,25 @@ impl HubWorker {
                     self.publisher.metrics.hub_missed.fetch_add(outcome.missed, Ordering::Relaxed);
                 }
                 for e in &self.events {
+                    self.answers.event(r, e.ts());
                     match e {
-                        Event::Exec(r) => self.orders.apply(r),
+                        Event::Exec(report) => {
+                            if let Some(answer) = self.orders.apply(report) {
+                                self.answers.hold(r, answer);
+                            }
+                        }
                         _ => self.publisher.ingest(e),
                     }
+                }
+                if outcome.read < HUB_READ_MAX {
+                    self.answers.caught_up(r);
                 }
             }
             self.publisher.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);
             // Users' reports of this pass reach the history file before anyone can have
             // acted on them over the network (a killed process then loses none).
             self.orders.flush_history();
+            self.answers.release();
             self.orders.mark_stored(self.readers.iter().map(RingReader::cursor).enumerate());
             self.publisher.publish();
             let mut stale = self.publisher.take_resets();

@@ -1,13 +1,11 @@
 //! Order entry and the caller's orders, fills and positions.
 //!
-//! `POST /api/v1/orders` allocates an order id, registers a waiter, queues the command and
-//! answers with the engine's verdict: `201` with the order when accepted, `422` with the
-//! engine's reason when rejected. An `Idempotency-Key` makes a retry safe: the same key and
-//! body get the original answer again; the same key with another body gets `422`.
-
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+//! `POST /api/v1/orders` answers with the engine's whole verdict on the order: `201` with
+//! the order as its command left it (a market order that filled says `filled`), `422`
+//! with the engine's reason when rejected. An `Idempotency-Key` makes a retry safe, also
+//! across restarts (the key is journaled with the order, see [`crate::trading`]): the same
+//! key for the same order answers that order as it stands now; the same key for another
+//! order gets `422 idempotency_key_reused`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -21,40 +19,6 @@ use super::{authorize, invalid_parameter, number_param, BODY_BYTES_MAX};
 use crate::http::{json_error, json_response, AppState};
 use crate::orders::{FillView, Status};
 use crate::trading::{NewOrderRequest, ReplaceRequest, TradeError};
-
-/// Idempotency keys remembered (oldest forgotten first).
-const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
-/// Longest accepted `Idempotency-Key`.
-const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
-
-enum Remembered {
-    InFlight(u64),
-    Done(u64, StatusCode, Bytes),
-    /// The engine did not answer in time, but the order was queued under this id: a retry
-    /// answers from the order store instead of placing it again.
-    Queued(u64, OrderId),
-}
-
-type KeySlot = (u32, String);
-
-/// Answers given per (account, `Idempotency-Key`), bounded.
-#[derive(Default)]
-pub struct IdempotencyCache {
-    /// The answers, and the keys in insertion order for eviction.
-    inner: Mutex<(HashMap<KeySlot, Remembered>, VecDeque<KeySlot>)>,
-}
-
-impl std::fmt::Debug for IdempotencyCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdempotencyCache").finish_non_exhaustive()
-    }
-}
-
-fn body_hash(body: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    body.hash(&mut h);
-    h.finish()
-}
 
 pub use crate::trading::order_json;
 
@@ -88,17 +52,16 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         Ok(c) => c,
         Err(response) => return *response,
     };
-    let key = req.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_string));
-    let key = match key {
+    let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX => Some(k),
-        Some(_) => return invalid_parameter("Idempotency-Key must be 1 to 128 visible characters"),
+        Some(Ok(k)) => Some(k.to_string()),
+        Some(Err(_)) => return invalid_parameter("Idempotency-Key must be visible ASCII"),
     };
     if let Some(response) = super::reject_non_json(&req) {
         return response;
     }
-    let body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
-        Ok(c) => c.to_bytes(),
+    let mut body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
+        Ok(c) => c.to_bytes().to_vec(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return super::too_large()
         }
@@ -106,116 +69,16 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
             return json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body")
         }
     };
-    let Some(key) = key else { return place_once(&body, claims.acc, state).await.0 };
-
-    let hash = body_hash(&body);
-    let slot = (claims.acc, key);
-    {
-        let mut guard = state.idempotency.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, order) = &mut *guard;
-        match map.get(&slot) {
-            Some(Remembered::Done(h, status, bytes)) if *h == hash => {
-                let mut response = Response::new(Full::new(bytes.clone()));
-                *response.status_mut() = *status;
-                response.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/json"),
-                );
-                return response;
-            }
-            Some(Remembered::Queued(h, id)) if *h == hash => {
-                let id = *id;
-                let Some(order) = state.orders.order(AccountId(claims.acc), id) else {
-                    return json_error(
-                        StatusCode::CONFLICT,
-                        "request_in_progress",
-                        &format!("order {} was queued; its outcome is not known yet", id.0),
-                    );
-                };
-                let Some(i) = instrument(state, order.instrument) else {
-                    return json_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "no instrument",
-                    );
-                };
-                let (status, body) = if order.status == Status::Rejected {
-                    let body = json!({"error": {"code": order.reason.as_str(), "message": "the engine rejected the order"}});
-                    (StatusCode::UNPROCESSABLE_ENTITY, body)
-                } else {
-                    (StatusCode::CREATED, order_json(&order, i))
-                };
-                let bytes = Bytes::from(body.to_string());
-                map.insert(slot, Remembered::Done(hash, status, bytes.clone()));
-                let mut response = Response::new(Full::new(bytes));
-                *response.status_mut() = status;
-                response.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/json"),
-                );
-                return response;
-            }
-            Some(Remembered::InFlight(h)) if *h == hash => {
-                return json_error(
-                    StatusCode::CONFLICT,
-                    "request_in_progress",
-                    "the same request is still being processed",
-                );
-            }
-            Some(_) => {
-                return json_error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request",
-                );
-            }
-            None => {}
-        }
-        map.insert(slot.clone(), Remembered::InFlight(hash));
-        order.push_back(slot.clone());
-        while order.len() > IDEMPOTENCY_KEYS_MAX {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
-        }
-    }
-    let (response, queued) = place_once(&body, claims.acc, state).await;
-    let (parts, body) = response.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    {
-        let mut guard = state.idempotency.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match queued {
-            // No answer, but the order may still execute: never place it twice.
-            Some(id) => guard.0.insert(slot, Remembered::Queued(hash, id)),
-            // Not an answer (engine busy or stopped): a retry may try again.
-            None if parts.status.is_server_error() => guard.0.remove(&slot),
-            None => guard.0.insert(slot, Remembered::Done(hash, parts.status, bytes.clone())),
-        };
-    }
-    Response::from_parts(parts, Full::new(bytes))
-}
-
-/// Places one order; also returns the order id when the engine did not answer in time
-/// but the order was queued (it may still execute).
-async fn place_once(
-    body: &[u8],
-    account: u32,
-    state: &AppState,
-) -> (Response<Full<Bytes>>, Option<OrderId>) {
-    let mut bytes = body.to_vec();
-    let request: NewOrderRequest = match simd_json::serde::from_slice(&mut bytes) {
+    let request: NewOrderRequest = match simd_json::serde::from_slice(&mut body) {
         Ok(b) => b,
         Err(e) => {
             let message = format!("invalid order: {e}");
-            return (json_error(StatusCode::BAD_REQUEST, "malformed", &message), None);
+            return json_error(StatusCode::BAD_REQUEST, "malformed", &message);
         }
     };
-    match state.ws.trading.place(AccountId(account), &request).await {
-        Ok(order) => (json_response(StatusCode::CREATED, &order), None),
-        Err(e) => {
-            let queued = e.queued;
-            (trade_error(e), queued)
-        }
+    match state.ws.trading.place(AccountId(claims.acc), &request, key.as_deref()).await {
+        Ok(order) => json_response(StatusCode::CREATED, &order),
+        Err(e) => trade_error(e),
     }
 }
 

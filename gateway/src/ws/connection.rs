@@ -502,8 +502,8 @@ impl Conn {
         let metrics = Arc::clone(&self.ctx.metrics);
         tokio::spawn(async move {
             let (op, result) = match &request {
-                Request::OrderNew { order, .. } => {
-                    ("order.accepted", trading.place(account, order).await)
+                Request::OrderNew { order, key, .. } => {
+                    ("order.accepted", trading.place(account, order, key.as_deref()).await)
                 }
                 Request::OrderCancel { order_id, .. } => {
                     ("order.canceled", trading.cancel(account, OrderId(*order_id)).await)

@@ -33,6 +33,7 @@ struct Envelope {
     qty: Option<String>,
     client_order_id: Option<u64>,
     stp: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 /// A parsed, well-formed request.
@@ -72,6 +73,8 @@ pub enum Request {
         id: Option<RequestId>,
         /// The order, with the same fields as `POST /api/v1/orders`.
         order: NewOrderRequest,
+        /// The client's idempotency key (as REST's `Idempotency-Key` header).
+        key: Option<String>,
     },
     /// Cancels an order.
     OrderCancel {
@@ -224,7 +227,7 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
                 client_order_id: envelope.client_order_id,
                 stp: envelope.stp,
             };
-            Ok(Request::OrderNew { id, order })
+            Ok(Request::OrderNew { id, order, key: envelope.idempotency_key })
         }
         Some("order.cancel") => match envelope.order_id {
             Some(order_id) => Ok(Request::OrderCancel { id, order_id }),

@@ -89,6 +89,7 @@ pub fn order(
     let id = engine.allocate_order_id();
     engine
         .submit(CommandKind::New(NewOrder {
+            key: None,
             order_id: id,
             client_order_id: id.0,
             account: AccountId(account),
