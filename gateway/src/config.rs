@@ -18,7 +18,7 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Engine shard threads (instruments are spread over them).
-    #[arg(long, env = "TICKGATE_SHARDS", default_value_t = 1)]
+    #[arg(long, env = "TICKGATE_SHARDS", default_value_t = 1, global = true)]
     pub shards: usize,
     /// Network I/O threads (HTTP, WebSocket and SSE connections); 0 = one per core. Fewer
     /// than the cores can serve more requests when something else on the machine (a load
@@ -127,8 +127,9 @@ pub struct Flags {
     /// answer 403.
     #[arg(long, env = "TICKGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Data directory: command journal and snapshots (created if missing).
-    #[arg(long, env = "TICKGATE_DATA_DIR", default_value = "data")]
+    /// Data directory: command journal and snapshots (created if missing). Also accepted
+    /// after a subcommand (`tickgate verify-journal --data-dir DIR`).
+    #[arg(long, env = "TICKGATE_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: std::path::PathBuf,
     /// When an order counts as written: `fsync` (acknowledged means on disk),
     /// `batch-async` (synced every --sync-interval-ms: a crash loses at most that much),
@@ -334,6 +335,24 @@ impl Config {
             summary_symbol: None,
             durability: None,
             ..Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn verify_journal_takes_the_data_dir_before_or_after_it() {
+        for args in [
+            &["tickgate", "--data-dir", "/tmp/x", "verify-journal", "--json"][..],
+            &["tickgate", "verify-journal", "--data-dir", "/tmp/x", "--json"][..],
+        ] {
+            let flags = Flags::try_parse_from(args).expect("parses");
+            assert_eq!(flags.data_dir, std::path::PathBuf::from("/tmp/x"), "{args:?}");
+            assert!(matches!(flags.command, Some(Subcommand::VerifyJournal { json: true })));
         }
     }
 }

@@ -4,6 +4,11 @@
 //! its acknowledgement, and that the live state digest equals a from-scratch replay of the
 //! journal in which no money was created or lost. Several rounds, each with its own kill
 //! point, on one growing journal.
+//!
+//! Every order carries an idempotency key and a unique `client_order_id`. After each
+//! restart, every keyed request ever sent (acknowledged, or in flight at the kill) is
+//! retried twice with its key: an acknowledged one answers its original order, and no
+//! `client_order_id` is ever held by two orders (no retry executed twice).
 
 mod common;
 
@@ -91,22 +96,63 @@ struct Acked {
     via: &'static str,
 }
 
+/// A keyed order request as sent, and what answered it (`None`: in flight at the kill).
+#[derive(Debug, Clone)]
+struct Keyed {
+    user: usize,
+    key: String,
+    body: Value,
+    /// HTTP status, and the order id (201) or the error code (otherwise).
+    answer: Option<(u16, Value)>,
+}
+
+/// What a trader did: acknowledged orders, and every keyed request.
+#[derive(Default)]
+struct Traded {
+    acked: Vec<Acked>,
+    keyed: Vec<Keyed>,
+}
+
+/// A `client_order_id` unique per trader (the seed's bits 32 to 47 differ between the
+/// traders of a round, its low bits between rounds) and request.
+fn client_order_id(seed: u64, n: u64) -> u64 {
+    ((seed >> 32) & 0xffff) << 40 | (seed & 0xff) << 32 | n
+}
+
+/// The id or error code that identifies an order answer.
+fn answer_of(status: u16, v: &Value) -> (u16, Value) {
+    match status {
+        201 => (status, v["id"].clone()),
+        _ => (status, v["error"]["code"].clone()),
+    }
+}
+
 /// Places orders until the server goes away; returns what was acknowledged.
-async fn trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>) -> Vec<Acked> {
-    let Some(api) = try_login(addr, user).await else { return Vec::new() };
+async fn trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>) -> Traded {
+    let Some(api) = try_login(addr, user).await else { return Traded::default() };
     let mut rng = Rng(seed | 1);
-    let mut acked = Vec::new();
+    let mut traded = Traded::default();
+    let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let r = rng.next();
+        n += 1;
         let side = if r.is_multiple_of(2) { "buy" } else { "sell" };
         let price = format!("{}.{:02}", 3490 + (r >> 8) % 20, (r >> 16) % 100);
         let qty = format!("0.{:03}", 10 + (r >> 24) % 90);
         let kind = ["limit", "limit", "ioc", "post_only"][((r >> 32) % 4) as usize];
-        let body =
-            json!({"symbol": "ETH-USD", "side": side, "type": kind, "price": price, "qty": qty});
-        let Some((status, v)) = try_call(&api, "POST", "/api/v1/orders", Some(body)).await else {
+        // Unique per trader and request: no two requests ever mean the same order.
+        let client_order_id = client_order_id(seed, n);
+        let body = json!({"symbol": "ETH-USD", "side": side, "type": kind, "price": price, "qty": qty, "client_order_id": client_order_id});
+        let key = format!("rest-{seed:x}-{n}");
+        let mut keyed = Keyed { user, key: key.clone(), body: body.clone(), answer: None };
+        let sent = try_call_keyed(&api, "POST", "/api/v1/orders", Some(body), Some(&key)).await;
+        let Some((status, v)) = sent else {
+            traded.keyed.push(keyed);
             break; // killed
         };
+        keyed.answer = Some(answer_of(status, &v));
+        traded.keyed.push(keyed);
+        let acked = &mut traded.acked;
         if status == 201 || status == 422 {
             if let (Some(id), Some(s)) = (v["id"].as_u64(), v["status"].as_str()) {
                 acked.push(Acked { user, id, status: s.to_string(), via: "rest" });
@@ -121,16 +167,16 @@ async fn trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>)
             }
         }
     }
-    acked
+    traded
 }
 
 /// Places orders over an authenticated WebSocket until the server goes away.
-async fn ws_trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>) -> Vec<Acked> {
+async fn ws_trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBool>) -> Traded {
     use tickgate_gateway::client::{self, Message};
-    let Some(api) = try_login(addr, user).await else { return Vec::new() };
-    let mut acked = Vec::new();
+    let Some(api) = try_login(addr, user).await else { return Traded::default() };
+    let mut traded = Traded::default();
     let Ok(mut ws) = client::connect(addr, &format!("/ws?token={}", api.token)).await else {
-        return acked;
+        return traded;
     };
     let mut rng = Rng(seed | 1);
     let mut request_id = 0u64;
@@ -140,7 +186,16 @@ async fn ws_trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBoo
         let side = if r.is_multiple_of(2) { "buy" } else { "sell" };
         let price = format!("{}.{:02}", 3490 + (r >> 8) % 20, (r >> 16) % 100);
         let qty = format!("0.{:03}", 10 + (r >> 24) % 90);
-        let body = json!({"op": "order.new", "id": request_id, "symbol": "ETH-USD", "side": side, "type": "limit", "price": price, "qty": qty});
+        let client_order_id = client_order_id(seed, request_id);
+        let key = format!("ws-{seed:x}-{request_id}");
+        // The same order as a REST body (a retry may come over REST: keys are per user).
+        let order = json!({"symbol": "ETH-USD", "side": side, "type": "limit", "price": price, "qty": qty, "client_order_id": client_order_id});
+        let mut body = order.clone();
+        body["op"] = json!("order.new");
+        body["id"] = json!(request_id);
+        body["idempotency_key"] = json!(key);
+        let keyed = Keyed { user, key, body: order, answer: None };
+        traded.keyed.push(keyed);
         if client::send_json(&mut ws, &body).await.is_err() {
             break;
         }
@@ -151,14 +206,22 @@ async fn ws_trader(addr: SocketAddr, user: usize, seed: u64, stop: Arc<AtomicBoo
             if v["id"] != request_id {
                 continue; // welcome, or something else
             }
+            // An error answer is only checked for consistency (its REST retry may differ).
+            let answer = match v["order"]["id"].as_u64() {
+                Some(_) => (201, v["order"]["id"].clone()),
+                None => (0, v["code"].clone()),
+            };
+            if let Some(last) = traded.keyed.last_mut() {
+                last.answer = Some(answer);
+            }
             if let (Some(id), Some(s)) = (v["order"]["id"].as_u64(), v["order"]["status"].as_str())
             {
-                acked.push(Acked { user, id, status: s.to_string(), via: "ws" });
+                traded.acked.push(Acked { user, id, status: s.to_string(), via: "ws" });
             }
             break;
         }
     }
-    acked
+    traded
 }
 
 /// Logs in; `None` if the server went away first (it may be killed at any moment).
@@ -178,10 +241,22 @@ async fn try_call(
     path: &str,
     body: Option<Value>,
 ) -> Option<(u16, Value)> {
+    try_call_keyed(api, method, path, body, None).await
+}
+
+/// One request with an `Idempotency-Key` if given; `None` when the connection fails.
+async fn try_call_keyed(
+    api: &Api,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> Option<(u16, Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let key = key.map(|k| format!("Idempotency-Key: {k}\r\n")).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {}\r\n{key}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         api.addr,
         api.token,
         body.len()
@@ -196,6 +271,57 @@ async fn try_call(
         Some((status, body_json(&text)))
     };
     tokio::time::timeout(Duration::from_secs(10), io).await.ok().flatten()
+}
+
+/// Retries every keyed request twice: the same answer both times, an acknowledged one's
+/// original order, and no `client_order_id` on two orders (nothing executed twice).
+async fn retry_every_keyed_request(apis: &[Api; 2], keyed: &[Keyed], round: u64) {
+    let mut in_flight = 0;
+    for k in keyed {
+        let api = &apis[k.user];
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let (status, v) =
+                try_call_keyed(api, "POST", "/api/v1/orders", Some(k.body.clone()), Some(&k.key))
+                    .await
+                    .expect("server up");
+            answers.push(answer_of(status, &v));
+        }
+        assert_eq!(answers[0], answers[1], "round {round}: a retry changed its answer: {k:?}");
+        match &k.answer {
+            Some(first @ (201 | 422, _)) => {
+                assert_eq!(&answers[0], first, "round {round}: retry of an answered request {k:?}")
+            }
+            Some(_) => {}
+            None => {
+                in_flight += 1;
+                assert!(matches!(answers[0].0, 201 | 422), "in flight at the kill: {answers:?}");
+            }
+        }
+    }
+    for (user, api) in apis.iter().enumerate() {
+        let mut seen = std::collections::HashMap::new();
+        let mut cursor: Option<u64> = None;
+        loop {
+            let path = match cursor {
+                Some(c) => format!("/api/v1/orders?limit=1000&cursor={c}"),
+                None => "/api/v1/orders?limit=1000".to_string(),
+            };
+            let (status, page) = try_call(api, "GET", &path, None).await.expect("server up");
+            assert_eq!(status, 200, "{page}");
+            for o in page["orders"].as_array().expect("a list") {
+                let client_order_id = o["client_order_id"].as_u64().expect("client_order_id");
+                if let Some(other) = seen.insert(client_order_id, o["id"].clone()) {
+                    panic!("round {round}: user {user}: client_order_id {client_order_id} placed twice: orders {other} and {}", o["id"]);
+                }
+            }
+            match page["next_cursor"].as_u64() {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+    }
+    println!("round {round}: {} keyed requests retried ({in_flight} were in flight at a kill), no duplicate", keyed.len());
 }
 
 /// A decimal string in units of its last digit ("-0.0150" -> -150).
@@ -276,6 +402,7 @@ async fn acknowledged_orders_survive_sigkill() {
     let dir =
         TempDir(std::env::temp_dir().join(format!("tickgate-crash-{}-{seed}", std::process::id())));
     let mut acked: Vec<Acked> = Vec::new();
+    let mut keyed: Vec<Keyed> = Vec::new();
 
     // Rounds 0 to 2 without snapshots: recovery replays the whole journal. Round 3
     // snapshots every 2,000 commands (and prunes segments): recovery starts from a
@@ -304,8 +431,9 @@ async fn acknowledged_orders_survive_sigkill() {
         let mut this_round = 0;
         for t in traders {
             let got = t.await.expect("trader task");
-            this_round += got.len();
-            acked.extend(got);
+            this_round += got.acked.len();
+            acked.extend(got.acked);
+            keyed.extend(got.keyed);
         }
         println!("round {round}: killed after {kill_after:?}, {this_round} orders acknowledged");
         assert!(this_round > 0, "round {round}: no order was acknowledged before the kill");
@@ -326,6 +454,7 @@ async fn acknowledged_orders_survive_sigkill() {
             let (other, _) = try_call(&apis[1 - a.user], "GET", &path, None).await.expect("up");
             assert_eq!(other, 404);
         }
+        retry_every_keyed_request(&apis, &keyed, round).await;
         let live = get_json(server.addr, "/debug/digest").await;
         let replay = verify_journal(&dir.0);
         assert_eq!(replay["conserved"], true, "{replay}");

@@ -240,3 +240,73 @@ async fn per_user_rate_limit_answers_429_with_retry_after() {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(alice.call("GET", "/api/v1/positions", None, "").await.0, 200);
 }
+
+/// Market, IOC, FOK and crossing limit orders that trade at several levels: every answer
+/// is the order as its whole command left it (it equals what a read right after says,
+/// since nothing else touches it), never a status the command already left behind; a
+/// keyed retry answers the same final view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_answer_is_the_engines_whole_verdict() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    // Bob's book: 0.100 at each of 60 prices per side, so each taker below fills at
+    // several levels (several reports in one command).
+    for level in 0..60 {
+        for (side, price) in [("sell", 3000 + level), ("buy", 2999 - level)] {
+            let body = json!({"symbol": "ETH-USD", "side": side, "type": "limit", "price": format!("{price}.00"), "qty": "0.100"});
+            let (status, answer) = bob.order(body).await;
+            assert_eq!(status, 201, "{answer}");
+        }
+    }
+    let mut checked = 0;
+    for n in 0..48u32 {
+        let side = if n % 2 == 0 { "buy" } else { "sell" };
+        let (far, near) =
+            if side == "buy" { ("3100.00", "3000.00") } else { ("2900.00", "2999.00") };
+        let kind = ["market", "ioc", "fok", "limit"][(n / 2 % 4) as usize];
+        // 0.250: three levels; a FOK at the near price cannot fill and is rejected.
+        let price = if kind == "fok" && n % 3 == 0 { near } else { far };
+        let body = json!({"symbol": "ETH-USD", "side": side, "type": kind, "price": price, "qty": "0.250"});
+        let key = format!("Idempotency-Key: verdict-{n}\r\n");
+        let (status, answer) = alice.call("POST", "/api/v1/orders", Some(body.clone()), &key).await;
+        if status == 422 {
+            assert_eq!((kind, answer["error"]["code"].as_str()), ("fok", Some("fok_unfillable")));
+            continue;
+        }
+        assert_eq!(status, 201, "{answer}");
+        if kind != "limit" {
+            assert_ne!(answer["status"], "open", "{kind} answered open: {answer}");
+        }
+        assert_eq!(answer["filled_qty"], "0.250", "{kind} {answer}");
+        assert_eq!(answer["status"], "filled", "{kind} {answer}");
+        let path = format!("/api/v1/orders/{}", answer["id"]);
+        let (_, read) = alice.call("GET", &path, None, "").await;
+        assert_eq!(answer, read, "the answer is the order as it stands");
+        let (_, retried) = alice.call("POST", "/api/v1/orders", Some(body), &key).await;
+        assert_eq!(retried, read, "a retry answers the final view");
+        assert!(answer["seq"].as_u64().is_some_and(|s| s > 0), "{answer}");
+        checked += 1;
+    }
+    assert!(checked >= 40, "{checked}");
+
+    // A refused replace leaves the order open with its quantity, and says so.
+    let (_, resting) = alice.order(json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "2000.00", "qty": "0.005"})).await;
+    let path = format!("/api/v1/orders/{}", resting["id"]);
+    let (status, refused) = alice.call("PATCH", &path, Some(json!({"qty": "0.005"})), "").await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (422, Some("no_change")));
+    let (_, read) = alice.call("GET", &path, None, "").await;
+    assert_eq!((read["status"].as_str(), read["open_qty"].as_str()), (Some("open"), Some("0.005")));
+    // A rejected order is listed without the invalid price it was refused for.
+    let bad = json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "-5.00", "qty": "0.005"});
+    let (status, _) = alice.order(bad).await;
+    assert_eq!(status, 422);
+    let (_, closed) = alice.call("GET", "/api/v1/orders?status=closed&limit=1", None, "").await;
+    let listed = &closed["orders"][0];
+    assert_eq!(
+        (listed["status"].as_str(), listed["price"].is_null()),
+        (Some("rejected"), true),
+        "{listed}"
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
