@@ -28,4 +28,21 @@ LUA
 echo "--- POST /api/v1/orders (IOC), $conns connections, durability $durability"
 wrk -t1 -c"$conns" -d"${secs}s" --latency -s /tmp/tickgate-order.lua -H "Authorization: Bearer $token" \
   "http://127.0.0.1:$port/api/v1/orders" | grep -E "Requests/sec|Latency|50%|90%|99%|requests in|Non-2xx"
+# The same with a fresh Idempotency-Key on every request: the key is journaled with the
+# order and claimed in the gateway's key table (each user keeps 10,000 keys, so the table
+# is full and evicting after the first 10,000 requests).
+cat > /tmp/tickgate-order-keyed.lua <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"symbol":"BTC-USD","side":"buy","type":"ioc","price":"1.00","qty":"0.0001"}'
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  wrk.headers["Idempotency-Key"] = "bench-" .. n
+  return wrk.format()
+end
+LUA
+echo "--- POST /api/v1/orders (IOC, Idempotency-Key), $conns connections, durability $durability"
+wrk -t1 -c"$conns" -d"${secs}s" --latency -s /tmp/tickgate-order-keyed.lua -H "Authorization: Bearer $token" \
+  "http://127.0.0.1:$port/api/v1/orders" | grep -E "Requests/sec|Latency|50%|90%|99%|requests in|Non-2xx"
 curl -s 127.0.0.1:$port/healthz; echo

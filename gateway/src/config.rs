@@ -96,6 +96,14 @@ pub struct Flags {
     /// Time allowed to send the HTTP request head, in milliseconds.
     #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
+    /// Connections that may wait for their first request head at once; more are answered
+    /// `503` and closed at once (keep it well below the process's file limit).
+    #[arg(long, env = "TICKGATE_PENDING_CONNECTIONS_MAX", default_value_t = 512)]
+    pub pending_connections_max: usize,
+    /// Time allowed to send a request body once its head arrived, in milliseconds (then
+    /// `408` and the connection is closed).
+    #[arg(long, env = "TICKGATE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
     /// Users file (JSON: username, argon2 password_hash, account); default: the demo users.
     #[arg(long, env = "TICKGATE_USERS")]
     pub users: Option<std::path::PathBuf>,
@@ -200,6 +208,10 @@ pub struct Config {
     pub ws: WsLimits,
     /// Time allowed for the HTTP request head.
     pub handshake_timeout: Duration,
+    /// Connections waiting for their first request head, at most.
+    pub pending_connections_max: usize,
+    /// Time allowed for a request body.
+    pub body_timeout: Duration,
     /// Users file; `None`: demo users.
     pub users: Option<std::path::PathBuf>,
     /// Token signing secret; `None`: random.
@@ -301,6 +313,8 @@ impl TryFrom<Flags> for Config {
                 ..WsLimits::default()
             },
             handshake_timeout: ms(f.handshake_timeout_ms),
+            pending_connections_max: f.pending_connections_max.max(1),
+            body_timeout: ms(f.body_timeout_ms),
             users: f.users,
             jwt_secret: f.jwt_secret,
             token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),

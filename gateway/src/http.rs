@@ -35,6 +35,8 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::AlertHub>,
     /// SSE limits.
     pub sse: crate::sse::SseLimits,
+    /// Time allowed for a request body once its head arrived.
+    pub body_timeout: std::time::Duration,
     /// Operator token; `None`: operator endpoints disabled.
     pub admin_token: Option<String>,
     /// When `/debug/digest` last ran (it walks the whole state on the engine thread).

@@ -75,6 +75,12 @@ metrics! {
     hub_resyncs: "counter",
     /// HTTP requests served (excluding WebSocket traffic).
     http_requests_total: "counter",
+    /// Connections accepted and closed at once: too many were waiting for a request head.
+    connections_refused_total: "counter",
+    /// Connections closed before a whole request head arrived (handshake timeout).
+    handshake_timeouts_total: "counter",
+    /// Connections without a complete request head yet.
+    connections_pending: "gauge",
 }
 
 impl Metrics {

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tickgate_engine::types::format_fixed;
 use tickgate_engine::{AccountId, EngineCounters, EngineSpec};
 use tickgate_feed::{FeedDriver, FlowConfig, Worker};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::alerts::{AlertHub, AlertWorker};
@@ -25,6 +26,7 @@ use crate::history;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::orders::OrderStore;
+use crate::sse::FirstRequest;
 use crate::ws::WsContext;
 
 /// Accounts the engine tables hold: users, plus the synthetic flow's range.
@@ -213,13 +215,17 @@ impl Server {
             sse: config.sse.clone(),
             digest_gate: Default::default(),
             admin_token: config.admin_token.clone(),
+            body_timeout: config.body_timeout,
         });
         let accept = tokio::spawn(accept_loop(
             listener,
             state,
             shutdown_rx,
             alive_tx,
-            config.handshake_timeout,
+            Handshake {
+                timeout: config.handshake_timeout,
+                pending: Arc::new(Semaphore::new(config.pending_connections_max)),
+            },
         ));
         Ok(Server {
             addr,
@@ -457,12 +463,22 @@ fn fund_demo_accounts(engine: &EngineHandle, users: &Users) {
     }
 }
 
+/// How long a fresh connection may take to send its first request head, and how many may
+/// be doing so at once.
+struct Handshake {
+    timeout: Duration,
+    pending: Arc<Semaphore>,
+}
+
+/// The answer to a connection beyond the pending bound, written without waiting.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 82\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections waiting\"}}";
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
-    handshake_timeout: Duration,
+    handshake: Handshake,
 ) {
     loop {
         let stream = tokio::select! {
@@ -477,38 +493,106 @@ async fn accept_loop(
                 }
             },
         };
+        // Until its first request head is in, a connection holds one of a bounded number
+        // of places: a flood of connections that send nothing (or a few bytes) can never
+        // use up the file descriptors the server needs.
+        let Ok(pending) = Arc::clone(&handshake.pending).try_acquire_owned() else {
+            state.metrics.connections_refused_total.fetch_add(1, Ordering::Relaxed);
+            // A fresh socket's send buffer is empty: this never blocks, and what does not
+            // fit is not worth waiting for.
+            let _ = stream.try_write(REFUSED);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
         let alive = alive.clone();
+        let deadline = tokio::time::Instant::now() + handshake.timeout;
         tokio::spawn(async move {
-            // Alert streams on a fresh connection are served without hyper (see sse.rs).
-            if crate::sse::is_stream_request(&stream, handshake_timeout).await {
-                crate::sse::serve_raw(stream, &state, handshake_timeout).await;
-                drop(alive);
-                return;
-            }
-            let service = service_fn(move |req| http::handle(req, Arc::clone(&state)));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!("http connection error: {e}");
-                    }
-                }
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
-                }
-            }
+            state.metrics.connections_pending.fetch_add(1, Ordering::Relaxed);
+            serve_connection(stream, &state, shutdown, deadline, pending).await;
             drop(alive);
         });
     }
+}
+
+/// Serves one connection: a raw alert stream, or hyper (HTTP/1.1, upgrades).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    state: &Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+    pending: OwnedSemaphorePermit,
+) {
+    // The pending gauge follows the permit: decremented when the head is in or the
+    // connection ends, whichever comes first.
+    let pending = PendingGuard { permit: Some(pending), metrics: Arc::clone(&state.metrics) };
+    let pending = Arc::new(std::sync::Mutex::new(pending));
+    match crate::sse::first_request(&stream, deadline).await {
+        FirstRequest::Closed => return,
+        FirstRequest::Stream => {
+            let permit = take_permit(&pending);
+            if let Some(permit) = permit {
+                crate::sse::serve_raw(stream, state, deadline, permit).await;
+            }
+            return;
+        }
+        FirstRequest::Other => {}
+    }
+    let head_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let head_timeout = head_timeout.max(Duration::from_millis(1));
+    let (service_state, service_pending) = (Arc::clone(state), Arc::clone(&pending));
+    let service = service_fn(move |req| {
+        // A whole request head arrived: the connection leaves the pending ones.
+        drop(take_permit(&service_pending));
+        http::handle(req, Arc::clone(&service_state))
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    state.metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!("http connection error: {e}");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+        }
+    }
+}
+
+/// A connection's place among those without a request head yet.
+struct PendingGuard {
+    permit: Option<OwnedSemaphorePermit>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl PendingGuard {
+    fn take(&mut self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.permit.take();
+        if permit.is_some() {
+            self.metrics.connections_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        permit
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
+fn take_permit(guard: &std::sync::Mutex<PendingGuard>) -> Option<OwnedSemaphorePermit> {
+    guard.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 /// Runs the server until `shutdown` resolves, logging a one-line summary every second.

@@ -264,28 +264,55 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
 
 const STREAM_REQUEST: &[u8] = b"GET /api/v1/alerts/stream";
 
-/// Whether the first request on a fresh connection is a stream request (looked at with
-/// `peek`, so nothing is consumed). Such connections are served by [`serve_raw`] without
-/// hyper: an open stream then costs a few hundred bytes instead of hyper's buffers.
-pub async fn is_stream_request(stream: &TcpStream, wait: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + wait;
+/// What the first bytes of a fresh connection are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstRequest {
+    /// An alert stream request: served by [`serve_raw`].
+    Stream,
+    /// Anything else (or nothing yet at the deadline): hyper takes it.
+    Other,
+    /// The peer closed (or reset) the connection before a request line: drop it.
+    Closed,
+}
+
+/// Looks at the first request on a fresh connection with `peek` (nothing is consumed) until
+/// `deadline`. Stream requests are served by [`serve_raw`] without hyper: an open stream
+/// then costs a few hundred bytes instead of hyper's buffers.
+///
+/// A peer that sent a prefix of the stream request line and closed is noticed at once (the
+/// socket reports its read side closed), and the deadline holds however the bytes trickle
+/// in: a few bytes never pin a connection.
+pub async fn first_request(stream: &TcpStream, deadline: tokio::time::Instant) -> FirstRequest {
     let mut buf = [0u8; STREAM_REQUEST.len() + 1];
     let mut pause = Duration::from_millis(1);
     loop {
+        // `timeout_at` polls the peek before the clock: with bytes waiting, a peek is
+        // always ready, so the deadline is checked here.
+        if tokio::time::Instant::now() >= deadline {
+            return FirstRequest::Other;
+        }
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return FirstRequest::Closed,
             Ok(Ok(n)) => n,
-            _ => return false,
+            Err(_) => return FirstRequest::Other,
         };
-        if n == 0
-            || buf[..n.min(STREAM_REQUEST.len())] != STREAM_REQUEST[..n.min(STREAM_REQUEST.len())]
-        {
-            return false;
+        let seen = n.min(STREAM_REQUEST.len());
+        if buf[..seen] != STREAM_REQUEST[..seen] {
+            return FirstRequest::Other;
         }
         if n == buf.len() {
-            return matches!(buf[STREAM_REQUEST.len()], b' ' | b'?');
+            return match buf[STREAM_REQUEST.len()] {
+                b' ' | b'?' => FirstRequest::Stream,
+                _ => FirstRequest::Other,
+            };
         }
-        // A request line arriving in pieces: look again, less and less often.
-        tokio::time::sleep(pause).await;
+        // A request line arriving in pieces: look again, less and less often, unless the
+        // peer has gone (a peek cannot tell: the bytes it sent are still waiting).
+        match stream.ready(tokio::io::Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => {}
+            _ => return FirstRequest::Closed,
+        }
+        tokio::time::sleep_until((tokio::time::Instant::now() + pause).min(deadline)).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
@@ -296,7 +323,14 @@ const HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Serves a stream request on a connection of its own: reads and parses the head
 /// (`httparse`), answers with an error or `200` and the stream, delimited by closing the
 /// connection (`Connection: close`, no chunked encoding).
-pub async fn serve_raw(mut stream: TcpStream, state: &AppState, head_timeout: Duration) {
+/// `deadline`: when the whole head must have arrived; `pending` is the connection's place
+/// among those without a request yet, given back once the head is in.
+pub async fn serve_raw(
+    mut stream: TcpStream,
+    state: &AppState,
+    deadline: tokio::time::Instant,
+    pending: tokio::sync::OwnedSemaphorePermit,
+) {
     let mut head = Vec::with_capacity(1024);
     let read_head = async {
         let mut chunk = [0u8; 1024];
@@ -314,9 +348,10 @@ pub async fn serve_raw(mut stream: TcpStream, state: &AppState, head_timeout: Du
             }
         }
     };
-    if tokio::time::timeout(head_timeout, read_head).await.ok().flatten().is_none() {
+    if tokio::time::timeout_at(deadline, read_head).await.ok().flatten().is_none() {
         return;
     }
+    drop(pending);
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let opened = match req.parse(&head) {
@@ -338,7 +373,9 @@ pub async fn serve_raw(mut stream: TcpStream, state: &AppState, head_timeout: Du
     let opened = match opened {
         Ok(o) => o,
         Err(refusal) => {
-            let _ = tokio::time::timeout(head_timeout, stream.write_all(&refusal.raw())).await;
+            // A peer that does not take a small answer within a second is not waited for.
+            let answer = refusal.raw();
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
             let _ = stream.shutdown().await;
             return;
         }

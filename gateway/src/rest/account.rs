@@ -33,7 +33,7 @@ fn token_response(state: &AppState, username: &str, account: AccountId) -> Respo
 
 /// `POST /api/v1/auth/login` `{"username", "password"}`: a short-lived token.
 pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
-    let body: Login = match json_body(req).await {
+    let body: Login = match json_body(req, state).await {
         Ok(b) => b,
         Err(response) => return response,
     };

@@ -41,7 +41,7 @@ pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<B
         Ok(c) => c,
         Err(response) => return *response,
     };
-    let body: NewAlert = match json_body(req).await {
+    let body: NewAlert = match json_body(req, state).await {
         Ok(b) => b,
         Err(response) => return response,
     };

@@ -215,24 +215,42 @@ pub fn too_large() -> Response<Full<Bytes>> {
     )
 }
 
+/// Reads a whole request body: at most [`BODY_BYTES_MAX`] (else `413`), within `timeout`
+/// (`--body-timeout-ms`; else `408`, and the connection is closed: a body that never
+/// completes must not hold it).
+pub async fn read_body(
+    body: Incoming,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, Response<Full<Bytes>>> {
+    let collect = Limited::new(body, BODY_BYTES_MAX).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(too_large())
+        }
+        Ok(Err(_)) => {
+            Err(json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body"))
+        }
+        Err(_) => {
+            let message =
+                format!("the request body did not arrive within {} ms", timeout.as_millis());
+            let mut response = json_error(StatusCode::REQUEST_TIMEOUT, "request_timeout", &message);
+            response.headers_mut().insert("connection", HeaderValue::from_static("close"));
+            Err(response)
+        }
+    }
+}
+
 /// Reads a JSON request body (`Content-Type: application/json`, at most
 /// [`BODY_BYTES_MAX`] bytes) into `T`, or answers 415, 413 or 400.
 pub async fn json_body<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
+    state: &AppState,
 ) -> Result<T, Response<Full<Bytes>>> {
     if let Some(response) = reject_non_json(&req) {
         return Err(response);
     }
-    let body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(too_large())
-        }
-        Err(_) => {
-            return Err(json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body"))
-        }
-    };
-    let mut bytes = body.to_vec();
+    let mut bytes = read_body(req.into_body(), state.body_timeout).await?;
     simd_json::serde::from_slice(&mut bytes).map_err(|e| {
         json_error(StatusCode::BAD_REQUEST, "malformed", &format!("invalid JSON body: {e}"))
     })

@@ -8,14 +8,14 @@
 //! order gets `422 idempotency_key_reused`.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::{AccountId, Instrument, InstrumentId, OrderId};
 
-use super::{authorize, invalid_parameter, number_param, BODY_BYTES_MAX};
+use super::{authorize, invalid_parameter, number_param};
 use crate::http::{json_error, json_response, AppState};
 use crate::orders::{FillView, Status};
 use crate::trading::{NewOrderRequest, ReplaceRequest, TradeError};
@@ -60,14 +60,9 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
     if let Some(response) = super::reject_non_json(&req) {
         return response;
     }
-    let mut body = match Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
-        Ok(c) => c.to_bytes().to_vec(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return super::too_large()
-        }
-        Err(_) => {
-            return json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body")
-        }
+    let mut body = match super::read_body(req.into_body(), state.body_timeout).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let request: NewOrderRequest = match simd_json::serde::from_slice(&mut body) {
         Ok(b) => b,
@@ -125,7 +120,7 @@ pub async fn replace(req: Request<Incoming>, state: &AppState, id: &str) -> Resp
     let Some(id) = parse_order_id(id) else {
         return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
     };
-    let request: ReplaceRequest = match super::json_body(req).await {
+    let request: ReplaceRequest = match super::json_body(req, state).await {
         Ok(r) => r,
         Err(response) => return response,
     };
