@@ -6,6 +6,10 @@
 //! naming the user and the account; REST takes it as `Authorization: Bearer`, WebSocket as
 //! `?token=` on the upgrade. Expired, forged, malformed and missing tokens are all answered
 //! with the same 401: nothing about why is revealed beyond the code.
+//!
+//! A token is also checked against the server's users (a user removed from `--users` has
+//! no working token) and its session (see [`crate::sessions`]): logout revokes it, and a
+//! session cannot be refreshed past `--session-max-secs` from its login.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -134,6 +138,12 @@ pub struct Claims {
     pub exp: u64,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
+    /// Session id: one per login, kept by refreshes.
+    pub sid: u64,
+    /// The user's generation when the session started.
+    pub gen: u64,
+    /// When the session started (the login), seconds since the epoch.
+    pub auth: u64,
 }
 
 /// A token the server refused (expired, forged, malformed, missing).
@@ -147,6 +157,11 @@ pub struct Tokens {
     decoding: DecodingKey,
     validation: Validation,
     lifetime: Duration,
+    /// Longest a session lives from its login, refreshes included.
+    session_max: Duration,
+    /// Who may hold a token: username -> account.
+    users: HashMap<String, AccountId>,
+    sessions: crate::sessions::Sessions,
     /// Tokens whose signature checked, with their claims: a client sends the same token
     /// with every request for its whole life, and the signature check (base64, HMAC,
     /// JSON) is the dearest part of authenticating. Looked up by the exact token text;
@@ -168,8 +183,15 @@ fn now_secs() -> u64 {
 }
 
 impl Tokens {
-    /// Tokens signed with `secret` (random when `None`: tokens then die with the process).
-    pub fn new(secret: Option<&[u8]>, lifetime: Duration) -> Tokens {
+    /// Tokens signed with `secret` (random when `None`: tokens then die with the process)
+    /// for `users`, their sessions kept in `sessions`.
+    pub fn new(
+        secret: Option<&[u8]>,
+        lifetime: Duration,
+        session_max: Duration,
+        users: &Users,
+        sessions: crate::sessions::Sessions,
+    ) -> Tokens {
         let mut random = [0u8; 32];
         let secret = match secret {
             Some(s) => s,
@@ -186,8 +208,43 @@ impl Tokens {
             decoding: DecodingKey::from_secret(secret),
             validation,
             lifetime,
+            session_max,
+            users: users.all().map(|u| (u.username.clone(), u.account)).collect(),
+            sessions,
             verified: dashmap::DashMap::new(),
         }
+    }
+
+    /// Changes on every revocation: holders of a session (WebSocket connections, SSE
+    /// streams) then check theirs with [`Tokens::stands`].
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sessions.watch()
+    }
+
+    /// Whether the session of `claims` still stands (user, generation, not revoked; the
+    /// token's own expiry is not looked at: a connection outlives its token).
+    pub fn stands(&self, claims: &Claims) -> bool {
+        self.users.get(&claims.sub) == Some(&AccountId(claims.acc))
+            && self.sessions.stands(&claims.sub, claims.gen, claims.sid)
+    }
+
+    /// Ends the session of `claims`.
+    pub fn revoke(&self, claims: &Claims) {
+        let until = claims.auth + self.session_max.as_secs();
+        self.sessions.revoke(claims.sid, until, now_secs());
+    }
+
+    /// Ends every session of the user of `claims`.
+    pub fn revoke_all(&self, claims: &Claims) {
+        self.sessions.revoke_all(&claims.sub);
+    }
+
+    /// A new token for the session of `claims` (a refresh): `None` once the session is
+    /// past its maximum age.
+    pub fn renew(&self, claims: &Claims) -> Option<String> {
+        let end = claims.auth + self.session_max.as_secs();
+        (now_secs() < end)
+            .then(|| self.sign(&claims.sub, claims.acc, claims.sid, claims.gen, claims.auth))
     }
 
     /// Token lifetime.
@@ -195,15 +252,18 @@ impl Tokens {
         self.lifetime
     }
 
-    /// A fresh token for `user`.
+    /// A token for a new session of `user` (a login).
     pub fn issue(&self, username: &str, account: AccountId) -> String {
+        let sid = OsRng.next_u64();
+        let gen = self.sessions.generation(username);
+        self.sign(username, account.0, sid, gen, now_secs())
+    }
+
+    fn sign(&self, username: &str, account: u32, sid: u64, gen: u64, auth: u64) -> String {
         let iat = now_secs();
-        let claims = Claims {
-            sub: username.to_string(),
-            acc: account.0,
-            iat,
-            exp: iat + self.lifetime.as_secs(),
-        };
+        // Never past the session's end.
+        let exp = (iat + self.lifetime.as_secs()).min(auth + self.session_max.as_secs());
+        let claims = Claims { sub: username.to_string(), acc: account, iat, exp, sid, gen, auth };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 encoding of plain claims cannot fail")
     }
@@ -212,13 +272,17 @@ impl Tokens {
     pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
         let now = now_secs();
         if let Some(claims) = self.verified.get(token) {
-            return if claims.exp > now { Ok(claims.clone()) } else { Err(InvalidToken) };
+            return if claims.exp > now && self.stands(&claims) {
+                Ok(claims.clone())
+            } else {
+                Err(InvalidToken)
+            };
         }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|_| InvalidToken)?;
         // `exp` is checked with one-second resolution by the library; be exact.
-        if claims.exp <= now {
+        if claims.exp <= now || !self.stands(&claims) {
             return Err(InvalidToken);
         }
         if self.verified.len() >= VERIFIED_MAX {
@@ -232,24 +296,121 @@ impl Tokens {
     }
 }
 
+/// A session held open (a WebSocket connection, an SSE stream): resolves
+/// [`SessionWatch::revoked`] once a logout or the user's removal ended it.
+#[derive(Debug)]
+pub struct SessionWatch {
+    tokens: std::sync::Arc<Tokens>,
+    claims: Claims,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl SessionWatch {
+    /// Watches the session of `claims`.
+    pub fn new(tokens: std::sync::Arc<Tokens>, claims: Claims) -> SessionWatch {
+        let changes = tokens.revocations();
+        SessionWatch { tokens, claims, changes }
+    }
+
+    /// Resolves when the session no longer stands (never, while it does).
+    pub async fn revoked(&mut self) {
+        loop {
+            if self.changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if !self.tokens.stands(&self.claims) {
+                return;
+            }
+        }
+    }
+}
+
+/// [`SessionWatch::revoked`] of a session that may not be there (never resolves then).
+pub async fn revoked(session: &mut Option<SessionWatch>) {
+    match session {
+        Some(s) => s.revoked().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Alice on account 1 and Bob on account 2, without hashing anything.
+    fn users() -> Users {
+        let user = |name: &str, account| User {
+            username: name.to_string(),
+            password_hash: DUMMY_HASH.to_string(),
+            account: AccountId(account),
+        };
+        let by_name = [("alice", 1), ("bob", 2)]
+            .into_iter()
+            .map(|(n, a)| (n.to_string(), user(n, a)))
+            .collect();
+        Users { by_name }
+    }
+
+    fn test_tokens(secret: &[u8], lifetime: Duration) -> Tokens {
+        let sessions = crate::sessions::Sessions::in_memory();
+        Tokens::new(Some(secret), lifetime, Duration::from_secs(3600), &users(), sessions)
+    }
+
+    #[test]
+    fn removed_users_logouts_and_old_sessions_are_refused() {
+        let t = test_tokens(b"s", Duration::from_secs(60));
+        let alice = t.issue("alice", AccountId(1));
+        let claims = t.verify(&alice).expect("valid");
+        // Same secret, but alice is no longer a user (or on another account).
+        let mut fewer = users();
+        fewer.by_name.remove("alice");
+        let other_server = Tokens::new(
+            Some(b"s"),
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            &fewer,
+            crate::sessions::Sessions::in_memory(),
+        );
+        assert_eq!(other_server.verify(&alice), Err(InvalidToken), "removed user");
+        assert_eq!(t.verify(&t.issue("alice", AccountId(2))), Err(InvalidToken), "wrong account");
+        // A refresh keeps the session; a logout ends it, refreshed tokens included.
+        let refreshed = t.renew(&claims).expect("within the session's age");
+        assert_eq!(t.verify(&refreshed).map(|c| c.sid), Ok(claims.sid));
+        let second = t.issue("alice", AccountId(1));
+        t.revoke(&claims);
+        assert_eq!(t.verify(&alice), Err(InvalidToken), "cached, then revoked");
+        assert_eq!(t.verify(&refreshed), Err(InvalidToken));
+        assert!(t.verify(&second).is_ok(), "another session of alice stands");
+        let bob = t.issue("bob", AccountId(2));
+        t.revoke_all(&t.verify(&second).expect("valid"));
+        assert_eq!(t.verify(&second), Err(InvalidToken), "every session of alice ended");
+        assert!(t.verify(&bob).is_ok(), "bob's untouched");
+        // A session past its maximum age cannot be refreshed.
+        let short = Tokens::new(
+            Some(b"s"),
+            Duration::from_secs(60),
+            Duration::ZERO,
+            &users(),
+            crate::sessions::Sessions::in_memory(),
+        );
+        let token = t.issue("bob", AccountId(2));
+        assert_eq!(short.renew(&t.verify(&token).expect("valid")), None);
+    }
+
     #[test]
     fn tokens_round_trip_and_refuse_forgeries() {
-        let tokens = Tokens::new(Some(b"secret-one"), Duration::from_secs(60));
+        let tokens = test_tokens(b"secret-one", Duration::from_secs(60));
         let t = tokens.issue("alice", AccountId(1));
         let claims = tokens.verify(&t).expect("valid");
         assert_eq!((claims.sub.as_str(), claims.acc), ("alice", 1));
-        let other = Tokens::new(Some(b"secret-two"), Duration::from_secs(60));
+        let other = test_tokens(b"secret-two", Duration::from_secs(60));
         assert_eq!(other.verify(&t), Err(InvalidToken), "forged: other key");
         assert_eq!(tokens.verify("not.a.token"), Err(InvalidToken));
         assert_eq!(tokens.verify(""), Err(InvalidToken));
         let mut tampered = t.clone();
         tampered.pop();
         assert_eq!(tokens.verify(&tampered), Err(InvalidToken));
-        let expired = Tokens::new(Some(b"secret-one"), Duration::from_secs(0));
+        let expired = test_tokens(b"secret-one", Duration::from_secs(0));
         assert_eq!(tokens.verify(&expired.issue("alice", AccountId(1))), Err(InvalidToken));
         // Checked again, from the cache of verified tokens: the same answers.
         assert_eq!(tokens.verify(&t).map(|c| c.acc), Ok(1));
@@ -259,7 +420,7 @@ mod tests {
 
     #[test]
     fn a_cached_token_still_expires() {
-        let tokens = Tokens::new(Some(b"secret"), Duration::from_secs(1));
+        let tokens = test_tokens(b"secret", Duration::from_secs(1));
         let t = tokens.issue("alice", AccountId(1));
         let exp = tokens.verify(&t).expect("fresh").exp;
         assert_eq!(tokens.verified.len(), 1, "verified once, then cached");

@@ -113,6 +113,10 @@ pub struct Flags {
     /// Token lifetime in seconds.
     #[arg(long, env = "TICKGATE_TOKEN_LIFETIME_SECS", default_value_t = 900)]
     pub token_lifetime_secs: u64,
+    /// Longest a session lives from its login, refreshes included, in seconds (then
+    /// refresh answers 401 and the user logs in again).
+    #[arg(long, env = "TICKGATE_SESSION_MAX_SECS", default_value_t = 12 * 3600)]
+    pub session_max_secs: u64,
     /// Authenticated REST requests per second per user (0: unlimited); over it: 429.
     #[arg(long, env = "TICKGATE_REST_RATE", default_value_t = 1_000)]
     pub rest_rate: u32,
@@ -218,6 +222,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Token lifetime.
     pub token_lifetime: Duration,
+    /// Longest session.
+    pub session_max: Duration,
     /// Authenticated REST requests per second per user (0: unlimited).
     pub rest_rate: u32,
     /// Burst of authenticated REST requests per user.
@@ -318,6 +324,7 @@ impl TryFrom<Flags> for Config {
             users: f.users,
             jwt_secret: f.jwt_secret,
             token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),
+            session_max: Duration::from_secs(f.session_max_secs.max(1)),
             durability,
             rest_rate: f.rest_rate,
             admin_token: f.admin_token.filter(|t| !t.is_empty()),

@@ -14,6 +14,10 @@ use tickgate_engine::runtime::EngineHandle;
 use crate::metrics::Metrics;
 use crate::ws::{self, WsContext};
 
+/// The client's address, put into every request's extensions by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// What request handlers share.
 #[derive(Debug)]
 pub struct AppState {
@@ -35,6 +39,8 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::AlertHub>,
     /// SSE limits.
     pub sse: crate::sse::SseLimits,
+    /// Failed logins per username and address.
+    pub login_throttle: crate::throttle::LoginThrottle,
     /// Time allowed for a request body once its head arrived.
     pub body_timeout: std::time::Duration,
     /// Operator token; `None`: operator endpoints disabled.
@@ -53,6 +59,16 @@ pub type HttpBody = http_body_util::Either<Full<Bytes>, crate::sse::SseBody>;
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
     json_response(status, &body)
+}
+
+/// The 405 answer, with the `Allow` header (RFC 9110) naming the methods the route takes.
+pub fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response =
+        json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("use {allow}"));
+    response
+        .headers_mut()
+        .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allow));
+    response
 }
 
 /// A JSON response.
@@ -76,15 +92,16 @@ pub async fn handle(
         if req.method() == Method::GET {
             return Ok(crate::sse::stream(&req, &state));
         }
-        let response = json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
-        return Ok(response.map(HttpBody::Left));
+        return Ok(method_not_allowed("GET").map(HttpBody::Left));
     }
     if path.starts_with("/api/v1/") {
         return Ok(crate::rest::route(req, &state).await.map(HttpBody::Left));
     }
-    let response = match (req.method(), path) {
-        (&Method::GET, "/ws") => ws::upgrade(req, &state.ws, &state.tokens),
-        (&Method::GET, "/healthz") => {
+    // HEAD is served wherever GET is (hyper sends the head without the body).
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    let response = match path {
+        "/ws" if req.method() == Method::GET => ws::upgrade(req, &state.ws, &state.tokens),
+        "/healthz" if get => {
             let c = state.engine.counters();
             let failure = state.engine.durability_failure();
             let journal: Vec<_> = (0..state.engine.shards())
@@ -108,8 +125,8 @@ pub async fn handle(
                 }),
             )
         }
-        (&Method::GET, "/debug/digest") => digest(&state).await,
-        (&Method::GET, "/metrics") => {
+        "/debug/digest" if get => digest(&state).await,
+        "/metrics" if get => {
             let mut response =
                 Response::new(Full::new(Bytes::from(state.metrics.render(&state.engine))));
             let headers = response.headers_mut();
@@ -118,9 +135,8 @@ pub async fn handle(
             headers.insert(CACHE_CONTROL, "no-store".parse().expect("static header"));
             response
         }
-        (_, "/ws" | "/healthz" | "/metrics" | "/debug/digest") => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
-        }
+        "/ws" => method_not_allowed("GET"),
+        "/healthz" | "/metrics" | "/debug/digest" => method_not_allowed("GET, HEAD"),
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     };
     Ok(response.map(HttpBody::Left))

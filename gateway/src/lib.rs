@@ -30,7 +30,9 @@ pub mod orders;
 pub mod protocol;
 pub mod rest;
 pub mod server;
+pub mod sessions;
 pub mod sse;
+pub mod throttle;
 pub mod trading;
 pub mod ws;
 

@@ -81,6 +81,10 @@ metrics! {
     handshake_timeouts_total: "counter",
     /// Connections without a complete request head yet.
     connections_pending: "gauge",
+    /// Logins refused with a wrong username or password.
+    login_failures_total: "counter",
+    /// Logins answered 429 by the throttle (see `throttle.rs`).
+    login_throttled_total: "counter",
 }
 
 impl Metrics {

@@ -475,6 +475,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// No pong (or any frame) within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4001;
+    /// The connection's session was ended (logout, user removed).
+    pub const SESSION_REVOKED: u16 = 4003;
     /// Slow consumer: persistently behind on a trades channel, or writes stalled.
     pub const SLOW_CONSUMER: u16 = 4008;
 }

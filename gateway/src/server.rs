@@ -180,9 +180,17 @@ impl Server {
             }
             None => None,
         };
+        // Revocations outlive the process when there is a data directory to keep them in.
+        let sessions = match &config.durability {
+            Some(d) => crate::sessions::Sessions::persisted(d.dir.join("auth"))?,
+            None => crate::sessions::Sessions::in_memory(),
+        };
         let tokens = Arc::new(Tokens::new(
             config.jwt_secret.as_deref().map(str::as_bytes),
             config.token_lifetime,
+            config.session_max,
+            &users,
+            sessions,
         ));
 
         let listener = TcpListener::bind(config.listen).await?;
@@ -216,6 +224,7 @@ impl Server {
             digest_gate: Default::default(),
             admin_token: config.admin_token.clone(),
             body_timeout: config.body_timeout,
+            login_throttle: Default::default(),
         });
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -481,10 +490,10 @@ async fn accept_loop(
     handshake: Handshake,
 ) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
@@ -510,7 +519,7 @@ async fn accept_loop(
         let deadline = tokio::time::Instant::now() + handshake.timeout;
         tokio::spawn(async move {
             state.metrics.connections_pending.fetch_add(1, Ordering::Relaxed);
-            serve_connection(stream, &state, shutdown, deadline, pending).await;
+            serve_connection(stream, peer, &state, shutdown, deadline, pending).await;
             drop(alive);
         });
     }
@@ -519,6 +528,7 @@ async fn accept_loop(
 /// Serves one connection: a raw alert stream, or hyper (HTTP/1.1, upgrades).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
+    peer: SocketAddr,
     state: &Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
     deadline: tokio::time::Instant,
@@ -542,9 +552,10 @@ async fn serve_connection(
     let head_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
     let head_timeout = head_timeout.max(Duration::from_millis(1));
     let (service_state, service_pending) = (Arc::clone(state), Arc::clone(&pending));
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         // A whole request head arrived: the connection leaves the pending ones.
         drop(take_permit(&service_pending));
+        req.extensions_mut().insert(http::PeerAddr(peer));
         http::handle(req, Arc::clone(&service_state))
     });
     let conn = http1::Builder::new()

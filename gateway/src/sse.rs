@@ -141,6 +141,8 @@ struct Opened {
     /// `retry:` advice, then the replay (or a `reset`).
     initial: Vec<Bytes>,
     guard: StreamGuard,
+    /// Ends the stream when the session is revoked.
+    session: crate::auth::SessionWatch,
 }
 
 /// Authenticates, applies the limits and computes the replay for a stream request.
@@ -218,11 +220,12 @@ fn open(
             latest
         }
     };
-    Ok(Opened { user, cursor, watch, initial, guard })
+    let session = crate::auth::SessionWatch::new(Arc::clone(&state.tokens), claims);
+    Ok(Opened { user, cursor, watch, initial, guard, session })
 }
 
 fn bearer(value: Option<&[u8]>) -> Option<&str> {
-    std::str::from_utf8(value?).ok()?.strip_prefix("Bearer ")
+    crate::rest::bearer(std::str::from_utf8(value?).ok())
 }
 
 /// Handles `GET /api/v1/alerts/stream` arriving through hyper (a keep-alive connection
@@ -248,10 +251,9 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
     tokio::spawn(pump(
         opened.user,
         opened.cursor,
-        opened.watch,
+        (opened.watch, state.ws.shutdown.clone(), opened.session),
         tx,
         state.sse.heartbeat,
-        state.ws.shutdown.clone(),
         opened.guard,
     ));
     let mut response = Response::new(HttpBody::Right(SseBody { rx }));
@@ -385,11 +387,19 @@ pub async fn serve_raw(
     for b in &opened.initial {
         out.extend_from_slice(b);
     }
-    let Opened { user, cursor, watch, guard, .. } = opened;
+    let Opened { user, cursor, watch, guard, session, .. } = opened;
     let limits =
         RawLimits { heartbeat: state.sse.heartbeat, stall: state.ws.limits.write_stall_timeout };
-    pump_raw(stream, out, user, cursor, watch, state.ws.shutdown.clone(), limits, guard).await;
+    let shutdown = state.ws.shutdown.clone();
+    pump_raw(stream, out, user, cursor, (watch, shutdown, session), limits, guard).await;
 }
+
+/// What wakes a stream besides its heartbeat: new events, shutdown, a revoked session.
+type Wakers = (watch::Receiver<u64>, watch::Receiver<bool>, crate::auth::SessionWatch);
+
+/// The last event of a stream whose session was revoked (logout, user removed): no `id`,
+/// so a reconnect resumes from the last real event (and is refused without a new token).
+const SESSION_REVOKED: &[u8] = b"event: system\ndata: {\"notice\":\"session_revoked\",\"message\":\"the session was ended (logout): log in again\"}\n\n";
 
 struct RawLimits {
     heartbeat: Duration,
@@ -400,14 +410,12 @@ struct RawLimits {
 /// the stall time is dropped: its events stay in the history), then wait for new events,
 /// the heartbeat, the client closing, or shutdown. No per-stream queue: the history is the
 /// queue, and the cursor is the stream's place in it.
-#[allow(clippy::too_many_arguments)]
 async fn pump_raw(
     mut stream: TcpStream,
     mut out: Vec<u8>,
     user: Arc<UserAlerts>,
     mut cursor: u64,
-    mut watch: watch::Receiver<u64>,
-    mut shutdown: watch::Receiver<bool>,
+    (mut watch, mut shutdown, mut session): Wakers,
     limits: RawLimits,
     guard: StreamGuard,
 ) {
@@ -451,6 +459,11 @@ async fn pump_raw(
                 continue;
             }
             _ = shutdown.changed() => ending = true,
+            () = session.revoked() => {
+                out.extend_from_slice(SESSION_REVOKED);
+                ending = true;
+                continue;
+            }
         }
         fresh.clear();
         if !user.since(cursor, &mut fresh) {
@@ -468,10 +481,9 @@ async fn pump_raw(
 async fn pump(
     user: Arc<UserAlerts>,
     mut cursor: u64,
-    mut watch: watch::Receiver<u64>,
+    (mut watch, mut shutdown, mut session): Wakers,
     tx: mpsc::Sender<Bytes>,
     heartbeat: Duration,
-    mut shutdown: watch::Receiver<bool>,
     guard: StreamGuard,
 ) {
     let mut ticker = tokio::time::interval(heartbeat);
@@ -489,6 +501,10 @@ async fn pump(
             }
             () = tx.closed() => break,
             _ = shutdown.changed() => true,
+            () = session.revoked() => {
+                let _ = tx.try_send(Bytes::from_static(SESSION_REVOKED));
+                break;
+            }
         };
         fresh.clear();
         if !user.since(cursor, &mut fresh) {

@@ -90,8 +90,12 @@ async fn bad_credentials_and_bad_tokens_get_401_json() {
             "{user}"
         );
     }
-    let forged = Tokens::new(Some(b"another-secret"), Duration::from_secs(60))
-        .issue(alice, tickgate_engine::AccountId(1));
+    let users = tickgate_gateway::auth::Users::demo().expect("users");
+    let sessions = tickgate_gateway::sessions::Sessions::in_memory();
+    let hour = Duration::from_secs(3600);
+    let forged =
+        Tokens::new(Some(b"another-secret"), Duration::from_secs(60), hour, &users, sessions)
+            .issue(alice, tickgate_engine::AccountId(1));
     for token in [forged.as_str(), "garbage", "a.b.c", ""] {
         let (status, response) = http_raw(addr, &get_auth(addr, "/api/v1/account", token)).await;
         assert_eq!(
@@ -157,5 +161,114 @@ async fn login_bodies_are_checked() {
         format!("GET /api/v1/auth/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let (status, _) = http_raw(addr, &get).await;
     assert_eq!(status, 405);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (_, text) = http_raw(addr, &head).await;
+    let prefix = format!("tickgate_{name} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).expect("metric")
+}
+
+/// Wrong passwords are throttled per username (and per address) with 429 + Retry-After,
+/// known and unknown users alike; after the window the right password works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, alice_password, _) = DEMO_USERS[0];
+    for n in 0..tickgate_gateway::throttle::FREE_FAILURES {
+        let (status, _) = login(addr, alice, "wrong").await;
+        assert_eq!(status, 401, "failure {n} is answered");
+    }
+    for password in ["wrong", alice_password] {
+        let body = serde_json::json!({"username": alice, "password": password}).to_string();
+        let (status, response) =
+            http_raw(addr, &post_json(addr, "/api/v1/auth/login", &body, "")).await;
+        assert_eq!(status, 429, "blocked, whatever the password: {response}");
+        assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
+    }
+    // The same address is throttled for other names too (unknown ones included).
+    assert_eq!(login(addr, "nobody", "x").await.0, 429);
+    assert!(metric(addr, "login_throttled_total").await >= 3);
+    assert_eq!(metric(addr, "login_failures_total").await, 5);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = login(addr, alice, alice_password).await;
+    assert_eq!(status, 200, "the right password works after the window: {body}");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// Logout ends the session: its tokens (refreshed ones too) get 401, an open WebSocket is
+/// closed with 4003 and an open SSE stream ends with a `session_revoked` event; another
+/// session of the same user stands until `?all=true`. The bearer scheme is
+/// case-insensitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_the_session_everywhere() {
+    use tickgate_gateway::client::{self, Message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, alice_password, _) = DEMO_USERS[0];
+    let token = login(addr, alice, alice_password).await.1["token"].as_str().unwrap().to_string();
+    let other = login(addr, alice, alice_password).await.1["token"].as_str().unwrap().to_string();
+    let lower = format!("GET /api/v1/account HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nauthorization: bearer {token}\r\n\r\n");
+    assert_eq!(http_raw(addr, &lower).await.0, 200, "lower-case scheme");
+    let (status, response) = http_raw(
+        addr,
+        &post_json(addr, "/api/v1/auth/refresh", "", &format!("Authorization: Bearer {token}\r\n")),
+    )
+    .await;
+    assert_eq!(status, 200, "{response}");
+    let refreshed = body_json(&response)["token"].as_str().unwrap().to_string();
+
+    let mut ws = client::connect(addr, &format!("/ws?token={token}")).await.expect("ws");
+    let _welcome = client::next(&mut ws).await.expect("welcome");
+    let mut sse = tokio::net::TcpStream::connect(addr).await.expect("sse");
+    let head = format!("GET /api/v1/alerts/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {refreshed}\r\n\r\n");
+    sse.write_all(head.as_bytes()).await.expect("send");
+    let mut first = [0u8; 12];
+    sse.read_exact(&mut first).await.expect("stream starts");
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    let logout =
+        post_json(addr, "/api/v1/auth/logout", "", &format!("Authorization: Bearer {token}\r\n"));
+    let (status, response) = http_raw(addr, &logout).await;
+    assert_eq!((status, body_json(&response)["revoked"].as_str()), (200, Some("session")));
+    for t in [&token, &refreshed] {
+        assert_eq!(http_raw(addr, &get_auth(addr, "/api/v1/account", t)).await.0, 401);
+    }
+    assert_eq!(http_raw(addr, &get_auth(addr, "/api/v1/account", &other)).await.0, 200);
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match client::next(&mut ws).await {
+                Ok(Message::Close(code, _)) => return code,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the WebSocket is closed");
+    assert_eq!(closed, Some(4003));
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, sse.read_to_end(&mut rest))
+        .await
+        .expect("stream ends")
+        .expect("read");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("\"notice\":\"session_revoked\""), "{rest}");
+
+    // Every session of the user.
+    let all = post_json(
+        addr,
+        "/api/v1/auth/logout?all=true",
+        "",
+        &format!("Authorization: Bearer {other}\r\n"),
+    );
+    assert_eq!(http_raw(addr, &all).await.0, 200);
+    assert_eq!(http_raw(addr, &get_auth(addr, "/api/v1/account", &other)).await.0, 401);
+    let (status, body) = login(addr, alice, alice_password).await;
+    assert_eq!(status, 200, "a new login works: {body}");
     server.shutdown().await.expect("clean shutdown");
 }

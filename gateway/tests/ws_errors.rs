@@ -43,6 +43,14 @@ async fn bad_requests_get_error_replies_and_the_connection_stays_usable() {
             json!({"op": "subscribe", "id": 9, "channels": ["book.BTC-USD", "bbo.BTC-USD", "trades.BTC-USD", "book.ETH-USD"]}),
             "limit_exceeded",
         ),
+        // A field of the wrong type still echoes the id, whatever JSON number or string.
+        (json!({"op": "subscribe", "id": 2, "channels": "book.BTC-USD"}), "malformed"),
+        (json!({"op": "subscribe", "id": -1, "channels": 5}), "malformed"),
+        (json!({"op": "ping", "id": 1.5, "depth": "x"}), "malformed"),
+        (
+            json!({"op": "order.new", "id": "o-1", "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": 1000.5, "qty": "1"}),
+            "malformed",
+        ),
     ];
     for (body, code) in cases {
         let reply = request(&mut ws, body.clone()).await;

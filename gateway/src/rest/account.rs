@@ -11,6 +11,7 @@ use tickgate_engine::AccountId;
 
 use super::{authenticate, authorize, json_body, unauthorized};
 use crate::http::{json_error, json_response, AppState};
+use std::sync::atomic::Ordering;
 
 #[derive(Deserialize)]
 struct Login {
@@ -18,8 +19,7 @@ struct Login {
     password: String,
 }
 
-fn token_response(state: &AppState, username: &str, account: AccountId) -> Response<Full<Bytes>> {
-    let token = state.tokens.issue(username, account);
+fn token_response(state: &AppState, token: String, account: AccountId) -> Response<Full<Bytes>> {
     json_response(
         StatusCode::OK,
         &json!({
@@ -31,35 +31,77 @@ fn token_response(state: &AppState, username: &str, account: AccountId) -> Respo
     )
 }
 
-/// `POST /api/v1/auth/login` `{"username", "password"}`: a short-lived token.
+/// `POST /api/v1/auth/login` `{"username", "password"}`: a short-lived token. Failures
+/// are throttled per username and per client address (see [`crate::throttle`]).
 pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+    let addr = req.extensions().get::<crate::http::PeerAddr>().map(|p| p.0.ip());
     let body: Login = match json_body(req, state).await {
         Ok(b) => b,
         Err(response) => return response,
     };
+    if let Err(wait) = state.login_throttle.check(&body.username, addr) {
+        state.metrics.login_throttled_total.fetch_add(1, Ordering::Relaxed);
+        return super::too_many_requests(wait);
+    }
     // Argon2 is slow on purpose: keep it off the async workers.
     let users = state.users.clone();
+    let username = body.username.clone();
     let checked = tokio::task::spawn_blocking(move || {
         users.check(&body.username, &body.password).map(|u| (u.username.clone(), u.account))
     })
     .await;
     match checked {
-        Ok(Some((username, account))) => token_response(state, &username, account),
-        Ok(None) => json_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "wrong username or password",
-        ),
+        Ok(Some((username, account))) => {
+            state.login_throttle.succeeded(&username, addr);
+            let token = state.tokens.issue(&username, account);
+            token_response(state, token, account)
+        }
+        Ok(None) => {
+            state.metrics.login_failures_total.fetch_add(1, Ordering::Relaxed);
+            state.login_throttle.failed(&username, addr);
+            json_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "wrong username or password",
+            )
+        }
         Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "login failed"),
     }
 }
 
-/// `POST /api/v1/auth/refresh` with a valid token: a new token with a fresh lifetime.
+/// `POST /api/v1/auth/refresh` with a valid token: a new token of the same session with a
+/// fresh lifetime, never past the session's maximum age (then 401: log in again).
+/// Rate-limited like every authenticated route.
 pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
-    match authenticate(req, state) {
-        Ok(claims) => token_response(state, &claims.sub, AccountId(claims.acc)),
-        Err(message) => unauthorized(&message),
+    let claims = match authorize(req, state) {
+        Ok(c) => c,
+        Err(response) => return *response,
+    };
+    match state.tokens.renew(&claims) {
+        Some(token) => token_response(state, token, AccountId(claims.acc)),
+        None => unauthorized("the session reached its maximum age: log in again"),
     }
+}
+
+/// `POST /api/v1/auth/logout[?all=true]`: ends the caller's session (every token of it,
+/// refreshed ones included), or with `all=true` every session of the user. Open WebSocket
+/// connections and SSE streams of an ended session are closed.
+pub fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authenticate(req, state) {
+        Ok(c) => c,
+        Err(message) => return unauthorized(&message),
+    };
+    let all = match crate::ws::query_param(req.uri().query(), "all") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return super::invalid_parameter("all is true or false"),
+    };
+    if all {
+        state.tokens.revoke_all(&claims);
+    } else {
+        state.tokens.revoke(&claims);
+    }
+    json_response(StatusCode::OK, &json!({ "revoked": if all { "all" } else { "session" } }))
 }
 
 /// `GET /api/v1/account`: balances per asset (total, available, held), summed over the

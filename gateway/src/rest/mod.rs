@@ -14,7 +14,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ETA
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::auth::Claims;
-use crate::http::{json_error, json_response, AppState};
+use crate::http::{json_error, json_response, method_not_allowed, AppState};
 
 /// Every route the server answers, as (method, path template): what
 /// `/api/v1/openapi.json` must describe, no more and no less (checked by a test that also
@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/markets/{symbol}/trades"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/refresh"),
+    ("POST", "/api/v1/auth/logout"),
     ("GET", "/api/v1/account"),
     ("GET", "/api/v1/positions"),
     ("POST", "/api/v1/orders"),
@@ -52,14 +53,29 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Largest request body the API reads.
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
 
-/// Routes `/api/v1/...`.
+/// Routes `/api/v1/...`. Every answer about a user (tokens, account, orders, fills,
+/// positions, alerts) carries `Cache-Control: no-store`.
 pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
     let path = req.uri().path().strip_prefix("/api/v1/").unwrap_or_default().to_string();
     let segments: Vec<&str> = path.split('/').collect();
+    let public =
+        matches!(segments.as_slice(), ["openapi.json"] | ["instruments"] | ["markets", ..]);
+    let mut response = dispatch(req, state, &segments).await;
+    if !public && !response.headers().contains_key(CACHE_CONTROL) {
+        response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+async fn dispatch(
+    req: Request<Incoming>,
+    state: &AppState,
+    segments: &[&str],
+) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
-    match segments.as_slice() {
+    match segments {
         ["openapi.json"] if get => {
             let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             let headers = response.headers_mut();
@@ -72,6 +88,7 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         ["markets", symbol, "trades"] if get => market::trades(&req, state, symbol),
         ["auth", "login"] if post => account::login(req, state).await,
         ["auth", "refresh"] if post => account::refresh(&req, state),
+        ["auth", "logout"] if post => account::logout(&req, state),
         ["account"] if get => account::account(&req, state),
         ["orders"] if post => orders::place(req, state).await,
         ["orders"] if get => orders::list(&req, state),
@@ -81,49 +98,38 @@ pub async fn route(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         ["admin", "instruments", symbol, action @ ("halt" | "resume")] if post => {
             admin::trading_status(&req, state, symbol, *action == "halt").await
         }
-        ["admin", "instruments", _, "halt" | "resume"] => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")
-        }
+        ["admin", "instruments", _, "halt" | "resume"] => method_not_allowed("POST"),
         ["alerts"] if post => alerts::create(req, state).await,
         ["alerts"] if get => alerts::list(&req, state),
         ["alerts", id] if method == Method::DELETE => alerts::delete(&req, state, id),
         ["fills"] if get => orders::fills(&req, state),
         ["positions"] if get => orders::positions(&req, state),
-        ["orders" | "alerts"] => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET or POST")
-        }
-        ["alerts", _] => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use DELETE")
-        }
-        ["orders", _] => json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET, PATCH or DELETE",
-        ),
+        ["orders" | "alerts"] => method_not_allowed("GET, HEAD, POST"),
+        ["alerts", _] => method_not_allowed("DELETE"),
+        ["orders", _] => method_not_allowed("GET, HEAD, PATCH, DELETE"),
         ["instruments"]
         | ["openapi.json"]
         | ["markets", _, "book" | "trades"]
         | ["account"]
         | ["fills"]
-        | ["positions"] => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
-        }
-        ["auth", "login" | "refresh"] => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")
-        }
+        | ["positions"] => method_not_allowed("GET, HEAD"),
+        ["auth", "login" | "refresh" | "logout"] => method_not_allowed("POST"),
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
 }
 
 /// The caller's claims from `Authorization: Bearer`, or the 401 answer.
 pub fn authenticate<B>(req: &Request<B>, state: &AppState) -> Result<Claims, String> {
-    let token = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| "missing bearer token".to_string())?;
-    state.tokens.verify(token.trim()).map_err(|e| e.to_string())
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = bearer(header).ok_or_else(|| "missing bearer token".to_string())?;
+    state.tokens.verify(token).map_err(|e| e.to_string())
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 7235).
+pub fn bearer(value: Option<&str>) -> Option<&str> {
+    let (scheme, token) = value?.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 /// The caller's claims, once authenticated and within the per-user request rate; else the
@@ -250,10 +256,20 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
     if let Some(response) = reject_non_json(&req) {
         return Err(response);
     }
-    let mut bytes = read_body(req.into_body(), state.body_timeout).await?;
-    simd_json::serde::from_slice(&mut bytes).map_err(|e| {
-        json_error(StatusCode::BAD_REQUEST, "malformed", &format!("invalid JSON body: {e}"))
+    let bytes = read_body(req.into_body(), state.body_timeout).await?;
+    parse_json(bytes).map_err(|m| {
+        json_error(StatusCode::BAD_REQUEST, "malformed", &format!("invalid JSON body: {m}"))
     })
+}
+
+/// Parses a JSON body: simd-json first (fast), and where it refuses, serde_json, which
+/// also takes what simd-json does not (a number beyond 64 bits in a field nobody reads)
+/// and says what is wrong in words (field, line, column) rather than parser internals.
+pub fn parse_json<T: serde::de::DeserializeOwned>(mut bytes: Vec<u8>) -> Result<T, String> {
+    let original = bytes.clone();
+    simd_json::serde::from_slice(&mut bytes)
+        .or_else(|_| serde_json::from_slice(&original))
+        .map_err(|e: serde_json::Error| e.to_string())
 }
 
 /// A cacheable JSON answer: `ETag` from `tag`, `304` when the client has it already.
@@ -289,7 +305,7 @@ pub fn number_param<B>(
     default: usize,
     range: std::ops::RangeInclusive<usize>,
 ) -> Result<usize, String> {
-    match crate::ws::query_param(req.uri().query(), name) {
+    match crate::ws::query_param(req.uri().query(), name).filter(|v| !v.is_empty()) {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if range.contains(&n) => Ok(n),

@@ -60,11 +60,11 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
     if let Some(response) = super::reject_non_json(&req) {
         return response;
     }
-    let mut body = match super::read_body(req.into_body(), state.body_timeout).await {
+    let body = match super::read_body(req.into_body(), state.body_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let request: NewOrderRequest = match simd_json::serde::from_slice(&mut body) {
+    let request: NewOrderRequest = match super::parse_json(body) {
         Ok(b) => b,
         Err(e) => {
             let message = format!("invalid order: {e}");
@@ -154,7 +154,8 @@ fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, Box<Response<Full
         },
     };
     let before =
-        match crate::ws::query_param(query, "cursor") {
+        // `cursor=` (empty) is the first page, as if absent.
+        match crate::ws::query_param(query, "cursor").filter(|c| !c.is_empty()) {
             None => None,
             Some(c) => Some(c.parse().map_err(|_| {
                 Box::new(invalid_parameter("cursor must be a value from next_cursor"))

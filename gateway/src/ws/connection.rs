@@ -42,7 +42,7 @@ pub async fn run(
     stream: TcpStream,
     read_buf: Bytes,
     format: Format,
-    account: Option<AccountId>,
+    claims: Option<crate::auth::Claims>,
     ctx: &Arc<WsContext>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -74,7 +74,8 @@ pub async fn run(
             window_start: Instant::now(),
         },
         scratch: Vec::new(),
-        account,
+        account: claims.as_ref().map(|c| AccountId(c.acc)),
+        session: claims.map(|c| crate::auth::SessionWatch::new(Arc::clone(&ctx.tokens), c)),
         answers: None,
         orders: None,
         tally: Tally::default(),
@@ -179,6 +180,8 @@ struct Conn {
     scratch: Vec<u8>,
     /// The authenticated account (`?token=` or `auth`), if any.
     account: Option<AccountId>,
+    /// Its session: the connection closes with 4003 when it is revoked.
+    session: Option<crate::auth::SessionWatch>,
     /// Order-entry answers come back from their tasks through here; created by the first
     /// order request (a channel preallocates ~1 KB, and most connections never trade).
     answers: Option<Answers>,
@@ -303,6 +306,9 @@ impl Conn {
                 _ = heartbeat.tick() => link.lock().heartbeats(limits.heartbeat_interval),
                 Some(answer) = next_answer(&mut self.answers) => self.push(answer, 0),
                 report = next_report(&mut self.orders) => self.report(report),
+                () = crate::auth::revoked(&mut self.session) => {
+                    self.set_closing(Closing::Send(close::SESSION_REVOKED, "session revoked"));
+                }
                 // The writer found the socket full, or decided the connection must close.
                 () = link.task_woken() => {}
             }
@@ -476,6 +482,8 @@ impl Conn {
             Ok(claims) => {
                 self.account = Some(AccountId(claims.acc));
                 let fields = serde_json::json!({ "username": claims.sub, "account": claims.acc });
+                let tokens = Arc::clone(&self.ctx.tokens);
+                self.session = Some(crate::auth::SessionWatch::new(tokens, claims));
                 self.push(control::reply("authenticated", &id, fields), 0);
             }
             Err(e) => {

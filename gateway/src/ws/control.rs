@@ -7,12 +7,12 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::{self, Opcode};
 use crate::trading::{NewOrderRequest, ReplaceRequest};
 
-/// A client's request id, echoed verbatim.
+/// A client's request id, echoed as sent: any JSON number or string.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum RequestId {
-    /// Numeric id.
-    Num(u64),
+    /// Numeric id (negative and fractional ones too).
+    Num(serde_json::Number),
     /// String id.
     Str(String),
 }
@@ -163,6 +163,59 @@ pub struct RequestError {
     pub message: String,
 }
 
+/// The expected JSON type of each request field, for error messages.
+const FIELDS: &[(&str, &str)] = &[
+    ("op", "a string"),
+    ("channels", "an array of strings"),
+    ("depth", "an integer"),
+    ("token", "a string"),
+    ("order_id", "a non-negative integer"),
+    ("symbol", "a string"),
+    ("side", "a string"),
+    ("type", "a string"),
+    ("price", "a decimal string such as \"65000.00\""),
+    ("qty", "a decimal string such as \"0.0100\""),
+    ("client_order_id", "a non-negative integer"),
+    ("stp", "a string"),
+    ("idempotency_key", "a string"),
+];
+
+fn has_type(field: &str, v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match field {
+        "channels" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        "depth" | "order_id" | "client_order_id" => v.is_u64(),
+        _ => v.is_string(),
+    }
+}
+
+/// Why a frame did not parse as a request, saying which field is wrong, with the request's
+/// id whenever the frame is a JSON object that has one (no parser internals).
+fn diagnose(text: &[u8]) -> RequestError {
+    let malformed = |id, message: String| RequestError { id, code: ErrorCode::Malformed, message };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(text) else {
+        return malformed(None, "the request is not valid JSON".into());
+    };
+    let Some(object) = value.as_object() else {
+        return malformed(None, "the request must be a JSON object".into());
+    };
+    let id = match object.get("id") {
+        Some(serde_json::Value::Number(n)) => Some(RequestId::Num(n.clone())),
+        Some(serde_json::Value::String(s)) => Some(RequestId::Str(s.clone())),
+        _ => None,
+    };
+    if object.get("id").is_some_and(|v| !v.is_null()) && id.is_none() {
+        return malformed(None, "`id` must be a number or a string".into());
+    }
+    let wrong = FIELDS
+        .iter()
+        .find(|(name, _)| object.get(*name).is_some_and(|v| !v.is_null() && !has_type(name, v)));
+    match wrong {
+        Some((name, expected)) => malformed(id, format!("`{name}` must be {expected}")),
+        None => malformed(id, "the request does not match any operation".into()),
+    }
+}
+
 /// Default book depth of a snapshot when the client gives none.
 pub const DEFAULT_DEPTH: usize = 50;
 /// Channels one request may name.
@@ -172,11 +225,11 @@ pub const CHANNELS_PER_REQUEST_MAX: usize = 64;
 pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError> {
     scratch.clear();
     scratch.extend_from_slice(text);
-    let envelope: Envelope = simd_json::serde::from_slice(scratch).map_err(|e| RequestError {
-        id: None,
-        code: ErrorCode::Malformed,
-        message: format!("invalid JSON request: {e}"),
-    })?;
+    let envelope: Envelope = match simd_json::serde::from_slice(scratch) {
+        Ok(envelope) => envelope,
+        // serde_json takes what simd-json does not (a huge number in an unknown field).
+        Err(_) => serde_json::from_slice(text).map_err(|_| diagnose(text))?,
+    };
     let id = envelope.id;
     let err = |code, message: &str| RequestError { id: id.clone(), code, message: message.into() };
     let channels = |c: Option<Vec<String>>| match c {
@@ -278,7 +331,7 @@ mod tests {
         assert_eq!(
             p(r#"{"op":"subscribe","id":7,"channels":["book.BTC-USD"],"depth":5}"#),
             Ok(Request::Subscribe {
-                id: Some(RequestId::Num(7)),
+                id: Some(RequestId::Num(7.into())),
                 channels: vec!["book.BTC-USD".into()],
                 depth: 5
             })
@@ -291,6 +344,36 @@ mod tests {
             p(r#"{"op":"unsubscribe","channels":["x"]}"#),
             Ok(Request::Unsubscribe { .. })
         ));
+    }
+
+    #[test]
+    fn errors_echo_any_id_and_name_the_wrong_field() {
+        let mut scratch = Vec::new();
+        let mut p = |t: &str| parse(t.as_bytes(), &mut scratch).expect_err("refused");
+        let e = p(r#"{"op":"subscribe","id":2,"channels":"book.BTC-USD"}"#);
+        assert_eq!((e.id, e.code), (Some(RequestId::Num(2.into())), ErrorCode::Malformed));
+        assert_eq!(e.message, "`channels` must be an array of strings");
+        let e = p(
+            r#"{"op":"order.new","id":"x7","symbol":"BTC-USD","side":"buy","type":"limit","price":1000.5,"qty":"1"}"#,
+        );
+        assert_eq!(e.id, Some(RequestId::Str("x7".into())));
+        assert!(e.message.starts_with("`price` must be a decimal string"), "{}", e.message);
+        for (text, id) in
+            [(r#"{"op":"dance","id":-1,"depth":-5}"#, "-1"), (r#"{"id":1.5,"op":7}"#, "1.5")]
+        {
+            let e = p(text);
+            let echoed = serde_json::to_string(&e.id).expect("serializes");
+            assert_eq!(echoed, id, "{text}: {e:?}");
+        }
+        for text in ["{", "[1]", "\"x\"", r#"{"id":{"a":1}}"#] {
+            let e = p(text);
+            assert_eq!((e.id, e.code), (None, ErrorCode::Malformed), "{text}");
+            assert!(
+                !e.message.contains("Error") && !e.message.contains("character"),
+                "{}",
+                e.message
+            );
+        }
     }
 
     #[test]
@@ -313,14 +396,17 @@ mod tests {
         );
         let many = format!(r#"{{"op":"subscribe","channels":[{}]}}"#, vec!["\"a\""; 65].join(","));
         assert_eq!(code(&many), Some(ErrorCode::LimitExceeded));
-        assert_eq!(p(r#"{"op":"dance","id":3}"#).err().and_then(|e| e.id), Some(RequestId::Num(3)));
+        assert_eq!(
+            p(r#"{"op":"dance","id":3}"#).err().and_then(|e| e.id),
+            Some(RequestId::Num(3.into()))
+        );
     }
 
     #[test]
     fn parses_auth_and_order_entry() {
         assert_eq!(
             p(r#"{"op":"auth","id":1,"token":"t"}"#),
-            Ok(Request::Auth { id: Some(RequestId::Num(1)), token: "t".into() })
+            Ok(Request::Auth { id: Some(RequestId::Num(1.into())), token: "t".into() })
         );
         let Ok(Request::OrderNew { order, .. }) = p(
             r#"{"op":"order.new","id":2,"symbol":"BTC-USD","side":"buy","type":"limit","price":"1.00","qty":"0.1000","client_order_id":9}"#,
@@ -341,7 +427,7 @@ mod tests {
 
     #[test]
     fn replies_are_text_frames_with_the_id() {
-        let frame = reply("pong", &Some(RequestId::Num(1)), serde_json::json!({"ts": 5}));
+        let frame = reply("pong", &Some(RequestId::Num(1.into())), serde_json::json!({"ts": 5}));
         assert_eq!(frame[0], 0x81);
         let body: serde_json::Value = serde_json::from_slice(&frame[2..]).expect("json");
         assert_eq!(body, serde_json::json!({"op": "pong", "id": 1, "ts": 5}));

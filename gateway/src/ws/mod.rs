@@ -124,10 +124,10 @@ pub fn upgrade(
     }
     // Browsers cannot set headers on a WebSocket: the token comes in the query string. No
     // token: public market data only. A bad token: 401 before the upgrade.
-    let mut account = None;
+    let mut claims = None;
     if let Some(token) = query_param(req.uri().query(), "token") {
         match tokens.verify(token) {
-            Ok(claims) => account = Some(tickgate_engine::AccountId(claims.acc)),
+            Ok(c) => claims = Some(c),
             Err(e) => return crate::rest::unauthorized(&e.to_string()),
         }
     }
@@ -173,7 +173,7 @@ pub fn upgrade(
                 match upgraded.downcast::<TokioIo<TcpStream>>() {
                     Ok(parts) => {
                         let (io, buf) = (parts.io.into_inner(), parts.read_buf);
-                        connection::run(io, buf, format, account, ctx).await;
+                        connection::run(io, buf, format, claims, ctx).await;
                     }
                     Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
                 }

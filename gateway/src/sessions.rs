@@ -1,0 +1,159 @@
+//! Sessions: what makes a signed token revocable.
+//!
+//! A login starts a session (a random `sid`, its start time `auth`) and every token of that
+//! session, refreshed or not, carries both plus the user's generation (`gen`). A token is
+//! good while its signature and expiry hold **and** its user still exists with the same
+//! account, its generation is the user's current one (`POST /api/v1/auth/logout?all=true`
+//! bumps it: every session of the user ends) and its session was not revoked (`POST
+//! /api/v1/auth/logout` revokes the caller's). Revocations are kept until the session could
+//! no longer be refreshed anyway, written to `<data-dir>/auth/sessions.json` when the
+//! server has a data directory, and announced on a watch channel so that open WebSocket
+//! connections and SSE streams of a revoked session close at once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// Revocations kept at most (each lives at most the session's maximum age).
+const REVOKED_MAX: usize = 100_000;
+
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    /// Per user, the current generation (absent: 0).
+    generations: HashMap<String, u64>,
+    /// Revoked session ids, with when they stop mattering (seconds since the epoch).
+    revoked: HashMap<u64, u64>,
+}
+
+/// Every user's generation and the revoked sessions.
+pub struct Sessions {
+    state: RwLock<State>,
+    /// Bumped on every revocation: holders of a session re-check it.
+    epoch: watch::Sender<u64>,
+    file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").field("file", &self.file).finish_non_exhaustive()
+    }
+}
+
+/// Why the revocation state could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionsError {
+    /// Reading the file failed.
+    #[error("sessions file {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// The file is not what this build writes.
+    #[error("sessions file {0}: {1}")]
+    Format(PathBuf, serde_json::Error),
+}
+
+impl Sessions {
+    /// Sessions kept in memory only (tokens die with the process unless the secret is
+    /// fixed; then revocations are forgotten on restart).
+    pub fn in_memory() -> Sessions {
+        Sessions { state: RwLock::default(), epoch: watch::channel(0).0, file: None }
+    }
+
+    /// Sessions persisted in `dir/sessions.json` (loaded now if it exists).
+    pub fn persisted(dir: PathBuf) -> Result<Sessions, SessionsError> {
+        let file = dir.join("sessions.json");
+        let state = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| SessionsError::Format(file.clone(), e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(SessionsError::Io(file, e)),
+        };
+        Ok(Sessions { state: RwLock::new(state), epoch: watch::channel(0).0, file: Some(file) })
+    }
+
+    /// The current generation of `user`.
+    pub fn generation(&self, user: &str) -> u64 {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.generations.get(user).copied().unwrap_or(0)
+    }
+
+    /// Whether a session of `user` at generation `gen` with id `sid` still stands.
+    pub fn stands(&self, user: &str, gen: u64, sid: u64) -> bool {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.generations.get(user).copied().unwrap_or(0) == gen
+            && !state.revoked.contains_key(&sid)
+    }
+
+    /// Ends session `sid` (it could live until `until`, seconds since the epoch).
+    pub fn revoke(&self, sid: u64, until: u64, now: u64) {
+        self.change(|state| {
+            if state.revoked.len() >= REVOKED_MAX {
+                state.revoked.retain(|_, until| *until > now);
+            }
+            state.revoked.insert(sid, until);
+        });
+    }
+
+    /// Ends every session of `user`.
+    pub fn revoke_all(&self, user: &str) {
+        self.change(|state| *state.generations.entry(user.to_string()).or_insert(0) += 1);
+    }
+
+    /// A receiver that changes on every revocation.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        let bytes = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            f(&mut state);
+            self.file.as_ref().map(|_| serde_json::to_vec(&*state))
+        };
+        if let (Some(file), Some(Ok(bytes))) = (&self.file, bytes) {
+            if let Err(e) = write_atomically(file, &bytes) {
+                tracing::error!("sessions file {} not written: {e} (revocations made now are forgotten on restart)", file.display());
+            }
+        }
+        self.epoch.send_modify(|epoch| *epoch += 1);
+    }
+}
+
+fn write_atomically(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temp = file.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&temp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&temp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocations_survive_a_restart_and_are_announced() {
+        let dir = std::env::temp_dir().join(format!("tickgate-sessions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sessions = Sessions::persisted(dir.clone()).expect("fresh");
+        let watch = sessions.watch();
+        assert!(sessions.stands("alice", 0, 7));
+        sessions.revoke(7, 100, 0);
+        assert!(watch.has_changed().expect("sender alive"));
+        assert!(!sessions.stands("alice", 0, 7));
+        assert!(sessions.stands("alice", 0, 8));
+        sessions.revoke_all("alice");
+        assert!(!sessions.stands("alice", 0, 8), "old generation");
+        assert!(sessions.stands("alice", 1, 8));
+        assert!(sessions.stands("bob", 0, 9), "other users untouched");
+        let restarted = Sessions::persisted(dir.clone()).expect("reads back");
+        assert!(!restarted.stands("alice", 1, 7));
+        assert_eq!(restarted.generation("alice"), 1);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
