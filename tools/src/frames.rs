@@ -170,6 +170,17 @@ mod tests {
         assert!(parse_header(&huge).is_err(), "over the limit");
     }
 
+    proptest::proptest! {
+        /// Fuzzed: any bytes give a header, "not yet", or an error; never a panic, and a
+        /// length field can never ask for more than `FRAME_MAX`.
+        #[test]
+        fn any_bytes_parse_or_refuse(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+            if let Ok(Some((_, header, len))) = parse_header(&bytes) {
+                proptest::prop_assert!(header <= 10 && len <= FRAME_MAX);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn reads_frames_split_anywhere_and_bigger_than_the_buffer() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
