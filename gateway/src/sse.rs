@@ -146,27 +146,28 @@ struct Opened {
 }
 
 /// Authenticates, applies the limits and computes the replay for a stream request.
-/// `token` comes from `Authorization: Bearer` or `?token=`; `last_event_id` from the
-/// header or `?last_event_id=`.
+/// `token` comes from `Authorization: Bearer` or `?token=`; `last_event_id` holds the
+/// header's and `?last_event_id=`'s values.
 fn open(
     state: &AppState,
     token: Option<&str>,
-    last_event_id: Option<&str>,
+    last_event_id: [Option<&str>; 2],
 ) -> Result<Opened, Refusal> {
     let unauthorized = |m: String| Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
     let token = token.ok_or_else(|| unauthorized("missing bearer token".into()))?;
     let claims = state.tokens.verify(token.trim()).map_err(|e| unauthorized(e.to_string()))?;
-    let last_event_id = match last_event_id.map(|v| v.trim().parse::<u64>()) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                "Last-Event-ID must be an id from this stream",
-            ))
-        }
-    };
+    // The header (what a reconnecting EventSource sends) wins over the query parameter;
+    // either one that is not an id is refused, even when the other is fine.
+    let mut ids = last_event_id.into_iter().flatten().map(|v| v.trim().parse::<u64>());
+    let (first, second) = (ids.next(), ids.next());
+    if matches!(first, Some(Err(_))) || matches!(second, Some(Err(_))) {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "Last-Event-ID must be an id from this stream",
+        ));
+    }
+    let last_event_id = first.and_then(Result::ok);
     let hub = &state.alerts;
     let limits = &state.sse;
     let user = hub
@@ -236,9 +237,10 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
     // Browsers' EventSource cannot set headers: the token may come in the query string.
     let token =
         bearer(header(AUTHORIZATION.as_str())).or_else(|| crate::ws::query_param(query, "token"));
-    let last_event_id = header("last-event-id")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .or_else(|| crate::ws::query_param(query, "last_event_id"));
+    let last_event_id = [
+        header("last-event-id").map(|v| std::str::from_utf8(v).unwrap_or("invalid")),
+        crate::ws::query_param(query, "last_event_id"),
+    ];
     let opened = match open(state, token, last_event_id) {
         Ok(o) => o,
         Err(refusal) => return refusal.response(),
@@ -364,9 +366,10 @@ pub async fn serve_raw(
             let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q);
             let token =
                 bearer(header("authorization")).or_else(|| crate::ws::query_param(query, "token"));
-            let last_event_id = header("last-event-id")
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .or_else(|| crate::ws::query_param(query, "last_event_id"));
+            let last_event_id = [
+                header("last-event-id").map(|v| std::str::from_utf8(v).unwrap_or("invalid")),
+                crate::ws::query_param(query, "last_event_id"),
+            ];
             state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
             open(state, token, last_event_id)
         }

@@ -438,20 +438,34 @@ fn now() -> UnixNanos {
     tickgate_engine::runtime::now_nanos()
 }
 
-fn parse_qty(i: &Instrument, text: &str) -> Result<i64, TradeError> {
-    parse_fixed(text, i.spec.qty_precision).ok_or_else(|| {
-        TradeError::invalid(format!(
-            "qty must be a decimal with at most {} decimals",
-            i.spec.qty_precision
-        ))
+/// Whether `text` is a decimal as the API documents it: `-?([0-9]+(\.[0-9]*)?|\.[0-9]+)`.
+pub fn is_decimal(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    !(int_part.is_empty() && frac_part.is_empty())
+        && int_part.bytes().all(|b| b.is_ascii_digit())
+        && frac_part.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A decimal field of a request: not a decimal at all is `400 invalid_parameter`; a decimal
+/// this instrument cannot hold (too many decimals, out of range) is `422` with the engine's
+/// code for the field (`invalid_price`, `invalid_qty`): the request is well-formed, the
+/// instrument refuses it.
+pub fn parse_decimal(text: &str, precision: u8, field: &str) -> Result<i64, TradeError> {
+    if !is_decimal(text) {
+        return Err(TradeError::invalid(format!("{field} must be a decimal string")));
+    }
+    parse_fixed(text, precision).ok_or_else(|| {
+        let code = if field == "price" { "invalid_price" } else { "invalid_qty" };
+        let message = format!("{field} takes at most {precision} decimals for this instrument");
+        TradeError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     })
 }
 
+fn parse_qty(i: &Instrument, text: &str) -> Result<i64, TradeError> {
+    parse_decimal(text, i.spec.qty_precision, "qty")
+}
+
 fn parse_price(i: &Instrument, text: &str) -> Result<i64, TradeError> {
-    parse_fixed(text, i.spec.price_precision).ok_or_else(|| {
-        TradeError::invalid(format!(
-            "price must be a decimal with at most {} decimals",
-            i.spec.price_precision
-        ))
-    })
+    parse_decimal(text, i.spec.price_precision, "price")
 }

@@ -105,7 +105,13 @@ async fn idempotent_retries_and_rejections() {
             "insufficient_funds",
         ),
         (
+            // A decimal this instrument cannot hold: well-formed, refused by the instrument.
             json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "3000.001", "qty": "1.000"}),
+            422,
+            "invalid_price",
+        ),
+        (
+            json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "3,000", "qty": "1.000"}),
             400,
             "invalid_parameter",
         ),

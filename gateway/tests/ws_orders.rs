@@ -127,7 +127,7 @@ async fn order_entry_and_private_reports_over_websocket() {
         &mut b_exec,
     )
     .await;
-    assert_eq!(bad["code"], "invalid_parameter", "{bad}");
+    assert_eq!(bad["code"], "invalid_price", "{bad}");
     let unknown = ask(
         &mut b,
         json!({"op": "order.new", "id": 13, "symbol": "NOPE", "side": "buy", "type": "limit", "price": "1", "qty": "1"}),

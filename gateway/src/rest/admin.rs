@@ -18,6 +18,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// The 401/403 answer unless the request carries the operator token.
 fn check<B>(req: &Request<B>, state: &AppState) -> Option<Response<Full<Bytes>>> {
+    if req.headers().get(AUTHORIZATION).is_none() {
+        return Some(super::unauthorized("operator token required"));
+    }
     let Some(expected) = &state.admin_token else {
         return Some(json_error(
             StatusCode::FORBIDDEN,
@@ -25,13 +28,9 @@ fn check<B>(req: &Request<B>, state: &AppState) -> Option<Response<Full<Bytes>>>
             "operator endpoints are off (start with --admin-token)",
         ));
     };
-    let given = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    (!same(given.trim().as_bytes(), expected.as_bytes()))
+    let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let given = super::bearer(given).unwrap_or_default();
+    (!same(given.as_bytes(), expected.as_bytes()))
         .then(|| super::unauthorized("operator token required"))
 }
 

@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tickgate_engine::types::{format_fixed, parse_fixed};
+use tickgate_engine::types::format_fixed;
 use tickgate_engine::AccountId;
 
 use super::{authorize, invalid_parameter, json_body};
@@ -53,14 +53,16 @@ pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<B
         return invalid_parameter("condition is above, below or crosses");
     };
     let spec = &instrument.spec;
-    let price = match parse_fixed(&body.price, spec.price_precision) {
-        Some(p) if p > 0 => p,
-        _ => {
-            return invalid_parameter(&format!(
-                "price must be a positive decimal with at most {} decimals",
-                spec.price_precision
-            ))
+    let price = match crate::trading::parse_decimal(&body.price, spec.price_precision, "price") {
+        Ok(p) if p > 0 => p,
+        Ok(_) => {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_price",
+                "an alert price is positive",
+            )
         }
+        Err(e) => return json_error(e.status, e.code, &e.message),
     };
     match state.alerts.add_alert(AccountId(claims.acc), instrument, condition, price, body.repeat) {
         Ok(alert) => json_response(StatusCode::CREATED, &alert_json(&alert, state)),

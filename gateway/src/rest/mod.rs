@@ -305,7 +305,7 @@ pub fn number_param<B>(
     default: usize,
     range: std::ops::RangeInclusive<usize>,
 ) -> Result<usize, String> {
-    match crate::ws::query_param(req.uri().query(), name).filter(|v| !v.is_empty()) {
+    match crate::ws::query_param(req.uri().query(), name) {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if range.contains(&n) => Ok(n),
