@@ -137,7 +137,13 @@ pub async fn handle(
         }
         "/ws" => method_not_allowed("GET"),
         "/healthz" | "/metrics" | "/debug/digest" => method_not_allowed("GET, HEAD"),
-        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+
+        // The web terminal's page and modules.
+        _ => match crate::web::asset(path) {
+            Some(asset) if get => asset,
+            Some(_) => method_not_allowed("GET, HEAD"),
+            None => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        },
     };
     Ok(response.map(HttpBody::Left))
 }

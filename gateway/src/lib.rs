@@ -34,6 +34,7 @@ pub mod sessions;
 pub mod sse;
 pub mod throttle;
 pub mod trading;
+pub mod web;
 pub mod ws;
 
 pub use config::{Config, Flags};

@@ -45,6 +45,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/debug/digest"),
+    ("GET", "/"),
+    ("GET", "/app.js"),
+    ("GET", "/tickgate.js"),
+    ("GET", "/style.css"),
+    ("GET", "/favicon.svg"),
 ];
 
 /// The OpenAPI 3 document, served at `/api/v1/openapi.json`.

@@ -1,0 +1,295 @@
+// The web terminal: one page on the server's own origin, built on the reference client.
+// Market data over one binary WebSocket, account data over REST, alerts over SSE. Paints
+// at most once per animation frame, however fast the feed.
+import { Connection, MSG, decodeBbo, decodeTrade, decodeTradesSnapshot, formatFixed, parseFixed } from '/tickgate.js';
+
+const $ = (id) => document.getElementById(id);
+const store = window.sessionStorage;
+const state = {
+  token: store.getItem('tickgate.token'),
+  user: store.getItem('tickgate.user'),
+  symbol: store.getItem('tickgate.symbol') || 'BTC-USD',
+  instruments: [],
+  bySymbol: new Map(),
+  last: new Map(), // symbol -> { price, first } (raw BigInt)
+  trades: [],
+  lastTs: 0n,
+  dirty: true,
+};
+window.tickgate = { state };
+
+const el = (tag, attrs = {}, ...children) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  e.append(...children.map((c) => (c instanceof Node ? c : document.createTextNode(String(c)))));
+  return e;
+};
+const td = (text, cls = '') => el('td', { class: cls }, text);
+const fill = (table, rows) => table.replaceChildren(...rows);
+
+async function api(method, path, body) {
+  const headers = { 'content-type': 'application/json' };
+  if (state.token) headers.authorization = `Bearer ${state.token}`;
+  const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  const json = r.status === 204 ? {} : await r.json().catch(() => ({}));
+  if (r.status === 401 && state.token && !path.endsWith('/login')) signOut();
+  return { status: r.status, json };
+}
+
+function toast(text) {
+  const t = el('div', { class: 'toast' }, text);
+  $('toasts').append(t);
+  setTimeout(() => t.remove(), 6000);
+}
+
+// ---- market data -------------------------------------------------------------------
+
+let conn;
+function connect() {
+  conn?.close();
+  const proto = location.protocol === 'https:' ? 'wss' : 'ws';
+  const auth = state.token ? `?token=${encodeURIComponent(state.token)}` : '';
+  conn = new Connection(`${proto}://${location.host}/ws${auth}`);
+  window.tickgate.conn = conn;
+  conn.addEventListener('state', (e) => {
+    $('conn').textContent = e.detail;
+    $('conn').className = `badge ${e.detail}`;
+    state.dirty = true;
+  });
+  const channels = state.instruments.map((i) => `bbo.${i.symbol}`);
+  channels.push(`book.${state.symbol}`, `trades.${state.symbol}`);
+  if (state.token) channels.push('orders');
+  conn.subscribe(channels);
+  conn.addEventListener('market', (e) => onMarket(e.detail));
+  conn.addEventListener('resync', () => { state.dirty = true; });
+  conn.addEventListener('control', (e) => {
+    if (e.detail.op === 'execution') refreshAccount();
+  });
+}
+
+async function follow(symbol) {
+  const old = state.symbol;
+  if (old === symbol) return;
+  state.symbol = symbol;
+  store.setItem('tickgate.symbol', symbol);
+  state.trades = [];
+  state.dirty = true;
+  await conn.unsubscribe([`book.${old}`, `trades.${old}`]);
+  await conn.subscribe([`book.${symbol}`, `trades.${symbol}`]);
+}
+
+function onMarket({ kind, symbol, msg }) {
+  if (msg.type !== MSG.HEARTBEAT) state.lastTs = msg.ts;
+  if (kind === 'bbo' && msg.type === MSG.BBO) {
+    const b = decodeBbo(msg.body);
+    const entry = state.last.get(symbol) ?? {};
+    entry.bid = b.bidPrice;
+    entry.ask = b.askPrice;
+    state.last.set(symbol, entry);
+  } else if (kind === 'trades' && symbol === state.symbol) {
+    const trades = msg.type === MSG.TRADES_SNAPSHOT ? decodeTradesSnapshot(msg.body)
+      : msg.type === MSG.TRADE ? [{ ...decodeTrade(msg.body), seq: msg.seq, ts: msg.ts }] : [];
+    for (const t of trades) {
+      state.trades.unshift(t);
+      const entry = state.last.get(symbol) ?? {};
+      entry.price = t.price;
+      entry.first ??= t.price;
+      state.last.set(symbol, entry);
+    }
+    state.trades.length = Math.min(state.trades.length, 50);
+  }
+  state.dirty = true;
+}
+
+// ---- painting ----------------------------------------------------------------------
+
+function paint() {
+  requestAnimationFrame(paint);
+  const book = conn?.books.get(state.symbol);
+  const age = book && book.ts ? Date.now() - Number(book.ts / 1_000_000n) : null;
+  $('book-age').textContent = age === null ? '-' : `${(age / 1000).toFixed(1)} s`;
+  if (state.lastTs) $('latency').textContent = `latency ${Math.max(0, Date.now() - Number(state.lastTs / 1_000_000n))} ms`;
+  if (!state.dirty) return;
+  state.dirty = false;
+  const spec = state.bySymbol.get(state.symbol);
+  if (!spec) return;
+  const [pp, qp] = [spec.price_precision, spec.qty_precision];
+  fill($('instruments'), state.instruments.map((i) => {
+    const l = state.last.get(i.symbol) ?? {};
+    const px = l.price ?? l.bid;
+    const change = l.price !== undefined && l.first ? Number(l.price - l.first) / Number(l.first) * 100 : null;
+    return el('tr', { class: `clickable${i.symbol === state.symbol ? ' selected' : ''}`, onclick: () => follow(i.symbol) },
+      td(i.symbol), td(px !== undefined ? formatFixed(px, i.price_precision) : '-', 'num'),
+      td(change === null ? '' : `${change >= 0 ? '+' : ''}${change.toFixed(2)}%`, change >= 0 ? 'num buy' : 'num sell'));
+  }));
+  $('book-symbol').textContent = state.symbol;
+  const live = book && !book.stale && conn.state === 'open';
+  $('book-state').textContent = !book || conn.state !== 'open' ? 'stale' : book.stale ? 'resyncing' : 'live';
+  $('book-state').className = `badge ${$('book-state').textContent}`;
+  $('book-seq').textContent = book?.seq?.toString() ?? '-';
+  const asks = book ? book.levels('asks', 20) : [];
+  const bids = book ? book.levels('bids', 20) : [];
+  const row = ([p, q]) => el('tr', { class: 'clickable', onclick: () => { $('ticket').price.value = formatFixed(p, pp); } },
+    td(formatFixed(p, pp), 'price num'), td(formatFixed(q, qp), 'num'));
+  fill($('asks'), asks.slice().reverse().map(row));
+  fill($('bids'), bids.map(row));
+  $('spread').textContent = live && asks.length && bids.length ? formatFixed(asks[0][0] - bids[0][0], pp) : '-';
+  fill($('trades'), state.trades.map((t) => el('tr', {},
+    td(formatFixed(t.price, pp), `num ${t.takerSide}`), td(formatFixed(t.qty, qp), 'num'),
+    td(new Date(Number(t.ts / 1_000_000n)).toLocaleTimeString()))));
+}
+
+// ---- account -----------------------------------------------------------------------
+
+let refreshing = null;
+function refreshAccount() {
+  if (!state.token || refreshing) return;
+  refreshing = setTimeout(async () => {
+    refreshing = null;
+    const [orders, fills, account, positions, alerts] = await Promise.all([
+      api('GET', '/api/v1/orders?status=open&limit=50'), api('GET', '/api/v1/fills?limit=20'),
+      api('GET', '/api/v1/account'), api('GET', '/api/v1/positions'), api('GET', '/api/v1/alerts'),
+    ]);
+    fill($('open-orders'), (orders.json.orders ?? []).map((o) => el('tr', { 'data-id': o.id },
+      td(o.symbol), td(o.side, o.side), td(o.price, 'num'), td(o.open_qty, 'num'),
+      el('td', {}, el('button', { onclick: () => replaceOrder(o) }, 'replace'),
+        el('button', { class: 'cancel', onclick: () => cancelOrder(o.id) }, 'cancel')))));
+    fill($('fills'), (fills.json.fills ?? []).map((f) => el('tr', {},
+      td(f.symbol), td(f.side, f.side), td(f.price, 'num'), td(f.qty, 'num'))));
+    fill($('balances'), (account.json.balances ?? []).map((b) => el('tr', {},
+      td(b.asset), td(b.available, 'num'), td(b.held, 'num'))));
+    fill($('positions'), (positions.json.positions ?? []).map((p) => el('tr', {}, td(p.symbol), td(p.qty, 'num'))));
+    fill($('alerts'), (alerts.json.alerts ?? []).map((a) => el('tr', {},
+      td(a.symbol), td(a.condition), td(a.price, 'num'),
+      el('td', {}, el('button', { onclick: async () => { await api('DELETE', `/api/v1/alerts/${a.id}`); refreshAccount(); } }, 'delete')))));
+  }, 50);
+}
+
+async function cancelOrder(id) {
+  const answer = await conn.request({ op: 'order.cancel', order_id: id });
+  if (answer.op === 'error') toast(`cancel refused: ${answer.code}`);
+  refreshAccount();
+}
+
+async function replaceOrder(o) {
+  const qty = window.prompt(`New open quantity for order ${o.id}`, o.open_qty);
+  if (!qty) return;
+  const answer = await conn.request({ op: 'order.replace', order_id: o.id, qty });
+  if (answer.op === 'error') toast(`replace refused: ${answer.code}`);
+  refreshAccount();
+}
+
+$('ticket').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  const result = $('ticket-result');
+  const spec = state.bySymbol.get(state.symbol);
+  const type = f.type.value;
+  const problems = [];
+  if (parseFixed(f.qty.value, spec.qty_precision) === null) problems.push(`quantity: a decimal with at most ${spec.qty_precision} decimals`);
+  if (type !== 'market' && parseFixed(f.price.value, spec.price_precision) === null) problems.push(`price: a decimal with at most ${spec.price_precision} decimals`);
+  if (!state.token) problems.push('log in first');
+  result.className = problems.length ? 'error' : '';
+  if (problems.length) { result.textContent = problems.join('; '); return; }
+  const order = { op: 'order.new', symbol: state.symbol, side: f.side.value, type, qty: f.qty.value.trim() };
+  if (type !== 'market') order.price = f.price.value.trim();
+  const answer = await conn.request(order);
+  if (answer.op === 'order.accepted') {
+    result.textContent = `order ${answer.order.id}: ${answer.order.status}, filled ${answer.order.filled_qty}`;
+  } else {
+    result.className = 'error';
+    result.textContent = `refused: ${answer.code}${answer.message ? ` (${answer.message})` : ''}`;
+  }
+  refreshAccount();
+});
+
+$('alert-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  const r = await api('POST', '/api/v1/alerts', { symbol: state.symbol, condition: f.condition.value, price: f.price.value.trim() });
+  if (r.status !== 201) toast(`alert refused: ${r.json.error?.code}`);
+  refreshAccount();
+});
+
+// ---- alerts stream (SSE) -----------------------------------------------------------
+
+let stream;
+function openStream() {
+  stream?.close();
+  if (!state.token) return;
+  const last = store.getItem('tickgate.lastEventId');
+  const resume = last ? `&last_event_id=${encodeURIComponent(last)}` : '';
+  stream = new EventSource(`/api/v1/alerts/stream?token=${encodeURIComponent(state.token)}${resume}`);
+  const remember = (e) => { if (e.lastEventId) store.setItem('tickgate.lastEventId', e.lastEventId); };
+  stream.addEventListener('price', (e) => {
+    remember(e);
+    const d = JSON.parse(e.data);
+    toast(`${d.symbol} ${d.condition} ${d.price}: last ${d.last_price}`);
+    refreshAccount();
+  });
+  stream.addEventListener('fill', (e) => {
+    remember(e);
+    const d = JSON.parse(e.data);
+    toast(`filled ${d.side} ${d.qty} ${d.symbol} at ${d.price}`);
+  });
+  stream.addEventListener('system', (e) => {
+    remember(e);
+    const d = JSON.parse(e.data);
+    toast(d.message ?? d.notice);
+    if (d.notice === 'session_revoked') signOut();
+  });
+  stream.addEventListener('reset', (e) => { remember(e); refreshAccount(); });
+}
+
+// ---- session -----------------------------------------------------------------------
+
+function signedIn(token, user) {
+  state.token = token;
+  state.user = user;
+  store.setItem('tickgate.token', token);
+  store.setItem('tickgate.user', user);
+  showSession();
+  connect();
+  openStream();
+  refreshAccount();
+}
+
+function signOut() {
+  state.token = null;
+  for (const k of ['tickgate.token', 'tickgate.user', 'tickgate.lastEventId']) store.removeItem(k);
+  stream?.close();
+  showSession();
+  connect();
+}
+
+function showSession() {
+  $('login').hidden = !!state.token;
+  $('who').hidden = $('logout').hidden = !state.token;
+  $('who').textContent = state.user ?? '';
+}
+
+$('login').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = e.target;
+  const r = await api('POST', '/api/v1/auth/login', { username: f.username.value, password: f.password.value });
+  if (r.status === 200) signedIn(r.json.token, f.username.value);
+  else toast(r.status === 429 ? 'too many attempts: wait a moment' : 'wrong username or password');
+});
+$('logout').addEventListener('click', async () => { await api('POST', '/api/v1/auth/logout'); signOut(); });
+
+async function start() {
+  const r = await api('GET', '/api/v1/instruments');
+  state.instruments = r.json.instruments ?? [];
+  for (const i of state.instruments) state.bySymbol.set(i.symbol, i);
+  if (!state.bySymbol.has(state.symbol)) state.symbol = state.instruments[0]?.symbol;
+  showSession();
+  connect();
+  openStream();
+  refreshAccount();
+  requestAnimationFrame(paint);
+}
+start();

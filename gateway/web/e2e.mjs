@@ -1,0 +1,116 @@
+// The web terminal in a real browser (headless Debian Chromium driven by playwright-core)
+// against a running server: `TICKGATE_URL=http://127.0.0.1:PORT node gateway/web/e2e.mjs`.
+// Checks what a person sees: no console error; the ladder equals the REST book at the
+// same sequence; log in; a resting order appears in open orders and goes on cancel; an IOC
+// that fills shows in fills and positions; an alert arrives as a toast; a dropped
+// connection shows the stale flag and comes back live with a correct book; a reload keeps
+// the session. Screenshots go to target/web/.
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { execSync } from 'node:child_process';
+import assert from 'node:assert/strict';
+
+const base = process.env.TICKGATE_URL;
+assert.ok(base, 'TICKGATE_URL is required');
+const executablePath = process.env.CHROMIUM || execSync('command -v chromium').toString().trim();
+const shots = new URL('../../target/web/', import.meta.url).pathname;
+mkdirSync(shots, { recursive: true });
+
+const browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
+const step = async (name, f) => {
+  const started = Date.now();
+  await f();
+  console.log(`ok ${name} (${Date.now() - started} ms)`);
+};
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const errors = [];
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  page.on('pageerror', (e) => errors.push(String(e)));
+  const live = () => page.waitForFunction(() => document.getElementById('book-state').textContent === 'live', null, { timeout: 15_000 });
+
+  await step('the page loads and its book goes live', async () => {
+    await page.goto(`${base}/`);
+    await live();
+  });
+
+  await step('the ladder equals the REST book at the same sequence', async () => {
+    for (let attempt = 0; ; attempt++) {
+      const rest = await (await fetch(`${base}/api/v1/markets/BTC-USD/book?depth=20`)).json();
+      const shown = await page.evaluate(() => {
+        const rows = (id) => [...document.querySelectorAll(`#${id} tr`)].map((r) => [...r.cells].map((c) => c.textContent));
+        return { seq: document.getElementById('book-seq').textContent, asks: rows('asks').reverse(), bids: rows('bids') };
+      });
+      if (shown.seq === String(rest.seq)) {
+        assert.deepEqual(shown.bids, rest.bids.slice(0, 20));
+        assert.deepEqual(shown.asks, rest.asks.slice(0, 20));
+        break;
+      }
+      assert.ok(attempt < 200, `never at the same sequence (page ${shown.seq}, REST ${rest.seq})`);
+      await page.waitForTimeout(20);
+    }
+  });
+
+  await step('log in', async () => {
+    await page.fill('#login [name=username]', 'alice');
+    await page.fill('#login [name=password]', 'alice-demo-password');
+    await page.click('#login button');
+    await page.waitForSelector('#who:not([hidden])');
+  });
+
+  await step('a resting order shows in open orders, and goes on cancel', async () => {
+    await page.selectOption('#ticket [name=type]', 'limit');
+    await page.check('#ticket [value=buy]');
+    await page.fill('#ticket [name=price]', '1000.00');
+    await page.fill('#ticket [name=qty]', '0.0010');
+    await page.click('#place');
+    await page.waitForFunction(() => /open/.test(document.getElementById('ticket-result').textContent));
+    const id = (await page.textContent('#ticket-result')).match(/order (\d+)/)[1];
+    await page.waitForSelector(`#open-orders tr[data-id="${id}"]`);
+    await page.click(`#open-orders tr[data-id="${id}"] button.cancel`);
+    await page.waitForSelector(`#open-orders tr[data-id="${id}"]`, { state: 'detached' });
+  });
+
+  await step('a refused order shows the engine\'s reason', async () => {
+    await page.selectOption('#ticket [name=type]', 'post_only');
+    await page.fill('#ticket [name=price]', '6000000.00');
+    await page.click('#place');
+    await page.waitForFunction(() => /would_cross/.test(document.getElementById('ticket-result').textContent));
+  });
+
+  await step('an IOC that fills shows in fills and positions', async () => {
+    await page.selectOption('#ticket [name=type]', 'ioc');
+    await page.fill('#ticket [name=price]', '6000000.00');
+    await page.fill('#ticket [name=qty]', '0.0010');
+    await page.click('#place');
+    await page.waitForFunction(() => /filled 0\.0010/.test(document.getElementById('ticket-result').textContent));
+    await page.waitForSelector('#fills tr');
+    await page.waitForFunction(() => /BTC-USD/.test(document.getElementById('positions').textContent));
+  });
+
+  await step('an alert at the price arrives as a toast', async () => {
+    await page.selectOption('#alert-form [name=condition]', 'above');
+    await page.fill('#alert-form [name=price]', '0.01');
+    await page.click('#alert-form button');
+    await page.waitForFunction(() => /BTC-USD above 0\.01/.test(document.getElementById('toasts').textContent), null, { timeout: 15_000 });
+  });
+  await page.screenshot({ path: `${shots}terminal.png` });
+
+  await step('a dropped connection shows stale, then comes back live and correct', async () => {
+    await page.evaluate(() => window.tickgate.conn.ws.close());
+    await page.waitForFunction(() => document.getElementById('book-state').textContent !== 'live');
+    await live();
+  });
+
+  await step('a reload keeps the session', async () => {
+    await page.reload();
+    await page.waitForSelector('#who:not([hidden])');
+    await live();
+    await page.waitForSelector('#fills tr');
+  });
+  await page.screenshot({ path: `${shots}after-reload.png` });
+  assert.deepEqual(errors, [], 'no console errors');
+  console.log(`web terminal: all steps passed; screenshots in ${shots}`);
+} finally {
+  await browser.close();
+}

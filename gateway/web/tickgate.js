@@ -1,0 +1,299 @@
+// tickgate.js: the reference browser client of the tickgate protocol (v1, docs/PROTOCOL.md).
+//
+// Decodes binary market-data frames with DataView and BigInt (prices and quantities are
+// raw fixed-point integers; exact, never floats), keeps L2 books from snapshot + deltas
+// with sequence checks, and runs one WebSocket with reconnect, resubscribe and resync.
+// No dependencies; works in browsers and in node (for its tests).
+
+export const MSG = Object.freeze({
+  BOOK_SNAPSHOT: 1,
+  BOOK_DELTA: 2,
+  BBO: 3,
+  TRADE: 4,
+  TRADES_SNAPSHOT: 5,
+  GAP: 6,
+  HEARTBEAT: 7,
+});
+export const FLAG_RESYNC = 1;
+export const FLAG_SNAPSHOT = 2;
+const HEADER_BYTES = 24;
+
+/** Channel kinds in a channel id (`instrument_index * 4 + kind`). */
+export const KIND = Object.freeze({ BOOK: 1, BBO: 2, TRADES: 3 });
+
+/** The messages of one binary frame payload (an ArrayBuffer); throws on a truncated one. */
+export function* decodeFrame(buffer) {
+  const view = new DataView(buffer);
+  let at = 0;
+  while (at < view.byteLength) {
+    if (at + HEADER_BYTES > view.byteLength) throw new Error(`truncated header at ${at}`);
+    const bodyLen = view.getUint16(at + 2, true);
+    const body = at + HEADER_BYTES;
+    if (body + bodyLen > view.byteLength) throw new Error(`truncated body at ${at}`);
+    yield {
+      type: view.getUint8(at),
+      flags: view.getUint8(at + 1),
+      channel: view.getUint32(at + 4, true),
+      seq: view.getBigUint64(at + 8, true),
+      ts: view.getBigUint64(at + 16, true),
+      body: new DataView(buffer, body, bodyLen),
+    };
+    at = body + bodyLen;
+  }
+}
+
+/** `[price, qty]` levels (BigInt raw values) of a BOOK_SNAPSHOT body: bids, asks. */
+export function decodeBookSnapshot(body) {
+  const bids = body.getUint16(0, true);
+  const asks = body.getUint16(2, true);
+  if (body.byteLength !== 8 + 16 * (bids + asks)) throw new Error('book snapshot length');
+  const level = (n) => [body.getBigInt64(8 + 16 * n, true), body.getBigInt64(16 + 16 * n, true)];
+  const out = { bids: [], asks: [] };
+  for (let n = 0; n < bids; n++) out.bids.push(level(n));
+  for (let n = bids; n < bids + asks; n++) out.asks.push(level(n));
+  return out;
+}
+
+/** A BOOK_DELTA body: side (0 bid, 1 ask), price, qty (0: the level is gone). */
+export function decodeBookDelta(body) {
+  return { side: body.getUint8(0), price: body.getBigInt64(8, true), qty: body.getBigInt64(16, true) };
+}
+
+/** A TRADE body. */
+export function decodeTrade(body) {
+  return {
+    price: body.getBigInt64(0, true),
+    qty: body.getBigInt64(8, true),
+    takerSide: body.getUint8(16) === 0 ? 'buy' : 'sell',
+  };
+}
+
+/** A BBO body. */
+export function decodeBbo(body) {
+  return {
+    bidPrice: body.getBigInt64(0, true),
+    bidQty: body.getBigInt64(8, true),
+    askPrice: body.getBigInt64(16, true),
+    askQty: body.getBigInt64(24, true),
+  };
+}
+
+/** The trades of a TRADES_SNAPSHOT body, oldest first. */
+export function decodeTradesSnapshot(body) {
+  const count = body.getUint32(0, true);
+  const out = [];
+  for (let n = 0; n < count; n++) {
+    const at = 8 + 40 * n;
+    out.push({
+      seq: body.getBigUint64(at, true),
+      ts: body.getBigUint64(at + 8, true),
+      price: body.getBigInt64(at + 16, true),
+      qty: body.getBigInt64(at + 24, true),
+      takerSide: body.getUint8(at + 32) === 0 ? 'buy' : 'sell',
+    });
+  }
+  return out;
+}
+
+/** `raw` (BigInt) as a decimal string with `precision` decimals ("65000.12"). */
+export function formatFixed(raw, precision) {
+  const negative = raw < 0n;
+  const digits = (negative ? -raw : raw).toString().padStart(precision + 1, '0');
+  const int = digits.slice(0, digits.length - precision);
+  const frac = precision > 0 ? '.' + digits.slice(digits.length - precision) : '';
+  return (negative ? '-' : '') + int + frac;
+}
+
+/** A decimal string ("65000.12", ".5", "1.") as a raw BigInt at `precision`; null if invalid. */
+export function parseFixed(text, precision) {
+  const m = /^(-?)([0-9]*)(?:\.([0-9]*))?$/.exec(String(text).trim());
+  if (!m || (m[2] === '' && (m[3] ?? '') === '')) return null;
+  const frac = m[3] ?? '';
+  if (frac.length > precision) return null;
+  const raw = BigInt((m[2] || '0') + frac.padEnd(precision, '0'));
+  return m[1] ? -raw : raw;
+}
+
+/**
+ * An L2 book kept from a snapshot and contiguous deltas. `apply` returns false when a
+ * message cannot be applied (a sequence gap): the caller must resubscribe, and the book
+ * says `stale` until a fresh snapshot arrives.
+ */
+export class Book {
+  constructor() {
+    this.bids = new Map(); // price (BigInt) -> qty (BigInt)
+    this.asks = new Map();
+    this.seq = null; // BigInt once a snapshot arrived
+    this.stale = true;
+    this.ts = 0n;
+  }
+
+  /** Applies one decoded message of the book channel. */
+  apply(msg) {
+    if (msg.type === MSG.BOOK_SNAPSHOT) {
+      const { bids, asks } = decodeBookSnapshot(msg.body);
+      this.bids = new Map(bids);
+      this.asks = new Map(asks);
+      this.seq = msg.seq;
+      this.ts = msg.ts;
+      this.stale = false;
+      return true;
+    }
+    if (msg.type === MSG.HEARTBEAT) return this.seq !== null && msg.seq >= this.seq;
+    if (msg.type !== MSG.BOOK_DELTA) return true;
+    if (this.stale || this.seq === null || msg.seq !== this.seq + 1n) {
+      this.stale = true;
+      return false;
+    }
+    const d = decodeBookDelta(msg.body);
+    const side = d.side === 0 ? this.bids : this.asks;
+    if (d.qty === 0n) side.delete(d.price);
+    else side.set(d.price, d.qty);
+    this.seq = msg.seq;
+    this.ts = msg.ts;
+    return true;
+  }
+
+  /** The best `n` levels of a side ('bids' best = highest, 'asks' best = lowest). */
+  levels(side, n) {
+    const entries = [...this[side].entries()];
+    entries.sort((a, b) => (side === 'bids' ? (b[0] > a[0] ? 1 : -1) : a[0] > b[0] ? 1 : -1));
+    return entries.slice(0, n);
+  }
+}
+
+/**
+ * One WebSocket to the server: binary market data plus JSON control messages. Keeps the
+ * set of channels asked for; on every (re)connect, with backoff (0.5 s doubling to 10 s),
+ * it subscribes them all again and every book waits, marked stale, for its fresh snapshot.
+ * A book that sees a gap resubscribes its channel (the server answers with a snapshot).
+ */
+export class Connection extends EventTarget {
+  constructor(url, { WebSocketImpl = globalThis.WebSocket } = {}) {
+    super();
+    this.url = url;
+    this.WebSocketImpl = WebSocketImpl;
+    this.wanted = new Set(); // channel names asked for, kept across reconnects
+    this.channels = new Map(); // name -> the server's description (channel_id, precisions)
+    this.byId = new Map(); // channel id -> name
+    this.books = new Map(); // symbol -> Book
+    this.pending = new Map(); // request id -> resolve
+    this.nextId = 1;
+    this.state = 'connecting';
+    this.backoffMs = 500;
+    this.lastMessageAt = 0;
+    this.closedByUser = false;
+    this.open();
+  }
+
+  open() {
+    const ws = new this.WebSocketImpl(this.url);
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    this.setState('connecting');
+    ws.onopen = () => {
+      this.backoffMs = 500;
+      this.channels.clear();
+      this.byId.clear();
+      for (const book of this.books.values()) book.stale = true;
+      this.send([...this.wanted]);
+      this.setState('open');
+    };
+    ws.onmessage = (event) => this.onMessage(event.data);
+    ws.onclose = () => {
+      this.setState('closed');
+      for (const book of this.books.values()) book.stale = true;
+      for (const resolve of this.pending.values()) resolve({ op: 'error', code: 'disconnected' });
+      this.pending.clear();
+      if (this.closedByUser) return;
+      setTimeout(() => this.open(), this.backoffMs);
+      this.backoffMs = Math.min(this.backoffMs * 2, 10_000);
+    };
+  }
+
+  setState(state) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('state', { detail: state }));
+  }
+
+  close() {
+    this.closedByUser = true;
+    this.ws?.close();
+  }
+
+  /** Sends a control request and resolves with its answer (matched by id). */
+  request(body) {
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      if (this.ws?.readyState !== 1) return resolve({ op: 'error', code: 'disconnected' });
+      this.pending.set(id, resolve);
+      this.ws.send(JSON.stringify({ ...body, id }));
+    });
+  }
+
+  /** Follows `names` from now on, across reconnects. */
+  subscribe(names) {
+    for (const name of names) {
+      this.wanted.add(name);
+      const [kind, symbol] = name.split('.');
+      if (kind === 'book' && !this.books.has(symbol)) this.books.set(symbol, new Book());
+    }
+    return this.ws?.readyState === 1 ? this.send(names) : Promise.resolve(null);
+  }
+
+  /** Stops following `names`. */
+  unsubscribe(names) {
+    for (const name of names) {
+      this.wanted.delete(name);
+      const [kind, symbol] = name.split('.');
+      if (kind === 'book') this.books.delete(symbol);
+    }
+    return this.request({ op: 'unsubscribe', channels: names });
+  }
+
+  /** Subscribe requests for `names` (the private `orders` channel goes alone). */
+  async send(names) {
+    const market = names.filter((n) => n !== 'orders');
+    let answer = null;
+    if (names.includes('orders')) answer = await this.request({ op: 'subscribe', channels: ['orders'] });
+    if (market.length) {
+      answer = await this.request({ op: 'subscribe', channels: market, depth: 50 });
+      if (answer.op === 'subscribed') {
+        for (const c of answer.channels) {
+          this.channels.set(c.channel, c);
+          this.byId.set(c.channel_id, c.channel);
+        }
+      }
+    }
+    return answer;
+  }
+
+  onMessage(data) {
+    this.lastMessageAt = Date.now();
+    if (typeof data === 'string') {
+      const msg = JSON.parse(data);
+      const resolve = msg.id !== undefined ? this.pending.get(msg.id) : undefined;
+      if (resolve) {
+        this.pending.delete(msg.id);
+        resolve(msg);
+      } else {
+        this.dispatchEvent(new CustomEvent('control', { detail: msg }));
+      }
+      return;
+    }
+    for (const msg of decodeFrame(data)) {
+      const name = this.byId.get(msg.channel);
+      if (!name) continue;
+      const [kind, symbol] = name.split('.');
+      if (kind === 'book') {
+        const book = this.books.get(symbol);
+        if (book && !book.apply(msg)) {
+          // A gap: resubscribing sends a fresh snapshot, with no ghost levels.
+          this.dispatchEvent(new CustomEvent('resync', { detail: symbol }));
+          this.send([name]).catch(() => {});
+        }
+      }
+      this.dispatchEvent(new CustomEvent('market', { detail: { kind, symbol, msg } }));
+    }
+  }
+}
