@@ -912,12 +912,13 @@ impl Engine {
             .get(r.instrument.0 as usize)
             .and_then(Option::as_ref)
             .is_some_and(|m| m.halted);
-        let found = self.find_owned(r.instrument, r.account, r.order_id);
-        let found = match found {
-            Ok(_) if halted => Err(RejectReason::InstrumentHalted),
-            other => other,
-        };
-        let (slot, order) = match found {
+        let (slot, order) = match self.find_owned(r.instrument, r.account, r.order_id) {
+            // The order stays as it is, and the report says what it still has open.
+            Ok((_, order)) if halted => {
+                let live = Live::from_resting(&order, r.instrument);
+                let reason = RejectReason::InstrumentHalted;
+                return self.reject(ts, &live, ExecKind::ReplaceRejected, reason, out);
+            }
             Ok(found) => found,
             Err(reason) => {
                 let live = Self::unknown(r.order_id, r.account, r.instrument);

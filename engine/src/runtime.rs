@@ -31,7 +31,7 @@ use crate::durable::{
 };
 use crate::engine::{Engine, EngineCounters, EngineSpec};
 use crate::event::Event;
-use crate::idempotency::KeyRecord;
+use crate::idempotency::{IdempotencyKey, KeyRecord};
 use crate::instrument::{Asset, Instrument, InstrumentError};
 use crate::journal::{JournalError, JournalWriter};
 use crate::ring::{EventRing, RingReader, RingWriter};
@@ -180,6 +180,7 @@ enum Query {
     Halted { instrument: InstrumentId, reply: Sender<Option<bool>> },
     ExecSeqs { accounts: Vec<AccountId>, reply: Sender<Vec<Option<Seq>>> },
     Keys { accounts: Vec<AccountId>, reply: Sender<Vec<(AccountId, KeyRecord)>> },
+    Key { account: AccountId, key: IdempotencyKey, reply: Sender<Option<KeyRecord>> },
 }
 
 enum Request {
@@ -581,6 +582,17 @@ impl EngineHandle {
         self.ask(shard, |reply| Query::Keys { accounts, reply })
     }
 
+    /// The record of one idempotency key of `account` on `shard`, if remembered, answered
+    /// after every command queued before the call (one map lookup on the engine thread).
+    pub fn key_record(
+        &self,
+        shard: usize,
+        account: AccountId,
+        key: IdempotencyKey,
+    ) -> Result<Option<KeyRecord>, SubmitError> {
+        self.ask(shard, |reply| Query::Key { account, key, reply })
+    }
+
     /// Balances and positions of `account` on `shard` as of the last published batch,
     /// read lock-free (the engine thread is not involved); `None` for an unknown account
     /// or shard.
@@ -749,6 +761,9 @@ impl ShardWorker {
             }
             Query::Halted { instrument, reply } => {
                 let _ = reply.send(self.engine.is_halted(instrument));
+            }
+            Query::Key { account, key, reply } => {
+                let _ = reply.send(self.engine.key_record(account, key, self.last_ts));
             }
             Query::Keys { accounts, reply } => {
                 let records = self.engine.key_records().filter(|(a, _)| accounts.contains(a));

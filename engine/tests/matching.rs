@@ -433,7 +433,9 @@ fn a_halted_instrument_rejects_new_orders_and_replaces_but_takes_cancels() {
     assert_eq!(h.engine.is_halted(MKT), Some(true));
     let (_, out) = h.order(1, Side::Buy, OrderType::Ioc, 100, 1);
     assert_eq!(rejection(&out), Some(RejectReason::InstrumentHalted));
-    assert_eq!(rejection(&h.replace(1, resting, 99, 5)), Some(RejectReason::InstrumentHalted));
+    let refused = h.replace(1, resting, 99, 5);
+    assert_eq!(rejection(&refused), Some(RejectReason::InstrumentHalted));
+    assert_eq!(reports(&refused)[0].leaves_qty, Qty(5), "the order is still open, with 5");
     let canceled = h.cancel(1, other);
     assert_eq!(kinds(&canceled), vec![(ExecKind::Canceled, RejectReason::UserCanceled)]);
     h.run(CommandKind::Status(TradingStatus { instrument: MKT, halted: false }));

@@ -306,9 +306,11 @@ pub struct SessionWatch {
 }
 
 impl SessionWatch {
-    /// Watches the session of `claims`.
+    /// Watches the session of `claims`. The first [`SessionWatch::revoked`] checks the
+    /// session at once: a revocation between the token's check and this call is not missed.
     pub fn new(tokens: std::sync::Arc<Tokens>, claims: Claims) -> SessionWatch {
-        let changes = tokens.revocations();
+        let mut changes = tokens.revocations();
+        changes.mark_changed();
         SessionWatch { tokens, claims, changes }
     }
 

@@ -41,6 +41,8 @@ pub struct AppState {
     pub sse: crate::sse::SseLimits,
     /// Failed logins per username and address.
     pub login_throttle: crate::throttle::LoginThrottle,
+    /// Password checks (argon2) running at once, at most.
+    pub login_slots: tokio::sync::Semaphore,
     /// Time allowed for a request body once its head arrived.
     pub body_timeout: std::time::Duration,
     /// Operator token; `None`: operator endpoints disabled.

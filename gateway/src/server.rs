@@ -225,6 +225,7 @@ impl Server {
             admin_token: config.admin_token.clone(),
             body_timeout: config.body_timeout,
             login_throttle: Default::default(),
+            login_slots: tokio::sync::Semaphore::new(LOGIN_CHECKS_MAX),
         });
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -479,6 +480,9 @@ struct Handshake {
     pending: Arc<Semaphore>,
 }
 
+/// Password checks (argon2, ~19 MiB each) running at once, at most.
+const LOGIN_CHECKS_MAX: usize = 4;
+
 /// The answer to a connection beyond the pending bound, written without waiting.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 82\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections waiting\"}}";
 
@@ -517,12 +521,22 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         let alive = alive.clone();
         let deadline = tokio::time::Instant::now() + handshake.timeout;
+        let handshake_timeout = handshake.timeout;
         tokio::spawn(async move {
             state.metrics.connections_pending.fetch_add(1, Ordering::Relaxed);
-            serve_connection(stream, peer, &state, shutdown, deadline, pending).await;
+            let head = FirstHead { deadline, timeout: handshake_timeout };
+            serve_connection(stream, peer, &state, shutdown, head, pending).await;
             drop(alive);
         });
     }
+}
+
+/// When a fresh connection's first request head must be complete, and the time allowed
+/// for every later head (hyper restarts its header timer for each request, so it also
+/// bounds a keep-alive connection's idle time).
+struct FirstHead {
+    deadline: tokio::time::Instant,
+    timeout: Duration,
 }
 
 /// Serves one connection: a raw alert stream, or hyper (HTTP/1.1, upgrades).
@@ -531,26 +545,23 @@ async fn serve_connection(
     peer: SocketAddr,
     state: &Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
-    deadline: tokio::time::Instant,
+    head: FirstHead,
     pending: OwnedSemaphorePermit,
 ) {
     // The pending gauge follows the permit: decremented when the head is in or the
     // connection ends, whichever comes first.
     let pending = PendingGuard { permit: Some(pending), metrics: Arc::clone(&state.metrics) };
-    let pending = Arc::new(std::sync::Mutex::new(pending));
+    let deadline = head.deadline;
     match crate::sse::first_request(&stream, deadline).await {
         FirstRequest::Closed => return,
         FirstRequest::Stream => {
-            let permit = take_permit(&pending);
-            if let Some(permit) = permit {
-                crate::sse::serve_raw(stream, state, deadline, permit).await;
-            }
+            // The guard (permit and gauge) is given back once the stream's head is in.
+            crate::sse::serve_raw(stream, state, deadline, pending).await;
             return;
         }
         FirstRequest::Other => {}
     }
-    let head_timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let head_timeout = head_timeout.max(Duration::from_millis(1));
+    let pending = Arc::new(std::sync::Mutex::new(pending));
     let (service_state, service_pending) = (Arc::clone(state), Arc::clone(&pending));
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         // A whole request head arrived: the connection leaves the pending ones.
@@ -560,28 +571,38 @@ async fn serve_connection(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout)
+        .header_read_timeout(head.timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                if e.is_timeout() {
-                    state.metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+    let mut first_head_due = true;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("http connection error: {e}");
                 }
-                tracing::debug!("http connection error: {e}");
+                return;
             }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+            // The first head's deadline is the accept time's, whatever the peek took.
+            () = tokio::time::sleep_until(deadline), if first_head_due => {
+                first_head_due = false;
+                if take_permit(&pending).is_some() {
+                    state.metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+                    return; // dropping hyper's connection closes the socket
+                }
+            }
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+                return;
+            }
         }
     }
 }
 
 /// A connection's place among those without a request head yet.
-struct PendingGuard {
+pub(crate) struct PendingGuard {
     permit: Option<OwnedSemaphorePermit>,
     metrics: Arc<crate::metrics::Metrics>,
 }

@@ -31,6 +31,9 @@ struct State {
 /// Every user's generation and the revoked sessions.
 pub struct Sessions {
     state: RwLock<State>,
+    /// Held from a change until its file is written: changes reach the file one at a time,
+    /// in order (never two writers on the temporary file, never an older state last).
+    writer: std::sync::Mutex<()>,
     /// Bumped on every revocation: holders of a session re-check it.
     epoch: watch::Sender<u64>,
     file: Option<PathBuf>,
@@ -57,7 +60,12 @@ impl Sessions {
     /// Sessions kept in memory only (tokens die with the process unless the secret is
     /// fixed; then revocations are forgotten on restart).
     pub fn in_memory() -> Sessions {
-        Sessions { state: RwLock::default(), epoch: watch::channel(0).0, file: None }
+        Sessions {
+            state: RwLock::default(),
+            writer: std::sync::Mutex::new(()),
+            epoch: watch::channel(0).0,
+            file: None,
+        }
     }
 
     /// Sessions persisted in `dir/sessions.json` (loaded now if it exists).
@@ -69,7 +77,12 @@ impl Sessions {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(SessionsError::Io(file, e)),
         };
-        Ok(Sessions { state: RwLock::new(state), epoch: watch::channel(0).0, file: Some(file) })
+        Ok(Sessions {
+            state: RwLock::new(state),
+            writer: std::sync::Mutex::new(()),
+            epoch: watch::channel(0).0,
+            file: Some(file),
+        })
     }
 
     /// The current generation of `user`.
@@ -85,17 +98,26 @@ impl Sessions {
             && !state.revoked.contains_key(&sid)
     }
 
-    /// Ends session `sid` (it could live until `until`, seconds since the epoch).
+    /// Ends session `sid` (it could live until `until`, seconds since the epoch). Blocks
+    /// on the file write: call it off the async workers.
     pub fn revoke(&self, sid: u64, until: u64, now: u64) {
         self.change(|state| {
             if state.revoked.len() >= REVOKED_MAX {
                 state.revoked.retain(|_, until| *until > now);
             }
+            // Still full of live revocations: the one that ends soonest goes first.
+            while state.revoked.len() >= REVOKED_MAX {
+                let Some(soonest) = state.revoked.iter().min_by_key(|(_, u)| **u).map(|(s, _)| *s)
+                else {
+                    break;
+                };
+                state.revoked.remove(&soonest);
+            }
             state.revoked.insert(sid, until);
         });
     }
 
-    /// Ends every session of `user`.
+    /// Ends every session of `user`. Blocks on the file write, like [`Sessions::revoke`].
     pub fn revoke_all(&self, user: &str) {
         self.change(|state| *state.generations.entry(user.to_string()).or_insert(0) += 1);
     }
@@ -106,6 +128,7 @@ impl Sessions {
     }
 
     fn change(&self, f: impl FnOnce(&mut State)) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             f(&mut state);

@@ -328,12 +328,12 @@ const HEAD_BYTES_MAX: usize = 16 * 1024;
 /// (`httparse`), answers with an error or `200` and the stream, delimited by closing the
 /// connection (`Connection: close`, no chunked encoding).
 /// `deadline`: when the whole head must have arrived; `pending` is the connection's place
-/// among those without a request yet, given back once the head is in.
-pub async fn serve_raw(
+/// among those without a request yet (its permit and gauge), dropped once the head is in.
+pub async fn serve_raw<P>(
     mut stream: TcpStream,
     state: &AppState,
     deadline: tokio::time::Instant,
-    pending: tokio::sync::OwnedSemaphorePermit,
+    pending: P,
 ) {
     let mut head = Vec::with_capacity(1024);
     let read_head = async {

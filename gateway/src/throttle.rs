@@ -4,8 +4,11 @@
 //! failure after that closes the door for twice as long as the one before (1 s, 2 s, 4 s,
 //! ... up to [`BLOCK_MAX`]). While closed, login answers `429` with `Retry-After` without
 //! checking the password (right or wrong, known user or not: the same answer, at the same
-//! cost). A success after the window opens the door again and forgets the failures.
-//! Uses tokio's clock, so tests run it on paused time.
+//! cost). An attempt counts as a failure from the moment it is let through
+//! ([`LoginThrottle::attempt`]), so a burst of parallel guesses is counted before any
+//! password is checked; a success takes its own count back and forgets the user's
+//! failures (not the address's: logging in as oneself does not clear a spray from that
+//! address). Uses tokio's clock, so tests run it on paused time.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,33 +50,63 @@ fn keys(user: &str, addr: Option<IpAddr>) -> impl Iterator<Item = Key> {
 }
 
 impl LoginThrottle {
-    /// `Err(wait)` while `user` or `addr` is blocked.
-    pub fn check(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
+    /// Lets a login attempt through, counted as a failure until [`LoginThrottle::succeeded`]
+    /// says otherwise; `Err(wait)` while `user` or `addr` is blocked (nothing counted).
+    pub fn attempt(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
         let now = Instant::now();
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let wait = keys(user, addr)
             .filter_map(|k| entries.get(&k))
             .map(|e| e.blocked_until.saturating_duration_since(now))
             .max()
             .unwrap_or_default();
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait)
+        if !wait.is_zero() {
+            return Err(wait);
         }
+        count_failure(&mut entries, user, addr, now);
+        Ok(())
     }
 
-    /// Records a failed login.
+    /// Records a failed login that was not let through [`LoginThrottle::attempt`].
     pub fn failed(&self, user: &str, addr: Option<IpAddr>) {
-        let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= ENTRIES_MAX {
-            entries.retain(|_, e| now.saturating_duration_since(e.last) < BLOCK_MAX);
-            if entries.len() >= ENTRIES_MAX {
-                // A flood of distinct names: forget rather than grow.
-                entries.clear();
+        count_failure(&mut entries, user, addr, Instant::now());
+    }
+
+    /// The attempt of `user` from `addr` succeeded: the user's failures are forgotten, and
+    /// the address gets back the one failure its attempt was counted as.
+    pub fn succeeded(&self, user: &str, addr: Option<IpAddr>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(&Key::User(user.to_string()));
+        if let Some(e) = addr.and_then(|a| entries.get_mut(&Key::Addr(a))) {
+            e.failures = e.failures.saturating_sub(1);
+            if e.failures < FREE_FAILURES {
+                e.blocked_until = e.last;
             }
         }
+    }
+}
+
+/// Counts one failure for `user` and `addr`, blocking them once past the free ones.
+fn count_failure(
+    entries: &mut HashMap<Key, Entry>,
+    user: &str,
+    addr: Option<IpAddr>,
+    now: Instant,
+) {
+    if entries.len() >= ENTRIES_MAX {
+        entries.retain(|_, e| now.saturating_duration_since(e.last) < BLOCK_MAX);
+    }
+    // A flood of distinct names or addresses: the entries quiet longest go first (never
+    // all of them, which would lift every block at once).
+    while entries.len() >= ENTRIES_MAX {
+        let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.last).map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        entries.remove(&oldest);
+    }
+    {
         for key in keys(user, addr) {
             let e =
                 entries.entry(key).or_insert(Entry { failures: 0, blocked_until: now, last: now });
@@ -83,14 +116,6 @@ impl LoginThrottle {
                 let doublings = (e.failures - FREE_FAILURES).min(16);
                 e.blocked_until = now + (BLOCK_MIN * (1u32 << doublings)).min(BLOCK_MAX);
             }
-        }
-    }
-
-    /// Records a successful login: the user's and the address's failures are forgotten.
-    pub fn succeeded(&self, user: &str, addr: Option<IpAddr>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        for key in keys(user, addr) {
-            entries.remove(&key);
         }
     }
 }
@@ -103,27 +128,27 @@ mod tests {
     async fn backoff_doubles_and_success_resets() {
         let t = LoginThrottle::default();
         let addr = Some(IpAddr::from([127, 0, 0, 1]));
-        for _ in 0..FREE_FAILURES - 1 {
-            t.failed("alice", addr);
-            assert!(t.check("alice", addr).is_ok());
+        for _ in 0..FREE_FAILURES {
+            assert!(t.attempt("alice", addr).is_ok());
         }
-        t.failed("alice", addr);
-        assert_eq!(t.check("alice", addr), Err(BLOCK_MIN));
+        // The fifth attempt, not yet known to fail, already closes the door: a burst of
+        // parallel guesses is counted before any password is checked.
+        assert_eq!(t.attempt("alice", addr), Err(BLOCK_MIN));
         // Another address is blocked for alice too, and this address for other names.
-        assert!(t.check("alice", Some(IpAddr::from([10, 0, 0, 1]))).is_err());
-        assert!(t.check("bob", addr).is_err());
-        assert!(t.check("bob", None).is_ok());
+        assert!(t.attempt("alice", Some(IpAddr::from([10, 0, 0, 1]))).is_err());
+        assert!(t.attempt("bob", addr).is_err());
         tokio::time::advance(BLOCK_MIN).await;
-        assert!(t.check("alice", addr).is_ok(), "the window passed");
-        t.failed("alice", addr);
-        assert_eq!(t.check("alice", addr), Err(BLOCK_MIN * 2), "doubled");
+        assert!(t.attempt("alice", addr).is_ok(), "the window passed");
+        assert_eq!(t.attempt("alice", addr), Err(BLOCK_MIN * 2), "doubled");
         tokio::time::advance(BLOCK_MIN * 2).await;
+        assert!(t.attempt("alice", addr).is_ok());
         t.succeeded("alice", addr);
-        t.failed("alice", addr);
-        assert!(t.check("alice", addr).is_ok(), "a success forgets the failures");
+        assert!(t.attempt("alice", None).is_ok(), "a success forgets the user's failures");
+        // ...but not the address's: logging in as oneself does not clear a spray.
+        assert!(t.attempt("carol", addr).is_err(), "the address stays blocked");
         for _ in 0..40 {
             t.failed("mallory", None);
         }
-        assert_eq!(t.check("mallory", None), Err(BLOCK_MAX), "capped");
+        assert_eq!(t.attempt("mallory", None), Err(BLOCK_MAX), "capped");
     }
 }

@@ -234,10 +234,14 @@ impl Trading {
             Ok(report) => report,
         };
         match (report.kind, report.reason, key) {
+            // The engine knew the key and this process did not: the claim made above is
+            // wrong (the key is another order's): give it up, and learn the engine's.
             (ExecKind::Rejected, RejectReason::DuplicateRequest, Some(key)) => {
+                self.keys.release(account, key, id);
                 self.replay_from_engine(account, order.instrument, key).await
             }
-            (ExecKind::Rejected, RejectReason::IdempotencyKeyReused, _) => {
+            (ExecKind::Rejected, RejectReason::IdempotencyKeyReused, Some(key)) => {
+                self.keys.release(account, key, id);
                 Err(TradeError::key_reused())
             }
             (ExecKind::Rejected, reason, _) => Err(TradeError::rejected(reason, "order")),
@@ -320,14 +324,14 @@ impl Trading {
     ) -> Result<Value, TradeError> {
         let engine = self.engine.clone();
         let shard = engine.shard_of(instrument).unwrap_or(0);
-        let records =
-            tokio::task::spawn_blocking(move || engine.key_records(shard, vec![account])).await;
-        let record = match records {
-            Ok(Ok(records)) => records.into_iter().find(|(_, r)| r.key == key),
+        let record =
+            tokio::task::spawn_blocking(move || engine.key_record(shard, account, key)).await;
+        let record = match record {
+            Ok(Ok(record)) => record,
             Ok(Err(e)) => return Err(TradeError::submit(e)),
             Err(_) => None,
         };
-        let Some((_, record)) = record else {
+        let Some(record) = record else {
             return Err(TradeError::rejected(RejectReason::DuplicateRequest, "order"));
         };
         self.keys.load([(account, record)]);

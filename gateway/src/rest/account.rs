@@ -39,13 +39,16 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         Ok(b) => b,
         Err(response) => return response,
     };
-    if let Err(wait) = state.login_throttle.check(&body.username, addr) {
+    if let Err(wait) = state.login_throttle.attempt(&body.username, addr) {
         state.metrics.login_throttled_total.fetch_add(1, Ordering::Relaxed);
         return super::too_many_requests(wait);
     }
-    // Argon2 is slow on purpose: keep it off the async workers.
+    // Argon2 takes ~19 MiB and tens of ms a check: a bounded number at once, and off the
+    // async workers.
+    let Ok(_slot) = state.login_slots.acquire().await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "login is closed");
+    };
     let users = state.users.clone();
-    let username = body.username.clone();
     let checked = tokio::task::spawn_blocking(move || {
         users.check(&body.username, &body.password).map(|u| (u.username.clone(), u.account))
     })
@@ -57,8 +60,8 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
             token_response(state, token, account)
         }
         Ok(None) => {
+            // `attempt` counted it as a failure already.
             state.metrics.login_failures_total.fetch_add(1, Ordering::Relaxed);
-            state.login_throttle.failed(&username, addr);
             json_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
@@ -86,7 +89,7 @@ pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 /// `POST /api/v1/auth/logout[?all=true]`: ends the caller's session (every token of it,
 /// refreshed ones included), or with `all=true` every session of the user. Open WebSocket
 /// connections and SSE streams of an ended session are closed.
-pub fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authenticate(req, state) {
         Ok(c) => c,
         Err(message) => return unauthorized(&message),
@@ -96,10 +99,18 @@ pub fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
         Some("true") => true,
         Some(_) => return super::invalid_parameter("all is true or false"),
     };
-    if all {
-        state.tokens.revoke_all(&claims);
-    } else {
-        state.tokens.revoke(&claims);
+    // The revocation is written to disk (fsync): off the async workers.
+    let tokens = std::sync::Arc::clone(&state.tokens);
+    let revoked = tokio::task::spawn_blocking(move || {
+        if all {
+            tokens.revoke_all(&claims);
+        } else {
+            tokens.revoke(&claims);
+        }
+    })
+    .await;
+    if revoked.is_err() {
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "logout failed");
     }
     json_response(StatusCode::OK, &json!({ "revoked": if all { "all" } else { "session" } }))
 }

@@ -93,7 +93,7 @@ async fn dispatch(
         ["markets", symbol, "trades"] if get => market::trades(&req, state, symbol),
         ["auth", "login"] if post => account::login(req, state).await,
         ["auth", "refresh"] if post => account::refresh(&req, state),
-        ["auth", "logout"] if post => account::logout(&req, state),
+        ["auth", "logout"] if post => account::logout(&req, state).await,
         ["account"] if get => account::account(&req, state),
         ["orders"] if post => orders::place(req, state).await,
         ["orders"] if get => orders::list(&req, state),
