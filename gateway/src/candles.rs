@@ -18,8 +18,12 @@ use serde::{Deserialize, Serialize};
 use tickgate_engine::Trade;
 
 /// Candle intervals: name and length in nanoseconds.
-pub const INTERVALS: [(&str, u64); 4] =
-    [("1s", 1_000_000_000), ("1m", 60_000_000_000), ("5m", 300_000_000_000), ("1h", 3_600_000_000_000)];
+pub const INTERVALS: [(&str, u64); 4] = [
+    ("1s", 1_000_000_000),
+    ("1m", 60_000_000_000),
+    ("5m", 300_000_000_000),
+    ("1h", 3_600_000_000_000),
+];
 /// Candles kept per instrument and interval.
 pub const CANDLES_KEPT: usize = 1_000;
 /// How often the store is written to disk.
@@ -181,7 +185,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tickgate-candles-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Candles::new(1, Some(&dir)).expect("new");
-        let trades = [trade(1, 0.2, 100, 1), trade(2, 0.7, 105, 2), trade(3, 1.1, 99, 3), trade(4, 61.0, 101, 1)];
+        let trades = [
+            trade(1, 0.2, 100, 1),
+            trade(2, 0.7, 105, 2),
+            trade(3, 1.1, 99, 3),
+            trade(4, 61.0, 101, 1),
+        ];
         store.apply(&trades[..3]);
         store.save().expect("save");
         store.apply(&trades[3..]);
@@ -193,7 +202,10 @@ mod tests {
         );
         let minutes = store.candles(0, 1, 10);
         assert_eq!(minutes.len(), 2);
-        assert_eq!((minutes[0].open, minutes[0].high, minutes[0].low, minutes[0].close), (100, 105, 99, 99));
+        assert_eq!(
+            (minutes[0].open, minutes[0].high, minutes[0].low, minutes[0].close),
+            (100, 105, 99, 99)
+        );
         assert_eq!(store.candles(0, 1, 1), minutes[1..].to_vec(), "the newest, oldest first");
 
         // A restart: the saved store, then the journal's replay of every trade: the ones

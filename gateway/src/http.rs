@@ -41,6 +41,8 @@ pub struct AppState {
     pub sse: crate::sse::SseLimits,
     /// Failed logins per username and address.
     pub login_throttle: crate::throttle::LoginThrottle,
+    /// Candles of every instrument.
+    pub candles: Arc<crate::candles::Candles>,
     /// Password checks (argon2) running at once, at most.
     pub login_slots: tokio::sync::Semaphore,
     /// Time allowed for a request body once its head arrived.

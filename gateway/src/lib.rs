@@ -19,6 +19,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod candles;
 pub mod client;
 pub mod config;
 pub mod fanout;

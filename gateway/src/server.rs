@@ -51,6 +51,8 @@ pub struct Server {
     directory: Arc<Directory>,
     orders: Arc<OrderStore>,
     history_sync: Option<Worker>,
+    candles: Arc<crate::candles::Candles>,
+    candles_save: Option<Worker>,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
     alive: mpsc::Receiver<()>,
@@ -81,8 +83,14 @@ impl Server {
         let replayed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let replay_users: HashSet<AccountId> = users.all().map(|u| u.account).collect();
         let replay_sink = Arc::clone(&replayed);
+        // Candles: the saved store, then the trades the journal's replay brings back.
+        let candles_dir = config.durability.as_ref().map(|d| d.dir.clone());
+        let spec = engine_spec();
+        let candles =
+            Arc::new(crate::candles::Candles::new(spec.instruments.len(), candles_dir.as_deref())?);
+        let replay_candles = Arc::clone(&candles);
         let runtime_config = RuntimeConfig {
-            spec: engine_spec(),
+            spec,
             shards: config.shards,
             queue_capacity: config.queue_capacity,
             ring_capacity: config.ring_capacity,
@@ -90,12 +98,12 @@ impl Server {
             durability: config.durability.clone(),
             // Users' reports since the newest snapshot come back from the journal; they are
             // applied over the history once the engine says which of its records are real.
-            on_replay: Some(Arc::new(move |_, e: &tickgate_engine::Event| {
-                if let tickgate_engine::Event::Exec(r) = e {
-                    if replay_users.contains(&r.account) {
-                        replay_sink.lock().unwrap_or_else(|e| e.into_inner()).push(*r);
-                    }
+            on_replay: Some(Arc::new(move |_, e: &tickgate_engine::Event| match e {
+                tickgate_engine::Event::Exec(r) if replay_users.contains(&r.account) => {
+                    replay_sink.lock().unwrap_or_else(|e| e.into_inner()).push(*r);
                 }
+                tickgate_engine::Event::Trade(t) => replay_candles.apply(std::slice::from_ref(t)),
+                _ => {}
             })),
             // A snapshot waits until users' reports it covers are in the history file.
             snapshot_barrier: history_dir.as_ref().map(|_| {
@@ -146,8 +154,13 @@ impl Server {
             Writers::start(Arc::clone(&directory), Arc::clone(&metrics), config.fanout_writers);
         let hub = {
             let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
-            let (pacing, o, w) = (config.fanout, Arc::clone(&orders), Arc::clone(&writers));
-            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing, o, w)).await?
+            let (pacing, w) = (config.fanout, Arc::clone(&writers));
+            let consumers = crate::fanout::hub::Consumers {
+                orders: Arc::clone(&orders),
+                candles: Arc::clone(&candles),
+            };
+            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing, w, consumers))
+                .await?
         };
         let alerts = Arc::new(AlertHub::new(
             users.all().map(|u| u.account),
@@ -225,6 +238,7 @@ impl Server {
             admin_token: config.admin_token.clone(),
             body_timeout: config.body_timeout,
             login_throttle: Default::default(),
+            candles: Arc::clone(&candles),
             login_slots: tokio::sync::Semaphore::new(LOGIN_CHECKS_MAX),
         });
         let accept = tokio::spawn(accept_loop(
@@ -251,6 +265,8 @@ impl Server {
             directory,
             orders,
             history_sync,
+            candles_save: candles_dir.map(|_| candles_saver(Arc::clone(&candles))),
+            candles,
             shutdown,
             accept,
             alive,
@@ -320,8 +336,15 @@ impl Server {
         }
         let (hub, runtime, writers) = (self.hub, self.runtime, self.writers);
         let (history_sync, orders) = (self.history_sync, self.orders);
+        let (candles, candles_save) = (self.candles, self.candles_save);
         let engines = tokio::task::spawn_blocking(move || {
             hub.stop();
+            if let Some(save) = candles_save {
+                save.stop();
+                if let Err(e) = candles.save() {
+                    tracing::error!("candles not saved: {e}");
+                }
+            }
             writers.stop();
             // A snapshot still waiting for the history is skipped (the journal has it all).
             orders.stop_storing();
@@ -410,6 +433,29 @@ async fn restore_history(
             }
         }
     }))
+}
+
+/// Writes the candles to disk every [`crate::candles::SAVE_EVERY`].
+fn candles_saver(candles: Arc<crate::candles::Candles>) -> Worker {
+    Worker::spawn("candles-save", move |stop| {
+        let mut last = std::time::Instant::now();
+        let mut failed = false;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() >= crate::candles::SAVE_EVERY {
+                last = std::time::Instant::now();
+                match candles.save() {
+                    Ok(()) => failed = false,
+                    Err(e) => {
+                        if !failed {
+                            tracing::error!("candles not saved: {e} (retrying every save)");
+                        }
+                        failed = true;
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// The engine's tables: the default markets, users' accounts and the synthetic flow's.

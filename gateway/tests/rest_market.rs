@@ -128,3 +128,52 @@ async fn bad_market_data_requests_get_json_errors() {
     );
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// Candles come from trades: two trades between users make one 1 s, 1 m, 5 m and 1 h
+/// candle each, with the trades' open, high, low, close and volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_are_computed_from_trades() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    for (price, qty) in [("3000.00", "1.000"), ("3010.00", "2.000")] {
+        let ask = serde_json::json!({"symbol": "ETH-USD", "side": "sell", "type": "limit", "price": price, "qty": qty});
+        assert_eq!(alice.order(ask).await.0, 201);
+        let bid = serde_json::json!({"symbol": "ETH-USD", "side": "buy", "type": "ioc", "price": price, "qty": qty});
+        assert_eq!(bob.order(bid).await.0, 201);
+    }
+    for interval in ["1s", "1m", "5m", "1h"] {
+        let path = format!("/api/v1/markets/ETH-USD/candles?interval={interval}");
+        let mut body = serde_json::Value::Null;
+        for _ in 0..200 {
+            body = alice.call("GET", &path, None, "").await.1;
+            let trades: u64 = body["candles"]
+                .as_array()
+                .map_or(0, |c| c.iter().map(|c| c["trades"].as_u64().unwrap_or(0)).sum());
+            if trades == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let last = body["candles"].as_array().and_then(|c| c.last()).cloned().unwrap_or_default();
+        if interval != "1s" {
+            // Both trades fall in one candle unless they straddle an interval's start.
+            assert_eq!(body["candles"].as_array().map(Vec::len), Some(1), "{interval}: {body}");
+            assert_eq!(
+                (
+                    last["open"].as_str(),
+                    last["high"].as_str(),
+                    last["low"].as_str(),
+                    last["close"].as_str(),
+                    last["volume"].as_str()
+                ),
+                (Some("3000.00"), Some("3010.00"), Some("3000.00"), Some("3010.00"), Some("3.000")),
+                "{interval}: {body}"
+            );
+        }
+    }
+    let (status, body) =
+        alice.call("GET", "/api/v1/markets/ETH-USD/candles?interval=2m", None, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_parameter")));
+    server.shutdown().await.expect("clean shutdown");
+}

@@ -15,6 +15,9 @@ const state = {
   trades: [],
   lastTs: 0n,
   dirty: true,
+  interval: store.getItem('tickgate.interval') || '1m',
+  candles: [], // from GET .../candles, the open one kept up to date from live trades
+  chartDirty: true,
 };
 window.tickgate = { state };
 
@@ -77,7 +80,9 @@ async function follow(symbol) {
   state.symbol = symbol;
   store.setItem('tickgate.symbol', symbol);
   state.trades = [];
+  state.candles = [];
   state.dirty = true;
+  loadCandles();
   await conn.unsubscribe([`book.${old}`, `trades.${old}`]);
   await conn.subscribe([`book.${symbol}`, `trades.${symbol}`]);
 }
@@ -94,6 +99,7 @@ function onMarket({ kind, symbol, msg }) {
     const trades = msg.type === MSG.TRADES_SNAPSHOT ? decodeTradesSnapshot(msg.body)
       : msg.type === MSG.TRADE ? [{ ...decodeTrade(msg.body), seq: msg.seq, ts: msg.ts }] : [];
     for (const t of trades) {
+      if (msg.type === MSG.TRADE) liveCandle(t);
       state.trades.unshift(t);
       const entry = state.last.get(symbol) ?? {};
       entry.price = t.price;
@@ -105,6 +111,63 @@ function onMarket({ kind, symbol, msg }) {
   state.dirty = true;
 }
 
+// ---- candles ----------------------------------------------------------------------
+
+const INTERVAL_NS = { '1s': 1_000_000_000n, '1m': 60_000_000_000n, '5m': 300_000_000_000n, '1h': 3_600_000_000_000n };
+
+async function loadCandles() {
+  const spec = state.bySymbol.get(state.symbol);
+  if (!spec) return;
+  const r = await api('GET', `/api/v1/markets/${state.symbol}/candles?interval=${state.interval}&limit=120`);
+  if (r.status !== 200 || r.json.symbol !== state.symbol || r.json.interval !== state.interval) return;
+  const raw = (text) => parseFixed(text, spec.price_precision);
+  state.candles = r.json.candles.map((c) => ({
+    start: BigInt(c.start), open: raw(c.open), high: raw(c.high), low: raw(c.low), close: raw(c.close), trades: c.trades,
+  }));
+  state.chartDirty = true;
+}
+
+/** A live trade moves the open candle (or opens the next) until the next poll. */
+function liveCandle(t) {
+  const length = INTERVAL_NS[state.interval];
+  const start = t.ts - (t.ts % length);
+  const last = state.candles.at(-1);
+  if (last && last.start === start) {
+    if (t.price > last.high) last.high = t.price;
+    if (t.price < last.low) last.low = t.price;
+    last.close = t.price;
+    last.trades += 1;
+  } else if (!last || start > last.start) {
+    state.candles.push({ start, open: t.price, high: t.price, low: t.price, close: t.price, trades: 1 });
+    if (state.candles.length > 120) state.candles.shift();
+  }
+  state.chartDirty = true;
+}
+
+function drawChart() {
+  const canvas = $('chart');
+  const width = canvas.clientWidth;
+  if (canvas.width !== width) canvas.width = width;
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const candles = state.candles;
+  $('chart-symbol').textContent = state.symbol;
+  $('chart-info').textContent = `${candles.length} candles`;
+  if (!candles.length) return;
+  let hi = candles[0].high, lo = candles[0].low;
+  for (const c of candles) { if (c.high > hi) hi = c.high; if (c.low < lo) lo = c.low; }
+  const span = Number(hi - lo) || 1;
+  const y = (p) => 8 + (canvas.height - 16) * (1 - Number(p - lo) / span);
+  const step = canvas.width / 120;
+  candles.forEach((c, n) => {
+    const x = (120 - candles.length + n) * step + step / 2;
+    ctx.strokeStyle = ctx.fillStyle = c.close >= c.open ? '#2fbf71' : '#e5534b';
+    ctx.beginPath(); ctx.moveTo(x, y(c.high)); ctx.lineTo(x, y(c.low)); ctx.stroke();
+    const top = y(c.open > c.close ? c.open : c.close), bottom = y(c.open > c.close ? c.close : c.open);
+    ctx.fillRect(x - step * 0.35, top, step * 0.7, Math.max(1, bottom - top));
+  });
+}
+
 // ---- painting ----------------------------------------------------------------------
 
 function paint() {
@@ -113,6 +176,7 @@ function paint() {
   const age = book && book.ts ? Date.now() - Number(book.ts / 1_000_000n) : null;
   $('book-age').textContent = age === null ? '-' : `${(age / 1000).toFixed(1)} s`;
   if (state.lastTs) $('latency').textContent = `latency ${Math.max(0, Date.now() - Number(state.lastTs / 1_000_000n))} ms`;
+  if (state.chartDirty) { state.chartDirty = false; drawChart(); }
   if (!state.dirty) return;
   state.dirty = false;
   const spec = state.bySymbol.get(state.symbol);
@@ -290,6 +354,15 @@ async function start() {
   connect();
   openStream();
   refreshAccount();
+  $('interval').value = state.interval;
+  $('interval').addEventListener('change', (e) => {
+    state.interval = e.target.value;
+    store.setItem('tickgate.interval', state.interval);
+    state.candles = [];
+    loadCandles();
+  });
+  loadCandles();
+  setInterval(loadCandles, 2000);
   requestAnimationFrame(paint);
 }
 start();

@@ -51,6 +51,22 @@ try {
     }
   });
 
+  await step('the chart shows the candles endpoint\'s candles', async () => {
+    await page.waitForFunction(() => window.tickgate.state.candles.length > 0, null, { timeout: 15_000 });
+    const rest = await (await fetch(`${base}/api/v1/markets/BTC-USD/candles?interval=1m&limit=120`)).json();
+    const shown = await page.evaluate(() => window.tickgate.state.candles.map((c) => c.start.toString()));
+    // The newest candle may have opened since; every earlier one is the endpoint's.
+    const starts = rest.candles.map((c) => String(c.start));
+    assert.ok(shown.length > 0 && starts.length > 0);
+    assert.deepEqual(shown.slice(0, -1).filter((s) => starts.includes(s)), shown.slice(0, -1));
+    const painted = await page.evaluate(() => {
+      const c = document.getElementById('chart');
+      const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      return data.some((v, n) => n % 4 === 3 && v > 0);
+    });
+    assert.ok(painted, 'candles are drawn');
+  });
+
   await step('log in', async () => {
     await page.fill('#login [name=username]', 'alice');
     await page.fill('#login [name=password]', 'alice-demo-password');

@@ -30,6 +30,16 @@ pub struct Hub {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What the hub feeds besides the market-data channels: users' orders (execution
+/// reports) and the candles (trades).
+#[derive(Debug)]
+pub struct Consumers {
+    /// Users' orders and fills.
+    pub orders: Arc<crate::orders::OrderStore>,
+    /// Candles of every instrument.
+    pub candles: Arc<crate::candles::Candles>,
+}
+
 /// Wakes the hub; given to the engine as its publish hook.
 #[derive(Clone, Debug, Default)]
 pub struct HubWake(Arc<OnceLock<std::thread::Thread>>);
@@ -51,9 +61,10 @@ impl Hub {
         metrics: Arc<Metrics>,
         wake: HubWake,
         pacing: Pacing,
-        orders: Arc<crate::orders::OrderStore>,
         writers: Arc<Writers>,
+        consumers: Consumers,
     ) -> Hub {
+        let Consumers { orders, candles } = consumers;
         let stop = Arc::new(AtomicBool::new(false));
         let shards = engine.shards();
         let readers: Vec<RingReader> =
@@ -68,6 +79,8 @@ impl Hub {
             retry: Vec::new(),
             answers: crate::orders::AnswerGate::new(shards),
             orders,
+            candles,
+            trades: Vec::new(),
         };
         // Snapshots first: the readers were created before, so every later delta is seen.
         worker.reset_books();
@@ -114,6 +127,9 @@ struct HubWorker {
     orders: Arc<crate::orders::OrderStore>,
     /// Answers to order requests, sent once their commands' reports are all applied.
     answers: crate::orders::AnswerGate,
+    /// Candles, fed with every pass's trades.
+    candles: Arc<crate::candles::Candles>,
+    trades: Vec<tickgate_engine::Trade>,
 }
 
 /// How the hub spaces its passes.
@@ -149,6 +165,10 @@ impl HubWorker {
                                 self.answers.hold(r, answer);
                             }
                         }
+                        Event::Trade(t) => {
+                            self.trades.push(*t);
+                            self.publisher.ingest(e);
+                        }
                         _ => self.publisher.ingest(e),
                     }
                 }
@@ -157,6 +177,8 @@ impl HubWorker {
                 }
             }
             self.publisher.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);
+            self.candles.apply(&self.trades);
+            self.trades.clear();
             // Users' reports of this pass reach the history file before anyone can have
             // acted on them over the network (a killed process then loses none).
             self.orders.flush_history();

@@ -1,16 +1,18 @@
-//! Public market data over REST: instruments, book snapshots and recent trades. The book
+//! Public market data over REST: instruments, book snapshots, recent trades and candles.
+//! The book
 //! carries the same sequence as the WebSocket `book.<SYM>` deltas, so a client can join a
 //! REST snapshot with the delta stream (though subscribing gets the snapshot in-band).
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::{HeaderValue, CACHE_CONTROL};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::Instrument;
 
 use super::{cached, invalid_parameter, number_param};
-use crate::http::{json_error, AppState};
+use crate::http::{json_error, json_response, AppState};
 use crate::protocol::{SNAPSHOT_DEPTH_MAX, TRADES_KEPT};
 
 fn instrument_json(i: &Instrument, assets: &[tickgate_engine::Asset]) -> Value {
@@ -110,4 +112,42 @@ pub fn trades<B>(req: &Request<B>, state: &AppState, symbol: &str) -> Response<F
             .collect();
         json!({ "symbol": i.spec.symbol, "seq": last_seq, "trades": list })
     })
+}
+
+/// `GET /api/v1/markets/{sym}/candles?interval=1s|1m|5m|1h&limit=N`: the newest `limit`
+/// candles (default 100, at most 1,000), oldest first; an interval without trades has no
+/// candle.
+pub fn candles<B>(req: &Request<B>, state: &AppState, symbol: &str) -> Response<Full<Bytes>> {
+    let Some(i) = state.engine.instrument_by_symbol(symbol) else {
+        return unknown_symbol(symbol);
+    };
+    let name = crate::ws::query_param(req.uri().query(), "interval").unwrap_or("1m");
+    let Some(interval) = crate::candles::INTERVALS.iter().position(|(n, _)| *n == name) else {
+        return invalid_parameter("interval is 1s, 1m, 5m or 1h");
+    };
+    let limit = match number_param(req, "limit", 100, 1..=crate::candles::CANDLES_KEPT) {
+        Ok(l) => l,
+        Err(message) => return invalid_parameter(&message),
+    };
+    let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
+    let list: Vec<Value> = state
+        .candles
+        .candles(i.id.0 as usize, interval, limit)
+        .iter()
+        .map(|c| {
+            json!({
+                "start": c.start,
+                "open": format_fixed(c.open, pp),
+                "high": format_fixed(c.high, pp),
+                "low": format_fixed(c.low, pp),
+                "close": format_fixed(c.close, pp),
+                "volume": format_fixed(c.volume, qp),
+                "trades": c.trades,
+            })
+        })
+        .collect();
+    let body = json!({ "symbol": i.spec.symbol, "interval": name, "candles": list });
+    let mut response = json_response(StatusCode::OK, &body);
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }

@@ -24,6 +24,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/instruments"),
     ("GET", "/api/v1/markets/{symbol}/book"),
     ("GET", "/api/v1/markets/{symbol}/trades"),
+    ("GET", "/api/v1/markets/{symbol}/candles"),
     ("POST", "/api/v1/auth/login"),
     ("POST", "/api/v1/auth/refresh"),
     ("POST", "/api/v1/auth/logout"),
@@ -91,6 +92,7 @@ async fn dispatch(
         ["instruments"] if get => market::instruments(&req, state),
         ["markets", symbol, "book"] if get => market::book(&req, state, symbol),
         ["markets", symbol, "trades"] if get => market::trades(&req, state, symbol),
+        ["markets", symbol, "candles"] if get => market::candles(&req, state, symbol),
         ["auth", "login"] if post => account::login(req, state).await,
         ["auth", "refresh"] if post => account::refresh(&req, state),
         ["auth", "logout"] if post => account::logout(&req, state).await,
@@ -114,7 +116,7 @@ async fn dispatch(
         ["orders", _] => method_not_allowed("GET, HEAD, PATCH, DELETE"),
         ["instruments"]
         | ["openapi.json"]
-        | ["markets", _, "book" | "trades"]
+        | ["markets", _, "book" | "trades" | "candles"]
         | ["account"]
         | ["fills"]
         | ["positions"] => method_not_allowed("GET, HEAD"),
