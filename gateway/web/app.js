@@ -144,6 +144,28 @@ function liveCandle(t) {
   state.chartDirty = true;
 }
 
+/** Cumulative depth: bids rising to the left of the middle, asks to the right. */
+function drawDepth(bids, asks) {
+  const canvas = $('depth');
+  if (canvas.width !== canvas.clientWidth) canvas.width = canvas.clientWidth;
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const cumulative = (levels) => { let sum = 0n; return levels.map(([, q]) => (sum += q)); };
+  const [b, a] = [cumulative(bids), cumulative(asks)];
+  const max = Number([...b, ...a].reduce((m, q) => (q > m ? q : m), 1n));
+  const half = canvas.width / 2;
+  const side = (sums, color, dir) => {
+    ctx.fillStyle = color;
+    sums.forEach((q, n) => {
+      const w = half / 20;
+      const h = (canvas.height - 2) * Number(q) / max;
+      ctx.fillRect(half + dir * (n + 1) * w - (dir < 0 ? 0 : w), canvas.height - h, w - 1, h);
+    });
+  };
+  side(b, '#2fbf7188', -1);
+  side(a, '#e5534b88', 1);
+}
+
 function drawChart() {
   const canvas = $('chart');
   const width = canvas.clientWidth;
@@ -172,6 +194,7 @@ function drawChart() {
 
 function paint() {
   requestAnimationFrame(paint);
+  state.frames = (state.frames ?? 0) + 1;
   const book = conn?.books.get(state.symbol);
   const age = book && book.ts ? Date.now() - Number(book.ts / 1_000_000n) : null;
   $('book-age').textContent = age === null ? '-' : `${(age / 1000).toFixed(1)} s`;
@@ -179,6 +202,7 @@ function paint() {
   if (state.chartDirty) { state.chartDirty = false; drawChart(); }
   if (!state.dirty) return;
   state.dirty = false;
+  state.paints = (state.paints ?? 0) + 1;
   const spec = state.bySymbol.get(state.symbol);
   if (!spec) return;
   const [pp, qp] = [spec.price_precision, spec.qty_precision];
@@ -202,6 +226,7 @@ function paint() {
   fill($('asks'), asks.slice().reverse().map(row));
   fill($('bids'), bids.map(row));
   $('spread').textContent = live && asks.length && bids.length ? formatFixed(asks[0][0] - bids[0][0], pp) : '-';
+  drawDepth(bids, asks);
   fill($('trades'), state.trades.map((t) => el('tr', {},
     td(formatFixed(t.price, pp), `num ${t.takerSide}`), td(formatFixed(t.qty, qp), 'num'),
     td(new Date(Number(t.ts / 1_000_000n)).toLocaleTimeString()))));

@@ -7,11 +7,29 @@
 // the session. Screenshots go to target/web/.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
+import net from 'node:net';
 import { execSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 
-const base = process.env.TICKGATE_URL;
-assert.ok(base, 'TICKGATE_URL is required');
+const server = process.env.TICKGATE_URL;
+assert.ok(server, 'TICKGATE_URL is required');
+
+// The page talks to the server through this proxy, so the test can drop every connection
+// the way a network does (the server sees them close too).
+const sockets = new Set();
+const target = new URL(server);
+const proxy = net.createServer((client) => {
+  const upstream = net.connect(Number(target.port), target.hostname);
+  for (const s of [client, upstream]) {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => {});
+  }
+  client.pipe(upstream).pipe(client);
+});
+await new Promise((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+const base = `http://127.0.0.1:${proxy.address().port}`;
+const dropAll = () => { for (const s of sockets) s.destroy(); };
 const executablePath = process.env.CHROMIUM || execSync('command -v chromium').toString().trim();
 const shots = new URL('../../target/web/', import.meta.url).pathname;
 mkdirSync(shots, { recursive: true });
@@ -113,9 +131,24 @@ try {
   await page.screenshot({ path: `${shots}terminal.png` });
 
   await step('a dropped connection shows stale, then comes back live and correct', async () => {
-    await page.evaluate(() => window.tickgate.conn.ws.close());
+    assert.deepEqual(errors, [], 'no console errors before the drop');
+    dropAll();
     await page.waitForFunction(() => document.getElementById('book-state').textContent !== 'live');
     await live();
+    // And the rebuilt book is the server's, at the same sequence.
+    for (let attempt = 0; ; attempt++) {
+      const rest = await (await fetch(`${server}/api/v1/markets/BTC-USD/book?depth=20`)).json();
+      const shown = await page.evaluate(() => ({
+        seq: document.getElementById('book-seq').textContent,
+        bids: [...document.querySelectorAll('#bids tr')].map((r) => [...r.cells].map((c) => c.textContent)),
+      }));
+      if (shown.seq === String(rest.seq)) {
+        assert.deepEqual(shown.bids, rest.bids.slice(0, 20));
+        break;
+      }
+      assert.ok(attempt < 200, 'never at the same sequence after the reconnect');
+      await page.waitForTimeout(20);
+    }
   });
 
   await step('a reload keeps the session', async () => {
@@ -125,8 +158,12 @@ try {
     await page.waitForSelector('#fills tr');
   });
   await page.screenshot({ path: `${shots}after-reload.png` });
-  assert.deepEqual(errors, [], 'no console errors');
+  // The drop itself is reported by the browser (the cut streams); nothing else may be.
+  const unexpected = errors.filter((e) => !/net::ERR_|WebSocket connection/.test(e));
+  assert.deepEqual(unexpected, [], 'no console errors but the drop\'s own');
   console.log(`web terminal: all steps passed; screenshots in ${shots}`);
 } finally {
   await browser.close();
+  dropAll();
+  proxy.close();
 }
