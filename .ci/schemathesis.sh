@@ -11,16 +11,8 @@ cd "$(dirname "$0")/.."
 bin=${1:-target/debug/tickgate}
 examples=${2:-30}
 command -v schemathesis >/dev/null || { echo "schemathesis is not installed (pip install schemathesis)" >&2; exit 1; }
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log=$(mktemp /tmp/tickgate-schemathesis.XXXX.log)
-"$bin" --listen "127.0.0.1:$port" --durability off --no-feed --rest-rate 0 \
-  --summary-symbol none > "$log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "127.0.0.1:$port/healthz" >/dev/null && break
-  sleep 0.1
-done
+source .ci/server.sh
+start_server "$bin" --durability off --no-feed --rest-rate 0
 token=$(curl -sf -XPOST "127.0.0.1:$port/api/v1/auth/login" -H 'content-type: application/json' \
   -d '{"username":"alice","password":"alice-demo-password"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 timeout 600 schemathesis --config-file .ci/schemathesis.toml run \

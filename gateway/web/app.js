@@ -67,7 +67,8 @@ function connect() {
   channels.push(`book.${state.symbol}`, `trades.${state.symbol}`);
   if (state.token) channels.push('orders');
   conn.subscribe(channels);
-  conn.addEventListener('market', (e) => onMarket(e.detail));
+  conn.onMarket = onMarket;
+  conn.addEventListener('frame', () => { state.dirty = true; state.lastTs = conn.lastTs; });
   conn.addEventListener('resync', () => { state.dirty = true; });
   conn.addEventListener('control', (e) => {
     if (e.detail.op === 'execution') refreshAccount();
@@ -87,8 +88,8 @@ async function follow(symbol) {
   await conn.subscribe([`book.${symbol}`, `trades.${symbol}`]);
 }
 
-function onMarket({ kind, symbol, msg }) {
-  if (msg.type !== MSG.HEARTBEAT) state.lastTs = msg.ts;
+function onMarket(kind, symbol, msg) {
+  state.marketsVersion = (state.marketsVersion ?? 0) + 1;
   if (kind === 'bbo' && msg.type === MSG.BBO) {
     const b = decodeBbo(msg.body);
     const entry = state.last.get(symbol) ?? {};
@@ -206,6 +207,25 @@ function paint() {
   const spec = state.bySymbol.get(state.symbol);
   if (!spec) return;
   const [pp, qp] = [spec.price_precision, spec.qty_precision];
+  if (changed('instruments', `${state.symbol}|${state.marketsVersion}`)) paintInstruments();
+  const live = book && !book.stale && conn.state === 'open';
+  if (changed('book', `${state.symbol}|${book?.seq}|${book?.stale}|${conn.state}`)) paintBook(book, live, pp, qp);
+  if (changed('trades', `${state.symbol}|${state.trades.length}|${state.trades[0]?.seq}`)) {
+    fill($('trades'), state.trades.map((t) => el('tr', {},
+      td(formatFixed(t.price, pp), `num ${t.takerSide}`), td(formatFixed(t.qty, qp), 'num'),
+      td(new Date(Number(t.ts / 1_000_000n)).toLocaleTimeString()))));
+  }
+}
+
+/** Panels are rebuilt only when what they show changed (a book at a new sequence...). */
+const painted = new Map();
+function changed(panel, key) {
+  if (painted.get(panel) === key) return false;
+  painted.set(panel, key);
+  return true;
+}
+
+function paintInstruments() {
   fill($('instruments'), state.instruments.map((i) => {
     const l = state.last.get(i.symbol) ?? {};
     const px = l.price ?? l.bid;
@@ -214,8 +234,10 @@ function paint() {
       td(i.symbol), td(px !== undefined ? formatFixed(px, i.price_precision) : '-', 'num'),
       td(change === null ? '' : `${change >= 0 ? '+' : ''}${change.toFixed(2)}%`, change >= 0 ? 'num buy' : 'num sell'));
   }));
+}
+
+function paintBook(book, live, pp, qp) {
   $('book-symbol').textContent = state.symbol;
-  const live = book && !book.stale && conn.state === 'open';
   $('book-state').textContent = !book || conn.state !== 'open' ? 'stale' : book.stale ? 'resyncing' : 'live';
   $('book-state').className = `badge ${$('book-state').textContent}`;
   $('book-seq').textContent = book?.seq?.toString() ?? '-';
@@ -227,9 +249,6 @@ function paint() {
   fill($('bids'), bids.map(row));
   $('spread').textContent = live && asks.length && bids.length ? formatFixed(asks[0][0] - bids[0][0], pp) : '-';
   drawDepth(bids, asks);
-  fill($('trades'), state.trades.map((t) => el('tr', {},
-    td(formatFixed(t.price, pp), `num ${t.takerSide}`), td(formatFixed(t.qty, qp), 'num'),
-    td(new Date(Number(t.ts / 1_000_000n)).toLocaleTimeString()))));
 }
 
 // ---- account -----------------------------------------------------------------------

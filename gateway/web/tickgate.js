@@ -130,27 +130,41 @@ export class Book {
 
   /** Applies one decoded message of the book channel. */
   apply(msg) {
-    if (msg.type === MSG.BOOK_SNAPSHOT) {
-      const { bids, asks } = decodeBookSnapshot(msg.body);
-      this.bids = new Map(bids);
-      this.asks = new Map(asks);
-      this.seq = msg.seq;
-      this.ts = msg.ts;
+    return this.applyAt(msg.type, msg.seq, msg.ts, msg.body, 0);
+  }
+
+  /**
+   * Applies the message of `type` whose body starts at `at` in `view`: the allocation-free
+   * path the connection takes for every delta (no message object, no DataView per
+   * message).
+   */
+  applyAt(type, seq, ts, view, at) {
+    if (type === MSG.BOOK_SNAPSHOT) {
+      const bids = view.getUint16(at, true);
+      const asks = view.getUint16(at + 2, true);
+      const level = (n) => [view.getBigInt64(at + 8 + 16 * n, true), view.getBigInt64(at + 16 + 16 * n, true)];
+      this.bids = new Map();
+      this.asks = new Map();
+      for (let n = 0; n < bids; n++) this.bids.set(...level(n));
+      for (let n = bids; n < bids + asks; n++) this.asks.set(...level(n));
+      this.seq = seq;
+      this.ts = ts;
       this.stale = false;
       return true;
     }
-    if (msg.type === MSG.HEARTBEAT) return this.seq !== null && msg.seq >= this.seq;
-    if (msg.type !== MSG.BOOK_DELTA) return true;
-    if (this.stale || this.seq === null || msg.seq !== this.seq + 1n) {
+    if (type === MSG.HEARTBEAT) return this.seq !== null && seq >= this.seq;
+    if (type !== MSG.BOOK_DELTA) return true;
+    if (this.stale || this.seq === null || seq !== this.seq + 1n) {
       this.stale = true;
       return false;
     }
-    const d = decodeBookDelta(msg.body);
-    const side = d.side === 0 ? this.bids : this.asks;
-    if (d.qty === 0n) side.delete(d.price);
-    else side.set(d.price, d.qty);
-    this.seq = msg.seq;
-    this.ts = msg.ts;
+    const side = view.getUint8(at) === 0 ? this.bids : this.asks;
+    const price = view.getBigInt64(at + 8, true);
+    const qty = view.getBigInt64(at + 16, true);
+    if (qty === 0n) side.delete(price);
+    else side.set(price, qty);
+    this.seq = seq;
+    this.ts = ts;
     return true;
   }
 
@@ -183,6 +197,10 @@ export class Connection extends EventTarget {
     this.backoffMs = 500;
     this.lastMessageAt = 0;
     this.closedByUser = false;
+    /** Called with (kind, symbol, message) for every bbo and trades message. */
+    this.onMarket = null;
+    /** Engine timestamp of the newest market-data message (BigInt ns). */
+    this.lastTs = 0n;
     this.open();
   }
 
@@ -261,7 +279,8 @@ export class Connection extends EventTarget {
       if (answer.op === 'subscribed') {
         for (const c of answer.channels) {
           this.channels.set(c.channel, c);
-          this.byId.set(c.channel_id, c.channel);
+          const [kind, symbol] = c.channel.split('.');
+          this.byId.set(c.channel_id, { name: c.channel, kind, symbol });
         }
       }
     }
@@ -281,19 +300,33 @@ export class Connection extends EventTarget {
       }
       return;
     }
-    for (const msg of decodeFrame(data)) {
-      const name = this.byId.get(msg.channel);
-      if (!name) continue;
-      const [kind, symbol] = name.split('.');
-      if (kind === 'book') {
-        const book = this.books.get(symbol);
-        if (book && !book.apply(msg)) {
-          // A gap: resubscribing sends a fresh snapshot, with no ghost levels.
-          this.dispatchEvent(new CustomEvent('resync', { detail: symbol }));
-          this.send([name]).catch(() => {});
+    // One pass over the frame with one DataView: book messages go straight into their
+    // book; only bbo and trades messages become objects (for `onMarket`).
+    const view = new DataView(data);
+    for (let at = 0; at + 24 <= view.byteLength;) {
+      const bodyLen = view.getUint16(at + 2, true);
+      const body = at + 24;
+      if (body + bodyLen > view.byteLength) throw new Error(`truncated body at ${at}`);
+      const type = view.getUint8(at);
+      const channel = this.byId.get(view.getUint32(at + 4, true));
+      if (channel) {
+        const seq = view.getBigUint64(at + 8, true);
+        const ts = view.getBigUint64(at + 16, true);
+        if (type !== MSG.HEARTBEAT) this.lastTs = ts;
+        if (channel.kind === 'book') {
+          const book = this.books.get(channel.symbol);
+          if (book && !book.applyAt(type, seq, ts, view, body)) {
+            // A gap: resubscribing sends a fresh snapshot, with no ghost levels.
+            this.dispatchEvent(new CustomEvent('resync', { detail: channel.symbol }));
+            this.send([channel.name]).catch(() => {});
+          }
+        } else if (this.onMarket) {
+          const msg = { type, flags: view.getUint8(at + 1), seq, ts, body: new DataView(data, body, bodyLen) };
+          this.onMarket(channel.kind, channel.symbol, msg);
         }
       }
-      this.dispatchEvent(new CustomEvent('market', { detail: { kind, symbol, msg } }));
+      at = body + bodyLen;
     }
+    this.dispatchEvent(new Event('frame'));
   }
 }
