@@ -193,9 +193,16 @@ function drawChart() {
 
 // ---- painting ----------------------------------------------------------------------
 
-function paint() {
+/** Panels repaint at most this often: a person reads ten updates a second, not sixty, and
+ * each repaint costs the browser layout and raster (measured: most of the page's time). */
+const PAINT_INTERVAL_MS = 100;
+let lastPaint = 0;
+
+function paint(now) {
   requestAnimationFrame(paint);
   state.frames = (state.frames ?? 0) + 1;
+  if (now - lastPaint < PAINT_INTERVAL_MS) return;
+  lastPaint = now;
   const book = conn?.books.get(state.symbol);
   const age = book && book.ts ? Date.now() - Number(book.ts / 1_000_000n) : null;
   $('book-age').textContent = age === null ? '-' : `${(age / 1000).toFixed(1)} s`;
@@ -211,10 +218,30 @@ function paint() {
   const live = book && !book.stale && conn.state === 'open';
   if (changed('book', `${state.symbol}|${book?.seq}|${book?.stale}|${conn.state}`)) paintBook(book, live, pp, qp);
   if (changed('trades', `${state.symbol}|${state.trades.length}|${state.trades[0]?.seq}`)) {
-    fill($('trades'), state.trades.map((t) => el('tr', {},
-      td(formatFixed(t.price, pp), `num ${t.takerSide}`), td(formatFixed(t.qty, qp), 'num'),
-      td(new Date(Number(t.ts / 1_000_000n)).toLocaleTimeString()))));
+    setRows($('trades'), state.trades, (t) => [
+      [formatFixed(t.price, pp), `num ${t.takerSide}`], [formatFixed(t.qty, qp), 'num'],
+      [new Date(Number(t.ts / 1_000_000n)).toLocaleTimeString(), '']]);
   }
+}
+
+/**
+ * Shows `items` in `table`, one row each, reusing the rows already there and touching a
+ * cell only when its text or class changed (no new nodes, less layout, per repaint).
+ * `cells(item)` gives `[text, class]` per cell; `onRow(tr, item)` may set data on the row.
+ */
+function setRows(table, items, cells, onRow) {
+  while (table.rows.length > items.length) table.deleteRow(-1);
+  items.forEach((item, n) => {
+    const want = cells(item);
+    const tr = table.rows[n] ?? table.insertRow();
+    while (tr.cells.length < want.length) tr.insertCell();
+    want.forEach(([text, cls], k) => {
+      const cell = tr.cells[k];
+      if (cell.textContent !== text) cell.textContent = text;
+      if (cell.className !== cls) cell.className = cls;
+    });
+    onRow?.(tr, item);
+  });
 }
 
 /** Panels are rebuilt only when what they show changed (a book at a new sequence...). */
@@ -243,10 +270,10 @@ function paintBook(book, live, pp, qp) {
   $('book-seq').textContent = book?.seq?.toString() ?? '-';
   const asks = book ? book.levels('asks', 20) : [];
   const bids = book ? book.levels('bids', 20) : [];
-  const row = ([p, q]) => el('tr', { class: 'clickable', onclick: () => { $('ticket').price.value = formatFixed(p, pp); } },
-    td(formatFixed(p, pp), 'price num'), td(formatFixed(q, qp), 'num'));
-  fill($('asks'), asks.slice().reverse().map(row));
-  fill($('bids'), bids.map(row));
+  const cells = ([p, q]) => [[formatFixed(p, pp), 'price num'], [formatFixed(q, qp), 'num']];
+  const clickable = (tr, [p]) => { tr.className = 'clickable'; tr.dataset.price = formatFixed(p, pp); };
+  setRows($('asks'), asks.slice().reverse(), cells, clickable);
+  setRows($('bids'), bids, cells, clickable);
   $('spread').textContent = live && asks.length && bids.length ? formatFixed(asks[0][0] - bids[0][0], pp) : '-';
   drawDepth(bids, asks);
 }
@@ -262,10 +289,7 @@ function refreshAccount() {
       api('GET', '/api/v1/orders?status=open&limit=50'), api('GET', '/api/v1/fills?limit=20'),
       api('GET', '/api/v1/account'), api('GET', '/api/v1/positions'), api('GET', '/api/v1/alerts'),
     ]);
-    fill($('open-orders'), (orders.json.orders ?? []).map((o) => el('tr', { 'data-id': o.id },
-      td(o.symbol), td(o.side, o.side), td(o.price, 'num'), td(o.open_qty, 'num'),
-      el('td', {}, el('button', { onclick: () => replaceOrder(o) }, 'replace'),
-        el('button', { class: 'cancel', onclick: () => cancelOrder(o.id) }, 'cancel')))));
+    fill($('open-orders'), (orders.json.orders ?? []).map(orderRow));
     fill($('fills'), (fills.json.fills ?? []).map((f) => el('tr', {},
       td(f.symbol), td(f.side, f.side), td(f.price, 'num'), td(f.qty, 'num'))));
     fill($('balances'), (account.json.balances ?? []).map((b) => el('tr', {},
@@ -275,6 +299,13 @@ function refreshAccount() {
       td(a.symbol), td(a.condition), td(a.price, 'num'),
       el('td', {}, el('button', { onclick: async () => { await api('DELETE', `/api/v1/alerts/${a.id}`); refreshAccount(); } }, 'delete')))));
   }, 50);
+}
+
+function orderRow(o) {
+  return el('tr', { 'data-id': o.id },
+    td(o.symbol), td(o.side, o.side), td(o.price, 'num'), td(o.open_qty, 'num'),
+    el('td', {}, el('button', { onclick: () => replaceOrder(o) }, 'replace'),
+      el('button', { class: 'cancel', onclick: () => cancelOrder(o.id) }, 'cancel')));
 }
 
 async function cancelOrder(id) {
@@ -307,7 +338,13 @@ $('ticket').addEventListener('submit', async (e) => {
   if (type !== 'market') order.price = f.price.value.trim();
   const answer = await conn.request(order);
   if (answer.op === 'order.accepted') {
-    result.textContent = `order ${answer.order.id}: ${answer.order.status}, filled ${answer.order.filled_qty}`;
+    const o = answer.order;
+    result.textContent = `order ${o.id}: ${o.status}, filled ${o.filled_qty}`;
+    // The answer is the engine's verdict: an order left open is shown at once (the
+    // refresh below confirms it).
+    if (o.status === 'open' && !document.querySelector(`#open-orders tr[data-id="${o.id}"]`)) {
+      $('open-orders').prepend(orderRow(o));
+    }
   } else {
     result.className = 'error';
     result.textContent = `refused: ${answer.code}${answer.message ? ` (${answer.message})` : ''}`;
@@ -388,6 +425,14 @@ $('login').addEventListener('submit', async (e) => {
   else toast(r.status === 429 ? 'too many attempts: wait a moment' : 'wrong username or password');
 });
 $('logout').addEventListener('click', async () => { await api('POST', '/api/v1/auth/logout'); signOut(); });
+
+// A click on a ladder row fills the ticket's price (one listener per side, not per row).
+for (const id of ['asks', 'bids']) {
+  $(id).addEventListener('click', (e) => {
+    const tr = e.target.closest('tr');
+    if (tr?.dataset.price) $('ticket').price.value = tr.dataset.price;
+  });
+}
 
 async function start() {
   const r = await api('GET', '/api/v1/instruments');
