@@ -1,19 +1,24 @@
 //! The tickgate server: the engine, the synthetic feed and the network side, wired
 //! together in one process.
 //!
-//! - [`auth`]: users (argon2 password hashes) and short-lived JWTs.
+//! - [`auth`]: users (argon2 password hashes) and short-lived JWTs; [`sessions`]: their
+//!   revocation (logout); [`throttle`]: login throttling.
+//! - [`idempotency`]: the gateway's copy of the engine's idempotency keys.
 //! - [`config`]: flags and environment in, validated [`Config`] out.
 //! - [`server`]: starts the engine shards, the feed, the fan-out hub and the listener;
 //!   stops them in order.
 //! - [`http`]: the one listener's routes (WebSocket upgrade, health, metrics).
-//! - [`rest`]: the `/api/v1` REST API (public market data so far).
+//! - [`rest`]: the `/api/v1` REST API: market data, login and sessions, account, orders,
+//!   fills, positions, alerts; the OpenAPI document.
+//! - [`candles`]: OHLCV candles from trades; [`web`]: the embedded web terminal.
 //! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings (the hub),
 //!   and the writer threads that write them to the connections.
 //! - [`ws`]: per-connection tasks (client input, answers, pings, full sockets), control
 //!   messages, backpressure.
 //! - [`trading`]: order entry shared by REST and WebSocket.
 //! - [`alerts`], [`sse`]: per-user alert histories, price alerts, the SSE stream.
-//! - [`orders`]: users' orders and fills from execution reports; request waiters.
+//! - [`orders`]: users' orders and fills from execution reports; request waiters and the
+//!   gate that answers them once a command's reports are all applied.
 //! - [`protocol`]: the wire format (binary and JSON) and WebSocket framing.
 //! - [`client`]: a small WebSocket client for tests and tools.
 
