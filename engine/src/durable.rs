@@ -562,7 +562,9 @@ pub(crate) fn journal_loop<R: JournalItem>(
         let mut next = Some(first);
         while let Some(mut item) = next.take() {
             if let Some(command) = item.command_mut() {
-                let now = crate::runtime::now_nanos().max(last_ts);
+                // Strictly increasing per shard: every command's events carry a timestamp
+                // no other command of the shard has (readers tell commands apart by it).
+                let now = crate::runtime::now_nanos().max(UnixNanos(last_ts.0 + 1));
                 last_ts = now;
                 command.ts = now;
                 writer.append(command);

@@ -705,10 +705,11 @@ impl ShardWorker {
                         d.applied_seq += 1;
                         self.last_ts = command.ts;
                     }
-                    // Ingest time, made monotonic per shard so replays and clients can rely
-                    // on timestamps never going backwards.
+                    // Ingest time, made strictly increasing per shard so replays and clients
+                    // can rely on timestamps never going backwards, and readers can tell
+                    // commands apart by their timestamp.
                     None => {
-                        let now = now_nanos().max(self.last_ts);
+                        let now = now_nanos().max(UnixNanos(self.last_ts.0 + 1));
                         self.last_ts = now;
                         command.ts = now;
                     }

@@ -212,3 +212,24 @@ fn snapshots_and_routing_across_shards() {
     assert!(ids.start > id.0);
     runtime.shutdown();
 }
+
+/// Every command of a shard gets its own, strictly increasing timestamp, however fast the
+/// commands come (readers tell commands apart by it: see the gateway's answer gate).
+#[test]
+fn command_timestamps_strictly_increase() {
+    let runtime = EngineRuntime::start(config(1 << 12)).expect("valid");
+    let handle = runtime.handle();
+    let mut reader = handle.ring(0).expect("shard 0").reader_from_oldest();
+    for n in 0..500 {
+        let transfer =
+            Transfer { account: AccountId(0), asset: USD, amount: Amount(1), request_id: n };
+        handle.submit(CommandKind::Transfer(transfer)).expect("queued");
+    }
+    let engines = runtime.shutdown();
+    assert_eq!(engines[0].counters().commands, 500);
+    let mut events = Vec::new();
+    reader.read(&mut events, 4096);
+    let stamps: Vec<u64> = events.iter().map(|e| e.ts().0).collect();
+    assert_eq!(stamps.len(), 500);
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+}

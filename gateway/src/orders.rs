@@ -144,9 +144,10 @@ impl Answer {
 /// then lets them go together after the pass's reports are in the history file.
 ///
 /// The engine writes all events of one command in one go, stamped with that command's
-/// timestamp, and moves its ring's head only between commands. So, per shard, a command
-/// is complete once an event with another timestamp follows it, or once a read reached
-/// the head. (Two commands with one timestamp only delay an answer, never hurry it.)
+/// timestamp (strictly increasing per shard: no two commands of a shard share one, even
+/// after a wall-clock step back), and moves its ring's head only between commands. So,
+/// per shard, a command is complete once an event with another timestamp follows it, or
+/// once a read reached the head.
 #[derive(Debug, Default)]
 pub struct AnswerGate {
     /// Per shard: the timestamp of the last event seen, and the answers it may still add to.
