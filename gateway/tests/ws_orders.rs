@@ -185,3 +185,75 @@ async fn auth_message_unlocks_order_entry() {
             .await;
     assert_eq!(left["code"], "not_subscribed");
 }
+
+/// Over WebSocket too, an order's answer is the engine's whole verdict: market, IOC and FOK
+/// orders that trade at several levels are answered `filled`, never `open`; a keyed
+/// retry (`idempotency_key`, shared with REST) answers the same order; a refused replace
+/// says `replace_rejected` on the `orders` channel with the order's true open quantity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_answers_are_whole_verdicts_and_keys_are_shared_with_rest() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    for level in 0..40 {
+        let body = json!({"symbol": "ETH-USD", "side": "sell", "type": "limit", "price": format!("{}.00", 3000 + level), "qty": "0.100"});
+        assert_eq!(bob.order(body).await.0, 201);
+    }
+    let mut a = connect(&server, &format!("?token={}", alice.token)).await;
+    let mut stash = Vec::new();
+    let sub =
+        ask(&mut a, json!({"op": "subscribe", "id": 1, "channels": ["orders"]}), &mut stash).await;
+    assert_eq!(sub["op"], "subscribed", "{sub}");
+    for (n, kind) in ["market", "ioc", "fok", "market", "ioc", "fok"].into_iter().enumerate() {
+        let id = 10 + n as u64;
+        let answer = ask(
+            &mut a,
+            json!({"op": "order.new", "id": id, "symbol": "ETH-USD", "side": "buy", "type": kind, "price": "3100.00", "qty": "0.250", "idempotency_key": format!("ws-{n}")}),
+            &mut stash,
+        )
+        .await;
+        assert_eq!(answer["op"], "order.accepted", "{answer}");
+        assert_eq!(
+            (answer["order"]["status"].as_str(), answer["order"]["filled_qty"].as_str()),
+            (Some("filled"), Some("0.250")),
+            "{kind}: {answer}"
+        );
+        // The same key over REST is the same request: the same order, as it stands.
+        let rest = json!({"symbol": "ETH-USD", "side": "buy", "type": kind, "price": "3100.00", "qty": "0.250"});
+        let (status, again) = alice
+            .call("POST", "/api/v1/orders", Some(rest), &format!("Idempotency-Key: ws-{n}\r\n"))
+            .await;
+        assert_eq!((status, &again), (201, &answer["order"]), "{kind}");
+    }
+    // A refused replace leaves the order open and says so on the private channel.
+    let resting = ask(
+        &mut a,
+        json!({"op": "order.new", "id": 30, "symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "2000.00", "qty": "0.005"}),
+        &mut stash,
+    )
+    .await;
+    let order_id = resting["order"]["id"].as_u64().expect("id");
+    let refused = ask(
+        &mut a,
+        json!({"op": "order.replace", "id": 31, "order_id": order_id, "qty": "0.005"}),
+        &mut stash,
+    )
+    .await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("no_change"))
+    );
+    loop {
+        if let Some(r) = stash.iter().find(|e| e["kind"] == "replace_rejected") {
+            assert_eq!(
+                (r["order_id"].as_u64(), r["open_qty"].as_str()),
+                (Some(order_id), Some("0.005")),
+                "{r}"
+            );
+            break;
+        }
+        let n = stash.len() + 1;
+        executions(&mut a, &mut stash, n).await;
+    }
+    server.shutdown().await.expect("clean shutdown");
+}

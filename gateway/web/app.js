@@ -56,9 +56,12 @@ function connect() {
   conn?.close();
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
   const auth = state.token ? `?token=${encodeURIComponent(state.token)}` : '';
-  conn = new Connection(`${proto}://${location.host}/ws${auth}`);
-  window.tickgate.conn = conn;
-  conn.addEventListener('state', (e) => {
+  const c = new Connection(`${proto}://${location.host}/ws${auth}`);
+  conn = c;
+  window.tickgate.conn = c;
+  // A connection replaced (log in, log out) still reports its close: not ours any more.
+  c.addEventListener('state', (e) => {
+    if (c !== conn) return;
     $('conn').textContent = e.detail;
     $('conn').className = `badge ${e.detail}`;
     state.dirty = true;
@@ -93,6 +96,7 @@ function onMarket(kind, symbol, msg) {
   if (kind === 'bbo' && msg.type === MSG.BBO) {
     const b = decodeBbo(msg.body);
     const entry = state.last.get(symbol) ?? {};
+    entry.at = msg.ts;
     entry.bid = b.bidPrice;
     entry.ask = b.askPrice;
     state.last.set(symbol, entry);
@@ -214,7 +218,9 @@ function paint(now) {
   const spec = state.bySymbol.get(state.symbol);
   if (!spec) return;
   const [pp, qp] = [spec.price_precision, spec.qty_precision];
-  if (changed('instruments', `${state.symbol}|${state.marketsVersion}`)) paintInstruments();
+  // Ages move with time: repainted at least once a second even when no message came.
+  const second = Math.floor(Date.now() / 1000);
+  if (changed('instruments', `${state.symbol}|${state.marketsVersion}|${second}`)) paintInstruments();
   const live = book && !book.stale && conn.state === 'open';
   if (changed('book', `${state.symbol}|${book?.seq}|${book?.stale}|${conn.state}`)) paintBook(book, live, pp, qp);
   if (changed('trades', `${state.symbol}|${state.trades.length}|${state.trades[0]?.seq}`)) {
@@ -257,9 +263,13 @@ function paintInstruments() {
     const l = state.last.get(i.symbol) ?? {};
     const px = l.price ?? l.bid;
     const change = l.price !== undefined && l.first ? Number(l.price - l.first) / Number(l.first) * 100 : null;
+    // How old this market's top of book is (engine time of its last change), so a feed
+    // that went quiet or stale shows.
+    const age = l.at ? (Date.now() - Number(l.at / 1_000_000n)) / 1000 : null;
     return el('tr', { class: `clickable${i.symbol === state.symbol ? ' selected' : ''}`, onclick: () => follow(i.symbol) },
       td(i.symbol), td(px !== undefined ? formatFixed(px, i.price_precision) : '-', 'num'),
-      td(change === null ? '' : `${change >= 0 ? '+' : ''}${change.toFixed(2)}%`, change >= 0 ? 'num buy' : 'num sell'));
+      td(change === null ? '' : `${change >= 0 ? '+' : ''}${change.toFixed(2)}%`, change >= 0 ? 'num buy' : 'num sell'),
+      td(age === null ? '' : `${age < 10 ? age.toFixed(1) : Math.round(age)} s`, age !== null && age > 5 ? 'num stale-age' : 'num dim'));
   }));
 }
 

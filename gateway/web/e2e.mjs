@@ -129,6 +129,7 @@ try {
     await page.waitForFunction(() => /BTC-USD above 0\.01/.test(document.getElementById('toasts').textContent), null, { timeout: 15_000 });
   });
   await page.screenshot({ path: `${shots}terminal.png` });
+  assert.equal(await page.textContent('#conn'), 'open', 'the connection badge tells the current connection');
 
   await step('a dropped connection shows stale, then comes back live and correct', async () => {
     assert.deepEqual(errors, [], 'no console errors before the drop');
