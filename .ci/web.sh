@@ -8,5 +8,5 @@ bin=${1:-target/debug/tickgate}
 command -v chromium >/dev/null || { echo "chromium is not installed (apt-get install chromium)" >&2; exit 1; }
 node --test gateway/web/
 source .ci/server.sh
-start_server "$bin" --durability off --feed-rate 2000
+start_server "$bin" --durability off --feed-rate 2000 --token-lifetime-secs 3
 TICKGATE_URL="http://127.0.0.1:$port" timeout 300 node gateway/web/e2e.mjs

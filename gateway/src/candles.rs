@@ -74,8 +74,18 @@ impl Candles {
     pub fn new(instruments: usize, dir: Option<&Path>) -> std::io::Result<Candles> {
         let file = dir.map(|d| d.join("candles.json"));
         let mut state = match &file {
-            Some(f) if f.exists() => serde_json::from_slice(&std::fs::read(f)?)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            Some(f) if f.exists() => match serde_json::from_slice(&std::fs::read(f)?) {
+                Ok(state) => state,
+                // Derived data: never a reason not to start. The journal's replay refills
+                // what it can.
+                Err(e) => {
+                    tracing::warn!(
+                        "candles file {} unreadable ({e}): starting without it",
+                        f.display()
+                    );
+                    State::default()
+                }
+            },
             _ => State::default(),
         };
         state.series.resize_with(instruments, || vec![VecDeque::new(); INTERVALS.len()]);

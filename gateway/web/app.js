@@ -55,8 +55,9 @@ let conn;
 function connect() {
   conn?.close();
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-  const auth = state.token ? `?token=${encodeURIComponent(state.token)}` : '';
-  const c = new Connection(`${proto}://${location.host}/ws${auth}`);
+  // Asked on every reconnect: the current (renewed) token.
+  const url = () => `${proto}://${location.host}/ws${state.token ? `?token=${encodeURIComponent(state.token)}` : ''}`;
+  const c = new Connection(url);
   conn = c;
   window.tickgate.conn = c;
   // A connection replaced (log in, log out) still reports its close: not ours any more.
@@ -402,7 +403,7 @@ function openStream() {
 
 // ---- session -----------------------------------------------------------------------
 
-function signedIn(token, user) {
+function signedIn(token, user, expiresIn) {
   state.token = token;
   state.user = user;
   store.setItem('tickgate.token', token);
@@ -411,9 +412,28 @@ function signedIn(token, user) {
   connect();
   openStream();
   refreshAccount();
+  renewLater(expiresIn);
+}
+
+/** Renews the token at 80 % of its life (the session itself has a maximum age: when the
+ * server refuses, the user logs in again). The WebSocket keeps its connection; the alert
+ * stream is reopened with the new token (it resumes from Last-Event-ID). */
+let renewal = null;
+function renewLater(expiresInSecs) {
+  clearTimeout(renewal);
+  if (!state.token || !expiresInSecs) return;
+  renewal = setTimeout(async () => {
+    const r = await api('POST', '/api/v1/auth/refresh');
+    if (r.status !== 200) return;
+    state.token = r.json.token;
+    store.setItem('tickgate.token', state.token);
+    openStream();
+    renewLater(r.json.expires_in);
+  }, expiresInSecs * 800);
 }
 
 function signOut() {
+  clearTimeout(renewal);
   state.token = null;
   for (const k of ['tickgate.token', 'tickgate.user', 'tickgate.lastEventId']) store.removeItem(k);
   stream?.close();
@@ -431,7 +451,7 @@ $('login').addEventListener('submit', async (e) => {
   e.preventDefault();
   const f = e.target;
   const r = await api('POST', '/api/v1/auth/login', { username: f.username.value, password: f.password.value });
-  if (r.status === 200) signedIn(r.json.token, f.username.value);
+  if (r.status === 200) signedIn(r.json.token, f.username.value, r.json.expires_in);
   else toast(r.status === 429 ? 'too many attempts: wait a moment' : 'wrong username or password');
 });
 $('logout').addEventListener('click', async () => { await api('POST', '/api/v1/auth/logout'); signOut(); });
@@ -453,6 +473,8 @@ async function start() {
   connect();
   openStream();
   refreshAccount();
+  // A token kept across a reload has an unknown age: renew it now (then at 80 % of its life).
+  if (state.token) renewLater(0.01);
   $('interval').value = state.interval;
   $('interval').addEventListener('change', (e) => {
     state.interval = e.target.value;

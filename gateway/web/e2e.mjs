@@ -4,7 +4,7 @@
 // same sequence; log in; a resting order appears in open orders and goes on cancel; an IOC
 // that fills shows in fills and positions; an alert arrives as a toast; a dropped
 // connection shows the stale flag and comes back live with a correct book; a reload keeps
-// the session. Screenshots go to target/web/.
+// the session; a short-lived token is renewed in time. Screenshots go to target/web/.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import net from 'node:net';
@@ -159,6 +159,18 @@ try {
     await page.waitForSelector('#fills tr');
   });
   await page.screenshot({ path: `${shots}after-reload.png` });
+
+  await step('the page renews its token before it expires (run with --token-lifetime-secs 3)', async () => {
+    await page.waitForTimeout(4000);
+    await page.selectOption('#ticket [name=type]', 'limit');
+    await page.fill('#ticket [name=price]', '1000.00');
+    await page.fill('#ticket [name=qty]', '0.0010');
+    await page.click('#place');
+    await page.waitForFunction(() => /open/.test(document.getElementById('ticket-result').textContent));
+    await page.waitForSelector('#who:not([hidden])');
+    const account = await page.evaluate(async () => (await fetch('/api/v1/account', { headers: { authorization: `Bearer ${window.tickgate.state.token}` } })).status);
+    assert.equal(account, 200, 'the renewed token works');
+  });
   // The drop itself is reported by the browser (the cut streams); nothing else may be.
   const unexpected = errors.filter((e) => !/net::ERR_|WebSocket connection/.test(e));
   assert.deepEqual(unexpected, [], 'no console errors but the drop\'s own');

@@ -183,6 +183,8 @@ export class Book {
  * A book that sees a gap resubscribes its channel (the server answers with a snapshot).
  */
 export class Connection extends EventTarget {
+  /** `url`: the WebSocket URL, or a function giving it (asked on every (re)connect, so a
+   * renewed token is used). */
   constructor(url, { WebSocketImpl = globalThis.WebSocket } = {}) {
     super();
     this.url = url;
@@ -205,7 +207,7 @@ export class Connection extends EventTarget {
   }
 
   open() {
-    const ws = new this.WebSocketImpl(this.url);
+    const ws = new this.WebSocketImpl(typeof this.url === 'function' ? this.url() : this.url);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     this.setState('connecting');
