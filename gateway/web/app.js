@@ -415,8 +415,10 @@ function signedIn(token, user, expiresIn) {
   renewLater(expiresIn);
 }
 
-/** Renews the token at 80 % of its life (the session itself has a maximum age: when the
- * server refuses, the user logs in again). The WebSocket keeps its connection; the alert
+/** Renews the token a minute before it expires, or at half its life if that is shorter
+ * (`expires_in` counts whole seconds from a truncated issue time, so up to a second of it
+ * may already be gone). The session itself has a maximum age: when the server refuses,
+ * the user logs in again. The WebSocket keeps its connection; the alert
  * stream is reopened with the new token (it resumes from Last-Event-ID). */
 let renewal = null;
 function renewLater(expiresInSecs) {
@@ -429,7 +431,7 @@ function renewLater(expiresInSecs) {
     store.setItem('tickgate.token', state.token);
     openStream();
     renewLater(r.json.expires_in);
-  }, expiresInSecs * 800);
+  }, Math.max(expiresInSecs * 500, expiresInSecs * 1000 - 60_000));
 }
 
 function signOut() {
@@ -473,7 +475,7 @@ async function start() {
   connect();
   openStream();
   refreshAccount();
-  // A token kept across a reload has an unknown age: renew it now (then at 80 % of its life).
+  // A token kept across a reload has an unknown age: renew it now.
   if (state.token) renewLater(0.01);
   $('interval').value = state.interval;
   $('interval').addEventListener('change', (e) => {
