@@ -301,23 +301,10 @@ async fn retry_every_keyed_request(apis: &[Api; 2], keyed: &[Keyed], round: u64)
     }
     for (user, api) in apis.iter().enumerate() {
         let mut seen = std::collections::HashMap::new();
-        let mut cursor: Option<u64> = None;
-        loop {
-            let path = match cursor {
-                Some(c) => format!("/api/v1/orders?limit=1000&cursor={c}"),
-                None => "/api/v1/orders?limit=1000".to_string(),
-            };
-            let (status, page) = try_call(api, "GET", &path, None).await.expect("server up");
-            assert_eq!(status, 200, "{page}");
-            for o in page["orders"].as_array().expect("a list") {
-                let client_order_id = o["client_order_id"].as_u64().expect("client_order_id");
-                if let Some(other) = seen.insert(client_order_id, o["id"].clone()) {
-                    panic!("round {round}: user {user}: client_order_id {client_order_id} placed twice: orders {other} and {}", o["id"]);
-                }
-            }
-            match page["next_cursor"].as_u64() {
-                Some(c) => cursor = Some(c),
-                None => break,
+        for o in all_pages(api, "/api/v1/orders", "orders").await {
+            let client_order_id = o["client_order_id"].as_u64().expect("client_order_id");
+            if let Some(other) = seen.insert(client_order_id, o["id"].clone()) {
+                panic!("round {round}: user {user}: client_order_id {client_order_id} placed twice: orders {other} and {}", o["id"]);
             }
         }
     }
@@ -334,28 +321,34 @@ fn decimal_units(s: &str) -> i64 {
 async fn net_fills(api: &Api) -> std::collections::BTreeMap<String, i64> {
     let mut net = std::collections::BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
-    let mut cursor: Option<u64> = None;
-    loop {
-        let path = match cursor {
-            Some(c) => format!("/api/v1/fills?limit=1000&cursor={c}"),
-            None => "/api/v1/fills?limit=1000".to_string(),
-        };
-        let (status, page) = try_call(api, "GET", &path, None).await.expect("server up");
-        assert_eq!(status, 200, "{page}");
-        for f in page["fills"].as_array().expect("a list") {
-            assert!(seen.insert(f["id"].as_u64().expect("id")), "fill listed twice: {f}");
-            let qty = decimal_units(f["qty"].as_str().expect("qty"));
-            let signed = if f["side"] == "buy" { qty } else { -qty };
-            let symbol = f["symbol"].as_str().expect("symbol").to_string();
-            *net.entry(symbol).or_insert(0) += signed;
-        }
-        match page["next_cursor"].as_u64() {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
+    for f in all_pages(api, "/api/v1/fills", "fills").await {
+        assert!(seen.insert(f["id"].as_u64().expect("id")), "fill listed twice: {f}");
+        let qty = decimal_units(f["qty"].as_str().expect("qty"));
+        let signed = if f["side"] == "buy" { qty } else { -qty };
+        let symbol = f["symbol"].as_str().expect("symbol").to_string();
+        *net.entry(symbol).or_insert(0) += signed;
     }
     net.retain(|_, q| *q != 0);
     net
+}
+
+/// Every item of a paginated list (`path` answers `{field: [...], next_cursor}`).
+async fn all_pages(api: &Api, path: &str, field: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<u64> = None;
+    loop {
+        let page_path = match cursor {
+            Some(c) => format!("{path}?limit=1000&cursor={c}"),
+            None => format!("{path}?limit=1000"),
+        };
+        let (status, page) = try_call(api, "GET", &page_path, None).await.expect("server up");
+        assert_eq!(status, 200, "{page}");
+        items.extend(page[field].as_array().expect("a list").iter().cloned());
+        match page["next_cursor"].as_u64() {
+            Some(c) => cursor = Some(c),
+            None => return items,
+        }
+    }
 }
 
 fn verify_journal(dir: &Path) -> Value {

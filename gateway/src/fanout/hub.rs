@@ -67,8 +67,7 @@ impl Hub {
         let Consumers { orders, candles } = consumers;
         let stop = Arc::new(AtomicBool::new(false));
         let shards = engine.shards();
-        let readers: Vec<RingReader> =
-            (0..engine.shards()).filter_map(|s| engine.reader(s)).collect();
+        let readers: Vec<RingReader> = (0..shards).filter_map(|s| engine.reader(s)).collect();
         let mut worker = HubWorker {
             engine,
             readers,
