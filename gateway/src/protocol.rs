@@ -438,6 +438,15 @@ pub fn frame_header(out: &mut Vec<u8>, opcode: Opcode, len: usize) {
     }
 }
 
+/// Length of the header of a complete unmasked server frame built by [`frame_header`].
+pub fn frame_header_len(frame: &[u8]) -> usize {
+    match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    }
+}
+
 /// A complete unmasked server frame.
 pub fn frame(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 10);

@@ -56,12 +56,18 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
         .collect();
 
     // Let the market run, then stop it and wait until the client has every delta.
+    // A connection gets what is new on all its channels in one frame per write.
+    let mut mixed_frames = 0;
     let until = tokio::time::Instant::now() + Duration::from_millis(1500);
     while tokio::time::Instant::now() < until {
         if let Message::Binary(p) = next(&mut bin).await {
             followers.iter_mut().for_each(|f| f.apply(&p));
+            let channels: std::collections::HashSet<u32> =
+                protocol::decode(&p).map(|m| m.expect("valid").channel).collect();
+            mixed_frames += usize::from(channels.len() > 1);
         }
     }
+    assert!(mixed_frames > 0, "frames carry messages of several channels");
     server.stop_feed();
     let engine = server.engine().clone();
     let expected: Vec<BookSnapshot> = symbols
@@ -89,12 +95,16 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
     // The JSON client saw the same deltas for BTC-USD (compare the overlapping range).
     let btc = engine.instrument_by_symbol("BTC-USD").expect("btc").clone();
     let mut json_deltas: Vec<(u64, Side, i64, i64)> = Vec::new();
+    let mut json_mixed = 0;
     let last_bin = followers[0].deltas.last().expect("deltas").0;
     while json_deltas.last().is_none_or(|(s, ..)| *s < last_bin) {
         let Message::Text(t) = next(&mut jsn).await else {
             continue;
         };
         let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+        let names: std::collections::HashSet<&str> =
+            v.as_array().into_iter().flatten().filter_map(|m| m["channel"].as_str()).collect();
+        json_mixed += usize::from(names.len() > 1);
         for m in v.as_array().into_iter().flatten() {
             if m["type"] == "book_delta" && m["channel"] == "book.BTC-USD" {
                 let side = if m["side"] == "buy" { Side::Buy } else { Side::Sell };
@@ -105,6 +115,7 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
             }
         }
     }
+    assert!(json_mixed > 0, "JSON frames are arrays of several channels' messages");
     let first_json = json_deltas[0].0;
     let bin_tail: Vec<_> =
         followers[0].deltas.iter().filter(|d| d.0 >= first_json).cloned().collect();

@@ -25,13 +25,14 @@ await page.evaluate(() => {
 const pct = (xs, p) => xs.slice().sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))];
 const samples = [];
 let before = await metrics();
-let counts = await page.evaluate(() => ({ paints: window.tickgate.state.paints, frames: window.tickgate.state.frames }));
+let counts = await page.evaluate(() => ({ paints: window.tickgate.state.paints, frames: window.tickgate.conn.framesReceived ?? 0 }));
 for (let t = 0; t < seconds; t += 10) {
   await page.waitForTimeout(10_000);
   const now = await metrics();
-  const c = await page.evaluate(() => ({ paints: window.tickgate.state.paints, frames: window.tickgate.state.frames }));
+  const c = await page.evaluate(() => ({ paints: window.tickgate.state.paints, frames: window.tickgate.conn.framesReceived ?? 0 }));
   samples.push({
     paints: (c.paints - counts.paints) / 10,
+    frames: (c.frames - counts.frames) / 10,
     busy: (now.TaskDuration - before.TaskDuration) / 10,
     heapMb: now.JSHeapUsedSize / 1e6,
   });
@@ -42,6 +43,7 @@ console.log(JSON.stringify({
   seconds,
   books: await page.evaluate(() => window.tickgate.conn.books.size),
   paints_per_s_median: pct(samples.map((s) => s.paints), 0.5),
+  frames_per_s_median: pct(samples.map((s) => s.frames), 0.5),
   busy_share_median: pct(samples.map((s) => s.busy), 0.5),
   busy_share_max: Math.max(...samples.map((s) => s.busy)),
   heap_mb_first: heaps[0], heap_mb_last: heaps.at(-1), heap_mb_max: Math.max(...heaps),

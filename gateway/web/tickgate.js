@@ -291,6 +291,7 @@ export class Connection extends EventTarget {
 
   onMessage(data) {
     this.lastMessageAt = Date.now();
+    this.framesReceived = (this.framesReceived ?? 0) + 1;
     if (typeof data === 'string') {
       const msg = JSON.parse(data);
       const resolve = msg.id !== undefined ? this.pending.get(msg.id) : undefined;

@@ -75,7 +75,7 @@ pub enum Flushed {
 pub struct Tally {
     /// Write system calls.
     pub writes: u64,
-    /// Frames fully written.
+    /// Frames written (counted when the connection's queue is fully written).
     pub frames: u64,
     /// Bytes written.
     pub bytes: u64,
@@ -107,6 +107,11 @@ pub struct Outbox {
     /// Bytes queued and not yet written.
     pub out_bytes: usize,
     out_messages: u64,
+    /// Frames queued (a frame may span several entries of `out`).
+    out_frames: u64,
+    /// Market-data frames collected by one `drain`, sent as one frame (see [`Outbox::seal`]).
+    staged: Vec<Bytes>,
+    staged_messages: u64,
     gap_times: VecDeque<Instant>,
     gapped: bool,
     /// Set when the connection must end (by the task, or by the writer for a slow
@@ -141,6 +146,9 @@ impl Link {
                 out: VecDeque::new(),
                 out_bytes: 0,
                 out_messages: 0,
+                out_frames: 0,
+                staged: Vec::new(),
+                staged_messages: 0,
                 gap_times: VecDeque::new(),
                 gapped: false,
                 closing: None,
@@ -209,9 +217,74 @@ impl Link {
 impl Outbox {
     /// Queues a frame carrying `messages` market-data messages.
     pub fn push(&mut self, frame: Bytes, messages: u64) {
-        self.out_bytes += frame.len();
+        self.out_frames += 1;
+        self.queue(frame, messages);
+    }
+
+    fn queue(&mut self, bytes: Bytes, messages: u64) {
+        self.out_bytes += bytes.len();
         self.out_messages += messages;
-        self.out.push_back(frame);
+        self.out.push_back(bytes);
+    }
+
+    /// Collects a market-data frame for the frame [`Outbox::seal`] makes.
+    fn stage(&mut self, frame: Bytes, messages: u64) {
+        // Counted as queued at once: `drain` stops at its budget on `out_bytes`.
+        self.out_bytes += frame.len();
+        self.staged_messages += messages;
+        self.staged.push(frame);
+    }
+
+    /// Queues what `drain` collected as **one** frame: the payloads of the channels' frames
+    /// back to back under one header (binary: messages back to back, as each frame already
+    /// holds them; JSON: one array of all the objects). Every channel's frame is encoded
+    /// once and shared by all its subscribers; what a connection gets for itself is a header
+    /// of at most 10 bytes, and a client that follows many channels receives one frame per
+    /// write instead of one per channel and hub pass (a browser pays per frame: an event, a
+    /// hand-over from its network process).
+    fn seal(&mut self) {
+        let messages = std::mem::take(&mut self.staged_messages);
+        let staged_bytes: usize = self.staged.iter().map(Bytes::len).sum();
+        self.out_bytes -= staged_bytes;
+        if self.staged.len() <= 1 {
+            if let Some(frame) = self.staged.pop() {
+                self.push(frame, messages);
+            }
+            return;
+        }
+        let json = self.format == Format::Json;
+        let mut parts = Vec::with_capacity(self.staged.len() * 2 + 1);
+        let mut len = 0;
+        for frame in self.staged.drain(..) {
+            let mut payload = frame.slice(protocol::frame_header_len(&frame)..);
+            if json {
+                // `[a,b]` + `[c]` -> `[` `a,b` `,` `c` `]` (an empty array adds nothing).
+                if payload.len() <= 2 {
+                    continue;
+                }
+                payload = payload.slice(1..payload.len() - 1);
+                parts.push(Bytes::from_static(if parts.is_empty() { b"[" } else { b"," }));
+                len += 1;
+            }
+            len += payload.len();
+            parts.push(payload);
+        }
+        if json {
+            if parts.is_empty() {
+                parts.push(Bytes::from_static(b"["));
+                len += 1;
+            }
+            parts.push(Bytes::from_static(b"]"));
+            len += 1;
+        }
+        let mut header = Vec::with_capacity(10);
+        let opcode = if json { Opcode::Text } else { Opcode::Binary };
+        protocol::frame_header(&mut header, opcode, len);
+        self.out_frames += 1;
+        self.queue(header.into(), messages);
+        for part in parts {
+            self.queue(part, 0);
+        }
     }
 
     /// Writes what is queued without waiting: vectored, handling partial writes.
@@ -236,7 +309,6 @@ impl Outbox {
                 if written >= front.len() {
                     written -= front.len();
                     self.out.pop_front();
-                    tally.frames += 1;
                 } else {
                     front.advance(written);
                     written = 0;
@@ -244,12 +316,19 @@ impl Outbox {
             }
         }
         tally.messages += std::mem::take(&mut self.out_messages);
+        tally.frames += std::mem::take(&mut self.out_frames);
         Flushed::Done
     }
 
     /// Collects every new chunk of every subscription, up to `budget` queued bytes.
     /// Returns whether it stopped at the budget with more to collect.
     pub fn drain(&mut self, metrics: &Metrics, budget: usize) -> bool {
+        let more = self.collect(metrics, budget);
+        self.seal();
+        more
+    }
+
+    fn collect(&mut self, metrics: &Metrics, budget: usize) -> bool {
         let json = self.format == Format::Json;
         let now = Instant::now();
         for n in 0..self.subs.len() {
@@ -275,7 +354,7 @@ impl Outbox {
                         sub.cursor += 1;
                         sub.last_seq = chunk.last_seq;
                         sub.last_sent = now;
-                        self.push(frame, u64::from(chunk.messages));
+                        self.stage(frame, u64::from(chunk.messages));
                     }
                     // The hub rebuilt the channel, or this JSON client joined as JSON encoding
                     // switched on: start over from a snapshot.
@@ -294,7 +373,7 @@ impl Outbox {
         sub.last_seq = start.seq;
         sub.last_sent = Instant::now();
         metrics.ws_resyncs_total.fetch_add(1, Ordering::Relaxed);
-        self.push(start.snapshot, 1);
+        self.stage(start.snapshot, 1);
     }
 
     /// The ring overran this subscription: conflate book/BBO, announce a gap on trades.
@@ -334,7 +413,7 @@ impl Outbox {
                 bin::gap(&mut b, channel.id, ts, from, to);
                 protocol::frame(Opcode::Binary, &b).into()
             };
-            self.push(frame, 1);
+            self.stage(frame, 1);
         }
         metrics.ws_gaps_total.fetch_add(1, Ordering::Relaxed);
         let sub = &mut self.subs[n];
@@ -393,4 +472,100 @@ pub fn json_array_frame(object: &str) -> Bytes {
     payload.push_str(object);
     payload.push(']');
     protocol::frame(Opcode::Text, payload.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(format: Format) -> Outbox {
+        Outbox {
+            format,
+            subs: Vec::new(),
+            out: VecDeque::new(),
+            out_bytes: 0,
+            out_messages: 0,
+            out_frames: 0,
+            staged: Vec::new(),
+            staged_messages: 0,
+            gap_times: VecDeque::new(),
+            gapped: false,
+            closing: None,
+            blocked: false,
+        }
+    }
+
+    /// What is queued, as one byte string, and the frames it holds (opcode, payload).
+    fn queued(o: &Outbox) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
+        let bytes: Vec<u8> = o.out.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let header = protocol::frame_header_len(&bytes[at..]);
+            let len = match header {
+                2 => usize::from(bytes[at + 1] & 0x7f),
+                4 => usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                _ => u64::from_be_bytes(bytes[at + 2..at + 10].try_into().unwrap()) as usize,
+            };
+            frames.push((bytes[at] & 0x0f, bytes[at + header..at + header + len].to_vec()));
+            at += header + len;
+        }
+        (bytes, frames)
+    }
+
+    #[test]
+    fn a_drain_of_several_binary_frames_leaves_as_one_frame_of_their_messages() {
+        let mut o = outbox(Format::Binary);
+        let big = vec![7u8; 300];
+        o.stage(protocol::frame(Opcode::Binary, b"first").into(), 1);
+        o.stage(protocol::frame(Opcode::Binary, &big).into(), 2);
+        o.stage(protocol::frame(Opcode::Binary, b"third").into(), 1);
+        assert_eq!(o.out_bytes, 7 + 304 + 7);
+        o.seal();
+        let (bytes, frames) = queued(&o);
+        assert_eq!(o.out_bytes, bytes.len(), "queued bytes counted exactly");
+        assert_eq!((o.out_frames, o.out_messages), (1, 4));
+        let mut payload = b"first".to_vec();
+        payload.extend_from_slice(&big);
+        payload.extend_from_slice(b"third");
+        assert_eq!(frames, vec![(Opcode::Binary as u8, payload)]);
+        assert_eq!(bytes.len(), 4 + 310, "one header (16-bit length) for all");
+    }
+
+    #[test]
+    fn a_single_frame_is_queued_as_it_was() {
+        let mut o = outbox(Format::Binary);
+        let frame: Bytes = protocol::frame(Opcode::Binary, b"only").into();
+        o.stage(frame.clone(), 1);
+        o.seal();
+        assert_eq!(o.out.iter().collect::<Vec<_>>(), vec![&frame]);
+        assert_eq!((o.out_frames, o.out_bytes), (1, frame.len()));
+        o.seal();
+        assert_eq!(o.out.len(), 1, "nothing staged: nothing queued");
+    }
+
+    #[test]
+    fn json_frames_merge_into_one_valid_array() {
+        let mut o = outbox(Format::Json);
+        o.stage(json_array_frame(r#"{"a":1},{"b":2}"#), 2);
+        o.stage(protocol::frame(Opcode::Text, b"[]").into(), 0);
+        o.stage(json_array_frame(r#"{"c":[3]}"#), 1);
+        o.seal();
+        let (_, frames) = queued(&o);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, Opcode::Text as u8);
+        let v: serde_json::Value = serde_json::from_slice(&frames[0].1).unwrap();
+        assert_eq!(v, serde_json::json!([{"a":1},{"b":2},{"c":[3]}]));
+        assert_eq!(o.out_messages, 3);
+    }
+
+    #[test]
+    fn json_frames_that_are_all_empty_make_an_empty_array() {
+        let mut o = outbox(Format::Json);
+        o.stage(protocol::frame(Opcode::Text, b"[]").into(), 0);
+        o.stage(protocol::frame(Opcode::Text, b"[]").into(), 0);
+        o.seal();
+        let (_, frames) = queued(&o);
+        assert_eq!(frames, vec![(Opcode::Text as u8, b"[]".to_vec())]);
+    }
 }
