@@ -162,6 +162,19 @@ async fn connection_limit_and_http_errors_are_json() {
         (status, body_json(&response)["error"]["code"].as_str()),
         (400, Some("invalid_format"))
     );
+    for query in ["interval_ms=1001", "interval_ms=-1", "interval_ms=soon"] {
+        let (status, response) = http_raw(
+            addr,
+            &get(&format!("/ws?{query}"), "GET")
+                .replace("Connection: close", "Upgrade: websocket\r\nConnection: upgrade, close"),
+        )
+        .await;
+        assert_eq!(
+            (status, body_json(&response)["error"]["code"].as_str()),
+            (400, Some("invalid_interval")),
+            "{query}"
+        );
+    }
     let (status, response) = http_raw(addr, &get("/nope", "GET")).await;
     assert_eq!((status, body_json(&response)["error"]["code"].as_str()), (404, Some("not_found")));
     let (status, _) = http_raw(addr, &get("/healthz", "POST")).await;

@@ -129,6 +129,61 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_an_interval_gets_everything_in_fewer_frames() {
+    let mut server = start(|c| c.feed_rate = Some(20_000)).await;
+    let mut slow = connect(&server, "?interval_ms=200").await;
+    let mut fast = connect(&server, "").await;
+    let sub = json!({"op": "subscribe", "channels": ["book.BTC-USD", "trades.BTC-USD"]});
+    let ack = request(&mut slow, sub.clone()).await;
+    assert_eq!(ack["op"], "subscribed", "{ack}");
+    assert_eq!(request(&mut fast, sub).await["op"], "subscribed");
+    let ids: Vec<u32> =
+        (0..2).map(|n| ack["channels"][n]["channel_id"].as_u64().unwrap() as u32).collect();
+    let mut followers = [Follower::default(), Follower::default()];
+    for f in &mut followers {
+        (f.book_channel, f.trades_channel) = (ids[0], ids[1]);
+    }
+    // Two seconds of a lively market on both connections (the fast one read in turn, so
+    // it never falls behind).
+    let (mut frames, mut fast_frames) = (0, 0);
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        tokio::select! {
+            m = next(&mut slow) => if let Message::Binary(p) = m {
+                followers[0].apply(&p);
+                frames += 1;
+            },
+            m = next(&mut fast) => if let Message::Binary(p) = m {
+                followers[1].apply(&p);
+                fast_frames += 1;
+            },
+        }
+    }
+    let elapsed = started.elapsed().as_millis();
+    server.stop_feed();
+    // Writes at least 200 ms apart (the subscribe answer's snapshot may come on its own).
+    assert!(frames >= 2, "market data flowed ({frames} frames)");
+    // (+4: the subscribe snapshots, sent by the connection itself, and the first write.)
+    assert!(frames as u128 <= elapsed / 200 + 4, "{frames} frames in {elapsed} ms");
+    assert!(fast_frames > frames * 3, "the default writes as it comes ({fast_frames} frames)");
+    // Nothing was lost: the book and trades are contiguous (`apply` checks each sequence)
+    // and the slow connection catches up with the same book.
+    let engine = server.engine().clone();
+    let expected = engine.book_snapshot(symbol_id(&engine, "BTC-USD"), usize::MAX).unwrap();
+    for (f, ws) in followers.iter_mut().zip([&mut slow, &mut fast]) {
+        while f.book.as_ref().map(|b| b.seq()) != Some(expected.seq) {
+            if let Message::Binary(p) = next(ws).await {
+                f.apply(&p);
+            }
+        }
+        assert_eq!(f.book.as_ref().unwrap().snapshot(usize::MAX), expected);
+        assert_eq!((f.resyncs, f.gaps.len()), (0, 0));
+    }
+    assert!(followers[0].trades > 5 && followers[0].deltas.len() > 50);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_channels_get_heartbeats_with_their_last_sequence() {
     let server = start(|c| c.ws.heartbeat_interval = Duration::from_millis(100)).await;
     let engine = server.engine().clone();

@@ -32,7 +32,7 @@ use slab::Slab;
 
 use super::Directory;
 use crate::metrics::Metrics;
-use crate::ws::outbox::{Link, Tally};
+use crate::ws::outbox::{Link, Tally, Visit};
 
 /// Longest a writer sleeps without a wake-up (a safety net: every change wakes it).
 const IDLE_PARK: Duration = Duration::from_millis(50);
@@ -301,6 +301,8 @@ struct Writer {
     visits: Vec<usize>,
     registrations: Vec<Registration<Arc<Link>>>,
     tally: Tally,
+    /// Connections inside their `interval_ms`, with the time to visit them again.
+    later: Vec<(Instant, Arc<Link>)>,
 }
 
 impl Writer {
@@ -323,6 +325,7 @@ impl Writer {
             visits: Vec::new(),
             registrations: Vec::new(),
             tally: Tally::default(),
+            later: Vec::new(),
         }
     }
 
@@ -331,10 +334,31 @@ impl Writer {
             // Acquire pairs with the hub's release in `Mailbox::wake`: the round below sees
             // every chunk published before the wake-up. A wake-up that lands after this swap
             // sets the flag again (and unparks), so none is lost.
+            let due = self.later.iter().map(|(due, _)| *due).min();
+            let now = Instant::now();
             if self.mailboxes[self.index].pending.swap(false, Ordering::AcqRel) {
                 self.round();
+            } else if due.is_some_and(|due| due <= now) {
+                self.revisit(now);
+                self.tally.publish(&self.metrics);
             } else {
-                std::thread::park_timeout(IDLE_PARK);
+                let wait = due.map_or(IDLE_PARK, |due| (due - now).min(IDLE_PARK));
+                std::thread::park_timeout(wait);
+            }
+        }
+    }
+
+    /// Visits the connections whose interval has passed by `now`.
+    fn revisit(&mut self, now: Instant) {
+        let mut n = 0;
+        while n < self.later.len() {
+            if self.later[n].0 <= now {
+                let (_, link) = self.later.swap_remove(n);
+                if let Visit::Later(due) = link.visit(&mut self.tally) {
+                    self.later.push((due, link));
+                }
+            } else {
+                n += 1;
             }
         }
     }
@@ -360,8 +384,12 @@ impl Writer {
             }
         }
         for &key in &self.visits {
-            self.followers.entries[key].item.visit(&mut self.tally);
+            let link = &self.followers.entries[key].item;
+            if let Visit::Later(due) = link.visit(&mut self.tally) {
+                self.later.push((due, Arc::clone(link)));
+            }
         }
+        self.revisit(started);
         if !self.visits.is_empty() {
             self.round_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }

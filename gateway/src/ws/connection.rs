@@ -42,6 +42,7 @@ pub async fn run(
     stream: TcpStream,
     read_buf: Bytes,
     format: Format,
+    interval: Duration,
     claims: Option<crate::auth::Claims>,
     ctx: &Arc<WsContext>,
 ) {
@@ -55,7 +56,7 @@ pub async fn run(
     // would otherwise keep alive for the life of the connection.
     let input = read_buf.to_vec();
     drop(read_buf);
-    let link = Link::new(stream, format, Arc::clone(ctx));
+    let link = Link::new(stream, format, interval, Arc::clone(ctx));
     // From here on the writer holds the link: the guard lets go of it however the task
     // ends (returns, panics, or is dropped), or the socket would stay open and written to.
     let attached = Attached::new(&link, ctx);

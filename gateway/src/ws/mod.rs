@@ -109,6 +109,9 @@ pub struct WsContext {
     pub writers: Arc<crate::fanout::Writers>,
 }
 
+/// Largest `interval_ms` a connection may ask for.
+const INTERVAL_MS_MAX: u64 = 1000;
+
 /// Handles `GET /ws`: checks limits, answers 101 and spawns the connection.
 pub fn upgrade(
     mut req: Request<Incoming>,
@@ -139,6 +142,17 @@ pub fn upgrade(
                 StatusCode::BAD_REQUEST,
                 "invalid_format",
                 "format must be binary or json",
+            )
+        }
+    };
+    let interval = match query_param(req.uri().query(), "interval_ms").map(str::parse::<u64>) {
+        None => Duration::ZERO,
+        Some(Ok(ms)) if ms <= INTERVAL_MS_MAX => Duration::from_millis(ms),
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_interval",
+                "interval_ms must be an integer from 0 to 1000",
             )
         }
     };
@@ -173,7 +187,7 @@ pub fn upgrade(
                 match upgraded.downcast::<TokioIo<TcpStream>>() {
                     Ok(parts) => {
                         let (io, buf) = (parts.io.into_inner(), parts.read_buf);
-                        connection::run(io, buf, format, claims, ctx).await;
+                        connection::run(io, buf, format, interval, claims, ctx).await;
                     }
                     Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
                 }

@@ -119,6 +119,19 @@ pub struct Outbox {
     pub closing: Option<Closing>,
     /// The socket is full: the task owns the writing until it drains.
     pub blocked: bool,
+    /// With an `interval_ms`: the writer leaves the connection alone until then.
+    hold_until: Option<Instant>,
+    /// The writer has this connection on its list of visits due later.
+    deferred: bool,
+}
+
+/// What a writer's visit did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visit {
+    /// Wrote what was new, or had nothing to do.
+    Done,
+    /// Inside the connection's interval: visit again at this time.
+    Later(Instant),
 }
 
 /// A connection's socket and outbox, shared by its task and its writer.
@@ -128,6 +141,8 @@ pub struct Link {
     pub id: u64,
     /// The TCP stream: the task reads it, task and writer write it (under the lock).
     pub stream: TcpStream,
+    /// Least time between two market-data writes (`interval_ms`; zero: as they come).
+    interval: Duration,
     state: Mutex<Outbox>,
     task: Notify,
     ctx: Arc<WsContext>,
@@ -135,11 +150,17 @@ pub struct Link {
 
 impl Link {
     /// A link over an upgraded stream.
-    pub fn new(stream: TcpStream, format: Format, ctx: Arc<WsContext>) -> Arc<Link> {
+    pub fn new(
+        stream: TcpStream,
+        format: Format,
+        interval: Duration,
+        ctx: Arc<WsContext>,
+    ) -> Arc<Link> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Arc::new(Link {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             stream,
+            interval,
             state: Mutex::new(Outbox {
                 format,
                 subs: Vec::new(),
@@ -153,6 +174,8 @@ impl Link {
                 gapped: false,
                 closing: None,
                 blocked: false,
+                hold_until: None,
+                deferred: false,
             }),
             task: Notify::new(),
             ctx,
@@ -171,13 +194,28 @@ impl Link {
         self.task.notified().await;
     }
 
-    /// The writer's visit: send what is new, unless the task owns the writing now.
-    pub fn visit(&self, tally: &mut Tally) {
+    /// The writer's visit: send what is new, unless the task owns the writing now or the
+    /// connection's interval has not passed since its last write (then the writer comes
+    /// back when it has, once however many visits were put off).
+    pub fn visit(&self, tally: &mut Tally) -> Visit {
         let mut st = self.lock();
         if st.blocked || st.closing.is_some() {
-            return;
+            return Visit::Done;
         }
+        let now = Instant::now();
+        if let Some(due) = st.hold_until.filter(|due| now < *due) {
+            if std::mem::replace(&mut st.deferred, true) {
+                return Visit::Done;
+            }
+            return Visit::Later(due);
+        }
+        st.deferred = false;
+        let writes = tally.writes;
         self.pump(&mut st, tally);
+        if !self.interval.is_zero() && tally.writes > writes {
+            st.hold_until = Some(now + self.interval);
+        }
+        Visit::Done
     }
 
     /// Collects what the subscriptions have not sent yet and writes it with what is
@@ -492,6 +530,8 @@ mod tests {
             gapped: false,
             closing: None,
             blocked: false,
+            hold_until: None,
+            deferred: false,
         }
     }
 
