@@ -80,7 +80,11 @@ fn publish(c: &mut Criterion) {
     group.throughput(Throughput::Elements(PASS));
     for subscribers in [1usize, 100, 10_000] {
         let engine = Engine::new(&EngineSpec::default(), |_| true).expect("default markets");
-        let directory = Arc::new(Directory::new(engine.instruments(), 1024));
+        let candles = Arc::new(
+            tickgate_gateway::candles::Candles::new(engine.instruments().len(), None)
+                .expect("no file"),
+        );
+        let directory = Arc::new(Directory::new(engine.instruments(), 1024, &candles));
         let metrics = Arc::new(Metrics::default());
         let mut publisher = Publisher::new(Arc::clone(&directory), Arc::clone(&metrics));
         let writers = Writers::start(Arc::clone(&directory), metrics, 2);

@@ -125,6 +125,17 @@ impl Candles {
         candles.iter().skip(candles.len().saturating_sub(limit)).copied().collect()
     }
 
+    /// The candles of `instrument` at `interval` that start at or after `start`, oldest
+    /// first (what a pass of trades from `start` on changed).
+    pub fn since(&self, instrument: usize, interval: usize, start: u64) -> Vec<Candle> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(candles) = state.series.get(instrument).and_then(|s| s.get(interval)) else {
+            return Vec::new();
+        };
+        let newer = candles.iter().rev().take_while(|c| c.start >= start).count();
+        candles.iter().skip(candles.len() - newer).copied().collect()
+    }
+
     /// Writes the store to its file (atomically); nothing without a data directory.
     pub fn save(&self) -> std::io::Result<()> {
         let Some(file) = &self.file else { return Ok(()) };

@@ -11,6 +11,8 @@ use tickgate_engine::l2::Level;
 use tickgate_engine::types::Fixed;
 use tickgate_engine::{BookSnapshot, Instrument, InstrumentId, Price, Qty, Side};
 
+use crate::candles::Candle;
+
 /// Protocol version announced in the welcome message.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Size of every binary message header.
@@ -37,6 +39,12 @@ pub enum MsgType {
     Gap = 6,
     /// A quiet channel is alive; `seq` is its last sequence. No body.
     Heartbeat = 7,
+    /// A candle's state after this pass's trades: body = one candle (see
+    /// [`bin::put_candle`]). Replaces the candle with the same start, or appends.
+    Candle = 8,
+    /// Newest candles on subscribe: body = u32 count, u32 0, then `count` candles, oldest
+    /// first.
+    CandlesSnapshot = 9,
 }
 
 impl MsgType {
@@ -50,6 +58,8 @@ impl MsgType {
             5 => MsgType::TradesSnapshot,
             6 => MsgType::Gap,
             7 => MsgType::Heartbeat,
+            8 => MsgType::Candle,
+            9 => MsgType::CandlesSnapshot,
             _ => return None,
         })
     }
@@ -60,7 +70,7 @@ pub const FLAG_RESYNC: u8 = 1;
 /// Header flag: the message is a snapshot (also set on the BBO sent on subscribe).
 pub const FLAG_SNAPSHOT: u8 = 2;
 
-/// The three public channel kinds per instrument.
+/// The public channel kinds per instrument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ChannelKind {
     /// `book.<SYM>`: L2 snapshot then deltas; conflated for slow clients.
@@ -69,11 +79,27 @@ pub enum ChannelKind {
     Bbo = 2,
     /// `trades.<SYM>`: every trade; never silently dropped (gap notices).
     Trades = 3,
+    /// `candles.<SYM>.1s`: candles snapshot, then each changed candle; conflated.
+    Candles1s = 4,
+    /// `candles.<SYM>.1m`.
+    Candles1m = 5,
+    /// `candles.<SYM>.5m`.
+    Candles5m = 6,
+    /// `candles.<SYM>.1h`.
+    Candles1h = 7,
 }
 
 impl ChannelKind {
     /// Every kind.
-    pub const ALL: [ChannelKind; 3] = [ChannelKind::Book, ChannelKind::Bbo, ChannelKind::Trades];
+    pub const ALL: [ChannelKind; 7] = [
+        ChannelKind::Book,
+        ChannelKind::Bbo,
+        ChannelKind::Trades,
+        ChannelKind::Candles1s,
+        ChannelKind::Candles1m,
+        ChannelKind::Candles5m,
+        ChannelKind::Candles1h,
+    ];
 
     /// Name prefix.
     pub fn prefix(self) -> &'static str {
@@ -81,7 +107,21 @@ impl ChannelKind {
             ChannelKind::Book => "book",
             ChannelKind::Bbo => "bbo",
             ChannelKind::Trades => "trades",
+            _ => "candles",
         }
+    }
+
+    /// The channel's name for `symbol`: `book.BTC-USD`, `candles.BTC-USD.1m`.
+    pub fn name(self, symbol: &str) -> String {
+        match self.interval() {
+            Some(n) => format!("candles.{symbol}.{}", crate::candles::INTERVALS[n].0),
+            None => format!("{}.{symbol}", self.prefix()),
+        }
+    }
+
+    /// For a candles kind, its interval (an index into [`crate::candles::INTERVALS`]).
+    pub fn interval(self) -> Option<usize> {
+        (self as usize).checked_sub(ChannelKind::Candles1s as usize)
     }
 
     /// Parses a prefix.
@@ -90,14 +130,23 @@ impl ChannelKind {
             "book" => Some(ChannelKind::Book),
             "bbo" => Some(ChannelKind::Bbo),
             "trades" => Some(ChannelKind::Trades),
+            "candles" => Some(ChannelKind::Candles1s),
             _ => None,
         }
     }
 }
 
-/// Channel id on the wire: `instrument * 4 + kind`, stable for a given instrument table.
+/// First channel id of the candles channels (below it: `instrument * 4 + kind`).
+pub const CANDLES_CHANNEL_BASE: u32 = 1 << 16;
+
+/// Channel id on the wire, stable for a given instrument table: `instrument * 4 + kind`
+/// for book (1), bbo (2) and trades (3); `65536 + instrument * 4 + interval` for candles
+/// (interval 0 = 1s, 1 = 1m, 2 = 5m, 3 = 1h).
 pub fn channel_id(instrument: InstrumentId, kind: ChannelKind) -> u32 {
-    instrument.0 * 4 + kind as u32
+    match kind.interval() {
+        Some(n) => CANDLES_CHANNEL_BASE + instrument.0 * 4 + n as u32,
+        None => instrument.0 * 4 + kind as u32,
+    }
 }
 
 /// Appends the 24-byte message header.
@@ -260,6 +309,42 @@ pub mod bin {
     pub fn heartbeat(out: &mut Vec<u8>, channel: u32, seq: u64, ts: u64) {
         put_header(out, MsgType::Heartbeat, 0, 0, channel, seq, ts);
     }
+
+    /// Bytes of one candle: u64 start (ns), i64 open, high, low, close, volume, u64 trades.
+    pub const CANDLE_BYTES: usize = 56;
+
+    /// Appends one candle's body.
+    pub fn put_candle(out: &mut Vec<u8>, c: &Candle) {
+        out.extend_from_slice(&c.start.to_le_bytes());
+        for v in [c.open, c.high, c.low, c.close, c.volume] {
+            put_i64(out, v);
+        }
+        out.extend_from_slice(&c.trades.to_le_bytes());
+    }
+
+    /// A candle's new state.
+    pub fn candle(out: &mut Vec<u8>, channel: u32, seq: u64, ts: u64, c: &Candle) {
+        put_header(out, MsgType::Candle, 0, CANDLE_BYTES, channel, seq, ts);
+        put_candle(out, c);
+    }
+
+    /// The newest candles, oldest first.
+    pub fn candles_snapshot(
+        out: &mut Vec<u8>,
+        channel: u32,
+        flags: u8,
+        seq: u64,
+        ts: u64,
+        candles: &[Candle],
+    ) {
+        let body = 8 + CANDLE_BYTES * candles.len();
+        put_header(out, MsgType::CandlesSnapshot, flags | FLAG_SNAPSHOT, body, channel, seq, ts);
+        out.extend_from_slice(&(candles.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for c in candles {
+            put_candle(out, c);
+        }
+    }
 }
 
 /// JSON encoders producing the same content as [`bin`], one object per message; a JSON
@@ -405,6 +490,52 @@ pub mod json {
     pub fn heartbeat(out: &mut String, channel: &str, seq: u64, ts: u64) {
         head(out, "heartbeat", channel, seq, ts);
         out.push('}');
+    }
+
+    /// One candle as an object (the shape of the REST candles endpoint's).
+    pub fn put_candle(out: &mut String, i: &Instrument, c: &Candle) {
+        let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
+        let _ = write!(
+            out,
+            r#"{{"start":{},"open":"{}","high":"{}","low":"{}","close":"{}","volume":"{}","trades":{}}}"#,
+            c.start,
+            Fixed(c.open, pp),
+            Fixed(c.high, pp),
+            Fixed(c.low, pp),
+            Fixed(c.close, pp),
+            Fixed(c.volume, qp),
+            c.trades
+        );
+    }
+
+    /// A candle's new state.
+    pub fn candle(out: &mut String, i: &Instrument, channel: &str, seq: u64, ts: u64, c: &Candle) {
+        head(out, "candle", channel, seq, ts);
+        out.push_str(r#","candle":"#);
+        put_candle(out, i, c);
+        out.push('}');
+    }
+
+    /// The newest candles, oldest first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn candles_snapshot(
+        out: &mut String,
+        i: &Instrument,
+        channel: &str,
+        resync: bool,
+        seq: u64,
+        ts: u64,
+        candles: &[Candle],
+    ) {
+        head(out, "candles_snapshot", channel, seq, ts);
+        let _ = write!(out, r#","resync":{resync},"candles":["#);
+        for (n, c) in candles.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            put_candle(out, i, c);
+        }
+        out.push_str("]}");
     }
 }
 
@@ -570,6 +701,38 @@ pub fn decode_book_delta(msg: &Decoded<'_>) -> Option<tickgate_engine::BookDelta
         price: Price(body_i64(msg.body, 1)?),
         qty: Qty(body_i64(msg.body, 2)?),
     })
+}
+
+/// Decodes candles: the body of a `Candle` (one), or of a `CandlesSnapshot` (`count` after
+/// an 8-byte count field).
+pub fn decode_candles(msg: &Decoded<'_>) -> Option<Vec<Candle>> {
+    let body = match msg.msg_type {
+        MsgType::Candle => msg.body,
+        MsgType::CandlesSnapshot => {
+            let count = u32::from_le_bytes(msg.body.get(..4)?.try_into().ok()?) as usize;
+            let candles = msg.body.get(8..)?;
+            (candles.len() == count * bin::CANDLE_BYTES).then_some(candles)?
+        }
+        _ => return None,
+    };
+    if body.len() % bin::CANDLE_BYTES != 0 {
+        return None;
+    }
+    let u =
+        |c: &[u8], n: usize| u64::from_le_bytes(c[n * 8..n * 8 + 8].try_into().unwrap_or([0; 8]));
+    Some(
+        body.chunks_exact(bin::CANDLE_BYTES)
+            .map(|c| Candle {
+                start: u(c, 0),
+                open: u(c, 1) as i64,
+                high: u(c, 2) as i64,
+                low: u(c, 3) as i64,
+                close: u(c, 4) as i64,
+                volume: u(c, 5) as i64,
+                trades: u(c, 6),
+            })
+            .collect(),
+    )
 }
 
 /// Decodes a book snapshot body into levels.

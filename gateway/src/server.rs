@@ -118,7 +118,8 @@ impl Server {
         let fresh = log_recovery(&config, &runtime);
         let engine = runtime.handle();
         let metrics = Arc::new(Metrics::default());
-        let directory = Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks));
+        let directory =
+            Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks, &candles));
 
         let history_sync = match history_dir {
             Some(dir) => {

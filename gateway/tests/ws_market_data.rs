@@ -9,7 +9,8 @@ use common::*;
 use serde_json::json;
 use tickgate_engine::types::parse_fixed;
 use tickgate_engine::*;
-use tickgate_gateway::client::Message;
+use tickgate_gateway::candles::Candle;
+use tickgate_gateway::client::{Client, Message};
 use tickgate_gateway::protocol::{self, MsgType};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,6 +278,143 @@ async fn subscriptions_are_counted_once_and_released() {
         }
         drop(ws);
         eventually(|| count("book.BTC-USD") == 0).await;
+    }
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// Candles kept by a client: a snapshot, then each update replaces the candle with its
+/// start or appends.
+#[derive(Default)]
+struct CandleFollower {
+    candles: Vec<Candle>,
+    seq: Option<u64>,
+    updates: usize,
+}
+
+impl CandleFollower {
+    fn apply(&mut self, seq: u64, snapshot: bool, candles: Vec<Candle>) {
+        if snapshot {
+            self.candles.clear();
+        } else {
+            assert_eq!(Some(seq), self.seq.map(|s| s + 1), "contiguous candle sequence");
+            self.updates += 1;
+        }
+        self.seq = Some(seq);
+        for c in candles {
+            match self.candles.last_mut() {
+                Some(last) if last.start == c.start => *last = c,
+                Some(last) => {
+                    assert!(c.start > last.start, "candles move forward");
+                    self.candles.push(c);
+                }
+                None => self.candles.push(c),
+            }
+        }
+    }
+}
+
+fn candle_from_json(c: &serde_json::Value, i: &Instrument) -> Candle {
+    let fixed = |v: &serde_json::Value, p| parse_fixed(v.as_str().unwrap(), p).unwrap();
+    let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
+    Candle {
+        start: c["start"].as_u64().unwrap(),
+        open: fixed(&c["open"], pp),
+        high: fixed(&c["high"], pp),
+        low: fixed(&c["low"], pp),
+        close: fixed(&c["close"], pp),
+        volume: fixed(&c["volume"], qp),
+        trades: c["trades"].as_u64().unwrap(),
+    }
+}
+
+/// Follows the binary client's candles channels (`followers`, by id - 65536) and the JSON
+/// client's `candles.BTC-USD.1s` until `done`.
+async fn read_candles(
+    bin: &mut Client,
+    jsn: &mut Client,
+    followers: &mut [CandleFollower; 3],
+    btc: &Instrument,
+    done: impl Fn(&[CandleFollower; 3]) -> bool,
+) {
+    while !done(followers) {
+        tokio::select! {
+            m = next(bin) => if let Message::Binary(p) = m {
+                for m in protocol::decode(&p) {
+                    let m = m.expect("valid");
+                    let candles = protocol::decode_candles(&m).expect("candles body");
+                    let snapshot = m.msg_type == MsgType::CandlesSnapshot;
+                    followers[(m.channel - 65536) as usize].apply(m.seq, snapshot, candles);
+                }
+            },
+            m = next(jsn) => if let Message::Text(t) = m {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                for m in v.as_array().into_iter().flatten() {
+                    let snapshot = m["type"] == "candles_snapshot";
+                    let candles = match snapshot {
+                        true => m["candles"].as_array().unwrap().iter().collect(),
+                        false => vec![&m["candle"]],
+                    };
+                    let candles = candles.into_iter().map(|c| candle_from_json(c, btc)).collect();
+                    followers[2].apply(m["seq"].as_u64().unwrap(), snapshot, candles);
+                }
+            },
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candles_channels_rebuild_the_rest_candles_in_binary_and_json() {
+    let mut server = start(|c| c.feed_rate = Some(20_000)).await;
+    let mut bin = connect(&server, "").await;
+    let mut jsn = connect(&server, "?format=json").await;
+    // (Before the subscriptions: `request` skips binary frames, snapshots included.)
+    for bad in ["candles.BTC-USD.2m", "candles.BTC-USD", "candles.NOPE.1m"] {
+        let e = request(&mut bin, json!({"op": "subscribe", "channels": [bad]})).await;
+        let code = if bad.contains("NOPE") { "unknown_symbol" } else { "unknown_channel" };
+        assert_eq!(e["code"], code, "{bad}: {e}");
+    }
+    let names = ["candles.BTC-USD.1s", "candles.BTC-USD.1m"];
+    let sub = json!({"op": "subscribe", "channels": names, "depth": 1000});
+    let ack = request(&mut bin, sub).await;
+    assert_eq!(ack["op"], "subscribed", "{ack}");
+    assert_eq!(
+        (&ack["channels"][0]["channel_id"], &ack["channels"][1]["channel_id"]),
+        (&json!(65536), &json!(65537))
+    );
+    let sub = json!({"op": "subscribe", "channels": [names[0]], "depth": 1000});
+    assert_eq!(request(&mut jsn, sub).await["op"], "subscribed");
+    let btc = server.engine().instrument_by_symbol("BTC-USD").expect("btc").clone();
+    let mut followers: [CandleFollower; 3] = Default::default();
+    let started = tokio::time::Instant::now();
+    let running = |_: &[CandleFollower; 3]| started.elapsed() > Duration::from_millis(2500);
+    read_candles(&mut bin, &mut jsn, &mut followers, &btc, running).await;
+    server.stop_feed();
+    // Caught up: every channel's last sequence reached.
+    let last: Vec<u64> =
+        names.iter().map(|n| server.directory().get(n).unwrap().last_seq()).collect();
+    let caught_up = |f: &[CandleFollower; 3]| {
+        (f[0].seq, f[1].seq, f[2].seq) == (Some(last[0]), Some(last[1]), Some(last[0]))
+    };
+    read_candles(&mut bin, &mut jsn, &mut followers, &btc, caught_up).await;
+    for (n, name) in names.iter().enumerate() {
+        let interval = name.rsplit('.').next().unwrap();
+        let path = format!("/api/v1/markets/BTC-USD/candles?interval={interval}&limit=1000");
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, response) = http_raw(server.local_addr(), &head).await;
+        assert_eq!(status, 200, "{response}");
+        let rest: Vec<Candle> = body_json(&response)["candles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| candle_from_json(c, &btc))
+            .collect();
+        assert!(rest.iter().map(|c| c.trades).sum::<u64>() > 5, "{name}: trades made candles");
+        assert_eq!(followers[n].candles, rest, "{name}: snapshot + updates == REST");
+        assert!(followers[n].updates > 0, "{name}: updates came");
+        if n == 0 {
+            assert!(rest.len() >= 2, "two seconds and a half make several 1 s candles");
+            assert_eq!(followers[2].candles, rest, "JSON carries the same candles");
+        }
     }
     server.shutdown().await.expect("clean shutdown");
 }

@@ -16,7 +16,7 @@ const state = {
   lastTs: 0n,
   dirty: true,
   interval: store.getItem('tickgate.interval') || '1m',
-  candles: [], // from GET .../candles, the open one kept up to date from live trades
+  candles: [], // the newest of the candles channel followed (candles.<SYM>.<interval>)
   chartDirty: true,
 };
 window.tickgate = { state };
@@ -72,10 +72,11 @@ function connect() {
     state.dirty = true;
   });
   const channels = state.instruments.map((i) => `bbo.${i.symbol}`);
-  channels.push(`book.${state.symbol}`, `trades.${state.symbol}`);
+  channels.push(`book.${state.symbol}`, `trades.${state.symbol}`, `candles.${state.symbol}.${state.interval}`);
   if (state.token) channels.push('orders');
   conn.subscribe(channels);
   conn.onMarket = onMarket;
+  conn.addEventListener('candles', (e) => { if (c === conn) onCandles(e.detail); });
   conn.addEventListener('frame', () => { state.dirty = true; state.lastTs = conn.lastTs; });
   conn.addEventListener('resync', () => { state.dirty = true; });
   conn.addEventListener('control', (e) => {
@@ -89,11 +90,11 @@ async function follow(symbol) {
   state.symbol = symbol;
   store.setItem('tickgate.symbol', symbol);
   state.trades = [];
-  state.candles = [];
   state.dirty = true;
-  loadCandles();
+  const candles = followCandles();
   await conn.unsubscribe([`book.${old}`, `trades.${old}`]);
   await conn.subscribe([`book.${symbol}`, `trades.${symbol}`]);
+  await candles;
 }
 
 function onMarket(kind, symbol, msg) {
@@ -109,7 +110,6 @@ function onMarket(kind, symbol, msg) {
     const trades = msg.type === MSG.TRADES_SNAPSHOT ? decodeTradesSnapshot(msg.body)
       : msg.type === MSG.TRADE ? [{ ...decodeTrade(msg.body), seq: msg.seq, ts: msg.ts }] : [];
     for (const t of trades) {
-      if (msg.type === MSG.TRADE) liveCandle(t);
       state.trades.unshift(t);
       const entry = state.last.get(symbol) ?? {};
       entry.price = t.price;
@@ -123,34 +123,22 @@ function onMarket(kind, symbol, msg) {
 
 // ---- candles ----------------------------------------------------------------------
 
-const INTERVAL_NS = { '1s': 1_000_000_000n, '1m': 60_000_000_000n, '5m': 300_000_000_000n, '1h': 3_600_000_000_000n };
+/** Candles shown (the chart's width). */
+const CANDLES_SHOWN = 120;
 
-async function loadCandles() {
-  const spec = state.bySymbol.get(state.symbol);
-  if (!spec) return;
-  const r = await api('GET', `/api/v1/markets/${state.symbol}/candles?interval=${state.interval}&limit=120`);
-  if (r.status !== 200 || r.json.symbol !== state.symbol || r.json.interval !== state.interval) return;
-  const raw = (text) => parseFixed(text, spec.price_precision);
-  state.candles = r.json.candles.map((c) => ({
-    start: BigInt(c.start), open: raw(c.open), high: raw(c.high), low: raw(c.low), close: raw(c.close), trades: c.trades,
-  }));
+/** Follows the candles channel of the current symbol and interval (and no other). */
+async function followCandles() {
+  const name = `candles.${state.symbol}.${state.interval}`;
+  const old = [...conn.candles.keys()].filter((n) => n !== name);
+  state.candles = conn.candles.get(name)?.candles.slice(-CANDLES_SHOWN) ?? [];
   state.chartDirty = true;
+  if (old.length) await conn.unsubscribe(old);
+  if (!conn.candles.has(name)) await conn.subscribe([name]);
 }
 
-/** A live trade moves the open candle (or opens the next) until the next poll. */
-function liveCandle(t) {
-  const length = INTERVAL_NS[state.interval];
-  const start = t.ts - (t.ts % length);
-  const last = state.candles.at(-1);
-  if (last && last.start === start) {
-    if (t.price > last.high) last.high = t.price;
-    if (t.price < last.low) last.low = t.price;
-    last.close = t.price;
-    last.trades += 1;
-  } else if (!last || start > last.start) {
-    state.candles.push({ start, open: t.price, high: t.price, low: t.price, close: t.price, trades: 1 });
-    if (state.candles.length > 120) state.candles.shift();
-  }
+function onCandles(name) {
+  if (name !== `candles.${state.symbol}.${state.interval}`) return;
+  state.candles = conn.candles.get(name).candles.slice(-CANDLES_SHOWN);
   state.chartDirty = true;
 }
 
@@ -190,9 +178,9 @@ function drawChart() {
   for (const c of candles) { if (c.high > hi) hi = c.high; if (c.low < lo) lo = c.low; }
   const span = Number(hi - lo) || 1;
   const y = (p) => 8 + (canvas.height - 16) * (1 - Number(p - lo) / span);
-  const step = canvas.width / 120;
+  const step = canvas.width / CANDLES_SHOWN;
   candles.forEach((c, n) => {
-    const x = (120 - candles.length + n) * step + step / 2;
+    const x = (CANDLES_SHOWN - candles.length + n) * step + step / 2;
     ctx.strokeStyle = ctx.fillStyle = c.close >= c.open ? '#2fbf71' : '#e5534b';
     ctx.beginPath(); ctx.moveTo(x, y(c.high)); ctx.lineTo(x, y(c.low)); ctx.stroke();
     const top = y(c.open > c.close ? c.open : c.close), bottom = y(c.open > c.close ? c.close : c.open);
@@ -485,11 +473,8 @@ async function start() {
   $('interval').addEventListener('change', (e) => {
     state.interval = e.target.value;
     store.setItem('tickgate.interval', state.interval);
-    state.candles = [];
-    loadCandles();
+    followCandles();
   });
-  loadCandles();
-  setInterval(loadCandles, 2000);
   requestAnimationFrame(paint);
 }
 start();

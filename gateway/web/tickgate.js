@@ -13,13 +13,17 @@ export const MSG = Object.freeze({
   TRADES_SNAPSHOT: 5,
   GAP: 6,
   HEARTBEAT: 7,
+  CANDLE: 8,
+  CANDLES_SNAPSHOT: 9,
 });
 export const FLAG_RESYNC = 1;
 export const FLAG_SNAPSHOT = 2;
 const HEADER_BYTES = 24;
 
-/** Channel kinds in a channel id (`instrument_index * 4 + kind`). */
+/** Channel kinds in a channel id (`instrument_index * 4 + kind`; candles channels are
+ * `65536 + instrument_index * 4 + interval`). */
 export const KIND = Object.freeze({ BOOK: 1, BBO: 2, TRADES: 3 });
+const CANDLE_BYTES = 56;
 
 /** The messages of one binary frame payload (an ArrayBuffer); throws on a truncated one. */
 export function* decodeFrame(buffer) {
@@ -93,6 +97,59 @@ export function decodeTradesSnapshot(body) {
     });
   }
   return out;
+}
+
+/** The candles of a CANDLE (one) or CANDLES_SNAPSHOT body, oldest first: start (ns),
+ * open, high, low, close, volume (raw fixed-point) and trades, all BigInt. */
+export function decodeCandles(type, body) {
+  const first = type === MSG.CANDLES_SNAPSHOT ? 8 : 0;
+  const count = type === MSG.CANDLES_SNAPSHOT ? body.getUint32(0, true) : 1;
+  if (body.byteLength !== first + CANDLE_BYTES * count) throw new Error('candles length');
+  const out = [];
+  for (let n = 0; n < count; n++) {
+    const at = first + CANDLE_BYTES * n;
+    const i64 = (k) => body.getBigInt64(at + 8 * k, true);
+    out.push({
+      start: body.getBigUint64(at, true), open: i64(1), high: i64(2), low: i64(3), close: i64(4),
+      volume: i64(5), trades: body.getBigUint64(at + 48, true),
+    });
+  }
+  return out;
+}
+
+/** A candles channel kept from its snapshot and updates: each update is a whole candle,
+ * replacing the one with the same start or opening the next. */
+export class CandleSeries {
+  constructor(keep = 1000) {
+    this.keep = keep;
+    this.candles = [];
+    this.seq = null;
+    this.stale = true;
+  }
+
+  /** Applies one message; `false` on a sequence gap (resubscribe for a fresh snapshot). */
+  apply(type, seq, body) {
+    if (type === MSG.HEARTBEAT) return this.seq !== null && seq >= this.seq;
+    if (type === MSG.CANDLES_SNAPSHOT) {
+      this.candles = decodeCandles(type, body);
+      this.seq = seq;
+      this.stale = false;
+      return true;
+    }
+    if (type !== MSG.CANDLE) return true;
+    if (this.seq === null || seq !== this.seq + 1n) {
+      this.stale = true;
+      return false;
+    }
+    this.seq = seq;
+    for (const c of decodeCandles(type, body)) {
+      const last = this.candles.at(-1);
+      if (last && last.start === c.start) this.candles[this.candles.length - 1] = c;
+      else if (!last || c.start > last.start) this.candles.push(c);
+    }
+    if (this.candles.length > this.keep) this.candles.splice(0, this.candles.length - this.keep);
+    return true;
+  }
 }
 
 /** `raw` (BigInt) as a decimal string with `precision` decimals ("65000.12"). */
@@ -193,6 +250,7 @@ export class Connection extends EventTarget {
     this.channels = new Map(); // name -> the server's description (channel_id, precisions)
     this.byId = new Map(); // channel id -> name
     this.books = new Map(); // symbol -> Book
+    this.candles = new Map(); // candles channel name -> CandleSeries
     this.pending = new Map(); // request id -> resolve
     this.nextId = 1;
     this.state = 'connecting';
@@ -216,6 +274,7 @@ export class Connection extends EventTarget {
       this.channels.clear();
       this.byId.clear();
       for (const book of this.books.values()) book.stale = true;
+      for (const series of this.candles.values()) series.stale = true;
       this.send([...this.wanted]);
       this.setState('open');
     };
@@ -223,6 +282,7 @@ export class Connection extends EventTarget {
     ws.onclose = () => {
       this.setState('closed');
       for (const book of this.books.values()) book.stale = true;
+      for (const series of this.candles.values()) series.stale = true;
       for (const resolve of this.pending.values()) resolve({ op: 'error', code: 'disconnected' });
       this.pending.clear();
       if (this.closedByUser) return;
@@ -257,6 +317,7 @@ export class Connection extends EventTarget {
       this.wanted.add(name);
       const [kind, symbol] = name.split('.');
       if (kind === 'book' && !this.books.has(symbol)) this.books.set(symbol, new Book());
+      if (kind === 'candles' && !this.candles.has(name)) this.candles.set(name, new CandleSeries());
     }
     return this.ws?.readyState === 1 ? this.send(names) : Promise.resolve(null);
   }
@@ -267,6 +328,7 @@ export class Connection extends EventTarget {
       this.wanted.delete(name);
       const [kind, symbol] = name.split('.');
       if (kind === 'book') this.books.delete(symbol);
+      this.candles.delete(name);
     }
     return this.request({ op: 'unsubscribe', channels: names });
   }
@@ -323,6 +385,12 @@ export class Connection extends EventTarget {
             this.dispatchEvent(new CustomEvent('resync', { detail: channel.symbol }));
             this.send([channel.name]).catch(() => {});
           }
+        } else if (channel.kind === 'candles') {
+          const series = this.candles.get(channel.name);
+          if (series && !series.apply(type, seq, new DataView(data, body, bodyLen))) {
+            this.send([channel.name]).catch(() => {});
+          }
+          if (series) this.dispatchEvent(new CustomEvent('candles', { detail: channel.name }));
         } else if (this.onMarket) {
           const msg = { type, flags: view.getUint8(at + 1), seq, ts, body: new DataView(data, body, bodyLen) };
           this.onMarket(channel.kind, channel.symbol, msg);

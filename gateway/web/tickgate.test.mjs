@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Book, MSG, FLAG_RESYNC, decodeFrame, decodeTrade, formatFixed, parseFixed,
+  Book, CandleSeries, MSG, FLAG_RESYNC, decodeFrame, decodeTrade, formatFixed, parseFixed,
 } from './tickgate.js';
 
 /** One binary message as the server frames it (docs/PROTOCOL.md). */
@@ -101,4 +101,39 @@ test('trades and fixed-point values decode exactly', () => {
   assert.equal(parseFixed('abc', 2), null);
   // Beyond 2^53: BigInt keeps every digit.
   assert.equal(formatFixed(parseFixed('92233720368547758.07', 2), 2), '92233720368547758.07');
+});
+
+function candles(list, snapshot) {
+  const first = snapshot ? 8 : 0;
+  const body = new DataView(new ArrayBuffer(first + 56 * list.length));
+  if (snapshot) body.setUint32(0, list.length, true);
+  list.forEach((c, n) => {
+    const at = first + 56 * n;
+    body.setBigUint64(at, BigInt(c[0]), true);
+    c.slice(1, 6).forEach((v, k) => body.setBigInt64(at + 8 * (k + 1), BigInt(v), true));
+    body.setBigUint64(at + 48, BigInt(c[6]), true);
+  });
+  return body;
+}
+
+test('candles are rebuilt from a snapshot and whole-candle updates, in sequence', () => {
+  const series = new CandleSeries(3);
+  const apply = (type, seq, body) => {
+    const [m] = [...decodeFrame(frame(message(type, seq, body)))];
+    return series.apply(m.type, m.seq, m.body);
+  };
+  // start, open, high, low, close, volume, trades
+  assert.equal(apply(MSG.CANDLES_SNAPSHOT, 5, candles([[60, 10, 12, 9, 11, 3, 2], [120, 11, 11, 11, 11, 1, 1]], true)), true);
+  assert.equal(series.stale, false);
+  // The open candle grows, then the next one opens, then two more: three kept.
+  assert.equal(apply(MSG.CANDLE, 6, candles([[120, 11, 14, 11, 14, 2, 2]])), true);
+  assert.equal(apply(MSG.CANDLE, 7, candles([[180, 14, 14, 13, 13, 5, 1]])), true);
+  assert.equal(apply(MSG.CANDLE, 8, candles([[240, 13, 13, 13, 13, 1, 1]])), true);
+  assert.deepEqual(series.candles.map((c) => [c.start, c.high, c.close, c.trades]),
+    [[120n, 14n, 14n, 2n], [180n, 14n, 13n, 1n], [240n, 13n, 13n, 1n]]);
+  // A gap makes the series stale (resubscribe for a fresh snapshot).
+  assert.equal(apply(MSG.CANDLE, 10, candles([[240, 13, 13, 12, 12, 2, 2]])), false);
+  assert.equal(series.stale, true);
+  assert.equal(series.candles.at(-1).close, 13n, 'nothing applied past a gap');
+  assert.throws(() => apply(MSG.CANDLES_SNAPSHOT, 11, candles([[1, 1, 1, 1, 1, 1, 1]], false)), /candles length/);
 });

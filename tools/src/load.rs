@@ -320,7 +320,7 @@ fn count_binary(
     for msg in protocol::decode(payload) {
         let msg = msg?;
         match msg.msg_type {
-            MsgType::BookSnapshot | MsgType::TradesSnapshot => {
+            MsgType::BookSnapshot | MsgType::TradesSnapshot | MsgType::CandlesSnapshot => {
                 if measuring {
                     stats.snapshots += 1;
                 }
@@ -337,7 +337,7 @@ fn count_binary(
                 last.insert(msg.channel, msg.seq);
                 continue;
             }
-            MsgType::BookDelta | MsgType::Trade => {
+            MsgType::BookDelta | MsgType::Trade | MsgType::Candle => {
                 if let Some(prev) = last.insert(msg.channel, msg.seq) {
                     if msg.seq != prev + 1 && measuring {
                         stats.seq_breaks += 1;

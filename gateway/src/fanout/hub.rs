@@ -11,6 +11,7 @@ use tickgate_engine::runtime::EngineHandle;
 use tickgate_engine::{BookSnapshot, Event, L2Book, RingReader};
 
 use super::{json_frame, Channel, Chunk, Directory, State, Writers};
+use crate::candles::Candles;
 use crate::metrics::Metrics;
 use crate::protocol::{bin, frame_header, json, ChannelKind, Opcode, TradeMsg, TRADES_KEPT};
 
@@ -295,6 +296,16 @@ impl Publisher {
         if let Some(p) = self.pending.get_mut(at) {
             p.push(*e);
         }
+        if kind == ChannelKind::Trades {
+            // A candles channel needs the pass's first and last trades (their times).
+            for kind in &ChannelKind::ALL[ChannelKind::Candles1s as usize - 1..] {
+                let at = self.directory.index(instrument.0, *kind);
+                if let Some(p) = self.pending.get_mut(at) {
+                    p.truncate(1);
+                    p.push(*e);
+                }
+            }
+        }
     }
 
     /// Publishes every channel with queued events.
@@ -348,9 +359,46 @@ impl Publisher {
         std::mem::take(&mut self.published)
     }
 
+    /// Publishes the candles a pass's trades changed (from the store, which the hub has
+    /// updated with them): the pass's first and last trades are the events queued.
+    fn publish_candles(&mut self, at: usize, store: &Candles, interval: usize) {
+        let channel = Arc::clone(&self.directory.all()[at]);
+        let trades = (self.pending[at].first().copied(), self.pending[at].last().copied());
+        self.pending[at].clear();
+        let (Some(Event::Trade(first)), Some(Event::Trade(last))) = trades else {
+            return;
+        };
+        let length = crate::candles::INTERVALS[interval].1;
+        let from = first.ts.0 - first.ts.0 % length;
+        let candles = store.since(channel.instrument.id.0 as usize, interval, from);
+        if candles.is_empty() {
+            return;
+        }
+        let mut state = channel.lock();
+        let with_json = state.json_subscribers > 0;
+        let (first_seq, ts) = (state.last_seq + 1, last.ts.0);
+        self.bin.clear();
+        self.json.clear();
+        for (n, c) in candles.iter().enumerate() {
+            let seq = first_seq + n as u64;
+            bin::candle(&mut self.bin, channel.id, seq, ts, c);
+            if with_json {
+                self.comma(n as u32);
+                json::candle(&mut self.json, &channel.instrument, &channel.name, seq, ts, c);
+            }
+        }
+        state.last_seq += candles.len() as u64;
+        state.last_ts = ts;
+        self.flush_chunk(&channel, &mut state, first_seq, candles.len() as u32, with_json);
+        channel.last_seq.store(state.last_seq, Ordering::Release);
+    }
+
     /// Applies a channel's pending events to its state and publishes them as chunks.
     fn publish_channel(&mut self, at: usize) {
         let channel = Arc::clone(&self.directory.all()[at]);
+        if let (Some(store), Some(interval)) = (&channel.candles, channel.kind.interval()) {
+            return self.publish_candles(at, store, interval);
+        }
         let mut events = std::mem::take(&mut self.pending[at]);
         let mut state = channel.lock();
         let with_json = state.json_subscribers > 0;

@@ -3,9 +3,10 @@
 //! Three parts, each owned by one kind of thread:
 //!
 //! - [`hub`]: one **hub** thread reads every engine shard's event ring. Per public channel
-//!   (`book.<SYM>`, `bbo.<SYM>`, `trades.<SYM>`) it collects the events of one pass, then,
-//!   in one short critical section, applies them to the channel's state (the L2 book, the
-//!   last BBO, recent trades) and publishes them as one [`Chunk`]: a complete binary
+//!   (`book.<SYM>`, `bbo.<SYM>`, `trades.<SYM>`, `candles.<SYM>.<interval>`) it collects
+//!   the events of one pass, then, in one short critical section, applies them to the
+//!   channel's state (the L2 book, the last BBO, recent trades; candles live in
+//!   [`crate::candles`]) and publishes them as one [`Chunk`]: a complete binary
 //!   WebSocket frame (and a JSON text frame when JSON subscribers exist), encoded once.
 //!   Chunks go into a bounded per-channel ring ([`Channel`]). Then it wakes the writers:
 //!   never a connection, so its cost is O(1) per event and O(writers) per pass, whatever
@@ -40,6 +41,7 @@ use bytes::Bytes;
 use tickgate_engine::l2::Level;
 use tickgate_engine::{BookSnapshot, Instrument, L2Book, Price, Qty};
 
+use crate::candles::{Candle, Candles, CANDLES_KEPT};
 use crate::protocol::{
     self, bin, channel_id, frame_header, json, ChannelKind, Opcode, TradeMsg, FLAG_RESYNC,
     RECENT_TRADES, SNAPSHOT_DEPTH_MAX, TRADES_KEPT,
@@ -93,6 +95,8 @@ pub struct Channel {
     pub kind: ChannelKind,
     /// The instrument.
     pub instrument: Instrument,
+    /// Candles channels: the store their snapshots and updates come from.
+    candles: Option<Arc<Candles>>,
     slots: Box<[ArcSwapOption<Chunk>]>,
     mask: u64,
     head: AtomicU64,
@@ -112,14 +116,21 @@ pub struct Start {
 }
 
 impl Channel {
-    fn new(instrument: &Instrument, kind: ChannelKind, index: usize, capacity: usize) -> Self {
+    fn new(
+        instrument: &Instrument,
+        kind: ChannelKind,
+        index: usize,
+        capacity: usize,
+        candles: &Arc<Candles>,
+    ) -> Self {
         let capacity = capacity.max(2).next_power_of_two();
         Channel {
             id: channel_id(instrument.id, kind),
             index,
-            name: format!("{}.{}", kind.prefix(), instrument.spec.symbol),
+            name: kind.name(&instrument.spec.symbol),
             kind,
             instrument: instrument.clone(),
+            candles: kind.interval().map(|_| Arc::clone(candles)),
             slots: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
             mask: capacity as u64 - 1,
             head: AtomicU64::new(0),
@@ -242,6 +253,13 @@ impl Channel {
                 let skip = state.trades.len().saturating_sub(RECENT_TRADES);
                 ViewData::Trades(state.trades.iter().skip(skip).copied().collect())
             }
+            // Read from the store, which the hub updates just before it publishes: a
+            // snapshot may already hold a pass's trades whose update follows. Updates are
+            // whole candles, so applying one twice changes nothing.
+            _ => ViewData::Candles(self.candles.as_ref().map_or_else(Vec::new, |store| {
+                let n = self.kind.interval().unwrap_or(0);
+                store.candles(self.instrument.id.0 as usize, n, depth.clamp(1, CANDLES_KEPT))
+            })),
         };
         View { cursor: self.head(), seq: state.last_seq, ts: state.last_ts, data }
     }
@@ -282,6 +300,13 @@ impl Channel {
                     bin::trades_snapshot(&mut b, self.id, flags, seq, ts, &trades);
                 }
             }
+            ViewData::Candles(candles) => {
+                if json {
+                    json::candles_snapshot(&mut j, i, &self.name, resync, seq, ts, &candles);
+                } else {
+                    bin::candles_snapshot(&mut b, self.id, flags, seq, ts, &candles);
+                }
+            }
         }
         let snapshot = if json { json_frame(&j) } else { bin_frame(&b) };
         Start { cursor, snapshot, seq }
@@ -300,6 +325,7 @@ enum ViewData {
     Book(BookSnapshot),
     Bbo((u64, u64, Level, Level)),
     Trades(Vec<TradeMsg>),
+    Candles(Vec<Candle>),
 }
 
 fn bin_frame(payload: &[u8]) -> Bytes {
@@ -323,13 +349,14 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Channels for every instrument and kind.
-    pub fn new(instruments: &[Instrument], ring_chunks: usize) -> Self {
-        let mut channels = Vec::with_capacity(instruments.len() * 3);
+    /// Channels for every instrument and kind; candles channels read `candles`.
+    pub fn new(instruments: &[Instrument], ring_chunks: usize, candles: &Arc<Candles>) -> Self {
+        let mut channels = Vec::with_capacity(instruments.len() * ChannelKind::ALL.len());
         let mut by_name = HashMap::new();
         for i in instruments {
             for kind in ChannelKind::ALL {
-                let channel = Arc::new(Channel::new(i, kind, channels.len(), ring_chunks));
+                let at = channels.len();
+                let channel = Arc::new(Channel::new(i, kind, at, ring_chunks, candles));
                 by_name.insert(channel.name.clone(), channels.len());
                 channels.push(channel);
             }
@@ -354,6 +381,6 @@ impl Directory {
 
     /// Dense index of an instrument's channel of `kind`.
     fn index(&self, instrument: u32, kind: ChannelKind) -> usize {
-        instrument as usize * 3 + kind as usize - 1
+        instrument as usize * ChannelKind::ALL.len() + kind as usize - 1
     }
 }

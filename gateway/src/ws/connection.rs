@@ -600,16 +600,26 @@ impl Conn {
                 if let Some(channel) = directory.get(name) {
                     return Ok(Arc::clone(channel));
                 }
-                match name.split_once('.') {
-                    Some((prefix, symbol)) if ChannelKind::from_prefix(prefix).is_some() => {
-                        debug_assert!(!directory.has_symbol(symbol));
-                        Err(err(ErrorCode::UnknownSymbol, format!("unknown symbol `{symbol}`")))
-                    }
-                    _ => Err(err(
+                let unknown = || {
+                    Err(err(
                         ErrorCode::UnknownChannel,
-                        format!("unknown channel `{name}`: expected book.<SYM>, bbo.<SYM> or trades.<SYM>"),
-                    )),
-                }
+                        format!("unknown channel `{name}`: expected book.<SYM>, bbo.<SYM>, trades.<SYM> or candles.<SYM>.<1s|1m|5m|1h>"),
+                    ))
+                };
+                let symbol = match name.split_once('.') {
+                    Some(("candles", rest)) => match rest.rsplit_once('.') {
+                        Some((symbol, interval))
+                            if crate::candles::INTERVALS.iter().any(|(n, _)| *n == interval) =>
+                        {
+                            symbol
+                        }
+                        _ => return unknown(),
+                    },
+                    Some((prefix, symbol)) if ChannelKind::from_prefix(prefix).is_some() => symbol,
+                    _ => return unknown(),
+                };
+                debug_assert!(!directory.has_symbol(symbol));
+                Err(err(ErrorCode::UnknownSymbol, format!("unknown symbol `{symbol}`")))
             })
             .collect()
     }
