@@ -44,18 +44,36 @@ pub async fn connect_with(
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let req = Request::builder()
+    connect_stream(stream, &addr.to_string(), path_and_query, &[]).await
+}
+
+/// Opens a WebSocket over `stream` (a TCP or TLS stream already connected to `host`),
+/// with extra request headers (`Origin`, `Cookie`).
+pub async fn connect_stream<S>(
+    stream: S,
+    host: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Client>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut req = Request::builder()
         .method("GET")
         // Origin form (`GET /ws`): the absolute form is for proxies, and servers such as
         // uWebSockets refuse it (RFC 9112, section 3.2).
         .uri(path_and_query)
-        .header("Host", addr.to_string())
+        .header("Host", host)
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")
         .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
-        .header("Sec-WebSocket-Version", "13")
-        .body(Empty::<Bytes>::new())?;
-    let (mut ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await?;
+        .header("Sec-WebSocket-Version", "13");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let (mut ws, _) =
+        fastwebsockets::handshake::client(&SpawnExecutor, req.body(Empty::<Bytes>::new())?, stream)
+            .await?;
     ws.set_auto_pong(true);
     ws.set_max_message_size(64 << 20);
     Ok(ws)

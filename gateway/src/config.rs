@@ -139,6 +139,18 @@ pub struct Flags {
     /// answer 403.
     #[arg(long, env = "TICKGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Certificate chain (PEM) to serve HTTPS and WSS on the listener (with --tls-key);
+    /// reloaded on SIGHUP. Without it: cleartext.
+    #[arg(long, env = "TICKGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "TICKGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// An origin (`https://app.example.com`) whose pages may call the API, open SSE
+    /// streams and WebSockets with credentials (CORS); repeatable, comma-separated in the
+    /// environment. The server's own origin is always allowed.
+    #[arg(long = "cors-origin", env = "TICKGATE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Data directory: command journal and snapshots (created if missing). Also accepted
     /// after a subcommand (`tickgate verify-journal --data-dir DIR`).
     #[arg(long, env = "TICKGATE_DATA_DIR", default_value = "data", global = true)]
@@ -234,6 +246,10 @@ pub struct Config {
     pub sse: crate::sse::SseLimits,
     /// Operator token; `None`: operator endpoints disabled.
     pub admin_token: Option<String>,
+    /// Certificate and key files: serve TLS.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Origins allowed cross-origin requests with credentials.
+    pub cors_origins: Vec<String>,
     /// Journal and snapshots; `None`: in memory only.
     pub durability: Option<tickgate_engine::durable::DurabilityConfig>,
 }
@@ -328,6 +344,13 @@ impl TryFrom<Flags> for Config {
             durability,
             rest_rate: f.rest_rate,
             admin_token: f.admin_token.filter(|t| !t.is_empty()),
+            tls: f.tls_cert.zip(f.tls_key),
+            cors_origins: f
+                .cors_origins
+                .into_iter()
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
             sse_history: f.sse_history.max(1),
             sse: crate::sse::SseLimits {
                 streams_per_user_max: f.sse_streams_per_user,

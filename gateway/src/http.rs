@@ -51,6 +51,10 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// When `/debug/digest` last ran (it walks the whole state on the engine thread).
     pub digest_gate: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Origins allowed cross-origin requests (CORS) and cookie-authenticated changes.
+    pub origins: crate::cors::Origins,
+    /// The listener speaks TLS (cookies are `Secure`).
+    pub tls: bool,
 }
 
 /// Shortest time between two `/debug/digest` computations.
@@ -83,28 +87,40 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
     response
 }
 
-/// Routes one request.
+/// Routes one request, and adds the CORS headers its answer needs.
 pub async fn handle(
     req: Request<Incoming>,
     state: Arc<AppState>,
 ) -> Result<Response<HttpBody>, Infallible> {
+    if let Some(preflight) = state.origins.preflight(&req) {
+        return Ok(preflight.map(HttpBody::Left));
+    }
+    let origin = crate::cors::origin(&req).map(str::to_owned);
+    let mut response = route(req, &state).await;
+    state.origins.answer(response.headers_mut(), origin.as_deref());
+    Ok(response)
+}
+
+async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBody> {
     let path = req.uri().path();
     if path != "/ws" {
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
     if path == "/api/v1/alerts/stream" {
         if req.method() == Method::GET {
-            return Ok(crate::sse::stream(&req, &state));
+            return crate::sse::stream(&req, state);
         }
-        return Ok(method_not_allowed("GET").map(HttpBody::Left));
+        return method_not_allowed("GET").map(HttpBody::Left);
     }
     if path.starts_with("/api/v1/") {
-        return Ok(crate::rest::route(req, &state).await.map(HttpBody::Left));
+        return crate::rest::route(req, state).await.map(HttpBody::Left);
     }
     // HEAD is served wherever GET is (hyper sends the head without the body).
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let response = match path {
-        "/ws" if req.method() == Method::GET => ws::upgrade(req, &state.ws, &state.tokens),
+        "/ws" if req.method() == Method::GET => {
+            ws::upgrade(req, &state.ws, &state.tokens, &state.origins)
+        }
         "/healthz" if get => {
             let c = state.engine.counters();
             let failure = state.engine.durability_failure();
@@ -129,7 +145,7 @@ pub async fn handle(
                 }),
             )
         }
-        "/debug/digest" if get => digest(&state).await,
+        "/debug/digest" if get => digest(state).await,
         "/metrics" if get => {
             let mut response =
                 Response::new(Full::new(Bytes::from(state.metrics.render(&state.engine))));
@@ -149,7 +165,7 @@ pub async fn handle(
             None => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
         },
     };
-    Ok(response.map(HttpBody::Left))
+    response.map(HttpBody::Left)
 }
 
 /// Per shard, between two commands: the state digest (compare with

@@ -8,6 +8,8 @@
 //! - [`server`]: starts the engine shards, the feed, the fan-out hub and the listener;
 //!   stops them in order.
 //! - [`http`]: the one listener's routes (WebSocket upgrade, health, metrics).
+//! - [`tls`]: HTTPS and WSS (rustls), reloadable certificates; [`cors`]: cross-origin
+//!   requests and the origin checks of cookie sessions.
 //! - [`rest`]: the `/api/v1` REST API: market data, login and sessions, account, orders,
 //!   fills, positions, alerts; the OpenAPI document.
 //! - [`candles`]: OHLCV candles from trades; [`web`]: the embedded web terminal.
@@ -27,6 +29,7 @@ pub mod auth;
 pub mod candles;
 pub mod client;
 pub mod config;
+pub mod cors;
 pub mod fanout;
 pub mod history;
 pub mod http;
@@ -39,6 +42,7 @@ pub mod server;
 pub mod sessions;
 pub mod sse;
 pub mod throttle;
+pub mod tls;
 pub mod trading;
 pub mod web;
 pub mod ws;

@@ -81,6 +81,10 @@ metrics! {
     handshake_timeouts_total: "counter",
     /// Connections without a complete request head yet.
     connections_pending: "gauge",
+    /// TLS handshakes completed.
+    tls_handshakes_total: "counter",
+    /// TLS handshakes that failed (bad client hello, unknown protocol, no shared cipher).
+    tls_handshake_failures_total: "counter",
     /// Logins refused with a wrong username or password.
     login_failures_total: "counter",
     /// Logins answered 429 by the throttle (see `throttle.rs`).

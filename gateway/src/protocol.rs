@@ -619,6 +619,11 @@ pub mod close {
     pub const SESSION_REVOKED: u16 = 4003;
     /// Slow consumer: persistently behind on a trades channel, or writes stalled.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// Refused at the upgrade (a browser's page, which cannot read an HTTP answer to its
+    /// WebSocket): the token or session cookie is missing its mark (bad, expired, ended).
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Refused at the upgrade: a page on an origin that may not use the session cookie.
+    pub const ORIGIN_NOT_ALLOWED: u16 = 4403;
 }
 
 /// A decoded binary message (for clients, tests and tools).

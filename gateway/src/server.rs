@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tickgate_engine::runtime::{EngineHandle, EngineRuntime, RuntimeConfig};
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::{AccountId, EngineCounters, EngineSpec};
@@ -56,6 +56,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
     alive: mpsc::Receiver<()>,
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -67,6 +68,11 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Starts everything and begins accepting connections.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        // A certificate that cannot be read stops the start, before anything else.
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(Arc::new(crate::tls::Tls::load(cert, key)?)),
+            None => None,
+        };
         let users = match &config.users {
             Some(path) => Users::from_file(path)?,
             None => tokio::task::spawn_blocking(Users::demo).await??,
@@ -241,6 +247,8 @@ impl Server {
             login_throttle: Default::default(),
             candles: Arc::clone(&candles),
             login_slots: tokio::sync::Semaphore::new(LOGIN_CHECKS_MAX),
+            origins: crate::cors::Origins::new(config.cors_origins.clone(), tls.is_some()),
+            tls: tls.is_some(),
         });
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -250,6 +258,7 @@ impl Server {
             Handshake {
                 timeout: config.handshake_timeout,
                 pending: Arc::new(Semaphore::new(config.pending_connections_max)),
+                tls: tls.clone(),
             },
         ));
         Ok(Server {
@@ -271,7 +280,17 @@ impl Server {
             shutdown,
             accept,
             alive,
+            tls,
         })
+    }
+
+    /// Reads the TLS certificate and key files again (what SIGHUP does): new handshakes
+    /// use them, open connections keep theirs. An error keeps the current ones.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => anyhow::bail!("the server runs without TLS"),
+        }
     }
 
     /// The bound address.
@@ -525,6 +544,7 @@ fn fund_demo_accounts(engine: &EngineHandle, users: &Users) {
 struct Handshake {
     timeout: Duration,
     pending: Arc<Semaphore>,
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Password checks (argon2, ~19 MiB each) running at once, at most.
@@ -569,10 +589,15 @@ async fn accept_loop(
         let alive = alive.clone();
         let deadline = tokio::time::Instant::now() + handshake.timeout;
         let handshake_timeout = handshake.timeout;
+        let tls = handshake.tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             state.metrics.connections_pending.fetch_add(1, Ordering::Relaxed);
             let head = FirstHead { deadline, timeout: handshake_timeout };
-            serve_connection(stream, peer, &state, shutdown, head, pending).await;
+            let connection = Connection { peer, state: &state, shutdown, head, pending };
+            match tls {
+                Some(acceptor) => serve_tls(stream, acceptor, connection).await,
+                None => serve_connection(stream, connection).await,
+            }
             drop(alive);
         });
     }
@@ -586,28 +611,70 @@ struct FirstHead {
     timeout: Duration,
 }
 
-/// Serves one connection: a raw alert stream, or hyper (HTTP/1.1, upgrades).
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+/// A fresh connection and what serving it needs.
+struct Connection<'a> {
     peer: SocketAddr,
-    state: &Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
+    state: &'a Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
     head: FirstHead,
     pending: OwnedSemaphorePermit,
-) {
+}
+
+/// Serves one cleartext connection: a raw alert stream, or hyper.
+async fn serve_connection(stream: tokio::net::TcpStream, c: Connection<'_>) {
     // The pending gauge follows the permit: decremented when the head is in or the
     // connection ends, whichever comes first.
-    let pending = PendingGuard { permit: Some(pending), metrics: Arc::clone(&state.metrics) };
-    let deadline = head.deadline;
+    let pending = PendingGuard { permit: Some(c.pending), metrics: Arc::clone(&c.state.metrics) };
+    let deadline = c.head.deadline;
     match crate::sse::first_request(&stream, deadline).await {
         FirstRequest::Closed => return,
         FirstRequest::Stream => {
             // The guard (permit and gauge) is given back once the stream's head is in.
-            crate::sse::serve_raw(stream, state, deadline, pending).await;
+            crate::sse::serve_raw(stream, c.state, deadline, pending).await;
             return;
         }
         FirstRequest::Other => {}
     }
+    serve_http(TokioIo::new(stream), c.peer, c.state, c.shutdown, c.head, pending).await;
+}
+
+/// Serves one TLS connection: the handshake (within the first head's deadline), then
+/// hyper; SSE streams go through hyper (over HTTP/2, many share one connection).
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    c: Connection<'_>,
+) {
+    let pending = PendingGuard { permit: Some(c.pending), metrics: Arc::clone(&c.state.metrics) };
+    let metrics = &c.state.metrics;
+    match tokio::time::timeout_at(c.head.deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            metrics.tls_handshakes_total.fetch_add(1, Ordering::Relaxed);
+            serve_http(TokioIo::new(stream), c.peer, c.state, c.shutdown, c.head, pending).await;
+        }
+        Ok(Err(e)) => {
+            metrics.tls_handshake_failures_total.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake with {} failed: {e}", c.peer);
+        }
+        Err(_) => {
+            metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 (prior knowledge, or `h2` by ALPN under TLS:
+/// hyper reads the connection preface) until the peer or shutdown ends it.
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    head: FirstHead,
+    pending: PendingGuard,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let deadline = head.deadline;
     let pending = Arc::new(std::sync::Mutex::new(pending));
     let (service_state, service_pending) = (Arc::clone(state), Arc::clone(&pending));
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -616,11 +683,16 @@ async fn serve_connection(
         req.extensions_mut().insert(http::PeerAddr(peer));
         http::handle(req, Arc::clone(&service_state))
     });
-    let conn = http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(head.timeout);
+    builder
+        .http2()
         .timer(TokioTimer::new())
-        .header_read_timeout(head.timeout)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+        .max_concurrent_streams(HTTP2_STREAMS_MAX)
+        // A dead peer's streams (SSE) are noticed even when nothing is sent on them.
+        .keep_alive_interval(HTTP2_PING_INTERVAL)
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut first_head_due = true;
     loop {
@@ -647,6 +719,12 @@ async fn serve_connection(
         }
     }
 }
+
+/// Streams one HTTP/2 connection may have open at once (each SSE stream is one).
+const HTTP2_STREAMS_MAX: u32 = 256;
+/// HTTP/2 keep-alive pings, and how long to wait for their answer.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A connection's place among those without a request head yet.
 pub(crate) struct PendingGuard {
@@ -685,15 +763,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         feed_rate = ?feed_rate,
         "engine started"
     );
+    let secure = if server.tls.is_some() { "s" } else { "" };
     tracing::info!(
-        "listening on http://{} (WebSocket: ws://{}/ws)",
+        "listening on http{secure}://{} (WebSocket: ws{secure}://{}/ws)",
         server.local_addr(),
         server.local_addr()
     );
     let summary = summary_loop(server.engine().clone(), summary_symbol);
-    tokio::select! {
-        () = shutdown => tracing::info!("shutting down"),
-        () = summary => {}
+    tokio::pin!(shutdown, summary);
+    // SIGHUP: read the TLS certificate and key again (renewal without a restart).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                break;
+            }
+            () = &mut summary => break,
+            Some(()) = hangup.recv() => match server.reload_tls() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::warn!("TLS certificate not reloaded: {e:#}"),
+            },
+        }
     }
     server.shutdown().await
 }

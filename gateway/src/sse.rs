@@ -112,7 +112,8 @@ impl Refusal {
     }
 
     /// The same answer as raw HTTP/1.1 bytes (for streams served without hyper).
-    fn raw(&self) -> Vec<u8> {
+    /// The answer as raw HTTP/1.1, with `extra` header lines (CORS).
+    fn raw(&self, extra: &str) -> Vec<u8> {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } })
             .to_string();
         let mut head = format!(
@@ -127,6 +128,7 @@ impl Refusal {
         if let Some(v) = self.retry_after {
             head.push_str(&format!("retry-after: {v}\r\n"));
         }
+        head.push_str(extra);
         head.push_str("\r\n");
         head.push_str(&body);
         head.into_bytes()
@@ -234,9 +236,12 @@ fn bearer(value: Option<&[u8]>) -> Option<&str> {
 pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
     let query = req.uri().query();
     let header = |name: &str| req.headers().get(name).map(|v| v.as_bytes());
-    // Browsers' EventSource cannot set headers: the token may come in the query string.
-    let token =
-        bearer(header(AUTHORIZATION.as_str())).or_else(|| crate::ws::query_param(query, "token"));
+    // Browsers' EventSource cannot set headers: the token may come in the query string,
+    // or the session cookie with it.
+    let cookies = req.headers().get_all(hyper::header::COOKIE).iter().map(|v| v.as_bytes());
+    let token = bearer(header(AUTHORIZATION.as_str()))
+        .or_else(|| crate::ws::query_param(query, "token"))
+        .or_else(|| crate::cors::cookie::token(cookies));
     let last_event_id = [
         header("last-event-id").map(|v| std::str::from_utf8(v).unwrap_or("invalid")),
         crate::ws::query_param(query, "last_event_id"),
@@ -356,6 +361,7 @@ pub async fn serve_raw<P>(
         return;
     }
     drop(pending);
+    let mut origin = None;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let opened = match req.parse(&head) {
@@ -364,8 +370,15 @@ pub async fn serve_raw<P>(
                 req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
             };
             let query = req.path.and_then(|p| p.split_once('?')).map(|(_, q)| q);
-            let token =
-                bearer(header("authorization")).or_else(|| crate::ws::query_param(query, "token"));
+            let cookies = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                .map(|h| h.value);
+            let token = bearer(header("authorization"))
+                .or_else(|| crate::ws::query_param(query, "token"))
+                .or_else(|| crate::cors::cookie::token(cookies));
+            origin = header("origin").and_then(|o| std::str::from_utf8(o).ok()).map(str::to_owned);
             let last_event_id = [
                 header("last-event-id").map(|v| std::str::from_utf8(v).unwrap_or("invalid")),
                 crate::ws::query_param(query, "last_event_id"),
@@ -379,14 +392,16 @@ pub async fn serve_raw<P>(
         Ok(o) => o,
         Err(refusal) => {
             // A peer that does not take a small answer within a second is not waited for.
-            let answer = refusal.raw();
+            let answer = refusal.raw(&state.origins.raw_headers(origin.as_deref()));
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
             let _ = stream.shutdown().await;
             return;
         }
     };
     drop(head);
-    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n".to_vec();
+    let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n".to_vec();
+    out.extend_from_slice(state.origins.raw_headers(origin.as_deref()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for b in &opened.initial {
         out.extend_from_slice(b);
     }

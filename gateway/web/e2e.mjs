@@ -97,12 +97,12 @@ try {
     assert.ok(shown.length > 0 && byStart.size > 0);
     assert.deepEqual(shown.slice(0, -1), shown.slice(0, -1).map((c) => byStart.get(c.start)));
     assert.ok(byStart.has(shown.at(-1).start), 'the open candle is the endpoint\'s too');
-    const painted = await page.evaluate(() => {
+    // Drawn at the next paint (at most 100 ms after the candles came).
+    await page.waitForFunction(() => {
       const c = document.getElementById('chart');
       const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
       return data.some((v, n) => n % 4 === 3 && v > 0);
-    });
-    assert.ok(painted, 'candles are drawn');
+    }, null, { timeout: 5_000 });
     await page.selectOption('#interval', '1m');
     await page.waitForFunction(() => [...window.tickgate.conn.candles.keys()].join() === 'candles.BTC-USD.1m');
   });

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::SET_COOKIE;
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -17,22 +18,40 @@ use std::sync::atomic::Ordering;
 struct Login {
     username: String,
     password: String,
+    /// Set the session cookie instead of answering with the token.
+    #[serde(default)]
+    cookie: bool,
 }
 
-fn token_response(state: &AppState, token: String, account: AccountId) -> Response<Full<Bytes>> {
-    json_response(
-        StatusCode::OK,
-        &json!({
+/// The token: in the body (`Bearer`), or only in the `HttpOnly` session cookie (`Cookie`:
+/// scripts never see it).
+fn token_response(
+    state: &AppState,
+    token: String,
+    account: AccountId,
+    cookie: bool,
+) -> Response<Full<Bytes>> {
+    let lifetime = state.tokens.lifetime().as_secs();
+    if !cookie {
+        let body = json!({
             "token": token,
             "token_type": "Bearer",
-            "expires_in": state.tokens.lifetime().as_secs(),
+            "expires_in": lifetime,
             "account": account.0,
-        }),
-    )
+        });
+        return json_response(StatusCode::OK, &body);
+    }
+    let body = json!({ "token_type": "Cookie", "expires_in": lifetime, "account": account.0 });
+    let mut response = json_response(StatusCode::OK, &body);
+    if let Some(v) = crate::cors::cookie::set(&token, lifetime, state.tls) {
+        response.headers_mut().insert(SET_COOKIE, v);
+    }
+    response
 }
 
-/// `POST /api/v1/auth/login` `{"username", "password"}`: a short-lived token. Failures
-/// are throttled per username and per client address (see [`crate::throttle`]).
+/// `POST /api/v1/auth/login` `{"username", "password", "cookie"?}`: a short-lived token,
+/// or with `"cookie": true` the session cookie. Failures are throttled per username and
+/// per client address (see [`crate::throttle`]).
 pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
     let addr = req.extensions().get::<crate::http::PeerAddr>().map(|p| p.0.ip());
     let body: Login = match json_body(req, state).await {
@@ -57,7 +76,7 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         Ok(Some((username, account))) => {
             state.login_throttle.succeeded(&username, addr);
             let token = state.tokens.issue(&username, account);
-            token_response(state, token, account)
+            token_response(state, token, account, body.cookie)
         }
         Ok(None) => {
             // `attempt` counted it as a failure already.
@@ -74,14 +93,15 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
 
 /// `POST /api/v1/auth/refresh` with a valid token: a new token of the same session with a
 /// fresh lifetime, never past the session's maximum age (then 401: log in again).
-/// Rate-limited like every authenticated route.
+/// Rate-limited like every authenticated route. A session cookie is renewed as a cookie.
 pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
         Err(response) => return *response,
     };
+    let by_cookie = req.headers().get(hyper::header::AUTHORIZATION).is_none();
     match state.tokens.renew(&claims) {
-        Some(token) => token_response(state, token, AccountId(claims.acc)),
+        Some(token) => token_response(state, token, AccountId(claims.acc), by_cookie),
         None => unauthorized("the session reached its maximum age: log in again"),
     }
 }
@@ -92,7 +112,7 @@ pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authenticate(req, state) {
         Ok(c) => c,
-        Err(message) => return unauthorized(&message),
+        Err(response) => return *response,
     };
     let all = match crate::ws::query_param(req.uri().query(), "all") {
         None | Some("false") => false,
@@ -112,7 +132,12 @@ pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Byte
     if revoked.is_err() {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "logout failed");
     }
-    json_response(StatusCode::OK, &json!({ "revoked": if all { "all" } else { "session" } }))
+    let mut response =
+        json_response(StatusCode::OK, &json!({ "revoked": if all { "all" } else { "session" } }));
+    if super::session_cookie(req).is_some() {
+        response.headers_mut().insert(SET_COOKIE, crate::cors::cookie::clear(state.tls));
+    }
+    response
 }
 
 /// `GET /api/v1/account`: balances per asset (total, available, held), summed over the

@@ -10,7 +10,9 @@ pub mod orders;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, ETAG, IF_NONE_MATCH,
+};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::auth::Claims;
@@ -125,11 +127,38 @@ async fn dispatch(
     }
 }
 
-/// The caller's claims from `Authorization: Bearer`, or the 401 answer.
-pub fn authenticate<B>(req: &Request<B>, state: &AppState) -> Result<Claims, String> {
+/// The caller's claims from `Authorization: Bearer`, or else from the session cookie
+/// (which may change state only from an allowed origin, see [`crate::cors`]); else the
+/// 401 (or, for a cookie from the wrong origin, 403) answer.
+pub fn authenticate<B>(
+    req: &Request<B>,
+    state: &AppState,
+) -> Result<Claims, Box<Response<Full<Bytes>>>> {
+    let verify = |token: &str| {
+        state.tokens.verify(token).map_err(|e| Box::new(unauthorized(&e.to_string())))
+    };
     let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let token = bearer(header).ok_or_else(|| "missing bearer token".to_string())?;
-    state.tokens.verify(token).map_err(|e| e.to_string())
+    if let Some(token) = bearer(header) {
+        return verify(token);
+    }
+    let Some(token) = session_cookie(req) else {
+        return Err(Box::new(unauthorized("missing bearer token (or session cookie)")));
+    };
+    let claims = verify(token)?;
+    if !state.origins.cookie_may(req) {
+        return Err(Box::new(json_error(
+            StatusCode::FORBIDDEN,
+            "csrf_rejected",
+            "a change authenticated by the session cookie must come from an allowed Origin \
+             or carry X-Tickgate-CSRF",
+        )));
+    }
+    Ok(claims)
+}
+
+/// The session cookie's token, if the request carries one.
+pub fn session_cookie<B>(req: &Request<B>) -> Option<&str> {
+    crate::cors::cookie::token(req.headers().get_all(COOKIE).iter().map(|v| v.as_bytes()))
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
@@ -145,7 +174,7 @@ pub fn authorize<B>(
     req: &Request<B>,
     state: &AppState,
 ) -> Result<Claims, Box<Response<Full<Bytes>>>> {
-    let claims = authenticate(req, state).map_err(|m| Box::new(unauthorized(&m)))?;
+    let claims = authenticate(req, state)?;
     state.rest_limit.check(claims.acc).map_err(|wait| Box::new(too_many_requests(wait)))?;
     Ok(claims)
 }

@@ -44,6 +44,7 @@ pub async fn run(
     format: Format,
     interval: Duration,
     claims: Option<crate::auth::Claims>,
+    tls: Option<rustls::ServerConnection>,
     ctx: &Arc<WsContext>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -56,7 +57,10 @@ pub async fn run(
     // would otherwise keep alive for the life of the connection.
     let input = read_buf.to_vec();
     drop(read_buf);
-    let link = Link::new(stream, format, interval, Arc::clone(ctx));
+    let link = Link::new(stream, format, interval, tls, Arc::clone(ctx));
+    let mut input = input;
+    // Under TLS the session may hold requests decrypted along with the upgrade's.
+    link.lock().take_decrypted(&mut input);
     // From here on the writer holds the link: the guard lets go of it however the task
     // ends (returns, panics, or is dropped), or the socket would stay open and written to.
     let attached = Attached::new(&link, ctx);
@@ -351,7 +355,11 @@ impl Conn {
     /// Sends the close frame after whatever is queued (best effort, bounded), then ends.
     async fn close(&mut self, closing: Closing) -> Closing {
         if let Closing::Send(code, reason) = closing {
-            self.link.lock().push(protocol::close_frame(code, reason).into(), 0);
+            {
+                let mut st = self.link.lock();
+                st.push(protocol::close_frame(code, reason).into(), 0);
+                st.close_notify();
+            }
             let _ = tokio::time::timeout(CLOSE_FLUSH, self.flush()).await;
         }
         closing
@@ -380,7 +388,8 @@ impl Conn {
     fn read_input(&mut self, budget: usize) {
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            match self.link.stream.try_read(&mut chunk) {
+            let read = self.link.lock().read(&self.link.stream, &mut chunk);
+            match read {
                 Ok(0) => {
                     self.set_closing(Closing::Gone);
                     return;
@@ -390,6 +399,10 @@ impl Conn {
                     self.input.extend_from_slice(&chunk[..n]);
                     // Parse as we go: the buffer never holds more than one frame plus a read.
                     if !self.parse_input(budget) {
+                        // Under TLS, plaintext already decrypted stays in the session, and
+                        // the socket will not wake us for it: keep it with the input
+                        // (bounded: rustls holds at most 16 KiB of it).
+                        self.link.lock().take_decrypted(&mut self.input);
                         return;
                     }
                 }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::fanout::Directory;
 use crate::http::json_error;
 use crate::metrics::Metrics;
+use crate::protocol;
 
 /// Market-data encoding a connection asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,10 +114,17 @@ pub struct WsContext {
 const INTERVAL_MS_MAX: u64 = 1000;
 
 /// Handles `GET /ws`: checks limits, answers 101 and spawns the connection.
+///
+/// Credentials: `?token=`, else the session cookie (only from an allowed origin). A refused
+/// credential is answered with HTTP 401 or 403 to a client that sends no `Origin`; a
+/// browser's page sends one and can read nothing of an HTTP answer to its WebSocket (it
+/// sees close 1006), so it gets the upgrade and then a close frame: 4401 or 4403 with the
+/// reason.
 pub fn upgrade(
     mut req: Request<Incoming>,
     ctx: &Arc<WsContext>,
     tokens: &crate::auth::Tokens,
+    origins: &crate::cors::Origins,
 ) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_error(
@@ -125,14 +133,14 @@ pub fn upgrade(
             "expected a WebSocket upgrade",
         );
     }
-    // Browsers cannot set headers on a WebSocket: the token comes in the query string. No
-    // token: public market data only. A bad token: 401 before the upgrade.
-    let mut claims = None;
-    if let Some(token) = query_param(req.uri().query(), "token") {
-        match tokens.verify(token) {
-            Ok(c) => claims = Some(c),
-            Err(e) => return crate::rest::unauthorized(&e.to_string()),
+    let page = crate::cors::origin(&req).is_some();
+    let (claims, refusal) = credentials(&req, tokens, origins);
+    if let (Some((status, code, message)), false) = (&refusal, page) {
+        let mut response = json_error(*status, code, message);
+        if *status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert("www-authenticate", "Bearer".parse().expect("static"));
         }
+        return response;
     }
     let format = match query_param(req.uri().query(), "format") {
         None | Some("binary") => Format::Binary,
@@ -179,24 +187,86 @@ pub fn upgrade(
     let slot = ConnectionSlot(Arc::clone(ctx));
     tokio::spawn(async move {
         let ctx = &slot.0;
-        match upgrade.await {
-            Ok(ws) => {
-                let upgraded = ws.into_inner().into_inner();
-                // Take the TCP stream back from hyper so reads and writes can be split
-                // without a lock, and writes can be vectored.
-                match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => {
-                        let (io, buf) = (parts.io.into_inner(), parts.read_buf);
-                        connection::run(io, buf, format, interval, claims, ctx).await;
-                    }
-                    Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
-                }
+        let upgraded = match upgrade.await {
+            Ok(ws) => ws.into_inner().into_inner(),
+            Err(e) => return tracing::debug!("upgrade failed: {e}"),
+        };
+        if let Some((status, _, message)) = refusal {
+            metrics_refused(ctx);
+            let code = match status {
+                StatusCode::FORBIDDEN => protocol::close::ORIGIN_NOT_ALLOWED,
+                _ => protocol::close::UNAUTHORIZED,
+            };
+            return refuse(TokioIo::new(upgraded), code, &message).await;
+        }
+        // Take the TCP stream back from hyper so reads and writes can be split without a
+        // lock, and writes can be vectored; under TLS, with the session's state.
+        use hyper_util::server::conn::auto::upgrade::downcast;
+        let upgraded = match downcast::<TokioIo<TcpStream>>(upgraded) {
+            Ok(parts) => {
+                let io = parts.io.into_inner();
+                return connection::run(io, parts.read_buf, format, interval, claims, None, ctx)
+                    .await;
             }
-            Err(e) => tracing::debug!("upgrade failed: {e}"),
+            Err(upgraded) => upgraded,
+        };
+        match downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>(upgraded) {
+            Ok(parts) => {
+                let (io, tls) = parts.io.into_inner().into_inner();
+                connection::run(io, parts.read_buf, format, interval, claims, Some(tls), ctx).await;
+            }
+            Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS over TCP"),
         }
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// A refusal: its HTTP status, error code and message.
+type Refusal = (StatusCode, &'static str, String);
+
+/// The connection's claims from `?token=` or the session cookie, or why it is refused.
+fn credentials(
+    req: &Request<Incoming>,
+    tokens: &crate::auth::Tokens,
+    origins: &crate::cors::Origins,
+) -> (Option<crate::auth::Claims>, Option<Refusal>) {
+    let unauthorized = |e: String| Some((StatusCode::UNAUTHORIZED, "unauthorized", e));
+    if let Some(token) = query_param(req.uri().query(), "token") {
+        return match tokens.verify(token) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, unauthorized(e.to_string())),
+        };
+    }
+    let Some(token) = crate::rest::session_cookie(req) else { return (None, None) };
+    // Any site's page can open a WebSocket to us, and the browser attaches the cookie:
+    // only pages of allowed origins may use it (cross-site WebSocket hijacking).
+    if let Some(origin) = crate::cors::origin(req) {
+        if !origins.allows(req, origin) {
+            let message = format!("origin {origin} may not use the session cookie");
+            return (None, Some((StatusCode::FORBIDDEN, "origin_not_allowed", message)));
+        }
+    }
+    match tokens.verify(token) {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, unauthorized(e.to_string())),
+    }
+}
+
+fn metrics_refused(ctx: &WsContext) {
+    ctx.metrics.ws_rejected_total.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sends a close frame with `code` and `reason` on a just-upgraded connection, then ends
+/// it (bounded: a peer that does not take a small frame within a second is dropped).
+async fn refuse<T: tokio::io::AsyncWrite + Unpin>(mut io: T, code: u16, reason: &str) {
+    use tokio::io::AsyncWriteExt;
+    let frame = protocol::close_frame(code, reason);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        io.write_all(&frame).await?;
+        io.shutdown().await
+    })
+    .await;
 }
 
 /// Holds one of the `connections_max` slots and a handle that keeps shutdown waiting;

@@ -123,6 +123,10 @@ pub struct Outbox {
     hold_until: Option<Instant>,
     /// The writer has this connection on its list of visits due later.
     deferred: bool,
+    /// Under TLS, the session: frames are encrypted into it and its records written out
+    /// (per connection: every TLS session has its own keys, so a frame's encryption cannot
+    /// be shared the way its plaintext is).
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// What a writer's visit did.
@@ -154,8 +158,14 @@ impl Link {
         stream: TcpStream,
         format: Format,
         interval: Duration,
+        tls: Option<rustls::ServerConnection>,
         ctx: Arc<WsContext>,
     ) -> Arc<Link> {
+        let tls = tls.map(|mut t| {
+            // Encrypted records waiting for the socket, at most: the write batch's bound.
+            t.set_buffer_limit(Some(ctx.limits.write_batch_bytes_max));
+            Box::new(t)
+        });
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Arc::new(Link {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
@@ -176,6 +186,7 @@ impl Link {
                 blocked: false,
                 hold_until: None,
                 deferred: false,
+                tls,
             }),
             task: Notify::new(),
             ctx,
@@ -230,7 +241,7 @@ impl Link {
                 self.task.notify_one();
                 return;
             }
-            if st.out.is_empty() {
+            if st.out.is_empty() && !st.tls.as_ref().is_some_and(|t| t.wants_write()) {
                 return;
             }
             match st.write(&self.stream, tally) {
@@ -327,12 +338,15 @@ impl Outbox {
 
     /// Writes what is queued without waiting: vectored, handling partial writes.
     pub fn write(&mut self, stream: &TcpStream, tally: &mut Tally) -> Flushed {
+        if self.tls.is_some() {
+            return self.write_tls(stream, tally);
+        }
         while !self.out.is_empty() {
             // Only as many slices as frames: a fixed array of IOV_MAX would be 16 KiB to
             // fill on every write.
             let iov: Vec<IoSlice<'_>> =
                 self.out.iter().take(IOV_MAX).map(|frame| IoSlice::new(frame)).collect();
-            let mut written = match stream.try_write_vectored(&iov) {
+            let written = match stream.try_write_vectored(&iov) {
                 Ok(0) => return Flushed::Failed,
                 Ok(written) => written,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Flushed::Blocked,
@@ -341,21 +355,108 @@ impl Outbox {
             };
             tally.writes += 1;
             tally.bytes += written as u64;
-            self.out_bytes -= written;
-            while written > 0 {
-                let front = self.out.front_mut().expect("written bytes came from queued frames");
-                if written >= front.len() {
-                    written -= front.len();
-                    self.out.pop_front();
-                } else {
-                    front.advance(written);
-                    written = 0;
-                }
+            self.consume(written);
+        }
+        self.written_all(tally);
+        Flushed::Done
+    }
+
+    /// Drops the first `written` queued bytes (they went out).
+    fn consume(&mut self, mut written: usize) {
+        self.out_bytes -= written;
+        while written > 0 {
+            let front = self.out.front_mut().expect("written bytes came from queued frames");
+            if written >= front.len() {
+                written -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
             }
         }
+    }
+
+    fn written_all(&mut self, tally: &mut Tally) {
         tally.messages += std::mem::take(&mut self.out_messages);
         tally.frames += std::mem::take(&mut self.out_frames);
+    }
+
+    /// [`Outbox::write`] under TLS: the session's pending records first, then the queue
+    /// encrypted into it (at most its buffer limit at a time) and written, until all is out
+    /// or the socket is full.
+    fn write_tls(&mut self, stream: &TcpStream, tally: &mut Tally) -> Flushed {
+        loop {
+            let Some(tls) = self.tls.as_deref_mut() else { return Flushed::Failed };
+            while tls.wants_write() {
+                match tls.write_tls(&mut crate::tls::SocketIo(stream)) {
+                    Ok(0) => return Flushed::Failed,
+                    Ok(n) => {
+                        tally.writes += 1;
+                        tally.bytes += n as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        return Flushed::Blocked
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return Flushed::Failed,
+                }
+            }
+            if self.out.is_empty() {
+                break;
+            }
+            let iov: Vec<IoSlice<'_>> =
+                self.out.iter().take(IOV_MAX).map(|frame| IoSlice::new(frame)).collect();
+            let taken = match std::io::Write::write_vectored(&mut tls.writer(), &iov) {
+                // The session takes nothing only when its buffer is full, which the loop
+                // above has just emptied: a session that cannot take more is broken.
+                Ok(0) | Err(_) => return Flushed::Failed,
+                Ok(n) => n,
+            };
+            drop(iov);
+            self.consume(taken);
+        }
+        self.written_all(tally);
         Flushed::Done
+    }
+
+    /// Reads into `buf` what the client sent: plain bytes, or under TLS the plaintext of
+    /// the records the socket has. `WouldBlock` when there is nothing yet; `Ok(0)` at the
+    /// end of the stream.
+    pub fn read(&mut self, stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else { return stream.try_read(buf) };
+        loop {
+            use std::io::Read as _;
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(&mut crate::tls::SocketIo(stream))? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets().map_err(std::io::Error::other)?;
+        }
+    }
+
+    /// Under TLS, plaintext already decrypted and not yet read (the socket will not say
+    /// it is readable for it).
+    pub fn take_decrypted(&mut self, into: &mut Vec<u8>) {
+        let Some(tls) = self.tls.as_deref_mut() else { return };
+        let mut chunk = [0u8; 4096];
+        loop {
+            use std::io::Read as _;
+            match tls.reader().read(&mut chunk) {
+                Ok(n) if n > 0 => into.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+    }
+
+    /// Under TLS, queues the session's `close_notify` (written with what is queued).
+    pub fn close_notify(&mut self) {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.send_close_notify();
+        }
     }
 
     /// Collects every new chunk of every subscription, up to `budget` queued bytes.
@@ -532,6 +633,7 @@ mod tests {
             blocked: false,
             hold_until: None,
             deferred: false,
+            tls: None,
         }
     }
 
