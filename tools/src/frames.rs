@@ -21,10 +21,36 @@ const FRAME_MAX: usize = 64 << 20;
 /// Initial buffer: many frames per read.
 const BUFFER: usize = 256 << 10;
 
+/// The connection under the WebSocket: TCP, or TLS over TCP.
+#[derive(Debug)]
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read(buf).await,
+            Io::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Io::Plain(s) => s.write_all(buf).await,
+            Io::Tls(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
+        }
+    }
+}
+
 /// A connection's read side after the handshake.
 #[derive(Debug)]
 pub struct FrameReader {
-    stream: TcpStream,
+    stream: Io,
     buf: Vec<u8>,
     /// Unparsed bytes are `buf[start..end]`.
     start: usize,
@@ -35,13 +61,18 @@ impl FrameReader {
     /// Takes over a connected client (nothing of it may have been read yet).
     pub fn from_client(ws: tickgate_gateway::client::Client) -> anyhow::Result<FrameReader> {
         let upgraded = ws.into_inner().into_inner();
-        let parts = upgraded
-            .downcast::<TokioIo<TcpStream>>()
-            .map_err(|_| anyhow::anyhow!("the WebSocket is not over a plain TCP stream"))?;
-        let mut buf = vec![0u8; BUFFER.max(parts.read_buf.len())];
+        type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+        let (stream, read_buf) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Io::Plain(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => match upgraded.downcast::<TokioIo<Tls>>() {
+                Ok(parts) => (Io::Tls(Box::new(parts.io.into_inner())), parts.read_buf),
+                Err(_) => bail!("the WebSocket is over neither TCP nor TLS over TCP"),
+            },
+        };
+        let mut buf = vec![0u8; BUFFER.max(read_buf.len())];
         // Bytes the handshake read past the 101 response.
-        buf[..parts.read_buf.len()].copy_from_slice(&parts.read_buf);
-        Ok(FrameReader { stream: parts.io.into_inner(), end: parts.read_buf.len(), buf, start: 0 })
+        buf[..read_buf.len()].copy_from_slice(&read_buf);
+        Ok(FrameReader { stream, end: read_buf.len(), buf, start: 0 })
     }
 
     /// Waits for data and reads what has arrived; `false` at end of stream.
@@ -205,7 +236,8 @@ mod tests {
             pong
         });
         let stream = TcpStream::connect(addr).await.unwrap();
-        let mut r = FrameReader { stream, buf: vec![0; BUFFER], start: 0, end: 0 };
+        let mut r =
+            FrameReader { stream: Io::Plain(stream), buf: vec![0; BUFFER], start: 0, end: 0 };
         let (mut binaries, mut seen_big, mut text) = (0u32, false, None);
         'read: while r.fill().await.unwrap() {
             while let Some((op, range)) = r.next_frame().unwrap() {

@@ -61,6 +61,41 @@ pub struct LoadConfig {
     /// Where the REST book comes from (default: `addr`); e.g. the real server when `addr`
     /// is a capture replayer.
     pub rest_addr: Option<SocketAddr>,
+    /// WSS instead of WS.
+    pub tls: Option<Wss>,
+}
+
+/// How to connect with TLS: a client trusting the server's certificate, and the name the
+/// certificate must carry.
+#[derive(Clone)]
+pub struct Wss {
+    /// The TLS client.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The server's name.
+    pub name: String,
+}
+
+impl std::fmt::Debug for Wss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wss").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A TLS client that trusts the certificates in `ca` (PEM) and nothing else.
+pub fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    // The provider the server uses (see gateway/src/tls.rs for why ring).
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// What one connection saw while measuring.
@@ -195,7 +230,16 @@ async fn run_connection(
     latency: SharedLatency,
 ) -> anyhow::Result<ConnStats> {
     let query = if config.json { "/ws?format=json" } else { "/ws" };
-    let mut ws = client::connect(config.addr, query).await.context("connect")?;
+    let mut ws = match &config.tls {
+        None => client::connect(config.addr, query).await.context("connect")?,
+        Some(wss) => {
+            let tcp = tokio::net::TcpStream::connect(config.addr).await.context("connect")?;
+            tcp.set_nodelay(true)?;
+            let server_name = rustls::pki_types::ServerName::try_from(wss.name.clone())?;
+            let tls = wss.connector.connect(server_name, tcp).await.context("TLS handshake")?;
+            client::connect_stream(tls, &wss.name, query, &[]).await.context("upgrade")?
+        }
+    };
     let channels = channels_for(&config, index);
     if config.idle {
         tokio::time::sleep_until(stop.into()).await;

@@ -67,6 +67,13 @@ enum Command {
         /// Write the latency percentile distribution as an SVG plot to this file.
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
+        /// Connect with TLS (wss://), trusting this certificate (PEM), e.g. the server's
+        /// self-signed one.
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// The name the server's certificate must have, with --tls-ca.
+        #[arg(long, default_value = "localhost")]
+        tls_name: String,
     },
     /// REST polling vs WebSocket push vs SSE against a running server (feed on).
     Compare {
@@ -341,6 +348,8 @@ fn main() -> anyhow::Result<()> {
             verify,
             rest_addr,
             plot,
+            tls_ca,
+            tls_name,
         } => {
             let pattern = match pattern.split_once(':') {
                 None if pattern == "all" => Pattern::All,
@@ -362,6 +371,13 @@ fn main() -> anyhow::Result<()> {
                 idle,
                 verify,
                 rest_addr,
+                tls: match tls_ca {
+                    Some(ca) => Some(tickgate_tools::load::Wss {
+                        connector: tickgate_tools::load::tls_connector(&ca)?,
+                        name: tls_name,
+                    }),
+                    None => None,
+                },
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.max(1))

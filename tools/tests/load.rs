@@ -28,6 +28,7 @@ async fn probe(capture: Capture, rest: std::net::SocketAddr) -> Report {
         idle: false,
         verify: true,
         rest_addr: Some(rest),
+        tls: None,
     };
     let report = load::run(config).await.expect("probe runs");
     replayer.abort();
@@ -123,9 +124,28 @@ async fn the_probe_verifies_books_and_catches_corruption_and_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_counts_what_the_server_says_it_sent() {
-    let mut server = Server::start(Config { feed_rate: Some(5_000), ..Config::for_tests() })
-        .await
-        .expect("server starts");
+    counts_what_the_server_sent(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_counts_what_the_server_says_it_sent_over_wss() {
+    counts_what_the_server_sent(true).await;
+}
+
+async fn counts_what_the_server_sent(tls: bool) {
+    let dir = std::env::temp_dir().join(format!("tickgate-probe-tls-{}-{tls}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    std::fs::write(&cert, made.cert.pem()).expect("write");
+    std::fs::write(&key, made.key_pair.serialize_pem()).expect("write");
+    let mut server = Server::start(Config {
+        feed_rate: Some(5_000),
+        tls: tls.then(|| (cert.clone(), key)),
+        ..Config::for_tests()
+    })
+    .await
+    .expect("server starts");
     let config = LoadConfig {
         addr: server.local_addr(),
         connections: 4,
@@ -138,6 +158,10 @@ async fn the_probe_counts_what_the_server_says_it_sent() {
         idle: false,
         verify: false,
         rest_addr: None,
+        tls: tls.then(|| load::Wss {
+            connector: load::tls_connector(&cert).expect("connector"),
+            name: "localhost".into(),
+        }),
     };
     let probe = tokio::spawn(load::run(config));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -149,5 +173,9 @@ async fn the_probe_counts_what_the_server_says_it_sent() {
     assert!(report.messages > 1_000, "{}", report.table());
     assert_eq!(received, sent, "probe and server disagree: {}", report.table());
     assert_eq!((report.seq_breaks, report.connections), (0, 4), "{}", report.table());
+    let handshakes =
+        server.metrics().tls_handshakes_total.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(handshakes, if tls { 4 } else { 0 });
     server.shutdown().await.expect("clean stop");
+    let _ = std::fs::remove_dir_all(&dir);
 }
