@@ -580,7 +580,10 @@ async fn accept_loop(
             state.metrics.connections_refused_total.fetch_add(1, Ordering::Relaxed);
             // A fresh socket's send buffer is empty: this never blocks, and what does not
             // fit is not worth waiting for.
-            let _ = stream.try_write(REFUSED);
+            // Under TLS there is no HTTP before the handshake: the connection just closes.
+            if handshake.tls.is_none() {
+                let _ = stream.try_write(REFUSED);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -222,14 +222,18 @@ impl LastSeqs {
     }
 }
 
+/// Connections handshaking at once, at most.
+const CONNECTING_MAX: usize = 128;
+
 async fn run_connection(
     config: LoadConfig,
     index: usize,
-    start_measuring: Instant,
-    stop: Instant,
+    (start_measuring, stop): (Instant, Instant),
     latency: SharedLatency,
+    handshakes: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<ConnStats> {
     let query = if config.json { "/ws?format=json" } else { "/ws" };
+    let connecting = handshakes.acquire_owned().await?;
     let mut ws = match &config.tls {
         None => client::connect(config.addr, query).await.context("connect")?,
         Some(wss) => {
@@ -240,6 +244,7 @@ async fn run_connection(
             client::connect_stream(tls, &wss.name, query, &[]).await.context("upgrade")?
         }
     };
+    drop(connecting);
     let channels = channels_for(&config, index);
     if config.idle {
         tokio::time::sleep_until(stop.into()).await;
@@ -545,14 +550,18 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     let mut tasks = Vec::with_capacity(config.connections);
     let latency: SharedLatency =
         Arc::new(Mutex::new(Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?));
+    // Handshakes in flight at once, like clients arriving rather than a flood (the server
+    // refuses connections beyond --pending-connections-max that have no request yet, and
+    // TLS handshakes take long enough for a thousand at once to get there).
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(CONNECTING_MAX));
     for index in 0..config.connections {
         let shared = Arc::clone(&latency);
         tasks.push(tokio::spawn(run_connection(
             config.clone(),
             index,
-            start_measuring,
-            stop,
+            (start_measuring, stop),
             shared,
+            Arc::clone(&handshakes),
         )));
     }
     let (mut messages, mut bytes, mut resyncs, mut gaps, mut breaks) = (0, 0, 0, 0, 0);
