@@ -431,7 +431,15 @@ async fn cors_and_cookie_sessions() {
     ] {
         let mut ws = connect(headers, path).await;
         match next(&mut ws).await {
-            Message::Close(Some(c), reason) => assert_eq!(c, code, "{reason}"),
+            Message::Close(Some(c), reason) => {
+                assert_eq!(c, code, "{reason}");
+                let prefix = if c == close::UNAUTHORIZED {
+                    "unauthorized: "
+                } else {
+                    "origin_not_allowed: "
+                };
+                assert!(reason.starts_with(prefix), "{reason}");
+            }
             other => panic!("expected a close, got {other:?}"),
         }
     }
@@ -475,4 +483,83 @@ async fn cors_and_cookie_sessions() {
     }
     drop(sse);
     server.shutdown().await.expect("clean shutdown");
+}
+
+/// The real binary with `--tls-cert`: SIGHUP reloads the certificate while an open
+/// connection stays up; a broken pair on SIGHUP keeps the current one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_of_the_real_binary() {
+    use std::io::BufRead as _;
+    let dir = temp_dir("sighup");
+    let (a_cert, a_key, a_root) = certificate(&dir, "a");
+    let (b_cert, b_key, b_root) = certificate(&dir, "b");
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::copy(&a_cert, &cert).expect("copy");
+    std::fs::copy(&a_key, &key).expect("copy");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tickgate"))
+        .args(["--listen", "127.0.0.1:0", "--no-feed", "--durability", "off"])
+        .args(["--data-dir", dir.join("data").to_str().expect("utf-8")])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    // Killed on every exit path.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let pid = child.id();
+    let _child = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("a log line");
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    let line = wait_for("listening on https://");
+    let at = line.find("https://").expect("address") + "https://".len();
+    let addr: SocketAddr = line[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect::<String>()
+        .parse()
+        .expect("addr");
+    let hup = || {
+        let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+        assert!(status.expect("kill runs").success());
+    };
+
+    let open = tls(addr, &connector(&a_root, &["http/1.1"])).await.expect("certificate a");
+    let mut ws = client::connect_stream(open, "localhost", "/ws", &[]).await.expect("wss");
+    assert_eq!(text(&mut ws).await["op"], "welcome");
+    std::fs::copy(&b_cert, &cert).expect("copy");
+    std::fs::copy(&b_key, &key).expect("copy");
+    hup();
+    wait_for("TLS certificate reloaded");
+    assert!(tls(addr, &connector(&a_root, &["http/1.1"])).await.is_err());
+    assert!(tls(addr, &connector(&b_root, &["http/1.1"])).await.is_ok());
+    // A key that does not go with the certificate: refused, b stays.
+    std::fs::copy(&a_key, &key).expect("copy");
+    hup();
+    wait_for("TLS certificate not reloaded");
+    assert!(tls(addr, &connector(&b_root, &["http/1.1"])).await.is_ok());
+    // The connection opened under a is still served.
+    let pong = request(&mut ws, json!({"op": "ping", "id": 1})).await;
+    assert_eq!(pong["op"], "pong", "{pong}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

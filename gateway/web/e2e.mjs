@@ -181,6 +181,14 @@ try {
     const account = await page.evaluate(async () => (await fetch('/api/v1/account', { headers: { authorization: `Bearer ${window.tickgate.state.token}` } })).status);
     assert.equal(account, 200, 'the renewed token works');
   });
+  await step('a refused WebSocket tells the page why (close 4401 and the reason for a bad token)', async () => {
+    const closed = await page.evaluate(() => new Promise((resolve) => {
+      const ws = new WebSocket(`${location.origin.replace(/^http/, 'ws')}/ws?token=forged.token.x`);
+      ws.onclose = (e) => resolve({ code: e.code, reason: e.reason });
+    }));
+    assert.equal(closed.code, 4401, JSON.stringify(closed));
+    assert.match(closed.reason, /^unauthorized/);
+  });
   // The drop itself is reported by the browser (the cut streams); nothing else may be.
   const unexpected = errors.filter((e) => !/net::ERR_|WebSocket connection/.test(e));
   assert.deepEqual(unexpected, [], 'no console errors but the drop\'s own');

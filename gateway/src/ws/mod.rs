@@ -191,13 +191,14 @@ pub fn upgrade(
             Ok(ws) => ws.into_inner().into_inner(),
             Err(e) => return tracing::debug!("upgrade failed: {e}"),
         };
-        if let Some((status, _, message)) = refusal {
+        if let Some((status, code, message)) = refusal {
             metrics_refused(ctx);
-            let code = match status {
+            let close = match status {
                 StatusCode::FORBIDDEN => protocol::close::ORIGIN_NOT_ALLOWED,
                 _ => protocol::close::UNAUTHORIZED,
             };
-            return refuse(TokioIo::new(upgraded), code, &message).await;
+            let reason = format!("{code}: {message}");
+            return refuse(TokioIo::new(upgraded), close, &reason).await;
         }
         // Take the TCP stream back from hyper so reads and writes can be split without a
         // lock, and writes can be vectored; under TLS, with the session's state.
