@@ -63,6 +63,12 @@ pub struct LoadConfig {
     pub rest_addr: Option<SocketAddr>,
     /// WSS instead of WS.
     pub tls: Option<Wss>,
+    /// More connections that subscribe like the others, read for `stall_after`, then stop
+    /// reading with their sockets open until the end (a slow or frozen client). They are
+    /// left out of every figure: the report is the healthy connections'.
+    pub stalled: usize,
+    /// When the stalled connections stop reading, from the start of the run.
+    pub stall_after: Duration,
 }
 
 /// How to connect with TLS: a client trusting the server's certificate, and the name the
@@ -109,6 +115,8 @@ struct ConnStats {
     seq_breaks: u64,
     closed: Option<u16>,
     books: BookCheck,
+    /// One of the stalled connections (not counted in the report).
+    stalled: bool,
 }
 
 /// Book verification counts.
@@ -150,6 +158,7 @@ impl ConnStats {
             seq_breaks: 0,
             closed: None,
             books: BookCheck::default(),
+            stalled: false,
         })
     }
 }
@@ -157,6 +166,8 @@ impl ConnStats {
 /// The probe's result.
 #[derive(Debug)]
 pub struct Report {
+    /// Stalled connections held to the end (not in any other figure).
+    pub stalled: usize,
     /// Connections that completed the run.
     pub connections: usize,
     /// Measured seconds.
@@ -228,7 +239,7 @@ const CONNECTING_MAX: usize = 128;
 async fn run_connection(
     config: LoadConfig,
     index: usize,
-    (start_measuring, stop): (Instant, Instant),
+    (start_measuring, stop, stall_at): (Instant, Instant, Option<Instant>),
     latency: SharedLatency,
     handshakes: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<ConnStats> {
@@ -266,6 +277,10 @@ async fn run_connection(
         now_ns() + start_measuring.saturating_duration_since(Instant::now()).as_nanos() as u64;
     let deadline = tokio::time::sleep_until(stop.into());
     tokio::pin!(deadline);
+    // A stalled connection: reads until then, then holds its socket without reading.
+    let stall = tokio::time::sleep_until(stall_at.unwrap_or(stop).into());
+    tokio::pin!(stall);
+    stats.stalled = stall_at.is_some();
     let mut open = true;
     // Frames the handshake already brought are handled before the first read.
     let mut first = true;
@@ -274,6 +289,10 @@ async fn run_connection(
             tokio::select! {
                 biased;
                 _ = &mut deadline => break,
+                _ = &mut stall, if stats.stalled => {
+                    (&mut deadline).await;
+                    return Ok(stats);
+                }
                 more = reader.fill() => {
                     if !more? {
                         open = false;
@@ -284,7 +303,7 @@ async fn run_connection(
         }
         // One clock read per read syscall: every frame it brought arrived together.
         let received = now_ns();
-        let measuring = received >= measure_from;
+        let measuring = received >= measure_from && !stats.stalled;
         while let Some((opcode, range)) = reader.next_frame()? {
             let payload = reader.payload(range);
             if config.verify {
@@ -554,12 +573,13 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     // refuses connections beyond --pending-connections-max that have no request yet, and
     // TLS handshakes take long enough for a thousand at once to get there).
     let handshakes = Arc::new(tokio::sync::Semaphore::new(CONNECTING_MAX));
-    for index in 0..config.connections {
+    for index in 0..config.connections + config.stalled {
         let shared = Arc::clone(&latency);
+        let stall_at = (index >= config.connections).then(|| begin + config.stall_after);
         tasks.push(tokio::spawn(run_connection(
             config.clone(),
             index,
-            (start_measuring, stop),
+            (start_measuring, stop, stall_at),
             shared,
             Arc::clone(&handshakes),
         )));
@@ -568,9 +588,10 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     let mut snapshots = 0;
     let mut books = BookCheck::default();
     let mut closes: HashMap<Option<u16>, usize> = HashMap::new();
-    let (mut fewest, mut most, mut ok) = (u64::MAX, 0, 0);
+    let (mut fewest, mut most, mut ok, mut stalled) = (u64::MAX, 0, 0, 0);
     for t in tasks {
         match t.await? {
+            Ok(s) if s.stalled => stalled += 1,
             Ok(s) => {
                 ok += 1;
                 messages += s.messages;
@@ -602,6 +623,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     );
     Ok(Report {
         connections: ok,
+        stalled,
         seconds: config.duration.as_secs_f64(),
         messages,
         bytes,
@@ -621,7 +643,7 @@ impl Report {
     pub fn table(&self) -> String {
         let q = |p: f64| self.latency.value_at_quantile(p) as f64 / 1e3;
         format!(
-            "connections       {}\n\
+            "connections       {} (and {} stalled, not counted)\n\
              delivered msgs/s  {:.0}\n\
              delivered MB/s    {:.1}\n\
              latency us        p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\n\
@@ -629,6 +651,7 @@ impl Report {
              resyncs {}  gaps {}  sequence breaks {}  closes {:?}\n\
              books verified {}  mismatched {}  unverified {}\n",
             self.connections,
+            self.stalled,
             self.messages as f64 / self.seconds,
             self.bytes as f64 / self.seconds / 1e6,
             q(0.5),
@@ -653,6 +676,7 @@ impl Report {
         let q = |p: f64| self.latency.value_at_quantile(p);
         serde_json::json!({
             "connections": self.connections,
+            "stalled": self.stalled,
             "seconds": self.seconds,
             "messages": self.messages,
             "messages_per_sec": self.messages as f64 / self.seconds,

@@ -74,6 +74,13 @@ enum Command {
         /// The name the server's certificate must have, with --tls-ca.
         #[arg(long, default_value = "localhost")]
         tls_name: String,
+        /// More connections that subscribe the same, read for --stall-after seconds, then
+        /// stop reading with their sockets open; the report is the others' (healthy only).
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
+        /// Seconds from the start until the stalled connections stop reading.
+        #[arg(long, default_value_t = 2.0)]
+        stall_after: f64,
     },
     /// REST polling vs WebSocket push vs SSE against a running server (feed on).
     Compare {
@@ -350,6 +357,8 @@ fn main() -> anyhow::Result<()> {
             plot,
             tls_ca,
             tls_name,
+            stalled,
+            stall_after,
         } => {
             let pattern = match pattern.split_once(':') {
                 None if pattern == "all" => Pattern::All,
@@ -371,6 +380,8 @@ fn main() -> anyhow::Result<()> {
                 idle,
                 verify,
                 rest_addr,
+                stalled,
+                stall_after: Duration::from_secs_f64(stall_after),
                 tls: match tls_ca {
                     Some(ca) => Some(tickgate_tools::load::Wss {
                         connector: tickgate_tools::load::tls_connector(&ca)?,

@@ -29,6 +29,8 @@ async fn probe(capture: Capture, rest: std::net::SocketAddr) -> Report {
         verify: true,
         rest_addr: Some(rest),
         tls: None,
+        stalled: 0,
+        stall_after: Duration::ZERO,
     };
     let report = load::run(config).await.expect("probe runs");
     replayer.abort();
@@ -158,6 +160,8 @@ async fn counts_what_the_server_sent(tls: bool) {
         idle: false,
         verify: false,
         rest_addr: None,
+        stalled: 0,
+        stall_after: Duration::ZERO,
         tls: tls.then(|| load::Wss {
             connector: load::tls_connector(&cert).expect("connector"),
             name: "localhost".into(),
@@ -178,4 +182,35 @@ async fn counts_what_the_server_sent(tls: bool) {
     assert_eq!(handshakes, if tls { 4 } else { 0 });
     server.shutdown().await.expect("clean stop");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_are_held_and_left_out_of_the_report() {
+    let mut server = Server::start(Config { feed_rate: Some(5_000), ..Config::for_tests() })
+        .await
+        .expect("server starts");
+    let config = LoadConfig {
+        addr: server.local_addr(),
+        connections: 3,
+        kinds: vec!["book".into(), "trades".into()],
+        pattern: Pattern::All,
+        symbols: server.engine().instruments().iter().map(|i| i.spec.symbol.clone()).collect(),
+        json: false,
+        duration: Duration::from_millis(2_000),
+        warmup: Duration::from_millis(500),
+        idle: false,
+        verify: false,
+        rest_addr: None,
+        tls: None,
+        stalled: 5,
+        stall_after: Duration::from_millis(300),
+    };
+    let report = load::run(config).await.expect("probe runs");
+    assert_eq!((report.connections, report.stalled), (3, 5), "{}", report.table());
+    assert_eq!(report.seq_breaks, 0, "{}", report.table());
+    assert!(report.messages > 1_000, "the healthy ones read on: {}", report.table());
+    // The stalled ones measured nothing: counted, the fewest per connection would be 0.
+    assert!(report.per_connection.0 > 100, "{}", report.table());
+    server.stop_feed();
+    server.shutdown().await.expect("clean stop");
 }
