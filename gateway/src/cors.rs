@@ -101,14 +101,25 @@ impl Origins {
         Some(response)
     }
 
-    /// Adds the CORS headers an answer to `origin` needs (`Vary: Origin` always).
+    /// Adds the CORS headers an answer to `origin` needs. `Vary: Origin` goes on every
+    /// answer once origins are listed (a shared cache must not hand an answer stored for
+    /// one origin, or none, to another), and on every answer to a request with an `Origin`.
     pub fn answer(&self, headers: &mut HeaderMap, origin: Option<&str>) {
-        let Some(origin) = origin else { return };
-        if self.listed(origin) {
-            decorate(headers, origin);
-        } else {
-            headers.append(VARY, HeaderValue::from_static("Origin"));
+        match origin {
+            Some(origin) if self.listed(origin) => decorate(headers, origin),
+            Some(_) => {
+                headers.append(VARY, HeaderValue::from_static("Origin"));
+            }
+            None if !self.listed.is_empty() => {
+                headers.append(VARY, HeaderValue::from_static("Origin"));
+            }
+            None => {}
         }
+    }
+
+    /// Whether the server speaks TLS (the cookie's name and `Secure`).
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     /// [`Origins::answer`]'s headers as raw HTTP/1.1 lines (for the raw SSE path).
@@ -154,21 +165,30 @@ fn decorate(headers: &mut HeaderMap, origin: &str) {
     headers.append(VARY, HeaderValue::from_static("Origin"));
 }
 
-/// The session cookie: `tickgate_session=<token>`, set by a login that asks for it.
+/// The session cookie, set by a login that asks for it: `__Host-tickgate_session=<token>`
+/// under TLS (the prefix makes browsers refuse one set by a sibling subdomain or without
+/// `Secure`), `tickgate_session=<token>` in cleartext.
 pub mod cookie {
     use hyper::header::HeaderValue;
 
-    /// The cookie's name.
-    pub const NAME: &str = "tickgate_session";
+    /// The cookie's name: with the `__Host-` prefix when `secure`.
+    pub fn name(secure: bool) -> &'static str {
+        if secure {
+            "__Host-tickgate_session"
+        } else {
+            "tickgate_session"
+        }
+    }
 
     /// The session token in the request's `Cookie` headers, if any.
-    pub fn token<'h>(values: impl Iterator<Item = &'h [u8]>) -> Option<&'h str> {
+    pub fn token<'h>(values: impl Iterator<Item = &'h [u8]>, secure: bool) -> Option<&'h str> {
+        let wanted = name(secure);
         values
             .filter_map(|v| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(';'))
             .find_map(|pair| {
                 let (name, value) = pair.trim().split_once('=')?;
-                (name == NAME).then_some(value.trim_matches('"'))
+                (name == wanted).then_some(value.trim_matches('"'))
             })
             .filter(|t| !t.is_empty())
     }
@@ -176,9 +196,9 @@ pub mod cookie {
     /// `Set-Cookie` for a token living `max_age_secs`: not readable by scripts, never sent
     /// by another site's requests, only over TLS when the server speaks it.
     pub fn set(token: &str, max_age_secs: u64, secure: bool) -> Option<HeaderValue> {
-        let secure = if secure { "; Secure" } else { "" };
+        let (name, secure) = (name(secure), if secure { "; Secure" } else { "" });
         HeaderValue::from_str(&format!(
-            "{NAME}={token}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Strict{secure}"
+            "{name}={token}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Strict{secure}"
         ))
         .ok()
     }
@@ -187,7 +207,7 @@ pub mod cookie {
     pub fn clear(secure: bool) -> HeaderValue {
         if secure {
             HeaderValue::from_static(
-                "tickgate_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict; Secure",
+                "__Host-tickgate_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict; Secure",
             )
         } else {
             HeaderValue::from_static(
@@ -257,11 +277,16 @@ mod tests {
     #[test]
     fn the_cookie_is_found_and_set_strictly() {
         let headers: [&[u8]; 2] = [b"a=1; b=2", b"x=y; tickgate_session=abc.def ; z=1"];
-        assert_eq!(cookie::token(headers.into_iter()), Some("abc.def"));
-        assert_eq!(cookie::token([&b"tickgate_session="[..]].into_iter()), None);
+        assert_eq!(cookie::token(headers.into_iter(), false), Some("abc.def"));
+        assert_eq!(cookie::token(headers.into_iter(), true), None, "not the TLS name");
+        let tls: [&[u8]; 1] = [b"tickgate_session=planted; __Host-tickgate_session=real"];
+        assert_eq!(cookie::token(tls.into_iter(), true), Some("real"));
+        assert_eq!(cookie::token([&b"tickgate_session="[..]].into_iter(), false), None);
         let set = cookie::set("t", 900, true).unwrap();
         let set = set.to_str().unwrap();
-        for part in ["tickgate_session=t", "HttpOnly", "SameSite=Strict", "Secure", "Max-Age=900"] {
+        for part in
+            ["__Host-tickgate_session=t", "HttpOnly", "SameSite=Strict", "Secure", "Max-Age=900"]
+        {
             assert!(set.contains(part), "{set}");
         }
         assert!(!cookie::set("t", 1, false).unwrap().to_str().unwrap().contains("Secure"));

@@ -759,6 +759,9 @@ fn take_permit(guard: &std::sync::Mutex<PendingGuard>) -> Option<OwnedSemaphoreP
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let summary_symbol = config.summary_symbol.clone();
     let feed_rate = config.feed_rate;
+    // SIGHUP: read the TLS certificate and key again (renewal without a restart). Taken
+    // before the listener announces itself, so a renewal hook never kills a starting server.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let server = Server::start(config).await?;
     tracing::info!(
         shards = server.engine().shards(),
@@ -774,8 +777,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     let summary = summary_loop(server.engine().clone(), summary_symbol);
     tokio::pin!(shutdown, summary);
-    // SIGHUP: read the TLS certificate and key again (renewal without a restart).
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             () = &mut shutdown => {

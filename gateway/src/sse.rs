@@ -241,7 +241,7 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
     let cookies = req.headers().get_all(hyper::header::COOKIE).iter().map(|v| v.as_bytes());
     let token = bearer(header(AUTHORIZATION.as_str()))
         .or_else(|| crate::ws::query_param(query, "token"))
-        .or_else(|| crate::cors::cookie::token(cookies));
+        .or_else(|| crate::cors::cookie::token(cookies, state.tls));
     let last_event_id = [
         header("last-event-id").map(|v| std::str::from_utf8(v).unwrap_or("invalid")),
         crate::ws::query_param(query, "last_event_id"),
@@ -377,7 +377,7 @@ pub async fn serve_raw<P>(
                 .map(|h| h.value);
             let token = bearer(header("authorization"))
                 .or_else(|| crate::ws::query_param(query, "token"))
-                .or_else(|| crate::cors::cookie::token(cookies));
+                .or_else(|| crate::cors::cookie::token(cookies, state.tls));
             origin = header("origin").and_then(|o| std::str::from_utf8(o).ok()).map(str::to_owned);
             let last_event_id = [
                 header("last-event-id").map(|v| std::str::from_utf8(v).unwrap_or("invalid")),

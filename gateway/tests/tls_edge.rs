@@ -316,7 +316,15 @@ async fn wss_market_data_and_orders_survive_a_certificate_reload() {
         "WSS book == engine book"
     );
     assert!(follower.deltas.len() > 50 && follower.trades > 5, "a lively market over TLS");
-    server.shutdown().await.expect("clean shutdown");
+    // Shutdown's close frame reaches the WSS client before the TLS close_notify.
+    let stopping = tokio::spawn(server.shutdown());
+    loop {
+        if let Message::Close(code, _) = next(&mut ws).await {
+            assert_eq!(code, Some(close::GOING_AWAY));
+            break;
+        }
+    }
+    stopping.await.expect("task").expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -376,6 +384,9 @@ async fn cors_and_cookie_sessions() {
     assert_eq!(status, 200);
     assert_eq!(header(&response, "access-control-allow-origin"), None);
     assert!(header(&response, "vary").unwrap().contains("Origin"));
+    // Without an Origin too: a shared cache must keep answers per origin.
+    let (_, response) = call(addr, "GET", "/api/v1/instruments", "", None).await;
+    assert!(header(&response, "vary").unwrap().contains("Origin"));
 
     // Log in as a cookie session (no Secure in cleartext; no token in the body).
     let (name, password, _) = tickgate_gateway::auth::DEMO_USERS[0];
@@ -391,6 +402,13 @@ async fn cors_and_cookie_sessions() {
     let cookie = format!("Cookie: {}\r\n", set.split(';').next().unwrap());
     let (status, response) = call(addr, "GET", "/api/v1/account", &cookie, None).await;
     assert_eq!(status, 200, "{response}");
+    // A refresh authenticated by the cookie answers with a cookie, never the token, even
+    // when some other Authorization header comes along.
+    let extra = format!("{cookie}X-Tickgate-CSRF: 1\r\nAuthorization: Basic eDp5\r\n");
+    let (status, response) = call(addr, "POST", "/api/v1/auth/refresh", &extra, None).await;
+    assert_eq!(status, 200, "{response}");
+    assert!(body_json(&response).get("token").is_none(), "{response}");
+    assert!(header(&response, "set-cookie").unwrap().starts_with("tickgate_session="));
 
     // A change by cookie needs an allowed Origin or the CSRF header.
     let order = json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1000.00", "qty": "0.0010"});
@@ -427,6 +445,7 @@ async fn cors_and_cookie_sessions() {
     assert_eq!(ack["op"], "subscribed", "cookie-authenticated: {ack}");
     for (headers, path, code) in [
         (ws_headers(EVIL), "/ws", close::ORIGIN_NOT_ALLOWED),
+        (ws_headers("null"), "/ws", close::ORIGIN_NOT_ALLOWED),
         (vec![("Origin", EVIL.to_string())], "/ws?token=forged.token.x", close::UNAUTHORIZED),
     ] {
         let mut ws = connect(headers, path).await;
@@ -481,6 +500,15 @@ async fn cors_and_cookie_sessions() {
             break;
         }
     }
+    // The ended session's cookie does not refuse public market data: a public connection.
+    let mut public = connect(ws_headers(&own), "/ws").await;
+    assert_eq!(text(&mut public).await["op"], "welcome");
+    let e = request(&mut public, json!({"op": "subscribe", "id": 2, "channels": ["orders"]})).await;
+    assert_eq!(e["code"], "unauthorized", "{e}");
+    let ack =
+        request(&mut public, json!({"op": "subscribe", "id": 3, "channels": ["bbo.BTC-USD"]}))
+            .await;
+    assert_eq!(ack["op"], "subscribed", "{ack}");
     drop(sse);
     server.shutdown().await.expect("clean shutdown");
 }

@@ -185,6 +185,43 @@ async fn a_connection_with_an_interval_gets_everything_in_fewer_frames() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_interval_never_costs_data() {
+    // A ring of 16 chunks: a second's hold would lap it many times over.
+    let mut server = start(|c| {
+        c.feed_rate = Some(20_000);
+        c.channel_ring_chunks = 16;
+    })
+    .await;
+    let mut ws = connect(&server, "?interval_ms=1000").await;
+    let sub = json!({"op": "subscribe", "channels": ["book.BTC-USD", "trades.BTC-USD"]});
+    let ack = request(&mut ws, sub).await;
+    assert_eq!(ack["op"], "subscribed", "{ack}");
+    let mut f = Follower {
+        book_channel: ack["channels"][0]["channel_id"].as_u64().unwrap() as u32,
+        trades_channel: ack["channels"][1]["channel_id"].as_u64().unwrap() as u32,
+        ..Follower::default()
+    };
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        if let Message::Binary(p) = next(&mut ws).await {
+            f.apply(&p);
+        }
+    }
+    server.stop_feed();
+    let engine = server.engine().clone();
+    let expected = engine.book_snapshot(symbol_id(&engine, "BTC-USD"), usize::MAX).unwrap();
+    while f.book.as_ref().map(|b| b.seq()) != Some(expected.seq) {
+        if let Message::Binary(p) = next(&mut ws).await {
+            f.apply(&p);
+        }
+    }
+    assert_eq!(f.book.as_ref().unwrap().snapshot(usize::MAX), expected);
+    assert_eq!((f.resyncs, f.gaps.len()), (0, 0), "held, but never lapped");
+    assert!(f.deltas.len() > 100 && f.trades > 10);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_channels_get_heartbeats_with_their_last_sequence() {
     let server = start(|c| c.ws.heartbeat_interval = Duration::from_millis(100)).await;
     let engine = server.engine().clone();
@@ -341,6 +378,9 @@ async fn read_candles(
             m = next(bin) => if let Message::Binary(p) = m {
                 for m in protocol::decode(&p) {
                     let m = m.expect("valid");
+                    if !matches!(m.msg_type, MsgType::Candle | MsgType::CandlesSnapshot) {
+                        continue; // a heartbeat
+                    }
                     let candles = protocol::decode_candles(&m).expect("candles body");
                     let snapshot = m.msg_type == MsgType::CandlesSnapshot;
                     followers[(m.channel - 65536) as usize].apply(m.seq, snapshot, candles);
@@ -349,6 +389,9 @@ async fn read_candles(
             m = next(jsn) => if let Message::Text(t) = m {
                 let v: serde_json::Value = serde_json::from_str(&t).expect("json");
                 for m in v.as_array().into_iter().flatten() {
+                    if m["type"] == "heartbeat" {
+                        continue;
+                    }
                     let snapshot = m["type"] == "candles_snapshot";
                     let candles = match snapshot {
                         true => m["candles"].as_array().unwrap().iter().collect(),

@@ -251,6 +251,7 @@ export class Connection extends EventTarget {
     this.byId = new Map(); // channel id -> name
     this.books = new Map(); // symbol -> Book
     this.candles = new Map(); // candles channel name -> CandleSeries
+    this.candlesKept = 120; // candles each series keeps (and asks for on subscribe)
     this.pending = new Map(); // request id -> resolve
     this.nextId = 1;
     this.state = 'connecting';
@@ -317,7 +318,7 @@ export class Connection extends EventTarget {
       this.wanted.add(name);
       const [kind, symbol] = name.split('.');
       if (kind === 'book' && !this.books.has(symbol)) this.books.set(symbol, new Book());
-      if (kind === 'candles' && !this.candles.has(name)) this.candles.set(name, new CandleSeries());
+      if (kind === 'candles' && !this.candles.has(name)) this.candles.set(name, new CandleSeries(this.candlesKept));
     }
     return this.ws?.readyState === 1 ? this.send(names) : Promise.resolve(null);
   }
@@ -333,13 +334,17 @@ export class Connection extends EventTarget {
     return this.request({ op: 'unsubscribe', channels: names });
   }
 
-  /** Subscribe requests for `names` (the private `orders` channel goes alone). */
+  /** Subscribe requests for `names` (the private `orders` channel goes alone; candles
+   * channels together, with their series' depth: as many candles as it keeps). */
   async send(names) {
-    const market = names.filter((n) => n !== 'orders');
+    const candles = names.filter((n) => n.startsWith('candles.'));
+    const market = names.filter((n) => n !== 'orders' && !n.startsWith('candles.'));
     let answer = null;
     if (names.includes('orders')) answer = await this.request({ op: 'subscribe', channels: ['orders'] });
-    if (market.length) {
-      answer = await this.request({ op: 'subscribe', channels: market, depth: 50 });
+    const depth = Math.max(1, ...candles.map((n) => this.candles.get(n)?.keep ?? 1));
+    for (const [channels, d] of [[market, 50], [candles, Math.min(depth, 1000)]]) {
+      if (!channels.length) continue;
+      answer = await this.request({ op: 'subscribe', channels, depth: d });
       if (answer.op === 'subscribed') {
         for (const c of answer.channels) {
           this.channels.set(c.channel, c);

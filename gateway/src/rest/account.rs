@@ -99,7 +99,7 @@ pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
         Ok(c) => c,
         Err(response) => return *response,
     };
-    let by_cookie = req.headers().get(hyper::header::AUTHORIZATION).is_none();
+    let by_cookie = super::by_cookie(req, state);
     match state.tokens.renew(&claims) {
         Some(token) => token_response(state, token, AccountId(claims.acc), by_cookie),
         None => unauthorized("the session reached its maximum age: log in again"),
@@ -134,7 +134,8 @@ pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Byte
     }
     let mut response =
         json_response(StatusCode::OK, &json!({ "revoked": if all { "all" } else { "session" } }));
-    if super::session_cookie(req).is_some() {
+    // The cookie is cleared when it is the session that ended.
+    if super::by_cookie(req, state) {
         response.headers_mut().insert(SET_COOKIE, crate::cors::cookie::clear(state.tls));
     }
     response

@@ -141,7 +141,7 @@ pub fn authenticate<B>(
     if let Some(token) = bearer(header) {
         return verify(token);
     }
-    let Some(token) = session_cookie(req) else {
+    let Some(token) = session_cookie(req, state.tls) else {
         return Err(Box::new(unauthorized("missing bearer token (or session cookie)")));
     };
     let claims = verify(token)?;
@@ -156,9 +156,18 @@ pub fn authenticate<B>(
     Ok(claims)
 }
 
-/// The session cookie's token, if the request carries one.
-pub fn session_cookie<B>(req: &Request<B>) -> Option<&str> {
-    crate::cors::cookie::token(req.headers().get_all(COOKIE).iter().map(|v| v.as_bytes()))
+/// The session cookie's token, if the request carries one (`secure`: the server speaks
+/// TLS, the cookie has the `__Host-` name).
+pub fn session_cookie<B>(req: &Request<B>, secure: bool) -> Option<&str> {
+    let values = req.headers().get_all(COOKIE).iter().map(|v| v.as_bytes());
+    crate::cors::cookie::token(values, secure)
+}
+
+/// Whether [`authenticate`] takes the request's credentials from the session cookie (no
+/// usable bearer token, a cookie).
+pub fn by_cookie<B>(req: &Request<B>, state: &AppState) -> bool {
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    bearer(header).is_none() && session_cookie(req, state.tls).is_some()
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive

@@ -355,12 +355,15 @@ impl Conn {
     /// Sends the close frame after whatever is queued (best effort, bounded), then ends.
     async fn close(&mut self, closing: Closing) -> Closing {
         if let Closing::Send(code, reason) = closing {
-            {
-                let mut st = self.link.lock();
-                st.push(protocol::close_frame(code, reason).into(), 0);
-                st.close_notify();
-            }
-            let _ = tokio::time::timeout(CLOSE_FLUSH, self.flush()).await;
+            self.link.lock().push(protocol::close_frame(code, reason).into(), 0);
+            // Under TLS, `close_notify` only after the close frame is out: a peer ignores
+            // whatever comes after it (RFC 8446, 6.1).
+            let flushed = tokio::time::timeout(CLOSE_FLUSH, async {
+                self.flush().await?;
+                self.link.lock().close_notify();
+                self.flush().await
+            });
+            let _ = flushed.await;
         }
         closing
     }

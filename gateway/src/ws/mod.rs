@@ -133,7 +133,8 @@ pub fn upgrade(
             "expected a WebSocket upgrade",
         );
     }
-    let page = crate::cors::origin(&req).is_some();
+    // Any Origin, `null` included (an opaque one: a sandboxed frame), is a page.
+    let page = req.headers().contains_key(hyper::header::ORIGIN);
     let (claims, refusal) = credentials(&req, tokens, origins);
     if let (Some((status, code, message)), false) = (&refusal, page) {
         let mut response = json_error(*status, code, message);
@@ -183,7 +184,9 @@ pub fn upgrade(
             return json_error(StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string());
         }
     };
-    metrics.ws_connections_total.fetch_add(1, Ordering::Relaxed);
+    if refusal.is_none() {
+        metrics.ws_connections_total.fetch_add(1, Ordering::Relaxed);
+    }
     let slot = ConnectionSlot(Arc::clone(ctx));
     tokio::spawn(async move {
         let ctx = &slot.0;
@@ -239,19 +242,23 @@ fn credentials(
             Err(e) => (None, unauthorized(e.to_string())),
         };
     }
-    let Some(token) = crate::rest::session_cookie(req) else { return (None, None) };
+    let Some(token) = crate::rest::session_cookie(req, origins.tls()) else {
+        return (None, None);
+    };
     // Any site's page can open a WebSocket to us, and the browser attaches the cookie:
-    // only pages of allowed origins may use it (cross-site WebSocket hijacking).
-    if let Some(origin) = crate::cors::origin(req) {
-        if !origins.allows(req, origin) {
+    // only pages of allowed origins may use it (cross-site WebSocket hijacking). An opaque
+    // origin (`null`: a sandboxed frame, a `data:` page) is no allowed origin.
+    let origin = req.headers().get(hyper::header::ORIGIN).map(|v| v.to_str().unwrap_or("null"));
+    if let Some(origin) = origin {
+        if origin == "null" || !origins.allows(req, origin) {
             let message = format!("origin {origin} may not use the session cookie");
             return (None, Some((StatusCode::FORBIDDEN, "origin_not_allowed", message)));
         }
     }
-    match tokens.verify(token) {
-        Ok(c) => (Some(c), None),
-        Err(e) => (None, unauthorized(e.to_string())),
-    }
+    // A cookie that no longer works (expired, its session ended, signed by a key the
+    // server no longer has) is no reason to refuse public market data: the connection is
+    // public, and order entry answers `unauthorized`.
+    (tokens.verify(token).ok(), None)
 }
 
 fn metrics_refused(ctx: &WsContext) {

@@ -214,7 +214,8 @@ impl Link {
             return Visit::Done;
         }
         let now = Instant::now();
-        if let Some(due) = st.hold_until.filter(|due| now < *due) {
+        // The interval never costs data: a subscription half a ring behind is written now.
+        if let Some(due) = st.hold_until.filter(|due| now < *due && !st.far_behind()) {
             if std::mem::replace(&mut st.deferred, true) {
                 return Visit::Done;
             }
@@ -274,6 +275,13 @@ impl Outbox {
         self.out_bytes += bytes.len();
         self.out_messages += messages;
         self.out.push_back(bytes);
+    }
+
+    /// Whether a subscription's oldest unsent chunk is half its channel's ring behind.
+    fn far_behind(&self) -> bool {
+        self.subs
+            .iter()
+            .any(|s| s.channel.head().saturating_sub(s.cursor) >= s.channel.capacity() / 2)
     }
 
     /// Collects a market-data frame for the frame [`Outbox::seal`] makes.
