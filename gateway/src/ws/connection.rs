@@ -438,7 +438,13 @@ impl Conn {
                 Ok(Some(Inbound::Ping(payload))) => {
                     self.push(protocol::frame(Opcode::Pong, &payload).into(), 0);
                 }
-                Ok(Some(Inbound::Pong)) => {}
+                Ok(Some(Inbound::Pong(payload))) => {
+                    // A read receipt: market data held back for it goes out now.
+                    let held = self.link.lock().pong(&payload);
+                    if held {
+                        self.pump();
+                    }
+                }
                 Ok(Some(Inbound::Close)) => self.set_closing(Closing::Send(close::NORMAL, "")),
                 Err(v) => {
                     self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);

@@ -16,8 +16,8 @@ pub enum Inbound {
     Text(Vec<u8>),
     /// A ping with its payload.
     Ping(Vec<u8>),
-    /// A pong.
-    Pong,
+    /// A pong, with its payload.
+    Pong(Vec<u8>),
     /// The client's close.
     Close,
 }
@@ -99,7 +99,7 @@ pub fn parse(buf: &mut Vec<u8>, max_message_bytes: usize) -> Result<Option<Inbou
             Inbound::Text(payload)
         }
         0x9 => Inbound::Ping(payload),
-        0xA => Inbound::Pong,
+        0xA => Inbound::Pong(payload),
         _ => Inbound::Close,
     }))
 }
@@ -146,7 +146,7 @@ mod tests {
             vec![
                 Inbound::Text(br#"{"op":"ping"}"#.to_vec()),
                 Inbound::Ping(b"hb".to_vec()),
-                Inbound::Pong,
+                Inbound::Pong(Vec::new()),
                 Inbound::Close
             ]
         );

@@ -67,6 +67,10 @@ pub struct WsLimits {
     /// Kernel send buffer per connection (`SO_SNDBUF`): what a client that stops reading
     /// can hold of the server's memory, and how soon the server notices it fell behind.
     pub socket_send_buffer_bytes: usize,
+    /// Market data written to a connection and not yet confirmed read by the client, at
+    /// most (see [`outbox`]: read receipts). Beyond it the connection gets nothing more
+    /// until the client catches up.
+    pub unread_bytes_max: u64,
 }
 
 impl Default for WsLimits {
@@ -85,6 +89,7 @@ impl Default for WsLimits {
             slow_gap_window: Duration::from_secs(60),
             write_batch_bytes_max: 256 * 1024,
             socket_send_buffer_bytes: 256 * 1024,
+            unread_bytes_max: 1024 * 1024,
         }
     }
 }
