@@ -461,12 +461,8 @@ pub mod json {
         ts: u64,
         trades: &[TradeMsg],
     ) {
-        head(out, "trades_snapshot", channel, seq, ts);
-        let _ = write!(out, r#","resync":{resync},"trades":["#);
-        for (n, t) in trades.iter().enumerate() {
-            if n > 0 {
-                out.push(',');
-            }
+        let list = ("trades_snapshot", "trades", channel, resync, seq, ts);
+        snapshot_list(out, list, trades, |out, t| {
             let _ = write!(
                 out,
                 r#"{{"seq":{},"ts":{},"price":"{}","qty":"{}","taker_side":"{}"}}"#,
@@ -476,6 +472,23 @@ pub mod json {
                 Fixed(t.qty.0, i.spec.qty_precision),
                 t.taker_side.as_str()
             );
+        });
+    }
+
+    /// A snapshot that is a list: type, field, channel, resync, seq, ts; then the items.
+    fn snapshot_list<T>(
+        out: &mut String,
+        (t, field, channel, resync, seq, ts): (&str, &str, &str, bool, u64, u64),
+        items: &[T],
+        mut each: impl FnMut(&mut String, &T),
+    ) {
+        head(out, t, channel, seq, ts);
+        let _ = write!(out, r#","resync":{resync},"{field}":["#);
+        for (n, item) in items.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            each(out, item);
         }
         out.push_str("]}");
     }
@@ -517,7 +530,6 @@ pub mod json {
     }
 
     /// The newest candles, oldest first.
-    #[allow(clippy::too_many_arguments)]
     pub fn candles_snapshot(
         out: &mut String,
         i: &Instrument,
@@ -527,15 +539,8 @@ pub mod json {
         ts: u64,
         candles: &[Candle],
     ) {
-        head(out, "candles_snapshot", channel, seq, ts);
-        let _ = write!(out, r#","resync":{resync},"candles":["#);
-        for (n, c) in candles.iter().enumerate() {
-            if n > 0 {
-                out.push(',');
-            }
-            put_candle(out, i, c);
-        }
-        out.push_str("]}");
+        let list = ("candles_snapshot", "candles", channel, resync, seq, ts);
+        snapshot_list(out, list, candles, |out, c| put_candle(out, i, c));
     }
 }
 

@@ -195,27 +195,7 @@ impl Link {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             stream,
             interval,
-            state: Mutex::new(Outbox {
-                format,
-                subs: Vec::new(),
-                out: VecDeque::new(),
-                out_bytes: 0,
-                out_messages: 0,
-                out_frames: 0,
-                staged: Vec::new(),
-                staged_messages: 0,
-                gap_times: VecDeque::new(),
-                gapped: false,
-                closing: None,
-                blocked: false,
-                hold_until: None,
-                deferred: false,
-                queued_total: 0,
-                read_total: 0,
-                receipt: None,
-                unread_max: ctx.limits.unread_bytes_max,
-                tls,
-            }),
+            state: Mutex::new(Outbox::new(format, ctx.limits.unread_bytes_max, tls)),
             task: Notify::new(),
             ctx,
         })
@@ -293,6 +273,31 @@ impl Link {
 }
 
 impl Outbox {
+    /// An empty outbox; `tls`: the connection's TLS session, if any.
+    fn new(format: Format, unread_max: u64, tls: Option<Box<rustls::ServerConnection>>) -> Outbox {
+        Outbox {
+            format,
+            subs: Vec::new(),
+            out: VecDeque::new(),
+            out_bytes: 0,
+            out_messages: 0,
+            out_frames: 0,
+            staged: Vec::new(),
+            staged_messages: 0,
+            gap_times: VecDeque::new(),
+            gapped: false,
+            closing: None,
+            blocked: false,
+            hold_until: None,
+            deferred: false,
+            queued_total: 0,
+            read_total: 0,
+            receipt: None,
+            unread_max,
+            tls,
+        }
+    }
+
     /// Queues a frame carrying `messages` market-data messages.
     pub fn push(&mut self, frame: Bytes, messages: u64) {
         self.out_frames += 1;
@@ -685,27 +690,7 @@ mod tests {
     use super::*;
 
     fn outbox(format: Format) -> Outbox {
-        Outbox {
-            format,
-            subs: Vec::new(),
-            out: VecDeque::new(),
-            out_bytes: 0,
-            out_messages: 0,
-            out_frames: 0,
-            staged: Vec::new(),
-            staged_messages: 0,
-            gap_times: VecDeque::new(),
-            gapped: false,
-            closing: None,
-            blocked: false,
-            hold_until: None,
-            deferred: false,
-            queued_total: 0,
-            read_total: 0,
-            receipt: None,
-            unread_max: 1024 * 1024,
-            tls: None,
-        }
+        Outbox::new(format, 1024 * 1024, None)
     }
 
     /// What is queued, as one byte string, and the frames it holds (opcode, payload).
