@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 n=${1:-5000}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 port=$((20000 + RANDOM % 20000))
-./target/release/tickgate --listen 127.0.0.1:$port --no-feed --summary-symbol none \
+${BIN:-./target/release/tickgate} --listen 127.0.0.1:$port --no-feed --summary-symbol none \
   --max-connections $((n + 100)) > /tmp/tickgate-idle-server.log 2>&1 &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT

@@ -44,7 +44,7 @@ pub async fn run(
     format: Format,
     interval: Duration,
     claims: Option<crate::auth::Claims>,
-    tls: Option<rustls::ServerConnection>,
+    tls: Option<Box<rustls::ServerConnection>>,
     ctx: &Arc<WsContext>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -262,7 +262,8 @@ impl Conn {
                 }
             }
             if let Some(closing) = closing {
-                return self.close(closing).await;
+                // Boxed: its flushes would make every idle connection's task bigger.
+                return Box::pin(self.close(closing)).await;
             }
             if blocked {
                 // The socket is full and the writer has handed the connection over: wait

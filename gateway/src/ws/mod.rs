@@ -209,26 +209,31 @@ pub fn upgrade(
             return refuse(TokioIo::new(upgraded), close, &reason).await;
         }
         // Take the TCP stream back from hyper so reads and writes can be split without a
-        // lock, and writes can be vectored; under TLS, with the session's state.
-        use hyper_util::server::conn::auto::upgrade::downcast;
-        let upgraded = match downcast::<TokioIo<TcpStream>>(upgraded) {
-            Ok(parts) => {
-                let io = parts.io.into_inner();
-                return connection::run(io, parts.read_buf, format, interval, claims, None, ctx)
-                    .await;
-            }
-            Err(upgraded) => upgraded,
+        // lock, and writes can be vectored; under TLS, with the session's state (boxed:
+        // 1.2 KB that only TLS connections need). One call of `run` for both: every await
+        // of it makes the task's future as big again.
+        let Some((io, read_buf, tls)) = take_stream(upgraded) else {
+            return tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
         };
-        match downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>(upgraded) {
-            Ok(parts) => {
-                let (io, tls) = parts.io.into_inner().into_inner();
-                connection::run(io, parts.read_buf, format, interval, claims, Some(tls), ctx).await;
-            }
-            Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS over TCP"),
-        }
+        connection::run(io, read_buf, format, interval, claims, tls, ctx).await;
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// The TCP stream under an upgraded connection, the bytes read past the upgrade request,
+/// and the TLS session when there is one.
+fn take_stream(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Option<(TcpStream, Bytes, Option<Box<rustls::ServerConnection>>)> {
+    use hyper_util::server::conn::auto::upgrade::downcast;
+    let upgraded = match downcast::<TokioIo<TcpStream>>(upgraded) {
+        Ok(parts) => return Some((parts.io.into_inner(), parts.read_buf, None)),
+        Err(upgraded) => upgraded,
+    };
+    let parts = downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>(upgraded).ok()?;
+    let (io, tls) = parts.io.into_inner().into_inner();
+    Some((io, parts.read_buf, Some(Box::new(tls))))
 }
 
 /// A refusal: its HTTP status, error code and message.

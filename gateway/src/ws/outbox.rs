@@ -182,13 +182,13 @@ impl Link {
         stream: TcpStream,
         format: Format,
         interval: Duration,
-        tls: Option<rustls::ServerConnection>,
+        tls: Option<Box<rustls::ServerConnection>>,
         ctx: Arc<WsContext>,
     ) -> Arc<Link> {
         let tls = tls.map(|mut t| {
             // Encrypted records waiting for the socket, at most: the write batch's bound.
             t.set_buffer_limit(Some(ctx.limits.write_batch_bytes_max));
-            Box::new(t)
+            t
         });
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Arc::new(Link {
