@@ -10,7 +10,7 @@ conns=${2:-64}
 secs=${3:-10}
 port=$((20000 + RANDOM % 20000))
 data=$(mktemp -d /tmp/tickgate-rest-bench.XXXX)
-./target/release/tickgate --listen 127.0.0.1:$port --no-feed --summary-symbol none \
+${BIN:-./target/release/tickgate} --listen 127.0.0.1:$port --no-feed --summary-symbol none \
   --rest-rate 0 --durability "$durability" --data-dir "$data" ${SERVER_ARGS:-} > /tmp/tickgate-rest-server.log 2>&1 &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true; rm -rf "$data"' EXIT
