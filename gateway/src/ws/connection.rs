@@ -306,7 +306,8 @@ impl Conn {
                         self.ctx.metrics.ws_heartbeat_closes_total.fetch_add(1, Ordering::Relaxed);
                         self.set_closing(Closing::Send(close::HEARTBEAT_TIMEOUT, "heartbeat timeout"));
                     } else {
-                        self.push(protocol::frame(Opcode::Ping, b"tickgate").into(), 0);
+                        let ping = self.link.lock().receipt_ping();
+                        self.push(ping, 0);
                     }
                 }
                 _ = heartbeat.tick() => link.lock().heartbeats(limits.heartbeat_interval),

@@ -511,13 +511,20 @@ impl Outbox {
         let more = self.collect(metrics, budget);
         self.seal();
         if self.receipt.is_none() && self.queued_total - self.read_total >= RECEIPT_EVERY {
-            let position = self.queued_total;
-            let mut payload = RECEIPT_TAG.to_vec();
-            payload.extend_from_slice(&position.to_be_bytes());
-            self.push(protocol::frame(Opcode::Ping, &payload).into(), 0);
-            self.receipt = Some(position);
+            let ping = self.receipt_ping();
+            self.push(ping, 0);
         }
         more
+    }
+
+    /// A ping asking for a read receipt of everything queued so far (the heartbeat ping
+    /// is one too: a client may answer only the newest of several pings, RFC 6455 5.5.3).
+    pub fn receipt_ping(&mut self) -> Bytes {
+        let position = self.queued_total;
+        let mut payload = RECEIPT_TAG.to_vec();
+        payload.extend_from_slice(&position.to_be_bytes());
+        self.receipt = Some(position);
+        protocol::frame(Opcode::Ping, &payload).into()
     }
 
     /// A pong arrived: if it answers the receipt ping in flight, the client has read up to
@@ -530,12 +537,15 @@ impl Outbox {
         else {
             return false;
         };
-        if self.receipt != Some(position) {
+        // Not a position this connection asked about, or an old one: nothing learned.
+        if position > self.queued_total || position <= self.read_total {
             return false;
         }
         let held = self.queued_total - self.read_total > self.unread_max;
         self.read_total = position;
-        self.receipt = None;
+        if self.receipt.is_some_and(|r| position >= r) {
+            self.receipt = None;
+        }
         held
     }
 
@@ -773,7 +783,8 @@ mod tests {
         assert_eq!(payload, [RECEIPT_TAG, &position.to_be_bytes()[..]].concat());
         // Another pong, a stale one, one of another length: nothing confirmed.
         assert!(!o.pong(b"tickgate"));
-        assert!(!o.pong(&[RECEIPT_TAG, &(position + 1).to_be_bytes()[..]].concat()));
+        let beyond = o.queued_total + 1;
+        assert!(!o.pong(&[RECEIPT_TAG, &beyond.to_be_bytes()[..]].concat()), "never queued");
         assert!(!o.pong(&[RECEIPT_TAG, &[1, 2, 3][..]].concat()));
         assert_eq!(o.read_total, 0);
         // Far past the allowance: drain collects nothing more (a stalled client).
@@ -784,6 +795,16 @@ mod tests {
         // The receipt's pong: read up to its position, and it says data was held.
         assert!(o.pong(payload));
         assert_eq!((o.read_total, o.receipt), (position, None));
+        assert!(!o.pong(payload), "an old position again: nothing new");
+        // A heartbeat ping asks for everything so far; a client that answers only the
+        // newest ping confirms the older receipt with it.
+        let older = o.receipt_ping();
+        o.queue(Bytes::from(vec![0u8; 10]), 1);
+        let newer = o.receipt_ping();
+        let answer = &newer[protocol::frame_header_len(&newer)..];
+        assert!(!older.is_empty());
+        o.pong(answer);
+        assert_eq!((o.read_total, o.receipt), (o.queued_total, None));
     }
 
     #[test]
