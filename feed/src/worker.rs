@@ -24,6 +24,11 @@ impl Worker {
         Worker { stop, thread: Some(thread) }
     }
 
+    /// The thread, to unpark it (`None` once stopped).
+    pub fn thread(&self) -> Option<&std::thread::Thread> {
+        self.thread.as_ref().map(JoinHandle::thread)
+    }
+
     /// Asks the thread to stop and waits for it.
     pub fn stop(mut self) {
         self.halt();
@@ -32,6 +37,8 @@ impl Worker {
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            // A thread parked waiting for work sees the flag at once.
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }

@@ -13,6 +13,8 @@
 //! - [`rest`]: the `/api/v1` REST API: market data, login and sessions, account, orders,
 //!   fills, positions, alerts; the OpenAPI document.
 //! - [`candles`]: OHLCV candles from trades; [`web`]: the embedded web terminal.
+//! - [`events`]: the one shape of every engine-event consumer, and the pump threads that
+//!   feed them.
 //! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings (the hub),
 //!   and the writer threads that write them to the connections.
 //! - [`ws`]: per-connection tasks (client input, answers, pings, full sockets), control
@@ -30,6 +32,7 @@ pub mod candles;
 pub mod client;
 pub mod config;
 pub mod cors;
+pub mod events;
 pub mod fanout;
 pub mod history;
 pub mod http;

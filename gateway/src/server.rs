@@ -18,14 +18,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::alerts::{AlertHub, AlertWorker};
+use crate::alerts::{AlertEvaluator, AlertHub};
 use crate::auth::{Tokens, Users};
 use crate::config::Config;
-use crate::fanout::{Directory, Hub, HubWake, Writers};
+use crate::events::{Pump, RingSource, Wake};
+use crate::fanout::{Directory, MarketData, Writers};
 use crate::history;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::orders::OrderStore;
+use crate::orders::{OrderProjection, OrderStore};
 use crate::sse::FirstRequest;
 use crate::ws::WsContext;
 
@@ -35,18 +36,20 @@ const ACCOUNTS_MAX: u32 = 4096;
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for connections to close before it stops waiting.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest idle wait of the alert pump: the engine's publish hook wakes it sooner.
+const ALERTS_IDLE_MAX: Duration = Duration::from_millis(50);
 
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     engine: EngineHandle,
     runtime: EngineRuntime,
-    hub: Hub,
+    hub: Pump,
     writers: Arc<Writers>,
     feed: Option<FeedDriver>,
     replay: Option<tickgate_feed::JournalReplay>,
     alerts: Arc<AlertHub>,
-    alert_worker: Option<AlertWorker>,
+    alert_pump: Option<Pump>,
     metrics: Arc<Metrics>,
     directory: Arc<Directory>,
     orders: Arc<OrderStore>,
@@ -84,8 +87,9 @@ impl Server {
             Some(dir) => tokio::task::spawn_blocking(move || history::load(&dir)).await??,
             None => history::Loaded::default(),
         };
-        let wake = HubWake::default();
-        let hook_wake = wake.clone();
+        // The engine's publish hook wakes both pumps.
+        let (hub_wake, alert_wake) = (Wake::default(), Wake::default());
+        let hook_wakes = (hub_wake.clone(), alert_wake.clone());
         let replayed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let replay_users: HashSet<AccountId> = users.all().map(|u| u.account).collect();
         let replay_sink = Arc::clone(&replayed);
@@ -100,7 +104,10 @@ impl Server {
             shards: config.shards,
             queue_capacity: config.queue_capacity,
             ring_capacity: config.ring_capacity,
-            on_publish: Some(Arc::new(move || hook_wake.wake())),
+            on_publish: Some(Arc::new(move || {
+                hook_wakes.0.wake();
+                hook_wakes.1.wake();
+            })),
             durability: config.durability.clone(),
             // Users' reports since the newest snapshot come back from the journal; they are
             // applied over the history once the engine says which of its records are real.
@@ -161,20 +168,30 @@ impl Server {
             Writers::start(Arc::clone(&directory), Arc::clone(&metrics), config.fanout_writers);
         let hub = {
             let (e, d, m) = (engine.clone(), Arc::clone(&directory), Arc::clone(&metrics));
-            let (pacing, w) = (config.fanout, Arc::clone(&writers));
-            let consumers = crate::fanout::hub::Consumers {
-                orders: Arc::clone(&orders),
-                candles: Arc::clone(&candles),
-            };
-            tokio::task::spawn_blocking(move || Hub::start(e, d, m, wake, pacing, w, consumers))
-                .await?
+            let (pacing, w, c) = (config.fanout, Arc::clone(&writers), Arc::clone(&candles));
+            let projection = OrderProjection::new(Arc::clone(&orders), engine.shards());
+            tokio::task::spawn_blocking(move || {
+                // The source first, then the books' snapshots: every later delta is seen.
+                let source = RingSource::new(&e);
+                let market = MarketData::new(e, d, m, Arc::clone(&w), c);
+                let consumers: Vec<Box<dyn crate::events::EventConsumer>> =
+                    vec![Box::new(projection), Box::new(market)];
+                Pump::start("fanout-hub", source, consumers, pacing.for_pump(w), &hub_wake)
+            })
+            .await?
         };
         let alerts = Arc::new(AlertHub::new(
             users.all().map(|u| u.account),
             engine.instruments().len(),
             config.sse_history,
         ));
-        let alert_worker = Some(AlertWorker::start(engine.clone(), Arc::clone(&alerts)));
+        let alert_pump = Some(Pump::start(
+            "alerts",
+            RingSource::new(&engine),
+            vec![Box::new(AlertEvaluator::new(Arc::clone(&alerts), engine.instruments()))],
+            crate::events::Pacing { idle: ALERTS_IDLE_MAX, pass: Box::new(|| Duration::ZERO) },
+            &alert_wake,
+        ));
         // The feed starts last, so the hub sees its market from the first command.
         let feed = config.feed_rate.map(|rate| {
             let flow = FlowConfig { seed: config.seed, ..FlowConfig::default() };
@@ -270,7 +287,7 @@ impl Server {
             feed,
             replay,
             alerts,
-            alert_worker,
+            alert_pump,
             metrics,
             directory,
             orders,
@@ -351,8 +368,8 @@ impl Server {
         if let Some(replay) = self.replay.take() {
             replay.stop();
         }
-        if let Some(worker) = self.alert_worker.take() {
-            worker.stop();
+        if let Some(pump) = self.alert_pump.take() {
+            pump.stop();
         }
         let (hub, runtime, writers) = (self.hub, self.runtime, self.writers);
         let (history_sync, orders) = (self.history_sync, self.orders);

@@ -1,17 +1,18 @@
-//! The hub thread: every engine shard's events in, one chunk per changed channel and
-//! pass out, then a wake-up for each writer.
+//! The hub: every engine shard's public events in, one chunk per changed channel and
+//! pass out, then a wake-up for each writer ([`MarketData`], run by the "fanout-hub"
+//! [`crate::events::Pump`]), and the [`Publisher`] that frames them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tickgate_engine::runtime::EngineHandle;
-use tickgate_engine::{BookSnapshot, Event, L2Book, RingReader};
+use tickgate_engine::{BookSnapshot, Event, L2Book};
 
 use super::{json_frame, Channel, Chunk, Directory, State, Writers};
 use crate::candles::Candles;
+use crate::events::{Batch, EventConsumer};
 use crate::metrics::Metrics;
 use crate::protocol::{bin, frame_header, json, ChannelKind, Opcode, TradeMsg, TRADES_KEPT};
 
@@ -21,116 +22,8 @@ const CHUNK_BYTES_MAX: usize = 16 * 1024;
 const ROUND_PASSES: u32 = 8;
 /// Longest pass, however long the writers' rounds.
 const PASS_MAX: Duration = Duration::from_millis(4);
-/// Events the hub takes from one shard ring per pass.
-const HUB_READ_MAX: usize = 16_384;
-
-/// The hub thread. Stops when dropped or on [`Hub::stop`].
-#[derive(Debug)]
-pub struct Hub {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// What the hub feeds besides the market-data channels: users' orders (execution
-/// reports) and the candles (trades).
-#[derive(Debug)]
-pub struct Consumers {
-    /// Users' orders and fills.
-    pub orders: Arc<crate::orders::OrderStore>,
-    /// Candles of every instrument.
-    pub candles: Arc<crate::candles::Candles>,
-}
-
-/// Wakes the hub; given to the engine as its publish hook.
-#[derive(Clone, Debug, Default)]
-pub struct HubWake(Arc<OnceLock<std::thread::Thread>>);
-
-impl HubWake {
-    /// Unparks the hub thread (cheap when it is running).
-    pub fn wake(&self) {
-        if let Some(thread) = self.0.get() {
-            thread.unpark();
-        }
-    }
-}
-
-impl Hub {
-    /// Starts the hub over `engine`'s shards, publishing into `directory`.
-    pub fn start(
-        engine: EngineHandle,
-        directory: Arc<Directory>,
-        metrics: Arc<Metrics>,
-        wake: HubWake,
-        pacing: Pacing,
-        writers: Arc<Writers>,
-        consumers: Consumers,
-    ) -> Hub {
-        let Consumers { orders, candles } = consumers;
-        let stop = Arc::new(AtomicBool::new(false));
-        let shards = engine.shards();
-        let readers: Vec<RingReader> = (0..shards).filter_map(|s| engine.reader(s)).collect();
-        let mut worker = HubWorker {
-            engine,
-            readers,
-            publisher: Publisher::new(directory, metrics),
-            writers,
-            events: Vec::with_capacity(HUB_READ_MAX),
-            pacing,
-            retry: Vec::new(),
-            answers: crate::orders::AnswerGate::new(shards),
-            orders,
-            candles,
-            trades: Vec::new(),
-        };
-        // Snapshots first: the readers were created before, so every later delta is seen.
-        worker.reset_books();
-        let s = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("fanout-hub".into())
-            .spawn(move || worker.run(&s))
-            .expect("spawning the hub thread at start-up");
-        let _ = wake.0.set(thread.thread().clone());
-        Hub { stop, thread: Some(thread) }
-    }
-
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
-struct HubWorker {
-    engine: EngineHandle,
-    readers: Vec<RingReader>,
-    publisher: Publisher,
-    /// Woken after every pass that published something.
-    writers: Arc<Writers>,
-    events: Vec<Event>,
-    pacing: Pacing,
-    /// Book channels whose reset failed, retried every pass.
-    retry: Vec<Arc<Channel>>,
-    /// Users' orders and fills, fed with the execution reports.
-    orders: Arc<crate::orders::OrderStore>,
-    /// Answers to order requests, sent once their commands' reports are all applied.
-    answers: crate::orders::AnswerGate,
-    /// Candles, fed with every pass's trades.
-    candles: Arc<crate::candles::Candles>,
-    trades: Vec<tickgate_engine::Trade>,
-}
+/// Longest idle wait: the engine's publish hook wakes the hub sooner.
+const IDLE_MAX: Duration = Duration::from_millis(50);
 
 /// How the hub spaces its passes.
 #[derive(Clone, Copy, Debug)]
@@ -141,100 +34,69 @@ pub struct Pacing {
     pub min_pass: Duration,
 }
 
-impl HubWorker {
-    fn run(mut self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Acquire) {
-            let started = Instant::now();
-            let mut got = 0usize;
-            let mut lapped = false;
-            let mut behind = false;
-            for r in 0..self.readers.len() {
-                self.events.clear();
-                let outcome = self.readers[r].read(&mut self.events, HUB_READ_MAX);
-                got += outcome.read;
-                behind |= outcome.read == HUB_READ_MAX;
-                if outcome.missed > 0 {
-                    lapped = true;
-                    self.publisher.metrics.hub_missed.fetch_add(outcome.missed, Ordering::Relaxed);
-                }
-                for e in &self.events {
-                    self.answers.event(r, e.ts());
-                    match e {
-                        Event::Exec(report) => {
-                            if let Some(answer) = self.orders.apply(report) {
-                                self.answers.hold(r, answer);
-                            }
-                        }
-                        Event::Trade(t) => {
-                            self.trades.push(*t);
-                            self.publisher.ingest(e);
-                        }
-                        _ => self.publisher.ingest(e),
-                    }
-                }
-                if outcome.read < HUB_READ_MAX {
-                    self.answers.caught_up(r);
-                }
-            }
-            self.publisher.metrics.hub_events.fetch_add(got as u64, Ordering::Relaxed);
-            self.candles.apply(&self.trades);
-            self.trades.clear();
-            // Users' reports of this pass reach the history file before anyone can have
-            // acted on them over the network (a killed process then loses none).
-            self.orders.flush_history();
-            self.answers.release();
-            self.orders.mark_stored(self.readers.iter().map(RingReader::cursor).enumerate());
-            self.publisher.publish();
-            let mut stale = self.publisher.take_resets();
-            if lapped {
-                // Deltas were lost: rebuild every book from the engine rather than wait for
-                // the next delta of each to reveal its gap.
-                let directory = Arc::clone(&self.publisher.directory);
-                stale = directory
-                    .all()
-                    .iter()
-                    .filter(|c| c.kind == ChannelKind::Book)
-                    .cloned()
-                    .collect();
-            }
-            stale.append(&mut self.retry);
-            stale.sort_by_key(|c| c.id);
-            stale.dedup_by_key(|c| c.id);
-            for channel in stale {
-                if !self.reset_book(&channel) {
-                    self.retry.push(channel);
-                }
-            }
-            if self.publisher.take_published() {
-                self.writers.wake();
-            }
-            if got == 0 {
-                std::thread::park_timeout(Duration::from_millis(50));
-            } else if behind {
-                // Still behind the engine: no pause until caught up.
-            } else if let Some(rest) = self.pass().checked_sub(started.elapsed()) {
-                std::thread::sleep(rest);
-            }
+impl Pacing {
+    /// The hub pump's pacing: each pass lasts the configured shortest, or an eighth of
+    /// the writers' latest round when that is longer. A writer visits each connection once
+    /// per round and writes every chunk published since, so passes much shorter than a
+    /// round only multiply the frames per write (hundreds per connection at 1,000 busy
+    /// ones) without making anything fresher than the round allows.
+    pub fn for_pump(self, writers: Arc<Writers>) -> crate::events::Pacing {
+        let longest = PASS_MAX.max(self.min_pass);
+        crate::events::Pacing {
+            idle: IDLE_MAX,
+            pass: Box::new(move || (writers.round() / ROUND_PASSES).clamp(self.min_pass, longest)),
         }
     }
+}
 
-    /// This pass's length: the configured shortest, or an eighth of the writers' latest
-    /// round when that is longer. A writer visits each connection once per round and
-    /// writes every chunk published since, so passes much shorter than a round only
-    /// multiply the frames per write (hundreds per connection at 1,000 busy ones) without
-    /// making anything fresher than the round allows.
-    fn pass(&self) -> Duration {
-        (self.writers.round() / ROUND_PASSES)
-            .clamp(self.pacing.min_pass, PASS_MAX.max(self.pacing.min_pass))
+/// The market-data consumer: every public event into its channel, one chunk per changed
+/// channel and pass, then a wake-up for each writer. Also feeds the candles (trades).
+pub struct MarketData {
+    engine: EngineHandle,
+    publisher: Publisher,
+    /// Woken after every pass that published something.
+    writers: Arc<Writers>,
+    /// Book channels whose reset failed, retried every pass.
+    retry: Vec<Arc<Channel>>,
+    /// A lapped read lost deltas: every book is rebuilt at the end of the pass.
+    lapped: bool,
+    /// Candles, fed with every pass's trades.
+    candles: Arc<Candles>,
+    trades: Vec<tickgate_engine::Trade>,
+}
+
+impl std::fmt::Debug for MarketData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MarketData").field("retry", &self.retry.len()).finish_non_exhaustive()
     }
+}
 
-    fn reset_books(&mut self) {
-        let directory = Arc::clone(&self.publisher.directory);
+impl MarketData {
+    /// Publishes into `directory`'s channels, after a snapshot of every book: make it
+    /// after the pump's source, so that every later delta is seen.
+    pub fn new(
+        engine: EngineHandle,
+        directory: Arc<Directory>,
+        metrics: Arc<Metrics>,
+        writers: Arc<Writers>,
+        candles: Arc<Candles>,
+    ) -> Self {
+        let mut market = MarketData {
+            engine,
+            publisher: Publisher::new(directory, metrics),
+            writers,
+            retry: Vec::new(),
+            lapped: false,
+            candles,
+            trades: Vec::new(),
+        };
+        let directory = Arc::clone(&market.publisher.directory);
         for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Book) {
-            if !self.reset_book(c) {
-                self.retry.push(Arc::clone(c));
+            if !market.reset_book(c) {
+                market.retry.push(Arc::clone(c));
             }
         }
+        market
     }
 
     /// Replaces a book channel's state with an engine snapshot; `false` if the engine could
@@ -249,6 +111,58 @@ impl HubWorker {
                 tracing::warn!(channel = %channel.name, "cannot snapshot the book yet: {e}");
                 false
             }
+        }
+    }
+
+    /// Book channels to rebuild from the engine this pass.
+    fn stale_books(&mut self) -> Vec<Arc<Channel>> {
+        let mut stale = self.publisher.take_resets();
+        if std::mem::take(&mut self.lapped) {
+            // Deltas were lost: rebuild every book from the engine rather than wait for
+            // the next delta of each to reveal its gap.
+            stale = self
+                .publisher
+                .directory
+                .all()
+                .iter()
+                .filter(|c| c.kind == ChannelKind::Book)
+                .cloned()
+                .collect();
+        }
+        stale.append(&mut self.retry);
+        stale.sort_by_key(|c| c.id);
+        stale.dedup_by_key(|c| c.id);
+        stale
+    }
+}
+
+impl EventConsumer for MarketData {
+    fn on_events(&mut self, batch: &Batch<'_>) {
+        self.publisher.metrics.hub_events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        for e in batch.events {
+            if let Event::Trade(t) = e {
+                self.trades.push(*t);
+            }
+            self.publisher.ingest(e);
+        }
+    }
+
+    fn on_missed(&mut self, _shard: usize, missed: u64) {
+        self.lapped = true;
+        self.publisher.metrics.hub_missed.fetch_add(missed, Ordering::Relaxed);
+    }
+
+    fn on_pass(&mut self) {
+        self.candles.apply(&self.trades);
+        self.trades.clear();
+        self.publisher.publish();
+        for channel in self.stale_books() {
+            if !self.reset_book(&channel) {
+                self.retry.push(channel);
+            }
+        }
+        if self.publisher.take_published() {
+            self.writers.wake();
         }
     }
 }

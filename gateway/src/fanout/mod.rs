@@ -47,7 +47,7 @@ use crate::protocol::{
     RECENT_TRADES, SNAPSHOT_DEPTH_MAX, TRADES_KEPT,
 };
 
-pub use hub::{Hub, HubWake, Pacing, Publisher};
+pub use hub::{MarketData, Pacing, Publisher};
 pub use writer::Writers;
 
 /// A pass's worth of one channel's messages, framed once.

@@ -17,6 +17,13 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::history::{Entry, HistoryWriter};
 
+mod answers;
+mod projection;
+
+use answers::Waiter;
+pub use answers::{Answer, AnswerGate, Awaiting, Wait};
+pub use projection::OrderProjection;
+
 /// Orders one account keeps (oldest closed ones go first).
 pub const ORDERS_KEPT: usize = 10_000;
 /// Fills one account keeps.
@@ -100,113 +107,6 @@ struct AccountState {
     orders: BTreeMap<OrderId, OrderView>,
     /// Oldest first, in id order.
     fills: VecDeque<FillView>,
-}
-
-/// Which reports answer a waiting request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Awaiting {
-    /// A new order: accepted or rejected.
-    New,
-    /// A cancel: canceled or rejected.
-    Cancel,
-    /// A replace: replaced or rejected.
-    Replace,
-}
-
-impl Awaiting {
-    fn answered_by(self, kind: ExecKind) -> bool {
-        matches!(
-            (self, kind),
-            (Awaiting::New, ExecKind::Accepted | ExecKind::Rejected)
-                | (Awaiting::Cancel, ExecKind::Canceled | ExecKind::CancelRejected)
-                | (Awaiting::Replace, ExecKind::Replaced | ExecKind::ReplaceRejected)
-        )
-    }
-}
-
-/// The engine's verdict on a waiting request, held back until every report of the command
-/// that gave it has been applied (see [`OrderStore::apply`]): a market order is answered
-/// filled, not accepted-and-open.
-#[derive(Debug)]
-pub struct Answer {
-    tx: oneshot::Sender<ExecReport>,
-    report: ExecReport,
-}
-
-impl Answer {
-    /// Hands the verdict to the request (which may have given up: that is fine).
-    pub fn send(self) {
-        let _ = self.tx.send(self.report);
-    }
-}
-
-/// Holds answers back until the command that gave them can have no more reports to come,
-/// then lets them go together after the pass's reports are in the history file.
-///
-/// The engine writes all events of one command in one go, stamped with that command's
-/// timestamp (strictly increasing per shard: no two commands of a shard share one, even
-/// after a wall-clock step back), and moves its ring's head only between commands. So,
-/// per shard, a command is complete once an event with another timestamp follows it, or
-/// once a read reached the head.
-#[derive(Debug, Default)]
-pub struct AnswerGate {
-    /// Per shard: the timestamp of the last event seen, and the answers it may still add to.
-    pending: Vec<(u64, Vec<Answer>)>,
-    ready: Vec<Answer>,
-}
-
-impl AnswerGate {
-    /// A gate for `shards` engine shards.
-    pub fn new(shards: usize) -> Self {
-        AnswerGate { pending: (0..shards).map(|_| (0, Vec::new())).collect(), ready: Vec::new() }
-    }
-
-    /// Called for every event of `shard`, in ring order, before it is applied.
-    pub fn event(&mut self, shard: usize, ts: tickgate_engine::UnixNanos) {
-        let Some((last, held)) = self.pending.get_mut(shard) else { return };
-        if *last != ts.0 {
-            self.ready.append(held);
-            *last = ts.0;
-        }
-    }
-
-    /// Holds `answer`, given by `shard`'s current command.
-    pub fn hold(&mut self, shard: usize, answer: Answer) {
-        match self.pending.get_mut(shard) {
-            Some((_, held)) => held.push(answer),
-            None => self.ready.push(answer),
-        }
-    }
-
-    /// A read of `shard` reached its ring's head: every command read so far is complete.
-    pub fn caught_up(&mut self, shard: usize) {
-        if let Some((_, held)) = self.pending.get_mut(shard) {
-            self.ready.append(held);
-        }
-    }
-
-    /// Sends every answer whose command is complete.
-    pub fn release(&mut self) {
-        for answer in self.ready.drain(..) {
-            answer.send();
-        }
-    }
-}
-
-/// A request waiting for the engine's answer about one order.
-struct Waiter {
-    token: u64,
-    awaiting: Awaiting,
-    tx: oneshot::Sender<ExecReport>,
-}
-
-/// A registered wait: the answer, and the token that [`OrderStore::forget`] takes.
-#[derive(Debug)]
-pub struct Wait {
-    /// Resolves with the engine's answer.
-    pub answer: oneshot::Receiver<ExecReport>,
-    /// Identifies this wait.
-    pub token: u64,
 }
 
 /// Orders, fills and waiters for every user account.
