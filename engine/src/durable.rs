@@ -34,7 +34,8 @@ use crate::event::{Event, EventDigest};
 use crate::journal::{
     list_numbered, list_segments, read_segment, JournalError, JournalWriter, SyncMode,
 };
-use crate::snapshot::{list_snapshots, read_snapshot};
+use crate::retention::Retention;
+use crate::snapshot::{list_snapshots, read_snapshot, snapshot_last_ts};
 use crate::types::{InstrumentId, UnixNanos};
 
 /// Where and how commands are journaled.
@@ -92,6 +93,9 @@ pub struct Recovery {
     pub next_seq: u64,
     /// Ingest timestamp of the last recovered command (0 if none).
     pub last_ts: u64,
+    /// Recovery could not start as early as the retention floor asked (see
+    /// [`crate::retention`]).
+    pub retention_warning: Option<String>,
     /// Time recovery took.
     pub elapsed: Duration,
 }
@@ -116,38 +120,34 @@ impl EventSink for FnSink<'_> {
 /// journal record after it, in order, each event passed to `on_event`. A torn last record
 /// is cut from the file (and reported); any other damage, a gap in sequences or an
 /// unknown version is an error naming the file and offset, and nothing starts.
+///
+/// With a retention `floor` (see [`crate::retention`]), the start is the newest snapshot
+/// taken at or before it, so that `on_event` sees every event of the commands after it.
 pub fn recover(
     dir: &Path,
     shard: usize,
     spec: &EngineSpec,
     owns: impl Fn(InstrumentId) -> bool + Copy,
+    floor: Option<u64>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(Engine, Recovery), JournalError> {
     let started = Instant::now();
     let mut report = Recovery { shard, ..Recovery::default() };
-    let mut engine = None;
-    let mut from_seq = 0u64;
-    for (seq, path) in list_snapshots(dir)?.into_iter().rev() {
-        match read_snapshot(&path, shard as u32, spec, owns) {
-            Ok(loaded) => {
-                from_seq = loaded.seq;
-                report.last_ts = loaded.last_ts;
-                report.snapshot = Some((path, seq));
-                engine = Some(loaded.engine);
-                break;
-            }
-            Err(e) => report.skipped_snapshots.push(e.to_string()),
+    let segments = list_segments(dir)?;
+    let start = start_snapshot(dir, shard, spec, owns, floor, &segments, &mut report)?;
+    let from_seq = start.as_ref().map_or(0, |s| s.seq);
+    let mut engine = match start {
+        Some(loaded) => {
+            report.last_ts = loaded.last_ts;
+            report.snapshot = Some((loaded.path, loaded.seq));
+            loaded.engine
         }
-    }
-    let mut engine = match engine {
-        Some(e) => e,
         None => Engine::new(spec, owns).map_err(|e| JournalError::Corrupt {
             path: dir.to_path_buf(),
             offset: 0,
             what: format!("engine spec: {e}"),
         })?,
     };
-    let segments = list_segments(dir)?;
     let mut sink = FnSink(on_event);
     let replay = replay_segments(&segments, shard, from_seq + 1, &mut engine, &mut sink)?;
     if let Some((path, valid, torn)) = replay.torn {
@@ -162,6 +162,51 @@ pub fn recover(
     report.next_seq = next;
     report.elapsed = started.elapsed();
     Ok((engine, report))
+}
+
+/// The snapshot recovery starts from: the newest that verifies and, with a `floor`, was
+/// taken at or before it. `None`: from the empty engine, which is right when there is no
+/// usable snapshot, or when none is old enough and the journal still starts at sequence 1.
+/// When none is old enough and the journal's start was pruned, the oldest snapshot that
+/// verifies is the best there is; [`Recovery::retention_warning`] says so.
+fn start_snapshot(
+    dir: &Path,
+    shard: usize,
+    spec: &EngineSpec,
+    owns: impl Fn(InstrumentId) -> bool + Copy,
+    floor: Option<u64>,
+    segments: &[(u64, PathBuf)],
+    report: &mut Recovery,
+) -> Result<Option<crate::snapshot::LoadedSnapshot>, JournalError> {
+    let snapshots = list_snapshots(dir)?;
+    let mut too_new = 0;
+    for (_, path) in snapshots.iter().rev() {
+        if let Some(floor) = floor {
+            if snapshot_last_ts(path).is_ok_and(|ts| ts > floor) {
+                too_new += 1;
+                continue;
+            }
+        }
+        match read_snapshot(path, shard as u32, spec, owns) {
+            Ok(loaded) => return Ok(Some(loaded)),
+            Err(e) => report.skipped_snapshots.push(e.to_string()),
+        }
+    }
+    let journal_from_start = segments.first().is_none_or(|(first, _)| *first <= 1);
+    if too_new == 0 || journal_from_start {
+        return Ok(None);
+    }
+    for (_, path) in &snapshots {
+        if let Ok(loaded) = read_snapshot(path, shard as u32, spec, owns) {
+            report.retention_warning = Some(format!(
+                "no snapshot at or before the retention floor {floor:?} and the journal's \
+                 start is pruned: recovery starts from {} (consumers may miss events before it)",
+                path.display()
+            ));
+            return Ok(Some(loaded));
+        }
+    }
+    Ok(None)
 }
 
 struct Replay {
@@ -440,17 +485,15 @@ impl Failure {
 pub(crate) struct SnapshotJob {
     pub(crate) seq: u64,
     pub(crate) bytes: Vec<u8>,
-    /// One past the shard's last event the state includes.
-    pub(crate) ring_position: u64,
 }
 
 /// Writes snapshots handed over by the engine thread and prunes what they make
-/// unnecessary: all but the two newest snapshots, and segments wholly before the older of
-/// the two (so a damaged newest snapshot still has a complete fallback).
+/// unnecessary (see [`prune`]).
 ///
 /// A snapshot at sequence `S` is written only once the journal is durable up to `S`
 /// (in `batch-async` mode the engine runs ahead of the last sync): otherwise a crash could
-/// leave a snapshot newer than the journal, and a gap after it.
+/// leave a snapshot newer than the journal, and a gap after it. It never waits for
+/// consumers outside the engine: their [`Retention`] floor decides what pruning keeps.
 ///
 /// A failed snapshot or prune loses nothing (the journal still has everything): it is
 /// reported in `warning`, which does not stop the shard.
@@ -460,7 +503,7 @@ pub(crate) fn snapshot_loop(
     stats: Arc<JournalStats>,
     journal_failure: Arc<Failure>,
     warning: Arc<Failure>,
-    barrier: Option<Box<dyn Fn(u64) -> bool + Send>>,
+    retention: Option<(Arc<Retention>, usize)>,
 ) {
     for job in jobs {
         while stats.durable_seq.load(Ordering::Acquire) < job.seq {
@@ -469,33 +512,41 @@ pub(crate) fn snapshot_loop(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        if barrier.as_ref().is_some_and(|b| !b(job.ring_position)) {
-            warning.set(format!(
-                "snapshot at sequence {} skipped: derived state (order history) did not catch \
-                 up; the journal keeps every record",
-                job.seq
-            ));
-            continue;
-        }
         if let Err(e) = crate::snapshot::write_snapshot(&dir, job.seq, &job.bytes) {
             warning.set(format!("snapshot: {e}"));
             continue;
         }
         stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = prune(&dir) {
+        let floor = retention.as_ref().and_then(|(r, shard)| r.floor(*shard));
+        if let Err(e) = prune(&dir, floor) {
             warning.set(format!("pruning: {e}"));
         }
     }
 }
 
-fn prune(dir: &Path) -> Result<(), JournalError> {
+/// Deletes the snapshots and journal segments recovery can no longer need: it keeps the
+/// two newest snapshots (so a damaged newest one still has a complete fallback), the
+/// newest one taken at or before the retention `floor` (where recovery for the slowest
+/// consumer starts), and every segment from the oldest snapshot kept. With a floor older
+/// than every snapshot, nothing is deleted.
+fn prune(dir: &Path, floor: Option<u64>) -> Result<(), JournalError> {
     let snapshots = list_snapshots(dir)?;
     if snapshots.len() < 2 {
         return Ok(());
     }
-    let keep_from = snapshots[snapshots.len() - 2].0;
-    for (_, path) in &snapshots[..snapshots.len() - 2] {
-        fs::remove_file(path).map_err(|e| JournalError::io(path, e))?;
+    let mut keep_from = snapshots[snapshots.len() - 2].0;
+    if let Some(floor) = floor {
+        let within =
+            snapshots.iter().rev().find(|(_, p)| snapshot_last_ts(p).is_ok_and(|ts| ts <= floor));
+        match within {
+            Some((seq, _)) => keep_from = keep_from.min(*seq),
+            None => return Ok(()),
+        }
+    }
+    for (seq, path) in &snapshots[..snapshots.len() - 2] {
+        if *seq != keep_from {
+            fs::remove_file(path).map_err(|e| JournalError::io(path, e))?;
+        }
     }
     // Temporary files of snapshots a crash interrupted.
     for (_, path) in list_numbered(dir, "snapshot-", ".tgs.tmp")? {

@@ -21,6 +21,7 @@ pub mod idempotency;
 pub mod instrument;
 pub mod journal;
 pub mod l2;
+pub mod retention;
 pub mod ring;
 pub mod runtime;
 pub mod snapshot;
@@ -38,6 +39,7 @@ pub use event::{Bbo, BookDelta, Event, EventDigest, ExecKind, ExecReport, Trade,
 pub use idempotency::{IdempotencyKey, KeyRecord};
 pub use instrument::{default_markets, Asset, Instrument, InstrumentSpec};
 pub use l2::L2Book;
+pub use retention::{Retention, Watermark};
 pub use ring::{EventRing, ReadOutcome, RingReader, RingWriter};
 pub use types::{
     AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Seq, Side, UnixNanos,

@@ -34,6 +34,7 @@ use crate::event::Event;
 use crate::idempotency::{IdempotencyKey, KeyRecord};
 use crate::instrument::{Asset, Instrument, InstrumentError};
 use crate::journal::{JournalError, JournalWriter};
+use crate::retention::Retention;
 use crate::ring::{EventRing, RingReader, RingWriter};
 use crate::types::{AccountId, AssetId, InstrumentId, OrderId, Seq, UnixNanos};
 
@@ -44,13 +45,6 @@ pub type PublishHook = Arc<dyn Fn() + Send + Sync>;
 /// Called with `(shard, event)` for every event recovery replays from the journal (before
 /// any thread starts), so state kept outside the engine can be rebuilt.
 pub type ReplayHook = Arc<dyn Fn(usize, &Event) + Send + Sync>;
-
-/// Called on a shard's snapshot thread with `(shard, ring position)` before a snapshot is
-/// written: the position is one past the last event the snapshot's state includes. It
-/// returns once every reader that keeps derived state of its own (a user's order history)
-/// has stored the events before that position, because recovery will not replay them
-/// again; `false` gives up, and that snapshot is skipped (the journal keeps everything).
-pub type SnapshotBarrier = Arc<dyn Fn(usize, u64) -> bool + Send + Sync>;
 
 /// How the engine runs.
 #[derive(Clone)]
@@ -74,8 +68,10 @@ pub struct RuntimeConfig {
     pub durability: Option<DurabilityConfig>,
     /// Sees every event recovery replays.
     pub on_replay: Option<ReplayHook>,
-    /// Holds each snapshot until derived state is stored (see [`SnapshotBarrier`]).
-    pub snapshot_barrier: Option<SnapshotBarrier>,
+    /// How far consumers that keep durable state of their own have stored what they
+    /// derive from events: pruning keeps, and recovery replays, what they still need
+    /// (see [`crate::retention`]).
+    pub retention: Option<Arc<Retention>>,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -103,7 +99,7 @@ impl Default for RuntimeConfig {
             idle_spin: Duration::from_micros(50),
             durability: None,
             on_replay: None,
-            snapshot_barrier: None,
+            retention: None,
         }
     }
 }
@@ -301,8 +297,10 @@ impl EngineRuntime {
                             h(shard, e);
                         }
                     };
+                    let floor = config.retention.as_ref().and_then(|r| r.floor(shard));
+                    let dir = d.shard_dir(shard);
                     let (engine, r) =
-                        recover(&d.shard_dir(shard), shard, &config.spec, owns, &mut on_event)?;
+                        recover(&dir, shard, &config.spec, owns, floor, &mut on_event)?;
                     (engine, Some(r))
                 }
                 None => (Engine::new(&config.spec, owns)?, None),
@@ -364,13 +362,11 @@ impl EngineRuntime {
                 );
                 let (ss, sf, sw) =
                     (Arc::clone(&jstats), Arc::clone(&failure), Arc::clone(&snapshot_warning));
-                let barrier = config.snapshot_barrier.clone().map(|b| {
-                    Box::new(move |position| b(shard, position)) as Box<dyn Fn(u64) -> bool + Send>
-                });
+                let retention = config.retention.clone().map(|r| (r, shard));
                 helpers.push(
                     std::thread::Builder::new()
                         .name(format!("snapshot-{shard}"))
-                        .spawn(move || snapshot_loop(dir, snap_rx, ss, sf, sw, barrier))
+                        .spawn(move || snapshot_loop(dir, snap_rx, ss, sf, sw, retention))
                         .expect("spawning a snapshot thread at start-up"),
                 );
                 worker.durable = Some(DurableState {
@@ -800,9 +796,7 @@ impl ShardWorker {
         }
         let bytes =
             crate::snapshot::encode_snapshot(&self.engine, d.shard, d.applied_seq, self.last_ts.0);
-        // The batch's events are published: the ring position covers all of them.
-        let ring_position = self.writer.written();
-        let job = SnapshotJob { seq: d.applied_seq, bytes, ring_position };
+        let job = SnapshotJob { seq: d.applied_seq, bytes };
         if d.snapshots.try_send(job).is_ok() {
             d.last_snapshot_seq = d.applied_seq;
         }

@@ -107,6 +107,28 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     list_numbered(dir, "snapshot-", ".tgs")
 }
 
+/// The ingest timestamp of the last command a snapshot includes, from its header alone
+/// (not checked against the file's checksum: for choosing which snapshot to read or
+/// keep, never for trusting its content).
+pub fn snapshot_last_ts(path: &Path) -> Result<u64, JournalError> {
+    use std::io::Read;
+    let mut header = [0u8; HEADER_BYTES];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(|e| JournalError::io(path, e))?;
+    if &header[..8] != SNAPSHOT_MAGIC {
+        return Err(JournalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            what: "not a tickgate snapshot".into(),
+        });
+    }
+    // Magic, version (u32), shard (u32), sequence (u64), last timestamp (u64).
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&header[24..32]);
+    Ok(u64::from_le_bytes(ts))
+}
+
 /// Frames an engine's state as a snapshot file's bytes.
 pub fn encode_snapshot(engine: &Engine, shard: u32, seq: u64, last_ts: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 << 16);

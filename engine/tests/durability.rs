@@ -243,53 +243,63 @@ fn a_second_runtime_cannot_open_the_same_data_directory() {
 }
 
 #[test]
-fn snapshots_wait_for_the_barrier_and_are_skipped_when_it_gives_up() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+fn snapshots_never_wait_and_pruning_and_recovery_follow_the_slowest_consumer() {
     use std::sync::{Arc, Mutex};
+    use tickgate_engine::snapshot::snapshot_last_ts;
 
-    // A barrier that refuses: no snapshot is written, the journal keeps everything and a
-    // warning says why.
-    let tmp = TempDir::new("barrier-refuses");
-    let mut refusing = config(&tmp.0, 1, 500);
-    refusing.snapshot_barrier = Some(Arc::new(|_, _| false));
-    let runtime = EngineRuntime::start(refusing).expect("fresh start");
-    drive(&runtime.handle(), 3, 2_000);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while runtime.handle().snapshot_warning().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let warning = runtime.handle().snapshot_warning().expect("a skipped snapshot is reported");
-    assert!(warning.contains("skipped"), "{warning}");
+    let tmp = TempDir::new("retention");
+    let shard_dir = tmp.0.join("shard-0");
+    // A consumer that has stored nothing: snapshots are still written, but nothing is
+    // pruned, since its recovery must replay from the start.
+    let retention = Arc::new(Retention::new(1));
+    let stuck = retention.register(&[0]);
+    let mut c = config(&tmp.0, 1, 500);
+    c.retention = Some(Arc::clone(&retention));
+    let runtime = EngineRuntime::start(c).expect("fresh start");
+    drive(&runtime.handle(), 3, 3_000);
     runtime.shutdown();
-    assert!(list_snapshots(&tmp.0.join("shard-0")).unwrap().is_empty());
-    assert_eq!(list_segments(&tmp.0.join("shard-0")).unwrap()[0].0, 1, "nothing pruned");
+    let snapshots = list_snapshots(&shard_dir).unwrap();
+    assert!(snapshots.len() >= 3, "snapshots never wait for consumers: {snapshots:?}");
+    assert_eq!(list_segments(&shard_dir).unwrap()[0].0, 1, "the journal is kept whole");
+    assert_eq!(stuck.stored(0), 0);
 
-    // A barrier that lets go: it is asked with the ring position of the snapshot's last
-    // event (never beyond what was published), and the snapshot is written only after.
-    let tmp = TempDir::new("barrier-passes");
-    let asked: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let open = Arc::new(AtomicBool::new(false));
-    let mut passing = config(&tmp.0, 1, 500);
-    let (a, o) = (Arc::clone(&asked), Arc::clone(&open));
-    passing.snapshot_barrier = Some(Arc::new(move |shard, position| {
-        assert_eq!(shard, 0);
-        a.lock().unwrap().push(position);
-        while !o.load(Ordering::Acquire) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        true
-    }));
-    let runtime = EngineRuntime::start(passing).expect("fresh start");
-    let handle = runtime.handle();
-    let reader = handle.reader(0).expect("shard 0");
-    drive(&handle, 3, 2_000);
-    while asked.lock().unwrap().is_empty() {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    assert!(list_snapshots(&tmp.0.join("shard-0")).unwrap().is_empty(), "held by the barrier");
-    let position = asked.lock().unwrap()[0];
-    assert!(position > 0 && position <= reader.lag(), "{position}");
-    open.store(true, Ordering::Release);
+    // A consumer that stored up to the second snapshot: recovery starts there (not at the
+    // newest), so it sees again every event after its mark.
+    let (second_seq, second) = &snapshots[1];
+    let floor = snapshot_last_ts(second).unwrap();
+    let retention = Arc::new(Retention::new(1));
+    let mark = retention.register(&[floor]);
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let mut c = config(&tmp.0, 1, 500);
+    c.retention = Some(Arc::clone(&retention));
+    c.on_replay = Some(Arc::new(move |_, e: &Event| s.lock().unwrap().push(e.ts().0)));
+    let runtime = EngineRuntime::start(c).expect("restart");
+    let recovery = &runtime.recoveries()[0];
+    assert_eq!(recovery.snapshot.as_ref().map(|(_, seq)| *seq), Some(*second_seq));
+    assert!(recovery.retention_warning.is_none());
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(!seen.is_empty() && seen.iter().all(|ts| *ts > floor), "every event after the mark");
+
+    // Once the consumer has caught up, pruning goes back to two snapshots and the journal
+    // after the older.
+    mark.advance(0, UnixNanos(u64::MAX));
+    drive(&runtime.handle(), 5, 1_500);
     runtime.shutdown();
-    assert!(!list_snapshots(&tmp.0.join("shard-0")).unwrap().is_empty());
+    let snapshots = list_snapshots(&shard_dir).unwrap();
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let first_segment = list_segments(&shard_dir).unwrap()[0].0;
+    assert!(first_segment > 1 && first_segment <= snapshots[0].0 + 1, "{first_segment}");
+
+    // A consumer older than everything kept: the oldest snapshot is the best there is, and
+    // recovery says so.
+    let retention = Arc::new(Retention::new(1));
+    let _behind = retention.register(&[1]);
+    let mut c = config(&tmp.0, 1, 500);
+    c.retention = Some(retention);
+    let runtime = EngineRuntime::start(c).expect("restart");
+    let recovery = &runtime.recoveries()[0];
+    assert_eq!(recovery.snapshot.as_ref().map(|(_, seq)| *seq), Some(snapshots[0].0));
+    assert!(recovery.retention_warning.as_deref().is_some_and(|w| w.contains("pruned")));
+    runtime.shutdown();
 }

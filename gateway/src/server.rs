@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tickgate_engine::runtime::{EngineHandle, EngineRuntime, RuntimeConfig};
 use tickgate_engine::types::format_fixed;
-use tickgate_engine::{AccountId, EngineCounters, EngineSpec};
+use tickgate_engine::{AccountId, EngineCounters, EngineSpec, Retention, UnixNanos};
 use tickgate_feed::{FeedDriver, FlowConfig, Worker};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -32,8 +32,6 @@ use crate::ws::WsContext;
 
 /// Accounts the engine tables hold: users, plus the synthetic flow's range.
 const ACCOUNTS_MAX: u32 = 4096;
-/// How long a snapshot waits for the order history to catch up before it is skipped.
-const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for connections to close before it stops waiting.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest idle wait of the alert pump: the engine's publish hook wakes it sooner.
@@ -83,10 +81,19 @@ impl Server {
         let orders = Arc::new(OrderStore::new(users.all().map(|u| u.account)));
         // Users' closed orders and fills from earlier runs (durable modes only).
         let history_dir = config.durability.as_ref().map(|d| d.dir.join("history"));
-        let history = match history_dir.clone() {
-            Some(dir) => tokio::task::spawn_blocking(move || history::load(&dir)).await??,
-            None => history::Loaded::default(),
+        let (history, stored) = match history_dir.clone() {
+            Some(dir) => {
+                tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                    Ok((history::load(&dir)?, crate::orders::stored::load(&dir)?))
+                })
+                .await??
+            }
+            None => (history::Loaded::default(), Vec::new()),
         };
+        // The history is the engine's one durable consumer: recovery replays what it
+        // does not have yet, pruning keeps it (see `tickgate_engine::retention`).
+        let retention = Arc::new(Retention::new(config.shards.max(1)));
+        let history_mark = history_dir.as_ref().map(|_| retention.register(&stored));
         // The engine's publish hook wakes both pumps.
         let (hub_wake, alert_wake) = (Wake::default(), Wake::default());
         let hook_wakes = (hub_wake.clone(), alert_wake.clone());
@@ -118,12 +125,7 @@ impl Server {
                 tickgate_engine::Event::Trade(t) => replay_candles.apply(std::slice::from_ref(t)),
                 _ => {}
             })),
-            // A snapshot waits until users' reports it covers are in the history file.
-            snapshot_barrier: history_dir.as_ref().map(|_| {
-                let o = Arc::clone(&orders);
-                Arc::new(move |shard, position| o.wait_stored(shard, position, SNAPSHOT_WAIT))
-                    as tickgate_engine::runtime::SnapshotBarrier
-            }),
+            retention: history_mark.as_ref().map(|_| Arc::clone(&retention)),
             ..RuntimeConfig::default()
         };
         let runtime =
@@ -134,11 +136,15 @@ impl Server {
         let directory =
             Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks, &candles));
 
-        let history_sync = match history_dir {
-            Some(dir) => {
-                Some(restore_history(&engine, &users, &orders, history, &replayed, dir).await?)
+        let history_sync = match (history_dir, history_mark) {
+            (Some(dir), Some(mark)) => {
+                for r in runtime.recoveries() {
+                    mark.set(r.shard, UnixNanos(r.last_ts));
+                }
+                let restored = HistoryRestore { loaded: history, replayed: &replayed, dir, mark };
+                Some(restore_history(&engine, &users, &orders, restored).await?)
             }
-            None => None,
+            _ => None,
         };
         if fresh && config.replay.is_none() {
             fund_demo_accounts(&engine, &users);
@@ -383,8 +389,6 @@ impl Server {
                 }
             }
             writers.stop();
-            // A snapshot still waiting for the history is skipped (the journal has it all).
-            orders.stop_storing();
             if let Some(sync) = history_sync {
                 sync.stop();
                 orders.flush_history();
@@ -399,6 +403,18 @@ impl Server {
     }
 }
 
+/// What [`restore_history`] starts from.
+struct HistoryRestore<'a> {
+    /// The history file's records.
+    loaded: history::Loaded,
+    /// Users' reports the journal's replay brought back.
+    replayed: &'a std::sync::Mutex<Vec<tickgate_engine::ExecReport>>,
+    /// The history directory.
+    dir: std::path::PathBuf,
+    /// The history's retention watermark, set to the recovered journal's end.
+    mark: tickgate_engine::Watermark,
+}
+
 /// Rebuilds users' orders and fills: the history file's records the recovered engine
 /// knows of, then the journal's replayed reports past them; rewrites the file compactly
 /// and starts the thread that syncs it.
@@ -406,10 +422,9 @@ async fn restore_history(
     engine: &EngineHandle,
     users: &Users,
     orders: &Arc<OrderStore>,
-    loaded: history::Loaded,
-    replayed: &std::sync::Mutex<Vec<tickgate_engine::ExecReport>>,
-    dir: std::path::PathBuf,
+    restore: HistoryRestore<'_>,
 ) -> anyhow::Result<Worker> {
+    let HistoryRestore { loaded, replayed, dir, mark } = restore;
     if loaded.torn_bytes > 0 {
         tracing::warn!(
             "torn order history tail cut: {} bytes at the end of {}",
@@ -455,10 +470,13 @@ async fn restore_history(
     }
     tracing::info!(records = kept.len(), replayed = replayed.len(), "order history restored");
     let o = Arc::clone(orders);
+    let d = dir.clone();
     let writer =
-        tokio::task::spawn_blocking(move || history::HistoryWriter::create(&dir, o.dump()))
-            .await??;
+        tokio::task::spawn_blocking(move || history::HistoryWriter::create(&d, o.dump())).await??;
     orders.attach_history(writer);
+    orders.attach_watermark(mark, dir);
+    let o = Arc::clone(orders);
+    tokio::task::spawn_blocking(move || o.sync_history()).await?;
     let o = Arc::clone(orders);
     Ok(Worker::spawn("history-sync", move |stop| {
         let mut last = std::time::Instant::now();

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use tickgate_engine::{
     AccountId, ExecKind, ExecReport, InstrumentId, OrderId, OrderType, Price, Qty, RejectReason,
-    Side,
+    Side, UnixNanos, Watermark,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -19,6 +19,7 @@ use crate::history::{Entry, HistoryWriter};
 
 mod answers;
 mod projection;
+pub mod stored;
 
 use answers::Waiter;
 pub use answers::{Answer, AnswerGate, Awaiting, Wait};
@@ -124,10 +125,9 @@ pub struct OrderStore {
     history: Mutex<Option<HistoryWriter>>,
     /// A history write failed (logged once; the store keeps working in memory).
     history_failed: std::sync::atomic::AtomicBool,
-    /// Per engine shard, the event ring position before which every report is in the
-    /// history file (written by the hub after each pass), and whether the hub stopped.
-    stored: Mutex<Vec<u64>>,
-    stored_final: std::sync::atomic::AtomicBool,
+    /// How far the history file covers the engine's journal (see [`stored`]), once
+    /// attached.
+    stored: Mutex<Option<(Watermark, std::path::PathBuf)>>,
 }
 
 /// Reports one account's `orders` subscribers may fall behind by before they are told
@@ -314,45 +314,19 @@ impl OrderStore {
         }
     }
 
-    /// Records that every report before these ring positions (per shard) is in the
-    /// history file (the hub, after [`OrderStore::flush_history`]).
-    pub fn mark_stored(&self, positions: impl Iterator<Item = (usize, u64)>) {
-        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-        for (shard, position) in positions {
-            if stored.len() <= shard {
-                stored.resize(shard + 1, 0);
-            }
-            stored[shard] = stored[shard].max(position);
+    /// Records that every report of `shard`'s commands up to the one stamped `ts` is in
+    /// the history file (the projection, after [`OrderStore::flush_history`]).
+    pub fn mark_stored(&self, shard: usize, ts: UnixNanos) {
+        let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((mark, _)) = stored.as_ref() {
+            mark.advance(shard, ts);
         }
     }
 
-    /// No more reports will be stored (the hub stopped): waits give up at once.
-    pub fn stop_storing(&self) {
-        self.stored_final.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// The engine's snapshot barrier: waits until every report before `position` on
-    /// `shard`'s ring is in the history file, then puts the file on disk, so a snapshot
-    /// (after which recovery replays nothing older) never gets ahead of the history.
-    /// `false` after `timeout` or once the hub stopped (the snapshot is then skipped).
-    pub fn wait_stored(&self, shard: usize, position: u64, timeout: std::time::Duration) -> bool {
-        let started = std::time::Instant::now();
-        loop {
-            let reached = {
-                let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-                stored.get(shard).is_some_and(|p| *p >= position)
-            };
-            if reached {
-                self.sync_history();
-                return true;
-            }
-            if self.stored_final.load(std::sync::atomic::Ordering::Acquire)
-                || started.elapsed() >= timeout
-            {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+    /// Keeps `mark` up to date with what the history file holds, saving it in `dir` after
+    /// every sync (see [`stored`]).
+    pub fn attach_watermark(&self, mark: Watermark, dir: std::path::PathBuf) {
+        *self.stored.lock().unwrap_or_else(|e| e.into_inner()) = Some((mark, dir));
     }
 
     /// Puts what was written on disk (`fdatasync`); called about once a second, off the
@@ -362,9 +336,19 @@ impl OrderStore {
             let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
             history.as_mut().and_then(HistoryWriter::take_unsynced)
         };
+        // Taken before the sync: the marks cover no more than what the sync puts on disk.
+        let marks = {
+            let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+            stored.as_ref().map(|(mark, dir)| (mark.all(), dir.clone()))
+        };
         if let Some(Err(e)) | Some(Ok(Err(e))) = file.map(|f| f.map(|f| f.sync_data())) {
             if !self.history_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::error!("order history not synced: {e}");
+            }
+        }
+        if let Some((marks, dir)) = marks {
+            if let Err(e) = stored::save(&dir, &marks) {
+                tracing::warn!("order history watermark not saved: {e} (a restart replays more)");
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tickgate_engine::Event;
+use tickgate_engine::{Event, UnixNanos};
 
 use super::{AnswerGate, OrderStore};
 use crate::events::{Batch, EventConsumer};
@@ -15,22 +15,38 @@ pub struct OrderProjection {
     orders: Arc<OrderStore>,
     /// Answers to order requests, sent once their commands' reports are all applied.
     answers: AnswerGate,
-    /// Per shard, the source position up to which reports were applied.
-    positions: Vec<u64>,
+    /// Per shard: the timestamp of the last event applied, and of the last command
+    /// known complete (all its events applied; see [`AnswerGate`] for how that is known).
+    applied: Vec<Applied>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Applied {
+    last: u64,
+    complete: u64,
 }
 
 impl OrderProjection {
     /// A projection into `orders` of `shards` engine shards.
     pub fn new(orders: Arc<OrderStore>, shards: usize) -> Self {
-        OrderProjection { orders, answers: AnswerGate::new(shards), positions: vec![0; shards] }
+        OrderProjection {
+            orders,
+            answers: AnswerGate::new(shards),
+            applied: vec![Applied::default(); shards],
+        }
     }
 }
 
 impl EventConsumer for OrderProjection {
     fn on_events(&mut self, batch: &Batch<'_>) {
         let shard = batch.shard;
+        let mut applied = self.applied.get(shard).copied().unwrap_or_default();
         for e in batch.events {
             self.answers.event(shard, e.ts());
+            if e.ts().0 != applied.last {
+                applied.complete = applied.last;
+                applied.last = e.ts().0;
+            }
             if let Event::Exec(report) = e {
                 if let Some(answer) = self.orders.apply(report) {
                     self.answers.hold(shard, answer);
@@ -39,9 +55,10 @@ impl EventConsumer for OrderProjection {
         }
         if batch.caught_up {
             self.answers.caught_up(shard);
+            applied.complete = applied.last;
         }
-        if let Some(p) = self.positions.get_mut(shard) {
-            *p = batch.position;
+        if let Some(a) = self.applied.get_mut(shard) {
+            *a = applied;
         }
     }
 
@@ -56,6 +73,8 @@ impl EventConsumer for OrderProjection {
         // acted on them over the network (a killed process then loses none).
         self.orders.flush_history();
         self.answers.release();
-        self.orders.mark_stored(self.positions.iter().copied().enumerate());
+        for (shard, a) in self.applied.iter().enumerate() {
+            self.orders.mark_stored(shard, UnixNanos(a.complete));
+        }
     }
 }
