@@ -74,11 +74,11 @@ impl Origins {
         }
         let origin = origin(req)?;
         if !self.listed(origin) {
-            let mut response = crate::http::json_error(
-                hyper::StatusCode::FORBIDDEN,
-                "origin_not_allowed",
+            let mut response = crate::error::ApiError::new(
+                crate::error::ErrorCode::OriginNotAllowed,
                 "this origin may not call the API (see --cors-origin)",
-            );
+            )
+            .response();
             response.headers_mut().insert(VARY, HeaderValue::from_static("Origin"));
             return Some(response);
         }

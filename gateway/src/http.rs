@@ -11,6 +11,7 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tickgate_engine::runtime::EngineHandle;
 
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::ws::{self, WsContext};
 
@@ -63,16 +64,10 @@ const DIGEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Every response body: a complete one, or an SSE stream.
 pub type HttpBody = http_body_util::Either<Full<Bytes>, crate::sse::SseBody>;
 
-/// The one error shape: `{"error": {"code": "...", "message": "..."}}`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    json_response(status, &body)
-}
-
 /// The 405 answer, with the `Allow` header (RFC 9110) naming the methods the route takes.
 pub fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut response =
-        json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("use {allow}"));
+        ApiError::new(ErrorCode::MethodNotAllowed, format!("use {allow}")).response();
     response
         .headers_mut()
         .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allow));
@@ -162,7 +157,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
         _ => match crate::web::asset(path) {
             Some(asset) if get => asset,
             Some(_) => method_not_allowed("GET, HEAD"),
-            None => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+            None => ApiError::new(ErrorCode::NotFound, "no such route").response(),
         },
     };
     response.map(HttpBody::Left)
@@ -177,7 +172,7 @@ async fn digest(state: &AppState) -> Response<Full<Bytes>> {
         let mut last = state.digest_gate.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|t| t.elapsed() < DIGEST_INTERVAL) {
             let mut response =
-                json_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "at most one per second");
+                ApiError::new(ErrorCode::RateLimited, "at most one per second").response();
             response.headers_mut().insert("retry-after", "1".parse().expect("static header"));
             return response;
         }
@@ -204,6 +199,6 @@ async fn digest(state: &AppState) -> Response<Full<Bytes>> {
                 .collect();
             json_response(StatusCode::OK, &serde_json::json!({ "shards": shards }))
         }
-        _ => json_error(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", "engine stopped"),
+        _ => ApiError::new(ErrorCode::EngineUnavailable, "engine stopped").response(),
     }
 }

@@ -13,6 +13,7 @@
 //! - [`rest`]: the `/api/v1` REST API: market data, login and sessions, account, orders,
 //!   fills, positions, alerts; the OpenAPI document.
 //! - [`candles`]: OHLCV candles from trades; [`web`]: the embedded web terminal.
+//! - [`error`]: the one error type of every API answer (REST, SSE, WebSocket).
 //! - [`events`]: the one shape of every engine-event consumer, and the pump threads that
 //!   feed them.
 //! - [`fanout`]: engine events to shared pre-framed chunks in per-channel rings (the hub),
@@ -32,6 +33,7 @@ pub mod candles;
 pub mod client;
 pub mod config;
 pub mod cors;
+pub mod error;
 pub mod events;
 pub mod fanout;
 pub mod history;

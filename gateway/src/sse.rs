@@ -16,13 +16,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::alerts::{frame_event, AlertHub, Replay, UserAlerts};
-use crate::http::{json_error, AppState, HttpBody};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{AppState, HttpBody};
 use crate::metrics::Metrics;
 
 /// SSE limits and timing.
@@ -85,56 +86,6 @@ impl Drop for StreamGuard {
     }
 }
 
-/// Why a stream was not opened: the JSON error answer to give instead.
-#[derive(Debug)]
-pub struct Refusal {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    retry_after: Option<&'static str>,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Refusal { status, code, message: message.into(), retry_after: None }
-    }
-
-    fn response(&self) -> Response<HttpBody> {
-        let mut response = if self.status == StatusCode::UNAUTHORIZED {
-            crate::rest::unauthorized(&self.message)
-        } else {
-            json_error(self.status, self.code, &self.message)
-        };
-        if let Some(v) = self.retry_after {
-            response.headers_mut().insert("retry-after", HeaderValue::from_static(v));
-        }
-        response.map(HttpBody::Left)
-    }
-
-    /// The same answer as raw HTTP/1.1 bytes (for streams served without hyper).
-    /// The answer as raw HTTP/1.1, with `extra` header lines (CORS).
-    fn raw(&self, extra: &str) -> Vec<u8> {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } })
-            .to_string();
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-            self.status.as_u16(),
-            self.status.canonical_reason().unwrap_or(""),
-            body.len()
-        );
-        if self.status == StatusCode::UNAUTHORIZED {
-            head.push_str("www-authenticate: Bearer\r\n");
-        }
-        if let Some(v) = self.retry_after {
-            head.push_str(&format!("retry-after: {v}\r\n"));
-        }
-        head.push_str(extra);
-        head.push_str("\r\n");
-        head.push_str(&body);
-        head.into_bytes()
-    }
-}
-
 /// An opened stream: what to send first, and what the pump needs.
 struct Opened {
     user: Arc<UserAlerts>,
@@ -154,8 +105,8 @@ fn open(
     state: &AppState,
     token: Option<&str>,
     last_event_id: [Option<&str>; 2],
-) -> Result<Opened, Refusal> {
-    let unauthorized = |m: String| Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+) -> Result<Opened, ApiError> {
+    let unauthorized = |m: String| ApiError::new(ErrorCode::Unauthorized, m);
     let token = token.ok_or_else(|| unauthorized("missing bearer token".into()))?;
     let claims = state.tokens.verify(token.trim()).map_err(|e| unauthorized(e.to_string()))?;
     // The header (what a reconnecting EventSource sends) wins over the query parameter;
@@ -163,9 +114,8 @@ fn open(
     let mut ids = last_event_id.into_iter().flatten().map(|v| v.trim().parse::<u64>());
     let (first, second) = (ids.next(), ids.next());
     if matches!(first, Some(Err(_))) || matches!(second, Some(Err(_))) {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
+        return Err(ApiError::new(
+            ErrorCode::InvalidParameter,
             "Last-Event-ID must be an id from this stream",
         ));
     }
@@ -180,9 +130,7 @@ fn open(
     if user.streams.fetch_add(1, Ordering::AcqRel) >= limits.streams_per_user_max {
         user.streams.fetch_sub(1, Ordering::AcqRel);
         let message = format!("at most {} open streams per user", limits.streams_per_user_max);
-        let mut refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message);
-        refusal.retry_after = Some("5");
-        return Err(refusal);
+        return Err(ApiError::new(ErrorCode::TooManyStreams, message).retry_after(5));
     }
     if hub.streams.fetch_add(1, Ordering::AcqRel) >= limits.streams_max
         || *state.ws.shutdown.borrow()
@@ -190,7 +138,7 @@ fn open(
         hub.streams.fetch_sub(1, Ordering::AcqRel);
         user.streams.fetch_sub(1, Ordering::AcqRel);
         let message = "stream limit reached";
-        return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", message));
+        return Err(ApiError::new(ErrorCode::StreamsFull, message));
     }
     state.metrics.sse_streams.fetch_add(1, Ordering::Relaxed);
     state.metrics.sse_streams_total.fetch_add(1, Ordering::Relaxed);
@@ -248,7 +196,7 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
     ];
     let opened = match open(state, token, last_event_id) {
         Ok(o) => o,
-        Err(refusal) => return refusal.response(),
+        Err(refusal) => return refusal.response().map(HttpBody::Left),
     };
     let (tx, rx) = mpsc::channel(state.sse.backlog_max.max(state.alerts.history_max() + 2));
     for b in opened.initial {
@@ -386,13 +334,13 @@ pub async fn serve_raw<P>(
             state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
             open(state, token, last_event_id)
         }
-        _ => Err(Refusal::new(StatusCode::BAD_REQUEST, "malformed", "unparsable request head")),
+        _ => Err(ApiError::new(ErrorCode::Malformed, "unparsable request head")),
     };
     let opened = match opened {
         Ok(o) => o,
         Err(refusal) => {
             // A peer that does not take a small answer within a second is not waited for.
-            let answer = refusal.raw(&state.origins.raw_headers(origin.as_deref()));
+            let answer = refusal.raw_http1(&state.origins.raw_headers(origin.as_deref()));
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
             let _ = stream.shutdown().await;
             return;

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tickgate_engine::runtime::{EngineHandle, SubmitError};
@@ -22,62 +21,42 @@ use tickgate_engine::{
     NewOrder, OrderId, OrderType, Price, Qty, RejectReason, ReplaceOrder, Side, StpMode, UnixNanos,
 };
 
+use crate::error::{ApiError, ErrorCode};
 use crate::idempotency::{Claim, KeyCache, IDEMPOTENCY_KEY_BYTES_MAX};
 use crate::orders::{Awaiting, OrderStore, OrderView, Status};
 
 /// How long a request waits for the engine's answer.
 pub const ENGINE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A refused or failed request: HTTP status, stable code, message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TradeError {
-    /// Status for REST (WebSocket replies carry only the code).
-    pub status: StatusCode,
-    /// Stable error code.
-    pub code: &'static str,
-    /// Explanation.
-    pub message: String,
-    /// Set when the engine did not answer in time although the command was queued: it may
-    /// still execute, as this order.
-    pub queued: Option<OrderId>,
-}
-
-impl TradeError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        TradeError { status, code, message: message.into(), queued: None }
-    }
-
+/// Constructors of the errors order entry gives.
+impl ApiError {
     fn invalid(message: impl Into<String>) -> Self {
-        TradeError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+        ApiError::new(ErrorCode::InvalidParameter, message)
     }
 
     fn unknown_order() -> Self {
-        TradeError::new(StatusCode::NOT_FOUND, "unknown_order", "no such order")
+        ApiError::new(ErrorCode::UnknownOrder, "no such order")
     }
 
     fn rejected(reason: RejectReason, what: &str) -> Self {
-        let status = match reason {
-            RejectReason::UnknownOrder => StatusCode::CONFLICT,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        TradeError::new(status, reason.as_str(), format!("the engine refused the {what}"))
+        ApiError::new(ErrorCode::Rejected(reason), format!("the engine refused the {what}"))
     }
 
     fn key_reused() -> Self {
-        TradeError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
+        ApiError::new(
+            ErrorCode::IdempotencyKeyReused,
             "this idempotency key was used for a different order",
         )
     }
 
-    fn submit(e: SubmitError) -> Self {
+    /// The engine did not take the command.
+    pub fn submit(e: SubmitError) -> Self {
         let code = match e {
-            SubmitError::QueueFull => "engine_busy",
-            SubmitError::JournalFailed => "journal_failed",
-            _ => "engine_unavailable",
+            SubmitError::QueueFull => ErrorCode::EngineBusy,
+            SubmitError::JournalFailed => ErrorCode::JournalFailed,
+            _ => ErrorCode::EngineUnavailable,
         };
-        TradeError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 
     fn timeout(order: OrderId) -> Self {
@@ -86,7 +65,7 @@ impl TradeError {
              effect on order {}: look it up, or retry with the same Idempotency-Key",
             order.0
         );
-        let mut e = TradeError::new(StatusCode::SERVICE_UNAVAILABLE, "engine_timeout", message);
+        let mut e = ApiError::new(ErrorCode::EngineTimeout, message);
         e.queued = Some(order);
         e
     }
@@ -195,11 +174,12 @@ impl Trading {
         self.engine.instruments().get(id.0 as usize)
     }
 
-    fn view_json(&self, account: AccountId, id: OrderId) -> Result<Value, TradeError> {
-        let o = self.orders.order(account, id).ok_or_else(|| {
-            TradeError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "order not recorded")
-        })?;
-        let i = self.instrument(o.instrument).ok_or_else(TradeError::unknown_order)?;
+    fn view_json(&self, account: AccountId, id: OrderId) -> Result<Value, ApiError> {
+        let o = self
+            .orders
+            .order(account, id)
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "order not recorded"))?;
+        let i = self.instrument(o.instrument).ok_or_else(ApiError::unknown_order)?;
         Ok(order_json(&o, i))
     }
 
@@ -211,7 +191,7 @@ impl Trading {
         account: AccountId,
         r: &NewOrderRequest,
         key: Option<&str>,
-    ) -> Result<Value, TradeError> {
+    ) -> Result<Value, ApiError> {
         let key = key.map(key_of).transpose()?;
         let order = self.new_order(account, r, key)?;
         if let Some(key) = key {
@@ -219,7 +199,7 @@ impl Trading {
             match self.keys.claim(account, key, fingerprint, order.order_id, now()) {
                 Claim::New => {}
                 Claim::Retry(id, at) => return self.replay(account, id, at),
-                Claim::Reused => return Err(TradeError::key_reused()),
+                Claim::Reused => return Err(ApiError::key_reused()),
             }
         }
         let id = order.order_id;
@@ -242,9 +222,9 @@ impl Trading {
             }
             (ExecKind::Rejected, RejectReason::IdempotencyKeyReused, Some(key)) => {
                 self.keys.release(account, key, id);
-                Err(TradeError::key_reused())
+                Err(ApiError::key_reused())
             }
-            (ExecKind::Rejected, reason, _) => Err(TradeError::rejected(reason, "order")),
+            (ExecKind::Rejected, reason, _) => Err(ApiError::rejected(reason, "order")),
             _ => self.view_json(account, id),
         }
     }
@@ -255,24 +235,20 @@ impl Trading {
         account: AccountId,
         r: &NewOrderRequest,
         key: Option<IdempotencyKey>,
-    ) -> Result<NewOrder, TradeError> {
+    ) -> Result<NewOrder, ApiError> {
         let i = self.engine.instrument_by_symbol(&r.symbol).ok_or_else(|| {
-            TradeError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_symbol",
-                format!("no instrument `{}`", r.symbol),
-            )
+            ApiError::new(ErrorCode::UnknownSymbol, format!("no instrument `{}`", r.symbol))
         })?;
         let (Some(side), Some(order_type), Some(stp)) =
             (side_of(&r.side), type_of(&r.order_type), stp_of(r.stp.as_deref()))
         else {
-            return Err(TradeError::invalid("side is buy|sell; type is limit|ioc|fok|market|post_only; stp is cancel_resting|cancel_incoming|cancel_both|none"));
+            return Err(ApiError::invalid("side is buy|sell; type is limit|ioc|fok|market|post_only; stp is cancel_resting|cancel_incoming|cancel_both|none"));
         };
         let qty = parse_qty(i, &r.qty)?;
         let price = match (order_type, r.price.as_deref()) {
             (OrderType::Market, _) => 0,
             (_, Some(p)) => parse_price(i, p)?,
-            (_, None) => return Err(TradeError::invalid("price is required for this order type")),
+            (_, None) => return Err(ApiError::invalid("price is required for this order type")),
         };
         Ok(NewOrder {
             order_id: self.engine.allocate_order_id(),
@@ -290,22 +266,20 @@ impl Trading {
 
     /// The answer to a retried keyed request: the order its first request created, as it
     /// stands now.
-    fn replay(&self, account: AccountId, id: OrderId, at: UnixNanos) -> Result<Value, TradeError> {
+    fn replay(&self, account: AccountId, id: OrderId, at: UnixNanos) -> Result<Value, ApiError> {
         match self.orders.order(account, id) {
-            Some(o) if o.status == Status::Rejected => Err(TradeError::rejected(o.reason, "order")),
+            Some(o) if o.status == Status::Rejected => Err(ApiError::rejected(o.reason, "order")),
             Some(_) => self.view_json(account, id),
             // Placed long ago and no longer kept (see `ORDERS_KEPT`).
             None if now().0.saturating_sub(at.0) > 2 * ENGINE_ANSWER_TIMEOUT.as_nanos() as u64 => {
-                Err(TradeError::new(
-                    StatusCode::CONFLICT,
-                    "order_forgotten",
+                Err(ApiError::new(
+                    ErrorCode::OrderForgotten,
                     format!("this key placed order {}, which is no longer kept", id.0),
                 ))
             }
             None => {
-                let mut e = TradeError::new(
-                    StatusCode::CONFLICT,
-                    "request_in_progress",
+                let mut e = ApiError::new(
+                    ErrorCode::RequestInProgress,
                     format!("this key placed order {}; its outcome is not known yet", id.0),
                 );
                 e.queued = Some(id);
@@ -321,25 +295,25 @@ impl Trading {
         account: AccountId,
         instrument: InstrumentId,
         key: IdempotencyKey,
-    ) -> Result<Value, TradeError> {
+    ) -> Result<Value, ApiError> {
         let engine = self.engine.clone();
         let shard = engine.shard_of(instrument).unwrap_or(0);
         let record =
             tokio::task::spawn_blocking(move || engine.key_record(shard, account, key)).await;
         let record = match record {
             Ok(Ok(record)) => record,
-            Ok(Err(e)) => return Err(TradeError::submit(e)),
+            Ok(Err(e)) => return Err(ApiError::submit(e)),
             Err(_) => None,
         };
         let Some(record) = record else {
-            return Err(TradeError::rejected(RejectReason::DuplicateRequest, "order"));
+            return Err(ApiError::rejected(RejectReason::DuplicateRequest, "order"));
         };
         self.keys.load([(account, record)]);
         self.replay(account, record.order_id, record.ts)
     }
 
     /// Cancels an open order of `account`.
-    pub async fn cancel(&self, account: AccountId, id: OrderId) -> Result<Value, TradeError> {
+    pub async fn cancel(&self, account: AccountId, id: OrderId) -> Result<Value, ApiError> {
         let order = self.open_order(account, id)?;
         let command = CommandKind::Cancel(CancelOrder {
             order_id: order.id,
@@ -349,9 +323,8 @@ impl Trading {
         let report = self.submit_and_wait(order.id, Awaiting::Cancel, command).await?;
         if report.kind != ExecKind::Canceled {
             // Refused as unknown: it filled or was canceled meanwhile.
-            return Err(TradeError::new(
-                StatusCode::CONFLICT,
-                "order_closed",
+            return Err(ApiError::new(
+                ErrorCode::OrderClosed,
                 "the order closed before the cancel arrived",
             ));
         }
@@ -365,12 +338,12 @@ impl Trading {
         account: AccountId,
         id: OrderId,
         r: &ReplaceRequest,
-    ) -> Result<Value, TradeError> {
+    ) -> Result<Value, ApiError> {
         if r.price.is_none() && r.qty.is_none() {
-            return Err(TradeError::invalid("give a new price, a new qty, or both"));
+            return Err(ApiError::invalid("give a new price, a new qty, or both"));
         }
         let order = self.open_order(account, id)?;
-        let i = self.instrument(order.instrument).ok_or_else(TradeError::unknown_order)?;
+        let i = self.instrument(order.instrument).ok_or_else(ApiError::unknown_order)?;
         let price = match &r.price {
             Some(p) => parse_price(i, p)?,
             None => order.price.0,
@@ -388,18 +361,17 @@ impl Trading {
         });
         let report = self.submit_and_wait(order.id, Awaiting::Replace, command).await?;
         if report.kind == ExecKind::ReplaceRejected {
-            return Err(TradeError::rejected(report.reason, "replace"));
+            return Err(ApiError::rejected(report.reason, "replace"));
         }
         self.view_json(account, order.id)
     }
 
-    fn open_order(&self, account: AccountId, id: OrderId) -> Result<OrderView, TradeError> {
+    fn open_order(&self, account: AccountId, id: OrderId) -> Result<OrderView, ApiError> {
         // Another user's order answers exactly like a missing one.
-        let order = self.orders.order(account, id).ok_or_else(TradeError::unknown_order)?;
+        let order = self.orders.order(account, id).ok_or_else(ApiError::unknown_order)?;
         if order.status != Status::Open {
-            return Err(TradeError::new(
-                StatusCode::CONFLICT,
-                "order_closed",
+            return Err(ApiError::new(
+                ErrorCode::OrderClosed,
                 format!("the order is {}", order.status.as_str()),
             ));
         }
@@ -411,27 +383,27 @@ impl Trading {
         id: OrderId,
         awaiting: Awaiting,
         command: CommandKind,
-    ) -> Result<tickgate_engine::ExecReport, TradeError> {
+    ) -> Result<tickgate_engine::ExecReport, ApiError> {
         let wait = self.orders.wait(id, awaiting);
         if let Err(e) = self.engine.submit(command) {
             self.orders.forget(id, wait.token);
-            return Err(TradeError::submit(e));
+            return Err(ApiError::submit(e));
         }
         match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, wait.answer).await {
             Ok(Ok(report)) => Ok(report),
             _ => {
                 self.orders.forget(id, wait.token);
-                Err(TradeError::timeout(id))
+                Err(ApiError::timeout(id))
             }
         }
     }
 }
 
 /// The engine's key for a client's key text: 1 to 128 visible ASCII characters.
-fn key_of(text: &str) -> Result<IdempotencyKey, TradeError> {
+fn key_of(text: &str) -> Result<IdempotencyKey, ApiError> {
     let visible = text.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
     if text.is_empty() || text.len() > IDEMPOTENCY_KEY_BYTES_MAX || !visible {
-        return Err(TradeError::invalid(format!(
+        return Err(ApiError::invalid(format!(
             "an idempotency key is 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"
         )));
     }
@@ -455,21 +427,22 @@ pub fn is_decimal(text: &str) -> bool {
 /// this instrument cannot hold (too many decimals, out of range) is `422` with the engine's
 /// code for the field (`invalid_price`, `invalid_qty`): the request is well-formed, the
 /// instrument refuses it.
-pub fn parse_decimal(text: &str, precision: u8, field: &str) -> Result<i64, TradeError> {
+pub fn parse_decimal(text: &str, precision: u8, field: &str) -> Result<i64, ApiError> {
     if !is_decimal(text) {
-        return Err(TradeError::invalid(format!("{field} must be a decimal string")));
+        return Err(ApiError::invalid(format!("{field} must be a decimal string")));
     }
     parse_fixed(text, precision).ok_or_else(|| {
-        let code = if field == "price" { "invalid_price" } else { "invalid_qty" };
+        let reason =
+            if field == "price" { RejectReason::InvalidPrice } else { RejectReason::InvalidQty };
         let message = format!("{field} takes at most {precision} decimals for this instrument");
-        TradeError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+        ApiError::new(ErrorCode::Rejected(reason), message)
     })
 }
 
-fn parse_qty(i: &Instrument, text: &str) -> Result<i64, TradeError> {
+fn parse_qty(i: &Instrument, text: &str) -> Result<i64, ApiError> {
     parse_decimal(text, i.spec.qty_precision, "qty")
 }
 
-fn parse_price(i: &Instrument, text: &str) -> Result<i64, TradeError> {
+fn parse_price(i: &Instrument, text: &str) -> Result<i64, ApiError> {
     parse_decimal(text, i.spec.price_precision, "price")
 }

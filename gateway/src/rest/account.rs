@@ -11,7 +11,8 @@ use tickgate_engine::types::Fixed;
 use tickgate_engine::AccountId;
 
 use super::{authenticate, authorize, json_body, unauthorized};
-use crate::http::{json_error, json_response, AppState};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{json_response, AppState};
 use std::sync::atomic::Ordering;
 
 #[derive(Deserialize)]
@@ -56,16 +57,16 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
     let addr = req.extensions().get::<crate::http::PeerAddr>().map(|p| p.0.ip());
     let body: Login = match json_body(req, state).await {
         Ok(b) => b,
-        Err(response) => return response,
+        Err(e) => return e.response(),
     };
     if let Err(wait) = state.login_throttle.attempt(&body.username, addr) {
         state.metrics.login_throttled_total.fetch_add(1, Ordering::Relaxed);
-        return super::too_many_requests(wait);
+        return super::too_many_requests(wait).response();
     }
     // Argon2 takes ~19 MiB and tens of ms a check: a bounded number at once, and off the
     // async workers.
     let Ok(_slot) = state.login_slots.acquire().await else {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "login is closed");
+        return ApiError::new(ErrorCode::ShuttingDown, "login is closed").response();
     };
     let users = state.users.clone();
     let checked = tokio::task::spawn_blocking(move || {
@@ -81,13 +82,9 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         Ok(None) => {
             // `attempt` counted it as a failure already.
             state.metrics.login_failures_total.fetch_add(1, Ordering::Relaxed);
-            json_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
-                "wrong username or password",
-            )
+            ApiError::new(ErrorCode::InvalidCredentials, "wrong username or password").response()
         }
-        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "login failed"),
+        Err(_) => ApiError::new(ErrorCode::Internal, "login failed").response(),
     }
 }
 
@@ -97,12 +94,12 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
 pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let by_cookie = super::by_cookie(req, state);
     match state.tokens.renew(&claims) {
         Some(token) => token_response(state, token, AccountId(claims.acc), by_cookie),
-        None => unauthorized("the session reached its maximum age: log in again"),
+        None => unauthorized("the session reached its maximum age: log in again").response(),
     }
 }
 
@@ -112,12 +109,12 @@ pub fn refresh<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authenticate(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let all = match crate::ws::query_param(req.uri().query(), "all") {
         None | Some("false") => false,
         Some("true") => true,
-        Some(_) => return super::invalid_parameter("all is true or false"),
+        Some(_) => return super::invalid_parameter("all is true or false").response(),
     };
     // The revocation is written to disk (fsync): off the async workers.
     let tokens = std::sync::Arc::clone(&state.tokens);
@@ -130,7 +127,7 @@ pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Byte
     })
     .await;
     if revoked.is_err() {
-        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "logout failed");
+        return ApiError::new(ErrorCode::Internal, "logout failed").response();
     }
     let mut response =
         json_response(StatusCode::OK, &json!({ "revoked": if all { "all" } else { "session" } }));
@@ -146,7 +143,7 @@ pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Byte
 pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     // Published by the engine threads after every batch, read lock-free: the engine is
     // neither locked nor asked.
@@ -155,11 +152,8 @@ pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let mut totals = vec![(0i128, 0i128); engine.assets().len()];
     for shard in 0..engine.shards() {
         let Some(published) = engine.published_account(shard, account) else {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                "unknown_account",
-                "the account does not exist",
-            );
+            return ApiError::new(ErrorCode::UnknownAccount, "the account does not exist")
+                .response();
         };
         for (t, b) in totals.iter_mut().zip(published.balances) {
             t.0 += i128::from(b.total.0);

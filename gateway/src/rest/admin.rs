@@ -9,7 +9,8 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 use tickgate_engine::{CommandKind, TradingStatus};
 
-use crate::http::{json_error, json_response, AppState};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{json_response, AppState};
 
 /// Compares without stopping at the first difference, so timing does not reveal a prefix.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -17,21 +18,20 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The 401/403 answer unless the request carries the operator token.
-fn check<B>(req: &Request<B>, state: &AppState) -> Option<Response<Full<Bytes>>> {
+fn check<B>(req: &Request<B>, state: &AppState) -> Result<(), ApiError> {
     if req.headers().get(AUTHORIZATION).is_none() {
-        return Some(super::unauthorized("operator token required"));
+        return Err(super::unauthorized("operator token required"));
     }
     let Some(expected) = &state.admin_token else {
-        return Some(json_error(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
-            "operator endpoints are off (start with --admin-token)",
-        ));
+        let message = "operator endpoints are off (start with --admin-token)";
+        return Err(ApiError::new(ErrorCode::AdminDisabled, message));
     };
     let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let given = super::bearer(given).unwrap_or_default();
-    (!same(given.as_bytes(), expected.as_bytes()))
-        .then(|| super::unauthorized("operator token required"))
+    if same(given.as_bytes(), expected.as_bytes()) {
+        return Ok(());
+    }
+    Err(super::unauthorized("operator token required"))
 }
 
 /// `POST /api/v1/admin/instruments/{symbol}/halt` and `.../resume`.
@@ -41,25 +41,22 @@ pub async fn trading_status<B>(
     symbol: &str,
     halt: bool,
 ) -> Response<Full<Bytes>> {
-    if let Some(response) = check(req, state) {
-        return response;
+    if let Err(e) = check(req, state) {
+        return e.response();
     }
     let Some(instrument) = state.engine.instrument_by_symbol(symbol) else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "unknown_symbol",
-            &format!("no instrument `{symbol}`"),
-        );
+        return ApiError::new(ErrorCode::NoSuchMarket, format!("no instrument `{symbol}`"))
+            .response();
     };
     let command = CommandKind::Status(TradingStatus { instrument: instrument.id, halted: halt });
     if let Err(e) = state.engine.submit(command) {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", &e.to_string());
+        return ApiError::new(ErrorCode::EngineUnavailable, e.to_string()).response();
     }
     // Answered after the command: confirms the engine applied (and journaled) it.
     let (engine, id) = (state.engine.clone(), instrument.id);
     let halted = match tokio::task::spawn_blocking(move || engine.is_halted(id)).await {
         Ok(Ok(h)) => h,
-        _ => return json_error(StatusCode::SERVICE_UNAVAILABLE, "engine_unavailable", "no answer"),
+        _ => return ApiError::new(ErrorCode::EngineUnavailable, "no answer").response(),
     };
     let status = if halted { "halted" } else { "trading" };
     state.alerts.publish_system(&json!({

@@ -12,7 +12,8 @@ use tickgate_engine::AccountId;
 
 use super::{authorize, invalid_parameter, json_body};
 use crate::alerts::{AddError, Condition, PriceAlert, ALERTS_PER_USER_MAX};
-use crate::http::{json_error, json_response, AppState};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{json_response, AppState};
 
 #[derive(Deserialize)]
 struct NewAlert {
@@ -39,40 +40,40 @@ fn alert_json(a: &PriceAlert, state: &AppState) -> Value {
 pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(&req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let body: NewAlert = match json_body(req, state).await {
         Ok(b) => b,
-        Err(response) => return response,
+        Err(e) => return e.response(),
     };
     let Some(instrument) = state.engine.instrument_by_symbol(&body.symbol) else {
         let message = format!("no instrument `{}`", body.symbol);
-        return json_error(StatusCode::UNPROCESSABLE_ENTITY, "unknown_symbol", &message);
+        return ApiError::new(ErrorCode::UnknownSymbol, &message).response();
     };
     let Some(condition) = Condition::parse(&body.condition) else {
-        return invalid_parameter("condition is above, below or crosses");
+        return invalid_parameter("condition is above, below or crosses").response();
     };
     let spec = &instrument.spec;
     let price = match crate::trading::parse_decimal(&body.price, spec.price_precision, "price") {
         Ok(p) if p > 0 => p,
         Ok(_) => {
-            return json_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_price",
+            return ApiError::new(
+                ErrorCode::Rejected(tickgate_engine::RejectReason::InvalidPrice),
                 "an alert price is positive",
             )
+            .response()
         }
-        Err(e) => return json_error(e.status, e.code, &e.message),
+        Err(e) => return e.response(),
     };
     match state.alerts.add_alert(AccountId(claims.acc), instrument, condition, price, body.repeat) {
         Ok(alert) => json_response(StatusCode::CREATED, &alert_json(&alert, state)),
-        Err(AddError::TooMany) => json_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "limit_exceeded",
-            &format!("at most {ALERTS_PER_USER_MAX} alerts per user"),
-        ),
+        Err(AddError::TooMany) => ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("at most {ALERTS_PER_USER_MAX} alerts per user"),
+        )
+        .response(),
         Err(AddError::UnknownUser) => {
-            json_error(StatusCode::NOT_FOUND, "unknown_account", "no alert history for this user")
+            ApiError::new(ErrorCode::UnknownAccount, "no alert history for this user").response()
         }
     }
 }
@@ -81,7 +82,7 @@ pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<B
 pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let alerts: Vec<Value> =
         state.alerts.alerts(AccountId(claims.acc)).iter().map(|a| alert_json(a, state)).collect();
@@ -92,13 +93,13 @@ pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 pub fn delete<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let removed = id.parse().is_ok_and(|id| state.alerts.remove_alert(AccountId(claims.acc), id));
     if removed {
         json_response(StatusCode::OK, &json!({ "deleted": id }))
     } else {
         // Another user's alert answers exactly like a missing one.
-        json_error(StatusCode::NOT_FOUND, "unknown_alert", "no such alert")
+        ApiError::new(ErrorCode::UnknownAlert, "no such alert").response()
     }
 }

@@ -12,7 +12,8 @@ use tickgate_engine::types::format_fixed;
 use tickgate_engine::Instrument;
 
 use super::{cached, invalid_parameter, number_param};
-use crate::http::{json_error, json_response, AppState};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{json_response, AppState};
 use crate::protocol::{SNAPSHOT_DEPTH_MAX, TRADES_KEPT};
 
 fn instrument_json(i: &Instrument, assets: &[tickgate_engine::Asset]) -> Value {
@@ -51,7 +52,7 @@ pub fn instruments<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes
 }
 
 fn unknown_symbol(symbol: &str) -> Response<Full<Bytes>> {
-    json_error(StatusCode::NOT_FOUND, "unknown_symbol", &format!("no instrument `{symbol}`"))
+    ApiError::new(ErrorCode::NoSuchMarket, format!("no instrument `{symbol}`")).response()
 }
 
 /// `GET /api/v1/markets/{sym}/book?depth=N`: top N levels per side with the book sequence.
@@ -61,7 +62,7 @@ pub fn book<B>(req: &Request<B>, state: &AppState, symbol: &str) -> Response<Ful
     };
     let depth = match number_param(req, "depth", 50, 1..=SNAPSHOT_DEPTH_MAX) {
         Ok(d) => d,
-        Err(message) => return invalid_parameter(&message),
+        Err(message) => return invalid_parameter(&message).response(),
     };
     let (snapshot, ts) = channel.book(depth);
     let i = &channel.instrument;
@@ -91,7 +92,7 @@ pub fn trades<B>(req: &Request<B>, state: &AppState, symbol: &str) -> Response<F
     };
     let limit = match number_param(req, "limit", 100, 1..=TRADES_KEPT) {
         Ok(l) => l,
-        Err(message) => return invalid_parameter(&message),
+        Err(message) => return invalid_parameter(&message).response(),
     };
     let (trades, last_seq) = channel.recent_trades(limit);
     let i = &channel.instrument;
@@ -123,11 +124,11 @@ pub fn candles<B>(req: &Request<B>, state: &AppState, symbol: &str) -> Response<
     };
     let name = crate::ws::query_param(req.uri().query(), "interval").unwrap_or("1m");
     let Some(interval) = crate::candles::INTERVALS.iter().position(|(n, _)| *n == name) else {
-        return invalid_parameter("interval is 1s, 1m, 5m or 1h");
+        return invalid_parameter("interval is 1s, 1m, 5m or 1h").response();
     };
     let limit = match number_param(req, "limit", 100, 1..=crate::candles::CANDLES_KEPT) {
         Ok(l) => l,
-        Err(message) => return invalid_parameter(&message),
+        Err(message) => return invalid_parameter(&message).response(),
     };
     let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
     let list: Vec<Value> = state

@@ -16,7 +16,8 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::auth::Claims;
-use crate::http::{json_error, json_response, method_not_allowed, AppState};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{json_response, method_not_allowed, AppState};
 
 /// Every route the server answers, as (method, path template): what
 /// `/api/v1/openapi.json` must describe, no more and no less (checked by a test that also
@@ -123,35 +124,29 @@ async fn dispatch(
         | ["fills"]
         | ["positions"] => method_not_allowed("GET, HEAD"),
         ["auth", "login" | "refresh" | "logout"] => method_not_allowed("POST"),
-        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        _ => ApiError::new(ErrorCode::NotFound, "no such route").response(),
     }
 }
 
 /// The caller's claims from `Authorization: Bearer`, or else from the session cookie
 /// (which may change state only from an allowed origin, see [`crate::cors`]); else the
 /// 401 (or, for a cookie from the wrong origin, 403) answer.
-pub fn authenticate<B>(
-    req: &Request<B>,
-    state: &AppState,
-) -> Result<Claims, Box<Response<Full<Bytes>>>> {
-    let verify = |token: &str| {
-        state.tokens.verify(token).map_err(|e| Box::new(unauthorized(&e.to_string())))
-    };
+pub fn authenticate<B>(req: &Request<B>, state: &AppState) -> Result<Claims, ApiError> {
+    let verify = |token: &str| state.tokens.verify(token).map_err(|e| unauthorized(&e.to_string()));
     let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     if let Some(token) = bearer(header) {
         return verify(token);
     }
     let Some(token) = session_cookie(req, state.tls) else {
-        return Err(Box::new(unauthorized("missing bearer token (or session cookie)")));
+        return Err(unauthorized("missing bearer token (or session cookie)"));
     };
     let claims = verify(token)?;
     if !state.origins.cookie_may(req) {
-        return Err(Box::new(json_error(
-            StatusCode::FORBIDDEN,
-            "csrf_rejected",
+        return Err(ApiError::new(
+            ErrorCode::CsrfRejected,
             "a change authenticated by the session cookie must come from an allowed Origin \
              or carry X-Tickgate-CSRF",
-        )));
+        ));
     }
     Ok(claims)
 }
@@ -179,27 +174,17 @@ pub fn bearer(value: Option<&str>) -> Option<&str> {
 
 /// The caller's claims, once authenticated and within the per-user request rate; else the
 /// 401 or 429 answer.
-pub fn authorize<B>(
-    req: &Request<B>,
-    state: &AppState,
-) -> Result<Claims, Box<Response<Full<Bytes>>>> {
+pub fn authorize<B>(req: &Request<B>, state: &AppState) -> Result<Claims, ApiError> {
     let claims = authenticate(req, state)?;
-    state.rest_limit.check(claims.acc).map_err(|wait| Box::new(too_many_requests(wait)))?;
+    state.rest_limit.check(claims.acc).map_err(too_many_requests)?;
     Ok(claims)
 }
 
 /// The 429 answer, with `Retry-After` in whole seconds (at least 1).
-pub fn too_many_requests(wait: std::time::Duration) -> Response<Full<Bytes>> {
+pub fn too_many_requests(wait: std::time::Duration) -> ApiError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut response = json_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        &format!("too many requests; retry in {} ms", wait.as_millis().max(1)),
-    );
-    if let Ok(v) = HeaderValue::from_str(&seconds.max(1).to_string()) {
-        response.headers_mut().insert("retry-after", v);
-    }
-    response
+    let message = format!("too many requests; retry in {} ms", wait.as_millis().max(1));
+    ApiError::new(ErrorCode::RateLimited, message).retry_after(seconds.max(1))
 }
 
 /// Requests per second per user (a token bucket per account, `governor`).
@@ -233,61 +218,46 @@ impl UserRateLimit {
     }
 }
 
-/// The 401 answer.
-pub fn unauthorized(message: &str) -> Response<Full<Bytes>> {
-    let mut response = json_error(StatusCode::UNAUTHORIZED, "unauthorized", message);
-    response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
-    response
+/// The 401 refusal.
+pub fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, message)
 }
 
 /// The 415 answer unless the request says `Content-Type: application/json`.
-pub fn reject_non_json<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+pub fn reject_non_json<B>(req: &Request<B>) -> Result<(), ApiError> {
     let is_json = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-    (!is_json).then(|| {
-        json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send Content-Type: application/json",
-        )
-    })
+    if is_json {
+        return Ok(());
+    }
+    Err(ApiError::new(ErrorCode::UnsupportedMediaType, "send Content-Type: application/json"))
 }
 
-/// The 413 answer.
-pub fn too_large() -> Response<Full<Bytes>> {
-    json_error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        &format!("request bodies are at most {BODY_BYTES_MAX} bytes"),
-    )
+/// The 413 refusal.
+pub fn too_large() -> ApiError {
+    let message = format!("request bodies are at most {BODY_BYTES_MAX} bytes");
+    ApiError::new(ErrorCode::PayloadTooLarge, message)
 }
 
 /// Reads a whole request body: at most [`BODY_BYTES_MAX`] (else `413`), within `timeout`
 /// (`--body-timeout-ms`; else `408`, and the connection is closed: a body that never
 /// completes must not hold it).
-pub async fn read_body(
-    body: Incoming,
-    timeout: std::time::Duration,
-) -> Result<Vec<u8>, Response<Full<Bytes>>> {
+pub async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<Vec<u8>, ApiError> {
     let collect = Limited::new(body, BODY_BYTES_MAX).collect();
     match tokio::time::timeout(timeout, collect).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(too_large())
         }
-        Ok(Err(_)) => {
-            Err(json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the body"))
-        }
+        Ok(Err(_)) => Err(ApiError::new(ErrorCode::Malformed, "could not read the body")),
         Err(_) => {
             let message =
                 format!("the request body did not arrive within {} ms", timeout.as_millis());
-            let mut response = json_error(StatusCode::REQUEST_TIMEOUT, "request_timeout", &message);
-            response.headers_mut().insert("connection", HeaderValue::from_static("close"));
-            Err(response)
+            Err(ApiError::new(ErrorCode::RequestTimeout, message))
         }
     }
 }
@@ -297,14 +267,11 @@ pub async fn read_body(
 pub async fn json_body<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     state: &AppState,
-) -> Result<T, Response<Full<Bytes>>> {
-    if let Some(response) = reject_non_json(&req) {
-        return Err(response);
-    }
+) -> Result<T, ApiError> {
+    reject_non_json(&req)?;
     let bytes = read_body(req.into_body(), state.body_timeout).await?;
-    parse_json(bytes).map_err(|m| {
-        json_error(StatusCode::BAD_REQUEST, "malformed", &format!("invalid JSON body: {m}"))
-    })
+    parse_json(bytes)
+        .map_err(|m| ApiError::new(ErrorCode::Malformed, format!("invalid JSON body: {m}")))
 }
 
 /// Parses a JSON body: simd-json first (fast), and where it refuses, serde_json, which
@@ -363,7 +330,7 @@ pub fn number_param<B>(
     }
 }
 
-/// The 400 answer for a bad parameter.
-pub fn invalid_parameter(message: &str) -> Response<Full<Bytes>> {
-    json_error(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+/// The 400 refusal of a bad parameter.
+pub fn invalid_parameter(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::InvalidParameter, message)
 }

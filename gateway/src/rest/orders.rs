@@ -16,9 +16,10 @@ use tickgate_engine::types::format_fixed;
 use tickgate_engine::{AccountId, Instrument, InstrumentId, OrderId};
 
 use super::{authorize, invalid_parameter, number_param};
-use crate::http::{json_error, json_response, AppState};
+use crate::error::{ApiError, ErrorCode};
+use crate::http::{json_response, AppState};
 use crate::orders::{FillView, Status};
-use crate::trading::{NewOrderRequest, ReplaceRequest, TradeError};
+use crate::trading::{NewOrderRequest, ReplaceRequest};
 
 pub use crate::trading::order_json;
 
@@ -38,42 +39,36 @@ fn instrument(state: &AppState, id: tickgate_engine::InstrumentId) -> Option<&In
     state.engine.instruments().get(id.0 as usize)
 }
 
-fn trade_error(e: TradeError) -> Response<Full<Bytes>> {
-    let mut response = json_error(e.status, e.code, &e.message);
-    if e.code == "engine_busy" {
-        response.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("1"));
-    }
-    response
-}
-
 /// `POST /api/v1/orders`.
 pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(&req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) => Some(k.to_string()),
-        Some(Err(_)) => return invalid_parameter("Idempotency-Key must be visible ASCII"),
+        Some(Err(_)) => {
+            return invalid_parameter("Idempotency-Key must be visible ASCII").response()
+        }
     };
-    if let Some(response) = super::reject_non_json(&req) {
-        return response;
+    if let Err(e) = super::reject_non_json(&req) {
+        return e.response();
     }
     let body = match super::read_body(req.into_body(), state.body_timeout).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(e) => return e.response(),
     };
     let request: NewOrderRequest = match super::parse_json(body) {
         Ok(b) => b,
         Err(e) => {
             let message = format!("invalid order: {e}");
-            return json_error(StatusCode::BAD_REQUEST, "malformed", &message);
+            return ApiError::new(ErrorCode::Malformed, &message).response();
         }
     };
     match state.ws.trading.place(AccountId(claims.acc), &request, key.as_deref()).await {
         Ok(order) => json_response(StatusCode::CREATED, &order),
-        Err(e) => trade_error(e),
+        Err(e) => e.response(),
     }
 }
 
@@ -85,13 +80,13 @@ fn parse_order_id(id: &str) -> Option<OrderId> {
 pub fn get_one<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     // Another user's order answers exactly like a missing one.
     let found = parse_order_id(id).and_then(|id| state.orders.order(AccountId(claims.acc), id));
     match found.and_then(|o| instrument(state, o.instrument).map(|i| order_json(&o, i))) {
         Some(body) => json_response(StatusCode::OK, &body),
-        None => json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order"),
+        None => ApiError::new(ErrorCode::UnknownOrder, "no such order").response(),
     }
 }
 
@@ -99,14 +94,14 @@ pub fn get_one<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full
 pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let Some(id) = parse_order_id(id) else {
-        return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
+        return ApiError::new(ErrorCode::UnknownOrder, "no such order").response();
     };
     match state.ws.trading.cancel(AccountId(claims.acc), id).await {
         Ok(order) => json_response(StatusCode::OK, &order),
-        Err(e) => trade_error(e),
+        Err(e) => e.response(),
     }
 }
 
@@ -115,18 +110,18 @@ pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response
 pub async fn replace(req: Request<Incoming>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
     let claims = match authorize(&req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let Some(id) = parse_order_id(id) else {
-        return json_error(StatusCode::NOT_FOUND, "unknown_order", "no such order");
+        return ApiError::new(ErrorCode::UnknownOrder, "no such order").response();
     };
     let request: ReplaceRequest = match super::json_body(req, state).await {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(e) => return e.response(),
     };
     match state.ws.trading.replace(AccountId(claims.acc), id, &request).await {
         Ok(order) => json_response(StatusCode::OK, &order),
-        Err(e) => trade_error(e),
+        Err(e) => e.response(),
     }
 }
 
@@ -137,7 +132,7 @@ struct Page {
     limit: usize,
 }
 
-fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, Box<Response<Full<Bytes>>>> {
+fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, ApiError> {
     let query = req.uri().query();
     let symbol = match crate::ws::query_param(query, "symbol") {
         None => None,
@@ -145,11 +140,7 @@ fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, Box<Response<Full
             Some(i) => Some(i.id),
             None => {
                 let message = format!("no instrument `{s}`");
-                return Err(Box::new(json_error(
-                    StatusCode::NOT_FOUND,
-                    "unknown_symbol",
-                    &message,
-                )));
+                return Err(ApiError::new(ErrorCode::NoSuchMarket, message));
             }
         },
     };
@@ -157,12 +148,12 @@ fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, Box<Response<Full
         // `cursor=` (empty) is the first page, as if absent.
         match crate::ws::query_param(query, "cursor").filter(|c| !c.is_empty()) {
             None => None,
-            Some(c) => Some(c.parse().map_err(|_| {
-                Box::new(invalid_parameter("cursor must be a value from next_cursor"))
-            })?),
+            Some(c) => Some(
+                c.parse()
+                    .map_err(|_| invalid_parameter("cursor must be a value from next_cursor"))?,
+            ),
         };
-    let limit =
-        number_param(req, "limit", 100, 1..=1000).map_err(|m| Box::new(invalid_parameter(&m)))?;
+    let limit = number_param(req, "limit", 100, 1..=1000).map_err(|m| invalid_parameter(&m))?;
     Ok(Page { symbol, before, limit })
 }
 
@@ -170,17 +161,17 @@ fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, Box<Response<Full
 pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let want_open = match crate::ws::query_param(req.uri().query(), "status") {
         None => None,
         Some("open") => Some(true),
         Some("closed") => Some(false),
-        Some(_) => return invalid_parameter("status is open or closed"),
+        Some(_) => return invalid_parameter("status is open or closed").response(),
     };
     let Page { symbol, before, limit } = match page(req, state) {
         Ok(p) => p,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let orders = state.orders.orders(
         AccountId(claims.acc),
@@ -204,11 +195,11 @@ pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 pub fn fills<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let Page { symbol, before, limit } = match page(req, state) {
         Ok(p) => p,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let fills = state.orders.fills(AccountId(claims.acc), before, symbol, limit);
     let next = (fills.len() == limit).then(|| fills.last().map(|f| f.id)).flatten();
@@ -225,17 +216,14 @@ pub fn fills<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
 pub fn positions<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
-        Err(response) => return *response,
+        Err(e) => return e.response(),
     };
     let engine = &state.engine;
     let mut net = vec![0i64; engine.instruments().len()];
     for shard in 0..engine.shards() {
         let Some(published) = engine.published_account(shard, AccountId(claims.acc)) else {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                "unknown_account",
-                "the account does not exist",
-            );
+            return ApiError::new(ErrorCode::UnknownAccount, "the account does not exist")
+                .response();
         };
         // Each instrument lives on one shard; the others publish zero for it.
         for (n, q) in net.iter_mut().zip(published.positions) {

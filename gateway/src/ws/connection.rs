@@ -550,11 +550,7 @@ impl Conn {
                 Ok(order) => control::reply(op, &id, serde_json::json!({ "order": order })),
                 Err(e) => {
                     metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
-                    control::reply(
-                        "error",
-                        &id,
-                        serde_json::json!({ "code": e.code, "message": e.message }),
-                    )
+                    control::error_reply(&RequestError { id, code: e.code, message: e.message })
                 }
             };
             // The connection may be gone by now: then nobody needs the answer.

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::ErrorCode;
 use crate::protocol::{self, Opcode};
 use crate::trading::{NewOrderRequest, ReplaceRequest};
 
@@ -105,49 +106,6 @@ impl Request {
             | Request::OrderNew { id, .. }
             | Request::OrderCancel { id, .. }
             | Request::OrderReplace { id, .. } => id.as_ref(),
-        }
-    }
-}
-
-/// Stable error codes (documented in `docs/PROTOCOL.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// Not JSON, not an object, or a field of the wrong type.
-    Malformed,
-    /// `op` is missing or not a known operation.
-    UnknownOp,
-    /// Channel prefix is not `book`, `bbo` or `trades`, or the name has no symbol.
-    UnknownChannel,
-    /// The symbol is not an instrument.
-    UnknownSymbol,
-    /// Too many subscriptions, or too many channels in one request.
-    LimitExceeded,
-    /// `depth` out of range.
-    InvalidDepth,
-    /// Unsubscribe from a channel the connection does not follow.
-    NotSubscribed,
-    /// Over the inbound message rate.
-    RateLimited,
-    /// Order entry or the `orders` channel without authentication, or a bad token.
-    Unauthorized,
-    /// `auth` on a connection that is already authenticated.
-    AlreadyAuthenticated,
-}
-
-impl ErrorCode {
-    /// Wire string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::Malformed => "malformed",
-            ErrorCode::UnknownOp => "unknown_op",
-            ErrorCode::UnknownChannel => "unknown_channel",
-            ErrorCode::UnknownSymbol => "unknown_symbol",
-            ErrorCode::LimitExceeded => "limit_exceeded",
-            ErrorCode::InvalidDepth => "invalid_depth",
-            ErrorCode::NotSubscribed => "not_subscribed",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::AlreadyAuthenticated => "already_authenticated",
         }
     }
 }

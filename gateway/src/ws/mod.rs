@@ -17,13 +17,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::error::{ApiError, ErrorCode};
 use crate::fanout::Directory;
-use crate::http::json_error;
 use crate::metrics::Metrics;
 use crate::protocol;
 
@@ -132,42 +132,31 @@ pub fn upgrade(
     origins: &crate::cors::Origins,
 ) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "not_websocket",
-            "expected a WebSocket upgrade",
-        );
+        return ApiError::new(ErrorCode::NotWebsocket, "expected a WebSocket upgrade").response();
     }
     // Any Origin, `null` included (an opaque one: a sandboxed frame), is a page.
     let page = req.headers().contains_key(hyper::header::ORIGIN);
     let (claims, refusal) = credentials(&req, tokens, origins);
-    if let (Some((status, code, message)), false) = (&refusal, page) {
-        let mut response = json_error(*status, code, message);
-        if *status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert("www-authenticate", "Bearer".parse().expect("static"));
-        }
-        return response;
+    if let (Some(refusal), false) = (&refusal, page) {
+        return refusal.response();
     }
     let format = match query_param(req.uri().query(), "format") {
         None | Some("binary") => Format::Binary,
         Some("json") => Format::Json,
         Some(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_format",
-                "format must be binary or json",
-            )
+            return ApiError::new(ErrorCode::InvalidFormat, "format must be binary or json")
+                .response()
         }
     };
     let interval = match query_param(req.uri().query(), "interval_ms").map(str::parse::<u64>) {
         None => Duration::ZERO,
         Some(Ok(ms)) if ms <= INTERVAL_MS_MAX => Duration::from_millis(ms),
         Some(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_interval",
+            return ApiError::new(
+                ErrorCode::InvalidInterval,
                 "interval_ms must be an integer from 0 to 1000",
             )
+            .response()
         }
     };
     // Reserve a slot before answering so concurrent upgrades cannot overshoot the limit.
@@ -176,17 +165,13 @@ pub fn upgrade(
     if open as usize >= ctx.limits.connections_max || *ctx.shutdown.borrow() {
         metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
         metrics.ws_rejected_total.fetch_add(1, Ordering::Relaxed);
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "connection limit reached",
-        );
+        return ApiError::new(ErrorCode::TooManyConnections, "connection limit reached").response();
     }
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
             metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
-            return json_error(StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string());
+            return ApiError::new(ErrorCode::BadHandshake, e.to_string()).response();
         }
     };
     if refusal.is_none() {
@@ -199,13 +184,13 @@ pub fn upgrade(
             Ok(ws) => ws.into_inner().into_inner(),
             Err(e) => return tracing::debug!("upgrade failed: {e}"),
         };
-        if let Some((status, code, message)) = refusal {
+        if let Some(refusal) = refusal {
             metrics_refused(ctx);
-            let close = match status {
-                StatusCode::FORBIDDEN => protocol::close::ORIGIN_NOT_ALLOWED,
+            let close = match refusal.code {
+                ErrorCode::OriginNotAllowed => protocol::close::ORIGIN_NOT_ALLOWED,
                 _ => protocol::close::UNAUTHORIZED,
             };
-            let reason = format!("{code}: {message}");
+            let reason = format!("{}: {}", refusal.code(), refusal.message);
             return refuse(TokioIo::new(upgraded), close, &reason).await;
         }
         // Take the TCP stream back from hyper so reads and writes can be split without a
@@ -236,16 +221,13 @@ fn take_stream(
     Some((io, parts.read_buf, Some(Box::new(tls))))
 }
 
-/// A refusal: its HTTP status, error code and message.
-type Refusal = (StatusCode, &'static str, String);
-
 /// The connection's claims from `?token=` or the session cookie, or why it is refused.
 fn credentials(
     req: &Request<Incoming>,
     tokens: &crate::auth::Tokens,
     origins: &crate::cors::Origins,
-) -> (Option<crate::auth::Claims>, Option<Refusal>) {
-    let unauthorized = |e: String| Some((StatusCode::UNAUTHORIZED, "unauthorized", e));
+) -> (Option<crate::auth::Claims>, Option<ApiError>) {
+    let unauthorized = |e: String| Some(ApiError::new(ErrorCode::Unauthorized, e));
     if let Some(token) = query_param(req.uri().query(), "token") {
         return match tokens.verify(token) {
             Ok(c) => (Some(c), None),
@@ -262,7 +244,7 @@ fn credentials(
     if let Some(origin) = origin {
         if origin == "null" || !origins.allows(req, origin) {
             let message = format!("origin {origin} may not use the session cookie");
-            return (None, Some((StatusCode::FORBIDDEN, "origin_not_allowed", message)));
+            return (None, Some(ApiError::new(ErrorCode::OriginNotAllowed, message)));
         }
     }
     // A cookie that no longer works (expired, its session ended, signed by a key the
