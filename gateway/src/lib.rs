@@ -20,7 +20,8 @@
 //!   and the writer threads that write them to the connections.
 //! - [`ws`]: per-connection tasks (client input, answers, pings, full sockets), control
 //!   messages, backpressure.
-//! - [`trading`]: order entry shared by REST and WebSocket.
+//! - [`trading`]: order entry shared by REST and WebSocket; [`views`]: the JSON of orders
+//!   and fills they answer with.
 //! - [`alerts`], [`sse`]: per-user alert histories, price alerts, the SSE stream.
 //! - [`orders`]: users' orders and fills from execution reports; request waiters and the
 //!   gate that answers them once a command's reports are all applied.
@@ -49,6 +50,7 @@ pub mod sse;
 pub mod throttle;
 pub mod tls;
 pub mod trading;
+pub mod views;
 pub mod web;
 pub mod ws;
 

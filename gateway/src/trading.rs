@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tickgate_engine::runtime::{EngineHandle, SubmitError};
-use tickgate_engine::types::{format_fixed, parse_fixed};
+use tickgate_engine::types::parse_fixed;
 use tickgate_engine::{
     AccountId, CancelOrder, CommandKind, ExecKind, IdempotencyKey, Instrument, InstrumentId,
     NewOrder, OrderId, OrderType, Price, Qty, RejectReason, ReplaceOrder, Side, StpMode, UnixNanos,
@@ -129,34 +128,6 @@ fn stp_of(s: Option<&str>) -> Option<StpMode> {
     })
 }
 
-/// The JSON form of an order. `seq` is the sequence of the report that last changed it
-/// (the account's execution report sequence): of two views of one order, the one with the
-/// higher `seq` is newer. A rejected order's price is `null` when it was not a valid price
-/// for the instrument (that is why it was rejected).
-pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
-    let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
-    let spec = &i.spec;
-    let valid_price = o.order_type == OrderType::Market
-        || (o.price >= spec.price_min
-            && o.price <= spec.price_max
-            && o.price.0 % spec.tick_size.0.max(1) == 0);
-    let price = (o.status != Status::Rejected || valid_price).then(|| format_fixed(o.price.0, pp));
-    json!({
-        "id": o.id.0,
-        "client_order_id": o.client_order_id,
-        "symbol": i.spec.symbol,
-        "side": o.side.as_str(),
-        "type": o.order_type.as_str(),
-        "price": price,
-        "open_qty": format_fixed(o.leaves.0, qp),
-        "filled_qty": format_fixed(o.filled.0, qp),
-        "status": o.status.as_str(),
-        "reason": o.reason.as_str(),
-        "updated_ts": o.updated_ts,
-        "seq": o.seq,
-    })
-}
-
 /// The engine and the users' order store: what order entry needs.
 #[derive(Clone, Debug)]
 pub struct Trading {
@@ -174,16 +145,16 @@ impl Trading {
         self.engine.instruments().get(id.0 as usize)
     }
 
-    fn view_json(&self, account: AccountId, id: OrderId) -> Result<Value, ApiError> {
+    fn view(&self, account: AccountId, id: OrderId) -> Result<OrderView, ApiError> {
         let o = self
             .orders
             .order(account, id)
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "order not recorded"))?;
-        let i = self.instrument(o.instrument).ok_or_else(ApiError::unknown_order)?;
-        Ok(order_json(&o, i))
+        self.instrument(o.instrument).ok_or_else(ApiError::unknown_order)?;
+        Ok(o)
     }
 
-    /// Places an order; `Ok` is the order's JSON as the engine's whole verdict left it
+    /// Places an order; `Ok` is the order as the engine's whole verdict left it
     /// (a market order that filled is `filled`). A rejection by the engine is a `422`
     /// whose code is the engine's reason. `key`: the client's idempotency key, if any.
     pub async fn place(
@@ -191,7 +162,7 @@ impl Trading {
         account: AccountId,
         r: &NewOrderRequest,
         key: Option<&str>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<OrderView, ApiError> {
         let key = key.map(key_of).transpose()?;
         let order = self.new_order(account, r, key)?;
         if let Some(key) = key {
@@ -225,7 +196,7 @@ impl Trading {
                 Err(ApiError::key_reused())
             }
             (ExecKind::Rejected, reason, _) => Err(ApiError::rejected(reason, "order")),
-            _ => self.view_json(account, id),
+            _ => self.view(account, id),
         }
     }
 
@@ -266,10 +237,15 @@ impl Trading {
 
     /// The answer to a retried keyed request: the order its first request created, as it
     /// stands now.
-    fn replay(&self, account: AccountId, id: OrderId, at: UnixNanos) -> Result<Value, ApiError> {
+    fn replay(
+        &self,
+        account: AccountId,
+        id: OrderId,
+        at: UnixNanos,
+    ) -> Result<OrderView, ApiError> {
         match self.orders.order(account, id) {
             Some(o) if o.status == Status::Rejected => Err(ApiError::rejected(o.reason, "order")),
-            Some(_) => self.view_json(account, id),
+            Some(_) => self.view(account, id),
             // Placed long ago and no longer kept (see `ORDERS_KEPT`).
             None if now().0.saturating_sub(at.0) > 2 * ENGINE_ANSWER_TIMEOUT.as_nanos() as u64 => {
                 Err(ApiError::new(
@@ -295,7 +271,7 @@ impl Trading {
         account: AccountId,
         instrument: InstrumentId,
         key: IdempotencyKey,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<OrderView, ApiError> {
         let engine = self.engine.clone();
         let shard = engine.shard_of(instrument).unwrap_or(0);
         let record =
@@ -313,7 +289,7 @@ impl Trading {
     }
 
     /// Cancels an open order of `account`.
-    pub async fn cancel(&self, account: AccountId, id: OrderId) -> Result<Value, ApiError> {
+    pub async fn cancel(&self, account: AccountId, id: OrderId) -> Result<OrderView, ApiError> {
         let order = self.open_order(account, id)?;
         let command = CommandKind::Cancel(CancelOrder {
             order_id: order.id,
@@ -328,7 +304,7 @@ impl Trading {
                 "the order closed before the cancel arrived",
             ));
         }
-        self.view_json(account, order.id)
+        self.view(account, order.id)
     }
 
     /// Replaces an open order's price and/or open quantity. Lowering the quantity at the
@@ -338,7 +314,7 @@ impl Trading {
         account: AccountId,
         id: OrderId,
         r: &ReplaceRequest,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<OrderView, ApiError> {
         if r.price.is_none() && r.qty.is_none() {
             return Err(ApiError::invalid("give a new price, a new qty, or both"));
         }
@@ -363,7 +339,7 @@ impl Trading {
         if report.kind == ExecKind::ReplaceRejected {
             return Err(ApiError::rejected(report.reason, "replace"));
         }
-        self.view_json(account, order.id)
+        self.view(account, order.id)
     }
 
     fn open_order(&self, account: AccountId, id: OrderId) -> Result<OrderView, ApiError> {

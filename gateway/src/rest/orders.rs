@@ -18,22 +18,10 @@ use tickgate_engine::{AccountId, Instrument, InstrumentId, OrderId};
 use super::{authorize, invalid_parameter, number_param};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::{json_response, AppState};
-use crate::orders::{FillView, Status};
+use crate::orders::Status;
 use crate::trading::{NewOrderRequest, ReplaceRequest};
 
-pub use crate::trading::order_json;
-
-fn fill_json(f: &FillView, i: &Instrument) -> Value {
-    json!({
-        "id": f.id,
-        "ts": f.ts,
-        "order_id": f.order_id.0,
-        "symbol": i.spec.symbol,
-        "side": f.side.as_str(),
-        "price": format_fixed(f.price.0, i.spec.price_precision),
-        "qty": format_fixed(f.qty.0, i.spec.qty_precision),
-    })
-}
+use crate::views::{fill_json, order_in, order_json};
 
 fn instrument(state: &AppState, id: tickgate_engine::InstrumentId) -> Option<&Instrument> {
     state.engine.instruments().get(id.0 as usize)
@@ -67,7 +55,9 @@ pub async fn place(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         }
     };
     match state.ws.trading.place(AccountId(claims.acc), &request, key.as_deref()).await {
-        Ok(order) => json_response(StatusCode::CREATED, &order),
+        Ok(order) => {
+            json_response(StatusCode::CREATED, &order_in(&order, state.engine.instruments()))
+        }
         Err(e) => e.response(),
     }
 }
@@ -100,7 +90,7 @@ pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response
         return ApiError::new(ErrorCode::UnknownOrder, "no such order").response();
     };
     match state.ws.trading.cancel(AccountId(claims.acc), id).await {
-        Ok(order) => json_response(StatusCode::OK, &order),
+        Ok(order) => json_response(StatusCode::OK, &order_in(&order, state.engine.instruments())),
         Err(e) => e.response(),
     }
 }
@@ -120,7 +110,7 @@ pub async fn replace(req: Request<Incoming>, state: &AppState, id: &str) -> Resp
         Err(e) => return e.response(),
     };
     match state.ws.trading.replace(AccountId(claims.acc), id, &request).await {
-        Ok(order) => json_response(StatusCode::OK, &order),
+        Ok(order) => json_response(StatusCode::OK, &order_in(&order, state.engine.instruments())),
         Err(e) => e.response(),
     }
 }

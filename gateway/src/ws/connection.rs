@@ -547,7 +547,10 @@ impl Conn {
                 _ => return,
             };
             let frame = match result {
-                Ok(order) => control::reply(op, &id, serde_json::json!({ "order": order })),
+                Ok(order) => {
+                    let order = crate::views::order_in(&order, trading.engine.instruments());
+                    control::reply(op, &id, serde_json::json!({ "order": order }))
+                }
                 Err(e) => {
                     metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
                     control::error_reply(&RequestError { id, code: e.code, message: e.message })

@@ -1,0 +1,55 @@
+//! JSON views of users' orders and fills, one rendering for REST answers and WebSocket
+//! order replies.
+
+use serde_json::{json, Value};
+use tickgate_engine::types::format_fixed;
+use tickgate_engine::{Instrument, OrderType};
+
+use crate::orders::{FillView, OrderView, Status};
+
+/// The JSON form of an order. `seq` is the sequence of the report that last changed it
+/// (the account's execution report sequence): of two views of one order, the one with the
+/// higher `seq` is newer. A rejected order's price is `null` when it was not a valid price
+/// for the instrument (that is why it was rejected).
+pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
+    let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
+    let spec = &i.spec;
+    let valid_price = o.order_type == OrderType::Market
+        || (o.price >= spec.price_min
+            && o.price <= spec.price_max
+            && o.price.0 % spec.tick_size.0.max(1) == 0);
+    let price = (o.status != Status::Rejected || valid_price).then(|| format_fixed(o.price.0, pp));
+    json!({
+        "id": o.id.0,
+        "client_order_id": o.client_order_id,
+        "symbol": i.spec.symbol,
+        "side": o.side.as_str(),
+        "type": o.order_type.as_str(),
+        "price": price,
+        "open_qty": format_fixed(o.leaves.0, qp),
+        "filled_qty": format_fixed(o.filled.0, qp),
+        "status": o.status.as_str(),
+        "reason": o.reason.as_str(),
+        "updated_ts": o.updated_ts,
+        "seq": o.seq,
+    })
+}
+
+/// An order given the instruments it may be of (`null` for one of none: orders exist
+/// only on known instruments).
+pub fn order_in(o: &OrderView, instruments: &[Instrument]) -> Value {
+    instruments.get(o.instrument.0 as usize).map_or(Value::Null, |i| order_json(o, i))
+}
+
+/// The JSON form of a fill.
+pub fn fill_json(f: &FillView, i: &Instrument) -> Value {
+    json!({
+        "id": f.id,
+        "ts": f.ts,
+        "order_id": f.order_id.0,
+        "symbol": i.spec.symbol,
+        "side": f.side.as_str(),
+        "price": format_fixed(f.price.0, i.spec.price_precision),
+        "qty": format_fixed(f.qty.0, i.spec.qty_precision),
+    })
+}
