@@ -13,6 +13,15 @@ use tickgate_engine::{BookSnapshot, Instrument, InstrumentId, Price, Qty, Side};
 
 use crate::candles::Candle;
 
+/// Market-data encoding a connection asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Binary frames (default).
+    Binary,
+    /// JSON text frames (`?format=json`), for debugging.
+    Json,
+}
+
 /// Protocol version announced in the welcome message.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Size of every binary message header.

@@ -253,6 +253,13 @@ impl Server {
             },
             tokens: Arc::clone(&tokens),
             writers: Arc::clone(&writers),
+            links: Arc::new(crate::fanout::link::LinkConfig {
+                metrics: Arc::clone(&metrics),
+                write_batch_bytes_max: config.ws.write_batch_bytes_max,
+                slow_gaps_max: config.ws.slow_gaps_max,
+                slow_gap_window: config.ws.slow_gap_window,
+                unread_bytes_max: config.ws.unread_bytes_max,
+            }),
         });
         let state = Arc::new(AppState {
             engine: engine.clone(),

@@ -30,6 +30,8 @@
 //! starts at the next chunk and never sees a delta twice or misses one.
 
 pub mod hub;
+pub mod link;
+pub mod outbox;
 pub mod writer;
 
 use std::collections::{HashMap, VecDeque};

@@ -15,7 +15,7 @@
 //! is busy, passes pile up in the rings and the next round takes them all, so the busier
 //! the machine the bigger each write and the fewer the system calls, with latency about
 //! one round. A connection whose socket is full is handed to its own task (see
-//! [`crate::ws::outbox`]) and never holds a writer up.
+//! [`crate::fanout::link`]) and never holds a writer up.
 //!
 //! Why threads and not one wake-up per connection task: a task wake-up, its poll and its
 //! `select!` cost more than the write itself at a thousand connections (`perf`: a third of
@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
+use super::link::{Link, Tally, Visit};
 use super::Directory;
 use crate::metrics::Metrics;
-use crate::ws::outbox::{Link, Tally, Visit};
 
 /// Longest a writer sleeps without a wake-up (a safety net: every change wakes it).
 const IDLE_PARK: Duration = Duration::from_millis(50);

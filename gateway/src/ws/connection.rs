@@ -20,9 +20,11 @@ use tokio::sync::broadcast;
 
 use super::control::{self, ErrorCode, Request, RequestError, RequestId};
 use super::inbound::{self, Inbound};
-use super::outbox::{Closing, Flushed, Link, Sub, Tally};
-use super::{Format, WsContext};
+use super::WsContext;
+use crate::fanout::link::{Closing, Flushed, Link, Tally};
+use crate::fanout::outbox::Sub;
 use crate::fanout::Channel;
+use crate::protocol::Format;
 use crate::protocol::{self, close, ChannelKind, Opcode};
 
 /// How long a closing connection waits for the client's side of the close.
@@ -57,7 +59,7 @@ pub async fn run(
     // would otherwise keep alive for the life of the connection.
     let input = read_buf.to_vec();
     drop(read_buf);
-    let link = Link::new(stream, format, interval, tls, Arc::clone(ctx));
+    let link = Link::new(stream, format, interval, tls, Arc::clone(&ctx.links));
     let mut input = input;
     // Under TLS the session may hold requests decrypted along with the upgrade's.
     link.lock().take_decrypted(&mut input);

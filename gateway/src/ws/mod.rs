@@ -8,7 +8,6 @@
 pub mod connection;
 pub mod control;
 pub mod inbound;
-pub mod outbox;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,16 +24,7 @@ use tokio::sync::watch;
 use crate::error::{ApiError, ErrorCode};
 use crate::fanout::Directory;
 use crate::metrics::Metrics;
-use crate::protocol;
-
-/// Market-data encoding a connection asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Binary frames (default).
-    Binary,
-    /// JSON text frames (`?format=json`), for debugging.
-    Json,
-}
+use crate::protocol::{self, Format};
 
 /// WebSocket limits and timings.
 #[derive(Clone, Debug)]
@@ -113,6 +103,8 @@ pub struct WsContext {
     pub tokens: Arc<crate::auth::Tokens>,
     /// The fan-out writer threads that write market data to connections.
     pub writers: Arc<crate::fanout::Writers>,
+    /// What every connection's link shares (counters, write limits).
+    pub links: Arc<crate::fanout::link::LinkConfig>,
 }
 
 /// Largest `interval_ms` a connection may ask for.

@@ -1,18 +1,5 @@
-//! A connection's outgoing side, shared by its task and its writer thread.
-//!
-//! A [`Link`] holds the socket and, under one short lock, the [`Outbox`]: the connection's
-//! subscriptions (a cursor into each channel's ring), the frames queued for it and its
-//! falling-behind record. Two parties write through it:
-//!
-//! - the connection's **writer** thread ([`crate::fanout::writer`]), for market data: it
-//!   walks the cursors and writes everything new with one non-blocking vectored write;
-//! - the connection's own **task**, for answers, pings and heartbeats, and whenever the
-//!   socket is full: the writer then marks the outbox `blocked`, wakes the task and keeps
-//!   off until the task has waited for the socket and written the rest.
-//!
-//! Either way frames leave in the order they were queued, and at most one write batch is
-//! held per connection: memory is bounded by `write_batch_bytes_max` plus the kernel's send
-//! buffer, whatever the client does.
+//! What is queued for one connection: its subscriptions' cursors, the frames waiting for
+//! the socket (coalesced into one frame per write), TLS records, and read receipts.
 //!
 //! **Read receipts.** A socket full is not the only sign of a client that stopped reading:
 //! the client's kernel takes whatever its receive buffer holds first, and Linux grows that
@@ -28,17 +15,16 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
-use super::{Format, WsContext};
-use crate::fanout::Channel;
+use super::link::{Closing, Flushed, Tally};
+use super::Channel;
 use crate::metrics::Metrics;
-use crate::protocol::{self, bin, close, json, ChannelKind, Opcode};
+use crate::protocol::{self, bin, close, json, ChannelKind, Format, Opcode};
 
 /// Frames handed to one `writev` at most: Linux's limit (`UIO_MAXIOV`). A busy connection's
 /// visit can collect hundreds of frames; one system call for all of them costs far less
@@ -65,53 +51,6 @@ pub struct Sub {
     pub last_sent: Instant,
 }
 
-/// Why the connection is ending.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closing {
-    /// The peer went away, or its socket stalled: nothing more can be said.
-    Gone,
-    /// Send a close frame with this code and reason, then end.
-    Send(u16, &'static str),
-}
-
-/// Outcome of writing what is queued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flushed {
-    /// Everything queued was written.
-    Done,
-    /// The socket is full; the rest stays queued.
-    Blocked,
-    /// The socket failed: the peer is gone.
-    Failed,
-}
-
-/// Counters a writer adds up over a round and publishes once (shared atomics per write
-/// would bounce between the writer threads' caches).
-#[derive(Debug, Default)]
-pub struct Tally {
-    /// Write system calls.
-    pub writes: u64,
-    /// Frames written (counted when the connection's queue is fully written).
-    pub frames: u64,
-    /// Bytes written.
-    pub bytes: u64,
-    /// Market-data messages in the batches fully written.
-    pub messages: u64,
-}
-
-impl Tally {
-    /// Adds the counts to the metrics and starts over.
-    pub fn publish(&mut self, m: &Metrics) {
-        if self.writes > 0 {
-            m.ws_writes_total.fetch_add(self.writes, Ordering::Relaxed);
-            m.ws_frames_sent_total.fetch_add(self.frames, Ordering::Relaxed);
-            m.ws_bytes_sent_total.fetch_add(self.bytes, Ordering::Relaxed);
-            m.ws_messages_sent_total.fetch_add(self.messages, Ordering::Relaxed);
-        }
-        *self = Tally::default();
-    }
-}
-
 /// What is queued for a connection and where it is in each channel, under the link's lock.
 #[derive(Debug)]
 pub struct Outbox {
@@ -119,7 +58,7 @@ pub struct Outbox {
     pub format: Format,
     /// Subscriptions, at most `subscriptions_per_connection_max`.
     pub subs: Vec<Sub>,
-    out: VecDeque<Bytes>,
+    pub(super) out: VecDeque<Bytes>,
     /// Bytes queued and not yet written.
     pub out_bytes: usize,
     out_messages: u64,
@@ -136,9 +75,9 @@ pub struct Outbox {
     /// The socket is full: the task owns the writing until it drains.
     pub blocked: bool,
     /// With an `interval_ms`: the writer leaves the connection alone until then.
-    hold_until: Option<Instant>,
+    pub(super) hold_until: Option<Instant>,
     /// The writer has this connection on its list of visits due later.
-    deferred: bool,
+    pub(super) deferred: bool,
     /// Bytes ever queued.
     queued_total: u64,
     /// Position up to which the client confirmed reading (a receipt's pong).
@@ -150,131 +89,16 @@ pub struct Outbox {
     /// Under TLS, the session: frames are encrypted into it and its records written out
     /// (per connection: every TLS session has its own keys, so a frame's encryption cannot
     /// be shared the way its plaintext is).
-    tls: Option<Box<rustls::ServerConnection>>,
-}
-
-/// What a writer's visit did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Visit {
-    /// Wrote what was new, or had nothing to do.
-    Done,
-    /// Inside the connection's interval: visit again at this time.
-    Later(Instant),
-}
-
-/// A connection's socket and outbox, shared by its task and its writer.
-#[derive(Debug)]
-pub struct Link {
-    /// Process-unique id (also picks the writer).
-    pub id: u64,
-    /// The TCP stream: the task reads it, task and writer write it (under the lock).
-    pub stream: TcpStream,
-    /// Least time between two market-data writes (`interval_ms`; zero: as they come).
-    interval: Duration,
-    state: Mutex<Outbox>,
-    task: Notify,
-    ctx: Arc<WsContext>,
-}
-
-impl Link {
-    /// A link over an upgraded stream.
-    pub fn new(
-        stream: TcpStream,
-        format: Format,
-        interval: Duration,
-        tls: Option<Box<rustls::ServerConnection>>,
-        ctx: Arc<WsContext>,
-    ) -> Arc<Link> {
-        let tls = tls.map(|mut t| {
-            // Encrypted records waiting for the socket, at most: the write batch's bound.
-            t.set_buffer_limit(Some(ctx.limits.write_batch_bytes_max));
-            t
-        });
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        Arc::new(Link {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            stream,
-            interval,
-            state: Mutex::new(Outbox::new(format, ctx.limits.unread_bytes_max, tls)),
-            task: Notify::new(),
-            ctx,
-        })
-    }
-
-    /// The outbox. Held briefly: never across an await, at most for one non-blocking write.
-    pub fn lock(&self) -> MutexGuard<'_, Outbox> {
-        // Plain data that stays consistent between statements: a panic elsewhere while
-        // holding it must not take the connection's writer down with it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Resolves when the writer handed the connection back to its task (blocked, closing).
-    pub async fn task_woken(&self) {
-        self.task.notified().await;
-    }
-
-    /// The writer's visit: send what is new, unless the task owns the writing now or the
-    /// connection's interval has not passed since its last write (then the writer comes
-    /// back when it has, once however many visits were put off).
-    pub fn visit(&self, tally: &mut Tally) -> Visit {
-        let mut st = self.lock();
-        if st.blocked || st.closing.is_some() {
-            return Visit::Done;
-        }
-        let now = Instant::now();
-        // The interval never costs data: a subscription half a ring behind is written now.
-        if let Some(due) = st.hold_until.filter(|due| now < *due && !st.far_behind()) {
-            if std::mem::replace(&mut st.deferred, true) {
-                return Visit::Done;
-            }
-            return Visit::Later(due);
-        }
-        st.deferred = false;
-        let writes = tally.writes;
-        self.pump(&mut st, tally);
-        if !self.interval.is_zero() && tally.writes > writes {
-            st.hold_until = Some(now + self.interval);
-        }
-        Visit::Done
-    }
-
-    /// Collects what the subscriptions have not sent yet and writes it with what is
-    /// queued, until caught up or the socket is full (then `blocked`, and the task is
-    /// woken to wait for the socket). Sets `closing` for a slow consumer or a dead socket.
-    pub fn pump(&self, st: &mut Outbox, tally: &mut Tally) {
-        let limits = &self.ctx.limits;
-        loop {
-            let more = st.drain(&self.ctx.metrics, limits.write_batch_bytes_max);
-            st.count_episode(limits.slow_gaps_max, limits.slow_gap_window, &self.ctx.metrics);
-            if st.closing.is_some() {
-                self.task.notify_one();
-                return;
-            }
-            if st.out.is_empty() && !st.tls.as_ref().is_some_and(|t| t.wants_write()) {
-                return;
-            }
-            match st.write(&self.stream, tally) {
-                Flushed::Done if more => {}
-                Flushed::Done => return,
-                Flushed::Blocked => {
-                    st.blocked = true;
-                    self.ctx.metrics.ws_blocked_total.fetch_add(1, Ordering::Relaxed);
-                    self.task.notify_one();
-                    return;
-                }
-                Flushed::Failed => {
-                    st.closing = Some(Closing::Gone);
-                    self.task.notify_one();
-                    return;
-                }
-            }
-        }
-    }
+    pub(super) tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl Outbox {
     /// An empty outbox; `tls`: the connection's TLS session, if any.
-    fn new(format: Format, unread_max: u64, tls: Option<Box<rustls::ServerConnection>>) -> Outbox {
+    pub(super) fn new(
+        format: Format,
+        unread_max: u64,
+        tls: Option<Box<rustls::ServerConnection>>,
+    ) -> Outbox {
         Outbox {
             format,
             subs: Vec::new(),
@@ -312,7 +136,7 @@ impl Outbox {
     }
 
     /// Whether a subscription's oldest unsent chunk is half its channel's ring behind.
-    fn far_behind(&self) -> bool {
+    pub(super) fn far_behind(&self) -> bool {
         self.subs
             .iter()
             .any(|s| s.channel.head().saturating_sub(s.cursor) >= s.channel.capacity() / 2)
@@ -645,7 +469,7 @@ impl Outbox {
 
     /// Counts one falling-behind episode (however many channels it hit) and closes a
     /// connection that keeps falling behind.
-    fn count_episode(&mut self, gaps_max: usize, window: Duration, metrics: &Metrics) {
+    pub(super) fn count_episode(&mut self, gaps_max: usize, window: Duration, metrics: &Metrics) {
         if !std::mem::take(&mut self.gapped) {
             return;
         }
