@@ -8,7 +8,7 @@ use clap::Parser;
 use tickgate_engine::durable::DurabilityConfig;
 use tickgate_engine::journal::SyncMode;
 
-use crate::ws::WsLimits;
+use crate::limits::WsLimits;
 
 /// Command-line flags; every one can also come from the environment.
 #[derive(Parser, Debug, Clone)]
@@ -243,7 +243,7 @@ pub struct Config {
     /// Events each user's alert history keeps.
     pub sse_history: usize,
     /// SSE limits.
-    pub sse: crate::sse::SseLimits,
+    pub sse: crate::limits::SseLimits,
     /// Operator token; `None`: operator endpoints disabled.
     pub admin_token: Option<String>,
     /// Certificate and key files: serve TLS.
@@ -352,11 +352,11 @@ impl TryFrom<Flags> for Config {
                 .filter(|o| !o.is_empty())
                 .collect(),
             sse_history: f.sse_history.max(1),
-            sse: crate::sse::SseLimits {
+            sse: crate::limits::SseLimits {
                 streams_per_user_max: f.sse_streams_per_user,
                 streams_max: f.sse_streams_max,
                 heartbeat: ms(f.sse_heartbeat_ms.clamp(1, 15_000)),
-                ..crate::sse::SseLimits::default()
+                ..crate::limits::SseLimits::default()
             },
             rest_burst: f.rest_burst,
         })

@@ -1,4 +1,4 @@
-//! The one HTTP listener: routing, JSON errors, health and metrics.
+//! The one HTTP listener's router: REST, SSE, the WebSocket upgrade, health, metrics.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -9,78 +9,17 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use tickgate_engine::runtime::EngineHandle;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::metrics::Metrics;
-use crate::ws::{self, WsContext};
-
-/// The client's address, put into every request's extensions by the accept loop.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub std::net::SocketAddr);
-
-/// What request handlers share.
-#[derive(Debug)]
-pub struct AppState {
-    /// The engine.
-    pub engine: EngineHandle,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// WebSocket context.
-    pub ws: Arc<WsContext>,
-    /// Users.
-    pub users: crate::auth::Users,
-    /// Token issuing and checking.
-    pub tokens: Arc<crate::auth::Tokens>,
-    /// Per-user REST request rate.
-    pub rest_limit: crate::rest::UserRateLimit,
-    /// Users' orders and fills.
-    pub orders: Arc<crate::orders::OrderStore>,
-    /// Users' alert histories and price alerts.
-    pub alerts: Arc<crate::alerts::AlertHub>,
-    /// SSE limits.
-    pub sse: crate::sse::SseLimits,
-    /// Failed logins per username and address.
-    pub login_throttle: crate::throttle::LoginThrottle,
-    /// Candles of every instrument.
-    pub candles: Arc<crate::candles::Candles>,
-    /// Password checks (argon2) running at once, at most.
-    pub login_slots: tokio::sync::Semaphore,
-    /// Time allowed for a request body once its head arrived.
-    pub body_timeout: std::time::Duration,
-    /// Operator token; `None`: operator endpoints disabled.
-    pub admin_token: Option<String>,
-    /// When `/debug/digest` last ran (it walks the whole state on the engine thread).
-    pub digest_gate: std::sync::Mutex<Option<std::time::Instant>>,
-    /// Origins allowed cross-origin requests (CORS) and cookie-authenticated changes.
-    pub origins: crate::cors::Origins,
-    /// The listener speaks TLS (cookies are `Secure`).
-    pub tls: bool,
-}
+use crate::reply::{json_response, method_not_allowed};
+use crate::state::AppState;
+use crate::ws;
 
 /// Shortest time between two `/debug/digest` computations.
 const DIGEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Every response body: a complete one, or an SSE stream.
-pub type HttpBody = http_body_util::Either<Full<Bytes>, crate::sse::SseBody>;
-
-/// The 405 answer, with the `Allow` header (RFC 9110) naming the methods the route takes.
-pub fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
-    let mut response =
-        ApiError::new(ErrorCode::MethodNotAllowed, format!("use {allow}")).response();
-    response
-        .headers_mut()
-        .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allow));
-    response
-}
-
-/// A JSON response.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
-    response
-}
+pub type HttpBody = crate::sse::HttpBody;
 
 /// Routes one request, and adds the CORS headers its answer needs.
 pub async fn handle(

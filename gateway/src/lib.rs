@@ -7,7 +7,10 @@
 //! - [`config`]: flags and environment in, validated [`Config`] out.
 //! - [`server`]: starts the engine shards, the feed, the fan-out hub and the listener;
 //!   stops them in order.
-//! - [`http`]: the one listener's routes (WebSocket upgrade, health, metrics).
+//! - [`http`]: the one listener's router (REST, SSE, WebSocket upgrade, health, metrics);
+//!   the leaves it and the handlers share: [`state`] (what handlers share), [`request`]
+//!   (query parameters, bearer tokens, cookies), [`reply`] (JSON answers), [`error`],
+//!   [`limits`] (WebSocket and SSE limits).
 //! - [`tls`]: HTTPS and WSS (rustls), reloadable certificates; [`cors`]: cross-origin
 //!   requests and the origin checks of cookie sessions.
 //! - [`rest`]: the `/api/v1` REST API: market data, login and sessions, account, orders,
@@ -40,13 +43,17 @@ pub mod fanout;
 pub mod history;
 pub mod http;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod orders;
 pub mod protocol;
+pub mod reply;
+pub mod request;
 pub mod rest;
 pub mod server;
 pub mod sessions;
 pub mod sse;
+pub mod state;
 pub mod throttle;
 pub mod tls;
 pub mod trading;

@@ -24,11 +24,11 @@ use crate::config::Config;
 use crate::events::{Pump, RingSource, Wake};
 use crate::fanout::{Directory, MarketData, Writers};
 use crate::history;
-use crate::http::{self, AppState};
+use crate::http;
 use crate::metrics::Metrics;
 use crate::orders::{OrderProjection, OrderStore};
 use crate::sse::FirstRequest;
-use crate::ws::WsContext;
+use crate::state::{AppState, WsContext};
 
 /// Accounts the engine tables hold: users, plus the synthetic flow's range.
 const ACCOUNTS_MAX: u32 = 4096;
@@ -268,7 +268,7 @@ impl Server {
             users,
             tokens,
             orders: Arc::clone(&orders),
-            rest_limit: crate::rest::UserRateLimit::new(config.rest_rate, config.rest_burst),
+            rest_limit: crate::throttle::UserRateLimit::new(config.rest_rate, config.rest_burst),
             alerts: Arc::clone(&alerts),
             sse: config.sse.clone(),
             digest_gate: Default::default(),
@@ -725,7 +725,7 @@ async fn serve_http<I>(
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         // A whole request head arrived: the connection leaves the pending ones.
         drop(take_permit(&service_pending));
-        req.extensions_mut().insert(http::PeerAddr(peer));
+        req.extensions_mut().insert(crate::request::PeerAddr(peer));
         http::handle(req, Arc::clone(&service_state))
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

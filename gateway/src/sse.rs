@@ -23,35 +23,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::alerts::{frame_event, AlertHub, Replay, UserAlerts};
 use crate::error::{ApiError, ErrorCode};
-use crate::http::{AppState, HttpBody};
 use crate::metrics::Metrics;
+use crate::state::AppState;
 
-/// SSE limits and timing.
-#[derive(Clone, Debug)]
-pub struct SseLimits {
-    /// Open streams per user (more: 429).
-    pub streams_per_user_max: u64,
-    /// Open streams in total (more: 503).
-    pub streams_max: u64,
-    /// Heartbeat comment period when idle.
-    pub heartbeat: Duration,
-    /// `retry:` advice sent on connect.
-    pub retry: Duration,
-    /// Events a stream may have unsent before it is closed as too slow.
-    pub backlog_max: usize,
-}
-
-impl Default for SseLimits {
-    fn default() -> Self {
-        SseLimits {
-            streams_per_user_max: 16,
-            streams_max: 20_000,
-            heartbeat: Duration::from_secs(15),
-            retry: Duration::from_secs(2),
-            backlog_max: 1_024,
-        }
-    }
-}
+/// Every response body: a complete one, or a stream.
+pub type HttpBody = http_body_util::Either<http_body_util::Full<Bytes>, SseBody>;
 
 /// The streaming response body: whatever the stream's task sends.
 #[derive(Debug)]
@@ -176,7 +152,7 @@ fn open(
 }
 
 fn bearer(value: Option<&[u8]>) -> Option<&str> {
-    crate::rest::bearer(std::str::from_utf8(value?).ok())
+    crate::request::bearer(std::str::from_utf8(value?).ok())
 }
 
 /// Handles `GET /api/v1/alerts/stream` arriving through hyper (a keep-alive connection
@@ -188,11 +164,11 @@ pub fn stream(req: &Request<Incoming>, state: &AppState) -> Response<HttpBody> {
     // or the session cookie with it.
     let cookies = req.headers().get_all(hyper::header::COOKIE).iter().map(|v| v.as_bytes());
     let token = bearer(header(AUTHORIZATION.as_str()))
-        .or_else(|| crate::ws::query_param(query, "token"))
+        .or_else(|| crate::request::query_param(query, "token"))
         .or_else(|| crate::cors::cookie::token(cookies, state.tls));
     let last_event_id = [
         header("last-event-id").map(|v| std::str::from_utf8(v).unwrap_or("invalid")),
-        crate::ws::query_param(query, "last_event_id"),
+        crate::request::query_param(query, "last_event_id"),
     ];
     let opened = match open(state, token, last_event_id) {
         Ok(o) => o,
@@ -324,12 +300,12 @@ pub async fn serve_raw<P>(
                 .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
                 .map(|h| h.value);
             let token = bearer(header("authorization"))
-                .or_else(|| crate::ws::query_param(query, "token"))
+                .or_else(|| crate::request::query_param(query, "token"))
                 .or_else(|| crate::cors::cookie::token(cookies, state.tls));
             origin = header("origin").and_then(|o| std::str::from_utf8(o).ok()).map(str::to_owned);
             let last_event_id = [
                 header("last-event-id").map(|v| std::str::from_utf8(v).unwrap_or("invalid")),
-                crate::ws::query_param(query, "last_event_id"),
+                crate::request::query_param(query, "last_event_id"),
             ];
             state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
             open(state, token, last_event_id)

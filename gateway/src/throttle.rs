@@ -114,6 +114,37 @@ fn count_failure(
     }
 }
 
+/// Requests per second per user (a token bucket per account, `governor`).
+pub struct UserRateLimit {
+    limiter: Option<governor::DefaultKeyedRateLimiter<u32>>,
+}
+
+impl std::fmt::Debug for UserRateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRateLimit").field("enabled", &self.limiter.is_some()).finish()
+    }
+}
+
+impl UserRateLimit {
+    /// `per_sec` requests per second with bursts of `burst`; `per_sec == 0`: unlimited.
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        let limiter = std::num::NonZeroU32::new(per_sec).map(|rate| {
+            let burst = std::num::NonZeroU32::new(burst).unwrap_or(rate);
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        });
+        UserRateLimit { limiter }
+    }
+
+    /// `Err(wait)` when `account` is over its rate.
+    pub fn check(&self, account: u32) -> Result<(), std::time::Duration> {
+        use governor::clock::{Clock, DefaultClock};
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        limiter
+            .check_key(&account)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,7 +102,7 @@ proptest! {
 
     #[test]
     fn query_strings_never_panic(query in ".{0,64}", name in "[a-z_]{0,8}") {
-        let _ = tickgate_gateway::ws::query_param(Some(&query), &name);
+        let _ = tickgate_gateway::request::query_param(Some(&query), &name);
         let uri = format!("/api/v1/fills?{}", query.replace(['#', ' '], ""));
         if let Ok(req) = hyper::Request::builder().uri(uri).body(()) {
             let _ = tickgate_gateway::rest::number_param(&req, "limit", 100, 1..=1000);

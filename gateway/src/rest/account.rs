@@ -12,7 +12,8 @@ use tickgate_engine::AccountId;
 
 use super::{authenticate, authorize, json_body, unauthorized};
 use crate::error::{ApiError, ErrorCode};
-use crate::http::{json_response, AppState};
+use crate::reply::json_response;
+use crate::state::AppState;
 use std::sync::atomic::Ordering;
 
 #[derive(Deserialize)]
@@ -54,7 +55,7 @@ fn token_response(
 /// or with `"cookie": true` the session cookie. Failures are throttled per username and
 /// per client address (see [`crate::throttle`]).
 pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
-    let addr = req.extensions().get::<crate::http::PeerAddr>().map(|p| p.0.ip());
+    let addr = req.extensions().get::<crate::request::PeerAddr>().map(|p| p.0.ip());
     let body: Login = match json_body(req, state).await {
         Ok(b) => b,
         Err(e) => return e.response(),
@@ -111,7 +112,7 @@ pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Byte
         Ok(c) => c,
         Err(e) => return e.response(),
     };
-    let all = match crate::ws::query_param(req.uri().query(), "all") {
+    let all = match crate::request::query_param(req.uri().query(), "all") {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return super::invalid_parameter("all is true or false").response(),

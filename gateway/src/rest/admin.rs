@@ -10,7 +10,8 @@ use serde_json::json;
 use tickgate_engine::{CommandKind, TradingStatus};
 
 use crate::error::{ApiError, ErrorCode};
-use crate::http::{json_response, AppState};
+use crate::reply::json_response;
+use crate::state::AppState;
 
 /// Compares without stopping at the first difference, so timing does not reveal a prefix.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -27,7 +28,7 @@ fn check<B>(req: &Request<B>, state: &AppState) -> Result<(), ApiError> {
         return Err(ApiError::new(ErrorCode::AdminDisabled, message));
     };
     let given = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let given = super::bearer(given).unwrap_or_default();
+    let given = crate::request::bearer(given).unwrap_or_default();
     if same(given.as_bytes(), expected.as_bytes()) {
         return Ok(());
     }

@@ -13,7 +13,8 @@ use tickgate_engine::AccountId;
 use super::{authorize, invalid_parameter, json_body};
 use crate::alerts::{AddError, Condition, PriceAlert, ALERTS_PER_USER_MAX};
 use crate::error::{ApiError, ErrorCode};
-use crate::http::{json_response, AppState};
+use crate::reply::json_response;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 struct NewAlert {

@@ -13,8 +13,9 @@ use tickgate_engine::Instrument;
 
 use super::{cached, invalid_parameter, number_param};
 use crate::error::{ApiError, ErrorCode};
-use crate::http::{json_response, AppState};
 use crate::protocol::{SNAPSHOT_DEPTH_MAX, TRADES_KEPT};
+use crate::reply::json_response;
+use crate::state::AppState;
 
 fn instrument_json(i: &Instrument, assets: &[tickgate_engine::Asset]) -> Value {
     let s = &i.spec;
@@ -122,7 +123,7 @@ pub fn candles<B>(req: &Request<B>, state: &AppState, symbol: &str) -> Response<
     let Some(i) = state.engine.instrument_by_symbol(symbol) else {
         return unknown_symbol(symbol);
     };
-    let name = crate::ws::query_param(req.uri().query(), "interval").unwrap_or("1m");
+    let name = crate::request::query_param(req.uri().query(), "interval").unwrap_or("1m");
     let Some(interval) = crate::candles::INTERVALS.iter().position(|(n, _)| *n == name) else {
         return invalid_parameter("interval is 1s, 1m, 5m or 1h").response();
     };

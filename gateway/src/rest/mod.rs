@@ -10,14 +10,14 @@ pub mod orders;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, ETAG, IF_NONE_MATCH,
-};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::auth::Claims;
 use crate::error::{ApiError, ErrorCode};
-use crate::http::{json_response, method_not_allowed, AppState};
+use crate::reply::{json_response, method_not_allowed};
+use crate::request::{bearer, session_cookie};
+use crate::state::AppState;
 
 /// Every route the server answers, as (method, path template): what
 /// `/api/v1/openapi.json` must describe, no more and no less (checked by a test that also
@@ -151,25 +151,11 @@ pub fn authenticate<B>(req: &Request<B>, state: &AppState) -> Result<Claims, Api
     Ok(claims)
 }
 
-/// The session cookie's token, if the request carries one (`secure`: the server speaks
-/// TLS, the cookie has the `__Host-` name).
-pub fn session_cookie<B>(req: &Request<B>, secure: bool) -> Option<&str> {
-    let values = req.headers().get_all(COOKIE).iter().map(|v| v.as_bytes());
-    crate::cors::cookie::token(values, secure)
-}
-
 /// Whether [`authenticate`] takes the request's credentials from the session cookie (no
 /// usable bearer token, a cookie).
 pub fn by_cookie<B>(req: &Request<B>, state: &AppState) -> bool {
     let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     bearer(header).is_none() && session_cookie(req, state.tls).is_some()
-}
-
-/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
-/// (RFC 7235).
-pub fn bearer(value: Option<&str>) -> Option<&str> {
-    let (scheme, token) = value?.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 /// The caller's claims, once authenticated and within the per-user request rate; else the
@@ -185,37 +171,6 @@ pub fn too_many_requests(wait: std::time::Duration) -> ApiError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let message = format!("too many requests; retry in {} ms", wait.as_millis().max(1));
     ApiError::new(ErrorCode::RateLimited, message).retry_after(seconds.max(1))
-}
-
-/// Requests per second per user (a token bucket per account, `governor`).
-pub struct UserRateLimit {
-    limiter: Option<governor::DefaultKeyedRateLimiter<u32>>,
-}
-
-impl std::fmt::Debug for UserRateLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserRateLimit").field("enabled", &self.limiter.is_some()).finish()
-    }
-}
-
-impl UserRateLimit {
-    /// `per_sec` requests per second with bursts of `burst`; `per_sec == 0`: unlimited.
-    pub fn new(per_sec: u32, burst: u32) -> Self {
-        let limiter = std::num::NonZeroU32::new(per_sec).map(|rate| {
-            let burst = std::num::NonZeroU32::new(burst).unwrap_or(rate);
-            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
-        });
-        UserRateLimit { limiter }
-    }
-
-    /// `Err(wait)` when `account` is over its rate.
-    pub fn check(&self, account: u32) -> Result<(), std::time::Duration> {
-        use governor::clock::{Clock, DefaultClock};
-        let Some(limiter) = &self.limiter else { return Ok(()) };
-        limiter
-            .check_key(&account)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
-    }
 }
 
 /// The 401 refusal.
@@ -317,7 +272,7 @@ pub fn number_param<B>(
     default: usize,
     range: std::ops::RangeInclusive<usize>,
 ) -> Result<usize, String> {
-    match crate::ws::query_param(req.uri().query(), name) {
+    match crate::request::query_param(req.uri().query(), name) {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if range.contains(&n) => Ok(n),

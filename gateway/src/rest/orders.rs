@@ -17,8 +17,9 @@ use tickgate_engine::{AccountId, Instrument, InstrumentId, OrderId};
 
 use super::{authorize, invalid_parameter, number_param};
 use crate::error::{ApiError, ErrorCode};
-use crate::http::{json_response, AppState};
 use crate::orders::Status;
+use crate::reply::json_response;
+use crate::state::AppState;
 use crate::trading::{NewOrderRequest, ReplaceRequest};
 
 use crate::views::{fill_json, order_in, order_json};
@@ -124,7 +125,7 @@ struct Page {
 
 fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, ApiError> {
     let query = req.uri().query();
-    let symbol = match crate::ws::query_param(query, "symbol") {
+    let symbol = match crate::request::query_param(query, "symbol") {
         None => None,
         Some(s) => match state.engine.instrument_by_symbol(s) {
             Some(i) => Some(i.id),
@@ -136,7 +137,7 @@ fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, ApiError> {
     };
     let before =
         // `cursor=` (empty) is the first page, as if absent.
-        match crate::ws::query_param(query, "cursor").filter(|c| !c.is_empty()) {
+        match crate::request::query_param(query, "cursor").filter(|c| !c.is_empty()) {
             None => None,
             Some(c) => Some(
                 c.parse()
@@ -153,7 +154,7 @@ pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
         Ok(c) => c,
         Err(e) => return e.response(),
     };
-    let want_open = match crate::ws::query_param(req.uri().query(), "status") {
+    let want_open = match crate::request::query_param(req.uri().query(), "status") {
         None => None,
         Some("open") => Some(true),
         Some("closed") => Some(false),

@@ -20,12 +20,12 @@ use tokio::sync::broadcast;
 
 use super::control::{self, ErrorCode, Request, RequestError, RequestId};
 use super::inbound::{self, Inbound};
-use super::WsContext;
 use crate::fanout::link::{Closing, Flushed, Link, Tally};
 use crate::fanout::outbox::Sub;
 use crate::fanout::Channel;
 use crate::protocol::Format;
 use crate::protocol::{self, close, ChannelKind, Opcode};
+use crate::state::WsContext;
 
 /// How long a closing connection waits for the client's side of the close.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);

@@ -19,93 +19,11 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::fanout::Directory;
-use crate::metrics::Metrics;
 use crate::protocol::{self, Format};
-
-/// WebSocket limits and timings.
-#[derive(Clone, Debug)]
-pub struct WsLimits {
-    /// Open WebSocket connections at most; more get HTTP 503 before the upgrade.
-    pub connections_max: usize,
-    /// Subscriptions one connection may hold.
-    pub subscriptions_per_connection_max: usize,
-    /// Largest inbound message; larger closes with 1009.
-    pub ws_message_bytes_max: usize,
-    /// Inbound messages per second (token bucket refill).
-    pub inbound_rate_per_sec: u32,
-    /// Inbound burst (token bucket size).
-    pub inbound_burst: u32,
-    /// Server ping period.
-    pub ping_interval: Duration,
-    /// Silence (no frame at all) after a ping that closes the connection with 4001.
-    pub pong_timeout: Duration,
-    /// A subscribed channel quiet this long gets a heartbeat message.
-    pub heartbeat_interval: Duration,
-    /// A write that makes no progress this long closes the connection (4008).
-    pub write_stall_timeout: Duration,
-    /// Falling-behind episodes on trades channels (each sends gap notices) within
-    /// `slow_gap_window` after which a connection is closed (4008).
-    pub slow_gaps_max: usize,
-    /// Window for `slow_gaps_max`.
-    pub slow_gap_window: Duration,
-    /// Bytes one vectored write carries at most.
-    pub write_batch_bytes_max: usize,
-    /// Kernel send buffer per connection (`SO_SNDBUF`): what a client that stops reading
-    /// can hold of the server's memory, and how soon the server notices it fell behind.
-    pub socket_send_buffer_bytes: usize,
-    /// Market data written to a connection and not yet confirmed read by the client, at
-    /// most (see [`outbox`]: read receipts). Beyond it the connection gets nothing more
-    /// until the client catches up.
-    pub unread_bytes_max: u64,
-}
-
-impl Default for WsLimits {
-    fn default() -> Self {
-        WsLimits {
-            connections_max: 10_000,
-            subscriptions_per_connection_max: 64,
-            ws_message_bytes_max: 4096,
-            inbound_rate_per_sec: 20,
-            inbound_burst: 40,
-            ping_interval: Duration::from_secs(20),
-            pong_timeout: Duration::from_secs(40),
-            heartbeat_interval: Duration::from_secs(5),
-            write_stall_timeout: Duration::from_secs(10),
-            slow_gaps_max: 5,
-            slow_gap_window: Duration::from_secs(60),
-            write_batch_bytes_max: 256 * 1024,
-            socket_send_buffer_bytes: 256 * 1024,
-            unread_bytes_max: 1024 * 1024,
-        }
-    }
-}
-
-/// What every WebSocket connection shares.
-#[derive(Debug)]
-pub struct WsContext {
-    /// Channels.
-    pub directory: Arc<Directory>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Limits.
-    pub limits: WsLimits,
-    /// Flips to `true` on shutdown.
-    pub shutdown: watch::Receiver<bool>,
-    /// Dropped by each connection task when it ends; shutdown waits for all of them.
-    pub alive: tokio::sync::mpsc::Sender<()>,
-    /// Order entry and users' execution reports.
-    pub trading: crate::trading::Trading,
-    /// Token verification for the `auth` message.
-    pub tokens: Arc<crate::auth::Tokens>,
-    /// The fan-out writer threads that write market data to connections.
-    pub writers: Arc<crate::fanout::Writers>,
-    /// What every connection's link shares (counters, write limits).
-    pub links: Arc<crate::fanout::link::LinkConfig>,
-}
+use crate::request::query_param;
+use crate::state::WsContext;
 
 /// Largest `interval_ms` a connection may ask for.
 const INTERVAL_MS_MAX: u64 = 1000;
@@ -226,7 +144,7 @@ fn credentials(
             Err(e) => (None, unauthorized(e.to_string())),
         };
     }
-    let Some(token) = crate::rest::session_cookie(req, origins.tls()) else {
+    let Some(token) = crate::request::session_cookie(req, origins.tls()) else {
         return (None, None);
     };
     // Any site's page can open a WebSocket to us, and the browser attaches the cookie:
@@ -269,12 +187,4 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// The value of `name` in a query string (no percent-decoding: values here are plain).
-pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
 }

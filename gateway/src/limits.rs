@@ -1,0 +1,89 @@
+//! Limits and timings of WebSocket connections and SSE streams (set from flags in
+//! [`crate::config`], read by [`crate::ws`] and [`crate::sse`]).
+
+use std::time::Duration;
+
+/// WebSocket limits and timings.
+#[derive(Clone, Debug)]
+pub struct WsLimits {
+    /// Open WebSocket connections at most; more get HTTP 503 before the upgrade.
+    pub connections_max: usize,
+    /// Subscriptions one connection may hold.
+    pub subscriptions_per_connection_max: usize,
+    /// Largest inbound message; larger closes with 1009.
+    pub ws_message_bytes_max: usize,
+    /// Inbound messages per second (token bucket refill).
+    pub inbound_rate_per_sec: u32,
+    /// Inbound burst (token bucket size).
+    pub inbound_burst: u32,
+    /// Server ping period.
+    pub ping_interval: Duration,
+    /// Silence (no frame at all) after a ping that closes the connection with 4001.
+    pub pong_timeout: Duration,
+    /// A subscribed channel quiet this long gets a heartbeat message.
+    pub heartbeat_interval: Duration,
+    /// A write that makes no progress this long closes the connection (4008).
+    pub write_stall_timeout: Duration,
+    /// Falling-behind episodes on trades channels (each sends gap notices) within
+    /// `slow_gap_window` after which a connection is closed (4008).
+    pub slow_gaps_max: usize,
+    /// Window for `slow_gaps_max`.
+    pub slow_gap_window: Duration,
+    /// Bytes one vectored write carries at most.
+    pub write_batch_bytes_max: usize,
+    /// Kernel send buffer per connection (`SO_SNDBUF`): what a client that stops reading
+    /// can hold of the server's memory, and how soon the server notices it fell behind.
+    pub socket_send_buffer_bytes: usize,
+    /// Market data written to a connection and not yet confirmed read by the client, at
+    /// most (see [`crate::fanout::outbox`]: read receipts). Beyond it the connection gets nothing more
+    /// until the client catches up.
+    pub unread_bytes_max: u64,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        WsLimits {
+            connections_max: 10_000,
+            subscriptions_per_connection_max: 64,
+            ws_message_bytes_max: 4096,
+            inbound_rate_per_sec: 20,
+            inbound_burst: 40,
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(40),
+            heartbeat_interval: Duration::from_secs(5),
+            write_stall_timeout: Duration::from_secs(10),
+            slow_gaps_max: 5,
+            slow_gap_window: Duration::from_secs(60),
+            write_batch_bytes_max: 256 * 1024,
+            socket_send_buffer_bytes: 256 * 1024,
+            unread_bytes_max: 1024 * 1024,
+        }
+    }
+}
+
+/// SSE limits and timing.
+#[derive(Clone, Debug)]
+pub struct SseLimits {
+    /// Open streams per user (more: 429).
+    pub streams_per_user_max: u64,
+    /// Open streams in total (more: 503).
+    pub streams_max: u64,
+    /// Heartbeat comment period when idle.
+    pub heartbeat: Duration,
+    /// `retry:` advice sent on connect.
+    pub retry: Duration,
+    /// Events a stream may have unsent before it is closed as too slow.
+    pub backlog_max: usize,
+}
+
+impl Default for SseLimits {
+    fn default() -> Self {
+        SseLimits {
+            streams_per_user_max: 16,
+            streams_max: 20_000,
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            backlog_max: 1_024,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! What request handlers share: [`AppState`] for every route, [`WsContext`] for
+//! WebSocket connections. A leaf of the HTTP side: the router, REST, SSE and WebSocket
+//! modules depend on it, it depends on none of them.
+
+use std::sync::Arc;
+
+use tickgate_engine::runtime::EngineHandle;
+use tokio::sync::watch;
+
+use crate::fanout::Directory;
+use crate::metrics::Metrics;
+
+/// What request handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The engine.
+    pub engine: EngineHandle,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// WebSocket context.
+    pub ws: Arc<WsContext>,
+    /// Users.
+    pub users: crate::auth::Users,
+    /// Token issuing and checking.
+    pub tokens: Arc<crate::auth::Tokens>,
+    /// Per-user REST request rate.
+    pub rest_limit: crate::throttle::UserRateLimit,
+    /// Users' orders and fills.
+    pub orders: Arc<crate::orders::OrderStore>,
+    /// Users' alert histories and price alerts.
+    pub alerts: Arc<crate::alerts::AlertHub>,
+    /// SSE limits.
+    pub sse: crate::limits::SseLimits,
+    /// Failed logins per username and address.
+    pub login_throttle: crate::throttle::LoginThrottle,
+    /// Candles of every instrument.
+    pub candles: Arc<crate::candles::Candles>,
+    /// Password checks (argon2) running at once, at most.
+    pub login_slots: tokio::sync::Semaphore,
+    /// Time allowed for a request body once its head arrived.
+    pub body_timeout: std::time::Duration,
+    /// Operator token; `None`: operator endpoints disabled.
+    pub admin_token: Option<String>,
+    /// When `/debug/digest` last ran (it walks the whole state on the engine thread).
+    pub digest_gate: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Origins allowed cross-origin requests (CORS) and cookie-authenticated changes.
+    pub origins: crate::cors::Origins,
+    /// The listener speaks TLS (cookies are `Secure`).
+    pub tls: bool,
+}
+
+/// What every WebSocket connection shares.
+#[derive(Debug)]
+pub struct WsContext {
+    /// Channels.
+    pub directory: Arc<Directory>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Limits.
+    pub limits: crate::limits::WsLimits,
+    /// Flips to `true` on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Dropped by each connection task when it ends; shutdown waits for all of them.
+    pub alive: tokio::sync::mpsc::Sender<()>,
+    /// Order entry and users' execution reports.
+    pub trading: crate::trading::Trading,
+    /// Token verification for the `auth` message.
+    pub tokens: Arc<crate::auth::Tokens>,
+    /// The fan-out writer threads that write market data to connections.
+    pub writers: Arc<crate::fanout::Writers>,
+    /// What every connection's link shares (counters, write limits).
+    pub links: Arc<crate::fanout::link::LinkConfig>,
+}
