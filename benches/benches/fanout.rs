@@ -86,7 +86,11 @@ fn publish(c: &mut Criterion) {
         );
         let directory = Arc::new(Directory::new(engine.instruments(), 1024, &candles));
         let metrics = Arc::new(Metrics::default());
-        let mut publisher = Publisher::new(Arc::clone(&directory), Arc::clone(&metrics));
+        let mut publisher = Publisher::new(
+            Arc::clone(&directory),
+            Arc::clone(&metrics),
+            tickgate_engine::WallClock::shared(),
+        );
         let writers = Writers::start(Arc::clone(&directory), metrics, 2);
         let channel = Arc::clone(directory.get("book.BTC-USD").expect("channel"));
         for _ in 0..subscribers {

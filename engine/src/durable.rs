@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::clock::Stamper;
 use crate::command::Command;
 use crate::engine::{Engine, EngineSpec, EventSink};
 use crate::event::{Event, EventDigest};
@@ -36,7 +37,7 @@ use crate::journal::{
 };
 use crate::retention::Retention;
 use crate::snapshot::{list_snapshots, read_snapshot, snapshot_last_ts};
-use crate::types::{InstrumentId, UnixNanos};
+use crate::types::InstrumentId;
 
 /// Where and how commands are journaled.
 #[derive(Clone, Debug)]
@@ -567,8 +568,8 @@ pub(crate) struct JournalStage {
     pub(crate) writer: JournalWriter,
     pub(crate) mode: SyncMode,
     pub(crate) batch_max: usize,
-    /// Timestamp of the last journaled command: stamps never go backwards.
-    pub(crate) last_ts: UnixNanos,
+    /// Stamps each command (after the last journaled one: stamps never go backwards).
+    pub(crate) stamper: Stamper,
     pub(crate) stats: Arc<JournalStats>,
     pub(crate) failure: Arc<Failure>,
 }
@@ -580,7 +581,7 @@ pub(crate) fn journal_loop<R: JournalItem>(
     rx: Receiver<R>,
     mut forward: impl FnMut(Vec<R>) -> bool,
 ) {
-    let JournalStage { mut writer, mode, batch_max, mut last_ts, stats, failure } = stage;
+    let JournalStage { mut writer, mode, batch_max, mut stamper, stats, failure } = stage;
     let interval = match mode {
         SyncMode::BatchAsync(d) => Some(d),
         _ => None,
@@ -615,9 +616,7 @@ pub(crate) fn journal_loop<R: JournalItem>(
             if let Some(command) = item.command_mut() {
                 // Strictly increasing per shard: every command's events carry a timestamp
                 // no other command of the shard has (readers tell commands apart by it).
-                let now = crate::runtime::now_nanos().max(UnixNanos(last_ts.0 + 1));
-                last_ts = now;
-                command.ts = now;
+                command.ts = stamper.stamp();
                 writer.append(command);
                 records += 1;
             }

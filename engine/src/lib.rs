@@ -13,6 +13,7 @@
 pub mod accounts;
 pub mod board;
 pub mod book;
+pub mod clock;
 pub mod command;
 pub mod durable;
 pub mod engine;
@@ -30,6 +31,7 @@ pub mod types;
 pub use accounts::{Balance, Ledger};
 pub use board::PublishedAccount;
 pub use book::{BookSnapshot, OrderBook, RestingOrder};
+pub use clock::{Clock, ManualClock, SharedClock, WallClock};
 pub use command::{
     CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
     TradingStatus, Transfer,

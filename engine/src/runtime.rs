@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use crossbeam_utils::{Backoff, CachePadded};
@@ -24,6 +24,7 @@ use crossbeam_utils::{Backoff, CachePadded};
 use crate::accounts::Balance;
 use crate::board::{BalanceBoard, PublishedAccount};
 use crate::book::{BookSnapshot, RestingOrder};
+use crate::clock::{SharedClock, Stamper, WallClock};
 use crate::command::{Command, CommandKind, Transfer};
 use crate::durable::{
     journal_loop, recover, snapshot_loop, DurabilityConfig, Failure, JournalItem, JournalStage,
@@ -72,6 +73,8 @@ pub struct RuntimeConfig {
     /// derive from events: pruning keeps, and recovery replays, what they still need
     /// (see [`crate::retention`]).
     pub retention: Option<Arc<Retention>>,
+    /// Where command timestamps come from (see [`crate::clock`]).
+    pub clock: SharedClock,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -100,6 +103,7 @@ impl Default for RuntimeConfig {
             durability: None,
             on_replay: None,
             retention: None,
+            clock: WallClock::shared(),
         }
     }
 }
@@ -245,6 +249,7 @@ struct Shared {
     assets: Vec<Asset>,
     next_order_id: AtomicU64,
     stopped: AtomicBool,
+    clock: SharedClock,
 }
 
 /// A cheap, cloneable handle to submit commands, ask questions and read events.
@@ -269,10 +274,9 @@ pub struct EngineRuntime {
     _lock: Option<std::fs::File>,
 }
 
-/// Wall-clock nanoseconds since the epoch (0 if the clock is before 1970).
+/// Wall-clock nanoseconds since the epoch (see [`crate::clock::WallClock`]).
 pub fn now_nanos() -> UnixNanos {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    UnixNanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    crate::clock::Clock::now(&crate::clock::WallClock)
 }
 
 impl EngineRuntime {
@@ -330,7 +334,7 @@ impl EngineRuntime {
                 batch_max: config.batch_max.max(1),
                 on_publish: config.on_publish.clone(),
                 idle_spin: config.idle_spin,
-                last_ts: UnixNanos(0),
+                stamper: Stamper::new(Arc::clone(&config.clock), UnixNanos(0)),
                 durable: None,
             };
             let mut journal = None;
@@ -347,7 +351,7 @@ impl EngineRuntime {
                     writer,
                     mode: d.mode,
                     batch_max: d.batch_max.max(1),
-                    last_ts: UnixNanos(r.last_ts),
+                    stamper: Stamper::new(Arc::clone(&config.clock), UnixNanos(r.last_ts)),
                     stats: Arc::clone(&jstats),
                     failure: Arc::clone(&failure),
                 };
@@ -377,7 +381,7 @@ impl EngineRuntime {
                     snapshots: snap_tx,
                     stats: Arc::clone(&jstats),
                 });
-                worker.last_ts = UnixNanos(r.last_ts);
+                worker.stamper.observe(UnixNanos(r.last_ts));
                 journal = Some(jstats);
             }
             let thread = std::thread::Builder::new()
@@ -394,6 +398,7 @@ impl EngineRuntime {
             assets: config.spec.assets.clone(),
             next_order_id: AtomicU64::new(max_order_id + 1),
             stopped: AtomicBool::new(false),
+            clock: Arc::clone(&config.clock),
         });
         Ok(EngineRuntime {
             handle: EngineHandle { shared },
@@ -458,6 +463,12 @@ impl EngineHandle {
     /// Looks an instrument up by symbol.
     pub fn instrument_by_symbol(&self, symbol: &str) -> Option<&Instrument> {
         self.shared.instruments.iter().find(|i| i.spec.symbol == symbol)
+    }
+
+    /// The clock commands are stamped with; everything around the engine that stamps
+    /// or times out takes it too.
+    pub fn clock(&self) -> &SharedClock {
+        &self.shared.clock
     }
 
     /// A fresh, engine-wide unique order id.
@@ -649,7 +660,9 @@ struct ShardWorker {
     batch_max: usize,
     on_publish: Option<PublishHook>,
     idle_spin: Duration,
-    last_ts: UnixNanos,
+    /// Stamps commands when nothing is journaled (the journal stage does otherwise);
+    /// tracks the last stamp either way.
+    stamper: Stamper,
     durable: Option<DurableState>,
 }
 
@@ -699,16 +712,12 @@ impl ShardWorker {
                     // Stamped by the journal stage, which wrote it down with that stamp.
                     Some(d) => {
                         d.applied_seq += 1;
-                        self.last_ts = command.ts;
+                        self.stamper.observe(command.ts);
                     }
                     // Ingest time, made strictly increasing per shard so replays and clients
                     // can rely on timestamps never going backwards, and readers can tell
                     // commands apart by their timestamp.
-                    None => {
-                        let now = now_nanos().max(UnixNanos(self.last_ts.0 + 1));
-                        self.last_ts = now;
-                        command.ts = now;
-                    }
+                    None => command.ts = self.stamper.stamp(),
                 }
                 self.engine.process(&command, &mut self.writer);
             }
@@ -760,7 +769,7 @@ impl ShardWorker {
                 let _ = reply.send(self.engine.is_halted(instrument));
             }
             Query::Key { account, key, reply } => {
-                let _ = reply.send(self.engine.key_record(account, key, self.last_ts));
+                let _ = reply.send(self.engine.key_record(account, key, self.stamper.last()));
             }
             Query::Keys { accounts, reply } => {
                 let records = self.engine.key_records().filter(|(a, _)| accounts.contains(a));
@@ -794,8 +803,12 @@ impl ShardWorker {
         {
             return;
         }
-        let bytes =
-            crate::snapshot::encode_snapshot(&self.engine, d.shard, d.applied_seq, self.last_ts.0);
+        let bytes = crate::snapshot::encode_snapshot(
+            &self.engine,
+            d.shard,
+            d.applied_seq,
+            self.stamper.last().0,
+        );
         let job = SnapshotJob { seq: d.applied_seq, bytes };
         if d.snapshots.try_send(job).is_ok() {
             d.last_snapshot_seq = d.applied_seq;

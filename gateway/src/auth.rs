@@ -167,6 +167,8 @@ pub struct Tokens {
     /// JSON) is the dearest part of authenticating. Looked up by the exact token text;
     /// expiry is still checked on every use.
     verified: dashmap::DashMap<Box<str>, Claims>,
+    /// Issue times, expiry, session ages.
+    clock: tickgate_engine::SharedClock,
 }
 
 /// Verified tokens kept at most (expired ones go first, then all of them).
@@ -178,14 +180,23 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-fn now_secs() -> u64 {
-    tickgate_engine::runtime::now_nanos().0 / 1_000_000_000
-}
-
 impl Tokens {
     /// Tokens signed with `secret` (random when `None`: tokens then die with the process)
     /// for `users`, their sessions kept in `sessions`.
     pub fn new(
+        secret: Option<&[u8]>,
+        lifetime: Duration,
+        session_max: Duration,
+        users: &Users,
+        sessions: crate::sessions::Sessions,
+    ) -> Tokens {
+        let clock = tickgate_engine::WallClock::shared();
+        Tokens::with_clock(clock, secret, lifetime, session_max, users, sessions)
+    }
+
+    /// [`Tokens::new`] with time from `clock`: issue times, expiry and session ages.
+    pub fn with_clock(
+        clock: tickgate_engine::SharedClock,
         secret: Option<&[u8]>,
         lifetime: Duration,
         session_max: Duration,
@@ -201,7 +212,9 @@ impl Tokens {
             }
         };
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
+        // Expiry is checked here, exactly and with the injected clock, not by the library
+        // (whole seconds of the wall clock); it must still be present.
+        validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Tokens {
             encoding: EncodingKey::from_secret(secret),
@@ -212,6 +225,7 @@ impl Tokens {
             users: users.all().map(|u| (u.username.clone(), u.account)).collect(),
             sessions,
             verified: dashmap::DashMap::new(),
+            clock,
         }
     }
 
@@ -231,7 +245,7 @@ impl Tokens {
     /// Ends the session of `claims`.
     pub fn revoke(&self, claims: &Claims) {
         let until = claims.auth + self.session_max.as_secs();
-        self.sessions.revoke(claims.sid, until, now_secs());
+        self.sessions.revoke(claims.sid, until, self.clock.now_secs());
     }
 
     /// Ends every session of the user of `claims`.
@@ -243,7 +257,7 @@ impl Tokens {
     /// past its maximum age.
     pub fn renew(&self, claims: &Claims) -> Option<String> {
         let end = claims.auth + self.session_max.as_secs();
-        (now_secs() < end)
+        (self.clock.now_secs() < end)
             .then(|| self.sign(&claims.sub, claims.acc, claims.sid, claims.gen, claims.auth))
     }
 
@@ -256,11 +270,11 @@ impl Tokens {
     pub fn issue(&self, username: &str, account: AccountId) -> String {
         let sid = OsRng.next_u64();
         let gen = self.sessions.generation(username);
-        self.sign(username, account.0, sid, gen, now_secs())
+        self.sign(username, account.0, sid, gen, self.clock.now_secs())
     }
 
     fn sign(&self, username: &str, account: u32, sid: u64, gen: u64, auth: u64) -> String {
-        let iat = now_secs();
+        let iat = self.clock.now_secs();
         // Never past the session's end.
         let exp = (iat + self.lifetime.as_secs()).min(auth + self.session_max.as_secs());
         let claims = Claims { sub: username.to_string(), acc: account, iat, exp, sid, gen, auth };
@@ -270,7 +284,7 @@ impl Tokens {
 
     /// The claims of a valid, unexpired token.
     pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
-        let now = now_secs();
+        let now = self.clock.now_secs();
         if let Some(claims) = self.verified.get(token) {
             return if claims.exp > now && self.stands(&claims) {
                 Ok(claims.clone())
@@ -281,7 +295,6 @@ impl Tokens {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|_| InvalidToken)?;
-        // `exp` is checked with one-second resolution by the library; be exact.
         if claims.exp <= now || !self.stands(&claims) {
             return Err(InvalidToken);
         }
@@ -422,13 +435,15 @@ mod tests {
 
     #[test]
     fn a_cached_token_still_expires() {
-        let tokens = test_tokens(b"secret", Duration::from_secs(1));
+        let clock = tickgate_engine::ManualClock::at_wall_time();
+        let sessions = crate::sessions::Sessions::in_memory();
+        let (lifetime, hour) = (Duration::from_secs(1), Duration::from_secs(3600));
+        let tokens =
+            Tokens::with_clock(clock.clone(), Some(b"secret"), lifetime, hour, &users(), sessions);
         let t = tokens.issue("alice", AccountId(1));
-        let exp = tokens.verify(&t).expect("fresh").exp;
+        tokens.verify(&t).expect("fresh");
         assert_eq!(tokens.verified.len(), 1, "verified once, then cached");
-        while now_secs() < exp {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        clock.advance(Duration::from_secs(1));
         assert_eq!(tokens.verify(&t), Err(InvalidToken), "expired while cached");
     }
 

@@ -252,6 +252,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Journal and snapshots; `None`: in memory only.
     pub durability: Option<tickgate_engine::durable::DurabilityConfig>,
+    /// Where time comes from: the wall clock, or a test's manual clock.
+    pub clock: tickgate_engine::SharedClock,
 }
 
 impl TryFrom<Flags> for Config {
@@ -342,6 +344,7 @@ impl TryFrom<Flags> for Config {
             token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),
             session_max: Duration::from_secs(f.session_max_secs.max(1)),
             durability,
+            clock: tickgate_engine::WallClock::shared(),
             rest_rate: f.rest_rate,
             admin_token: f.admin_token.filter(|t| !t.is_empty()),
             tls: f.tls_cert.zip(f.tls_key),

@@ -116,6 +116,7 @@ impl Server {
                 hook_wakes.1.wake();
             })),
             durability: config.durability.clone(),
+            clock: Arc::clone(&config.clock),
             // Users' reports since the newest snapshot come back from the journal; they are
             // applied over the history once the engine says which of its records are real.
             on_replay: Some(Arc::new(move |_, e: &tickgate_engine::Event| match e {
@@ -190,6 +191,7 @@ impl Server {
             users.all().map(|u| u.account),
             engine.instruments().len(),
             config.sse_history,
+            Arc::clone(&config.clock),
         ));
         let alert_pump = Some(Pump::start(
             "alerts",
@@ -228,7 +230,8 @@ impl Server {
             Some(d) => crate::sessions::Sessions::persisted(d.dir.join("auth"))?,
             None => crate::sessions::Sessions::in_memory(),
         };
-        let tokens = Arc::new(Tokens::new(
+        let tokens = Arc::new(Tokens::with_clock(
+            Arc::clone(&config.clock),
             config.jwt_secret.as_deref().map(str::as_bytes),
             config.token_lifetime,
             config.session_max,
@@ -259,6 +262,7 @@ impl Server {
                 slow_gaps_max: config.ws.slow_gaps_max,
                 slow_gap_window: config.ws.slow_gap_window,
                 unread_bytes_max: config.ws.unread_bytes_max,
+                clock: Arc::clone(&config.clock),
             }),
         });
         let state = Arc::new(AppState {
@@ -274,7 +278,7 @@ impl Server {
             digest_gate: Default::default(),
             admin_token: config.admin_token.clone(),
             body_timeout: config.body_timeout,
-            login_throttle: Default::default(),
+            login_throttle: crate::throttle::LoginThrottle::new(Arc::clone(&config.clock)),
             candles: Arc::clone(&candles),
             login_slots: tokio::sync::Semaphore::new(LOGIN_CHECKS_MAX),
             origins: crate::cors::Origins::new(config.cors_origins.clone(), tls.is_some()),

@@ -8,14 +8,14 @@
 //! ([`LoginThrottle::attempt`]), so a burst of parallel guesses is counted before any
 //! password is checked; a success takes its own count back and forgets the user's
 //! failures (not the address's: logging in as oneself does not clear a spray from that
-//! address). Uses tokio's clock, so tests run it on paused time.
+//! address). Time comes from the injected clock, so tests move it without sleeping.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tickgate_engine::{SharedClock, UnixNanos};
 
 /// Failures allowed in a row before the backoff starts.
 pub const FREE_FAILURES: u32 = 5;
@@ -35,14 +35,24 @@ enum Key {
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     failures: u32,
-    blocked_until: Instant,
-    last: Instant,
+    blocked_until: UnixNanos,
+    last: UnixNanos,
 }
 
 /// Failure counts per username and per address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LoginThrottle {
     entries: Mutex<HashMap<Key, Entry>>,
+    clock: SharedClock,
+}
+
+/// `a - b`, or zero when `b` is later.
+fn since(a: UnixNanos, b: UnixNanos) -> Duration {
+    Duration::from_nanos(a.0.saturating_sub(b.0))
+}
+
+fn plus(t: UnixNanos, d: Duration) -> UnixNanos {
+    UnixNanos(t.0.saturating_add(d.as_nanos() as u64))
 }
 
 fn keys(user: &str, addr: Option<IpAddr>) -> impl Iterator<Item = Key> {
@@ -50,14 +60,19 @@ fn keys(user: &str, addr: Option<IpAddr>) -> impl Iterator<Item = Key> {
 }
 
 impl LoginThrottle {
+    /// No failures yet; time from `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        LoginThrottle { entries: Mutex::new(HashMap::new()), clock }
+    }
+
     /// Lets a login attempt through, counted as a failure until [`LoginThrottle::succeeded`]
     /// says otherwise; `Err(wait)` while `user` or `addr` is blocked (nothing counted).
     pub fn attempt(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let wait = keys(user, addr)
             .filter_map(|k| entries.get(&k))
-            .map(|e| e.blocked_until.saturating_duration_since(now))
+            .map(|e| since(e.blocked_until, now))
             .max()
             .unwrap_or_default();
         if !wait.is_zero() {
@@ -86,10 +101,10 @@ fn count_failure(
     entries: &mut HashMap<Key, Entry>,
     user: &str,
     addr: Option<IpAddr>,
-    now: Instant,
+    now: UnixNanos,
 ) {
     if entries.len() >= ENTRIES_MAX {
-        entries.retain(|_, e| now.saturating_duration_since(e.last) < BLOCK_MAX);
+        entries.retain(|_, e| since(now, e.last) < BLOCK_MAX);
     }
     // A flood of distinct names or addresses: the entries quiet longest go first (never
     // all of them, which would lift every block at once).
@@ -108,7 +123,7 @@ fn count_failure(
             e.last = now;
             if e.failures >= FREE_FAILURES {
                 let doublings = (e.failures - FREE_FAILURES).min(16);
-                e.blocked_until = now + (BLOCK_MIN * (1u32 << doublings)).min(BLOCK_MAX);
+                e.blocked_until = plus(now, (BLOCK_MIN * (1u32 << doublings)).min(BLOCK_MAX));
             }
         }
     }
@@ -149,9 +164,10 @@ impl UserRateLimit {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn backoff_doubles_and_success_resets() {
-        let t = LoginThrottle::default();
+    #[test]
+    fn backoff_doubles_and_success_resets() {
+        let clock = tickgate_engine::ManualClock::at_wall_time();
+        let t = LoginThrottle::new(clock.clone());
         let addr = Some(IpAddr::from([127, 0, 0, 1]));
         for _ in 0..FREE_FAILURES {
             assert!(t.attempt("alice", addr).is_ok());
@@ -162,10 +178,10 @@ mod tests {
         // Another address is blocked for alice too, and this address for other names.
         assert!(t.attempt("alice", Some(IpAddr::from([10, 0, 0, 1]))).is_err());
         assert!(t.attempt("bob", addr).is_err());
-        tokio::time::advance(BLOCK_MIN).await;
+        clock.advance(BLOCK_MIN);
         assert!(t.attempt("alice", addr).is_ok(), "the window passed");
         assert_eq!(t.attempt("alice", addr), Err(BLOCK_MIN * 2), "doubled");
-        tokio::time::advance(BLOCK_MIN * 2).await;
+        clock.advance(BLOCK_MIN * 2);
         assert!(t.attempt("alice", addr).is_ok());
         t.succeeded("alice", addr);
         assert!(t.attempt("alice", None).is_ok(), "a success forgets the user's failures");
@@ -174,7 +190,7 @@ mod tests {
         // Every let-through attempt counts, and the block never grows past the cap.
         for _ in 0..40 {
             let _ = t.attempt("mallory", None);
-            tokio::time::advance(BLOCK_MAX).await;
+            clock.advance(BLOCK_MAX);
         }
         let _ = t.attempt("mallory", None);
         assert_eq!(t.attempt("mallory", None), Err(BLOCK_MAX), "capped");

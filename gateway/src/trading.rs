@@ -140,6 +140,10 @@ pub struct Trading {
 }
 
 impl Trading {
+    fn now(&self) -> UnixNanos {
+        self.engine.clock().now()
+    }
+
     /// The instrument with id `id`.
     pub fn instrument(&self, id: InstrumentId) -> Option<&Instrument> {
         self.engine.instruments().get(id.0 as usize)
@@ -167,7 +171,7 @@ impl Trading {
         let order = self.new_order(account, r, key)?;
         if let Some(key) = key {
             let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
-            match self.keys.claim(account, key, fingerprint, order.order_id, now()) {
+            match self.keys.claim(account, key, fingerprint, order.order_id, self.now()) {
                 Claim::New => {}
                 Claim::Retry(id, at) => return self.replay(account, id, at),
                 Claim::Reused => return Err(ApiError::key_reused()),
@@ -247,7 +251,9 @@ impl Trading {
             Some(o) if o.status == Status::Rejected => Err(ApiError::rejected(o.reason, "order")),
             Some(_) => self.view(account, id),
             // Placed long ago and no longer kept (see `ORDERS_KEPT`).
-            None if now().0.saturating_sub(at.0) > 2 * ENGINE_ANSWER_TIMEOUT.as_nanos() as u64 => {
+            None if self.now().0.saturating_sub(at.0)
+                > 2 * ENGINE_ANSWER_TIMEOUT.as_nanos() as u64 =>
+            {
                 Err(ApiError::new(
                     ErrorCode::OrderForgotten,
                     format!("this key placed order {}, which is no longer kept", id.0),
@@ -384,10 +390,6 @@ fn key_of(text: &str) -> Result<IdempotencyKey, ApiError> {
         )));
     }
     Ok(IdempotencyKey::from_text(text))
-}
-
-fn now() -> UnixNanos {
-    tickgate_engine::runtime::now_nanos()
 }
 
 /// Whether `text` is a decimal as the API documents it: `-?([0-9]+(\.[0-9]*)?|\.[0-9]+)`.

@@ -75,7 +75,11 @@ async fn login_gives_a_token_that_opens_only_the_users_own_account() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_and_bad_tokens_get_401_json() {
+    // Time moves when the test says so: the expiry below costs no sleep.
+    let clock = tickgate_engine::ManualClock::at_wall_time();
+    let shared: tickgate_engine::SharedClock = clock.clone();
     let server = start(|c| {
+        c.clock = shared;
         c.jwt_secret = Some("test-secret".into());
         c.token_lifetime = Duration::from_secs(1);
     })
@@ -114,7 +118,7 @@ async fn bad_credentials_and_bad_tokens_get_401_json() {
     let token = body["token"].as_str().unwrap().to_string();
     let (status, _) = http_raw(addr, &get_auth(addr, "/api/v1/account", &token)).await;
     assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_secs(2));
     let (status, response) = http_raw(addr, &get_auth(addr, "/api/v1/account", &token)).await;
     assert_eq!(
         (status, body_json(&response)["error"]["code"].as_str()),
@@ -175,7 +179,9 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
 /// known and unknown users alike; after the window the right password works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled() {
-    let server = start(|_| {}).await;
+    let clock = tickgate_engine::ManualClock::at_wall_time();
+    let shared: tickgate_engine::SharedClock = clock.clone();
+    let server = start(|c| c.clock = shared).await;
     let addr = server.local_addr();
     let (alice, alice_password, _) = DEMO_USERS[0];
     for n in 0..tickgate_gateway::throttle::FREE_FAILURES {
@@ -193,7 +199,7 @@ async fn failed_logins_are_throttled() {
     assert_eq!(login(addr, "nobody", "x").await.0, 429);
     assert!(metric(addr, "login_throttled_total").await >= 3);
     assert_eq!(metric(addr, "login_failures_total").await, 5);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(1100));
     let (status, body) = login(addr, alice, alice_password).await;
     assert_eq!(status, 200, "the right password works after the window: {body}");
     server.shutdown().await.expect("clean shutdown");

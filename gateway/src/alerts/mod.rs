@@ -21,9 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde_json::json;
-use tickgate_engine::runtime::now_nanos;
 use tickgate_engine::types::format_fixed;
-use tickgate_engine::{AccountId, Instrument};
+use tickgate_engine::{AccountId, Instrument, SharedClock};
 use tokio::sync::watch;
 
 pub use book::{AlertBook, Condition, Fired, PriceAlert};
@@ -120,6 +119,8 @@ pub struct AlertHub {
     alerts: Mutex<HashMap<AccountId, BTreeMap<u64, PriceAlert>>>,
     /// Open streams in total.
     pub streams: AtomicU64,
+    /// Event ids and the time of alerts fired on creation.
+    clock: SharedClock,
 }
 
 /// Price alerts one user may have.
@@ -143,8 +144,9 @@ impl AlertHub {
         accounts: impl IntoIterator<Item = AccountId>,
         instruments: usize,
         history_max: usize,
+        clock: SharedClock,
     ) -> Self {
-        let first_id = now_nanos().0 / 1_000;
+        let first_id = clock.now().0 / 1_000;
         let users = accounts
             .into_iter()
             .map(|a| {
@@ -164,6 +166,7 @@ impl AlertHub {
             books: (0..instruments).map(|_| Mutex::new(AlertBook::default())).collect(),
             alerts: Mutex::new(HashMap::new()),
             streams: AtomicU64::new(0),
+            clock,
         }
     }
 
@@ -228,7 +231,7 @@ impl AlertHub {
         };
         let fired = book.lock().unwrap_or_else(|e| e.into_inner()).insert(alert);
         if let Some(f) = fired {
-            self.publish_fired(instrument, &[f], now_nanos().0);
+            self.publish_fired(instrument, &[f], self.clock.now().0);
         }
         Ok(alert)
     }
@@ -305,7 +308,8 @@ mod tests {
 
     #[test]
     fn history_replays_after_an_id_or_asks_for_a_reset() {
-        let hub = AlertHub::new([AccountId(1), AccountId(2)], 1, 3);
+        let hub =
+            AlertHub::new([AccountId(1), AccountId(2)], 1, 3, tickgate_engine::WallClock::shared());
         let user = Arc::clone(hub.user(AccountId(1)).unwrap());
         let ids: Vec<u64> = (0..5)
             .map(|i| hub.publish(AccountId(1), "system", &json!({"n": i})).unwrap())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tickgate_engine::runtime::EngineHandle;
-use tickgate_engine::{BookSnapshot, Event, L2Book};
+use tickgate_engine::{BookSnapshot, Event, L2Book, SharedClock};
 
 use super::{json_frame, Channel, Chunk, Directory, State, Writers};
 use crate::candles::Candles;
@@ -81,9 +81,10 @@ impl MarketData {
         writers: Arc<Writers>,
         candles: Arc<Candles>,
     ) -> Self {
+        let clock = Arc::clone(engine.clock());
         let mut market = MarketData {
             engine,
-            publisher: Publisher::new(directory, metrics),
+            publisher: Publisher::new(directory, metrics, clock),
             writers,
             retry: Vec::new(),
             lapped: false,
@@ -180,11 +181,13 @@ pub struct Publisher {
     json: String,
     /// Whether a chunk was stored since the last [`Publisher::take_published`].
     published: bool,
+    /// The time of a book's reset.
+    clock: SharedClock,
 }
 
 impl Publisher {
     /// A publisher into `directory`'s channels.
-    pub fn new(directory: Arc<Directory>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(directory: Arc<Directory>, metrics: Arc<Metrics>, clock: SharedClock) -> Self {
         let pending = (0..directory.all().len()).map(|_| Vec::new()).collect();
         Publisher {
             directory,
@@ -194,6 +197,7 @@ impl Publisher {
             bin: Vec::with_capacity(CHUNK_BYTES_MAX + 1024),
             json: String::new(),
             published: false,
+            clock,
         }
     }
 
@@ -242,7 +246,7 @@ impl Publisher {
         let mut state = channel.lock();
         state.book = L2Book::from_snapshot(snapshot);
         state.last_seq = snapshot.seq.0;
-        state.last_ts = tickgate_engine::runtime::now_nanos().0;
+        state.last_ts = self.clock.now().0;
         channel.last_seq.store(snapshot.seq.0, Ordering::Release);
         let chunk = Chunk {
             index: channel.head(),

@@ -39,6 +39,8 @@ pub struct LinkConfig {
     pub slow_gap_window: Duration,
     /// Bytes written and not confirmed by a read receipt before market data pauses.
     pub unread_bytes_max: u64,
+    /// Time for the messages a link writes itself (gap notices, heartbeats, pongs).
+    pub clock: tickgate_engine::SharedClock,
 }
 
 /// Why the connection is ending.
@@ -179,7 +181,7 @@ impl Link {
     pub fn pump(&self, st: &mut Outbox, tally: &mut Tally) {
         let c = &self.config;
         loop {
-            let more = st.drain(&c.metrics, c.write_batch_bytes_max);
+            let more = st.drain(&c.metrics, c.write_batch_bytes_max, c.clock.as_ref());
             st.count_episode(c.slow_gaps_max, c.slow_gap_window, &c.metrics);
             if st.closing.is_some() {
                 self.task.notify_one();

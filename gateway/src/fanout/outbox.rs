@@ -23,6 +23,8 @@ use tokio::net::TcpStream;
 
 use super::link::{Closing, Flushed, Tally};
 use super::Channel;
+use tickgate_engine::clock::Clock;
+
 use crate::metrics::Metrics;
 use crate::protocol::{self, bin, close, json, ChannelKind, Format, Opcode};
 
@@ -327,12 +329,12 @@ impl Outbox {
 
     /// Collects every new chunk of every subscription, up to `budget` queued bytes.
     /// Returns whether it stopped at the budget with more to collect.
-    pub fn drain(&mut self, metrics: &Metrics, budget: usize) -> bool {
+    pub fn drain(&mut self, metrics: &Metrics, budget: usize, clock: &dyn Clock) -> bool {
         // Read receipts: nothing more for a client that has not confirmed reading enough.
         if self.queued_total - self.read_total > self.unread_max {
             return false;
         }
-        let more = self.collect(metrics, budget);
+        let more = self.collect(metrics, budget, clock);
         self.seal();
         if self.receipt.is_none() && self.queued_total - self.read_total >= RECEIPT_EVERY {
             let ping = self.receipt_ping();
@@ -373,7 +375,7 @@ impl Outbox {
         held
     }
 
-    fn collect(&mut self, metrics: &Metrics, budget: usize) -> bool {
+    fn collect(&mut self, metrics: &Metrics, budget: usize, clock: &dyn Clock) -> bool {
         let json = self.format == Format::Json;
         let now = Instant::now();
         for n in 0..self.subs.len() {
@@ -389,7 +391,7 @@ impl Outbox {
                 let lapped = head - sub.cursor > sub.channel.capacity();
                 let chunk = if lapped { None } else { sub.channel.chunk(sub.cursor) };
                 let Some(chunk) = chunk else {
-                    self.fell_behind(n, metrics);
+                    self.fell_behind(n, metrics, clock);
                     continue;
                 };
                 let frame = if json { chunk.json.clone() } else { Some(chunk.bin.clone()) };
@@ -422,7 +424,7 @@ impl Outbox {
     }
 
     /// The ring overran this subscription: conflate book/BBO, announce a gap on trades.
-    fn fell_behind(&mut self, n: usize, metrics: &Metrics) {
+    fn fell_behind(&mut self, n: usize, metrics: &Metrics, clock: &dyn Clock) {
         if self.subs[n].channel.kind != ChannelKind::Trades {
             return self.resync(n, metrics);
         }
@@ -447,7 +449,7 @@ impl Outbox {
                 (last_seq, head)
             }
         };
-        let ts = tickgate_engine::runtime::now_nanos().0;
+        let ts = clock.now().0;
         if to >= from {
             let frame = if self.format == Format::Json {
                 let mut s = String::new();
@@ -485,9 +487,9 @@ impl Outbox {
     }
 
     /// A heartbeat for each caught-up subscription that has been quiet for `interval`.
-    pub fn heartbeats(&mut self, interval: Duration) {
+    pub fn heartbeats(&mut self, interval: Duration, clock: &dyn Clock) {
         let now = Instant::now();
-        let ts = tickgate_engine::runtime::now_nanos().0;
+        let ts = clock.now().0;
         for n in 0..self.subs.len() {
             let sub = &self.subs[n];
             if now.duration_since(sub.last_sent) < interval || sub.cursor < sub.channel.head() {
@@ -522,6 +524,7 @@ pub fn json_array_frame(object: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tickgate_engine::clock::WallClock;
 
     fn outbox(format: Format) -> Outbox {
         Outbox::new(format, 1024 * 1024, None)
@@ -598,7 +601,7 @@ mod tests {
         let metrics = Metrics::default();
         // Queued and written past a receipt's worth: a receipt ping goes in the queue.
         o.queue(Bytes::from(vec![0u8; RECEIPT_EVERY as usize]), 1);
-        assert!(!o.drain(&metrics, usize::MAX));
+        assert!(!o.drain(&metrics, usize::MAX, &WallClock));
         let position = o.receipt.expect("a receipt in flight");
         assert_eq!(position, RECEIPT_EVERY);
         let ping = o.out.back().expect("queued").clone();
@@ -614,7 +617,7 @@ mod tests {
         // Far past the allowance: drain collects nothing more (a stalled client).
         o.queue(Bytes::from(vec![0u8; 3 * RECEIPT_EVERY as usize]), 1);
         let before = o.out.len();
-        assert!(!o.drain(&metrics, usize::MAX));
+        assert!(!o.drain(&metrics, usize::MAX, &WallClock));
         assert_eq!(o.out.len(), before, "held");
         // The receipt's pong: read up to its position, and it says data was held.
         assert!(o.pong(payload));

@@ -312,7 +312,7 @@ impl Conn {
                         self.push(ping, 0);
                     }
                 }
-                _ = heartbeat.tick() => link.lock().heartbeats(limits.heartbeat_interval),
+                _ = heartbeat.tick() => link.lock().heartbeats(limits.heartbeat_interval, self.ctx.links.clock.as_ref()),
                 Some(answer) = next_answer(&mut self.answers) => self.push(answer, 0),
                 report = next_report(&mut self.orders) => self.report(report),
                 () = crate::auth::revoked(&mut self.session) => {
@@ -487,7 +487,7 @@ impl Conn {
             Ok(Request::Subscribe { id, channels, depth }) => self.subscribe(id, channels, depth),
             Ok(Request::Unsubscribe { id, channels }) => self.unsubscribe(id, channels),
             Ok(Request::Ping { id }) => {
-                let ts = tickgate_engine::runtime::now_nanos().0;
+                let ts = self.ctx.links.clock.now().0;
                 self.push(control::reply("pong", &id, serde_json::json!({ "ts": ts })), 0);
             }
             Ok(Request::Auth { id, token }) => self.auth(id, &token),
