@@ -75,6 +75,8 @@ pub struct RuntimeConfig {
     pub retention: Option<Arc<Retention>>,
     /// Where command timestamps come from (see [`crate::clock`]).
     pub clock: SharedClock,
+    /// How long a question to a shard waits for its answer ([`ASK_TIMEOUT`]).
+    pub ask_timeout: Duration,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -104,6 +106,7 @@ impl Default for RuntimeConfig {
             on_replay: None,
             retention: None,
             clock: WallClock::shared(),
+            ask_timeout: ASK_TIMEOUT,
         }
     }
 }
@@ -126,7 +129,16 @@ pub enum SubmitError {
     /// The journal could not be written: the engine takes no more commands.
     #[error("journal failed; the engine takes no more commands")]
     JournalFailed,
+    /// A question was queued but not answered in time ([`ASK_TIMEOUT`]: the shard is stuck
+    /// or far behind): the caller gives up rather than wait forever.
+    #[error("the engine did not answer in time")]
+    Timeout,
 }
+
+/// How long a question to a shard ([`EngineHandle`]'s snapshots, balances, digests) waits
+/// for its answer. Answers come between two commands, normally within microseconds; a
+/// shard that cannot answer in this long is stuck, not slow.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the engine did not start.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +262,7 @@ struct Shared {
     next_order_id: AtomicU64,
     stopped: AtomicBool,
     clock: SharedClock,
+    ask_timeout: Duration,
 }
 
 /// A cheap, cloneable handle to submit commands, ask questions and read events.
@@ -399,6 +412,7 @@ impl EngineRuntime {
             next_order_id: AtomicU64::new(max_order_id + 1),
             stopped: AtomicBool::new(false),
             clock: Arc::clone(&config.clock),
+            ask_timeout: config.ask_timeout,
         });
         Ok(EngineRuntime {
             handle: EngineHandle { shared },
@@ -521,7 +535,10 @@ impl EngineHandle {
     ) -> Result<T, SubmitError> {
         let (tx, rx) = bounded(1);
         self.send(shard, Request::Query(query(tx)))?;
-        rx.recv().map_err(|_| SubmitError::Stopped)
+        rx.recv_timeout(self.shared.ask_timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => SubmitError::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => SubmitError::Stopped,
+        })
     }
 
     /// Snapshot of the top `depth` levels, valid at the sequence it carries. Blocks until

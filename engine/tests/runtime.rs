@@ -233,3 +233,34 @@ fn command_timestamps_strictly_increase() {
     assert_eq!(stamps.len(), 500);
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
 }
+
+#[test]
+fn a_question_to_a_stuck_shard_times_out_instead_of_waiting_forever() {
+    // The publish hook runs on the shard thread: holding it there makes the shard stuck.
+    let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
+    let hold_rx = Arc::new(std::sync::Mutex::new(hold_rx));
+    let held = Arc::new(AtomicBool::new(true));
+    let entered = Arc::new(AtomicBool::new(false));
+    let (h, r, e) = (Arc::clone(&held), Arc::clone(&hold_rx), Arc::clone(&entered));
+    let mut c = config(1 << 12);
+    c.ask_timeout = Duration::from_millis(50);
+    c.on_publish = Some(Arc::new(move || {
+        if h.load(Ordering::Acquire) {
+            e.store(true, Ordering::Release);
+            let _ = r.lock().unwrap().recv();
+        }
+    }));
+    let runtime = EngineRuntime::start(c).expect("valid config");
+    let handle = runtime.handle();
+    let t = Transfer { account: AccountId(1), asset: AssetId(0), amount: Amount(1), request_id: 0 };
+    handle.submit_transfer(0, t).expect("queued");
+    while !entered.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    assert_eq!(handle.digest(0).map(|_| ()), Err(SubmitError::Timeout));
+    // Let go: the shard answers again.
+    held.store(false, Ordering::Release);
+    let _ = hold_tx.send(());
+    assert!(handle.digest(0).is_ok());
+    runtime.shutdown();
+}
