@@ -1,0 +1,231 @@
+//! Accepting connections: the pending-handshake limit, TLS, HTTP/1.1 and HTTP/2, and the
+//! hand-over of SSE streams and WebSocket upgrades.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use super::DRAIN_TIMEOUT;
+use crate::http;
+use crate::sse::FirstRequest;
+use crate::state::AppState;
+
+/// How long a fresh connection may take to send its first request head, and how many may
+/// be doing so at once.
+pub(super) struct Handshake {
+    pub(super) timeout: Duration,
+    pub(super) pending: Arc<Semaphore>,
+    pub(super) tls: Option<Arc<crate::tls::Tls>>,
+}
+
+/// The answer to a connection beyond the pending bound, written without waiting.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 82\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections waiting\"}}";
+
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+    handshake: Handshake,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Until its first request head is in, a connection holds one of a bounded number
+        // of places: a flood of connections that send nothing (or a few bytes) can never
+        // use up the file descriptors the server needs.
+        let Ok(pending) = Arc::clone(&handshake.pending).try_acquire_owned() else {
+            state.metrics.connections_refused_total.fetch_add(1, Ordering::Relaxed);
+            // A fresh socket's send buffer is empty: this never blocks, and what does not
+            // fit is not worth waiting for.
+            // Under TLS there is no HTTP before the handshake: the connection just closes.
+            if handshake.tls.is_none() {
+                let _ = stream.try_write(REFUSED);
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let shutdown = shutdown.clone();
+        let alive = alive.clone();
+        let deadline = tokio::time::Instant::now() + handshake.timeout;
+        let handshake_timeout = handshake.timeout;
+        let tls = handshake.tls.as_ref().map(|t| t.acceptor());
+        tokio::spawn(async move {
+            state.metrics.connections_pending.fetch_add(1, Ordering::Relaxed);
+            let head = FirstHead { deadline, timeout: handshake_timeout };
+            let connection = Connection { peer, state: &state, shutdown, head, pending };
+            match tls {
+                Some(acceptor) => serve_tls(stream, acceptor, connection).await,
+                None => serve_connection(stream, connection).await,
+            }
+            drop(alive);
+        });
+    }
+}
+
+/// When a fresh connection's first request head must be complete, and the time allowed
+/// for every later head (hyper restarts its header timer for each request, so it also
+/// bounds a keep-alive connection's idle time).
+struct FirstHead {
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+}
+
+/// A fresh connection and what serving it needs.
+struct Connection<'a> {
+    peer: SocketAddr,
+    state: &'a Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+    head: FirstHead,
+    pending: OwnedSemaphorePermit,
+}
+
+/// Serves one cleartext connection: a raw alert stream, or hyper.
+async fn serve_connection(stream: tokio::net::TcpStream, c: Connection<'_>) {
+    // The pending gauge follows the permit: decremented when the head is in or the
+    // connection ends, whichever comes first.
+    let pending = PendingGuard { permit: Some(c.pending), metrics: Arc::clone(&c.state.metrics) };
+    let deadline = c.head.deadline;
+    match crate::sse::first_request(&stream, deadline).await {
+        FirstRequest::Closed => return,
+        FirstRequest::Stream => {
+            // The guard (permit and gauge) is given back once the stream's head is in.
+            crate::sse::serve_raw(stream, c.state, deadline, pending).await;
+            return;
+        }
+        FirstRequest::Other => {}
+    }
+    serve_http(TokioIo::new(stream), c.peer, c.state, c.shutdown, c.head, pending).await;
+}
+
+/// Serves one TLS connection: the handshake (within the first head's deadline), then
+/// hyper; SSE streams go through hyper (over HTTP/2, many share one connection).
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    c: Connection<'_>,
+) {
+    let pending = PendingGuard { permit: Some(c.pending), metrics: Arc::clone(&c.state.metrics) };
+    let metrics = &c.state.metrics;
+    match tokio::time::timeout_at(c.head.deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            metrics.tls_handshakes_total.fetch_add(1, Ordering::Relaxed);
+            serve_http(TokioIo::new(stream), c.peer, c.state, c.shutdown, c.head, pending).await;
+        }
+        Ok(Err(e)) => {
+            metrics.tls_handshake_failures_total.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake with {} failed: {e}", c.peer);
+        }
+        Err(_) => {
+            metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 (prior knowledge, or `h2` by ALPN under TLS:
+/// hyper reads the connection preface) until the peer or shutdown ends it.
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    head: FirstHead,
+    pending: PendingGuard,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let deadline = head.deadline;
+    let pending = Arc::new(std::sync::Mutex::new(pending));
+    let (service_state, service_pending) = (Arc::clone(state), Arc::clone(&pending));
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // A whole request head arrived: the connection leaves the pending ones.
+        drop(take_permit(&service_pending));
+        req.extensions_mut().insert(crate::request::PeerAddr(peer));
+        http::handle(req, Arc::clone(&service_state))
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(head.timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(HTTP2_STREAMS_MAX)
+        // A dead peer's streams (SSE) are noticed even when nothing is sent on them.
+        .keep_alive_interval(HTTP2_PING_INTERVAL)
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut first_head_due = true;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("http connection error: {e}");
+                }
+                return;
+            }
+            // The first head's deadline is the accept time's, whatever the peek took.
+            () = tokio::time::sleep_until(deadline), if first_head_due => {
+                first_head_due = false;
+                if take_permit(&pending).is_some() {
+                    state.metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+                    return; // dropping hyper's connection closes the socket
+                }
+            }
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Streams one HTTP/2 connection may have open at once (each SSE stream is one).
+const HTTP2_STREAMS_MAX: u32 = 256;
+/// HTTP/2 keep-alive pings, and how long to wait for their answer.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A connection's place among those without a request head yet.
+pub(crate) struct PendingGuard {
+    permit: Option<OwnedSemaphorePermit>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl PendingGuard {
+    fn take(&mut self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.permit.take();
+        if permit.is_some() {
+            self.metrics.connections_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        permit
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
+fn take_permit(guard: &std::sync::Mutex<PendingGuard>) -> Option<OwnedSemaphorePermit> {
+    guard.lock().unwrap_or_else(|e| e.into_inner()).take()
+}

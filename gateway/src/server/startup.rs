@@ -1,0 +1,322 @@
+//! Start-up, step by step: read what is on disk, start the engine (recovering it), rebuild
+//! users' state, start the event pumps, the market's sources, and what requests share.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tickgate_engine::runtime::{EngineHandle, EngineRuntime, RuntimeConfig};
+use tickgate_engine::{AccountId, Event, ExecReport, Retention, UnixNanos, Watermark};
+use tickgate_feed::{FeedDriver, FlowConfig, JournalReplay, Worker};
+
+use super::recovery::{
+    engine_spec, fund_demo_accounts, log_recovery, restore_history, HistoryRestore,
+};
+use crate::alerts::{AlertEvaluator, AlertHub};
+use crate::auth::{Tokens, Users};
+use crate::candles::Candles;
+use crate::config::Config;
+use crate::events::{EventConsumer, Pacing, Pump, RingSource, Wake};
+use crate::fanout::{Directory, MarketData, Writers};
+use crate::history;
+use crate::idempotency::KeyCache;
+use crate::metrics::Metrics;
+use crate::orders::{OrderProjection, OrderStore};
+use crate::state::{AppState, WsContext};
+
+/// Longest idle wait of the alert pump: the engine's publish hook wakes it sooner.
+const ALERTS_IDLE_MAX: Duration = Duration::from_millis(50);
+/// Password checks (argon2: ~19 MiB and tens of ms each) running at once, at most.
+const LOGIN_CHECKS_MAX: usize = 4;
+
+/// What start-up reads before the engine runs.
+pub(super) struct Loaded {
+    pub(super) tls: Option<Arc<crate::tls::Tls>>,
+    pub(super) users: Users,
+    pub(super) orders: Arc<OrderStore>,
+    /// Users' order history (durable modes only).
+    pub(super) history: Option<HistoryFiles>,
+    pub(super) retention: Arc<Retention>,
+    pub(super) candles: Arc<Candles>,
+}
+
+/// The order history on disk and its retention watermark.
+pub(super) struct HistoryFiles {
+    dir: PathBuf,
+    loaded: history::Loaded,
+    mark: Watermark,
+}
+
+/// Reads the certificate, the users, the order history and the candles.
+pub(super) async fn load(config: &Config) -> anyhow::Result<Loaded> {
+    // A certificate that cannot be read stops the start, before anything else.
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(Arc::new(crate::tls::Tls::load(cert, key)?)),
+        None => None,
+    };
+    let users = match &config.users {
+        Some(path) => Users::from_file(path)?,
+        None => tokio::task::spawn_blocking(Users::demo).await??,
+    };
+    let orders = Arc::new(OrderStore::new(users.all().map(|u| u.account)));
+    // The history is the engine's one durable consumer: recovery replays what it does
+    // not have yet, pruning keeps it (see `tickgate_engine::retention`).
+    let retention = Arc::new(Retention::new(config.shards.max(1)));
+    let history = match config.durability.as_ref().map(|d| d.dir.join("history")) {
+        Some(dir) => {
+            let d = dir.clone();
+            let (loaded, stored) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                Ok((history::load(&d)?, crate::orders::stored::load(&d)?))
+            })
+            .await??;
+            Some(HistoryFiles { dir, loaded, mark: retention.register(&stored) })
+        }
+        None => None,
+    };
+    // Candles: the saved store, then the trades the journal's replay brings back.
+    let candles_dir = config.durability.as_ref().map(|d| d.dir.clone());
+    let instruments = engine_spec().instruments.len();
+    let candles = Arc::new(Candles::new(instruments, candles_dir.as_deref())?);
+    Ok(Loaded { tls, users, orders, history, retention, candles })
+}
+
+/// The running engine, and what its recovery replayed for the gateway.
+pub(super) struct Started {
+    pub(super) runtime: EngineRuntime,
+    /// Users' execution reports the journal's replay brought back.
+    replayed: Arc<Mutex<Vec<ExecReport>>>,
+    /// Every shard started empty: accounts need their first funding.
+    pub(super) fresh: bool,
+}
+
+/// Starts the engine, recovering it from the journal; its publish hook wakes `wakes`.
+pub(super) async fn start_engine(
+    config: &Config,
+    loaded: &Loaded,
+    wakes: [Wake; 2],
+) -> anyhow::Result<Started> {
+    let replayed = Arc::new(Mutex::new(Vec::new()));
+    let users: HashSet<AccountId> = loaded.users.all().map(|u| u.account).collect();
+    let (sink, candles) = (Arc::clone(&replayed), Arc::clone(&loaded.candles));
+    let runtime_config = RuntimeConfig {
+        spec: engine_spec(),
+        shards: config.shards,
+        queue_capacity: config.queue_capacity,
+        ring_capacity: config.ring_capacity,
+        on_publish: Some(Arc::new(move || wakes.iter().for_each(Wake::wake))),
+        durability: config.durability.clone(),
+        clock: Arc::clone(&config.clock),
+        // Users' reports since the start of recovery come back from the journal; they are
+        // applied over the history once the engine says which of its records are real.
+        on_replay: Some(Arc::new(move |_, e: &Event| match e {
+            Event::Exec(r) if users.contains(&r.account) => {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(*r);
+            }
+            Event::Trade(t) => candles.apply(std::slice::from_ref(t)),
+            _ => {}
+        })),
+        retention: loaded.history.as_ref().map(|_| Arc::clone(&loaded.retention)),
+        ..RuntimeConfig::default()
+    };
+    let runtime =
+        tokio::task::spawn_blocking(move || EngineRuntime::start(runtime_config)).await??;
+    let fresh = log_recovery(config, &runtime);
+    Ok(Started { runtime, replayed, fresh })
+}
+
+/// Rebuilds users' orders and fills (history, replayed reports, orders resting in the
+/// engine) and funds the demo accounts on a first run; the history's sync thread, if any.
+pub(super) async fn restore_users(
+    config: &Config,
+    loaded: &mut Loaded,
+    started: &Started,
+) -> anyhow::Result<Option<Worker>> {
+    let engine = started.runtime.handle();
+    let history_sync = match loaded.history.take() {
+        Some(HistoryFiles { dir, loaded: records, mark }) => {
+            for r in started.runtime.recoveries() {
+                mark.set(r.shard, UnixNanos(r.last_ts));
+            }
+            let replayed = &started.replayed;
+            let restore = HistoryRestore { loaded: records, replayed, dir, mark };
+            Some(restore_history(&engine, &loaded.users, &loaded.orders, restore).await?)
+        }
+        None => None,
+    };
+    if started.fresh && config.replay.is_none() {
+        fund_demo_accounts(&engine, &loaded.users);
+    } else if !started.fresh {
+        // Orders still resting in the engine are always known, including those placed
+        // before the snapshot recovery started from.
+        let accounts: Vec<_> = loaded.users.all().map(|u| u.account).collect();
+        for shard in 0..engine.shards() {
+            let (e, a) = (engine.clone(), accounts.clone());
+            for (instrument, o) in
+                tokio::task::spawn_blocking(move || e.open_orders(shard, a)).await??
+            {
+                loaded.orders.restore_open(instrument, &o);
+            }
+        }
+    }
+    Ok(history_sync)
+}
+
+/// The idempotency keys the engine remembers (from its snapshot and journal).
+pub(super) async fn idempotency_keys(
+    engine: &EngineHandle,
+    users: &Users,
+    fresh: bool,
+) -> anyhow::Result<Arc<KeyCache>> {
+    let keys = Arc::new(KeyCache::default());
+    if !fresh {
+        let accounts: Vec<_> = users.all().map(|u| u.account).collect();
+        for shard in 0..engine.shards() {
+            let (e, a) = (engine.clone(), accounts.clone());
+            keys.load(tokio::task::spawn_blocking(move || e.key_records(shard, a)).await??);
+        }
+    }
+    Ok(keys)
+}
+
+/// What the event pumps feed.
+pub(super) struct Consumers {
+    pub(super) directory: Arc<Directory>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) writers: Arc<Writers>,
+    pub(super) orders: Arc<OrderStore>,
+    pub(super) candles: Arc<Candles>,
+    pub(super) alerts: Arc<AlertHub>,
+}
+
+/// Starts the two pumps: "fanout-hub" (users' orders, then market data) and "alerts".
+pub(super) async fn start_pumps(
+    config: &Config,
+    engine: &EngineHandle,
+    c: &Consumers,
+    [hub_wake, alert_wake]: [Wake; 2],
+) -> anyhow::Result<(Pump, Pump)> {
+    let (e, d, m) = (engine.clone(), Arc::clone(&c.directory), Arc::clone(&c.metrics));
+    let (pacing, w, candles) = (config.fanout, Arc::clone(&c.writers), Arc::clone(&c.candles));
+    let projection = OrderProjection::new(Arc::clone(&c.orders), engine.shards());
+    let hub = tokio::task::spawn_blocking(move || {
+        // The source first, then the books' snapshots: every later delta is seen.
+        let source = RingSource::new(&e);
+        let market = MarketData::new(e, d, m, Arc::clone(&w), candles);
+        let consumers: Vec<Box<dyn EventConsumer>> = vec![Box::new(projection), Box::new(market)];
+        Pump::start("fanout-hub", source, consumers, pacing.for_pump(w), &hub_wake)
+    })
+    .await?;
+    let alerts = Pump::start(
+        "alerts",
+        RingSource::new(engine),
+        vec![Box::new(AlertEvaluator::new(Arc::clone(&c.alerts), engine.instruments()))],
+        Pacing { idle: ALERTS_IDLE_MAX, pass: Box::new(|| Duration::ZERO) },
+        &alert_wake,
+    );
+    Ok((hub, alerts))
+}
+
+/// The market's sources: the synthetic feed, or a replayed recording. They start last, so
+/// the hub sees their market from the first command.
+pub(super) async fn start_sources(
+    config: &Config,
+    engine: &EngineHandle,
+    fresh: bool,
+) -> anyhow::Result<(Option<FeedDriver>, Option<JournalReplay>)> {
+    let feed = config.feed_rate.map(|rate| {
+        let flow = FlowConfig { seed: config.seed, ..FlowConfig::default() };
+        if fresh {
+            FeedDriver::start(engine.clone(), flow, rate)
+        } else {
+            // Its accounts were funded by the journaled first run.
+            FeedDriver::resume(engine.clone(), flow, rate)
+        }
+    });
+    // A replayed recording brings its own funding and flow.
+    let replay = match &config.replay {
+        Some((dir, speed)) => {
+            let (e, d, s) = (engine.clone(), dir.clone(), *speed);
+            let replay =
+                tokio::task::spawn_blocking(move || JournalReplay::start(e, d, s)).await??;
+            let total = replay.stats().total.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(dir = %dir.display(), speed = ?speed, commands = total, "replaying a journal");
+            Some(replay)
+        }
+        None => None,
+    };
+    Ok((feed, replay))
+}
+
+/// What every connection and request needs besides the consumers.
+pub(super) struct Serving {
+    pub(super) shutdown: tokio::sync::watch::Receiver<bool>,
+    pub(super) alive: tokio::sync::mpsc::Sender<()>,
+    pub(super) keys: Arc<KeyCache>,
+}
+
+/// Tokens, the WebSocket context and the state every request handler shares.
+pub(super) fn app_state(
+    config: &Config,
+    engine: &EngineHandle,
+    loaded: Loaded,
+    c: &Consumers,
+    serving: Serving,
+) -> anyhow::Result<Arc<AppState>> {
+    // Revocations outlive the process when there is a data directory to keep them in.
+    let sessions = match &config.durability {
+        Some(d) => crate::sessions::Sessions::persisted(d.dir.join("auth"))?,
+        None => crate::sessions::Sessions::in_memory(),
+    };
+    let tokens = Arc::new(Tokens::with_clock(
+        Arc::clone(&config.clock),
+        config.jwt_secret.as_deref().map(str::as_bytes),
+        config.token_lifetime,
+        config.session_max,
+        &loaded.users,
+        sessions,
+    ));
+    let trading = crate::trading::Trading {
+        engine: engine.clone(),
+        orders: Arc::clone(&loaded.orders),
+        keys: serving.keys,
+    };
+    let ws = Arc::new(WsContext {
+        directory: Arc::clone(&c.directory),
+        metrics: Arc::clone(&c.metrics),
+        limits: config.ws.clone(),
+        shutdown: serving.shutdown,
+        alive: serving.alive,
+        trading,
+        tokens: Arc::clone(&tokens),
+        writers: Arc::clone(&c.writers),
+        links: Arc::new(crate::fanout::link::LinkConfig {
+            metrics: Arc::clone(&c.metrics),
+            write_batch_bytes_max: config.ws.write_batch_bytes_max,
+            slow_gaps_max: config.ws.slow_gaps_max,
+            slow_gap_window: config.ws.slow_gap_window,
+            unread_bytes_max: config.ws.unread_bytes_max,
+            clock: Arc::clone(&config.clock),
+        }),
+    });
+    let tls = loaded.tls.is_some();
+    Ok(Arc::new(AppState {
+        engine: engine.clone(),
+        metrics: Arc::clone(&c.metrics),
+        ws,
+        users: loaded.users,
+        tokens,
+        orders: loaded.orders,
+        rest_limit: crate::throttle::UserRateLimit::new(config.rest_rate, config.rest_burst),
+        alerts: Arc::clone(&c.alerts),
+        sse: config.sse.clone(),
+        digest_gate: Default::default(),
+        admin_token: config.admin_token.clone(),
+        body_timeout: config.body_timeout,
+        login_throttle: crate::throttle::LoginThrottle::new(Arc::clone(&config.clock)),
+        candles: Arc::clone(&c.candles),
+        login_slots: tokio::sync::Semaphore::new(LOGIN_CHECKS_MAX),
+        origins: crate::cors::Origins::new(config.cors_origins.clone(), tls),
+        tls,
+    }))
+}
