@@ -1,0 +1,343 @@
+//! What a connection answers: control messages (subscribe, unsubscribe, ping, auth),
+//! order entry, and the private `orders` channel.
+
+use super::*;
+
+impl Conn {
+    /// One control message: rate limit, parse, answer.
+    pub(super) fn text(&mut self, text: &[u8]) {
+        let limits = &self.ctx.limits;
+        self.ctx.metrics.ws_requests_total.fetch_add(1, Ordering::Relaxed);
+        let request = control::parse(text, &mut self.scratch);
+        // A request naming many channels costs more: snapshots are the expensive part.
+        let cost = match &request {
+            Ok(Request::Subscribe { channels, .. }) => 1.0 + channels.len() as f64 / 8.0,
+            _ => 1.0,
+        };
+        if !self.rate.take(cost) {
+            if self.rate.violations > 2 * limits.inbound_burst {
+                self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
+                self.set_closing(Closing::Send(
+                    close::POLICY,
+                    "inbound message rate far over the limit",
+                ));
+            } else {
+                let message =
+                    format!("at most {} messages per second", limits.inbound_rate_per_sec);
+                let id = request.as_ref().ok().and_then(Request::id).cloned();
+                self.error(RequestError { id, code: ErrorCode::RateLimited, message });
+            }
+            return;
+        }
+        match request {
+            Ok(Request::Subscribe { id, channels, depth }) => self.subscribe(id, channels, depth),
+            Ok(Request::Unsubscribe { id, channels }) => self.unsubscribe(id, channels),
+            Ok(Request::Ping { id }) => {
+                let ts = self.ctx.links.clock.now().0;
+                self.push(control::reply("pong", &id, serde_json::json!({ "ts": ts })), 0);
+            }
+            Ok(Request::Auth { id, token }) => self.auth(id, &token),
+            Ok(
+                r @ (Request::OrderNew { .. }
+                | Request::OrderCancel { .. }
+                | Request::OrderReplace { .. }),
+            ) => self.order_entry(r),
+            Err(e) => self.error(e),
+        }
+    }
+
+    fn auth(&mut self, id: Option<RequestId>, token: &str) {
+        if self.account.is_some() {
+            let message = "this connection is already authenticated".to_string();
+            return self.error(RequestError { id, code: ErrorCode::AlreadyAuthenticated, message });
+        }
+        match self.ctx.tokens.verify(token) {
+            Ok(claims) => {
+                self.account = Some(AccountId(claims.acc));
+                let fields = serde_json::json!({ "username": claims.sub, "account": claims.acc });
+                let tokens = Arc::clone(&self.ctx.tokens);
+                self.session = Some(crate::auth::SessionWatch::new(tokens, claims));
+                self.push(control::reply("authenticated", &id, fields), 0);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
+            }
+        }
+    }
+
+    /// Runs an order request on its own task (the engine answers asynchronously); the
+    /// answer comes back through `answers`, in the order the engine gives them.
+    fn order_entry(&mut self, request: Request) {
+        let id = request.id().cloned();
+        let Some(account) = self.account else {
+            let message = "order entry needs an authenticated connection (?token= or auth)".into();
+            return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
+        };
+        let answers = self
+            .answers
+            .get_or_insert_with(|| tokio::sync::mpsc::channel(ANSWERS_IN_FLIGHT_MAX))
+            .0
+            .clone();
+        let trading = self.ctx.trading.clone();
+        let metrics = Arc::clone(&self.ctx.metrics);
+        tokio::spawn(async move {
+            let (op, result) = match &request {
+                Request::OrderNew { order, key, .. } => {
+                    ("order.accepted", trading.place(account, order, key.as_deref()).await)
+                }
+                Request::OrderCancel { order_id, .. } => {
+                    ("order.canceled", trading.cancel(account, OrderId(*order_id)).await)
+                }
+                Request::OrderReplace { order_id, replace, .. } => {
+                    ("order.replaced", trading.replace(account, OrderId(*order_id), replace).await)
+                }
+                _ => return,
+            };
+            let frame = match result {
+                Ok(order) => {
+                    let order = crate::views::order_in(&order, trading.engine.instruments());
+                    control::reply(op, &id, serde_json::json!({ "order": order }))
+                }
+                Err(e) => {
+                    metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
+                    control::error_reply(&RequestError { id, code: e.code, message: e.message })
+                }
+            };
+            // The connection may be gone by now: then nobody needs the answer.
+            let _ = answers.send(frame).await;
+        });
+    }
+
+    /// One report of the `orders` channel (JSON text in both formats: it is low-rate).
+    pub(super) fn report(&mut self, report: Result<ExecReport, broadcast::error::RecvError>) {
+        match report {
+            Ok(r) => {
+                let frame = execution_frame(&r, &self.ctx.trading);
+                self.push(frame, 1);
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let fields = serde_json::json!({ "channel": "orders", "missed": missed });
+                self.push(control::reply("orders_gap", &None, fields), 0);
+            }
+            Err(broadcast::error::RecvError::Closed) => self.orders = None,
+        }
+    }
+
+    /// Subscribes to or leaves the private `orders` channel (it must be alone in its
+    /// request).
+    fn orders_channel(&mut self, id: Option<RequestId>, subscribe: bool) {
+        let Some(account) = self.account else {
+            let message = "the orders channel needs an authenticated connection".into();
+            return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
+        };
+        if subscribe {
+            self.orders = Some(self.ctx.trading.orders.subscribe(account));
+            let ack =
+                serde_json::json!({ "channels": [{ "channel": "orders", "account": account.0 }] });
+            self.push(control::reply("subscribed", &id, ack), 0);
+        } else if self.orders.take().is_some() {
+            self.push(
+                control::reply("unsubscribed", &id, serde_json::json!({ "channels": ["orders"] })),
+                0,
+            );
+        } else {
+            let message = "not subscribed to `orders`".into();
+            self.error(RequestError { id, code: ErrorCode::NotSubscribed, message });
+        }
+    }
+
+    /// Resolves channel names; all-or-nothing, so a failed request changes nothing.
+    fn resolve(
+        &self,
+        id: &Option<RequestId>,
+        names: &[String],
+    ) -> Result<Vec<Arc<Channel>>, RequestError> {
+        let directory = &self.ctx.directory;
+        names
+            .iter()
+            .map(|name| {
+                let err = |code, message: String| RequestError { id: id.clone(), code, message };
+                if let Some(channel) = directory.get(name) {
+                    return Ok(Arc::clone(channel));
+                }
+                let unknown = || {
+                    Err(err(
+                        ErrorCode::UnknownChannel,
+                        format!("unknown channel `{name}`: expected book.<SYM>, bbo.<SYM>, trades.<SYM> or candles.<SYM>.<1s|1m|5m|1h>"),
+                    ))
+                };
+                let symbol = match name.split_once('.') {
+                    Some(("candles", rest)) => match rest.rsplit_once('.') {
+                        Some((symbol, interval))
+                            if crate::candles::INTERVALS.iter().any(|(n, _)| *n == interval) =>
+                        {
+                            symbol
+                        }
+                        _ => return unknown(),
+                    },
+                    Some((prefix, symbol)) if ChannelKind::from_prefix(prefix).is_some() => symbol,
+                    _ => return unknown(),
+                };
+                debug_assert!(!directory.has_symbol(symbol));
+                Err(err(ErrorCode::UnknownSymbol, format!("unknown symbol `{symbol}`")))
+            })
+            .collect()
+    }
+
+    fn subscribe(&mut self, id: Option<RequestId>, names: Vec<String>, depth: usize) {
+        if names.iter().any(|n| n == ORDERS_CHANNEL) {
+            if names.len() > 1 {
+                let message = "subscribe to `orders` in a request of its own".into();
+                return self.error(RequestError { id, code: ErrorCode::Malformed, message });
+            }
+            return self.orders_channel(id, true);
+        }
+        let mut channels = match self.resolve(&id, &names) {
+            Ok(c) => c,
+            Err(e) => return self.error(e),
+        };
+        // A name given twice is one subscription: one ack, one snapshot.
+        let mut seen = Vec::with_capacity(channels.len());
+        channels.retain(|c| {
+            let first = !seen.contains(&c.id);
+            seen.push(c.id);
+            first
+        });
+        let max = self.ctx.limits.subscriptions_per_connection_max;
+        // One critical section: the writer must not send a channel's deltas before its
+        // snapshot, and every new subscription starts exactly after its snapshot.
+        let link = Arc::clone(&self.link);
+        let mut st = link.lock();
+        let new = channels.iter().filter(|c| !st.subs.iter().any(|s| s.channel.id == c.id)).count();
+        if st.subs.len() + new > max {
+            drop(st);
+            return self.error(RequestError {
+                id,
+                code: ErrorCode::LimitExceeded,
+                message: format!("at most {max} subscriptions per connection"),
+            });
+        }
+        let json = self.format == Format::Json;
+        let mut acks = Vec::with_capacity(channels.len());
+        let mut snapshots = Vec::with_capacity(channels.len());
+        let mut joined = Vec::with_capacity(new);
+        for channel in channels {
+            let existing = st.subs.iter().position(|s| s.channel.id == channel.id);
+            let start = match existing {
+                Some(_) => channel.restart(json, depth),
+                None => channel.subscribe(json, depth),
+            };
+            acks.push(serde_json::json!({
+                "channel": channel.name,
+                "channel_id": channel.id,
+                "seq": start.seq,
+                "price_precision": channel.instrument.spec.price_precision,
+                "qty_precision": channel.instrument.spec.qty_precision,
+            }));
+            let index = channel.index;
+            let sub = Sub {
+                channel,
+                cursor: start.cursor,
+                depth,
+                last_seq: start.seq,
+                last_sent: Instant::now(),
+            };
+            match existing {
+                Some(at) => st.subs[at] = sub, // resubscribe: fresh snapshot, same slot
+                None => {
+                    st.subs.push(sub);
+                    joined.push(index);
+                }
+            }
+            snapshots.push(start.snapshot);
+        }
+        st.push(control::reply("subscribed", &id, serde_json::json!({ "channels": acks })), 0);
+        for s in snapshots {
+            st.push(s, 1);
+        }
+        drop(st);
+        for channel in joined {
+            self.ctx.writers.subscribe(link.id, channel);
+        }
+    }
+
+    fn unsubscribe(&mut self, id: Option<RequestId>, names: Vec<String>) {
+        if names.len() == 1 && names[0] == ORDERS_CHANNEL {
+            return self.orders_channel(id, false);
+        }
+        let channels = match self.resolve(&id, &names) {
+            Ok(c) => c,
+            Err(e) => return self.error(e),
+        };
+        let link = Arc::clone(&self.link);
+        let mut st = link.lock();
+        if let Some(missing) =
+            channels.iter().find(|c| !st.subs.iter().any(|s| s.channel.id == c.id))
+        {
+            let message = format!("not subscribed to `{}`", missing.name);
+            drop(st);
+            return self.error(RequestError { id, code: ErrorCode::NotSubscribed, message });
+        }
+        let json = self.format == Format::Json;
+        let mut left = Vec::with_capacity(channels.len());
+        st.subs.retain(|s| {
+            let leave = channels.iter().any(|c| c.id == s.channel.id);
+            if leave {
+                s.channel.unsubscribe(json);
+                left.push(s.channel.index);
+            }
+            !leave
+        });
+        st.push(control::reply("unsubscribed", &id, serde_json::json!({ "channels": names })), 0);
+        drop(st);
+        for channel in left {
+            self.ctx.writers.unsubscribe(link.id, channel);
+        }
+    }
+}
+
+/// The private channel of the connection's own execution reports.
+pub const ORDERS_CHANNEL: &str = "orders";
+
+/// `{"op":"execution", ...}`: one execution report of the `orders` channel. `seq` is the
+/// account's report sequence: contiguous, so a client can tell it missed one.
+fn execution_frame(r: &ExecReport, trading: &crate::trading::Trading) -> Bytes {
+    use tickgate_engine::types::format_fixed;
+    let fields = if r.kind == tickgate_engine::ExecKind::Transferred {
+        let asset = trading.engine.assets().get(r.price.0 as usize);
+        serde_json::json!({
+            "seq": r.seq.0,
+            "ts": r.ts.0,
+            "kind": r.kind.as_str(),
+            "asset": asset.map(|a| a.symbol.as_str()),
+            "amount": asset.map(|a| format_fixed(r.last_qty.0, a.precision)),
+        })
+    } else {
+        let (symbol, pp, qp) = match trading.instrument(r.instrument) {
+            Some(i) => (i.spec.symbol.as_str(), i.spec.price_precision, i.spec.qty_precision),
+            None => ("", 0, 0),
+        };
+        serde_json::json!({
+            "seq": r.seq.0,
+            "ts": r.ts.0,
+            "kind": r.kind.as_str(),
+            "reason": r.reason.as_str(),
+            "order_id": r.order_id.0,
+            "client_order_id": r.client_order_id,
+            "symbol": symbol,
+            "side": r.side.as_str(),
+            "type": r.order_type.as_str(),
+            "price": format_fixed(r.price.0, pp),
+            "last_price": format_fixed(r.last_price.0, pp),
+            "last_qty": format_fixed(r.last_qty.0, qp),
+            "open_qty": format_fixed(r.leaves_qty.0, qp),
+            "filled_qty": format_fixed(r.cum_qty.0, qp),
+        })
+    };
+    let mut object = serde_json::json!({ "op": "execution", "channel": ORDERS_CHANNEL });
+    if let (Some(o), serde_json::Value::Object(extra)) = (object.as_object_mut(), fields) {
+        o.extend(extra);
+    }
+    protocol::frame(Opcode::Text, object.to_string().as_bytes()).into()
+}
