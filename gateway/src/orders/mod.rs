@@ -6,7 +6,7 @@
 //! [`ORDERS_KEPT`] orders and [`FILLS_KEPT`] fills). Request handlers read under a short
 //! lock; the engine itself is never locked or queried for these.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use tickgate_engine::{
@@ -17,10 +17,12 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::history::{Entry, HistoryWriter};
 
+mod account;
 mod answers;
 mod projection;
 pub mod stored;
 
+use account::*;
 use answers::Waiter;
 pub use answers::{Answer, AnswerGate, Awaiting, Wait};
 pub use projection::OrderProjection;
@@ -101,13 +103,6 @@ pub struct FillView {
     pub price: Price,
     /// Quantity.
     pub qty: Qty,
-}
-
-#[derive(Default)]
-struct AccountState {
-    orders: BTreeMap<OrderId, OrderView>,
-    /// Oldest first, in id order.
-    fills: VecDeque<FillView>,
 }
 
 /// Orders, fills and waiters for every user account.
@@ -399,186 +394,6 @@ impl OrderStore {
             .take(limit)
             .copied()
             .collect()
-    }
-}
-
-/// Applies `r` unless it is already reflected; whether it changed anything. Replays after
-/// a restart repeat reports, and a hub that was lapped may have missed some that a replay
-/// then brings: so an order takes a report only if it is newer than the last one it took
-/// (never going back to an older state), and a fill is added only if it is not there.
-fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
-    let known = state.orders.get(&r.order_id).map(|o| o.seq);
-    let is_fill = matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled);
-    let new_fill = is_fill && !has_fill(state, r.seq.0);
-    let newer = known.is_none_or(|seq| r.seq.0 > seq);
-    if matches!(r.kind, ExecKind::CancelRejected | ExecKind::ReplaceRejected)
-        || matches!(r.reason, RejectReason::DuplicateRequest | RejectReason::IdempotencyKeyReused)
-    {
-        // A refused cancel or replace: the order itself is unchanged. A refused retry is
-        // no order at all: the order its key belongs to is the one that counts.
-        return false;
-    }
-    if newer {
-        let fresh = view_of(r);
-        let view = state.orders.entry(r.order_id).or_insert(fresh);
-        // What the order is stays as first seen; where it stands follows the report.
-        *view = OrderView {
-            id: view.id,
-            client_order_id: view.client_order_id,
-            instrument: view.instrument,
-            side: view.side,
-            order_type: view.order_type,
-            ..fresh
-        };
-    }
-    if new_fill {
-        push_fill(state, fill_of(r));
-    }
-    if newer {
-        forget_oldest_closed(state);
-    }
-    newer || new_fill
-}
-
-/// Whether a fill with this id is kept (fills are in id order).
-fn has_fill(state: &AccountState, id: u64) -> bool {
-    state.fills.binary_search_by_key(&id, |f| f.id).is_ok()
-}
-
-fn status_of(kind: ExecKind) -> Status {
-    match kind {
-        ExecKind::Rejected => Status::Rejected,
-        ExecKind::Canceled => Status::Canceled,
-        ExecKind::Filled => Status::Filled,
-        _ => Status::Open,
-    }
-}
-
-/// Adds a fill in id order (one a replay brings late goes where it belongs), keeping the
-/// newest [`FILLS_KEPT`].
-fn push_fill(state: &mut AccountState, fill: FillView) {
-    match state.fills.back() {
-        Some(last) if last.id > fill.id => {
-            if let Err(at) = state.fills.binary_search_by_key(&fill.id, |f| f.id) {
-                state.fills.insert(at, fill);
-            }
-        }
-        _ => state.fills.push_back(fill),
-    }
-    if state.fills.len() > FILLS_KEPT {
-        state.fills.pop_front();
-    }
-}
-
-fn forget_oldest_closed(state: &mut AccountState) {
-    if state.orders.len() > ORDERS_KEPT {
-        // Forget the oldest closed order (open ones are always kept).
-        let oldest_closed =
-            state.orders.iter().find(|(_, o)| o.status != Status::Open).map(|(id, _)| *id);
-        if let Some(id) = oldest_closed {
-            state.orders.remove(&id);
-        }
-    }
-}
-
-/// A report with only the fields a history record uses set.
-fn bare_report(account: AccountId, instrument: InstrumentId, seq: u64) -> ExecReport {
-    ExecReport {
-        account,
-        seq: tickgate_engine::Seq(seq),
-        ts: tickgate_engine::UnixNanos(0),
-        kind: ExecKind::Accepted,
-        reason: RejectReason::None,
-        instrument,
-        order_id: OrderId(0),
-        client_order_id: 0,
-        side: Side::Buy,
-        order_type: OrderType::Limit,
-        price: Price(0),
-        last_price: Price(0),
-        last_qty: Qty(0),
-        leaves_qty: Qty(0),
-        cum_qty: Qty(0),
-    }
-}
-
-/// The history records that rebuild one account's state.
-fn dump_account(account: AccountId, state: &AccountState, out: &mut Vec<Entry>) {
-    for o in state.orders.values() {
-        out.push(Entry::Order(ExecReport {
-            ts: tickgate_engine::UnixNanos(o.updated_ts),
-            kind: match o.status {
-                Status::Open => ExecKind::Accepted,
-                Status::Filled => ExecKind::Filled,
-                Status::Canceled => ExecKind::Canceled,
-                Status::Rejected => ExecKind::Rejected,
-            },
-            reason: o.reason,
-            order_id: o.id,
-            client_order_id: o.client_order_id,
-            side: o.side,
-            order_type: o.order_type,
-            price: o.price,
-            leaves_qty: o.leaves,
-            cum_qty: o.filled,
-            ..bare_report(account, o.instrument, o.seq)
-        }));
-    }
-    for f in &state.fills {
-        out.push(Entry::Fill(ExecReport {
-            ts: tickgate_engine::UnixNanos(f.ts),
-            kind: ExecKind::PartiallyFilled,
-            order_id: f.order_id,
-            side: f.side,
-            last_price: f.price,
-            last_qty: f.qty,
-            ..bare_report(account, f.instrument, f.id)
-        }));
-    }
-}
-
-/// Applies one history record to `state`.
-fn load_entry(state: &mut AccountState, entry: &Entry) {
-    match entry {
-        Entry::Report(r) => {
-            apply_to(state, r);
-        }
-        Entry::Order(r) => {
-            state.orders.insert(r.order_id, view_of(r));
-            forget_oldest_closed(state);
-        }
-        Entry::Fill(r) => push_fill(state, fill_of(r)),
-    }
-}
-
-/// The order as a report leaves it.
-fn view_of(r: &ExecReport) -> OrderView {
-    OrderView {
-        id: r.order_id,
-        client_order_id: r.client_order_id,
-        instrument: r.instrument,
-        side: r.side,
-        order_type: r.order_type,
-        price: r.price,
-        leaves: r.leaves_qty,
-        filled: r.cum_qty,
-        status: status_of(r.kind),
-        reason: r.reason,
-        updated_ts: r.ts.0,
-        seq: r.seq.0,
-    }
-}
-
-/// The fill a fill report is.
-fn fill_of(r: &ExecReport) -> FillView {
-    FillView {
-        id: r.seq.0,
-        ts: r.ts.0,
-        order_id: r.order_id,
-        instrument: r.instrument,
-        side: r.side,
-        price: r.last_price,
-        qty: r.last_qty,
     }
 }
 
