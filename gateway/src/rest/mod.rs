@@ -1,5 +1,7 @@
-//! REST API under `/api/v1`: public market data ([`market`]), login and the account
-//! ([`account`]). One error shape everywhere: `{"error": {"code", "message"}}`.
+//! REST API under `/api/v1`: public market data ([`market`]), login, sessions and the
+//! account ([`account`]), order entry, orders, fills and positions ([`orders`]), price
+//! alerts ([`alerts`]), operator actions ([`admin`]). Every refusal is an
+//! [`crate::error::ApiError`]: `{"error": {"code", "message"}}` with its status.
 
 pub mod account;
 pub mod admin;
