@@ -8,6 +8,8 @@
 //! book deltas and trades must be contiguous, except across a resync snapshot or an
 //! announced gap, which are counted.
 
+mod books;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,8 +24,6 @@ use tickgate_gateway::client;
 
 use crate::frames::FrameReader;
 use books::*;
-
-mod books;
 use tickgate_gateway::protocol::{self, MsgType, FLAG_RESYNC};
 
 /// Which channels each connection follows.
