@@ -5,7 +5,8 @@
 //! `0 <= held <= total` for every balance, and money only enters or leaves through
 //! transfers, so the sum of every asset over all accounts changes by nothing else.
 
-use crate::snapshot::{ByteReader, StateError};
+use crate::binary::{ByteReader, ByteWriter, Fnv64};
+use crate::state_error::StateError;
 use crate::types::{AccountId, Amount, AssetId, InstrumentId, Qty, Seq};
 
 /// One account's balance of one asset.
@@ -217,16 +218,17 @@ impl Ledger {
 
     /// Appends sizes, balances, positions and report sequences (for snapshots).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.accounts().to_le_bytes());
+        let mut w = ByteWriter::new(out);
+        w.put_u32(self.accounts());
         for b in &self.balances {
-            out.extend_from_slice(&b.total.0.to_le_bytes());
-            out.extend_from_slice(&b.held.0.to_le_bytes());
+            w.put_i64(b.total.0);
+            w.put_i64(b.held.0);
         }
         for p in &self.positions {
-            out.extend_from_slice(&p.0.to_le_bytes());
+            w.put_i64(p.0);
         }
         for s in &self.exec_seq {
-            out.extend_from_slice(&s.0.to_le_bytes());
+            w.put_u64(s.0);
         }
     }
 
@@ -235,15 +237,15 @@ impl Ledger {
     pub(crate) fn decode_from(&mut self, r: &mut ByteReader<'_>) -> Result<(), StateError> {
         let accounts = r.u32()?;
         if accounts != self.accounts() {
-            return Err(r.error(format!(
-                "snapshot has {accounts} accounts, this configuration {}",
-                self.accounts()
-            )));
+            return Err(StateError::at(
+                r,
+                format!("snapshot has {accounts} accounts, this configuration {}", self.accounts()),
+            ));
         }
         for b in &mut self.balances {
             let (total, held) = (r.i64()?, r.i64()?);
             if held < 0 || held > total {
-                return Err(r.error("balance with a hold outside 0..=total"));
+                return Err(StateError::at(r, "balance with a hold outside 0..=total"));
             }
             *b = Balance { total: Amount(total), held: Amount(held) };
         }
@@ -258,22 +260,18 @@ impl Ledger {
 
     /// Folds every balance, position and sequence into `hash` (FNV-1a), for state digests.
     pub fn digest_into(&self, hash: &mut u64) {
-        let mut fold = |v: u64| {
-            for byte in v.to_le_bytes() {
-                *hash ^= u64::from(byte);
-                *hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut fnv = Fnv64::resume(*hash);
         for b in &self.balances {
-            fold(b.total.0 as u64);
-            fold(b.held.0 as u64);
+            fnv.write_u64(b.total.0 as u64);
+            fnv.write_u64(b.held.0 as u64);
         }
         for p in &self.positions {
-            fold(p.0 as u64);
+            fnv.write_u64(p.0 as u64);
         }
         for s in &self.exec_seq {
-            fold(s.0);
+            fnv.write_u64(s.0);
         }
+        *hash = fnv.value();
     }
 }
 

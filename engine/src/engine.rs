@@ -7,6 +7,7 @@
 //! command), then a `Bbo` if the top of book changed.
 
 use crate::accounts::Ledger;
+use crate::binary::{ByteReader, Fnv64};
 use crate::book::{BookSnapshot, OrderBook, RestingOrder};
 use crate::command::{
     CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
@@ -15,7 +16,7 @@ use crate::command::{
 use crate::event::{Bbo, BookDelta, Event, ExecKind, ExecReport, Trade};
 use crate::idempotency::{fingerprint, KeyRecord, KeyTable};
 use crate::instrument::{default_markets, Asset, Instrument, InstrumentError, InstrumentSpec};
-use crate::snapshot::{ByteReader, StateError};
+use crate::state_error::StateError;
 use crate::types::{
     AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Seq, Side, UnixNanos,
 };
@@ -569,12 +570,15 @@ impl Engine {
         let mut r = ByteReader::new(bytes);
         let (assets, instruments) = (r.u32()? as usize, r.u32()? as usize);
         if assets != e.assets.len() || instruments != e.instruments.len() {
-            return Err(r.error(format!(
-                "tables differ: snapshot has {assets} assets and {instruments} instruments, \
+            return Err(StateError::at(
+                &r,
+                format!(
+                    "tables differ: snapshot has {assets} assets and {instruments} instruments, \
                  this configuration {} and {}",
-                e.assets.len(),
-                e.instruments.len()
-            )));
+                    e.assets.len(),
+                    e.instruments.len()
+                ),
+            ));
         }
         e.counters = EngineCounters {
             commands: r.u64()?,
@@ -586,12 +590,18 @@ impl Engine {
         e.ledger.decode_from(&mut r)?;
         let owned = r.u32()? as usize;
         if owned != e.markets.iter().flatten().count() {
-            return Err(r.error(format!("snapshot holds {owned} markets, this shard owns others")));
+            return Err(StateError::at(
+                &r,
+                format!("snapshot holds {owned} markets, this shard owns others"),
+            ));
         }
         for _ in 0..owned {
             let id = r.u32()?;
             let Some(Some(m)) = e.markets.get_mut(id as usize) else {
-                return Err(r.error(format!("instrument {id} is not owned by this shard")));
+                return Err(StateError::at(
+                    &r,
+                    format!("instrument {id} is not owned by this shard"),
+                ));
             };
             m.trades_seq = Seq(r.u64()?);
             m.book_seq = Seq(r.u64()?);
@@ -600,7 +610,7 @@ impl Engine {
             m.halted = match r.u8()? {
                 0 => false,
                 1 => true,
-                _ => return Err(r.error("trading status")),
+                _ => return Err(StateError::at(&r, "trading status")),
             };
             let count = r.u32()?;
             for _ in 0..count {
@@ -608,11 +618,16 @@ impl Engine {
                 let client_order_id = r.u64()?;
                 let account = AccountId(r.u32()?);
                 let (price, leaves, filled) = (Price(r.i64()?), Qty(r.i64()?), Qty(r.i64()?));
-                let side = Side::from_u8(r.u8()?).ok_or_else(|| r.error("side"))?;
-                let order_type = OrderType::from_u8(r.u8()?).ok_or_else(|| r.error("type"))?;
-                let stp = StpMode::from_u8(r.u8()?).ok_or_else(|| r.error("stp mode"))?;
+                let side = Side::from_u8(r.u8()?).ok_or_else(|| StateError::at(&r, "side"))?;
+                let order_type =
+                    OrderType::from_u8(r.u8()?).ok_or_else(|| StateError::at(&r, "type"))?;
+                let stp =
+                    StpMode::from_u8(r.u8()?).ok_or_else(|| StateError::at(&r, "stp mode"))?;
                 if leaves.0 <= 0 || filled.0 < 0 || m.book.contains(id) || price.0 <= 0 {
-                    return Err(r.error(format!("order {} is not a valid resting order", id.0)));
+                    return Err(StateError::at(
+                        &r,
+                        format!("order {} is not a valid resting order", id.0),
+                    ));
                 }
                 let order = RestingOrder {
                     id,
@@ -625,14 +640,14 @@ impl Engine {
                     order_type,
                     stp,
                 };
-                m.book.insert(order).map_err(|_| r.error("book capacity exceeded"))?;
+                m.book.insert(order).map_err(|_| StateError::at(&r, "book capacity exceeded"))?;
             }
         }
         if with_keys {
             e.keys = KeyTable::decode_from(&mut r)?;
         }
         if !r.finished() {
-            return Err(r.error("bytes after the last market"));
+            return Err(StateError::at(&r, "bytes after the last market"));
         }
         Ok(e)
     }
@@ -1013,14 +1028,10 @@ impl Engine {
     /// Digest of the whole state: balances, holds, positions, report sequences, channel
     /// sequences and every resting order in priority order. Equal digests mean equal state.
     pub fn state_digest(&self) -> u64 {
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut hash = Fnv64::OFFSET_BASIS;
         self.ledger.digest_into(&mut hash);
-        let mut fold = |v: u64| {
-            for byte in v.to_le_bytes() {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut fnv = Fnv64::resume(hash);
+        let mut fold = |v: u64| fnv.write_u64(v);
         for m in self.markets.iter().flatten() {
             fold(u64::from(m.instrument.id.0));
             fold(m.trades_seq.0);
@@ -1038,7 +1049,7 @@ impl Engine {
             }
         }
         self.keys.digest_into(&mut fold);
-        hash
+        fnv.value()
     }
 
     /// Checks book and ledger invariants, and that holds equal what open orders need;

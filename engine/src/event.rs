@@ -6,6 +6,7 @@
 //! slot format of the event ring and, as little-endian bytes, the canonical byte form the
 //! determinism checks hash.
 
+use crate::binary::Fnv64;
 use crate::command::{OrderType, RejectReason};
 use crate::types::{AccountId, InstrumentId, OrderId, Price, Qty, Seq, Side, UnixNanos};
 
@@ -334,19 +335,18 @@ pub struct EventDigest {
 
 impl Default for EventDigest {
     fn default() -> Self {
-        EventDigest { state: 0xcbf2_9ce4_8422_2325, count: 0 }
+        EventDigest { state: Fnv64::OFFSET_BASIS, count: 0 }
     }
 }
 
 impl EventDigest {
     /// Folds one event in.
     pub fn add(&mut self, event: &Event) {
+        let mut fnv = Fnv64::resume(self.state);
         for word in event.to_words() {
-            for byte in word.to_le_bytes() {
-                self.state ^= u64::from(byte);
-                self.state = self.state.wrapping_mul(0x0100_0000_01b3);
-            }
+            fnv.write_u64(word);
         }
+        self.state = fnv.value();
         self.count += 1;
     }
 

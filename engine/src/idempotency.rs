@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
+use crate::binary::{ByteReader, ByteWriter};
 use crate::command::{NewOrder, OrderType};
-use crate::snapshot::{ByteReader, StateError};
+use crate::state_error::StateError;
 use crate::types::{AccountId, OrderId, UnixNanos};
 
 /// Keys one account keeps (per engine shard); the oldest is forgotten first.
@@ -134,14 +135,14 @@ impl KeyTable {
     /// Appends the table: `u32` count, then per record account, key, order id,
     /// fingerprint, timestamp.
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
-        let count = self.records().count() as u32;
-        out.extend_from_slice(&count.to_le_bytes());
+        let mut w = ByteWriter::new(out);
+        w.put_u32(self.records().count() as u32);
         for (account, r) in self.records() {
-            out.extend_from_slice(&account.0.to_le_bytes());
-            out.extend_from_slice(&r.key.0.to_le_bytes());
-            out.extend_from_slice(&r.order_id.0.to_le_bytes());
-            out.extend_from_slice(&r.fingerprint.to_le_bytes());
-            out.extend_from_slice(&r.ts.0.to_le_bytes());
+            w.put_u32(account.0);
+            w.put_u128(r.key.0);
+            w.put_u64(r.order_id.0);
+            w.put_u64(r.fingerprint);
+            w.put_u64(r.ts.0);
         }
     }
 
@@ -151,7 +152,7 @@ impl KeyTable {
         let mut table = KeyTable::default();
         for _ in 0..count {
             let account = AccountId(r.u32()?);
-            let key = IdempotencyKey(u128::from(r.u64()?) | u128::from(r.u64()?) << 64);
+            let key = IdempotencyKey(r.u128()?);
             let record = KeyRecord {
                 key,
                 order_id: OrderId(r.u64()?),

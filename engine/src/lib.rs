@@ -11,6 +11,7 @@
 //! randomness reaches the matching core, so the same commands always give the same events.
 
 pub mod accounts;
+pub mod binary;
 pub mod board;
 pub mod book;
 pub mod clock;
@@ -26,6 +27,7 @@ pub mod retention;
 pub mod ring;
 pub mod runtime;
 pub mod snapshot;
+mod state_error;
 pub mod types;
 
 pub use accounts::{Balance, Ledger};
