@@ -1,5 +1,5 @@
 //! One instrument's limit order book: the data structure, not the policy (matching lives
-//! in `matching.rs`).
+//! in `engine/matching.rs`).
 //!
 //! Layout, chosen for the add/cancel-heavy flow of a real market:
 //! - Orders live in an arena (`Vec` + free list) and are linked into a FIFO per price level
