@@ -147,6 +147,14 @@ impl Ledger {
         Ok(())
     }
 
+    /// Whether `account`'s balance of `asset` satisfies `0 <= held <= total` (the ledger's
+    /// invariant, for the engine's run-time assertions on the balances a command touched).
+    #[inline]
+    pub(crate) fn holds_within_total(&self, account: AccountId, asset: AssetId) -> bool {
+        let b = self.balance(account, asset);
+        b.held.0 >= 0 && b.held.0 <= b.total.0
+    }
+
     /// Releases part of a hold.
     #[inline]
     pub fn release(&mut self, account: AccountId, asset: AssetId, amount: Amount) {

@@ -25,6 +25,8 @@ use crate::types::{AccountId, OrderId, UnixNanos};
 pub const KEYS_PER_ACCOUNT_MAX: usize = 10_000;
 /// How long a key is remembered: 24 hours of engine time.
 pub const KEY_RETENTION_NS: u64 = 24 * 3600 * 1_000_000_000;
+// `KeyTable::insert` evicts down to the bound before it adds: a bound of 0 would keep one.
+const _: () = assert!(KEYS_PER_ACCOUNT_MAX > 0);
 
 /// A client's idempotency key, as a 128-bit hash of its text (the journal and the tables
 /// carry a fixed-size value; a collision between two keys of one account is as likely as

@@ -29,6 +29,11 @@ pub const SNAPSHOT_VERSION: u32 = 3;
 /// Oldest snapshot version this build still reads (version 2 has no idempotency keys).
 pub const SNAPSHOT_VERSION_MIN: u32 = 2;
 const HEADER_BYTES: usize = 32;
+const _: () = assert!(
+    HEADER_BYTES == SNAPSHOT_MAGIC.len() + 4 + 4 + 8 + 8,
+    "magic, version, shard, journal seq, last ingest ts"
+);
+const _: () = assert!(SNAPSHOT_VERSION_MIN <= SNAPSHOT_VERSION);
 
 /// A snapshot read back from disk.
 #[derive(Debug)]

@@ -3,6 +3,17 @@
 //! coalesced level changes and top of book a command publishes when it is done.
 //!
 //! The book ([`crate::book`]) is the data structure; this is the policy over it.
+//!
+//! Contracts checked at run time (TIGER_STYLE: a broken one stops the engine rather than
+//! letting it publish a wrong state). `assert!` where the check is a few compares on
+//! values the step has just computed or touched, so it stays on in release builds; the
+//! mixed-flow bench shows what it costs (figures in the commit that added them).
+//! `debug_assert!` where a check would cost a walk or re-derive what the code just did.
+//! - a fill is of a positive quantity, within the maker's and the taker's open quantity;
+//! - settlement leaves every debited balance with `0 <= held <= total` (credits and
+//!   releases cannot break it; holds are checked by the ledger when they are taken);
+//! - the book is not crossed when a command that changed it is done (best bid < best ask
+//!   when both exist; checked on the top of book computed for the `Bbo` anyway).
 
 use super::{Engine, EngineCounters, EventSink, Market};
 use crate::accounts::Ledger;
@@ -266,15 +277,26 @@ impl<S: EventSink> Ctx<'_, S> {
         self.ledger.settle_leg(seller, buyer, base, base_amount);
         self.ledger.add_position(buyer, instrument.id, qty);
         self.ledger.add_position(seller, instrument.id, Qty(-qty.0));
+        // Postcondition (release): the two debited balances, just written, still cover
+        // their holds.
+        assert!(
+            self.ledger.holds_within_total(buyer, quote)
+                && self.ledger.holds_within_total(seller, base),
+            "settlement left a hold above its balance"
+        );
     }
 
     /// Takes `qty` off the maker at `slot` and off `t`, and publishes the trade and both
     /// sides' execution reports.
     fn fill(&mut self, t: &mut Live, slot: u32, maker: &RestingOrder, qty: Qty) {
+        // Preconditions (release): three compares on values in registers.
+        assert!(qty.0 > 0, "fill of nothing");
+        assert!(qty.0 <= maker.leaves.0 && qty.0 <= t.leaves.0, "fill beyond open quantity");
         let (maker_after, level_qty) = self.market.book.fill(slot, qty);
         self.touch(t.side.opposite(), maker.price, level_qty);
         t.leaves.0 -= qty.0;
         t.filled.0 += qty.0;
+        debug_assert_eq!(maker_after.leaves.0, maker.leaves.0 - qty.0, "the book took the fill");
         self.market.trades_seq = self.market.trades_seq.next();
         self.counters.trades += 1;
         self.emit(Event::Trade(Trade {
@@ -372,6 +394,9 @@ impl<S: EventSink> Ctx<'_, S> {
         }
         self.touched.clear();
         let top = self.market.top();
+        // Postcondition (release): O(1) on the top this step computes anyway.
+        let (bid, bid_qty, ask, ask_qty) = top;
+        assert!(bid_qty.0 == 0 || ask_qty.0 == 0 || bid < ask, "book crossed: {top:?}");
         if top != self.market.top {
             self.market.top = top;
             self.market.bbo_seq = self.market.bbo_seq.next();
