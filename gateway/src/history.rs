@@ -22,6 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use tickgate_engine::binary::{ByteReader, ByteWriter};
 use tickgate_engine::{Event, ExecReport, EVENT_WORDS};
 
 /// File name inside the history directory.
@@ -62,24 +63,31 @@ impl Entry {
 
     fn encode(&self, out: &mut Vec<u8>) {
         let (kind, r) = self.parts();
-        let start = out.len();
-        out.extend_from_slice(&[0, 0, 0, 0, kind, 0, 0, 0]);
-        Event::Exec(*r).write_bytes(out);
-        let crc = crc32c::crc32c(&out[start + 4..]);
-        out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+        let mut w = ByteWriter::new(out);
+        let start = w.position();
+        w.put_u32(0); // the checksum, once the rest is written
+        w.put_bytes(&[kind, 0, 0, 0]);
+        for word in Event::Exec(*r).to_words() {
+            w.put_u64(word);
+        }
+        let crc = crc32c::crc32c(w.written_since(start + 4));
+        w.patch_u32(start, crc);
     }
 
     fn decode(record: &[u8]) -> Option<Entry> {
-        let crc = u32::from_le_bytes(record.get(..4)?.try_into().ok()?);
+        let mut reader = ByteReader::new(record);
+        let crc = reader.u32().ok()?;
         if crc32c::crc32c(record.get(4..)?) != crc {
             return None;
         }
+        let kind = reader.u8().ok()?;
+        reader.bytes(3).ok()?;
         let mut words = [0u64; EVENT_WORDS];
-        for (w, chunk) in words.iter_mut().zip(record.get(8..)?.chunks_exact(8)) {
-            *w = u64::from_le_bytes(chunk.try_into().ok()?);
+        for w in &mut words {
+            *w = reader.u64().ok()?;
         }
         let Some(Event::Exec(r)) = Event::from_words(&words) else { return None };
-        Some(match record[4] {
+        Some(match kind {
             0 => Entry::Report(r),
             1 => Entry::Order(r),
             2 => Entry::Fill(r),

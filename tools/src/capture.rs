@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use tickgate_engine::binary::ByteReader;
 use tickgate_gateway::client::{self, Message};
 use tokio::net::TcpListener;
 
@@ -96,41 +97,40 @@ pub fn read(path: &Path) -> anyhow::Result<Capture> {
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+    let mut r = ByteReader::new(&bytes);
+    if bytes.len() < 16 || r.bytes(MAGIC.len())? != MAGIC {
         bail!("{}: not a tickgate capture", path.display());
     }
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
-    let version = word(8);
+    let version = r.u32()?;
     if version != VERSION {
         bail!("{}: capture version {version}, this build reads {VERSION}", path.display());
     }
-    let header_len = word(12) as usize;
-    let header_end = 16 + header_len;
-    let header: Value =
-        serde_json::from_slice(bytes.get(16..header_end).context("header cut short")?)
-            .context("capture header is not JSON")?;
+    let header_len = r.u32()? as usize;
+    let header: Value = serde_json::from_slice(r.bytes(header_len).context("header cut short")?)
+        .context("capture header is not JSON")?;
     let mut frames = Vec::new();
-    let mut at = header_end;
-    while at < bytes.len() {
-        if bytes.len() - at < 17 {
-            break;
+    // A frame that does not fit in what is left is a torn tail (the recorder stopped).
+    while let Ok((frame, crc, next)) = read_frame(&r) {
+        if crc32c::crc32c(&frame.payload) != crc {
+            bail!("{}: frame checksum mismatch at offset {}", path.display(), r.position());
         }
-        let len = word(at) as usize;
-        let end = at + 17 + len;
-        if end > bytes.len() {
-            break;
-        }
-        let received_ns = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap_or_default());
-        let kind = bytes[at + 12];
-        let crc = word(at + 13);
-        let payload = bytes[at + 17..end].to_vec();
-        if crc32c::crc32c(&payload) != crc {
-            bail!("{}: frame checksum mismatch at offset {at}", path.display());
-        }
-        frames.push(CapturedFrame { received_ns, kind, payload });
-        at = end;
+        frames.push(frame);
+        r = next;
     }
-    Ok(Capture { header, frames, torn_bytes: bytes.len() - at })
+    Ok(Capture { header, frames, torn_bytes: r.remaining() })
+}
+
+/// The frame at `r`'s position, its recorded checksum, and a reader past it.
+fn read_frame<'a>(
+    r: &ByteReader<'a>,
+) -> Result<(CapturedFrame, u32, ByteReader<'a>), tickgate_engine::binary::Truncated> {
+    let mut r = r.clone();
+    let len = r.u32()? as usize;
+    let received_ns = r.u64()?;
+    let kind = r.u8()?;
+    let crc = r.u32()?;
+    let payload = r.bytes(len)?.to_vec();
+    Ok((CapturedFrame { received_ns, kind, payload }, crc, r))
 }
 
 /// What to record.
