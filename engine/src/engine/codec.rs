@@ -158,3 +158,83 @@ fn decode_order(r: &mut ByteReader<'_>) -> Result<RestingOrder, StateError> {
     }
     Ok(RestingOrder { id, client_order_id, account, price, leaves, filled, side, order_type, stp })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, CommandKind, NewOrder, Transfer};
+    use crate::event::Event;
+    use crate::idempotency::IdempotencyKey;
+    use crate::types::{Amount, AssetId, UnixNanos};
+
+    /// An engine with balances, resting orders on both sides, a trade and a keyed order.
+    fn engine() -> (EngineSpec, Engine) {
+        let spec = EngineSpec { accounts_max: 4, ..EngineSpec::default() };
+        let mut e = Engine::new(&spec, |_| true).expect("default spec is valid");
+        let mut out: Vec<Event> = Vec::new();
+        let (tick, lot) = (spec.instruments[0].tick_size.0, spec.instruments[0].lot_size.0);
+        let mut commands = Vec::new();
+        for (account, asset) in [(1, 0), (1, 1), (2, 0), (2, 1)] {
+            let t = Transfer {
+                account: AccountId(account),
+                asset: AssetId(asset),
+                amount: Amount(1 << 50),
+                request_id: 0,
+            };
+            commands.push(CommandKind::Transfer(t));
+        }
+        // A bid, an ask (keyed), and a sell that trades one lot against the bid.
+        let orders =
+            [(1, 1, Side::Buy, 99, 3), (2, 2, Side::Sell, 101, 3), (3, 2, Side::Sell, 99, 1)];
+        for (i, account, side, price, lots) in orders {
+            commands.push(CommandKind::New(NewOrder {
+                key: (i == 2).then_some(IdempotencyKey(77)),
+                order_id: OrderId(i),
+                client_order_id: i,
+                account: AccountId(account),
+                instrument: InstrumentId(0),
+                side,
+                order_type: OrderType::Limit,
+                price: Price(tick * price),
+                qty: Qty(lot * lots),
+                stp: StpMode::None,
+            }));
+        }
+        for (ts, kind) in commands.into_iter().enumerate() {
+            e.process(&Command { ts: UnixNanos(ts as u64 + 1), kind }, &mut out);
+        }
+        assert!(
+            e.counters().trades > 0
+                && e.book(InstrumentId(0)).is_some_and(|b| b.order_count() == 2)
+        );
+        (spec, e)
+    }
+
+    #[test]
+    fn state_round_trips_to_the_same_digest_and_bytes() {
+        let (spec, e) = engine();
+        let mut bytes = Vec::new();
+        e.encode_state(&mut bytes);
+        let back = Engine::restore_state(&spec, |_| true, &bytes, true).expect("restores");
+        assert_eq!(back.state_digest(), e.state_digest());
+        assert_eq!(back.counters(), e.counters());
+        let mut again = Vec::new();
+        back.encode_state(&mut again);
+        assert_eq!(again, bytes);
+    }
+
+    #[test]
+    fn every_cut_or_extension_of_the_state_is_refused() {
+        let (spec, e) = engine();
+        let mut bytes = Vec::new();
+        e.encode_state(&mut bytes);
+        for cut in 0..bytes.len() {
+            let err = Engine::restore_state(&spec, |_| true, &bytes[..cut], true)
+                .expect_err("a cut state is not a state");
+            assert!(err.at <= cut, "{err}");
+        }
+        bytes.push(0);
+        let err = Engine::restore_state(&spec, |_| true, &bytes, true).expect_err("extra byte");
+        assert_eq!(err.what, "bytes after the last market");
+    }
+}

@@ -66,3 +66,38 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, CommandKind, TradingStatus, Transfer};
+    use crate::engine::EngineSpec;
+    use crate::event::Event;
+    use crate::types::{Amount, InstrumentId, UnixNanos};
+
+    fn apply(e: &mut Engine, kind: CommandKind) {
+        let mut out: Vec<Event> = Vec::new();
+        e.process(&Command { ts: UnixNanos(1), kind }, &mut out);
+    }
+
+    #[test]
+    fn digest_sees_balances_and_market_state_and_nothing_else() {
+        let spec = EngineSpec { accounts_max: 2, ..EngineSpec::default() };
+        let mut e = Engine::new(&spec, |_| true).expect("default spec is valid");
+        let fresh = Engine::new(&spec, |_| true).expect("default spec is valid").state_digest();
+        assert_eq!(e.state_digest(), fresh, "a function of the state only");
+        let deposit =
+            Transfer { account: AccountId(1), asset: AssetId(0), amount: Amount(5), request_id: 0 };
+        apply(&mut e, CommandKind::Transfer(deposit));
+        let funded = e.state_digest();
+        assert_ne!(funded, fresh);
+        let halt = TradingStatus { instrument: InstrumentId(1), halted: true };
+        apply(&mut e, CommandKind::Status(halt));
+        assert_ne!(e.state_digest(), funded, "trading status is state");
+        // Engine-wide counters are not: two engines in the same state digest equal.
+        let resume = TradingStatus { instrument: InstrumentId(1), halted: false };
+        apply(&mut e, CommandKind::Status(resume));
+        assert_eq!(e.state_digest(), funded);
+        e.check_invariants();
+    }
+}
