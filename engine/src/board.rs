@@ -1,10 +1,9 @@
 //! Balances and positions published by the engine thread for lock-free reads.
 //!
 //! One row per account: a sequence stamp, `(total, held)` per asset and the net position
-//! per instrument, all atomics. The
-//! engine thread rewrites the rows of accounts whose balances changed in a batch, before it
-//! publishes the batch's events, so anyone who has seen an execution report reads balances
-//! that include it. Readers never block the engine and never see a torn row: a seqlock
+//! per instrument, all atomics. The engine thread rewrites the rows of accounts whose
+//! balances changed in a batch, before it publishes the batch's events, so anyone who has
+//! seen an execution report reads balances that include it. Readers never block the engine and never see a torn row: a seqlock
 //! (odd stamp while writing; retry when the stamp moved), in safe atomics only.
 
 use std::sync::atomic::{fence, AtomicI64, AtomicU64, Ordering};

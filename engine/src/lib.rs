@@ -7,6 +7,12 @@
 //! shard on its own thread behind a bounded lock-free command queue and publishes events
 //! into an [`EventRing`] that any number of readers consume at their own pace.
 //!
+//! With durability on ([`durable`]), every command is appended to the [`journal`] before
+//! the engine sees it, and [`snapshot`]s of the engine state bound how much of the journal
+//! recovery replays. Both formats (and the gateway's order history and the tools'
+//! captures) are read and written through [`binary`]'s bounds-checked little-endian
+//! reader and writer.
+//!
 //! Everything inside is integer fixed-point (`Price`, `Qty`, `Amount`); no wall clock or
 //! randomness reaches the matching core, so the same commands always give the same events.
 

@@ -7,10 +7,11 @@
 //! ```
 //!
 //! The CRC covers every byte before it. The state section is written by
-//! [`Engine::encode_state`]: table sizes, counters, the ledger, every owned book's
-//! channel sequences and resting orders in priority order (so restoring re-inserts them
-//! in the same queue positions), and (from version 3) the idempotency keys. Files are written atomically: a temporary file, fsync,
-//! rename, fsync of the directory; a reader never sees half a snapshot.
+//! [`Engine::encode_state`] (`engine/codec.rs`): table sizes, counters, the ledger, every
+//! owned book's channel sequences and resting orders in priority order (so restoring
+//! re-inserts them in the same queue positions), and (from version 3) the idempotency
+//! keys. Files are written atomically: a temporary file, fsync, rename, fsync of the
+//! directory; a reader never sees half a snapshot.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
