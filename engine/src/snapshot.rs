@@ -68,17 +68,18 @@ pub fn snapshot_last_ts(path: &Path) -> Result<u64, JournalError> {
     fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut header))
         .map_err(|e| JournalError::io(path, e))?;
-    if &header[..8] != SNAPSHOT_MAGIC {
-        return Err(JournalError::Corrupt {
-            path: path.to_path_buf(),
-            offset: 0,
-            what: "not a tickgate snapshot".into(),
-        });
+    let corrupt = |offset: u64, what: &str| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        what: what.into(),
+    };
+    let mut r = ByteReader::new(&header);
+    if r.bytes(SNAPSHOT_MAGIC.len()) != Ok(&SNAPSHOT_MAGIC[..]) {
+        return Err(corrupt(0, "not a tickgate snapshot"));
     }
-    // Magic, version (u32), shard (u32), sequence (u64), last timestamp (u64).
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&header[24..32]);
-    Ok(u64::from_le_bytes(ts))
+    // Version (u32), shard (u32), sequence (u64), then the last timestamp (u64). The reads
+    // cannot fail on a whole header, but nothing from a file is indexed unchecked.
+    r.bytes(4 + 4 + 8).and_then(|_| r.u64()).map_err(|e| corrupt(e.at as u64, "truncated"))
 }
 
 /// Frames an engine's state as a snapshot file's bytes.
@@ -131,7 +132,7 @@ pub fn read_snapshot(
         return Err(corrupt(0, "not a tickgate snapshot".into()));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
-    let crc = u32::from_le_bytes(crc.try_into().unwrap_or_default());
+    let crc = ByteReader::new(crc).u32().unwrap_or_default();
     if crc32c::crc32c(body) != crc {
         return Err(corrupt(body.len(), "snapshot checksum mismatch".into()));
     }
