@@ -2,10 +2,23 @@
 //! ingest timestamp, and is what the journal records, so replaying the same commands
 //! reproduces the same events.
 
-use crate::idempotency::IdempotencyKey;
 use crate::types::{
     AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Side, UnixNanos,
 };
+
+/// A client's idempotency key, as a 128-bit hash of its text (the journal and the tables
+/// carry a fixed-size value; a collision between two keys of one account is as likely as
+/// guessing a 128-bit secret).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey(pub u128);
+
+impl IdempotencyKey {
+    /// The key for a client's key text (a stable hash: it must mean the same key after an
+    /// upgrade, since it is stored in journals and snapshots).
+    pub fn from_text(text: &str) -> Self {
+        IdempotencyKey(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+    }
+}
 
 /// How an order executes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

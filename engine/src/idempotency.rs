@@ -17,6 +17,9 @@ use std::collections::{BTreeMap, VecDeque};
 use rustc_hash::FxHashMap;
 
 use crate::binary::{ByteReader, ByteWriter};
+// The key type travels inside `NewOrder`, so it lives with the commands; it is re-exported
+// here, where the table that remembers keys is.
+pub use crate::command::IdempotencyKey;
 use crate::command::{NewOrder, OrderType};
 use crate::state_error::StateError;
 use crate::types::{AccountId, OrderId, UnixNanos};
@@ -27,20 +30,6 @@ pub const KEYS_PER_ACCOUNT_MAX: usize = 10_000;
 pub const KEY_RETENTION_NS: u64 = 24 * 3600 * 1_000_000_000;
 // `KeyTable::insert` evicts down to the bound before it adds: a bound of 0 would keep one.
 const _: () = assert!(KEYS_PER_ACCOUNT_MAX > 0);
-
-/// A client's idempotency key, as a 128-bit hash of its text (the journal and the tables
-/// carry a fixed-size value; a collision between two keys of one account is as likely as
-/// guessing a 128-bit secret).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey(pub u128);
-
-impl IdempotencyKey {
-    /// The key for a client's key text (a stable hash: it must mean the same key after an
-    /// upgrade, since it is stored in journals and snapshots).
-    pub fn from_text(text: &str) -> Self {
-        IdempotencyKey(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
-    }
-}
 
 /// What a new order asks for, minus its id and owner: two requests with one key are "the
 /// same request" exactly when their fingerprints are equal. A stable hash, like the key's.
