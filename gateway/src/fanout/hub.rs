@@ -168,6 +168,16 @@ impl EventConsumer for MarketData {
     }
 }
 
+/// What encoding one event did.
+enum Encoded {
+    /// Nothing to send (already in the snapshot, or a private report).
+    Skipped,
+    /// One message (or a gap notice and a message) appended.
+    Message,
+    /// A delta the book cannot take: the channel must be rebuilt from a snapshot.
+    BookBroken,
+}
+
 /// The producer side of the fan-out, without a thread: ingest engine events, then
 /// publish every changed channel as chunks. The hub thread drives one; benches drive one
 /// directly.
@@ -325,94 +335,14 @@ impl Publisher {
         let mut needs_reset = false;
         self.bin.clear();
         self.json.clear();
-        let i = &channel.instrument;
         for e in &events {
-            match *e {
-                Event::BookDelta(d) => {
-                    if d.seq.0 <= state.book.seq().0 {
-                        continue; // already in the snapshot the state started from
-                    }
-                    if state.book.apply(&d).is_err() {
-                        needs_reset = true;
-                        break;
-                    }
-                    bin::book_delta(
-                        &mut self.bin,
-                        channel.id,
-                        d.seq.0,
-                        d.ts.0,
-                        d.side,
-                        d.price,
-                        d.qty,
-                    );
-                    if with_json {
-                        self.comma(messages);
-                        json::book_delta(
-                            &mut self.json,
-                            i,
-                            &channel.name,
-                            d.seq.0,
-                            d.ts.0,
-                            d.side,
-                            d.price,
-                            d.qty,
-                        );
-                    }
-                    (state.last_seq, state.last_ts) = (d.seq.0, d.ts.0);
+            match self.encode(&channel, &mut state, with_json, &mut messages, e) {
+                Encoded::Skipped => continue,
+                Encoded::BookBroken => {
+                    needs_reset = true;
+                    break;
                 }
-                Event::Bbo(b) => {
-                    let (bid, ask) = ((b.bid_price, b.bid_qty), (b.ask_price, b.ask_qty));
-                    state.bbo = Some((b.seq.0, b.ts.0, bid, ask));
-                    bin::bbo(&mut self.bin, channel.id, 0, b.seq.0, b.ts.0, bid, ask);
-                    if with_json {
-                        self.comma(messages);
-                        json::bbo(&mut self.json, i, &channel.name, 0, b.seq.0, b.ts.0, bid, ask);
-                    }
-                    (state.last_seq, state.last_ts) = (b.seq.0, b.ts.0);
-                }
-                Event::Trade(t) => {
-                    let msg = TradeMsg {
-                        seq: t.seq.0,
-                        ts: t.ts.0,
-                        price: t.price,
-                        qty: t.qty,
-                        taker_side: t.taker_side,
-                        maker_order: t.maker_order.0,
-                        taker_order: t.taker_order.0,
-                    };
-                    if state.last_seq != 0 && msg.seq > state.last_seq + 1 {
-                        // The hub itself lost trades (its engine reader was lapped): say so.
-                        bin::gap(
-                            &mut self.bin,
-                            channel.id,
-                            msg.ts,
-                            state.last_seq + 1,
-                            msg.seq - 1,
-                        );
-                        if with_json {
-                            self.comma(messages);
-                            json::gap(
-                                &mut self.json,
-                                &channel.name,
-                                msg.ts,
-                                state.last_seq + 1,
-                                msg.seq - 1,
-                            );
-                        }
-                        messages += 1;
-                    }
-                    if state.trades.len() == TRADES_KEPT {
-                        state.trades.pop_front();
-                    }
-                    state.trades.push_back(msg);
-                    bin::trade(&mut self.bin, channel.id, &msg);
-                    if with_json {
-                        self.comma(messages);
-                        json::trade(&mut self.json, i, &channel.name, &msg);
-                    }
-                    (state.last_seq, state.last_ts) = (msg.seq, msg.ts);
-                }
-                Event::Exec(_) => continue,
+                Encoded::Message => {}
             }
             if first_seq == 0 {
                 first_seq = state.last_seq;
@@ -434,6 +364,118 @@ impl Publisher {
         if needs_reset {
             self.resets.push(channel);
         }
+    }
+
+    /// Applies one event to the channel's state and appends its message (binary, and JSON
+    /// when a JSON subscriber exists) to the pass's buffers.
+    #[inline]
+    fn encode(
+        &mut self,
+        channel: &Channel,
+        state: &mut State,
+        with_json: bool,
+        messages: &mut u32,
+        e: &Event,
+    ) -> Encoded {
+        match e {
+            Event::BookDelta(d) => self.encode_delta(channel, state, with_json, *messages, d),
+            Event::Bbo(b) => {
+                self.encode_bbo(channel, state, with_json, *messages, b);
+                Encoded::Message
+            }
+            Event::Trade(t) => {
+                self.encode_trade(channel, state, with_json, messages, t);
+                Encoded::Message
+            }
+            Event::Exec(_) => Encoded::Skipped,
+        }
+    }
+
+    #[inline]
+    fn encode_delta(
+        &mut self,
+        channel: &Channel,
+        state: &mut State,
+        with_json: bool,
+        messages: u32,
+        d: &tickgate_engine::BookDelta,
+    ) -> Encoded {
+        if d.seq.0 <= state.book.seq().0 {
+            return Encoded::Skipped; // already in the snapshot the state started from
+        }
+        if state.book.apply(d).is_err() {
+            return Encoded::BookBroken;
+        }
+        let (id, seq, ts) = (channel.id, d.seq.0, d.ts.0);
+        bin::book_delta(&mut self.bin, id, seq, ts, d.side, d.price, d.qty);
+        if with_json {
+            self.comma(messages);
+            let (i, name) = (&channel.instrument, &channel.name);
+            json::book_delta(&mut self.json, i, name, seq, ts, d.side, d.price, d.qty);
+        }
+        (state.last_seq, state.last_ts) = (seq, ts);
+        Encoded::Message
+    }
+
+    #[inline]
+    fn encode_bbo(
+        &mut self,
+        channel: &Channel,
+        state: &mut State,
+        with_json: bool,
+        messages: u32,
+        b: &tickgate_engine::Bbo,
+    ) {
+        let (bid, ask) = ((b.bid_price, b.bid_qty), (b.ask_price, b.ask_qty));
+        state.bbo = Some((b.seq.0, b.ts.0, bid, ask));
+        bin::bbo(&mut self.bin, channel.id, 0, b.seq.0, b.ts.0, bid, ask);
+        if with_json {
+            self.comma(messages);
+            let (i, name) = (&channel.instrument, &channel.name);
+            json::bbo(&mut self.json, i, name, 0, b.seq.0, b.ts.0, bid, ask);
+        }
+        (state.last_seq, state.last_ts) = (b.seq.0, b.ts.0);
+    }
+
+    /// A trade, after a gap notice when trades before it never reached the hub (its
+    /// engine reader was lapped); the notice counts as a message of its own.
+    #[inline]
+    fn encode_trade(
+        &mut self,
+        channel: &Channel,
+        state: &mut State,
+        with_json: bool,
+        messages: &mut u32,
+        t: &tickgate_engine::Trade,
+    ) {
+        let msg = TradeMsg {
+            seq: t.seq.0,
+            ts: t.ts.0,
+            price: t.price,
+            qty: t.qty,
+            taker_side: t.taker_side,
+            maker_order: t.maker_order.0,
+            taker_order: t.taker_order.0,
+        };
+        if state.last_seq != 0 && msg.seq > state.last_seq + 1 {
+            let (from, to) = (state.last_seq + 1, msg.seq - 1);
+            bin::gap(&mut self.bin, channel.id, msg.ts, from, to);
+            if with_json {
+                self.comma(*messages);
+                json::gap(&mut self.json, &channel.name, msg.ts, from, to);
+            }
+            *messages += 1;
+        }
+        if state.trades.len() == TRADES_KEPT {
+            state.trades.pop_front();
+        }
+        state.trades.push_back(msg);
+        bin::trade(&mut self.bin, channel.id, &msg);
+        if with_json {
+            self.comma(*messages);
+            json::trade(&mut self.json, &channel.instrument, &channel.name, &msg);
+        }
+        (state.last_seq, state.last_ts) = (msg.seq, msg.ts);
     }
 
     fn comma(&mut self, messages: u32) {
