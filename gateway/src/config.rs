@@ -260,54 +260,10 @@ impl TryFrom<Flags> for Config {
     type Error = ConfigError;
 
     fn try_from(f: Flags) -> Result<Self, ConfigError> {
-        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if !(1..=64).contains(&f.shards) {
-            return invalid("--shards must be 1..=64");
-        }
-        if f.queue_capacity == 0 || f.ring_capacity < 1024 || f.channel_ring_chunks < 16 {
-            return invalid(
-                "--queue-capacity > 0, --ring-capacity >= 1024, --channel-ring-chunks >= 16",
-            );
-        }
-        if f.max_connections == 0 || f.max_subscriptions == 0 || f.ws_message_bytes_max < 128 {
-            return invalid(
-                "--max-connections, --max-subscriptions > 0; --ws-message-bytes-max >= 128",
-            );
-        }
-        if f.ws_rate == 0
-            || f.ws_burst == 0
-            || f.ping_ms == 0
-            || f.heartbeat_ms == 0
-            || f.write_stall_ms == 0
-        {
-            return invalid("rates and intervals must be > 0");
-        }
+        check_limits(&f)?;
+        let durability = durability(&f)?;
+        let ws = ws_limits(&f);
         let ms = Duration::from_millis;
-        let mode = match f.durability.as_str() {
-            "fsync" => Some(SyncMode::Fsync),
-            "batch-async" if f.sync_interval_ms > 0 => {
-                Some(SyncMode::BatchAsync(ms(f.sync_interval_ms)))
-            }
-            "batch-async" => return invalid("--sync-interval-ms must be > 0"),
-            "none" => Some(SyncMode::None),
-            _ => None,
-        };
-        if !f.replay_speed.is_finite() || f.replay_speed < 0.0 {
-            return invalid("--replay-speed must be a number >= 0");
-        }
-        if f.replay.as_ref().zip(Some(&f.data_dir)).is_some_and(|(r, d)| r == d) {
-            return invalid("--replay needs another directory than --data-dir");
-        }
-        if f.segment_mb == 0 {
-            return invalid("--segment-mb must be > 0");
-        }
-        let durability = mode.map(|mode| {
-            let mut d = DurabilityConfig::new(f.data_dir.clone());
-            d.mode = mode;
-            d.snapshot_every = f.snapshot_every;
-            d.segment_bytes = f.segment_mb << 20;
-            d
-        });
         Ok(Config {
             listen: f.listen,
             shards: f.shards,
@@ -323,19 +279,7 @@ impl TryFrom<Flags> for Config {
                 0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
                 n => n,
             },
-            ws: WsLimits {
-                connections_max: f.max_connections,
-                subscriptions_per_connection_max: f.max_subscriptions,
-                ws_message_bytes_max: f.ws_message_bytes_max,
-                inbound_rate_per_sec: f.ws_rate,
-                inbound_burst: f.ws_burst,
-                ping_interval: ms(f.ping_ms),
-                pong_timeout: ms(f.pong_timeout_ms),
-                heartbeat_interval: ms(f.heartbeat_ms),
-                write_stall_timeout: ms(f.write_stall_ms),
-                socket_send_buffer_bytes: f.socket_send_buffer.max(4096),
-                ..WsLimits::default()
-            },
+            ws,
             handshake_timeout: ms(f.handshake_timeout_ms),
             pending_connections_max: f.pending_connections_max.max(1),
             body_timeout: ms(f.body_timeout_ms),
@@ -363,6 +307,79 @@ impl TryFrom<Flags> for Config {
             },
             rest_burst: f.rest_burst,
         })
+    }
+}
+
+/// Refuses limits and rates that cannot work.
+fn check_limits(f: &Flags) -> Result<(), ConfigError> {
+    let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+    if !(1..=64).contains(&f.shards) {
+        return invalid("--shards must be 1..=64");
+    }
+    if f.queue_capacity == 0 || f.ring_capacity < 1024 || f.channel_ring_chunks < 16 {
+        return invalid(
+            "--queue-capacity > 0, --ring-capacity >= 1024, --channel-ring-chunks >= 16",
+        );
+    }
+    if f.max_connections == 0 || f.max_subscriptions == 0 || f.ws_message_bytes_max < 128 {
+        return invalid(
+            "--max-connections, --max-subscriptions > 0; --ws-message-bytes-max >= 128",
+        );
+    }
+    if f.ws_rate == 0
+        || f.ws_burst == 0
+        || f.ping_ms == 0
+        || f.heartbeat_ms == 0
+        || f.write_stall_ms == 0
+    {
+        return invalid("rates and intervals must be > 0");
+    }
+    if !f.replay_speed.is_finite() || f.replay_speed < 0.0 {
+        return invalid("--replay-speed must be a number >= 0");
+    }
+    if f.replay.as_ref().zip(Some(&f.data_dir)).is_some_and(|(r, d)| r == d) {
+        return invalid("--replay needs another directory than --data-dir");
+    }
+    if f.segment_mb == 0 {
+        return invalid("--segment-mb must be > 0");
+    }
+    Ok(())
+}
+
+/// The journal's configuration; `None` for `--durability off`.
+fn durability(f: &Flags) -> Result<Option<DurabilityConfig>, ConfigError> {
+    let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+    let mode = match f.durability.as_str() {
+        "fsync" => SyncMode::Fsync,
+        "batch-async" if f.sync_interval_ms > 0 => {
+            SyncMode::BatchAsync(Duration::from_millis(f.sync_interval_ms))
+        }
+        "batch-async" => return invalid("--sync-interval-ms must be > 0"),
+        "none" => SyncMode::None,
+        _ => return Ok(None),
+    };
+    let mut d = DurabilityConfig::new(f.data_dir.clone());
+    d.mode = mode;
+    d.snapshot_every = f.snapshot_every;
+    d.segment_bytes = f.segment_mb << 20;
+    Ok(Some(d))
+}
+
+/// WebSocket limits from the flags (the rest at their defaults).
+fn ws_limits(f: &Flags) -> WsLimits {
+    let ms = Duration::from_millis;
+    WsLimits {
+        connections_max: f.max_connections,
+        subscriptions_per_connection_max: f.max_subscriptions,
+        ws_message_bytes_max: f.ws_message_bytes_max,
+        inbound_rate_per_sec: f.ws_rate,
+        inbound_burst: f.ws_burst,
+        ping_interval: ms(f.ping_ms),
+        pong_timeout: ms(f.pong_timeout_ms),
+        heartbeat_interval: ms(f.heartbeat_ms),
+        write_stall_timeout: ms(f.write_stall_ms),
+        socket_send_buffer_bytes: f.socket_send_buffer.max(4096),
+        ..WsLimits::default()
     }
 }
 
