@@ -46,14 +46,21 @@ enum Registration<T> {
     Detach(u64),
 }
 
+/// Subscription changes one writer's inbox takes before new subscriptions are refused
+/// (`limit_exceeded`, retry later): the writer empties it every round, so only a writer
+/// that is stuck, or thousands of connections subscribing in the same instant, reach it.
+pub const SUBSCRIPTIONS_QUEUED_MAX: usize = 65_536;
+
 /// One writer's mailbox, shared with the hub and the connection tasks.
 #[derive(Debug, Default)]
 struct Mailbox {
     /// A round is wanted: chunks were published or registrations arrived.
     pending: AtomicBool,
-    /// Registrations in arrival order. Bounded in practice by the connection limit times
-    /// the per-connection inbound rate (each registration comes from a rate-limited
-    /// request); emptied every round.
+    /// Registrations in arrival order, emptied every round. Subscriptions are refused
+    /// beyond [`SUBSCRIPTIONS_QUEUED_MAX`] (see [`Writers::has_room`]); attaches, detaches
+    /// and unsubscribes are always taken, and there are at most two of the first per
+    /// connection and one unsubscribe per existing subscription: the inbox is bounded by
+    /// that limit plus what `--max-connections` and `--max-subscriptions` allow.
     inbox: Mutex<Vec<Registration<Arc<Link>>>>,
     thread: OnceLock<Thread>,
 }
@@ -127,6 +134,12 @@ impl Writers {
 
     fn mailbox(&self, link: u64) -> &Mailbox {
         &self.mailboxes[(link % self.mailboxes.len() as u64) as usize]
+    }
+
+    /// Whether the writer of `link` takes `n` more subscription changes now.
+    pub fn has_room(&self, link: u64, n: usize) -> bool {
+        let inbox = self.mailbox(link).inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.len() + n <= SUBSCRIPTIONS_QUEUED_MAX
     }
 
     /// A new connection.

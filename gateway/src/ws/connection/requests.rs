@@ -218,6 +218,11 @@ impl Conn {
                 message: format!("at most {max} subscriptions per connection"),
             });
         }
+        if !self.ctx.writers.has_room(link.id, new) {
+            drop(st);
+            let message = "too many subscriptions being set up at once; retry shortly".into();
+            return self.error(RequestError { id, code: ErrorCode::LimitExceeded, message });
+        }
         let json = self.format == Format::Json;
         let mut acks = Vec::with_capacity(channels.len());
         let mut snapshots = Vec::with_capacity(channels.len());
