@@ -259,10 +259,6 @@ pub struct EngineRuntime {
     _lock: Option<std::fs::File>,
 }
 
-/// Wall-clock nanoseconds since the epoch (see [`crate::clock::WallClock`]).
-pub fn now_nanos() -> UnixNanos {
-    crate::clock::Clock::now(&crate::clock::WallClock)
-}
 
 impl EngineRuntime {
     /// Builds every shard (recovering it from its data directory when durability is on)
