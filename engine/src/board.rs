@@ -23,7 +23,7 @@ pub struct PublishedAccount {
 
 /// Every account's published balances and positions on one shard.
 #[derive(Debug)]
-pub struct BalanceBoard {
+pub(crate) struct BalanceBoard {
     assets: usize,
     instruments: usize,
     stamps: Vec<AtomicU64>,
@@ -32,7 +32,7 @@ pub struct BalanceBoard {
 
 impl BalanceBoard {
     /// All zero, for `accounts` accounts of `assets` assets and `instruments` instruments.
-    pub fn new(accounts: u32, assets: usize, instruments: usize) -> Self {
+    pub(crate) fn new(accounts: u32, assets: usize, instruments: usize) -> Self {
         let n = accounts as usize;
         BalanceBoard {
             assets,
@@ -47,7 +47,7 @@ impl BalanceBoard {
     }
 
     /// Publishes `account`'s row (engine thread only: one writer).
-    pub fn write(&self, account: AccountId, row: &[Balance], positions: &[Qty]) {
+    pub(crate) fn write(&self, account: AccountId, row: &[Balance], positions: &[Qty]) {
         let a = account.0 as usize;
         let Some(stamp) = self.stamps.get(a) else { return };
         let s = stamp.load(Ordering::Relaxed);
@@ -67,7 +67,7 @@ impl BalanceBoard {
     }
 
     /// `account` as of the last published batch; `None` for an unknown account.
-    pub fn read(&self, account: AccountId) -> Option<PublishedAccount> {
+    pub(crate) fn read(&self, account: AccountId) -> Option<PublishedAccount> {
         let a = account.0 as usize;
         let stamp = self.stamps.get(a)?;
         let base = a * Self::width(self.assets, self.instruments);

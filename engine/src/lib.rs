@@ -16,24 +16,29 @@
 //! Everything inside is integer fixed-point (`Price`, `Qty`, `Amount`); no wall clock or
 //! randomness reaches the matching core, so the same commands always give the same events.
 
-pub mod accounts;
+// The matching core: private, reached through the types re-exported below.
+mod accounts;
+mod board;
+mod book;
+mod command;
+mod engine;
+mod event;
+mod instrument;
+mod l2;
+mod retention;
+mod ring;
+mod state_error;
+
+// Around it, the parts other crates use by path: the runtime and its handle, durability
+// (journal, snapshots, recovery), the clock, the shared binary format, idempotency keys,
+// and the domain types.
 pub mod binary;
-pub mod board;
-pub mod book;
 pub mod clock;
-pub mod command;
 pub mod durable;
-pub mod engine;
-pub mod event;
 pub mod idempotency;
-pub mod instrument;
 pub mod journal;
-pub mod l2;
-pub mod retention;
-pub mod ring;
 pub mod runtime;
 pub mod snapshot;
-mod state_error;
 pub mod types;
 
 pub use accounts::{Balance, Ledger};
@@ -48,7 +53,7 @@ pub use engine::{Engine, EngineCounters, EngineSpec, EventSink};
 pub use event::{Bbo, BookDelta, Event, EventDigest, ExecKind, ExecReport, Trade, EVENT_WORDS};
 pub use idempotency::{IdempotencyKey, KeyRecord};
 pub use instrument::{default_markets, Asset, Instrument, InstrumentSpec};
-pub use l2::L2Book;
+pub use l2::{L2Book, Level};
 pub use retention::{Retention, Watermark};
 pub use ring::{EventRing, ReadOutcome, RingReader, RingWriter};
 pub use types::{

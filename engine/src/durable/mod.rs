@@ -1,4 +1,4 @@
-//! Durability around an engine shard: recovery at start ([`recovery`]), the journaling
+//! Durability around an engine shard: recovery at start (`recovery.rs`), the journaling
 //! stage in front of the engine thread, and the snapshot writer behind it.
 //!
 //! With durability on, a shard is a three-stage pipeline:

@@ -21,7 +21,7 @@ pub struct Recovery {
     /// Ingest timestamp of the last recovered command (0 if none).
     pub last_ts: u64,
     /// Recovery could not start as early as the retention floor asked (see
-    /// [`crate::retention`]).
+    /// [`crate::Retention`]).
     pub retention_warning: Option<String>,
     /// Time recovery took.
     pub elapsed: Duration,
@@ -48,7 +48,7 @@ impl EventSink for FnSink<'_> {
 /// is cut from the file (and reported); any other damage, a gap in sequences or an
 /// unknown version is an error naming the file and offset, and nothing starts.
 ///
-/// With a retention `floor` (see [`crate::retention`]), the start is the newest snapshot
+/// With a retention `floor` (see [`crate::Retention`]), the start is the newest snapshot
 /// taken at or before it, so that `on_event` sees every event of the commands after it.
 pub fn recover(
     dir: &Path,

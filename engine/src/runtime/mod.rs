@@ -76,7 +76,7 @@ pub struct RuntimeConfig {
     pub on_replay: Option<ReplayHook>,
     /// How far consumers that keep durable state of their own have stored what they
     /// derive from events: pruning keeps, and recovery replays, what they still need
-    /// (see [`crate::retention`]).
+    /// (see [`crate::Retention`]).
     pub retention: Option<Arc<Retention>>,
     /// Where command timestamps come from (see [`crate::clock`]).
     pub clock: SharedClock,
@@ -258,7 +258,6 @@ pub struct EngineRuntime {
     /// The data directory's lock, released when the runtime is dropped.
     _lock: Option<std::fs::File>,
 }
-
 
 impl EngineRuntime {
     /// Builds every shard (recovering it from its data directory when durability is on)

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use tickgate_engine::l2::Level;
+use tickgate_engine::Level;
 use tickgate_engine::{BookSnapshot, Instrument, L2Book, Price, Qty};
 
 use crate::candles::{Candle, Candles, CANDLES_KEPT};

@@ -27,7 +27,7 @@ impl Awaiting {
 }
 
 /// The engine's verdict on a waiting request, held back until every report of the command
-/// that gave it has been applied (see [`OrderStore::apply`]): a market order is answered
+/// that gave it has been applied (see [`super::OrderStore::apply`]): a market order is answered
 /// filled, not accepted-and-open.
 #[derive(Debug)]
 pub struct Answer {

@@ -1,6 +1,6 @@
 //! The order history's retention watermark on disk: per engine shard, the timestamp of
 //! the last command whose reports the history file holds (see
-//! [`tickgate_engine::retention`]).
+//! [`tickgate_engine::Retention`]).
 //!
 //! Saved after each sync of the history file, never before, so it never claims more than
 //! the file has; a stale one only makes recovery replay more (the store skips reports it

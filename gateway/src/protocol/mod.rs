@@ -5,8 +5,8 @@
 //! body; a WebSocket binary frame carries one or more messages back to back. Server frames
 //! are unmasked, so a frame encoded once can be written unchanged to every subscriber.
 
-use tickgate_engine::l2::Level;
 use tickgate_engine::types::Fixed;
+use tickgate_engine::Level;
 use tickgate_engine::{BookSnapshot, Instrument, InstrumentId, Price, Qty, Side};
 
 use crate::candles::Candle;

@@ -1,7 +1,7 @@
 //! WebSocket market data: the `/ws` upgrade, per-connection tasks, control messages.
 //!
 //! - [`connection`]: one task per connection (client input, answers, pings, closing).
-//! - [`outbox`]: what the task shares with the connection's fan-out writer.
+//! - [`crate::fanout::link`]: what the task shares with the connection's fan-out writer.
 //! - [`control`]: JSON control messages and replies.
 //! - [`inbound`]: client frames.
 
