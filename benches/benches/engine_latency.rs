@@ -130,7 +130,7 @@ fn end_to_end(workload: &Workload, rate: u64, seconds: u64) {
         for e in &events {
             if let Event::Exec(r) = e {
                 let Some(i) = r.client_order_id.checked_sub(TAG).map(|i| i as usize) else {
-                    continue; // an order from the warm-up, or a transfer
+                    continue; // an order from the warm-up
                 };
                 if i < total && !seen[i] {
                     seen[i] = true;

@@ -1,6 +1,6 @@
 //! Events: what the engine tells the world. Public channels (per instrument: trades, book,
-//! bbo) carry gap-free sequences; execution reports are private to an account and carry
-//! that account's own sequence. Every event carries the timestamp of its command.
+//! bbo) carry gap-free sequences; execution and transfer reports are private to an account
+//! and share that account's own sequence. Every event carries the timestamp of its command.
 //!
 //! Events are `Copy` and encode to a fixed array of [`EVENT_WORDS`] `u64`s: that is the
 //! slot format of the event ring and, as little-endian bytes, the canonical byte form the
@@ -8,7 +8,9 @@
 
 use crate::binary::Fnv64;
 use crate::command::{OrderType, RejectReason};
-use crate::types::{AccountId, InstrumentId, OrderId, Price, Qty, Seq, Side, UnixNanos};
+use crate::types::{
+    AccountId, Amount, AssetId, InstrumentId, OrderId, Price, Qty, Seq, Side, UnixNanos,
+};
 
 /// Number of `u64` words an encoded event occupies.
 pub const EVENT_WORDS: usize = 11;
@@ -70,7 +72,7 @@ pub struct Bbo {
     pub ask_qty: Qty,
 }
 
-/// What happened to an order (or a transfer).
+/// What happened to an order (a transfer has its own event, [`TransferReport`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ExecKind {
@@ -86,8 +88,8 @@ pub enum ExecKind {
     Canceled = 4,
     /// Price and/or quantity changed.
     Replaced = 5,
-    /// A transfer was applied (`price` holds the asset id, `last_qty` the signed amount).
-    Transferred = 6,
+    // 6 was `Transferred`: the kind byte a `TransferReport` still encodes to (see
+    // `TRANSFER_KIND`), never an order's kind.
     /// A cancel was refused (`reason` says why); the order, if it exists, is unchanged and
     /// `leaves_qty` is what it still has open.
     CancelRejected = 7,
@@ -106,7 +108,6 @@ impl ExecKind {
             3 => ExecKind::Filled,
             4 => ExecKind::Canceled,
             5 => ExecKind::Replaced,
-            6 => ExecKind::Transferred,
             7 => ExecKind::CancelRejected,
             8 => ExecKind::ReplaceRejected,
             _ => return None,
@@ -122,7 +123,6 @@ impl ExecKind {
             ExecKind::Filled => "filled",
             ExecKind::Canceled => "canceled",
             ExecKind::Replaced => "replaced",
-            ExecKind::Transferred => "transferred",
             ExecKind::CancelRejected => "cancel_rejected",
             ExecKind::ReplaceRejected => "replace_rejected",
         }
@@ -169,6 +169,25 @@ pub struct ExecReport {
     pub cum_qty: Qty,
 }
 
+/// A private report to one account that a transfer was applied (a refused transfer is an
+/// [`ExecReport`] of kind `Rejected`, as before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferReport {
+    /// Account credited or debited.
+    pub account: AccountId,
+    /// Sequence on the account's private channel (shared with its execution reports, so a
+    /// client sees no gap).
+    pub seq: Seq,
+    /// Timestamp of the transfer command.
+    pub ts: UnixNanos,
+    /// Asset moved.
+    pub asset: AssetId,
+    /// Signed amount applied (negative: a debit), in the asset's minor units.
+    pub amount: Amount,
+    /// The submitter's id for the transfer ([`crate::Transfer::request_id`]).
+    pub request_id: u64,
+}
+
 /// Any event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -180,12 +199,21 @@ pub enum Event {
     Bbo(Bbo),
     /// Private execution report.
     Exec(ExecReport),
+    /// Private transfer report.
+    Transfer(TransferReport),
 }
 
 const TAG_TRADE: u64 = 1;
 const TAG_DELTA: u64 = 2;
 const TAG_BBO: u64 = 3;
 const TAG_EXEC: u64 = 4;
+/// The kind byte of a transfer under `TAG_EXEC`. A transfer keeps the slot layout it had
+/// when it travelled as an execution report of this kind (account and sequence where an
+/// execution report has them, `request_id` as the client order id, the asset id as the
+/// price, the amount as the last quantity, the amount's sign as the side, order type
+/// `Limit`, everything else zero): event digests, ring slots and the canonical bytes stay
+/// what they were. `ExecKind` never takes this value.
+const TRANSFER_KIND: u8 = 6;
 
 #[inline]
 fn head(tag: u64, b1: u8, b2: u8, b3: u8, id: u32) -> u64 {
@@ -200,16 +228,18 @@ impl Event {
             Event::BookDelta(e) => e.ts,
             Event::Bbo(e) => e.ts,
             Event::Exec(e) => e.ts,
+            Event::Transfer(e) => e.ts,
         }
     }
 
-    /// The instrument the event is about.
-    pub fn instrument(&self) -> InstrumentId {
+    /// The instrument the event is about; `None` for a transfer, which is about none.
+    pub fn instrument(&self) -> Option<InstrumentId> {
         match self {
-            Event::Trade(e) => e.instrument,
-            Event::BookDelta(e) => e.instrument,
-            Event::Bbo(e) => e.instrument,
-            Event::Exec(e) => e.instrument,
+            Event::Trade(e) => Some(e.instrument),
+            Event::BookDelta(e) => Some(e.instrument),
+            Event::Bbo(e) => Some(e.instrument),
+            Event::Exec(e) => Some(e.instrument),
+            Event::Transfer(_) => None,
         }
     }
 
@@ -257,6 +287,16 @@ impl Event {
                 w[9] = e.leaves_qty.0 as u64;
                 w[10] = e.cum_qty.0 as u64;
             }
+            Event::Transfer(t) => {
+                let side = if t.amount.0 >= 0 { Side::Buy } else { Side::Sell };
+                w[0] = head(TAG_EXEC, side.as_u8(), TRANSFER_KIND, 0, 0);
+                w[1] = t.seq.0;
+                w[2] = t.ts.0;
+                w[3] = u64::from(t.account.0) | u64::from(OrderType::Limit.as_u8()) << 32;
+                w[5] = t.request_id;
+                w[6] = u64::from(t.asset.0);
+                w[8] = t.amount.0 as u64;
+            }
         }
         w
     }
@@ -295,6 +335,19 @@ impl Event {
                 ask_price: Price(w[5] as i64),
                 ask_qty: Qty(w[6] as i64),
             }),
+            TAG_EXEC if byte(2) == TRANSFER_KIND => {
+                let t = TransferReport {
+                    account: AccountId(w[3] as u32),
+                    seq,
+                    ts,
+                    asset: AssetId(u16::try_from(w[6]).ok()?),
+                    amount: Amount(w[8] as i64),
+                    request_id: w[5],
+                };
+                // Only the one encoding of each transfer decodes (an inverse, not a guess).
+                let event = Event::Transfer(t);
+                return (event.to_words() == *w).then_some(event);
+            }
             TAG_EXEC => Event::Exec(ExecReport {
                 instrument,
                 seq,
@@ -408,11 +461,49 @@ mod tests {
                 leaves_qty: Qty(13),
                 cum_qty: Qty(14),
             }),
+            Event::Transfer(TransferReport {
+                account: AccountId(77),
+                seq: Seq(6),
+                ts,
+                asset: AssetId(3),
+                amount: Amount(-125),
+                request_id: 9,
+            }),
+            Event::Transfer(TransferReport {
+                account: AccountId(u32::MAX),
+                seq: Seq(7),
+                ts,
+                asset: AssetId(u16::MAX),
+                amount: Amount(i64::MAX),
+                request_id: 0,
+            }),
         ];
         for e in events {
             assert_eq!(Event::from_words(&e.to_words()), Some(e));
         }
         assert_eq!(Event::from_words(&[0; EVENT_WORDS]), None);
+    }
+
+    /// A transfer's slot is the one its execution report of kind 6 had (so digests of
+    /// recorded streams are unchanged), and words that are not exactly that are refused.
+    #[test]
+    fn a_transfer_keeps_its_former_slot_layout() {
+        let t = TransferReport {
+            account: AccountId(5),
+            seq: Seq(8),
+            ts: UnixNanos(99),
+            asset: AssetId(2),
+            amount: Amount(-40),
+            request_id: 11,
+        };
+        let w = Event::Transfer(t).to_words();
+        let sell = u64::from(Side::Sell.as_u8()) << 8;
+        assert_eq!(w, [TAG_EXEC | sell | 6 << 16, 8, 99, 5, 0, 11, 2, 0, (-40i64) as u64, 0, 0]);
+        for (i, bump) in [(0, 1u64 << 32), (0, 1 << 24), (0, 1 << 8), (4, 1), (7, 1), (9, 1)] {
+            let mut bad = w;
+            bad[i] ^= bump;
+            assert_eq!(Event::from_words(&bad), None, "word {i}");
+        }
     }
 
     #[test]

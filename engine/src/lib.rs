@@ -2,10 +2,11 @@
 //!
 //! Data flow: a [`Command`] (new order, cancel, replace, transfer) enters an [`Engine`]
 //! shard, which validates it, checks and holds funds in the [`Ledger`], matches it
-//! against the instrument's [`OrderBook`] and pushes [`Event`]s (execution reports,
-//! trades, book deltas, best bid/offer) into an [`EventSink`]. The [`runtime`] runs each
-//! shard on its own thread behind a bounded lock-free command queue and publishes events
-//! into an [`EventRing`] that any number of readers consume at their own pace.
+//! against the instrument's [`OrderBook`] and pushes [`Event`]s (execution and transfer
+//! reports, trades, book deltas, best bid/offer) into an [`EventSink`]. The [`runtime`]
+//! runs each shard on its own thread behind a bounded lock-free command queue and
+//! publishes events into an [`EventRing`] that any number of readers consume at their own
+//! pace.
 //!
 //! With durability on ([`durable`]), every command is appended to the [`journal`] before
 //! the engine sees it, and [`snapshot`]s of the engine state bound how much of the journal
@@ -50,7 +51,9 @@ pub use command::{
     TradingStatus, Transfer,
 };
 pub use engine::{Engine, EngineCounters, EngineSpec, EventSink};
-pub use event::{Bbo, BookDelta, Event, EventDigest, ExecKind, ExecReport, Trade, EVENT_WORDS};
+pub use event::{
+    Bbo, BookDelta, Event, EventDigest, ExecKind, ExecReport, Trade, TransferReport, EVENT_WORDS,
+};
 pub use idempotency::{IdempotencyKey, KeyRecord};
 pub use instrument::{default_markets, Asset, Instrument, InstrumentSpec};
 pub use l2::{L2Book, Level};

@@ -397,10 +397,12 @@ fn channels_are_gap_free_and_bbo_only_on_change() {
                 trade += 1;
                 assert_eq!(t.seq.0, trade);
             }
-            Event::Exec(r) => {
-                let s = exec.entry(r.account).or_insert(0u64);
+            // Transfers and executions share the account's sequence.
+            Event::Exec(ExecReport { account, seq, .. })
+            | Event::Transfer(TransferReport { account, seq, .. }) => {
+                let s = exec.entry(*account).or_insert(0u64);
                 *s += 1;
-                assert_eq!(r.seq.0, *s, "per-account sequence");
+                assert_eq!(seq.0, *s, "per-account sequence");
             }
         }
     }

@@ -128,7 +128,6 @@ proptest! {
             for e in &events[start..] {
                 match e {
                     Event::Exec(r) => match r.kind {
-                        ExecKind::Transferred => *deposits.entry(r.price.0 as u16).or_default() += i128::from(r.last_qty.0),
                         ExecKind::Accepted => {
                             let t = orders.entry(r.order_id).or_default();
                             t.open = r.leaves_qty.0;
@@ -171,6 +170,7 @@ proptest! {
                     }
                     Event::Trade(t) => prop_assert!(t.qty.0 > 0),
                     Event::Bbo(b) => prop_assert!(b.bid_price.0 == 0 || b.ask_price.0 == 0 || b.bid_price < b.ask_price),
+                    Event::Transfer(t) => *deposits.entry(t.asset.0).or_default() += i128::from(t.amount.0),
                 }
             }
         }

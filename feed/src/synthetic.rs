@@ -337,7 +337,8 @@ mod tests {
             assert!(book.best(Side::Buy).is_some() && book.best(Side::Sell).is_some(), "two-sided");
             assert!(book.order_count() <= 2 * FlowConfig::default().live_orders_per_instrument);
         }
-        let reports = events.iter().filter(|e| matches!(e, Event::Exec(_))).count();
+        let reports =
+            events.iter().filter(|e| matches!(e, Event::Exec(_) | Event::Transfer(_))).count();
         let rejects = events
             .iter()
             .filter(|e| matches!(e, Event::Exec(r) if r.kind == ExecKind::Rejected))

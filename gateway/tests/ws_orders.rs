@@ -257,3 +257,57 @@ async fn websocket_answers_are_whole_verdicts_and_keys_are_shared_with_rest() {
     }
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// The next `execution` text frame, as the exact text the server sent.
+async fn raw_execution(ws: &mut Client) -> String {
+    loop {
+        if let client::Message::Text(t) = next(ws).await {
+            if t.contains("\"op\":\"execution\"") {
+                return t;
+            }
+        }
+    }
+}
+
+/// A transfer reaches the `orders` channel as `kind: transferred` with the asset and the
+/// amount, byte for byte, and takes the account's next report `seq` (no gap either side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_on_the_orders_channel_takes_the_next_seq() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let alice = Api::login(addr, 0).await;
+    let mut a = connect(&server, &format!("?token={}", alice.token)).await;
+    let sub = request(&mut a, json!({"op": "subscribe", "id": 1, "channels": ["orders"]})).await;
+    assert_eq!(sub["op"], "subscribed", "{sub}");
+    let engine = server.engine();
+    let btc = symbol_id(engine, "BTC-USD");
+    let shard = engine.shard_of(btc).expect("known instrument");
+    let usd = engine.assets().iter().position(|a| a.symbol == "USD").expect("USD asset");
+    let place = || {
+        order(engine, 1, btc, tickgate_engine::Side::Buy, tickgate_engine::OrderType::Limit, 100, 1)
+    };
+
+    place();
+    let first: Value = serde_json::from_str(&raw_execution(&mut a).await).expect("JSON");
+    let t = tickgate_engine::Transfer {
+        account: tickgate_engine::AccountId(1),
+        asset: tickgate_engine::AssetId(usd as u16),
+        amount: tickgate_engine::Amount(-1_25),
+        request_id: 9,
+    };
+    engine.submit_transfer(shard, t).expect("queue has room");
+    let raw = raw_execution(&mut a).await;
+    let transfer: Value = serde_json::from_str(&raw).expect("JSON");
+    place();
+    let last: Value = serde_json::from_str(&raw_execution(&mut a).await).expect("JSON");
+
+    let seq = first["seq"].as_u64().expect("seq");
+    assert_eq!(transfer["seq"].as_u64(), Some(seq + 1), "{raw}");
+    assert_eq!(last["seq"].as_u64(), Some(seq + 2), "{last}");
+    let expected = format!(
+        "{{\"amount\":\"-0.000125\",\"asset\":\"USD\",\"channel\":\"orders\",\"kind\":\"transferred\",\"op\":\"execution\",\"seq\":{},\"ts\":{}}}",
+        seq + 1,
+        transfer["ts"]
+    );
+    assert_eq!(raw, expected);
+}

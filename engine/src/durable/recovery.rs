@@ -333,11 +333,9 @@ pub fn verify(dir: &Path, spec: &EngineSpec, shards: usize) -> Result<Verified, 
         let mut transfers = vec![0i128; spec.assets.len()];
         let mut add = |e: &Event| {
             digest.add(e);
-            if let Event::Exec(r) = e {
-                if r.kind == crate::event::ExecKind::Transferred {
-                    if let Some(t) = transfers.get_mut(r.price.0 as usize) {
-                        *t += i128::from(r.last_qty.0);
-                    }
+            if let Event::Transfer(r) = e {
+                if let Some(t) = transfers.get_mut(usize::from(r.asset.0)) {
+                    *t += i128::from(r.amount.0);
                 }
             }
         };

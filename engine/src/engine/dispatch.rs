@@ -8,7 +8,7 @@ use crate::command::{
     CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
     Transfer,
 };
-use crate::event::ExecKind;
+use crate::event::{Event, ExecKind, TransferReport};
 use crate::idempotency::{fingerprint, KeyRecord};
 use crate::types::{AccountId, Amount, InstrumentId, OrderId, Price, Qty, Side, UnixNanos};
 
@@ -259,18 +259,6 @@ impl Engine {
     }
 
     fn transfer<S: EventSink>(&mut self, ts: UnixNanos, t: &Transfer, out: &mut S) {
-        let live = Live {
-            id: OrderId(0),
-            client_order_id: t.request_id,
-            account: t.account,
-            instrument: InstrumentId(0),
-            side: if t.amount.0 >= 0 { Side::Buy } else { Side::Sell },
-            order_type: OrderType::Limit,
-            price: Price(i64::from(t.asset.0)),
-            leaves: Qty(0),
-            filled: Qty(0),
-            stp: StpMode::None,
-        };
         let result = if !self.ledger.contains(t.account) {
             Err(RejectReason::UnknownAccount)
         } else if usize::from(t.asset.0) >= self.assets.len() {
@@ -281,18 +269,36 @@ impl Engine {
                 .map_err(|_| RejectReason::InsufficientFunds)
         };
         match result {
-            Err(reason) => self.reject(ts, &live, ExecKind::Rejected, reason, out),
+            Err(reason) => {
+                // A refused transfer is still an execution report of kind `Rejected`, with
+                // the asset id as its price and the request id as its client order id: the
+                // wire shows it that way, and nothing tells it from an order's otherwise.
+                let live = Live {
+                    id: OrderId(0),
+                    client_order_id: t.request_id,
+                    account: t.account,
+                    instrument: InstrumentId(0),
+                    side: if t.amount.0 >= 0 { Side::Buy } else { Side::Sell },
+                    order_type: OrderType::Limit,
+                    price: Price(i64::from(t.asset.0)),
+                    leaves: Qty(0),
+                    filled: Qty(0),
+                    stp: StpMode::None,
+                };
+                self.reject(ts, &live, ExecKind::Rejected, reason, out);
+            }
             Ok(()) => {
                 self.counters.events += 1;
-                let last = (Price(0), Qty(t.amount.0));
-                out.push(report(
-                    &mut self.ledger,
-                    &live,
+                // The account's next report sequence, shared with its executions.
+                let seq = self.ledger.next_exec_seq(t.account);
+                out.push(Event::Transfer(TransferReport {
+                    account: t.account,
+                    seq,
                     ts,
-                    ExecKind::Transferred,
-                    RejectReason::None,
-                    last,
-                ));
+                    asset: t.asset,
+                    amount: t.amount,
+                    request_id: t.request_id,
+                }));
             }
         }
     }

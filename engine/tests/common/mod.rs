@@ -68,10 +68,7 @@ impl Harness {
                     amount: Amount(amount),
                     request_id: 0,
                 }));
-                assert!(matches!(
-                    out[0],
-                    Event::Exec(ExecReport { kind: ExecKind::Transferred, .. })
-                ));
+                assert!(matches!(out[0], Event::Transfer(_)));
             }
         }
     }

@@ -218,7 +218,7 @@ impl Publisher {
             Event::BookDelta(d) => (d.instrument, ChannelKind::Book),
             Event::Bbo(b) => (b.instrument, ChannelKind::Bbo),
             Event::Trade(t) => (t.instrument, ChannelKind::Trades),
-            Event::Exec(_) => return,
+            Event::Exec(_) | Event::Transfer(_) => return,
         };
         let at = self.directory.index(instrument.0, kind);
         if let Some(p) = self.pending.get_mut(at) {
@@ -387,7 +387,7 @@ impl Publisher {
                 self.encode_trade(channel, state, with_json, messages, t);
                 Encoded::Message
             }
-            Event::Exec(_) => Encoded::Skipped,
+            Event::Exec(_) | Event::Transfer(_) => Encoded::Skipped,
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use tickgate_engine::{
     AccountId, ExecKind, ExecReport, InstrumentId, OrderId, OrderType, Price, Qty, RejectReason,
-    Side, UnixNanos, Watermark,
+    Side, TransferReport, UnixNanos, Watermark,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -26,6 +26,16 @@ use account::*;
 use answers::Waiter;
 pub use answers::{Answer, AnswerGate, Awaiting, Wait};
 pub use projection::OrderProjection;
+
+/// One report on an account's private stream, in the account's report sequence: an
+/// order's execution, or a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountReport {
+    /// About one of the account's orders.
+    Exec(ExecReport),
+    /// A transfer applied to the account.
+    Transfer(TransferReport),
+}
 
 /// Orders one account keeps (oldest closed ones go first).
 pub const ORDERS_KEPT: usize = 10_000;
@@ -115,7 +125,7 @@ pub struct OrderStore {
     waiters: Mutex<HashMap<OrderId, Vec<Waiter>>>,
     next_token: std::sync::atomic::AtomicU64,
     /// Live execution reports per account, for the WebSocket `orders` channel.
-    streams: Mutex<HashMap<AccountId, broadcast::Sender<ExecReport>>>,
+    streams: Mutex<HashMap<AccountId, broadcast::Sender<AccountReport>>>,
     /// Where applied reports are recorded, once attached (see [`crate::history`]).
     history: Mutex<Option<HistoryWriter>>,
     /// A history write failed (logged once; the store keeps working in memory).
@@ -151,7 +161,7 @@ impl OrderStore {
     }
 
     /// A live feed of `account`'s execution reports (transfers included), in engine order.
-    pub fn subscribe(&self, account: AccountId) -> broadcast::Receiver<ExecReport> {
+    pub fn subscribe(&self, account: AccountId) -> broadcast::Receiver<AccountReport> {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         streams
             .entry(account)
@@ -185,16 +195,7 @@ impl OrderStore {
         if !self.users.contains(&r.account) {
             return None;
         }
-        {
-            let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(stream) = streams.get(&r.account) {
-                // No receiver left is fine: nobody is listening right now.
-                let _ = stream.send(*r);
-            }
-        }
-        if r.kind == ExecKind::Transferred {
-            return None;
-        }
+        self.stream(r.account, AccountReport::Exec(*r));
         {
             let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
             let state = accounts.entry(r.account).or_default();
@@ -216,6 +217,22 @@ impl OrderStore {
             waiters.remove(&r.order_id);
         }
         answer
+    }
+
+    /// Passes a transfer to `t.account`'s live feed (a user's; orders and fills do not
+    /// change, and the history does not record transfers).
+    pub fn apply_transfer(&self, t: &TransferReport) {
+        if self.users.contains(&t.account) {
+            self.stream(t.account, AccountReport::Transfer(*t));
+        }
+    }
+
+    fn stream(&self, account: AccountId, report: AccountReport) {
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stream) = streams.get(&account) {
+            // No receiver left is fine: nobody is listening right now.
+            let _ = stream.send(report);
+        }
     }
 
     /// Records an order the engine holds open (after a restart: orders placed before the

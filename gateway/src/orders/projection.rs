@@ -47,10 +47,14 @@ impl EventConsumer for OrderProjection {
                 applied.complete = applied.last;
                 applied.last = e.ts().0;
             }
-            if let Event::Exec(report) = e {
-                if let Some(answer) = self.orders.apply(report) {
-                    self.answers.hold(shard, answer);
+            match e {
+                Event::Exec(report) => {
+                    if let Some(answer) = self.orders.apply(report) {
+                        self.answers.hold(shard, answer);
+                    }
                 }
+                Event::Transfer(t) => self.orders.apply_transfer(t),
+                _ => {}
             }
         }
         if batch.caught_up {

@@ -114,6 +114,8 @@ pub(super) async fn start_engine(
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(*r);
             }
             Event::Trade(t) => candles.apply(std::slice::from_ref(t)),
+            // Transfers change no order or fill, and no one is subscribed to an account's
+            // live feed before the server starts.
             _ => {}
         })),
         retention: loaded.history.as_ref().map(|_| Arc::clone(&loaded.retention)),

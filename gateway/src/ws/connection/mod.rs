@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tickgate_engine::{AccountId, ExecReport, OrderId};
+use tickgate_engine::{AccountId, OrderId};
+
+use crate::orders::AccountReport;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
@@ -195,7 +197,7 @@ struct Conn {
     /// order request (a channel preallocates ~1 KB, and most connections never trade).
     answers: Option<Answers>,
     /// The private `orders` channel, when subscribed.
-    orders: Option<broadcast::Receiver<ExecReport>>,
+    orders: Option<broadcast::Receiver<AccountReport>>,
     tally: Tally,
 }
 
@@ -215,8 +217,8 @@ async fn next_answer(answers: &mut Option<Answers>) -> Option<Bytes> {
 
 /// The next report of the `orders` channel; never resolves when not subscribed.
 async fn next_report(
-    orders: &mut Option<broadcast::Receiver<ExecReport>>,
-) -> Result<ExecReport, broadcast::error::RecvError> {
+    orders: &mut Option<broadcast::Receiver<AccountReport>>,
+) -> Result<AccountReport, broadcast::error::RecvError> {
     match orders {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -2,6 +2,7 @@
 //! order entry, and the private `orders` channel.
 
 use super::*;
+use tickgate_engine::{ExecReport, TransferReport};
 
 impl Conn {
     /// One control message: rate limit, parse, answer.
@@ -110,7 +111,7 @@ impl Conn {
     }
 
     /// One report of the `orders` channel (JSON text in both formats: it is low-rate).
-    pub(super) fn report(&mut self, report: Result<ExecReport, broadcast::error::RecvError>) {
+    pub(super) fn report(&mut self, report: Result<AccountReport, broadcast::error::RecvError>) {
         match report {
             Ok(r) => {
                 let frame = execution_frame(&r, &self.ctx.trading);
@@ -305,44 +306,56 @@ impl Conn {
 /// The private channel of the connection's own execution reports.
 pub const ORDERS_CHANNEL: &str = "orders";
 
-/// `{"op":"execution", ...}`: one execution report of the `orders` channel. `seq` is the
-/// account's report sequence: contiguous, so a client can tell it missed one.
-fn execution_frame(r: &ExecReport, trading: &crate::trading::Trading) -> Bytes {
-    use tickgate_engine::types::format_fixed;
-    let fields = if r.kind == tickgate_engine::ExecKind::Transferred {
-        let asset = trading.engine.assets().get(r.price.0 as usize);
-        serde_json::json!({
-            "seq": r.seq.0,
-            "ts": r.ts.0,
-            "kind": r.kind.as_str(),
-            "asset": asset.map(|a| a.symbol.as_str()),
-            "amount": asset.map(|a| format_fixed(r.last_qty.0, a.precision)),
-        })
-    } else {
-        let (symbol, pp, qp) = match trading.instrument(r.instrument) {
-            Some(i) => (i.spec.symbol.as_str(), i.spec.price_precision, i.spec.qty_precision),
-            None => ("", 0, 0),
-        };
-        serde_json::json!({
-            "seq": r.seq.0,
-            "ts": r.ts.0,
-            "kind": r.kind.as_str(),
-            "reason": r.reason.as_str(),
-            "order_id": r.order_id.0,
-            "client_order_id": r.client_order_id,
-            "symbol": symbol,
-            "side": r.side.as_str(),
-            "type": r.order_type.as_str(),
-            "price": format_fixed(r.price.0, pp),
-            "last_price": format_fixed(r.last_price.0, pp),
-            "last_qty": format_fixed(r.last_qty.0, qp),
-            "open_qty": format_fixed(r.leaves_qty.0, qp),
-            "filled_qty": format_fixed(r.cum_qty.0, qp),
-        })
+/// `{"op":"execution", ...}`: one report of the `orders` channel. `seq` is the account's
+/// report sequence (executions and transfers share it): contiguous, so a client can tell it
+/// missed one.
+fn execution_frame(report: &AccountReport, trading: &crate::trading::Trading) -> Bytes {
+    let fields = match report {
+        AccountReport::Exec(r) => exec_fields(r, trading),
+        AccountReport::Transfer(t) => transfer_fields(t, trading),
     };
     let mut object = serde_json::json!({ "op": "execution", "channel": ORDERS_CHANNEL });
     if let (Some(o), serde_json::Value::Object(extra)) = (object.as_object_mut(), fields) {
         o.extend(extra);
     }
     protocol::frame(Opcode::Text, object.to_string().as_bytes()).into()
+}
+
+/// A transfer as the `orders` channel shows it: `kind` `transferred`, the asset and the
+/// signed amount instead of order fields.
+fn transfer_fields(t: &TransferReport, trading: &crate::trading::Trading) -> serde_json::Value {
+    use tickgate_engine::types::format_fixed;
+    let asset = trading.engine.assets().get(usize::from(t.asset.0));
+    serde_json::json!({
+        "seq": t.seq.0,
+        "ts": t.ts.0,
+        "kind": "transferred",
+        "asset": asset.map(|a| a.symbol.as_str()),
+        "amount": asset.map(|a| format_fixed(t.amount.0, a.precision)),
+    })
+}
+
+/// An order's execution report as the `orders` channel shows it.
+fn exec_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json::Value {
+    use tickgate_engine::types::format_fixed;
+    let (symbol, pp, qp) = match trading.instrument(r.instrument) {
+        Some(i) => (i.spec.symbol.as_str(), i.spec.price_precision, i.spec.qty_precision),
+        None => ("", 0, 0),
+    };
+    serde_json::json!({
+        "seq": r.seq.0,
+        "ts": r.ts.0,
+        "kind": r.kind.as_str(),
+        "reason": r.reason.as_str(),
+        "order_id": r.order_id.0,
+        "client_order_id": r.client_order_id,
+        "symbol": symbol,
+        "side": r.side.as_str(),
+        "type": r.order_type.as_str(),
+        "price": format_fixed(r.price.0, pp),
+        "last_price": format_fixed(r.last_price.0, pp),
+        "last_qty": format_fixed(r.last_qty.0, qp),
+        "open_qty": format_fixed(r.leaves_qty.0, qp),
+        "filled_qty": format_fixed(r.cum_qty.0, qp),
+    })
 }
