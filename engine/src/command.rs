@@ -215,12 +215,13 @@ impl Command {
 }
 
 /// Why a command (or part of an order) was refused or ended. Stable codes: they go on the
-/// wire and into client code.
+/// wire and into client code. A report with no reason carries `Option::<RejectReason>::None`,
+/// which encodes as code 0 ([`RejectReason::code_of`]) and is named `"none"`
+/// ([`RejectReason::name_of`]), as it always was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum RejectReason {
-    /// No reason (the report is not a rejection).
-    None = 0,
+    // 0 is no reason: see `NO_REASON_CODE`.
     /// The instrument id is not in this engine.
     UnknownInstrument = 1,
     /// The account id is outside the account table.
@@ -266,17 +267,22 @@ pub enum RejectReason {
     IdempotencyKeyReused = 21,
 }
 
+/// The code of "no reason" in events and files (never a [`RejectReason`]'s).
+const NO_REASON_CODE: u8 = 0;
+/// The name of "no reason" in JSON.
+const NO_REASON_NAME: &str = "none";
+
 impl RejectReason {
-    /// Wire code.
+    /// Wire code (never 0: that is no reason).
     pub fn as_u8(self) -> u8 {
         self as u8
     }
 
-    /// Inverse of [`RejectReason::as_u8`].
+    /// Inverse of [`RejectReason::as_u8`] (`None` for 0, which is no reason, and for codes
+    /// no reason has).
     pub fn from_u8(code: u8) -> Option<Self> {
         use RejectReason::*;
         Some(match code {
-            0 => None,
             1 => UnknownInstrument,
             2 => UnknownAccount,
             3 => NonPositiveQty,
@@ -298,15 +304,32 @@ impl RejectReason {
             19 => InstrumentHalted,
             20 => DuplicateRequest,
             21 => IdempotencyKeyReused,
-            _ => return Option::None,
+            _ => return None,
         })
+    }
+
+    /// The code of a report's reason, 0 when it has none (the event and history byte).
+    pub fn code_of(reason: Option<RejectReason>) -> u8 {
+        reason.map_or(NO_REASON_CODE, RejectReason::as_u8)
+    }
+
+    /// Inverse of [`RejectReason::code_of`]: `Err` for a code no reason has.
+    pub fn from_code(code: u8) -> Result<Option<RejectReason>, UnknownReasonCode> {
+        match code {
+            NO_REASON_CODE => Ok(None),
+            _ => RejectReason::from_u8(code).map(Some).ok_or(UnknownReasonCode(code)),
+        }
+    }
+
+    /// The JSON name of a report's reason, `"none"` when it has none.
+    pub fn name_of(reason: Option<RejectReason>) -> &'static str {
+        reason.map_or(NO_REASON_NAME, RejectReason::as_str)
     }
 
     /// Stable snake_case code used in JSON.
     pub fn as_str(self) -> &'static str {
         use RejectReason::*;
         match self {
-            None => "none",
             UnknownInstrument => "unknown_instrument",
             UnknownAccount => "unknown_account",
             NonPositiveQty => "non_positive_qty",
@@ -332,6 +355,11 @@ impl RejectReason {
     }
 }
 
+/// A reason code that no [`RejectReason`] has (and that is not 0, no reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reject reason code {0}")]
+pub struct UnknownReasonCode(pub u8);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +381,24 @@ mod tests {
         assert_eq!(RejectReason::from_u8(19), Some(RejectReason::InstrumentHalted));
         assert_eq!(RejectReason::from_u8(21), Some(RejectReason::IdempotencyKeyReused));
         assert_eq!(RejectReason::from_u8(22), None);
+    }
+
+    #[test]
+    fn no_reason_is_code_0_and_named_none() {
+        assert_eq!(RejectReason::from_u8(0), None);
+        assert_eq!(RejectReason::code_of(None), 0);
+        assert_eq!(RejectReason::from_code(0), Ok(None));
+        assert_eq!(RejectReason::name_of(None), "none");
+        for code in 1..=255u8 {
+            match RejectReason::from_u8(code) {
+                Some(r) => {
+                    assert_eq!(RejectReason::from_code(code), Ok(Some(r)));
+                    assert_eq!(RejectReason::code_of(Some(r)), code);
+                    assert_eq!(RejectReason::name_of(Some(r)), r.as_str());
+                    assert_ne!(r.as_str(), "none");
+                }
+                None => assert_eq!(RejectReason::from_code(code), Err(UnknownReasonCode(code))),
+            }
+        }
     }
 }

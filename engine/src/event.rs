@@ -145,8 +145,8 @@ pub struct ExecReport {
     pub ts: UnixNanos,
     /// What happened.
     pub kind: ExecKind,
-    /// Why (rejections and cancels), else `None`.
-    pub reason: RejectReason,
+    /// Why (rejections and cancels); `None` for a report that is neither.
+    pub reason: Option<RejectReason>,
     /// Market.
     pub instrument: InstrumentId,
     /// Order.
@@ -274,8 +274,13 @@ impl Event {
                 w[6] = b.ask_qty.0 as u64;
             }
             Event::Exec(e) => {
-                w[0] =
-                    head(TAG_EXEC, e.side.as_u8(), e.kind as u8, e.reason.as_u8(), e.instrument.0);
+                w[0] = head(
+                    TAG_EXEC,
+                    e.side.as_u8(),
+                    e.kind as u8,
+                    RejectReason::code_of(e.reason),
+                    e.instrument.0,
+                );
                 w[1] = e.seq.0;
                 w[2] = e.ts.0;
                 w[3] = u64::from(e.account.0) | u64::from(e.order_type.as_u8()) << 32;
@@ -354,7 +359,7 @@ impl Event {
                 ts,
                 side: Side::from_u8(byte(1))?,
                 kind: ExecKind::from_u8(byte(2))?,
-                reason: RejectReason::from_u8(byte(3))?,
+                reason: RejectReason::from_code(byte(3)).ok()?,
                 account: AccountId(w[3] as u32),
                 order_type: OrderType::from_u8((w[3] >> 32) as u8)?,
                 order_id: OrderId(w[4]),
@@ -449,7 +454,7 @@ mod tests {
                 seq: Seq(5),
                 ts,
                 kind: ExecKind::PartiallyFilled,
-                reason: RejectReason::SelfTrade,
+                reason: Some(RejectReason::SelfTrade),
                 instrument: InstrumentId(2),
                 order_id: OrderId(42),
                 client_order_id: 43,
@@ -460,6 +465,23 @@ mod tests {
                 last_qty: Qty(12),
                 leaves_qty: Qty(13),
                 cum_qty: Qty(14),
+            }),
+            Event::Exec(ExecReport {
+                account: AccountId(1),
+                seq: Seq(1),
+                ts,
+                kind: ExecKind::Accepted,
+                reason: None,
+                instrument: InstrumentId(0),
+                order_id: OrderId(1),
+                client_order_id: 0,
+                side: Side::Buy,
+                order_type: OrderType::Limit,
+                price: Price(1),
+                last_price: Price(0),
+                last_qty: Qty(0),
+                leaves_qty: Qty(1),
+                cum_qty: Qty(0),
             }),
             Event::Transfer(TransferReport {
                 account: AccountId(77),
@@ -481,6 +503,9 @@ mod tests {
         for e in events {
             assert_eq!(Event::from_words(&e.to_words()), Some(e));
         }
+        // No reason is byte 0 of the head word, as `RejectReason::None` was.
+        assert_eq!((events[4].to_words()[0] >> 24) as u8, 0);
+        assert_eq!((events[3].to_words()[0] >> 24) as u8, RejectReason::SelfTrade.as_u8());
         assert_eq!(Event::from_words(&[0; EVENT_WORDS]), None);
     }
 

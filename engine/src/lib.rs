@@ -48,7 +48,7 @@ pub use book::{BookSnapshot, OrderBook, RestingOrder};
 pub use clock::{Clock, ManualClock, SharedClock, WallClock};
 pub use command::{
     CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
-    TradingStatus, Transfer,
+    TradingStatus, Transfer, UnknownReasonCode,
 };
 pub use engine::{Engine, EngineCounters, EngineSpec, EventSink};
 pub use event::{

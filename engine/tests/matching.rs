@@ -15,7 +15,7 @@ fn limit_rests_with_hold_then_fills_at_maker_price_with_improvement_returned() {
     h.fund(1, 0, 10);
     h.fund(2, 10_000, 0);
     let (ask, out) = h.order(1, Sell, Limit, 100, 4);
-    assert_eq!(kinds(&out), vec![(Accepted, RejectReason::None)]);
+    assert_eq!(kinds(&out), vec![(Accepted, None)]);
     assert_eq!(h.balance(1, BTC), Balance { total: Amount(10), held: Amount(4) });
 
     // Buy 3 at limit 105: fills 3 at the maker's 100; hold was 105*3, debit is 100*3.
@@ -27,14 +27,7 @@ fn limit_rests_with_hold_then_fills_at_maker_price_with_improvement_returned() {
         (Price(100), Qty(3), ask, bid)
     );
     assert_eq!(t[0].taker_side, Buy);
-    assert_eq!(
-        kinds(&out),
-        vec![
-            (Accepted, RejectReason::None),
-            (PartiallyFilled, RejectReason::None),
-            (Filled, RejectReason::None)
-        ]
-    );
+    assert_eq!(kinds(&out), vec![(Accepted, None), (PartiallyFilled, None), (Filled, None)]);
     let maker = reports(&out)[1];
     assert_eq!(
         (maker.order_id, maker.leaves_qty, maker.cum_qty, maker.last_price),
@@ -81,10 +74,10 @@ fn ioc_cancels_its_remainder_and_releases_the_hold() {
     assert_eq!(
         kinds(&out),
         vec![
-            (Accepted, RejectReason::None),
-            (Filled, RejectReason::None),
-            (PartiallyFilled, RejectReason::None),
-            (Canceled, RejectReason::NoLiquidity)
+            (Accepted, None),
+            (Filled, None),
+            (PartiallyFilled, None),
+            (Canceled, Some(RejectReason::NoLiquidity))
         ]
     );
     assert_eq!(h.balance(2, USD), Balance { total: Amount(9_800), held: Amount(0) });
@@ -138,7 +131,7 @@ fn market_orders_trade_until_out_of_liquidity_or_funds() {
     );
     assert_eq!(
         reports(&out).last().map(|r| (r.kind, r.reason)),
-        Some((Canceled, RejectReason::InsufficientFunds))
+        Some((Canceled, Some(RejectReason::InsufficientFunds)))
     );
     assert_eq!(h.balance(2, USD), Balance { total: Amount(40), held: Amount(0) });
 
@@ -150,7 +143,7 @@ fn market_orders_trade_until_out_of_liquidity_or_funds() {
     assert_eq!(trades(&out).len(), 1);
     assert_eq!(
         reports(&out).last().map(|r| (r.kind, r.reason)),
-        Some((Canceled, RejectReason::NoLiquidity))
+        Some((Canceled, Some(RejectReason::NoLiquidity)))
     );
     assert_eq!(h.balance(3, BTC), Balance { total: Amount(2), held: Amount(0) });
     let (_, out) = h.order(3, Sell, Market, 0, 5);
@@ -169,7 +162,7 @@ fn post_only_rests_or_is_rejected_if_it_would_cross() {
     assert_eq!(rejection(&out), Some(RejectReason::WouldCross));
     assert_eq!(h.balance(2, USD).held, Amount(0));
     let (_, out) = h.order(2, Buy, PostOnly, 99, 1);
-    assert_eq!(kinds(&out), vec![(Accepted, RejectReason::None)]);
+    assert_eq!(kinds(&out), vec![(Accepted, None)]);
     assert_eq!(h.book().bids, vec![(Price(99), Qty(1))]);
 }
 
@@ -184,7 +177,7 @@ fn cancel_releases_hold_and_only_the_owner_can_cancel() {
     assert_eq!(reports(&out)[0].account, AccountId(3));
     assert_eq!(reports(&out)[0].kind, ExecKind::CancelRejected);
     let out = h.cancel(2, id);
-    assert_eq!(kinds(&out), vec![(Canceled, RejectReason::UserCanceled)]);
+    assert_eq!(kinds(&out), vec![(Canceled, Some(RejectReason::UserCanceled))]);
     assert_eq!(h.balance(2, USD), Balance { total: Amount(10_000), held: Amount(0) });
     assert!(h.book().bids.is_empty());
     assert_eq!(rejection(&h.cancel(2, id)), Some(RejectReason::UnknownOrder));
@@ -199,7 +192,7 @@ fn replace_down_keeps_priority_other_changes_lose_it() {
     let (first, _) = h.order(1, Buy, Limit, 100, 5);
     let (second, _) = h.order(2, Buy, Limit, 100, 5);
     let out = h.replace(1, first, 100, 3);
-    assert_eq!(kinds(&out), vec![(Replaced, RejectReason::None)]);
+    assert_eq!(kinds(&out), vec![(Replaced, None)]);
     assert_eq!(h.balance(1, USD).held, Amount(300));
     let (_, out) = h.order(7, Sell, Ioc, 100, 1);
     assert_eq!(trades(&out)[0].maker_order, first, "quantity down kept its place");
@@ -255,7 +248,7 @@ fn replace_through_the_spread_trades() {
     let (bid, _) = h.order(1, Buy, Limit, 90, 3);
     h.order(2, Sell, Limit, 95, 2);
     let out = h.replace(1, bid, 95, 3);
-    assert_eq!(kinds(&out)[0], (Replaced, RejectReason::None));
+    assert_eq!(kinds(&out)[0], (Replaced, None));
     assert_eq!(trades(&out).len(), 1);
     assert_eq!(h.book().bids, vec![(Price(95), Qty(1))]);
     assert_eq!(h.balance(1, USD), Balance { total: Amount(10_000 - 190), held: Amount(95) });
@@ -275,17 +268,17 @@ fn self_trade_prevention_modes() {
     let (mut h, own) = setup();
     let (_, out) = h.order_stp(1, Buy, Limit, 100, 2, StpMode::CancelResting);
     let r = reports(&out);
-    assert_eq!((r[1].order_id, r[1].kind, r[1].reason), (own, Canceled, RejectReason::SelfTrade));
+    assert_eq!(
+        (r[1].order_id, r[1].kind, r[1].reason),
+        (own, Canceled, Some(RejectReason::SelfTrade))
+    );
     assert_eq!(trades(&out).len(), 1);
     assert_eq!(h.balance(1, BTC).held, Amount(0));
 
     // Cancel incoming: the taker stops, the resting order stays.
     let (mut h, _) = setup();
     let (_, out) = h.order_stp(1, Buy, Limit, 100, 2, StpMode::CancelIncoming);
-    assert_eq!(
-        kinds(&out),
-        vec![(Accepted, RejectReason::None), (Canceled, RejectReason::SelfTrade)]
-    );
+    assert_eq!(kinds(&out), vec![(Accepted, None), (Canceled, Some(RejectReason::SelfTrade))]);
     assert_eq!(h.book().asks, vec![(Price(100), Qty(4))]);
     assert!(h.book().bids.is_empty(), "a self-trade-stopped limit does not rest");
     assert_eq!(h.balance(1, USD).held, Amount(0));
@@ -439,7 +432,7 @@ fn a_halted_instrument_rejects_new_orders_and_replaces_but_takes_cancels() {
     assert_eq!(rejection(&refused), Some(RejectReason::InstrumentHalted));
     assert_eq!(reports(&refused)[0].leaves_qty, Qty(5), "the order is still open, with 5");
     let canceled = h.cancel(1, other);
-    assert_eq!(kinds(&canceled), vec![(ExecKind::Canceled, RejectReason::UserCanceled)]);
+    assert_eq!(kinds(&canceled), vec![(ExecKind::Canceled, Some(RejectReason::UserCanceled))]);
     h.run(CommandKind::Status(TradingStatus { instrument: MKT, halted: false }));
     h.fund(2, 1_000_000, 0);
     let (_, out) = h.order(2, Side::Buy, OrderType::Ioc, 100, 1);
@@ -468,7 +461,7 @@ fn an_idempotency_key_places_one_order_and_refuses_reuse() {
         })
     };
     let out = h.run(keyed(100, 1, 50));
-    assert_eq!(kinds(&out), vec![(Accepted, RejectReason::None)]);
+    assert_eq!(kinds(&out), vec![(Accepted, None)]);
     // The same request again: refused as a duplicate, nothing new rests or is held.
     let rejects = h.engine.counters().rejects;
     let out = h.run(keyed(101, 1, 50));
@@ -479,7 +472,7 @@ fn an_idempotency_key_places_one_order_and_refuses_reuse() {
     // The same key for another order: refused as a reuse.
     assert_eq!(rejection(&h.run(keyed(102, 1, 51))), Some(RejectReason::IdempotencyKeyReused));
     // Another account's key with the same text is its own.
-    assert_eq!(kinds(&h.run(keyed(103, 2, 50))), vec![(Accepted, RejectReason::None)]);
+    assert_eq!(kinds(&h.run(keyed(103, 2, 50))), vec![(Accepted, None)]);
     let record = h.engine.key_record(AccountId(1), key, UnixNanos(10)).expect("remembered");
     assert_eq!(record.order_id, OrderId(100));
 }

@@ -157,7 +157,7 @@ proptest! {
                             // A refused cancel or replace tells the order's true open quantity
                             // (none when it is not the account's order: nothing leaks).
                             let open = match r.reason {
-                                RejectReason::UnknownOrder => 0,
+                                Some(RejectReason::UnknownOrder) => 0,
                                 _ => orders.get(&r.order_id).map_or(0, |t| t.open),
                             };
                             prop_assert_eq!(r.leaves_qty.0, open, "{:?}", r);

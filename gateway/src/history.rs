@@ -249,8 +249,7 @@ impl HistoryWriter {
 mod tests {
     use super::*;
     use tickgate_engine::{
-        AccountId, ExecKind, InstrumentId, OrderId, OrderType, Price, Qty, RejectReason, Seq, Side,
-        UnixNanos,
+        AccountId, ExecKind, InstrumentId, OrderId, OrderType, Price, Qty, Seq, Side, UnixNanos,
     };
 
     fn report(seq: u64) -> ExecReport {
@@ -259,7 +258,7 @@ mod tests {
             seq: Seq(seq),
             ts: UnixNanos(seq * 10),
             kind: ExecKind::PartiallyFilled,
-            reason: RejectReason::None,
+            reason: None,
             instrument: InstrumentId(1),
             order_id: OrderId(seq),
             client_order_id: 9,

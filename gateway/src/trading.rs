@@ -37,8 +37,18 @@ impl ApiError {
         ApiError::new(ErrorCode::UnknownOrder, "no such order")
     }
 
-    fn rejected(reason: RejectReason, what: &str) -> Self {
-        ApiError::new(ErrorCode::Rejected(reason), format!("the engine refused the {what}"))
+    /// The engine's refusal. A refusal always carries a reason (the engine's contract); one
+    /// without is the engine's fault, not the client's.
+    fn rejected(reason: Option<RejectReason>, what: &str) -> Self {
+        match reason {
+            Some(reason) => {
+                ApiError::new(ErrorCode::Rejected(reason), format!("the engine refused the {what}"))
+            }
+            None => {
+                tracing::error!(what, "the engine refused a command without a reason");
+                ApiError::new(ErrorCode::Internal, format!("the engine refused the {what}"))
+            }
+        }
     }
 
     fn key_reused() -> Self {
@@ -191,11 +201,11 @@ impl Trading {
         match (report.kind, report.reason, key) {
             // The engine knew the key and this process did not: the claim made above is
             // wrong (the key is another order's): give it up, and learn the engine's.
-            (ExecKind::Rejected, RejectReason::DuplicateRequest, Some(key)) => {
+            (ExecKind::Rejected, Some(RejectReason::DuplicateRequest), Some(key)) => {
                 self.keys.release(account, key, id);
                 self.replay_from_engine(account, order.instrument, key).await
             }
-            (ExecKind::Rejected, RejectReason::IdempotencyKeyReused, Some(key)) => {
+            (ExecKind::Rejected, Some(RejectReason::IdempotencyKeyReused), Some(key)) => {
                 self.keys.release(account, key, id);
                 Err(ApiError::key_reused())
             }
@@ -288,7 +298,7 @@ impl Trading {
             Err(_) => None,
         };
         let Some(record) = record else {
-            return Err(ApiError::rejected(RejectReason::DuplicateRequest, "order"));
+            return Err(ApiError::rejected(Some(RejectReason::DuplicateRequest), "order"));
         };
         self.keys.load([(account, record)]);
         self.replay(account, record.order_id, record.ts)

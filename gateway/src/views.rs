@@ -29,7 +29,7 @@ pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
         "open_qty": format_fixed(o.leaves.0, qp),
         "filled_qty": format_fixed(o.filled.0, qp),
         "status": o.status.as_str(),
-        "reason": o.reason.as_str(),
+        "reason": tickgate_engine::RejectReason::name_of(o.reason),
         "updated_ts": o.updated_ts,
         "seq": o.seq,
     })

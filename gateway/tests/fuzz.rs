@@ -41,7 +41,7 @@ fn report(seq: u64) -> ExecReport {
         seq: Seq(seq),
         ts: UnixNanos(seq),
         kind: ExecKind::PartiallyFilled,
-        reason: RejectReason::None,
+        reason: None,
         instrument: InstrumentId(0),
         order_id: OrderId(seq),
         client_order_id: 0,

@@ -45,7 +45,7 @@ impl Engine {
         debug_assert!(kind.is_rejection());
         self.counters.rejects += 1;
         self.counters.events += 1;
-        out.push(report(&mut self.ledger, o, ts, kind, reason, (Price(0), Qty(0))));
+        out.push(report(&mut self.ledger, o, ts, kind, Some(reason), (Price(0), Qty(0))));
     }
 
     /// The verdict on a keyed order's key: `Err` when the key was used already (a retry,
@@ -83,7 +83,7 @@ impl Engine {
                 return cx.report(
                     &live,
                     ExecKind::Rejected,
-                    RejectReason::WouldCross,
+                    Some(RejectReason::WouldCross),
                     (Price(0), Qty(0)),
                 );
             }
@@ -92,7 +92,7 @@ impl Engine {
             return cx.report(
                 &live,
                 ExecKind::Rejected,
-                RejectReason::FokUnfillable,
+                Some(RejectReason::FokUnfillable),
                 (Price(0), Qty(0)),
             );
         }
@@ -108,11 +108,11 @@ impl Engine {
             return cx.report(
                 &live,
                 ExecKind::Rejected,
-                RejectReason::InsufficientFunds,
+                Some(RejectReason::InsufficientFunds),
                 (Price(0), Qty(0)),
             );
         }
-        cx.report(&live, ExecKind::Accepted, RejectReason::None, (Price(0), Qty(0)));
+        cx.report(&live, ExecKind::Accepted, None, (Price(0), Qty(0)));
         cx.execute(&mut live);
         cx.flush();
     }
@@ -227,7 +227,7 @@ impl Engine {
                 cx.ledger.release(order.account, asset, Amount(old_hold.0 - new_hold.0));
                 let level_qty = cx.market.book.reduce(slot, r.qty);
                 cx.touch(order.side, order.price, level_qty);
-                cx.report(&new, ExecKind::Replaced, RejectReason::None, (Price(0), Qty(0)));
+                cx.report(&new, ExecKind::Replaced, None, (Price(0), Qty(0)));
                 return cx.flush();
             }
             Ok(()) => {
@@ -249,13 +249,13 @@ impl Engine {
                     cx.touch(order.side, order.price, level_qty);
                     cx.ledger.release(order.account, asset, old_hold);
                     cx.ledger.hold(order.account, asset, new_hold).expect("checked available");
-                    cx.report(&new, ExecKind::Replaced, RejectReason::None, (Price(0), Qty(0)));
+                    cx.report(&new, ExecKind::Replaced, None, (Price(0), Qty(0)));
                     cx.execute(&mut new);
                     return cx.flush();
                 }
             }
         };
-        cx.report(&old, ExecKind::ReplaceRejected, reason, (Price(0), Qty(0)));
+        cx.report(&old, ExecKind::ReplaceRejected, Some(reason), (Price(0), Qty(0)));
     }
 
     fn transfer<S: EventSink>(&mut self, ts: UnixNanos, t: &Transfer, out: &mut S) {

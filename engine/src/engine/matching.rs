@@ -109,7 +109,7 @@ pub(super) fn report(
     o: &Live,
     ts: UnixNanos,
     kind: ExecKind,
-    reason: RejectReason,
+    reason: Option<RejectReason>,
     last: (Price, Qty),
 ) -> Event {
     let seq = if ledger.contains(o.account) { ledger.next_exec_seq(o.account) } else { Seq(0) };
@@ -149,7 +149,7 @@ impl<S: EventSink> Ctx<'_, S> {
         &mut self,
         o: &Live,
         kind: ExecKind,
-        reason: RejectReason,
+        reason: Option<RejectReason>,
         last: (Price, Qty),
     ) {
         // The one place a rejection is counted (with `Engine::reject`).
@@ -191,36 +191,34 @@ impl<S: EventSink> Ctx<'_, S> {
         let (asset, amount) = self.hold_of(&live);
         self.ledger.release(order.account, asset, amount);
         self.touch(order.side, order.price, level_qty);
-        self.report(&live, ExecKind::Canceled, reason, (Price(0), Qty(0)));
+        self.report(&live, ExecKind::Canceled, Some(reason), (Price(0), Qty(0)));
     }
 
     /// Matches `t` against the other side until it is filled, no longer marketable, or
-    /// stopped. Returns why it stopped early (`None` when nothing remains to say).
-    /// Matches `t` against the other side until it is filled, no longer marketable, or
-    /// stopped. Returns why it stopped early (`None` when nothing remains to say).
-    fn match_incoming(&mut self, t: &mut Live) -> RejectReason {
+    /// stopped. Returns why it stopped with quantity left (`None`: filled completely).
+    fn match_incoming(&mut self, t: &mut Live) -> Option<RejectReason> {
         let opposite = t.side.opposite();
         while t.leaves.0 > 0 {
             let Some(slot) = self.market.book.front(opposite) else {
-                return RejectReason::NoLiquidity;
+                return Some(RejectReason::NoLiquidity);
             };
             let maker = *self.market.book.order(slot);
             if !marketable(t, maker.price) {
-                return RejectReason::NoLiquidity;
+                return Some(RejectReason::NoLiquidity);
             }
             if maker.account == t.account && t.stp != StpMode::None {
                 match self.prevent_self_trade(t.stp, slot) {
-                    Some(stop) => return stop,
+                    Some(stop) => return Some(stop),
                     None => continue,
                 }
             }
             let Some(qty) = self.fill_qty(t, &maker) else {
-                return RejectReason::InsufficientFunds;
+                return Some(RejectReason::InsufficientFunds);
             };
             self.settle(t, &maker, qty);
             self.fill(t, slot, &maker, qty);
         }
-        RejectReason::None
+        None
     }
 
     /// Self-trade prevention, when the best maker is `t`'s own order: `Some(reason)` stops
@@ -311,17 +309,18 @@ impl<S: EventSink> Ctx<'_, S> {
         }));
         let maker_live = Live::from_resting(&maker_after, self.market.instrument.id);
         let last = (maker.price, qty);
-        self.report(&maker_live, fill_kind(maker_after.leaves), RejectReason::None, last);
+        self.report(&maker_live, fill_kind(maker_after.leaves), None, last);
         let taker = *t;
-        self.report(&taker, fill_kind(t.leaves), RejectReason::None, last);
+        self.report(&taker, fill_kind(t.leaves), None, last);
     }
 
     /// Matches an accepted (funded, held) order, then rests or cancels what is left.
     pub(super) fn execute(&mut self, t: &mut Live) {
-        let stop = self.match_incoming(t);
-        if t.leaves.0 == 0 {
+        let Some(stop) = self.match_incoming(t) else {
+            debug_assert_eq!(t.leaves.0, 0, "matching stops with quantity left only for a reason");
             return;
-        }
+        };
+        debug_assert!(t.leaves.0 > 0, "a filled order has nothing left to stop");
         let rests = matches!(t.order_type, OrderType::Limit | OrderType::PostOnly)
             && !matches!(stop, RejectReason::SelfTrade);
         if rests {
@@ -350,7 +349,7 @@ impl<S: EventSink> Ctx<'_, S> {
     fn cancel_remainder(&mut self, t: &Live, reason: RejectReason) {
         let (asset, amount) = self.hold_of(t);
         self.ledger.release(t.account, asset, amount);
-        self.report(t, ExecKind::Canceled, reason, (Price(0), Qty(0)));
+        self.report(t, ExecKind::Canceled, Some(reason), (Price(0), Qty(0)));
     }
 
     /// Liquidity an order could take at once within its limit, honouring self-trade

@@ -141,7 +141,7 @@ pub fn reports(events: &[Event]) -> Vec<ExecReport> {
     events.iter().filter_map(|e| if let Event::Exec(r) = e { Some(*r) } else { None }).collect()
 }
 
-pub fn kinds(events: &[Event]) -> Vec<(ExecKind, RejectReason)> {
+pub fn kinds(events: &[Event]) -> Vec<(ExecKind, Option<RejectReason>)> {
     reports(events).iter().map(|r| (r.kind, r.reason)).collect()
 }
 
@@ -150,7 +150,7 @@ pub fn trades(events: &[Event]) -> Vec<Trade> {
 }
 
 pub fn rejection(events: &[Event]) -> Option<RejectReason> {
-    reports(events).iter().find(|r| r.kind.is_rejection()).map(|r| r.reason)
+    reports(events).iter().find(|r| r.kind.is_rejection()).and_then(|r| r.reason)
 }
 
 /// Submits, retrying while the queue is full (for up to 30 s); panics on any other error.

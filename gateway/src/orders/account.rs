@@ -21,7 +21,10 @@ pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
     let new_fill = is_fill && !has_fill(state, r.seq.0);
     let newer = known.is_none_or(|seq| r.seq.0 > seq);
     if matches!(r.kind, ExecKind::CancelRejected | ExecKind::ReplaceRejected)
-        || matches!(r.reason, RejectReason::DuplicateRequest | RejectReason::IdempotencyKeyReused)
+        || matches!(
+            r.reason,
+            Some(RejectReason::DuplicateRequest | RejectReason::IdempotencyKeyReused)
+        )
     {
         // A refused cancel or replace: the order itself is unchanged. A refused retry is
         // no order at all: the order its key belongs to is the one that counts.
@@ -97,7 +100,7 @@ pub(super) fn bare_report(account: AccountId, instrument: InstrumentId, seq: u64
         seq: tickgate_engine::Seq(seq),
         ts: tickgate_engine::UnixNanos(0),
         kind: ExecKind::Accepted,
-        reason: RejectReason::None,
+        reason: None,
         instrument,
         order_id: OrderId(0),
         client_order_id: 0,

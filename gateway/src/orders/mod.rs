@@ -88,8 +88,8 @@ pub struct OrderView {
     pub filled: Qty,
     /// Status.
     pub status: Status,
-    /// Why it was rejected or canceled.
-    pub reason: RejectReason,
+    /// Why it was rejected or canceled (`None` while it is neither).
+    pub reason: Option<RejectReason>,
     /// Engine timestamp of the last change.
     pub updated_ts: u64,
     /// Sequence of the report that last changed it (0: restored from the engine's book).
@@ -253,7 +253,7 @@ impl OrderStore {
             leaves: o.leaves,
             filled: o.filled,
             status: Status::Open,
-            reason: RejectReason::None,
+            reason: None,
             updated_ts: 0,
             seq: 0,
         });
@@ -425,7 +425,7 @@ mod tests {
             seq: Seq(seq),
             ts: UnixNanos(1),
             kind,
-            reason: RejectReason::None,
+            reason: None,
             instrument: InstrumentId(0),
             order_id: OrderId(order),
             client_order_id: 0,
@@ -527,7 +527,7 @@ mod tests {
             report(ExecKind::Accepted, 2, 3),
             // A refused cancel leaves the order as it is.
             ExecReport {
-                reason: RejectReason::UnknownOrder,
+                reason: Some(RejectReason::UnknownOrder),
                 ..report(ExecKind::CancelRejected, 2, 4)
             },
             report(ExecKind::Canceled, 2, 5),

@@ -346,7 +346,7 @@ fn exec_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json:
         "seq": r.seq.0,
         "ts": r.ts.0,
         "kind": r.kind.as_str(),
-        "reason": r.reason.as_str(),
+        "reason": tickgate_engine::RejectReason::name_of(r.reason),
         "order_id": r.order_id.0,
         "client_order_id": r.client_order_id,
         "symbol": symbol,
