@@ -50,7 +50,7 @@ pub use command::{
     CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
     TradingStatus, Transfer, UnknownReasonCode,
 };
-pub use engine::{Engine, EngineCounters, EngineSpec, EventSink};
+pub use engine::{ChannelSeqs, Engine, EngineCounters, EngineSpec, EventSink};
 pub use event::{
     Bbo, BookDelta, Event, EventDigest, ExecKind, ExecReport, Trade, TransferReport, EVENT_WORDS,
 };

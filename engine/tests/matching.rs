@@ -400,7 +400,7 @@ fn channels_are_gap_free_and_bbo_only_on_change() {
         }
     }
     assert_eq!(bbo_events, 4, "89 bid did not move the top");
-    let (t, b, o) = h.engine.channel_seqs(MKT).unwrap();
+    let ChannelSeqs { trades: t, book: b, bbo: o } = h.engine.channel_seqs(MKT).unwrap();
     assert_eq!((t.0, b.0, o.0), (trade, book, bbo));
     assert_eq!(h.book().seq.0, book, "snapshot carries the book sequence");
 }

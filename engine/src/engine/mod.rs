@@ -110,6 +110,17 @@ pub struct Engine {
     keys: KeyTable,
 }
 
+/// The last sequence of each public channel of one instrument ([`Engine::channel_seqs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelSeqs {
+    /// Trades channel (also the last trade id).
+    pub trades: Seq,
+    /// Book channel.
+    pub book: Seq,
+    /// Best bid and offer channel.
+    pub bbo: Seq,
+}
+
 impl Engine {
     /// An engine owning the instruments for which `owns` is true (all, for one shard).
     pub fn new(
@@ -212,10 +223,10 @@ impl Engine {
         Some(self.markets.get(instrument.0 as usize)?.as_ref()?.halted)
     }
 
-    /// Last sequences of the (trades, book, bbo) channels of an owned instrument.
-    pub fn channel_seqs(&self, instrument: InstrumentId) -> Option<(Seq, Seq, Seq)> {
+    /// Last sequences of the public channels of an owned instrument.
+    pub fn channel_seqs(&self, instrument: InstrumentId) -> Option<ChannelSeqs> {
         let m = self.markets.get(instrument.0 as usize)?.as_ref()?;
-        Some((m.trades_seq, m.book_seq, m.bbo_seq))
+        Some(ChannelSeqs { trades: m.trades_seq, book: m.book_seq, bbo: m.bbo_seq })
     }
 
     /// The remembered record of `key` for `account`, if any (a retry is answered from it).

@@ -427,7 +427,7 @@ impl Publisher {
         b: &tickgate_engine::Bbo,
     ) {
         let (bid, ask) = ((b.bid_price, b.bid_qty), (b.ask_price, b.ask_qty));
-        state.bbo = Some((b.seq.0, b.ts.0, bid, ask));
+        state.bbo = Some(*b);
         bin::bbo(&mut self.bin, channel.id, 0, b.seq.0, b.ts.0, bid, ask);
         if with_json {
             self.comma(messages);

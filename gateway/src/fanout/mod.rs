@@ -40,8 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use tickgate_engine::Level;
-use tickgate_engine::{BookSnapshot, Instrument, L2Book, Price, Qty};
+use tickgate_engine::{Bbo, BookSnapshot, Instrument, L2Book, Price, Qty, Seq, UnixNanos};
 
 use crate::candles::{Candle, Candles, CANDLES_KEPT};
 use crate::protocol::{
@@ -71,12 +70,21 @@ pub struct Chunk {
     pub messages: u32,
 }
 
+/// Where a channel's publication stands ([`Channel::position`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelPosition {
+    /// Index of the next chunk to be published.
+    pub head: u64,
+    /// Sequence of the last message published.
+    pub last_seq: u64,
+}
+
 /// What a channel remembers to build snapshots.
 #[derive(Debug)]
 struct State {
     book: L2Book,
-    /// Last BBO: (seq, ts, bid, ask).
-    bbo: Option<(u64, u64, Level, Level)>,
+    /// Last BBO event.
+    bbo: Option<Bbo>,
     trades: VecDeque<TradeMsg>,
     last_seq: u64,
     last_ts: u64,
@@ -216,9 +224,9 @@ impl Channel {
     }
 
     /// The next chunk index and the last sequence published, read together.
-    pub fn position(&self) -> (u64, u64) {
+    pub fn position(&self) -> ChannelPosition {
         let state = self.lock();
-        (self.head(), state.last_seq)
+        ChannelPosition { head: self.head(), last_seq: state.last_seq }
     }
 
     /// The book's top `depth` levels and the timestamp of its last change, valid at the
@@ -248,9 +256,15 @@ impl Channel {
             ChannelKind::Book => {
                 ViewData::Book(state.book.snapshot(depth.clamp(1, SNAPSHOT_DEPTH_MAX)))
             }
-            ChannelKind::Bbo => {
-                ViewData::Bbo(state.bbo.unwrap_or((0, 0, (Price(0), Qty(0)), (Price(0), Qty(0)))))
-            }
+            ChannelKind::Bbo => ViewData::Bbo(state.bbo.unwrap_or(Bbo {
+                instrument: self.instrument.id,
+                seq: Seq(0),
+                ts: UnixNanos(0),
+                bid_price: Price(0),
+                bid_qty: Qty(0),
+                ask_price: Price(0),
+                ask_qty: Qty(0),
+            })),
             ChannelKind::Trades => {
                 let skip = state.trades.len().saturating_sub(RECENT_TRADES);
                 ViewData::Trades(state.trades.iter().skip(skip).copied().collect())
@@ -279,7 +293,9 @@ impl Channel {
                     bin::book_snapshot(&mut b, self.id, flags, ts, &snap);
                 }
             }
-            ViewData::Bbo((seq, ts, bid, ask)) => {
+            ViewData::Bbo(bbo) => {
+                let (seq, ts) = (bbo.seq.0, bbo.ts.0);
+                let (bid, ask) = ((bbo.bid_price, bbo.bid_qty), (bbo.ask_price, bbo.ask_qty));
                 if json {
                     json::bbo(
                         &mut j,
@@ -325,7 +341,7 @@ struct View {
 
 enum ViewData {
     Book(BookSnapshot),
-    Bbo((u64, u64, Level, Level)),
+    Bbo(Bbo),
     Trades(Vec<TradeMsg>),
     Candles(Vec<Candle>),
 }

@@ -445,8 +445,8 @@ impl Outbox {
             Some(f) => (f - 1, index),
             // Nothing readable: resume at the head, missing everything up to what it follows.
             None => {
-                let (head, last_seq) = channel.position();
-                (last_seq, head)
+                let position = channel.position();
+                (position.last_seq, position.head)
             }
         };
         let ts = clock.now().0;
