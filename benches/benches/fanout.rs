@@ -42,6 +42,19 @@ fn delta(seq: u64) -> BookDelta {
     }
 }
 
+/// The default markets' channels, with a publisher into them.
+fn fixture() -> (Arc<Directory>, Arc<Metrics>, Publisher) {
+    let engine = Engine::new(&EngineSpec::default(), |_| true).expect("default markets");
+    let candles = Arc::new(
+        tickgate_gateway::candles::Candles::new(engine.instruments().len(), None).expect("no file"),
+    );
+    let directory = Arc::new(Directory::new(engine.instruments(), 1024, &candles));
+    let metrics = Arc::new(Metrics::default());
+    let clock = tickgate_engine::WallClock::shared();
+    let publisher = Publisher::new(Arc::clone(&directory), Arc::clone(&metrics), clock);
+    (directory, metrics, publisher)
+}
+
 fn encode(c: &mut Criterion) {
     let (assets, specs) = default_markets();
     let engine =
@@ -85,18 +98,7 @@ fn publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish");
     group.throughput(Throughput::Elements(PASS));
     for subscribers in [1usize, 100, 10_000] {
-        let engine = Engine::new(&EngineSpec::default(), |_| true).expect("default markets");
-        let candles = Arc::new(
-            tickgate_gateway::candles::Candles::new(engine.instruments().len(), None)
-                .expect("no file"),
-        );
-        let directory = Arc::new(Directory::new(engine.instruments(), 1024, &candles));
-        let metrics = Arc::new(Metrics::default());
-        let mut publisher = Publisher::new(
-            Arc::clone(&directory),
-            Arc::clone(&metrics),
-            tickgate_engine::WallClock::shared(),
-        );
+        let (directory, metrics, mut publisher) = fixture();
         let writers = Writers::start(Arc::clone(&directory), metrics, 2);
         let channel = Arc::clone(directory.get("book.BTC-USD").expect("channel"));
         for _ in 0..subscribers {
@@ -182,18 +184,7 @@ fn writer_round(c: &mut Criterion) {
     group.sample_size(20);
     for n in [100usize, 1_000] {
         group.throughput(Throughput::Elements(n as u64));
-        let engine = Engine::new(&EngineSpec::default(), |_| true).expect("default markets");
-        let candles = Arc::new(
-            tickgate_gateway::candles::Candles::new(engine.instruments().len(), None)
-                .expect("no file"),
-        );
-        let directory = Arc::new(Directory::new(engine.instruments(), 1024, &candles));
-        let metrics = Arc::new(Metrics::default());
-        let mut publisher = Publisher::new(
-            Arc::clone(&directory),
-            Arc::clone(&metrics),
-            tickgate_engine::WallClock::shared(),
-        );
+        let (directory, metrics, mut publisher) = fixture();
         let config = Arc::new(LinkConfig {
             metrics: Arc::clone(&metrics),
             write_batch_bytes_max: 256 * 1024,
