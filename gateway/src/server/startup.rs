@@ -67,7 +67,13 @@ pub(super) async fn load(config: &Config) -> anyhow::Result<Loaded> {
         Some(dir) => {
             let d = dir.clone();
             let (loaded, stored) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-                Ok((history::load(&d)?, crate::orders::stored::load(&d)?))
+                // The mark is only a hint of how far the file reaches: a damaged one is
+                // read as "nothing stored", so recovery replays all it can (more, never less).
+                let stored = crate::orders::stored::load(&d).unwrap_or_else(|e| {
+                    tracing::warn!("order history watermark unreadable, replaying all kept: {e}");
+                    Vec::new()
+                });
+                Ok((history::load(&d)?, stored))
             })
             .await??;
             Some(HistoryFiles { dir, loaded, mark: retention.register(&stored) })
