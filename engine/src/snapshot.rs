@@ -123,26 +123,48 @@ pub fn read_snapshot(
     owns: impl Fn(InstrumentId) -> bool,
 ) -> Result<LoadedSnapshot, JournalError> {
     let bytes = fs::read(path).map_err(|e| JournalError::io(path, e))?;
-    let corrupt = |offset: usize, what: String| JournalError::Corrupt {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        what,
-    };
+    let restored = decode_snapshot(&bytes, shard, spec, owns).map_err(|(offset, what)| {
+        JournalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, what }
+    })?;
+    let RestoredSnapshot { seq, last_ts, engine } = restored;
+    Ok(LoadedSnapshot { path: path.to_path_buf(), seq, last_ts, engine })
+}
+
+/// A snapshot's state, restored from its bytes (a file's, or a message's: a replica
+/// starts from the bytes its primary sends).
+#[derive(Debug)]
+pub struct RestoredSnapshot {
+    /// Sequence of the last command the state includes.
+    pub seq: u64,
+    /// Ingest timestamp of that command (timestamps continue from it).
+    pub last_ts: u64,
+    /// The restored engine.
+    pub engine: Engine,
+}
+
+/// Verifies snapshot bytes (magic, version, shard, checksum) and restores the engine they
+/// hold. `Err((offset, what))`: where and why they are not a snapshot of `shard`.
+pub fn decode_snapshot(
+    bytes: &[u8],
+    shard: u32,
+    spec: &EngineSpec,
+    owns: impl Fn(InstrumentId) -> bool,
+) -> Result<RestoredSnapshot, (usize, String)> {
     if bytes.len() < HEADER_BYTES + 4 || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err(corrupt(0, "not a tickgate snapshot".into()));
+        return Err((0, "not a tickgate snapshot".into()));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let crc = ByteReader::new(crc).u32().unwrap_or_default();
     if crc32c::crc32c(body) != crc {
-        return Err(corrupt(body.len(), "snapshot checksum mismatch".into()));
+        return Err((body.len(), "snapshot checksum mismatch".into()));
     }
     let mut header = ByteReader::new(&body[8..HEADER_BYTES]);
     // Cannot fail (the length was checked above), but a header field is still read as
-    // one that could: nothing from a file is indexed unchecked.
-    let field = |r: Result<u64, Truncated>| r.map_err(|e| corrupt(8 + e.at, "truncated".into()));
+    // one that could: nothing from outside is indexed unchecked.
+    let field = |r: Result<u64, Truncated>| r.map_err(|e| (8 + e.at, "truncated".to_string()));
     let version = field(header.u32().map(u64::from))?;
     if !(u64::from(SNAPSHOT_VERSION_MIN)..=u64::from(SNAPSHOT_VERSION)).contains(&version) {
-        return Err(corrupt(
+        return Err((
             8,
             format!(
                 "unknown snapshot version {version} (this build reads \
@@ -152,14 +174,14 @@ pub fn read_snapshot(
     }
     let file_shard = field(header.u32().map(u64::from))?;
     if file_shard != u64::from(shard) {
-        return Err(corrupt(12, format!("snapshot of shard {file_shard}, expected {shard}")));
+        return Err((12, format!("snapshot of shard {file_shard}, expected {shard}")));
     }
     let seq = field(header.u64())?;
     let last_ts = field(header.u64())?;
     let with_keys = version >= 3;
     let engine = Engine::restore_state(spec, owns, &body[HEADER_BYTES..], with_keys)
-        .map_err(|e| corrupt(HEADER_BYTES + e.at, e.what))?;
-    Ok(LoadedSnapshot { path: path.to_path_buf(), seq, last_ts, engine })
+        .map_err(|e| (HEADER_BYTES + e.at, e.what))?;
+    Ok(RestoredSnapshot { seq, last_ts, engine })
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ mod writer;
 mod tests;
 
 pub use error::JournalError;
-pub use record::{decode_payload, encode_record};
+pub use record::{decode_payload, decode_records, encode_record};
 pub(crate) use segment::list_numbered;
 pub use segment::{list_segments, read_segment, segment_name, SegmentScan};
 pub use writer::{sync_dir, JournalWriter, SyncMode};

@@ -136,6 +136,36 @@ pub fn decode_payload(payload: &[u8]) -> Option<Record> {
     r.finished().then_some(record)
 }
 
+/// Decodes consecutive framed records ([`encode_record`]'s output, e.g. a replicated
+/// batch), checking each frame's length and checksum and that sequences follow each
+/// other. `Err`: what is wrong, and at which byte.
+pub fn decode_records(bytes: &[u8]) -> Result<Vec<Record>, String> {
+    let mut records = Vec::with_capacity(bytes.len() / (RECORD_HEADER_BYTES + NEW_BYTES));
+    let mut r = ByteReader::new(bytes);
+    while r.remaining() > 0 {
+        let at = r.position();
+        let frame = |_| format!("record frame cut short at byte {at}");
+        let len = r.u32().map_err(frame)? as usize;
+        let crc = r.u32().map_err(frame)?;
+        if !(PAYLOAD_BYTES_MIN..=PAYLOAD_BYTES_MAX).contains(&len) {
+            return Err(format!("invalid record length {len} at byte {at}"));
+        }
+        let payload = r.bytes(len).map_err(frame)?;
+        if crc32c::crc32c(payload) != crc {
+            return Err(format!("record checksum mismatch at byte {at}"));
+        }
+        let record =
+            decode_payload(payload).ok_or_else(|| format!("unknown command at byte {at}"))?;
+        if let Some(last) = records.last().map(|l: &Record| l.seq) {
+            if record.seq != last + 1 {
+                return Err(format!("sequence {} after {last} at byte {at}", record.seq));
+            }
+        }
+        records.push(record);
+    }
+    Ok(records)
+}
+
 fn decode(r: &mut ByteReader<'_>) -> Result<Record, Unknown> {
     let seq = r.u64()?;
     let ts = UnixNanos(r.u64()?);

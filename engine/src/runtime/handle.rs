@@ -50,6 +50,9 @@ impl EngineHandle {
         if self.shared.stopped.load(Ordering::Acquire) {
             return Err(SubmitError::Stopped);
         }
+        if self.shared.replica && matches!(request, Request::Command(_)) {
+            return Err(SubmitError::Replica);
+        }
         let link = self.shared.shards.get(shard).ok_or(SubmitError::UnknownShard)?;
         if link.failure.is_failed() {
             return Err(SubmitError::JournalFailed);
@@ -76,6 +79,29 @@ impl EngineHandle {
     pub fn submit_transfer(&self, shard: usize, transfer: Transfer) -> Result<(), SubmitError> {
         let command = Command { ts: UnixNanos(0), kind: CommandKind::Transfer(transfer) };
         self.send(shard, Request::Command(command))
+    }
+
+    /// Whether this engine is a replica ([`EngineRuntime::start_replica`]).
+    pub fn is_replica(&self) -> bool {
+        self.shared.replica
+    }
+
+    /// Applies a primary's commands on a replica's `shard`, stamped and in the primary's
+    /// order. Waits for room in the queue rather than drop any: a replica that skipped a
+    /// command would no longer be one.
+    pub fn replicate(&self, shard: usize, commands: Vec<Command>) -> Result<(), SubmitError> {
+        if !self.shared.replica {
+            return Err(SubmitError::NotReplica);
+        }
+        let link = self.shared.shards.get(shard).ok_or(SubmitError::UnknownShard)?;
+        link.tx.send(Request::Replicated(commands)).map_err(|_| SubmitError::Stopped)
+    }
+
+    /// `shard`'s whole state as snapshot bytes ([`crate::snapshot`]), taken between two
+    /// commands; its header carries the sequence of the last command it includes, the
+    /// first a replica starting from it must apply after it.
+    pub fn snapshot(&self, shard: usize) -> Result<Vec<u8>, SubmitError> {
+        self.ask(shard, |reply| Query::Snapshot { reply })
     }
 
     fn ask<T>(

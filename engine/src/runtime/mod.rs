@@ -41,12 +41,20 @@ use crate::instrument::{Asset, Instrument, InstrumentError};
 use crate::journal::{JournalError, JournalWriter};
 use crate::retention::Retention;
 use crate::ring::{EventRing, RingReader, RingWriter};
+use crate::snapshot::RestoredSnapshot;
 use crate::types::{AccountId, AssetId, InstrumentId, OrderId, Seq, UnixNanos};
 use shard::{DurableState, Query, Request, ShardWorker};
 
 /// Called by a shard thread after it publishes a batch of events (e.g. to wake async
 /// readers). Must be cheap and must not block.
 pub type PublishHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Called by a shard thread after each batch with the commands it applied in it, in
+/// order: `(shard, sequence of the first, commands)`, stamped. Sequences are the
+/// journal's with durability on (so journaled before the call), and count from the
+/// shard's start without it. A primary hands them to its replicas (see
+/// [`EngineRuntime::start_replica`]). Must not block.
+pub type CommandTap = Arc<dyn Fn(usize, u64, &[Command]) + Send + Sync>;
 
 /// Called with `(shard, event)` for every event recovery replays from the journal (before
 /// any thread starts), so state kept outside the engine can be rebuilt.
@@ -74,6 +82,8 @@ pub struct RuntimeConfig {
     pub durability: Option<DurabilityConfig>,
     /// Sees every event recovery replays.
     pub on_replay: Option<ReplayHook>,
+    /// Sees every command applied, once per batch.
+    pub on_commands: Option<CommandTap>,
     /// How far consumers that keep durable state of their own have stored what they
     /// derive from events: pruning keeps, and recovery replays, what they still need
     /// (see [`crate::Retention`]).
@@ -109,6 +119,7 @@ impl Default for RuntimeConfig {
             idle_spin: Duration::from_micros(50),
             durability: None,
             on_replay: None,
+            on_commands: None,
             retention: None,
             clock: WallClock::shared(),
             ask_timeout: ASK_TIMEOUT,
@@ -134,6 +145,13 @@ pub enum SubmitError {
     /// The journal could not be written: the engine takes no more commands.
     #[error("journal failed; the engine takes no more commands")]
     JournalFailed,
+    /// The engine is a replica: it applies its primary's commands and takes none of its
+    /// own (send them to the primary).
+    #[error("this engine is a replica; commands go to the primary")]
+    Replica,
+    /// Only a replica applies another engine's commands.
+    #[error("this engine is not a replica")]
+    NotReplica,
     /// A question was queued but not answered in time ([`ASK_TIMEOUT`]: the shard is stuck
     /// or far behind): the caller gives up rather than wait forever.
     #[error("the engine did not answer in time")]
@@ -235,6 +253,8 @@ struct Shared {
     stopped: AtomicBool,
     clock: SharedClock,
     ask_timeout: Duration,
+    /// Applies a primary's commands only ([`EngineRuntime::start_replica`]).
+    replica: bool,
 }
 
 /// A cheap, cloneable handle to submit commands, ask questions and read events.
@@ -263,7 +283,31 @@ impl EngineRuntime {
     /// Builds every shard (recovering it from its data directory when durability is on)
     /// and starts its threads.
     pub fn start(config: RuntimeConfig) -> Result<EngineRuntime, StartError> {
+        Self::start_from(config, None)
+    }
+
+    /// Starts a replica: every shard from a snapshot its primary took (one per shard, in
+    /// shard order), without durability of its own. It takes no commands but the
+    /// primary's, applied in the primary's order with the primary's stamps through
+    /// [`EngineHandle::replicate`]; being deterministic, it then publishes the same
+    /// events with the same sequences, and answers the same questions the same way.
+    pub fn start_replica(
+        mut config: RuntimeConfig,
+        snapshots: Vec<RestoredSnapshot>,
+    ) -> Result<EngineRuntime, StartError> {
+        config.shards = snapshots.len().max(1);
+        config.durability = None;
+        config.retention = None;
+        Self::start_from(config, Some(snapshots))
+    }
+
+    fn start_from(
+        config: RuntimeConfig,
+        snapshots: Option<Vec<RestoredSnapshot>>,
+    ) -> Result<EngineRuntime, StartError> {
         let shard_count = config.shards.max(1);
+        let replica = snapshots.is_some();
+        let mut snapshots = snapshots.map(|s| s.into_iter().map(Some).collect::<Vec<_>>());
         let lock = config.durability.as_ref().map(|d| lock_data_dir(&d.dir)).transpose()?;
         let mut links = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
@@ -272,7 +316,8 @@ impl EngineRuntime {
         let mut instruments = Vec::new();
         let mut max_order_id = 0;
         for shard in 0..shard_count {
-            let started = start_shard(&config, shard, shard_count)?;
+            let initial = snapshots.as_mut().and_then(|s| s.get_mut(shard)?.take());
+            let started = start_shard(&config, shard, shard_count, initial)?;
             instruments = started.instruments;
             max_order_id = max_order_id.max(started.max_order_id);
             links.push(started.link);
@@ -288,6 +333,7 @@ impl EngineRuntime {
             stopped: AtomicBool::new(false),
             clock: Arc::clone(&config.clock),
             ask_timeout: config.ask_timeout,
+            replica,
         });
         Ok(EngineRuntime {
             handle: EngineHandle { shared },
@@ -338,15 +384,23 @@ struct StartedShard {
     max_order_id: u64,
 }
 
-/// Builds shard `shard` (recovering it when durable) and starts its threads.
+/// Builds shard `shard` (from `initial`, a primary's snapshot, for a replica; recovering
+/// it when durable) and starts its threads.
 fn start_shard(
     config: &RuntimeConfig,
     shard: usize,
     shard_count: usize,
+    initial: Option<RestoredSnapshot>,
 ) -> Result<StartedShard, StartError> {
     let owns = move |i: InstrumentId| i.0 as usize % shard_count == shard;
-    let (mut engine, recovery) = match &config.durability {
-        Some(d) => {
+    let mut applied = 0;
+    let mut last_ts = UnixNanos(0);
+    let (mut engine, recovery) = match (initial, &config.durability) {
+        (Some(s), _) => {
+            (applied, last_ts) = (s.seq, UnixNanos(s.last_ts));
+            (s.engine, None)
+        }
+        (None, Some(d)) => {
             let hook = config.on_replay.clone();
             let mut on_event = |e: &Event| {
                 if let Some(h) = &hook {
@@ -358,7 +412,7 @@ fn start_shard(
             let (engine, r) = recover(&dir, shard, &config.spec, owns, floor, &mut on_event)?;
             (engine, Some(r))
         }
-        None => (Engine::new(&config.spec, owns)?, None),
+        (None, None) => (Engine::new(&config.spec, owns)?, None),
     };
     let instruments = engine.instruments().to_vec();
     let max_order_id = engine.max_order_id();
@@ -384,8 +438,11 @@ fn start_shard(
         batch_max: config.batch_max.max(1),
         on_publish: config.on_publish.clone(),
         idle_spin: config.idle_spin,
-        stamper: Stamper::new(Arc::clone(&config.clock), UnixNanos(0)),
+        stamper: Stamper::new(Arc::clone(&config.clock), last_ts),
         durable: None,
+        applied,
+        on_commands: config.on_commands.clone().map(|tap| (tap, Vec::new())),
+        shard,
     };
     let mut helpers = Vec::new();
     let mut journal = None;
@@ -451,5 +508,6 @@ fn start_durable(
         stats: Arc::clone(&jstats),
     });
     worker.stamper.observe(UnixNanos(r.last_ts));
+    worker.applied = r.next_seq - 1;
     Ok((jstats, vec![journal, snapshots]))
 }

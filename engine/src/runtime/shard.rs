@@ -13,6 +13,7 @@ pub(super) enum Query {
     ExecSeqs { accounts: Vec<AccountId>, reply: Sender<Vec<Option<Seq>>> },
     Keys { accounts: Vec<AccountId>, reply: Sender<Vec<(AccountId, KeyRecord)>> },
     Key { account: AccountId, key: IdempotencyKey, reply: Sender<Option<KeyRecord>> },
+    Snapshot { reply: Sender<Vec<u8>> },
 }
 
 pub(super) enum Request {
@@ -20,6 +21,8 @@ pub(super) enum Request {
     Query(Query),
     /// A journaled batch, in journal order (durable shards only).
     Batch(Vec<Request>),
+    /// A primary's commands, stamped and in its order (replicas only).
+    Replicated(Vec<Command>),
     Stop,
 }
 
@@ -49,6 +52,11 @@ pub(super) struct ShardWorker {
     /// tracks the last stamp either way.
     pub(super) stamper: Stamper,
     pub(super) durable: Option<DurableState>,
+    /// Sequence of the last command applied (the journal's when durable).
+    pub(super) applied: u64,
+    /// The command tap and the commands applied since it was last called.
+    pub(super) on_commands: Option<(CommandTap, Vec<Command>)>,
+    pub(super) shard: usize,
 }
 
 /// What a durable shard's engine thread tracks: its journal position and when to
@@ -104,7 +112,13 @@ impl ShardWorker {
                     // commands apart by their timestamp.
                     None => command.ts = self.stamper.stamp(),
                 }
-                self.engine.process(&command, &mut self.writer);
+                self.apply(command);
+            }
+            Request::Replicated(commands) => {
+                for command in commands {
+                    self.stamper.observe(command.ts);
+                    self.apply(command);
+                }
             }
             Request::Query(query) => self.answer(query),
             Request::Batch(requests) => {
@@ -117,6 +131,24 @@ impl ShardWorker {
             Request::Stop => return false,
         }
         true
+    }
+
+    fn apply(&mut self, command: Command) {
+        self.applied += 1;
+        self.engine.process(&command, &mut self.writer);
+        if let Some((_, tapped)) = &mut self.on_commands {
+            tapped.push(command);
+        }
+    }
+
+    /// Hands the batch's commands to the tap.
+    fn tap(&mut self) {
+        if let Some((tap, tapped)) = &mut self.on_commands {
+            if !tapped.is_empty() {
+                tap(self.shard, self.applied + 1 - tapped.len() as u64, tapped);
+                tapped.clear();
+            }
+        }
     }
 
     fn answer(&mut self, query: Query) {
@@ -155,6 +187,12 @@ impl ShardWorker {
             }
             Query::Key { account, key, reply } => {
                 let _ = reply.send(self.engine.key_record(account, key, self.stamper.last()));
+            }
+            Query::Snapshot { reply } => {
+                let (shard, last_ts) = (self.shard as u32, self.stamper.last().0);
+                let bytes =
+                    crate::snapshot::encode_snapshot(&self.engine, shard, self.applied, last_ts);
+                let _ = reply.send(bytes);
             }
             Query::Keys { accounts, reply } => {
                 let records = self.engine.key_records().filter(|(a, _)| accounts.contains(a));
@@ -221,6 +259,7 @@ impl ShardWorker {
             batches += 1;
             self.stats.store(&self.engine.counters(), batches);
             self.after_batch();
+            self.tap();
             if let Some(hook) = &self.on_publish {
                 hook();
             }
