@@ -8,6 +8,7 @@ use clap::Parser;
 use tickgate_engine::durable::DurabilityConfig;
 use tickgate_engine::journal::SyncMode;
 
+use crate::cluster::Role;
 use crate::limits::WsLimits;
 
 /// Command-line flags; every one can also come from the environment.
@@ -170,6 +171,34 @@ pub struct Flags {
     /// Journal segment size in MiB before a new segment starts.
     #[arg(long, env = "TICKGATE_SEGMENT_MB", default_value_t = 64)]
     pub segment_mb: u64,
+    /// NATS server URL(s) of a scale-out deployment (`nats://host:4222`, comma-separated);
+    /// needs --role engine or --role gateway. Without it: the single process.
+    #[arg(long, env = "TICKGATE_NATS")]
+    pub nats: Option<String>,
+    /// `all`: everything in one process (no NATS); `engine`: the engine node (engine,
+    /// journal, feed; serves /healthz and /metrics); `gateway`: a gateway node (serves
+    /// clients, follows the engine node over --nats).
+    #[arg(long, env = "TICKGATE_ROLE", default_value = "all", value_parser = ["all", "engine", "gateway"])]
+    pub role: String,
+    /// This node's name in logs, metrics and NATS (default: role and process id).
+    #[arg(long, env = "TICKGATE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Prefix of every NATS subject (one NATS can carry several deployments).
+    #[arg(long, env = "TICKGATE_NATS_PREFIX", default_value = "tickgate")]
+    pub nats_prefix: String,
+    /// NATS credentials file (JWT and nkey seed).
+    #[arg(long, env = "TICKGATE_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// NATS authentication token.
+    #[arg(long, env = "TICKGATE_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// CA certificate (PEM) of a TLS NATS server (turns TLS on).
+    #[arg(long, env = "TICKGATE_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
+    /// Messages a NATS subscription buffers before the broker's messages are dropped
+    /// (slow consumer; a gateway repairs the gap).
+    #[arg(long, env = "TICKGATE_NATS_BUFFER", default_value_t = 65_536)]
+    pub nats_buffer: usize,
     /// A subcommand instead of running the server.
     #[command(subcommand)]
     pub command: Option<Subcommand>,
@@ -254,6 +283,8 @@ pub struct Config {
     pub durability: Option<tickgate_engine::durable::DurabilityConfig>,
     /// Where time comes from: the wall clock, or a test's manual clock.
     pub clock: tickgate_engine::SharedClock,
+    /// This node's NATS side; `None`: the single process.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl TryFrom<Flags> for Config {
@@ -261,14 +292,19 @@ impl TryFrom<Flags> for Config {
 
     fn try_from(f: Flags) -> Result<Self, ConfigError> {
         check_limits(&f)?;
-        let durability = durability(&f)?;
+        let cluster = cluster(&f)?;
+        let gateway = cluster.as_ref().is_some_and(|c| c.role == Role::Gateway);
+        // A gateway node keeps nothing of the engine's on disk, and the market is the
+        // engine node's to make.
+        let durability = if gateway { None } else { durability(&f)? };
+        let feed = !f.no_feed && f.replay.is_none() && !gateway;
         let ws = ws_limits(&f);
         let ms = Duration::from_millis;
         Ok(Config {
             listen: f.listen,
             shards: f.shards,
-            feed_rate: (!f.no_feed && f.replay.is_none()).then_some(f.feed_rate),
-            replay: f.replay.map(|dir| (dir, (f.replay_speed > 0.0).then_some(f.replay_speed))),
+            feed_rate: feed.then_some(f.feed_rate),
+            replay: f.replay.filter(|_| !gateway).map(|dir| (dir, (f.replay_speed > 0.0).then_some(f.replay_speed))),
             seed: f.seed,
             summary_symbol: Some(f.summary_symbol),
             queue_capacity: f.queue_capacity,
@@ -306,8 +342,45 @@ impl TryFrom<Flags> for Config {
                 ..crate::limits::SseLimits::default()
             },
             rest_burst: f.rest_burst,
+            cluster,
         })
     }
+}
+
+/// The NATS side: `--nats` and `--role` go together, and nodes share a token secret.
+fn cluster(f: &Flags) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+    let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+    let role = Role::parse(&f.role).unwrap_or(Role::All);
+    let url = match (&f.nats, role) {
+        (None, Role::All) => return Ok(None),
+        (Some(_), Role::All) => {
+            return invalid(
+                "--nats needs a role: --role engine (the engine node) or --role gateway \
+                 (a gateway node); without --nats, --role all runs everything in one process",
+            )
+        }
+        (None, _) => return invalid("--role engine and --role gateway need --nats URL"),
+        (Some(url), _) => url.clone(),
+    };
+    if f.jwt_secret.as_deref().is_none_or(str::is_empty) {
+        return invalid(
+            "every node of a deployment must sign and check tokens with the same secret: \
+             give --jwt-secret (or TICKGATE_JWT_SECRET)",
+        );
+    }
+    if f.nats_prefix.is_empty() || f.nats_prefix.contains(['*', '>', ' ']) {
+        return invalid("--nats-prefix is a NATS subject without wildcards or spaces");
+    }
+    Ok(Some(crate::cluster::ClusterConfig {
+        role,
+        url,
+        node: f.node_id.clone().unwrap_or_else(|| format!("{}-{}", role.as_str(), std::process::id())),
+        prefix: f.nats_prefix.clone(),
+        creds: f.nats_creds.clone(),
+        token: f.nats_token.clone(),
+        ca: f.nats_ca.clone(),
+        subscription_capacity: f.nats_buffer,
+    }))
 }
 
 /// Refuses limits and rates that cannot work.

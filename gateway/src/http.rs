@@ -40,6 +40,11 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
     if path != "/ws" {
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
+    let serves_clients = state.node.as_ref().is_none_or(|n| n.role != crate::cluster::Role::Engine);
+    if !serves_clients && !matches!(path, "/healthz" | "/metrics" | "/debug/digest") {
+        let message = "this is the engine node: clients connect to a gateway node";
+        return ApiError::new(ErrorCode::NotFound, message).response().map(HttpBody::Left);
+    }
     if path == "/api/v1/alerts/stream" {
         if req.method() == Method::GET {
             return crate::sse::stream(&req, state);
@@ -64,10 +69,21 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
                 .collect();
             let status =
                 if failure.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            let node = state.node.as_ref().map(|n| {
+                serde_json::json!({
+                    "role": n.role.as_str(),
+                    "id": n.id,
+                    "nats_connected": n.stats.connected.load(Ordering::Relaxed),
+                    "stale": n.stats.stale.load(Ordering::Relaxed),
+                    "commands_applied": n.stats.commands_applied.load(Ordering::Relaxed),
+                    "gaps_repaired": n.stats.gaps.load(Ordering::Relaxed),
+                })
+            });
             json_response(
                 status,
                 &serde_json::json!({
                     "status": if failure.is_some() { "failing" } else { "ok" },
+                    "node": node,
                     "engine": { "shards": state.engine.shards(), "commands": c.commands, "events": c.events },
                     "journal": {
                         "enabled": !journal.is_empty(),
@@ -81,8 +97,11 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
         }
         "/debug/digest" if get => digest(state).await,
         "/metrics" if get => {
-            let mut response =
-                Response::new(Full::new(Bytes::from(state.metrics.render(&state.engine))));
+            let mut text = state.metrics.render(&state.engine);
+            if let Some(n) = &state.node {
+                n.stats.render(&n.id, &mut text);
+            }
+            let mut response = Response::new(Full::new(Bytes::from(text)));
             let headers = response.headers_mut();
             headers
                 .insert(CONTENT_TYPE, "text/plain; version=0.0.4".parse().expect("static header"));

@@ -35,6 +35,7 @@ pub mod alerts;
 pub mod auth;
 pub mod candles;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod cors;
 pub mod error;

@@ -47,6 +47,19 @@ pub struct AppState {
     pub origins: crate::cors::Origins,
     /// The listener speaks TLS (cookies are `Secure`).
     pub tls: bool,
+    /// This node's place in a NATS deployment (`None`: the single process).
+    pub node: Option<NodeInfo>,
+}
+
+/// A node of a NATS deployment.
+#[derive(Debug)]
+pub struct NodeInfo {
+    /// Engine or gateway.
+    pub role: crate::cluster::Role,
+    /// Its name in logs and metrics.
+    pub id: String,
+    /// Its NATS counters.
+    pub stats: Arc<crate::cluster::ClusterStats>,
 }
 
 /// What every WebSocket connection shares.

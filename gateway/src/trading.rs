@@ -20,6 +20,7 @@ use tickgate_engine::{
     NewOrder, OrderId, OrderType, Price, Qty, RejectReason, ReplaceOrder, Side, StpMode, UnixNanos,
 };
 
+use crate::cluster::route::{Route, RouteError};
 use crate::error::{ApiError, ErrorCode};
 use crate::idempotency::{Claim, KeyCache, IDEMPOTENCY_KEY_BYTES_MAX};
 use crate::orders::{Awaiting, OrderStore, OrderView, Status};
@@ -141,8 +142,10 @@ fn stp_of(s: Option<&str>) -> Option<StpMode> {
 /// The engine and the users' order store: what order entry needs.
 #[derive(Clone, Debug)]
 pub struct Trading {
-    /// The engine.
+    /// The engine (a replica on a gateway node: for reading).
     pub engine: EngineHandle,
+    /// Where commands go: this engine, or the engine node.
+    pub route: Route,
     /// Orders, fills and waiters.
     pub orders: Arc<OrderStore>,
     /// Idempotency keys (this process's copy of the engine's).
@@ -178,7 +181,9 @@ impl Trading {
         key: Option<&str>,
     ) -> Result<OrderView, ApiError> {
         let key = key.map(key_of).transpose()?;
-        let order = self.new_order(account, r, key)?;
+        // Validated before an id is taken (on a gateway node, ids come from the engine node).
+        let mut order = self.new_order(account, r, key, OrderId(0))?;
+        order.order_id = self.route.order_id().await.map_err(route_error)?;
         if let Some(key) = key {
             let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
             match self.keys.claim(account, key, fingerprint, order.order_id, self.now()) {
@@ -214,12 +219,13 @@ impl Trading {
         }
     }
 
-    /// Validates `r` and builds the engine command (with a fresh order id).
+    /// Validates `r` and builds the engine command (with order id `order_id`).
     fn new_order(
         &self,
         account: AccountId,
         r: &NewOrderRequest,
         key: Option<IdempotencyKey>,
+        order_id: OrderId,
     ) -> Result<NewOrder, ApiError> {
         let i = self.engine.instrument_by_symbol(&r.symbol).ok_or_else(|| {
             ApiError::new(ErrorCode::UnknownSymbol, format!("no instrument `{}`", r.symbol))
@@ -236,7 +242,7 @@ impl Trading {
             (_, None) => return Err(ApiError::invalid("price is required for this order type")),
         };
         Ok(NewOrder {
-            order_id: self.engine.allocate_order_id(),
+            order_id,
             client_order_id: r.client_order_id.unwrap_or(0),
             account,
             instrument: i.id,
@@ -377,9 +383,13 @@ impl Trading {
         command: CommandKind,
     ) -> Result<tickgate_engine::ExecReport, ApiError> {
         let wait = self.orders.wait(id, awaiting);
-        if let Err(e) = self.engine.submit(command) {
-            self.orders.forget(id, wait.token);
-            return Err(ApiError::submit(e));
+        match self.route.submit(command).await {
+            // No word from the engine node: it may have queued it; its reports tell.
+            Ok(()) | Err(RouteError::NoAnswer) => {}
+            Err(e) => {
+                self.orders.forget(id, wait.token);
+                return Err(route_error(e));
+            }
         }
         match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, wait.answer).await {
             Ok(Ok(report)) => Ok(report),
@@ -387,6 +397,17 @@ impl Trading {
                 self.orders.forget(id, wait.token);
                 Err(ApiError::timeout(id))
             }
+        }
+    }
+}
+
+/// The error of a command that did not reach the engine.
+pub fn route_error(e: RouteError) -> ApiError {
+    match e {
+        RouteError::Refused(e) => ApiError::submit(e),
+        RouteError::Unreachable(why) => ApiError::new(ErrorCode::EngineUnavailable, why),
+        RouteError::NoAnswer => {
+            ApiError::new(ErrorCode::EngineUnavailable, "the engine node did not answer in time")
         }
     }
 }

@@ -50,15 +50,23 @@ pub async fn trading_status<B>(
             .response();
     };
     let command = CommandKind::Status(TradingStatus { instrument: instrument.id, halted: halt });
-    if let Err(e) = state.engine.submit(command) {
-        return ApiError::new(ErrorCode::EngineUnavailable, e.to_string()).response();
+    if let Err(e) = state.ws.trading.route.submit(command).await {
+        return crate::trading::route_error(e).response();
     }
-    // Answered after the command: confirms the engine applied (and journaled) it.
-    let (engine, id) = (state.engine.clone(), instrument.id);
-    let halted = match tokio::task::spawn_blocking(move || engine.is_halted(id)).await {
-        Ok(Ok(h)) => h,
-        _ => return ApiError::new(ErrorCode::EngineUnavailable, "no answer").response(),
-    };
+    // Answered after the command: confirms the engine applied (and journaled) it. A
+    // gateway node's replica applies it once the engine node hands it over.
+    let mut halted = !halt;
+    for _ in 0..40 {
+        let (engine, id) = (state.engine.clone(), instrument.id);
+        halted = match tokio::task::spawn_blocking(move || engine.is_halted(id)).await {
+            Ok(Ok(h)) => h,
+            _ => return ApiError::new(ErrorCode::EngineUnavailable, "no answer").response(),
+        };
+        if halted == halt || !state.engine.is_replica() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let status = if halted { "halted" } else { "trading" };
     state.alerts.publish_system(&json!({
         "notice": if halted { "instrument_halted" } else { "instrument_resumed" },

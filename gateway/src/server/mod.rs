@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::alerts::AlertHub;
+use crate::cluster::primary::{CommandLog, Primary};
+use crate::cluster::replica::Replica;
+use crate::cluster::Role;
 use crate::config::Config;
 use crate::events::{Pump, Wake};
 use crate::fanout::{Directory, Writers};
@@ -51,6 +54,11 @@ pub struct Server {
     accept: JoinHandle<()>,
     alive: mpsc::Receiver<()>,
     tls: Option<Arc<crate::tls::Tls>>,
+    /// The engine node's NATS side.
+    primary: Option<Primary>,
+    /// A gateway node's replica followers.
+    replica: Option<Replica>,
+    nats: Option<async_nats::Client>,
 }
 
 impl std::fmt::Debug for Server {
@@ -62,9 +70,26 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Starts everything and begins accepting connections.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let node = startup::connect(&config).await?;
+        let role = node.as_ref().map_or(Role::All, |n| n.config.role);
         let mut loaded = startup::load(&config).await?;
         let wakes = [Wake::default(), Wake::default()];
-        let started = startup::start_engine(&config, &loaded, wakes.clone()).await?;
+        let (mut primary, mut replica) = (None, None);
+        let started = match (&node, role) {
+            (Some(n), Role::Gateway) => {
+                let (started, r) = startup::start_replica(&config, wakes.clone(), n).await?;
+                replica = Some(r);
+                started
+            }
+            (Some(n), _) => {
+                let log = CommandLog::new(&vec![0; config.shards.max(1)]);
+                let tap = Some(log.tap());
+                let started = startup::start_engine(&config, &loaded, wakes.clone(), tap).await?;
+                primary = Some(startup::start_primary(n, &started, log).await?);
+                started
+            }
+            (None, _) => startup::start_engine(&config, &loaded, wakes.clone(), None).await?,
+        };
         let engine = started.runtime.handle();
         let history_sync = startup::restore_users(&config, &mut loaded, &started).await?;
         let keys = startup::idempotency_keys(&engine, &loaded.users, started.fresh).await?;
@@ -96,8 +121,18 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
         let tls = loaded.tls.clone();
-        let serving =
-            startup::Serving { shutdown: shutdown_rx.clone(), alive: alive_tx.clone(), keys };
+        let node_info = node.as_ref().map(|n| crate::state::NodeInfo {
+            role,
+            id: n.config.node.clone(),
+            stats: Arc::clone(&n.stats),
+        });
+        let serving = startup::Serving {
+            shutdown: shutdown_rx.clone(),
+            alive: alive_tx.clone(),
+            keys,
+            route: startup::route(&engine, node.as_ref()),
+            node: node_info,
+        };
         let state = startup::app_state(&config, &engine, loaded, &consumers, serving)?;
         let handshake = Handshake {
             timeout: config.handshake_timeout,
@@ -127,7 +162,22 @@ impl Server {
             accept,
             alive,
             tls,
+            primary,
+            replica,
+            nats: node.map(|n| n.client),
         })
+    }
+
+    /// Resolves when this gateway node's replica can no longer follow the engine node
+    /// (never on other nodes): the node must stop rather than serve a wrong state.
+    pub async fn diverged(&mut self) -> crate::cluster::replica::Diverged {
+        match &mut self.replica {
+            Some(r) => match r.diverged.recv().await {
+                Some(d) => d,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
     }
 
     /// Reads the TLS certificate and key files again (what SIGHUP does): new handshakes
@@ -200,6 +250,13 @@ impl Server {
         if let Some(pump) = self.alert_pump.take() {
             pump.stop();
         }
+        if let Some(replica) = self.replica.take() {
+            replica.stop();
+        }
+        drop(self.primary.take());
+        if let Some(nats) = self.nats.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), nats.flush()).await;
+        }
         let (hub, runtime, writers) = (self.hub, self.runtime, self.writers);
         let (history_sync, orders) = (self.history_sync, self.orders);
         let (candles, candles_save) = (self.candles, self.candles_save);
@@ -233,7 +290,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // SIGHUP: read the TLS certificate and key again (renewal without a restart). Taken
     // before the listener announces itself, so a renewal hook never kills a starting server.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let server = Server::start(config).await?;
+    let mut server = Server::start(config).await?;
     tracing::info!(
         shards = server.engine().shards(),
         instruments = server.engine().instruments().len(),
@@ -248,8 +305,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     let summary = summary_loop(server.engine().clone(), summary_symbol);
     tokio::pin!(shutdown, summary);
+    let mut fatal = None;
     loop {
         tokio::select! {
+            d = server.diverged() => {
+                tracing::error!("{d}; stopping (restart this gateway node to start afresh)");
+                fatal = Some(d);
+                break;
+            }
             () = &mut shutdown => {
                 tracing::info!("shutting down");
                 break;
@@ -261,7 +324,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             },
         }
     }
-    server.shutdown().await
+    server.shutdown().await?;
+    match fatal {
+        Some(d) => Err(d.into()),
+        None => Ok(()),
+    }
 }
 
 /// One line per second: rates and the top of book of one instrument.

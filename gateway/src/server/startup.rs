@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tickgate_engine::runtime::{EngineHandle, EngineRuntime, RuntimeConfig};
+use tickgate_engine::runtime::{CommandTap, EngineHandle, EngineRuntime, RuntimeConfig};
 use tickgate_engine::{AccountId, Event, ExecReport, Retention, UnixNanos, Watermark};
 use tickgate_feed::{FeedDriver, FlowConfig, JournalReplay, Worker};
 
@@ -16,6 +16,11 @@ use super::recovery::{
 use crate::alerts::{AlertEvaluator, AlertHub};
 use crate::auth::{Tokens, Users};
 use crate::candles::Candles;
+use crate::cluster::primary::{CommandLog, Primary};
+use crate::cluster::replica::Replica;
+use crate::cluster::route::{Remote, Route};
+use crate::cluster::{ClusterConfig, ClusterStats, Role, Subjects};
+use crate::state::NodeInfo;
 use crate::config::Config;
 use crate::events::{EventConsumer, Pacing, Pump, RingSource, Wake};
 use crate::fanout::{Directory, MarketData, Writers};
@@ -96,11 +101,85 @@ pub(super) struct Started {
     pub(super) fresh: bool,
 }
 
-/// Starts the engine, recovering it from the journal; its publish hook wakes `wakes`.
+/// This node's NATS side, once connected.
+pub(super) struct Node {
+    pub(super) config: ClusterConfig,
+    pub(super) client: async_nats::Client,
+    pub(super) stats: Arc<ClusterStats>,
+}
+
+impl Node {
+    fn subjects(&self) -> Subjects {
+        Subjects::new(&self.config.prefix)
+    }
+}
+
+/// Connects to NATS when this process is a node of a deployment.
+pub(super) async fn connect(config: &Config) -> anyhow::Result<Option<Node>> {
+    let Some(c) = &config.cluster else { return Ok(None) };
+    let stats = Arc::new(ClusterStats::default());
+    let client = crate::cluster::connect(c, Arc::clone(&stats))
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", c.url))?;
+    tracing::info!(node = %c.node, role = c.role.as_str(), url = %c.url, "connected to NATS");
+    Ok(Some(Node { config: c.clone(), client, stats }))
+}
+
+/// The engine node: hands what its engine applies to NATS and answers the gateways.
+pub(super) async fn start_primary(
+    node: &Node,
+    started: &Started,
+    log: Arc<CommandLog>,
+) -> anyhow::Result<Primary> {
+    let engine = started.runtime.handle();
+    for r in started.runtime.recoveries() {
+        log.start_at(r.shard, r.next_seq - 1);
+    }
+    let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
+    Primary::start(client, node.subjects(), engine, log, stats, node.config.node.clone()).await
+}
+
+/// A gateway node: a replica of the engine node's engine, from its snapshots; its publish
+/// hook wakes `wakes` as the engine's does.
+pub(super) async fn start_replica(
+    config: &Config,
+    wakes: [Wake; 2],
+    node: &Node,
+) -> anyhow::Result<(Started, Replica)> {
+    let runtime_config = RuntimeConfig {
+        spec: engine_spec(),
+        queue_capacity: config.queue_capacity,
+        ring_capacity: config.ring_capacity,
+        on_publish: Some(Arc::new(move || wakes.iter().for_each(Wake::wake))),
+        clock: Arc::clone(&config.clock),
+        ..RuntimeConfig::default()
+    };
+    let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
+    let (runtime, replica) = Replica::start(client, node.subjects(), runtime_config, stats).await?;
+    let replayed = Arc::new(Mutex::new(Vec::new()));
+    Ok((Started { runtime, replayed, fresh: false }, replica))
+}
+
+/// Order entry's way to the engine: this process's, or the engine node's over NATS.
+pub(super) fn route(engine: &EngineHandle, node: Option<&Node>) -> Route {
+    match node {
+        Some(n) if n.config.role == Role::Gateway => Route::Remote(Remote::new(
+            n.client.clone(),
+            n.subjects(),
+            engine.clone(),
+            Arc::clone(&n.stats),
+        )),
+        _ => Route::Local(engine.clone()),
+    }
+}
+
+/// Starts the engine, recovering it from the journal; its publish hook wakes `wakes`;
+/// `tap` (the engine node's) sees every command it applies.
 pub(super) async fn start_engine(
     config: &Config,
     loaded: &Loaded,
     wakes: [Wake; 2],
+    tap: Option<CommandTap>,
 ) -> anyhow::Result<Started> {
     let replayed = Arc::new(Mutex::new(Vec::new()));
     let users: HashSet<AccountId> = loaded.users.all().map(|u| u.account).collect();
@@ -125,6 +204,7 @@ pub(super) async fn start_engine(
             _ => {}
         })),
         retention: loaded.history.as_ref().map(|_| Arc::clone(&loaded.retention)),
+        on_commands: tap,
         ..RuntimeConfig::default()
     };
     let runtime =
@@ -261,6 +341,8 @@ pub(super) struct Serving {
     pub(super) shutdown: tokio::sync::watch::Receiver<bool>,
     pub(super) alive: tokio::sync::mpsc::Sender<()>,
     pub(super) keys: Arc<KeyCache>,
+    pub(super) route: Route,
+    pub(super) node: Option<NodeInfo>,
 }
 
 /// Tokens, the WebSocket context and the state every request handler shares.
@@ -286,6 +368,7 @@ pub(super) fn app_state(
     ));
     let trading = crate::trading::Trading {
         engine: engine.clone(),
+        route: serving.route,
         orders: Arc::clone(&loaded.orders),
         keys: serving.keys,
     };
@@ -326,5 +409,6 @@ pub(super) fn app_state(
         login_slots: tokio::sync::Semaphore::new(LOGIN_CHECKS_MAX),
         origins: crate::cors::Origins::new(config.cors_origins.clone(), tls),
         tls,
+        node: serving.node,
     }))
 }

@@ -1,0 +1,369 @@
+//! The engine node's side: hands each shard's applied commands to NATS and answers the
+//! gateways' requests (snapshots, replays, order entry, order ids).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tickgate_engine::journal::encode_record;
+use tickgate_engine::runtime::{CommandTap, EngineHandle};
+use tickgate_engine::{Command, CommandKind};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::wire::{self, instrument_of, SubmitCode};
+use super::{ClusterStats, Subjects, HEARTBEAT};
+
+/// Bytes of encoded commands each shard keeps for replays (about a million commands).
+pub const LOG_BYTES_MAX: usize = 64 << 20;
+/// Largest batch of records in one message (NATS' default `max_payload` is 1 MiB).
+pub const MESSAGE_BYTES_MAX: usize = 256 << 10;
+/// Order ids handed to a gateway at once.
+pub const ID_BLOCK: u64 = 4_096;
+
+/// Each shard's recent commands, encoded, as the engine applied them.
+#[derive(Debug)]
+pub struct CommandLog {
+    shards: Vec<Mutex<ShardLog>>,
+    wake: Vec<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct ShardLog {
+    /// `(first seq, last seq, framed records)`, oldest first.
+    batches: VecDeque<(u64, u64, Vec<u8>)>,
+    bytes: usize,
+    /// The last sequence applied.
+    last_seq: u64,
+}
+
+/// What a replay from a sequence finds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Since {
+    /// Framed records from the wanted sequence on (empty: nothing after it yet), and the
+    /// sequence of the last one.
+    Records(Vec<u8>, u64),
+    /// The wanted sequence is no longer kept.
+    TooOld,
+}
+
+impl CommandLog {
+    /// A log for `shards` shards whose last applied sequences are `last_seqs`.
+    pub fn new(last_seqs: &[u64]) -> Arc<CommandLog> {
+        let shards = last_seqs
+            .iter()
+            .map(|&last_seq| Mutex::new(ShardLog { last_seq, ..ShardLog::default() }))
+            .collect();
+        Arc::new(CommandLog { shards, wake: last_seqs.iter().map(|_| Notify::new()).collect() })
+    }
+
+    /// Where `shard` starts (its recovered sequence), before the engine applies anything.
+    pub fn start_at(&self, shard: usize, last_seq: u64) {
+        if let Some(slot) = self.shards.get(shard) {
+            let mut log = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if log.batches.is_empty() {
+                log.last_seq = last_seq;
+            }
+        }
+    }
+
+    /// The tap to give the engine: encodes each batch once and wakes its publisher.
+    pub fn tap(self: &Arc<Self>) -> CommandTap {
+        let log = Arc::clone(self);
+        Arc::new(move |shard, first, commands: &[Command]| log.append(shard, first, commands))
+    }
+
+    fn append(&self, shard: usize, first: u64, commands: &[Command]) {
+        let Some(slot) = self.shards.get(shard) else { return };
+        let mut bytes = Vec::with_capacity(commands.len() * 96);
+        for (i, c) in commands.iter().enumerate() {
+            encode_record(first + i as u64, c, &mut bytes);
+        }
+        let last = first + commands.len() as u64 - 1;
+        let mut log = slot.lock().unwrap_or_else(|e| e.into_inner());
+        log.bytes += bytes.len();
+        log.batches.push_back((first, last, bytes));
+        log.last_seq = last;
+        while log.bytes > LOG_BYTES_MAX && log.batches.len() > 1 {
+            if let Some((_, _, old)) = log.batches.pop_front() {
+                log.bytes -= old.len();
+            }
+        }
+        drop(log);
+        self.wake[shard].notify_one();
+    }
+
+    /// The last sequence `shard` applied.
+    pub fn last_seq(&self, shard: usize) -> u64 {
+        self.shards.get(shard).map_or(0, |s| s.lock().unwrap_or_else(|e| e.into_inner()).last_seq)
+    }
+
+    /// Records of `shard` from sequence `from` on, at most about `max` bytes (whole
+    /// batches, cut at a record inside the first one).
+    pub fn since(&self, shard: usize, from: u64, max: usize) -> Since {
+        let Some(slot) = self.shards.get(shard) else { return Since::TooOld };
+        let log = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if from > log.last_seq {
+            return Since::Records(Vec::new(), from - 1);
+        }
+        match log.batches.front() {
+            Some((first, _, _)) if *first <= from => {}
+            _ => return Since::TooOld,
+        }
+        let (mut out, mut included) = (Vec::new(), from - 1);
+        for (first, last, bytes) in &log.batches {
+            if *last < from {
+                continue;
+            }
+            if *first < from {
+                // Skip the records before `from` in this batch.
+                let records = tickgate_engine::journal::decode_records(bytes).unwrap_or_default();
+                for r in records.iter().filter(|r| r.seq >= from) {
+                    encode_record(r.seq, &r.command, &mut out);
+                }
+            } else {
+                out.extend_from_slice(bytes);
+            }
+            included = *last;
+            if out.len() >= max {
+                break;
+            }
+        }
+        Since::Records(out, included)
+    }
+}
+
+/// The engine node's NATS tasks; they end when dropped.
+#[derive(Debug)]
+pub struct Primary {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+impl Primary {
+    /// Starts publishing `log` and answering requests for `engine`.
+    pub async fn start(
+        client: async_nats::Client,
+        subjects: Subjects,
+        engine: EngineHandle,
+        log: Arc<CommandLog>,
+        stats: Arc<ClusterStats>,
+        node: String,
+    ) -> anyhow::Result<Primary> {
+        // A run id: gateways see the engine node restart when it changes.
+        let epoch = engine.clock().now().0;
+        let mut tasks = Vec::new();
+        let ctx = Arc::new(Ctx { client, subjects, engine, log, stats, epoch, node });
+        for shard in 0..ctx.engine.shards() {
+            tasks.push(tokio::spawn(publish(Arc::clone(&ctx), shard)));
+            let replays = ctx.client.subscribe(ctx.subjects.replay(shard)).await?;
+            tasks.push(tokio::spawn(serve(Arc::clone(&ctx), replays, move |c, m| {
+                replay(c, shard, m)
+            })));
+            let snapshots = ctx.client.subscribe(ctx.subjects.snapshot(shard)).await?;
+            tasks.push(tokio::spawn(serve_snapshots(Arc::clone(&ctx), snapshots, shard)));
+            let submits = ctx.client.subscribe(ctx.subjects.submit(shard)).await?;
+            tasks.push(tokio::spawn(serve(Arc::clone(&ctx), submits, move |c, m| {
+                submit(c, shard, m)
+            })));
+        }
+        let ids = ctx.client.subscribe(ctx.subjects.ids()).await?;
+        tasks.push(tokio::spawn(serve(Arc::clone(&ctx), ids, |c, _| async move {
+            let ids = c.engine.reserve_order_ids(ID_BLOCK);
+            wire::ids_reply(ids.start, ID_BLOCK)
+        })));
+        let info = ctx.client.subscribe(ctx.subjects.info()).await?;
+        tasks.push(tokio::spawn(serve(Arc::clone(&ctx), info, |c, _| async move {
+            let info = serde_json::json!({
+                "shards": c.engine.shards(), "epoch": c.epoch, "node": c.node,
+            });
+            Bytes::from(info.to_string())
+        })));
+        ctx.client.flush().await?;
+        Ok(Primary { tasks })
+    }
+}
+
+struct Ctx {
+    client: async_nats::Client,
+    subjects: Subjects,
+    engine: EngineHandle,
+    log: Arc<CommandLog>,
+    stats: Arc<ClusterStats>,
+    epoch: u64,
+    node: String,
+}
+
+impl Ctx {
+    async fn send(&self, subject: String, payload: Bytes) {
+        let len = payload.len() as u64;
+        match self.client.publish(subject, payload).await {
+            Ok(()) => {
+                self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+            }
+            // Disconnected and the client's buffer full: the gateways repair the gap.
+            Err(e) => tracing::debug!("publish failed: {e}"),
+        }
+    }
+}
+
+/// Publishes `shard`'s commands as they come, coalescing whatever the engine applied
+/// while the previous message went out, and a heartbeat when there is nothing to send.
+async fn publish(ctx: Arc<Ctx>, shard: usize) {
+    let subject = ctx.subjects.commands(shard);
+    let mut next = ctx.log.last_seq(shard) + 1;
+    loop {
+        let woken =
+            tokio::time::timeout(HEARTBEAT, ctx.log.wake[shard].notified()).await.is_ok();
+        loop {
+            let mut last = ctx.log.last_seq(shard);
+            let records = match ctx.log.since(shard, next, MESSAGE_BYTES_MAX) {
+                Since::Records(records, included) => {
+                    (next, last) = (included + 1, last.max(included));
+                    records
+                }
+                Since::TooOld => {
+                    // Fell more than the log behind (NATS stalled for long): skip ahead;
+                    // gateways replay what they miss from the journal's log or restart.
+                    next = last + 1;
+                    Vec::new()
+                }
+            };
+            if records.is_empty() {
+                if !woken {
+                    let heartbeat = wire::batch_header(0, ctx.epoch, shard as u32, last, &[]);
+                    ctx.send(subject.clone(), heartbeat).await;
+                }
+                break;
+            }
+            let message = wire::batch_header(0, ctx.epoch, shard as u32, last, &records);
+            ctx.send(subject.clone(), message).await;
+        }
+    }
+}
+
+/// Answers every request on `requests` with `answer`.
+async fn serve<F, Fut>(ctx: Arc<Ctx>, mut requests: async_nats::Subscriber, answer: F)
+where
+    F: Fn(Arc<Ctx>, async_nats::Message) -> Fut,
+    Fut: std::future::Future<Output = Bytes>,
+{
+    while let Some(message) = requests.next().await {
+        let Some(reply) = message.reply.clone() else { continue };
+        let payload = answer(Arc::clone(&ctx), message).await;
+        ctx.send(reply.to_string(), payload).await;
+    }
+}
+
+async fn replay(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> Bytes {
+    let from = match <[u8; 8]>::try_from(message.payload.as_ref()) {
+        Ok(b) => u64::from_le_bytes(b),
+        Err(_) => return wire::batch_header(wire::TOO_OLD, ctx.epoch, shard as u32, 0, &[]),
+    };
+    let last = ctx.log.last_seq(shard);
+    match ctx.log.since(shard, from, MESSAGE_BYTES_MAX) {
+        Since::Records(r, included) => {
+            wire::batch_header(0, ctx.epoch, shard as u32, last.max(included), &r)
+        }
+        Since::TooOld => wire::batch_header(wire::TOO_OLD, ctx.epoch, shard as u32, last, &[]),
+    }
+}
+
+/// Answers each snapshot request with the shard's state now, in pieces that fit the
+/// server's `max_payload`, all to the request's reply subject in order.
+async fn serve_snapshots(ctx: Arc<Ctx>, mut requests: async_nats::Subscriber, shard: usize) {
+    while let Some(message) = requests.next().await {
+        let Some(reply) = message.reply.clone() else { continue };
+        let engine = ctx.engine.clone();
+        let taken = tokio::task::spawn_blocking(move || engine.snapshot(shard)).await;
+        let result = match taken {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let piece = (ctx.client.server_info().max_payload.saturating_sub(1024)).clamp(1024, 512 << 10);
+        for payload in wire::snapshot_pieces(result, piece) {
+            ctx.send(reply.to_string(), payload).await;
+        }
+    }
+}
+
+async fn submit(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> Bytes {
+    let code = match wire::decode_submit(&message.payload) {
+        // Funding is the engine node's own business: gateways send trading commands.
+        Ok(CommandKind::Transfer(_)) | Err(_) => SubmitCode::BadRequest,
+        Ok(kind) => match instrument_of(kind).and_then(|i| ctx.engine.shard_of(i)) {
+            Some(owner) if owner == shard => SubmitCode::of(ctx.engine.submit(kind)),
+            _ => SubmitCode::UnknownInstrument,
+        },
+    };
+    code.reply()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickgate_engine::{AccountId, CancelOrder, InstrumentId, OrderId, UnixNanos};
+
+    fn commands(n: u64) -> Vec<Command> {
+        (0..n)
+            .map(|i| Command {
+                ts: UnixNanos(1_000 + i),
+                kind: CommandKind::Cancel(CancelOrder {
+                    order_id: OrderId(i),
+                    account: AccountId(1),
+                    instrument: InstrumentId(0),
+                }),
+            })
+            .collect()
+    }
+
+    fn seqs(bytes: &[u8]) -> Vec<u64> {
+        tickgate_engine::journal::decode_records(bytes).unwrap().iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn the_log_answers_from_any_kept_sequence_and_says_when_one_is_gone() {
+        let log = CommandLog::new(&[10]);
+        assert_eq!(log.since(0, 11, usize::MAX), Since::Records(Vec::new(), 10));
+        assert_eq!(log.since(0, 5, usize::MAX), Since::TooOld, "before the log began");
+        log.append(0, 11, &commands(3));
+        log.append(0, 14, &commands(2));
+        assert_eq!(log.last_seq(0), 15);
+        let Since::Records(all, 15) = log.since(0, 11, usize::MAX) else { panic!() };
+        assert_eq!(seqs(&all), [11, 12, 13, 14, 15]);
+        let Since::Records(tail, 15) = log.since(0, 13, usize::MAX) else { panic!() };
+        assert_eq!(seqs(&tail), [13, 14, 15], "cut inside the first batch");
+        let Since::Records(first, 13) = log.since(0, 11, 1) else { panic!() };
+        assert_eq!(seqs(&first), [11, 12, 13], "whole batches up to the limit");
+        assert_eq!(log.since(0, 16, usize::MAX), Since::Records(Vec::new(), 15));
+        assert_eq!(log.since(3, 1, usize::MAX), Since::TooOld, "no such shard");
+    }
+
+    #[test]
+    fn the_log_forgets_its_oldest_batches_past_its_bound() {
+        let log = CommandLog::new(&[0]);
+        let per_batch = commands(1_000);
+        let mut seq = 1;
+        while log.shards[0].lock().unwrap().batches.len() < 3
+            || log.shards[0].lock().unwrap().bytes < LOG_BYTES_MAX - 200_000
+        {
+            log.append(0, seq, &per_batch);
+            seq += 1_000;
+        }
+        log.append(0, seq, &per_batch);
+        log.append(0, seq + 1_000, &per_batch);
+        assert!(log.shards[0].lock().unwrap().bytes <= LOG_BYTES_MAX);
+        assert_eq!(log.since(0, 1, usize::MAX), Since::TooOld);
+        let Since::Records(r, _) = log.since(0, seq + 1_500, usize::MAX) else { panic!() };
+        assert_eq!(seqs(&r).first(), Some(&(seq + 1_500)));
+    }
+}

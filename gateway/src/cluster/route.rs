@@ -1,0 +1,113 @@
+//! Where order entry goes: the engine in this process, or the engine node over NATS.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tickgate_engine::runtime::{EngineHandle, SubmitError};
+use tickgate_engine::{CommandKind, OrderId};
+
+use super::wire::{self, SubmitCode};
+use super::{ClusterStats, Subjects};
+
+/// Why a command did not reach an engine, or may not have.
+#[derive(Debug)]
+pub enum RouteError {
+    /// The engine said no.
+    Refused(SubmitError),
+    /// The engine node cannot be reached (NATS has no responder for it, or is down).
+    Unreachable(String),
+    /// Sent, but no answer came in time: it may have been queued.
+    NoAnswer,
+}
+
+/// Order entry's way to the engine.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// The engine runs in this process.
+    Local(EngineHandle),
+    /// The engine runs on the engine node.
+    Remote(Arc<Remote>),
+}
+
+/// The engine node, over NATS.
+#[derive(Debug)]
+pub struct Remote {
+    client: async_nats::Client,
+    subjects: Subjects,
+    /// The replica: which shard owns what.
+    replica: EngineHandle,
+    /// Order ids left of the last block the engine node handed over.
+    ids: Mutex<Range<u64>>,
+    stats: Arc<ClusterStats>,
+}
+
+impl Remote {
+    /// Order entry through `client` to the engine node `replica` follows.
+    pub fn new(
+        client: async_nats::Client,
+        subjects: Subjects,
+        replica: EngineHandle,
+        stats: Arc<ClusterStats>,
+    ) -> Arc<Remote> {
+        Arc::new(Remote { client, subjects, replica, ids: Mutex::new(0..0), stats })
+    }
+
+    fn unreachable(&self, e: async_nats::RequestError) -> RouteError {
+        match e.kind() {
+            async_nats::RequestErrorKind::TimedOut => RouteError::NoAnswer,
+            async_nats::RequestErrorKind::NoResponders => {
+                self.stats.no_responders.fetch_add(1, Ordering::Relaxed);
+                RouteError::Unreachable("the engine node is not running (no responders)".into())
+            }
+            _ => RouteError::Unreachable(format!("the engine node cannot be reached: {e}")),
+        }
+    }
+}
+
+impl Route {
+    /// A fresh, engine-wide unique order id.
+    pub async fn order_id(&self) -> Result<OrderId, RouteError> {
+        let remote = match self {
+            Route::Local(engine) => return Ok(engine.allocate_order_id()),
+            Route::Remote(remote) => remote,
+        };
+        loop {
+            if let Some(id) = remote.ids.lock().unwrap_or_else(|e| e.into_inner()).next() {
+                return Ok(OrderId(id));
+            }
+            let reply = remote
+                .client
+                .request(remote.subjects.ids(), bytes::Bytes::new())
+                .await
+                .map_err(|e| match remote.unreachable(e) {
+                    RouteError::NoAnswer => {
+                        RouteError::Unreachable("the engine node did not hand out order ids".into())
+                    }
+                    other => other,
+                })?;
+            let block = wire::decode_ids(&reply.payload).map_err(RouteError::Unreachable)?;
+            *remote.ids.lock().unwrap_or_else(|e| e.into_inner()) = block;
+        }
+    }
+
+    /// Queues `kind` on the engine that owns its instrument.
+    pub async fn submit(&self, kind: CommandKind) -> Result<(), RouteError> {
+        let remote = match self {
+            Route::Local(engine) => return engine.submit(kind).map_err(RouteError::Refused),
+            Route::Remote(remote) => remote,
+        };
+        let shard = wire::instrument_of(kind)
+            .and_then(|i| remote.replica.shard_of(i))
+            .ok_or(RouteError::Refused(SubmitError::UnknownInstrument))?;
+        let reply = remote
+            .client
+            .request(remote.subjects.submit(shard), wire::submit_request(kind))
+            .await
+            .map_err(|e| remote.unreachable(e))?;
+        match SubmitCode::decode(&reply.payload) {
+            Ok(result) => result.map_err(RouteError::Refused),
+            Err(e) => Err(RouteError::Unreachable(e)),
+        }
+    }
+}

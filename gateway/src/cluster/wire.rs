@@ -1,0 +1,293 @@
+//! What travels between the engine node and the gateway nodes, byte for byte.
+//!
+//! Every subject's payload starts with a version byte. Commands travel framed exactly as
+//! the journal frames them (`tickgate_engine::journal::encode_record`: length, CRC32C,
+//! sequence, timestamp, command), so a gateway checks every one it applies.
+//!
+//! ```text
+//! commands batch  : u8 version | u8 flags | u64 epoch | u32 shard | u64 last seq | records...
+//!                   (flags bit 0: TOO_OLD, a replay reply whose start is no longer kept)
+//! replay request  : u64 first seq wanted
+//! snapshot chunk  : u8 version | u8 status (0 ok) | u64 total bytes | a piece of the
+//!                   snapshot, or UTF-8 error text (the pieces go, in order, to the
+//!                   request's reply subject: a snapshot may exceed NATS' max_payload)
+//! submit request  : u8 version | one record (sequence and timestamp 0: the engine's to set)
+//! submit reply    : u8 version | u8 code ([`SubmitCode`])
+//! ids reply       : u8 version | u64 first id | u64 count
+//! info reply      : JSON {"shards", "epoch", "node"}
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tickgate_engine::binary::ByteReader;
+use tickgate_engine::journal::{decode_records, encode_record, Record};
+use tickgate_engine::runtime::SubmitError;
+use tickgate_engine::{Command, CommandKind, UnixNanos};
+
+/// Version byte of every payload this build writes and reads.
+pub const VERSION: u8 = 1;
+/// Flag of a replay reply whose first wanted command is no longer kept.
+pub const TOO_OLD: u8 = 1;
+/// Bytes before a batch's records.
+pub const BATCH_HEADER_BYTES: usize = 1 + 1 + 8 + 4 + 8;
+
+/// A batch of one shard's commands, or a heartbeat (no records) saying how far it is.
+#[derive(Debug)]
+pub struct Batch {
+    /// Flags ([`TOO_OLD`]).
+    pub flags: u8,
+    /// The engine node's run: changes when it restarts.
+    pub epoch: u64,
+    /// The shard.
+    pub shard: u32,
+    /// The last sequence the engine node had applied when it sent this.
+    pub last_seq: u64,
+    /// The commands, consecutive.
+    pub records: Vec<Record>,
+}
+
+/// The header of a batch; its records follow in `body`.
+pub fn batch_header(flags: u8, epoch: u64, shard: u32, last_seq: u64, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
+    out.put_u8(VERSION);
+    out.put_u8(flags);
+    out.put_u64_le(epoch);
+    out.put_u32_le(shard);
+    out.put_u64_le(last_seq);
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// Decodes a batch. `Err`: what is wrong with it.
+pub fn decode_batch(payload: &[u8]) -> Result<Batch, String> {
+    let mut r = ByteReader::new(payload);
+    let short = |_| "batch header cut short".to_string();
+    let version = r.u8().map_err(short)?;
+    if version != VERSION {
+        return Err(format!("batch version {version}, this build reads {VERSION}"));
+    }
+    let flags = r.u8().map_err(short)?;
+    let epoch = r.u64().map_err(short)?;
+    let shard = r.u32().map_err(short)?;
+    let last_seq = r.u64().map_err(short)?;
+    let records = decode_records(&payload[BATCH_HEADER_BYTES..])?;
+    Ok(Batch { flags, epoch, shard, last_seq, records })
+}
+
+/// An order-entry command as a gateway sends it.
+pub fn submit_request(kind: CommandKind) -> Bytes {
+    let mut out = vec![VERSION];
+    encode_record(0, &Command { ts: UnixNanos(0), kind }, &mut out);
+    Bytes::from(out)
+}
+
+/// The command of a submit request.
+pub fn decode_submit(payload: &[u8]) -> Result<CommandKind, String> {
+    match payload.split_first() {
+        Some((&VERSION, rest)) => {
+            let records = decode_records(rest)?;
+            match records.as_slice() {
+                [one] => Ok(one.command.kind),
+                _ => Err(format!("{} commands in a submit request, not one", records.len())),
+            }
+        }
+        Some((v, _)) => Err(format!("submit version {v}, this build reads {VERSION}")),
+        None => Err("empty submit request".into()),
+    }
+}
+
+/// The instrument a command is about (`None`: a transfer).
+pub fn instrument_of(kind: CommandKind) -> Option<tickgate_engine::InstrumentId> {
+    Command { ts: UnixNanos(0), kind }.instrument()
+}
+
+/// The engine node's answer to a submit: queued, or why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SubmitCode {
+    /// Queued on the engine (its reports follow on the commands subject).
+    Queued = 0,
+    /// The engine's queue is full.
+    QueueFull = 1,
+    /// The engine's journal failed.
+    JournalFailed = 2,
+    /// The engine is stopping.
+    Stopped = 3,
+    /// No shard owns the instrument.
+    UnknownInstrument = 4,
+    /// Not a command this engine node takes.
+    BadRequest = 5,
+}
+
+impl SubmitCode {
+    /// The reply's bytes.
+    pub fn reply(self) -> Bytes {
+        Bytes::from(vec![VERSION, self as u8])
+    }
+
+    /// The code of a submit's outcome on the engine node.
+    pub fn of(result: Result<(), SubmitError>) -> SubmitCode {
+        match result {
+            Ok(()) => SubmitCode::Queued,
+            Err(SubmitError::QueueFull) => SubmitCode::QueueFull,
+            Err(SubmitError::JournalFailed) => SubmitCode::JournalFailed,
+            Err(SubmitError::UnknownInstrument) => SubmitCode::UnknownInstrument,
+            Err(_) => SubmitCode::Stopped,
+        }
+    }
+
+    /// What a gateway makes of a reply.
+    pub fn decode(payload: &[u8]) -> Result<Result<(), SubmitError>, String> {
+        match payload {
+            [VERSION, 0] => Ok(Ok(())),
+            [VERSION, 1] => Ok(Err(SubmitError::QueueFull)),
+            [VERSION, 2] => Ok(Err(SubmitError::JournalFailed)),
+            [VERSION, 3] => Ok(Err(SubmitError::Stopped)),
+            [VERSION, 4] => Ok(Err(SubmitError::UnknownInstrument)),
+            [VERSION, 5] => Err("the engine node refused the request as malformed".into()),
+            _ => Err("not a submit reply".into()),
+        }
+    }
+}
+
+/// A block of order ids.
+pub fn ids_reply(first: u64, count: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(17);
+    out.put_u8(VERSION);
+    out.put_u64_le(first);
+    out.put_u64_le(count);
+    out.freeze()
+}
+
+/// The block of order ids in a reply.
+pub fn decode_ids(payload: &[u8]) -> Result<std::ops::Range<u64>, String> {
+    let mut r = ByteReader::new(payload);
+    let bad = |_| "ids reply cut short".to_string();
+    if r.u8().map_err(bad)? != VERSION {
+        return Err("ids reply of another version".into());
+    }
+    let first = r.u64().map_err(bad)?;
+    let count = r.u64().map_err(bad)?;
+    Ok(first..first.saturating_add(count))
+}
+
+/// A snapshot as pieces of at most `piece` bytes each (one, saying so, for an error).
+pub fn snapshot_pieces(result: Result<Vec<u8>, String>, piece: usize) -> Vec<Bytes> {
+    let (status, body) = match result {
+        Ok(bytes) => (0, bytes),
+        Err(e) => (1, e.into_bytes()),
+    };
+    let total = body.len() as u64;
+    let frame = |chunk: &[u8]| {
+        let mut out = BytesMut::with_capacity(10 + chunk.len());
+        out.put_u8(VERSION);
+        out.put_u8(status);
+        out.put_u64_le(total);
+        out.put_slice(chunk);
+        out.freeze()
+    };
+    if body.is_empty() {
+        return vec![frame(&[])];
+    }
+    body.chunks(piece.max(1)).map(frame).collect()
+}
+
+/// Collects the pieces of one snapshot.
+#[derive(Debug, Default)]
+pub struct SnapshotPieces {
+    bytes: Vec<u8>,
+    total: Option<u64>,
+}
+
+impl SnapshotPieces {
+    /// Adds the next piece. `Ok(Some(bytes))`: the snapshot is whole; `Err`: the engine
+    /// node's error, or a piece that does not belong.
+    pub fn add(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let mut r = ByteReader::new(payload);
+        let bad = |_| "a snapshot piece cut short".to_string();
+        if r.u8().map_err(bad)? != VERSION {
+            return Err("a snapshot piece of another version".into());
+        }
+        let status = r.u8().map_err(bad)?;
+        let total = r.u64().map_err(bad)?;
+        let rest = &payload[10..];
+        if status != 0 {
+            return Err(String::from_utf8_lossy(rest).into_owned());
+        }
+        if *self.total.get_or_insert(total) != total {
+            return Err("snapshot pieces of two snapshots".into());
+        }
+        self.bytes.extend_from_slice(rest);
+        match (self.bytes.len() as u64).cmp(&total) {
+            std::cmp::Ordering::Less => Ok(None),
+            std::cmp::Ordering::Equal => Ok(Some(std::mem::take(&mut self.bytes))),
+            std::cmp::Ordering::Greater => Err("more snapshot bytes than announced".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickgate_engine::{AccountId, CancelOrder, InstrumentId, OrderId};
+
+    fn cancel(id: u64) -> CommandKind {
+        CommandKind::Cancel(CancelOrder {
+            order_id: OrderId(id),
+            account: AccountId(3),
+            instrument: InstrumentId(1),
+        })
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_damage_is_refused() {
+        let mut body = Vec::new();
+        for seq in 7..10 {
+            encode_record(seq, &Command { ts: UnixNanos(100 + seq), kind: cancel(seq) }, &mut body);
+        }
+        let bytes = batch_header(0, 42, 1, 9, &body);
+        let b = decode_batch(&bytes).expect("valid");
+        assert_eq!((b.epoch, b.shard, b.last_seq, b.records.len()), (42, 1, 9, 3));
+        assert_eq!(b.records[2].seq, 9);
+        assert_eq!(b.records[2].command.ts, UnixNanos(109));
+        let mut damaged = bytes.to_vec();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(decode_batch(&damaged).unwrap_err().contains("checksum"));
+        assert!(decode_batch(&bytes[..BATCH_HEADER_BYTES - 1]).is_err());
+        assert!(decode_batch(&bytes[..bytes.len() - 3]).is_err());
+        let heartbeat = batch_header(0, 42, 1, 9, &[]);
+        assert!(decode_batch(&heartbeat).expect("valid").records.is_empty());
+    }
+
+    #[test]
+    fn submit_requests_and_replies_round_trip() {
+        let request = submit_request(cancel(5));
+        assert_eq!(decode_submit(&request), Ok(cancel(5)));
+        assert!(decode_submit(&request[..request.len() - 1]).is_err());
+        assert!(decode_submit(&[]).is_err());
+        for code in [SubmitCode::Queued, SubmitCode::QueueFull, SubmitCode::Stopped] {
+            let decoded = SubmitCode::decode(&code.reply()).expect("a reply");
+            assert_eq!(SubmitCode::of(decoded), code);
+        }
+        assert!(SubmitCode::decode(&SubmitCode::BadRequest.reply()).is_err());
+        assert_eq!(decode_ids(&ids_reply(100, 5)), Ok(100..105));
+    }
+
+    #[test]
+    fn a_snapshot_travels_in_pieces_and_is_put_back_together() {
+        let snapshot: Vec<u8> = (0..1_000u32).map(|i| i as u8).collect();
+        let pieces = snapshot_pieces(Ok(snapshot.clone()), 300);
+        assert_eq!(pieces.len(), 4);
+        let mut collect = SnapshotPieces::default();
+        for p in &pieces[..3] {
+            assert_eq!(collect.add(p), Ok(None));
+        }
+        assert_eq!(collect.add(&pieces[3]), Ok(Some(snapshot)));
+        let error = snapshot_pieces(Err("no".into()), 300);
+        assert_eq!(SnapshotPieces::default().add(&error[0]), Err("no".to_string()));
+        let mut twice = SnapshotPieces::default();
+        assert_eq!(twice.add(&pieces[0]), Ok(None));
+        let other = snapshot_pieces(Ok(vec![0; 10]), 300);
+        assert!(twice.add(&other[0]).is_err(), "a piece of another snapshot");
+    }
+}
