@@ -304,7 +304,10 @@ impl TryFrom<Flags> for Config {
             listen: f.listen,
             shards: f.shards,
             feed_rate: feed.then_some(f.feed_rate),
-            replay: f.replay.filter(|_| !gateway).map(|dir| (dir, (f.replay_speed > 0.0).then_some(f.replay_speed))),
+            replay: f
+                .replay
+                .filter(|_| !gateway)
+                .map(|dir| (dir, (f.replay_speed > 0.0).then_some(f.replay_speed))),
             seed: f.seed,
             summary_symbol: Some(f.summary_symbol),
             queue_capacity: f.queue_capacity,
@@ -374,7 +377,10 @@ fn cluster(f: &Flags) -> Result<Option<crate::cluster::ClusterConfig>, ConfigErr
     Ok(Some(crate::cluster::ClusterConfig {
         role,
         url,
-        node: f.node_id.clone().unwrap_or_else(|| format!("{}-{}", role.as_str(), std::process::id())),
+        node: f
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", role.as_str(), std::process::id())),
         prefix: f.nats_prefix.clone(),
         creds: f.nats_creds.clone(),
         token: f.nats_token.clone(),

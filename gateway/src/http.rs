@@ -41,7 +41,10 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
     let serves_clients = state.node.as_ref().is_none_or(|n| n.role != crate::cluster::Role::Engine);
-    if !serves_clients && !matches!(path, "/healthz" | "/metrics" | "/debug/digest") {
+    // The engine node answers health, metrics and public market data (to compare with
+    // what gateways serve); clients belong on gateway nodes.
+    let public = path == "/api/v1/instruments" || path.starts_with("/api/v1/markets/");
+    if !serves_clients && !public && !matches!(path, "/healthz" | "/metrics" | "/debug/digest") {
         let message = "this is the engine node: clients connect to a gateway node";
         return ApiError::new(ErrorCode::NotFound, message).response().map(HttpBody::Left);
     }

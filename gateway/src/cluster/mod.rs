@@ -175,7 +175,10 @@ pub async fn connect(
                     }
                     async_nats::Event::SlowConsumer(sid) => {
                         stats.slow_consumer.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(sid, "NATS slow consumer: messages dropped, gaps will be repaired");
+                        tracing::warn!(
+                            sid,
+                            "NATS slow consumer: messages dropped, gaps will be repaired"
+                        );
                     }
                     other => tracing::info!("NATS: {other}"),
                 }

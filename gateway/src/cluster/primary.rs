@@ -221,8 +221,7 @@ async fn publish(ctx: Arc<Ctx>, shard: usize) {
     let subject = ctx.subjects.commands(shard);
     let mut next = ctx.log.last_seq(shard) + 1;
     loop {
-        let woken =
-            tokio::time::timeout(HEARTBEAT, ctx.log.wake[shard].notified()).await.is_ok();
+        let woken = tokio::time::timeout(HEARTBEAT, ctx.log.wake[shard].notified()).await.is_ok();
         loop {
             let mut last = ctx.log.last_seq(shard);
             let records = match ctx.log.since(shard, next, MESSAGE_BYTES_MAX) {
@@ -289,7 +288,8 @@ async fn serve_snapshots(ctx: Arc<Ctx>, mut requests: async_nats::Subscriber, sh
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let piece = (ctx.client.server_info().max_payload.saturating_sub(1024)).clamp(1024, 512 << 10);
+        let piece =
+            (ctx.client.server_info().max_payload.saturating_sub(1024)).clamp(1024, 512 << 10);
         for payload in wire::snapshot_pieces(result, piece) {
             ctx.send(reply.to_string(), payload).await;
         }

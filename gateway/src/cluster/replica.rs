@@ -71,15 +71,15 @@ impl Replica {
                 .map_err(|e| anyhow::anyhow!("shard {shard}'s snapshot: {e}"))?;
             let shards = info.shards;
             let owns = move |i: InstrumentId| i.0 as usize % shards == shard;
-            let restored = decode_snapshot(&bytes, shard as u32, &config.spec, owns)
-                .map_err(|(at, what)| anyhow::anyhow!("shard {shard}'s snapshot, byte {at}: {what}"))?;
+            let restored = decode_snapshot(&bytes, shard as u32, &config.spec, owns).map_err(
+                |(at, what)| anyhow::anyhow!("shard {shard}'s snapshot, byte {at}: {what}"),
+            )?;
             snapshots.push(restored);
         }
         let next: Vec<u64> = snapshots.iter().map(|s| s.seq + 1).collect();
-        let runtime = tokio::task::spawn_blocking(move || {
-            EngineRuntime::start_replica(config, snapshots)
-        })
-        .await??;
+        let runtime =
+            tokio::task::spawn_blocking(move || EngineRuntime::start_replica(config, snapshots))
+                .await??;
         let (report, diverged) = mpsc::channel(info.shards);
         let mut followers = Vec::with_capacity(info.shards);
         for (shard, subscriber) in subscribers.into_iter().enumerate() {
@@ -130,9 +130,11 @@ async fn fetch_snapshot(
         }
         anyhow::bail!("the reply subscription ended")
     };
-    tokio::time::timeout(SNAPSHOT_TIMEOUT, collect)
-        .await
-        .map_err(|_| anyhow::anyhow!("no whole snapshot within {SNAPSHOT_TIMEOUT:?} (is the engine node running?)"))?
+    tokio::time::timeout(SNAPSHOT_TIMEOUT, collect).await.map_err(|_| {
+        anyhow::anyhow!(
+            "no whole snapshot within {SNAPSHOT_TIMEOUT:?} (is the engine node running?)"
+        )
+    })?
 }
 
 /// Hands commands to the replica's shard from a thread of its own (the queue may be
@@ -183,7 +185,10 @@ impl Follower {
                 Ok(None) => return Ok(()),
                 Err(_) => {
                     if !self.stats.stale.swap(true, Ordering::AcqRel) {
-                        tracing::warn!(shard = self.shard, "no word from the engine node: market data is stale");
+                        tracing::warn!(
+                            shard = self.shard,
+                            "no word from the engine node: market data is stale"
+                        );
                     }
                     continue;
                 }
@@ -226,7 +231,12 @@ impl Follower {
         let reaches = batch.records.first().map_or(batch.last_seq + 1, |r| r.seq);
         if reaches > self.next {
             self.stats.gaps.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(shard = self.shard, from = self.next, to = reaches - 1, "repairing a gap");
+            tracing::info!(
+                shard = self.shard,
+                from = self.next,
+                to = reaches - 1,
+                "repairing a gap"
+            );
             if !self.repair(reaches).await? {
                 // The engine node did not answer: the next message retries.
                 return Ok(());

@@ -76,16 +76,15 @@ impl Route {
             if let Some(id) = remote.ids.lock().unwrap_or_else(|e| e.into_inner()).next() {
                 return Ok(OrderId(id));
             }
-            let reply = remote
-                .client
-                .request(remote.subjects.ids(), bytes::Bytes::new())
-                .await
-                .map_err(|e| match remote.unreachable(e) {
-                    RouteError::NoAnswer => {
-                        RouteError::Unreachable("the engine node did not hand out order ids".into())
-                    }
-                    other => other,
-                })?;
+            let reply =
+                remote.client.request(remote.subjects.ids(), bytes::Bytes::new()).await.map_err(
+                    |e| match remote.unreachable(e) {
+                        RouteError::NoAnswer => RouteError::Unreachable(
+                            "the engine node did not hand out order ids".into(),
+                        ),
+                        other => other,
+                    },
+                )?;
             let block = wire::decode_ids(&reply.payload).map_err(RouteError::Unreachable)?;
             *remote.ids.lock().unwrap_or_else(|e| e.into_inner()) = block;
         }

@@ -20,7 +20,6 @@ use crate::cluster::primary::{CommandLog, Primary};
 use crate::cluster::replica::Replica;
 use crate::cluster::route::{Remote, Route};
 use crate::cluster::{ClusterConfig, ClusterStats, Role, Subjects};
-use crate::state::NodeInfo;
 use crate::config::Config;
 use crate::events::{EventConsumer, Pacing, Pump, RingSource, Wake};
 use crate::fanout::{Directory, MarketData, Writers};
@@ -28,6 +27,7 @@ use crate::history;
 use crate::idempotency::KeyCache;
 use crate::metrics::Metrics;
 use crate::orders::{OrderProjection, OrderStore};
+use crate::state::NodeInfo;
 use crate::state::{AppState, WsContext};
 
 /// Longest idle wait of the alert pump: the engine's publish hook wakes it sooner.

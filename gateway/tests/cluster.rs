@@ -1,0 +1,391 @@
+//! Scale-out on real processes: a real `nats-server` (spawned here on a free port), one
+//! engine node and two gateway nodes of the real binary, clients over real sockets.
+//!
+//! Without `nats-server` on the PATH the tests say so and pass, unless `CI` is set: then
+//! they fail (CI installs it, see `.ci/run`).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Api, Follower};
+use serde_json::{json, Value};
+use tickgate_gateway::client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tickgate");
+const SECRET: &str = "cluster-test-secret";
+const ADMIN: &str = "cluster-test-admin";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A child process, killed (SIGKILL) on drop whatever happens in the test.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `stream` to its end on a thread (so the child never blocks on a full pipe) and
+/// returns the first address found after `marker`.
+fn watch_for_addr(stream: impl std::io::Read + Send + 'static, marker: &'static str) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Some(at) = line.find(marker) {
+                let rest = &line[at + marker.len()..];
+                let addr: String =
+                    rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+        }
+    });
+    let addr = rx.recv_timeout(WAIT).expect("the process reports its address");
+    addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"))
+}
+
+/// `nats-server` on `port` (0: a free one). `None` when it is not installed and `CI` is
+/// not set.
+fn nats(port: u16) -> Option<Proc> {
+    let port = if port == 0 { "-1".to_string() } else { port.to_string() };
+    let spawned = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("nats-server is needed (apt-get install nats-server): {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: nats-server is not installed ({e}); CI runs this test");
+            return None;
+        }
+    };
+    let stderr = child.stderr.take().expect("piped stderr");
+    let addr = watch_for_addr(stderr, "Listening for client connections on ");
+    Some(Proc { child, addr })
+}
+
+fn node(nats: SocketAddr, role: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--nats", &format!("nats://{nats}"), "--role", role])
+        .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--admin-token", ADMIN])
+        .args(["--rest-rate", "0", "--node-id", &format!("{role}-test")])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("the tickgate binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let addr = watch_for_addr(stdout, "listening on http://");
+    Proc { child, addr }
+}
+
+fn engine(nats: SocketAddr, dir: &Path) -> Proc {
+    let dir = dir.to_str().expect("a UTF-8 path");
+    node(nats, "engine", &["--data-dir", dir, "--feed-rate", "1000", "--segment-mb", "1"])
+}
+
+fn gateway(nats: SocketAddr) -> Proc {
+    node(nats, "gateway", &[])
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tickgate-cluster-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (status, text) = common::http_raw(addr, &head).await;
+    (status, common::body_json(&text))
+}
+
+/// A binary WebSocket client following `book.BTC-USD` and `trades.BTC-USD`.
+struct Watcher {
+    ws: client::Client,
+    follower: Follower,
+    /// The book's first snapshot.
+    first: Option<tickgate_engine::BookSnapshot>,
+}
+
+impl Watcher {
+    async fn open(addr: SocketAddr) -> Watcher {
+        let mut ws = client::connect(addr, "/ws").await.expect("upgrade");
+        let channels = ["book.BTC-USD", "trades.BTC-USD"];
+        let sub = json!({"op": "subscribe", "id": 1, "channels": channels});
+        client::send_json(&mut ws, &sub).await.expect("send");
+        let mut follower = Follower::default();
+        loop {
+            let m = tokio::time::timeout(WAIT, client::next(&mut ws))
+                .await
+                .expect("in time")
+                .expect("a message");
+            match m {
+                client::Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("JSON");
+                    if v["op"] == "subscribed" {
+                        let ids = v["channels"].as_array().expect("channels");
+                        follower.book_channel = ids[0]["channel_id"].as_u64().expect("id") as u32;
+                        follower.trades_channel = ids[1]["channel_id"].as_u64().expect("id") as u32;
+                        return Watcher { ws, follower, first: None };
+                    }
+                }
+                client::Message::Binary(_) => panic!("data before the subscription's answer"),
+                client::Message::Close(code, why) => panic!("closed: {code:?} {why}"),
+            }
+        }
+    }
+
+    /// Reads until the book is at sequence `seq` or later.
+    async fn until_book(&mut self, seq: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.follower.book.as_ref().is_none_or(|b| b.seq().0 < seq) {
+            let m = tokio::time::timeout_at(deadline, client::next(&mut self.ws))
+                .await
+                .expect("the book reaches the sequence in time")
+                .expect("a message");
+            if let client::Message::Binary(b) = m {
+                self.follower.apply(&b);
+                if self.first.is_none() {
+                    self.first = self.follower.book.as_ref().map(|b| b.snapshot(usize::MAX));
+                }
+            }
+        }
+    }
+
+    /// The top 20 levels of the book as it was at `seq` (its first snapshot, then the
+    /// deltas up to `seq`).
+    fn book_at(&self, seq: u64) -> Value {
+        use std::collections::BTreeMap;
+        assert_eq!(self.follower.resyncs, 0, "no resync");
+        let first = self.first.as_ref().expect("a snapshot");
+        assert!(first.seq.0 <= seq, "the stream began before {seq}");
+        let mut sides: [BTreeMap<i64, i64>; 2] = Default::default();
+        for (i, levels) in [&first.bids, &first.asks].into_iter().enumerate() {
+            sides[i] = levels.iter().map(|(p, q)| (p.0, q.0)).collect();
+        }
+        let mut at = first.seq.0;
+        for &(s, side, price, qty) in &self.follower.deltas {
+            if s > seq {
+                break;
+            }
+            at = s;
+            let book = &mut sides[usize::from(side == tickgate_engine::Side::Sell)];
+            if qty == 0 {
+                book.remove(&price);
+            } else {
+                book.insert(price, qty);
+            }
+        }
+        let bids: Vec<Value> = sides[0].iter().rev().take(20).map(|(p, q)| json!([p, q])).collect();
+        let asks: Vec<Value> = sides[1].iter().take(20).map(|(p, q)| json!([p, q])).collect();
+        json!({"seq": at, "bids": bids, "asks": asks})
+    }
+}
+
+/// The REST book of `addr` with prices and quantities as integers (ticks and lots).
+async fn rest_book(addr: SocketAddr) -> Value {
+    let (status, b) = get(addr, "/api/v1/markets/BTC-USD/book?depth=20").await;
+    assert_eq!(status, 200, "{b}");
+    let units = |v: &Value| {
+        let s = v.as_str().expect("a decimal");
+        s.replace('.', "").parse::<i64>().expect("digits")
+    };
+    let side = |levels: &Value| {
+        let levels = levels.as_array().expect("levels");
+        levels.iter().map(|l| json!([units(&l[0]), units(&l[1])])).collect::<Vec<_>>()
+    };
+    json!({"seq": b["seq"], "bids": side(&b["bids"]), "asks": side(&b["asks"])})
+}
+
+/// Checks that the engine node's REST book, the gateways' REST books and the books
+/// rebuilt from their WebSocket streams are one and the same at one sequence. The market
+/// keeps moving: a gateway's REST book is taken until one has the engine's sequence.
+async fn books_agree(engine: SocketAddr, gateways: &[SocketAddr], watchers: &mut [Watcher]) {
+    for &g in gateways {
+        let mut matched = false;
+        for _ in 0..500 {
+            let reference = rest_book(engine).await;
+            let seq = reference["seq"].as_u64().expect("a sequence");
+            let deadline = tokio::time::Instant::now() + WAIT;
+            let book = loop {
+                let book = rest_book(g).await;
+                if book["seq"].as_u64().expect("a sequence") >= seq {
+                    break book;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "gateway {g} stays behind");
+            };
+            if book["seq"] == reference["seq"] {
+                assert_eq!(book, reference, "gateway {g}'s REST book");
+                matched = true;
+                break;
+            }
+        }
+        assert!(matched, "gateway {g} was never caught at the engine's sequence");
+    }
+    let reference = rest_book(engine).await;
+    let seq = reference["seq"].as_u64().expect("a sequence");
+    for w in watchers.iter_mut() {
+        w.until_book(seq).await;
+        assert_eq!(w.book_at(seq), reference, "a book rebuilt from a gateway's stream");
+    }
+}
+
+/// The first execution report of `order` on an authenticated `orders` subscription.
+async fn execution_of(ws: &mut client::Client, order: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = tokio::time::timeout_at(deadline, client::next(ws))
+            .await
+            .expect("the execution report arrives in time")
+            .expect("a message");
+        let client::Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(&t).expect("JSON");
+        if v["op"] == "execution" && v["order_id"] == order {
+            return v;
+        }
+    }
+}
+
+/// Opens an SSE stream, says when it is open, then reads it until a `fill` of the order
+/// whose id `order` comes to hold arrives; returns what it read.
+async fn sse_fill(
+    addr: SocketAddr,
+    token: String,
+    open: tokio::sync::oneshot::Sender<()>,
+    order: tokio::sync::watch::Receiver<u64>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "GET /api/v1/alerts/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Accept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let (mut text, mut buf, mut open) = (String::new(), [0u8; 4096], Some(open));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("the fill arrives in time")
+            .expect("read");
+        assert!(n > 0, "the stream ended: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if text.contains("\r\n\r\n") {
+            if let Some(open) = open.take() {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                let _ = open.send(());
+            }
+        }
+        let id = *order.borrow();
+        if id != 0 {
+            if let Some(at) = text.find(&format!("\"order_id\":{id},")) {
+                assert!(text[..at].rfind("event: fill").is_some(), "{text}");
+                return text;
+            }
+        }
+    }
+}
+
+fn market_buy() -> Value {
+    json!({"symbol": "BTC-USD", "side": "buy", "type": "market", "qty": "0.0010"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders() {
+    let Some(nats) = nats(0) else { return };
+    let dir = TempDir::new("serve");
+    let engine = engine(nats.addr, &dir.0);
+    let (g1, g2) = (gateway(nats.addr), gateway(nats.addr));
+
+    // The engine node serves no clients.
+    let (status, body) = get(engine.addr, "/api/v1/account").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, health) = get(g1.addr, "/healthz").await;
+    assert_eq!((status, health["node"]["role"].as_str()), (200, Some("gateway")), "{health}");
+
+    // Market data: books rebuilt on both gateways equal the engine's.
+    let mut watchers = [Watcher::open(g1.addr).await, Watcher::open(g2.addr).await];
+    books_agree(engine.addr, &[g1.addr, g2.addr], &mut watchers).await;
+    // Trades: the same sequences with the same content on both (each keeps those since
+    // it started).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut tapes = Vec::new();
+    for g in [g1.addr, g2.addr] {
+        let (status, t) = get(g, "/api/v1/markets/BTC-USD/trades?limit=50").await;
+        assert_eq!(status, 200, "{t}");
+        tapes.push(t["trades"].as_array().expect("trades").clone());
+    }
+    let shared: Vec<&Value> =
+        tapes[0].iter().filter(|t| tapes[1].iter().any(|u| u["seq"] == t["seq"])).collect();
+    assert!(shared.len() >= 10, "the tapes overlap: {tapes:?}");
+    for t in shared {
+        assert!(tapes[1].contains(t), "trade {t} is the same on both gateways");
+    }
+
+    // Orders: placed through gateway 2; reported on gateway 1's WebSocket and gateway 2's
+    // SSE stream; the same on both gateways' REST.
+    let alice = Api::login(g2.addr, 0).await;
+    let mut ws = client::connect(g1.addr, "/ws?format=json").await.expect("upgrade");
+    let auth = json!({"op": "auth", "id": 1, "token": alice.token});
+    client::send_json(&mut ws, &auth).await.expect("send");
+    let sub = json!({"op": "subscribe", "id": 2, "channels": ["orders"]});
+    client::send_json(&mut ws, &sub).await.expect("send");
+    let (open_tx, open_rx) = tokio::sync::oneshot::channel();
+    let (id_tx, id_rx) = tokio::sync::watch::channel(0u64);
+    let sse = tokio::spawn(sse_fill(g2.addr, alice.token.clone(), open_tx, id_rx));
+    open_rx.await.expect("the SSE stream opens");
+    let key = "Idempotency-Key: cluster-1\r\n";
+    let (status, placed) = alice.call("POST", "/api/v1/orders", Some(market_buy()), key).await;
+    assert_eq!(status, 201, "{placed}");
+    assert_eq!(placed["status"], "filled", "{placed}");
+    let id = placed["id"].as_u64().expect("an id");
+    id_tx.send(id).expect("the SSE reader waits");
+    let exec = execution_of(&mut ws, id).await;
+    assert_eq!(exec["channel"], "orders", "{exec}");
+    let text = tokio::time::timeout(WAIT, sse).await.expect("in time").expect("the SSE task");
+    assert!(text.contains("event: fill"), "{text}");
+    for g in [g1.addr, g2.addr] {
+        let api = Api { addr: g, token: alice.token.clone() };
+        let (status, o) = api.call("GET", &format!("/api/v1/orders/{id}"), None, "").await;
+        assert_eq!((status, &o["status"]), (200, &json!("filled")), "{o}");
+        let (status, fills) = api.call("GET", "/api/v1/fills", None, "").await;
+        assert_eq!(status, 200);
+        let fills = fills["fills"].as_array().expect("fills").clone();
+        assert!(fills.iter().any(|f| f["order_id"] == id), "{fills:?}");
+        // A retry with the key through either node answers the first order.
+        let (status, again) = api.call("POST", "/api/v1/orders", Some(market_buy()), key).await;
+        assert_eq!((status, again["id"].as_u64()), (201, Some(id)), "{again}");
+    }
+    let g1_alice = Api { addr: g1.addr, token: alice.token.clone() };
+    let (_, a1) = g1_alice.call("GET", "/api/v1/account", None, "").await;
+    let (_, a2) = alice.call("GET", "/api/v1/account", None, "").await;
+    assert_eq!(a1["balances"], a2["balances"], "one account, seen alike");
+}
