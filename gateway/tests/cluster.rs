@@ -41,6 +41,8 @@ fn watch_for_addr(stream: impl std::io::Read + Send + 'static, marker: &'static 
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            // Shown with a failing test's output.
+            eprintln!("{line}");
             if let Some(at) = line.find(marker) {
                 let rest = &line[at + marker.len()..];
                 let addr: String =
@@ -58,8 +60,17 @@ fn watch_for_addr(stream: impl std::io::Read + Send + 'static, marker: &'static 
 /// `nats-server` on `port` (0: a free one). `None` when it is not installed and `CI` is
 /// not set.
 fn nats(port: u16) -> Option<Proc> {
+    nats_with(port, None)
+}
+
+/// `nats-server` on `port` with a configuration file.
+fn nats_with(port: u16, config: Option<&Path>) -> Option<Proc> {
     let port = if port == 0 { "-1".to_string() } else { port.to_string() };
-    let spawned = Command::new("nats-server")
+    let mut cmd = Command::new("nats-server");
+    if let Some(config) = config {
+        cmd.arg("-c").arg(config);
+    }
+    let spawned = cmd
         .args(["-a", "127.0.0.1", "-p", &port])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -388,4 +399,110 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     let (_, a1) = g1_alice.call("GET", "/api/v1/account", None, "").await;
     let (_, a2) = alice.call("GET", "/api/v1/account", None, "").await;
     assert_eq!(a1["balances"], a2["balances"], "one account, seen alike");
+}
+
+/// Waits until `addr` has repaired at least `n` gaps.
+async fn wait_for_gaps(addr: SocketAddr, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while health(addr).await["node"]["gaps_repaired"].as_u64().is_none_or(|g| g < n) {
+        assert!(tokio::time::Instant::now() < deadline, "gap {n} is seen and repaired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    common::http_raw(addr, &head).await
+}
+
+/// Health of a node as JSON.
+async fn health(addr: SocketAddr) -> Value {
+    let (status, h) = get(addr, "/healthz").await;
+    assert_eq!(status, 200, "{h}");
+    h
+}
+
+/// A logged-in user places a market order through `addr` and gets it filled.
+async fn trade_through(addr: SocketAddr) {
+    let api = Api::login(addr, 1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, placed) = api.order(market_buy()).await;
+        if status == 201 {
+            assert_eq!(placed["status"], "filled", "{placed}");
+            return;
+        }
+        // The engine node may still be starting: a clear, quick error meanwhile.
+        assert_eq!(status, 503, "{placed}");
+        assert!(tokio::time::Instant::now() < deadline, "{placed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart() {
+    let dir = TempDir::new("failover");
+    std::fs::create_dir_all(&dir.0).expect("a temporary directory");
+    // Messages of at most 16 KiB: snapshots travel in many pieces.
+    let config = dir.0.join("nats.conf");
+    std::fs::write(&config, "max_payload: 16384\n").expect("written");
+    let Some(nats_proc) = nats_with(0, Some(&config)) else { return };
+    let nats_addr = nats_proc.addr;
+    let mut engine_proc = engine(nats_addr, &dir.0);
+    // Gateway 2 buffers few messages per subscription: a burst overflows it.
+    let g1 = gateway(nats_addr);
+    let g2 = node(nats_addr, "gateway", &["--nats-buffer", "64"]);
+
+    // A gateway dies: its clients reconnect to the other and rebuild correct books.
+    drop(g1);
+    let mut watchers = [Watcher::open(g2.addr).await];
+    books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
+
+    // The broker restarts mid-stream: what was published meanwhile is lost to the
+    // gateway, which repairs the gap by replay; no restart, no resync for its clients.
+    drop(nats_proc);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let nats_proc = nats_with(nats_addr.port(), Some(&config)).expect("nats-server restarts");
+    wait_for_gaps(g2.addr, 1).await;
+    books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
+    trade_through(g2.addr).await;
+
+    // The gateway falls behind (stopped for a moment, then flooded with what piled up):
+    // NATS drops what its subscription cannot hold (a slow consumer); the gateway repairs
+    // the gap and serves correct books, without a restart.
+    let gaps = health(g2.addr).await["node"]["gaps_repaired"].as_u64().expect("a count");
+    let pid = g2.child.id().to_string();
+    let stop = Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
+    assert!(stop.success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cont = Command::new("kill").args(["-CONT", &pid]).status().expect("kill -CONT");
+    assert!(cont.success());
+    wait_for_gaps(g2.addr, gaps + 1).await;
+    let (_, metrics) = get_text(g2.addr, "/metrics").await;
+    assert!(
+        metrics.contains("tickgate_nats_disconnects_total{node=\"gateway-test\"} "),
+        "{metrics}"
+    );
+    books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
+
+    // The engine node restarts (SIGKILL, same data directory): the gateway follows its
+    // new run, sequences continue, orders flow again.
+    let applied = health(g2.addr).await["node"]["commands_applied"].as_u64().expect("a count");
+    drop(engine_proc);
+    // Meanwhile: order entry fails fast and clearly.
+    let api = Api::login(g2.addr, 1).await;
+    let started = std::time::Instant::now();
+    let (status, body) = api.order(market_buy()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("engine_unavailable")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "no long timeout: {:?}", started.elapsed());
+    engine_proc = engine(nats_addr, &dir.0);
+    trade_through(g2.addr).await;
+    books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
+    let after = health(g2.addr).await["node"]["commands_applied"].as_u64().expect("a count");
+    assert!(after > applied, "the replica kept applying: {applied} then {after}");
+    drop(nats_proc);
 }

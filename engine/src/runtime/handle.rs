@@ -129,6 +129,17 @@ impl EngineHandle {
             .ok_or(SubmitError::UnknownInstrument)
     }
 
+    /// The last sequence of each of `instrument`'s public channels (trades, book, best
+    /// bid/offer), answered after every command queued before the call.
+    pub fn channel_seqs(
+        &self,
+        instrument: InstrumentId,
+    ) -> Result<crate::engine::ChannelSeqs, SubmitError> {
+        let shard = self.shard_of(instrument).ok_or(SubmitError::UnknownInstrument)?;
+        self.ask(shard, |reply| Query::Seqs { instrument, reply })?
+            .ok_or(SubmitError::UnknownInstrument)
+    }
+
     /// Balances of `account` per asset on `shard`'s ledger; `None` for an unknown account.
     /// Answered in order with the commands queued before it (for lock-free reads of
     /// acknowledged balances, see [`EngineHandle::published_account`]).

@@ -14,6 +14,7 @@ pub(super) enum Query {
     Keys { accounts: Vec<AccountId>, reply: Sender<Vec<(AccountId, KeyRecord)>> },
     Key { account: AccountId, key: IdempotencyKey, reply: Sender<Option<KeyRecord>> },
     Snapshot { reply: Sender<Vec<u8>> },
+    Seqs { instrument: InstrumentId, reply: Sender<Option<crate::engine::ChannelSeqs>> },
 }
 
 pub(super) enum Request {
@@ -187,6 +188,9 @@ impl ShardWorker {
             }
             Query::Key { account, key, reply } => {
                 let _ = reply.send(self.engine.key_record(account, key, self.stamper.last()));
+            }
+            Query::Seqs { instrument, reply } => {
+                let _ = reply.send(self.engine.channel_seqs(instrument));
             }
             Query::Snapshot { reply } => {
                 let (shard, last_ts) = (self.shard as u32, self.stamper.last().0);

@@ -2,6 +2,7 @@
 //! gateways' requests (snapshots, replays, order entry, order ids).
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -18,10 +19,13 @@ use super::{ClusterStats, Subjects, HEARTBEAT};
 
 /// Bytes of encoded commands each shard keeps for replays (about a million commands).
 pub const LOG_BYTES_MAX: usize = 64 << 20;
-/// Largest batch of records in one message (NATS' default `max_payload` is 1 MiB).
+/// Largest batch of records in one message (NATS' default `max_payload` is 1 MiB; a
+/// smaller one the server announces lowers it).
 pub const MESSAGE_BYTES_MAX: usize = 256 << 10;
 /// Order ids handed to a gateway at once.
 pub const ID_BLOCK: u64 = 4_096;
+/// Order ids an engine node skips when it starts, past those earlier runs handed out.
+pub const ID_SKIP_AT_START: u64 = 1 << 40;
 
 /// Each shard's recent commands, encoded, as the engine applied them.
 #[derive(Debug)]
@@ -100,8 +104,8 @@ impl CommandLog {
         self.shards.get(shard).map_or(0, |s| s.lock().unwrap_or_else(|e| e.into_inner()).last_seq)
     }
 
-    /// Records of `shard` from sequence `from` on, at most about `max` bytes (whole
-    /// batches, cut at a record inside the first one).
+    /// Records of `shard` from sequence `from` on, at most `max` bytes (a message's
+    /// payload must fit the server's `max_payload`).
     pub fn since(&self, shard: usize, from: u64, max: usize) -> Since {
         let Some(slot) = self.shards.get(shard) else { return Since::TooOld };
         let log = slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,22 +121,72 @@ impl CommandLog {
             if *last < from {
                 continue;
             }
-            if *first < from {
-                // Skip the records before `from` in this batch.
-                let records = tickgate_engine::journal::decode_records(bytes).unwrap_or_default();
-                for r in records.iter().filter(|r| r.seq >= from) {
-                    encode_record(r.seq, &r.command, &mut out);
-                }
-            } else {
+            if *first >= from && out.len() + bytes.len() <= max {
                 out.extend_from_slice(bytes);
+                included = *last;
+                continue;
             }
-            included = *last;
-            if out.len() >= max {
-                break;
+            // Part of a batch: its records from `from` on, as many as fit.
+            let records = tickgate_engine::journal::decode_records(bytes).unwrap_or_default();
+            for r in &records {
+                if r.seq <= included {
+                    continue;
+                }
+                let before = out.len();
+                encode_record(r.seq, &r.command, &mut out);
+                if out.len() > max {
+                    out.truncate(before);
+                    return Since::Records(out, included);
+                }
+                included = r.seq;
             }
         }
         Since::Records(out, included)
     }
+}
+
+/// Records of `shard` from sequence `from` on, read from the journal in `dir` (what the
+/// in-memory log no longer holds, or never held: commands a previous run journaled but did
+/// not get to publish before it stopped), at most about `max` bytes.
+pub fn journal_since(dir: &Path, shard: usize, from: u64, max: usize) -> Since {
+    let shard_dir = tickgate_engine::durable::shard_dir(dir, shard);
+    let Ok(segments) = tickgate_engine::journal::list_segments(&shard_dir) else {
+        return Since::TooOld;
+    };
+    // The last segment starting at or before `from`, and those after it.
+    let Some(start) = segments.iter().rposition(|(first, _)| *first <= from) else {
+        return Since::TooOld;
+    };
+    let (mut out, mut included) = (Vec::new(), from - 1);
+    let last_index = segments.len() - 1;
+    for (i, (_, path)) in segments.iter().enumerate().skip(start) {
+        let mut full = false;
+        let each = |r: tickgate_engine::journal::Record| {
+            if r.seq == included + 1 && !full {
+                let before = out.len();
+                encode_record(r.seq, &r.command, &mut out);
+                if out.len() > max {
+                    out.truncate(before);
+                    full = true;
+                } else {
+                    included = r.seq;
+                }
+            }
+        };
+        let read =
+            tickgate_engine::journal::read_segment(path, shard as u32, None, i == last_index, each);
+        if let Err(e) = read {
+            tracing::warn!("replaying from the journal: {e}");
+            break;
+        }
+        if full {
+            break;
+        }
+    }
+    if included < from {
+        return Since::TooOld;
+    }
+    Since::Records(out, included)
 }
 
 /// The engine node's NATS tasks; they end when dropped.
@@ -156,11 +210,15 @@ impl Primary {
         log: Arc<CommandLog>,
         stats: Arc<ClusterStats>,
         node: String,
+        journal: Option<PathBuf>,
     ) -> anyhow::Result<Primary> {
         // A run id: gateways see the engine node restart when it changes.
         let epoch = engine.clock().now().0;
+        // Gateways hold blocks of order ids a previous run handed out and may still use;
+        // this run's ids start far above them (2^40 ids: years of allocation per run).
+        let _ = engine.reserve_order_ids(ID_SKIP_AT_START);
         let mut tasks = Vec::new();
-        let ctx = Arc::new(Ctx { client, subjects, engine, log, stats, epoch, node });
+        let ctx = Arc::new(Ctx { client, subjects, engine, log, stats, epoch, node, journal });
         for shard in 0..ctx.engine.shards() {
             tasks.push(tokio::spawn(publish(Arc::clone(&ctx), shard)));
             let replays = ctx.client.subscribe(ctx.subjects.replay(shard)).await?;
@@ -192,6 +250,7 @@ impl Primary {
 }
 
 struct Ctx {
+    journal: Option<PathBuf>,
     client: async_nats::Client,
     subjects: Subjects,
     engine: EngineHandle,
@@ -202,6 +261,12 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The most bytes of records (or snapshot) one message carries on this server.
+    fn message_max(&self) -> usize {
+        let max_payload = self.client.server_info().max_payload;
+        max_payload.saturating_sub(1024).clamp(1024, MESSAGE_BYTES_MAX)
+    }
+
     async fn send(&self, subject: String, payload: Bytes) {
         let len = payload.len() as u64;
         match self.client.publish(subject, payload).await {
@@ -224,7 +289,7 @@ async fn publish(ctx: Arc<Ctx>, shard: usize) {
         let woken = tokio::time::timeout(HEARTBEAT, ctx.log.wake[shard].notified()).await.is_ok();
         loop {
             let mut last = ctx.log.last_seq(shard);
-            let records = match ctx.log.since(shard, next, MESSAGE_BYTES_MAX) {
+            let records = match ctx.log.since(shard, next, ctx.message_max()) {
                 Since::Records(records, included) => {
                     (next, last) = (included + 1, last.max(included));
                     records
@@ -268,7 +333,14 @@ async fn replay(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> By
         Err(_) => return wire::batch_header(wire::TOO_OLD, ctx.epoch, shard as u32, 0, &[]),
     };
     let last = ctx.log.last_seq(shard);
-    match ctx.log.since(shard, from, MESSAGE_BYTES_MAX) {
+    let max = ctx.message_max();
+    let mut since = ctx.log.since(shard, from, max);
+    if let (Since::TooOld, Some(dir)) = (&since, &ctx.journal) {
+        let dir = dir.clone();
+        let read = move || journal_since(&dir, shard, from, max);
+        since = tokio::task::spawn_blocking(read).await.unwrap_or(Since::TooOld);
+    }
+    match since {
         Since::Records(r, included) => {
             wire::batch_header(0, ctx.epoch, shard as u32, last.max(included), &r)
         }
@@ -334,7 +406,7 @@ mod tests {
     fn the_log_answers_from_any_kept_sequence_and_says_when_one_is_gone() {
         let log = CommandLog::new(&[10]);
         assert_eq!(log.since(0, 11, usize::MAX), Since::Records(Vec::new(), 10));
-        assert_eq!(log.since(0, 5, usize::MAX), Since::TooOld, "before the log began");
+        assert!(matches!(log.since(0, 5, usize::MAX), Since::TooOld), "before the log began");
         log.append(0, 11, &commands(3));
         log.append(0, 14, &commands(2));
         assert_eq!(log.last_seq(0), 15);
@@ -342,10 +414,45 @@ mod tests {
         assert_eq!(seqs(&all), [11, 12, 13, 14, 15]);
         let Since::Records(tail, 15) = log.since(0, 13, usize::MAX) else { panic!() };
         assert_eq!(seqs(&tail), [13, 14, 15], "cut inside the first batch");
-        let Since::Records(first, 13) = log.since(0, 11, 1) else { panic!() };
-        assert_eq!(seqs(&first), [11, 12, 13], "whole batches up to the limit");
+        let one = tail.len() / 3;
+        let Since::Records(first, 12) = log.since(0, 11, 2 * one + 1) else { panic!() };
+        assert_eq!(seqs(&first), [11, 12], "no more than the limit");
+        let Since::Records(next, 14) = log.since(0, 13, 2 * one) else { panic!() };
+        assert_eq!(seqs(&next), [13, 14], "across batches, no more than the limit");
         assert_eq!(log.since(0, 16, usize::MAX), Since::Records(Vec::new(), 15));
-        assert_eq!(log.since(3, 1, usize::MAX), Since::TooOld, "no such shard");
+        assert!(matches!(log.since(3, 1, usize::MAX), Since::TooOld), "no such shard");
+    }
+
+    #[test]
+    fn the_journal_answers_what_the_log_never_held() {
+        use tickgate_engine::durable::DurabilityConfig;
+        use tickgate_engine::runtime::{EngineRuntime, RuntimeConfig};
+        let dir =
+            std::env::temp_dir().join(format!("tickgate-journal-since-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut durability = DurabilityConfig::new(&dir);
+        durability.segment_bytes = 4 << 10;
+        let config = RuntimeConfig { durability: Some(durability), ..RuntimeConfig::default() };
+        let runtime = EngineRuntime::start(config).expect("starts");
+        let handle = runtime.handle();
+        for (i, c) in commands(300).into_iter().enumerate() {
+            handle.submit(c.kind).expect("queued");
+            if i % 20 == 0 {
+                // Many small batches: the journal rotates its segments between them.
+                handle.digest(0).expect("applied");
+            }
+        }
+        handle.digest(0).expect("applied");
+        runtime.shutdown();
+        assert!(tickgate_engine::journal::list_segments(&dir.join("shard-0")).unwrap().len() > 2);
+        let Since::Records(r, 300) = journal_since(&dir, 0, 1, usize::MAX) else { panic!() };
+        assert_eq!(seqs(&r), (1..=300).collect::<Vec<_>>(), "across segments");
+        let Since::Records(r, last) = journal_since(&dir, 0, 150, 1024) else { panic!() };
+        assert!(r.len() <= 1024 && last > 150 && last < 300);
+        assert_eq!(seqs(&r), (150..=last).collect::<Vec<_>>());
+        assert!(matches!(journal_since(&dir, 0, 301, usize::MAX), Since::TooOld), "not journaled");
+        assert!(matches!(journal_since(&dir, 1, 1, usize::MAX), Since::TooOld), "no such shard");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -353,17 +460,14 @@ mod tests {
         let log = CommandLog::new(&[0]);
         let per_batch = commands(1_000);
         let mut seq = 1;
-        while log.shards[0].lock().unwrap().batches.len() < 3
-            || log.shards[0].lock().unwrap().bytes < LOG_BYTES_MAX - 200_000
-        {
+        while log.shards[0].lock().unwrap().batches.front().is_none_or(|b| b.0 == 1) {
             log.append(0, seq, &per_batch);
             seq += 1_000;
+            assert!(seq < 10_000_000, "the log never forgets");
         }
-        log.append(0, seq, &per_batch);
-        log.append(0, seq + 1_000, &per_batch);
         assert!(log.shards[0].lock().unwrap().bytes <= LOG_BYTES_MAX);
-        assert_eq!(log.since(0, 1, usize::MAX), Since::TooOld);
-        let Since::Records(r, _) = log.since(0, seq + 1_500, usize::MAX) else { panic!() };
-        assert_eq!(seqs(&r).first(), Some(&(seq + 1_500)));
+        assert!(matches!(log.since(0, 1, usize::MAX), Since::TooOld));
+        let Since::Records(r, _) = log.since(0, seq - 500, usize::MAX) else { panic!() };
+        assert_eq!(seqs(&r).first(), Some(&(seq - 500)));
     }
 }

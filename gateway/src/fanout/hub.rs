@@ -97,7 +97,26 @@ impl MarketData {
                 market.retry.push(Arc::clone(c));
             }
         }
+        for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Trades) {
+            market.start_trades(c);
+        }
         market
+    }
+
+    /// Starts a trades channel at the engine's last trade (a recovered engine, or a
+    /// replica, has traded before): its first trade then follows its snapshot's sequence.
+    fn start_trades(&mut self, channel: &Arc<Channel>) {
+        match self.engine.channel_seqs(channel.instrument.id) {
+            Ok(seqs) => {
+                let mut state = channel.lock();
+                if state.last_seq == 0 {
+                    state.last_seq = seqs.trades.0;
+                    channel.last_seq.store(seqs.trades.0, Ordering::Release);
+                }
+            }
+            // The first trade then shows as a gap notice from 1: honest, if untidy.
+            Err(e) => tracing::warn!(channel = %channel.name, "trades sequence unknown: {e}"),
+        }
     }
 
     /// Replaces a book channel's state with an engine snapshot; `false` if the engine could
@@ -383,10 +402,10 @@ impl Publisher {
                 self.encode_bbo(channel, state, with_json, *messages, b);
                 Encoded::Message
             }
-            Event::Trade(t) => {
-                self.encode_trade(channel, state, with_json, messages, t);
+            Event::Trade(t) if self.encode_trade(channel, state, with_json, messages, t) => {
                 Encoded::Message
             }
+            Event::Trade(_) => Encoded::Skipped,
             Event::Exec(_) | Event::Transfer(_) => Encoded::Skipped,
         }
     }
@@ -438,7 +457,8 @@ impl Publisher {
     }
 
     /// A trade, after a gap notice when trades before it never reached the hub (its
-    /// engine reader was lapped); the notice counts as a message of its own.
+    /// engine reader was lapped); the notice counts as a message of its own. `false`: the
+    /// trade is older than the channel's start, nothing was encoded.
     #[inline]
     fn encode_trade(
         &mut self,
@@ -447,7 +467,11 @@ impl Publisher {
         with_json: bool,
         messages: &mut u32,
         t: &tickgate_engine::Trade,
-    ) {
+    ) -> bool {
+        if t.seq.0 <= state.last_seq {
+            // Already counted in the sequence the channel started from.
+            return false;
+        }
         let msg = TradeMsg {
             seq: t.seq.0,
             ts: t.ts.0,
@@ -457,7 +481,7 @@ impl Publisher {
             maker_order: t.maker_order.0,
             taker_order: t.taker_order.0,
         };
-        if state.last_seq != 0 && msg.seq > state.last_seq + 1 {
+        if msg.seq > state.last_seq + 1 {
             let (from, to) = (state.last_seq + 1, msg.seq - 1);
             bin::gap(&mut self.bin, channel.id, msg.ts, from, to);
             if with_json {
@@ -476,6 +500,7 @@ impl Publisher {
             json::trade(&mut self.json, &channel.instrument, &channel.name, &msg);
         }
         (state.last_seq, state.last_ts) = (msg.seq, msg.ts);
+        true
     }
 
     fn comma(&mut self, messages: u32) {

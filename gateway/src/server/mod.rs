@@ -85,7 +85,7 @@ impl Server {
                 let log = CommandLog::new(&vec![0; config.shards.max(1)]);
                 let tap = Some(log.tap());
                 let started = startup::start_engine(&config, &loaded, wakes.clone(), tap).await?;
-                primary = Some(startup::start_primary(n, &started, log).await?);
+                primary = Some(startup::start_primary(&config, n, &started, log).await?);
                 started
             }
             (None, _) => startup::start_engine(&config, &loaded, wakes.clone(), None).await?,

@@ -127,6 +127,7 @@ pub(super) async fn connect(config: &Config) -> anyhow::Result<Option<Node>> {
 
 /// The engine node: hands what its engine applies to NATS and answers the gateways.
 pub(super) async fn start_primary(
+    config: &Config,
     node: &Node,
     started: &Started,
     log: Arc<CommandLog>,
@@ -136,7 +137,9 @@ pub(super) async fn start_primary(
         log.start_at(r.shard, r.next_seq - 1);
     }
     let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
-    Primary::start(client, node.subjects(), engine, log, stats, node.config.node.clone()).await
+    let id = node.config.node.clone();
+    let journal = config.durability.as_ref().map(|d| d.dir.clone());
+    Primary::start(client, node.subjects(), engine, log, stats, id, journal).await
 }
 
 /// A gateway node: a replica of the engine node's engine, from its snapshots; its publish

@@ -160,7 +160,12 @@ impl Follower {
                 }
                 MsgType::Trade if msg.channel == self.trades_channel => {
                     let last = self.last_trade_seq.expect("snapshot before trades");
-                    assert_eq!(msg.seq, last + 1, "contiguous trade sequence");
+                    assert_eq!(
+                        msg.seq,
+                        last + 1,
+                        "contiguous trade sequence (channel {})",
+                        msg.channel
+                    );
                     self.last_trade_seq = Some(msg.seq);
                     self.trades += 1;
                 }
