@@ -60,6 +60,8 @@ pub struct NodeInfo {
     pub id: String,
     /// Its NATS counters.
     pub stats: Arc<crate::cluster::ClusterStats>,
+    /// A gateway node's way to the engine node (for what lives there: alerts).
+    pub link: Option<crate::cluster::alerts::Link>,
 }
 
 /// What every WebSocket connection shares.

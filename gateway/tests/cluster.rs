@@ -285,13 +285,14 @@ async fn execution_of(ws: &mut client::Client, order: u64) -> Value {
     }
 }
 
-/// Opens an SSE stream, says when it is open, then reads it until a `fill` of the order
-/// whose id `order` comes to hold arrives; returns what it read.
-async fn sse_fill(
+/// Opens an SSE stream, says when it is open, then reads it until the text `want` comes
+/// to hold (once it is not empty) appears, and `settle` longer; returns what it read.
+async fn sse_until(
     addr: SocketAddr,
     token: String,
     open: tokio::sync::oneshot::Sender<()>,
-    order: tokio::sync::watch::Receiver<u64>,
+    want: tokio::sync::watch::Receiver<String>,
+    settle: Duration,
 ) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -301,12 +302,15 @@ async fn sse_fill(
     );
     stream.write_all(head.as_bytes()).await.expect("write");
     let (mut text, mut buf, mut open) = (String::new(), [0u8; 4096], Some(open));
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut deadline = tokio::time::Instant::now() + WAIT;
+    let mut found = false;
     loop {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
-            .await
-            .expect("the fill arrives in time")
-            .expect("read");
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await;
+        let n = match read {
+            Ok(n) => n.expect("read"),
+            Err(_) if found => return text,
+            Err(_) => panic!("{:?} did not arrive: {text}", *want.borrow()),
+        };
         assert!(n > 0, "the stream ended: {text}");
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
         if text.contains("\r\n\r\n") {
@@ -315,14 +319,25 @@ async fn sse_fill(
                 let _ = open.send(());
             }
         }
-        let id = *order.borrow();
-        if id != 0 {
-            if let Some(at) = text.find(&format!("\"order_id\":{id},")) {
-                assert!(text[..at].rfind("event: fill").is_some(), "{text}");
-                return text;
-            }
+        let wanted = want.borrow().clone();
+        if !found && !wanted.is_empty() && text.contains(&wanted) {
+            found = true;
+            deadline = tokio::time::Instant::now() + settle;
         }
     }
+}
+
+/// An SSE stream on `addr` reading until what `want` names arrives; returns once open.
+async fn open_sse(
+    addr: SocketAddr,
+    token: &str,
+    want: &tokio::sync::watch::Receiver<String>,
+    settle: Duration,
+) -> tokio::task::JoinHandle<String> {
+    let (open_tx, open_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(sse_until(addr, token.to_string(), open_tx, want.clone(), settle));
+    open_rx.await.expect("the SSE stream opens");
+    task
 }
 
 fn market_buy() -> Value {
@@ -369,20 +384,19 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     client::send_json(&mut ws, &auth).await.expect("send");
     let sub = json!({"op": "subscribe", "id": 2, "channels": ["orders"]});
     client::send_json(&mut ws, &sub).await.expect("send");
-    let (open_tx, open_rx) = tokio::sync::oneshot::channel();
-    let (id_tx, id_rx) = tokio::sync::watch::channel(0u64);
-    let sse = tokio::spawn(sse_fill(g2.addr, alice.token.clone(), open_tx, id_rx));
-    open_rx.await.expect("the SSE stream opens");
+    let (want_tx, want_rx) = tokio::sync::watch::channel(String::new());
+    let sse = open_sse(g2.addr, &alice.token, &want_rx, Duration::ZERO).await;
     let key = "Idempotency-Key: cluster-1\r\n";
     let (status, placed) = alice.call("POST", "/api/v1/orders", Some(market_buy()), key).await;
     assert_eq!(status, 201, "{placed}");
     assert_eq!(placed["status"], "filled", "{placed}");
     let id = placed["id"].as_u64().expect("an id");
-    id_tx.send(id).expect("the SSE reader waits");
+    want_tx.send(format!("\"order_id\":{id},")).expect("the SSE reader waits");
     let exec = execution_of(&mut ws, id).await;
     assert_eq!(exec["channel"], "orders", "{exec}");
     let text = tokio::time::timeout(WAIT, sse).await.expect("in time").expect("the SSE task");
-    assert!(text.contains("event: fill"), "{text}");
+    let at = text.find(&format!("\"order_id\":{id},")).expect("the fill");
+    assert!(text[..at].rfind("event: fill").is_some(), "{text}");
     for g in [g1.addr, g2.addr] {
         let api = Api { addr: g, token: alice.token.clone() };
         let (status, o) = api.call("GET", &format!("/api/v1/orders/{id}"), None, "").await;
@@ -399,6 +413,37 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     let (_, a1) = g1_alice.call("GET", "/api/v1/account", None, "").await;
     let (_, a2) = alice.call("GET", "/api/v1/account", None, "").await;
     assert_eq!(a1["balances"], a2["balances"], "one account, seen alike");
+
+    // Alerts: created through gateway 1, listed and deleted through gateway 2; one that
+    // fires reaches the user's streams on both nodes, once each.
+    let (want_tx, want_rx) = tokio::sync::watch::channel(String::new());
+    let settle = Duration::from_millis(500);
+    let streams = [
+        open_sse(g1.addr, &alice.token, &want_rx, settle).await,
+        open_sse(g2.addr, &alice.token, &want_rx, settle).await,
+    ];
+    let far = json!({"symbol": "BTC-USD", "condition": "above", "price": "1000000.00"});
+    let (status, kept) = g1_alice.call("POST", "/api/v1/alerts", Some(far), "").await;
+    assert_eq!(status, 201, "{kept}");
+    let (status, listed) = alice.call("GET", "/api/v1/alerts", None, "").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["alerts"][0]["id"], kept["id"], "{listed}");
+    let now = json!({"symbol": "BTC-USD", "condition": "above", "price": "1.00"});
+    let (status, fired) = g1_alice.call("POST", "/api/v1/alerts", Some(now), "").await;
+    assert_eq!(status, 201, "{fired}");
+    let needle = format!("\"alert_id\":{},", fired["id"]);
+    want_tx.send(needle.clone()).expect("the SSE readers wait");
+    for stream in streams {
+        let text = tokio::time::timeout(WAIT, stream).await.expect("in time").expect("SSE task");
+        assert_eq!(text.matches(&needle).count(), 1, "once per stream: {text}");
+        let at = text.find(&needle).expect("the alert");
+        assert!(text[..at].rfind("event: price").is_some(), "{text}");
+    }
+    let path = format!("/api/v1/alerts/{}", kept["id"]);
+    let (status, deleted) = alice.call("DELETE", &path, None, "").await;
+    assert_eq!(status, 200, "{deleted}");
+    let (_, listed) = g1_alice.call("GET", "/api/v1/alerts", None, "").await;
+    assert_eq!(listed["alerts"], json!([]), "{listed}");
 }
 
 /// Waits until `addr` has repaired at least `n` gaps.

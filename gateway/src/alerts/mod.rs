@@ -121,6 +121,17 @@ pub struct AlertHub {
     pub streams: AtomicU64,
     /// Event ids and the time of alerts fired on creation.
     clock: SharedClock,
+    /// Where fired alerts also go (the engine node hands them to every gateway node).
+    relay: std::sync::OnceLock<Relay>,
+}
+
+/// Sees every alert that fires: `(account, kind, data)`.
+pub struct Relay(pub Box<dyn Fn(AccountId, &str, &serde_json::Value) + Send + Sync>);
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relay")
+    }
 }
 
 /// Price alerts one user may have.
@@ -167,7 +178,13 @@ impl AlertHub {
             alerts: Mutex::new(HashMap::new()),
             streams: AtomicU64::new(0),
             clock,
+            relay: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands every alert that fires from now on to `relay` too (set once).
+    pub fn set_relay(&self, relay: Relay) {
+        let _ = self.relay.set(relay);
     }
 
     /// Events each user's history keeps.
@@ -298,6 +315,9 @@ impl AlertHub {
                 "ts": ts,
             });
             self.publish(a.account, "price", &data);
+            if let Some(relay) = self.relay.get() {
+                (relay.0)(a.account, "price", &data);
+            }
         }
     }
 }

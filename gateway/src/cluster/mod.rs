@@ -32,6 +32,7 @@
 //! of a burst goes unnoticed. JetStream would add a second copy of what the journal
 //! already keeps durably on the engine node.
 
+pub mod alerts;
 pub mod primary;
 pub mod replica;
 pub mod route;

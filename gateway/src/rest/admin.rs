@@ -68,10 +68,15 @@ pub async fn trading_status<B>(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let status = if halted { "halted" } else { "trading" };
-    state.alerts.publish_system(&json!({
+    let notice = json!({
         "notice": if halted { "instrument_halted" } else { "instrument_resumed" },
         "symbol": instrument.spec.symbol,
         "message": format!("trading in {} is {status}", instrument.spec.symbol),
-    }));
+    });
+    state.alerts.publish_system(&notice);
+    // Every user on every node.
+    if let Some((link, node)) = state.node.as_ref().and_then(|n| Some((n.link.as_ref()?, &n.id))) {
+        crate::cluster::alerts::broadcast_system(link, node, &notice).await;
+    }
     json_response(StatusCode::OK, &json!({ "symbol": instrument.spec.symbol, "status": status }))
 }

@@ -16,13 +16,54 @@ use crate::error::{ApiError, ErrorCode};
 use crate::reply::json_response;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
-struct NewAlert {
+/// A new alert's request body.
+#[derive(Debug, Deserialize, serde::Serialize)]
+pub struct NewAlert {
     symbol: String,
     condition: String,
     price: String,
     #[serde(default)]
     repeat: bool,
+}
+
+/// What a request does to a user's alerts. On a gateway node it is carried out on the
+/// engine node, where alerts live (see [`crate::cluster::alerts`]).
+#[derive(Debug, Deserialize, serde::Serialize)]
+pub enum AlertOp {
+    /// Add one.
+    Create(NewAlert),
+    /// List them.
+    List,
+    /// Delete one by id.
+    Delete(String),
+}
+
+/// Carries out `op` for `account`: here, or on the engine node when this is a gateway node.
+async fn perform(state: &AppState, account: AccountId, op: AlertOp) -> Response<Full<Bytes>> {
+    match state.node.as_ref().and_then(|n| n.link.as_ref()) {
+        Some(link) => crate::cluster::alerts::forward(link, account, &op).await,
+        None => apply(state, account, op),
+    }
+}
+
+/// Carries out `op` for `account` on this node's alerts.
+pub fn apply(state: &AppState, account: AccountId, op: AlertOp) -> Response<Full<Bytes>> {
+    match op {
+        AlertOp::Create(body) => add(state, account, &body),
+        AlertOp::List => {
+            let alerts: Vec<Value> =
+                state.alerts.alerts(account).iter().map(|a| alert_json(a, state)).collect();
+            json_response(StatusCode::OK, &json!({ "alerts": alerts }))
+        }
+        AlertOp::Delete(id) => {
+            if id.parse().is_ok_and(|n| state.alerts.remove_alert(account, n)) {
+                json_response(StatusCode::OK, &json!({ "deleted": id }))
+            } else {
+                // Another user's alert answers exactly like a missing one.
+                ApiError::new(ErrorCode::UnknownAlert, "no such alert").response()
+            }
+        }
+    }
 }
 
 fn alert_json(a: &PriceAlert, state: &AppState) -> Value {
@@ -47,6 +88,10 @@ pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<B
         Ok(b) => b,
         Err(e) => return e.response(),
     };
+    perform(state, AccountId(claims.acc), AlertOp::Create(body)).await
+}
+
+fn add(state: &AppState, account: AccountId, body: &NewAlert) -> Response<Full<Bytes>> {
     let Some(instrument) = state.engine.instrument_by_symbol(&body.symbol) else {
         let message = format!("no instrument `{}`", body.symbol);
         return ApiError::new(ErrorCode::UnknownSymbol, &message).response();
@@ -66,7 +111,7 @@ pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<B
         }
         Err(e) => return e.response(),
     };
-    match state.alerts.add_alert(AccountId(claims.acc), instrument, condition, price, body.repeat) {
+    match state.alerts.add_alert(account, instrument, condition, price, body.repeat) {
         Ok(alert) => json_response(StatusCode::CREATED, &alert_json(&alert, state)),
         Err(AddError::TooMany) => ApiError::new(
             ErrorCode::LimitExceeded,
@@ -80,27 +125,17 @@ pub async fn create(req: Request<Incoming>, state: &AppState) -> Response<Full<B
 }
 
 /// `GET /api/v1/alerts`: the caller's alerts, oldest first.
-pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
-    let claims = match authorize(req, state) {
-        Ok(c) => c,
-        Err(e) => return e.response(),
-    };
-    let alerts: Vec<Value> =
-        state.alerts.alerts(AccountId(claims.acc)).iter().map(|a| alert_json(a, state)).collect();
-    json_response(StatusCode::OK, &json!({ "alerts": alerts }))
+pub async fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    match authorize(req, state) {
+        Ok(claims) => perform(state, AccountId(claims.acc), AlertOp::List).await,
+        Err(e) => e.response(),
+    }
 }
 
 /// `DELETE /api/v1/alerts/{id}`.
-pub fn delete<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
-    let claims = match authorize(req, state) {
-        Ok(c) => c,
-        Err(e) => return e.response(),
-    };
-    let removed = id.parse().is_ok_and(|id| state.alerts.remove_alert(AccountId(claims.acc), id));
-    if removed {
-        json_response(StatusCode::OK, &json!({ "deleted": id }))
-    } else {
-        // Another user's alert answers exactly like a missing one.
-        ApiError::new(ErrorCode::UnknownAlert, "no such alert").response()
+pub async fn delete<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
+    match authorize(req, state) {
+        Ok(claims) => perform(state, AccountId(claims.acc), AlertOp::Delete(id.to_string())).await,
+        Err(e) => e.response(),
     }
 }

@@ -112,8 +112,8 @@ async fn dispatch(
         }
         ["admin", "instruments", _, "halt" | "resume"] => method_not_allowed("POST"),
         ["alerts"] if post => alerts::create(req, state).await,
-        ["alerts"] if get => alerts::list(&req, state),
-        ["alerts", id] if method == Method::DELETE => alerts::delete(&req, state, id),
+        ["alerts"] if get => alerts::list(&req, state).await,
+        ["alerts", id] if method == Method::DELETE => alerts::delete(&req, state, id).await,
         ["fills"] if get => orders::fills(&req, state),
         ["positions"] if get => orders::positions(&req, state),
         ["orders" | "alerts"] => method_not_allowed("GET, HEAD, POST"),

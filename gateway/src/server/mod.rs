@@ -58,6 +58,8 @@ pub struct Server {
     primary: Option<Primary>,
     /// A gateway node's replica followers.
     replica: Option<Replica>,
+    /// Alerts between the engine node and gateway nodes.
+    alert_link: Option<JoinHandle<()>>,
     nats: Option<async_nats::Client>,
 }
 
@@ -125,6 +127,10 @@ impl Server {
             role,
             id: n.config.node.clone(),
             stats: Arc::clone(&n.stats),
+            link: (role == Role::Gateway).then(|| crate::cluster::alerts::Link {
+                client: n.client.clone(),
+                subjects: crate::cluster::Subjects::new(&n.config.prefix),
+            }),
         });
         let serving = startup::Serving {
             shutdown: shutdown_rx.clone(),
@@ -138,6 +144,10 @@ impl Server {
             timeout: config.handshake_timeout,
             pending: Arc::new(Semaphore::new(config.pending_connections_max)),
             tls: tls.clone(),
+        };
+        let alert_link = match &node {
+            Some(n) => Some(startup::alerts_link(n, role, &state).await?),
+            None => None,
         };
         let accept = tokio::spawn(accept_loop(listener, state, shutdown_rx, alive_tx, handshake));
         let startup::Consumers { directory, metrics, writers, orders, candles, alerts } = consumers;
@@ -164,6 +174,7 @@ impl Server {
             tls,
             primary,
             replica,
+            alert_link,
             nats: node.map(|n| n.client),
         })
     }
@@ -254,6 +265,9 @@ impl Server {
             replica.stop();
         }
         drop(self.primary.take());
+        if let Some(link) = self.alert_link.take() {
+            link.abort();
+        }
         if let Some(nats) = self.nats.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), nats.flush()).await;
         }

@@ -163,6 +163,20 @@ pub(super) async fn start_replica(
     Ok((Started { runtime, replayed, fresh: false }, replica))
 }
 
+/// Alerts across nodes: the engine node serves them, gateway nodes follow what fires.
+pub(super) async fn alerts_link(
+    node: &Node,
+    role: Role,
+    state: &Arc<AppState>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (client, subjects, id) = (node.client.clone(), node.subjects(), node.config.node.clone());
+    if role == Role::Engine {
+        crate::cluster::alerts::serve(client, subjects, Arc::clone(state), id).await
+    } else {
+        crate::cluster::alerts::follow(client, subjects, Arc::clone(&state.alerts), id).await
+    }
+}
+
 /// Order entry's way to the engine: this process's, or the engine node's over NATS.
 pub(super) fn route(engine: &EngineHandle, node: Option<&Node>) -> Route {
     match node {

@@ -1,0 +1,194 @@
+//! Price alerts in a deployment. They live on the engine node: a gateway node carries a
+//! user's `POST`/`GET`/`DELETE /api/v1/alerts` out there (request/reply on
+//! `<p>.alerts.api`), the engine node evaluates them against its market, and hands each
+//! one that fires to every gateway node (`<p>.alerts.events`), which adds it to the
+//! user's SSE history on that node: every stream on every node gets it once. System
+//! notices (halts) travel the same way. A gateway node keeps no alert of its own, so its
+//! restart loses none; the engine node's restart loses them, as the single process's does
+//! (alerts are not journaled).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::{Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tickgate_engine::AccountId;
+use tokio::task::JoinHandle;
+
+use super::Subjects;
+use crate::alerts::{AlertHub, Relay};
+use crate::error::{ApiError, ErrorCode};
+use crate::rest::alerts::AlertOp;
+use crate::state::AppState;
+
+/// A gateway node's way to the engine node's alerts.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// The cluster's subjects.
+    pub subjects: Subjects,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApiRequest {
+    account: u32,
+    op: AlertOp,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApiReply {
+    status: u16,
+    body: Value,
+}
+
+/// An alert event for every node: to one account, or (`None`) a system notice to all.
+#[derive(Serialize, Deserialize)]
+struct AlertEvent {
+    /// The node it comes from (which has delivered it already).
+    node: String,
+    account: Option<u32>,
+    kind: String,
+    data: Value,
+}
+
+impl Subjects {
+    /// Alert requests to the engine node.
+    pub fn alerts_api(&self) -> String {
+        format!("{}.alerts.api", self.prefix)
+    }
+
+    /// Alerts fired, and system notices, for every node.
+    pub fn alerts_events(&self) -> String {
+        format!("{}.alerts.events", self.prefix)
+    }
+}
+
+/// A gateway node: carries `op` out on the engine node and answers as it does.
+pub async fn forward(link: &Link, account: AccountId, op: &AlertOp) -> Response<Full<Bytes>> {
+    let request = ApiRequest { account: account.0, op: clone_op(op) };
+    let payload = match serde_json::to_vec(&request) {
+        Ok(p) => Bytes::from(p),
+        Err(e) => return ApiError::new(ErrorCode::Internal, e.to_string()).response(),
+    };
+    let reply = match link.client.request(link.subjects.alerts_api(), payload).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            let why = format!("alerts live on the engine node, which cannot be reached: {e}");
+            return ApiError::new(ErrorCode::EngineUnavailable, why).response();
+        }
+    };
+    match serde_json::from_slice::<ApiReply>(&reply.payload) {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            crate::reply::json_response(status, &r.body)
+        }
+        Err(e) => {
+            ApiError::new(ErrorCode::Internal, format!("engine node's answer: {e}")).response()
+        }
+    }
+}
+
+fn clone_op(op: &AlertOp) -> AlertOp {
+    // Through JSON: the request type is not `Clone` and is small.
+    serde_json::to_value(op).and_then(serde_json::from_value).unwrap_or(AlertOp::List)
+}
+
+/// The engine node: answers gateways' alert requests and hands every alert that fires to
+/// them. The task ends when dropped... by abort.
+pub async fn serve(
+    client: async_nats::Client,
+    subjects: Subjects,
+    state: Arc<AppState>,
+    node: String,
+) -> anyhow::Result<JoinHandle<()>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AlertEvent>();
+    let origin = node.clone();
+    state.alerts.set_relay(Relay(Box::new(move |account, kind, data| {
+        let event = AlertEvent {
+            node: origin.clone(),
+            account: Some(account.0),
+            kind: kind.to_string(),
+            data: data.clone(),
+        };
+        let _ = tx.send(event);
+    })));
+    let mut requests = client.subscribe(subjects.alerts_api()).await?;
+    let events = subjects.alerts_events();
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(event) = rx.recv() => {
+                    if let Ok(payload) = serde_json::to_vec(&event) {
+                        let _ = client.publish(events.clone(), Bytes::from(payload)).await;
+                    }
+                }
+                Some(message) = requests.next() => {
+                    let Some(reply) = message.reply.clone() else { continue };
+                    let answer = match serde_json::from_slice::<ApiRequest>(&message.payload) {
+                        Ok(r) => answer(&state, AccountId(r.account), r.op).await,
+                        Err(e) => ApiReply { status: 400, body: serde_json::json!({"error": {"code": "malformed", "message": e.to_string()}}) },
+                    };
+                    if let Ok(payload) = serde_json::to_vec(&answer) {
+                        let _ = client.publish(reply, Bytes::from(payload)).await;
+                    }
+                }
+                else => return,
+            }
+        }
+    }))
+}
+
+async fn answer(state: &AppState, account: AccountId, op: AlertOp) -> ApiReply {
+    let response = crate::rest::alerts::apply(state, account, op);
+    let status = response.status().as_u16();
+    let body = match response.into_body().collect().await {
+        Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null),
+        Err(never) => match never {},
+    };
+    ApiReply { status, body }
+}
+
+/// Every node: adds the alerts and notices other nodes hand over to this node's users'
+/// SSE histories.
+pub async fn follow(
+    client: async_nats::Client,
+    subjects: Subjects,
+    hub: Arc<AlertHub>,
+    node: String,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut events = client.subscribe(subjects.alerts_events()).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = events.next().await {
+            let Ok(event) = serde_json::from_slice::<AlertEvent>(&message.payload) else {
+                tracing::warn!("an alert event that is not one");
+                continue;
+            };
+            if event.node == node {
+                continue;
+            }
+            match event.account {
+                Some(account) => {
+                    hub.publish(AccountId(account), &event.kind, &event.data);
+                }
+                None => hub.publish_system(&event.data),
+            }
+        }
+    }))
+}
+
+/// Hands a system notice this node published to its own users to every other node.
+pub async fn broadcast_system(link: &Link, node: &str, data: &Value) {
+    let event = AlertEvent {
+        node: node.to_string(),
+        account: None,
+        kind: "system".into(),
+        data: data.clone(),
+    };
+    if let Ok(payload) = serde_json::to_vec(&event) {
+        let _ = link.client.publish(link.subjects.alerts_events(), Bytes::from(payload)).await;
+    }
+}
