@@ -125,8 +125,11 @@ pub struct AlertHub {
     relay: std::sync::OnceLock<Relay>,
 }
 
-/// Sees every alert that fires: `(account, kind, data)`.
-pub struct Relay(pub Box<dyn Fn(AccountId, &str, &serde_json::Value) + Send + Sync>);
+/// What a relay is handed: `(account, kind, data)` of an alert that fired.
+pub type RelayFn = dyn Fn(AccountId, &str, &serde_json::Value) + Send + Sync;
+
+/// Sees every alert that fires.
+pub struct Relay(pub Box<RelayFn>);
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
