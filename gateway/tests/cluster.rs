@@ -505,9 +505,16 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
 
     // The broker restarts mid-stream: what was published meanwhile is lost to the
     // gateway, which repairs the gap by replay; no restart, no resync for its clients.
+    let user = Api::login(g2.addr, 0).await;
+    let (want_tx, want_rx) = tokio::sync::watch::channel(String::new());
+    let notices = open_sse(g2.addr, &user.token, &want_rx, Duration::ZERO).await;
     drop(nats_proc);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let nats_proc = nats_with(nats_addr.port(), Some(&config)).expect("nats-server restarts");
+    want_tx.send("market_data_live".into()).expect("the SSE reader waits");
+    let text = tokio::time::timeout(WAIT, notices).await.expect("in time").expect("SSE task");
+    let stale = text.find("market_data_stale").expect("told the data is stale");
+    assert!(stale < text.find("market_data_live").expect("then live"), "{text}");
     wait_for_gaps(g2.addr, 1).await;
     books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
     trade_through(g2.addr).await;

@@ -152,16 +152,23 @@ async fn answer(state: &AppState, account: AccountId, op: AlertOp) -> ApiReply {
     ApiReply { status, body }
 }
 
-/// Every node: adds the alerts and notices other nodes hand over to this node's users'
-/// SSE histories.
+/// How often a gateway node looks whether its market data went stale or came back.
+const STALE_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A gateway node: adds the alerts and notices other nodes hand over to this node's
+/// users' SSE histories, and tells them when its market data goes stale (NATS lost, or
+/// the engine node silent) and when it is live again.
 pub async fn follow(
     client: async_nats::Client,
     subjects: Subjects,
     hub: Arc<AlertHub>,
     node: String,
+    stats: Arc<super::ClusterStats>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut events = client.subscribe(subjects.alerts_events()).await?;
+    let stale_watch = tokio::spawn(watch_staleness(Arc::clone(&hub), stats));
     Ok(tokio::spawn(async move {
+        let _abort_with_me = AbortOnDrop(stale_watch);
         while let Some(message) = events.next().await {
             let Ok(event) = serde_json::from_slice::<AlertEvent>(&message.payload) else {
                 tracing::warn!("an alert event that is not one");
@@ -178,6 +185,42 @@ pub async fn follow(
             }
         }
     }))
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Publishes `market_data_stale` / `market_data_live` system notices on changes.
+async fn watch_staleness(hub: Arc<AlertHub>, stats: Arc<super::ClusterStats>) {
+    use std::sync::atomic::Ordering;
+    let mut stale = false;
+    let mut ticker = tokio::time::interval(STALE_CHECK);
+    loop {
+        ticker.tick().await;
+        let now = !stats.connected.load(Ordering::Acquire) || stats.stale.load(Ordering::Acquire);
+        if now == stale {
+            continue;
+        }
+        stale = now;
+        let notice = if stale {
+            serde_json::json!({
+                "notice": "market_data_stale",
+                "message": "this gateway lost the engine node: market data and order entry \
+                            pause until it is back (or connect to another gateway)",
+            })
+        } else {
+            serde_json::json!({
+                "notice": "market_data_live",
+                "message": "this gateway follows the engine node again; nothing was lost",
+            })
+        };
+        hub.publish_system(&notice);
+    }
 }
 
 /// Hands a system notice this node published to its own users to every other node.

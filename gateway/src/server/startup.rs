@@ -173,7 +173,8 @@ pub(super) async fn alerts_link(
     if role == Role::Engine {
         crate::cluster::alerts::serve(client, subjects, Arc::clone(state), id).await
     } else {
-        crate::cluster::alerts::follow(client, subjects, Arc::clone(&state.alerts), id).await
+        let (hub, stats) = (Arc::clone(&state.alerts), Arc::clone(&node.stats));
+        crate::cluster::alerts::follow(client, subjects, hub, id, stats).await
     }
 }
 
