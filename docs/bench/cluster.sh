@@ -6,7 +6,8 @@
 #   gw2    : nats-server + engine node + two gateway nodes (half the subscribers each)
 # For each: 1,000 subscribers (spread:3, binary), delivered msgs/s and latency from the
 # engine timestamp; NATS messages/s and bytes/s out of the engine node; then the order
-# round trip (POST /api/v1/orders, IOC far from the market, wrk -c8) p50/p99.
+# round trip (POST /api/v1/orders, IOC far from the market, wrk -c8) p50/p99. A run with
+# 10 subscribers first shows the hop itself, apart from the contention for the cores.
 # Usage: docs/bench/cluster.sh [FEED_RATE] [ROUNDS]    (DURATION, WARMUP in seconds)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,17 +19,24 @@ cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; 
 trap cleanup EXIT
 wait_up() { for _ in $(seq 200); do curl -sf "127.0.0.1:$1/healthz" >/dev/null && return; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 metric() { curl -s "127.0.0.1:$1/metrics" | awk -v m="$2" 'index($1, m) == 1 { print $2 }'; }
-load() { # port subscribers label
+load() { # port subscribers output-file
   "$tools" load --addr 127.0.0.1:$1 -n "$2" --pattern spread:3 \
-    --duration "${DURATION:-8}" --warmup "${WARMUP:-4}" --json 2>/dev/null
+    --duration "${DURATION:-8}" --warmup "${WARMUP:-4}" --json > "$3" 2>/dev/null
 }
-report() { python3 -c "
+report() { # label report-files...
+  local label=$1; shift
+  python3 - "$label" "$@" <<'PY'
 import json, sys
-runs = [json.loads(l) for l in sys.stdin if l.strip()]
+label, files = sys.argv[1], sys.argv[2:]
+runs = [json.load(open(f)) for f in files]
 rate = sum(r['messages_per_sec'] for r in runs)
 p50 = max(r['latency_ns']['p50'] for r in runs) / 1e6
 p99 = max(r['latency_ns']['p99'] for r in runs) / 1e6
-print('$1  delivered %9.0f msgs/s  p50 %6.2f ms  p99 %6.2f ms' % (rate, p50, p99))"; }
+gaps = sum(r.get('gaps', 0) for r in runs)
+print('%s  delivered %9.0f msgs/s  p50 %6.2f ms  p99 %6.2f ms  gaps %d' % (label, rate, p50, p99, gaps))
+PY
+}
+out=$(mktemp -d /tmp/tickgate-cluster-bench.XXXX)
 orders() { # port label
   local token
   token=$(curl -s -XPOST 127.0.0.1:$1/api/v1/auth/login -H 'content-type: application/json' \
@@ -47,7 +55,8 @@ for round in $(seq "$rounds"); do
   port=$((20000 + RANDOM % 20000))
   $bin --listen 127.0.0.1:$port --feed-rate "$feed" $common > /dev/null 2>&1 & pids+=($!)
   wait_up $port
-  load $port 1000 | report single
+  load $port 10 "$out/a"; report "single (10 subscribers)" "$out/a"
+  load $port 1000 "$out/a"; report single "$out/a"
   orders $port single
   cleanup
 
@@ -60,14 +69,17 @@ for round in $(seq "$rounds"); do
   $bin $nats --role gateway --listen 127.0.0.1:$g1 $common > /dev/null 2>&1 & pids+=($!)
   wait_up $g1
   m0=$(metric $e tickgate_nats_messages_out_total); b0=$(metric $e tickgate_nats_bytes_out_total); t0=$(date +%s.%N)
-  load $g1 1000 | report "gw1   "
+  load $g1 10 "$out/a"; report "gw1    (10 subscribers)" "$out/a"
+  load $g1 1000 "$out/a"; report "gw1   " "$out/a"
   m1=$(metric $e tickgate_nats_messages_out_total); b1=$(metric $e tickgate_nats_bytes_out_total); t1=$(date +%s.%N)
   python3 -c "d = $t1 - $t0; print('gw1     NATS out %7.0f msgs/s  %6.0f KB/s' % (($m1 - $m0) / d, ($b1 - $b0) / d / 1e3))"
   orders $g1 "gw1   "
   $bin $nats --role gateway --listen 127.0.0.1:$g2 $common > /dev/null 2>&1 & pids+=($!)
   wait_up $g2
   m0=$(metric $e tickgate_nats_messages_out_total); b0=$(metric $e tickgate_nats_bytes_out_total); t0=$(date +%s.%N)
-  { load $g1 500 & load $g2 500; wait; } | report "gw2   "
+  load $g1 500 "$out/a" & first=$!
+  load $g2 500 "$out/b"; wait $first
+  report "gw2   " "$out/a" "$out/b"
   m1=$(metric $e tickgate_nats_messages_out_total); b1=$(metric $e tickgate_nats_bytes_out_total); t1=$(date +%s.%N)
   python3 -c "d = $t1 - $t0; print('gw2     NATS out %7.0f msgs/s  %6.0f KB/s (to each gateway)' % (($m1 - $m0) / d, ($b1 - $b0) / d / 1e3))"
   cleanup

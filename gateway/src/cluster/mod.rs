@@ -228,6 +228,9 @@ pub struct ClusterStats {
     pub no_responders: AtomicU64,
     /// Some shard's commands have been silent past [`STALE_AFTER`].
     pub stale: AtomicBool,
+    /// Microseconds from the engine node's stamp of the last command received to its
+    /// receipt here (clocks of both nodes assumed in step: one machine, or NTP).
+    pub lag_us: AtomicU64,
 }
 
 impl ClusterStats {
@@ -249,6 +252,7 @@ impl ClusterStats {
             ("tickgate_replica_replayed_total", "counter", n(&self.replayed)),
             ("tickgate_nats_no_responders_total", "counter", n(&self.no_responders)),
             ("tickgate_replica_stale", "gauge", u64::from(b(&self.stale))),
+            ("tickgate_replica_lag_microseconds", "gauge", n(&self.lag_us)),
         ];
         for (name, kind, value) in lines {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}");

@@ -91,6 +91,7 @@ impl Replica {
                 subjects: subjects.clone(),
                 applier: Applier::start(runtime.handle(), shard, Arc::clone(&stats)),
                 stats: Arc::clone(&stats),
+                clock: Arc::clone(runtime.handle().clock()),
             };
             let report = report.clone();
             followers.push(tokio::spawn(async move {
@@ -172,6 +173,7 @@ struct Follower {
     subjects: Subjects,
     applier: Applier,
     stats: Arc<ClusterStats>,
+    clock: tickgate_engine::SharedClock,
 }
 
 /// Replay requests a repair makes before it gives up until the next message.
@@ -199,7 +201,14 @@ impl Follower {
             self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes_in.fetch_add(message.payload.len() as u64, Ordering::Relaxed);
             let batch = match wire::decode_batch(&message.payload) {
-                Ok(batch) => batch,
+                Ok(batch) => {
+                    if let Some(last) = batch.records.last() {
+                        let now = self.clock.now().0;
+                        let lag = now.saturating_sub(last.command.ts.0) / 1_000;
+                        self.stats.lag_us.store(lag, Ordering::Relaxed);
+                    }
+                    batch
+                }
                 Err(e) => {
                     // Counted as lost: the next batch or heartbeat shows the gap.
                     tracing::warn!(shard = self.shard, "a damaged commands batch: {e}");
