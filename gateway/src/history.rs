@@ -61,7 +61,8 @@ impl Entry {
         self.parts().1
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the record's [`RECORD`] bytes (checksummed) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
         let (kind, r) = self.parts();
         let mut w = ByteWriter::new(out);
         let start = w.position();
@@ -74,7 +75,8 @@ impl Entry {
         w.patch_u32(start, crc);
     }
 
-    fn decode(record: &[u8]) -> Option<Entry> {
+    /// The entry of one record's bytes; `None` if damaged or unknown.
+    pub fn decode(record: &[u8]) -> Option<Entry> {
         let mut reader = ByteReader::new(record);
         let crc = reader.u32().ok()?;
         if crc32c::crc32c(record.get(4..)?) != crc {

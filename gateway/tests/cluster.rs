@@ -444,6 +444,18 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     assert_eq!(status, 200, "{deleted}");
     let (_, listed) = g1_alice.call("GET", "/api/v1/alerts", None, "").await;
     assert_eq!(listed["alerts"], json!([]), "{listed}");
+
+    // A gateway started later knows the orders and fills from before its start.
+    let g3 = gateway(nats.addr);
+    let g3_alice = Api { addr: g3.addr, token: alice.token.clone() };
+    for path in ["/api/v1/fills", "/api/v1/orders?status=closed", "/api/v1/positions"] {
+        let (status, later) = g3_alice.call("GET", path, None, "").await;
+        let (_, earlier) = g1_alice.call("GET", path, None, "").await;
+        assert_eq!(status, 200, "{later}");
+        assert_eq!(later, earlier, "{path} on a gateway started later");
+    }
+    let (status, o) = g3_alice.call("GET", &format!("/api/v1/orders/{id}"), None, "").await;
+    assert_eq!((status, &o["status"]), (200, &json!("filled")), "{o}");
 }
 
 /// Waits until `addr` has repaired at least `n` gaps.

@@ -33,6 +33,7 @@
 //! already keeps durably on the engine node.
 
 pub mod alerts;
+pub mod history;
 pub mod primary;
 pub mod replica;
 pub mod route;
@@ -145,6 +146,35 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence on a commands subject after which a gateway calls its market data stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
+
+/// How long the pieces of one answer (a snapshot, a history) may take to arrive, all of
+/// them.
+pub const PIECES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `payload` to `subject` and collects the answer's pieces
+/// ([`wire::snapshot_pieces`]) from a reply subject of its own.
+pub async fn fetch_pieces(
+    client: &async_nats::Client,
+    subject: String,
+    payload: bytes::Bytes,
+) -> anyhow::Result<Vec<u8>> {
+    use futures_util::StreamExt;
+    let inbox = client.new_inbox();
+    let mut pieces = client.subscribe(inbox.clone()).await?;
+    client.publish_with_reply(subject, inbox, payload).await?;
+    let mut whole = wire::SnapshotPieces::default();
+    let collect = async {
+        while let Some(piece) = pieces.next().await {
+            if let Some(bytes) = whole.add(&piece.payload).map_err(anyhow::Error::msg)? {
+                return Ok(bytes);
+            }
+        }
+        anyhow::bail!("the reply subscription ended")
+    };
+    tokio::time::timeout(PIECES_TIMEOUT, collect).await.map_err(|_| {
+        anyhow::anyhow!("no whole answer within {PIECES_TIMEOUT:?} (is the engine node running?)")
+    })?
+}
 
 /// Connects to NATS: reconnecting forever with capped exponential backoff (NATS resends
 /// subscriptions on reconnect), counting connection changes in `stats`.

@@ -38,6 +38,8 @@ struct Info {
 #[derive(Debug)]
 pub struct Replica {
     followers: Vec<JoinHandle<()>>,
+    /// Per shard, the stamp of the last command the replica started from.
+    pub started_at: Vec<u64>,
     /// Reports a divergence (the gateway then stops).
     pub diverged: mpsc::Receiver<Diverged>,
 }
@@ -66,7 +68,7 @@ impl Replica {
         client.flush().await?;
         let mut snapshots = Vec::with_capacity(info.shards);
         for shard in 0..info.shards {
-            let bytes = fetch_snapshot(&client, &subjects, shard)
+            let bytes = super::fetch_pieces(&client, subjects.snapshot(shard), bytes::Bytes::new())
                 .await
                 .map_err(|e| anyhow::anyhow!("shard {shard}'s snapshot: {e}"))?;
             let shards = info.shards;
@@ -77,6 +79,7 @@ impl Replica {
             snapshots.push(restored);
         }
         let next: Vec<u64> = snapshots.iter().map(|s| s.seq + 1).collect();
+        let started_at: Vec<u64> = snapshots.iter().map(|s| s.last_ts).collect();
         let runtime =
             tokio::task::spawn_blocking(move || EngineRuntime::start_replica(config, snapshots))
                 .await??;
@@ -101,41 +104,13 @@ impl Replica {
                 }
             }));
         }
-        Ok((runtime, Replica { followers, diverged }))
+        Ok((runtime, Replica { followers, started_at, diverged }))
     }
 
     /// Stops following (the replica keeps what it has).
     pub fn stop(&self) {
         self.followers.iter().for_each(JoinHandle::abort);
     }
-}
-
-/// How long a snapshot's pieces may take to arrive, all of them.
-const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Asks for `shard`'s snapshot and collects its pieces from a reply subject of its own.
-async fn fetch_snapshot(
-    client: &async_nats::Client,
-    subjects: &Subjects,
-    shard: usize,
-) -> anyhow::Result<Vec<u8>> {
-    let inbox = client.new_inbox();
-    let mut pieces = client.subscribe(inbox.clone()).await?;
-    client.publish_with_reply(subjects.snapshot(shard), inbox, bytes::Bytes::new()).await?;
-    let mut whole = wire::SnapshotPieces::default();
-    let collect = async {
-        while let Some(piece) = pieces.next().await {
-            if let Some(bytes) = whole.add(&piece.payload).map_err(anyhow::Error::msg)? {
-                return Ok(bytes);
-            }
-        }
-        anyhow::bail!("the reply subscription ended")
-    };
-    tokio::time::timeout(SNAPSHOT_TIMEOUT, collect).await.map_err(|_| {
-        anyhow::anyhow!(
-            "no whole snapshot within {SNAPSHOT_TIMEOUT:?} (is the engine node running?)"
-        )
-    })?
 }
 
 /// Hands commands to the replica's shard from a thread of its own (the queue may be

@@ -133,6 +133,8 @@ pub struct OrderStore {
     /// How far the history file covers the engine's journal (see [`stored`]), once
     /// attached.
     stored: Mutex<Option<(Watermark, std::path::PathBuf)>>,
+    /// Per shard, the timestamp of the last command whose reports are all applied.
+    applied: Mutex<Vec<u64>>,
 }
 
 /// Reports one account's `orders` subscribers may fall behind by before they are told
@@ -324,6 +326,22 @@ impl OrderStore {
                 tracing::error!("order history not written: {e} (orders and fills from now on may be missing from it after a restart; balances, positions and open orders come from the engine and are not affected)");
             }
         }
+    }
+
+    /// Records that every report of `shard`'s commands up to the one stamped `ts` is
+    /// applied (the projection, after each pass).
+    pub fn mark_applied(&self, shard: usize, ts: UnixNanos) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if applied.len() <= shard {
+            applied.resize(shard + 1, 0);
+        }
+        applied[shard] = applied[shard].max(ts.0);
+    }
+
+    /// The timestamp of `shard`'s last command whose reports are all applied.
+    pub fn applied_through(&self, shard: usize) -> UnixNanos {
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        UnixNanos(applied.get(shard).copied().unwrap_or(0))
     }
 
     /// Records that every report of `shard`'s commands up to the one stamped `ts` is in

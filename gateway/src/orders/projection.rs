@@ -79,6 +79,7 @@ impl EventConsumer for OrderProjection {
         self.answers.release();
         for (shard, a) in self.applied.iter().enumerate() {
             self.orders.mark_stored(shard, UnixNanos(a.complete));
+            self.orders.mark_applied(shard, UnixNanos(a.complete));
         }
     }
 }

@@ -58,8 +58,8 @@ pub struct Server {
     primary: Option<Primary>,
     /// A gateway node's replica followers.
     replica: Option<Replica>,
-    /// Alerts between the engine node and gateway nodes.
-    alert_link: Option<JoinHandle<()>>,
+    /// Alerts and histories between the engine node and gateway nodes.
+    node_services: Vec<JoinHandle<()>>,
     nats: Option<async_nats::Client>,
 }
 
@@ -79,7 +79,8 @@ impl Server {
         let (mut primary, mut replica) = (None, None);
         let started = match (&node, role) {
             (Some(n), Role::Gateway) => {
-                let (started, r) = startup::start_replica(&config, wakes.clone(), n).await?;
+                let (started, r) =
+                    startup::start_replica(&config, wakes.clone(), n, &loaded.orders).await?;
                 replica = Some(r);
                 started
             }
@@ -145,9 +146,9 @@ impl Server {
             pending: Arc::new(Semaphore::new(config.pending_connections_max)),
             tls: tls.clone(),
         };
-        let alert_link = match &node {
-            Some(n) => Some(startup::alerts_link(n, role, &state).await?),
-            None => None,
+        let node_services = match &node {
+            Some(n) => startup::node_services(n, role, &state).await?,
+            None => Vec::new(),
         };
         let accept = tokio::spawn(accept_loop(listener, state, shutdown_rx, alive_tx, handshake));
         let startup::Consumers { directory, metrics, writers, orders, candles, alerts } = consumers;
@@ -174,7 +175,7 @@ impl Server {
             tls,
             primary,
             replica,
-            alert_link,
+            node_services,
             nats: node.map(|n| n.client),
         })
     }
@@ -265,9 +266,7 @@ impl Server {
             replica.stop();
         }
         drop(self.primary.take());
-        if let Some(link) = self.alert_link.take() {
-            link.abort();
-        }
+        self.node_services.drain(..).for_each(|t| t.abort());
         if let Some(nats) = self.nats.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), nats.flush()).await;
         }

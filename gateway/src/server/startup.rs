@@ -148,6 +148,7 @@ pub(super) async fn start_replica(
     config: &Config,
     wakes: [Wake; 2],
     node: &Node,
+    orders: &OrderStore,
 ) -> anyhow::Result<(Started, Replica)> {
     let runtime_config = RuntimeConfig {
         spec: engine_spec(),
@@ -158,23 +159,33 @@ pub(super) async fn start_replica(
         ..RuntimeConfig::default()
     };
     let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
-    let (runtime, replica) = Replica::start(client, node.subjects(), runtime_config, stats).await?;
+    let (runtime, replica) =
+        Replica::start(client.clone(), node.subjects(), runtime_config, stats).await?;
+    // Closed orders and fills from before the replica's start: the engine node's.
+    let entries =
+        crate::cluster::history::fetch(&client, &node.subjects(), &replica.started_at).await?;
+    tracing::info!(records = entries.len(), "users' order history from the engine node");
+    orders.load(&entries);
     let replayed = Arc::new(Mutex::new(Vec::new()));
     Ok((Started { runtime, replayed, fresh: false }, replica))
 }
 
-/// Alerts across nodes: the engine node serves them, gateway nodes follow what fires.
-pub(super) async fn alerts_link(
+/// What nodes serve each other besides the engine: the engine node answers alert and
+/// history requests; gateway nodes follow what fires.
+pub(super) async fn node_services(
     node: &Node,
     role: Role,
     state: &Arc<AppState>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (client, subjects, id) = (node.client.clone(), node.subjects(), node.config.node.clone());
     if role == Role::Engine {
-        crate::cluster::alerts::serve(client, subjects, Arc::clone(state), id).await
+        let orders = Arc::clone(&state.orders);
+        let history = crate::cluster::history::serve(client.clone(), subjects.clone(), orders);
+        let alerts = crate::cluster::alerts::serve(client, subjects, Arc::clone(state), id);
+        Ok(vec![history.await?, alerts.await?])
     } else {
         let (hub, stats) = (Arc::clone(&state.alerts), Arc::clone(&node.stats));
-        crate::cluster::alerts::follow(client, subjects, hub, id, stats).await
+        Ok(vec![crate::cluster::alerts::follow(client, subjects, hub, id, stats).await?])
     }
 }
 
