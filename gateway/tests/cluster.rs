@@ -108,7 +108,9 @@ fn node(nats: SocketAddr, role: &str, extra: &[&str]) -> Proc {
 
 fn engine(nats: SocketAddr, dir: &Path) -> Proc {
     let dir = dir.to_str().expect("a UTF-8 path");
-    node(nats, "engine", &["--data-dir", dir, "--feed-rate", "1000", "--segment-mb", "1"])
+    // Two shards: every shard has its own commands subject, sequences and replay.
+    let args = ["--data-dir", dir, "--feed-rate", "1000", "--segment-mb", "1", "--shards", "2"];
+    node(nats, "engine", &args)
 }
 
 fn gateway(nats: SocketAddr) -> Proc {
