@@ -136,6 +136,24 @@ impl Candles {
         candles.iter().skip(candles.len() - newer).copied().collect()
     }
 
+    /// The whole store as JSON (what [`Candles::save`] writes).
+    pub fn export(&self) -> Vec<u8> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_vec(&*state).unwrap_or_default()
+    }
+
+    /// Replaces the store with another node's ([`Candles::export`]); trades it already
+    /// counted are then skipped by [`Candles::apply`].
+    pub fn import(&self, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let mut imported: State = serde_json::from_slice(bytes)?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let instruments = state.series.len();
+        imported.series.resize_with(instruments, || vec![VecDeque::new(); INTERVALS.len()]);
+        imported.last_seq.resize(instruments, 0);
+        *state = imported;
+        Ok(())
+    }
+
     /// Writes the store to its file (atomically); nothing without a data directory.
     pub fn save(&self) -> std::io::Result<()> {
         let Some(file) = &self.file else { return Ok(()) };

@@ -458,6 +458,25 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     }
     let (status, o) = g3_alice.call("GET", &format!("/api/v1/orders/{id}"), None, "").await;
     assert_eq!((status, &o["status"]), (200, &json!("filled")), "{o}");
+    // And the trades and candles from before its start: the engine node's.
+    let (_, tape) = get(g3.addr, "/api/v1/markets/BTC-USD/trades?limit=30").await;
+    let (_, reference) = get(engine.addr, "/api/v1/markets/BTC-USD/trades?limit=1000").await;
+    let tape = tape["trades"].as_array().expect("trades").clone();
+    let reference = reference["trades"].as_array().expect("trades").clone();
+    assert_eq!(tape.len(), 30, "a full tape at once: {tape:?}");
+    for t in &tape {
+        assert!(reference.contains(t), "trade {t} as the engine node has it");
+    }
+    let path = "/api/v1/markets/BTC-USD/candles?interval=1s&limit=10";
+    let (_, late) = get(g3.addr, path).await;
+    let (_, engine_candles) = get(engine.addr, path).await;
+    let late = late["candles"].as_array().expect("candles").clone();
+    let engine_candles = engine_candles["candles"].as_array().expect("candles").clone();
+    assert!(late.len() >= 5, "{late:?}");
+    // The oldest (closed) seconds are the same; the newest may still be moving.
+    for c in &late[..late.len() - 2] {
+        assert!(engine_candles.contains(c), "candle {c} as the engine node has it");
+    }
 }
 
 /// Waits until `addr` has repaired at least `n` gaps.

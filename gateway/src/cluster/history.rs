@@ -5,6 +5,10 @@
 //! starts from); the engine node answers once its own projection has applied every report
 //! up to those commands, with its store's compact history. Reports the gateway's replica
 //! then publishes again are recognized and skipped (the store applies a report once).
+//!
+//! Public market history the same way (`<p>.market`): each trades channel's recent
+//! trades and the candles, which the gateway starts its channels and store with (trades
+//! it then sees again are skipped by sequence).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,31 +18,58 @@ use futures_util::StreamExt;
 use tickgate_engine::binary::ByteReader;
 use tokio::task::JoinHandle;
 
+use serde_json::{json, Value};
+use tickgate_engine::{Price, Qty, Side};
+
 use super::{wire, Subjects};
+use crate::candles::Candles;
+use crate::fanout::Directory;
 use crate::history::{Entry, RECORD};
 use crate::orders::OrderStore;
+use crate::protocol::{ChannelKind, TradeMsg, TRADES_KEPT};
+use crate::state::AppState;
 
 /// How long the engine node waits for its projection to reach a gateway's start.
 const CATCH_UP_MAX: Duration = Duration::from_secs(5);
+
+/// A pass of the engine node's hub: its channels and candles take a pass's events after
+/// the projection has marked them applied (same pump, later consumer).
+const HUB_PASS_MARGIN: Duration = Duration::from_millis(20);
 
 impl Subjects {
     /// Users' order history, from the engine node.
     pub fn history(&self) -> String {
         format!("{}.history", self.prefix)
     }
+
+    /// Recent trades and candles, from the engine node.
+    pub fn market(&self) -> String {
+        format!("{}.market", self.prefix)
+    }
 }
 
-/// The engine node: answers history requests from `orders`.
+/// The engine node: answers history and market requests.
 pub async fn serve(
     client: async_nats::Client,
     subjects: Subjects,
-    orders: Arc<OrderStore>,
+    state: Arc<AppState>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let mut requests = client.subscribe(subjects.history()).await?;
+    let mut history = client.subscribe(subjects.history()).await?;
+    let mut market = client.subscribe(subjects.market()).await?;
     Ok(tokio::spawn(async move {
-        while let Some(message) = requests.next().await {
+        loop {
+            let (message, answer) = tokio::select! {
+                Some(m) = history.next() => {
+                    let a = history_answer(&state.orders, &m.payload).await;
+                    (m, a)
+                }
+                Some(m) = market.next() => {
+                    let a = market_answer(&state, &m.payload).await;
+                    (m, a)
+                }
+                else => return,
+            };
             let Some(reply) = message.reply.clone() else { continue };
-            let answer = answer(&orders, &message.payload).await;
             let max = client.server_info().max_payload.saturating_sub(1024).max(1024);
             for piece in wire::snapshot_pieces(answer, max) {
                 let _ = client.publish(reply.clone(), piece).await;
@@ -47,7 +78,9 @@ pub async fn serve(
     }))
 }
 
-async fn answer(orders: &OrderStore, request: &[u8]) -> Result<Vec<u8>, String> {
+/// Waits until the engine node's projection has applied every report up to the commands
+/// stamped `request`'s stamps (one u64 per shard).
+async fn catch_up(orders: &OrderStore, request: &[u8]) -> Result<(), String> {
     let mut through = Vec::new();
     let mut r = ByteReader::new(request);
     while r.remaining() > 0 {
@@ -60,12 +93,92 @@ async fn answer(orders: &OrderStore, request: &[u8]) -> Result<Vec<u8>, String> 
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok(())
+}
+
+async fn market_answer(state: &AppState, request: &[u8]) -> Result<Vec<u8>, String> {
+    catch_up(&state.orders, request).await?;
+    tokio::time::sleep(HUB_PASS_MARGIN).await;
+    let mut trades = serde_json::Map::new();
+    for channel in state.ws.directory.all() {
+        if channel.kind != ChannelKind::Trades {
+            continue;
+        }
+        let (recent, _) = channel.recent_trades(TRADES_KEPT);
+        let list: Vec<Value> = recent
+            .iter()
+            .map(|t| {
+                json!([
+                    t.seq,
+                    t.ts,
+                    t.price.0,
+                    t.qty.0,
+                    t.taker_side.as_u8(),
+                    t.maker_order,
+                    t.taker_order
+                ])
+            })
+            .collect();
+        trades.insert(channel.name.clone(), Value::Array(list));
+    }
+    let candles: Value = serde_json::from_slice(&state.candles.export()).unwrap_or(Value::Null);
+    serde_json::to_vec(&json!({ "trades": trades, "candles": candles })).map_err(|e| e.to_string())
+}
+
+async fn history_answer(orders: &OrderStore, request: &[u8]) -> Result<Vec<u8>, String> {
+    catch_up(orders, request).await?;
     let entries = orders.dump();
     let mut out = Vec::with_capacity(entries.len() * RECORD);
     for e in &entries {
         e.encode(&mut out);
     }
     Ok(out)
+}
+
+fn stamps(through: &[u64]) -> Bytes {
+    let mut request = BytesMut::with_capacity(through.len() * 8);
+    for ts in through {
+        request.put_u64_le(*ts);
+    }
+    request.freeze()
+}
+
+/// A gateway node: starts its trades channels and candles with the engine node's, taken
+/// after the commands stamped `through` (per shard).
+pub async fn seed_market(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    through: &[u64],
+    directory: &Directory,
+    candles: &Candles,
+) -> anyhow::Result<()> {
+    let bytes = super::fetch_pieces(client, subjects.market(), stamps(through)).await?;
+    let market: Value = serde_json::from_slice(&bytes)?;
+    candles.import(serde_json::to_vec(&market["candles"])?.as_slice())?;
+    let Some(trades) = market["trades"].as_object() else {
+        anyhow::bail!("no trades in the engine node's market");
+    };
+    for (name, list) in trades {
+        let Some(channel) = directory.get(name) else { continue };
+        let decoded: Vec<TradeMsg> =
+            list.as_array().map(|l| l.iter().filter_map(trade_of).collect()).unwrap_or_default();
+        channel.seed_trades(&decoded);
+    }
+    Ok(())
+}
+
+fn trade_of(v: &Value) -> Option<TradeMsg> {
+    let n = |i: usize| v.get(i).and_then(Value::as_u64);
+    let p = |i: usize| v.get(i).and_then(Value::as_i64);
+    Some(TradeMsg {
+        seq: n(0)?,
+        ts: n(1)?,
+        price: Price(p(2)?),
+        qty: Qty(p(3)?),
+        taker_side: Side::from_u8(u8::try_from(n(4)?).ok()?)?,
+        maker_order: n(5)?,
+        taker_order: n(6)?,
+    })
 }
 
 /// A gateway node: the engine node's users' history up to (at least) the commands
@@ -75,11 +188,7 @@ pub async fn fetch(
     subjects: &Subjects,
     through: &[u64],
 ) -> anyhow::Result<Vec<Entry>> {
-    let mut request = BytesMut::with_capacity(through.len() * 8);
-    for ts in through {
-        request.put_u64_le(*ts);
-    }
-    let bytes = super::fetch_pieces(client, subjects.history(), Bytes::from(request)).await?;
+    let bytes = super::fetch_pieces(client, subjects.history(), stamps(through)).await?;
     if bytes.len() % RECORD != 0 {
         anyhow::bail!("a history of {} bytes is not whole records", bytes.len());
     }

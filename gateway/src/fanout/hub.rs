@@ -109,7 +109,8 @@ impl MarketData {
         match self.engine.channel_seqs(channel.instrument.id) {
             Ok(seqs) => {
                 let mut state = channel.lock();
-                if state.last_seq == 0 {
+                // Seeded further (a gateway node's start: see `Channel::seed_trades`)?
+                if state.last_seq < seqs.trades.0 {
                     state.last_seq = seqs.trades.0;
                     channel.last_seq.store(seqs.trades.0, Ordering::Release);
                 }

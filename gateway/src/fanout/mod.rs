@@ -157,6 +157,24 @@ impl Channel {
         }
     }
 
+    /// Starts a trades channel with the recent trades another node kept (a gateway node's
+    /// start): they are listed and replayed to subscribers as its own; later trades at or
+    /// below the newest are skipped (see the hub).
+    pub fn seed_trades(&self, trades: &[TradeMsg]) {
+        let mut state = self.lock();
+        let mut seeded: Vec<TradeMsg> = trades.to_vec();
+        seeded.sort_by_key(|t| t.seq);
+        seeded.dedup_by_key(|t| t.seq);
+        let skip = seeded.len().saturating_sub(TRADES_KEPT);
+        state.trades = seeded.into_iter().skip(skip).collect();
+        if let Some(last) = state.trades.back().map(|t| (t.seq, t.ts)) {
+            if last.0 > state.last_seq {
+                (state.last_seq, state.last_ts) = last;
+                self.last_seq.store(last.0, Ordering::Release);
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in this module; the state is plain
         // data and stays usable, so recover rather than take every connection down.

@@ -100,6 +100,9 @@ impl Server {
         let candles = Arc::clone(&loaded.candles);
         let directory =
             Arc::new(Directory::new(engine.instruments(), config.channel_ring_chunks, &candles));
+        if let (Some(n), Some(r)) = (&node, &replica) {
+            startup::seed_market(n, r, &directory, &candles).await?;
+        }
         let writers =
             Writers::start(Arc::clone(&directory), Arc::clone(&metrics), config.fanout_writers);
         let alerts = Arc::new(AlertHub::new(

@@ -179,14 +179,32 @@ pub(super) async fn node_services(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (client, subjects, id) = (node.client.clone(), node.subjects(), node.config.node.clone());
     if role == Role::Engine {
-        let orders = Arc::clone(&state.orders);
-        let history = crate::cluster::history::serve(client.clone(), subjects.clone(), orders);
+        let history =
+            crate::cluster::history::serve(client.clone(), subjects.clone(), Arc::clone(state));
         let alerts = crate::cluster::alerts::serve(client, subjects, Arc::clone(state), id);
         Ok(vec![history.await?, alerts.await?])
     } else {
         let (hub, stats) = (Arc::clone(&state.alerts), Arc::clone(&node.stats));
         Ok(vec![crate::cluster::alerts::follow(client, subjects, hub, id, stats).await?])
     }
+}
+
+/// A gateway node: its trades channels and candles start with the engine node's.
+pub(super) async fn seed_market(
+    node: &Node,
+    replica: &Replica,
+    directory: &Directory,
+    candles: &Candles,
+) -> anyhow::Result<()> {
+    let through = &replica.started_at;
+    crate::cluster::history::seed_market(
+        &node.client,
+        &node.subjects(),
+        through,
+        directory,
+        candles,
+    )
+    .await
 }
 
 /// Order entry's way to the engine: this process's, or the engine node's over NATS.
