@@ -242,6 +242,11 @@ impl Tokens {
             && self.sessions.stands(&claims.sub, claims.gen, claims.sid)
     }
 
+    /// The sessions behind the tokens.
+    pub fn sessions(&self) -> &crate::sessions::Sessions {
+        &self.sessions
+    }
+
     /// Ends the session of `claims`.
     pub fn revoke(&self, claims: &Claims) {
         let until = claims.auth + self.session_max.as_secs();

@@ -37,7 +37,13 @@ pub struct Sessions {
     /// Bumped on every revocation: holders of a session re-check it.
     epoch: watch::Sender<u64>,
     file: Option<PathBuf>,
+    /// Told of every change made here (not of merged ones), as a [`Sessions::merge`]able
+    /// delta: a node of a deployment hands it to the others.
+    announce: std::sync::OnceLock<Announce>,
 }
+
+/// Receives the JSON delta of each local change.
+pub type Announce = Box<dyn Fn(Vec<u8>) + Send + Sync>;
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,6 +71,7 @@ impl Sessions {
             writer: std::sync::Mutex::new(()),
             epoch: watch::channel(0).0,
             file: None,
+            announce: std::sync::OnceLock::new(),
         }
     }
 
@@ -82,6 +89,7 @@ impl Sessions {
             writer: std::sync::Mutex::new(()),
             epoch: watch::channel(0).0,
             file: Some(file),
+            announce: std::sync::OnceLock::new(),
         })
     }
 
@@ -115,11 +123,58 @@ impl Sessions {
             }
             state.revoked.insert(sid, until);
         });
+        let delta = State { revoked: HashMap::from([(sid, until)]), ..State::default() };
+        self.announce(&delta);
     }
 
     /// Ends every session of `user`. Blocks on the file write, like [`Sessions::revoke`].
     pub fn revoke_all(&self, user: &str) {
-        self.change(|state| *state.generations.entry(user.to_string()).or_insert(0) += 1);
+        let mut generation = 0;
+        self.change(|state| {
+            let g = state.generations.entry(user.to_string()).or_insert(0);
+            *g += 1;
+            generation = *g;
+        });
+        let delta = State {
+            generations: HashMap::from([(user.to_string(), generation)]),
+            ..State::default()
+        };
+        self.announce(&delta);
+    }
+
+    /// From now on, hands every local change to `announce` (set once).
+    pub fn set_announce(&self, announce: Announce) {
+        let _ = self.announce.set(announce);
+    }
+
+    fn announce(&self, delta: &State) {
+        if let (Some(announce), Ok(bytes)) = (self.announce.get(), serde_json::to_vec(delta)) {
+            announce(bytes);
+        }
+    }
+
+    /// The whole state, as JSON (what another node [`Sessions::merge`]s to catch up).
+    pub fn export(&self) -> Vec<u8> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        serde_json::to_vec(&*state).unwrap_or_default()
+    }
+
+    /// Takes in another node's state or delta: the higher generation of each user, every
+    /// revocation. Merging is idempotent and order-free, so every node converges. Blocks on
+    /// the file write, like [`Sessions::revoke`].
+    pub fn merge(&self, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let delta: State = serde_json::from_slice(bytes)?;
+        self.change(|state| {
+            for (user, generation) in delta.generations {
+                let g = state.generations.entry(user).or_insert(0);
+                *g = (*g).max(generation);
+            }
+            for (sid, until) in delta.revoked {
+                let u = state.revoked.entry(sid).or_insert(0);
+                *u = (*u).max(until);
+            }
+        });
+        Ok(())
     }
 
     /// A receiver that changes on every revocation.
@@ -158,6 +213,31 @@ fn write_atomically(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_converge_on_each_others_changes_in_any_order() {
+        let (a, b) = (Sessions::in_memory(), Sessions::in_memory());
+        let deltas = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&deltas);
+        a.set_announce(Box::new(move |d| sink.lock().unwrap().push(d)));
+        a.revoke(7, 100, 0);
+        a.revoke_all("alice");
+        a.revoke_all("alice");
+        let deltas = deltas.lock().unwrap().clone();
+        assert_eq!(deltas.len(), 3);
+        // Applied out of order and twice: the same end state.
+        for d in deltas.iter().rev().chain(deltas.iter()) {
+            b.merge(d).expect("a delta");
+        }
+        assert!(!b.stands("alice", 1, 1) && b.stands("alice", 2, 1), "generation 2");
+        assert!(!b.stands("bob", 0, 7), "session 7 revoked");
+        assert!(b.stands("bob", 0, 8));
+        // A node starting later takes the whole state.
+        let c = Sessions::in_memory();
+        c.merge(&a.export()).expect("a state");
+        assert_eq!(c.generation("alice"), 2);
+        assert!(b.merge(b"not json").is_err());
+    }
 
     #[test]
     fn revocations_survive_a_restart_and_are_announced() {

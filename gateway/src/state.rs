@@ -58,6 +58,8 @@ pub struct NodeInfo {
     pub role: crate::cluster::Role,
     /// Its name in logs and metrics.
     pub id: String,
+    /// This process among the nodes (the id and a random part).
+    pub instance: String,
     /// Its NATS counters.
     pub stats: Arc<crate::cluster::ClusterStats>,
     /// A gateway node's way to the engine node (for what lives there: alerts).

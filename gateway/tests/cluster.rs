@@ -94,6 +94,7 @@ fn node(nats: SocketAddr, role: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(["--nats", &format!("nats://{nats}"), "--role", role])
         .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--admin-token", ADMIN])
+        // One id for all the test's gateways: nodes must not rely on ids being unique.
         .args(["--rest-rate", "0", "--node-id", &format!("{role}-test")])
         .args(extra)
         .env("NO_COLOR", "1")
@@ -476,6 +477,31 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     // The oldest (closed) seconds are the same; the newest may still be moving.
     for c in &late[..late.len() - 2] {
         assert!(engine_candles.contains(c), "candle {c} as the engine node has it");
+    }
+
+    // A logout of every session through gateway 3 ends them on every node; a new login
+    // through it is good on the others.
+    let (status, body) = g3_alice.call("POST", "/api/v1/auth/logout?all=true", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    for api in [&g1_alice, &alice] {
+        eventually_status(api, 401).await;
+    }
+    let again = Api::login(g3.addr, 0).await;
+    for addr in [g1.addr, g2.addr] {
+        eventually_status(&Api { addr, token: again.token.clone() }, 200).await;
+    }
+}
+
+/// Waits until `GET /api/v1/account` answers `status` for `api`.
+async fn eventually_status(api: &Api, status: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (now, body) = api.call("GET", "/api/v1/account", None, "").await;
+        if now == status {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now} {body}, not {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -37,6 +37,7 @@ pub mod history;
 pub mod primary;
 pub mod replica;
 pub mod route;
+pub mod sessions;
 pub mod wire;
 
 use std::path::PathBuf;

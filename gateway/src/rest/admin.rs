@@ -75,7 +75,9 @@ pub async fn trading_status<B>(
     });
     state.alerts.publish_system(&notice);
     // Every user on every node.
-    if let Some((link, node)) = state.node.as_ref().and_then(|n| Some((n.link.as_ref()?, &n.id))) {
+    if let Some((link, node)) =
+        state.node.as_ref().and_then(|n| Some((n.link.as_ref()?, &n.instance)))
+    {
         crate::cluster::alerts::broadcast_system(link, node, &notice).await;
     }
     json_response(StatusCode::OK, &json!({ "symbol": instrument.spec.symbol, "status": status }))

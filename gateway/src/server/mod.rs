@@ -130,6 +130,7 @@ impl Server {
         let node_info = node.as_ref().map(|n| crate::state::NodeInfo {
             role,
             id: n.config.node.clone(),
+            instance: n.instance.clone(),
             stats: Arc::clone(&n.stats),
             link: (role == Role::Gateway).then(|| crate::cluster::alerts::Link {
                 client: n.client.clone(),

@@ -106,6 +106,9 @@ pub(super) struct Node {
     pub(super) config: ClusterConfig,
     pub(super) client: async_nats::Client,
     pub(super) stats: Arc<ClusterStats>,
+    /// This process among the nodes (its id and a random part: ids may repeat across
+    /// hosts): what it hands to all it recognizes when it comes back.
+    pub(super) instance: String,
 }
 
 impl Node {
@@ -122,7 +125,14 @@ pub(super) async fn connect(config: &Config) -> anyhow::Result<Option<Node>> {
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", c.url))?;
     tracing::info!(node = %c.node, role = c.role.as_str(), url = %c.url, "connected to NATS");
-    Ok(Some(Node { config: c.clone(), client, stats }))
+    let random = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    let instance = format!("{}#{random:016x}", c.node);
+    Ok(Some(Node { config: c.clone(), client, stats, instance }))
 }
 
 /// The engine node: hands what its engine applies to NATS and answers the gateways.
@@ -170,22 +180,37 @@ pub(super) async fn start_replica(
     Ok((Started { runtime, replayed, fresh: false }, replica))
 }
 
-/// What nodes serve each other besides the engine: the engine node answers alert and
-/// history requests; gateway nodes follow what fires.
+/// What nodes serve each other besides the engine: session changes both ways; the engine
+/// node answers alert, history and session-state requests; gateway nodes follow what fires.
 pub(super) async fn node_services(
     node: &Node,
     role: Role,
     state: &Arc<AppState>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let (client, subjects, id) = (node.client.clone(), node.subjects(), node.config.node.clone());
-    if role == Role::Engine {
+    let (client, subjects, id) = (node.client.clone(), node.subjects(), node.instance.clone());
+    let engine = role == Role::Engine;
+    if !engine {
+        // Logouts made before this gateway started count here too.
+        crate::cluster::sessions::catch_up(&client, &subjects, state.tokens.sessions()).await?;
+    }
+    let tokens = Arc::clone(&state.tokens);
+    let sessions = crate::cluster::sessions::link(
+        client.clone(),
+        subjects.clone(),
+        tokens,
+        id.clone(),
+        engine,
+    )
+    .await?;
+    if engine {
         let history =
             crate::cluster::history::serve(client.clone(), subjects.clone(), Arc::clone(state));
         let alerts = crate::cluster::alerts::serve(client, subjects, Arc::clone(state), id);
-        Ok(vec![history.await?, alerts.await?])
+        Ok(vec![sessions, history.await?, alerts.await?])
     } else {
         let (hub, stats) = (Arc::clone(&state.alerts), Arc::clone(&node.stats));
-        Ok(vec![crate::cluster::alerts::follow(client, subjects, hub, id, stats).await?])
+        let alerts = crate::cluster::alerts::follow(client, subjects, hub, id, stats).await?;
+        Ok(vec![sessions, alerts])
     }
 }
 
