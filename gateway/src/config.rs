@@ -498,4 +498,34 @@ mod tests {
             assert!(matches!(flags.command, Some(Subcommand::VerifyJournal { json: true })));
         }
     }
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let flags = Flags::try_parse_from(args).map_err(|e| e.to_string())?;
+        Config::try_from(flags).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn nats_and_a_role_go_together_with_a_shared_secret() {
+        let single = config(&["tickgate"]).expect("the single process");
+        assert!(single.cluster.is_none());
+        let e = config(&["tickgate", "--nats", "nats://h:4222"]).unwrap_err();
+        assert!(e.contains("--nats needs a role"), "{e}");
+        let e = config(&["tickgate", "--role", "gateway"]).unwrap_err();
+        assert!(e.contains("need --nats"), "{e}");
+        let e = config(&["tickgate", "--nats", "nats://h:4222", "--role", "engine"]).unwrap_err();
+        assert!(e.contains("--jwt-secret"), "{e}");
+        let bad_role = config(&["tickgate", "--role", "primary"]).unwrap_err();
+        assert!(bad_role.contains("primary"), "{bad_role}");
+        let args =
+            ["tickgate", "--nats", "nats://h:4222", "--role", "gateway", "--jwt-secret", "s"];
+        let gateway = config(&args).expect("a gateway node");
+        let cluster = gateway.cluster.expect("a node");
+        assert_eq!((cluster.role, cluster.prefix.as_str()), (Role::Gateway, "tickgate"));
+        // A gateway keeps nothing of the engine's and makes no market.
+        assert!(gateway.durability.is_none() && gateway.feed_rate.is_none());
+        let mut engine = args;
+        engine[4] = "engine";
+        let engine = config(&engine).expect("an engine node");
+        assert!(engine.durability.is_some() && engine.feed_rate.is_some());
+    }
 }

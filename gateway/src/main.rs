@@ -8,19 +8,39 @@ use tickgate_gateway::{server, Config, Flags};
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+/// Log lines' time, then (on a node of a deployment) the node's id: every line says which
+/// node wrote it.
+struct NodeTime(Option<String>);
+
+impl tracing_subscriber::fmt::time::FormatTime for NodeTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        tracing_subscriber::fmt::time::SystemTime.format_time(w)?;
+        match &self.0 {
+            Some(node) => write!(w, " [{node}]"),
+            None => Ok(()),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let verify = match &flags.command {
+        Some(Subcommand::VerifyJournal { json }) => Some(*json),
+        None => None,
+    };
+    let (data_dir, shards, workers) = (flags.data_dir.clone(), flags.shards, flags.workers);
+    let config = Config::try_from(flags)?;
+    let node = config.cluster.as_ref().map(|c| c.node.clone());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_timer(NodeTime(node))
         .init();
-    let flags = Flags::parse();
-    if let Some(Subcommand::VerifyJournal { json }) = flags.command {
-        return verify_journal(&flags.data_dir, flags.shards, json);
+    if let Some(json) = verify {
+        return verify_journal(&data_dir, shards, json);
     }
-    let workers = flags.workers;
-    let config = Config::try_from(flags)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if workers > 0 {
         runtime.worker_threads(workers);
