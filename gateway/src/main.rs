@@ -24,10 +24,7 @@ impl tracing_subscriber::fmt::time::FormatTime for NodeTime {
 
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let verify = match &flags.command {
-        Some(Subcommand::VerifyJournal { json }) => Some(*json),
-        None => None,
-    };
+    let verify = flags.command.as_ref().map(|Subcommand::VerifyJournal { json }| *json);
     let (data_dir, shards, workers) = (flags.data_dir.clone(), flags.shards, flags.workers);
     let config = Config::try_from(flags)?;
     let node = config.cluster.as_ref().map(|c| c.node.clone());
