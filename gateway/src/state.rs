@@ -87,4 +87,6 @@ pub struct WsContext {
     pub writers: Arc<crate::fanout::Writers>,
     /// What every connection's link shares (counters, write limits).
     pub links: Arc<crate::fanout::link::LinkConfig>,
+    /// On a gateway node: whether its market data is stale (connections tell clients).
+    pub market: Option<watch::Receiver<bool>>,
 }

@@ -567,6 +567,7 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     let user = Api::login(g2.addr, 0).await;
     let (want_tx, want_rx) = tokio::sync::watch::channel(String::new());
     let notices = open_sse(g2.addr, &user.token, &want_rx, Duration::ZERO).await;
+    let mut ws = client::connect(g2.addr, "/ws?format=json").await.expect("upgrade");
     drop(nats_proc);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let nats_proc = nats_with(nats_addr.port(), Some(&config)).expect("nats-server restarts");
@@ -574,6 +575,18 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     let text = tokio::time::timeout(WAIT, notices).await.expect("in time").expect("SSE task");
     let stale = text.find("market_data_stale").expect("told the data is stale");
     assert!(stale < text.find("market_data_live").expect("then live"), "{text}");
+    // WebSocket clients are told too.
+    let mut states = Vec::new();
+    while states.len() < 2 {
+        let m = tokio::time::timeout(WAIT, client::next(&mut ws)).await.expect("in time");
+        if let Ok(client::Message::Text(t)) = m {
+            let v: Value = serde_json::from_str(&t).expect("JSON");
+            if v["op"] == "market_data" {
+                states.push(v["state"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    assert_eq!(states, ["stale", "live"]);
     wait_for_gaps(g2.addr, 1).await;
     books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
     trade_through(g2.addr).await;

@@ -156,17 +156,19 @@ async fn answer(state: &AppState, account: AccountId, op: AlertOp) -> ApiReply {
 const STALE_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A gateway node: adds the alerts and notices other nodes hand over to this node's
-/// users' SSE histories, and tells them when its market data goes stale (NATS lost, or
-/// the engine node silent) and when it is live again.
+/// users' SSE histories, and tells them (and every WebSocket connection, through
+/// `market`) when its market data goes stale (NATS lost, or the engine node silent) and
+/// when it is live again.
 pub async fn follow(
     client: async_nats::Client,
     subjects: Subjects,
     hub: Arc<AlertHub>,
     node: String,
     stats: Arc<super::ClusterStats>,
+    market: tokio::sync::watch::Sender<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut events = client.subscribe(subjects.alerts_events()).await?;
-    let stale_watch = tokio::spawn(watch_staleness(Arc::clone(&hub), stats));
+    let stale_watch = tokio::spawn(watch_staleness(Arc::clone(&hub), stats, market));
     Ok(tokio::spawn(async move {
         let _abort_with_me = AbortOnDrop(stale_watch);
         while let Some(message) = events.next().await {
@@ -195,8 +197,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Publishes `market_data_stale` / `market_data_live` system notices on changes.
-async fn watch_staleness(hub: Arc<AlertHub>, stats: Arc<super::ClusterStats>) {
+/// Publishes `market_data_stale` / `market_data_live` system notices on changes, and the
+/// state to WebSocket connections through `market`.
+async fn watch_staleness(
+    hub: Arc<AlertHub>,
+    stats: Arc<super::ClusterStats>,
+    market: tokio::sync::watch::Sender<bool>,
+) {
     use std::sync::atomic::Ordering;
     let mut stale = false;
     let mut ticker = tokio::time::interval(STALE_CHECK);
@@ -207,6 +214,7 @@ async fn watch_staleness(hub: Arc<AlertHub>, stats: Arc<super::ClusterStats>) {
             continue;
         }
         stale = now;
+        market.send_replace(stale);
         let notice = if stale {
             serde_json::json!({
                 "notice": "market_data_stale",

@@ -137,7 +137,9 @@ impl Server {
                 subjects: crate::cluster::Subjects::new(&n.config.prefix),
             }),
         });
+        let (market_tx, market_rx) = watch::channel(false);
         let serving = startup::Serving {
+            market: (role == Role::Gateway).then_some(market_rx),
             shutdown: shutdown_rx.clone(),
             alive: alive_tx.clone(),
             keys,
@@ -151,7 +153,7 @@ impl Server {
             tls: tls.clone(),
         };
         let node_services = match &node {
-            Some(n) => startup::node_services(n, role, &state).await?,
+            Some(n) => startup::node_services(n, role, &state, market_tx).await?,
             None => Vec::new(),
         };
         let accept = tokio::spawn(accept_loop(listener, state, shutdown_rx, alive_tx, handshake));

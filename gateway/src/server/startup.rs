@@ -186,6 +186,7 @@ pub(super) async fn node_services(
     node: &Node,
     role: Role,
     state: &Arc<AppState>,
+    market: tokio::sync::watch::Sender<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (client, subjects, id) = (node.client.clone(), node.subjects(), node.instance.clone());
     let engine = role == Role::Engine;
@@ -209,7 +210,8 @@ pub(super) async fn node_services(
         Ok(vec![sessions, history.await?, alerts.await?])
     } else {
         let (hub, stats) = (Arc::clone(&state.alerts), Arc::clone(&node.stats));
-        let alerts = crate::cluster::alerts::follow(client, subjects, hub, id, stats).await?;
+        let alerts =
+            crate::cluster::alerts::follow(client, subjects, hub, id, stats, market).await?;
         Ok(vec![sessions, alerts])
     }
 }
@@ -415,6 +417,8 @@ pub(super) struct Serving {
     pub(super) keys: Arc<KeyCache>,
     pub(super) route: Route,
     pub(super) node: Option<NodeInfo>,
+    /// A gateway node's market data freshness (`true`: stale).
+    pub(super) market: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Tokens, the WebSocket context and the state every request handler shares.
@@ -461,6 +465,7 @@ pub(super) fn app_state(
             unread_bytes_max: config.ws.unread_bytes_max,
             clock: Arc::clone(&config.clock),
         }),
+        market: serving.market,
     });
     let tls = loaded.tls.is_some();
     Ok(Arc::new(AppState {

@@ -90,6 +90,7 @@ pub async fn run(
         answers: None,
         orders: None,
         tally: Tally::default(),
+        market: ctx.market.clone(),
     };
     let closing = conn.serve().await;
     drop(conn);
@@ -199,6 +200,8 @@ struct Conn {
     /// The private `orders` channel, when subscribed.
     orders: Option<broadcast::Receiver<AccountReport>>,
     tally: Tally,
+    /// On a gateway node: whether its market data is stale (it lost the engine node).
+    market: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Order requests one connection may have waiting for the engine (the inbound rate limit
@@ -211,6 +214,18 @@ type Answers = (tokio::sync::mpsc::Sender<Bytes>, tokio::sync::mpsc::Receiver<By
 async fn next_answer(answers: &mut Option<Answers>) -> Option<Bytes> {
     match answers {
         Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change of a gateway node's market data freshness (`true`: stale); never
+/// resolves on the single process.
+async fn next_market_state(market: &mut Option<tokio::sync::watch::Receiver<bool>>) -> bool {
+    match market {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => *rx.borrow_and_update(),
+            Err(_) => std::future::pending().await,
+        },
         None => std::future::pending().await,
     }
 }
@@ -319,6 +334,11 @@ impl Conn {
                 _ = heartbeat.tick() => link.lock().heartbeats(limits.heartbeat_interval, self.ctx.links.clock.as_ref()),
                 Some(answer) = next_answer(&mut self.answers) => self.push(answer, 0),
                 report = next_report(&mut self.orders) => self.report(report),
+                stale = next_market_state(&mut self.market) => {
+                    let state = if stale { "stale" } else { "live" };
+                    let notice = control::reply("market_data", &None, serde_json::json!({ "state": state }));
+                    self.push(notice, 0);
+                }
                 () = crate::auth::revoked(&mut self.session) => {
                     self.set_closing(Closing::Send(close::SESSION_REVOKED, "session revoked"));
                 }
