@@ -21,8 +21,35 @@ use tokio::task::JoinHandle;
 use super::Subjects;
 use crate::alerts::{AlertHub, Relay};
 use crate::error::{ApiError, ErrorCode};
-use crate::rest::alerts::AlertOp;
-use crate::state::AppState;
+
+/// A new alert's request body (`POST /api/v1/alerts`).
+#[derive(Debug, Deserialize, Serialize)]
+pub struct NewAlert {
+    /// The instrument.
+    pub symbol: String,
+    /// `above`, `below` or `crosses`.
+    pub condition: String,
+    /// The price, a decimal string.
+    pub price: String,
+    /// Fires on every crossing rather than once.
+    #[serde(default)]
+    pub repeat: bool,
+}
+
+/// What a request does to a user's alerts. On a gateway node it is carried out on the
+/// engine node, where alerts live.
+#[derive(Debug, Deserialize, Serialize)]
+pub enum AlertOp {
+    /// Add one.
+    Create(NewAlert),
+    /// List them.
+    List,
+    /// Delete one by id.
+    Delete(String),
+}
+
+/// Carries an alert request out on the engine node: `(account, op)` to the response.
+pub type Apply = Arc<dyn Fn(AccountId, AlertOp) -> Response<Full<Bytes>> + Send + Sync>;
 
 /// A gateway node's way to the engine node's alerts.
 #[derive(Clone, Debug)]
@@ -102,12 +129,13 @@ fn clone_op(op: &AlertOp) -> AlertOp {
 pub async fn serve(
     client: async_nats::Client,
     subjects: Subjects,
-    state: Arc<AppState>,
+    hub: Arc<AlertHub>,
+    apply: Apply,
     node: String,
 ) -> anyhow::Result<JoinHandle<()>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AlertEvent>();
     let origin = node.clone();
-    state.alerts.set_relay(Relay(Box::new(move |account, kind, data| {
+    hub.set_relay(Relay(Box::new(move |account, kind, data| {
         let event = AlertEvent {
             node: origin.clone(),
             account: Some(account.0),
@@ -129,7 +157,7 @@ pub async fn serve(
                 Some(message) = requests.next() => {
                     let Some(reply) = message.reply.clone() else { continue };
                     let answer = match serde_json::from_slice::<ApiRequest>(&message.payload) {
-                        Ok(r) => answer(&state, AccountId(r.account), r.op).await,
+                        Ok(r) => answer(apply(AccountId(r.account), r.op)).await,
                         Err(e) => ApiReply { status: 400, body: serde_json::json!({"error": {"code": "malformed", "message": e.to_string()}}) },
                     };
                     if let Ok(payload) = serde_json::to_vec(&answer) {
@@ -142,8 +170,7 @@ pub async fn serve(
     }))
 }
 
-async fn answer(state: &AppState, account: AccountId, op: AlertOp) -> ApiReply {
-    let response = crate::rest::alerts::apply(state, account, op);
+async fn answer(response: Response<Full<Bytes>>) -> ApiReply {
     let status = response.status().as_u16();
     let body = match response.into_body().collect().await {
         Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null),

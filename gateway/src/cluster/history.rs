@@ -27,7 +27,6 @@ use crate::fanout::Directory;
 use crate::history::{Entry, RECORD};
 use crate::orders::OrderStore;
 use crate::protocol::{ChannelKind, TradeMsg, TRADES_KEPT};
-use crate::state::AppState;
 
 /// How long the engine node waits for its projection to reach a gateway's start.
 const CATCH_UP_MAX: Duration = Duration::from_secs(5);
@@ -48,11 +47,22 @@ impl Subjects {
     }
 }
 
+/// What the engine node answers history and market requests from.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// Users' orders and fills.
+    pub orders: Arc<OrderStore>,
+    /// The channels (their recent trades).
+    pub directory: Arc<Directory>,
+    /// The candles.
+    pub candles: Arc<Candles>,
+}
+
 /// The engine node: answers history and market requests.
 pub async fn serve(
     client: async_nats::Client,
     subjects: Subjects,
-    state: Arc<AppState>,
+    state: Sources,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut history = client.subscribe(subjects.history()).await?;
     let mut market = client.subscribe(subjects.market()).await?;
@@ -96,11 +106,11 @@ async fn catch_up(orders: &OrderStore, request: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-async fn market_answer(state: &AppState, request: &[u8]) -> Result<Vec<u8>, String> {
+async fn market_answer(state: &Sources, request: &[u8]) -> Result<Vec<u8>, String> {
     catch_up(&state.orders, request).await?;
     tokio::time::sleep(HUB_PASS_MARGIN).await;
     let mut trades = serde_json::Map::new();
-    for channel in state.ws.directory.all() {
+    for channel in state.directory.all() {
         if channel.kind != ChannelKind::Trades {
             continue;
         }

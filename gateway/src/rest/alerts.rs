@@ -5,38 +5,16 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::AccountId;
 
 use super::{authorize, invalid_parameter, json_body};
 use crate::alerts::{AddError, Condition, PriceAlert, ALERTS_PER_USER_MAX};
+pub use crate::cluster::alerts::{AlertOp, NewAlert};
 use crate::error::{ApiError, ErrorCode};
 use crate::reply::json_response;
 use crate::state::AppState;
-
-/// A new alert's request body.
-#[derive(Debug, Deserialize, serde::Serialize)]
-pub struct NewAlert {
-    symbol: String,
-    condition: String,
-    price: String,
-    #[serde(default)]
-    repeat: bool,
-}
-
-/// What a request does to a user's alerts. On a gateway node it is carried out on the
-/// engine node, where alerts live (see [`crate::cluster::alerts`]).
-#[derive(Debug, Deserialize, serde::Serialize)]
-pub enum AlertOp {
-    /// Add one.
-    Create(NewAlert),
-    /// List them.
-    List,
-    /// Delete one by id.
-    Delete(String),
-}
 
 /// Carries out `op` for `account`: here, or on the engine node when this is a gateway node.
 async fn perform(state: &AppState, account: AccountId, op: AlertOp) -> Response<Full<Bytes>> {

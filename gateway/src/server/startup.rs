@@ -204,9 +204,17 @@ pub(super) async fn node_services(
     )
     .await?;
     if engine {
-        let history =
-            crate::cluster::history::serve(client.clone(), subjects.clone(), Arc::clone(state));
-        let alerts = crate::cluster::alerts::serve(client, subjects, Arc::clone(state), id);
+        let sources = crate::cluster::history::Sources {
+            orders: Arc::clone(&state.orders),
+            directory: Arc::clone(&state.ws.directory),
+            candles: Arc::clone(&state.candles),
+        };
+        let history = crate::cluster::history::serve(client.clone(), subjects.clone(), sources);
+        let on = Arc::clone(state);
+        let apply: crate::cluster::alerts::Apply =
+            Arc::new(move |account, op| crate::rest::alerts::apply(&on, account, op));
+        let hub = Arc::clone(&state.alerts);
+        let alerts = crate::cluster::alerts::serve(client, subjects, hub, apply, id);
         Ok(vec![sessions, history.await?, alerts.await?])
     } else {
         let (hub, stats) = (Arc::clone(&state.alerts), Arc::clone(&node.stats));
