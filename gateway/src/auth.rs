@@ -255,7 +255,7 @@ impl Tokens {
 
     /// Ends every session of the user of `claims`.
     pub fn revoke_all(&self, claims: &Claims) {
-        self.sessions.revoke_all(&claims.sub);
+        self.sessions.revoke_all(&claims.sub, self.clock.now().0 / 1_000_000);
     }
 
     /// A new token for the session of `claims` (a refresh): `None` once the session is

@@ -128,11 +128,16 @@ impl Sessions {
     }
 
     /// Ends every session of `user`. Blocks on the file write, like [`Sessions::revoke`].
-    pub fn revoke_all(&self, user: &str) {
+    ///
+    /// The new generation is at least the wall clock in milliseconds: two nodes ending a
+    /// user's sessions at nearly the same time pick different generations, and the later
+    /// one wins everywhere once merged (a counter would give both the same one, and a
+    /// login on the first node in between would survive the second's logout).
+    pub fn revoke_all(&self, user: &str, now_ms: u64) {
         let mut generation = 0;
         self.change(|state| {
             let g = state.generations.entry(user.to_string()).or_insert(0);
-            *g += 1;
+            *g = (*g + 1).max(now_ms);
             generation = *g;
         });
         let delta = State {
@@ -221,21 +226,22 @@ mod tests {
         let sink = std::sync::Arc::clone(&deltas);
         a.set_announce(Box::new(move |d| sink.lock().unwrap().push(d)));
         a.revoke(7, 100, 0);
-        a.revoke_all("alice");
-        a.revoke_all("alice");
+        a.revoke_all("alice", 0);
+        a.revoke_all("alice", 0);
         let deltas = deltas.lock().unwrap().clone();
         assert_eq!(deltas.len(), 3);
         // Applied out of order and twice: the same end state.
         for d in deltas.iter().rev().chain(deltas.iter()) {
             b.merge(d).expect("a delta");
         }
-        assert!(!b.stands("alice", 1, 1) && b.stands("alice", 2, 1), "generation 2");
+        let alice = a.generation("alice");
+        assert!(b.stands("alice", alice, 1) && !b.stands("alice", alice - 1, 1), "a's generation");
         assert!(!b.stands("bob", 0, 7), "session 7 revoked");
         assert!(b.stands("bob", 0, 8));
         // A node starting later takes the whole state.
         let c = Sessions::in_memory();
         c.merge(&a.export()).expect("a state");
-        assert_eq!(c.generation("alice"), 2);
+        assert_eq!(c.generation("alice"), alice);
         assert!(b.merge(b"not json").is_err());
     }
 
@@ -250,13 +256,16 @@ mod tests {
         assert!(watch.has_changed().expect("sender alive"));
         assert!(!sessions.stands("alice", 0, 7));
         assert!(sessions.stands("alice", 0, 8));
-        sessions.revoke_all("alice");
+        sessions.revoke_all("alice", 0);
         assert!(!sessions.stands("alice", 0, 8), "old generation");
         assert!(sessions.stands("alice", 1, 8));
         assert!(sessions.stands("bob", 0, 9), "other users untouched");
         let restarted = Sessions::persisted(dir.clone()).expect("reads back");
         assert!(!restarted.stands("alice", 1, 7));
         assert_eq!(restarted.generation("alice"), 1);
+        // Two nodes ending alice's sessions a moment apart pick different generations.
+        restarted.revoke_all("alice", 1_000);
+        assert_eq!(restarted.generation("alice"), 1_000, "at least the time in ms");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -157,7 +157,7 @@ pub fn decode_records(bytes: &[u8]) -> Result<Vec<Record>, String> {
         let record =
             decode_payload(payload).ok_or_else(|| format!("unknown command at byte {at}"))?;
         if let Some(last) = records.last().map(|l: &Record| l.seq) {
-            if record.seq != last + 1 {
+            if Some(record.seq) != last.checked_add(1) {
                 return Err(format!("sequence {} after {last} at byte {at}", record.seq));
             }
         }

@@ -31,10 +31,6 @@ use crate::protocol::{ChannelKind, TradeMsg, TRADES_KEPT};
 /// How long the engine node waits for its projection to reach a gateway's start.
 const CATCH_UP_MAX: Duration = Duration::from_secs(5);
 
-/// A pass of the engine node's hub: its channels and candles take a pass's events after
-/// the projection has marked them applied (same pump, later consumer).
-const HUB_PASS_MARGIN: Duration = Duration::from_millis(20);
-
 impl Subjects {
     /// Users' order history, from the engine node.
     pub fn history(&self) -> String {
@@ -68,38 +64,45 @@ pub async fn serve(
     let mut market = client.subscribe(subjects.market()).await?;
     Ok(tokio::spawn(async move {
         loop {
-            let (message, answer) = tokio::select! {
-                Some(m) = history.next() => {
-                    let a = history_answer(&state.orders, &m.payload).await;
-                    (m, a)
-                }
-                Some(m) = market.next() => {
-                    let a = market_answer(&state, &m.payload).await;
-                    (m, a)
-                }
+            let (message, is_history) = tokio::select! {
+                Some(m) = history.next() => (m, true),
+                Some(m) = market.next() => (m, false),
                 else => return,
             };
             let Some(reply) = message.reply.clone() else { continue };
-            let max = client.server_info().max_payload.saturating_sub(1024).max(1024);
-            for piece in wire::snapshot_pieces(answer, max) {
-                let _ = client.publish(reply.clone(), piece).await;
-            }
+            // Each in a task of its own: one waiting for the engine node to catch up
+            // holds up no other gateway's start.
+            let (client, state) = (client.clone(), state.clone());
+            tokio::spawn(async move {
+                let answer = if is_history {
+                    history_answer(&state.orders, &message.payload).await
+                } else {
+                    market_answer(&state, &message.payload).await
+                };
+                let max = client.server_info().max_payload.saturating_sub(1024).max(1024);
+                for piece in wire::snapshot_pieces(answer, max) {
+                    let _ = client.publish(reply.clone(), piece).await;
+                }
+            });
         }
     }))
 }
 
-/// Waits until the engine node's projection has applied every report up to the commands
-/// stamped `request`'s stamps (one u64 per shard).
-async fn catch_up(orders: &OrderStore, request: &[u8]) -> Result<(), String> {
+/// Waits until `applied(shard)` (a consumer's progress) reaches the commands stamped
+/// `request`'s stamps (one u64 per shard).
+async fn catch_up(request: &[u8], applied: impl Fn(usize) -> u64) -> Result<(), String> {
     let mut through = Vec::new();
     let mut r = ByteReader::new(request);
     while r.remaining() > 0 {
         through.push(r.u64().map_err(|_| "a history request is u64 stamps".to_string())?);
     }
+    if through.len() > 64 {
+        return Err("more stamps than shards".into());
+    }
     let started = Instant::now();
-    while through.iter().enumerate().any(|(shard, ts)| orders.applied_through(shard).0 < *ts) {
+    while through.iter().enumerate().any(|(shard, ts)| applied(shard) < *ts) {
         if started.elapsed() > CATCH_UP_MAX {
-            return Err("the engine node's order projection is behind; retry".into());
+            return Err("the engine node is behind the stamps asked for; retry".into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -107,8 +110,7 @@ async fn catch_up(orders: &OrderStore, request: &[u8]) -> Result<(), String> {
 }
 
 async fn market_answer(state: &Sources, request: &[u8]) -> Result<Vec<u8>, String> {
-    catch_up(&state.orders, request).await?;
-    tokio::time::sleep(HUB_PASS_MARGIN).await;
+    catch_up(request, |shard| state.directory.applied_through(shard)).await?;
     let mut trades = serde_json::Map::new();
     for channel in state.directory.all() {
         if channel.kind != ChannelKind::Trades {
@@ -136,7 +138,7 @@ async fn market_answer(state: &Sources, request: &[u8]) -> Result<Vec<u8>, Strin
 }
 
 async fn history_answer(orders: &OrderStore, request: &[u8]) -> Result<Vec<u8>, String> {
-    catch_up(orders, request).await?;
+    catch_up(request, |shard| orders.applied_through(shard).0).await?;
     let entries = orders.dump();
     let mut out = Vec::with_capacity(entries.len() * RECORD);
     for e in &entries {

@@ -259,12 +259,27 @@ pub struct ClusterStats {
     pub no_responders: AtomicU64,
     /// Some shard's commands have been silent past [`STALE_AFTER`].
     pub stale: AtomicBool,
+    /// Which shards are silent (bit per shard).
+    stale_shards: AtomicU64,
     /// Microseconds from the engine node's stamp of the last command received to its
     /// receipt here (clocks of both nodes assumed in step: one machine, or NTP).
     pub lag_us: AtomicU64,
 }
 
 impl ClusterStats {
+    /// Marks `shard`'s commands silent or heard; `true` if that changed for the shard.
+    pub fn set_stale(&self, shard: usize, stale: bool) -> bool {
+        let bit = 1u64 << (shard % 64);
+        let before = if stale {
+            self.stale_shards.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.stale_shards.fetch_and(!bit, Ordering::AcqRel)
+        };
+        let after = if stale { before | bit } else { before & !bit };
+        self.stale.store(after != 0, Ordering::Release);
+        (before & bit != 0) != stale
+    }
+
     /// Prometheus lines.
     pub fn render(&self, node: &str, out: &mut String) {
         use std::fmt::Write;

@@ -24,8 +24,6 @@ pub const LOG_BYTES_MAX: usize = 64 << 20;
 pub const MESSAGE_BYTES_MAX: usize = 256 << 10;
 /// Order ids handed to a gateway at once.
 pub const ID_BLOCK: u64 = 4_096;
-/// Order ids an engine node skips when it starts, past those earlier runs handed out.
-pub const ID_SKIP_AT_START: u64 = 1 << 40;
 
 /// Each shard's recent commands, encoded, as the engine applied them.
 #[derive(Debug)]
@@ -41,6 +39,8 @@ struct ShardLog {
     bytes: usize,
     /// The last sequence applied.
     last_seq: u64,
+    /// The last sequence this run started with (recovered).
+    run_start: u64,
 }
 
 /// What a replay from a sequence finds.
@@ -58,7 +58,9 @@ impl CommandLog {
     pub fn new(last_seqs: &[u64]) -> Arc<CommandLog> {
         let shards = last_seqs
             .iter()
-            .map(|&last_seq| Mutex::new(ShardLog { last_seq, ..ShardLog::default() }))
+            .map(|&last_seq| {
+                Mutex::new(ShardLog { last_seq, run_start: last_seq, ..ShardLog::default() })
+            })
             .collect();
         Arc::new(CommandLog { shards, wake: last_seqs.iter().map(|_| Notify::new()).collect() })
     }
@@ -68,7 +70,7 @@ impl CommandLog {
         if let Some(slot) = self.shards.get(shard) {
             let mut log = slot.lock().unwrap_or_else(|e| e.into_inner());
             if log.batches.is_empty() {
-                log.last_seq = last_seq;
+                (log.last_seq, log.run_start) = (last_seq, last_seq);
             }
         }
     }
@@ -97,6 +99,19 @@ impl CommandLog {
         }
         drop(log);
         self.wake[shard].notify_one();
+    }
+
+    /// The last sequence `shard` started this run with.
+    pub fn run_start(&self, shard: usize) -> u64 {
+        self.shards.get(shard).map_or(0, |s| s.lock().unwrap_or_else(|e| e.into_inner()).run_start)
+    }
+
+    /// The first sequence the log still holds (`last_seq + 1` when empty).
+    pub fn first_kept(&self, shard: usize) -> u64 {
+        self.shards.get(shard).map_or(1, |s| {
+            let log = s.lock().unwrap_or_else(|e| e.into_inner());
+            log.batches.front().map_or(log.last_seq + 1, |b| b.0)
+        })
     }
 
     /// The last sequence `shard` applied.
@@ -214,15 +229,16 @@ impl Primary {
     ) -> anyhow::Result<Primary> {
         // A run id: gateways see the engine node restart when it changes.
         let epoch = engine.clock().now().0;
-        // Gateways hold blocks of order ids a previous run handed out and may still use;
-        // this run's ids start far above them (2^40 ids: years of allocation per run).
-        let _ = engine.reserve_order_ids(ID_SKIP_AT_START);
+        // Gateways hold blocks of order ids earlier runs handed out and may still use:
+        // this run's ids start past them (the mark on disk; without a data directory, far
+        // above what was recovered).
+        let ids = IdMark::open(journal.as_deref(), &engine)?;
         let mut tasks = Vec::new();
-        let ctx = Arc::new(Ctx { client, subjects, engine, log, stats, epoch, node, journal });
+        let ctx = Arc::new(Ctx { client, subjects, engine, log, stats, epoch, node, journal, ids });
         for shard in 0..ctx.engine.shards() {
             tasks.push(tokio::spawn(publish(Arc::clone(&ctx), shard)));
             let replays = ctx.client.subscribe(ctx.subjects.replay(shard)).await?;
-            tasks.push(tokio::spawn(serve(Arc::clone(&ctx), replays, move |c, m| {
+            tasks.push(tokio::spawn(serve_each(Arc::clone(&ctx), replays, move |c, m| {
                 replay(c, shard, m)
             })));
             let snapshots = ctx.client.subscribe(ctx.subjects.snapshot(shard)).await?;
@@ -235,7 +251,13 @@ impl Primary {
         let ids = ctx.client.subscribe(ctx.subjects.ids()).await?;
         tasks.push(tokio::spawn(serve(Arc::clone(&ctx), ids, |c, _| async move {
             let ids = c.engine.reserve_order_ids(ID_BLOCK);
-            wire::ids_reply(ids.start, ID_BLOCK)
+            // On disk before anyone may use them (fsync).
+            let mark = Arc::clone(&c);
+            let saved = tokio::task::spawn_blocking(move || mark.ids.save(ids.end)).await;
+            match saved {
+                Ok(Ok(())) => wire::ids_reply(ids.start, ID_BLOCK),
+                _ => wire::ids_reply(0, 0),
+            }
         })));
         let info = ctx.client.subscribe(ctx.subjects.info()).await?;
         tasks.push(tokio::spawn(serve(Arc::clone(&ctx), info, |c, _| async move {
@@ -249,8 +271,54 @@ impl Primary {
     }
 }
 
+/// The order ids handed to gateways so far, kept in `<data-dir>/cluster-ids` so a later
+/// run never hands them out again.
+struct IdMark {
+    file: Option<PathBuf>,
+}
+
+impl IdMark {
+    /// Reads the mark and moves `engine`'s order ids past it.
+    fn open(dir: Option<&Path>, engine: &EngineHandle) -> anyhow::Result<IdMark> {
+        let Some(dir) = dir else {
+            // Nothing on disk, nothing recovered either: a fresh engine's ids are all new.
+            return Ok(IdMark { file: None });
+        };
+        let file = dir.join("cluster-ids");
+        let mark = match std::fs::read_to_string(&file) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| anyhow::anyhow!("{}: not an order id mark ({e})", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", file.display())),
+        };
+        let next = engine.reserve_order_ids(0).start;
+        if mark > next {
+            let _ = engine.reserve_order_ids(mark - next);
+        }
+        Ok(IdMark { file: Some(file) })
+    }
+
+    /// Records that ids below `end` may be in use.
+    fn save(&self, end: u64) -> std::io::Result<()> {
+        use std::io::Write;
+        let Some(file) = &self.file else { return Ok(()) };
+        let temp = file.with_extension("tmp");
+        let mut f = std::fs::File::create(&temp)?;
+        f.write_all(end.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&temp, file)?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
 struct Ctx {
     journal: Option<PathBuf>,
+    ids: IdMark,
     client: async_nats::Client,
     subjects: Subjects,
     engine: EngineHandle,
@@ -261,6 +329,14 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn origin(&self, shard: usize) -> wire::Origin {
+        wire::Origin {
+            epoch: self.epoch,
+            run_start: self.log.run_start(shard),
+            shard: shard as u32,
+        }
+    }
+
     /// The most bytes of records (or snapshot) one message carries on this server.
     fn message_max(&self) -> usize {
         let max_payload = self.client.server_info().max_payload;
@@ -284,7 +360,8 @@ impl Ctx {
 /// while the previous message went out, and a heartbeat when there is nothing to send.
 async fn publish(ctx: Arc<Ctx>, shard: usize) {
     let subject = ctx.subjects.commands(shard);
-    let mut next = ctx.log.last_seq(shard) + 1;
+    // From what this run applied before the publisher started (all of it is kept).
+    let mut next = ctx.log.first_kept(shard);
     loop {
         let woken = tokio::time::timeout(HEARTBEAT, ctx.log.wake[shard].notified()).await.is_ok();
         loop {
@@ -303,12 +380,12 @@ async fn publish(ctx: Arc<Ctx>, shard: usize) {
             };
             if records.is_empty() {
                 if !woken {
-                    let heartbeat = wire::batch_header(0, ctx.epoch, shard as u32, last, &[]);
+                    let heartbeat = wire::batch_header(0, ctx.origin(shard), last, &[]);
                     ctx.send(subject.clone(), heartbeat).await;
                 }
                 break;
             }
-            let message = wire::batch_header(0, ctx.epoch, shard as u32, last, &records);
+            let message = wire::batch_header(0, ctx.origin(shard), last, &records);
             ctx.send(subject.clone(), message).await;
         }
     }
@@ -327,10 +404,30 @@ where
     }
 }
 
+/// Answers each request on `requests` with `answer` in a task of its own (answers that
+/// may read the journal must not hold up the others).
+async fn serve_each<F, Fut>(ctx: Arc<Ctx>, mut requests: async_nats::Subscriber, answer: F)
+where
+    F: Fn(Arc<Ctx>, async_nats::Message) -> Fut,
+    Fut: std::future::Future<Output = Bytes> + Send + 'static,
+{
+    while let Some(message) = requests.next().await {
+        let Some(reply) = message.reply.clone() else { continue };
+        let (c, answer) = (Arc::clone(&ctx), answer(Arc::clone(&ctx), message));
+        tokio::spawn(async move {
+            let payload = answer.await;
+            c.send(reply.to_string(), payload).await;
+        });
+    }
+}
+
 async fn replay(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> Bytes {
     let from = match <[u8; 8]>::try_from(message.payload.as_ref()) {
         Ok(b) => u64::from_le_bytes(b),
-        Err(_) => return wire::batch_header(wire::TOO_OLD, ctx.epoch, shard as u32, 0, &[]),
+        Err(_) => {
+            let last = ctx.log.last_seq(shard);
+            return wire::batch_header(wire::TOO_OLD, ctx.origin(shard), last, &[]);
+        }
     };
     let last = ctx.log.last_seq(shard);
     let max = ctx.message_max();
@@ -342,9 +439,9 @@ async fn replay(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> By
     }
     match since {
         Since::Records(r, included) => {
-            wire::batch_header(0, ctx.epoch, shard as u32, last.max(included), &r)
+            wire::batch_header(0, ctx.origin(shard), last.max(included), &r)
         }
-        Since::TooOld => wire::batch_header(wire::TOO_OLD, ctx.epoch, shard as u32, last, &[]),
+        Since::TooOld => wire::batch_header(wire::TOO_OLD, ctx.origin(shard), last, &[]),
     }
 }
 
@@ -369,10 +466,13 @@ async fn serve_snapshots(ctx: Arc<Ctx>, mut requests: async_nats::Subscriber, sh
 }
 
 async fn submit(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> Bytes {
+    let now = ctx.engine.clock().now().0;
     let code = match wire::decode_submit(&message.payload) {
         // Funding is the engine node's own business: gateways send trading commands.
-        Ok(CommandKind::Transfer(_)) | Err(_) => SubmitCode::BadRequest,
-        Ok(kind) => match instrument_of(kind).and_then(|i| ctx.engine.shard_of(i)) {
+        Ok((CommandKind::Transfer(_), _)) | Err(_) => SubmitCode::BadRequest,
+        // The gateway has given up on it (it came late: a reconnection sent it now).
+        Ok((_, deadline)) if now > deadline => SubmitCode::Expired,
+        Ok((kind, _)) => match instrument_of(kind).and_then(|i| ctx.engine.shard_of(i)) {
             Some(owner) if owner == shard => SubmitCode::of(ctx.engine.submit(kind)),
             _ => SubmitCode::UnknownInstrument,
         },
@@ -421,6 +521,28 @@ mod tests {
         assert_eq!(seqs(&next), [13, 14], "across batches, no more than the limit");
         assert_eq!(log.since(0, 16, usize::MAX), Since::Records(Vec::new(), 15));
         assert!(matches!(log.since(3, 1, usize::MAX), Since::TooOld), "no such shard");
+    }
+
+    #[test]
+    fn order_ids_start_past_what_earlier_runs_handed_out() {
+        use tickgate_engine::runtime::{EngineRuntime, RuntimeConfig};
+        let dir = std::env::temp_dir().join(format!("tickgate-id-mark-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let runtime = EngineRuntime::start(RuntimeConfig::default()).expect("starts");
+        let engine = runtime.handle();
+        // No mark yet: ids as the engine has them.
+        let mark = IdMark::open(Some(&dir), &engine).expect("opens");
+        assert!(engine.allocate_order_id().0 < 10);
+        mark.save(5_000).expect("saved");
+        assert_eq!(std::fs::read_to_string(dir.join("cluster-ids")).unwrap(), "5000");
+        // The next run (here: the same engine, as a recovered one would be) starts past it.
+        IdMark::open(Some(&dir), &engine).expect("opens");
+        assert!(engine.allocate_order_id().0 >= 5_000);
+        std::fs::write(dir.join("cluster-ids"), "not a number").unwrap();
+        assert!(IdMark::open(Some(&dir), &engine).is_err(), "a damaged mark stops the start");
+        runtime.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

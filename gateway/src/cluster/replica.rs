@@ -1,5 +1,11 @@
 //! The gateway node's side: starts a replica of the engine from the engine node's
 //! snapshots and keeps it applying the engine node's commands, repairing any gap.
+//!
+//! Start-up is in two steps: [`Replica::start`] builds the replica at the snapshots'
+//! state (so what the gateway derives from it, users' orders, channels, can be set up at
+//! exactly that point), then [`Replica::follow`] starts applying, once the gateway's
+//! event consumers read the replica's rings. What arrives meanwhile waits in the
+//! subscriptions (or is dropped by NATS past their capacity, and repaired by replay).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,11 +40,21 @@ struct Info {
     node: String,
 }
 
+/// Most shards an engine node may announce (the engine's own limit).
+const SHARDS_MAX: usize = 64;
+
+/// Batches of commands waiting for a replica shard's thread, at most: beyond, the
+/// follower waits (and NATS buffers, then drops: a gap, repaired).
+const APPLY_QUEUE: usize = 1024;
+
 /// The tasks that feed a replica.
 #[derive(Debug)]
 pub struct Replica {
+    /// Built by [`Replica::start`], running once [`Replica::follow`] is called.
+    waiting: Vec<(Follower, async_nats::Subscriber)>,
     followers: Vec<JoinHandle<()>>,
-    /// Per shard, the stamp of the last command the replica started from.
+    report: mpsc::Sender<Diverged>,
+    /// Per shard, the stamp of the last command the replica starts from.
     pub started_at: Vec<u64>,
     /// Reports a divergence (the gateway then stops).
     pub diverged: mpsc::Receiver<Diverged>,
@@ -46,8 +62,8 @@ pub struct Replica {
 
 impl Replica {
     /// Asks the engine node for its shards' state and starts a replica from it (with
-    /// `config`'s ring, hooks and clock), then follows every shard's commands. Returns
-    /// the replica engine and what follows it.
+    /// `config`'s ring, hooks and clock), subscribed to every shard's commands but not yet
+    /// applying them (see [`Replica::follow`]). Returns the replica engine and its feed.
     pub async fn start(
         client: async_nats::Client,
         subjects: Subjects,
@@ -59,6 +75,9 @@ impl Replica {
             .await
             .map_err(|e| anyhow::anyhow!("asking the engine node for its shards: {e}"))?;
         let info: Info = serde_json::from_slice(&info.payload)?;
+        if !(1..=SHARDS_MAX).contains(&info.shards) {
+            anyhow::bail!("the engine node announces {} shards", info.shards);
+        }
         tracing::info!(engine = %info.node, shards = info.shards, "following the engine node");
         // Subscribe before the snapshots are taken: every command after them arrives.
         let mut subscribers = Vec::with_capacity(info.shards);
@@ -84,7 +103,7 @@ impl Replica {
             tokio::task::spawn_blocking(move || EngineRuntime::start_replica(config, snapshots))
                 .await??;
         let (report, diverged) = mpsc::channel(info.shards);
-        let mut followers = Vec::with_capacity(info.shards);
+        let mut waiting = Vec::with_capacity(info.shards);
         for (shard, subscriber) in subscribers.into_iter().enumerate() {
             let follower = Follower {
                 shard,
@@ -92,19 +111,35 @@ impl Replica {
                 epoch: info.epoch,
                 client: client.clone(),
                 subjects: subjects.clone(),
-                applier: Applier::start(runtime.handle(), shard, Arc::clone(&stats)),
+                applier: Applier::start(
+                    runtime.handle(),
+                    shard,
+                    Arc::clone(&stats),
+                    report.clone(),
+                ),
                 stats: Arc::clone(&stats),
                 clock: Arc::clone(runtime.handle().clock()),
             };
-            let report = report.clone();
-            followers.push(tokio::spawn(async move {
-                if let Err(d) = follower.run(subscriber).await {
-                    tracing::error!("{d}");
-                    let _ = report.send(d).await;
-                }
+            waiting.push((follower, subscriber));
+        }
+        Ok((runtime, Replica { waiting, followers: Vec::new(), report, started_at, diverged }))
+    }
+
+    /// Starts applying the engine node's commands (once everything that derives state
+    /// from the replica's events is reading them).
+    pub fn follow(&mut self) {
+        for (follower, subscriber) in self.waiting.drain(..) {
+            let report = self.report.clone();
+            self.followers.push(tokio::spawn(async move {
+                let shard = follower.shard;
+                let d = match follower.run(subscriber).await {
+                    Err(d) => d,
+                    Ok(()) => Diverged { shard, why: "its commands subscription ended".into() },
+                };
+                tracing::error!("{d}");
+                let _ = report.send(d).await;
             }));
         }
-        Ok((runtime, Replica { followers, started_at, diverged }))
     }
 
     /// Stops following (the replica keeps what it has).
@@ -113,21 +148,29 @@ impl Replica {
     }
 }
 
-/// Hands commands to the replica's shard from a thread of its own (the queue may be
-/// full for a moment; the follower's task must not block on it).
+/// Hands commands to the replica's shard from a thread of its own (the shard's queue may
+/// be full for a moment; the follower's task must not block on it).
+#[derive(Debug)]
 struct Applier {
-    tx: crossbeam_channel::Sender<Vec<Command>>,
+    tx: mpsc::Sender<Vec<Command>>,
 }
 
 impl Applier {
-    fn start(handle: EngineHandle, shard: usize, stats: Arc<ClusterStats>) -> Applier {
-        let (tx, rx) = crossbeam_channel::unbounded::<Vec<Command>>();
+    fn start(
+        handle: EngineHandle,
+        shard: usize,
+        stats: Arc<ClusterStats>,
+        report: mpsc::Sender<Diverged>,
+    ) -> Applier {
+        let (tx, mut rx) = mpsc::channel::<Vec<Command>>(APPLY_QUEUE);
         std::thread::Builder::new()
             .name(format!("replica-{shard}"))
             .spawn(move || {
-                for commands in rx {
+                while let Some(commands) = rx.blocking_recv() {
                     let n = commands.len() as u64;
-                    if handle.replicate(shard, commands).is_err() {
+                    if let Err(e) = handle.replicate(shard, commands) {
+                        let why = format!("the replica engine took no more commands: {e}");
+                        let _ = report.blocking_send(Diverged { shard, why });
                         return;
                     }
                     stats.commands_applied.fetch_add(n, Ordering::Relaxed);
@@ -139,6 +182,7 @@ impl Applier {
 }
 
 /// Follows one shard's commands subject.
+#[derive(Debug)]
 struct Follower {
     shard: usize,
     /// The sequence the replica needs next.
@@ -161,7 +205,7 @@ impl Follower {
                 Ok(Some(message)) => message,
                 Ok(None) => return Ok(()),
                 Err(_) => {
-                    if !self.stats.stale.swap(true, Ordering::AcqRel) {
+                    if self.stats.set_stale(self.shard, true) {
                         tracing::warn!(
                             shard = self.shard,
                             "no word from the engine node: market data is stale"
@@ -170,19 +214,16 @@ impl Follower {
                     continue;
                 }
             };
-            if self.stats.stale.swap(false, Ordering::AcqRel) {
+            if self.stats.set_stale(self.shard, false) {
                 tracing::info!(shard = self.shard, "the engine node is heard again");
             }
             self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes_in.fetch_add(message.payload.len() as u64, Ordering::Relaxed);
             let batch = match wire::decode_batch(&message.payload) {
+                Ok(batch) if batch.shard as usize == self.shard => batch,
                 Ok(batch) => {
-                    if let Some(last) = batch.records.last() {
-                        let now = self.clock.now().0;
-                        let lag = now.saturating_sub(last.command.ts.0) / 1_000;
-                        self.stats.lag_us.store(lag, Ordering::Relaxed);
-                    }
-                    batch
+                    tracing::warn!(shard = self.shard, "a batch of shard {} here", batch.shard);
+                    continue;
                 }
                 Err(e) => {
                     // Counted as lost: the next batch or heartbeat shows the gap.
@@ -190,29 +231,36 @@ impl Follower {
                     continue;
                 }
             };
+            if let Some(last) = batch.records.last() {
+                let lag = self.clock.now().0.saturating_sub(last.command.ts.0) / 1_000;
+                self.stats.lag_us.store(lag, Ordering::Relaxed);
+            }
             self.accept(batch).await?;
         }
     }
 
     /// Applies what `batch` brings after any gap before it is repaired.
     async fn accept(&mut self, batch: Batch) -> Result<(), Diverged> {
-        if batch.last_seq + 1 < self.next {
-            if batch.epoch == self.epoch {
-                // Sent before the snapshot this replica started from: nothing new.
-                return Ok(());
-            }
-            return Err(self.diverged(format!(
-                "the engine node restarted at sequence {} and this replica is at {}: it \
-                 restarted without its state (durability off?)",
-                batch.last_seq,
-                self.next - 1
-            )));
-        }
+        let have = self.next - 1;
         if batch.epoch != self.epoch {
+            // A new run of the engine node: it must hold at least what this replica
+            // applied, or its history is not the one this replica followed.
+            if batch.run_start < have {
+                return Err(self.diverged(format!(
+                    "the engine node restarted from sequence {} and this replica is at {have}: \
+                     it lost commands it had published (durability off, or a crash without \
+                     fsync)",
+                    batch.run_start
+                )));
+            }
             tracing::info!(shard = self.shard, "the engine node restarted; following its new run");
             self.epoch = batch.epoch;
         }
-        let reaches = batch.records.first().map_or(batch.last_seq + 1, |r| r.seq);
+        if batch.last_seq < have {
+            // Sent before the snapshot this replica started from: nothing new.
+            return Ok(());
+        }
+        let reaches = batch.records.first().map_or(batch.last_seq.saturating_add(1), |r| r.seq);
         if reaches > self.next {
             self.stats.gaps.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
@@ -226,19 +274,32 @@ impl Follower {
                 return Ok(());
             }
         }
-        self.apply(batch.records);
-        Ok(())
+        self.apply(batch.records).await
     }
 
-    fn apply(&mut self, records: Vec<Record>) {
+    /// Applies the records from `next` on; they must start at or before it (consecutive:
+    /// [`wire::decode_batch`] checked).
+    async fn apply(&mut self, records: Vec<Record>) -> Result<(), Diverged> {
+        match records.first() {
+            Some(first) if first.seq > self.next => {
+                return Err(self.diverged(format!(
+                    "commands from {} where {} was needed",
+                    first.seq, self.next
+                )))
+            }
+            None => return Ok(()),
+            Some(_) => {}
+        }
         let commands: Vec<Command> =
             records.into_iter().filter(|r| r.seq >= self.next).map(|r| r.command).collect();
         if commands.is_empty() {
-            return;
+            return Ok(());
         }
         self.next += commands.len() as u64;
-        // The applier's thread lives as long as the replica does.
-        let _ = self.applier.tx.send(commands);
+        if self.applier.tx.send(commands).await.is_err() {
+            return Err(self.diverged("the replica engine stopped".into()));
+        }
+        Ok(())
     }
 
     /// Replays from `next` until `until` (exclusive). `Ok(false)`: the engine node did not
@@ -261,6 +322,11 @@ impl Follower {
             };
             let batch = wire::decode_batch(&reply.payload)
                 .map_err(|e| self.diverged(format!("a damaged replay: {e}")))?;
+            if batch.shard as usize != self.shard || batch.epoch != self.epoch {
+                // Another run answered (the engine node restarted meanwhile): ask again
+                // once its batches tell this follower about it.
+                return Ok(false);
+            }
             if batch.flags & wire::TOO_OLD != 0 {
                 return Err(self.diverged(format!(
                     "commands from {} are no longer kept by the engine node",
@@ -275,7 +341,7 @@ impl Follower {
                 )));
             }
             self.stats.replayed.fetch_add(batch.records.len() as u64, Ordering::Relaxed);
-            self.apply(batch.records);
+            self.apply(batch.records).await?;
         }
         Ok(true)
     }

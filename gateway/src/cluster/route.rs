@@ -8,7 +8,7 @@ use tickgate_engine::runtime::{EngineHandle, SubmitError};
 use tickgate_engine::{CommandKind, OrderId};
 
 use super::wire::{self, SubmitCode};
-use super::{ClusterStats, Subjects};
+use super::{ClusterStats, Subjects, REQUEST_TIMEOUT};
 
 /// Why a command did not reach an engine, or may not have.
 #[derive(Debug)]
@@ -53,6 +53,16 @@ impl Remote {
         Arc::new(Remote { client, subjects, replica, ids: Mutex::new(0..0), stats })
     }
 
+    /// Not connected to NATS now: a request would wait in the client and go out on
+    /// reconnection, late; say so at once instead.
+    fn check_connected(&self) -> Result<(), RouteError> {
+        if self.stats.connected.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(RouteError::Unreachable("this gateway has lost NATS (reconnecting)".into()))
+        }
+    }
+
     fn unreachable(&self, e: async_nats::RequestError) -> RouteError {
         match e.kind() {
             async_nats::RequestErrorKind::TimedOut => RouteError::NoAnswer,
@@ -76,6 +86,7 @@ impl Route {
             if let Some(id) = remote.ids.lock().unwrap_or_else(|e| e.into_inner()).next() {
                 return Ok(OrderId(id));
             }
+            remote.check_connected()?;
             let reply =
                 remote.client.request(remote.subjects.ids(), bytes::Bytes::new()).await.map_err(
                     |e| match remote.unreachable(e) {
@@ -86,6 +97,10 @@ impl Route {
                     },
                 )?;
             let block = wire::decode_ids(&reply.payload).map_err(RouteError::Unreachable)?;
+            if block.is_empty() {
+                let why = "the engine node could not record the order ids it hands out";
+                return Err(RouteError::Unreachable(why.into()));
+            }
             *remote.ids.lock().unwrap_or_else(|e| e.into_inner()) = block;
         }
     }
@@ -99,9 +114,13 @@ impl Route {
         let shard = wire::instrument_of(kind)
             .and_then(|i| remote.replica.shard_of(i))
             .ok_or(RouteError::Refused(SubmitError::UnknownInstrument))?;
+        remote.check_connected()?;
+        let clock = remote.replica.clock();
+        let deadline =
+            tickgate_engine::UnixNanos(clock.now().0 + REQUEST_TIMEOUT.as_nanos() as u64);
         let reply = remote
             .client
-            .request(remote.subjects.submit(shard), wire::submit_request(kind))
+            .request(remote.subjects.submit(shard), wire::submit_request(kind, deadline))
             .await
             .map_err(|e| remote.unreachable(e))?;
         match SubmitCode::decode(&reply.payload) {

@@ -34,7 +34,7 @@ struct Change {
 }
 
 /// A gateway node, before it serves: merges the engine node's whole state.
-pub async fn catch_up(
+async fn catch_up(
     client: &async_nats::Client,
     subjects: &Subjects,
     sessions: &Sessions,
@@ -45,7 +45,8 @@ pub async fn catch_up(
 }
 
 /// Every node: hands its changes to the others and merges theirs; the engine node
-/// (`serve_state`) also answers for its whole state.
+/// (`serve_state`) also answers for its whole state, which any other node merges first
+/// (after subscribing to the changes: none made meanwhile is missed).
 pub async fn link(
     client: async_nats::Client,
     subjects: Subjects,
@@ -58,6 +59,10 @@ pub async fn link(
         let _ = tx.send(delta);
     }));
     let mut changes = client.subscribe(subjects.session_changes()).await?;
+    if !serve_state {
+        client.flush().await?;
+        catch_up(&client, &subjects, tokens.sessions()).await?;
+    }
     let mut state_requests = match serve_state {
         true => Some(client.subscribe(subjects.session_state()).await?),
         false => None,

@@ -5,13 +5,15 @@
 //! sequence, timestamp, command), so a gateway checks every one it applies.
 //!
 //! ```text
-//! commands batch  : u8 version | u8 flags | u64 epoch | u32 shard | u64 last seq | records...
+//! commands batch  : u8 version | u8 flags | u64 epoch | u64 run start | u32 shard | u64 last seq | records...
+//!                   (run start: the last sequence the engine node's run recovered)
 //!                   (flags bit 0: TOO_OLD, a replay reply whose start is no longer kept)
 //! replay request  : u64 first seq wanted
 //! snapshot chunk  : u8 version | u8 status (0 ok) | u64 total bytes | a piece of the
 //!                   snapshot, or UTF-8 error text (the pieces go, in order, to the
 //!                   request's reply subject: a snapshot may exceed NATS' max_payload)
-//! submit request  : u8 version | one record (sequence and timestamp 0: the engine's to set)
+//! submit request  : u8 version | u64 deadline (ns, the gateway's clock) | one record
+//!                   (sequence and timestamp 0: the engine's to set)
 //! submit reply    : u8 version | u8 code ([`SubmitCode`])
 //! ids reply       : u8 version | u64 first id | u64 count
 //! info reply      : JSON {"shards", "epoch", "node"}
@@ -28,7 +30,7 @@ pub const VERSION: u8 = 1;
 /// Flag of a replay reply whose first wanted command is no longer kept.
 pub const TOO_OLD: u8 = 1;
 /// Bytes before a batch's records.
-pub const BATCH_HEADER_BYTES: usize = 1 + 1 + 8 + 4 + 8;
+pub const BATCH_HEADER_BYTES: usize = 1 + 1 + 8 + 8 + 4 + 8;
 
 /// A batch of one shard's commands, or a heartbeat (no records) saying how far it is.
 #[derive(Debug)]
@@ -37,6 +39,8 @@ pub struct Batch {
     pub flags: u8,
     /// The engine node's run: changes when it restarts.
     pub epoch: u64,
+    /// The last sequence of this shard the run started with (what it recovered).
+    pub run_start: u64,
     /// The shard.
     pub shard: u32,
     /// The last sequence the engine node had applied when it sent this.
@@ -45,13 +49,25 @@ pub struct Batch {
     pub records: Vec<Record>,
 }
 
-/// The header of a batch; its records follow in `body`.
-pub fn batch_header(flags: u8, epoch: u64, shard: u32, last_seq: u64, body: &[u8]) -> Bytes {
+/// Which run of the engine node, and which of its shards, a batch comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Origin {
+    /// The run ([`Batch::epoch`]).
+    pub epoch: u64,
+    /// Its start ([`Batch::run_start`]).
+    pub run_start: u64,
+    /// The shard.
+    pub shard: u32,
+}
+
+/// A batch's bytes: the header, then the records in `body`.
+pub fn batch_header(flags: u8, origin: Origin, last_seq: u64, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
     out.put_u8(VERSION);
     out.put_u8(flags);
-    out.put_u64_le(epoch);
-    out.put_u32_le(shard);
+    out.put_u64_le(origin.epoch);
+    out.put_u64_le(origin.run_start);
+    out.put_u32_le(origin.shard);
     out.put_u64_le(last_seq);
     out.put_slice(body);
     out.freeze()
@@ -67,29 +83,39 @@ pub fn decode_batch(payload: &[u8]) -> Result<Batch, String> {
     }
     let flags = r.u8().map_err(short)?;
     let epoch = r.u64().map_err(short)?;
+    let run_start = r.u64().map_err(short)?;
     let shard = r.u32().map_err(short)?;
     let last_seq = r.u64().map_err(short)?;
     let records = decode_records(&payload[BATCH_HEADER_BYTES..])?;
-    Ok(Batch { flags, epoch, shard, last_seq, records })
+    if records.last().is_some_and(|l| l.seq > last_seq) || run_start > last_seq {
+        return Err("a batch beyond the sequence it announces".into());
+    }
+    Ok(Batch { flags, epoch, run_start, shard, last_seq, records })
 }
 
-/// An order-entry command as a gateway sends it.
-pub fn submit_request(kind: CommandKind) -> Bytes {
+/// An order-entry command as a gateway sends it, to be refused past `deadline` (the
+/// gateway no longer waits for it then; clocks of the nodes in step).
+pub fn submit_request(kind: CommandKind, deadline: UnixNanos) -> Bytes {
     let mut out = vec![VERSION];
+    out.extend_from_slice(&deadline.0.to_le_bytes());
     encode_record(0, &Command { ts: UnixNanos(0), kind }, &mut out);
     Bytes::from(out)
 }
 
-/// The command of a submit request.
-pub fn decode_submit(payload: &[u8]) -> Result<CommandKind, String> {
+/// The command of a submit request and its deadline.
+pub fn decode_submit(payload: &[u8]) -> Result<(CommandKind, u64), String> {
     match payload.split_first() {
-        Some((&VERSION, rest)) => {
+        Some((&VERSION, rest)) if rest.len() >= 8 => {
+            let (deadline, rest) = rest.split_at(8);
+            let mut r = ByteReader::new(deadline);
+            let deadline = r.u64().map_err(|_| "a deadline cut short".to_string())?;
             let records = decode_records(rest)?;
             match records.as_slice() {
-                [one] => Ok(one.command.kind),
+                [one] => Ok((one.command.kind, deadline)),
                 _ => Err(format!("{} commands in a submit request, not one", records.len())),
             }
         }
+        Some((&VERSION, _)) => Err("a submit request cut short".into()),
         Some((v, _)) => Err(format!("submit version {v}, this build reads {VERSION}")),
         None => Err("empty submit request".into()),
     }
@@ -116,6 +142,8 @@ pub enum SubmitCode {
     UnknownInstrument = 4,
     /// Not a command this engine node takes.
     BadRequest = 5,
+    /// Arrived past its deadline: not queued.
+    Expired = 6,
 }
 
 impl SubmitCode {
@@ -144,6 +172,7 @@ impl SubmitCode {
             [VERSION, 3] => Ok(Err(SubmitError::Stopped)),
             [VERSION, 4] => Ok(Err(SubmitError::UnknownInstrument)),
             [VERSION, 5] => Err("the engine node refused the request as malformed".into()),
+            [VERSION, 6] => Err("the request reached the engine node too late; not queued".into()),
             _ => Err("not a submit reply".into()),
         }
     }
@@ -191,6 +220,9 @@ pub fn snapshot_pieces(result: Result<Vec<u8>, String>, piece: usize) -> Vec<Byt
     body.chunks(piece.max(1)).map(frame).collect()
 }
 
+/// Largest answer in pieces accepted (a snapshot of a full engine is far smaller).
+pub const PIECES_TOTAL_MAX: u64 = 1 << 30;
+
 /// Collects the pieces of one snapshot.
 #[derive(Debug, Default)]
 pub struct SnapshotPieces {
@@ -209,6 +241,9 @@ impl SnapshotPieces {
         }
         let status = r.u8().map_err(bad)?;
         let total = r.u64().map_err(bad)?;
+        if total > PIECES_TOTAL_MAX {
+            return Err(format!("an answer of {total} bytes announced"));
+        }
         let rest = &payload[10..];
         if status != 0 {
             return Err(String::from_utf8_lossy(rest).into_owned());
@@ -244,9 +279,10 @@ mod tests {
         for seq in 7..10 {
             encode_record(seq, &Command { ts: UnixNanos(100 + seq), kind: cancel(seq) }, &mut body);
         }
-        let bytes = batch_header(0, 42, 1, 9, &body);
+        let origin = Origin { epoch: 42, run_start: 5, shard: 1 };
+        let bytes = batch_header(0, origin, 9, &body);
         let b = decode_batch(&bytes).expect("valid");
-        assert_eq!((b.epoch, b.shard, b.last_seq, b.records.len()), (42, 1, 9, 3));
+        assert_eq!((b.epoch, b.run_start, b.shard, b.last_seq, b.records.len()), (42, 5, 1, 9, 3));
         assert_eq!(b.records[2].seq, 9);
         assert_eq!(b.records[2].command.ts, UnixNanos(109));
         let mut damaged = bytes.to_vec();
@@ -255,14 +291,15 @@ mod tests {
         assert!(decode_batch(&damaged).unwrap_err().contains("checksum"));
         assert!(decode_batch(&bytes[..BATCH_HEADER_BYTES - 1]).is_err());
         assert!(decode_batch(&bytes[..bytes.len() - 3]).is_err());
-        let heartbeat = batch_header(0, 42, 1, 9, &[]);
+        let heartbeat = batch_header(0, origin, 9, &[]);
         assert!(decode_batch(&heartbeat).expect("valid").records.is_empty());
+        assert!(decode_batch(&batch_header(0, origin, 8, &body)).is_err(), "records past it");
     }
 
     #[test]
     fn submit_requests_and_replies_round_trip() {
-        let request = submit_request(cancel(5));
-        assert_eq!(decode_submit(&request), Ok(cancel(5)));
+        let request = submit_request(cancel(5), UnixNanos(77));
+        assert_eq!(decode_submit(&request), Ok((cancel(5), 77)));
         assert!(decode_submit(&request[..request.len() - 1]).is_err());
         assert!(decode_submit(&[]).is_err());
         for code in [SubmitCode::Queued, SubmitCode::QueueFull, SubmitCode::Stopped] {
@@ -270,6 +307,7 @@ mod tests {
             assert_eq!(SubmitCode::of(decoded), code);
         }
         assert!(SubmitCode::decode(&SubmitCode::BadRequest.reply()).is_err());
+        assert!(SubmitCode::decode(&SubmitCode::Expired.reply()).is_err());
         assert_eq!(decode_ids(&ids_reply(100, 5)), Ok(100..105));
     }
 

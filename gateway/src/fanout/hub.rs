@@ -63,6 +63,8 @@ pub struct MarketData {
     /// Candles, fed with every pass's trades.
     candles: Arc<Candles>,
     trades: Vec<tickgate_engine::Trade>,
+    /// Per shard, the stamp of the last command whose events were all read.
+    complete: Vec<u64>,
 }
 
 impl std::fmt::Debug for MarketData {
@@ -90,6 +92,7 @@ impl MarketData {
             lapped: false,
             candles,
             trades: Vec::new(),
+            complete: Vec::new(),
         };
         let directory = Arc::clone(&market.publisher.directory);
         for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Book) {
@@ -166,6 +169,13 @@ impl EventConsumer for MarketData {
             }
             self.publisher.ingest(e);
         }
+        // A read that reached the head holds every event of its last command.
+        if let (true, Some(last)) = (batch.caught_up, batch.events.last()) {
+            if self.complete.len() <= batch.shard {
+                self.complete.resize(batch.shard + 1, 0);
+            }
+            self.complete[batch.shard] = last.ts().0;
+        }
     }
 
     fn on_missed(&mut self, _shard: usize, missed: u64) {
@@ -177,6 +187,9 @@ impl EventConsumer for MarketData {
         self.candles.apply(&self.trades);
         self.trades.clear();
         self.publisher.publish();
+        for (shard, ts) in self.complete.iter().enumerate() {
+            self.publisher.directory.mark_applied(shard, *ts);
+        }
         for channel in self.stale_books() {
             if !self.reset_book(&channel) {
                 self.retry.push(channel);

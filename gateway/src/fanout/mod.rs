@@ -382,9 +382,28 @@ fn json_frame(objects: &str) -> Bytes {
 pub struct Directory {
     channels: Vec<Arc<Channel>>,
     by_name: HashMap<String, usize>,
+    /// Per shard, the stamp of the last command whose events the channels (and candles)
+    /// have all taken.
+    applied: Mutex<Vec<u64>>,
 }
 
 impl Directory {
+    /// Records that the channels took every event of `shard`'s commands up to the one
+    /// stamped `ts` (the hub, after each pass).
+    pub fn mark_applied(&self, shard: usize, ts: u64) {
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        if applied.len() <= shard {
+            applied.resize(shard + 1, 0);
+        }
+        applied[shard] = applied[shard].max(ts);
+    }
+
+    /// The stamp of `shard`'s last command whose events the channels have all taken.
+    pub fn applied_through(&self, shard: usize) -> u64 {
+        let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        applied.get(shard).copied().unwrap_or(0)
+    }
+
     /// Channels for every instrument and kind; candles channels read `candles`.
     pub fn new(instruments: &[Instrument], ring_chunks: usize, candles: &Arc<Candles>) -> Self {
         let mut channels = Vec::with_capacity(instruments.len() * ChannelKind::ALL.len());
@@ -397,7 +416,7 @@ impl Directory {
                 channels.push(channel);
             }
         }
-        Directory { channels, by_name }
+        Directory { channels, by_name, applied: Mutex::new(Vec::new()) }
     }
 
     /// A channel by name.

@@ -76,7 +76,7 @@ impl Server {
         let role = node.as_ref().map_or(Role::All, |n| n.config.role);
         let mut loaded = startup::load(&config).await?;
         let wakes = [Wake::default(), Wake::default()];
-        let (mut primary, mut replica) = (None, None);
+        let (mut replica, mut log) = (None, None);
         let started = match (&node, role) {
             (Some(n), Role::Gateway) => {
                 let (started, r) =
@@ -84,11 +84,17 @@ impl Server {
                 replica = Some(r);
                 started
             }
-            (Some(n), _) => {
-                let log = CommandLog::new(&vec![0; config.shards.max(1)]);
-                let tap = Some(log.tap());
+            (Some(_), _) => {
+                // The engine node: what its engine applies is kept for the gateways from
+                // the first command; it is handed to NATS once everything is up (below).
+                let commands = CommandLog::new(&vec![0; config.shards.max(1)]);
+                let tap = Some(commands.tap());
                 let started = startup::start_engine(&config, &loaded, wakes.clone(), tap).await?;
-                primary = Some(startup::start_primary(&config, n, &started, log).await?);
+                for r in started.runtime.recoveries() {
+                    // Before any new command: where this run starts.
+                    commands.start_at(r.shard, r.next_seq - 1);
+                }
+                log = Some(commands);
                 started
             }
             (None, _) => startup::start_engine(&config, &loaded, wakes.clone(), None).await?,
@@ -120,6 +126,10 @@ impl Server {
             alerts,
         };
         let (hub, alert_pump) = startup::start_pumps(&config, &engine, &consumers, wakes).await?;
+        if let Some(r) = &mut replica {
+            // Its consumers read the replica's rings now: it may start applying.
+            r.follow();
+        }
         let (feed, replay) = startup::start_sources(&config, &engine, started.fresh).await?;
 
         let listener = TcpListener::bind(config.listen).await?;
@@ -155,6 +165,13 @@ impl Server {
         let node_services = match &node {
             Some(n) => startup::node_services(n, role, &state, market_tx).await?,
             None => Vec::new(),
+        };
+        // Last: a gateway that hears from the engine node finds all it asks for answered.
+        let primary = match (&node, log) {
+            (Some(n), Some(log)) => {
+                Some(startup::start_primary(&config, n, &started, log, &state).await?)
+            }
+            _ => None,
         };
         let accept = tokio::spawn(accept_loop(listener, state, shutdown_rx, alive_tx, handshake));
         let startup::Consumers { directory, metrics, writers, orders, candles, alerts } = consumers;

@@ -141,10 +141,15 @@ pub(super) async fn start_primary(
     node: &Node,
     started: &Started,
     log: Arc<CommandLog>,
+    state: &AppState,
 ) -> anyhow::Result<Primary> {
     let engine = started.runtime.handle();
     for r in started.runtime.recoveries() {
-        log.start_at(r.shard, r.next_seq - 1);
+        // Every report and trade up to the recovered commands is in the users' store and
+        // the candles: a gateway starting from them need not wait for a new command on a
+        // quiet shard.
+        state.orders.mark_applied(r.shard, UnixNanos(r.last_ts));
+        state.ws.directory.mark_applied(r.shard, r.last_ts);
     }
     let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
     let id = node.config.node.clone();
@@ -190,10 +195,6 @@ pub(super) async fn node_services(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let (client, subjects, id) = (node.client.clone(), node.subjects(), node.instance.clone());
     let engine = role == Role::Engine;
-    if !engine {
-        // Logouts made before this gateway started count here too.
-        crate::cluster::sessions::catch_up(&client, &subjects, state.tokens.sessions()).await?;
-    }
     let tokens = Arc::clone(&state.tokens);
     let sessions = crate::cluster::sessions::link(
         client.clone(),
