@@ -526,14 +526,19 @@ async fn health(addr: SocketAddr) -> Value {
     h
 }
 
-/// A logged-in user places a market order through `addr` and gets it filled.
+/// A logged-in user places an order through `addr` (a limit far from the market: it
+/// rests, whatever the book holds) and cancels it: two round trips through the engine.
 async fn trade_through(addr: SocketAddr) {
     let api = Api::login(addr, 1).await;
     let deadline = tokio::time::Instant::now() + WAIT;
+    let resting = json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1.00", "qty": "0.0010"});
     loop {
-        let (status, placed) = api.order(market_buy()).await;
+        let (status, placed) = api.order(resting.clone()).await;
         if status == 201 {
-            assert_eq!(placed["status"], "filled", "{placed}");
+            assert_eq!(placed["status"], "open", "{placed}");
+            let path = format!("/api/v1/orders/{}", placed["id"]);
+            let (status, canceled) = api.call("DELETE", &path, None, "").await;
+            assert_eq!((status, &canceled["status"]), (200, &json!("canceled")), "{canceled}");
             return;
         }
         // The engine node may still be starting: a clear, quick error meanwhile.

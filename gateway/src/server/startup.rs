@@ -171,6 +171,9 @@ pub(super) async fn start_replica(
         ring_capacity: config.ring_capacity,
         on_publish: Some(Arc::new(move || wakes.iter().for_each(Wake::wake))),
         clock: Arc::clone(&config.clock),
+        // Its commands come in NATS-sized batches, a millisecond or so apart: spinning
+        // between them would take a core's share from the fan-out for nothing.
+        idle_spin: Duration::ZERO,
         ..RuntimeConfig::default()
     };
     let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
