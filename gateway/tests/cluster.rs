@@ -9,10 +9,10 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Api, Follower};
+use common::{Api, Follower, Proc};
 use serde_json::{json, Value};
 use tickgate_gateway::client;
 
@@ -20,19 +20,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_tickgate");
 const SECRET: &str = "cluster-test-secret";
 const ADMIN: &str = "cluster-test-admin";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A child process, killed (SIGKILL) on drop whatever happens in the test.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Reads `stream` to its end on a thread (so the child never blocks on a full pipe) and
 /// returns the first address found after `marker`.

@@ -258,3 +258,16 @@ impl Api {
             .unwrap()
     }
 }
+
+/// A child process, killed (SIGKILL) on drop whatever happens in the test.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
