@@ -622,3 +622,28 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     assert!(after > applied, "the replica kept applying: {applied} then {after}");
     drop(nats_proc);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stops_rather_than_follow_an_engine_node_that_lost_its_history() {
+    let Some(nats_proc) = nats(0) else { return };
+    let memory_only = ["--durability", "off", "--feed-rate", "1000"];
+    let engine_proc = node(nats_proc.addr, "engine", &memory_only);
+    let mut g = gateway(nats_proc.addr);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while health(g.addr).await["node"]["commands_applied"].as_u64().unwrap_or(0) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway follows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The engine node comes back empty: its history is not the one the replica followed.
+    drop(engine_proc);
+    let _engine_again = node(nats_proc.addr, "engine", &memory_only);
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = g.child.try_wait().expect("the gateway's status") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the gateway stops");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "it stops with an error: {status:?}");
+}
