@@ -627,8 +627,14 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
 async fn a_gateway_stops_rather_than_follow_an_engine_node_that_lost_its_history() {
     let Some(nats_proc) = nats(0) else { return };
     let memory_only = ["--durability", "off", "--feed-rate", "1000"];
+    // A gateway started first waits for the engine node.
+    let gateway_first = std::thread::spawn({
+        let addr = nats_proc.addr;
+        move || gateway(addr)
+    });
+    std::thread::sleep(Duration::from_millis(500));
     let engine_proc = node(nats_proc.addr, "engine", &memory_only);
-    let mut g = gateway(nats_proc.addr);
+    let mut g = gateway_first.join().expect("the gateway starts once the engine node is up");
     let deadline = tokio::time::Instant::now() + WAIT;
     while health(g.addr).await["node"]["commands_applied"].as_u64().unwrap_or(0) == 0 {
         assert!(tokio::time::Instant::now() < deadline, "the gateway follows");

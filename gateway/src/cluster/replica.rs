@@ -47,6 +47,22 @@ const SHARDS_MAX: usize = 64;
 /// follower waits (and NATS buffers, then drops: a gap, repaired).
 const APPLY_QUEUE: usize = 1024;
 
+/// The engine node's `<p>.info` answer, once it gives one: a gateway started before the
+/// engine node (or while it restarts) waits for it rather than fail.
+async fn engine_node(client: &async_nats::Client, subjects: &Subjects) -> async_nats::Message {
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match client.request(subjects.info(), bytes::Bytes::new()).await {
+            Ok(info) => return info,
+            Err(e) => {
+                tracing::warn!("waiting for the engine node ({e}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// The tasks that feed a replica.
 #[derive(Debug)]
 pub struct Replica {
@@ -70,10 +86,7 @@ impl Replica {
         config: RuntimeConfig,
         stats: Arc<ClusterStats>,
     ) -> anyhow::Result<(EngineRuntime, Replica)> {
-        let info = client
-            .request(subjects.info(), bytes::Bytes::new())
-            .await
-            .map_err(|e| anyhow::anyhow!("asking the engine node for its shards: {e}"))?;
+        let info = engine_node(&client, &subjects).await;
         let info: Info = serde_json::from_slice(&info.payload)?;
         if !(1..=SHARDS_MAX).contains(&info.shards) {
             anyhow::bail!("the engine node announces {} shards", info.shards);
