@@ -290,6 +290,13 @@ pub(super) async fn start_engine(
             _ => {}
         })),
         retention: loaded.history.as_ref().map(|_| Arc::clone(&loaded.retention)),
+        // The engine node shares the machine with nothing latency-bound of its own (its
+        // clients are on the gateways, a NATS hop away): its shards park between batches
+        // rather than spin.
+        idle_spin: match &tap {
+            Some(_) => Duration::ZERO,
+            None => RuntimeConfig::default().idle_spin,
+        },
         on_commands: tap,
         ..RuntimeConfig::default()
     };
