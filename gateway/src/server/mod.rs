@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::alerts::AlertHub;
-use crate::cluster::primary::{CommandLog, Primary};
+use crate::cluster::primary::Primary;
 use crate::cluster::replica::Replica;
 use crate::cluster::Role;
 use crate::config::Config;
@@ -76,29 +76,8 @@ impl Server {
         let role = node.as_ref().map_or(Role::All, |n| n.config.role);
         let mut loaded = startup::load(&config).await?;
         let wakes = [Wake::default(), Wake::default()];
-        let (mut replica, mut log) = (None, None);
-        let started = match (&node, role) {
-            (Some(n), Role::Gateway) => {
-                let (started, r) =
-                    startup::start_replica(&config, wakes.clone(), n, &loaded.orders).await?;
-                replica = Some(r);
-                started
-            }
-            (Some(_), _) => {
-                // The engine node: what its engine applies is kept for the gateways from
-                // the first command; it is handed to NATS once everything is up (below).
-                let commands = CommandLog::new(&vec![0; config.shards.max(1)]);
-                let tap = Some(commands.tap());
-                let started = startup::start_engine(&config, &loaded, wakes.clone(), tap).await?;
-                for r in started.runtime.recoveries() {
-                    // Before any new command: where this run starts.
-                    commands.start_at(r.shard, r.next_seq - 1);
-                }
-                log = Some(commands);
-                started
-            }
-            (None, _) => startup::start_engine(&config, &loaded, wakes.clone(), None).await?,
-        };
+        let (started, mut replica, log) =
+            startup::start_core(&config, &loaded, wakes.clone(), node.as_ref()).await?;
         let engine = started.runtime.handle();
         let history_sync = startup::restore_users(&config, &mut loaded, &started).await?;
         let keys = startup::idempotency_keys(&engine, &loaded.users, started.fresh).await?;
@@ -137,16 +116,7 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
         let tls = loaded.tls.clone();
-        let node_info = node.as_ref().map(|n| crate::state::NodeInfo {
-            role,
-            id: n.config.node.clone(),
-            instance: n.instance.clone(),
-            stats: Arc::clone(&n.stats),
-            link: (role == Role::Gateway).then(|| crate::cluster::alerts::Link {
-                client: n.client.clone(),
-                subjects: crate::cluster::Subjects::new(&n.config.prefix),
-            }),
-        });
+        let node_info = node.as_ref().map(startup::Node::info);
         let (market_tx, market_rx) = watch::channel(false);
         let serving = startup::Serving {
             market: (role == Role::Gateway).then_some(market_rx),

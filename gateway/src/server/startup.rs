@@ -115,6 +115,49 @@ impl Node {
     fn subjects(&self) -> Subjects {
         Subjects::new(&self.config.prefix)
     }
+
+    /// What request handlers know of this node.
+    pub(super) fn info(&self) -> NodeInfo {
+        let role = self.config.role;
+        NodeInfo {
+            role,
+            id: self.config.node.clone(),
+            instance: self.instance.clone(),
+            stats: Arc::clone(&self.stats),
+            link: (role == Role::Gateway).then(|| crate::cluster::alerts::Link {
+                client: self.client.clone(),
+                subjects: self.subjects(),
+            }),
+        }
+    }
+}
+
+/// The engine this process runs: its own (the single process; the engine node, whose
+/// commands are kept for the gateways from the first one), or a replica of the engine
+/// node's (a gateway node).
+pub(super) async fn start_core(
+    config: &Config,
+    loaded: &Loaded,
+    wakes: [Wake; 2],
+    node: Option<&Node>,
+) -> anyhow::Result<(Started, Option<Replica>, Option<Arc<CommandLog>>)> {
+    match node {
+        Some(n) if n.config.role == Role::Gateway => {
+            let (started, replica) = start_replica(config, wakes, n, &loaded.orders).await?;
+            Ok((started, Some(replica), None))
+        }
+        Some(_) => {
+            // Handed to NATS once everything is up (see `start_primary`).
+            let log = CommandLog::new(&vec![0; config.shards.max(1)]);
+            let started = start_engine(config, loaded, wakes, Some(log.tap())).await?;
+            for r in started.runtime.recoveries() {
+                // Before any new command: where this run starts.
+                log.start_at(r.shard, r.next_seq - 1);
+            }
+            Ok((started, None, Some(log)))
+        }
+        None => Ok((start_engine(config, loaded, wakes, None).await?, None, None)),
+    }
 }
 
 /// Connects to NATS when this process is a node of a deployment.
