@@ -374,6 +374,17 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     client::send_json(&mut ws, &auth).await.expect("send");
     let sub = json!({"op": "subscribe", "id": 2, "channels": ["orders"]});
     client::send_json(&mut ws, &sub).await.expect("send");
+    // Subscribed before the order goes in: the channel is live from then on.
+    loop {
+        let m = tokio::time::timeout(WAIT, client::next(&mut ws)).await.expect("in time");
+        if let Ok(client::Message::Text(t)) = m {
+            let v: Value = serde_json::from_str(&t).expect("JSON");
+            assert_ne!(v["op"], "error", "{v}");
+            if v["op"] == "subscribed" {
+                break;
+            }
+        }
+    }
     let (want_tx, want_rx) = tokio::sync::watch::channel(String::new());
     let sse = open_sse(g2.addr, &alice.token, &want_rx, Duration::ZERO).await;
     let key = "Idempotency-Key: cluster-1\r\n";
