@@ -122,6 +122,8 @@ impl CommandLog {
     /// Records of `shard` from sequence `from` on, at most `max` bytes (a message's
     /// payload must fit the server's `max_payload`).
     pub fn since(&self, shard: usize, from: u64, max: usize) -> Since {
+        // Sequences start at 1.
+        let from = from.max(1);
         let Some(slot) = self.shards.get(shard) else { return Since::TooOld };
         let log = slot.lock().unwrap_or_else(|e| e.into_inner());
         if from > log.last_seq {
@@ -164,6 +166,8 @@ impl CommandLog {
 /// in-memory log no longer holds, or never held: commands a previous run journaled but did
 /// not get to publish before it stopped), at most about `max` bytes.
 pub fn journal_since(dir: &Path, shard: usize, from: u64, max: usize) -> Since {
+    // Sequences start at 1.
+    let from = from.max(1);
     let shard_dir = tickgate_engine::durable::shard_dir(dir, shard);
     let Ok(segments) = tickgate_engine::journal::list_segments(&shard_dir) else {
         return Since::TooOld;
@@ -521,6 +525,7 @@ mod tests {
         assert_eq!(seqs(&next), [13, 14], "across batches, no more than the limit");
         assert_eq!(log.since(0, 16, usize::MAX), Since::Records(Vec::new(), 15));
         assert!(matches!(log.since(3, 1, usize::MAX), Since::TooOld), "no such shard");
+        assert!(matches!(log.since(0, 0, usize::MAX), Since::TooOld), "0 is read as 1");
     }
 
     #[test]
@@ -574,6 +579,8 @@ mod tests {
         assert_eq!(seqs(&r), (150..=last).collect::<Vec<_>>());
         assert!(matches!(journal_since(&dir, 0, 301, usize::MAX), Since::TooOld), "not journaled");
         assert!(matches!(journal_since(&dir, 1, 1, usize::MAX), Since::TooOld), "no such shard");
+        let Since::Records(r, 300) = journal_since(&dir, 0, 0, usize::MAX) else { panic!() };
+        assert_eq!(seqs(&r).first(), Some(&1), "0 is read as 1");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
