@@ -77,7 +77,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
                     "role": n.role.as_str(),
                     "id": n.id,
                     "nats_connected": n.stats.connected.load(Ordering::Relaxed),
-                    "stale": n.stats.stale.load(Ordering::Relaxed),
+                    "stale": n.stats.is_stale(),
                     "commands_applied": n.stats.commands_applied.load(Ordering::Relaxed),
                     "gaps_repaired": n.stats.gaps.load(Ordering::Relaxed),
                 })

@@ -95,8 +95,8 @@ impl Subjects {
 }
 
 /// A gateway node: carries `op` out on the engine node and answers as it does.
-pub async fn forward(link: &Link, account: AccountId, op: &AlertOp) -> Response<Full<Bytes>> {
-    let request = ApiRequest { account: account.0, op: clone_op(op) };
+pub async fn forward(link: &Link, account: AccountId, op: AlertOp) -> Response<Full<Bytes>> {
+    let request = ApiRequest { account: account.0, op };
     let payload = match serde_json::to_vec(&request) {
         Ok(p) => Bytes::from(p),
         Err(e) => return ApiError::new(ErrorCode::Internal, e.to_string()).response(),
@@ -117,11 +117,6 @@ pub async fn forward(link: &Link, account: AccountId, op: &AlertOp) -> Response<
             ApiError::new(ErrorCode::Internal, format!("engine node's answer: {e}")).response()
         }
     }
-}
-
-fn clone_op(op: &AlertOp) -> AlertOp {
-    // Through JSON: the request type is not `Clone` and is small.
-    serde_json::to_value(op).and_then(serde_json::from_value).unwrap_or(AlertOp::List)
 }
 
 /// The engine node: answers gateways' alert requests and hands every alert that fires to
@@ -236,7 +231,7 @@ async fn watch_staleness(
     let mut ticker = tokio::time::interval(STALE_CHECK);
     loop {
         ticker.tick().await;
-        let now = !stats.connected.load(Ordering::Acquire) || stats.stale.load(Ordering::Acquire);
+        let now = !stats.connected.load(Ordering::Acquire) || stats.is_stale();
         if now == stale {
             continue;
         }

@@ -80,7 +80,7 @@ pub async fn serve(
                     market_answer(&state, &message.payload).await
                 };
                 let max = client.server_info().max_payload.saturating_sub(1024).max(1024);
-                for piece in wire::snapshot_pieces(answer, max) {
+                for piece in wire::answer_pieces(answer, max) {
                     let _ = client.publish(reply.clone(), piece).await;
                 }
             });

@@ -153,7 +153,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(3);
 pub const PIECES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `payload` to `subject` and collects the answer's pieces
-/// ([`wire::snapshot_pieces`]) from a reply subject of its own.
+/// ([`wire::pieces`]) from a reply subject of its own.
 pub async fn fetch_pieces(
     client: &async_nats::Client,
     subject: String,
@@ -163,7 +163,7 @@ pub async fn fetch_pieces(
     let inbox = client.new_inbox();
     let mut pieces = client.subscribe(inbox.clone()).await?;
     client.publish_with_reply(subject, inbox, payload).await?;
-    let mut whole = wire::SnapshotPieces::default();
+    let mut whole = wire::Pieces::default();
     let collect = async {
         while let Some(piece) = pieces.next().await {
             if let Some(bytes) = whole.add(&piece.payload).map_err(anyhow::Error::msg)? {
@@ -257,9 +257,7 @@ pub struct ClusterStats {
     pub replayed: AtomicU64,
     /// Requests sent to the engine node that found no responder.
     pub no_responders: AtomicU64,
-    /// Some shard's commands have been silent past [`STALE_AFTER`].
-    pub stale: AtomicBool,
-    /// Which shards are silent (bit per shard).
+    /// Which shards' commands have been silent past [`STALE_AFTER`] (bit per shard).
     stale_shards: AtomicU64,
     /// Microseconds from the engine node's stamp of the last command received to its
     /// receipt here (clocks of both nodes assumed in step: one machine, or NTP).
@@ -275,9 +273,12 @@ impl ClusterStats {
         } else {
             self.stale_shards.fetch_and(!bit, Ordering::AcqRel)
         };
-        let after = if stale { before | bit } else { before & !bit };
-        self.stale.store(after != 0, Ordering::Release);
         (before & bit != 0) != stale
+    }
+
+    /// Some shard's commands have been silent past [`STALE_AFTER`].
+    pub fn is_stale(&self) -> bool {
+        self.stale_shards.load(Ordering::Acquire) != 0
     }
 
     /// Prometheus lines.
@@ -297,7 +298,7 @@ impl ClusterStats {
             ("tickgate_replica_gaps_total", "counter", n(&self.gaps)),
             ("tickgate_replica_replayed_total", "counter", n(&self.replayed)),
             ("tickgate_nats_no_responders_total", "counter", n(&self.no_responders)),
-            ("tickgate_replica_stale", "gauge", u64::from(b(&self.stale))),
+            ("tickgate_replica_stale", "gauge", u64::from(self.is_stale())),
             ("tickgate_replica_lag_microseconds", "gauge", n(&self.lag_us)),
         ];
         for (name, kind, value) in lines {

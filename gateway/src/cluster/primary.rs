@@ -463,7 +463,7 @@ async fn serve_snapshots(ctx: Arc<Ctx>, mut requests: async_nats::Subscriber, sh
         };
         let piece =
             (ctx.client.server_info().max_payload.saturating_sub(1024)).clamp(1024, 512 << 10);
-        for payload in wire::snapshot_pieces(result, piece) {
+        for payload in wire::answer_pieces(result, piece) {
             ctx.send(reply.to_string(), payload).await;
         }
     }

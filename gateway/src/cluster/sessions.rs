@@ -105,7 +105,7 @@ pub async fn link(
                     let Some(reply) = message.reply.clone() else { continue };
                     let state = tokens.sessions().export();
                     let max = client.server_info().max_payload.saturating_sub(1024).max(1024);
-                    for piece in wire::snapshot_pieces(Ok(state), max) {
+                    for piece in wire::answer_pieces(Ok(state), max) {
                         let _ = client.publish(reply.clone(), piece).await;
                     }
                 }

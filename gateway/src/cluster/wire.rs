@@ -9,9 +9,10 @@
 //!                   (run start: the last sequence the engine node's run recovered)
 //!                   (flags bit 0: TOO_OLD, a replay reply whose start is no longer kept)
 //! replay request  : u64 first seq wanted
-//! snapshot chunk  : u8 version | u8 status (0 ok) | u64 total bytes | a piece of the
-//!                   snapshot, or UTF-8 error text (the pieces go, in order, to the
-//!                   request's reply subject: a snapshot may exceed NATS' max_payload)
+//! answer piece    : u8 version | u8 status (0 ok) | u64 total bytes | a piece of the
+//!                   answer (a snapshot, a history, the market, the sessions), or UTF-8
+//!                   error text (the pieces go, in order, to the request's reply subject:
+//!                   an answer may exceed NATS' max_payload)
 //! submit request  : u8 version | u64 deadline (ns, the gateway's clock) | one record
 //!                   (sequence and timestamp 0: the engine's to set)
 //! submit reply    : u8 version | u8 code ([`SubmitCode`])
@@ -199,8 +200,8 @@ pub fn decode_ids(payload: &[u8]) -> Result<std::ops::Range<u64>, String> {
     Ok(first..first.saturating_add(count))
 }
 
-/// A snapshot as pieces of at most `piece` bytes each (one, saying so, for an error).
-pub fn snapshot_pieces(result: Result<Vec<u8>, String>, piece: usize) -> Vec<Bytes> {
+/// An answer (a snapshot, a history...) as pieces of at most `piece` bytes each (one, saying so, for an error).
+pub fn answer_pieces(result: Result<Vec<u8>, String>, piece: usize) -> Vec<Bytes> {
     let (status, body) = match result {
         Ok(bytes) => (0, bytes),
         Err(e) => (1, e.into_bytes()),
@@ -223,14 +224,14 @@ pub fn snapshot_pieces(result: Result<Vec<u8>, String>, piece: usize) -> Vec<Byt
 /// Largest answer in pieces accepted (a snapshot of a full engine is far smaller).
 pub const PIECES_TOTAL_MAX: u64 = 1 << 30;
 
-/// Collects the pieces of one snapshot.
+/// Collects the pieces of one answer.
 #[derive(Debug, Default)]
-pub struct SnapshotPieces {
+pub struct Pieces {
     bytes: Vec<u8>,
     total: Option<u64>,
 }
 
-impl SnapshotPieces {
+impl Pieces {
     /// Adds the next piece. `Ok(Some(bytes))`: the snapshot is whole; `Err`: the engine
     /// node's error, or a piece that does not belong.
     pub fn add(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
@@ -314,18 +315,18 @@ mod tests {
     #[test]
     fn a_snapshot_travels_in_pieces_and_is_put_back_together() {
         let snapshot: Vec<u8> = (0..1_000u32).map(|i| i as u8).collect();
-        let pieces = snapshot_pieces(Ok(snapshot.clone()), 300);
+        let pieces = answer_pieces(Ok(snapshot.clone()), 300);
         assert_eq!(pieces.len(), 4);
-        let mut collect = SnapshotPieces::default();
+        let mut collect = Pieces::default();
         for p in &pieces[..3] {
             assert_eq!(collect.add(p), Ok(None));
         }
         assert_eq!(collect.add(&pieces[3]), Ok(Some(snapshot)));
-        let error = snapshot_pieces(Err("no".into()), 300);
-        assert_eq!(SnapshotPieces::default().add(&error[0]), Err("no".to_string()));
-        let mut twice = SnapshotPieces::default();
+        let error = answer_pieces(Err("no".into()), 300);
+        assert_eq!(Pieces::default().add(&error[0]), Err("no".to_string()));
+        let mut twice = Pieces::default();
         assert_eq!(twice.add(&pieces[0]), Ok(None));
-        let other = snapshot_pieces(Ok(vec![0; 10]), 300);
+        let other = answer_pieces(Ok(vec![0; 10]), 300);
         assert!(twice.add(&other[0]).is_err(), "a piece of another snapshot");
     }
 }

@@ -19,7 +19,7 @@ use crate::state::AppState;
 /// Carries out `op` for `account`: here, or on the engine node when this is a gateway node.
 async fn perform(state: &AppState, account: AccountId, op: AlertOp) -> Response<Full<Bytes>> {
     match state.node.as_ref().and_then(|n| n.link.as_ref()) {
-        Some(link) => crate::cluster::alerts::forward(link, account, &op).await,
+        Some(link) => crate::cluster::alerts::forward(link, account, op).await,
         None => apply(state, account, op),
     }
 }
