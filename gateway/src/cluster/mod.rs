@@ -153,7 +153,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(3);
 pub const PIECES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `payload` to `subject` and collects the answer's pieces
-/// ([`wire::pieces`]) from a reply subject of its own.
+/// ([`wire::answer_pieces`]) from a reply subject of its own.
 pub async fn fetch_pieces(
     client: &async_nats::Client,
     subject: String,
