@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use tickgate_engine::durable::{self, DurabilityConfig, Recovery};
-use tickgate_engine::journal::{list_segments, SyncMode};
+use tickgate_engine::journal::{list_segments, read_segment, SyncMode};
 use tickgate_engine::runtime::{EngineHandle, EngineRuntime, RuntimeConfig, StartError};
 use tickgate_engine::snapshot::list_snapshots;
 use tickgate_engine::*;
@@ -150,16 +150,20 @@ fn restart_recovers_state_from_snapshot_and_journal_and_continues() {
     let segments = list_segments(&shard0).unwrap();
     assert!(segments[0].0 > 1, "old segments pruned: {segments:?}");
 
-    // A crash mid-write leaves half a record at the end of the last segment.
+    // A crash mid-write leaves half a record after the last batch, in the space the
+    // writer had zeroed ahead: it and everything after it is the torn tail.
     let (_, last) = segments.last().unwrap().clone();
+    let end = read_segment(&last, 0, None, true, |_| {}).unwrap().valid_bytes as usize;
     let mut bytes = fs::read(&last).unwrap();
-    bytes.extend_from_slice(&[60, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]);
+    assert!(bytes.len() > end, "the segment ends in zeroed space");
+    bytes[end..end + 11].copy_from_slice(&[60, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]);
+    let torn = (bytes.len() - end) as u64;
     fs::write(&last, &bytes).unwrap();
 
     let runtime = EngineRuntime::start(config(&tmp.0, 2, 700)).expect("recovers");
     let r = &runtime.recoveries()[0];
     assert!(r.snapshot.is_some() && r.replayed > 0, "{r:?}");
-    assert_eq!(r.torn.as_ref().map(|(_, n)| *n), Some(11));
+    assert_eq!(r.torn.as_ref().map(|(_, n)| *n), Some(torn));
     let handle = runtime.handle();
     assert_eq!(digests(&handle), before);
     assert!(handle.allocate_order_id().0 >= max_id, "order ids continue above the journal's");

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tickgate_engine::durable::JournalStats;
 use tickgate_engine::runtime::EngineHandle;
 
 macro_rules! metrics {
@@ -105,12 +106,34 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# TYPE tickgate_{name} counter\ntickgate_{name} {value}");
         }
+        let _ = writeln!(out, "# TYPE tickgate_engine_queue_depth gauge");
         for shard in 0..engine.shards() {
             let _ = writeln!(
                 out,
                 "tickgate_engine_queue_depth{{shard=\"{shard}\"}} {}",
                 engine.queue_len(shard)
             );
+        }
+        // The journal's work per shard: commands per batch and batches per sync show how
+        // well group commit amortizes each `fdatasync`.
+        let journals: Vec<_> =
+            (0..engine.shards()).filter_map(|s| Some((s, engine.journal_stats(s)?))).collect();
+        if !journals.is_empty() {
+            type Stat = fn(&JournalStats) -> &AtomicU64;
+            let stats: [(&str, Stat); 5] = [
+                ("journal_records_total", |j| &j.records),
+                ("journal_batches_total", |j| &j.batches),
+                ("journal_syncs_total", |j| &j.syncs),
+                ("journal_bytes_total", |j| &j.bytes),
+                ("journal_snapshots_total", |j| &j.snapshots),
+            ];
+            for (name, stat) in stats {
+                let _ = writeln!(out, "# TYPE tickgate_{name} counter");
+                for (shard, j) in &journals {
+                    let value = stat(j).load(Ordering::Relaxed);
+                    let _ = writeln!(out, "tickgate_{name}{{shard=\"{shard}\"}} {value}");
+                }
+            }
         }
         out
     }

@@ -406,6 +406,31 @@ async fn acknowledged_orders_survive_sigkill() {
         }
         let kill_after = Duration::from_millis(600 + rng.next() % 1200);
         tokio::time::sleep(kill_after).await;
+        if round == 0 {
+            // The journal's work is in the metrics: every command written, in batches
+            // covered by syncs (group commit), and never fewer commands than batches.
+            let (status, text) = http_raw(
+                server.addr,
+                &format!(
+                    "GET /metrics HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
+                    server.addr
+                ),
+            )
+            .await;
+            assert_eq!(status, 200);
+            let journal = |name: &str| -> u64 {
+                let prefix = format!("tickgate_journal_{name}_total{{shard=\"0\"}} ");
+                let found = text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok());
+                found.unwrap_or_else(|| panic!("no {prefix} in {text}"))
+            };
+            let (records, batches, syncs) =
+                (journal("records"), journal("batches"), journal("syncs"));
+            assert!(
+                records >= batches && batches >= syncs && syncs > 0,
+                "{records} {batches} {syncs}"
+            );
+            assert!(journal("bytes") > records, "records are longer than a byte");
+        }
         drop(server); // SIGKILL, then reaped
         stop.store(true, Ordering::Relaxed);
         let mut this_round = 0;

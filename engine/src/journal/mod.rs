@@ -21,6 +21,9 @@
 //! ```
 //!
 //! All integers little-endian. Sequences start at 1 and are contiguous across segments.
+//! The writer zeroes space ahead of its batches (a batch then overwrites zeros instead of
+//! growing the file, see `writer.rs`), so a segment may end in zeros: where nothing but
+//! zeros follows a batch, the segment ends.
 //! Reading distinguishes a **torn tail** from **corruption**. A batch is the unit that a
 //! crash or a power loss can damage: until its sync returns, none of its records was
 //! acknowledged, and the disk may have kept any subset of its pages. So in the last

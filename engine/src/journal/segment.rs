@@ -93,6 +93,10 @@ pub fn read_segment(
     let mut at = SEGMENT_HEADER_BYTES;
     let mut records = 0u64;
     while at < bytes.len() {
+        if bytes[at..].iter().all(|&b| b == 0) {
+            // Space the writer zeroed ahead of its batches: the end of the segment.
+            break;
+        }
         let batch = match check_batch(&bytes, at, expect) {
             Ok(batch) => batch,
             Err(what) => {

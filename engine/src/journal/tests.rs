@@ -80,6 +80,16 @@ fn write(dir: &Path, n: u64, segment_bytes: u64) {
     w.commit(true).unwrap();
 }
 
+/// The batches of a segment, without the zeroed space after them.
+fn batches_of(path: &Path) -> Vec<u8> {
+    let scan = read_segment(path, 0, None, true, |_| {}).unwrap();
+    assert_eq!(scan.torn_bytes, 0);
+    let mut bytes = fs::read(path).unwrap();
+    assert!(bytes[scan.valid_bytes as usize..].iter().all(|&b| b == 0));
+    bytes.truncate(scan.valid_bytes as usize);
+    bytes
+}
+
 fn read_all(dir: &Path) -> Result<(Vec<Record>, u64), JournalError> {
     let segments = list_segments(dir)?;
     let mut out = Vec::new();
@@ -119,6 +129,10 @@ fn write_rotate_and_read_back() {
     let segments = list_segments(&dir).unwrap();
     assert!(segments.len() > 3, "{} segments", segments.len());
     assert_eq!(segments[0].0, 1);
+    // Every segment, the last one too, ends in space zeroed ahead of its batches.
+    for (_, path) in &segments {
+        assert!(fs::metadata(path).unwrap().len() > batches_of(path).len() as u64);
+    }
     let (records, torn) = read_all(&dir).unwrap();
     assert_eq!(torn, 0);
     assert_eq!(records.len(), 1000);
@@ -134,7 +148,7 @@ fn torn_tail_is_cut_not_fatal() {
     let dir = temp_dir("torn");
     write(&dir, 50, 1 << 20);
     let (_, path) = list_segments(&dir).unwrap().pop().unwrap();
-    let full = fs::read(&path).unwrap();
+    let full = batches_of(&path);
     // Batches of 10 (one per commit): a cut anywhere in the last batch loses that
     // batch (never acknowledged), and only that batch.
     for cut in [1usize, 5, 9, 20, 300] {
@@ -154,12 +168,26 @@ fn torn_tail_is_cut_not_fatal() {
     holed[n - 250..n - 100].fill(0);
     fs::write(&path, &holed).unwrap();
     assert_eq!(read_all(&dir).unwrap().0.len(), 40);
-    // Zeros after the last good record (a torn write that only extended the file).
+    // Zeros after the last batch: the space the writer zeroes ahead, not damage.
     let mut zeros = full.clone();
     zeros.extend_from_slice(&[0; 40]);
     fs::write(&path, &zeros).unwrap();
     let (records, torn) = read_all(&dir).unwrap();
-    assert_eq!((records.len(), torn), (50, 40));
+    assert_eq!((records.len(), torn), (50, 0));
+    // The last batch torn inside the zeroed space: lost, and only it.
+    let mut torn_in_zeros = full[..full.len() - 200].to_vec();
+    torn_in_zeros.extend_from_slice(&[0; 4096]);
+    fs::write(&path, &torn_in_zeros).unwrap();
+    let (records, torn) = read_all(&dir).unwrap();
+    assert_eq!(records.len(), 40);
+    assert!(torn > 0);
+    // Something other than zeros after the end: damage, even past a run of zeros.
+    let mut stray = full.clone();
+    stray.extend_from_slice(&[0; 100]);
+    stray.push(1);
+    fs::write(&path, &stray).unwrap();
+    let (records, torn) = read_all(&dir).unwrap();
+    assert_eq!((records.len(), torn), (50, 101));
     // Damage in the batch before the last, with the last batch intact: corruption.
     let mut earlier = full.clone();
     let n = earlier.len();
