@@ -58,6 +58,13 @@ pub struct Flags {
     /// so longer passes mean fewer, larger frames.
     #[arg(long, env = "TICKGATE_FANOUT_PASS_US", default_value_t = 200)]
     pub fanout_pass_us: u64,
+    /// How long an idle engine thread spins for the next command before it parks, in
+    /// microseconds. Default: 50 (waking a parked thread costs tens of microseconds and a
+    /// place in the run queue; orders are faster with the spin, in fsync mode too: see
+    /// docs/BENCHMARKS.md), 0 on NATS nodes (commands come in batches a millisecond or so
+    /// apart there, and a spin would take the fan-out's CPU).
+    #[arg(long, env = "TICKGATE_ENGINE_SPIN_US")]
+    pub engine_spin_us: Option<u64>,
     /// Fan-out writer threads, which write market data to WebSocket connections (each
     /// owns a share of them); 0 = one per two cores (the engine, the hub and the kernel's
     /// network stack need the others; docs/BENCHMARKS.md).
@@ -247,6 +254,8 @@ pub struct Config {
     pub channel_ring_chunks: usize,
     /// Fan-out pacing.
     pub fanout: crate::fanout::Pacing,
+    /// How long an idle engine thread spins before it parks.
+    pub engine_spin: Duration,
     /// Fan-out writer threads (at least one).
     pub fanout_writers: usize,
     /// WebSocket limits.
@@ -300,6 +309,7 @@ impl TryFrom<Flags> for Config {
         let feed = !f.no_feed && f.replay.is_none() && !gateway;
         let ws = ws_limits(&f);
         let ms = Duration::from_millis;
+        let spin_us = f.engine_spin_us.unwrap_or(if cluster.is_some() { 0 } else { 50 });
         Ok(Config {
             listen: f.listen,
             shards: f.shards,
@@ -314,6 +324,7 @@ impl TryFrom<Flags> for Config {
             ring_capacity: f.ring_capacity,
             channel_ring_chunks: f.channel_ring_chunks,
             fanout: crate::fanout::Pacing { min_pass: Duration::from_micros(f.fanout_pass_us) },
+            engine_spin: Duration::from_micros(spin_us),
             fanout_writers: match f.fanout_writers {
                 0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
                 n => n,
@@ -527,5 +538,14 @@ mod tests {
         engine[4] = "engine";
         let engine = config(&engine).expect("an engine node");
         assert!(engine.durability.is_some() && engine.feed_rate.is_some());
+        assert_eq!((gateway.engine_spin, engine.engine_spin), (Duration::ZERO, Duration::ZERO));
+    }
+
+    #[test]
+    fn the_engine_spins_unless_told_or_on_a_nats_node() {
+        let spin = |args: &[&str]| config(args).expect("valid").engine_spin.as_micros();
+        assert_eq!(spin(&["tickgate"]), 50);
+        assert_eq!(spin(&["tickgate", "--durability", "off"]), 50);
+        assert_eq!(spin(&["tickgate", "--engine-spin-us", "0"]), 0);
     }
 }

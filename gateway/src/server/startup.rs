@@ -214,9 +214,9 @@ pub(super) async fn start_replica(
         ring_capacity: config.ring_capacity,
         on_publish: Some(Arc::new(move || wakes.iter().for_each(Wake::wake))),
         clock: Arc::clone(&config.clock),
-        // Its commands come in NATS-sized batches, a millisecond or so apart: spinning
-        // between them would take a core's share from the fan-out for nothing.
-        idle_spin: Duration::ZERO,
+        // Its commands come in NATS-sized batches, a millisecond or so apart: by default
+        // it parks between them (see `Config::engine_spin`).
+        idle_spin: config.engine_spin,
         ..RuntimeConfig::default()
     };
     let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
@@ -333,13 +333,9 @@ pub(super) async fn start_engine(
             _ => {}
         })),
         retention: loaded.history.as_ref().map(|_| Arc::clone(&loaded.retention)),
-        // The engine node shares the machine with nothing latency-bound of its own (its
-        // clients are on the gateways, a NATS hop away): its shards park between batches
-        // rather than spin.
-        idle_spin: match &tap {
-            Some(_) => Duration::ZERO,
-            None => RuntimeConfig::default().idle_spin,
-        },
+        // 0 by default where commands come in group commits or over NATS (see
+        // `Config::engine_spin`).
+        idle_spin: config.engine_spin,
         on_commands: tap,
         ..RuntimeConfig::default()
     };
