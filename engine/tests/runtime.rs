@@ -264,3 +264,42 @@ fn a_question_to_a_stuck_shard_times_out_instead_of_waiting_forever() {
     assert!(handle.digest(0).is_ok());
     runtime.shutdown();
 }
+
+/// Whatever the idle spin (none, short, longer than the pauses), an engine thread that
+/// went idle and parked takes the next command: nothing waits for a later one.
+#[test]
+fn an_idle_engine_thread_wakes_for_the_next_command_whatever_its_spin() {
+    for spin_us in [0, 50, 2_000] {
+        let mut cfg = config(1 << 12);
+        cfg.idle_spin = Duration::from_micros(spin_us);
+        let runtime = EngineRuntime::start(cfg).expect("valid config");
+        let handle = runtime.handle();
+        let transfer = Transfer {
+            account: AccountId(1),
+            asset: USD,
+            amount: Amount(1_000_000_000_000),
+            request_id: 0,
+        };
+        handle.submit(CommandKind::Transfer(transfer)).expect("queued");
+        for n in 1..=3u64 {
+            // Idle longer than any spin: the thread has parked by now.
+            std::thread::sleep(Duration::from_millis(5));
+            let order = NewOrder {
+                key: None,
+                order_id: handle.allocate_order_id(),
+                client_order_id: n,
+                account: AccountId(1),
+                instrument: MKT,
+                side: Side::Buy,
+                order_type: OrderType::Limit,
+                price: Price(100 + n as i64),
+                qty: Qty(1),
+                stp: StpMode::CancelResting,
+            };
+            handle.submit(CommandKind::New(order)).expect("queued");
+            let snap = handle.book_snapshot(MKT, 10).expect("answered");
+            assert_eq!(snap.bids.len(), n as usize, "spin {spin_us} us, order {n}: {snap:?}");
+        }
+        runtime.shutdown();
+    }
+}

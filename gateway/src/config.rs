@@ -60,9 +60,8 @@ pub struct Flags {
     pub fanout_pass_us: u64,
     /// How long an idle engine thread spins for the next command before it parks, in
     /// microseconds. Default: 50 (waking a parked thread costs tens of microseconds and a
-    /// place in the run queue; orders are faster with the spin, in fsync mode too: see
-    /// docs/BENCHMARKS.md), 0 on NATS nodes (commands come in batches a millisecond or so
-    /// apart there, and a spin would take the fan-out's CPU).
+    /// place in the run queue; docs/BENCHMARKS.md), 0 on NATS nodes (commands come in
+    /// batches a millisecond or so apart there, and a spin would take the fan-out's CPU).
     #[arg(long, env = "TICKGATE_ENGINE_SPIN_US")]
     pub engine_spin_us: Option<u64>,
     /// Fan-out writer threads, which write market data to WebSocket connections (each
