@@ -131,6 +131,20 @@ impl Drop for Attached {
     }
 }
 
+/// Waits until `stream` is readable, with this task's waker in the stream's own read slot
+/// (`poll_read_ready`) rather than in the waiter list `readable()` uses. hyper read the
+/// upgrade request through that slot and left its connection task's waker there: with
+/// `readable()` nothing would ever replace it, and the finished HTTP task (6.5 KB) would
+/// stay allocated as long as the WebSocket connection (docs/BENCHMARKS.md, idle memory).
+fn read_ready(stream: &TcpStream) -> impl std::future::Future<Output = std::io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| stream.poll_read_ready(cx))
+}
+
+/// Waits until `stream` has room, through its own write slot (see [`read_ready`]).
+fn write_ready(stream: &TcpStream) -> impl std::future::Future<Output = std::io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| stream.poll_write_ready(cx))
+}
+
 async fn discard_until_eof(stream: &TcpStream) {
     while stream.readable().await.is_ok() && discard_input(stream) {}
 }
@@ -294,7 +308,7 @@ impl Conn {
                     _ = shutdown.changed() => {
                         self.set_closing(Closing::Send(close::GOING_AWAY, "server shutting down"));
                     }
-                    room = tokio::time::timeout(limits.write_stall_timeout, link.stream.writable()) => {
+                    room = tokio::time::timeout(limits.write_stall_timeout, write_ready(&link.stream)) => {
                         match room {
                             Ok(Ok(())) => {
                                 if self.unblock() {
@@ -318,7 +332,7 @@ impl Conn {
                 _ = shutdown.changed() => {
                     self.set_closing(Closing::Send(close::GOING_AWAY, "server shutting down"));
                 }
-                ready = link.stream.readable() => match ready {
+                ready = read_ready(&link.stream) => match ready {
                     Ok(()) => self.read_input(limits.write_batch_bytes_max),
                     Err(_) => self.set_closing(Closing::Gone),
                 },
@@ -404,7 +418,7 @@ impl Conn {
             self.tally.publish(&self.ctx.metrics);
             match flushed {
                 Flushed::Done => return Ok(()),
-                Flushed::Blocked => self.link.stream.writable().await?,
+                Flushed::Blocked => write_ready(&self.link.stream).await?,
                 Flushed::Failed => return Err(std::io::ErrorKind::BrokenPipe.into()),
             }
         }
