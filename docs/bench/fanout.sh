@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One fan-out measurement on loopback: start the server with a given synthetic feed rate,
 # run the load probe against it, stop the server. Prints the probe's report.
-# Usage: docs/bench/fanout.sh FEED_RATE CONNECTIONS PATTERN [FANOUT_PASS_US] [extra load args...]
+# Usage: [BIN=path/to/tickgate] docs/bench/fanout.sh FEED_RATE CONNECTIONS PATTERN [FANOUT_PASS_US] [extra load args...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rate=${1:?feed rate}; conns=${2:?connections}; pattern=${3:?pattern}; pass=${4:-200}; shift 4 || shift $#
 port=$((20000 + RANDOM % 20000))
-./target/release/tickgate --listen 127.0.0.1:$port --feed-rate "$rate" --fanout-pass-us "$pass" \
+${BIN:-./target/release/tickgate} --listen 127.0.0.1:$port --feed-rate "$rate" --fanout-pass-us "$pass" \
   --summary-symbol none ${SERVER_ARGS:-} > /tmp/tickgate-bench-server.log 2>&1 &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
