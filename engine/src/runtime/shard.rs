@@ -88,8 +88,8 @@ impl ShardWorker {
                 Err(TryRecvError::Empty) => {
                     // A poll at full backoff is 64 pause instructions, 1.6 µs on this
                     // machine's cores: reading the clock (tens of nanoseconds) after each
-                    // keeps the spin within the configured time (checked every 64 polls,
-                    // a 50 µs spin took 100 µs).
+                    // keeps the spin within the configured time (read every 64 polls, it
+                    // made a 50 µs spin, or a zero one, last 100 µs).
                     if start.elapsed() >= self.idle_spin {
                         return self.rx.recv().ok();
                     }

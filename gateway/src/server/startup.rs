@@ -333,8 +333,7 @@ pub(super) async fn start_engine(
             _ => {}
         })),
         retention: loaded.history.as_ref().map(|_| Arc::clone(&loaded.retention)),
-        // 0 by default where commands come in group commits or over NATS (see
-        // `Config::engine_spin`).
+        // 50 µs by default, 0 on an engine node (see `Config::engine_spin`).
         idle_spin: config.engine_spin,
         on_commands: tap,
         ..RuntimeConfig::default()
