@@ -664,3 +664,49 @@ async fn a_gateway_stops_rather_than_follow_an_engine_node_that_lost_its_history
     };
     assert!(!status.success(), "it stops with an error: {status:?}");
 }
+
+/// NATS credentials pass through: with the broker's token an engine node and a gateway
+/// work together; a gateway with a wrong token stops at once with the broker's refusal in
+/// its error (a wrong credential is not a network blip to retry forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_use_the_brokers_token_and_a_wrong_one_stops_at_once() {
+    let dir = TempDir::new("token");
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let config = dir.0.join("nats.conf");
+    std::fs::write(&config, "authorization { token: \"broker-token-1\" }\n").expect("config");
+    let Some(nats_proc) = nats_with(0, Some(&config)) else { return };
+    let engine_args =
+        ["--durability", "off", "--feed-rate", "1000", "--nats-token", "broker-token-1"];
+    let _engine = node(nats_proc.addr, "engine", &engine_args);
+    let g = node(nats_proc.addr, "gateway", &["--nats-token", "broker-token-1"]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while health(g.addr).await["node"]["commands_applied"].as_u64().unwrap_or(0) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway follows the engine node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut wrong = Command::new(BIN)
+        .args(["--nats", &format!("nats://{}", nats_proc.addr), "--role", "gateway"])
+        .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--nats-token", "not-it"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the tickgate binary starts");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = wrong.try_wait().expect("the node's status") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = wrong.kill();
+            panic!("a node with a wrong NATS token kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut wrong.stderr.take().expect("piped"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "{status:?}: {stderr}");
+    assert!(stderr.to_lowercase().contains("authorization"), "the refusal is named: {stderr}");
+}
