@@ -50,6 +50,26 @@ fn nats(port: u16) -> Option<Proc> {
     nats_with(port, None)
 }
 
+/// A temporary directory holding `nats.conf` with `config`, and `nats-server` on a free
+/// port started with it.
+fn nats_configured(name: &str, config: &str) -> Option<(TempDir, Proc)> {
+    let dir = TempDir::new(name);
+    std::fs::create_dir_all(&dir.0).expect("a temporary directory");
+    let path = dir.0.join("nats.conf");
+    std::fs::write(&path, config).expect("written");
+    let nats = nats_with(0, Some(&path))?;
+    Some((dir, nats))
+}
+
+/// Waits until the gateway at `addr` has applied some of the engine node's commands.
+async fn until_following(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while health(addr).await["node"]["commands_applied"].as_u64().unwrap_or(0) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway follows the engine node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `nats-server` on `port` with a configuration file.
 fn nats_with(port: u16, config: Option<&Path>) -> Option<Proc> {
     let port = if port == 0 { "-1".to_string() } else { port.to_string() };
@@ -548,12 +568,11 @@ async fn trade_through(addr: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart() {
-    let dir = TempDir::new("failover");
-    std::fs::create_dir_all(&dir.0).expect("a temporary directory");
     // Messages of at most 16 KiB: snapshots travel in many pieces.
+    let Some((dir, nats_proc)) = nats_configured("failover", "max_payload: 16384\n") else {
+        return;
+    };
     let config = dir.0.join("nats.conf");
-    std::fs::write(&config, "max_payload: 16384\n").expect("written");
-    let Some(nats_proc) = nats_with(0, Some(&config)) else { return };
     let nats_addr = nats_proc.addr;
     let mut engine_proc = engine(nats_addr, &dir.0);
     // Gateway 2 buffers few messages per subscription: a burst overflows it.
@@ -646,11 +665,7 @@ async fn a_gateway_stops_rather_than_follow_an_engine_node_that_lost_its_history
     std::thread::sleep(Duration::from_millis(500));
     let engine_proc = node(nats_proc.addr, "engine", &memory_only);
     let mut g = gateway_first.join().expect("the gateway starts once the engine node is up");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while health(g.addr).await["node"]["commands_applied"].as_u64().unwrap_or(0) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the gateway follows");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_following(g.addr).await;
     // The engine node comes back empty: its history is not the one the replica followed.
     drop(engine_proc);
     let _engine_again = node(nats_proc.addr, "engine", &memory_only);
@@ -670,20 +685,13 @@ async fn a_gateway_stops_rather_than_follow_an_engine_node_that_lost_its_history
 /// its error (a wrong credential is not a network blip to retry forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_use_the_brokers_token_and_a_wrong_one_stops_at_once() {
-    let dir = TempDir::new("token");
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let config = dir.0.join("nats.conf");
-    std::fs::write(&config, "authorization { token: \"broker-token-1\" }\n").expect("config");
-    let Some(nats_proc) = nats_with(0, Some(&config)) else { return };
+    let config = "authorization { token: \"broker-token-1\" }\n";
+    let Some((_dir, nats_proc)) = nats_configured("token", config) else { return };
     let engine_args =
         ["--durability", "off", "--feed-rate", "1000", "--nats-token", "broker-token-1"];
     let _engine = node(nats_proc.addr, "engine", &engine_args);
     let g = node(nats_proc.addr, "gateway", &["--nats-token", "broker-token-1"]);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while health(g.addr).await["node"]["commands_applied"].as_u64().unwrap_or(0) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the gateway follows the engine node");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_following(g.addr).await;
 
     let mut wrong = Command::new(BIN)
         .args(["--nats", &format!("nats://{}", nats_proc.addr), "--role", "gateway"])
