@@ -693,9 +693,18 @@ async fn nodes_use_the_brokers_token_and_a_wrong_one_stops_at_once() {
     let g = node(nats_proc.addr, "gateway", &["--nats-token", "broker-token-1"]);
     until_following(g.addr).await;
 
-    let mut wrong = Command::new(BIN)
-        .args(["--nats", &format!("nats://{}", nats_proc.addr), "--role", "gateway"])
-        .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--nats-token", "not-it"])
+    let stderr = refused(nats_proc.addr, &["--nats-token", "not-it"]);
+    assert!(stderr.to_lowercase().contains("authorization"), "the refusal is named: {stderr}");
+}
+
+/// Starts a gateway node with `extra` that NATS must refuse, waits for it to stop with an
+/// error (a wrong credential or certificate is not a network blip to retry forever) and
+/// returns what it wrote to stderr.
+fn refused(nats: SocketAddr, extra: &[&str]) -> String {
+    let mut node = Command::new(BIN)
+        .args(["--nats", &format!("nats://{nats}"), "--role", "gateway"])
+        .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+        .args(extra)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -703,18 +712,141 @@ async fn nodes_use_the_brokers_token_and_a_wrong_one_stops_at_once() {
         .expect("the tickgate binary starts");
     let deadline = std::time::Instant::now() + WAIT;
     let status = loop {
-        if let Some(status) = wrong.try_wait().expect("the node's status") {
+        if let Some(status) = node.try_wait().expect("the node's status") {
             break status;
         }
         if std::time::Instant::now() > deadline {
-            let _ = wrong.kill();
-            panic!("a node with a wrong NATS token kept running");
+            let _ = node.kill();
+            let _ = node.wait();
+            panic!("a node NATS refuses kept running ({extra:?})");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut wrong.stderr.take().expect("piped"), &mut stderr)
+    std::io::Read::read_to_string(&mut node.stderr.take().expect("piped"), &mut stderr)
         .expect("stderr");
     assert!(!status.success(), "{status:?}: {stderr}");
+    stderr
+}
+
+/// TLS to the broker: `nats-server` with a certificate for 127.0.0.1, nodes given that
+/// certificate's issuer with `--nats-ca` work together over TLS (the gateway follows the
+/// engine node and serves its book); a gateway trusting another CA stops at once and
+/// names the certificate it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_a_tls_broker_through_its_ca_and_refuse_a_certificate_it_did_not_sign() {
+    let dir = TempDir::new("tls");
+    std::fs::create_dir_all(&dir.0).expect("a temporary directory");
+    let write = |name: &str, text: String| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).expect("written");
+        path.to_str().expect("a UTF-8 path").to_string()
+    };
+    let broker = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("a certificate");
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("another");
+    let cert = write("broker.crt", broker.cert.pem());
+    let key = write("broker.key", broker.key_pair.serialize_pem());
+    let other_ca = write("other.crt", other.cert.pem());
+    let config = format!("tls {{\n  cert_file: \"{cert}\"\n  key_file: \"{key}\"\n}}\n");
+    let conf = write("nats.conf", config);
+    let Some(nats_proc) = nats_with(0, Some(Path::new(&conf))) else { return };
+
+    let engine_args = ["--durability", "off", "--feed-rate", "1000", "--nats-ca", &cert];
+    let _engine = node(nats_proc.addr, "engine", &engine_args);
+    let g = node(nats_proc.addr, "gateway", &["--nats-ca", &cert]);
+    until_following(g.addr).await;
+    assert_eq!(health(g.addr).await["node"]["nats_connected"], json!(true));
+    let book = rest_book(g.addr).await;
+    let served = book["seq"].as_u64().unwrap_or(0) > 0
+        && book["bids"].as_array().is_some_and(|b| !b.is_empty());
+    assert!(served, "the gateway serves the engine node's book: {book}");
+
+    let stderr = refused(nats_proc.addr, &["--nats-ca", &other_ca]);
+    assert!(stderr.contains("invalid peer certificate"), "the refusal is named: {stderr}");
+}
+
+/// A NATS JWT (`ed25519-nkey`) with `claims` about `subject`, issued and signed by
+/// `issuer`: what `nsc` writes, made here so the test needs nothing but `nats-server`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let claims = json!({
+        "jti": format!("TICKGATE{issued}{}", &subject[..8]),
+        "iat": issued,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let head = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64(claims.to_string().as_bytes());
+    let signed = format!("{head}.{body}");
+    let signature = issuer.sign(signed.as_bytes()).expect("signed");
+    format!("{signed}.{}", b64(&signature))
+}
+
+/// NATS credentials files pass through: `nats-server` in operator mode (an operator, one
+/// account preloaded, JWTs made here), nodes given a user's credentials file with
+/// `--nats-creds` work together; a user signed by an account the broker does not know
+/// stops at once with the refusal named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_log_in_with_a_credentials_file_and_an_unknown_account_stops_at_once() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let stranger = nkeys::KeyPair::new_account();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "tickgate-test",
+        json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1});
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "trading",
+        json!({"limits": unlimited, "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account", "version": 2}),
+    );
+    let creds = |signer: &nkeys::KeyPair| {
+        let user = nkeys::KeyPair::new_user();
+        let user_jwt = nats_jwt(
+            signer,
+            &user.public_key(),
+            "node",
+            json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2}),
+        );
+        let seed = user.seed().expect("a seed");
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        )
+    };
+    let config = format!(
+        "operator: {operator_jwt}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {account_jwt}\n}}\n",
+        account.public_key()
+    );
+    let Some((dir, nats_proc)) = nats_configured("creds", &config) else { return };
+    let write = |name: &str, text: String| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).expect("written");
+        path.to_str().expect("a UTF-8 path").to_string()
+    };
+    let node_creds = write("node.creds", creds(&account));
+    let stranger_creds = write("stranger.creds", creds(&stranger));
+
+    let engine_args = ["--durability", "off", "--feed-rate", "1000", "--nats-creds", &node_creds];
+    let _engine = node(nats_proc.addr, "engine", &engine_args);
+    let g = node(nats_proc.addr, "gateway", &["--nats-creds", &node_creds]);
+    until_following(g.addr).await;
+
+    let stderr = refused(nats_proc.addr, &["--nats-creds", &stranger_creds]);
     assert!(stderr.to_lowercase().contains("authorization"), "the refusal is named: {stderr}");
 }
