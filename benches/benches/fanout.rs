@@ -97,7 +97,8 @@ fn encode(c: &mut Criterion) {
 fn publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish");
     group.throughput(Throughput::Elements(PASS));
-    for subscribers in [1usize, 100, 10_000] {
+    // 0: a channel nobody follows (its state follows the events, nothing is encoded).
+    for subscribers in [0usize, 1, 100, 10_000] {
         let (directory, metrics, mut publisher) = fixture();
         let writers = Writers::start(Arc::clone(&directory), metrics, 2);
         let channel = Arc::clone(directory.get("book.BTC-USD").expect("channel"));

@@ -224,6 +224,10 @@ pub struct Publisher {
     json: String,
     /// Whether a chunk was stored since the last [`Publisher::take_published`].
     published: bool,
+    /// The channel being published has no subscriber: its state follows the events (for
+    /// the snapshot of whoever subscribes next, and REST), but nothing is encoded or
+    /// stored in its ring.
+    silent: bool,
     /// The time of a book's reset.
     clock: SharedClock,
 }
@@ -240,6 +244,7 @@ impl Publisher {
             bin: Vec::with_capacity(CHUNK_BYTES_MAX + 1024),
             json: String::new(),
             published: false,
+            silent: false,
             clock,
         }
     }
@@ -338,6 +343,12 @@ impl Publisher {
         let mut state = channel.lock();
         let with_json = state.json_subscribers > 0;
         let (first_seq, ts) = (state.last_seq + 1, last.ts.0);
+        if state.subscribers == 0 {
+            state.last_seq += candles.len() as u64;
+            state.last_ts = ts;
+            channel.last_seq.store(state.last_seq, Ordering::Release);
+            return;
+        }
         self.bin.clear();
         self.json.clear();
         for (n, c) in candles.iter().enumerate() {
@@ -363,6 +374,9 @@ impl Publisher {
         let mut events = std::mem::take(&mut self.pending[at]);
         let mut state = channel.lock();
         let with_json = state.json_subscribers > 0;
+        // Read under the lock a subscriber takes its snapshot under: one that subscribes
+        // after this pass starts from the state the pass leaves, with the ring's head.
+        self.silent = state.subscribers == 0;
         let mut first_seq = 0u64;
         let mut messages = 0u32;
         let mut needs_reset = false;
@@ -381,13 +395,13 @@ impl Publisher {
                 first_seq = state.last_seq;
             }
             messages += 1;
-            if self.bin.len() >= CHUNK_BYTES_MAX {
+            if !self.silent && self.bin.len() >= CHUNK_BYTES_MAX {
                 self.flush_chunk(&channel, &mut state, first_seq, messages, with_json);
                 first_seq = 0;
                 messages = 0;
             }
         }
-        if messages > 0 {
+        if messages > 0 && !self.silent {
             self.flush_chunk(&channel, &mut state, first_seq, messages, with_json);
         }
         channel.last_seq.store(state.last_seq, Ordering::Release);
@@ -440,13 +454,16 @@ impl Publisher {
             return Encoded::BookBroken;
         }
         let (id, seq, ts) = (channel.id, d.seq.0, d.ts.0);
+        (state.last_seq, state.last_ts) = (seq, ts);
+        if self.silent {
+            return Encoded::Message;
+        }
         bin::book_delta(&mut self.bin, id, seq, ts, d.side, d.price, d.qty);
         if with_json {
             self.comma(messages);
             let (i, name) = (&channel.instrument, &channel.name);
             json::book_delta(&mut self.json, i, name, seq, ts, d.side, d.price, d.qty);
         }
-        (state.last_seq, state.last_ts) = (seq, ts);
         Encoded::Message
     }
 
@@ -461,13 +478,16 @@ impl Publisher {
     ) {
         let (bid, ask) = ((b.bid_price, b.bid_qty), (b.ask_price, b.ask_qty));
         state.bbo = Some(*b);
+        (state.last_seq, state.last_ts) = (b.seq.0, b.ts.0);
+        if self.silent {
+            return;
+        }
         bin::bbo(&mut self.bin, channel.id, 0, b.seq.0, b.ts.0, bid, ask);
         if with_json {
             self.comma(messages);
             let (i, name) = (&channel.instrument, &channel.name);
             json::bbo(&mut self.json, i, name, 0, b.seq.0, b.ts.0, bid, ask);
         }
-        (state.last_seq, state.last_ts) = (b.seq.0, b.ts.0);
     }
 
     /// A trade, after a gap notice when trades before it never reached the hub (its
@@ -495,7 +515,7 @@ impl Publisher {
             maker_order: t.maker_order.0,
             taker_order: t.taker_order.0,
         };
-        if msg.seq > state.last_seq + 1 {
+        if msg.seq > state.last_seq + 1 && !self.silent {
             let (from, to) = (state.last_seq + 1, msg.seq - 1);
             bin::gap(&mut self.bin, channel.id, msg.ts, from, to);
             if with_json {
@@ -508,12 +528,15 @@ impl Publisher {
             state.trades.pop_front();
         }
         state.trades.push_back(msg);
+        (state.last_seq, state.last_ts) = (msg.seq, msg.ts);
+        if self.silent {
+            return true;
+        }
         bin::trade(&mut self.bin, channel.id, &msg);
         if with_json {
             self.comma(*messages);
             json::trade(&mut self.json, &channel.instrument, &channel.name, &msg);
         }
-        (state.last_seq, state.last_ts) = (msg.seq, msg.ts);
         true
     }
 
@@ -546,5 +569,87 @@ impl Publisher {
         self.bin.clear();
         self.json.clear();
         self.store(channel, state, chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickgate_engine::{
+        BookDelta, Engine, EngineSpec, InstrumentId, OrderId, Price, Qty, Seq, Side, Trade,
+        UnixNanos,
+    };
+
+    fn publisher() -> (Arc<Directory>, Publisher) {
+        let engine = Engine::new(&EngineSpec::default(), |_| true).expect("default markets");
+        let n = engine.instruments().len();
+        let candles = Arc::new(Candles::new(n, None).expect("no file"));
+        let directory = Arc::new(Directory::new(engine.instruments(), 64, &candles));
+        let clock = tickgate_engine::WallClock::shared();
+        let publisher = Publisher::new(Arc::clone(&directory), Arc::default(), clock);
+        (directory, publisher)
+    }
+
+    fn delta(seq: u64, price: i64, qty: i64) -> Event {
+        Event::BookDelta(BookDelta {
+            instrument: InstrumentId(0),
+            seq: Seq(seq),
+            ts: UnixNanos(1_000 + seq),
+            side: Side::Buy,
+            price: Price(price),
+            qty: Qty(qty),
+        })
+    }
+
+    fn trade(seq: u64) -> Event {
+        Event::Trade(Trade {
+            instrument: InstrumentId(0),
+            seq: Seq(seq),
+            ts: UnixNanos(1_000 + seq),
+            price: Price(100),
+            qty: Qty(seq as i64),
+            taker_side: Side::Sell,
+            maker_order: OrderId(1),
+            taker_order: OrderId(2),
+        })
+    }
+
+    /// A channel nobody follows is not encoded: its ring stays empty while its state (the
+    /// book REST serves, the recent trades) follows every event; whoever subscribes next
+    /// starts from a snapshot at the last sequence and the first chunk continues it.
+    #[test]
+    fn a_channel_without_subscribers_keeps_its_state_and_stores_nothing() {
+        let (directory, mut publisher) = publisher();
+        let book = Arc::clone(directory.get("book.BTC-USD").expect("book"));
+        let trades = Arc::clone(directory.get("trades.BTC-USD").expect("trades"));
+        for (seq, price) in [(1, 100), (2, 101), (3, 102)] {
+            publisher.ingest(&delta(seq, price, 5));
+        }
+        publisher.ingest(&trade(1));
+        publisher.ingest(&trade(2));
+        publisher.publish();
+        assert!(!publisher.take_published(), "nothing stored");
+        assert_eq!((book.head(), trades.head()), (0, 0));
+        assert_eq!((book.last_seq(), trades.last_seq()), (3, 2));
+        let (snapshot, _) = book.book(10);
+        let bids: Vec<i64> = snapshot.bids.iter().map(|l| l.0 .0).collect();
+        assert_eq!(bids, [102, 101, 100]);
+        assert_eq!(trades.recent_trades(10).0.len(), 2);
+
+        let start = book.subscribe(false, 10);
+        assert_eq!((start.seq, start.cursor), (3, 0));
+        publisher.ingest(&delta(4, 100, 0));
+        publisher.ingest(&trade(3));
+        publisher.publish();
+        assert!(publisher.take_published());
+        let chunk = book.chunk(start.cursor).expect("the subscriber's first chunk");
+        assert_eq!((chunk.first_seq, chunk.last_seq, chunk.messages), (4, 4, 1));
+        assert_eq!(trades.head(), 0, "the trades channel still has no subscriber");
+        assert_eq!(trades.last_seq(), 3);
+
+        book.unsubscribe(false);
+        publisher.ingest(&delta(5, 103, 1));
+        publisher.publish();
+        assert_eq!((book.head(), book.last_seq()), (1, 5), "silent again, state moves on");
     }
 }
