@@ -100,6 +100,11 @@ pub struct Flags {
     /// Kernel send buffer per WebSocket connection, in bytes.
     #[arg(long, env = "TICKGATE_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
     pub socket_send_buffer: usize,
+    /// Market data a WebSocket client may have unread (written, its read receipt not yet
+    /// back), in bytes; at least 256 KiB. Beyond it the client gets nothing more until it
+    /// catches up: what a client that stops reading costs the server, once.
+    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES", default_value_t = 256 * 1024)]
+    pub ws_unread_bytes: u64,
     /// Time allowed to send the HTTP request head, in milliseconds.
     #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
@@ -468,6 +473,7 @@ fn ws_limits(f: &Flags) -> WsLimits {
         heartbeat_interval: ms(f.heartbeat_ms),
         write_stall_timeout: ms(f.write_stall_ms),
         socket_send_buffer_bytes: f.socket_send_buffer.max(4096),
+        unread_bytes_max: f.ws_unread_bytes.max(2 * crate::fanout::outbox::RECEIPT_EVERY),
         ..WsLimits::default()
     }
 }

@@ -8,9 +8,12 @@
 //! need (measured: 66 % of the server's CPU in `copy_from_iter`, healthy p99 in seconds).
 //! So every [`RECEIPT_EVERY`] bytes the outbox queues a ping carrying the byte position
 //! before it; the client's pong (every client answers pings, in order, once it has read
-//! what came before) confirms it read that far. Market data stops once
-//! `unread_bytes_max` is written and unconfirmed, and resumes with the next pong; a client
-//! that never answers falls behind the rings and is treated as any slow consumer.
+//! what came before) confirms it read that far. Several receipts are in flight at once,
+//! one per [`RECEIPT_EVERY`] queued, so a client reading along confirms as it goes and the
+//! allowance never has to empty before data flows again. Market data stops once
+//! `unread_bytes_max` is written and unconfirmed, and resumes with the next pong (a held
+//! connection always has a receipt ping within [`RECEIPT_EVERY`] of its end queued); a
+//! client that never answers falls behind the rings and is treated as any slow consumer.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -84,8 +87,8 @@ pub struct Outbox {
     queued_total: u64,
     /// Position up to which the client confirmed reading (a receipt's pong).
     read_total: u64,
-    /// Position of the receipt ping in flight, if any.
-    receipt: Option<u64>,
+    /// Position of the newest receipt ping queued (0: none yet).
+    last_receipt: u64,
     /// Unconfirmed bytes allowed (`unread_bytes_max`).
     unread_max: u64,
     /// Under TLS, the session: frames are encrypted into it and its records written out
@@ -118,7 +121,7 @@ impl Outbox {
             deferred: false,
             queued_total: 0,
             read_total: 0,
-            receipt: None,
+            last_receipt: 0,
             unread_max,
             tls,
         }
@@ -331,12 +334,16 @@ impl Outbox {
     /// Returns whether it stopped at the budget with more to collect.
     pub fn drain(&mut self, metrics: &Metrics, budget: usize, clock: &dyn Clock) -> bool {
         // Read receipts: nothing more for a client that has not confirmed reading enough.
-        if self.queued_total - self.read_total > self.unread_max {
-            return false;
-        }
-        let more = self.collect(metrics, budget, clock);
-        self.seal();
-        if self.receipt.is_none() && self.queued_total - self.read_total >= RECEIPT_EVERY {
+        let more = if self.queued_total - self.read_total > self.unread_max {
+            false
+        } else {
+            let more = self.collect(metrics, budget, clock);
+            self.seal();
+            more
+        };
+        // Held or not: a pong to the newest ping must be able to free the connection, so
+        // there is always one within a receipt's worth of the end of what is queued.
+        if self.queued_total - self.last_receipt >= RECEIPT_EVERY {
             let ping = self.receipt_ping();
             self.push(ping, 0);
         }
@@ -349,7 +356,7 @@ impl Outbox {
         let position = self.queued_total;
         let mut payload = RECEIPT_TAG.to_vec();
         payload.extend_from_slice(&position.to_be_bytes());
-        self.receipt = Some(position);
+        self.last_receipt = position;
         protocol::frame(Opcode::Ping, &payload).into()
     }
 
@@ -369,9 +376,6 @@ impl Outbox {
         }
         let held = self.queued_total - self.read_total > self.unread_max;
         self.read_total = position;
-        if self.receipt.is_some_and(|r| position >= r) {
-            self.receipt = None;
-        }
         held
     }
 

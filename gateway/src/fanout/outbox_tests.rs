@@ -71,6 +71,12 @@ fn json_frames_merge_into_one_valid_array() {
     assert_eq!(o.out_messages, 3);
 }
 
+/// The payload of the newest receipt ping queued.
+fn newest_receipt(o: &Outbox) -> Vec<u8> {
+    let ping = o.out.iter().rev().find(|f| f[0] == 0x80 | Opcode::Ping as u8).expect("a ping");
+    ping[protocol::frame_header_len(ping)..].to_vec()
+}
+
 #[test]
 fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     let mut o = outbox(Format::Binary);
@@ -79,7 +85,7 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     // Queued and written past a receipt's worth: a receipt ping goes in the queue.
     o.queue(Bytes::from(vec![0u8; RECEIPT_EVERY as usize]), 1);
     assert!(!o.drain(&metrics, usize::MAX, &WallClock));
-    let position = o.receipt.expect("a receipt in flight");
+    let position = o.last_receipt;
     assert_eq!(position, RECEIPT_EVERY);
     let ping = o.out.back().expect("queued").clone();
     assert_eq!(ping[0], 0x80 | Opcode::Ping as u8);
@@ -91,24 +97,70 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     assert!(!o.pong(&[RECEIPT_TAG, &beyond.to_be_bytes()[..]].concat()), "never queued");
     assert!(!o.pong(&[RECEIPT_TAG, &[1, 2, 3][..]].concat()));
     assert_eq!(o.read_total, 0);
-    // Far past the allowance: drain collects nothing more (a stalled client).
+    // Far past the allowance: drain collects nothing more (a stalled client), but the
+    // end of what is queued has its receipt ping.
     o.queue(Bytes::from(vec![0u8; 3 * RECEIPT_EVERY as usize]), 1);
+    assert!(!o.drain(&metrics, usize::MAX, &WallClock));
+    let end = o.last_receipt;
+    assert_eq!(end, 4 * RECEIPT_EVERY + ping.len() as u64, "a ping for the newest data");
     let before = o.out.len();
     assert!(!o.drain(&metrics, usize::MAX, &WallClock));
-    assert_eq!(o.out.len(), before, "held");
-    // The receipt's pong: read up to its position, and it says data was held.
+    assert_eq!(o.out.len(), before, "held, and no second ping for the same data");
+    // The first receipt's pong: read up to its position, and it says data was held; still
+    // held (more than the allowance unconfirmed after it), and the newer ping is queued.
     assert!(o.pong(payload));
-    assert_eq!((o.read_total, o.receipt), (position, None));
+    assert_eq!(o.read_total, position);
     assert!(!o.pong(payload), "an old position again: nothing new");
+    // The newest ping's pong frees the connection.
+    assert!(o.pong(&newest_receipt(&o)));
+    assert_eq!(o.read_total, end);
     // A heartbeat ping asks for everything so far; a client that answers only the
-    // newest ping confirms the older receipt with it.
+    // newest ping confirms the older receipts with it.
     let older = o.receipt_ping();
     o.queue(Bytes::from(vec![0u8; 10]), 1);
     let newer = o.receipt_ping();
     let answer = &newer[protocol::frame_header_len(&newer)..];
     assert!(!older.is_empty());
     o.pong(answer);
-    assert_eq!((o.read_total, o.receipt), (o.queued_total, None));
+    assert_eq!(o.read_total, o.queued_total);
+}
+
+/// A client that answers the receipt pings it reads is never left without one to answer.
+/// With one receipt in flight at a time, a pong that left the connection over its
+/// allowance (a ping early in a busy stretch, then drains of a whole write batch each)
+/// froze the connection until the next heartbeat ping, 20 s later: measured as healthy
+/// connections that got nothing for seconds.
+#[test]
+fn a_client_that_answers_its_pings_is_never_left_without_one_to_answer() {
+    let mut o = outbox(Format::Binary);
+    o.unread_max = 8 * RECEIPT_EVERY;
+    let metrics = Metrics::default();
+    let half = Bytes::from(vec![0u8; RECEIPT_EVERY as usize / 2]);
+    let ping_opcode = 0x80 | Opcode::Ping as u8;
+    // A quiet start: one receipt's worth, and its ping.
+    o.queue(half.clone(), 1);
+    o.queue(half.clone(), 1);
+    o.drain(&metrics, usize::MAX, &WallClock);
+    for round in 0..50 {
+        // The server: drains of a write batch's worth (two receipts), as `collect` adds
+        // them, until the allowance holds the connection.
+        let before = o.queued_total;
+        for _ in 0..20 {
+            if o.queued_total - o.read_total > o.unread_max {
+                break;
+            }
+            for _ in 0..4 {
+                o.queue(half.clone(), 1);
+            }
+            o.drain(&metrics, usize::MAX, &WallClock);
+        }
+        assert!(o.queued_total > before, "round {round}: nothing could be sent");
+        // The client reads everything written and answers the newest ping it read.
+        let pings: Vec<Bytes> = o.out.drain(..).filter(|f| f[0] == ping_opcode).collect();
+        o.out_bytes = 0;
+        let newest = pings.last().expect("a ping to answer");
+        o.pong(&newest[protocol::frame_header_len(newest)..]);
+    }
 }
 
 #[test]

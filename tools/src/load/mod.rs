@@ -138,6 +138,35 @@ impl ConnStats {
     }
 }
 
+/// How evenly the connections were served: messages each received while measuring.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PerConnection {
+    /// The fewest.
+    pub min: u64,
+    /// The first percentile (one connection in a hundred got fewer).
+    pub p1: u64,
+    /// The median.
+    pub median: u64,
+    /// The most.
+    pub max: u64,
+}
+
+impl PerConnection {
+    fn of(mut counts: Vec<u64>) -> PerConnection {
+        counts.sort_unstable();
+        let at = |q: f64| counts.get(((counts.len() - 1) as f64 * q) as usize).copied();
+        match (counts.first(), counts.last()) {
+            (Some(&min), Some(&max)) => PerConnection {
+                min,
+                p1: at(0.01).unwrap_or(min),
+                median: at(0.5).unwrap_or(min),
+                max,
+            },
+            _ => PerConnection::default(),
+        }
+    }
+}
+
 /// The probe's result.
 #[derive(Debug)]
 pub struct Report {
@@ -163,8 +192,8 @@ pub struct Report {
     pub closes: Vec<(Option<u16>, usize)>,
     /// Merged latency histogram, nanoseconds.
     pub latency: Histogram<u64>,
-    /// Fewest and most messages one connection got.
-    pub per_connection: (u64, u64),
+    /// Messages per connection: the fewest, the first percentile, the median, the most.
+    pub per_connection: PerConnection,
     /// Book verification (with `verify`).
     pub books: BookCheck,
 }
@@ -425,7 +454,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     let mut snapshots = 0;
     let mut books = BookCheck::default();
     let mut closes: HashMap<Option<u16>, usize> = HashMap::new();
-    let (mut fewest, mut most, mut ok, mut stalled) = (u64::MAX, 0, 0, 0);
+    let (mut counts, mut ok, mut stalled) = (Vec::with_capacity(tasks.len()), 0, 0);
     for t in tasks {
         match t.await? {
             Ok(s) if s.stalled => stalled += 1,
@@ -438,8 +467,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
                 snapshots += s.snapshots;
                 breaks += s.seq_breaks;
                 books.add(s.books);
-                fewest = fewest.min(s.messages);
-                most = most.max(s.messages);
+                counts.push(s.messages);
                 if let Some(code) = s.closed {
                     *closes.entry(Some(code)).or_default() += 1;
                 }
@@ -470,7 +498,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
         seq_breaks: breaks,
         closes,
         latency,
-        per_connection: (if ok == 0 { 0 } else { fewest }, most),
+        per_connection: PerConnection::of(counts),
         books,
     })
 }
@@ -484,7 +512,7 @@ impl Report {
              delivered msgs/s  {:.0}\n\
              delivered MB/s    {:.1}\n\
              latency us        p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\n\
-             per connection    min {} max {} messages\n\
+             per connection    min {} p1 {} median {} max {} messages\n\
              resyncs {}  gaps {}  sequence breaks {}  closes {:?}\n\
              books verified {}  mismatched {}  unverified {}\n",
             self.connections,
@@ -496,8 +524,10 @@ impl Report {
             q(0.99),
             q(0.999),
             self.latency.max() as f64 / 1e3,
-            self.per_connection.0,
-            self.per_connection.1,
+            self.per_connection.min,
+            self.per_connection.p1,
+            self.per_connection.median,
+            self.per_connection.max,
             self.resyncs,
             self.gaps,
             self.seq_breaks,
@@ -519,7 +549,12 @@ impl Report {
             "messages_per_sec": self.messages as f64 / self.seconds,
             "bytes_per_sec": self.bytes as f64 / self.seconds,
             "latency_ns": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999), "max": self.latency.max() },
-            "per_connection_messages": { "min": self.per_connection.0, "max": self.per_connection.1 },
+            "per_connection_messages": {
+                "min": self.per_connection.min,
+                "p1": self.per_connection.p1,
+                "median": self.per_connection.median,
+                "max": self.per_connection.max,
+            },
             "resyncs": self.resyncs,
             "gaps": self.gaps,
             "snapshots": self.snapshots,
@@ -527,5 +562,23 @@ impl Report {
             "books": { "verified": self.books.verified, "mismatched": self.books.mismatched, "unverified": self.books.unverified },
             "closes": self.closes.iter().map(|(c, n)| serde_json::json!({"code": c, "count": n})).collect::<Vec<_>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PerConnection;
+
+    #[test]
+    fn per_connection_counts_show_the_starved_few() {
+        let mut counts: Vec<u64> = (1..=200).map(|n| 1_000 + n).collect();
+        counts[7] = 0;
+        counts[99] = 3;
+        let p = PerConnection::of(counts);
+        assert_eq!((p.min, p.p1, p.max), (0, 3, 1_200));
+        assert!((1_090..=1_110).contains(&p.median), "{p:?}");
+        assert_eq!(PerConnection::of(Vec::new()), PerConnection::default());
+        let one = PerConnection::of(vec![5]);
+        assert_eq!((one.min, one.p1, one.median, one.max), (5, 5, 5, 5));
     }
 }
