@@ -28,6 +28,10 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
     let mut server = start(|c| {
         c.feed_rate = Some(20_000);
         c.shards = shards;
+        // The JSON client is read only after the binary one is done: let it hold the
+        // whole run unread (by default it would be held back, fall behind the rings and
+        // be resynced, as a slow consumer is).
+        c.ws.unread_bytes_max = 64 << 20;
     })
     .await;
     let mut bin = connect(&server, "").await;
@@ -98,7 +102,10 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
     let mut json_deltas: Vec<(u64, Side, i64, i64)> = Vec::new();
     let mut json_mixed = 0;
     let last_bin = followers[0].deltas.last().expect("deltas").0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while json_deltas.last().is_none_or(|(s, ..)| *s < last_bin) {
+        // Heartbeats keep coming: a JSON stream that never reaches the end fails here.
+        assert!(tokio::time::Instant::now() < deadline, "the JSON client reaches {last_bin}");
         let Message::Text(t) = next(&mut jsn).await else {
             continue;
         };
