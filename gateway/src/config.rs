@@ -103,7 +103,7 @@ pub struct Flags {
     /// Market data a WebSocket client may have unread (written, its read receipt not yet
     /// back), in bytes; at least 256 KiB. Beyond it the client gets nothing more until it
     /// catches up: what a client that stops reading costs the server, once.
-    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES", default_value_t = 1024 * 1024)]
     pub ws_unread_bytes: u64,
     /// Time allowed to send the HTTP request head, in milliseconds.
     #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]

@@ -56,7 +56,7 @@ impl Default for WsLimits {
             slow_gap_window: Duration::from_secs(60),
             write_batch_bytes_max: 256 * 1024,
             socket_send_buffer_bytes: 256 * 1024,
-            unread_bytes_max: 256 * 1024,
+            unread_bytes_max: 1024 * 1024,
         }
     }
 }

@@ -29,8 +29,8 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
         c.feed_rate = Some(20_000);
         c.shards = shards;
         // The JSON client is read only after the binary one is done: let it hold the
-        // whole run unread (by default it would be held back, fall behind the rings and
-        // be resynced, as a slow consumer is).
+        // whole run unread (with a smaller allowance it could be held back, fall behind
+        // the rings and be resynced, as a slow consumer is).
         c.ws.unread_bytes_max = 64 << 20;
     })
     .await;
