@@ -91,6 +91,8 @@ pub struct Outbox {
     last_receipt: u64,
     /// Unconfirmed bytes allowed (`unread_bytes_max`).
     unread_max: u64,
+    /// Market data is paused for want of a read receipt (counted once per pause).
+    held: bool,
     /// Under TLS, the session: frames are encrypted into it and its records written out
     /// (per connection: every TLS session has its own keys, so a frame's encryption cannot
     /// be shared the way its plaintext is).
@@ -123,6 +125,7 @@ impl Outbox {
             read_total: 0,
             last_receipt: 0,
             unread_max,
+            held: false,
             tls,
         }
     }
@@ -335,8 +338,12 @@ impl Outbox {
     pub fn drain(&mut self, metrics: &Metrics, budget: usize, clock: &dyn Clock) -> bool {
         // Read receipts: nothing more for a client that has not confirmed reading enough.
         let more = if self.queued_total - self.read_total > self.unread_max {
+            if !std::mem::replace(&mut self.held, true) {
+                metrics.ws_receipt_holds_total.fetch_add(1, Ordering::Relaxed);
+            }
             false
         } else {
+            self.held = false;
             let more = self.collect(metrics, budget, clock);
             self.seal();
             more

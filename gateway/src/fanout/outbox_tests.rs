@@ -106,6 +106,8 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     let before = o.out.len();
     assert!(!o.drain(&metrics, usize::MAX, &WallClock));
     assert_eq!(o.out.len(), before, "held, and no second ping for the same data");
+    let holds = || metrics.ws_receipt_holds_total.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(holds(), 1, "one pause, counted once");
     // The first receipt's pong: read up to its position, and it says data was held; still
     // held (more than the allowance unconfirmed after it), and the newer ping is queued.
     assert!(o.pong(payload));
@@ -114,6 +116,8 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     // The newest ping's pong frees the connection.
     assert!(o.pong(&newest_receipt(&o)));
     assert_eq!(o.read_total, end);
+    assert!(!o.drain(&metrics, usize::MAX, &WallClock));
+    assert_eq!(holds(), 1, "not held any more");
     // A heartbeat ping asks for everything so far; a client that answers only the
     // newest ping confirms the older receipts with it.
     let older = o.receipt_ping();
