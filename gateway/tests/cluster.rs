@@ -710,18 +710,8 @@ fn refused(nats: SocketAddr, extra: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the tickgate binary starts");
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = node.try_wait().expect("the node's status") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = node.kill();
-            let _ = node.wait();
-            panic!("a node NATS refuses kept running ({extra:?})");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::exits_within(&mut node, WAIT)
+        .unwrap_or_else(|| panic!("a node NATS refuses kept running ({extra:?})"));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut node.stderr.take().expect("piped"), &mut stderr)
         .expect("stderr");

@@ -544,18 +544,8 @@ async fn acknowledged_orders_survive_sigkill() {
         .spawn()
         .expect("tickgate runs");
     // It must exit by itself; a server that started is killed and the test fails.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tickgate started on a corrupt journal ({})", segment.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::exits_within(&mut child, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("tickgate started on a corrupt journal ({})", segment.display()));
     let out = child.wait_with_output().expect("output");
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -271,3 +271,23 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Waits up to `within` for `child` to exit by itself; one still running then is killed
+/// (and reaped) and `None` is returned.
+pub fn exits_within(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
