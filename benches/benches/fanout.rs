@@ -193,6 +193,7 @@ fn writer_round(c: &mut Criterion) {
             slow_gap_window: std::time::Duration::from_secs(60),
             // The bench reads every socket after each round: no receipts needed.
             unread_bytes_max: u64::MAX,
+            unread_bytes_start: u64::MAX,
             clock: tickgate_engine::WallClock::shared(),
         });
         let channel = Arc::clone(directory.get("book.BTC-USD").expect("channel"));

@@ -101,8 +101,10 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
     pub socket_send_buffer: usize,
     /// Market data a WebSocket client may have unread (written, its read receipt not yet
-    /// back), in bytes; at least 256 KiB. Beyond it the client gets nothing more until it
-    /// catches up: what a client that stops reading costs the server, once.
+    /// back), in bytes, at most; at least 16 KiB. Each connection starts with 64 KiB (or
+    /// this, if smaller) and doubles up to this while it reads but is held back; beyond
+    /// its allowance a client gets nothing more until it catches up: what a client that
+    /// stops reading costs the server, once.
     #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES", default_value_t = 1024 * 1024)]
     pub ws_unread_bytes: u64,
     /// Time allowed to send the HTTP request head, in milliseconds.
@@ -473,7 +475,7 @@ fn ws_limits(f: &Flags) -> WsLimits {
         heartbeat_interval: ms(f.heartbeat_ms),
         write_stall_timeout: ms(f.write_stall_ms),
         socket_send_buffer_bytes: f.socket_send_buffer.max(4096),
-        unread_bytes_max: f.ws_unread_bytes.max(2 * crate::fanout::outbox::RECEIPT_EVERY),
+        unread_bytes_max: f.ws_unread_bytes.max(crate::fanout::outbox::ALLOWANCE_MIN),
         ..WsLimits::default()
     }
 }

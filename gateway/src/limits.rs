@@ -35,9 +35,11 @@ pub struct WsLimits {
     /// can hold of the server's memory, and how soon the server notices it fell behind.
     pub socket_send_buffer_bytes: usize,
     /// Market data written to a connection and not yet confirmed read by the client, at
-    /// most (see [`crate::fanout::outbox`]: read receipts). Beyond it the connection gets nothing more
-    /// until the client catches up.
+    /// most (see [`crate::fanout::outbox`]: read receipts). Beyond its allowance a
+    /// connection gets nothing more until the client catches up.
     pub unread_bytes_max: u64,
+    /// A connection's allowance at first (it adapts between this and `unread_bytes_max`).
+    pub unread_bytes_start: u64,
 }
 
 impl Default for WsLimits {
@@ -57,6 +59,7 @@ impl Default for WsLimits {
             write_batch_bytes_max: 256 * 1024,
             socket_send_buffer_bytes: 256 * 1024,
             unread_bytes_max: 1024 * 1024,
+            unread_bytes_start: crate::fanout::outbox::ALLOWANCE_START,
         }
     }
 }

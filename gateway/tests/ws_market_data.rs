@@ -32,6 +32,7 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
         // whole run unread (with a smaller allowance it could be held back, fall behind
         // the rings and be resynced, as a slow consumer is).
         c.ws.unread_bytes_max = 64 << 20;
+        c.ws.unread_bytes_start = 64 << 20;
     })
     .await;
     let mut bin = connect(&server, "").await;

@@ -37,8 +37,11 @@ pub struct LinkConfig {
     pub slow_gaps_max: usize,
     /// See `slow_gaps_max`.
     pub slow_gap_window: Duration,
-    /// Bytes written and not confirmed by a read receipt before market data pauses.
+    /// Bytes written and not confirmed by a read receipt before market data pauses, at most
+    /// (each connection's allowance adapts below it: see [`crate::fanout::outbox`]).
     pub unread_bytes_max: u64,
+    /// Each connection's allowance at first.
+    pub unread_bytes_start: u64,
     /// Time for the messages a link writes itself (gap notices, heartbeats, pongs).
     pub clock: tickgate_engine::SharedClock,
 }
@@ -132,7 +135,11 @@ impl Link {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             stream,
             interval,
-            state: Mutex::new(Outbox::new(format, config.unread_bytes_max, tls)),
+            state: Mutex::new(Outbox::new(
+                format,
+                (config.unread_bytes_start, config.unread_bytes_max),
+                tls,
+            )),
             task: Notify::new(),
             config,
         })
@@ -168,20 +175,40 @@ impl Link {
         }
         st.deferred = false;
         let writes = tally.writes;
-        self.pump(&mut st, tally);
+        self.pump(&mut st, tally, true);
         if !self.interval.is_zero() && tally.writes > writes {
             st.hold_until = Some(now + self.interval);
         }
         Visit::Done
     }
 
-    /// Collects what the subscriptions have not sent yet and writes it with what is
-    /// queued, until caught up or the socket is full (then `blocked`, and the task is
-    /// woken to wait for the socket). Sets `closing` for a slow consumer or a dead socket.
-    pub fn pump(&self, st: &mut Outbox, tally: &mut Tally) {
+    /// The connection task's pump (after a request, a read receipt, a ping): writes what
+    /// is queued, and collects market data too unless the connection's interval has not
+    /// passed since its last write (then the writer's next visit does, when it is due).
+    /// The task wakes on every read receipt: collecting then regardless would break the
+    /// interval.
+    pub fn pump_task(&self, tally: &mut Tally) {
+        let mut st = self.lock();
+        if st.blocked || st.closing.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let due = st.hold_until.is_none_or(|due| now >= due);
+        let writes = tally.writes;
+        self.pump(&mut st, tally, due);
+        if due && !self.interval.is_zero() && tally.writes > writes {
+            st.hold_until = Some(now + self.interval);
+        }
+    }
+
+    /// Collects what the subscriptions have not sent yet (with `collect`) and writes it
+    /// with what is queued, until caught up or the socket is full (then `blocked`, and the
+    /// task is woken to wait for the socket). Sets `closing` for a slow consumer or a dead
+    /// socket.
+    pub fn pump(&self, st: &mut Outbox, tally: &mut Tally, collect: bool) {
         let c = &self.config;
         loop {
-            let more = st.drain(&c.metrics, c.write_batch_bytes_max, c.clock.as_ref());
+            let more = collect && st.drain(&c.metrics, c.write_batch_bytes_max, c.clock.as_ref());
             st.count_episode(c.slow_gaps_max, c.slow_gap_window, &c.metrics);
             if st.closing.is_some() {
                 self.task.notify_one();

@@ -6,14 +6,25 @@
 //! buffer to 32 MiB for a client that was reading fast. A thousand clients that freeze
 //! then have the server copy gigabytes into their kernels, on the cores the healthy ones
 //! need (measured: 66 % of the server's CPU in `copy_from_iter`, healthy p99 in seconds).
-//! So every [`RECEIPT_EVERY`] bytes the outbox queues a ping carrying the byte position
-//! before it; the client's pong (every client answers pings, in order, once it has read
-//! what came before) confirms it read that far. Several receipts are in flight at once,
-//! one per [`RECEIPT_EVERY`] queued, so a client reading along confirms as it goes and the
-//! allowance never has to empty before data flows again. Market data stops once
-//! `unread_bytes_max` is written and unconfirmed, and resumes with the next pong (a held
-//! connection always has a receipt ping within [`RECEIPT_EVERY`] of its end queued); a
-//! client that never answers falls behind the rings and is treated as any slow consumer.
+//! So the outbox queues pings carrying the byte position before them; the client's pong
+//! (every client answers pings, in order, once it has read what came before) confirms it
+//! read that far. Market data stops once the connection's **allowance** is written and
+//! unconfirmed, and resumes with the next pong.
+//!
+//! **The allowance adapts** to what the client shows it needs. Each connection starts with
+//! [`ALLOWANCE_START`]; a pong that releases a hold (the client read what it was allowed
+//! and wants more) doubles it, up to `unread_bytes_max`; a second in which the connection
+//! was never held and never had more than half of it unconfirmed halves it, down to the
+//! start. A client far away that reads fast gets what its round trip needs within a
+//! few round trips; one that reads promptly nearby keeps the start. What a client that
+//! freezes costs is its allowance, copied once into its kernel by the writer thread the
+//! healthy ones share: 1,000 clients freezing at once with 1 MiB each stopped every
+//! healthy connection for a second
+//! (docs/BENCHMARKS.md). A receipt ping goes out per
+//! quarter allowance queued, several in flight, so a client reading along confirms as it
+//! goes; a held connection always has one within a quarter allowance of its end queued.
+//! A client that never answers falls behind the rings and is treated as any slow
+//! consumer.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -36,8 +47,13 @@ use crate::protocol::{self, bin, close, json, ChannelKind, Format, Opcode};
 /// than one per 64.
 const IOV_MAX: usize = 1024;
 
-/// Bytes queued between two read-receipt pings.
-pub const RECEIPT_EVERY: u64 = 128 * 1024;
+/// A connection's allowance of unconfirmed bytes at first (see the module's doc).
+pub const ALLOWANCE_START: u64 = 64 * 1024;
+/// The smallest allowance `unread_bytes_max` may set (four receipt pings of 4 KiB).
+pub const ALLOWANCE_MIN: u64 = 16 * 1024;
+/// A connection that needed little of its allowance for this long (never held, never more
+/// than half of it unconfirmed) has it halved.
+const SHRINK_AFTER_NS: u64 = 1_000_000_000;
 /// Prefix of a read-receipt ping's payload (then the byte position, 8 bytes big-endian).
 const RECEIPT_TAG: &[u8] = b"tgr";
 
@@ -89,7 +105,14 @@ pub struct Outbox {
     read_total: u64,
     /// Position of the newest receipt ping queued (0: none yet).
     last_receipt: u64,
-    /// Unconfirmed bytes allowed (`unread_bytes_max`).
+    /// Unconfirmed bytes allowed now (see the module's doc).
+    allowance: u64,
+    /// Since when (clock ns) the allowance's use is watched, the most unconfirmed since
+    /// then, and whether the connection was held since then.
+    use_since: (u64, u64, bool),
+    /// The allowance at first, and the least it shrinks to.
+    unread_start: u64,
+    /// The most the allowance grows to (`unread_bytes_max`).
     unread_max: u64,
     /// Market data is paused for want of a read receipt (counted once per pause).
     held: bool,
@@ -100,10 +123,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox; `tls`: the connection's TLS session, if any.
+    /// An empty outbox with the allowance `(start, most)`; `tls`: the connection's TLS
+    /// session, if any.
     pub(super) fn new(
         format: Format,
-        unread_max: u64,
+        (unread_start, unread_max): (u64, u64),
         tls: Option<Box<rustls::ServerConnection>>,
     ) -> Outbox {
         Outbox {
@@ -124,6 +148,9 @@ impl Outbox {
             queued_total: 0,
             read_total: 0,
             last_receipt: 0,
+            allowance: unread_start.clamp(ALLOWANCE_MIN.min(unread_max), unread_max),
+            unread_start,
+            use_since: (0, 0, false),
             unread_max,
             held: false,
             tls,
@@ -333,28 +360,39 @@ impl Outbox {
         }
     }
 
-    /// Collects every new chunk of every subscription, up to `budget` queued bytes.
-    /// Returns whether it stopped at the budget with more to collect.
+    /// Collects every new chunk of every subscription, up to `budget` queued bytes and the
+    /// connection's allowance. Returns whether it stopped there with more to collect.
     pub fn drain(&mut self, metrics: &Metrics, budget: usize, clock: &dyn Clock) -> bool {
+        let unconfirmed = self.queued_total - self.read_total;
         // Read receipts: nothing more for a client that has not confirmed reading enough.
-        let more = if self.queued_total - self.read_total > self.unread_max {
+        let more = if unconfirmed >= self.allowance {
             if !std::mem::replace(&mut self.held, true) {
                 metrics.ws_receipt_holds_total.fetch_add(1, Ordering::Relaxed);
             }
+            self.use_since.2 = true;
             false
         } else {
             self.held = false;
-            let more = self.collect(metrics, budget, clock);
+            // What is already queued counts in `out_bytes`; the allowance left is more room.
+            let room = usize::try_from(self.allowance - unconfirmed).unwrap_or(usize::MAX);
+            let more =
+                self.collect(metrics, budget.min(self.out_bytes.saturating_add(room)), clock);
             self.seal();
+            self.use_since.1 = self.use_since.1.max(self.queued_total - self.read_total);
             more
         };
         // Held or not: a pong to the newest ping must be able to free the connection, so
         // there is always one within a receipt's worth of the end of what is queued.
-        if self.queued_total - self.last_receipt >= RECEIPT_EVERY {
+        if self.queued_total - self.last_receipt >= self.receipt_every() {
             let ping = self.receipt_ping();
             self.push(ping, 0);
         }
         more
+    }
+
+    /// Bytes queued between two receipt pings: a quarter of the allowance.
+    fn receipt_every(&self) -> u64 {
+        self.allowance / 4
     }
 
     /// A ping asking for a read receipt of everything queued so far (the heartbeat ping
@@ -367,9 +405,11 @@ impl Outbox {
         protocol::frame(Opcode::Ping, &payload).into()
     }
 
-    /// A pong arrived: if it answers the receipt ping in flight, the client has read up to
-    /// its position. Returns whether market data was held back for want of it.
-    pub fn pong(&mut self, payload: &[u8]) -> bool {
+    /// A pong arrived at `now` (clock ns): if it answers a receipt ping in flight, the
+    /// client has read up to its position. Returns whether market data was held back for
+    /// want of it (then the allowance doubles: the client reads, and wants more); a
+    /// connection that needed little of its allowance for a second has it halved.
+    pub fn pong(&mut self, payload: &[u8], now: u64) -> bool {
         let Some(position) = payload
             .strip_prefix(RECEIPT_TAG)
             .and_then(|p| <[u8; 8]>::try_from(p).ok())
@@ -381,9 +421,25 @@ impl Outbox {
         if position > self.queued_total || position <= self.read_total {
             return false;
         }
-        let held = self.queued_total - self.read_total > self.unread_max;
+        let held = self.queued_total - self.read_total >= self.allowance;
         self.read_total = position;
+        let start = self.unread_start.min(self.unread_max);
+        let (since, peak, was_held) = self.use_since;
+        if held {
+            self.allowance = self.allowance.saturating_mul(2).min(self.unread_max);
+            self.use_since = (now, 0, false);
+        } else if now.saturating_sub(since) >= SHRINK_AFTER_NS {
+            if !was_held && peak <= self.allowance / 2 {
+                self.allowance = (self.allowance / 2).max(start);
+            }
+            self.use_since = (now, 0, false);
+        }
         held
+    }
+
+    /// Unconfirmed bytes the connection may have now.
+    pub fn allowance(&self) -> u64 {
+        self.allowance
     }
 
     fn collect(&mut self, metrics: &Metrics, budget: usize, clock: &dyn Clock) -> bool {

@@ -520,6 +520,7 @@ pub(super) fn app_state(
             slow_gaps_max: config.ws.slow_gaps_max,
             slow_gap_window: config.ws.slow_gap_window,
             unread_bytes_max: config.ws.unread_bytes_max,
+            unread_bytes_start: config.ws.unread_bytes_start,
             clock: Arc::clone(&config.clock),
         }),
         market: serving.market,

@@ -167,6 +167,30 @@ impl PerConnection {
     }
 }
 
+/// One measured second: the messages received in it and their latencies (ns).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Second {
+    /// Messages received in that second.
+    pub messages: u64,
+    /// Median latency.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// The largest.
+    pub max: u64,
+}
+
+impl Second {
+    fn of(h: &Histogram<u64>) -> Second {
+        Second {
+            messages: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
 /// The probe's result.
 #[derive(Debug)]
 pub struct Report {
@@ -192,6 +216,8 @@ pub struct Report {
     pub closes: Vec<(Option<u16>, usize)>,
     /// Merged latency histogram, nanoseconds.
     pub latency: Histogram<u64>,
+    /// Each measured second's latencies, by receipt time.
+    pub timeline: Vec<Second>,
     /// Messages per connection: the fewest, the first percentile, the median, the most.
     pub per_connection: PerConnection,
     /// Book verification (with `verify`).
@@ -213,10 +239,32 @@ fn channels_for(config: &LoadConfig, index: usize) -> Vec<String> {
     symbols.iter().flat_map(|s| config.kinds.iter().map(move |k| format!("{k}.{s}"))).collect()
 }
 
-/// The latency histogram all connections record into, once per read: one histogram of
+/// The latency histograms all connections record into, once per read: one histogram of
 /// 3 significant digits is ~220 KB, so one per connection put every record in a cache miss
 /// at a thousand connections.
-type SharedLatency = Arc<Mutex<Histogram<u64>>>;
+type SharedLatency = Arc<Mutex<Latencies>>;
+
+/// The whole run's latencies, and each measured second's apart (when a tail happens: at a
+/// stall, at the closes, throughout).
+#[derive(Debug)]
+struct Latencies {
+    /// When measuring began, in the probe's wall clock (ns since the Unix epoch).
+    from_ns: u64,
+    all: Histogram<u64>,
+    /// One per measured second, by receipt time; 2 significant digits (a tenth the size).
+    seconds: Vec<Histogram<u64>>,
+}
+
+impl Latencies {
+    fn new(from_ns: u64, seconds: usize) -> anyhow::Result<Latencies> {
+        let hist = |digits| Histogram::new_with_bounds(1_000, 60_000_000_000, digits);
+        Ok(Latencies {
+            from_ns,
+            all: hist(3)?,
+            seconds: (0..seconds).map(|_| hist(2)).collect::<Result<_, _>>()?,
+        })
+    }
+}
 
 /// Last sequence per channel for the contiguous kinds (book deltas, trades): a connection
 /// follows a handful of channels, so a linear scan beats hashing.
@@ -358,9 +406,9 @@ async fn run_connection(
                 _ => {}
             }
         }
-        record(&latency, &mut latencies);
+        record(&latency, received, &mut latencies);
     }
-    record(&latency, &mut latencies);
+    record(&latency, 0, &mut latencies);
     if config.verify {
         let rest = config.rest_addr.unwrap_or(config.addr);
         stats.books = verify_books(&mut reader, open, rest, &mut followed).await;
@@ -368,15 +416,23 @@ async fn run_connection(
     Ok(stats)
 }
 
-/// Records one read's latencies in the shared histogram (one lock per read).
-fn record(latency: &SharedLatency, latencies: &mut Vec<u64>) {
+/// Records one read's latencies (all received at `received`) in the shared histograms,
+/// one lock per read.
+fn record(latency: &SharedLatency, received: u64, latencies: &mut Vec<u64>) {
     if latencies.is_empty() {
         return;
     }
-    let mut h = latency.lock().unwrap_or_else(|e| e.into_inner());
-    for v in latencies.drain(..) {
-        h.saturating_record(v);
+    let mut l = latency.lock().unwrap_or_else(|e| e.into_inner());
+    let second = (received.saturating_sub(l.from_ns) / 1_000_000_000) as usize;
+    for &v in latencies.iter() {
+        l.all.saturating_record(v);
     }
+    if let Some(h) = l.seconds.get_mut(second) {
+        for &v in latencies.iter() {
+            h.saturating_record(v);
+        }
+    }
+    latencies.clear();
 }
 
 /// Counts one binary frame's messages: sequence continuity per channel, snapshots,
@@ -433,8 +489,9 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     let start_measuring = begin + config.warmup;
     let stop = start_measuring + config.duration;
     let mut tasks = Vec::with_capacity(config.connections);
-    let latency: SharedLatency =
-        Arc::new(Mutex::new(Histogram::new_with_bounds(1_000, 60_000_000_000, 3)?));
+    let from_ns = now_ns() + config.warmup.as_nanos() as u64;
+    let seconds = config.duration.as_secs_f64().ceil() as usize;
+    let latency: SharedLatency = Arc::new(Mutex::new(Latencies::new(from_ns, seconds)?));
     // Handshakes in flight at once, like clients arriving rather than a flood (the server
     // refuses connections beyond --pending-connections-max that have no request yet, and
     // TLS handshakes take long enough for a thousand at once to get there).
@@ -482,10 +539,12 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     }
     let mut closes: Vec<_> = closes.into_iter().collect();
     closes.sort();
-    let latency = std::mem::replace(
+    let latencies = std::mem::replace(
         &mut *latency.lock().unwrap_or_else(|e| e.into_inner()),
-        Histogram::new(1)?,
+        Latencies::new(0, 0)?,
     );
+    let timeline = latencies.seconds.iter().map(Second::of).collect();
+    let latency = latencies.all;
     Ok(Report {
         connections: ok,
         stalled,
@@ -498,6 +557,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
         seq_breaks: breaks,
         closes,
         latency,
+        timeline,
         per_connection: PerConnection::of(counts),
         books,
     })
@@ -514,7 +574,8 @@ impl Report {
              latency us        p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\n\
              per connection    min {} p1 {} median {} max {} messages\n\
              resyncs {}  gaps {}  sequence breaks {}  closes {:?}\n\
-             books verified {}  mismatched {}  unverified {}\n",
+             books verified {}  mismatched {}  unverified {}\n\
+             p99 ms per second {}\n",
             self.connections,
             self.stalled,
             self.messages as f64 / self.seconds,
@@ -535,6 +596,11 @@ impl Report {
             self.books.verified,
             self.books.mismatched,
             self.books.unverified,
+            self.timeline
+                .iter()
+                .map(|s| format!("{:.1}", s.p99 as f64 / 1e6))
+                .collect::<Vec<_>>()
+                .join(" "),
         )
     }
 
@@ -561,6 +627,7 @@ impl Report {
             "sequence_breaks": self.seq_breaks,
             "books": { "verified": self.books.verified, "mismatched": self.books.mismatched, "unverified": self.books.unverified },
             "closes": self.closes.iter().map(|(c, n)| serde_json::json!({"code": c, "count": n})).collect::<Vec<_>>(),
+            "timeline": self.timeline.iter().map(|s| serde_json::json!({"messages": s.messages, "p50_ns": s.p50, "p99_ns": s.p99, "max_ns": s.max})).collect::<Vec<_>>(),
         })
     }
 }

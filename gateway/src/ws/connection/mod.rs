@@ -365,11 +365,7 @@ impl Conn {
     /// Writes what is queued and what the subscriptions have not sent yet, unless the
     /// socket is full or the connection is closing.
     fn pump(&mut self) {
-        let mut st = self.link.lock();
-        if !st.blocked && st.closing.is_none() {
-            self.link.pump(&mut st, &mut self.tally);
-        }
-        drop(st);
+        self.link.pump_task(&mut self.tally);
         self.tally.publish(&self.ctx.metrics);
     }
 
@@ -481,11 +477,10 @@ impl Conn {
                     self.push(protocol::frame(Opcode::Pong, &payload).into(), 0);
                 }
                 Ok(Some(Inbound::Pong(payload))) => {
-                    // A read receipt: market data held back for it goes out now.
-                    let held = self.link.lock().pong(&payload);
-                    if held {
-                        self.pump();
-                    }
+                    // A read receipt: market data held back for it goes out with the task
+                    // loop's next pump (or the writer's next visit, within an interval).
+                    let now = self.ctx.links.clock.now().0;
+                    self.link.lock().pong(&payload, now);
                 }
                 Ok(Some(Inbound::Close)) => self.set_closing(Closing::Send(close::NORMAL, "")),
                 Err(v) => {
