@@ -183,11 +183,11 @@ impl Link {
     }
 
     /// The connection task's pump (after a request, a read receipt, a ping): writes what
-    /// is queued, and collects market data too unless the connection's interval has not
-    /// passed since its last write (then the writer's next visit does, when it is due).
-    /// The task wakes on every read receipt: collecting then regardless would break the
-    /// interval.
-    pub fn pump_task(&self, tally: &mut Tally) {
+    /// is queued, and with `collect` market data too, unless the connection's interval has
+    /// not passed since its last write (then the writer's next visit does, when it is
+    /// due). The task wakes on every read receipt: collecting then regardless would break
+    /// the interval.
+    pub fn pump_task(&self, tally: &mut Tally, collect: bool) {
         let mut st = self.lock();
         if st.blocked || st.closing.is_some() {
             return;
@@ -195,8 +195,8 @@ impl Link {
         let now = Instant::now();
         let due = st.hold_until.is_none_or(|due| now >= due);
         let writes = tally.writes;
-        self.pump(&mut st, tally, due);
-        if due && !self.interval.is_zero() && tally.writes > writes {
+        self.pump(&mut st, tally, due && collect);
+        if due && collect && !self.interval.is_zero() && tally.writes > writes {
             st.hold_until = Some(now + self.interval);
         }
     }

@@ -76,6 +76,7 @@ pub async fn run(
         format,
         input,
         last_seen: Instant::now(),
+        receipts_only: false,
         rate: RateLimit {
             tokens: f64::from(limits.inbound_burst),
             burst: f64::from(limits.inbound_burst),
@@ -202,6 +203,10 @@ struct Conn {
     /// Unparsed client bytes; empty (no heap) between messages.
     input: Vec<u8>,
     last_seen: Instant,
+    /// What woke the task was only read receipts that released nothing: its pump writes
+    /// what is queued and leaves market data to the writer (a receipt comes every 16 KiB
+    /// or more of data; collecting on each would move the writer's work to this task).
+    receipts_only: bool,
     rate: RateLimit,
     scratch: Vec<u8>,
     /// The authenticated account (`?token=` or `auth`), if any.
@@ -365,7 +370,8 @@ impl Conn {
     /// Writes what is queued and what the subscriptions have not sent yet, unless the
     /// socket is full or the connection is closing.
     fn pump(&mut self) {
-        self.link.pump_task(&mut self.tally);
+        let collect = !std::mem::take(&mut self.receipts_only);
+        self.link.pump_task(&mut self.tally, collect);
         self.tally.publish(&self.ctx.metrics);
     }
 
@@ -427,6 +433,7 @@ impl Conn {
 
     /// Reads what the socket has and handles complete frames.
     fn read_input(&mut self, budget: usize) {
+        self.receipts_only = true;
         let mut chunk = [0u8; READ_CHUNK];
         loop {
             let read = self.link.lock().read(&self.link.stream, &mut chunk);
@@ -472,15 +479,21 @@ impl Conn {
             }
             match inbound::parse(&mut self.input, max) {
                 Ok(None) => return true,
-                Ok(Some(Inbound::Text(text))) => self.text(&text),
+                Ok(Some(Inbound::Text(text))) => {
+                    self.receipts_only = false;
+                    self.text(&text);
+                }
                 Ok(Some(Inbound::Ping(payload))) => {
+                    self.receipts_only = false;
                     self.push(protocol::frame(Opcode::Pong, &payload).into(), 0);
                 }
                 Ok(Some(Inbound::Pong(payload))) => {
                     // A read receipt: market data held back for it goes out with the task
                     // loop's next pump (or the writer's next visit, within an interval).
                     let now = self.ctx.links.clock.now().0;
-                    self.link.lock().pong(&payload, now);
+                    if self.link.lock().pong(&payload, now) {
+                        self.receipts_only = false;
+                    }
                 }
                 Ok(Some(Inbound::Close)) => self.set_closing(Closing::Send(close::NORMAL, "")),
                 Err(v) => {
