@@ -194,6 +194,7 @@ fn writer_round(c: &mut Criterion) {
             // The bench reads every socket after each round: no receipts needed.
             unread_bytes_max: u64::MAX,
             unread_bytes_start: u64::MAX,
+            allowances: tickgate_gateway::fanout::outbox::AllowancePool::new(0),
             clock: tickgate_engine::WallClock::shared(),
         });
         let channel = Arc::clone(directory.get("book.BTC-USD").expect("channel"));

@@ -101,12 +101,17 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
     pub socket_send_buffer: usize,
     /// Market data a WebSocket client may have unread (written, its read receipt not yet
-    /// back), in bytes, at most; at least 16 KiB. Each connection starts with 64 KiB (or
+    /// back), in bytes, at most; at least 16 KiB. Each connection starts with 128 KiB (or
     /// this, if smaller) and doubles up to this while it reads but is held back; beyond
     /// its allowance a client gets nothing more until it catches up: what a client that
     /// stops reading costs the server, once.
     #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES", default_value_t = 1024 * 1024)]
     pub ws_unread_bytes: u64,
+    /// Growth of all WebSocket connections' allowances beyond their 128 KiB start,
+    /// together, in bytes: what clients that freeze at once can cost beyond 128 KiB each
+    /// (a connection whose allowance cannot grow is held back until its client reads).
+    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_TOTAL", default_value_t = 128 * 1024 * 1024)]
+    pub ws_unread_bytes_total: u64,
     /// Time allowed to send the HTTP request head, in milliseconds.
     #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
@@ -476,6 +481,7 @@ fn ws_limits(f: &Flags) -> WsLimits {
         write_stall_timeout: ms(f.write_stall_ms),
         socket_send_buffer_bytes: f.socket_send_buffer.max(4096),
         unread_bytes_max: f.ws_unread_bytes.max(crate::fanout::outbox::ALLOWANCE_MIN),
+        unread_bytes_total: f.ws_unread_bytes_total,
         ..WsLimits::default()
     }
 }

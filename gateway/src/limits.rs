@@ -40,6 +40,8 @@ pub struct WsLimits {
     pub unread_bytes_max: u64,
     /// A connection's allowance at first (it adapts between this and `unread_bytes_max`).
     pub unread_bytes_start: u64,
+    /// Growth of all connections' allowances beyond their start, together, at most.
+    pub unread_bytes_total: u64,
 }
 
 impl Default for WsLimits {
@@ -60,6 +62,7 @@ impl Default for WsLimits {
             socket_send_buffer_bytes: 256 * 1024,
             unread_bytes_max: 1024 * 1024,
             unread_bytes_start: crate::fanout::outbox::ALLOWANCE_START,
+            unread_bytes_total: 128 * 1024 * 1024,
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct LinkConfig {
     pub unread_bytes_max: u64,
     /// Each connection's allowance at first.
     pub unread_bytes_start: u64,
+    /// The growth all connections' allowances share (`--ws-unread-bytes-total`).
+    pub allowances: super::outbox::AllowancePool,
     /// Time for the messages a link writes itself (gap notices, heartbeats, pongs).
     pub clock: tickgate_engine::SharedClock,
 }
@@ -145,6 +147,12 @@ impl Link {
         })
     }
 
+    /// A pong arrived at `now` (clock ns): a read receipt, perhaps (see
+    /// [`Outbox::pong`]). Returns whether it released market data held back for it.
+    pub fn pong(&self, payload: &[u8], now: u64) -> bool {
+        self.lock().pong(payload, now, &self.config.allowances)
+    }
+
     /// The outbox. Held briefly: never across an await, at most for one non-blocking write.
     pub fn lock(&self) -> MutexGuard<'_, Outbox> {
         // Plain data that stays consistent between statements: a panic elsewhere while
@@ -233,5 +241,13 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The growth this connection's allowance took goes back to the others.
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.config.allowances.give(st.grown());
     }
 }

@@ -521,6 +521,7 @@ pub(super) fn app_state(
             slow_gap_window: config.ws.slow_gap_window,
             unread_bytes_max: config.ws.unread_bytes_max,
             unread_bytes_start: config.ws.unread_bytes_start,
+            allowances: crate::fanout::outbox::AllowancePool::new(config.ws.unread_bytes_total),
             clock: Arc::clone(&config.clock),
         }),
         market: serving.market,

@@ -204,7 +204,7 @@ struct Conn {
     input: Vec<u8>,
     last_seen: Instant,
     /// What woke the task was only read receipts that released nothing: its pump writes
-    /// what is queued and leaves market data to the writer (a receipt comes every 16 KiB
+    /// what is queued and leaves market data to the writer (a receipt comes every 64 KiB
     /// or more of data; collecting on each would move the writer's work to this task).
     receipts_only: bool,
     rate: RateLimit,
@@ -491,7 +491,7 @@ impl Conn {
                     // A read receipt: market data held back for it goes out with the task
                     // loop's next pump (or the writer's next visit, within an interval).
                     let now = self.ctx.links.clock.now().0;
-                    if self.link.lock().pong(&payload, now) {
+                    if self.link.pong(&payload, now) {
                         self.receipts_only = false;
                     }
                 }
