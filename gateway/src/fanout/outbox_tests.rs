@@ -276,24 +276,24 @@ fn the_allowance_grows_for_a_client_that_needs_it_and_shrinks_when_it_does_not()
     let clock = ManualClock::new(UnixNanos(1_000_000_000));
     let mut seq = 0;
     let mut allowances = vec![o.allowance() / 1024];
-    for _ in 0..20 {
-        // A round trip's worth of passes (about 640 KB); the writer sends what the
-        // allowance lets it, the client reads it all and its pong arrives 100 ms later.
-        for _ in 0..500 {
-            pass(&mut publisher, &mut seq, 20);
-            o.drain(&metrics, 256 * 1024, clock.as_ref());
+    // Rounds of: `passes` hub passes drained as they come, then `wait`, then the client
+    // reads everything written and answers the newest ping.
+    let mut rounds = |n: usize, passes: usize, wait: Duration| {
+        for _ in 0..n {
+            for _ in 0..passes {
+                pass(&mut publisher, &mut seq, 20);
+                o.drain(&metrics, 256 * 1024, clock.as_ref());
+            }
+            clock.advance(wait);
+            client_reads(&mut o, clock.now().0);
+            allowances.push(o.allowance() / 1024);
         }
-        clock.advance(Duration::from_millis(100));
-        client_reads(&mut o, clock.now().0);
-        allowances.push(o.allowance() / 1024);
-    }
-    for _ in 0..5_000 {
-        pass(&mut publisher, &mut seq, 20);
-        o.drain(&metrics, 256 * 1024, clock.as_ref());
-        clock.advance(Duration::from_millis(1));
-        client_reads(&mut o, clock.now().0);
-        allowances.push(o.allowance() / 1024);
-    }
+    };
+    // Far away: a round trip's worth of passes (about 640 KB) between reads, the pong
+    // 100 ms after; the writer sends what the allowance lets it.
+    rounds(20, 500, Duration::from_millis(100));
+    // Then reading along every millisecond.
+    rounds(5_000, 1, Duration::from_millis(1));
     allowances.dedup();
     // (The backlog the far client left may grow it once more while it is caught up.)
     assert_eq!(allowances[..3], [128, 256, 512], "{allowances:?}");
