@@ -251,3 +251,43 @@ impl Drop for Link {
         self.config.allowances.give(st.grown());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::outbox::{AllowancePool, ALLOWANCE_START};
+
+    /// A connection whose allowance grew gives the growth back to the pool when it ends.
+    #[tokio::test]
+    async fn an_ended_connection_gives_its_allowance_growth_back() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client =
+            TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let config = Arc::new(LinkConfig {
+            metrics: Arc::default(),
+            write_batch_bytes_max: 256 * 1024,
+            slow_gaps_max: 5,
+            slow_gap_window: Duration::from_secs(60),
+            unread_bytes_max: 1024 * 1024,
+            unread_bytes_start: ALLOWANCE_START,
+            allowances: AllowancePool::new(1024 * 1024),
+            clock: tickgate_engine::WallClock::shared(),
+        });
+        let link = Link::new(server, Format::Binary, Duration::ZERO, None, Arc::clone(&config));
+        // Held: the allowance queued and unconfirmed; the pong of a receipt at its end
+        // releases it and the allowance doubles, lent by the pool.
+        let ping = {
+            let mut st = link.lock();
+            st.push(vec![0u8; ALLOWANCE_START as usize].into(), 1);
+            st.receipt_ping()
+        };
+        let payload = &ping[crate::protocol::frame_header_len(&ping)..];
+        assert!(link.pong(payload, 0));
+        assert_eq!(link.lock().allowance(), 2 * ALLOWANCE_START);
+        assert_eq!(config.allowances.used(), ALLOWANCE_START);
+        drop(link);
+        assert_eq!(config.allowances.used(), 0, "given back");
+        drop(client);
+    }
+}

@@ -16,15 +16,15 @@
 //! and wants more) doubles it, up to `unread_bytes_max`, if the [`AllowancePool`] all
 //! connections share still has the growth; a second in which the connection was never
 //! held and never had more than a quarter of it in flight when a receipt came back
-//! halves it, down to the start, and gives the growth back. A client far away that reads fast gets what its round trip
-//! needs within a few round trips; one that reads promptly nearby keeps the start. What a
-//! client that freezes costs is its allowance, copied once into its kernel by the writer
-//! thread the healthy ones share: 1,000 clients freezing at once with 1 MiB each stopped
-//! every healthy connection for a second (docs/BENCHMARKS.md). A receipt ping goes out
-//! per half allowance queued, so a client reading along confirms as it goes; a held
-//! connection always has one within half an allowance of its end.
-//! A client that never answers falls behind the rings and is treated as any slow
-//! consumer.
+//! halves it, down to the start, and gives the growth back. A client far away that reads
+//! fast gets what its round trip needs within a few round trips; one that reads promptly
+//! nearby keeps the start. What a client that freezes costs is its allowance, copied once
+//! into its kernel by the writer thread the healthy ones share: 1,000 clients freezing at
+//! once with 1 MiB each stopped every healthy connection for a second
+//! (docs/BENCHMARKS.md). A receipt ping goes out per half allowance queued, so a client
+//! reading along confirms as it goes; a held connection always has one within half an
+//! allowance of its end. A client that never answers falls behind the rings and is
+//! treated as any slow consumer.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -78,7 +78,9 @@ impl AllowancePool {
 
     /// Gives back `n` bytes taken before.
     pub fn give(&self, n: u64) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(n)));
     }
 
     /// Bytes of growth in use.
@@ -146,7 +148,8 @@ pub struct Outbox {
     /// Since when (clock ns) the allowance's use is watched, the most still in flight when
     /// a receipt came back since then, and whether the connection was held since then.
     use_since: (u64, u64, bool),
-    /// The allowance at first, and the least it shrinks to.
+    /// The allowance at first, and the least it shrinks to (within `ALLOWANCE_MIN` and
+    /// `unread_max`).
     unread_start: u64,
     /// The most the allowance grows to (`unread_bytes_max`).
     unread_max: u64,
@@ -185,7 +188,7 @@ impl Outbox {
             read_total: 0,
             last_receipt: 0,
             allowance: unread_start.clamp(ALLOWANCE_MIN.min(unread_max), unread_max),
-            unread_start,
+            unread_start: unread_start.clamp(ALLOWANCE_MIN.min(unread_max), unread_max),
             use_since: (0, 0, false),
             unread_max,
             held: false,
@@ -463,7 +466,7 @@ impl Outbox {
         }
         let held = self.queued_total - self.read_total >= self.allowance;
         self.read_total = position;
-        let start = self.unread_start.min(self.unread_max);
+        let start = self.unread_start;
         // What was sent after the ping and is still unread when its pong comes back: what
         // the client needs in flight (a round trip's worth, and what waits for it).
         let in_flight = self.queued_total - position;
@@ -489,7 +492,7 @@ impl Outbox {
 
     /// The allowance's growth beyond the start (what the pool lent it).
     pub(super) fn grown(&self) -> u64 {
-        self.allowance.saturating_sub(self.unread_start.min(self.unread_max))
+        self.allowance.saturating_sub(self.unread_start)
     }
 
     /// Unconfirmed bytes the connection may have now.
