@@ -182,11 +182,7 @@ impl Link {
             return Visit::Later(due);
         }
         st.deferred = false;
-        let writes = tally.writes;
-        self.pump(&mut st, tally, true);
-        if !self.interval.is_zero() && tally.writes > writes {
-            st.hold_until = Some(now + self.interval);
-        }
+        self.pump_paced(&mut st, tally, now, true);
         Visit::Done
     }
 
@@ -202,9 +198,15 @@ impl Link {
         }
         let now = Instant::now();
         let due = st.hold_until.is_none_or(|due| now >= due);
+        self.pump_paced(&mut st, tally, now, due && collect);
+    }
+
+    /// [`Link::pump`], then, if market data was collected and written, the connection's
+    /// interval starts again from `now`.
+    fn pump_paced(&self, st: &mut Outbox, tally: &mut Tally, now: Instant, collect: bool) {
         let writes = tally.writes;
-        self.pump(&mut st, tally, due && collect);
-        if due && collect && !self.interval.is_zero() && tally.writes > writes {
+        self.pump(st, tally, collect);
+        if collect && !self.interval.is_zero() && tally.writes > writes {
             st.hold_until = Some(now + self.interval);
         }
     }

@@ -334,6 +334,8 @@ async fn run_connection(
     tokio::pin!(stall);
     stats.stalled = stall_at.is_some();
     let mut open = true;
+    // When the latest read arrived (its latencies go to that second of the timeline).
+    let mut received = 0;
     // Frames the handshake already brought are handled before the first read.
     let mut first = true;
     'run: loop {
@@ -354,7 +356,7 @@ async fn run_connection(
             }
         }
         // One clock read per read syscall: every frame it brought arrived together.
-        let received = now_ns();
+        received = now_ns();
         let measuring = received >= measure_from && !stats.stalled;
         while let Some((opcode, range)) = reader.next_frame()? {
             let payload = reader.payload(range);
@@ -408,7 +410,7 @@ async fn run_connection(
         }
         record(&latency, received, &mut latencies);
     }
-    record(&latency, 0, &mut latencies);
+    record(&latency, received, &mut latencies);
     if config.verify {
         let rest = config.rest_addr.unwrap_or(config.addr);
         stats.books = verify_books(&mut reader, open, rest, &mut followed).await;
@@ -634,7 +636,24 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::PerConnection;
+    use super::{record, Latencies, PerConnection};
+    use std::sync::{Arc, Mutex};
+
+    /// Each read's latencies count in the whole run and in the second they arrived in;
+    /// reads outside the measured seconds only in the whole.
+    #[test]
+    fn latencies_land_in_the_second_they_arrived() {
+        let from = 1_000_000_000_000;
+        let shared = Arc::new(Mutex::new(Latencies::new(from, 3).unwrap()));
+        record(&shared, from + 1_500_000_000, &mut vec![2_000_000, 4_000_000]);
+        record(&shared, from + 2_000_000_000, &mut vec![9_000_000]);
+        record(&shared, from + 7_000_000_000, &mut vec![1_000_000]);
+        let l = shared.lock().unwrap();
+        assert_eq!(l.all.len(), 4);
+        let counts: Vec<u64> = l.seconds.iter().map(|h| h.len()).collect();
+        assert_eq!(counts, [0, 2, 1]);
+        assert!((8_900_000..=9_100_000).contains(&l.seconds[2].max()));
+    }
 
     #[test]
     fn per_connection_counts_show_the_starved_few() {
