@@ -112,6 +112,12 @@ pub struct Flags {
     /// (a connection whose allowance cannot grow is held back until its client reads).
     #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_TOTAL", default_value_t = 128 * 1024 * 1024)]
     pub ws_unread_bytes_total: u64,
+    /// Each WebSocket connection's allowance at first (and the least it shrinks to), in
+    /// bytes, within 16 KiB and `--ws-unread-bytes`. A receipt ping goes out per half
+    /// allowance: a larger start means fewer receipts (each a pong the client writes and a
+    /// wake-up of the connection's task) and a higher cost for every client that freezes.
+    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_START", default_value_t = 128 * 1024)]
+    pub ws_unread_bytes_start: u64,
     /// Time allowed to send the HTTP request head, in milliseconds.
     #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
     pub handshake_timeout_ms: u64,
@@ -482,6 +488,7 @@ fn ws_limits(f: &Flags) -> WsLimits {
         socket_send_buffer_bytes: f.socket_send_buffer.max(4096),
         unread_bytes_max: f.ws_unread_bytes.max(crate::fanout::outbox::ALLOWANCE_MIN),
         unread_bytes_total: f.ws_unread_bytes_total,
+        unread_bytes_start: f.ws_unread_bytes_start,
         ..WsLimits::default()
     }
 }
@@ -526,6 +533,16 @@ mod tests {
     fn config(args: &[&str]) -> Result<Config, String> {
         let flags = Flags::try_parse_from(args).map_err(|e| e.to_string())?;
         Config::try_from(flags).map_err(|e| e.to_string())
+    }
+
+    /// The read-receipt allowance's start reaches the WebSocket limits (128 KiB unless
+    /// set; the outbox clamps it into 16 KiB ..= `--ws-unread-bytes`).
+    #[test]
+    fn the_allowance_start_is_a_flag() {
+        let default = config(&["tickgate"]).expect("defaults");
+        assert_eq!(default.ws.unread_bytes_start, crate::fanout::outbox::ALLOWANCE_START);
+        let set = config(&["tickgate", "--ws-unread-bytes-start", "1048576"]).expect("valid");
+        assert_eq!(set.ws.unread_bytes_start, 1024 * 1024);
     }
 
     #[test]
