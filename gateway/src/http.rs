@@ -101,6 +101,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
         "/debug/digest" if get => digest(state).await,
         "/metrics" if get => {
             let mut text = state.metrics.render(&state.engine);
+            state.ws.links.allowances.render(&mut text);
             if let Some(n) = &state.node {
                 n.stats.render(&n.id, &mut text);
             }

@@ -184,6 +184,10 @@ async fn connection_limit_and_http_errors_are_json() {
     let (status, response) = http_raw(addr, &get("/metrics", "GET")).await;
     assert_eq!(status, 200);
     assert!(response.contains("tickgate_ws_rejected_total 1"), "{response}");
+    // The read-receipt allowances' shared growth: nothing lent out, the pool's size.
+    assert!(response.contains("\ntickgate_ws_unread_growth_bytes 0\n"), "{response}");
+    let max = format!("\ntickgate_ws_unread_growth_max_bytes {}\n", 128 << 20);
+    assert!(response.contains(&max), "{response}");
     server.shutdown().await.expect("clean shutdown");
 }
 

@@ -87,6 +87,19 @@ impl AllowancePool {
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
     }
+
+    /// Prometheus gauges: the growth lent out now and the pool's size. Growth in use near
+    /// the size means connections held back that could not grow.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# TYPE tickgate_ws_unread_growth_bytes gauge\ntickgate_ws_unread_growth_bytes {}\n\
+             # TYPE tickgate_ws_unread_growth_max_bytes gauge\ntickgate_ws_unread_growth_max_bytes {}",
+            self.used(),
+            self.max
+        );
+    }
 }
 
 /// A connection that needed little of its allowance for this long (never held, never more
