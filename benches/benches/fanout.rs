@@ -195,6 +195,7 @@ fn writer_round(c: &mut Criterion) {
             unread_bytes_max: u64::MAX,
             unread_bytes_start: u64::MAX,
             allowances: tickgate_gateway::fanout::outbox::AllowancePool::new(0),
+            held_max: std::time::Duration::MAX,
             clock: tickgate_engine::WallClock::shared(),
         });
         let channel = Arc::clone(directory.get("book.BTC-USD").expect("channel"));

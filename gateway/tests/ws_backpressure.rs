@@ -133,3 +133,51 @@ async fn slow_client_is_conflated_gapped_and_closed_while_others_stay_contiguous
     assert!(rss_growth < 64 << 20, "memory grew by {} MiB", rss_growth >> 20);
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// A client that stops reading is held at its read-receipt allowance and never written
+/// again, so it never falls behind the rings: it is closed as a slow consumer (4008) once
+/// it has been held for `--write-stall-ms`, and its close frame comes after what it had
+/// not read. A client that reads meanwhile is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_write_stall_time() {
+    let server = start(|c| {
+        c.feed_rate = Some(50_000);
+        c.ws.write_stall_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let symbols =
+        ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD", "AVAX-USD", "LINK-USD"];
+    let all: Vec<String> =
+        symbols.iter().flat_map(|s| [format!("book.{s}"), format!("trades.{s}")]).collect();
+    let mut reader = connect(&server, "").await;
+    let ack =
+        request(&mut reader, json!({"op": "subscribe", "channels": ["trades.BTC-USD"]})).await;
+    assert_eq!(ack["op"], "subscribed");
+    let mut frozen = connect(&server, "").await;
+    let ack = request(&mut frozen, json!({"op": "subscribe", "channels": all})).await;
+    assert_eq!(ack["op"], "subscribed");
+    // `frozen` reads nothing from here on; `reader` keeps reading.
+    let m = server.metrics();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while m.ws_slow_closes_total.load(Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the frozen client was never closed");
+        // The feed keeps this channel busy: each read returns promptly (reads are never
+        // cancelled midway: fastwebsockets' read_frame is not cancel-safe).
+        let _ = next(&mut reader).await;
+    }
+    assert_eq!(m.ws_slow_closes_total.load(Ordering::Relaxed), 1);
+    assert!(m.ws_receipt_holds_total.load(Ordering::Relaxed) >= 1, "it was held first");
+    // What it had not read, then the close frame.
+    let close = loop {
+        match tokio::time::timeout(WAIT, tickgate_gateway::client::next(&mut frozen)).await {
+            Ok(Ok(Message::Close(code, _))) => break code,
+            Ok(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(protocol::close::SLOW_CONSUMER));
+    eventually(|| m.ws_connections.load(Ordering::Relaxed) == 1).await;
+    // The reader is still served.
+    assert!(matches!(next(&mut reader).await, Message::Binary(_)));
+    server.shutdown().await.expect("clean shutdown");
+}

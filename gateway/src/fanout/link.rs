@@ -44,6 +44,10 @@ pub struct LinkConfig {
     pub unread_bytes_start: u64,
     /// The growth all connections' allowances share (`--ws-unread-bytes-total`).
     pub allowances: super::outbox::AllowancePool,
+    /// A connection held back by its allowance this long, without a read receipt that
+    /// releases it, is closed as a slow consumer (`--write-stall-ms`, as for a full
+    /// socket).
+    pub held_max: Duration,
     /// Time for the messages a link writes itself (gap notices, heartbeats, pongs).
     pub clock: tickgate_engine::SharedClock,
 }
@@ -137,11 +141,12 @@ impl Link {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             stream,
             interval,
-            state: Mutex::new(Outbox::new(
-                format,
-                (config.unread_bytes_start, config.unread_bytes_max),
-                tls,
-            )),
+            state: Mutex::new({
+                let mut outbox =
+                    Outbox::new(format, (config.unread_bytes_start, config.unread_bytes_max), tls);
+                outbox.held_max = config.held_max;
+                outbox
+            }),
             task: Notify::new(),
             config,
         })
@@ -274,6 +279,7 @@ mod tests {
             unread_bytes_max: 1024 * 1024,
             unread_bytes_start: ALLOWANCE_START,
             allowances: AllowancePool::new(1024 * 1024),
+            held_max: Duration::from_secs(10),
             clock: tickgate_engine::WallClock::shared(),
         });
         let link = Link::new(server, Format::Binary, Duration::ZERO, None, Arc::clone(&config));

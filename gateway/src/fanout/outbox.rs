@@ -168,6 +168,10 @@ pub struct Outbox {
     unread_max: u64,
     /// Market data is paused for want of a read receipt (counted once per pause).
     held: bool,
+    /// Since when the connection is held (`None`: not held).
+    held_since: Option<Instant>,
+    /// Held this long, the connection is closed as a slow consumer.
+    pub(super) held_max: Duration,
     /// Under TLS, the session: frames are encrypted into it and its records written out
     /// (per connection: every TLS session has its own keys, so a frame's encryption cannot
     /// be shared the way its plaintext is).
@@ -205,6 +209,8 @@ impl Outbox {
             use_since: (0, 0, false),
             unread_max,
             held: false,
+            held_since: None,
+            held_max: Duration::MAX,
             tls,
         }
     }
@@ -422,9 +428,19 @@ impl Outbox {
                 metrics.ws_receipt_holds_total.fetch_add(1, Ordering::Relaxed);
             }
             self.use_since.2 = true;
+            // A client that stopped reading is never drained again, so it never falls
+            // behind the rings: it is closed once it has been held as long as a full
+            // socket may stall (its socket has room: the close frame can go out).
+            let now = Instant::now();
+            let since = *self.held_since.get_or_insert(now);
+            if now.duration_since(since) >= self.held_max && self.closing.is_none() {
+                metrics.ws_slow_closes_total.fetch_add(1, Ordering::Relaxed);
+                self.closing = Some(Closing::Send(close::SLOW_CONSUMER, "slow consumer"));
+            }
             false
         } else {
             self.held = false;
+            self.held_since = None;
             // What is already queued counts in `out_bytes`; the allowance left is more room.
             let room = usize::try_from(self.allowance - unconfirmed).unwrap_or(usize::MAX);
             let more =

@@ -347,3 +347,34 @@ fn o_reads_along(o: &mut Outbox, pool: &AllowancePool, now: u64) {
     o.out_bytes = 0;
     assert!(!o.pong(&payload, now, pool));
 }
+
+/// A client that stops reading is held at its allowance and never drained again, so it
+/// never falls behind the rings: held for `held_max` without a receipt that releases it,
+/// it is closed as a slow consumer (4008, counted); one released before that is not.
+#[test]
+fn a_client_held_too_long_is_closed_as_a_slow_consumer() {
+    let metrics = Metrics::default();
+    let slow_closes = || metrics.ws_slow_closes_total.load(std::sync::atomic::Ordering::Relaxed);
+    let mut o = outbox(Format::Binary);
+    o.held_max = Duration::from_millis(50);
+    o.queue(Bytes::from(vec![0u8; ALLOWANCE_START as usize]), 1);
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert!(o.held && o.closing.is_none(), "held, not closed yet");
+    // Released within the time: the clock starts again at the next hold.
+    let ping = newest_receipt(&o);
+    assert!(o.pong(&ping, 0, &POOL));
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert!(!o.held && o.held_since.is_none());
+    // (The release doubled the allowance.)
+    o.queue(Bytes::from(vec![0u8; o.allowance() as usize]), 1);
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert!(o.held);
+    std::thread::sleep(Duration::from_millis(20));
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert!(o.closing.is_none(), "20 ms held: still open");
+    std::thread::sleep(Duration::from_millis(40));
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert_eq!(o.closing, Some(Closing::Send(close::SLOW_CONSUMER, "slow consumer")));
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert_eq!(slow_closes(), 1, "counted once");
+}

@@ -522,6 +522,7 @@ pub(super) fn app_state(
             unread_bytes_max: config.ws.unread_bytes_max,
             unread_bytes_start: config.ws.unread_bytes_start,
             allowances: crate::fanout::outbox::AllowancePool::new(config.ws.unread_bytes_total),
+            held_max: config.ws.write_stall_timeout,
             clock: Arc::clone(&config.clock),
         }),
         market: serving.market,
