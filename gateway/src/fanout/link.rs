@@ -106,6 +106,10 @@ pub enum Visit {
     Done,
     /// Inside the connection's interval: visit again at this time.
     Later(Instant),
+    /// Held back by its read-receipt allowance: nothing to write until a pong releases it
+    /// (its task then tells the writer: [`crate::fanout::Writers::unpark`]) or until it
+    /// has been held `held_max`, when a visit closes it.
+    Held,
 }
 
 /// A connection's socket and outbox, shared by its task and its writer.
@@ -188,7 +192,15 @@ impl Link {
         }
         st.deferred = false;
         self.pump_paced(&mut st, tally, now, true);
+        if st.is_held() && st.closing.is_none() && !st.blocked {
+            return Visit::Held;
+        }
         Visit::Done
+    }
+
+    /// How long a held connection waits for a releasing pong before it is closed.
+    pub fn held_max(&self) -> Duration {
+        self.config.held_max
     }
 
     /// The connection task's pump (after a request, a read receipt, a ping): writes what

@@ -524,6 +524,11 @@ impl Outbox {
         self.allowance.saturating_sub(self.unread_start)
     }
 
+    /// Market data is held back for want of a read receipt.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
     /// Unconfirmed bytes the connection may have now.
     pub fn allowance(&self) -> u64 {
         self.allowance

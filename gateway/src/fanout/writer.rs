@@ -44,6 +44,8 @@ enum Registration<T> {
     Subscribe(u64, usize),
     Unsubscribe(u64, usize),
     Detach(u64),
+    /// A pong released the connection from its read-receipt hold: visit it again.
+    Unpark(u64),
 }
 
 /// Subscription changes one writer's inbox takes before new subscriptions are refused
@@ -163,6 +165,12 @@ impl Writers {
         self.mailbox(link).send(Registration::Detach(link));
     }
 
+    /// A pong released the connection from its read-receipt hold: its writer, which left
+    /// it out of its rounds while it was held, visits it again.
+    pub fn unpark(&self, link: u64) {
+        self.mailbox(link).send(Registration::Unpark(link));
+    }
+
     /// Stops and joins the threads (connections still attached are let go).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -191,6 +199,10 @@ struct Entry<T> {
     item: T,
     /// Round in which it was last put on the visit list (visit once per round).
     stamp: u64,
+    /// Held back by its read-receipt allowance since then: left out of the rounds (a
+    /// thousand clients that stopped reading cost a round nothing) until a pong releases
+    /// it or the hold is old enough to close it.
+    parked: Option<Instant>,
     /// Channels it follows and its position in each channel's list.
     channels: Vec<(usize, usize)>,
 }
@@ -214,7 +226,7 @@ impl<T> Followers<T> {
     }
 
     fn attach(&mut self, link: u64, item: T) {
-        let key = self.entries.insert(Entry { item, stamp: 0, channels: Vec::new() });
+        let key = self.entries.insert(Entry { item, stamp: 0, parked: None, channels: Vec::new() });
         self.by_link.insert(link, key);
     }
 
@@ -269,6 +281,12 @@ impl<T> Followers<T> {
                 }
             }
             Registration::Unsubscribe(link, channel) => self.leave(link, channel),
+            Registration::Unpark(link) => {
+                if let Some(&key) = self.by_link.get(&link) {
+                    self.entries[key].parked = None;
+                    self.mark(key, round, visits);
+                }
+            }
             Registration::Detach(link) => {
                 // Only an entry marked in this round can be on the list (a mass disconnect
                 // must not scan it once per connection).
@@ -291,10 +309,10 @@ impl<T> Followers<T> {
         }
     }
 
-    /// Puts `key` on `visits` unless it is there for `round` already.
+    /// Puts `key` on `visits` unless it is there for `round` already or parked.
     fn mark(&mut self, key: usize, round: u64, visits: &mut Vec<usize>) {
         let entry = &mut self.entries[key];
-        if entry.stamp != round {
+        if entry.stamp != round && entry.parked.is_none() {
             entry.stamp = round;
             visits.push(key);
         }
@@ -316,6 +334,10 @@ struct Writer {
     tally: Tally,
     /// Connections inside their `interval_ms`, with the time to visit them again.
     later: Vec<(Instant, Arc<Link>)>,
+    /// Parked connections in the order they were parked: when to visit each again (to
+    /// close it if still held), the link and when it was parked (a later park of the same
+    /// link makes this one stale).
+    parked: std::collections::VecDeque<(Instant, u64, Instant)>,
 }
 
 impl Writer {
@@ -339,6 +361,7 @@ impl Writer {
             registrations: Vec::new(),
             tally: Tally::default(),
             later: Vec::new(),
+            parked: std::collections::VecDeque::new(),
         }
     }
 
@@ -354,10 +377,46 @@ impl Writer {
             } else if due.is_some_and(|due| due <= now) {
                 self.revisit(now);
                 self.tally.publish(&self.metrics);
+            } else if self.parked.front().is_some_and(|p| p.0 <= now) {
+                self.expire_parked(now);
+                self.tally.publish(&self.metrics);
             } else {
                 let wait = due.map_or(IDLE_PARK, |due| (due - now).min(IDLE_PARK));
                 std::thread::park_timeout(wait);
             }
+        }
+    }
+
+    /// Visits the connection with key `key`; parks it if it is held.
+    fn visit(&mut self, key: usize, now: Instant) {
+        let entry = &mut self.followers.entries[key];
+        match entry.item.visit(&mut self.tally) {
+            Visit::Done => {}
+            Visit::Later(due) => self.later.push((due, Arc::clone(&entry.item))),
+            Visit::Held => {
+                entry.parked = Some(now);
+                // `None`: held connections are never closed (a bench's setting).
+                if let Some(due) = now.checked_add(entry.item.held_max()) {
+                    self.parked.push_back((due, entry.item.id, now));
+                }
+            }
+        }
+    }
+
+    /// Visits the connections parked long enough ago that their hold may have lasted
+    /// `held_max`: a visit closes one still held that long (parks it again otherwise).
+    fn expire_parked(&mut self, now: Instant) {
+        while let Some(&(due, link, since)) = self.parked.front() {
+            if due > now {
+                return;
+            }
+            self.parked.pop_front();
+            let Some(&key) = self.followers.by_link.get(&link) else { continue };
+            if self.followers.entries[key].parked != Some(since) {
+                continue; // released (and perhaps parked again) since
+            }
+            self.followers.entries[key].parked = None;
+            self.visit(key, now);
         }
     }
 
@@ -396,13 +455,12 @@ impl Writer {
                 self.followers.mark_channel(at, self.round, &mut self.visits);
             }
         }
-        for &key in &self.visits {
-            let link = &self.followers.entries[key].item;
-            if let Visit::Later(due) = link.visit(&mut self.tally) {
-                self.later.push((due, Arc::clone(link)));
-            }
+        for n in 0..self.visits.len() {
+            let key = self.visits[n];
+            self.visit(key, started);
         }
         self.revisit(started);
+        self.expire_parked(started);
         if !self.visits.is_empty() {
             self.round_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
@@ -492,6 +550,33 @@ mod tests {
             f.apply(Detach(link), 5, &mut visits);
         }
         assert!(f.lists.iter().all(Vec::is_empty) && f.entries.is_empty());
+        consistent(&f);
+    }
+
+    /// A parked connection (held by its read-receipt allowance) is left out of the rounds
+    /// whatever its channels do, and an unpark puts it back in and visits it at once.
+    #[test]
+    fn a_parked_connection_is_not_visited_until_unparked() {
+        let mut f: Followers<&'static str> = Followers::new(2);
+        let mut visits = Vec::new();
+        for (link, name) in [(1, "held"), (2, "reading")] {
+            f.apply(Attach(link, name), 1, &mut visits);
+            f.apply(Subscribe(link, 0), 1, &mut visits);
+        }
+        let held = f.by_link[&1];
+        f.entries[held].parked = Some(Instant::now());
+        visits.clear();
+        f.mark_channel(0, 2, &mut visits);
+        assert_eq!(items(&f, &visits), ["reading"]);
+        f.apply(Subscribe(1, 1), 2, &mut visits);
+        assert_eq!(items(&f, &visits), ["reading"], "a new subscription does not unpark it");
+        visits.clear();
+        f.apply(Unpark(1), 3, &mut visits);
+        assert_eq!(items(&f, &visits), ["held"], "visited in the round of its unpark");
+        f.mark_channel(0, 3, &mut visits);
+        assert_eq!(items(&f, &visits), ["held", "reading"]);
+        f.apply(Unpark(99), 3, &mut visits);
+        assert_eq!(visits.len(), 2, "an unknown link: nothing");
         consistent(&f);
     }
 }

@@ -493,6 +493,8 @@ impl Conn {
                     let now = self.ctx.links.clock.now().0;
                     if self.link.pong(&payload, now) {
                         self.receipts_only = false;
+                        // The writer left the connection out of its rounds while held.
+                        self.ctx.writers.unpark(self.link.id);
                     }
                 }
                 Ok(Some(Inbound::Close)) => self.set_closing(Closing::Send(close::NORMAL, "")),
