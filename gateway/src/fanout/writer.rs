@@ -10,6 +10,12 @@
 //! 3. visit each connection that follows one of them once ([`Link::visit`]): walk its
 //!    cursors and write everything new with one non-blocking vectored write.
 //!
+//! A connection held back by its read-receipt allowance (a client that stopped reading)
+//! is **parked**: left out of the rounds until the pong that releases it makes its task
+//! send an unpark, or until it has been held `--write-stall-ms`, when one more visit
+//! closes it. Thousands of stalled clients then cost a round nothing (visited, 5,000 of
+//! them cost each round about a millisecond: docs/BENCHMARKS.md).
+//!
 //! The hub wakes the writers once per pass, never a connection: a pass costs the hub
 //! O(writers), however many subscribers there are. Rounds are self-clocked: while a writer
 //! is busy, passes pile up in the rings and the next round takes them all, so the busier
