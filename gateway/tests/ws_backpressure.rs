@@ -21,6 +21,13 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The book and trades channels of every default instrument.
+fn all_book_and_trades() -> Vec<String> {
+    let symbols =
+        ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD", "AVAX-USD", "LINK-USD"];
+    symbols.iter().flat_map(|s| [format!("book.{s}"), format!("trades.{s}")]).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_conflated_gapped_and_closed_while_others_stay_contiguous() {
     let server = start(|c| {
@@ -31,10 +38,7 @@ async fn slow_client_is_conflated_gapped_and_closed_while_others_stay_contiguous
         c.ws.write_stall_timeout = Duration::from_secs(30);
     })
     .await;
-    let symbols =
-        ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD", "AVAX-USD", "LINK-USD"];
-    let all: Vec<String> =
-        symbols.iter().flat_map(|s| [format!("book.{s}"), format!("trades.{s}")]).collect();
+    let all = all_book_and_trades();
 
     // The healthy client follows BTC-USD on its own task and checks every sequence.
     let mut healthy = connect(&server, "").await;
@@ -145,10 +149,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_stall_time() {
         c.ws.write_stall_timeout = Duration::from_millis(500);
     })
     .await;
-    let symbols =
-        ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD", "AVAX-USD", "LINK-USD"];
-    let all: Vec<String> =
-        symbols.iter().flat_map(|s| [format!("book.{s}"), format!("trades.{s}")]).collect();
+    let all = all_book_and_trades();
     let mut reader = connect(&server, "").await;
     let ack =
         request(&mut reader, json!({"op": "subscribe", "channels": ["trades.BTC-USD"]})).await;
