@@ -106,10 +106,10 @@ pub enum Visit {
     Done,
     /// Inside the connection's interval: visit again at this time.
     Later(Instant),
-    /// Held back by its read-receipt allowance: nothing to write until a pong releases it
-    /// (its task then tells the writer: [`crate::fanout::Writers::unpark`]) or until it
-    /// has been held `held_max`, when a visit closes it.
-    Held,
+    /// Held back by its read-receipt allowance since then: nothing to write until a pong
+    /// releases it (its task then tells the writer: [`crate::fanout::Writers::unpark`])
+    /// or until it has been held `held_max`, when a visit closes it.
+    Held(Instant),
 }
 
 /// A connection's socket and outbox, shared by its task and its writer.
@@ -192,8 +192,8 @@ impl Link {
         }
         st.deferred = false;
         self.pump_paced(&mut st, tally, now, true);
-        if st.is_held() && st.closing.is_none() && !st.blocked {
-            return Visit::Held;
+        if let Some(since) = st.held_since().filter(|_| st.closing.is_none() && !st.blocked) {
+            return Visit::Held(since);
         }
         Visit::Done
     }

@@ -524,9 +524,9 @@ impl Outbox {
         self.allowance.saturating_sub(self.unread_start)
     }
 
-    /// Market data is held back for want of a read receipt.
-    pub fn is_held(&self) -> bool {
-        self.held
+    /// Since when market data is held back for want of a read receipt, if it is.
+    pub fn held_since(&self) -> Option<Instant> {
+        self.held_since.filter(|_| self.held)
     }
 
     /// Unconfirmed bytes the connection may have now.

@@ -394,16 +394,18 @@ impl Writer {
     }
 
     /// Visits the connection with key `key`; parks it if it is held.
-    fn visit(&mut self, key: usize, now: Instant) {
+    fn visit(&mut self, key: usize) {
         let entry = &mut self.followers.entries[key];
         match entry.item.visit(&mut self.tally) {
             Visit::Done => {}
             Visit::Later(due) => self.later.push((due, Arc::clone(&entry.item))),
-            Visit::Held => {
-                entry.parked = Some(now);
-                // `None`: held connections are never closed (a bench's setting).
-                if let Some(due) = now.checked_add(entry.item.held_max()) {
-                    self.parked.push_back((due, entry.item.id, now));
+            Visit::Held(since) => {
+                entry.parked = Some(since);
+                // `None`: held connections are never closed (a bench's setting). Holds
+                // start at most a round apart, so the list stays nearly in order; one that
+                // comes due a little late waits behind an earlier one.
+                if let Some(due) = since.checked_add(entry.item.held_max()) {
+                    self.parked.push_back((due, entry.item.id, since));
                 }
             }
         }
@@ -422,7 +424,8 @@ impl Writer {
                 continue; // released (and perhaps parked again) since
             }
             self.followers.entries[key].parked = None;
-            self.visit(key, now);
+            // Its hold is `held_max` old by now: this visit closes it.
+            self.visit(key);
         }
     }
 
@@ -463,7 +466,7 @@ impl Writer {
         }
         for n in 0..self.visits.len() {
             let key = self.visits[n];
-            self.visit(key, started);
+            self.visit(key);
         }
         self.revisit(started);
         self.expire_parked(started);
