@@ -203,9 +203,10 @@ struct Conn {
     /// Unparsed client bytes; empty (no heap) between messages.
     input: Vec<u8>,
     last_seen: Instant,
-    /// What woke the task was only read receipts that released nothing: its pump writes
-    /// what is queued and leaves market data to the writer (a receipt comes every 64 KiB
-    /// or more of data; collecting on each would move the writer's work to this task).
+    /// What woke the task was only read receipts: its pump writes what is queued and
+    /// leaves market data to the writer (a receipt comes every 64 KiB or more of data, and
+    /// one that releases a hold unparks the connection at its writer; collecting on each
+    /// would move the writer's work to this task).
     receipts_only: bool,
     rate: RateLimit,
     scratch: Vec<u8>,
@@ -488,12 +489,11 @@ impl Conn {
                     self.push(protocol::frame(Opcode::Pong, &payload).into(), 0);
                 }
                 Ok(Some(Inbound::Pong(payload))) => {
-                    // A read receipt: market data held back for it goes out with the task
-                    // loop's next pump (or the writer's next visit, within an interval).
+                    // A read receipt. Market data held back for it goes out with the
+                    // writer's next round: it left the connection out of its rounds while
+                    // held, and the unpark wakes it (the task keeps to its own frames).
                     let now = self.ctx.links.clock.now().0;
                     if self.link.pong(&payload, now) {
-                        self.receipts_only = false;
-                        // The writer left the connection out of its rounds while held.
                         self.ctx.writers.unpark(self.link.id);
                     }
                 }
