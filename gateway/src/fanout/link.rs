@@ -146,8 +146,9 @@ impl Link {
             stream,
             interval,
             state: Mutex::new({
-                let mut outbox =
-                    Outbox::new(format, (config.unread_bytes_start, config.unread_bytes_max), tls);
+                let (start, max) = (config.unread_bytes_start, config.unread_bytes_max);
+                let trial = super::outbox::trial_allowance(start);
+                let mut outbox = Outbox::new(format, (trial, start, max), tls);
                 outbox.held_max = config.held_max;
                 outbox
             }),
@@ -274,7 +275,7 @@ impl Drop for Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fanout::outbox::{AllowancePool, ALLOWANCE_START};
+    use crate::fanout::outbox::{AllowancePool, ALLOWANCE_START, ALLOWANCE_TRIAL};
 
     /// A connection whose allowance grew gives the growth back to the pool when it ends.
     #[tokio::test]
@@ -296,14 +297,21 @@ mod tests {
         });
         let link = Link::new(server, Format::Binary, Duration::ZERO, None, Arc::clone(&config));
         // Held: the allowance queued and unconfirmed; the pong of a receipt at its end
-        // releases it and the allowance doubles, lent by the pool.
-        let ping = {
-            let mut st = link.lock();
-            st.push(vec![0u8; ALLOWANCE_START as usize].into(), 1);
-            st.receipt_ping()
+        // releases it. The first ends the connection's trial (the start, not growth), the
+        // next doubles the allowance, lent by the pool.
+        let hold_and_release = |bytes: u64| {
+            let ping = {
+                let mut st = link.lock();
+                st.push(vec![0u8; bytes as usize].into(), 1);
+                st.receipt_ping()
+            };
+            link.pong(&ping[crate::protocol::frame_header_len(&ping)..], 0)
         };
-        let payload = &ping[crate::protocol::frame_header_len(&ping)..];
-        assert!(link.pong(payload, 0));
+        assert_eq!(link.lock().allowance(), ALLOWANCE_TRIAL, "a new connection is on trial");
+        assert!(hold_and_release(ALLOWANCE_TRIAL));
+        assert_eq!(link.lock().allowance(), ALLOWANCE_START);
+        assert_eq!(config.allowances.used(), 0, "the start is no growth");
+        assert!(hold_and_release(ALLOWANCE_START));
         assert_eq!(link.lock().allowance(), 2 * ALLOWANCE_START);
         assert_eq!(config.allowances.used(), ALLOWANCE_START);
         drop(link);

@@ -11,8 +11,12 @@
 //! read that far. Market data stops once the connection's **allowance** is written and
 //! unconfirmed, and resumes with the next pong.
 //!
-//! **The allowance adapts** to what the client shows it needs. Each connection starts with
-//! [`ALLOWANCE_START`]; a pong that releases a hold (the client read what it was allowed
+//! **The allowance adapts** to what the client shows it needs. A new connection is on
+//! trial: until its first receipt comes back it may have only a quarter of its start
+//! ([`ALLOWANCE_TRIAL`]) unconfirmed (a client that connects and never reads, by fault or by design, costs the
+//! server that much, not a reader's allowance: thousands arriving and never reading
+//! filled 128 KiB each on the writer thread the healthy connections share). The first
+//! receipt gives it [`ALLOWANCE_START`]; from then on a pong that releases a hold (the client read what it was allowed
 //! and wants more) doubles it, up to `unread_bytes_max`, if the [`AllowancePool`] all
 //! connections share still has the growth; a second in which the connection was never
 //! held and never had more than a quarter of it in flight when a receipt came back
@@ -47,8 +51,19 @@ use crate::protocol::{self, bin, close, json, ChannelKind, Format, Opcode};
 /// than one per 64.
 const IOV_MAX: usize = 1024;
 
-/// A connection's allowance of unconfirmed bytes at first (see the module's doc).
+/// A connection's allowance of unconfirmed bytes once it has confirmed reading (see the
+/// module's doc).
 pub const ALLOWANCE_START: u64 = 128 * 1024;
+/// A new connection's allowance until its first read receipt: a quarter of its start
+/// (see [`trial_allowance`]), 32 KiB by default.
+pub const ALLOWANCE_TRIAL: u64 = ALLOWANCE_START / 4;
+
+/// The trial allowance of a connection whose allowance, once it reads, is `start`: a
+/// quarter of it, within `ALLOWANCE_MIN` and `start` (an operator who sets a huge start to
+/// turn receipts off in effect turns the trial off with it).
+pub fn trial_allowance(start: u64) -> u64 {
+    (start / 4).max(ALLOWANCE_MIN).min(start)
+}
 /// The smallest allowance `unread_bytes_max` may set (a receipt ping every 8 KiB).
 pub const ALLOWANCE_MIN: u64 = 16 * 1024;
 /// The growth of all connections' allowances beyond their start, shared: what thousands of
@@ -179,13 +194,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox with the allowance `(start, most)`; `tls`: the connection's TLS
-    /// session, if any.
+    /// An empty outbox with the allowance `(trial, start, most)` (see the module's doc;
+    /// a trial equal to the start: none); `tls`: the connection's TLS session, if any.
     pub(super) fn new(
         format: Format,
-        (unread_start, unread_max): (u64, u64),
+        (unread_trial, unread_start, unread_max): (u64, u64, u64),
         tls: Option<Box<rustls::ServerConnection>>,
     ) -> Outbox {
+        let unread_start = unread_start.clamp(ALLOWANCE_MIN.min(unread_max), unread_max);
         Outbox {
             format,
             subs: Vec::new(),
@@ -204,8 +220,8 @@ impl Outbox {
             queued_total: 0,
             read_total: 0,
             last_receipt: 0,
-            allowance: unread_start.clamp(ALLOWANCE_MIN.min(unread_max), unread_max),
-            unread_start: unread_start.clamp(ALLOWANCE_MIN.min(unread_max), unread_max),
+            allowance: unread_trial.clamp(ALLOWANCE_MIN.min(unread_start), unread_start),
+            unread_start,
             use_since: (0, 0, false),
             unread_max,
             held: false,
@@ -496,6 +512,13 @@ impl Outbox {
         let held = self.queued_total - self.read_total >= self.allowance;
         self.read_total = position;
         let start = self.unread_start;
+        if self.allowance < start {
+            // The first receipt of a connection on trial: its client reads. The start is
+            // every reader's, not growth from the pool.
+            self.allowance = start;
+            self.use_since = (now, 0, false);
+            return held;
+        }
         // What was sent after the ping and is still unread when its pong comes back: what
         // the client needs in flight (a round trip's worth, and what waits for it).
         let in_flight = self.queued_total - position;

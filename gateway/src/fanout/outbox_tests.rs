@@ -9,7 +9,7 @@ static POOL: std::sync::LazyLock<AllowancePool> =
     std::sync::LazyLock::new(|| AllowancePool::new(u64::MAX));
 
 fn outbox(format: Format) -> Outbox {
-    Outbox::new(format, (ALLOWANCE_START, 1024 * 1024), None)
+    Outbox::new(format, (ALLOWANCE_START, ALLOWANCE_START, 1024 * 1024), None)
 }
 
 /// What is queued, as one byte string, and the frames it holds (opcode, payload).
@@ -135,6 +135,50 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     assert_eq!(o.read_total, o.queued_total);
 }
 
+/// A new connection may have only its trial allowance unconfirmed until a receipt comes
+/// back: a client that connects and never reads costs that, not a reader's start. The
+/// first receipt gives it the start, which is no growth (an empty pool is no matter).
+#[test]
+fn a_new_connection_is_on_trial_until_its_first_read_receipt() {
+    let metrics = Metrics::default();
+    let empty = AllowancePool::new(0);
+    let mut o = Outbox::new(Format::Binary, (ALLOWANCE_TRIAL, ALLOWANCE_START, 1024 * 1024), None);
+    assert_eq!(o.allowance(), ALLOWANCE_TRIAL);
+    // A snapshot of half the trial: a receipt ping after it, the connection not held yet.
+    let piece = Bytes::from(vec![0u8; ALLOWANCE_TRIAL as usize / 2]);
+    o.queue(piece.clone(), 1);
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert!(!o.held);
+    let first = newest_receipt(&o);
+    // The client never reads: held at the trial allowance (plus its pings), not the start.
+    o.queue(piece.clone(), 1);
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert!(o.held, "held at the trial allowance");
+    assert!(
+        o.queued_total < ALLOWANCE_TRIAL + 64,
+        "{} bytes for a client on trial",
+        o.queued_total
+    );
+    // It reads: the first receipt's pong ends the trial (the connection was not held for
+    // want of that one: only half the trial was unconfirmed when it was sent).
+    assert!(o.pong(&first, 0, &empty), "half the trial was unread: released");
+    assert_eq!((o.allowance(), empty.used()), (ALLOWANCE_START, 0));
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert!(!o.held);
+    // Receipts come per half the start from now on.
+    let before = o.last_receipt;
+    o.queue(Bytes::from(vec![0u8; (ALLOWANCE_START / 2) as usize - 64]), 1);
+    o.drain(&metrics, usize::MAX, &WallClock);
+    assert_eq!(o.last_receipt, before, "no receipt before half the start");
+    // A quarter of the start, within the least allowance and the start.
+    assert_eq!(trial_allowance(ALLOWANCE_START), ALLOWANCE_TRIAL);
+    assert_eq!(trial_allowance(64 << 20), 16 << 20, "a huge start: a huge trial");
+    assert_eq!(trial_allowance(2 * ALLOWANCE_MIN), ALLOWANCE_MIN);
+    // A trial above the start is the start.
+    let o = Outbox::new(Format::Binary, (ALLOWANCE_TRIAL, ALLOWANCE_MIN, 1024 * 1024), None);
+    assert_eq!(o.allowance(), ALLOWANCE_MIN);
+}
+
 /// A client that answers the receipt pings it reads is never left without one to answer.
 /// With one receipt in flight at a time, a pong that left the connection over its
 /// allowance (a ping early in a busy stretch, then drains of a whole write batch each)
@@ -186,7 +230,7 @@ fn following(unread_max: u64) -> (crate::fanout::Publisher, Outbox, Arc<super::C
         tickgate_engine::WallClock::shared(),
     );
     let start = channel.subscribe(false, 10);
-    let mut o = Outbox::new(Format::Binary, (ALLOWANCE_START, unread_max), None);
+    let mut o = Outbox::new(Format::Binary, (ALLOWANCE_START, ALLOWANCE_START, unread_max), None);
     o.subs.push(Sub {
         channel: Arc::clone(&channel),
         cursor: start.cursor,
