@@ -146,9 +146,8 @@ impl Link {
             stream,
             interval,
             state: Mutex::new({
-                let (start, max) = (config.unread_bytes_start, config.unread_bytes_max);
-                let trial = super::outbox::trial_allowance(start);
-                let mut outbox = Outbox::new(format, (trial, start, max), tls);
+                let allowance = (config.unread_bytes_start, config.unread_bytes_max);
+                let mut outbox = Outbox::new(format, allowance, tls).on_trial();
                 outbox.held_max = config.held_max;
                 outbox
             }),

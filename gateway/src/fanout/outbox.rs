@@ -13,10 +13,11 @@
 //!
 //! **The allowance adapts** to what the client shows it needs. A new connection is on
 //! trial: until its first receipt comes back it may have only a quarter of its start
-//! ([`ALLOWANCE_TRIAL`]) unconfirmed (a client that connects and never reads, by fault or by design, costs the
-//! server that much, not a reader's allowance: thousands arriving and never reading
-//! filled 128 KiB each on the writer thread the healthy connections share). The first
-//! receipt gives it [`ALLOWANCE_START`]; from then on a pong that releases a hold (the client read what it was allowed
+//! ([`ALLOWANCE_TRIAL`]) unconfirmed. A client that connects and never reads, by fault or
+//! by design, costs the server that much, not a reader's allowance (thousands arriving
+//! and never reading filled 128 KiB each on the writer thread the healthy connections
+//! share). The first receipt gives it [`ALLOWANCE_START`]; from then on a pong that
+//! releases a hold (the client read what it was allowed
 //! and wants more) doubles it, up to `unread_bytes_max`, if the [`AllowancePool`] all
 //! connections share still has the growth; a second in which the connection was never
 //! held and never had more than a quarter of it in flight when a receipt came back
@@ -54,16 +55,9 @@ const IOV_MAX: usize = 1024;
 /// A connection's allowance of unconfirmed bytes once it has confirmed reading (see the
 /// module's doc).
 pub const ALLOWANCE_START: u64 = 128 * 1024;
-/// A new connection's allowance until its first read receipt: a quarter of its start
-/// (see [`trial_allowance`]), 32 KiB by default.
+/// A new connection's allowance until its first read receipt, by default: a quarter of
+/// the start (see [`Outbox::on_trial`]).
 pub const ALLOWANCE_TRIAL: u64 = ALLOWANCE_START / 4;
-
-/// The trial allowance of a connection whose allowance, once it reads, is `start`: a
-/// quarter of it, within `ALLOWANCE_MIN` and `start` (an operator who sets a huge start to
-/// turn receipts off in effect turns the trial off with it).
-pub fn trial_allowance(start: u64) -> u64 {
-    (start / 4).max(ALLOWANCE_MIN).min(start)
-}
 /// The smallest allowance `unread_bytes_max` may set (a receipt ping every 8 KiB).
 pub const ALLOWANCE_MIN: u64 = 16 * 1024;
 /// The growth of all connections' allowances beyond their start, shared: what thousands of
@@ -194,11 +188,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox with the allowance `(trial, start, most)` (see the module's doc;
-    /// a trial equal to the start: none); `tls`: the connection's TLS session, if any.
+    /// An empty outbox with the allowance `(start, most)`; `tls`: the connection's TLS
+    /// session, if any.
     pub(super) fn new(
         format: Format,
-        (unread_trial, unread_start, unread_max): (u64, u64, u64),
+        (unread_start, unread_max): (u64, u64),
         tls: Option<Box<rustls::ServerConnection>>,
     ) -> Outbox {
         let unread_start = unread_start.clamp(ALLOWANCE_MIN.min(unread_max), unread_max);
@@ -220,7 +214,7 @@ impl Outbox {
             queued_total: 0,
             read_total: 0,
             last_receipt: 0,
-            allowance: unread_trial.clamp(ALLOWANCE_MIN.min(unread_start), unread_start),
+            allowance: unread_start,
             unread_start,
             use_since: (0, 0, false),
             unread_max,
@@ -229,6 +223,14 @@ impl Outbox {
             held_max: Duration::MAX,
             tls,
         }
+    }
+
+    /// The outbox of a new connection: on trial until its first read receipt, with a
+    /// quarter of its start (at least `ALLOWANCE_MIN`, at most the start: an operator who
+    /// sets a huge start to turn receipts off in effect turns the trial off with it).
+    pub(super) fn on_trial(mut self) -> Outbox {
+        self.allowance = (self.unread_start / 4).max(ALLOWANCE_MIN).min(self.unread_start);
+        self
     }
 
     /// Queues a frame carrying `messages` market-data messages.

@@ -9,7 +9,7 @@ static POOL: std::sync::LazyLock<AllowancePool> =
     std::sync::LazyLock::new(|| AllowancePool::new(u64::MAX));
 
 fn outbox(format: Format) -> Outbox {
-    Outbox::new(format, (ALLOWANCE_START, ALLOWANCE_START, 1024 * 1024), None)
+    Outbox::new(format, (ALLOWANCE_START, 1024 * 1024), None)
 }
 
 /// What is queued, as one byte string, and the frames it holds (opcode, payload).
@@ -142,7 +142,7 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
 fn a_new_connection_is_on_trial_until_its_first_read_receipt() {
     let metrics = Metrics::default();
     let empty = AllowancePool::new(0);
-    let mut o = Outbox::new(Format::Binary, (ALLOWANCE_TRIAL, ALLOWANCE_START, 1024 * 1024), None);
+    let mut o = outbox(Format::Binary).on_trial();
     assert_eq!(o.allowance(), ALLOWANCE_TRIAL);
     // A snapshot of half the trial: a receipt ping after it, the connection not held yet.
     let piece = Bytes::from(vec![0u8; ALLOWANCE_TRIAL as usize / 2]);
@@ -159,9 +159,8 @@ fn a_new_connection_is_on_trial_until_its_first_read_receipt() {
         "{} bytes for a client on trial",
         o.queued_total
     );
-    // It reads: the first receipt's pong ends the trial (the connection was not held for
-    // want of that one: only half the trial was unconfirmed when it was sent).
-    assert!(o.pong(&first, 0, &empty), "half the trial was unread: released");
+    // It reads: the pong of the first receipt ends the trial and releases it.
+    assert!(o.pong(&first, 0, &empty), "held until then: released");
     assert_eq!((o.allowance(), empty.used()), (ALLOWANCE_START, 0));
     o.drain(&metrics, usize::MAX, &WallClock);
     assert!(!o.held);
@@ -171,12 +170,13 @@ fn a_new_connection_is_on_trial_until_its_first_read_receipt() {
     o.drain(&metrics, usize::MAX, &WallClock);
     assert_eq!(o.last_receipt, before, "no receipt before half the start");
     // A quarter of the start, within the least allowance and the start.
-    assert_eq!(trial_allowance(ALLOWANCE_START), ALLOWANCE_TRIAL);
-    assert_eq!(trial_allowance(64 << 20), 16 << 20, "a huge start: a huge trial");
-    assert_eq!(trial_allowance(2 * ALLOWANCE_MIN), ALLOWANCE_MIN);
-    // A trial above the start is the start.
-    let o = Outbox::new(Format::Binary, (ALLOWANCE_TRIAL, ALLOWANCE_MIN, 1024 * 1024), None);
-    assert_eq!(o.allowance(), ALLOWANCE_MIN);
+    let trial = |start: u64| Outbox::new(Format::Binary, (start, 1 << 30), None).on_trial();
+    assert_eq!(trial(64 << 20).allowance(), 16 << 20, "a huge start: a huge trial");
+    assert_eq!(trial(2 * ALLOWANCE_MIN).allowance(), ALLOWANCE_MIN);
+    assert_eq!(trial(ALLOWANCE_MIN).allowance(), ALLOWANCE_MIN, "never above the start");
+    // The start is clamped to the most first: a quarter of that.
+    let o = Outbox::new(Format::Binary, (1 << 30, 1 << 20), None).on_trial();
+    assert_eq!(o.allowance(), 256 << 10);
 }
 
 /// A client that answers the receipt pings it reads is never left without one to answer.
@@ -230,7 +230,7 @@ fn following(unread_max: u64) -> (crate::fanout::Publisher, Outbox, Arc<super::C
         tickgate_engine::WallClock::shared(),
     );
     let start = channel.subscribe(false, 10);
-    let mut o = Outbox::new(Format::Binary, (ALLOWANCE_START, ALLOWANCE_START, unread_max), None);
+    let mut o = Outbox::new(Format::Binary, (ALLOWANCE_START, unread_max), None);
     o.subs.push(Sub {
         channel: Arc::clone(&channel),
         cursor: start.cursor,
