@@ -56,7 +56,7 @@ const IOV_MAX: usize = 1024;
 /// module's doc).
 pub const ALLOWANCE_START: u64 = 128 * 1024;
 /// A new connection's allowance until its first read receipt, by default: a quarter of
-/// the start (see [`Outbox::on_trial`]).
+/// the start (see the module's doc).
 pub const ALLOWANCE_TRIAL: u64 = ALLOWANCE_START / 4;
 /// The smallest allowance `unread_bytes_max` may set (a receipt ping every 8 KiB).
 pub const ALLOWANCE_MIN: u64 = 16 * 1024;
