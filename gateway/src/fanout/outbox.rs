@@ -17,11 +17,11 @@
 //! by design, costs the server that much, not a reader's allowance (thousands arriving
 //! and never reading filled 128 KiB each on the writer thread the healthy connections
 //! share). The first receipt gives it [`ALLOWANCE_START`]; from then on a pong that
-//! releases a hold (the client read what it was allowed
-//! and wants more) doubles it, up to `unread_bytes_max`, if the [`AllowancePool`] all
-//! connections share still has the growth; a second in which the connection was never
-//! held and never had more than a quarter of it in flight when a receipt came back
-//! halves it, down to the start, and gives the growth back. A client far away that reads
+//! releases a hold (the client read what it was allowed and wants more) doubles it, up
+//! to `unread_bytes_max`, if the [`AllowancePool`] all connections share still has the
+//! growth; a second in which the connection was never held and never had more than a
+//! quarter of it in flight when a receipt came back halves it, down to the start, and
+//! gives the growth back. A client far away that reads
 //! fast gets what its round trip needs within a few round trips; one that reads promptly
 //! nearby keeps the start. What a client that freezes costs is its allowance, copied once
 //! into its kernel by the writer thread the healthy ones share: 1,000 clients freezing at
