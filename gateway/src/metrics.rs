@@ -61,8 +61,9 @@ metrics! {
     /// fan-out writer until it drained.
     ws_blocked_total: "counter",
     /// Times market data to a connection paused because it had its allowance of unread
-    /// data (`--ws-unread-bytes-start` to `--ws-unread-bytes`) without a read receipt back
-    /// (see fanout::outbox).
+    /// data (a quarter of `--ws-unread-bytes-start` while a new connection is on trial,
+    /// then the start up to `--ws-unread-bytes`) without a read receipt back (see
+    /// fanout::outbox).
     ws_receipt_holds_total: "counter",
     /// Connections closed as slow consumers (code 4008).
     ws_slow_closes_total: "counter",

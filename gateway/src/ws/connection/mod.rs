@@ -204,9 +204,10 @@ struct Conn {
     input: Vec<u8>,
     last_seen: Instant,
     /// What woke the task was only read receipts: its pump writes what is queued and
-    /// leaves market data to the writer (a receipt comes every 64 KiB or more of data, and
-    /// one that releases a hold unparks the connection at its writer; collecting on each
-    /// would move the writer's work to this task).
+    /// leaves market data to the writer (a receipt comes every half allowance of data, 16
+    /// KiB during a new connection's trial and 64 KiB or more after it, and one that
+    /// releases a hold unparks the connection at its writer; collecting on each would move
+    /// the writer's work to this task).
     receipts_only: bool,
     rate: RateLimit,
     scratch: Vec<u8>,
