@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One fan-out measurement on loopback: start the server with a given synthetic feed rate,
 # run the load probe against it, stop the server. Prints the probe's report.
-# Usage: [BIN=path/to/tickgate] docs/bench/fanout.sh FEED_RATE CONNECTIONS PATTERN [FANOUT_PASS_US] [extra load args...]
+# Usage: [BIN=path/to/tickgate] [TOOLS=path/to/tickgate-tools] docs/bench/fanout.sh FEED_RATE CONNECTIONS PATTERN [FANOUT_PASS_US] [extra load args...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rate=${1:?feed rate}; conns=${2:?connections}; pattern=${3:?pattern}; pass=${4:-200}; shift 4 || shift $#
@@ -11,5 +11,5 @@ ${BIN:-./target/release/tickgate} --listen 127.0.0.1:$port --feed-rate "$rate" -
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-./target/release/tickgate-tools load --addr 127.0.0.1:$port -n "$conns" --pattern "$pattern" \
+${TOOLS:-./target/release/tickgate-tools} load --addr 127.0.0.1:$port -n "$conns" --pattern "$pattern" \
   --duration "${DURATION:-8}" --warmup "${WARMUP:-3}" "$@"

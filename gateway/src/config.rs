@@ -26,6 +26,11 @@ pub struct Flags {
     /// generator) takes a core; fan-out latency prefers one per core (docs/BENCHMARKS.md).
     #[arg(long, env = "TICKGATE_WORKERS", default_value_t = 0)]
     pub workers: usize,
+    /// Keep transparent huge pages for the heap. Off by default: the allocator asks for
+    /// them, and a fault on fresh heap then zeroes 2 MiB on a hot thread (10,000
+    /// subscribers stalled for seconds with them: docs/BENCHMARKS.md).
+    #[arg(long, env = "TICKGATE_TRANSPARENT_HUGE_PAGES")]
+    pub transparent_huge_pages: bool,
     /// Synthetic order flow in commands per second (0 = as fast as the engine takes them).
     #[arg(long, env = "TICKGATE_FEED_RATE", default_value_t = 20_000)]
     pub feed_rate: u64,

@@ -30,6 +30,8 @@
 //!   gate that answers them once a command's reports are all applied.
 //! - [`protocol`]: the wire format (binary and JSON) and WebSocket framing.
 //! - [`client`]: a small WebSocket client for tests and tools.
+//! - [`heap`]: transparent huge pages off for the process (page faults that zero 2 MiB
+//!   stalled the hot threads).
 
 pub mod alerts;
 pub mod auth;
@@ -41,6 +43,7 @@ pub mod cors;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod heap;
 pub mod history;
 pub mod http;
 pub mod idempotency;

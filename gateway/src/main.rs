@@ -24,6 +24,12 @@ impl tracing_subscriber::fmt::time::FormatTime for NodeTime {
 
 fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    // Before the runtime and the engine allocate most of what they will.
+    let huge_pages = if flags.transparent_huge_pages {
+        Ok(())
+    } else {
+        tickgate_gateway::heap::disable_transparent_huge_pages()
+    };
     let verify = flags.command.as_ref().map(|Subcommand::VerifyJournal { json }| *json);
     let (data_dir, shards, workers) = (flags.data_dir.clone(), flags.shards, flags.workers);
     let config = Config::try_from(flags)?;
@@ -35,6 +41,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_timer(NodeTime(node))
         .init();
+    if let Err(e) = huge_pages {
+        tracing::warn!("transparent huge pages stay on: {e}");
+    }
     if let Some(json) = verify {
         return verify_journal(&data_dir, shards, json);
     }

@@ -196,6 +196,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the server does: a fault on fresh heap must not zero 2 MiB on the probe's thread
+    // (thousands of connections arriving allocate plenty). Where the kernel refuses, the
+    // probe runs as before.
+    let _ = tickgate_gateway::heap::disable_transparent_huge_pages();
     match Cli::parse().command {
         Command::Compare {
             addr,
