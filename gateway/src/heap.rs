@@ -4,7 +4,7 @@
 //! arenas, so the first touch of fresh heap zeroes 2 MiB in one page fault, on whichever
 //! thread touched it. Thousands of connections arriving allocate fresh heap on the writer
 //! thread and the network threads; with huge pages, 10,000 subscribers arriving put the p99
-//! at 1.4 to 11 s in 9 of 10 runs (with resyncs in 5), against 0.38 to 0.67 s in 9 of 10
+//! at 1.4 to 11 s in 9 of 10 runs (with resyncs in 6), against 0.38 to 0.67 s in 9 of 10
 //! without them (docs/BENCHMARKS.md). So the binaries turn them off for the process
 //! (`prctl(PR_SET_THP_DISABLE)`, which the kernel honours whatever the system setting or
 //! `madvise` says); `--transparent-huge-pages` keeps them.
