@@ -119,9 +119,10 @@ pub struct Flags {
     pub ws_unread_bytes_total: u64,
     /// Each WebSocket connection's allowance once its first read receipt came back (and
     /// the least it shrinks to), in bytes, within 16 KiB and `--ws-unread-bytes`; a new
-    /// connection's trial before that is a quarter of it (at least 16 KiB). A receipt ping goes out per half
-    /// allowance: a larger start means fewer receipts (each a pong the client writes and a
-    /// wake-up of the connection's task) and a higher cost for every client that freezes.
+    /// connection's trial before that is a quarter of it (at least 16 KiB). A receipt ping
+    /// goes out per half allowance: a larger start means fewer receipts (each a pong the
+    /// client writes and a wake-up of the connection's task) and a higher cost for every
+    /// client that freezes.
     #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_START", default_value_t = 128 * 1024)]
     pub ws_unread_bytes_start: u64,
     /// Time allowed to send the HTTP request head, in milliseconds.
