@@ -8,11 +8,12 @@
 # engine timestamp; NATS messages/s and bytes/s out of the engine node; then the order
 # round trip (POST /api/v1/orders, IOC far from the market, wrk -c8) p50/p99. A run with
 # 10 subscribers first shows the hop itself, apart from the contention for the cores.
-# Usage: docs/bench/cluster.sh [FEED_RATE] [ROUNDS]    (DURATION, WARMUP in seconds)
+# Usage: docs/bench/cluster.sh [FEED_RATE] [ROUNDS]    (DURATION, WARMUP in seconds;
+#        BIN, TOOLS: other builds of the server and the probe)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 feed=${1:-20000}; rounds=${2:-2}
-bin=./target/release/tickgate; tools=./target/release/tickgate-tools
+bin=${BIN:-./target/release/tickgate}; tools=${TOOLS:-./target/release/tickgate-tools}
 secret=bench-secret
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
