@@ -21,7 +21,7 @@ const CHUNK_BYTES_MAX: usize = 16 * 1024;
 /// Passes per writer round at least (see [`HubWorker::pass`]).
 const ROUND_PASSES: u32 = 8;
 /// Longest pass, however long the writers' rounds.
-const PASS_MAX: Duration = Duration::from_millis(4);
+const PASS_MAX: Duration = Duration::from_millis(32);
 /// Longest idle wait: the engine's publish hook wakes the hub sooner.
 const IDLE_MAX: Duration = Duration::from_millis(50);
 
