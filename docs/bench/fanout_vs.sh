@@ -24,10 +24,14 @@ for run in $(seq "$runs"); do
     r=$(SERVER_ARGS="${SERVER_ARGS:---durability off}" docs/bench/fanout.sh "$feed" "$subs" spread:3 200 --json 2>/dev/null | summary)
     echo "tickgate $subs $feed $run $r" | tee -a "$out"
     if [ -n "$peer" ]; then
-      port=$((20000 + RANDOM % 20000))
-      $peer "$port" "$arg" > /tmp/tickgate-bench-peer.log 2>&1 &
-      pid=$!
-      sleep 0.5
+      # A port still in use (a random pick) makes the peer exit: pick another.
+      for _ in 1 2 3 4 5; do
+        port=$((20000 + RANDOM % 20000))
+        $peer "$port" "$arg" > /tmp/tickgate-bench-peer.log 2>&1 &
+        pid=$!
+        sleep 0.5
+        kill -0 "$pid" 2>/dev/null && break
+      done
       r=$(./target/release/tickgate-tools load --addr 127.0.0.1:$port -n "$subs" --pattern spread:3 \
         --duration "${DURATION:-8}" --warmup "${WARMUP:-3}" --json 2>/dev/null | summary)
       kill "$pid"; wait "$pid" 2>/dev/null || true
