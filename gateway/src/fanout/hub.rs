@@ -20,7 +20,9 @@ use crate::protocol::{bin, frame_header, json, ChannelKind, Opcode, TradeMsg, TR
 const CHUNK_BYTES_MAX: usize = 16 * 1024;
 /// Passes per writer round at least (see [`HubWorker::pass`]).
 const ROUND_PASSES: u32 = 8;
-/// Longest pass, however long the writers' rounds.
+/// Longest pass, however long the writers' rounds. At 10,000 subscribers a round takes
+/// 150 to 400 ms; a 4 ms cap made each visit of a connection read the chunks of dozens of
+/// passes per channel, which cost the writer more than the data (docs/BENCHMARKS.md).
 const PASS_MAX: Duration = Duration::from_millis(32);
 /// Longest idle wait: the engine's publish hook wakes the hub sooner.
 const IDLE_MAX: Duration = Duration::from_millis(50);
@@ -41,11 +43,12 @@ impl Pacing {
     /// round only multiply the frames per write (hundreds per connection at 1,000 busy
     /// ones) without making anything fresher than the round allows.
     pub fn for_pump(self, writers: Arc<Writers>) -> crate::events::Pacing {
-        let longest = PASS_MAX.max(self.min_pass);
-        crate::events::Pacing {
-            idle: IDLE_MAX,
-            pass: Box::new(move || (writers.round() / ROUND_PASSES).clamp(self.min_pass, longest)),
-        }
+        crate::events::Pacing { idle: IDLE_MAX, pass: Box::new(move || self.pass(writers.round())) }
+    }
+
+    /// The pass after a writers' round of `round`.
+    fn pass(self, round: Duration) -> Duration {
+        (round / ROUND_PASSES).clamp(self.min_pass, PASS_MAX.max(self.min_pass))
     }
 }
 
@@ -579,6 +582,24 @@ mod tests {
         BookDelta, Engine, EngineSpec, InstrumentId, OrderId, Price, Qty, Seq, Side, Trade,
         UnixNanos,
     };
+
+    /// A pass is an eighth of the writers' round, within the configured shortest and
+    /// 32 ms: 10,000 subscribers' rounds of 150 to 400 ms get passes of 19 to 32 ms, not
+    /// the 4 ms that made each visit read dozens of chunks per channel.
+    #[test]
+    fn passes_follow_the_writers_round_within_their_bounds() {
+        let pacing = Pacing { min_pass: Duration::from_micros(200) };
+        let ms = Duration::from_millis;
+        assert_eq!(pacing.pass(Duration::ZERO), Duration::from_micros(200));
+        assert_eq!(pacing.pass(ms(1)), Duration::from_micros(200));
+        assert_eq!(pacing.pass(ms(16)), ms(2));
+        assert_eq!(pacing.pass(ms(160)), ms(20));
+        assert_eq!(pacing.pass(ms(400)), ms(32));
+        assert_eq!(pacing.pass(Duration::from_secs(5)), PASS_MAX);
+        // A shortest pass above the cap wins over it.
+        assert_eq!(Pacing { min_pass: ms(50) }.pass(ms(1)), ms(50));
+        assert_eq!(Pacing { min_pass: ms(50) }.pass(Duration::from_secs(5)), ms(50));
+    }
 
     fn publisher() -> (Arc<Directory>, Publisher) {
         let engine = Engine::new(&EngineSpec::default(), |_| true).expect("default markets");

@@ -206,20 +206,6 @@ impl Channel {
         self.slots[(index & self.mask) as usize].load_full().filter(|c| c.index == index)
     }
 
-    /// What `read` takes from the chunk at `index`, if it is published and not yet
-    /// overwritten, without a reference of its own on the chunk (the slot's guard holds it
-    /// meanwhile). A writer's round reads every chunk once per connection that follows
-    /// its channel: taking and dropping a reference each time was a tenth of a writer's
-    /// time at 10,000 subscribers (`perf`, docs/BENCHMARKS.md).
-    #[inline]
-    pub fn read_chunk<R>(&self, index: u64, read: impl FnOnce(&Chunk) -> R) -> Option<R> {
-        if index >= self.head() {
-            return None;
-        }
-        let slot = self.slots[(index & self.mask) as usize].load();
-        slot.as_deref().filter(|c| c.index == index).map(read)
-    }
-
     /// Counts a new subscriber and returns its snapshot and starting cursor. Who reads the
     /// ring is the writers' business: the channel only counts (JSON is encoded only while
     /// JSON subscribers exist).

@@ -280,16 +280,14 @@ impl Outbox {
         let json = self.format == Format::Json;
         let mut parts = Vec::with_capacity(self.staged.len() * 2 + 1);
         let mut len = 0;
-        for mut payload in self.staged.drain(..) {
-            // In place, not `slice`: no reference taken and dropped per frame.
-            payload.advance(protocol::frame_header_len(&payload));
+        for frame in self.staged.drain(..) {
+            let mut payload = frame.slice(protocol::frame_header_len(&frame)..);
             if json {
                 // `[a,b]` + `[c]` -> `[` `a,b` `,` `c` `]` (an empty array adds nothing).
                 if payload.len() <= 2 {
                     continue;
                 }
-                payload.advance(1);
-                payload.truncate(payload.len() - 1);
+                payload = payload.slice(1..payload.len() - 1);
                 parts.push(Bytes::from_static(if parts.is_empty() { b"[" } else { b"," }));
                 len += 1;
             }
@@ -574,26 +572,23 @@ impl Outbox {
                     break;
                 }
                 let lapped = head - sub.cursor > sub.channel.capacity();
-                let read = |c: &super::Chunk| {
-                    let frame = if json { c.json.clone() } else { Some(c.bin.clone()) };
-                    (frame.filter(|_| !c.resync), c.last_seq, c.messages)
-                };
-                let chunk = if lapped { None } else { sub.channel.read_chunk(sub.cursor, read) };
-                let Some((frame, last_seq, messages)) = chunk else {
+                let chunk = if lapped { None } else { sub.channel.chunk(sub.cursor) };
+                let Some(chunk) = chunk else {
                     self.fell_behind(n, metrics, clock);
                     continue;
                 };
+                let frame = if json { chunk.json.clone() } else { Some(chunk.bin.clone()) };
                 match frame {
-                    Some(frame) => {
+                    Some(frame) if !chunk.resync => {
                         let sub = &mut self.subs[n];
                         sub.cursor += 1;
-                        sub.last_seq = last_seq;
+                        sub.last_seq = chunk.last_seq;
                         sub.last_sent = now;
-                        self.stage(frame, u64::from(messages));
+                        self.stage(frame, u64::from(chunk.messages));
                     }
                     // The hub rebuilt the channel, or this JSON client joined as JSON encoding
                     // switched on: start over from a snapshot.
-                    None => self.resync(n, metrics),
+                    _ => self.resync(n, metrics),
                 }
             }
         }

@@ -422,29 +422,3 @@ fn a_client_held_too_long_is_closed_as_a_slow_consumer() {
     o.drain(&metrics, usize::MAX, &WallClock);
     assert_eq!(slow_closes(), 1, "counted once");
 }
-
-/// A writer reads chunks in place ([`super::Channel::read_chunk`]) exactly where it could
-/// take a reference on them: published ones, nothing at the head, nothing the ring has
-/// overwritten since.
-#[test]
-fn a_chunk_is_read_in_place_only_while_the_ring_holds_it() {
-    let (mut publisher, _o, channel) = following(1024 * 1024);
-    let mut seq = 0;
-    let first = channel.head();
-    pass(&mut publisher, &mut seq, 3);
-    assert_eq!(channel.head(), first + 1);
-    let whole = channel.chunk(first).expect("published");
-    let read = |c: &crate::fanout::Chunk| (c.index, c.bin.clone(), c.last_seq, c.messages);
-    assert_eq!(
-        channel.read_chunk(first, read),
-        Some((first, whole.bin.clone(), whole.last_seq, whole.messages))
-    );
-    assert_eq!(whole.messages, 3);
-    assert_eq!(channel.read_chunk(first + 1, |c| c.index), None, "not published yet");
-    for _ in 0..channel.capacity() {
-        pass(&mut publisher, &mut seq, 1);
-    }
-    assert_eq!(channel.read_chunk(first, |c| c.index), None, "overwritten by the ring");
-    let newest = channel.head() - 1;
-    assert_eq!(channel.read_chunk(newest, |c| c.index), Some(newest));
-}
