@@ -18,11 +18,12 @@ use crate::protocol::{bin, frame_header, json, ChannelKind, Opcode, TradeMsg, TR
 
 /// Largest binary payload one chunk carries; a busier pass is split over several chunks.
 const CHUNK_BYTES_MAX: usize = 16 * 1024;
-/// Passes per writer round at least (see [`HubWorker::pass`]).
+/// Passes per writer round at least (see [`Pacing::pass`]).
 const ROUND_PASSES: u32 = 8;
 /// Longest pass, however long the writers' rounds. At 10,000 subscribers a round takes
 /// 150 to 400 ms; a 4 ms cap made each visit of a connection read the chunks of dozens of
-/// passes per channel, which cost the writer more than the data (docs/BENCHMARKS.md).
+/// passes per channel, and about 40 % of the writer's time went to counting references
+/// on them (docs/BENCHMARKS.md).
 const PASS_MAX: Duration = Duration::from_millis(32);
 /// Longest idle wait: the engine's publish hook wakes the hub sooner.
 const IDLE_MAX: Duration = Duration::from_millis(50);
