@@ -22,10 +22,10 @@
 //! growth; a second in which the connection was never held and never had more than a
 //! quarter of it in flight when a receipt came back halves it, down to the start, and
 //! gives the growth back. A client far away that reads fast gets what its round trip
-//! needs within a few round trips; one that reads promptly nearby keeps the start. What a client that freezes costs is its allowance, copied once
-//! into its kernel by the writer thread the healthy ones share: 1,000 clients freezing at
-//! once with 1 MiB each stopped every healthy connection for a second
-//! (docs/BENCHMARKS.md). A receipt ping goes out per half allowance queued, so a client
+//! needs within a few round trips; one that reads promptly nearby keeps the start. What
+//! a client that freezes costs is its allowance, copied once into its kernel by the
+//! writer thread the healthy ones share: 1,000 clients freezing at once with 1 MiB each
+//! stopped every healthy connection for a second (docs/BENCHMARKS.md). A receipt ping goes out per half allowance queued, so a client
 //! reading along confirms as it goes; a held connection always has one within half an
 //! allowance of its end. A client that never answers falls behind the rings and is
 //! treated as any slow consumer.
