@@ -22,7 +22,7 @@ use tickgate_engine::{
 };
 use tickgate_gateway::fanout::link::{Link, LinkConfig, Tally};
 use tickgate_gateway::fanout::outbox::Sub;
-use tickgate_gateway::fanout::{Directory, Publisher, Writers};
+use tickgate_gateway::fanout::{ChunkCache, Directory, Publisher, Writers};
 use tickgate_gateway::metrics::Metrics;
 use tickgate_gateway::protocol::{bin, json};
 
@@ -183,7 +183,9 @@ fn writer_round(c: &mut Criterion) {
     let _inside = runtime.enter();
     let mut group = c.benchmark_group("writer_round");
     group.sample_size(20);
-    for n in [100usize, 1_000] {
+    // One hub pass per round, and eight: a writer whose round outlasts the passes collects
+    // several chunks of each channel per visit (at 10,000 subscribers, dozens).
+    for (n, passes) in [(100usize, 1), (1_000, 1), (1_000, 8)] {
         group.throughput(Throughput::Elements(n as u64));
         let (directory, metrics, mut publisher) = fixture();
         let config = Arc::new(LinkConfig {
@@ -202,19 +204,24 @@ fn writer_round(c: &mut Criterion) {
         let (links, mut clients) = connections(&runtime, n, &channel, &config);
         let mut buf = vec![0u8; 64 * 1024];
         let mut tally = Tally::default();
+        let mut cache = ChunkCache::default();
         let mut seq = 0u64;
-        group.bench_with_input(BenchmarkId::new("sockets", n), &n, |b, _| {
+        let name =
+            if passes == 1 { "sockets".to_string() } else { format!("sockets_{passes}_passes") };
+        group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
             b.iter_custom(|iters| {
                 let mut timed = std::time::Duration::ZERO;
                 for _ in 0..iters {
-                    for _ in 0..PASS {
-                        seq += 1;
-                        publisher.ingest(&Event::BookDelta(delta(seq)));
+                    for _ in 0..passes {
+                        for _ in 0..PASS {
+                            seq += 1;
+                            publisher.ingest(&Event::BookDelta(delta(seq)));
+                        }
+                        publisher.publish();
                     }
-                    publisher.publish();
                     let started = std::time::Instant::now();
                     for link in &links {
-                        black_box(link.visit(&mut tally));
+                        black_box(link.visit(&mut tally, &mut cache));
                     }
                     timed += started.elapsed();
                     drain(&mut clients, &mut buf);

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::outbox::Outbox;
+use super::ChunkCache;
 use crate::metrics::Metrics;
 use crate::protocol::Format;
 
@@ -177,7 +178,8 @@ impl Link {
     /// The writer's visit: send what is new, unless the task owns the writing now or the
     /// connection's interval has not passed since its last write (then the writer comes
     /// back when it has, once however many visits were put off).
-    pub fn visit(&self, tally: &mut Tally) -> Visit {
+    /// `cache`: the writer's copy of the rings.
+    pub fn visit(&self, tally: &mut Tally, cache: &mut ChunkCache) -> Visit {
         let mut st = self.lock();
         if st.blocked || st.closing.is_some() {
             return Visit::Done;
@@ -191,7 +193,7 @@ impl Link {
             return Visit::Later(due);
         }
         st.deferred = false;
-        self.pump_paced(&mut st, tally, now, true);
+        self.pump_paced(&mut st, tally, now, true, Some(cache));
         if let Some(since) = st.held_since().filter(|_| st.closing.is_none() && !st.blocked) {
             return Visit::Held(since);
         }
@@ -215,14 +217,21 @@ impl Link {
         }
         let now = Instant::now();
         let due = st.hold_until.is_none_or(|due| now >= due);
-        self.pump_paced(&mut st, tally, now, due && collect);
+        self.pump_paced(&mut st, tally, now, due && collect, None);
     }
 
     /// [`Link::pump`], then, if market data was collected and written, the connection's
     /// interval starts again from `now`.
-    fn pump_paced(&self, st: &mut Outbox, tally: &mut Tally, now: Instant, collect: bool) {
+    fn pump_paced(
+        &self,
+        st: &mut Outbox,
+        tally: &mut Tally,
+        now: Instant,
+        collect: bool,
+        cache: Option<&mut ChunkCache>,
+    ) {
         let writes = tally.writes;
-        self.pump(st, tally, collect);
+        self.pump(st, tally, collect, cache);
         if collect && !self.interval.is_zero() && tally.writes > writes {
             st.hold_until = Some(now + self.interval);
         }
@@ -231,11 +240,23 @@ impl Link {
     /// Collects what the subscriptions have not sent yet (with `collect`) and writes it
     /// with what is queued, until caught up or the socket is full (then `blocked`, and the
     /// task is woken to wait for the socket). Sets `closing` for a slow consumer or a dead
-    /// socket.
-    pub fn pump(&self, st: &mut Outbox, tally: &mut Tally, collect: bool) {
+    /// socket. `cache`: the writer's copy of the rings (a connection's task reads them).
+    pub fn pump(
+        &self,
+        st: &mut Outbox,
+        tally: &mut Tally,
+        collect: bool,
+        mut cache: Option<&mut ChunkCache>,
+    ) {
         let c = &self.config;
         loop {
-            let more = collect && st.drain(&c.metrics, c.write_batch_bytes_max, c.clock.as_ref());
+            let more = collect
+                && st.drain(
+                    &c.metrics,
+                    c.write_batch_bytes_max,
+                    c.clock.as_ref(),
+                    cache.as_deref_mut(),
+                );
             st.count_episode(c.slow_gaps_max, c.slow_gap_window, &c.metrics);
             if st.closing.is_some() {
                 self.task.notify_one();

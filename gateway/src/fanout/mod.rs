@@ -70,6 +70,55 @@ pub struct Chunk {
     pub messages: u32,
 }
 
+impl Chunk {
+    /// The complete frame in JSON or binary; `None` for JSON when it was not encoded.
+    #[inline]
+    pub fn frame(&self, json: bool) -> Option<&Bytes> {
+        if json {
+            self.json.as_ref()
+        } else {
+            Some(&self.bin)
+        }
+    }
+}
+
+/// A writer's own copy of the channels' rings: the chunks it has read, by channel and slot.
+///
+/// A writer reads each chunk once for every connection that follows its channel. From the
+/// ring that is an arc-swap load and a reference taken and dropped, atomic operations on
+/// cache lines the hub and the other writers touch too: at 10,000 subscribers they were a
+/// sixth of the writer thread (`perf`, docs/BENCHMARKS.md). From here the ring is read once
+/// per chunk and writer, and each connection's read after that is a plain load (the
+/// writer's user-space share fell from 32 to 22 %). A chunk stays here until a newer one
+/// takes its slot: at most one more ring's worth per channel is kept alive than the rings
+/// keep.
+#[derive(Debug, Default)]
+pub struct ChunkCache {
+    /// By the channels' dense index: their slots (empty until first read).
+    channels: Vec<Box<[Option<Arc<Chunk>>]>>,
+}
+
+impl ChunkCache {
+    /// The chunk at `index` of `channel` (one directory's: its dense index picks the
+    /// table), if it is published; read from the ring unless this cache has it already.
+    /// A chunk the ring has just overwritten may still be here: chunks never change once
+    /// published, so it is still the right one.
+    pub fn get(&mut self, channel: &Channel, index: u64) -> Option<&Arc<Chunk>> {
+        if self.channels.len() <= channel.index {
+            self.channels.resize_with(channel.index + 1, Default::default);
+        }
+        let slots = &mut self.channels[channel.index];
+        if slots.len() as u64 != channel.capacity() {
+            *slots = (0..channel.capacity()).map(|_| None).collect();
+        }
+        let slot = &mut slots[(index & channel.mask) as usize];
+        if slot.as_ref().is_none_or(|c| c.index != index) {
+            *slot = Some(channel.chunk(index)?);
+        }
+        slot.as_ref()
+    }
+}
+
 /// Where a channel's publication stands ([`Channel::position`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelPosition {

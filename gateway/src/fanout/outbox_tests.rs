@@ -34,9 +34,9 @@ fn queued(o: &Outbox) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
 fn a_drain_of_several_binary_frames_leaves_as_one_frame_of_their_messages() {
     let mut o = outbox(Format::Binary);
     let big = vec![7u8; 300];
-    o.stage(protocol::frame(Opcode::Binary, b"first").into(), 1);
-    o.stage(protocol::frame(Opcode::Binary, &big).into(), 2);
-    o.stage(protocol::frame(Opcode::Binary, b"third").into(), 1);
+    o.stage(&protocol::frame(Opcode::Binary, b"first").into(), 1);
+    o.stage(&protocol::frame(Opcode::Binary, &big).into(), 2);
+    o.stage(&protocol::frame(Opcode::Binary, b"third").into(), 1);
     assert_eq!(o.out_bytes, 7 + 304 + 7);
     o.seal();
     let (bytes, frames) = queued(&o);
@@ -53,7 +53,7 @@ fn a_drain_of_several_binary_frames_leaves_as_one_frame_of_their_messages() {
 fn a_single_frame_is_queued_as_it_was() {
     let mut o = outbox(Format::Binary);
     let frame: Bytes = protocol::frame(Opcode::Binary, b"only").into();
-    o.stage(frame.clone(), 1);
+    o.stage(&frame, 1);
     o.seal();
     assert_eq!(o.out.iter().collect::<Vec<_>>(), vec![&frame]);
     assert_eq!((o.out_frames, o.out_bytes), (1, frame.len()));
@@ -64,9 +64,9 @@ fn a_single_frame_is_queued_as_it_was() {
 #[test]
 fn json_frames_merge_into_one_valid_array() {
     let mut o = outbox(Format::Json);
-    o.stage(json_array_frame(r#"{"a":1},{"b":2}"#), 2);
-    o.stage(protocol::frame(Opcode::Text, b"[]").into(), 0);
-    o.stage(json_array_frame(r#"{"c":[3]}"#), 1);
+    o.stage(&json_array_frame(r#"{"a":1},{"b":2}"#), 2);
+    o.stage(&protocol::frame(Opcode::Text, b"[]").into(), 0);
+    o.stage(&json_array_frame(r#"{"c":[3]}"#), 1);
     o.seal();
     let (_, frames) = queued(&o);
     assert_eq!(frames.len(), 1);
@@ -74,6 +74,100 @@ fn json_frames_merge_into_one_valid_array() {
     let v: serde_json::Value = serde_json::from_slice(&frames[0].1).unwrap();
     assert_eq!(v, serde_json::json!([{"a":1},{"b":2},{"c":[3]}]));
     assert_eq!(o.out_messages, 3);
+}
+
+/// Small payloads are copied into the connection's frame; a large one is shared with the
+/// channel's frame (no copy of its bytes), and the frame holds every payload in order.
+#[test]
+fn small_payloads_are_copied_and_large_ones_shared_in_order() {
+    for format in [Format::Binary, Format::Json] {
+        let (opcode, json) = match format {
+            Format::Binary => (Opcode::Binary, false),
+            Format::Json => (Opcode::Text, true),
+        };
+        let element = |tag: u8, n: usize| {
+            let body = if json { format!(r#""{}""#, "x".repeat(n)) } else { "x".repeat(n) };
+            let mut b = body.into_bytes();
+            b[usize::from(json)] = tag;
+            b
+        };
+        let frame_of = |e: &[u8]| -> Bytes {
+            let payload = if json { [b"[", e, b"]"].concat() } else { e.to_vec() };
+            protocol::frame(opcode, &payload).into()
+        };
+        let (a, big, c, big2) = (
+            element(b'a', 10),
+            element(b'b', COPY_MAX + 1),
+            element(b'c', 20),
+            element(b'd', 5000),
+        );
+        let big_frame = frame_of(&big);
+        let mut o = outbox(format);
+        o.stage(&frame_of(&a), 1);
+        o.stage(&big_frame, 1);
+        o.stage(&frame_of(&c), 1);
+        o.stage(&frame_of(&big2), 1);
+        o.seal();
+        let (bytes, frames) = queued(&o);
+        assert_eq!(o.out_bytes, bytes.len(), "queued bytes counted exactly");
+        assert_eq!((o.out_frames, o.out_messages), (1, 4));
+        let payload = if json {
+            [b"[", &a[..], b",", &big, b",", &c, b",", &big2, b"]"].concat()
+        } else {
+            [&a[..], &big, &c, &big2].concat()
+        };
+        assert_eq!(frames, vec![(opcode as u8, payload)]);
+        // Header and `a` copied; `big` shared; `c` copied; `big2` shared; JSON's `]`.
+        assert_eq!(o.out.len(), 4 + usize::from(json));
+        let shared = &o.out[1];
+        let at = protocol::frame_header_len(&big_frame) + usize::from(json);
+        assert_eq!(shared.as_ptr(), big_frame[at..].as_ptr(), "shared, not copied");
+        assert_eq!(shared.len(), big.len());
+        // A large payload first: the header still leads.
+        let mut o = outbox(format);
+        o.stage(&big_frame, 1);
+        o.stage(&frame_of(&a), 1);
+        o.seal();
+        let (bytes, frames) = queued(&o);
+        assert_eq!(o.out_bytes, bytes.len());
+        let payload =
+            if json { [b"[", &big[..], b",", &a, b"]"].concat() } else { [&big[..], &a].concat() };
+        assert_eq!(frames, vec![(opcode as u8, payload)]);
+    }
+}
+
+/// A writer's cache of the rings gives a connection exactly what the rings give, and still
+/// has a chunk the ring has since overwritten (chunks never change once published).
+#[test]
+fn the_writers_cache_serves_what_the_ring_serves() {
+    let (mut publisher, mut direct, channel) = following(1024 * 1024);
+    let start = channel.subscribe(false, 10);
+    let mut cached = Outbox::new(Format::Binary, (ALLOWANCE_START, 1024 * 1024), None);
+    cached.subs.push(Sub {
+        channel: Arc::clone(&channel),
+        cursor: start.cursor,
+        depth: 10,
+        last_seq: start.seq,
+        last_sent: Instant::now(),
+    });
+    let (metrics, mut cache, mut seq) = (Metrics::default(), ChunkCache::default(), 0);
+    for trades in [1, 5, 0, 40, 3] {
+        pass(&mut publisher, &mut seq, trades);
+        direct.drain(&metrics, usize::MAX, &WallClock, None);
+        cached.drain(&metrics, usize::MAX, &WallClock, Some(&mut cache));
+        assert_eq!(queued(&cached), queued(&direct));
+        assert_eq!(cached.subs[0].cursor, direct.subs[0].cursor);
+    }
+    let first = start.cursor;
+    let kept = cache.get(&channel, first).map(|c| (c.index, c.last_seq));
+    assert_eq!(kept, channel.chunk(first).map(|c| (c.index, c.last_seq)));
+    // A lap of the ring later, the ring's slot holds a newer chunk; the cache's does not.
+    for _ in 0..channel.capacity() {
+        pass(&mut publisher, &mut seq, 1);
+    }
+    assert!(channel.chunk(first).is_none(), "overwritten in the ring");
+    assert_eq!(cache.get(&channel, first).map(|c| (c.index, c.last_seq)), kept);
+    assert!(cache.get(&channel, channel.head()).is_none(), "not published yet");
 }
 
 /// The payload of the newest receipt ping queued.
@@ -91,7 +185,7 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     let metrics = Metrics::default();
     // Queued and written past a receipt's worth: a receipt ping goes in the queue.
     o.queue(Bytes::from(vec![0u8; EVERY as usize]), 1);
-    assert!(!o.drain(&metrics, usize::MAX, &WallClock));
+    assert!(!o.drain(&metrics, usize::MAX, &WallClock, None));
     let position = o.last_receipt;
     assert_eq!(position, EVERY);
     let ping = o.out.back().expect("queued").clone();
@@ -107,11 +201,11 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     // At the allowance: drain collects nothing more (a stalled client), but the end of
     // what is queued has its receipt ping.
     o.queue(Bytes::from(vec![0u8; 3 * EVERY as usize]), 1);
-    assert!(!o.drain(&metrics, usize::MAX, &WallClock));
+    assert!(!o.drain(&metrics, usize::MAX, &WallClock, None));
     let end = o.last_receipt;
     assert_eq!(end, 4 * EVERY + ping.len() as u64, "a ping for the newest data");
     let before = o.out.len();
-    assert!(!o.drain(&metrics, usize::MAX, &WallClock));
+    assert!(!o.drain(&metrics, usize::MAX, &WallClock, None));
     assert_eq!(o.out.len(), before, "held, and no second ping for the same data");
     let holds = || metrics.ws_receipt_holds_total.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(holds(), 1, "one pause, counted once");
@@ -122,7 +216,7 @@ fn read_receipts_hold_market_data_until_the_client_confirms_reading() {
     assert!(!o.pong(payload, 0, &POOL), "an old position again: nothing new");
     assert!(!o.pong(&newest_receipt(&o), 0, &POOL), "confirms more, but nothing was held");
     assert_eq!(o.read_total, end);
-    assert!(!o.drain(&metrics, usize::MAX, &WallClock));
+    assert!(!o.drain(&metrics, usize::MAX, &WallClock, None));
     assert_eq!(holds(), 1, "not held any more");
     // A heartbeat ping asks for everything so far; a client that answers only the
     // newest ping confirms the older receipts with it.
@@ -147,12 +241,12 @@ fn a_new_connection_is_on_trial_until_its_first_read_receipt() {
     // A snapshot of half the trial: a receipt ping after it, the connection not held yet.
     let piece = Bytes::from(vec![0u8; ALLOWANCE_TRIAL as usize / 2]);
     o.queue(piece.clone(), 1);
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert!(!o.held);
     let first = newest_receipt(&o);
     // The client never reads: held at the trial allowance (plus its pings), not the start.
     o.queue(piece.clone(), 1);
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert!(o.held, "held at the trial allowance");
     assert!(
         o.queued_total < ALLOWANCE_TRIAL + 64,
@@ -162,12 +256,12 @@ fn a_new_connection_is_on_trial_until_its_first_read_receipt() {
     // It reads: the pong of the first receipt ends the trial and releases it.
     assert!(o.pong(&first, 0, &empty), "held until then: released");
     assert_eq!((o.allowance(), empty.used()), (ALLOWANCE_START, 0));
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert!(!o.held);
     // Receipts come per half the start from now on.
     let before = o.last_receipt;
     o.queue(Bytes::from(vec![0u8; (ALLOWANCE_START / 2) as usize - 64]), 1);
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert_eq!(o.last_receipt, before, "no receipt before half the start");
     // A quarter of the start, within the least allowance and the start.
     let trial = |start: u64| Outbox::new(Format::Binary, (start, 1 << 30), None).on_trial();
@@ -193,7 +287,7 @@ fn a_client_that_answers_its_pings_is_never_left_without_one_to_answer() {
     // A quiet start: a receipt's worth, and its ping.
     o.queue(piece.clone(), 1);
     o.queue(piece.clone(), 1);
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     for round in 0..50 {
         // The server: drains of several receipts' worth, as `collect` adds them, until the
         // allowance holds the connection.
@@ -205,7 +299,7 @@ fn a_client_that_answers_its_pings_is_never_left_without_one_to_answer() {
             for _ in 0..4 {
                 o.queue(piece.clone(), 1);
             }
-            o.drain(&metrics, usize::MAX, &WallClock);
+            o.drain(&metrics, usize::MAX, &WallClock, None);
         }
         assert!(o.queued_total > before, "round {round}: nothing could be sent");
         // The client reads everything written and answers the newest ping it read.
@@ -275,7 +369,7 @@ fn a_prompt_reader_that_stalls_costs_only_its_small_allowance() {
     for _ in 0..2_000 {
         pass(&mut publisher, &mut seq, 20);
         let queued = o.queued_total;
-        o.drain(&metrics, 256 * 1024, clock.as_ref());
+        o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
         largest = largest.max(o.queued_total - queued);
         clock.advance(Duration::from_nanos(500_000));
         client_reads(&mut o, clock.now().0);
@@ -288,7 +382,7 @@ fn a_prompt_reader_that_stalls_costs_only_its_small_allowance() {
     let read = o.read_total;
     for _ in 0..2_000 {
         pass(&mut publisher, &mut seq, 20);
-        o.drain(&metrics, 256 * 1024, clock.as_ref());
+        o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
         clock.advance(Duration::from_nanos(1_000_000));
     }
     let unread = o.queued_total - read;
@@ -326,7 +420,7 @@ fn the_allowance_grows_for_a_client_that_needs_it_and_shrinks_when_it_does_not()
         for _ in 0..n {
             for _ in 0..passes {
                 pass(&mut publisher, &mut seq, 20);
-                o.drain(&metrics, 256 * 1024, clock.as_ref());
+                o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
             }
             clock.advance(wait);
             client_reads(&mut o, clock.now().0);
@@ -348,7 +442,7 @@ fn the_allowance_grows_for_a_client_that_needs_it_and_shrinks_when_it_does_not()
 fn hold_and_release(o: &mut Outbox, pool: &AllowancePool, now: u64) -> bool {
     let metrics = Metrics::default();
     o.queue(Bytes::from(vec![0u8; o.allowance() as usize]), 1);
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     let ping = newest_receipt(o);
     o.out.clear();
     o.out_bytes = 0;
@@ -384,7 +478,7 @@ fn allowances_grow_from_one_shared_pool_and_give_it_back() {
 fn o_reads_along(o: &mut Outbox, pool: &AllowancePool, now: u64) {
     let metrics = Metrics::default();
     o.queue(Bytes::from(vec![0u8; 10]), 1);
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     let ping = o.receipt_ping();
     let payload = ping[protocol::frame_header_len(&ping)..].to_vec();
     o.out.clear();
@@ -402,23 +496,23 @@ fn a_client_held_too_long_is_closed_as_a_slow_consumer() {
     let mut o = outbox(Format::Binary);
     o.held_max = Duration::from_millis(50);
     o.queue(Bytes::from(vec![0u8; ALLOWANCE_START as usize]), 1);
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert!(o.held && o.closing.is_none(), "held, not closed yet");
     // Released within the time: the clock starts again at the next hold.
     let ping = newest_receipt(&o);
     assert!(o.pong(&ping, 0, &POOL));
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert!(!o.held && o.held_since.is_none());
     // (The release doubled the allowance.)
     o.queue(Bytes::from(vec![0u8; o.allowance() as usize]), 1);
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert!(o.held);
     std::thread::sleep(Duration::from_millis(20));
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert!(o.closing.is_none(), "20 ms held: still open");
     std::thread::sleep(Duration::from_millis(40));
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert_eq!(o.closing, Some(Closing::Send(close::SLOW_CONSUMER, "slow consumer")));
-    o.drain(&metrics, usize::MAX, &WallClock);
+    o.drain(&metrics, usize::MAX, &WallClock, None);
     assert_eq!(slow_closes(), 1, "counted once");
 }

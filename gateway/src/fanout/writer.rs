@@ -37,6 +37,7 @@ use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use super::link::{Link, Tally, Visit};
+use super::ChunkCache;
 use super::Directory;
 use crate::metrics::Metrics;
 
@@ -338,6 +339,8 @@ struct Writer {
     visits: Vec<usize>,
     registrations: Vec<Registration<Arc<Link>>>,
     tally: Tally,
+    /// The chunks this writer read from the rings.
+    chunks: ChunkCache,
     /// Connections inside their `interval_ms`, with the time to visit them again.
     later: Vec<(Instant, Arc<Link>)>,
     /// Parked connections in the order they were parked: when to visit each again (to
@@ -366,6 +369,7 @@ impl Writer {
             visits: Vec::new(),
             registrations: Vec::new(),
             tally: Tally::default(),
+            chunks: ChunkCache::default(),
             later: Vec::new(),
             parked: std::collections::VecDeque::new(),
         }
@@ -396,7 +400,7 @@ impl Writer {
     /// Visits the connection with key `key`; parks it if it is held.
     fn visit(&mut self, key: usize) {
         let entry = &mut self.followers.entries[key];
-        match entry.item.visit(&mut self.tally) {
+        match entry.item.visit(&mut self.tally, &mut self.chunks) {
             Visit::Done => {}
             Visit::Later(due) => self.later.push((due, Arc::clone(&entry.item))),
             Visit::Held(since) => {
@@ -435,7 +439,7 @@ impl Writer {
         while n < self.later.len() {
             if self.later[n].0 <= now {
                 let (_, link) = self.later.swap_remove(n);
-                if let Visit::Later(due) = link.visit(&mut self.tally) {
+                if let Visit::Later(due) = link.visit(&mut self.tally, &mut self.chunks) {
                     self.later.push((due, link));
                 }
             } else {
