@@ -240,7 +240,8 @@ impl Link {
     /// Collects what the subscriptions have not sent yet (with `collect`) and writes it
     /// with what is queued, until caught up or the socket is full (then `blocked`, and the
     /// task is woken to wait for the socket). Sets `closing` for a slow consumer or a dead
-    /// socket. `cache`: the writer's copy of the rings (a connection's task reads them).
+    /// socket. `cache`: the writer's copy of the rings (`None` from a connection's task,
+    /// which reads the rings).
     pub fn pump(
         &self,
         st: &mut Outbox,

@@ -305,11 +305,12 @@ impl Outbox {
             self.run().push(separator);
         }
         self.staged_payloads += 1;
-        let run = self.run();
         if payload.len() <= COPY_MAX {
-            run.extend_from_slice(payload);
+            self.run().extend_from_slice(payload);
         } else {
-            // After the run (the first holds the header's room).
+            if self.staged.is_empty() {
+                self.run(); // the first part holds the header's room
+            }
             self.staged.push(Part::Shared(frame.slice_ref(payload)));
         }
     }
@@ -375,6 +376,7 @@ impl Outbox {
                     bytes.advance(at);
                     bytes
                 }
+                Part::Run(run) if run.is_empty() => continue, // nothing to write
                 Part::Run(run) => Bytes::from(run),
                 Part::Shared(payload) => payload,
             };

@@ -133,6 +133,20 @@ fn small_payloads_are_copied_and_large_ones_shared_in_order() {
         let payload =
             if json { [b"[", &big[..], b",", &a, b"]"].concat() } else { [&big[..], &a].concat() };
         assert_eq!(frames, vec![(opcode as u8, payload)]);
+        // Two large payloads: the header, then both shared, nothing empty between them.
+        let mut o = outbox(format);
+        o.stage(&big_frame, 1);
+        o.stage(&frame_of(&big2), 1);
+        o.seal();
+        let (_, frames) = queued(&o);
+        let payload = if json {
+            [b"[", &big[..], b",", &big2, b"]"].concat()
+        } else {
+            [&big[..], &big2].concat()
+        };
+        assert_eq!(frames, vec![(opcode as u8, payload)]);
+        assert!(o.out.iter().all(|part| !part.is_empty()), "no empty part to write");
+        assert_eq!(o.out.len(), 3 + 2 * usize::from(json), "header, big, (`,`), big2, (`]`)");
     }
 }
 
@@ -141,15 +155,8 @@ fn small_payloads_are_copied_and_large_ones_shared_in_order() {
 #[test]
 fn the_writers_cache_serves_what_the_ring_serves() {
     let (mut publisher, mut direct, channel) = following(1024 * 1024);
-    let start = channel.subscribe(false, 10);
-    let mut cached = Outbox::new(Format::Binary, (ALLOWANCE_START, 1024 * 1024), None);
-    cached.subs.push(Sub {
-        channel: Arc::clone(&channel),
-        cursor: start.cursor,
-        depth: 10,
-        last_seq: start.seq,
-        last_sent: Instant::now(),
-    });
+    let mut cached = follower(&channel, 1024 * 1024);
+    let first = cached.subs[0].cursor;
     let (metrics, mut cache, mut seq) = (Metrics::default(), ChunkCache::default(), 0);
     for trades in [1, 5, 0, 40, 3] {
         pass(&mut publisher, &mut seq, trades);
@@ -158,7 +165,6 @@ fn the_writers_cache_serves_what_the_ring_serves() {
         assert_eq!(queued(&cached), queued(&direct));
         assert_eq!(cached.subs[0].cursor, direct.subs[0].cursor);
     }
-    let first = start.cursor;
     let kept = cache.get(&channel, first).map(|c| (c.index, c.last_seq));
     assert_eq!(kept, channel.chunk(first).map(|c| (c.index, c.last_seq)));
     // A lap of the ring later, the ring's slot holds a newer chunk; the cache's does not.
@@ -323,16 +329,22 @@ fn following(unread_max: u64) -> (crate::fanout::Publisher, Outbox, Arc<super::C
         Arc::default(),
         tickgate_engine::WallClock::shared(),
     );
+    let o = follower(&channel, unread_max);
+    (publisher, o, channel)
+}
+
+/// An outbox following `channel` from now on.
+fn follower(channel: &Arc<super::Channel>, unread_max: u64) -> Outbox {
     let start = channel.subscribe(false, 10);
     let mut o = Outbox::new(Format::Binary, (ALLOWANCE_START, unread_max), None);
     o.subs.push(Sub {
-        channel: Arc::clone(&channel),
+        channel: Arc::clone(channel),
         cursor: start.cursor,
         depth: 10,
         last_seq: start.seq,
         last_sent: Instant::now(),
     });
-    (publisher, o, channel)
+    o
 }
 
 /// One hub pass of `trades` trades.
