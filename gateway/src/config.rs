@@ -74,6 +74,12 @@ pub struct Flags {
     /// network stack need the others; docs/BENCHMARKS.md).
     #[arg(long, env = "TICKGATE_FANOUT_WRITERS", default_value_t = 0)]
     pub fanout_writers: usize,
+    /// After each round that wrote, a fan-out writer rests this share of the round's time,
+    /// in percent (0 to 400), before the next: fewer, larger writes, and the cores for
+    /// others in the meantime. For a server that shares its cores with its clients (a
+    /// load test on one machine); 0 (the default) writes as soon as there is data.
+    #[arg(long, env = "TICKGATE_FANOUT_ROUND_REST_PCT", default_value_t = 0)]
+    pub fanout_round_rest_pct: u32,
     /// Open WebSocket connections at most (more get HTTP 503).
     #[arg(long, env = "TICKGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -282,6 +288,8 @@ pub struct Config {
     pub engine_spin: Duration,
     /// Fan-out writer threads (at least one).
     pub fanout_writers: usize,
+    /// A writer's rest after each round, in percent of the round's time.
+    pub fanout_round_rest_pct: u32,
     /// WebSocket limits.
     pub ws: WsLimits,
     /// Time allowed for the HTTP request head.
@@ -353,6 +361,7 @@ impl TryFrom<Flags> for Config {
                 0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
                 n => n,
             },
+            fanout_round_rest_pct: f.fanout_round_rest_pct,
             ws,
             handshake_timeout: ms(f.handshake_timeout_ms),
             pending_connections_max: f.pending_connections_max.max(1),
@@ -456,6 +465,9 @@ fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     }
     if f.segment_mb == 0 {
         return invalid("--segment-mb must be > 0");
+    }
+    if f.fanout_round_rest_pct > 400 {
+        return invalid("--fanout-round-rest-pct must be 0..=400");
     }
     Ok(())
 }

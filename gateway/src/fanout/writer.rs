@@ -44,6 +44,15 @@ use crate::metrics::Metrics;
 /// Longest a writer sleeps without a wake-up (a safety net: every change wakes it).
 const IDLE_PARK: Duration = Duration::from_millis(50);
 
+/// The rest after a round that took `took`: `pct` percent of it (none at 0). A writer that
+/// shares the cores with the clients it writes to (a load test on one machine) otherwise
+/// takes them back for its next round at once, in writes smaller and more frequent than
+/// the clients can keep up with: at 10,000 subscribers a rest of a quarter of the round
+/// took the probe's p99 from 217 and 251 ms to 187 and 181 ms (docs/BENCHMARKS.md).
+fn rest(took: Duration, pct: u32) -> Option<Duration> {
+    (pct > 0).then(|| took * pct / 100)
+}
+
 /// What a connection task tells its writer (links by id; `T` is the link itself).
 #[derive(Debug)]
 enum Registration<T> {
@@ -102,8 +111,14 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// Starts `count` writers (at least one) over `directory`'s channels.
-    pub fn start(directory: Arc<Directory>, metrics: Arc<Metrics>, count: usize) -> Arc<Writers> {
+    /// Starts `count` writers (at least one) over `directory`'s channels; each rests
+    /// `rest_pct` percent of a round's time after each round that wrote.
+    pub fn start(
+        directory: Arc<Directory>,
+        metrics: Arc<Metrics>,
+        count: usize,
+        rest_pct: u32,
+    ) -> Arc<Writers> {
         let count = count.max(1);
         let mailboxes: Arc<[Mailbox]> = (0..count).map(|_| Mailbox::default()).collect();
         let stop = Arc::new(AtomicBool::new(false));
@@ -117,6 +132,7 @@ impl Writers {
                     Arc::clone(&directory),
                     Arc::clone(&metrics),
                 );
+                writer.rest_pct = rest_pct;
                 let stop = Arc::clone(&stop);
                 let thread = std::thread::Builder::new()
                     .name(format!("fanout-writer-{index}"))
@@ -341,6 +357,10 @@ struct Writer {
     tally: Tally,
     /// The chunks this writer read from the rings.
     chunks: ChunkCache,
+    /// Rest after a round that wrote, in percent of its time (`--fanout-round-rest-pct`).
+    rest_pct: u32,
+    /// No round before then (a rest).
+    rest_until: Option<Instant>,
     /// Connections inside their `interval_ms`, with the time to visit them again.
     later: Vec<(Instant, Arc<Link>)>,
     /// Parked connections in the order they were parked: when to visit each again (to
@@ -370,6 +390,8 @@ impl Writer {
             registrations: Vec::new(),
             tally: Tally::default(),
             chunks: ChunkCache::default(),
+            rest_pct: 0,
+            rest_until: None,
             later: Vec::new(),
             parked: std::collections::VecDeque::new(),
         }
@@ -382,7 +404,10 @@ impl Writer {
             // sets the flag again (and unparks), so none is lost.
             let due = self.later.iter().map(|(due, _)| *due).min();
             let now = Instant::now();
-            if self.mailboxes[self.index].pending.swap(false, Ordering::AcqRel) {
+            // Resting: the flag stays set, the round comes when the rest is over.
+            let resting = self.rest_until.filter(|until| now < *until);
+            if resting.is_none() && self.mailboxes[self.index].pending.swap(false, Ordering::AcqRel)
+            {
                 self.round();
             } else if due.is_some_and(|due| due <= now) {
                 self.revisit(now);
@@ -391,8 +416,8 @@ impl Writer {
                 self.expire_parked(now);
                 self.tally.publish(&self.metrics);
             } else {
-                let wait = due.map_or(IDLE_PARK, |due| (due - now).min(IDLE_PARK));
-                std::thread::park_timeout(wait);
+                let wait = due.into_iter().chain(resting).map(|t| t - now).min();
+                std::thread::park_timeout(wait.map_or(IDLE_PARK, |w| w.min(IDLE_PARK)));
             }
         }
     }
@@ -475,7 +500,9 @@ impl Writer {
         self.revisit(started);
         self.expire_parked(started);
         if !self.visits.is_empty() {
-            self.round_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let took = started.elapsed();
+            self.round_ns.store(took.as_nanos() as u64, Ordering::Relaxed);
+            self.rest_until = rest(took, self.rest_pct).map(|rest| Instant::now() + rest);
         }
         self.tally.publish(&self.metrics);
     }
@@ -504,6 +531,16 @@ mod tests {
         let mut v: Vec<_> = visits.iter().map(|&k| f.entries[k].item).collect();
         v.sort_unstable();
         v
+    }
+
+    /// A writer's rest is its percentage of the round it follows; none by default.
+    #[test]
+    fn a_rest_is_its_share_of_the_round() {
+        let round = Duration::from_millis(100);
+        assert_eq!(rest(round, 0), None, "no rest by default");
+        assert_eq!(rest(round, 25), Some(Duration::from_millis(25)));
+        assert_eq!(rest(round, 400), Some(Duration::from_millis(400)));
+        assert_eq!(rest(Duration::ZERO, 50), Some(Duration::ZERO));
     }
 
     /// Registrations as the writer applies them: the follower lists stay consistent

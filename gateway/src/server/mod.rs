@@ -88,8 +88,12 @@ impl Server {
         if let (Some(n), Some(r)) = (&node, &replica) {
             startup::seed_market(n, r, &directory, &candles).await?;
         }
-        let writers =
-            Writers::start(Arc::clone(&directory), Arc::clone(&metrics), config.fanout_writers);
+        let writers = Writers::start(
+            Arc::clone(&directory),
+            Arc::clone(&metrics),
+            config.fanout_writers,
+            config.fanout_round_rest_pct,
+        );
         let alerts = Arc::new(AlertHub::new(
             loaded.users.all().map(|u| u.account),
             engine.instruments().len(),
