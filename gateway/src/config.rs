@@ -565,6 +565,15 @@ mod tests {
     }
 
     #[test]
+    fn the_writers_rest_is_off_by_default_and_bounded() {
+        assert_eq!(config(&["tickgate"]).expect("defaults").fanout_round_rest_pct, 0);
+        let set = config(&["tickgate", "--fanout-round-rest-pct", "25"]).expect("valid");
+        assert_eq!(set.fanout_round_rest_pct, 25);
+        let e = config(&["tickgate", "--fanout-round-rest-pct", "401"]).unwrap_err();
+        assert!(e.contains("--fanout-round-rest-pct must be 0..=400"), "{e}");
+    }
+
+    #[test]
     fn nats_and_a_role_go_together_with_a_shared_secret() {
         let single = config(&["tickgate"]).expect("the single process");
         assert!(single.cluster.is_none());
