@@ -25,10 +25,10 @@
 //! needs within a few round trips; one that reads promptly nearby keeps the start. What
 //! a client that freezes costs is its allowance, copied once into its kernel by the
 //! writer thread the healthy ones share: 1,000 clients freezing at once with 1 MiB each
-//! stopped every healthy connection for a second (docs/BENCHMARKS.md). A receipt ping goes out per half allowance queued, so a client
-//! reading along confirms as it goes; a held connection always has one within half an
-//! allowance of its end. A client that never answers falls behind the rings and is
-//! treated as any slow consumer.
+//! stopped every healthy connection for a second (docs/BENCHMARKS.md). A receipt ping
+//! goes out per half allowance queued, so a client reading along confirms as it goes; a
+//! held connection always has one within half an allowance of its end. A client that
+//! never answers falls behind the rings and is treated as any slow consumer.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -171,9 +171,8 @@ pub struct Outbox {
     /// Market-data frames collected by one `drain`, sent as one frame (see [`Outbox::seal`]):
     /// their payloads, copied or shared.
     staged: Vec<Part>,
-    /// Frames staged, payloads among them (JSON: not empty arrays), their bytes (counted in
-    /// `out_bytes` until sealed) and messages.
-    staged_frames: usize,
+    /// Payloads staged (JSON: not empty arrays), the staged frames' bytes (counted in
+    /// `out_bytes` until sealed; none: nothing staged) and their messages.
     staged_payloads: usize,
     staged_bytes: usize,
     staged_messages: u64,
@@ -233,7 +232,6 @@ impl Outbox {
             out_messages: 0,
             out_frames: 0,
             staged: Vec::new(),
-            staged_frames: 0,
             staged_payloads: 0,
             staged_bytes: 0,
             staged_messages: 0,
@@ -292,7 +290,6 @@ impl Outbox {
         self.out_bytes += frame.len();
         self.staged_bytes += frame.len();
         self.staged_messages += messages;
-        self.staged_frames += 1;
         let json = self.format == Format::Json;
         let mut payload = &frame[protocol::frame_header_len(frame)..];
         if json {
@@ -342,9 +339,10 @@ impl Outbox {
     /// (a browser pays per frame: an event, a hand-over from its network process).
     fn seal(&mut self) {
         let messages = std::mem::take(&mut self.staged_messages);
-        self.out_bytes -= std::mem::take(&mut self.staged_bytes);
-        if std::mem::take(&mut self.staged_frames) == 0 {
-            return;
+        let staged_bytes = std::mem::take(&mut self.staged_bytes);
+        self.out_bytes -= staged_bytes;
+        if staged_bytes == 0 {
+            return; // nothing staged (every frame has a header)
         }
         let json = self.format == Format::Json;
         if json {
