@@ -97,24 +97,6 @@ impl EngineHandle {
         link.tx.send(Request::Replicated(commands)).map_err(|_| SubmitError::Stopped)
     }
 
-    /// [`EngineHandle::replicate`] without the wait: `Ok(Some(commands))` hands the
-    /// commands back when the shard's queue has no room for them now.
-    pub fn try_replicate(
-        &self,
-        shard: usize,
-        commands: Vec<Command>,
-    ) -> Result<Option<Vec<Command>>, SubmitError> {
-        if !self.shared.replica {
-            return Err(SubmitError::NotReplica);
-        }
-        let link = self.shared.shards.get(shard).ok_or(SubmitError::UnknownShard)?;
-        match link.tx.try_send(Request::Replicated(commands)) {
-            Ok(()) => Ok(None),
-            Err(TrySendError::Full(Request::Replicated(commands))) => Ok(Some(commands)),
-            Err(_) => Err(SubmitError::Stopped),
-        }
-    }
-
     /// `shard`'s whole state as snapshot bytes ([`crate::snapshot`]), taken between two
     /// commands; its header carries the sequence of the last command it includes, the
     /// first a replica starting from it must apply after it.

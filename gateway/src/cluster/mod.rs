@@ -251,9 +251,6 @@ pub struct ClusterStats {
     pub bytes_in: AtomicU64,
     /// Commands applied by this replica.
     pub commands_applied: AtomicU64,
-    /// Batches of commands that found the replica's queue full (or others ahead of them
-    /// waiting for room) and waited for room in the replica thread.
-    pub apply_waits: AtomicU64,
     /// Gaps found on the commands subjects (and repaired by replay).
     pub gaps: AtomicU64,
     /// Commands fetched by replay.
@@ -298,7 +295,6 @@ impl ClusterStats {
             ("tickgate_nats_messages_in_total", "counter", n(&self.messages_in)),
             ("tickgate_nats_bytes_in_total", "counter", n(&self.bytes_in)),
             ("tickgate_replica_commands_applied_total", "counter", n(&self.commands_applied)),
-            ("tickgate_replica_apply_waits_total", "counter", n(&self.apply_waits)),
             ("tickgate_replica_gaps_total", "counter", n(&self.gaps)),
             ("tickgate_replica_replayed_total", "counter", n(&self.replayed)),
             ("tickgate_nats_no_responders_total", "counter", n(&self.no_responders)),

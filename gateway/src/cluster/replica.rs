@@ -7,7 +7,7 @@
 //! event consumers read the replica's rings. What arrives meanwhile waits in the
 //! subscriptions (or is dropped by NATS past their capacity, and repaired by replay).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -161,19 +161,11 @@ impl Replica {
     }
 }
 
-/// Hands commands to the replica's shard. Straight into the shard's queue when it has
-/// room and nothing handed over earlier is still waiting; otherwise through a thread of
-/// its own, which waits for room (the follower's task must not block on a full queue).
-/// The direct way spares each batch a thread's wake-up on its way to the clients.
+/// Hands commands to the replica's shard from a thread of its own (the shard's queue may
+/// be full for a moment; the follower's task must not block on it).
 #[derive(Debug)]
 struct Applier {
     tx: mpsc::Sender<Vec<Command>>,
-    handle: EngineHandle,
-    shard: usize,
-    /// Batches given to the thread and not yet in the shard's queue: while there are
-    /// any, later batches go the same way, behind them.
-    waiting: Arc<AtomicUsize>,
-    stats: Arc<ClusterStats>,
 }
 
 impl Applier {
@@ -184,48 +176,21 @@ impl Applier {
         report: mpsc::Sender<Diverged>,
     ) -> Applier {
         let (tx, mut rx) = mpsc::channel::<Vec<Command>>(APPLY_QUEUE);
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let (thread_handle, thread_stats, thread_waiting) =
-            (handle.clone(), Arc::clone(&stats), Arc::clone(&waiting));
         std::thread::Builder::new()
             .name(format!("replica-{shard}"))
             .spawn(move || {
                 while let Some(commands) = rx.blocking_recv() {
                     let n = commands.len() as u64;
-                    if let Err(e) = thread_handle.replicate(shard, commands) {
+                    if let Err(e) = handle.replicate(shard, commands) {
                         let why = format!("the replica engine took no more commands: {e}");
                         let _ = report.blocking_send(Diverged { shard, why });
                         return;
                     }
-                    thread_stats.commands_applied.fetch_add(n, Ordering::Relaxed);
-                    thread_waiting.fetch_sub(1, Ordering::Release);
+                    stats.commands_applied.fetch_add(n, Ordering::Relaxed);
                 }
             })
             .expect("spawning a replica thread");
-        Applier { tx, handle, shard, waiting, stats }
-    }
-
-    /// Queues `commands` on the shard after everything handed over before them; an error
-    /// says why the replica can take no more.
-    async fn apply(&self, commands: Vec<Command>) -> Result<(), String> {
-        let n = commands.len() as u64;
-        // Only this follower hands commands over: with none waiting in the thread, every
-        // earlier batch is in the shard's queue already, so this one goes in behind them.
-        let commands = if self.waiting.load(Ordering::Acquire) == 0 {
-            match self.handle.try_replicate(self.shard, commands) {
-                Ok(None) => {
-                    self.stats.commands_applied.fetch_add(n, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Ok(Some(back)) => back,
-                Err(e) => return Err(format!("the replica engine took no more commands: {e}")),
-            }
-        } else {
-            commands
-        };
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.stats.apply_waits.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(commands).await.map_err(|_| "the replica engine stopped".to_string())
+        Applier { tx }
     }
 }
 
@@ -344,7 +309,10 @@ impl Follower {
             return Ok(());
         }
         self.next += commands.len() as u64;
-        self.applier.apply(commands).await.map_err(|why| self.diverged(why))
+        if self.applier.tx.send(commands).await.is_err() {
+            return Err(self.diverged("the replica engine stopped".into()));
+        }
+        Ok(())
     }
 
     /// Replays from `next` until `until` (exclusive). `Ok(false)`: the engine node did not
@@ -393,62 +361,5 @@ impl Follower {
 
     fn diverged(&self, why: String) -> Diverged {
         Diverged { shard: self.shard, why }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tickgate_engine::{AccountId, Amount, AssetId, CommandKind, Event, Transfer, UnixNanos};
-
-    /// Single-transfer batches handed to a replica whose queue holds one batch: some go
-    /// straight into the queue, others wait in the replica thread; the shard applies all
-    /// of them, in the order they were handed over.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_reach_the_replica_in_order_either_way() {
-        let spec = tickgate_engine::EngineSpec::default();
-        let primary =
-            EngineRuntime::start(RuntimeConfig { spec: spec.clone(), ..RuntimeConfig::default() })
-                .expect("a primary");
-        let bytes = primary.handle().snapshot(0).expect("a snapshot");
-        primary.shutdown();
-        let restored = decode_snapshot(&bytes, 0, &spec, |_| true).expect("decodes");
-        let config = RuntimeConfig { spec, queue_capacity: 1, ..RuntimeConfig::default() };
-        let replica = EngineRuntime::start_replica(config, vec![restored]).expect("a replica");
-        let handle = replica.handle();
-        let mut events = handle.reader(0).expect("shard 0");
-        let stats = Arc::new(ClusterStats::default());
-        let (report, _diverged) = mpsc::channel(1);
-        let applier = Applier::start(handle.clone(), 0, Arc::clone(&stats), report);
-        const N: u64 = 5_000;
-        for i in 1..=N {
-            let transfer = Transfer {
-                account: AccountId(1),
-                asset: AssetId(0),
-                amount: Amount(1),
-                request_id: i,
-            };
-            let command = Command { ts: UnixNanos(i), kind: CommandKind::Transfer(transfer) };
-            applier.apply(vec![command]).await.expect("applied");
-        }
-        while applier.waiting.load(Ordering::Acquire) > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        // A query queued behind every batch: answered once all of them are applied.
-        handle.digest(0).expect("running");
-        let mut read = Vec::new();
-        events.read(&mut read, usize::MAX);
-        let ids: Vec<u64> = read
-            .iter()
-            .filter_map(|e| match e {
-                Event::Transfer(t) => Some(t.request_id),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "every transfer, in order");
-        assert_eq!(stats.commands_applied.load(Ordering::Relaxed), N);
-        let waited = stats.apply_waits.load(Ordering::Relaxed);
-        assert!(waited > 0 && waited < N, "both ways used: {waited} of {N} waited");
-        replica.shutdown();
     }
 }
