@@ -3,8 +3,9 @@
 //! Each connection is a task on a small tokio runtime (one thread by default, so the
 //! probe leaves the other core to the server). Per message it decodes only the 24-byte
 //! header: type, channel, sequence and engine timestamp. Latency is receipt wall-clock
-//! time minus the engine timestamp (both clocks are this machine's), recorded in an HDR
-//! histogram per connection and merged at the end. Sequences are checked per channel:
+//! time minus the engine timestamp (both clocks are this machine's), recorded once per
+//! read in the HDR histogram of the second it arrived in (shared by all connections, 2
+//! significant digits); the whole run's is their sum. Sequences are checked per channel:
 //! book deltas and trades must be contiguous, except across a resync snapshot or an
 //! announced gap, which are counted.
 
