@@ -255,7 +255,7 @@ struct Latencies {
     from_ns: u64,
     /// One per measured second, by receipt time.
     seconds: Vec<Histogram<u64>>,
-    /// Reads after the last measured second began and ended (in the whole run only).
+    /// Reads that arrived after the last measured second (in the whole run only).
     outside: Histogram<u64>,
 }
 
