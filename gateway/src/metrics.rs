@@ -13,6 +13,8 @@ macro_rules! metrics {
         #[derive(Debug, Default)]
         pub struct Metrics {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// How long the fan-out writers' rounds take.
+            pub fanout_rounds: RoundTimes,
         }
 
         impl Metrics {
@@ -21,6 +23,7 @@ macro_rules! metrics {
                     let _ = writeln!(out, "# TYPE tickgate_{} {}", stringify!($name), $kind);
                     let _ = writeln!(out, "tickgate_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
                 )*
+                self.fanout_rounds.render("tickgate_fanout_round_seconds", out);
             }
         }
     };
@@ -97,6 +100,51 @@ metrics! {
     login_throttled_total: "counter",
 }
 
+/// Upper bounds of [`RoundTimes`]' buckets, in microseconds: a quarter of a millisecond
+/// to half a second, doubling.
+const ROUND_BOUNDS_US: [u64; 12] =
+    [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000];
+
+/// The fan-out writers' rounds that wrote something, by how long they took: a Prometheus
+/// histogram. A connection waits up to a round for its next write, so the rounds are what
+/// market data's latency is made of (docs/OPERATIONS.md, "Tuning"). One observation per
+/// round: relaxed adds on the writer's thread.
+#[derive(Debug, Default)]
+pub struct RoundTimes {
+    /// Rounds per bucket (not cumulative), the last for those longer than every bound.
+    counts: [AtomicU64; ROUND_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl RoundTimes {
+    /// Counts one round of `took`.
+    pub fn observe(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = ROUND_BOUNDS_US.partition_point(|&bound| bound < us);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (n, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            match ROUND_BOUNDS_US.get(n) {
+                Some(&us) => {
+                    let le = us as f64 / 1e6;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
 impl Metrics {
     /// Prometheus text for the gateway's and the engine's counters.
     pub fn render(&self, engine: &EngineHandle) -> String {
@@ -141,5 +189,35 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Rounds land in the first bucket whose bound they do not exceed; the text has
+    /// cumulative buckets up to `+Inf`, the sum in seconds and the count.
+    #[test]
+    fn round_times_render_as_a_prometheus_histogram() {
+        let rounds = RoundTimes::default();
+        for us in [100, 250, 251, 3_000, 3_000, 600_000] {
+            rounds.observe(Duration::from_micros(us));
+        }
+        let mut out = String::new();
+        rounds.render("r", &mut out);
+        let line = |le: &str| {
+            let key = format!("r_bucket{{le=\"{le}\"}} ");
+            out.lines().find_map(|l| l.strip_prefix(key.as_str())).map(str::to_owned)
+        };
+        assert!(out.starts_with("# TYPE r histogram\n"), "{out}");
+        assert_eq!(line("0.00025").as_deref(), Some("2"), "{out}");
+        assert_eq!(line("0.0005").as_deref(), Some("3"));
+        assert_eq!(line("0.002").as_deref(), Some("3"));
+        assert_eq!(line("0.004").as_deref(), Some("5"));
+        assert_eq!(line("0.512").as_deref(), Some("5"));
+        assert_eq!(line("+Inf").as_deref(), Some("6"));
+        assert!(out.contains("r_sum 0.606601\nr_count 6\n"), "{out}");
     }
 }

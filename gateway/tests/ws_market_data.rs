@@ -134,6 +134,17 @@ async fn rebuild_books(shards: usize, symbols: &[&str]) {
         bin_tail[..],
         "binary and JSON carry the same deltas"
     );
+    // The writers' rounds that carried all this are in /metrics, as a histogram whose
+    // buckets count up to its total.
+    let head = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let (status, metrics) = http_raw(server.local_addr(), head).await;
+    assert_eq!(status, 200);
+    let value =
+        |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
+    let rounds = value("tickgate_fanout_round_seconds_count ").expect("a round count");
+    assert!(rounds >= 1.0, "{metrics}");
+    assert_eq!(value("tickgate_fanout_round_seconds_bucket{le=\"+Inf\"} "), Some(rounds));
+    assert!(value("tickgate_fanout_round_seconds_sum ").is_some_and(|s| s > 0.0), "{metrics}");
     server.shutdown().await.expect("clean shutdown");
 }
 

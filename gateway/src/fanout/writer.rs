@@ -502,6 +502,7 @@ impl Writer {
         if !self.visits.is_empty() {
             let took = started.elapsed();
             self.round_ns.store(took.as_nanos() as u64, Ordering::Relaxed);
+            self.metrics.fanout_rounds.observe(took);
             self.rest_until = rest(took, self.rest_pct).map(|rest| Instant::now() + rest);
         }
         self.tally.publish(&self.metrics);
