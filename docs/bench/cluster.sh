@@ -4,6 +4,9 @@
 #   single : one process (--role all)
 #   gw1    : nats-server + engine node + one gateway node
 #   gw2    : nats-server + engine node + two gateway nodes (half the subscribers each)
+#   single+: the single process again, with the engine node and nats-server running beside
+#            it (nothing subscribed to them): what sharing the cores with them costs, apart
+#            from the hop itself (gw1 - single+ is the hop at equal load on the cores)
 # For each: 1,000 subscribers (spread:3, binary), delivered msgs/s and latency from the
 # engine timestamp; NATS messages/s and bytes/s out of the engine node; then the order
 # round trip (POST /api/v1/orders, IOC far from the market, wrk -c8) p50/p99. A run with
@@ -67,6 +70,10 @@ for round in $(seq "$rounds"); do
   nats="--nats nats://127.0.0.1:$nport --jwt-secret $secret"
   $bin $nats --role engine --listen 127.0.0.1:$e --feed-rate "$feed" $common > /dev/null 2>&1 & pids+=($!)
   wait_up $e
+  $bin --listen 127.0.0.1:$g1 --feed-rate "$feed" $common > /dev/null 2>&1 & beside=$!; pids+=($beside)
+  wait_up $g1
+  load $g1 1000 "$out/a"; report "single+" "$out/a"
+  kill -INT $beside; wait $beside 2>/dev/null || true
   $bin $nats --role gateway --listen 127.0.0.1:$g1 $common > /dev/null 2>&1 & pids+=($!)
   wait_up $g1
   m0=$(metric $e tickgate_nats_messages_out_total); b0=$(metric $e tickgate_nats_bytes_out_total); t0=$(date +%s.%N)
