@@ -131,8 +131,8 @@ impl Writers {
                     Arc::clone(&round_ns),
                     Arc::clone(&directory),
                     Arc::clone(&metrics),
+                    rest_pct,
                 );
-                writer.rest_pct = rest_pct;
                 let stop = Arc::clone(&stop);
                 let thread = std::thread::Builder::new()
                     .name(format!("fanout-writer-{index}"))
@@ -376,6 +376,7 @@ impl Writer {
         round_ns: Arc<AtomicU64>,
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
+        rest_pct: u32,
     ) -> Writer {
         Writer {
             index,
@@ -390,7 +391,7 @@ impl Writer {
             registrations: Vec::new(),
             tally: Tally::default(),
             chunks: ChunkCache::default(),
-            rest_pct: 0,
+            rest_pct,
             rest_until: None,
             later: Vec::new(),
             parked: std::collections::VecDeque::new(),
