@@ -74,7 +74,7 @@ fn drive(handle: &EngineHandle, seed: u64, n: u64) {
         if i % 200 == 0 {
             // Wait for the engine now and then, so the journal sees many small batches
             // (and rotates segments) rather than one big one.
-            handle.digest(0).expect("running");
+            common::retrying(|| handle.digest(0));
         }
         let r = rand();
         let instrument = InstrumentId((r % 4) as u32);
@@ -119,7 +119,7 @@ fn drive(handle: &EngineHandle, seed: u64, n: u64) {
 fn digests(handle: &EngineHandle) -> Vec<(u64, u64)> {
     (0..handle.shards())
         .map(|s| {
-            let d = handle.digest(s).expect("running");
+            let d = common::retrying(|| handle.digest(s));
             (d.state, d.journal_seq)
         })
         .collect()
@@ -193,7 +193,7 @@ fn replaying_the_journal_reproduces_the_live_event_stream() {
     let handle = runtime.handle();
     let mut reader = handle.ring(0).unwrap().reader_from_oldest();
     drive(&handle, 11, 3_000);
-    let live_state = handle.digest(0).unwrap().state;
+    let live_state = common::retrying(|| handle.digest(0)).state;
     let mut events = Vec::new();
     reader.read(&mut events, usize::MAX);
     let mut live = EventDigest::default();

@@ -153,17 +153,24 @@ pub fn rejection(events: &[Event]) -> Option<RejectReason> {
     reports(events).iter().find(|r| r.kind.is_rejection()).and_then(|r| r.reason)
 }
 
-/// Submits, retrying while the queue is full (for up to 30 s); panics on any other error.
-pub fn submit_retrying(handle: &tickgate_engine::runtime::EngineHandle, kind: CommandKind) {
+/// Runs `ask` (a submit or a query), retrying while the engine's queue is full (for up to
+/// 30 s); panics on any other error. A query right after a burst of commands can find the
+/// queue still full: that is back-pressure, not a failure.
+pub fn retrying<T>(mut ask: impl FnMut() -> Result<T, tickgate_engine::runtime::SubmitError>) -> T {
     use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match handle.submit(kind) {
-            Ok(()) => return,
+        match ask() {
+            Ok(answer) => return answer,
             Err(tickgate_engine::runtime::SubmitError::QueueFull) if Instant::now() < deadline => {
                 std::thread::yield_now()
             }
-            Err(e) => panic!("submit failed: {e}"),
+            Err(e) => panic!("engine call failed: {e}"),
         }
     }
+}
+
+/// Submits, retrying while the queue is full (for up to 30 s); panics on any other error.
+pub fn submit_retrying(handle: &tickgate_engine::runtime::EngineHandle, kind: CommandKind) {
+    retrying(|| handle.submit(kind))
 }
