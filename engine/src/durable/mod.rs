@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
+
+use crate::runtime::queue::{QueueRx, RecvTimeoutError};
 
 use crate::clock::Stamper;
 use crate::command::Command;
@@ -225,7 +227,7 @@ pub(crate) struct JournalStage {
 /// request has been forwarded, the engine is gone, or the disk failed.
 pub(crate) fn journal_loop<R: JournalItem>(
     stage: JournalStage,
-    rx: Receiver<R>,
+    rx: QueueRx<R>,
     mut forward: impl FnMut(Vec<R>) -> bool,
 ) {
     let JournalStage { mut writer, mode, batch_max, mut stamper, stats, failure } = stage;
