@@ -26,9 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-
-use crate::runtime::queue::{QueueRx, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::clock::Stamper;
 use crate::command::Command;
@@ -227,7 +225,7 @@ pub(crate) struct JournalStage {
 /// request has been forwarded, the engine is gone, or the disk failed.
 pub(crate) fn journal_loop<R: JournalItem>(
     stage: JournalStage,
-    rx: QueueRx<R>,
+    rx: Receiver<R>,
     mut forward: impl FnMut(Vec<R>) -> bool,
 ) {
     let JournalStage { mut writer, mode, batch_max, mut stamper, stats, failure } = stage;

@@ -2,8 +2,7 @@
 //!
 //! Each shard owns a disjoint set of instruments (instrument `i` goes to shard
 //! `i % shards`) and runs on its own OS thread. Commands reach it through a bounded
-//! lock-free queue (crossbeam's, with a receiver that sleeps without yielding: see
-//! `runtime/queue.rs`): a full queue is an immediate
+//! crossbeam channel (lock-free array queue): a full queue is an immediate
 //! [`SubmitError::QueueFull`] to the submitter, never a silent drop and never a block.
 //! Each command is stamped with its ingest time (by the journal stage's [`Stamper`], or
 //! the shard's when nothing is journaled); the shard processes commands in batches and
@@ -15,7 +14,6 @@
 //! to that shard). With one shard (the default) there is one ledger for everything.
 
 mod handle;
-pub(crate) mod queue;
 mod shard;
 
 use std::ops::Range;
@@ -24,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::accounts::Balance;
@@ -45,7 +43,6 @@ use crate::retention::Retention;
 use crate::ring::{EventRing, RingReader, RingWriter};
 use crate::snapshot::RestoredSnapshot;
 use crate::types::{AccountId, AssetId, InstrumentId, OrderId, Seq, UnixNanos};
-use queue::{QueueRx, QueueTx, TryRecvError, TrySendError};
 use shard::{DurableState, Query, Request, ShardWorker};
 
 /// Called by a shard thread after it publishes a batch of events (e.g. to wake async
@@ -239,7 +236,7 @@ impl ShardStats {
 }
 
 struct ShardLink {
-    tx: QueueTx<Request>,
+    tx: Sender<Request>,
     board: Arc<BalanceBoard>,
     ring: Arc<EventRing>,
     stats: Arc<ShardStats>,
@@ -419,7 +416,7 @@ fn start_shard(
     };
     let instruments = engine.instruments().to_vec();
     let max_order_id = engine.max_order_id();
-    let (tx, rx) = queue::bounded(config.queue_capacity.max(1));
+    let (tx, rx) = bounded(config.queue_capacity.max(1));
     let (ring, writer) = EventRing::with_capacity(config.ring_capacity);
     let stats = Arc::new(ShardStats::default());
     let failure = Arc::new(Failure::default());
@@ -478,7 +475,7 @@ fn start_durable(
     let jstats = Arc::new(JournalStats::default());
     jstats.applied_seq.store(r.next_seq - 1, Ordering::Relaxed);
     jstats.durable_seq.store(r.next_seq - 1, Ordering::Relaxed);
-    let (batch_tx, batch_rx) = queue::bounded::<Request>(4);
+    let (batch_tx, batch_rx) = bounded::<Request>(4);
     let (snap_tx, snap_rx) = bounded::<SnapshotJob>(1);
     let queue = std::mem::replace(&mut worker.rx, batch_rx);
     let stage = JournalStage {

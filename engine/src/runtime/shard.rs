@@ -43,7 +43,7 @@ impl JournalItem for Request {
 pub(super) struct ShardWorker {
     pub(super) board: Arc<BalanceBoard>,
     pub(super) engine: Engine,
-    pub(super) rx: QueueRx<Request>,
+    pub(super) rx: Receiver<Request>,
     pub(super) writer: RingWriter,
     pub(super) stats: Arc<ShardStats>,
     pub(super) batch_max: usize,
