@@ -763,13 +763,23 @@ impl Outbox {
         }
     }
 
-    /// A heartbeat for each caught-up subscription that has been quiet for `interval`.
-    pub fn heartbeats(&mut self, interval: Duration, clock: &dyn Clock) {
-        let now = Instant::now();
+    /// A heartbeat for each caught-up subscription that has been quiet for `interval` at
+    /// `now`; returns when to look again: when the next subscription will have been quiet
+    /// that long (at most `interval` from now, so a subscription made meanwhile is not
+    /// missed). Checking on a fixed tick instead let a channel that went quiet just after
+    /// a tick wait almost two intervals.
+    pub fn heartbeats(&mut self, now: Instant, interval: Duration, clock: &dyn Clock) -> Instant {
         let ts = clock.now().0;
+        let mut next = now + interval;
         for n in 0..self.subs.len() {
             let sub = &self.subs[n];
-            if now.duration_since(sub.last_sent) < interval || sub.cursor < sub.channel.head() {
+            let due = sub.last_sent + interval;
+            if due > now {
+                next = next.min(due);
+                continue;
+            }
+            if sub.cursor < sub.channel.head() {
+                // Behind: its data goes out before any heartbeat would.
                 continue;
             }
             let (id, seq) = (sub.channel.id, sub.last_seq);
@@ -785,6 +795,7 @@ impl Outbox {
             self.subs[n].last_sent = now;
             self.push(frame, 1);
         }
+        next
     }
 }
 

@@ -528,3 +528,28 @@ fn a_client_held_too_long_is_closed_as_a_slow_consumer() {
     o.drain(&metrics, usize::MAX, &WallClock, None);
     assert_eq!(slow_closes(), 1, "counted once");
 }
+
+/// A quiet subscription gets its heartbeat one interval after its last message, and the
+/// connection looks again exactly when the next one is due (on a fixed tick, a channel
+/// that went quiet just after a tick waited almost two intervals).
+#[test]
+fn a_quiet_subscription_gets_its_heartbeat_one_interval_after_its_last_message() {
+    let (_publisher, mut o, channel) = following(1024 * 1024);
+    let clock = ManualClock::new(UnixNanos(1_000));
+    let interval = Duration::from_secs(5);
+    let sent = o.subs[0].last_sent;
+    let just_before = sent + interval - Duration::from_millis(1);
+    assert_eq!(o.heartbeats(just_before, interval, clock.as_ref()), sent + interval);
+    assert!(o.out.is_empty(), "not quiet for a whole interval yet");
+
+    assert_eq!(o.heartbeats(sent + interval, interval, clock.as_ref()), sent + interval * 2);
+    let mut expected = Vec::new();
+    bin::heartbeat(&mut expected, channel.id, o.subs[0].last_seq, 1_000);
+    let (_, frames) = queued(&o);
+    assert_eq!(frames, vec![(Opcode::Binary as u8, expected)], "one heartbeat, last sequence");
+
+    // Nothing followed: look again one interval from now, so a new subscription is seen.
+    o.subs.clear();
+    let now = sent + interval * 3;
+    assert_eq!(o.heartbeats(now, interval, clock.as_ref()), now + interval);
+}

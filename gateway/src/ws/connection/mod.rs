@@ -269,9 +269,8 @@ impl Conn {
         let mut ping = tokio::time::interval(limits.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let mut heartbeat = tokio::time::interval(limits.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
+        // When to look for quiet subscriptions next (`Outbox::heartbeats` says).
+        let mut heartbeat = Box::pin(tokio::time::sleep(limits.heartbeat_interval));
         let welcome = control::reply(
             "welcome",
             &None,
@@ -352,7 +351,11 @@ impl Conn {
                         self.push(ping, 0);
                     }
                 }
-                _ = heartbeat.tick() => link.lock().heartbeats(limits.heartbeat_interval, self.ctx.links.clock.as_ref()),
+                () = &mut heartbeat => {
+                    let clock = self.ctx.links.clock.as_ref();
+                    let next = link.lock().heartbeats(Instant::now(), limits.heartbeat_interval, clock);
+                    heartbeat.as_mut().reset(next.into());
+                }
                 Some(answer) = next_answer(&mut self.answers) => self.push(answer, 0),
                 report = next_report(&mut self.orders) => self.report(report),
                 stale = next_market_state(&mut self.market) => {
