@@ -169,10 +169,22 @@ fn diagnose(text: &[u8]) -> RequestError {
         .iter()
         .find(|(name, _)| object.get(*name).is_some_and(|v| !v.is_null() && !has_type(name, v)));
     match wrong {
+        // An integer out of range (negative, or past u64): the depth is wrong, not the JSON.
+        Some(("depth", _))
+            if object.get("depth").is_some_and(|v| {
+                v.is_i64()
+                    || v.as_f64().is_some_and(|f| f.fract() == 0.0 && !(1.0..=1000.0).contains(&f))
+            }) =>
+        {
+            RequestError { id, code: ErrorCode::InvalidDepth, message: DEPTH_RANGE.into() }
+        }
         Some((name, expected)) => malformed(id, format!("`{name}` must be {expected}")),
         None => malformed(id, "the request does not match any operation".into()),
     }
 }
+
+/// What an `invalid_depth` error says.
+const DEPTH_RANGE: &str = "depth must be 1..=1000";
 
 /// Default book depth of a snapshot when the client gives none.
 pub const DEFAULT_DEPTH: usize = 50;
@@ -208,7 +220,7 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
             let depth = match envelope.depth {
                 None => DEFAULT_DEPTH,
                 Some(d) if (1..=protocol::SNAPSHOT_DEPTH_MAX as u64).contains(&d) => d as usize,
-                Some(_) => return Err(err(ErrorCode::InvalidDepth, "depth must be 1..=1000")),
+                Some(_) => return Err(err(ErrorCode::InvalidDepth, DEPTH_RANGE)),
             };
             Ok(Request::Subscribe { channels: channels(envelope.channels)?, depth, id })
         }
@@ -348,8 +360,16 @@ mod tests {
             code(r#"{"op":"subscribe","channels":["a"],"depth":0}"#),
             Some(ErrorCode::InvalidDepth)
         );
+        // Integers outside 1..=1000, however large, are a wrong depth; a fraction is not an
+        // integer at all.
+        for depth in ["-1", "1001", "18446744073709551617", "-9223372036854775809"] {
+            let text = format!(r#"{{"op":"subscribe","id":4,"channels":["a"],"depth":{depth}}}"#);
+            let e = p(&text).expect_err("out of range");
+            assert_eq!((e.code, e.id), (ErrorCode::InvalidDepth, Some(RequestId::Num(4.into()))));
+            assert_eq!(e.message, DEPTH_RANGE, "{depth}");
+        }
         assert_eq!(
-            code(r#"{"op":"subscribe","channels":["a"],"depth":-1}"#),
+            code(r#"{"op":"subscribe","channels":["a"],"depth":1.5}"#),
             Some(ErrorCode::Malformed)
         );
         let many = format!(r#"{{"op":"subscribe","channels":[{}]}}"#, vec!["\"a\""; 65].join(","));
