@@ -443,7 +443,13 @@ pub fn parse_decimal(text: &str, precision: u8, field: &str) -> Result<i64, ApiE
     parse_fixed(text, precision).ok_or_else(|| {
         let reason =
             if field == "price" { RejectReason::InvalidPrice } else { RejectReason::InvalidQty };
-        let message = format!("{field} takes at most {precision} decimals for this instrument");
+        let decimals = text.split_once('.').map_or(0, |(_, fraction)| fraction.len());
+        let message = if decimals > usize::from(precision) {
+            format!("{field} takes at most {precision} decimals for this instrument")
+        } else {
+            let max = tickgate_engine::types::format_fixed(i64::MAX, precision);
+            format!("{field} is out of range for this instrument (at most {max})")
+        };
         ApiError::new(ErrorCode::Rejected(reason), message)
     })
 }
@@ -454,4 +460,34 @@ fn parse_qty(i: &Instrument, text: &str) -> Result<i64, ApiError> {
 
 fn parse_price(i: &Instrument, text: &str) -> Result<i64, ApiError> {
     parse_decimal(text, i.spec.price_precision, "price")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decimal the instrument cannot hold says why: too many decimals, or too large.
+    #[test]
+    fn a_refused_decimal_says_whether_it_has_too_many_decimals_or_is_too_large() {
+        assert_eq!(parse_decimal("12.3400", 4, "qty").ok(), Some(123_400));
+        let refused = |text: &str| parse_decimal(text, 4, "qty").expect_err(text);
+        let e = refused("1.00001");
+        assert_eq!(e.code, ErrorCode::Rejected(RejectReason::InvalidQty));
+        assert_eq!(e.message, "qty takes at most 4 decimals for this instrument");
+        for text in ["99999999999999999999999", "1844674407370955.1616", "-922337203685478"] {
+            let e = refused(text);
+            assert_eq!(e.code, ErrorCode::Rejected(RejectReason::InvalidQty), "{text}");
+            assert_eq!(
+                e.message, "qty is out of range for this instrument (at most 922337203685477.5807)",
+                "{text}"
+            );
+        }
+        let e = parse_decimal("99999999999999999999999", 2, "price").expect_err("too large");
+        assert_eq!(e.code, ErrorCode::Rejected(RejectReason::InvalidPrice));
+        assert!(e.message.starts_with("price is out of range"), "{}", e.message);
+        assert_eq!(
+            parse_decimal("1e5", 4, "qty").expect_err("not a decimal").code,
+            ErrorCode::InvalidParameter
+        );
+    }
 }
