@@ -191,6 +191,39 @@ async fn connection_limit_and_http_errors_are_json() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// RFC 6455 4.2.1: an opening handshake has a key of 16 bytes in base64, HTTP/1.1 and a
+/// Host; 4.4: a refused one names the version the server speaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flawed_handshakes_are_refused_with_the_version_the_server_speaks() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: upgrade, close\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let good_key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+    for (what, from, to) in [
+        ("empty key", good_key, "Sec-WebSocket-Key: "),
+        ("key not 16 bytes", good_key, "Sec-WebSocket-Key: YWJj"),
+        ("key not base64", good_key, "Sec-WebSocket-Key: not base64 at all!!"),
+        ("no key", good_key, "X-Nothing: 1"),
+        ("version 8", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
+        ("HTTP/1.0", "HTTP/1.1", "HTTP/1.0"),
+        ("no Host", &format!("Host: {addr}\r\n"), ""),
+    ] {
+        let (status, response) = http_raw(addr, &upgrade.replacen(from, to, 1)).await;
+        assert_eq!(
+            (status, body_json(&response)["error"]["code"].as_str()),
+            (400, Some("bad_handshake")),
+            "{what}: {response}"
+        );
+        assert!(response.to_ascii_lowercase().contains("sec-websocket-version: 13"), "{what}");
+    }
+    // A client without a flaw is upgraded, and nothing was left open.
+    drop(connect(&server, "").await);
+    eventually(|| server.metrics().ws_connections.load(Ordering::Relaxed) == 0).await;
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_and_slow_handshakes_are_cut() {
     let server = start(|c| {

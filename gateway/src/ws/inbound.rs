@@ -100,8 +100,27 @@ pub fn parse(buf: &mut Vec<u8>, max_message_bytes: usize) -> Result<Option<Inbou
         }
         0x9 => Inbound::Ping(payload),
         0xA => Inbound::Pong(payload),
-        _ => Inbound::Close,
+        _ => {
+            // RFC 6455 5.5.1 and 7.4: empty, or a code a peer may send, then UTF-8.
+            match payload.get(..2) {
+                None if payload.is_empty() => {}
+                Some(&[a, b]) if sendable_close_code(u16::from_be_bytes([a, b])) => {
+                    if std::str::from_utf8(&payload[2..]).is_err() {
+                        return Err(violation(close::INVALID_PAYLOAD, "invalid utf-8"));
+                    }
+                }
+                _ => return Err(violation(close::PROTOCOL_ERROR, "invalid close frame")),
+            }
+            Inbound::Close
+        }
     }))
+}
+
+/// Whether a peer may put `code` in a close frame (RFC 6455 7.4: the defined codes but
+/// 1004, 1005, 1006 and 1015, which are never sent; the IANA-registered 1012 to 1014;
+/// 3000 to 4999 for libraries and applications).
+fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 #[cfg(test)]
@@ -177,5 +196,23 @@ mod tests {
         // The header alone is enough to refuse an oversized frame.
         assert_eq!(code(vec![0x81, 0x80 | 127, 0, 0, 0, 1, 0, 0, 0, 0]), Err(close::TOO_BIG));
         assert_eq!(parse(&mut vec![0x81], 4096), Ok(None));
+    }
+
+    #[test]
+    fn a_close_frame_must_carry_nothing_or_a_sendable_code_and_utf8() {
+        let close_with = |payload: &[u8]| parse(&mut masked(0x88, payload), 4096);
+        assert_eq!(close_with(b""), Ok(Some(Inbound::Close)));
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice("bye \u{e9}".as_bytes());
+            assert_eq!(close_with(&payload), Ok(Some(Inbound::Close)), "{code}");
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            let refused = close_with(&code.to_be_bytes()).map_err(|v| v.code);
+            assert_eq!(refused, Err(close::PROTOCOL_ERROR), "{code}");
+        }
+        assert_eq!(close_with(&[0x03]).map_err(|v| v.code), Err(close::PROTOCOL_ERROR), "1 byte");
+        let bad_reason = close_with(&[0x03, 0xe8, 0xff, 0xfe]).map_err(|v| v.code);
+        assert_eq!(bad_reason, Err(close::INVALID_PAYLOAD));
     }
 }

@@ -77,11 +77,20 @@ pub fn upgrade(
         metrics.ws_rejected_total.fetch_add(1, Ordering::Relaxed);
         return ApiError::new(ErrorCode::TooManyConnections, "connection limit reached").response();
     }
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let upgraded = handshake_flaw(&req).map_or_else(
+        || fastwebsockets::upgrade::upgrade(&mut req).map_err(|e| e.to_string()),
+        |flaw| Err(flaw.to_string()),
+    );
+    let (response, upgrade) = match upgraded {
         Ok(pair) => pair,
-        Err(e) => {
+        Err(message) => {
             metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
-            return ApiError::new(ErrorCode::BadHandshake, e.to_string()).response();
+            let mut refused = ApiError::new(ErrorCode::BadHandshake, message).response();
+            // RFC 6455 4.4: a refused handshake names the version the server speaks.
+            refused
+                .headers_mut()
+                .insert("sec-websocket-version", hyper::header::HeaderValue::from_static("13"));
+            return refused;
         }
     };
     if refusal.is_none() {
@@ -114,6 +123,26 @@ pub fn upgrade(
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// What RFC 6455 4.2.1 requires of an opening handshake that fastwebsockets does not check
+/// (it checks the key's presence and the version): HTTP/1.1 or later, a `Host`, and a key
+/// that is 16 bytes in base64.
+fn handshake_flaw<B>(req: &Request<B>) -> Option<&'static str> {
+    use base64::Engine as _;
+    if req.version() < hyper::Version::HTTP_11 {
+        return Some("a WebSocket handshake needs HTTP/1.1");
+    }
+    if req.version() == hyper::Version::HTTP_11 && !req.headers().contains_key(hyper::header::HOST)
+    {
+        return Some("the handshake has no Host header");
+    }
+    let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY)?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    match decoded {
+        Ok(bytes) if bytes.len() == 16 => None,
+        _ => Some("Sec-WebSocket-Key must be 16 bytes in base64"),
+    }
 }
 
 /// The TCP stream under an upgraded connection, the bytes read past the upgrade request,
