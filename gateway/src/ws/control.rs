@@ -191,14 +191,32 @@ pub const DEFAULT_DEPTH: usize = 50;
 /// Channels one request may name.
 pub const CHANNELS_PER_REQUEST_MAX: usize = 64;
 
+/// Whether `text` holds a `\uD800` to `\uDFFF` escape (either case).
+fn has_surrogate_escape(text: &[u8]) -> bool {
+    text.windows(4).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && matches!(w[2], b'd' | b'D')
+            && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+    })
+}
+
 /// Parses one text frame. `scratch` is reused across calls (simd-json parses in place).
 pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError> {
     scratch.clear();
     scratch.extend_from_slice(text);
-    let envelope: Envelope = match simd_json::serde::from_slice(scratch) {
+    // simd-json turns a lone surrogate escape ("\ud800") into U+0000 where serde_json
+    // refuses it, and takes a valid pair as serde_json does: text with any surrogate escape
+    // goes to serde_json, so a string is either echoed as sent or refused.
+    let simd = if has_surrogate_escape(text) {
+        Err(())
+    } else {
+        simd_json::serde::from_slice::<Envelope>(scratch).map_err(|_| ())
+    };
+    let envelope: Envelope = match simd {
         Ok(envelope) => envelope,
         // serde_json takes what simd-json does not (a huge number in an unknown field).
-        Err(_) => serde_json::from_slice(text).map_err(|_| diagnose(text))?,
+        Err(()) => serde_json::from_slice(text).map_err(|_| diagnose(text))?,
     };
     let id = envelope.id;
     let err = |code, message: &str| RequestError { id: id.clone(), code, message: message.into() };
@@ -344,6 +362,24 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    /// A string id is echoed exactly as sent (a surrogate pair included) or the request is
+    /// refused (a lone surrogate): never changed on the way.
+    #[test]
+    fn surrogate_escapes_are_kept_in_pairs_and_refused_alone() {
+        let ping = |id: &str| p(&format!(r#"{{"op":"ping","id":"{id}"}}"#));
+        let pair = ping(r"\ud83d\ude00 ok").expect("a valid pair");
+        assert_eq!(pair.id(), Some(&RequestId::Str("\u{1F600} ok".into())));
+        let upper = ping(r"\uD83D\uDE00").expect("upper-case escapes");
+        assert_eq!(upper.id(), Some(&RequestId::Str("\u{1F600}".into())));
+        for lone in [r"\ud800", r"\ud83dx", r"\udc00", r"x\ud800\ud800y", r"\ud800\u0041"] {
+            let e = ping(lone).expect_err(lone);
+            assert_eq!(e.code, ErrorCode::Malformed, "{lone}");
+        }
+        // An escaped backslash before "ud800" is no escape (serde_json reads it, rightly).
+        let backslash = ping(r"\\ud800").expect("a backslash and text");
+        assert_eq!(backslash.id(), Some(&RequestId::Str(r"\ud800".into())));
     }
 
     #[test]
