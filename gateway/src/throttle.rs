@@ -6,9 +6,12 @@
 //! checking the password (right or wrong, known user or not: the same answer, at the same
 //! cost). An attempt counts as a failure from the moment it is let through
 //! ([`LoginThrottle::attempt`]), so a burst of parallel guesses is counted before any
-//! password is checked; a success takes its own count back and forgets the user's
-//! failures (not the address's: logging in as oneself does not clear a spray from that
-//! address). Time comes from the injected clock, so tests move it without sleeping.
+//! password is checked; a success takes its own count back, lifts the block that count
+//! set (unless a later attempt was counted since) and forgets the user's failures, not the
+//! address's: logging in as oneself does not clear a spray from that address, and the
+//! address's next failure closes the door again. Failures followed by [`BLOCK_MAX`] of
+//! quiet after their block ended are no longer "in a row" and are forgotten. Time comes from the injected clock, so tests move
+//! it without sleeping.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,6 +40,16 @@ struct Entry {
     failures: u32,
     blocked_until: UnixNanos,
     last: UnixNanos,
+    /// Attempts counted so far (tells a success whether a later attempt was counted).
+    counted: u64,
+}
+
+/// A login attempt let through, for [`LoginThrottle::succeeded`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a successful login hands its attempt to `succeeded`"]
+pub struct Attempt {
+    /// The address entry's count of attempts once this one was counted.
+    addr_counted: Option<u64>,
 }
 
 /// Failure counts per username and per address.
@@ -67,7 +80,7 @@ impl LoginThrottle {
 
     /// Lets a login attempt through, counted as a failure until [`LoginThrottle::succeeded`]
     /// says otherwise; `Err(wait)` while `user` or `addr` is blocked (nothing counted).
-    pub fn attempt(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Duration> {
+    pub fn attempt(&self, user: &str, addr: Option<IpAddr>) -> Result<Attempt, Duration> {
         let now = self.clock.now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let wait = keys(user, addr)
@@ -78,19 +91,31 @@ impl LoginThrottle {
         if !wait.is_zero() {
             return Err(wait);
         }
+        for key in keys(user, addr) {
+            // Quiet for the longest block since its last attempt and since its block ended:
+            // those failures are not "in a row" with this attempt any more.
+            let quiet = |e: &&mut Entry| since(now, e.last.max(e.blocked_until)) >= BLOCK_MAX;
+            if let Some(e) = entries.get_mut(&key).filter(quiet) {
+                e.failures = 0;
+            }
+        }
         count_failure(&mut entries, user, addr, now);
-        Ok(())
+        let addr_counted = addr.and_then(|a| entries.get(&Key::Addr(a))).map(|e| e.counted);
+        Ok(Attempt { addr_counted })
     }
 
-    /// The attempt of `user` from `addr` succeeded: the user's failures are forgotten, and
-    /// the address gets back the one failure its attempt was counted as.
-    pub fn succeeded(&self, user: &str, addr: Option<IpAddr>) {
+    /// `attempt` of `user` from `addr` succeeded: the user's failures are forgotten; the
+    /// address gets back the failure the attempt was counted as, and the block that count
+    /// set is lifted unless an attempt counted after it set its own (a success never leaves
+    /// the door closed behind it; the address's earlier failures stay).
+    pub fn succeeded(&self, user: &str, addr: Option<IpAddr>, attempt: Attempt) {
+        let now = self.clock.now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.remove(&Key::User(user.to_string()));
         if let Some(e) = addr.and_then(|a| entries.get_mut(&Key::Addr(a))) {
             e.failures = e.failures.saturating_sub(1);
-            if e.failures < FREE_FAILURES {
-                e.blocked_until = e.last;
+            if e.failures < FREE_FAILURES || attempt.addr_counted == Some(e.counted) {
+                e.blocked_until = e.blocked_until.min(now);
             }
         }
     }
@@ -117,9 +142,10 @@ fn count_failure(
     }
     {
         for key in keys(user, addr) {
-            let e =
-                entries.entry(key).or_insert(Entry { failures: 0, blocked_until: now, last: now });
+            let fresh = Entry { failures: 0, blocked_until: now, last: now, counted: 0 };
+            let e = entries.entry(key).or_insert(fresh);
             e.failures = e.failures.saturating_add(1);
+            e.counted += 1;
             e.last = now;
             if e.failures >= FREE_FAILURES {
                 let doublings = (e.failures - FREE_FAILURES).min(16);
@@ -182,17 +208,53 @@ mod tests {
         assert!(t.attempt("alice", addr).is_ok(), "the window passed");
         assert_eq!(t.attempt("alice", addr), Err(BLOCK_MIN * 2), "doubled");
         clock.advance(BLOCK_MIN * 2);
-        assert!(t.attempt("alice", addr).is_ok());
-        t.succeeded("alice", addr);
+        let ok = t.attempt("alice", addr).expect("the window passed");
+        t.succeeded("alice", addr, ok);
         assert!(t.attempt("alice", None).is_ok(), "a success forgets the user's failures");
-        // ...but not the address's: logging in as oneself does not clear a spray.
-        assert!(t.attempt("carol", addr).is_err(), "the address stays blocked");
+        // A success leaves no block behind: the next login from the address goes through
+        // (behind a proxy, one address is everyone's)...
+        let ok = t.attempt("bob", addr).expect("not blocked by alice's success");
+        t.succeeded("bob", addr, ok);
+        let _ = t.attempt("carol", addr).expect("nor by bob's");
+        // ...but the address's failures stay: its next failure closes the door again, and
+        // logging in as oneself does not clear a spray.
+        assert!(t.attempt("dave", addr).is_err(), "carol's attempt counted: blocked again");
+        // A success whose count was followed by another's keeps the later block.
+        clock.advance(BLOCK_MIN * 4);
+        let first = t.attempt("alice", addr).expect("carol's block is over");
+        clock.advance(BLOCK_MIN * 8);
+        let _second = t.attempt("erin", addr).expect("alice's block is over");
+        t.succeeded("alice", addr, first);
+        assert_eq!(t.attempt("frank", addr), Err(BLOCK_MIN * 16), "erin's block stays");
         // Every let-through attempt counts, and the block never grows past the cap.
-        for _ in 0..40 {
-            let _ = t.attempt("mallory", None);
-            clock.advance(BLOCK_MAX);
+        // (Each retry comes as the block ends, so the failures stay in a row.)
+        let mut counted = 0;
+        while counted < 40 {
+            match t.attempt("mallory", None) {
+                Ok(_) => counted += 1,
+                Err(wait) => clock.advance(wait),
+            }
         }
-        let _ = t.attempt("mallory", None);
         assert_eq!(t.attempt("mallory", None), Err(BLOCK_MAX), "capped");
+    }
+
+    /// Failures followed by the longest block's time of quiet are not "in a row" with the
+    /// next one.
+    #[test]
+    fn old_failures_are_forgotten() {
+        let clock = tickgate_engine::ManualClock::at_wall_time();
+        let t = LoginThrottle::new(clock.clone());
+        let addr = Some(IpAddr::from([127, 0, 0, 1]));
+        for n in 0..FREE_FAILURES {
+            let _ = t.attempt(&format!("user{n}"), addr).expect("free failures");
+        }
+        assert!(t.attempt("someone", addr).is_err(), "the address is blocked");
+        clock.advance(BLOCK_MIN + BLOCK_MAX - Duration::from_millis(1));
+        assert!(t.attempt("early", addr).is_ok_and(|_| t.attempt("next", addr).is_err()));
+        // (That attempt was counted: the door closed again, for 2 s.)
+        clock.advance(BLOCK_MIN * 2 + BLOCK_MAX);
+        for n in 0..FREE_FAILURES - 1 {
+            let _ = t.attempt(&format!("again{n}"), addr).expect("counted from zero again");
+        }
     }
 }

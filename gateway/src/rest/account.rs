@@ -60,10 +60,13 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
         Ok(b) => b,
         Err(e) => return e.response(),
     };
-    if let Err(wait) = state.login_throttle.attempt(&body.username, addr) {
-        state.metrics.login_throttled_total.fetch_add(1, Ordering::Relaxed);
-        return super::too_many_requests(wait).response();
-    }
+    let attempt = match state.login_throttle.attempt(&body.username, addr) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            state.metrics.login_throttled_total.fetch_add(1, Ordering::Relaxed);
+            return super::too_many_requests(wait).response();
+        }
+    };
     // Argon2 takes ~19 MiB and tens of ms a check: a bounded number at once, and off the
     // async workers.
     let Ok(_slot) = state.login_slots.acquire().await else {
@@ -76,7 +79,7 @@ pub async fn login(req: Request<Incoming>, state: &AppState) -> Response<Full<By
     .await;
     match checked {
         Ok(Some((username, account))) => {
-            state.login_throttle.succeeded(&username, addr);
+            state.login_throttle.succeeded(&username, addr, attempt);
             let token = state.tokens.issue(&username, account);
             token_response(state, token, account, body.cookie)
         }
