@@ -41,9 +41,10 @@ impl Origins {
         Origins { listed, tls }
     }
 
-    /// Whether `origin` is one of `--cors-origin`.
+    /// Whether `origin` is one of `--cors-origin`. `null` (a sandboxed frame, a `file:`
+    /// page, a redirect: any of them) is never listed, even if named.
     pub fn listed(&self, origin: &str) -> bool {
-        self.listed.iter().any(|o| o == origin)
+        origin != "null" && self.listed.iter().any(|o| o == origin)
     }
 
     /// Whether a page on `origin` may act with the user's cookie: the server's own origin
@@ -148,9 +149,12 @@ impl Origins {
     }
 }
 
-/// The request's `Origin`, unless absent or `null`.
+/// The request's `Origin`, if it has one. `null` is an origin (an opaque one, which no
+/// list allows), not the absence of one: a cookie change from it is refused even with the
+/// CSRF header, and its preflight is answered `403`. A value that is not text reads as
+/// `null` too.
 pub fn origin<B>(req: &Request<B>) -> Option<&str> {
-    req.headers().get(ORIGIN).and_then(|v| v.to_str().ok()).filter(|o| *o != "null")
+    req.headers().get(ORIGIN).map(|v| v.to_str().unwrap_or("null"))
 }
 
 fn decorate(headers: &mut HeaderMap, origin: &str) {
@@ -250,6 +254,10 @@ mod tests {
         assert!(!o.cookie_may(&req(Method::DELETE, &[])));
         assert!(o.cookie_may(&req(Method::DELETE, &[(CSRF_HEADER, "1")])));
         assert!(o.cookie_may(&req(Method::GET, &[("origin", "https://evil.example")])));
+        // `Origin: null` is an origin no list allows, not a missing one.
+        let null = req(Method::POST, &[("origin", "null"), (CSRF_HEADER, "1")]);
+        assert!(!o.cookie_may(&null), "the CSRF header does not vouch for an opaque origin");
+        assert!(!Origins::new(vec!["null".into()], false).cookie_may(&null), "nor a list");
     }
 
     #[test]
@@ -267,6 +275,7 @@ mod tests {
             .unwrap()
             .contains("idempotency-key"));
         assert_eq!(o.preflight(&pre("https://evil.example")).expect("a preflight").status(), 403);
+        assert_eq!(o.preflight(&pre("null")).expect("a preflight").status(), 403);
         assert!(o.preflight(&req(Method::OPTIONS, &[("origin", "https://app.example")])).is_none());
         let mut h = HeaderMap::new();
         o.answer(&mut h, Some("https://evil.example"));

@@ -415,6 +415,8 @@ async fn cors_and_cookie_sessions() {
     for (extra, expected) in [
         (String::new(), 403),
         (format!("Origin: {EVIL}\r\n"), 403),
+        // An opaque origin is a foreign one, CSRF header or not.
+        ("Origin: null\r\nX-Tickgate-CSRF: 1\r\n".to_string(), 403),
         (format!("Origin: {own}\r\n"), 201),
         (format!("Origin: {APP}\r\n"), 201),
         ("X-Tickgate-CSRF: 1\r\n".to_string(), 201),
