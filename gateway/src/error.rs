@@ -31,6 +31,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// A body over the limit.
     PayloadTooLarge,
+    /// A request head over the limit (size or header lines).
+    HeadTooLarge,
     /// A body that did not arrive in time.
     RequestTimeout,
     /// No such route.
@@ -114,6 +116,7 @@ impl ErrorCode {
             BadHandshake => "bad_handshake",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge => "payload_too_large",
+            HeadTooLarge => "head_too_large",
             RequestTimeout => "request_timeout",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
@@ -168,6 +171,7 @@ impl ErrorCode {
             | OrderForgotten
             | RequestInProgress => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UnknownSymbol | Rejected(_) | IdempotencyKeyReused | LimitExceeded => {
                 StatusCode::UNPROCESSABLE_ENTITY

@@ -250,8 +250,11 @@ pub async fn first_request(stream: &TcpStream, deadline: tokio::time::Instant) -
     }
 }
 
-/// Largest request head a raw stream request may have.
-const HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Largest request head a raw stream request may have: as large as proxies and browsers
+/// make them (hyper takes larger; past this the answer is `431 head_too_large`).
+const HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Most header lines a raw stream request may have (hyper's own default).
+const HEADER_LINES_MAX: usize = 100;
 
 /// Serves a stream request on a connection of its own: reads and parses the head
 /// (`httparse`), answers with an error or `200` and the stream, delimited by closing the
@@ -265,6 +268,7 @@ pub async fn serve_raw<P>(
     pending: P,
 ) {
     let mut head = Vec::with_capacity(1024);
+    // `Some(true)`: the whole head; `Some(false)`: more than the limit.
     let read_head = async {
         let mut chunk = [0u8; 1024];
         loop {
@@ -272,23 +276,65 @@ pub async fn serve_raw<P>(
             if n == 0 {
                 return None;
             }
+            // Where the blank line may start: it can straddle two reads.
+            let from = head.len().saturating_sub(3);
             head.extend_from_slice(&chunk[..n]);
-            if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Some(());
+            if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+                return Some(true);
             }
             if head.len() > HEAD_BYTES_MAX {
-                return None;
+                return Some(false);
             }
         }
     };
-    if tokio::time::timeout_at(deadline, read_head).await.ok().flatten().is_none() {
+    let Some(complete) = tokio::time::timeout_at(deadline, read_head).await.ok().flatten() else {
         return;
-    }
+    };
     drop(pending);
+    let (opened, origin) =
+        if complete { open_parsed(&head, state) } else { (Err(head_too_large()), None) };
+    let opened = match opened {
+        Ok(o) => o,
+        Err(refusal) => {
+            // A peer that does not take a small answer within a second is not waited for.
+            let answer = refusal.raw_http1(&state.origins.raw_headers(origin.as_deref()));
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
+            let _ = stream.shutdown().await;
+            if !complete {
+                // Unread bytes would turn the close into a reset, which can destroy the
+                // answer before the client reads it: take what the client sends for a
+                // moment (bounded), then close.
+                let mut sink = [0u8; 4096];
+                let drain =
+                    async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+                let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+            }
+            return;
+        }
+    };
+    drop(head);
+    stream_opened(stream, state, opened, origin).await;
+}
+
+fn head_too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::HeadTooLarge,
+        format!(
+            "the request head is over {} KiB or {HEADER_LINES_MAX} header lines",
+            HEAD_BYTES_MAX / 1024
+        ),
+    )
+}
+
+/// Parses a stream request's head and opens the stream it asks for; the request's
+/// `Origin` either way (for the CORS headers of the answer). Apart from `serve_raw` so
+/// the header table lives on the stack for the parse only, not in every open stream's
+/// future.
+fn open_parsed(head: &[u8], state: &AppState) -> (Result<Opened, ApiError>, Option<String>) {
     let mut origin = None;
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_LINES_MAX];
     let mut req = httparse::Request::new(&mut headers);
-    let opened = match req.parse(&head) {
+    let opened = match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {
             let header = |name: &str| {
                 req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
@@ -310,19 +356,19 @@ pub async fn serve_raw<P>(
             state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
             open(state, token, last_event_id)
         }
+        Err(httparse::Error::TooManyHeaders) => Err(head_too_large()),
         _ => Err(ApiError::new(ErrorCode::Malformed, "unparsable request head")),
     };
-    let opened = match opened {
-        Ok(o) => o,
-        Err(refusal) => {
-            // A peer that does not take a small answer within a second is not waited for.
-            let answer = refusal.raw_http1(&state.origins.raw_headers(origin.as_deref()));
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
-            let _ = stream.shutdown().await;
-            return;
-        }
-    };
-    drop(head);
+    (opened, origin)
+}
+
+/// Writes the answer's head and the stream's history, then serves the stream.
+async fn stream_opened(
+    stream: TcpStream,
+    state: &AppState,
+    opened: Opened,
+    origin: Option<String>,
+) {
     let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n".to_vec();
     out.extend_from_slice(state.origins.raw_headers(origin.as_deref()).as_bytes());
     out.extend_from_slice(b"\r\n");

@@ -418,3 +418,51 @@ async fn operator_endpoints_are_off_without_a_token() {
         (403, Some("admin_disabled"))
     );
 }
+
+/// The first bytes of the answer to `head`, up to the end of its head (the stream stays
+/// open, so reading to the end would not end).
+async fn answer_head(addr: SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed without an answer: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A fresh connection's stream request (served without hyper) takes heads as big as
+/// proxies and browsers make them, as hyper's path does; past 64 KiB or 100 header lines
+/// the answer is a JSON 431, never a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_stream_request_takes_big_heads_and_refuses_huge_ones_with_json() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let alice = Api::login(addr, 0).await;
+    let head = |extra: &str| {
+        format!(
+            "GET /api/v1/alerts/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n{extra}\r\n",
+            alice.token
+        )
+    };
+    let lines = |n: usize| (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
+    let pad = |n: usize| format!("X-Pad: {}\r\n", "a".repeat(n));
+    for (what, extra) in [("60 header lines", lines(60)), ("a 20 KB header", pad(20_000))] {
+        let answer = answer_head(addr, &head(&extra)).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{what}: {answer}");
+        assert!(answer.contains("content-type: text/event-stream"), "{what}: {answer}");
+    }
+    for (what, extra) in [("120 header lines", lines(120)), ("a 70 KB header", pad(70_000))] {
+        let (status, response) = http_raw(addr, &head(&extra)).await;
+        assert_eq!(status, 431, "{what}: {response}");
+        assert_eq!(body_json(&response)["error"]["code"], "head_too_large", "{what}");
+    }
+    server.shutdown().await.expect("clean shutdown");
+}
