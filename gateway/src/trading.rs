@@ -28,6 +28,40 @@ use crate::orders::{Awaiting, OrderStore, OrderView, Status};
 /// How long a request waits for the engine's answer.
 pub const ENGINE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What an engine refusal means, for the error's message (its code is the reason's name).
+fn explain(reason: RejectReason) -> &'static str {
+    use RejectReason::*;
+    match reason {
+        UnknownInstrument => "no such instrument",
+        UnknownAccount => "no such account",
+        NonPositiveQty => "the quantity must be above zero",
+        InvalidQty => {
+            "the quantity is not a whole number of lots, or is above the instrument's qty_max \
+             (GET /api/v1/instruments)"
+        }
+        InvalidPrice => "the price is not on the instrument's tick grid (GET /api/v1/instruments)",
+        PriceOutOfBand => {
+            "the price is outside the instrument's band, price_min to price_max \
+             (GET /api/v1/instruments)"
+        }
+        InsufficientFunds => "not enough available balance to hold for it",
+        UnknownOrder => "no such order",
+        DuplicateOrderId => "an order with this id exists",
+        WouldCross => "a post-only order would have traded on arrival",
+        FokUnfillable => "a fill-or-kill order could not be filled in full at once",
+        SelfTrade => "it would have traded with an order of the same account",
+        NoLiquidity => "nothing rests on the other side to trade with",
+        Overflow => "an amount would overflow the engine's fixed-point range",
+        NoChange => "the replace changes nothing",
+        UserCanceled => "canceled by its owner",
+        BookFull => "the instrument's book holds as many orders as it can",
+        UnknownAsset => "no such asset",
+        InstrumentHalted => "trading in the instrument is halted",
+        DuplicateRequest => "the same request is being processed",
+        IdempotencyKeyReused => "the idempotency key was used for another request",
+    }
+}
+
 /// Constructors of the errors order entry gives.
 impl ApiError {
     fn invalid(message: impl Into<String>) -> Self {
@@ -42,9 +76,10 @@ impl ApiError {
     /// without is the engine's fault, not the client's.
     fn rejected(reason: Option<RejectReason>, what: &str) -> Self {
         match reason {
-            Some(reason) => {
-                ApiError::new(ErrorCode::Rejected(reason), format!("the engine refused the {what}"))
-            }
+            Some(reason) => ApiError::new(
+                ErrorCode::Rejected(reason),
+                format!("the engine refused the {what}: {}", explain(reason)),
+            ),
             None => {
                 tracing::error!(what, "the engine refused a command without a reason");
                 ApiError::new(ErrorCode::Internal, format!("the engine refused the {what}"))
@@ -489,5 +524,16 @@ mod tests {
             parse_decimal("1e5", 4, "qty").expect_err("not a decimal").code,
             ErrorCode::InvalidParameter
         );
+    }
+
+    #[test]
+    fn an_engine_refusal_says_what_its_reason_means() {
+        let e = ApiError::rejected(Some(RejectReason::PriceOutOfBand), "order");
+        assert_eq!(e.code, ErrorCode::Rejected(RejectReason::PriceOutOfBand));
+        assert!(e.message.starts_with("the engine refused the order: the price is outside"));
+        assert!(e.message.contains("price_min to price_max"), "{}", e.message);
+        let e = ApiError::rejected(Some(RejectReason::NonPositiveQty), "replace");
+        assert_eq!(e.message, "the engine refused the replace: the quantity must be above zero");
+        assert_eq!(ApiError::rejected(None, "order").code, ErrorCode::Internal);
     }
 }
