@@ -10,8 +10,8 @@
 //! set (unless a later attempt was counted since) and forgets the user's failures, not the
 //! address's: logging in as oneself does not clear a spray from that address, and the
 //! address's next failure closes the door again. Failures followed by [`BLOCK_MAX`] of
-//! quiet after their block ended are no longer "in a row" and are forgotten. Time comes from the injected clock, so tests move
-//! it without sleeping.
+//! quiet after their block ended are no longer "in a row" and are forgotten. Time comes
+//! from the injected clock, so tests move it without sleeping.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -352,8 +352,8 @@ impl Conn {
                     }
                 }
                 () = &mut heartbeat => {
-                    let clock = self.ctx.links.clock.as_ref();
-                    let next = link.lock().heartbeats(Instant::now(), limits.heartbeat_interval, clock);
+                    let (clock, every) = (self.ctx.links.clock.as_ref(), limits.heartbeat_interval);
+                    let next = link.lock().heartbeats(Instant::now(), every, clock);
                     heartbeat.as_mut().reset(next.into());
                 }
                 Some(answer) = next_answer(&mut self.answers) => self.push(answer, 0),
