@@ -222,7 +222,14 @@ impl Trading {
         if let Some(key) = key {
             let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
             match self.keys.claim(account, key, fingerprint, order.order_id, self.now()) {
-                Claim::New => {}
+                Claim::New => {
+                    let claimed = (order.instrument, order.order_id);
+                    if let Some(answer) =
+                        self.placed_elsewhere(account, key, fingerprint, claimed).await
+                    {
+                        return answer;
+                    }
+                }
                 Claim::Retry(id, at) => return self.replay(account, id, at),
                 Claim::Reused => return Err(ApiError::key_reused()),
             }
@@ -319,6 +326,38 @@ impl Trading {
                 Err(e)
             }
         }
+    }
+
+    /// On a gateway node, the answer to a keyed request whose key this process has not
+    /// seen but its replica has: the key was used through another gateway (a client
+    /// retrying through another node). This process's copy follows only the keys placed
+    /// through it; the replica's table is the engine's. Sent on to the engine instead, the
+    /// retry would be refused as a `duplicate_request`, a `rejected` report on the
+    /// owner's `orders` channel for an order that never existed. A retry that comes before
+    /// its first request reached this replica still goes to the engine (which answers it
+    /// rightly, with that report). `None`: go on and place the order.
+    async fn placed_elsewhere(
+        &self,
+        account: AccountId,
+        key: IdempotencyKey,
+        fingerprint: u64,
+        (instrument, claimed): (InstrumentId, OrderId),
+    ) -> Option<Result<OrderView, ApiError>> {
+        if !matches!(self.route, Route::Remote(_)) {
+            return None; // the engine is this process: every key went through it
+        }
+        let engine = self.engine.clone();
+        let shard = engine.shard_of(instrument).unwrap_or(0);
+        let asked = tokio::task::spawn_blocking(move || engine.key_record(shard, account, key));
+        // Not answered (a busy replica): the engine stays the authority.
+        let record = asked.await.ok()?.ok()??;
+        self.keys.release(account, key, claimed);
+        self.keys.load([(account, record)]);
+        Some(if record.fingerprint == fingerprint {
+            self.replay(account, record.order_id, record.ts)
+        } else {
+            Err(ApiError::key_reused())
+        })
     }
 
     /// The engine knew a key this process did not (it never should): ask it which order

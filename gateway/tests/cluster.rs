@@ -430,6 +430,21 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
         let (status, again) = api.call("POST", "/api/v1/orders", Some(market_buy()), key).await;
         assert_eq!((status, again["id"].as_u64()), (201, Some(id)), "{again}");
     }
+    // ...from the gateway's own copy of the keys or its replica's table: no retry went on
+    // to the engine, whose `duplicate_request` refusal would reach the owner's channel as
+    // a report of an order that never existed. An order placed after them marks the end.
+    let (status, marker) = alice.call("POST", "/api/v1/orders", Some(market_buy()), "").await;
+    assert_eq!(status, 201, "{marker}");
+    let marker = marker["id"].as_u64().expect("an id");
+    loop {
+        let m = tokio::time::timeout(WAIT, client::next(&mut ws)).await.expect("in time");
+        let Ok(client::Message::Text(t)) = m else { continue };
+        let v: Value = serde_json::from_str(&t).expect("JSON");
+        assert_ne!(v["reason"], "duplicate_request", "a retry reached the engine: {v}");
+        if v["op"] == "execution" && v["order_id"] == marker {
+            break;
+        }
+    }
     let g1_alice = Api { addr: g1.addr, token: alice.token.clone() };
     let (_, a1) = g1_alice.call("GET", "/api/v1/account", None, "").await;
     let (_, a2) = alice.call("GET", "/api/v1/account", None, "").await;
