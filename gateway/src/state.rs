@@ -77,8 +77,10 @@ pub struct WsContext {
     pub limits: crate::limits::WsLimits,
     /// Flips to `true` on shutdown.
     pub shutdown: watch::Receiver<bool>,
-    /// Dropped by each connection task when it ends; shutdown waits for all of them.
-    pub alive: tokio::sync::mpsc::Sender<()>,
+    /// Upgraded by each WebSocket task and dropped when it ends; shutdown waits for all
+    /// of them. Weak here: what holds the state for other reasons (a node's NATS
+    /// services) must not keep shutdown waiting out its whole drain time.
+    pub alive: tokio::sync::mpsc::WeakSender<()>,
     /// Order entry and users' execution reports.
     pub trading: crate::trading::Trading,
     /// Token verification for the `auth` message.

@@ -125,7 +125,7 @@ impl Server {
         let serving = startup::Serving {
             market: (role == Role::Gateway).then_some(market_rx),
             shutdown: shutdown_rx.clone(),
-            alive: alive_tx.clone(),
+            alive: alive_tx.downgrade(),
             keys,
             route: startup::route(&engine, node.as_ref()),
             node: node_info,

@@ -470,7 +470,7 @@ pub(super) async fn start_sources(
 /// What every connection and request needs besides the consumers.
 pub(super) struct Serving {
     pub(super) shutdown: tokio::sync::watch::Receiver<bool>,
-    pub(super) alive: tokio::sync::mpsc::Sender<()>,
+    pub(super) alive: tokio::sync::mpsc::WeakSender<()>,
     pub(super) keys: Arc<KeyCache>,
     pub(super) route: Route,
     pub(super) node: Option<NodeInfo>,

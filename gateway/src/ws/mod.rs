@@ -96,9 +96,11 @@ pub fn upgrade(
     if refusal.is_none() {
         metrics.ws_connections_total.fetch_add(1, Ordering::Relaxed);
     }
-    let slot = ConnectionSlot(Arc::clone(ctx));
+    // Shutdown waits for this task: the connection's HTTP task, which holds a sender,
+    // is still running, so the upgrade always finds one.
+    let slot = ConnectionSlot { ctx: Arc::clone(ctx), _alive: ctx.alive.upgrade() };
     tokio::spawn(async move {
-        let ctx = &slot.0;
+        let ctx = &slot.ctx;
         let upgraded = match upgrade.await {
             Ok(ws) => ws.into_inner().into_inner(),
             Err(e) => return tracing::debug!("upgrade failed: {e}"),
@@ -210,10 +212,14 @@ async fn refuse<T: tokio::io::AsyncWrite + Unpin>(mut io: T, code: u16, reason: 
 
 /// Holds one of the `connections_max` slots and a handle that keeps shutdown waiting;
 /// both are released when the connection's task ends, however it ends.
-struct ConnectionSlot(Arc<WsContext>);
+struct ConnectionSlot {
+    ctx: Arc<WsContext>,
+    /// Held while the connection lives: shutdown waits for it.
+    _alive: Option<tokio::sync::mpsc::Sender<()>>,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
+        self.ctx.metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
