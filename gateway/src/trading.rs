@@ -486,12 +486,18 @@ pub fn route_error(e: RouteError) -> ApiError {
     }
 }
 
-/// The engine's key for a client's key text: 1 to 128 visible ASCII characters.
+/// The engine's key for a client's key text: 1 to 128 printable ASCII characters, visible
+/// at both ends.
 fn key_of(text: &str) -> Result<IdempotencyKey, ApiError> {
-    let visible = text.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-    if text.is_empty() || text.len() > IDEMPOTENCY_KEY_BYTES_MAX || !visible {
+    // The OpenAPI pattern `^[!-~]([ -~]*[!-~])?$`: spaces inside, not at either end (an
+    // HTTP header could not carry them there, a JSON field could).
+    let printable = text.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    let ends = text.bytes().next().zip(text.bytes().last());
+    let visible_ends = ends.is_some_and(|(a, z)| a.is_ascii_graphic() && z.is_ascii_graphic());
+    if text.len() > IDEMPOTENCY_KEY_BYTES_MAX || !printable || !visible_ends {
         return Err(ApiError::invalid(format!(
-            "an idempotency key is 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"
+            "an idempotency key is 1 to {IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters, \
+             the first and last visible (spaces only inside)"
         )));
     }
     Ok(IdempotencyKey::from_text(text))
@@ -563,6 +569,20 @@ mod tests {
             parse_decimal("1e5", 4, "qty").expect_err("not a decimal").code,
             ErrorCode::InvalidParameter
         );
+    }
+
+    #[test]
+    fn idempotency_keys_follow_the_documented_pattern() {
+        for ok in ["k", "a b", "order-1/retry#2", &"x".repeat(128)] {
+            assert!(key_of(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", " a", "a ", " ", "tab\there", "caf\u{e9}", &"x".repeat(129)] {
+            assert_eq!(
+                key_of(bad).map(|_| ()).map_err(|e| e.code),
+                Err(ErrorCode::InvalidParameter),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
