@@ -189,12 +189,18 @@ impl UserRateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// A throttle on a clock the test moves, and the client address of the tests.
+    fn throttle() -> (Arc<tickgate_engine::ManualClock>, LoginThrottle, Option<IpAddr>) {
+        let clock = tickgate_engine::ManualClock::at_wall_time();
+        let t = LoginThrottle::new(clock.clone());
+        (clock, t, Some(IpAddr::from([127, 0, 0, 1])))
+    }
 
     #[test]
     fn backoff_doubles_and_success_resets() {
-        let clock = tickgate_engine::ManualClock::at_wall_time();
-        let t = LoginThrottle::new(clock.clone());
-        let addr = Some(IpAddr::from([127, 0, 0, 1]));
+        let (clock, t, addr) = throttle();
         for _ in 0..FREE_FAILURES {
             assert!(t.attempt("alice", addr).is_ok());
         }
@@ -242,9 +248,7 @@ mod tests {
     /// next one.
     #[test]
     fn old_failures_are_forgotten() {
-        let clock = tickgate_engine::ManualClock::at_wall_time();
-        let t = LoginThrottle::new(clock.clone());
-        let addr = Some(IpAddr::from([127, 0, 0, 1]));
+        let (clock, t, addr) = throttle();
         for n in 0..FREE_FAILURES {
             let _ = t.attempt(&format!("user{n}"), addr).expect("free failures");
         }
