@@ -57,7 +57,7 @@ fn explain(reason: RejectReason) -> &'static str {
         BookFull => "the instrument's book holds as many orders as it can",
         UnknownAsset => "no such asset",
         InstrumentHalted => "trading in the instrument is halted",
-        DuplicateRequest => "the same request is being processed",
+        DuplicateRequest => "a request with this idempotency key was placed already",
         IdempotencyKeyReused => "the idempotency key was used for another request",
     }
 }

@@ -173,7 +173,10 @@ fn diagnose(text: &[u8]) -> RequestError {
         Some(("depth", _))
             if object.get("depth").is_some_and(|v| {
                 v.is_i64()
-                    || v.as_f64().is_some_and(|f| f.fract() == 0.0 && !(1.0..=1000.0).contains(&f))
+                    || v.as_f64().is_some_and(|f| {
+                        f.fract() == 0.0
+                            && !(1.0..=protocol::SNAPSHOT_DEPTH_MAX as f64).contains(&f)
+                    })
             }) =>
         {
             RequestError { id, code: ErrorCode::InvalidDepth, message: DEPTH_RANGE.into() }
@@ -183,7 +186,8 @@ fn diagnose(text: &[u8]) -> RequestError {
     }
 }
 
-/// What an `invalid_depth` error says.
+/// What an `invalid_depth` error says (1000 is [`protocol::SNAPSHOT_DEPTH_MAX`]; a unit test
+/// checks the two agree).
 const DEPTH_RANGE: &str = "depth must be 1..=1000";
 
 /// Default book depth of a snapshot when the client gives none.
@@ -404,6 +408,7 @@ mod tests {
             assert_eq!((e.code, e.id), (ErrorCode::InvalidDepth, Some(RequestId::Num(4.into()))));
             assert_eq!(e.message, DEPTH_RANGE, "{depth}");
         }
+        assert!(DEPTH_RANGE.ends_with(&format!("..={}", protocol::SNAPSHOT_DEPTH_MAX)));
         assert_eq!(
             code(r#"{"op":"subscribe","channels":["a"],"depth":1.5}"#),
             Some(ErrorCode::Malformed)
