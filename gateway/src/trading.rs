@@ -17,7 +17,8 @@ use tickgate_engine::runtime::{EngineHandle, SubmitError};
 use tickgate_engine::types::parse_fixed;
 use tickgate_engine::{
     AccountId, CancelOrder, CommandKind, ExecKind, IdempotencyKey, Instrument, InstrumentId,
-    NewOrder, OrderId, OrderType, Price, Qty, RejectReason, ReplaceOrder, Side, StpMode, UnixNanos,
+    KeyRecord, NewOrder, OrderId, OrderType, Price, Qty, RejectReason, ReplaceOrder, Side, StpMode,
+    UnixNanos,
 };
 
 use crate::cluster::route::{Route, RouteError};
@@ -346,11 +347,8 @@ impl Trading {
         if !matches!(self.route, Route::Remote(_)) {
             return None; // the engine is this process: every key went through it
         }
-        let engine = self.engine.clone();
-        let shard = engine.shard_of(instrument).unwrap_or(0);
-        let asked = tokio::task::spawn_blocking(move || engine.key_record(shard, account, key));
         // Not answered (a busy replica): the engine stays the authority.
-        let record = asked.await.ok()?.ok()??;
+        let record = self.engine_key_record(account, instrument, key).await.ok()??;
         self.keys.release(account, key, claimed);
         self.keys.load([(account, record)]);
         Some(if record.fingerprint == fingerprint {
@@ -368,20 +366,28 @@ impl Trading {
         instrument: InstrumentId,
         key: IdempotencyKey,
     ) -> Result<OrderView, ApiError> {
-        let engine = self.engine.clone();
-        let shard = engine.shard_of(instrument).unwrap_or(0);
-        let record =
-            tokio::task::spawn_blocking(move || engine.key_record(shard, account, key)).await;
-        let record = match record {
-            Ok(Ok(record)) => record,
-            Ok(Err(e)) => return Err(ApiError::submit(e)),
-            Err(_) => None,
-        };
-        let Some(record) = record else {
+        let Some(record) = self.engine_key_record(account, instrument, key).await? else {
             return Err(ApiError::rejected(Some(RejectReason::DuplicateRequest), "order"));
         };
         self.keys.load([(account, record)]);
         self.replay(account, record.order_id, record.ts)
+    }
+
+    /// The record of `key` in this process's engine (the replica, on a gateway node): the
+    /// order it placed, if the engine remembers it.
+    async fn engine_key_record(
+        &self,
+        account: AccountId,
+        instrument: InstrumentId,
+        key: IdempotencyKey,
+    ) -> Result<Option<KeyRecord>, ApiError> {
+        let engine = self.engine.clone();
+        let shard = engine.shard_of(instrument).unwrap_or(0);
+        match tokio::task::spawn_blocking(move || engine.key_record(shard, account, key)).await {
+            Ok(Ok(record)) => Ok(record),
+            Ok(Err(e)) => Err(ApiError::submit(e)),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Cancels an open order of `account`.
