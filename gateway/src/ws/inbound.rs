@@ -102,10 +102,10 @@ pub fn parse(buf: &mut Vec<u8>, max_message_bytes: usize) -> Result<Option<Inbou
         0xA => Inbound::Pong(payload),
         _ => {
             // RFC 6455 5.5.1 and 7.4: empty, or a code a peer may send, then UTF-8.
-            match payload.get(..2) {
-                None if payload.is_empty() => {}
-                Some(&[a, b]) if sendable_close_code(u16::from_be_bytes([a, b])) => {
-                    if std::str::from_utf8(&payload[2..]).is_err() {
+            match payload.as_slice() {
+                [] => {}
+                [a, b, reason @ ..] if sendable_close_code(u16::from_be_bytes([*a, *b])) => {
+                    if std::str::from_utf8(reason).is_err() {
                         return Err(violation(close::INVALID_PAYLOAD, "invalid utf-8"));
                     }
                 }
