@@ -22,7 +22,7 @@ use tickgate_engine::{
 };
 use tickgate_gateway::fanout::link::{Link, LinkConfig, Tally};
 use tickgate_gateway::fanout::outbox::Sub;
-use tickgate_gateway::fanout::{ChunkCache, Directory, Publisher, Writers};
+use tickgate_gateway::fanout::{ChunkCache, Directory, Publisher, RestPolicy, Writers};
 use tickgate_gateway::metrics::Metrics;
 use tickgate_gateway::protocol::{bin, json};
 
@@ -100,7 +100,7 @@ fn publish(c: &mut Criterion) {
     // 0: a channel nobody follows (its state follows the events, nothing is encoded).
     for subscribers in [0usize, 1, 100, 10_000] {
         let (directory, metrics, mut publisher) = fixture();
-        let writers = Writers::start(Arc::clone(&directory), metrics, 2, 0);
+        let writers = Writers::start(Arc::clone(&directory), metrics, 2, RestPolicy::Fixed(0));
         let channel = Arc::clone(directory.get("book.BTC-USD").expect("channel"));
         for _ in 0..subscribers {
             black_box(channel.subscribe(false, 10));

@@ -12,7 +12,8 @@
 # round trip (POST /api/v1/orders, IOC far from the market, wrk -c8) p50/p99. A run with
 # 10 subscribers first shows the hop itself, apart from the contention for the cores.
 # Usage: docs/bench/cluster.sh [FEED_RATE] [ROUNDS]    (DURATION, WARMUP in seconds;
-#        BIN, TOOLS: other builds of the server and the probe)
+#        BIN, TOOLS: other builds of the server and the probe; SERVER_ARGS: more flags
+#        for every tickgate process)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 feed=${1:-20000}; rounds=${2:-2}
@@ -53,7 +54,7 @@ LUA
   wrk -t1 -c8 -d5s --latency -s /tmp/tickgate-cluster-order.lua -H "Authorization: Bearer $token" \
     "http://127.0.0.1:$1/api/v1/orders" | awk -v l="$2" '/Requests\/sec/ { r = $2 } / 50%/ { p50 = $2 } / 99%/ { p99 = $2 } END { printf "%s  orders %7.0f/s  round trip p50 %s  p99 %s\n", l, r, p50, p99 }'
 }
-common="--durability off --summary-symbol none --rest-rate 0 --fanout-pass-us 200"
+common="--durability off --summary-symbol none --rest-rate 0 --fanout-pass-us 200 ${SERVER_ARGS:-}"
 for round in $(seq "$rounds"); do
   echo "=== round $round, feed $feed commands/s"
   port=$((20000 + RANDOM % 20000))

@@ -76,10 +76,10 @@ pub struct Flags {
     pub fanout_writers: usize,
     /// After each round that wrote, a fan-out writer rests this share of the round's time,
     /// in percent (0 to 400), before the next: fewer, larger writes, and the cores for
-    /// others in the meantime. For a server that shares its cores with its clients (a
-    /// load test on one machine); 0 (the default) writes as soon as there is data.
-    #[arg(long, env = "TICKGATE_FANOUT_ROUND_REST_PCT", default_value_t = 0)]
-    pub fanout_round_rest_pct: u32,
+    /// others in the meantime. `auto` (the default): 25 while the kernel's CPU pressure
+    /// says tasks wait for a core (a fifth of the time or more), none otherwise; 0: never.
+    #[arg(long, env = "TICKGATE_FANOUT_ROUND_REST_PCT", default_value = "auto")]
+    pub fanout_round_rest_pct: crate::fanout::RestPolicy,
     /// Open WebSocket connections at most (more get HTTP 503).
     #[arg(long, env = "TICKGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -288,8 +288,8 @@ pub struct Config {
     pub engine_spin: Duration,
     /// Fan-out writer threads (at least one).
     pub fanout_writers: usize,
-    /// A writer's rest after each round, in percent of the round's time.
-    pub fanout_round_rest_pct: u32,
+    /// A writer's rest after each round.
+    pub fanout_round_rest_pct: crate::fanout::RestPolicy,
     /// WebSocket limits.
     pub ws: WsLimits,
     /// Time allowed for the HTTP request head.
@@ -466,9 +466,6 @@ fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     if f.segment_mb == 0 {
         return invalid("--segment-mb must be > 0");
     }
-    if f.fanout_round_rest_pct > 400 {
-        return invalid("--fanout-round-rest-pct must be 0..=400");
-    }
     Ok(())
 }
 
@@ -565,12 +562,16 @@ mod tests {
     }
 
     #[test]
-    fn the_writers_rest_is_off_by_default_and_bounded() {
-        assert_eq!(config(&["tickgate"]).expect("defaults").fanout_round_rest_pct, 0);
+    fn the_writers_rest_is_automatic_by_default_and_bounded() {
+        use crate::fanout::RestPolicy;
+        let defaults = config(&["tickgate"]).expect("defaults");
+        assert_eq!(defaults.fanout_round_rest_pct, RestPolicy::Auto);
         let set = config(&["tickgate", "--fanout-round-rest-pct", "25"]).expect("valid");
-        assert_eq!(set.fanout_round_rest_pct, 25);
+        assert_eq!(set.fanout_round_rest_pct, RestPolicy::Fixed(25));
+        let off = config(&["tickgate", "--fanout-round-rest-pct", "0"]).expect("valid");
+        assert_eq!(off.fanout_round_rest_pct, RestPolicy::Fixed(0));
         let e = config(&["tickgate", "--fanout-round-rest-pct", "401"]).unwrap_err();
-        assert!(e.contains("--fanout-round-rest-pct must be 0..=400"), "{e}");
+        assert!(e.contains("neither `auto` nor a percentage 0..=400"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,9 @@ metrics! {
     ws_frames_sent_total: "counter",
     /// Write system calls (vectored) on WebSocket connections.
     ws_writes_total: "counter",
+    /// Rests the fan-out writers took after a round (`--fanout-round-rest-pct`; with
+    /// `auto`, only while the machine's CPU pressure says it is contended).
+    fanout_rests_total: "counter",
     /// Market-data messages delivered to WebSocket clients.
     ws_messages_sent_total: "counter",
     /// Bytes written to WebSocket clients.

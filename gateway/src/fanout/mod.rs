@@ -32,6 +32,7 @@
 pub mod hub;
 pub mod link;
 pub mod outbox;
+pub mod rest;
 pub mod writer;
 
 use std::collections::{HashMap, VecDeque};
@@ -49,6 +50,7 @@ use crate::protocol::{
 };
 
 pub use hub::{MarketData, Pacing, Publisher};
+pub use rest::RestPolicy;
 pub use writer::Writers;
 
 /// A pass's worth of one channel's messages, framed once.

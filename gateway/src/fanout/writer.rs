@@ -37,21 +37,13 @@ use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use super::link::{Link, Tally, Visit};
+use super::rest::{rest, Contention, RestPolicy};
 use super::ChunkCache;
 use super::Directory;
 use crate::metrics::Metrics;
 
 /// Longest a writer sleeps without a wake-up (a safety net: every change wakes it).
 const IDLE_PARK: Duration = Duration::from_millis(50);
-
-/// The rest after a round that took `took`: `pct` percent of it (none at 0). A writer that
-/// shares the cores with the clients it writes to (a load test on one machine) otherwise
-/// takes them back for its next round at once, in writes smaller and more frequent than
-/// the clients can keep up with: at 10,000 subscribers a rest of a quarter of the round
-/// took the probe's p99 from 217 and 251 ms to 187 and 181 ms (docs/BENCHMARKS.md).
-fn rest(took: Duration, pct: u32) -> Option<Duration> {
-    (pct > 0).then(|| took * pct / 100)
-}
 
 /// What a connection task tells its writer (links by id; `T` is the link itself).
 #[derive(Debug)]
@@ -111,13 +103,13 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// Starts `count` writers (at least one) over `directory`'s channels; each rests
-    /// `rest_pct` percent of a round's time after each round that wrote.
+    /// Starts `count` writers (at least one) over `directory`'s channels; each rests after
+    /// each round that wrote as `rest` says.
     pub fn start(
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
         count: usize,
-        rest_pct: u32,
+        rest: RestPolicy,
     ) -> Arc<Writers> {
         let count = count.max(1);
         let mailboxes: Arc<[Mailbox]> = (0..count).map(|_| Mailbox::default()).collect();
@@ -131,7 +123,7 @@ impl Writers {
                     Arc::clone(&round_ns),
                     Arc::clone(&directory),
                     Arc::clone(&metrics),
-                    rest_pct,
+                    rest,
                 );
                 let stop = Arc::clone(&stop);
                 let thread = std::thread::Builder::new()
@@ -357,8 +349,10 @@ struct Writer {
     tally: Tally,
     /// The chunks this writer read from the rings.
     chunks: ChunkCache,
-    /// Rest after a round that wrote, in percent of its time (`--fanout-round-rest-pct`).
-    rest_pct: u32,
+    /// Rest after a round that wrote (`--fanout-round-rest-pct`).
+    rest: RestPolicy,
+    /// Whether the machine is contended (for [`RestPolicy::Auto`]).
+    contention: Contention,
     /// No round before then (a rest).
     rest_until: Option<Instant>,
     /// Connections inside their `interval_ms`, with the time to visit them again.
@@ -376,7 +370,7 @@ impl Writer {
         round_ns: Arc<AtomicU64>,
         directory: Arc<Directory>,
         metrics: Arc<Metrics>,
-        rest_pct: u32,
+        rest: RestPolicy,
     ) -> Writer {
         Writer {
             index,
@@ -391,7 +385,8 @@ impl Writer {
             registrations: Vec::new(),
             tally: Tally::default(),
             chunks: ChunkCache::default(),
-            rest_pct,
+            rest,
+            contention: Contention::open(),
             rest_until: None,
             later: Vec::new(),
             parked: std::collections::VecDeque::new(),
@@ -504,7 +499,12 @@ impl Writer {
             let took = started.elapsed();
             self.round_ns.store(took.as_nanos() as u64, Ordering::Relaxed);
             self.metrics.fanout_rounds.observe(took);
-            self.rest_until = rest(took, self.rest_pct).map(|rest| Instant::now() + rest);
+            let contended =
+                self.rest == RestPolicy::Auto && self.contention.contended(started + took);
+            self.rest_until = rest(took, self.rest, contended).map(|rest| {
+                self.metrics.fanout_rests_total.fetch_add(1, Ordering::Relaxed);
+                started + took + rest
+            });
         }
         self.tally.publish(&self.metrics);
     }
@@ -533,16 +533,6 @@ mod tests {
         let mut v: Vec<_> = visits.iter().map(|&k| f.entries[k].item).collect();
         v.sort_unstable();
         v
-    }
-
-    /// A writer's rest is its percentage of the round it follows; none by default.
-    #[test]
-    fn a_rest_is_its_share_of_the_round() {
-        let round = Duration::from_millis(100);
-        assert_eq!(rest(round, 0), None, "no rest by default");
-        assert_eq!(rest(round, 25), Some(Duration::from_millis(25)));
-        assert_eq!(rest(round, 400), Some(Duration::from_millis(400)));
-        assert_eq!(rest(Duration::ZERO, 50), Some(Duration::ZERO));
     }
 
     /// Registrations as the writer applies them: the follower lists stay consistent
