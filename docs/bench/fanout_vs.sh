@@ -2,6 +2,7 @@
 # Fan-out latency of tickgate, alternating with another server that speaks the same
 # binary market-data frames (e.g. a uWebSockets pub/sub program you built yourself; see
 # docs/BENCHMARKS.md), measured by the same probe. Prints one line per run and the medians.
+# steal_pct: the share of the machine's CPU time its hypervisor took during the run.
 #
 # Usage: docs/bench/fanout_vs.sh RUNS "SUBSCRIBERS:FEED_RATE:PEER_ARG ..." [PEER_CMD]
 #   FEED_RATE   tickgate's synthetic feed, commands/s
@@ -15,9 +16,10 @@ out=$(mktemp)
 summary() { python3 -c '
 import json, sys
 d = json.load(sys.stdin); l = d["latency_ns"]
-print("%.0f %.0f %.0f %.0f %.0f %d %d %d" % (d["messages_per_sec"], l["p50"] / 1e3, l["p90"] / 1e3,
-      l["p99"] / 1e3, l["p999"] / 1e3, d["resyncs"], d["gaps"], d["sequence_breaks"]))'; }
-echo "server subscribers rate run msgs/s p50_us p90_us p99_us p999_us resyncs gaps breaks"
+print("%.0f %.0f %.0f %.0f %.0f %d %d %d %.1f" % (d["messages_per_sec"], l["p50"] / 1e3, l["p90"] / 1e3,
+      l["p99"] / 1e3, l["p999"] / 1e3, d["resyncs"], d["gaps"], d["sequence_breaks"],
+      d.get("steal_share", 0) * 100))'; }
+echo "server subscribers rate run msgs/s p50_us p90_us p99_us p999_us resyncs gaps breaks steal_pct"
 for run in $(seq "$runs"); do
   for cell in $cells; do
     IFS=: read -r subs feed arg <<< "$cell"

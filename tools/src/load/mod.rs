@@ -10,6 +10,7 @@
 //! announced gap, which are counted.
 
 mod books;
+mod steal;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -219,6 +220,8 @@ pub struct Report {
     pub latency: Histogram<u64>,
     /// Each measured second's latencies, by receipt time.
     pub timeline: Vec<Second>,
+    /// CPU time the hypervisor took from the machine in each measured second.
+    pub steal: steal::Steal,
     /// Messages per connection: the fewest, the first percentile, the median, the most.
     pub per_connection: PerConnection,
     /// Book verification (with `verify`).
@@ -509,6 +512,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     let from_ns = now_ns() + config.warmup.as_nanos() as u64;
     let seconds = config.duration.as_secs_f64().ceil() as usize;
     let latency: SharedLatency = Arc::new(Mutex::new(Latencies::new(from_ns, seconds)?));
+    let steal = steal::Steal::watch(start_measuring, seconds);
     // Handshakes in flight at once, like clients arriving rather than a flood (the server
     // refuses connections beyond --pending-connections-max that have no request yet, and
     // TLS handshakes take long enough for a thousand at once to get there).
@@ -562,6 +566,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     );
     let timeline = latencies.seconds.iter().map(Second::of).collect();
     let latency = latencies.whole()?;
+    let steal = steal.join().unwrap_or_default();
     Ok(Report {
         connections: ok,
         stalled,
@@ -575,6 +580,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
         closes,
         latency,
         timeline,
+        steal,
         per_connection: PerConnection::of(counts),
         books,
     })
@@ -592,7 +598,8 @@ impl Report {
              per connection    min {} p1 {} median {} max {} messages\n\
              resyncs {}  gaps {}  sequence breaks {}  closes {:?}\n\
              books verified {}  mismatched {}  unverified {}\n\
-             p99 ms per second {}\n",
+             p99 ms per second {}\n\
+             stolen ms per second {} (of {} CPUs' time: {:.1} %)\n",
             self.connections,
             self.stalled,
             self.messages as f64 / self.seconds,
@@ -618,6 +625,9 @@ impl Report {
                 .map(|s| format!("{:.1}", s.p99 as f64 / 1e6))
                 .collect::<Vec<_>>()
                 .join(" "),
+            self.steal.per_second_ms.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+            self.steal.cpus,
+            self.steal.share() * 100.0,
         )
     }
 
@@ -644,7 +654,8 @@ impl Report {
             "sequence_breaks": self.seq_breaks,
             "books": { "verified": self.books.verified, "mismatched": self.books.mismatched, "unverified": self.books.unverified },
             "closes": self.closes.iter().map(|(c, n)| serde_json::json!({"code": c, "count": n})).collect::<Vec<_>>(),
-            "timeline": self.timeline.iter().map(|s| serde_json::json!({"messages": s.messages, "p50_ns": s.p50, "p99_ns": s.p99, "max_ns": s.max})).collect::<Vec<_>>(),
+            "timeline": self.timeline.iter().enumerate().map(|(n, s)| serde_json::json!({"messages": s.messages, "p50_ns": s.p50, "p99_ns": s.p99, "max_ns": s.max, "steal_ms": self.steal.per_second_ms.get(n)})).collect::<Vec<_>>(),
+            "steal_share": self.steal.share(),
         })
     }
 }
