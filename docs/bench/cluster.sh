@@ -13,7 +13,8 @@
 # 10 subscribers first shows the hop itself, apart from the contention for the cores.
 # Usage: docs/bench/cluster.sh [FEED_RATE] [ROUNDS]    (DURATION, WARMUP in seconds;
 #        BIN, TOOLS: other builds of the server and the probe; SERVER_ARGS: more flags
-#        for every tickgate process)
+#        for every tickgate process, not those in $common below: a flag given twice is
+#        refused)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 feed=${1:-20000}; rounds=${2:-2}

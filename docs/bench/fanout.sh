@@ -9,7 +9,7 @@ port=$((20000 + RANDOM % 20000))
 ${BIN:-./target/release/tickgate} --listen 127.0.0.1:$port --feed-rate "$rate" --fanout-pass-us "$pass" \
   --summary-symbol none ${SERVER_ARGS:-} > /tmp/tickgate-bench-server.log 2>&1 &
 server=$!
-trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+trap 'kill -INT $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 ${TOOLS:-./target/release/tickgate-tools} load --addr 127.0.0.1:$port -n "$conns" --pattern "$pattern" \
   --duration "${DURATION:-8}" --warmup "${WARMUP:-3}" "$@"

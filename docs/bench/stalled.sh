@@ -2,10 +2,11 @@
 # Healthy clients beside clients that stop reading (issue 20's set-up): the server with a
 # 50,000 commands/s feed; 50 healthy clients following book + trades of four symbols,
 # measured from second 6 for 15 s; STALLED more clients that subscribe the same, read for
-# 2 s, then hold their sockets without reading. Prints one line: the healthy clients'
-# delivered rate and latency, the server's slow-consumer closes, the share of the CPUs'
-# time the hypervisor stole, and per measured second (p99 ms, stolen ms).
+# 2 s, then hold their sockets without reading. Prints two lines: the healthy clients'
+# delivered rate and latency, the server's slow-consumer closes and the share of the CPUs'
+# time the hypervisor stole; then per measured second (p99 ms, stolen ms).
 # Usage: [SERVER_ARGS=...] [BIN=...] [TOOLS=...] docs/bench/stalled.sh STALLED
+#   SERVER_ARGS: more server flags (not the ones set below: a flag given twice is refused)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 stalled=${1:?stalled clients (0 for the baseline)}
@@ -15,8 +16,11 @@ out=$(mktemp -d /tmp/tickgate-stalled-bench.XXXX)
 ${BIN:-./target/release/tickgate} --listen 127.0.0.1:$port --feed-rate 50000 --fanout-pass-us 200 \
   --durability off --summary-symbol none --max-connections 12000 ${SERVER_ARGS:-} > "$out/server.log" 2>&1 &
 server=$!
-trap 'kill -INT $server 2>/dev/null; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+trap 'kill -INT $server 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+if ! curl -sf "127.0.0.1:$port/healthz" >/dev/null; then
+  echo "the server did not come up:" >&2; cat "$out/server.log" >&2; exit 1
+fi
 tools=${TOOLS:-./target/release/tickgate-tools}
 follow=(--pattern all --symbols BTC-USD,ETH-USD,SOL-USD,XRP-USD --kinds book,trades)
 if [ "$stalled" -gt 0 ]; then

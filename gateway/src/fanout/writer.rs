@@ -386,7 +386,7 @@ impl Writer {
             tally: Tally::default(),
             chunks: ChunkCache::default(),
             rest,
-            contention: Contention::open(),
+            contention: Contention::for_policy(rest),
             rest_until: None,
             later: Vec::new(),
             parked: std::collections::VecDeque::new(),

@@ -3,7 +3,7 @@
 //! On a virtual machine, a vCPU that the host does not run is "stolen" time
 //! (`/proc/stat`'s eighth `cpu` field): every thread on it, the server's and the probe's,
 //! stops, and latencies grow with nothing in the server to blame. The benchmark machine
-//! lost up to 720 ms a second of its 2,000 in bursts (docs/BENCHMARKS.md), so the probe
+//! lost up to 820 ms a second of its 2,000 in bursts (docs/BENCHMARKS.md), so the probe
 //! reports it beside each second's latencies.
 
 use std::thread::JoinHandle;
@@ -106,6 +106,7 @@ mod tests {
         let s = Steal::watch(Instant::now(), 1).join().expect("the watch thread");
         assert_eq!(s.per_second_ms.len(), 1);
         assert!(s.cpus >= 1);
-        assert_eq!(s.per_second_ms[0] % (1000 / TICKS_PER_SEC), 0);
+        // No more than every CPU's whole second (a wrong tick rate would overshoot).
+        assert!(s.per_second_ms[0] <= s.cpus as u64 * 1000, "{s:?}");
     }
 }
