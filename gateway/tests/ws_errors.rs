@@ -126,6 +126,67 @@ async fn protocol_violations_close_with_documented_codes_and_others_keep_working
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// The next pong a client gets, or its close code: `Ok(payload)` or `Err(code)`.
+async fn next_pong_or_close(ws: &mut client::Client) -> Result<Vec<u8>, Option<u16>> {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.read_frame())
+            .await
+            .expect("a frame in time")
+            .expect("a frame");
+        match frame.opcode {
+            OpCode::Pong => return Ok(frame.payload.to_vec()),
+            OpCode::Close => {
+                let p = frame.payload.to_vec();
+                return Err((p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]])));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// WebSocket pings count against the inbound rate, four to a message: a client within it
+/// gets every pong; a flood gets pongs for the burst's worth, then none, then a 1008 close,
+/// and the server keeps serving the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_rate_limited_like_messages() {
+    let server = start(|c| {
+        c.ws.inbound_rate_per_sec = 5;
+        c.ws.inbound_burst = 5;
+    })
+    .await;
+    let mut bystander = connect(&server, "").await;
+
+    let mut steady = connect(&server, "").await;
+    for n in 0..12u8 {
+        let ping = Frame::new(true, OpCode::Ping, None, Payload::Owned(vec![b'k', n]));
+        steady.write_frame(ping).await.expect("ping");
+        assert_eq!(next_pong_or_close(&mut steady).await, Ok(vec![b'k', n]), "ping {n}");
+    }
+
+    let mut flood = connect(&server, "").await;
+    let sent = 400;
+    for n in 0..sent {
+        let ping = Frame::new(true, OpCode::Ping, None, Payload::Owned(vec![b'f', n as u8]));
+        if flood.write_frame(ping).await.is_err() {
+            break; // closed by the server meanwhile
+        }
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match next_pong_or_close(&mut flood).await {
+            Ok(_) => pongs += 1,
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(close::POLICY));
+    // The burst (5 messages: 20 pings) and what the rate refilled meanwhile, not 400.
+    assert!((20..60).contains(&pongs), "{pongs} pongs for {sent} pings");
+
+    let pong = request(&mut bystander, json!({"op": "ping", "id": 1})).await;
+    assert_eq!(pong["op"], "pong");
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_and_http_errors_are_json() {
     let server = start(|c| c.ws.connections_max = 2).await;

@@ -38,6 +38,11 @@ const READ_CHUNK: usize = 2048;
 /// The window in which more than twice the burst of rate-limit violations closes the
 /// connection (1008).
 const VIOLATION_WINDOW: Duration = Duration::from_secs(10);
+
+/// What a client's WebSocket ping takes from its inbound rate, in messages: four pings
+/// cost one message. A keep-alive pings every few seconds; a flood pinged as fast as it
+/// could made the server frame and write a pong for each.
+const PING_COST: f64 = 0.25;
 /// How long the final writes of a closing connection (queued frames, the close frame) may
 /// take: a peer that does not read cannot hold a closing connection open.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
@@ -490,7 +495,7 @@ impl Conn {
                 }
                 Ok(Some(Inbound::Ping(payload))) => {
                     self.receipts_only = false;
-                    self.push(protocol::frame(Opcode::Pong, &payload).into(), 0);
+                    self.ping(&payload);
                 }
                 Ok(Some(Inbound::Pong(payload))) => {
                     // A read receipt. Market data held back for it goes out with the

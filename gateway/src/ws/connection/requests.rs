@@ -5,9 +5,33 @@ use super::*;
 use tickgate_engine::{ExecReport, TransferReport};
 
 impl Conn {
+    /// A WebSocket ping: its pong while the client is within its inbound rate (a ping
+    /// costs [`PING_COST`]). Beyond the rate it goes unanswered (a client pinging that often
+    /// is not keeping a connection alive), and far beyond it the connection closes with
+    /// 1008, as for messages.
+    pub(super) fn ping(&mut self, payload: &[u8]) {
+        if self.rate.take(PING_COST) {
+            self.push(protocol::frame(Opcode::Pong, payload).into(), 0);
+        } else {
+            self.close_if_flooding();
+        }
+    }
+
+    /// After a refusal for the inbound rate: closes with 1008 once the refusals in the
+    /// window pass twice the burst. Whether it did.
+    fn close_if_flooding(&mut self) -> bool {
+        if self.rate.violations <= 2 * self.ctx.limits.inbound_burst {
+            return false;
+        }
+        self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
+        self.set_closing(Closing::Send(close::POLICY, "inbound message rate far over the limit"));
+        true
+    }
+
     /// One control message: rate limit, parse, answer.
     pub(super) fn text(&mut self, text: &[u8]) {
-        let limits = &self.ctx.limits;
+        let ctx = Arc::clone(&self.ctx);
+        let limits = &ctx.limits;
         self.ctx.metrics.ws_requests_total.fetch_add(1, Ordering::Relaxed);
         let request = control::parse(text, &mut self.scratch);
         // A request naming many channels costs more: snapshots are the expensive part.
@@ -16,13 +40,7 @@ impl Conn {
             _ => 1.0,
         };
         if !self.rate.take(cost) {
-            if self.rate.violations > 2 * limits.inbound_burst {
-                self.ctx.metrics.ws_protocol_closes_total.fetch_add(1, Ordering::Relaxed);
-                self.set_closing(Closing::Send(
-                    close::POLICY,
-                    "inbound message rate far over the limit",
-                ));
-            } else {
+            if !self.close_if_flooding() {
                 let message =
                     format!("at most {} messages per second", limits.inbound_rate_per_sec);
                 let id = request.as_ref().ok().and_then(Request::id).cloned();
