@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use tickgate_engine::types::format_fixed;
-use tickgate_engine::{Instrument, OrderType};
+use tickgate_engine::{Instrument, OrderType, Price};
 
 use crate::orders::{FillView, OrderView, Status};
 
@@ -12,13 +12,8 @@ use crate::orders::{FillView, OrderView, Status};
 /// higher `seq` is newer. A rejected order's price is `null` when it was not a valid price
 /// for the instrument (that is why it was rejected).
 pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
-    let (pp, qp) = (i.spec.price_precision, i.spec.qty_precision);
-    let spec = &i.spec;
-    let valid_price = o.order_type == OrderType::Market
-        || (o.price >= spec.price_min
-            && o.price <= spec.price_max
-            && o.price.0 % spec.tick_size.0.max(1) == 0);
-    let price = (o.status != Status::Rejected || valid_price).then(|| format_fixed(o.price.0, pp));
+    let qp = i.spec.qty_precision;
+    let price = order_price(o.price, o.order_type, o.status == Status::Rejected, i);
     json!({
         "id": o.id.0,
         "client_order_id": o.client_order_id,
@@ -33,6 +28,23 @@ pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
         "updated_ts": o.updated_ts,
         "seq": o.seq,
     })
+}
+
+/// An order's price as its views show it (REST and the WebSocket `orders` channel alike):
+/// `None` (JSON `null`) for a rejected order whose price was not a valid price for the
+/// instrument, the reason it was rejected.
+pub fn order_price(
+    price: Price,
+    order_type: OrderType,
+    rejected: bool,
+    i: &Instrument,
+) -> Option<String> {
+    let spec = &i.spec;
+    let valid = order_type == OrderType::Market
+        || (price >= spec.price_min
+            && price <= spec.price_max
+            && price.0 % spec.tick_size.0.max(1) == 0);
+    (!rejected || valid).then(|| format_fixed(price.0, spec.price_precision))
 }
 
 /// An order given the instruments it may be of (`null` for one of none: orders exist

@@ -135,6 +135,28 @@ async fn order_entry_and_private_reports_over_websocket() {
     )
     .await;
     assert_eq!(unknown["code"], "unknown_symbol", "{unknown}");
+    // An order the engine refuses for its price: its report shows no price, as REST does.
+    let negative = ask(
+        &mut b,
+        json!({"op": "order.new", "id": 14, "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "-5.00", "qty": "1"}),
+        &mut b_exec,
+    )
+    .await;
+    assert_eq!(negative["code"], "price_out_of_band", "{negative}");
+    let report = loop {
+        if let Some(r) = b_exec.iter().find(|e| e["reason"] == "price_out_of_band") {
+            break r.clone();
+        }
+        let more = b_exec.len() + 1;
+        executions(&mut b, &mut b_exec, more).await;
+    };
+    assert_eq!((report["kind"].as_str(), report["price"].is_null()), (Some("rejected"), true));
+    let path = format!("/api/v1/orders/{}", report["order_id"]);
+    let (status, rest) = bob.call("GET", &path, None, "").await;
+    assert_eq!(
+        (status, rest["status"].as_str(), rest["price"].is_null()),
+        (200, Some("rejected"), true)
+    );
     // The REST view agrees with what the socket said.
     let (status, rest) = alice.call("GET", &format!("/api/v1/orders/{id}"), None, "").await;
     assert_eq!(

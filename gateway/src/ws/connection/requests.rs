@@ -356,9 +356,15 @@ fn transfer_fields(t: &TransferReport, trading: &crate::trading::Trading) -> ser
 /// An order's execution report as the `orders` channel shows it.
 fn exec_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json::Value {
     use tickgate_engine::types::format_fixed;
-    let (symbol, pp, qp) = match trading.instrument(r.instrument) {
+    let instrument = trading.instrument(r.instrument);
+    let (symbol, pp, qp) = match instrument {
         Some(i) => (i.spec.symbol.as_str(), i.spec.price_precision, i.spec.qty_precision),
         None => ("", 0, 0),
+    };
+    let rejected = r.kind == tickgate_engine::ExecKind::Rejected;
+    let price = match instrument {
+        Some(i) => crate::views::order_price(r.price, r.order_type, rejected, i),
+        None => Some(format_fixed(r.price.0, pp)),
     };
     serde_json::json!({
         "seq": r.seq.0,
@@ -370,7 +376,7 @@ fn exec_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json:
         "symbol": symbol,
         "side": r.side.as_str(),
         "type": r.order_type.as_str(),
-        "price": format_fixed(r.price.0, pp),
+        "price": price,
         "last_price": format_fixed(r.last_price.0, pp),
         "last_qty": format_fixed(r.last_qty.0, qp),
         "open_qty": format_fixed(r.leaves_qty.0, qp),
