@@ -566,7 +566,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<Report> {
     );
     let timeline = latencies.seconds.iter().map(Second::of).collect();
     let latency = latencies.whole()?;
-    let steal = tokio::task::spawn_blocking(move || steal.join().unwrap_or_default()).await?;
+    let steal = tokio::task::spawn_blocking(move || steal.finish()).await?;
     Ok(Report {
         connections: ok,
         stalled,

@@ -6,6 +6,7 @@
 //! lost up to 820 ms a second of its 2,000 in bursts (docs/BENCHMARKS.md), so the probe
 //! reports it beside each second's latencies.
 
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,26 +40,61 @@ pub struct Steal {
     pub cpus: usize,
 }
 
+/// A watch under way (see [`Steal::watch`]).
+#[derive(Debug)]
+pub struct Watch {
+    /// Dropped to end the watch early.
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<Steal>,
+    /// When the last second watched ends.
+    end: Instant,
+}
+
+impl Watch {
+    /// The seconds watched: all of them when the window is over or within a second of
+    /// it (waiting for the last reading), those so far when the run ended earlier (every
+    /// connection failed).
+    pub fn finish(self) -> Steal {
+        let Watch { stop, thread, end } = self;
+        if Instant::now() + Duration::from_secs(1) < end {
+            drop(stop);
+            return thread.join().unwrap_or_default();
+        }
+        let steal = thread.join().unwrap_or_default();
+        drop(stop);
+        steal
+    }
+}
+
 impl Steal {
     /// Watches from `from` for `seconds` seconds on a thread of its own (not the probe's:
     /// its readings stay on time when the probe is behind). Empty where `/proc/stat` has
     /// no steal field.
-    pub fn watch(from: Instant, seconds: usize) -> JoinHandle<Steal> {
-        std::thread::spawn(move || {
-            std::thread::sleep(from.saturating_duration_since(Instant::now()));
+    pub fn watch(from: Instant, seconds: usize) -> Watch {
+        let (stop, stopped) = mpsc::channel::<()>();
+        // Sleeps until `until`; false when told to stop.
+        let wait = move |until: Instant| {
+            let left = until.saturating_duration_since(Instant::now());
+            matches!(stopped.recv_timeout(left), Err(RecvTimeoutError::Timeout))
+        };
+        let end = from + Duration::from_secs(seconds as u64);
+        let thread = std::thread::spawn(move || {
+            if !wait(from) {
+                return Steal::default();
+            }
             let Some((mut before, cpus)) = read() else { return Steal::default() };
             let mut steal = Steal { per_second_ms: Vec::with_capacity(seconds), cpus };
-            for n in 1..=seconds as u32 {
-                std::thread::sleep(
-                    (from + Duration::from_secs(n.into()))
-                        .saturating_duration_since(Instant::now()),
-                );
+            for n in 1..=seconds as u64 {
+                if !wait(from + Duration::from_secs(n)) {
+                    break;
+                }
                 let Some((now, _)) = read() else { break };
                 steal.per_second_ms.push(now.saturating_sub(before) * 1000 / TICKS_PER_SEC);
                 before = now;
             }
             steal
-        })
+        });
+        Watch { stop, thread, end }
     }
 
     /// The share of the machine's CPU time stolen over the measured seconds (0 to 1).
@@ -103,10 +139,19 @@ mod tests {
         if read().is_none() {
             return; // no steal field here
         }
-        let s = Steal::watch(Instant::now(), 1).join().expect("the watch thread");
+        let s = Steal::watch(Instant::now(), 1).finish();
         assert_eq!(s.per_second_ms.len(), 1);
         assert!(s.cpus >= 1);
         // No more than every CPU's whole second (a wrong tick rate would overshoot).
         assert!(s.per_second_ms[0] <= s.cpus as u64 * 1000, "{s:?}");
+    }
+
+    /// A run that ends early ends its watch at once, with the seconds watched so far.
+    #[test]
+    fn an_early_finish_stops_the_watch() {
+        let started = Instant::now();
+        let s = Steal::watch(started + Duration::from_millis(50), 60).finish();
+        assert!(started.elapsed() < Duration::from_secs(30), "the watch ran on");
+        assert!(s.per_second_ms.is_empty(), "{s:?}");
     }
 }

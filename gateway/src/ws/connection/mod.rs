@@ -43,6 +43,7 @@ const VIOLATION_WINDOW: Duration = Duration::from_secs(10);
 /// cost one message. A keep-alive pings every few seconds; a flood pinged as fast as it
 /// could made the server frame and write a pong for each.
 const PING_COST: f64 = 0.25;
+
 /// How long the final writes of a closing connection (queued frames, the close frame) may
 /// take: a peer that does not read cannot hold a closing connection open.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
