@@ -480,3 +480,32 @@ async fn candles_channels_rebuild_the_rest_candles_in_binary_and_json() {
     }
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// The writers rest as `--fanout-round-rest-pct` says: a fixed share rests after the rounds
+/// that wrote (counted in `tickgate_fanout_rests_total`), `0` never does, and the data
+/// flows either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writers_rest_as_their_policy_says() {
+    use std::sync::atomic::Ordering;
+    use tickgate_gateway::fanout::RestPolicy;
+    for (policy, rests) in [(RestPolicy::Fixed(25), true), (RestPolicy::Fixed(0), false)] {
+        let server = start(|c| {
+            c.feed_rate = Some(5_000);
+            c.fanout_round_rest_pct = policy;
+        })
+        .await;
+        let mut ws = connect(&server, "").await;
+        let sub =
+            json!({"op": "subscribe", "id": 1, "channels": ["trades.BTC-USD", "book.BTC-USD"]});
+        assert_eq!(request(&mut ws, sub).await["op"], "subscribed");
+        let mut frames = 0;
+        while frames < 20 {
+            if let Message::Binary(_) = next(&mut ws).await {
+                frames += 1;
+            }
+        }
+        let taken = server.metrics().fanout_rests_total.load(Ordering::Relaxed);
+        assert_eq!(taken > 0, rests, "{policy}: {taken} rests after {frames} frames");
+        server.shutdown().await.expect("clean shutdown");
+    }
+}
