@@ -327,9 +327,56 @@ async fn a_transfer_on_the_orders_channel_takes_the_next_seq() {
     assert_eq!(transfer["seq"].as_u64(), Some(seq + 1), "{raw}");
     assert_eq!(last["seq"].as_u64(), Some(seq + 2), "{last}");
     let expected = format!(
-        "{{\"amount\":\"-0.000125\",\"asset\":\"USD\",\"channel\":\"orders\",\"kind\":\"transferred\",\"op\":\"execution\",\"seq\":{},\"ts\":{}}}",
+        "{{\"amount\":\"-0.000125\",\"asset\":\"USD\",\"channel\":\"orders\",\"kind\":\"transferred\",\"op\":\"execution\",\"seq\":{},\"shard\":{shard},\"ts\":{}}}",
         seq + 1,
         transfer["ts"]
     );
     assert_eq!(raw, expected);
+}
+
+/// With two engine shards each shard numbers an account's reports itself: a fill on each
+/// with the same report sequence must both be listed (ids unique per account), and the
+/// `orders` channel says which shard a report's `seq` counts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_and_reports_of_two_shards_stay_apart() {
+    let server = start(|c| c.shards = 2).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let mut a = connect(&server, &format!("?token={}", alice.token)).await;
+    let sub = request(&mut a, json!({"op": "subscribe", "id": 1, "channels": ["orders"]})).await;
+    assert_eq!(sub["op"], "subscribed", "{sub}");
+    let engine = server.engine();
+    // The same steps on each shard, so the two fills get the same report sequence.
+    let markets = [("BTC-USD", "0.0100"), ("ETH-USD", "0.010")];
+    for (symbol, qty) in markets {
+        let sell = json!({"symbol": symbol, "side": "sell", "type": "limit", "price": "100.00", "qty": qty});
+        let (status, placed) = bob.order(sell).await;
+        assert_eq!((status, placed["status"].as_str()), (201, Some("open")), "{placed}");
+        let buy = json!({"symbol": symbol, "side": "buy", "type": "limit", "price": "100.00", "qty": qty});
+        let (status, filled) = alice.order(buy).await;
+        assert_eq!((status, filled["status"].as_str()), (201, Some("filled")), "{filled}");
+    }
+    let (status, fills) = alice.call("GET", "/api/v1/fills", None, "").await;
+    assert_eq!(status, 200, "{fills}");
+    let list = fills["fills"].as_array().expect("fills");
+    let mut symbols: Vec<_> = list.iter().filter_map(|f| f["symbol"].as_str()).collect();
+    symbols.sort_unstable();
+    assert_eq!(symbols, ["BTC-USD", "ETH-USD"], "both fills listed: {fills}");
+    assert_ne!(list[0]["id"], list[1]["id"], "{fills}");
+
+    // Alice's reports: accepted then filled on each market, each with its shard, and the
+    // sequence contiguous per shard.
+    let mut last_seq = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let report: Value = serde_json::from_str(&raw_execution(&mut a).await).expect("JSON");
+        let symbol = report["symbol"].as_str().expect("symbol");
+        let shard = engine.shard_of(symbol_id(engine, symbol)).expect("known");
+        assert_eq!(report["shard"].as_u64(), Some(shard as u64), "{report}");
+        let seq = report["seq"].as_u64().expect("seq");
+        if let Some(before) = last_seq.insert(shard, seq) {
+            assert_eq!(seq, before + 1, "contiguous on shard {shard}: {report}");
+        }
+    }
+    assert_eq!(last_seq.len(), 2, "reports from both shards");
+    assert_eq!(last_seq[&0], last_seq[&1], "the two shards' fills share a sequence");
 }

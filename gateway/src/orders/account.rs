@@ -15,10 +15,10 @@ pub(super) struct AccountState {
 /// a restart repeat reports, and a hub that was lapped may have missed some that a replay
 /// then brings: so an order takes a report only if it is newer than the last one it took
 /// (never going back to an older state), and a fill is added only if it is not there.
-pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
+pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport, shards: u64) -> bool {
     let known = state.orders.get(&r.order_id).map(|o| o.seq);
     let is_fill = matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled);
-    let new_fill = is_fill && !has_fill(state, r.seq.0);
+    let new_fill = is_fill && !has_fill(state, fill_id(r, shards));
     let newer = known.is_none_or(|seq| r.seq.0 > seq);
     if matches!(r.kind, ExecKind::CancelRejected | ExecKind::ReplaceRejected)
         || matches!(
@@ -44,7 +44,7 @@ pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport) -> bool {
         };
     }
     if new_fill {
-        push_fill(state, fill_of(r));
+        push_fill(state, fill_of(r, shards));
     }
     if newer {
         forget_oldest_closed(state);
@@ -144,22 +144,22 @@ pub(super) fn dump_account(account: AccountId, state: &AccountState, out: &mut V
             side: f.side,
             last_price: f.price,
             last_qty: f.qty,
-            ..bare_report(account, f.instrument, f.id)
+            ..bare_report(account, f.instrument, f.seq)
         }));
     }
 }
 
 /// Applies one history record to `state`.
-pub(super) fn load_entry(state: &mut AccountState, entry: &Entry) {
+pub(super) fn load_entry(state: &mut AccountState, entry: &Entry, shards: u64) {
     match entry {
         Entry::Report(r) => {
-            apply_to(state, r);
+            apply_to(state, r, shards);
         }
         Entry::Order(r) => {
             state.orders.insert(r.order_id, view_of(r));
             forget_oldest_closed(state);
         }
-        Entry::Fill(r) => push_fill(state, fill_of(r)),
+        Entry::Fill(r) => push_fill(state, fill_of(r, shards)),
     }
 }
 
@@ -181,10 +181,19 @@ pub(super) fn view_of(r: &ExecReport) -> OrderView {
     }
 }
 
+/// A fill's id: its report's sequence made unique across `shards` (each shard numbers an
+/// account's reports itself, so two shards' fills can share a sequence), `seq * shards +
+/// shard`. Increasing with the sequence on each shard; with one shard, the sequence.
+pub fn fill_id(r: &ExecReport, shards: u64) -> u64 {
+    let shards = shards.max(1);
+    r.seq.0.saturating_mul(shards).saturating_add(u64::from(r.instrument.0) % shards)
+}
+
 /// The fill a fill report is.
-pub(super) fn fill_of(r: &ExecReport) -> FillView {
+pub(super) fn fill_of(r: &ExecReport, shards: u64) -> FillView {
     FillView {
-        id: r.seq.0,
+        id: fill_id(r, shards),
+        seq: r.seq.0,
         ts: r.ts.0,
         order_id: r.order_id,
         instrument: r.instrument,

@@ -22,6 +22,7 @@ mod answers;
 mod projection;
 pub mod stored;
 
+pub use account::fill_id;
 use account::*;
 use answers::Waiter;
 pub use answers::{Answer, AnswerGate, Awaiting, Wait};
@@ -33,8 +34,8 @@ pub use projection::OrderProjection;
 pub enum AccountReport {
     /// About one of the account's orders.
     Exec(ExecReport),
-    /// A transfer applied to the account.
-    Transfer(TransferReport),
+    /// A transfer applied to the account's ledger on this shard.
+    Transfer(TransferReport, usize),
 }
 
 /// Orders one account keeps (oldest closed ones go first).
@@ -99,8 +100,11 @@ pub struct OrderView {
 /// One fill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FillView {
-    /// Increasing per account (the report's sequence): the pagination cursor.
+    /// Unique per account, increasing on each shard: the report's sequence made unique
+    /// across shards (see [`fill_id`]), and the pagination cursor.
     pub id: u64,
+    /// The report's sequence (on its instrument's shard).
+    pub seq: u64,
     /// Engine timestamp.
     pub ts: u64,
     /// Order.
@@ -135,6 +139,8 @@ pub struct OrderStore {
     stored: Mutex<Option<(Watermark, std::path::PathBuf)>>,
     /// Per shard, the timestamp of the last command whose reports are all applied.
     applied: Mutex<Vec<u64>>,
+    /// The engine's shard count (0 until set: taken as 1), for fill ids.
+    shards: std::sync::atomic::AtomicU64,
 }
 
 /// Reports one account's `orders` subscribers may fall behind by before they are told
@@ -151,6 +157,16 @@ impl OrderStore {
     /// A store for these user accounts.
     pub fn new(users: impl IntoIterator<Item = AccountId>) -> Self {
         OrderStore { users: users.into_iter().collect(), ..OrderStore::default() }
+    }
+
+    /// Sets the engine's shard count (before any report is applied or history loaded:
+    /// fill ids depend on it).
+    pub fn set_shards(&self, shards: usize) {
+        self.shards.store(shards as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn shards(&self) -> u64 {
+        self.shards.load(std::sync::atomic::Ordering::Relaxed).max(1)
     }
 
     /// Registers interest in the engine's answer about `order` (before submitting it).
@@ -201,7 +217,7 @@ impl OrderStore {
         {
             let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
             let state = accounts.entry(r.account).or_default();
-            if apply_to(state, r) {
+            if apply_to(state, r, self.shards()) {
                 let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(h) = history.as_mut() {
                     h.push(Entry::Report(*r));
@@ -221,11 +237,11 @@ impl OrderStore {
         answer
     }
 
-    /// Passes a transfer to `t.account`'s live feed (a user's; orders and fills do not
-    /// change, and the history does not record transfers).
-    pub fn apply_transfer(&self, t: &TransferReport) {
+    /// Passes a transfer applied on `shard` to `t.account`'s live feed (a user's; orders
+    /// and fills do not change, and the history does not record transfers).
+    pub fn apply_transfer(&self, t: &TransferReport, shard: usize) {
         if self.users.contains(&t.account) {
-            self.stream(t.account, AccountReport::Transfer(*t));
+            self.stream(t.account, AccountReport::Transfer(*t, shard));
         }
     }
 
@@ -272,7 +288,7 @@ impl OrderStore {
         for entry in entries {
             let account = entry.report().account;
             if self.users.contains(&account) {
-                load_entry(accounts.entry(account).or_default(), entry);
+                load_entry(accounts.entry(account).or_default(), entry, self.shards());
             }
         }
     }
@@ -597,5 +613,45 @@ mod tests {
         other.load(&live.dump());
         assert!(other.dump().is_empty());
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+    #[test]
+    fn fills_of_two_shards_with_one_sequence_are_both_kept() {
+        // Each shard numbers the account's reports itself: instrument 0 is on shard 0 and
+        // instrument 1 on shard 1 of two, and both fills carry report sequence 2.
+        let on = |instrument: u32, r: ExecReport| ExecReport {
+            instrument: InstrumentId(instrument),
+            ..r
+        };
+        let reports = [
+            on(0, report(ExecKind::Accepted, 1, 1)),
+            on(1, report(ExecKind::Accepted, 2, 1)),
+            on(0, fill(1, 2, 5, 0, 5)),
+            on(1, fill(2, 2, 5, 0, 5)),
+        ];
+        let store = OrderStore::new([AccountId(1)]);
+        store.set_shards(2);
+        for r in &reports {
+            let _ = store.apply(r);
+        }
+        let fills = store.fills(AccountId(1), None, None, usize::MAX);
+        let got: Vec<_> = fills.iter().map(|f| (f.id, f.seq, f.instrument.0)).collect();
+        assert_eq!(got, [(5, 2, 1), (4, 2, 0)], "both fills, newest id first");
+        // The cursor pages through both, and a repeated report adds no fill.
+        assert_eq!(store.fills(AccountId(1), Some(5), None, 10).len(), 1);
+        let _ = store.apply(&reports[3]);
+        assert_eq!(store.fills(AccountId(1), None, None, usize::MAX), fills);
+
+        // The history keeps each fill's own sequence: a restart rebuilds the same ids.
+        let restarted = OrderStore::new([AccountId(1)]);
+        restarted.set_shards(2);
+        restarted.load(&store.dump());
+        assert_eq!(content(&restarted), content(&store));
+        for r in &reports {
+            let _ = restarted.apply(r);
+        }
+        assert_eq!(content(&restarted), content(&store), "a replay recognises both fills");
+
+        // One shard (the default): the id is the report's sequence.
+        assert_eq!(fill_id(&reports[2], 1), 2);
     }
 }

@@ -53,7 +53,7 @@ impl EventConsumer for OrderProjection {
                         self.answers.hold(shard, answer);
                     }
                 }
-                Event::Transfer(t) => self.orders.apply_transfer(t),
+                Event::Transfer(t) => self.orders.apply_transfer(t, shard),
                 _ => {}
             }
         }

@@ -150,13 +150,18 @@ pub(super) async fn start_core(
             // Handed to NATS once everything is up (see `start_primary`).
             let log = CommandLog::new(&vec![0; config.shards.max(1)]);
             let started = start_engine(config, loaded, wakes, Some(log.tap())).await?;
+            loaded.orders.set_shards(started.runtime.handle().shards());
             for r in started.runtime.recoveries() {
                 // Before any new command: where this run starts.
                 log.start_at(r.shard, r.next_seq - 1);
             }
             Ok((started, None, Some(log)))
         }
-        None => Ok((start_engine(config, loaded, wakes, None).await?, None, None)),
+        None => {
+            let started = start_engine(config, loaded, wakes, None).await?;
+            loaded.orders.set_shards(started.runtime.handle().shards());
+            Ok((started, None, None))
+        }
     }
 }
 
@@ -222,6 +227,7 @@ pub(super) async fn start_replica(
     let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
     let (runtime, replica) =
         Replica::start(client.clone(), node.subjects(), runtime_config, stats).await?;
+    orders.set_shards(runtime.handle().shards());
     // Closed orders and fills from before the replica's start: the engine node's.
     let entries =
         crate::cluster::history::fetch(&client, &node.subjects(), &replica.started_at).await?;

@@ -325,12 +325,12 @@ impl Conn {
 pub const ORDERS_CHANNEL: &str = "orders";
 
 /// `{"op":"execution", ...}`: one report of the `orders` channel. `seq` is the account's
-/// report sequence (executions and transfers share it): contiguous, so a client can tell it
-/// missed one.
+/// report sequence on the engine shard `shard` (executions and transfers share it; each
+/// shard keeps its own): contiguous per shard, so a client can tell it missed one.
 fn execution_frame(report: &AccountReport, trading: &crate::trading::Trading) -> Bytes {
     let fields = match report {
         AccountReport::Exec(r) => exec_fields(r, trading),
-        AccountReport::Transfer(t) => transfer_fields(t, trading),
+        AccountReport::Transfer(t, shard) => transfer_fields(t, *shard, trading),
     };
     let mut object = serde_json::json!({ "op": "execution", "channel": ORDERS_CHANNEL });
     if let (Some(o), serde_json::Value::Object(extra)) = (object.as_object_mut(), fields) {
@@ -341,11 +341,16 @@ fn execution_frame(report: &AccountReport, trading: &crate::trading::Trading) ->
 
 /// A transfer as the `orders` channel shows it: `kind` `transferred`, the asset and the
 /// signed amount instead of order fields.
-fn transfer_fields(t: &TransferReport, trading: &crate::trading::Trading) -> serde_json::Value {
+fn transfer_fields(
+    t: &TransferReport,
+    shard: usize,
+    trading: &crate::trading::Trading,
+) -> serde_json::Value {
     use tickgate_engine::types::format_fixed;
     let asset = trading.engine.assets().get(usize::from(t.asset.0));
     serde_json::json!({
         "seq": t.seq.0,
+        "shard": shard,
         "ts": t.ts.0,
         "kind": "transferred",
         "asset": asset.map(|a| a.symbol.as_str()),
@@ -368,6 +373,7 @@ fn exec_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json:
     };
     serde_json::json!({
         "seq": r.seq.0,
+        "shard": trading.engine.shard_of(r.instrument).unwrap_or(0),
         "ts": r.ts.0,
         "kind": r.kind.as_str(),
         "reason": tickgate_engine::RejectReason::name_of(r.reason),
