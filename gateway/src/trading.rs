@@ -280,7 +280,13 @@ impl Trading {
         };
         let qty = parse_qty(i, &r.qty)?;
         let price = match (order_type, r.price.as_deref()) {
-            (OrderType::Market, _) => 0,
+            (OrderType::Market, None) => 0,
+            // A price the engine would ignore is refused rather than taken for a limit.
+            (OrderType::Market, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "a market order takes no price (for a limit price, use type ioc)",
+                ))
+            }
             (_, Some(p)) => parse_price(i, p)?,
             (_, None) => return Err(ApiError::invalid("price is required for this order type")),
         };

@@ -31,8 +31,8 @@ pub fn order_json(o: &OrderView, i: &Instrument) -> Value {
 }
 
 /// An order's price as its views show it (REST and the WebSocket `orders` channel alike):
-/// `None` (JSON `null`) for a rejected order whose price was not a valid price for the
-/// instrument, the reason it was rejected.
+/// `None` (JSON `null`) for a market order (it has none) and for a rejected order whose
+/// price was not a valid price for the instrument, the reason it was rejected.
 pub fn order_price(
     price: Price,
     order_type: OrderType,
@@ -40,11 +40,11 @@ pub fn order_price(
     i: &Instrument,
 ) -> Option<String> {
     let spec = &i.spec;
-    let valid = order_type == OrderType::Market
-        || (price >= spec.price_min
-            && price <= spec.price_max
-            && price.0 % spec.tick_size.0.max(1) == 0);
-    (!rejected || valid).then(|| format_fixed(price.0, spec.price_precision))
+    let valid = price >= spec.price_min
+        && price <= spec.price_max
+        && price.0 % spec.tick_size.0.max(1) == 0;
+    (order_type != OrderType::Market && (!rejected || valid))
+        .then(|| format_fixed(price.0, spec.price_precision))
 }
 
 /// An order given the instruments it may be of (`null` for one of none: orders exist

@@ -273,7 +273,16 @@ async fn an_order_answer_is_the_engines_whole_verdict() {
         let kind = ["market", "ioc", "fok", "limit"][(n / 2 % 4) as usize];
         // 0.250: three levels; a FOK at the near price cannot fill and is rejected.
         let price = if kind == "fok" && n % 3 == 0 { near } else { far };
-        let body = json!({"symbol": "ETH-USD", "side": side, "type": kind, "price": price, "qty": "0.250"});
+        let mut body = json!({"symbol": "ETH-USD", "side": side, "type": kind, "price": price, "qty": "0.250"});
+        if kind == "market" {
+            // A market order takes no price: one sent is refused, not ignored.
+            let (status, refused) = alice.order(body.clone()).await;
+            assert_eq!(
+                (status, refused["error"]["code"].as_str()),
+                (400, Some("invalid_parameter"))
+            );
+            body.as_object_mut().expect("object").remove("price");
+        }
         let key = format!("Idempotency-Key: verdict-{n}\r\n");
         let (status, answer) = alice.call("POST", "/api/v1/orders", Some(body.clone()), &key).await;
         if status == 422 {
@@ -292,6 +301,7 @@ async fn an_order_answer_is_the_engines_whole_verdict() {
         let (_, retried) = alice.call("POST", "/api/v1/orders", Some(body), &key).await;
         assert_eq!(retried, read, "a retry answers the final view");
         assert!(answer["seq"].as_u64().is_some_and(|s| s > 0), "{answer}");
+        assert_eq!(answer["price"].is_null(), kind == "market", "a market order has no price");
         checked += 1;
     }
     assert!(checked >= 40, "{checked}");
