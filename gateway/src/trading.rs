@@ -527,31 +527,69 @@ pub fn is_decimal(text: &str) -> bool {
 /// A decimal field of a request: not a decimal at all is `400 invalid_parameter`; a decimal
 /// this instrument cannot hold (too many decimals, out of range) is `422` with the engine's
 /// code for the field (`invalid_price`, `invalid_qty`): the request is well-formed, the
-/// instrument refuses it.
+/// instrument refuses it. Zeros past the precision are the same value and are fine
+/// (`1000.000000` is `1000.00` at 2 decimals).
 pub fn parse_decimal(text: &str, precision: u8, field: &str) -> Result<i64, ApiError> {
+    parse_within(text, precision, field, None)
+}
+
+/// [`parse_decimal`], whose out-of-range message names the instrument's `bounds` (the
+/// field's name and value for each), not the fixed-point limit.
+fn parse_within(
+    text: &str,
+    precision: u8,
+    field: &str,
+    bounds: Option<&[(&str, i64)]>,
+) -> Result<i64, ApiError> {
     if !is_decimal(text) {
         return Err(ApiError::invalid(format!("{field} must be a decimal string")));
     }
+    let text = without_surplus_zeros(text, precision);
     parse_fixed(text, precision).ok_or_else(|| {
+        use tickgate_engine::types::format_fixed;
         let reason =
             if field == "price" { RejectReason::InvalidPrice } else { RejectReason::InvalidQty };
         let decimals = text.split_once('.').map_or(0, |(_, fraction)| fraction.len());
         let message = if decimals > usize::from(precision) {
             format!("{field} takes at most {precision} decimals for this instrument")
+        } else if let Some(bounds) = bounds {
+            let named: Vec<String> = bounds
+                .iter()
+                .map(|(name, v)| format!("{name} {}", format_fixed(*v, precision)))
+                .collect();
+            format!("{field} is out of range for this instrument ({})", named.join(", "))
         } else {
-            let max = tickgate_engine::types::format_fixed(i64::MAX, precision);
+            let max = format_fixed(i64::MAX, precision);
             format!("{field} is out of range for this instrument (at most {max})")
         };
         ApiError::new(ErrorCode::Rejected(reason), message)
     })
 }
 
-fn parse_qty(i: &Instrument, text: &str) -> Result<i64, ApiError> {
-    parse_decimal(text, i.spec.qty_precision, "qty")
+/// `text` without the zeros that end its fraction past `precision` decimals.
+fn without_surplus_zeros(text: &str, precision: u8) -> &str {
+    let Some((whole, fraction)) = text.split_once('.') else { return text };
+    let keep = usize::from(precision);
+    if fraction.len() <= keep || fraction.bytes().skip(keep).any(|b| b != b'0') {
+        return text;
+    }
+    match (keep, whole.trim_start_matches('-')) {
+        // `.000` at no decimals: nothing left but zero.
+        (0, "") => "0",
+        (0, _) => whole,
+        _ => &text[..whole.len() + 1 + keep],
+    }
 }
 
-fn parse_price(i: &Instrument, text: &str) -> Result<i64, ApiError> {
-    parse_decimal(text, i.spec.price_precision, "price")
+fn parse_qty(i: &Instrument, text: &str) -> Result<i64, ApiError> {
+    let bounds = [("qty_max", i.spec.qty_max.0)];
+    parse_within(text, i.spec.qty_precision, "qty", Some(&bounds))
+}
+
+/// A price for instrument `i` (its precision; range and grid are the engine's to check).
+pub fn parse_price(i: &Instrument, text: &str) -> Result<i64, ApiError> {
+    let bounds = [("price_min", i.spec.price_min.0), ("price_max", i.spec.price_max.0)];
+    parse_within(text, i.spec.price_precision, "price", Some(&bounds))
 }
 
 #[cfg(test)]
@@ -581,6 +619,28 @@ mod tests {
             parse_decimal("1e5", 4, "qty").expect_err("not a decimal").code,
             ErrorCode::InvalidParameter
         );
+    }
+
+    /// Zeros past the precision change nothing; any other digit there is refused.
+    #[test]
+    fn zeros_past_the_precision_are_the_same_value() {
+        for (text, value) in [
+            ("1000.000000", 100_000),
+            ("-1.500", -150),
+            ("7.10", 710),
+            ("7.1", 710),
+            ("5.", 500),
+            (".5000", 50),
+        ] {
+            assert_eq!(parse_decimal(text, 2, "price").ok(), Some(value), "{text}");
+        }
+        for (text, value) in [("12.000", 12), ("-3.0", -3), (".00", 0), ("5.", 5)] {
+            assert_eq!(parse_decimal(text, 0, "qty").ok(), Some(value), "{text}");
+        }
+        for text in ["1000.001", "1.0000001", "0.0050"] {
+            let e = parse_decimal(text, 2, "price").expect_err(text);
+            assert_eq!(e.message, "price takes at most 2 decimals for this instrument", "{text}");
+        }
     }
 
     #[test]

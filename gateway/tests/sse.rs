@@ -466,3 +466,30 @@ async fn a_fresh_stream_request_takes_big_heads_and_refuses_huge_ones_with_json(
     }
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// An alert price is checked as an order's is: one no trade can reach is refused with the
+/// band, zeros past the precision are the same price, and a huge one names the band too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_prices_outside_the_band_are_refused() {
+    let server = start(|_| {}).await;
+    let alice = Api::login(server.local_addr(), 0).await;
+    let post = |price: &str| {
+        let body = json!({"symbol": "BTC-USD", "condition": "above", "price": price});
+        alice.call("POST", "/api/v1/alerts", Some(body), "")
+    };
+    for price in ["99999999.00", "0.00", "-5.00"] {
+        let (status, refused) = post(price).await;
+        assert_eq!(status, 422, "{price}: {refused}");
+        assert_eq!(refused["error"]["code"], "price_out_of_band", "{price}: {refused}");
+        let message = refused["error"]["message"].as_str().expect("message");
+        assert!(message.contains("0.01 to 6500000.00"), "{message}");
+    }
+    let (status, refused) = post("99999999999999999999.00").await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (422, Some("invalid_price")));
+    let message = refused["error"]["message"].as_str().expect("message");
+    assert!(message.ends_with("(price_min 0.01, price_max 6500000.00)"), "{message}");
+    let (status, kept) = post("70000.000000").await;
+    assert_eq!((status, kept["price"].as_str()), (201, Some("70000.00")), "{kept}");
+    let (_, list) = alice.call("GET", "/api/v1/alerts", None, "").await;
+    assert_eq!(list["alerts"].as_array().map(Vec::len), Some(1), "{list}");
+}

@@ -78,15 +78,19 @@ fn add(state: &AppState, account: AccountId, body: &NewAlert) -> Response<Full<B
         return invalid_parameter("condition is above, below or crosses").response();
     };
     let spec = &instrument.spec;
-    let price = match crate::trading::parse_decimal(&body.price, spec.price_precision, "price") {
-        Ok(p) if p > 0 => p,
-        Ok(_) => {
-            return ApiError::new(
-                ErrorCode::Rejected(tickgate_engine::RejectReason::InvalidPrice),
-                "an alert price is positive",
-            )
-            .response()
+    let price = match crate::trading::parse_price(instrument, &body.price) {
+        // Outside the band nothing trades, and no mid gets there: it could never fire.
+        Ok(p) if p < spec.price_min.0 || p > spec.price_max.0 => {
+            let (pp, fixed) = (spec.price_precision, tickgate_engine::types::format_fixed);
+            let message = format!(
+                "an alert price is within the instrument's price band ({} to {})",
+                fixed(spec.price_min.0, pp),
+                fixed(spec.price_max.0, pp)
+            );
+            let code = ErrorCode::Rejected(tickgate_engine::RejectReason::PriceOutOfBand);
+            return ApiError::new(code, message).response();
         }
+        Ok(p) => p,
         Err(e) => return e.response(),
     };
     match state.alerts.add_alert(account, instrument, condition, price, body.repeat) {
