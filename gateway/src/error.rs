@@ -241,8 +241,8 @@ impl ApiError {
         if let Some(seconds) = self.retry_after {
             headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.code == ErrorCode::RequestTimeout {
-            // A body that never completes must not hold the connection.
+        if matches!(self.code, ErrorCode::RequestTimeout | ErrorCode::PayloadTooLarge) {
+            // A body that never completes, or is not read, must not hold the connection.
             headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
         response

@@ -155,6 +155,31 @@ async fn connections_waiting_for_a_head_are_bounded() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// A declared body over the limit is refused by its `Content-Length`, before any of it
+/// comes (the body timeout here is far longer than the client waits), and the connection
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_gets_413_at_once() {
+    let server = start(|c| c.body_timeout = Duration::from_secs(60)).await;
+    let addr = server.local_addr();
+    let token = Api::login(addr, 0).await.token;
+    for (path, length) in [("/api/v1/auth/login", "99999999999"), ("/api/v1/orders", "20000")] {
+        let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{");
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(head.as_bytes()).expect("send");
+            read_until_closed(&mut s, Duration::from_secs(5))
+        })
+        .await
+        .expect("client")
+        .expect("the server answers and closes");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(answer.contains("payload_too_large"), "{path}: {answer}");
+    }
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_never_completes_gets_408() {
     let server = start(|c| c.body_timeout = Duration::from_millis(300)).await;

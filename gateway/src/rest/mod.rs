@@ -200,10 +200,16 @@ pub fn too_large() -> ApiError {
     ApiError::new(ErrorCode::PayloadTooLarge, message)
 }
 
-/// Reads a whole request body: at most [`BODY_BYTES_MAX`] (else `413`), within `timeout`
+/// Reads a whole request body: at most [`BODY_BYTES_MAX`] (else `413`, at once when the
+/// `Content-Length` says so, and the connection is closed), within `timeout`
 /// (`--body-timeout-ms`; else `408`, and the connection is closed: a body that never
 /// completes must not hold it).
 pub async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<Vec<u8>, ApiError> {
+    // A declared length over the limit is refused at once, not after waiting for a body
+    // that would be refused anyway (or that never comes).
+    if hyper::body::Body::size_hint(&body).lower() > BODY_BYTES_MAX as u64 {
+        return Err(too_large());
+    }
     let collect = Limited::new(body, BODY_BYTES_MAX).collect();
     match tokio::time::timeout(timeout, collect).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
