@@ -52,6 +52,13 @@ async fn instruments_book_and_trades_agree_with_the_engine_and_the_websocket_str
         (Some(2), Some("0.01"))
     );
     assert!(header(&response, "cache-control").is_some_and(|v| v.contains("max-age")));
+    // Every channel listed is one the WebSocket takes, candles included.
+    let channels = eth_json["channels"].clone();
+    assert!(channels.as_array().is_some_and(|c| c.contains(&json!("candles.ETH-USD.1m"))));
+    let mut listed = connect(&server, "?format=json").await;
+    let ack = request(&mut listed, json!({"op": "subscribe", "id": 9, "channels": channels})).await;
+    assert_eq!(ack["op"], "subscribed", "{ack}");
+    assert_eq!(ack["channels"].as_array().map(Vec::len), channels.as_array().map(Vec::len));
 
     let (status, response) =
         http_raw(addr, &get(addr, "/api/v1/markets/ETH-USD/book?depth=10", "")).await;

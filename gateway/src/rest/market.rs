@@ -23,7 +23,15 @@ fn instrument_json(i: &Instrument, assets: &[tickgate_engine::Asset]) -> Value {
         assets.get(usize::from(id.0)).map_or_else(String::new, |a| a.symbol.clone())
     };
     let (pp, qp) = (s.price_precision, s.qty_precision);
-    let channels = ["book", "bbo", "trades"].map(|k| format!("{k}.{}", s.symbol));
+    let channels: Vec<String> = ["book", "bbo", "trades"]
+        .iter()
+        .map(|k| format!("{k}.{}", s.symbol))
+        .chain(
+            crate::candles::INTERVALS
+                .iter()
+                .map(|(name, _)| format!("candles.{}.{name}", s.symbol)),
+        )
+        .collect();
     json!({
         "symbol": s.symbol,
         "id": i.id.0,
