@@ -614,6 +614,7 @@ mod tests {
         assert!(other.dump().is_empty());
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
+
     #[test]
     fn fills_of_two_shards_with_one_sequence_are_both_kept() {
         // Each shard numbers the account's reports itself: instrument 0 is on shard 0 and
