@@ -57,8 +57,21 @@ fn main() -> anyhow::Result<()> {
 
 /// `tickgate verify-journal`: replays the data directory from scratch, read-only.
 fn verify_journal(dir: &std::path::Path, shards: usize, json: bool) -> anyhow::Result<()> {
+    let shards = shards.max(1);
+    match tickgate_engine::durable::recorded_shards(dir)? {
+        // The check the server makes at start: another count verifies the wrong journals.
+        Some(recorded) if recorded != shards => {
+            return Err(tickgate_engine::journal::JournalError::ShardsChanged {
+                dir: dir.to_path_buf(),
+                recorded,
+                asked: shards,
+            }
+            .into())
+        }
+        _ => {}
+    }
     let started = std::time::Instant::now();
-    let verified = tickgate_engine::durable::verify(dir, &server::engine_spec(), shards.max(1))?;
+    let verified = tickgate_engine::durable::verify(dir, &server::engine_spec(), shards)?;
     let elapsed = started.elapsed().as_secs_f64();
     let records: u64 = verified.shards.iter().map(|s| s.records).sum();
     let conserved =

@@ -553,3 +553,72 @@ async fn acknowledged_orders_survive_sigkill() {
     assert!(text.contains(segment.to_str().expect("utf-8 path")), "{text}");
     assert!(text.contains("offset"), "{text}");
 }
+
+/// A data directory written with one shard count refuses to start with another (instrument
+/// `i` is on shard `i % shards`: another count recovers the wrong books), saying which
+/// count to use, and so does `verify-journal`; nothing in the directory changes.
+#[test]
+fn a_data_dir_refuses_another_shard_count() {
+    let dir = std::env::temp_dir().join(format!("tickgate-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |shards: &str, extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--listen", "127.0.0.1:0", "--no-feed", "--shards", shards, "--data-dir"])
+            .arg(&dir)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    // A first run with three shards, killed once it listens (as a crash would).
+    let mut first = run("3", &[]).spawn().expect("starts");
+    let stdout = first.stdout.take().expect("piped");
+    let listening = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("listening on http://"));
+    first.kill().expect("kill");
+    first.wait().expect("reaped");
+    assert!(listening, "the first run starts");
+    assert_eq!(std::fs::read_to_string(dir.join("SHARDS")).expect("recorded"), "3\n");
+    let listing = |d: &Path| {
+        let mut names: Vec<_> = walk(d);
+        names.sort();
+        names
+    };
+    let before = listing(&dir);
+
+    for shards in ["1", "2", "4"] {
+        let out = run(shards, &[]).output().expect("runs");
+        assert!(!out.status.success(), "--shards {shards} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("written with 3 shards") && stderr.contains("--shards 3"),
+            "{stderr}"
+        );
+        let out = run(shards, &["verify-journal"]).output().expect("runs");
+        assert!(!out.status.success(), "verify-journal --shards {shards} ran");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("written with 3 shards"));
+    }
+    assert_eq!(listing(&dir), before, "refused starts change nothing");
+    let out = run("3", &["verify-journal", "--json"]).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["shards"].as_array().map(Vec::len), Some(3), "{report}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Every file under `d` with its size (what a refused start must leave as it was).
+fn walk(d: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(d).expect("readable").map_while(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else if path.file_name().is_some_and(|n| n != "LOCK") {
+            out.push((path.clone(), entry.metadata().map_or(0, |m| m.len())));
+        }
+    }
+    out
+}

@@ -39,8 +39,10 @@ use crate::retention::Retention;
 use crate::snapshot::{list_snapshots, read_snapshot, snapshot_last_ts};
 use crate::types::InstrumentId;
 
+mod layout;
 mod recovery;
 
+pub use layout::{check_shards, recorded_shards, SHARDS_FILE};
 pub use recovery::{recover, verify, Recovery, Verified, VerifiedShard};
 
 /// Where and how commands are journaled.

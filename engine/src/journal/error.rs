@@ -24,6 +24,19 @@ pub enum JournalError {
         /// What is wrong.
         what: String,
     },
+    /// The data directory was written with another shard count (see
+    /// [`crate::durable::check_shards`]).
+    #[error(
+        "data directory {dir} was written with {recorded} shards, not {asked}: start with          --shards {recorded} (instrument i belongs to shard i % shards: another count would          recover the wrong books from the wrong journals)"
+    )]
+    ShardsChanged {
+        /// The data directory.
+        dir: PathBuf,
+        /// The count it was written with.
+        recorded: usize,
+        /// The count asked for.
+        asked: usize,
+    },
 }
 
 impl JournalError {

@@ -309,6 +309,10 @@ impl EngineRuntime {
         let replica = snapshots.is_some();
         let mut snapshots = snapshots.map(|s| s.into_iter().map(Some).collect::<Vec<_>>());
         let lock = config.durability.as_ref().map(|d| lock_data_dir(&d.dir)).transpose()?;
+        if let Some(d) = &config.durability {
+            // Under the lock: the directory's shard count, recorded or checked.
+            crate::durable::check_shards(&d.dir, shard_count)?;
+        }
         let mut links = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
         let mut helpers = Vec::new();
