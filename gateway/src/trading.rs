@@ -495,6 +495,7 @@ pub fn route_error(e: RouteError) -> ApiError {
         RouteError::NoAnswer => {
             ApiError::new(ErrorCode::EngineUnavailable, "the engine node did not answer in time")
         }
+        RouteError::KeyReused => ApiError::key_reused(),
     }
 }
 

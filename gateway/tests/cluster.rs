@@ -512,6 +512,35 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
         assert!(engine_candles.contains(c), "candle {c} as the engine node has it");
     }
 
+    // One idempotency key sent at once through two gateways for orders on two shards
+    // (BTC-USD on shard 0, ETH-USD on shard 1): one order, the other request refused, and
+    // retries through either gateway agree.
+    for n in 0..6 {
+        let key = format!("Idempotency-Key: race-{n}\r\n");
+        let btc = json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1.00", "qty": "0.0010"});
+        let eth = json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "1.00", "qty": "0.010"});
+        let (a, b) = tokio::join!(
+            g1_alice.call("POST", "/api/v1/orders", Some(btc.clone()), &key),
+            alice.call("POST", "/api/v1/orders", Some(eth.clone()), &key),
+        );
+        let placed: Vec<_> = [&a, &b].into_iter().filter(|(status, _)| *status == 201).collect();
+        assert_eq!(placed.len(), 1, "one order for key race-{n}: {a:?} {b:?}");
+        let refused = if a.0 == 201 { &b } else { &a };
+        assert_eq!(refused.0, 422, "{refused:?}");
+        assert_eq!(refused.1["error"]["code"], "idempotency_key_reused", "{refused:?}");
+        let (won, lost) = if a.0 == 201 { (&btc, &eth) } else { (&eth, &btc) };
+        for api in [&g1_alice, &alice] {
+            let (status, again) = api.call("POST", "/api/v1/orders", Some(won.clone()), &key).await;
+            assert_eq!((status, &again["id"]), (201, &placed[0].1["id"]), "{again}");
+            let (status, again) =
+                api.call("POST", "/api/v1/orders", Some(lost.clone()), &key).await;
+            assert_eq!(
+                (status, again["error"]["code"].as_str()),
+                (422, Some("idempotency_key_reused"))
+            );
+        }
+    }
+
     // A logout of every session through gateway 3 ends them on every node; a new login
     // through it is good on the others.
     let (status, body) = g3_alice.call("POST", "/api/v1/auth/logout?all=true", None, "").await;

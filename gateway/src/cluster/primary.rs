@@ -10,12 +10,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tickgate_engine::journal::encode_record;
 use tickgate_engine::runtime::{CommandTap, EngineHandle};
-use tickgate_engine::{Command, CommandKind};
+use tickgate_engine::{Command, CommandKind, UnixNanos};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::wire::{self, instrument_of, SubmitCode};
 use super::{ClusterStats, Subjects, HEARTBEAT};
+use crate::idempotency::{Claim, KeyCache};
 
 /// Bytes of encoded commands each shard keeps for replays (about a million commands).
 pub const LOG_BYTES_MAX: usize = 64 << 20;
@@ -225,7 +226,7 @@ impl Primary {
     pub async fn start(
         client: async_nats::Client,
         subjects: Subjects,
-        engine: EngineHandle,
+        (engine, keys): (EngineHandle, Arc<KeyCache>),
         log: Arc<CommandLog>,
         stats: Arc<ClusterStats>,
         node: String,
@@ -238,7 +239,8 @@ impl Primary {
         // above what was recovered).
         let ids = IdMark::open(journal.as_deref(), &engine)?;
         let mut tasks = Vec::new();
-        let ctx = Arc::new(Ctx { client, subjects, engine, log, stats, epoch, node, journal, ids });
+        let ctx =
+            Arc::new(Ctx { client, subjects, engine, keys, log, stats, epoch, node, journal, ids });
         for shard in 0..ctx.engine.shards() {
             tasks.push(tokio::spawn(publish(Arc::clone(&ctx), shard)));
             let replays = ctx.client.subscribe(ctx.subjects.replay(shard)).await?;
@@ -326,6 +328,8 @@ struct Ctx {
     client: async_nats::Client,
     subjects: Subjects,
     engine: EngineHandle,
+    /// Every keyed order of every gateway passes here: the one place that sees them all.
+    keys: Arc<KeyCache>,
     log: Arc<CommandLog>,
     stats: Arc<ClusterStats>,
     epoch: u64,
@@ -477,11 +481,37 @@ async fn submit(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> By
         // The gateway has given up on it (it came late: a reconnection sent it now).
         Ok((_, deadline)) if now > deadline => SubmitCode::Expired,
         Ok((kind, _)) => match instrument_of(kind).and_then(|i| ctx.engine.shard_of(i)) {
-            Some(owner) if owner == shard => SubmitCode::of(ctx.engine.submit(kind)),
+            Some(owner) if owner == shard => submit_claimed(&ctx, kind, UnixNanos(now)),
             _ => SubmitCode::UnknownInstrument,
         },
     };
     code.reply()
+}
+
+/// Queues `kind`, a new order's idempotency key claimed first. Each engine shard remembers
+/// the keys of its own orders only, and each gateway those placed through it: two gateways
+/// given one key at once for orders on two shards would both place theirs. Every keyed
+/// order of every gateway comes through here, so the second is refused. A retry of the
+/// same order (same fingerprint) goes on: its shard answers it as a repeat.
+fn submit_claimed(ctx: &Ctx, kind: CommandKind, now: UnixNanos) -> SubmitCode {
+    let claimed = match kind {
+        CommandKind::New(order) => order.key.map(|key| {
+            let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
+            (order, key, ctx.keys.claim(order.account, key, fingerprint, order.order_id, now))
+        }),
+        _ => None,
+    };
+    let new = match claimed {
+        Some((_, _, Claim::Reused)) => return SubmitCode::KeyReused,
+        Some((order, key, Claim::New)) => Some((order, key)),
+        Some((_, _, Claim::Retry(..))) | None => None,
+    };
+    let result = ctx.engine.submit(kind);
+    if let (Err(_), Some((order, key))) = (&result, new) {
+        // Never queued: the key is free again.
+        ctx.keys.release(order.account, key, order.order_id);
+    }
+    SubmitCode::of(result)
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub enum RouteError {
     Unreachable(String),
     /// Sent, but no answer came in time: it may have been queued.
     NoAnswer,
+    /// A new order whose idempotency key another order holds (one placed through another
+    /// gateway): not queued.
+    KeyReused,
 }
 
 /// Order entry's way to the engine.
@@ -123,9 +126,6 @@ impl Route {
             .request(remote.subjects.submit(shard), wire::submit_request(kind, deadline))
             .await
             .map_err(|e| remote.unreachable(e))?;
-        match SubmitCode::decode(&reply.payload) {
-            Ok(result) => result.map_err(RouteError::Refused),
-            Err(e) => Err(RouteError::Unreachable(e)),
-        }
+        SubmitCode::decode(&reply.payload)
     }
 }

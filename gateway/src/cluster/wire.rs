@@ -24,6 +24,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tickgate_engine::binary::ByteReader;
 use tickgate_engine::journal::{decode_records, encode_record, Record};
 use tickgate_engine::runtime::SubmitError;
+
+use super::route::RouteError;
 use tickgate_engine::{Command, CommandKind, UnixNanos};
 
 /// Version byte of every payload this build writes and reads.
@@ -145,6 +147,8 @@ pub enum SubmitCode {
     BadRequest = 5,
     /// Arrived past its deadline: not queued.
     Expired = 6,
+    /// A new order whose idempotency key another order holds: not queued.
+    KeyReused = 7,
 }
 
 impl SubmitCode {
@@ -165,16 +169,19 @@ impl SubmitCode {
     }
 
     /// What a gateway makes of a reply.
-    pub fn decode(payload: &[u8]) -> Result<Result<(), SubmitError>, String> {
+    pub fn decode(payload: &[u8]) -> Result<(), RouteError> {
+        let refused = |e| Err(RouteError::Refused(e));
+        let unreachable = |why: &str| Err(RouteError::Unreachable(why.into()));
         match payload {
-            [VERSION, 0] => Ok(Ok(())),
-            [VERSION, 1] => Ok(Err(SubmitError::QueueFull)),
-            [VERSION, 2] => Ok(Err(SubmitError::JournalFailed)),
-            [VERSION, 3] => Ok(Err(SubmitError::Stopped)),
-            [VERSION, 4] => Ok(Err(SubmitError::UnknownInstrument)),
-            [VERSION, 5] => Err("the engine node refused the request as malformed".into()),
-            [VERSION, 6] => Err("the request reached the engine node too late; not queued".into()),
-            _ => Err("not a submit reply".into()),
+            [VERSION, 0] => Ok(()),
+            [VERSION, 1] => refused(SubmitError::QueueFull),
+            [VERSION, 2] => refused(SubmitError::JournalFailed),
+            [VERSION, 3] => refused(SubmitError::Stopped),
+            [VERSION, 4] => refused(SubmitError::UnknownInstrument),
+            [VERSION, 5] => unreachable("the engine node refused the request as malformed"),
+            [VERSION, 6] => unreachable("the request reached the engine node too late; not queued"),
+            [VERSION, 7] => Err(RouteError::KeyReused),
+            _ => unreachable("not a submit reply"),
         }
     }
 }
@@ -303,12 +310,19 @@ mod tests {
         assert_eq!(decode_submit(&request), Ok((cancel(5), 77)));
         assert!(decode_submit(&request[..request.len() - 1]).is_err());
         assert!(decode_submit(&[]).is_err());
-        for code in [SubmitCode::Queued, SubmitCode::QueueFull, SubmitCode::Stopped] {
-            let decoded = SubmitCode::decode(&code.reply()).expect("a reply");
-            assert_eq!(SubmitCode::of(decoded), code);
+        assert!(SubmitCode::decode(&SubmitCode::Queued.reply()).is_ok());
+        for code in [SubmitCode::QueueFull, SubmitCode::Stopped] {
+            match SubmitCode::decode(&code.reply()) {
+                Err(RouteError::Refused(e)) => assert_eq!(SubmitCode::of(Err(e)), code),
+                other => panic!("{code:?}: {other:?}"),
+            }
         }
-        assert!(SubmitCode::decode(&SubmitCode::BadRequest.reply()).is_err());
-        assert!(SubmitCode::decode(&SubmitCode::Expired.reply()).is_err());
+        for code in [SubmitCode::BadRequest, SubmitCode::Expired] {
+            let decoded = SubmitCode::decode(&code.reply());
+            assert!(matches!(decoded, Err(RouteError::Unreachable(_))), "{code:?}: {decoded:?}");
+        }
+        let decoded = SubmitCode::decode(&SubmitCode::KeyReused.reply());
+        assert!(matches!(decoded, Err(RouteError::KeyReused)), "{decoded:?}");
         assert_eq!(decode_ids(&ids_reply(100, 5)), Ok(100..105));
     }
 

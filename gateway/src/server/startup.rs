@@ -202,7 +202,8 @@ pub(super) async fn start_primary(
     let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
     let id = node.config.node.clone();
     let journal = config.durability.as_ref().map(|d| d.dir.clone());
-    Primary::start(client, node.subjects(), engine, log, stats, id, journal).await
+    let keys = Arc::clone(&state.ws.trading.keys);
+    Primary::start(client, node.subjects(), (engine, keys), log, stats, id, journal).await
 }
 
 /// A gateway node: a replica of the engine node's engine, from its snapshots; its publish
