@@ -493,3 +493,36 @@ async fn alert_prices_outside_the_band_are_refused() {
     let (_, list) = alice.call("GET", "/api/v1/alerts", None, "").await;
     assert_eq!(list["alerts"].as_array().map(Vec::len), Some(1), "{list}");
 }
+
+/// With two engine shards each shard numbers an account's reports itself: a `fill` event
+/// carries the fill's id in `GET /api/v1/fills` and the shard its `report_seq` counts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_events_carry_the_fill_id_and_the_shard() {
+    let server = start(|c| c.shards = 2).await;
+    let addr = server.local_addr();
+    let alice = Api::login(addr, 0).await;
+    let (mut stream, _) = open(addr, Some(&alice.token), "", None).await.expect("stream");
+    // BTC-USD is instrument 0 (shard 0), ETH-USD instrument 1 (shard 1).
+    trade(addr, "BTC-USD", "100.00", "0.0100").await;
+    trade(addr, "ETH-USD", "100.00", "0.010").await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = stream.event().await;
+        if e.event == "fill" {
+            let d = &e.data;
+            seen.push((d["symbol"].clone(), d["fill_id"].clone(), d["shard"].as_u64()));
+        }
+    }
+    let (_, fills) = alice.call("GET", "/api/v1/fills", None, "").await;
+    let mut listed: Vec<_> = fills["fills"]
+        .as_array()
+        .expect("fills")
+        .iter()
+        .map(|f| (f["symbol"].clone(), f["id"].clone()))
+        .collect();
+    listed.sort_by_key(|(s, _)| s.to_string());
+    let events: Vec<_> = seen.iter().map(|(s, id, _)| (s.clone(), id.clone())).collect();
+    assert_eq!(events, listed, "the events' fill ids are the listed ones");
+    let shards: Vec<_> = seen.iter().map(|(_, _, shard)| *shard).collect();
+    assert_eq!(shards, [Some(0), Some(1)], "{seen:?}");
+}

@@ -15,13 +15,17 @@ use crate::events::{Batch, EventConsumer};
 pub struct AlertEvaluator {
     hub: Arc<AlertHub>,
     instruments: Vec<Instrument>,
+    /// The engine's shard count (a fill's id and shard depend on it).
+    shards: usize,
     fired: Vec<Fired>,
 }
 
 impl AlertEvaluator {
-    /// Evaluates `hub`'s alerts over these instruments (indexed by id).
-    pub fn new(hub: Arc<AlertHub>, instruments: &[Instrument]) -> Self {
-        AlertEvaluator { hub, instruments: instruments.to_vec(), fired: Vec::new() }
+    /// Evaluates `hub`'s alerts over these instruments (indexed by id) of an engine of
+    /// `shards` shards.
+    pub fn new(hub: Arc<AlertHub>, instruments: &[Instrument], shards: usize) -> Self {
+        let shards = shards.max(1);
+        AlertEvaluator { hub, instruments: instruments.to_vec(), shards, fired: Vec::new() }
     }
 
     fn on_fill(&self, r: &ExecReport) {
@@ -36,6 +40,9 @@ impl AlertEvaluator {
             "qty": format_fixed(r.last_qty.0, qp),
             "open_qty": format_fixed(r.leaves_qty.0, qp),
             "status": r.kind.as_str(),
+            // As in GET /api/v1/fills, and the shard the report's sequence counts on.
+            "fill_id": crate::orders::fill_id(r, self.shards as u64),
+            "shard": r.instrument.0 as usize % self.shards,
             "report_seq": r.seq.0,
             "ts": r.ts.0,
         });

@@ -436,7 +436,11 @@ pub(super) async fn start_pumps(
     let alerts = Pump::start(
         "alerts",
         RingSource::new(engine),
-        vec![Box::new(AlertEvaluator::new(Arc::clone(&c.alerts), engine.instruments()))],
+        vec![Box::new(AlertEvaluator::new(
+            Arc::clone(&c.alerts),
+            engine.instruments(),
+            engine.shards(),
+        ))],
         Pacing { idle: ALERTS_IDLE_MAX, pass: Box::new(|| Duration::ZERO) },
         &alert_wake,
     );
