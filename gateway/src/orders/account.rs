@@ -1,14 +1,17 @@
 //! One account's orders and fills, and how an execution report changes them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::*;
 
 #[derive(Default)]
 pub(super) struct AccountState {
     pub(super) orders: BTreeMap<OrderId, OrderView>,
-    /// Oldest first, in id order.
+    /// Oldest first: in engine time, then id (with one shard, that is id order; with
+    /// several, ids grow per shard and only time orders them all).
     pub(super) fills: VecDeque<FillView>,
+    /// The kept fills' ids, with their engine time (their place in `fills`).
+    pub(super) fill_times: HashMap<u64, u64>,
 }
 
 /// Applies `r` unless it is already reflected; whether it changed anything. Replays after
@@ -52,9 +55,9 @@ pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport, shards: u64) ->
     newer || new_fill
 }
 
-/// Whether a fill with this id is kept (fills are in id order).
+/// Whether a fill with this id is kept.
 pub(super) fn has_fill(state: &AccountState, id: u64) -> bool {
-    state.fills.binary_search_by_key(&id, |f| f.id).is_ok()
+    state.fill_times.contains_key(&id)
 }
 
 pub(super) fn status_of(kind: ExecKind) -> Status {
@@ -66,19 +69,24 @@ pub(super) fn status_of(kind: ExecKind) -> Status {
     }
 }
 
-/// Adds a fill in id order (one a replay brings late goes where it belongs), keeping the
-/// newest [`FILLS_KEPT`].
+/// Adds a fill in time order (one a replay brings late goes where it belongs), unless it
+/// is kept already, keeping the newest [`FILLS_KEPT`].
 pub(super) fn push_fill(state: &mut AccountState, fill: FillView) {
+    if state.fill_times.insert(fill.id, fill.ts).is_some() {
+        return;
+    }
+    let place = |f: &FillView| (f.ts, f.id);
     match state.fills.back() {
-        Some(last) if last.id > fill.id => {
-            if let Err(at) = state.fills.binary_search_by_key(&fill.id, |f| f.id) {
-                state.fills.insert(at, fill);
-            }
+        Some(last) if place(last) > place(&fill) => {
+            let at = state.fills.partition_point(|f| place(f) < place(&fill));
+            state.fills.insert(at, fill);
         }
         _ => state.fills.push_back(fill),
     }
     if state.fills.len() > FILLS_KEPT {
-        state.fills.pop_front();
+        if let Some(oldest) = state.fills.pop_front() {
+            state.fill_times.remove(&oldest.id);
+        }
     }
 }
 

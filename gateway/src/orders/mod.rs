@@ -426,7 +426,9 @@ impl OrderStore {
             .collect()
     }
 
-    /// Fills of `account`, newest first, with ids below `before`, filtered.
+    /// Fills of `account`, newest first (engine time, then id), after the fill with id
+    /// `before` in that order, filtered. A `before` no longer kept (pushed out by newer
+    /// fills) is compared by id, which is time order with one shard.
     pub fn fills(
         &self,
         account: AccountId,
@@ -436,11 +438,16 @@ impl OrderStore {
     ) -> Vec<FillView> {
         let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         let Some(state) = accounts.get(&account) else { return Vec::new() };
+        let cursor = before.map(|id| (state.fill_times.get(&id).copied(), id));
         state
             .fills
             .iter()
             .rev()
-            .filter(|f| before.is_none_or(|b| f.id < b))
+            .filter(|f| match cursor {
+                None => true,
+                Some((Some(ts), id)) => (f.ts, f.id) < (ts, id),
+                Some((None, id)) => f.id < id,
+            })
             .filter(|f| instrument.is_none_or(|i| f.instrument == i))
             .take(limit)
             .copied()
@@ -636,9 +643,21 @@ mod tests {
         }
         let fills = store.fills(AccountId(1), None, None, usize::MAX);
         let got: Vec<_> = fills.iter().map(|f| (f.id, f.seq, f.instrument.0)).collect();
-        assert_eq!(got, [(5, 2, 1), (4, 2, 0)], "both fills, newest id first");
+        assert_eq!(got, [(5, 2, 1), (4, 2, 0)], "both fills, newest first");
         // The cursor pages through both, and a repeated report adds no fill.
         assert_eq!(store.fills(AccountId(1), Some(5), None, 10).len(), 1);
+        // Newest first is engine time, not id: a quiet shard's fill (a low id) that comes
+        // last is first, and paging from the top reaches every fill once.
+        let quiet = ExecReport { ts: UnixNanos(9), ..on(1, fill(2, 3, 1, 0, 5)) };
+        let busy = ExecReport { ts: UnixNanos(8), ..on(0, fill(1, 40, 1, 0, 5)) };
+        let later = OrderStore::new([AccountId(1)]);
+        later.set_shards(2);
+        for r in reports.iter().chain([&busy, &quiet]) {
+            let _ = later.apply(r);
+        }
+        let ids = |list: Vec<FillView>| list.iter().map(|f| f.id).collect::<Vec<_>>();
+        assert_eq!(ids(later.fills(AccountId(1), None, None, 2)), [7, 80], "by time");
+        assert_eq!(ids(later.fills(AccountId(1), Some(80), None, 10)), [5, 4], "the rest");
         let _ = store.apply(&reports[3]);
         assert_eq!(store.fills(AccountId(1), None, None, usize::MAX), fills);
 

@@ -181,8 +181,9 @@ pub fn list<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({ "orders": list, "next_cursor": next }))
 }
 
-/// `GET /api/v1/fills?symbol=&cursor=&limit=`: newest first; a cursor never repeats or
-/// skips a fill, however many arrive meanwhile (ids only grow).
+/// `GET /api/v1/fills?symbol=&cursor=&limit=`: newest first (engine time); a cursor (the
+/// last fill's id) never repeats or skips a fill, however many arrive meanwhile (they are
+/// newer).
 pub fn fills<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
