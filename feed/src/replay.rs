@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tickgate_engine::durable::shard_dir;
+use tickgate_engine::durable::{recorded_shards, shard_dir};
 use tickgate_engine::journal::{list_segments, read_segment, JournalError, Record};
 use tickgate_engine::runtime::{EngineHandle, SubmitError};
 use tickgate_engine::CommandKind;
@@ -59,6 +59,14 @@ impl JournalReplay {
         data_dir: PathBuf,
         speed: Option<f64>,
     ) -> Result<JournalReplay, JournalError> {
+        // Replays are single-shard: a recording of several would lose all but shard 0.
+        if let Some(shards) = recorded_shards(&data_dir)?.filter(|n| *n > 1) {
+            return Err(JournalError::Corrupt {
+                path: data_dir,
+                offset: 0,
+                what: format!("a recording of {shards} shards: replays take one-shard recordings"),
+            });
+        }
         let records = load(&data_dir, 0)?;
         let max_id = records
             .iter()

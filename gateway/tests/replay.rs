@@ -57,5 +57,17 @@ async fn a_replayed_journal_reaches_the_recorded_state() {
         .await;
     assert_eq!(status, 201, "{placed}");
     replaying.shutdown().await.expect("clean stop");
+
+    // A recording of several shards is refused, not replayed as its shard 0 alone.
+    std::fs::write(dir.join(durable::SHARDS_FILE), "2\n").expect("write");
+    let refused = tickgate_gateway::Server::start({
+        let mut c = tickgate_gateway::Config::for_tests();
+        c.replay = Some((dir.clone(), None));
+        c
+    })
+    .await
+    .map(|_| ())
+    .expect_err("a two-shard recording");
+    assert!(refused.to_string().contains("a recording of 2 shards"), "{refused:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
