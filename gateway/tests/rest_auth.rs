@@ -43,6 +43,7 @@ async fn login_gives_a_token_that_opens_only_the_users_own_account() {
     assert_eq!(status, 200, "{response}");
     let account = body_json(&response);
     assert_eq!(account["username"], alice);
+    assert!(account.get("shards").is_none(), "one shard: no breakdown: {account}");
     let usd = account["balances"]
         .as_array()
         .unwrap()

@@ -416,4 +416,21 @@ async fn fills_and_reports_of_two_shards_stay_apart() {
         }
     }
     assert_eq!(paged, ids, "one page at a time gives the same list");
+
+    // The account: each shard's own ledger beside their sum.
+    let (status, account) = alice.call("GET", "/api/v1/account", None, "").await;
+    assert_eq!(status, 200, "{account}");
+    let shards = account["shards"].as_array().expect("per shard with two shards");
+    assert_eq!(shards.len(), 2, "{account}");
+    let units = |v: &Value| tickgate_engine::types::parse_fixed(v.as_str().expect("decimal"), 8);
+    for (i, total) in account["balances"].as_array().expect("balances").iter().enumerate() {
+        let summed: i64 = shards.iter().filter_map(|s| units(&s["balances"][i]["total"])).sum();
+        assert_eq!(Some(summed), units(&total["total"]), "{total}");
+    }
+    // Alice paid for four BTC fills (shard 0) and two ETH fills (shard 1), 1.00 USD each.
+    let usd = |s: &Value| {
+        let b = s["balances"].as_array().and_then(|b| b.iter().find(|b| b["asset"] == "USD"));
+        b.and_then(|b| units(&b["total"])).expect("USD")
+    };
+    assert_eq!(usd(&shards[1]) - usd(&shards[0]), 200_000_000, "{account}");
 }

@@ -143,7 +143,7 @@ pub async fn logout<B>(req: &Request<B>, state: &AppState) -> Response<Full<Byte
 }
 
 /// `GET /api/v1/account`: balances per asset (total, available, held), summed over the
-/// engine shards' ledgers.
+/// engine shards' ledgers, and with several shards each shard's own.
 pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
@@ -153,26 +153,62 @@ pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     // neither locked nor asked.
     let account = AccountId(claims.acc);
     let engine = &state.engine;
-    let mut totals = vec![(0i128, 0i128); engine.assets().len()];
+    let assets = engine.assets();
+    // Per shard (each keeps its own ledger), then their sum.
+    let mut per_shard = Vec::with_capacity(engine.shards());
     for shard in 0..engine.shards() {
         let Some(published) = engine.published_account(shard, account) else {
             return ApiError::new(ErrorCode::UnknownAccount, "the account does not exist")
                 .response();
         };
-        for (t, b) in totals.iter_mut().zip(published.balances) {
-            t.0 += i128::from(b.total.0);
-            t.1 += i128::from(b.held.0);
+        let rows: Vec<(i128, i128)> = published
+            .balances
+            .iter()
+            .map(|b| (i128::from(b.total.0), i128::from(b.held.0)))
+            .collect();
+        per_shard.push(rows);
+    }
+    let mut totals = vec![(0i128, 0i128); assets.len()];
+    for rows in &per_shard {
+        for (t, b) in totals.iter_mut().zip(rows) {
+            t.0 += b.0;
+            t.1 += b.1;
         }
     }
     // Written directly (the hottest authenticated read): no intermediate JSON values.
     // Asset symbols are plain ASCII letters; the username goes through the JSON encoder.
     use std::fmt::Write as _;
-    let assets = state.engine.assets();
-    let fmt = |v: i128, p: u8| Fixed(i64::try_from(v).unwrap_or(i64::MAX), p);
     let username = serde_json::to_string(&claims.sub).unwrap_or_else(|_| "\"\"".into());
-    let mut body = String::with_capacity(96 + 96 * assets.len());
-    let _ = write!(body, r#"{{"account":{},"username":{username},"balances":["#, claims.acc);
-    for (i, ((total, held), a)) in totals.iter().zip(assets).enumerate() {
+    let mut body = String::with_capacity(96 + 96 * assets.len() * (1 + per_shard.len()));
+    let _ = write!(body, r#"{{"account":{},"username":{username},"balances":"#, claims.acc);
+    write_balances(&mut body, &totals, assets);
+    if per_shard.len() > 1 {
+        // What one order can spend is its instrument's shard's (OPERATIONS: accounts with
+        // several shards).
+        body.push_str(r#","shards":["#);
+        for (shard, rows) in per_shard.iter().enumerate() {
+            let comma = if shard == 0 { "" } else { "," };
+            let _ = write!(body, r#"{comma}{{"shard":{shard},"balances":"#);
+            write_balances(&mut body, rows, assets);
+            body.push('}');
+        }
+        body.push(']');
+    }
+    body.push('}');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `[{"asset","total","available","held"}, ...]` of `rows` (total and held per asset).
+fn write_balances(body: &mut String, rows: &[(i128, i128)], assets: &[tickgate_engine::Asset]) {
+    use std::fmt::Write as _;
+    let fmt = |v: i128, p: u8| Fixed(i64::try_from(v).unwrap_or(i64::MAX), p);
+    body.push('[');
+    for (i, ((total, held), a)) in rows.iter().zip(assets).enumerate() {
         let _ = write!(
             body,
             r#"{}{{"asset":"{}","total":"{}","available":"{}","held":"{}"}}"#,
@@ -183,11 +219,5 @@ pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
             fmt(*held, a.precision),
         );
     }
-    body.push_str("]}");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
+    body.push(']');
 }
