@@ -165,15 +165,7 @@ async fn a_declared_body_over_the_limit_gets_413_at_once() {
     let token = Api::login(addr, 0).await.token;
     for (path, length) in [("/api/v1/auth/login", "99999999999"), ("/api/v1/orders", "20000")] {
         let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{");
-        let answer = tokio::task::spawn_blocking(move || {
-            let mut s = TcpStream::connect(addr).expect("connect");
-            s.write_all(head.as_bytes()).expect("send");
-            read_until_closed(&mut s, Duration::from_secs(5))
-        })
-        .await
-        .expect("client")
-        .expect("the server answers and closes");
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = answer_to(addr, head).await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
         assert!(answer.contains("payload_too_large"), "{path}: {answer}");
     }
@@ -184,17 +176,23 @@ async fn a_declared_body_over_the_limit_gets_413_at_once() {
 async fn a_body_that_never_completes_gets_408() {
     let server = start(|c| c.body_timeout = Duration::from_millis(300)).await;
     let addr = server.local_addr();
+    let head = "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"username\":";
+    let answer = answer_to(addr, head.to_string()).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// Sends `head` (and whatever body bytes follow it) on a new connection and reads the
+/// answer until the server closes the connection (within 5 s).
+async fn answer_to(addr: std::net::SocketAddr, head: String) -> String {
     let answer = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).expect("connect");
-        let head = "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"username\":";
         s.write_all(head.as_bytes()).expect("send");
         read_until_closed(&mut s, Duration::from_secs(5))
     })
     .await
     .expect("client")
     .expect("the server answers and closes");
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("request_timeout"), "{answer}");
-    server.shutdown().await.expect("clean shutdown");
+    String::from_utf8_lossy(&answer).into_owned()
 }
