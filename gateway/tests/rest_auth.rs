@@ -286,3 +286,54 @@ async fn logout_revokes_the_session_everywhere() {
     assert_eq!(status, 200, "a new login works: {body}");
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// Near the session's maximum age a refreshed token lives less than the usual lifetime:
+/// `expires_in` (and a cookie's `Max-Age`) say how long it really lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_near_the_session_end_says_how_long_the_token_lasts() {
+    let clock = tickgate_engine::ManualClock::at_wall_time();
+    let shared: tickgate_engine::SharedClock = clock.clone();
+    let server = start(|c| {
+        c.clock = shared;
+        c.token_lifetime = Duration::from_secs(100);
+        c.session_max = Duration::from_secs(250);
+    })
+    .await;
+    let addr = server.local_addr();
+    let (alice, password, _) = DEMO_USERS[0];
+    let (status, body) = login(addr, alice, password).await;
+    assert_eq!((status, body["expires_in"].as_u64()), (200, Some(100)), "{body}");
+    let mut token = body["token"].as_str().expect("token").to_string();
+    let cookie_login = format!(r#"{{"username":"{alice}","password":"{password}","cookie":true}}"#);
+    let answer = post_json(addr, "/api/v1/auth/login", &cookie_login, "");
+    let (_, cookie_answer) = http_raw(addr, &answer).await;
+    let cookie_of = |answer: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_string()
+    };
+    let mut cookie = cookie_of(&cookie_answer);
+    // 90 s, then 180 s in: 100 s left of the session, then 70 s.
+    for (at, left) in [(90, 100), (180, 70)] {
+        clock.advance(Duration::from_secs(90));
+        let auth = format!("Authorization: Bearer {token}\r\n");
+        let (status, response) =
+            http_raw(addr, &post_json(addr, "/api/v1/auth/refresh", "", &auth)).await;
+        let refreshed = body_json(&response);
+        assert_eq!(
+            (status, refreshed["expires_in"].as_u64()),
+            (200, Some(left)),
+            "{at} s: {response}"
+        );
+        token = refreshed["token"].as_str().expect("token").to_string();
+        let by_cookie = format!("Cookie: {cookie}\r\nX-Tickgate-CSRF: 1\r\n");
+        let (status, response) =
+            http_raw(addr, &post_json(addr, "/api/v1/auth/refresh", "", &by_cookie)).await;
+        assert_eq!(status, 200, "{at} s: {response}");
+        assert!(response.contains(&format!("Max-Age={left};")), "{at} s: {response}");
+        cookie = cookie_of(&response);
+    }
+}

@@ -33,7 +33,9 @@ fn token_response(
     account: AccountId,
     cookie: bool,
 ) -> Response<Full<Bytes>> {
-    let lifetime = state.tokens.lifetime().as_secs();
+    // What the token itself says: near the session's maximum age it lives less than the
+    // usual lifetime, and a client plans its next refresh from this.
+    let lifetime = state.tokens.verify(&token).map_or(0, |c| c.exp.saturating_sub(c.iat));
     if !cookie {
         let body = json!({
             "token": token,
