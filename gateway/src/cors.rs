@@ -63,23 +63,29 @@ impl Origins {
     }
 
     /// The preflight answer for `req`, if it is one: `204` with the allowed methods and
-    /// headers for a listed origin, `403` for any other.
+    /// headers for a listed origin or the server's own, asking for a method and headers
+    /// the API takes; `403` otherwise, saying which of them was refused.
     pub fn preflight<B>(
         &self,
         req: &Request<B>,
     ) -> Option<Response<http_body_util::Full<bytes::Bytes>>> {
-        if req.method() != Method::OPTIONS
-            || !req.headers().contains_key(hyper::header::ACCESS_CONTROL_REQUEST_METHOD)
-        {
+        let asked = req.headers().get(hyper::header::ACCESS_CONTROL_REQUEST_METHOD)?;
+        if req.method() != Method::OPTIONS {
             return None;
         }
         let origin = origin(req)?;
-        if !self.listed(origin) {
-            let mut response = crate::error::ApiError::new(
-                crate::error::ErrorCode::OriginNotAllowed,
-                "this origin may not call the API (see --cors-origin)",
-            )
-            .response();
+        let refusal = if !self.allows(req, origin) {
+            Some("this origin may not call the API (see --cors-origin)".to_string())
+        } else if !asked.to_str().is_ok_and(|m| ALLOW_METHODS.split(", ").any(|a| a == m)) {
+            Some(format!("method {asked:?} is not one the API takes ({ALLOW_METHODS})"))
+        } else {
+            unlisted_header(req.headers())
+                .map(|h| format!("request header {h:?} is not one the API takes ({ALLOW_HEADERS})"))
+        };
+        if let Some(message) = refusal {
+            let mut response =
+                crate::error::ApiError::new(crate::error::ErrorCode::OriginNotAllowed, message)
+                    .response();
             response.headers_mut().insert(VARY, HeaderValue::from_static("Origin"));
             return Some(response);
         }
@@ -221,6 +227,18 @@ pub mod cookie {
     }
 }
 
+/// The first header of a preflight's `Access-Control-Request-Headers` that the API does
+/// not take, if any (names compare case-insensitively).
+fn unlisted_header(headers: &HeaderMap) -> Option<String> {
+    let asked = headers.get(hyper::header::ACCESS_CONTROL_REQUEST_HEADERS)?;
+    let Ok(asked) = asked.to_str() else { return Some("(not text)".into()) };
+    asked
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .find(|h| !ALLOW_HEADERS.split(", ").any(|a| a == h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +294,36 @@ mod tests {
             .contains("idempotency-key"));
         assert_eq!(o.preflight(&pre("https://evil.example")).expect("a preflight").status(), 403);
         assert_eq!(o.preflight(&pre("null")).expect("a preflight").status(), 403);
+        // The server's own origin, as --help says, is allowed too.
+        let own = req(
+            Method::OPTIONS,
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+                ("access-control-request-method", "DELETE"),
+                ("access-control-request-headers", "Content-Type, X-Tickgate-CSRF"),
+            ],
+        );
+        assert_eq!(o.preflight(&own).expect("a preflight").status(), 204);
+        // A method or a header the API does not take is refused, and said so.
+        for (method, headers, refused) in
+            [("PUT", "", "method"), ("POST", "authorization, x-foo", "x-foo")]
+        {
+            let mut asked = vec![("origin", "https://app.example")];
+            asked.push(("access-control-request-method", method));
+            if !headers.is_empty() {
+                asked.push(("access-control-request-headers", headers));
+            }
+            let answer = o.preflight(&req(Method::OPTIONS, &asked)).expect("a preflight");
+            assert_eq!(answer.status(), 403, "{method} {headers}");
+            let body = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+                answer.into_body(),
+            ))
+            .expect("a full body")
+            .expect("infallible")
+            .to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains(refused), "{body:?}");
+        }
         assert!(o.preflight(&req(Method::OPTIONS, &[("origin", "https://app.example")])).is_none());
         let mut h = HeaderMap::new();
         o.answer(&mut h, Some("https://evil.example"));
