@@ -144,10 +144,17 @@ async fn https_serves_http1_and_http2_with_several_sse_streams_on_one_connection
     // A client that trusts another certificate is refused at the handshake.
     let (_, _, other) = certificate(&dir, "other");
     assert!(tls(addr, &connector(&other, &["h2"])).await.is_err());
-    // Cleartext on the TLS port is not HTTP.
-    let (status, _) =
+    // Cleartext HTTP on the TLS port is told to use TLS (and nothing is served to it).
+    let (status, answer) =
         http_raw(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    assert_eq!(status, 0, "no HTTP answer to cleartext");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("use https://"), "{answer}");
+    assert!(answer.contains("\"code\":\"malformed\""), "{answer}");
+    // The listener goes on serving TLS.
+    let again = tls(addr, &connector(&root, &["http/1.1"])).await.expect("handshake");
+    let (status, _) =
+        raw(again, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, 200);
 
     // HTTP/2 by ALPN: log in (as a cookie session: Secure under TLS), then three SSE
     // streams on the one connection.
@@ -209,7 +216,7 @@ async fn https_serves_http1_and_http2_with_several_sse_streams_on_one_connection
             }
         }
     }
-    assert_eq!(server.metrics().tls_handshakes_total.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(server.metrics().tls_handshakes_total.load(std::sync::atomic::Ordering::Relaxed), 3);
     drop(streams);
     server.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);

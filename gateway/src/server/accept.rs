@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::DRAIN_TIMEOUT;
+use crate::error::{ApiError, ErrorCode};
 use crate::http;
 use crate::sse::FirstRequest;
 use crate::state::AppState;
@@ -125,6 +126,18 @@ async fn serve_tls(
 ) {
     let pending = PendingGuard { permit: Some(c.pending), metrics: Arc::clone(&c.state.metrics) };
     let metrics = &c.state.metrics;
+    // A TLS client starts with a handshake record (0x16); an HTTP client that forgot the
+    // `https://` starts with a method's capital letter: tell it, in the HTTP it speaks.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(c.head.deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => return refuse_plain_http(stream).await,
+        Ok(Ok(0) | Err(_)) => return,
+        Err(_) => {
+            metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Ok(Ok(_)) => {}
+    }
     match tokio::time::timeout_at(c.head.deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             metrics.tls_handshakes_total.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +151,20 @@ async fn serve_tls(
             metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Answers a cleartext HTTP request sent to the TLS listener with a `400` saying so, then
+/// closes (after taking what the client sent, for a moment: unread bytes would turn the
+/// close into a reset that can destroy the answer before the client reads it).
+async fn refuse_plain_http(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let message = "this port speaks TLS: use https:// (or wss://)";
+    let answer = ApiError::new(ErrorCode::Malformed, message).raw_http1("");
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
 }
 
 /// Serves HTTP/1.1 (with upgrades) or HTTP/2 (prior knowledge, or `h2` by ALPN under TLS:
