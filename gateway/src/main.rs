@@ -68,7 +68,9 @@ fn verify_journal(dir: &std::path::Path, shards: usize, json: bool) -> anyhow::R
             }
             .into())
         }
-        _ => {}
+        Some(_) => {}
+        // Not a data directory (a typo, an empty one): nothing verified is no success.
+        None => anyhow::bail!("{} holds no journal (no SHARDS file, no shard-<i>)", dir.display()),
     }
     let started = std::time::Instant::now();
     let verified = tickgate_engine::durable::verify(dir, &server::engine_spec(), shards)?;

@@ -607,6 +607,10 @@ fn a_data_dir_refuses_another_shard_count() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(report["shards"].as_array().map(Vec::len), Some(3), "{report}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
+    // A directory with no journal at all (a typo) is no success either.
+    let out = run("1", &["verify-journal"]).output().expect("runs");
+    assert!(!out.status.success(), "verified nothing");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no journal"));
 }
 
 /// Every file under `d` with its size (what a refused start must leave as it was).

@@ -98,6 +98,7 @@ mod tests {
                 text.contains("written with 3 shards") && text.contains("--shards 3"),
                 "{text}"
             );
+            assert!(!text.contains("  "), "one space between words: {text}");
         }
         fs::write(d.join(SHARDS_FILE), "three\n").expect("write");
         assert!(matches!(recorded_shards(&d), Err(JournalError::Corrupt { .. })));

@@ -27,7 +27,9 @@ pub enum JournalError {
     /// The data directory was written with another shard count (see
     /// [`crate::durable::check_shards`]).
     #[error(
-        "data directory {dir} was written with {recorded} shards, not {asked}: start with          --shards {recorded} (instrument i belongs to shard i % shards: another count would          recover the wrong books from the wrong journals)"
+        "data directory {dir} was written with {recorded} shards, not {asked}: start with \
+         --shards {recorded} (instrument i belongs to shard i % shards: another count would \
+         recover the wrong books from the wrong journals)"
     )]
     ShardsChanged {
         /// The data directory.

@@ -427,8 +427,8 @@ impl OrderStore {
     }
 
     /// Fills of `account`, newest first (engine time, then id), after the fill with id
-    /// `before` in that order, filtered. A `before` no longer kept (pushed out by newer
-    /// fills) is compared by id, which is time order with one shard.
+    /// `before` in that order, filtered. A `before` no longer kept was pushed out as the
+    /// oldest: nothing kept comes after it.
     pub fn fills(
         &self,
         account: AccountId,
@@ -438,16 +438,18 @@ impl OrderStore {
     ) -> Vec<FillView> {
         let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         let Some(state) = accounts.get(&account) else { return Vec::new() };
-        let cursor = before.map(|id| (state.fill_times.get(&id).copied(), id));
+        let cursor = match before {
+            Some(id) => match state.fill_times.get(&id) {
+                Some(ts) => Some((*ts, id)),
+                None => return Vec::new(),
+            },
+            None => None,
+        };
         state
             .fills
             .iter()
             .rev()
-            .filter(|f| match cursor {
-                None => true,
-                Some((Some(ts), id)) => (f.ts, f.id) < (ts, id),
-                Some((None, id)) => f.id < id,
-            })
+            .filter(|f| cursor.is_none_or(|c| (f.ts, f.id) < c))
             .filter(|f| instrument.is_none_or(|i| f.instrument == i))
             .take(limit)
             .copied()
@@ -658,6 +660,8 @@ mod tests {
         let ids = |list: Vec<FillView>| list.iter().map(|f| f.id).collect::<Vec<_>>();
         assert_eq!(ids(later.fills(AccountId(1), None, None, 2)), [7, 80], "by time");
         assert_eq!(ids(later.fills(AccountId(1), Some(80), None, 10)), [5, 4], "the rest");
+        // A cursor no longer kept (or never given) was the oldest: nothing comes after it.
+        assert!(later.fills(AccountId(1), Some(1_000_000), None, 10).is_empty());
         let _ = store.apply(&reports[3]);
         assert_eq!(store.fills(AccountId(1), None, None, usize::MAX), fills);
 
