@@ -67,15 +67,33 @@ impl KeyRecord {
 }
 
 /// Every account's remembered keys (one engine shard's, or a gateway's copy of them).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeyTable {
     index: FxHashMap<(AccountId, IdempotencyKey), KeyRecord>,
     /// Per account, oldest first: the eviction order. `BTreeMap` so that encoding and the
     /// digest visit accounts in one order on every run.
     order: BTreeMap<AccountId, VecDeque<KeyRecord>>,
+    /// Keys kept per account: [`KEYS_PER_ACCOUNT_MAX`] for a shard's table.
+    per_account: usize,
+}
+
+impl Default for KeyTable {
+    fn default() -> Self {
+        KeyTable::keeping(KEYS_PER_ACCOUNT_MAX)
+    }
 }
 
 impl KeyTable {
+    /// A table keeping `per_account` keys per account (a copy of several shards' tables
+    /// keeps what they all keep: [`KEYS_PER_ACCOUNT_MAX`] times their number).
+    pub fn keeping(per_account: usize) -> Self {
+        KeyTable {
+            index: FxHashMap::default(),
+            order: BTreeMap::new(),
+            per_account: per_account.max(1),
+        }
+    }
+
     /// The live record of `key` for `account` at engine time `now`.
     pub fn find(
         &self,
@@ -91,7 +109,7 @@ impl KeyTable {
     pub fn insert(&mut self, account: AccountId, record: KeyRecord) {
         let queue = self.order.entry(account).or_default();
         while let Some(oldest) = queue.front().copied() {
-            if !(oldest.expired(record.ts) || queue.len() >= KEYS_PER_ACCOUNT_MAX) {
+            if !(oldest.expired(record.ts) || queue.len() >= self.per_account) {
                 break;
             }
             queue.pop_front();
@@ -102,7 +120,7 @@ impl KeyTable {
         }
         queue.push_back(record);
         self.index.insert((account, record.key), record);
-        debug_assert!(queue.len() <= KEYS_PER_ACCOUNT_MAX);
+        debug_assert!(queue.len() <= self.per_account);
     }
 
     /// Forgets `key` of `account` if it belongs to `order` (whose command never reached an

@@ -3,13 +3,15 @@
 //!
 //! The engine is the authority (the key travels in the journaled command, see
 //! `tickgate_engine::idempotency`): this copy is loaded from the engine's tables at start
-//! and follows every keyed order placed through this process, with the same per-account
-//! bound and age. Should the two ever disagree, the engine refuses the second order as a
-//! `duplicate_request` and the gateway asks the engine which order the key belongs to.
+//! and follows every keyed order placed through this process (on an engine node: every
+//! keyed order of every gateway, see `cluster::primary`), with the same age and the bound
+//! of all the shards' tables together. Should the two ever disagree, the engine refuses
+//! the second order as a `duplicate_request` and the gateway asks the engine which order
+//! the key belongs to.
 
 use std::sync::Mutex;
 
-use tickgate_engine::idempotency::KeyTable;
+use tickgate_engine::idempotency::{KeyTable, KEYS_PER_ACCOUNT_MAX};
 use tickgate_engine::{AccountId, IdempotencyKey, KeyRecord, OrderId, UnixNanos};
 
 /// Longest accepted idempotency key text.
@@ -33,6 +35,14 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
+    /// A copy of the tables of `shards` engine shards: it keeps what they keep together
+    /// (each shard keeps its own accounts' newest keys), so loading them all at start
+    /// pushes none out.
+    pub fn for_shards(shards: usize) -> Self {
+        let per_account = KEYS_PER_ACCOUNT_MAX.saturating_mul(shards.max(1));
+        KeyCache { table: Mutex::new(KeyTable::keeping(per_account)) }
+    }
+
     /// Loads keys the engine remembers (at start, before requests are served).
     pub fn load(&self, records: impl IntoIterator<Item = (AccountId, KeyRecord)>) {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -71,7 +81,7 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tickgate_engine::idempotency::{KEYS_PER_ACCOUNT_MAX, KEY_RETENTION_NS};
+    use tickgate_engine::idempotency::KEY_RETENTION_NS;
 
     #[test]
     fn claims_retries_reuses_and_releases() {
@@ -104,5 +114,29 @@ mod tests {
         // Alice's oldest went first.
         assert_eq!(claim(1, IdempotencyKey(0), 98, 2), Claim::New);
         assert_eq!(claim(1, IdempotencyKey(500), 97, 2), Claim::Retry(OrderId(510), UnixNanos(1)));
+    }
+
+    /// Two shards each keep an account's 10,000 newest keys: the copy of both keeps all
+    /// 20,000 (loaded shard after shard, the first shard's stay).
+    #[test]
+    fn a_copy_of_several_shards_keeps_what_they_all_keep() {
+        let cache = KeyCache::for_shards(2);
+        let alice = AccountId(1);
+        let record = |n: u64| KeyRecord {
+            key: IdempotencyKey(u128::from(n)),
+            order_id: OrderId(n),
+            fingerprint: 7,
+            ts: UnixNanos(1),
+        };
+        let all = KEYS_PER_ACCOUNT_MAX as u64 * 2;
+        cache.load((0..all).map(|n| (alice, record(n))));
+        for n in [0, 1, all - 1] {
+            let claim = cache.claim(alice, record(n).key, 7, OrderId(u64::MAX), UnixNanos(2));
+            assert_eq!(claim, Claim::Retry(OrderId(n), UnixNanos(1)), "key {n}");
+        }
+        // One more pushes the oldest out, as each shard's own table would.
+        cache.load([(alice, record(all))]);
+        let first = cache.claim(alice, record(0).key, 7, OrderId(u64::MAX), UnixNanos(2));
+        assert_eq!(first, Claim::New);
     }
 }

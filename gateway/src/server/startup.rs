@@ -394,7 +394,7 @@ pub(super) async fn idempotency_keys(
     users: &Users,
     fresh: bool,
 ) -> anyhow::Result<Arc<KeyCache>> {
-    let keys = Arc::new(KeyCache::default());
+    let keys = Arc::new(KeyCache::for_shards(engine.shards()));
     if !fresh {
         let accounts: Vec<_> = users.all().map(|u| u.account).collect();
         for shard in 0..engine.shards() {
