@@ -287,6 +287,15 @@ impl Tokens {
             .expect("HS256 encoding of plain claims cannot fail")
     }
 
+    /// How long `token` (one this server signed) lives from its issue, in seconds: the
+    /// lifetime, or less where the session's maximum age cuts it short. Its expiry is not
+    /// checked (a token signed in the session's last second still says 0, not an error).
+    pub fn lifetime_of(&self, token: &str) -> Option<u64> {
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
+        Some(claims.claims.exp.saturating_sub(claims.claims.iat))
+    }
+
     /// The claims of a valid, unexpired token.
     pub fn verify(&self, token: &str) -> Result<Claims, InvalidToken> {
         let now = self.clock.now_secs();

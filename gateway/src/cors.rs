@@ -1,8 +1,8 @@
 //! Browsers on other origins (CORS, `--cors-origin`) and the checks cookie sessions need.
 //!
 //! - A **preflight** (`OPTIONS` with `Access-Control-Request-Method`) from a listed origin
-//!   is answered `204` with the methods and headers the API takes; from any other origin
-//!   `403`.
+//!   or the server's own, asking for a method and headers the API takes, is answered `204`
+//!   with them; any other `403`, saying what was refused.
 //! - Every answer to a listed origin carries `Access-Control-Allow-Origin: <origin>` and
 //!   `Access-Control-Allow-Credentials: true` (never `*`: credentials are only for listed
 //!   origins); every answer to a request with an `Origin` carries `Vary: Origin`.

@@ -296,24 +296,26 @@ pub async fn serve_raw<P>(
     let opened = match opened {
         Ok(o) => o,
         Err(refusal) => {
-            // A peer that does not take a small answer within a second is not waited for.
             let answer = refusal.raw_http1(&state.origins.raw_headers(origin.as_deref()));
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
-            let _ = stream.shutdown().await;
-            if !complete {
-                // Unread bytes would turn the close into a reset, which can destroy the
-                // answer before the client reads it: take what the client sends for a
-                // moment (bounded), then close.
-                let mut sink = [0u8; 4096];
-                let drain =
-                    async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-                let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
-            }
-            return;
+            return answer_and_close(&mut stream, &answer, !complete).await;
         }
     };
     drop(head);
     stream_opened(stream, state, opened, origin).await;
+}
+
+/// Writes a small `answer` (a peer that does not take it within a second is not waited
+/// for) and closes. With `unread` (the client's request was not all read): unread bytes
+/// would turn the close into a reset, which can destroy the answer before the client reads
+/// it, so what the client sends is taken for a moment (bounded) first.
+pub(crate) async fn answer_and_close(stream: &mut TcpStream, answer: &[u8], unread: bool) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
+    let _ = stream.shutdown().await;
+    if unread {
+        let mut sink = [0u8; 4096];
+        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    }
 }
 
 fn head_too_large() -> ApiError {

@@ -35,7 +35,7 @@ fn token_response(
 ) -> Response<Full<Bytes>> {
     // What the token itself says: near the session's maximum age it lives less than the
     // usual lifetime, and a client plans its next refresh from this.
-    let lifetime = state.tokens.verify(&token).map_or(0, |c| c.exp.saturating_sub(c.iat));
+    let lifetime = state.tokens.lifetime_of(&token).unwrap_or(0);
     if !cookie {
         let body = json!({
             "token": token,

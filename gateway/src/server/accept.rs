@@ -130,7 +130,11 @@ async fn serve_tls(
     // `https://` starts with a method's capital letter: tell it, in the HTTP it speaks.
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(c.head.deadline, stream.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0].is_ascii_uppercase() => return refuse_plain_http(stream).await,
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+            // Not a TLS handshake: out of the pending ones before the answer is written.
+            drop(pending);
+            return refuse_plain_http(stream).await;
+        }
         Ok(Ok(0) | Err(_)) => return,
         Err(_) => {
             metrics.handshake_timeouts_total.fetch_add(1, Ordering::Relaxed);
@@ -154,17 +158,11 @@ async fn serve_tls(
 }
 
 /// Answers a cleartext HTTP request sent to the TLS listener with a `400` saying so, then
-/// closes (after taking what the client sent, for a moment: unread bytes would turn the
-/// close into a reset that can destroy the answer before the client reads it).
+/// closes (its request unread).
 async fn refuse_plain_http(mut stream: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let message = "this port speaks TLS: use https:// (or wss://)";
     let answer = ApiError::new(ErrorCode::Malformed, message).raw_http1("");
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await;
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    crate::sse::answer_and_close(&mut stream, &answer, true).await;
 }
 
 /// Serves HTTP/1.1 (with upgrades) or HTTP/2 (prior knowledge, or `h2` by ALPN under TLS:
