@@ -56,6 +56,15 @@ newtype!(
     UnixNanos(u64)
 );
 
+impl InstrumentId {
+    /// The shard that owns this instrument in an engine of `shards` shards (instrument `i`
+    /// belongs to shard `i % shards`): the one rule, for the engine and whoever must know
+    /// where an instrument's sequences count.
+    pub fn shard(self, shards: usize) -> usize {
+        self.0 as usize % shards.max(1)
+    }
+}
+
 impl Qty {
     /// The zero quantity.
     pub const ZERO: Qty = Qty(0);

@@ -303,7 +303,7 @@ pub fn verify(dir: &Path, spec: &EngineSpec, shards: usize) -> Result<Verified, 
     let mut out = Vec::with_capacity(shards);
     for shard in 0..shards {
         let sdir = shard_dir(dir, shard);
-        let owns = move |i: InstrumentId| i.0 as usize % shards == shard;
+        let owns = move |i: InstrumentId| i.shard(shards) == shard;
         let segments = list_segments(&sdir)?;
         let (mut engine, from_snapshot, next) = match segments.first() {
             Some((1, _)) | None => (

@@ -11,7 +11,7 @@ impl EngineHandle {
     /// The shard that owns `instrument`.
     pub fn shard_of(&self, instrument: InstrumentId) -> Option<usize> {
         ((instrument.0 as usize) < self.shared.instruments.len())
-            .then(|| instrument.0 as usize % self.shared.shards.len())
+            .then(|| instrument.shard(self.shared.shards.len()))
     }
 
     /// The instrument table.

@@ -396,7 +396,7 @@ fn start_shard(
     shard_count: usize,
     initial: Option<RestoredSnapshot>,
 ) -> Result<StartedShard, StartError> {
-    let owns = move |i: InstrumentId| i.0 as usize % shard_count == shard;
+    let owns = move |i: InstrumentId| i.shard(shard_count) == shard;
     let mut applied = 0;
     let mut last_ts = UnixNanos(0);
     let (mut engine, recovery) = match (initial, &config.durability) {

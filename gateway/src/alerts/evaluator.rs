@@ -41,8 +41,8 @@ impl AlertEvaluator {
             "open_qty": format_fixed(r.leaves_qty.0, qp),
             "status": r.kind.as_str(),
             // As in GET /api/v1/fills, and the shard the report's sequence counts on.
-            "fill_id": crate::orders::fill_id(r, self.shards as u64),
-            "shard": r.instrument.0 as usize % self.shards,
+            "fill_id": crate::orders::fill_id(r, self.shards),
+            "shard": r.instrument.shard(self.shards),
             "report_seq": r.seq.0,
             "ts": r.ts.0,
         });

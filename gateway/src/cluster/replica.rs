@@ -104,7 +104,7 @@ impl Replica {
                 .await
                 .map_err(|e| anyhow::anyhow!("shard {shard}'s snapshot: {e}"))?;
             let shards = info.shards;
-            let owns = move |i: InstrumentId| i.0 as usize % shards == shard;
+            let owns = move |i: InstrumentId| i.shard(shards) == shard;
             let restored = decode_snapshot(&bytes, shard as u32, &config.spec, owns).map_err(
                 |(at, what)| anyhow::anyhow!("shard {shard}'s snapshot, byte {at}: {what}"),
             )?;

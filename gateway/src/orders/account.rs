@@ -18,7 +18,7 @@ pub(super) struct AccountState {
 /// a restart repeat reports, and a hub that was lapped may have missed some that a replay
 /// then brings: so an order takes a report only if it is newer than the last one it took
 /// (never going back to an older state), and a fill is added only if it is not there.
-pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport, shards: u64) -> bool {
+pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport, shards: usize) -> bool {
     let known = state.orders.get(&r.order_id).map(|o| o.seq);
     let is_fill = matches!(r.kind, ExecKind::PartiallyFilled | ExecKind::Filled);
     let new_fill = is_fill && !has_fill(state, fill_id(r, shards));
@@ -158,7 +158,7 @@ pub(super) fn dump_account(account: AccountId, state: &AccountState, out: &mut V
 }
 
 /// Applies one history record to `state`.
-pub(super) fn load_entry(state: &mut AccountState, entry: &Entry, shards: u64) {
+pub(super) fn load_entry(state: &mut AccountState, entry: &Entry, shards: usize) {
     match entry {
         Entry::Report(r) => {
             apply_to(state, r, shards);
@@ -192,13 +192,13 @@ pub(super) fn view_of(r: &ExecReport) -> OrderView {
 /// A fill's id: its report's sequence made unique across `shards` (each shard numbers an
 /// account's reports itself, so two shards' fills can share a sequence), `seq * shards +
 /// shard`. Increasing with the sequence on each shard; with one shard, the sequence.
-pub fn fill_id(r: &ExecReport, shards: u64) -> u64 {
-    let shards = shards.max(1);
-    r.seq.0.saturating_mul(shards).saturating_add(u64::from(r.instrument.0) % shards)
+pub fn fill_id(r: &ExecReport, shards: usize) -> u64 {
+    let shard = r.instrument.shard(shards) as u64;
+    r.seq.0.saturating_mul(shards.max(1) as u64).saturating_add(shard)
 }
 
 /// The fill a fill report is.
-pub(super) fn fill_of(r: &ExecReport, shards: u64) -> FillView {
+pub(super) fn fill_of(r: &ExecReport, shards: usize) -> FillView {
     FillView {
         id: fill_id(r, shards),
         seq: r.seq.0,

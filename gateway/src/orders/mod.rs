@@ -140,7 +140,7 @@ pub struct OrderStore {
     /// Per shard, the timestamp of the last command whose reports are all applied.
     applied: Mutex<Vec<u64>>,
     /// The engine's shard count (0 until set: taken as 1), for fill ids.
-    shards: std::sync::atomic::AtomicU64,
+    shards: std::sync::atomic::AtomicUsize,
 }
 
 /// Reports one account's `orders` subscribers may fall behind by before they are told
@@ -162,10 +162,10 @@ impl OrderStore {
     /// Sets the engine's shard count (before any report is applied or history loaded:
     /// fill ids depend on it).
     pub fn set_shards(&self, shards: usize) {
-        self.shards.store(shards as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shards.store(shards, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn shards(&self) -> u64 {
+    fn shards(&self) -> usize {
         self.shards.load(std::sync::atomic::Ordering::Relaxed).max(1)
     }
 
