@@ -529,13 +529,9 @@ pub fn is_decimal(text: &str) -> bool {
 /// this instrument cannot hold (too many decimals, out of range) is `422` with the engine's
 /// code for the field (`invalid_price`, `invalid_qty`): the request is well-formed, the
 /// instrument refuses it. Zeros past the precision are the same value and are fine
-/// (`1000.000000` is `1000.00` at 2 decimals).
-pub fn parse_decimal(text: &str, precision: u8, field: &str) -> Result<i64, ApiError> {
-    parse_within(text, precision, field, None)
-}
-
-/// [`parse_decimal`], whose out-of-range message names the instrument's `bounds` (the
-/// field's name and value for each), not the fixed-point limit.
+/// (`1000.000000` is `1000.00` at 2 decimals). An out-of-range message names the
+/// instrument's `bounds` (the field's name and value for each), without them the
+/// fixed-point limit.
 fn parse_within(
     text: &str,
     precision: u8,
@@ -600,8 +596,8 @@ mod tests {
     /// A decimal the instrument cannot hold says why: too many decimals, or too large.
     #[test]
     fn a_refused_decimal_says_whether_it_has_too_many_decimals_or_is_too_large() {
-        assert_eq!(parse_decimal("12.3400", 4, "qty").ok(), Some(123_400));
-        let refused = |text: &str| parse_decimal(text, 4, "qty").expect_err(text);
+        assert_eq!(parse_within("12.3400", 4, "qty", None).ok(), Some(123_400));
+        let refused = |text: &str| parse_within(text, 4, "qty", None).expect_err(text);
         let e = refused("1.00001");
         assert_eq!(e.code, ErrorCode::Rejected(RejectReason::InvalidQty));
         assert_eq!(e.message, "qty takes at most 4 decimals for this instrument");
@@ -613,11 +609,11 @@ mod tests {
                 "{text}"
             );
         }
-        let e = parse_decimal("99999999999999999999999", 2, "price").expect_err("too large");
+        let e = parse_within("99999999999999999999999", 2, "price", None).expect_err("too large");
         assert_eq!(e.code, ErrorCode::Rejected(RejectReason::InvalidPrice));
         assert!(e.message.starts_with("price is out of range"), "{}", e.message);
         assert_eq!(
-            parse_decimal("1e5", 4, "qty").expect_err("not a decimal").code,
+            parse_within("1e5", 4, "qty", None).expect_err("not a decimal").code,
             ErrorCode::InvalidParameter
         );
     }
@@ -633,13 +629,13 @@ mod tests {
             ("5.", 500),
             (".5000", 50),
         ] {
-            assert_eq!(parse_decimal(text, 2, "price").ok(), Some(value), "{text}");
+            assert_eq!(parse_within(text, 2, "price", None).ok(), Some(value), "{text}");
         }
         for (text, value) in [("12.000", 12), ("-3.0", -3), (".00", 0), ("5.", 5)] {
-            assert_eq!(parse_decimal(text, 0, "qty").ok(), Some(value), "{text}");
+            assert_eq!(parse_within(text, 0, "qty", None).ok(), Some(value), "{text}");
         }
         for text in ["1000.001", "1.0000001", "0.0050"] {
-            let e = parse_decimal(text, 2, "price").expect_err(text);
+            let e = parse_within(text, 2, "price", None).expect_err(text);
             assert_eq!(e.message, "price takes at most 2 decimals for this instrument", "{text}");
         }
     }

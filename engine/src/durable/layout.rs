@@ -48,14 +48,23 @@ pub fn recorded_shards(dir: &Path) -> Result<Option<usize>, JournalError> {
     Ok(highest.map(|h| h + 1))
 }
 
-/// Checks that `dir` was written with `shards` shards, or records it for a directory that
-/// says nothing yet. A different count is [`JournalError::ShardsChanged`].
-pub fn check_shards(dir: &Path, shards: usize) -> Result<(), JournalError> {
+/// Whether `dir` was written with `shards` shards, read only: `Some` (it was), `None` (it
+/// says nothing: a new directory), or [`JournalError::ShardsChanged`].
+pub fn matches_shards(dir: &Path, shards: usize) -> Result<Option<()>, JournalError> {
     match recorded_shards(dir)? {
         Some(recorded) if recorded != shards => {
             Err(JournalError::ShardsChanged { dir: dir.to_path_buf(), recorded, asked: shards })
         }
-        Some(_) if dir.join(SHARDS_FILE).exists() => Ok(()),
+        recorded => Ok(recorded.map(|_| ())),
+    }
+}
+
+/// Checks that `dir` was written with `shards` shards, or records it for a directory that
+/// says nothing yet (or says it only through its `shard-<i>` folders). A different count is
+/// [`JournalError::ShardsChanged`].
+pub fn check_shards(dir: &Path, shards: usize) -> Result<(), JournalError> {
+    match matches_shards(dir, shards)? {
+        Some(()) if dir.join(SHARDS_FILE).exists() => Ok(()),
         _ => record(dir, shards),
     }
 }

@@ -42,7 +42,7 @@ use crate::types::InstrumentId;
 mod layout;
 mod recovery;
 
-pub use layout::{check_shards, recorded_shards, SHARDS_FILE};
+pub use layout::{check_shards, matches_shards, recorded_shards, SHARDS_FILE};
 pub use recovery::{recover, verify, Recovery, Verified, VerifiedShard};
 
 /// Where and how commands are journaled.
