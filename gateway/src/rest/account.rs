@@ -156,42 +156,40 @@ pub fn account<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let account = AccountId(claims.acc);
     let engine = &state.engine;
     let assets = engine.assets();
-    // Per shard (each keeps its own ledger), then their sum.
-    let mut per_shard = Vec::with_capacity(engine.shards());
+    // Each shard keeps its own ledger: read them all, then their sum.
+    let mut ledgers = Vec::with_capacity(engine.shards());
     for shard in 0..engine.shards() {
         let Some(published) = engine.published_account(shard, account) else {
             return ApiError::new(ErrorCode::UnknownAccount, "the account does not exist")
                 .response();
         };
-        let rows: Vec<(i128, i128)> = published
-            .balances
-            .iter()
-            .map(|b| (i128::from(b.total.0), i128::from(b.held.0)))
-            .collect();
-        per_shard.push(rows);
+        ledgers.push(published);
     }
+    let rows = |p: &tickgate_engine::PublishedAccount| {
+        p.balances.iter().map(|b| (i128::from(b.total.0), i128::from(b.held.0))).collect::<Vec<_>>()
+    };
     let mut totals = vec![(0i128, 0i128); assets.len()];
-    for rows in &per_shard {
-        for (t, b) in totals.iter_mut().zip(rows) {
-            t.0 += b.0;
-            t.1 += b.1;
+    for ledger in &ledgers {
+        for (t, b) in totals.iter_mut().zip(&ledger.balances) {
+            t.0 += i128::from(b.total.0);
+            t.1 += i128::from(b.held.0);
         }
     }
     // Written directly (the hottest authenticated read): no intermediate JSON values.
     // Asset symbols are plain ASCII letters; the username goes through the JSON encoder.
     use std::fmt::Write as _;
     let username = serde_json::to_string(&claims.sub).unwrap_or_else(|_| "\"\"".into());
-    let mut body = String::with_capacity(96 + 96 * assets.len() * (1 + per_shard.len()));
+    let mut body = String::with_capacity(96 + 96 * assets.len() * (1 + ledgers.len()));
     let _ = write!(body, r#"{{"account":{},"username":{username},"balances":"#, claims.acc);
     write_balances(&mut body, &totals, assets);
-    if per_shard.len() > 1 {
+    if ledgers.len() > 1 {
         // What one order can spend is its instrument's shard's (OPERATIONS: accounts with
         // several shards).
         body.push_str(r#","shards":["#);
-        for (shard, rows) in per_shard.iter().enumerate() {
+        for (shard, ledger) in ledgers.iter().enumerate() {
             let comma = if shard == 0 { "" } else { "," };
             let _ = write!(body, r#"{comma}{{"shard":{shard},"balances":"#);
-            write_balances(&mut body, rows, assets);
+            write_balances(&mut body, &rows(ledger), assets);
             body.push('}');
         }
         body.push(']');
