@@ -117,6 +117,20 @@ impl ApiError {
     }
 }
 
+/// Cancels a cancel-all keeps in flight at once: enough to keep the engine's queue busy,
+/// few enough to leave it room for everyone else.
+pub const CANCEL_ALL_IN_FLIGHT: usize = 64;
+
+/// What a cancel-all did.
+#[derive(Debug, Default)]
+pub struct CancelAllOutcome {
+    /// The orders it canceled, as the cancels left them, newest first.
+    pub canceled: Vec<OrderView>,
+    /// The orders it could not cancel, newest first, with why (`order_closed`: filled or
+    /// canceled meanwhile; `engine_timeout`: may still be canceled; ...).
+    pub not_canceled: Vec<(OrderId, ApiError)>,
+}
+
 /// A new order as clients send it (REST body, or the fields of `order.new`).
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NewOrderRequest {
@@ -413,6 +427,41 @@ impl Trading {
             ));
         }
         self.view(account, order.id)
+    }
+
+    /// Cancels every order of `account` open when it is called (of one instrument, or of
+    /// all), [`CANCEL_ALL_IN_FLIGHT`] at a time. Each cancel is the single cancel's: an
+    /// order that closed meanwhile, or one the engine did not answer in time, is listed with
+    /// its error rather than failing the rest. Orders placed after the call are not
+    /// covered (the engine sees each cancel on its own, not one mass cancel).
+    pub async fn cancel_all(
+        &self,
+        account: AccountId,
+        instrument: Option<InstrumentId>,
+    ) -> CancelAllOutcome {
+        use futures_util::StreamExt;
+        let open = self.orders.orders(
+            account,
+            None,
+            |o| o.status == Status::Open && instrument.is_none_or(|i| o.instrument == i),
+            usize::MAX,
+        );
+        let results: Vec<(OrderId, Result<OrderView, ApiError>)> = futures_util::stream::iter(open)
+            .map(|o| async move { (o.id, self.cancel(account, o.id).await) })
+            .buffer_unordered(CANCEL_ALL_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut outcome = CancelAllOutcome::default();
+        for (id, result) in results {
+            match result {
+                Ok(order) => outcome.canceled.push(order),
+                Err(e) => outcome.not_canceled.push((id, e)),
+            }
+        }
+        // Newest first, as the order lists are.
+        outcome.canceled.sort_unstable_by_key(|o| std::cmp::Reverse(o.id));
+        outcome.not_canceled.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+        outcome
     }
 
     /// Replaces an open order's price and/or open quantity. Lowering the quantity at the

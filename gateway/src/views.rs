@@ -6,6 +6,7 @@ use tickgate_engine::types::format_fixed;
 use tickgate_engine::{Instrument, OrderType, Price};
 
 use crate::orders::{FillView, OrderView, Status};
+use crate::trading::CancelAllOutcome;
 
 /// The JSON form of an order. `seq` is the sequence of the report that last changed it
 /// (the account's execution report sequence): of two views of one order, the one with the
@@ -51,6 +52,18 @@ pub fn order_price(
 /// only on known instruments).
 pub fn order_in(o: &OrderView, instruments: &[Instrument]) -> Value {
     instruments.get(o.instrument.0 as usize).map_or(Value::Null, |i| order_json(o, i))
+}
+
+/// The JSON form of a cancel-all's outcome (REST's body, the fields of WebSocket's
+/// `order.canceled_all`).
+pub fn cancel_all_json(outcome: &CancelAllOutcome, instruments: &[Instrument]) -> Value {
+    let canceled: Vec<Value> = outcome.canceled.iter().map(|o| order_in(o, instruments)).collect();
+    let not_canceled: Vec<Value> = outcome
+        .not_canceled
+        .iter()
+        .map(|(id, e)| json!({ "order_id": id.0, "code": e.code.as_str(), "message": e.message }))
+        .collect();
+    json!({ "canceled": canceled, "not_canceled": not_canceled })
 }
 
 /// The JSON form of a fill.

@@ -21,6 +21,7 @@ const VALID_REQUESTS: &[&str] = &[
     r#"{"op":"order.new","id":5,"symbol":"BTC-USD","side":"buy","type":"limit","price":"65000.00","qty":"0.1000","client_order_id":7,"stp":"none","idempotency_key":"k"}"#,
     r#"{"op":"order.replace","id":6,"order_id":42,"price":"64990.00"}"#,
     r#"{"op":"order.cancel","id":7,"order_id":42}"#,
+    r#"{"op":"order.cancel_all","id":8,"symbol":"BTC-USD"}"#,
 ];
 
 fn mutate(text: &str, edits: &[(usize, u8)], cut: Option<usize>) -> Vec<u8> {

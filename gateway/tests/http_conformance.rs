@@ -26,7 +26,7 @@ async fn methods_heads_and_caching_follow_http() {
     let addr = server.local_addr();
     let alice = Api::login(addr, 0).await;
     for (method, path, allow) in [
-        ("PUT", "/api/v1/orders", "GET, HEAD, POST"),
+        ("PUT", "/api/v1/orders", "GET, HEAD, POST, DELETE"),
         ("POST", "/api/v1/orders/1", "GET, HEAD, PATCH, DELETE"),
         ("DELETE", "/healthz", "GET, HEAD"),
         ("POST", "/metrics", "GET, HEAD"),

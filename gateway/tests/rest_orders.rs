@@ -326,3 +326,63 @@ async fn an_order_answer_is_the_engines_whole_verdict() {
     );
     server.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_cancels_the_callers_open_orders_of_one_market_or_all() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let mut ids = Vec::new();
+    for (symbol, price, qty) in [
+        ("BTC-USD", "70000.00", "0.1000"),
+        ("BTC-USD", "70001.00", "0.1000"),
+        ("ETH-USD", "4000.00", "1.0000"),
+        ("BTC-USD", "70002.00", "0.1000"),
+    ] {
+        let (status, o) = alice
+            .order(json!({"symbol": symbol, "side": "sell", "type": "limit", "price": price, "qty": qty}))
+            .await;
+        assert_eq!(status, 201, "{o}");
+        ids.push(o["id"].as_u64().unwrap());
+    }
+    let (status, bobs) = bob
+        .order(json!({"symbol": "BTC-USD", "side": "sell", "type": "limit", "price": "70003.00", "qty": "0.1000"}))
+        .await;
+    assert_eq!(status, 201, "{bobs}");
+
+    let (status, body) = alice.call("DELETE", "/api/v1/orders?symbol=NOPE-USD", None, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_symbol")), "{body}");
+    let (status, _) = http_raw(
+        addr,
+        &format!("DELETE /api/v1/orders HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // BTC only: alice's three, newest first, each canceled by its owner; ETH and bob's stay.
+    let (status, body) = alice.call("DELETE", "/api/v1/orders?symbol=BTC-USD", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let canceled: Vec<_> = body["canceled"].as_array().unwrap().iter().collect();
+    let canceled_ids: Vec<_> = canceled.iter().map(|o| o["id"].as_u64().unwrap()).collect();
+    assert_eq!(canceled_ids, vec![ids[3], ids[1], ids[0]], "{body}");
+    assert!(canceled.iter().all(|o| o["status"] == "canceled" && o["reason"] == "user_canceled"));
+    assert_eq!(body["not_canceled"], json!([]));
+    assert_eq!(alice.balance("BTC").await["held"], "0.00000000");
+    let (_, open) = alice.call("GET", "/api/v1/orders?status=open", None, "").await;
+    let open: Vec<_> =
+        open["orders"].as_array().unwrap().iter().map(|o| o["id"].as_u64()).collect();
+    assert_eq!(open, vec![Some(ids[2])]);
+
+    // Everything: the ETH order; then nothing is left, which is not an error.
+    let (status, body) = alice.call("DELETE", "/api/v1/orders", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["canceled"][0]["id"].as_u64(), Some(ids[2]), "{body}");
+    assert_eq!(body["canceled"].as_array().map(Vec::len), Some(1));
+    assert_eq!(alice.balance("ETH").await["held"], "0.00000000");
+    let (status, body) = alice.call("DELETE", "/api/v1/orders", None, "").await;
+    assert_eq!((status, body), (200, json!({"canceled": [], "not_canceled": []})));
+
+    let (_, bob_open) = bob.call("GET", "/api/v1/orders?status=open", None, "").await;
+    assert_eq!(bob_open["orders"][0]["id"], bobs["id"], "another user's order is untouched");
+    server.shutdown().await.expect("clean shutdown");
+}

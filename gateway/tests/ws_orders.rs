@@ -434,3 +434,52 @@ async fn fills_and_reports_of_two_shards_stay_apart() {
     };
     assert_eq!(usd(&shards[1]) - usd(&shards[0]), 200_000_000, "{account}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_over_websocket() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let alice = Api::login(addr, 0).await;
+    let mut public = connect(&server, "").await;
+    let mut stash = Vec::new();
+    let refused = ask(&mut public, json!({"op": "order.cancel_all", "id": 1}), &mut stash).await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("unauthorized"))
+    );
+
+    let mut a = connect(&server, &format!("?token={}", alice.token)).await;
+    let mut placed = Vec::new();
+    for (n, symbol, price, qty) in [
+        (1, "SOL-USD", "200.00", "1.00"),
+        (2, "SOL-USD", "201.00", "1.00"),
+        (3, "ETH-USD", "4000.00", "1.0000"),
+    ] {
+        let body = json!({"op": "order.new", "id": n, "symbol": symbol, "side": "sell", "type": "limit", "price": price, "qty": qty});
+        let answer = ask(&mut a, body, &mut stash).await;
+        assert_eq!(answer["op"], "order.accepted", "{answer}");
+        placed.push(answer["order"]["id"].as_u64().unwrap());
+    }
+    let unknown =
+        ask(&mut a, json!({"op": "order.cancel_all", "id": "x", "symbol": "NOPE"}), &mut stash)
+            .await;
+    assert_eq!(
+        (unknown["code"].as_str(), unknown["id"].as_str()),
+        (Some("unknown_symbol"), Some("x"))
+    );
+
+    let sol =
+        ask(&mut a, json!({"op": "order.cancel_all", "id": 9, "symbol": "SOL-USD"}), &mut stash)
+            .await;
+    assert_eq!(sol["op"], "order.canceled_all", "{sol}");
+    let ids: Vec<_> =
+        sol["canceled"].as_array().unwrap().iter().map(|o| o["id"].as_u64()).collect();
+    assert_eq!(ids, vec![Some(placed[1]), Some(placed[0])], "{sol}");
+    assert_eq!(sol["not_canceled"], json!([]));
+    let all = ask(&mut a, json!({"op": "order.cancel_all", "id": 10}), &mut stash).await;
+    assert_eq!(all["canceled"][0]["id"].as_u64(), Some(placed[2]), "{all}");
+    assert_eq!(all["canceled"][0]["status"], "canceled");
+    let (_, open) = alice.call("GET", "/api/v1/orders?status=open", None, "").await;
+    assert_eq!(open["orders"], json!([]));
+    server.shutdown().await.expect("clean shutdown");
+}

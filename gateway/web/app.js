@@ -317,6 +317,16 @@ async function cancelOrder(id) {
   refreshAccount();
 }
 
+$('cancel-all').addEventListener('click', async () => {
+  const answer = await conn.request({ op: 'order.cancel_all' });
+  if (answer.op === 'error') toast(`cancel all refused: ${answer.code}`);
+  else if (answer.not_canceled.length) {
+    const first = answer.not_canceled[0];
+    toast(`${answer.not_canceled.length} not canceled (order ${first.order_id}: ${first.code})`);
+  }
+  refreshAccount();
+});
+
 async function replaceOrder(o) {
   const qty = window.prompt(`New open quantity for order ${o.id}`, o.open_qty);
   if (!qty) return;

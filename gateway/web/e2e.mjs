@@ -1,10 +1,11 @@
 // The web terminal in a real browser (headless Debian Chromium driven by playwright-core)
 // against a running server: `TICKGATE_URL=http://127.0.0.1:PORT node gateway/web/e2e.mjs`.
 // Checks what a person sees: no console error; the ladder equals the REST book at the
-// same sequence; log in; a resting order appears in open orders and goes on cancel; an IOC
-// that fills shows in fills and positions; an alert arrives as a toast; a dropped
-// connection shows the stale flag and comes back live with a correct book; a reload keeps
-// the session; a short-lived token is renewed in time. Screenshots go to target/web/.
+// same sequence; log in; a resting order appears in open orders and goes on cancel, two
+// more on cancel all; an IOC that fills shows in fills and positions; an alert arrives as
+// a toast; a dropped connection shows the stale flag and comes back live with a correct
+// book; a reload keeps the session; a short-lived token is renewed in time. Screenshots
+// go to target/web/.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import net from 'node:net';
@@ -125,6 +126,23 @@ try {
     await page.waitForSelector(`#open-orders tr[data-id="${id}"]`);
     await page.click(`#open-orders tr[data-id="${id}"] button.cancel`);
     await page.waitForSelector(`#open-orders tr[data-id="${id}"]`, { state: 'detached' });
+  });
+
+  await step('cancel all empties open orders', async () => {
+    const ids = [];
+    for (const price of ['1000.00', '1001.00']) {
+      await page.fill('#ticket [name=price]', price);
+      const before = await page.textContent('#ticket-result');
+      await page.click('#place');
+      await page.waitForFunction((b) => {
+        const text = document.getElementById('ticket-result').textContent;
+        return text !== b && /open/.test(text);
+      }, before);
+      ids.push((await page.textContent('#ticket-result')).match(/order (\d+)/)[1]);
+    }
+    for (const id of ids) await page.waitForSelector(`#open-orders tr[data-id="${id}"]`);
+    await page.click('#cancel-all');
+    await page.waitForFunction(() => document.querySelectorAll('#open-orders tr').length === 0);
   });
 
   await step('a refused order shows the engine\'s reason', async () => {

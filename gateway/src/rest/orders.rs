@@ -22,7 +22,7 @@ use crate::reply::json_response;
 use crate::state::AppState;
 use crate::trading::{NewOrderRequest, ReplaceRequest};
 
-use crate::views::{fill_json, order_in, order_json};
+use crate::views::{cancel_all_json, fill_json, order_in, order_json};
 
 fn instrument(state: &AppState, id: tickgate_engine::InstrumentId) -> Option<&Instrument> {
     state.engine.instruments().get(id.0 as usize)
@@ -96,6 +96,22 @@ pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response
     }
 }
 
+/// `DELETE /api/v1/orders?symbol=`: cancels every open order of the caller (of one
+/// instrument with `symbol`). `200` with the orders canceled and those that could not be
+/// (`not_canceled`, each with its error code), whatever the mix.
+pub async fn cancel_all<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
+    let claims = match authorize(req, state) {
+        Ok(c) => c,
+        Err(e) => return e.response(),
+    };
+    let instrument = match symbol_param(req, state) {
+        Ok(i) => i,
+        Err(e) => return e.response(),
+    };
+    let outcome = state.ws.trading.cancel_all(AccountId(claims.acc), instrument).await;
+    json_response(StatusCode::OK, &cancel_all_json(&outcome, state.engine.instruments()))
+}
+
 /// `PATCH /api/v1/orders/{id}` with `{"price": "...", "qty": "..."}` (either or both):
 /// replace. Lowering only the quantity keeps the order's place in the queue.
 pub async fn replace(req: Request<Incoming>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
@@ -123,18 +139,20 @@ struct Page {
     limit: usize,
 }
 
+/// The `symbol` query parameter, if given: a known instrument.
+fn symbol_param<B>(req: &Request<B>, state: &AppState) -> Result<Option<InstrumentId>, ApiError> {
+    match crate::request::query_param(req.uri().query(), "symbol") {
+        None => Ok(None),
+        Some(s) => match state.engine.instrument_by_symbol(s) {
+            Some(i) => Ok(Some(i.id)),
+            None => Err(ApiError::new(ErrorCode::NoSuchMarket, format!("no instrument `{s}`"))),
+        },
+    }
+}
+
 fn page<B>(req: &Request<B>, state: &AppState) -> Result<Page, ApiError> {
     let query = req.uri().query();
-    let symbol = match crate::request::query_param(query, "symbol") {
-        None => None,
-        Some(s) => match state.engine.instrument_by_symbol(s) {
-            Some(i) => Some(i.id),
-            None => {
-                let message = format!("no instrument `{s}`");
-                return Err(ApiError::new(ErrorCode::NoSuchMarket, message));
-            }
-        },
-    };
+    let symbol = symbol_param(req, state)?;
     let before =
         // `cursor=` (empty) is the first page, as if absent.
         match crate::request::query_param(query, "cursor").filter(|c| !c.is_empty()) {

@@ -84,6 +84,13 @@ pub enum Request {
         /// Engine order id.
         order_id: u64,
     },
+    /// Cancels every open order of the connection's account (of one instrument, if given).
+    OrderCancelAll {
+        /// Echoed id.
+        id: Option<RequestId>,
+        /// Only this instrument's orders.
+        symbol: Option<String>,
+    },
     /// Replaces an order's price and/or open quantity.
     OrderReplace {
         /// Echoed id.
@@ -105,6 +112,7 @@ impl Request {
             | Request::Auth { id, .. }
             | Request::OrderNew { id, .. }
             | Request::OrderCancel { id, .. }
+            | Request::OrderCancelAll { id, .. }
             | Request::OrderReplace { id, .. } => id.as_ref(),
         }
     }
@@ -278,6 +286,7 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
             Some(order_id) => Ok(Request::OrderCancel { id, order_id }),
             None => Err(err(ErrorCode::Malformed, "`order_id` is required")),
         },
+        Some("order.cancel_all") => Ok(Request::OrderCancelAll { id, symbol: envelope.symbol }),
         Some("order.replace") => match envelope.order_id {
             Some(order_id) => {
                 let replace = ReplaceRequest { price: envelope.price, qty: envelope.qty };

@@ -59,6 +59,7 @@ impl Conn {
             Ok(
                 r @ (Request::OrderNew { .. }
                 | Request::OrderCancel { .. }
+                | Request::OrderCancelAll { .. }
                 | Request::OrderReplace { .. }),
             ) => self.order_entry(r),
             Err(e) => self.error(e),
@@ -101,6 +102,14 @@ impl Conn {
         let trading = self.ctx.trading.clone();
         let metrics = Arc::clone(&self.ctx.metrics);
         tokio::spawn(async move {
+            if let Request::OrderCancelAll { symbol, .. } = &request {
+                let frame = cancel_all(&trading, account, id, symbol.as_deref()).await;
+                if frame.is_err() {
+                    metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = answers.send(frame.unwrap_or_else(|e| control::error_reply(&e))).await;
+                return;
+            }
             let (op, result) = match &request {
                 Request::OrderNew { order, key, .. } => {
                     ("order.accepted", trading.place(account, order, key.as_deref()).await)
@@ -388,4 +397,26 @@ fn exec_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json:
         "open_qty": format_fixed(r.leaves_qty.0, qp),
         "filled_qty": format_fixed(r.cum_qty.0, qp),
     })
+}
+
+/// `order.cancel_all`: the `order.canceled_all` reply, or the error (an unknown symbol).
+async fn cancel_all(
+    trading: &crate::trading::Trading,
+    account: AccountId,
+    id: Option<RequestId>,
+    symbol: Option<&str>,
+) -> Result<Bytes, RequestError> {
+    let instrument = match symbol {
+        None => None,
+        Some(s) => match trading.engine.instrument_by_symbol(s) {
+            Some(i) => Some(i.id),
+            None => {
+                let message = format!("no instrument `{s}`");
+                return Err(RequestError { id, code: ErrorCode::UnknownSymbol, message });
+            }
+        },
+    };
+    let outcome = trading.cancel_all(account, instrument).await;
+    let fields = crate::views::cancel_all_json(&outcome, trading.engine.instruments());
+    Ok(control::reply("order.canceled_all", &id, fields))
 }
