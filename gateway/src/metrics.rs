@@ -77,6 +77,8 @@ metrics! {
     ws_heartbeat_closes_total: "counter",
     /// Connections closed for protocol violations (1002, 1003, 1008, 1009).
     ws_protocol_closes_total: "counter",
+    /// Orders canceled because the connection that asked for cancel-on-disconnect ended.
+    ws_disconnect_cancels_total: "counter",
     /// Engine events the fan-out hub read.
     hub_events: "counter",
     /// Engine events the hub missed because its ring reader was lapped.

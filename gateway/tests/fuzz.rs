@@ -22,6 +22,7 @@ const VALID_REQUESTS: &[&str] = &[
     r#"{"op":"order.replace","id":6,"order_id":42,"price":"64990.00"}"#,
     r#"{"op":"order.cancel","id":7,"order_id":42}"#,
     r#"{"op":"order.cancel_all","id":8,"symbol":"BTC-USD"}"#,
+    r#"{"op":"cancel_on_disconnect","id":9,"enabled":true}"#,
 ];
 
 fn mutate(text: &str, edits: &[(usize, u8)], cut: Option<usize>) -> Vec<u8> {

@@ -483,3 +483,72 @@ async fn cancel_all_over_websocket() {
     assert_eq!(open["orders"], json!([]));
     server.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_disconnect_cancels_the_accounts_orders_when_the_connection_drops() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let mut stash = Vec::new();
+    let mut public = connect(&server, "").await;
+    let refused = ask(
+        &mut public,
+        json!({"op": "cancel_on_disconnect", "id": 1, "enabled": true}),
+        &mut stash,
+    )
+    .await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    let missing =
+        ask(&mut public, json!({"op": "cancel_on_disconnect", "id": 2}), &mut stash).await;
+    assert_eq!(missing["code"], "malformed", "{missing}");
+
+    let sell = |n: u64, price: &str| json!({"op": "order.new", "id": n, "symbol": "SOL-USD", "side": "sell", "type": "limit", "price": price, "qty": "1.00"});
+    // Bob turns it on, then off: his order outlives his connection.
+    let mut b = connect(&server, &format!("?token={}", bob.token)).await;
+    assert_eq!(ask(&mut b, sell(1, "300.00"), &mut stash).await["op"], "order.accepted");
+    let on = json!({"op": "cancel_on_disconnect", "id": 2, "enabled": true});
+    assert_eq!(ask(&mut b, on, &mut stash).await["enabled"], true);
+    let off = json!({"op": "cancel_on_disconnect", "id": 3, "enabled": false});
+    assert_eq!(ask(&mut b, off, &mut stash).await["enabled"], false);
+    drop(b);
+
+    // Alice turns it on; her order placed over REST is canceled too (the whole account's),
+    // and one sent right before the connection drops, with its answer never read.
+    let (status, rest_order) = alice
+        .order(json!({"symbol": "SOL-USD", "side": "sell", "type": "limit", "price": "301.00", "qty": "1.00"}))
+        .await;
+    assert_eq!(status, 201, "{rest_order}");
+    let mut a = connect(&server, &format!("?token={}", alice.token)).await;
+    let on = json!({"op": "cancel_on_disconnect", "id": 1, "enabled": true});
+    assert_eq!(ask(&mut a, on, &mut stash).await["op"], "cancel_on_disconnect");
+    assert_eq!(ask(&mut a, sell(2, "302.00"), &mut stash).await["op"], "order.accepted");
+    client::send_json(&mut a, &sell(3, "303.00")).await.expect("send");
+    drop(a);
+
+    eventually_open_orders(&alice, 0).await;
+    let (_, closed) = alice.call("GET", "/api/v1/orders?status=closed", None, "").await;
+    let closed = closed["orders"].as_array().expect("orders").clone();
+    assert_eq!(closed.len(), 3, "{closed:?}");
+    assert!(closed.iter().all(|o| o["reason"] == "user_canceled"), "{closed:?}");
+    let (_, bob_open) = bob.call("GET", "/api/v1/orders?status=open", None, "").await;
+    assert_eq!(bob_open["orders"].as_array().map(Vec::len), Some(1), "{bob_open}");
+    let (_, metrics) = http_raw(
+        addr,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(metrics.contains("tickgate_ws_disconnect_cancels_total 3"), "{metrics}");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// Waits until `api`'s user has `n` open orders.
+async fn eventually_open_orders(api: &Api, n: usize) {
+    for _ in 0..200 {
+        let (_, open) = api.call("GET", "/api/v1/orders?status=open", None, "").await;
+        if open["orders"].as_array().map(Vec::len) == Some(n) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("never {n} open orders");
+}

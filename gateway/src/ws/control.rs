@@ -35,6 +35,7 @@ struct Envelope {
     client_order_id: Option<u64>,
     stp: Option<String>,
     idempotency_key: Option<String>,
+    enabled: Option<bool>,
 }
 
 /// A parsed, well-formed request.
@@ -91,6 +92,13 @@ pub enum Request {
         /// Only this instrument's orders.
         symbol: Option<String>,
     },
+    /// Turns cancel-on-disconnect on or off for the connection (authenticated ones).
+    CancelOnDisconnect {
+        /// Echoed id.
+        id: Option<RequestId>,
+        /// On or off.
+        enabled: bool,
+    },
     /// Replaces an order's price and/or open quantity.
     OrderReplace {
         /// Echoed id.
@@ -113,6 +121,7 @@ impl Request {
             | Request::OrderNew { id, .. }
             | Request::OrderCancel { id, .. }
             | Request::OrderCancelAll { id, .. }
+            | Request::CancelOnDisconnect { id, .. }
             | Request::OrderReplace { id, .. } => id.as_ref(),
         }
     }
@@ -144,6 +153,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("client_order_id", "a non-negative integer"),
     ("stp", "a string"),
     ("idempotency_key", "a string"),
+    ("enabled", "true or false"),
 ];
 
 fn has_type(field: &str, v: &serde_json::Value) -> bool {
@@ -151,6 +161,7 @@ fn has_type(field: &str, v: &serde_json::Value) -> bool {
     match field {
         "channels" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
         "depth" | "order_id" | "client_order_id" => v.is_u64(),
+        "enabled" => v.is_boolean(),
         _ => v.is_string(),
     }
 }
@@ -287,6 +298,10 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
             None => Err(err(ErrorCode::Malformed, "`order_id` is required")),
         },
         Some("order.cancel_all") => Ok(Request::OrderCancelAll { id, symbol: envelope.symbol }),
+        Some("cancel_on_disconnect") => match envelope.enabled {
+            Some(enabled) => Ok(Request::CancelOnDisconnect { id, enabled }),
+            None => Err(err(ErrorCode::Malformed, "`enabled` (true or false) is required")),
+        },
         Some("order.replace") => match envelope.order_id {
             Some(order_id) => {
                 let replace = ReplaceRequest { price: envelope.price, qty: envelope.qty };
@@ -451,6 +466,25 @@ mod tests {
         assert_eq!(code(r#"{"op":"order.new","symbol":"BTC-USD"}"#), Some(ErrorCode::Malformed));
         assert_eq!(code(r#"{"op":"auth"}"#), Some(ErrorCode::Malformed));
         assert_eq!(code(r#"{"op":"order.cancel","order_id":-1}"#), Some(ErrorCode::Malformed));
+        assert_eq!(
+            p(r#"{"op":"order.cancel_all","id":3,"symbol":"ETH-USD"}"#),
+            Ok(Request::OrderCancelAll {
+                id: Some(RequestId::Num(3.into())),
+                symbol: Some("ETH-USD".into())
+            })
+        );
+        assert_eq!(
+            p(r#"{"op":"order.cancel_all"}"#),
+            Ok(Request::OrderCancelAll { id: None, symbol: None })
+        );
+        assert_eq!(
+            p(r#"{"op":"cancel_on_disconnect","enabled":false}"#),
+            Ok(Request::CancelOnDisconnect { id: None, enabled: false })
+        );
+        let e = p(r#"{"op":"cancel_on_disconnect","id":4,"enabled":"yes"}"#).expect_err("refused");
+        assert_eq!(e.message, "`enabled` must be true or false");
+        assert_eq!(code(r#"{"op":"cancel_on_disconnect"}"#), Some(ErrorCode::Malformed));
+        assert_eq!(code(r#"{"op":"order.cancel_all","symbol":5}"#), Some(ErrorCode::Malformed));
     }
 
     #[test]

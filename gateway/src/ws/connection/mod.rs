@@ -96,18 +96,51 @@ pub async fn run(
         session: claims.map(|c| crate::auth::SessionWatch::new(Arc::clone(&ctx.tokens), c)),
         answers: None,
         orders: None,
+        cancel_on_disconnect: false,
         tally: Tally::default(),
         market: ctx.market.clone(),
     };
     let closing = conn.serve().await;
+    let disconnect_cancel = match conn.account {
+        Some(account) if conn.cancel_on_disconnect => Some((account, conn.answers.take())),
+        _ => None,
+    };
     drop(conn);
     drop(attached);
+    if let Some((account, answers)) = disconnect_cancel {
+        if !*ctx.shutdown.borrow() {
+            tokio::spawn(cancel_on_disconnect(Arc::clone(ctx), account, answers));
+        }
+    }
     if let Closing::Send(..) = closing {
         // Let the client's close (or EOF) arrive before the socket is dropped: closing a
         // socket with unread input makes the kernel send a reset, which can overtake our
         // close frame on its way to the client.
         let _ = socket2::SockRef::from(&link.stream).shutdown(std::net::Shutdown::Write);
         let _ = tokio::time::timeout(CLOSE_LINGER, discard_until_eof(&link.stream)).await;
+    }
+}
+
+/// Cancels every open order of `account` after its connection ended with
+/// cancel-on-disconnect on: first waits for the connection's order requests still in
+/// flight (each ends with the engine's answer or its timeout), so an order placed just
+/// before the end is canceled too.
+async fn cancel_on_disconnect(ctx: Arc<WsContext>, account: AccountId, answers: Option<Answers>) {
+    if let Some((sender, mut receiver)) = answers {
+        drop(sender);
+        // Every request task holds a sender: `None` once the last one is done.
+        while receiver.recv().await.is_some() {}
+    }
+    let outcome = ctx.trading.cancel_all(account, None).await;
+    let canceled = outcome.canceled.len() as u64;
+    ctx.metrics.ws_disconnect_cancels_total.fetch_add(canceled, Ordering::Relaxed);
+    if canceled > 0 || !outcome.not_canceled.is_empty() {
+        tracing::info!(
+            account = account.0,
+            canceled,
+            not_canceled = outcome.not_canceled.len(),
+            "cancel on disconnect"
+        );
     }
 }
 
@@ -226,6 +259,8 @@ struct Conn {
     answers: Option<Answers>,
     /// The private `orders` channel, when subscribed.
     orders: Option<broadcast::Receiver<AccountReport>>,
+    /// Cancel the account's open orders when the connection ends (`cancel_on_disconnect`).
+    cancel_on_disconnect: bool,
     tally: Tally,
     /// On a gateway node: whether its market data is stale (it lost the engine node).
     market: Option<tokio::sync::watch::Receiver<bool>>,

@@ -56,6 +56,9 @@ impl Conn {
                 self.push(control::reply("pong", &id, serde_json::json!({ "ts": ts })), 0);
             }
             Ok(Request::Auth { id, token }) => self.auth(id, &token),
+            Ok(Request::CancelOnDisconnect { id, enabled }) => {
+                self.cancel_on_disconnect(id, enabled)
+            }
             Ok(
                 r @ (Request::OrderNew { .. }
                 | Request::OrderCancel { .. }
@@ -84,6 +87,18 @@ impl Conn {
                 self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
             }
         }
+    }
+
+    /// Cancel-on-disconnect: when this connection ends (for any reason but the server's
+    /// own shutdown), every open order of its account is canceled.
+    fn cancel_on_disconnect(&mut self, id: Option<RequestId>, enabled: bool) {
+        if self.account.is_none() {
+            let message = "cancel_on_disconnect needs an authenticated connection".into();
+            return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
+        }
+        self.cancel_on_disconnect = enabled;
+        let fields = serde_json::json!({ "enabled": enabled });
+        self.push(control::reply("cancel_on_disconnect", &id, fields), 0);
     }
 
     /// Runs an order request on its own task (the engine answers asynchronously); the
