@@ -1,17 +1,33 @@
 //! One account's orders and fills, and how an execution report changes them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::*;
 
 #[derive(Default)]
 pub(super) struct AccountState {
+    /// Change only through [`AccountState::put`], which keeps `closed` in step.
     pub(super) orders: BTreeMap<OrderId, OrderView>,
+    /// The ids of the closed orders in `orders`: the oldest is the first to forget, found
+    /// without walking past the open ones (a market maker may keep thousands open).
+    closed: BTreeSet<OrderId>,
     /// Oldest first: in engine time, then id (with one shard, that is id order; with
     /// several, ids grow per shard and only time orders them all).
     pub(super) fills: VecDeque<FillView>,
     /// The kept fills' ids, with their engine time (their place in `fills`).
     pub(super) fill_times: HashMap<u64, u64>,
+}
+
+impl AccountState {
+    /// Records `view` as its order's state.
+    pub(super) fn put(&mut self, view: OrderView) {
+        if view.status == Status::Open {
+            self.closed.remove(&view.id);
+        } else {
+            self.closed.insert(view.id);
+        }
+        self.orders.insert(view.id, view);
+    }
 }
 
 /// Applies `r` unless it is already reflected; whether it changed anything. Replays after
@@ -35,16 +51,16 @@ pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport, shards: usize) 
     }
     if newer {
         let fresh = view_of(r);
-        let view = state.orders.entry(r.order_id).or_insert(fresh);
+        let first = state.orders.get(&r.order_id).copied().unwrap_or(fresh);
         // What the order is stays as first seen; where it stands follows the report.
-        *view = OrderView {
-            id: view.id,
-            client_order_id: view.client_order_id,
-            instrument: view.instrument,
-            side: view.side,
-            order_type: view.order_type,
+        state.put(OrderView {
+            id: first.id,
+            client_order_id: first.client_order_id,
+            instrument: first.instrument,
+            side: first.side,
+            order_type: first.order_type,
             ..fresh
-        };
+        });
     }
     if new_fill {
         push_fill(state, fill_of(r, shards));
@@ -93,9 +109,7 @@ pub(super) fn push_fill(state: &mut AccountState, fill: FillView) {
 pub(super) fn forget_oldest_closed(state: &mut AccountState) {
     if state.orders.len() > ORDERS_KEPT {
         // Forget the oldest closed order (open ones are always kept).
-        let oldest_closed =
-            state.orders.iter().find(|(_, o)| o.status != Status::Open).map(|(id, _)| *id);
-        if let Some(id) = oldest_closed {
+        if let Some(id) = state.closed.pop_first() {
             state.orders.remove(&id);
         }
     }
@@ -164,7 +178,7 @@ pub(super) fn load_entry(state: &mut AccountState, entry: &Entry, shards: usize)
             apply_to(state, r, shards);
         }
         Entry::Order(r) => {
-            state.orders.insert(r.order_id, view_of(r));
+            state.put(view_of(r));
             forget_oldest_closed(state);
         }
         Entry::Fill(r) => push_fill(state, fill_of(r, shards)),

@@ -261,7 +261,8 @@ impl OrderStore {
             return;
         }
         let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        let view = accounts.entry(o.account).or_default().orders.entry(o.id).or_insert(OrderView {
+        let state = accounts.entry(o.account).or_default();
+        let recorded = state.orders.get(&o.id).copied().unwrap_or(OrderView {
             id: o.id,
             client_order_id: o.client_order_id,
             instrument,
@@ -275,10 +276,13 @@ impl OrderStore {
             updated_ts: 0,
             seq: 0,
         });
-        view.price = o.price;
-        view.leaves = o.leaves;
-        view.filled = o.filled;
-        view.status = Status::Open;
+        state.put(OrderView {
+            price: o.price,
+            leaves: o.leaves,
+            filled: o.filled,
+            status: Status::Open,
+            ..recorded
+        });
     }
 
     /// Rebuilds the store from history records (at start, before anything else is
@@ -513,6 +517,44 @@ mod tests {
         gate.caught_up(0);
         gate.release();
         assert!(cancel.answer.try_recv().is_ok());
+    }
+
+    #[test]
+    fn past_the_limit_the_oldest_closed_order_goes_and_open_ones_stay() {
+        let store = OrderStore::new([AccountId(1)]);
+        let open = |id| store.order(AccountId(1), OrderId(id)).map(|o| o.status);
+        // A thousand old orders stay open; then the rest come and close, one by one.
+        let mut seq = 0;
+        for id in 1..=ORDERS_KEPT as u64 + 500 {
+            seq += 1;
+            let _ = store.apply(&report(ExecKind::Accepted, id, seq));
+            if id > 1_000 {
+                seq += 1;
+                let _ = store.apply(&report(ExecKind::Canceled, id, seq));
+            }
+        }
+        let kept = store.orders(AccountId(1), None, |_| true, usize::MAX);
+        assert_eq!(kept.len(), ORDERS_KEPT);
+        assert_eq!((open(1), open(1_000)), (Some(Status::Open), Some(Status::Open)));
+        // The 500 oldest closed ones went; the next is kept.
+        assert_eq!((open(1_001), open(1_500)), (None, None));
+        assert_eq!(open(1_501), Some(Status::Canceled));
+        // An order restored open (after a restart) counts as open again: a closed order
+        // goes instead of it.
+        let resting = tickgate_engine::RestingOrder {
+            id: OrderId(1_501),
+            client_order_id: 0,
+            account: AccountId(1),
+            price: Price(10),
+            leaves: Qty(5),
+            filled: Qty(0),
+            side: Side::Buy,
+            order_type: OrderType::Limit,
+            stp: tickgate_engine::StpMode::CancelResting,
+        };
+        store.restore_open(InstrumentId(0), &resting);
+        let _ = store.apply(&report(ExecKind::Accepted, 20_000, seq + 1));
+        assert_eq!((open(1_501), open(1_502)), (Some(Status::Open), None));
     }
 
     #[test]
