@@ -7,12 +7,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tickgate_engine::durable::JournalStats;
 use tickgate_engine::runtime::EngineHandle;
 
+/// A `# HELP` line: `text` joined on one line, its backslashes escaped as the text format
+/// wants.
+pub fn help(out: &mut String, name: &str, text: &str) {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let _ = writeln!(out, "# HELP {name} {}", text.replace('\\', "\\\\"));
+}
+
 macro_rules! metrics {
-    ($($(#[$doc:meta])* $name:ident: $kind:literal,)*) => {
+    ($($(#[doc = $doc:literal])* $name:ident: $kind:literal,)*) => {
         /// Gateway counters and gauges.
         #[derive(Debug, Default)]
         pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
             /// How long the fan-out writers' rounds take.
             pub fanout_rounds: RoundTimes,
         }
@@ -20,9 +27,12 @@ macro_rules! metrics {
         impl Metrics {
             fn write_own(&self, out: &mut String) {
                 $(
-                    let _ = writeln!(out, "# TYPE tickgate_{} {}", stringify!($name), $kind);
-                    let _ = writeln!(out, "tickgate_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                    let name = concat!("tickgate_", stringify!($name));
+                    help(out, name, concat!($($doc, " ",)*));
+                    let _ = writeln!(out, "# TYPE {name} {}", $kind);
+                    let _ = writeln!(out, "{name} {}", self.$name.load(Ordering::Relaxed));
                 )*
+                help(out, "tickgate_fanout_round_seconds", "How long the fan-out writers' rounds take.");
                 self.fanout_rounds.render("tickgate_fanout_round_seconds", out);
             }
         }
@@ -44,6 +54,9 @@ metrics! {
     ws_connections_total: "counter",
     /// Upgrades refused because `max_connections` was reached (HTTP 503).
     ws_rejected_total: "counter",
+    /// Upgrades refused for their credentials: a forged, expired or ended token (HTTP 401,
+    /// or close 4401 for a page) or a cookie from another origin (close 4403).
+    ws_auth_refusals_total: "counter",
     /// Frames written to WebSocket clients (market data and replies).
     ws_frames_sent_total: "counter",
     /// Write system calls (vectored) on WebSocket connections.
@@ -80,13 +93,13 @@ metrics! {
     /// Orders canceled because the connection that asked for cancel-on-disconnect ended.
     ws_disconnect_cancels_total: "counter",
     /// Engine events the fan-out hub read.
-    hub_events: "counter",
+    hub_events_total: "counter",
     /// Engine events the hub missed because its ring reader was lapped.
-    hub_missed: "counter",
+    hub_missed_total: "counter",
     /// Chunks the hub published.
-    hub_chunks: "counter",
+    hub_chunks_total: "counter",
     /// Book channels rebuilt from an engine snapshot.
-    hub_resyncs: "counter",
+    hub_resyncs_total: "counter",
     /// HTTP requests served (excluding WebSocket traffic).
     http_requests_total: "counter",
     /// Connections accepted and closed at once: too many were waiting for a request head.
@@ -156,14 +169,16 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         self.write_own(&mut out);
         let c = engine.counters();
-        for (name, value) in [
-            ("engine_commands_total", c.commands),
-            ("engine_rejects_total", c.rejects),
-            ("engine_trades_total", c.trades),
-            ("engine_events_total", c.events),
+        for (name, value, text) in [
+            ("engine_commands_total", c.commands, "Commands the engine applied."),
+            ("engine_rejects_total", c.rejects, "Commands the engine refused."),
+            ("engine_trades_total", c.trades, "Trades."),
+            ("engine_events_total", c.events, "Events the engine published."),
         ] {
+            help(&mut out, &format!("tickgate_{name}"), text);
             let _ = writeln!(out, "# TYPE tickgate_{name} counter\ntickgate_{name} {value}");
         }
+        help(&mut out, "tickgate_engine_queue_depth", "Commands waiting in each shard's queue.");
         let _ = writeln!(out, "# TYPE tickgate_engine_queue_depth gauge");
         for shard in 0..engine.shards() {
             let _ = writeln!(
@@ -178,14 +193,15 @@ impl Metrics {
             (0..engine.shards()).filter_map(|s| Some((s, engine.journal_stats(s)?))).collect();
         if !journals.is_empty() {
             type Stat = fn(&JournalStats) -> &AtomicU64;
-            let stats: [(&str, Stat); 5] = [
-                ("journal_records_total", |j| &j.records),
-                ("journal_batches_total", |j| &j.batches),
-                ("journal_syncs_total", |j| &j.syncs),
-                ("journal_bytes_total", |j| &j.bytes),
-                ("journal_snapshots_total", |j| &j.snapshots),
+            let stats: [(&str, Stat, &str); 5] = [
+                ("journal_records_total", |j| &j.records, "Commands journaled."),
+                ("journal_batches_total", |j| &j.batches, "Journal writes (group commits)."),
+                ("journal_syncs_total", |j| &j.syncs, "Journal syncs to disk."),
+                ("journal_bytes_total", |j| &j.bytes, "Bytes journaled."),
+                ("journal_snapshots_total", |j| &j.snapshots, "Snapshots written."),
             ];
-            for (name, stat) in stats {
+            for (name, stat, text) in stats {
+                help(&mut out, &format!("tickgate_{name}"), text);
                 let _ = writeln!(out, "# TYPE tickgate_{name} counter");
                 for (shard, j) in &journals {
                     let value = stat(j).load(Ordering::Relaxed);

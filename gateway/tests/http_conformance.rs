@@ -75,3 +75,59 @@ async fn methods_heads_and_caching_follow_http() {
     assert_eq!((status, page["orders"].as_array().map(Vec::len)), (200, Some(1)), "{page}");
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// `/metrics` is well-formed Prometheus text: every family has one `# HELP` and one
+/// `# TYPE` before its samples, counters end in `_total`, no series appears twice; and a
+/// refused WebSocket upgrade counts where its help says (credentials, not the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_well_formed_prometheus_text() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (status, _) = http_raw(addr, &format!("GET /ws?token=forged HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")).await;
+    assert_eq!(status, 401);
+    let (status, response) = http_raw(
+        addr,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let body = response.split("\r\n\r\n").nth(1).expect("a body");
+    let (mut helped, mut typed) =
+        (std::collections::HashSet::new(), std::collections::HashMap::new());
+    let mut series = std::collections::HashSet::new();
+    for line in body.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').expect("HELP name text");
+            assert!(!text.trim().is_empty(), "{line}");
+            assert!(helped.insert(name.to_string()), "two HELP lines for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(helped.contains(name), "TYPE before HELP for {name}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(kind != "counter" || name.ends_with("_total"), "counter {name}");
+            assert!(
+                typed.insert(name.to_string(), kind.to_string()).is_none(),
+                "two TYPEs: {name}"
+            );
+        } else {
+            let (key, value) = line.rsplit_once(' ').expect("a sample");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let family = key.split('{').next().unwrap_or(key);
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    family
+                        .strip_suffix(s)
+                        .filter(|b| typed.get(*b).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(family);
+            assert!(typed.contains_key(base), "a sample before its TYPE: {line}");
+            assert!(series.insert(key.to_string()), "the series {key} twice");
+        }
+    }
+    let sample = |name: &str| {
+        body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map(str::to_owned)
+    };
+    assert_eq!(sample("tickgate_ws_auth_refusals_total").as_deref(), Some("1"), "{body}");
+    assert_eq!(sample("tickgate_ws_rejected_total").as_deref(), Some("0"));
+}

@@ -287,21 +287,87 @@ impl ClusterStats {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let b = |c: &AtomicBool| u8::from(c.load(Ordering::Relaxed));
         let lines = [
-            ("tickgate_nats_connected", "gauge", u64::from(b(&self.connected))),
-            ("tickgate_nats_disconnects_total", "counter", n(&self.disconnects)),
-            ("tickgate_nats_slow_consumer_total", "counter", n(&self.slow_consumer)),
-            ("tickgate_nats_messages_out_total", "counter", n(&self.messages_out)),
-            ("tickgate_nats_bytes_out_total", "counter", n(&self.bytes_out)),
-            ("tickgate_nats_messages_in_total", "counter", n(&self.messages_in)),
-            ("tickgate_nats_bytes_in_total", "counter", n(&self.bytes_in)),
-            ("tickgate_replica_commands_applied_total", "counter", n(&self.commands_applied)),
-            ("tickgate_replica_gaps_total", "counter", n(&self.gaps)),
-            ("tickgate_replica_replayed_total", "counter", n(&self.replayed)),
-            ("tickgate_nats_no_responders_total", "counter", n(&self.no_responders)),
-            ("tickgate_replica_stale", "gauge", u64::from(self.is_stale())),
-            ("tickgate_replica_lag_microseconds", "gauge", n(&self.lag_us)),
+            (
+                "tickgate_nats_connected",
+                "gauge",
+                u64::from(b(&self.connected)),
+                "1 while connected to NATS.",
+            ),
+            (
+                "tickgate_nats_disconnects_total",
+                "counter",
+                n(&self.disconnects),
+                "Times the NATS connection was lost.",
+            ),
+            (
+                "tickgate_nats_slow_consumer_total",
+                "counter",
+                n(&self.slow_consumer),
+                "Messages the NATS client dropped because this node read too slowly.",
+            ),
+            (
+                "tickgate_nats_messages_out_total",
+                "counter",
+                n(&self.messages_out),
+                "NATS messages published.",
+            ),
+            (
+                "tickgate_nats_bytes_out_total",
+                "counter",
+                n(&self.bytes_out),
+                "NATS payload bytes published.",
+            ),
+            (
+                "tickgate_nats_messages_in_total",
+                "counter",
+                n(&self.messages_in),
+                "NATS messages received.",
+            ),
+            (
+                "tickgate_nats_bytes_in_total",
+                "counter",
+                n(&self.bytes_in),
+                "NATS payload bytes received.",
+            ),
+            (
+                "tickgate_replica_commands_applied_total",
+                "counter",
+                n(&self.commands_applied),
+                "Engine node commands this gateway's replica applied.",
+            ),
+            (
+                "tickgate_replica_gaps_total",
+                "counter",
+                n(&self.gaps),
+                "Gaps in the engine node's command stream, repaired by replay.",
+            ),
+            (
+                "tickgate_replica_replayed_total",
+                "counter",
+                n(&self.replayed),
+                "Commands fetched by replay to repair gaps.",
+            ),
+            (
+                "tickgate_nats_no_responders_total",
+                "counter",
+                n(&self.no_responders),
+                "Requests to the engine node that found no responder (engine down).",
+            ),
+            (
+                "tickgate_replica_stale",
+                "gauge",
+                u64::from(self.is_stale()),
+                "1 while some shard's commands have been silent too long (clients told stale).",
+            ),
+            (
+                "tickgate_replica_lag_microseconds",
+                "gauge",
+                n(&self.lag_us),
+                "From the engine node's timestamp to this replica, latest batch, in microseconds.",
+            ),
         ];
-        for (name, kind, value) in lines {
+        for (name, kind, value, text) in lines {
+            crate::metrics::help(out, name, text);
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}");
         }
     }

@@ -166,7 +166,10 @@ impl MarketData {
 
 impl EventConsumer for MarketData {
     fn on_events(&mut self, batch: &Batch<'_>) {
-        self.publisher.metrics.hub_events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        self.publisher
+            .metrics
+            .hub_events_total
+            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
         for e in batch.events {
             if let Event::Trade(t) = e {
                 self.trades.push(*t);
@@ -184,7 +187,7 @@ impl EventConsumer for MarketData {
 
     fn on_missed(&mut self, _shard: usize, missed: u64) {
         self.lapped = true;
-        self.publisher.metrics.hub_missed.fetch_add(missed, Ordering::Relaxed);
+        self.publisher.metrics.hub_missed_total.fetch_add(missed, Ordering::Relaxed);
     }
 
     fn on_pass(&mut self) {
@@ -294,7 +297,7 @@ impl Publisher {
 
     /// Restarts a book channel from `snapshot` and tells its subscribers to resync.
     pub fn reset(&mut self, channel: &Channel, snapshot: &BookSnapshot) {
-        self.metrics.hub_resyncs.fetch_add(1, Ordering::Relaxed);
+        self.metrics.hub_resyncs_total.fetch_add(1, Ordering::Relaxed);
         let mut state = channel.lock();
         state.book = L2Book::from_snapshot(snapshot);
         state.last_seq = snapshot.seq.0;
@@ -320,7 +323,7 @@ impl Publisher {
         channel.slots[(index & channel.mask) as usize].store(Some(Arc::new(chunk)));
         // Release: a writer that sees the new head sees the chunk in its slot.
         channel.head.store(index + 1, Ordering::Release);
-        self.metrics.hub_chunks.fetch_add(1, Ordering::Relaxed);
+        self.metrics.hub_chunks_total.fetch_add(1, Ordering::Relaxed);
         self.published = true;
     }
 

@@ -109,11 +109,17 @@ impl AllowancePool {
     /// the size means connections held back that could not grow.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
+        let help = crate::metrics::help;
+        help(out, "tickgate_ws_unread_growth_bytes", "Allowance growth lent to connections now.");
         let _ = writeln!(
             out,
-            "# TYPE tickgate_ws_unread_growth_bytes gauge\ntickgate_ws_unread_growth_bytes {}\n\
-             # TYPE tickgate_ws_unread_growth_max_bytes gauge\ntickgate_ws_unread_growth_max_bytes {}",
-            self.used(),
+            "# TYPE tickgate_ws_unread_growth_bytes gauge\ntickgate_ws_unread_growth_bytes {}",
+            self.used()
+        );
+        help(out, "tickgate_ws_unread_growth_max_bytes", "The growth pool's size.");
+        let _ = writeln!(
+            out,
+            "# TYPE tickgate_ws_unread_growth_max_bytes gauge\ntickgate_ws_unread_growth_max_bytes {}",
             self.max
         );
     }

@@ -48,6 +48,7 @@ pub fn upgrade(
     let page = req.headers().contains_key(hyper::header::ORIGIN);
     let (claims, refusal) = credentials(&req, tokens, origins);
     if let (Some(refusal), false) = (&refusal, page) {
+        ctx.metrics.ws_auth_refusals_total.fetch_add(1, Ordering::Relaxed);
         return refusal.response();
     }
     let format = match query_param(req.uri().query(), "format") {
@@ -106,7 +107,7 @@ pub fn upgrade(
             Err(e) => return tracing::debug!("upgrade failed: {e}"),
         };
         if let Some(refusal) = refusal {
-            metrics_refused(ctx);
+            ctx.metrics.ws_auth_refusals_total.fetch_add(1, Ordering::Relaxed);
             let close = match refusal.code {
                 ErrorCode::OriginNotAllowed => protocol::close::ORIGIN_NOT_ALLOWED,
                 _ => protocol::close::UNAUTHORIZED,
@@ -192,10 +193,6 @@ fn credentials(
     // server no longer has) is no reason to refuse public market data: the connection is
     // public, and order entry answers `unauthorized`.
     (tokens.verify(token).ok(), None)
-}
-
-fn metrics_refused(ctx: &WsContext) {
-    ctx.metrics.ws_rejected_total.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Sends a close frame with `code` and `reason` on a just-upgraded connection, then ends
