@@ -57,10 +57,11 @@ impl FeedDriver {
         Self::spawn(handle, config, rate_per_sec, true)
     }
 
-    /// Like [`FeedDriver::start`] without the funding, for an engine recovered from a
-    /// journal that already holds it: first cancels the flow's orders still resting from
-    /// the previous run (a new flow does not know them, so they would stay for good,
-    /// holding funds and book capacity).
+    /// Like [`FeedDriver::start`] for an engine recovered from a journal: funds only the
+    /// flow's accounts the journal does not know (a first run without the feed never
+    /// funded them; funding them again would double their money on every restart), and
+    /// first cancels the flow's orders still resting from the previous run (a new flow does
+    /// not know them, so they would stay for good, holding funds and book capacity).
     pub fn resume(handle: EngineHandle, config: FlowConfig, rate_per_sec: u64) -> FeedDriver {
         Self::spawn(handle, config, rate_per_sec, false)
     }
@@ -134,9 +135,20 @@ fn run(
             }
         }
     }
-    for shard in (0..handle.shards()).filter(|_| fund) {
+    for shard in 0..handle.shards() {
+        // An account an earlier run funded holds something still (the flow only trades
+        // what it has); one that holds nothing on this shard was never funded there.
+        let unfunded = |account: AccountId| {
+            fund || match handle.balances(shard, account) {
+                Ok(balances) => balances.unwrap_or_default().iter().all(|b| b.total.0 == 0),
+                Err(_) => false,
+            }
+        };
+        let unfunded: Vec<AccountId> = accounts.iter().copied().filter(|a| unfunded(*a)).collect();
         for transfer in flow.funding(handle.assets()) {
-            if !submit(stats, stop, || handle.submit_transfer(shard, transfer)) {
+            if unfunded.contains(&transfer.account)
+                && !submit(stats, stop, || handle.submit_transfer(shard, transfer))
+            {
                 return;
             }
         }

@@ -11,6 +11,17 @@ use tickgate_engine::journal::SyncMode;
 use crate::cluster::Role;
 use crate::limits::WsLimits;
 
+/// A flag's integer parser that refuses values outside `range`, naming it (clap's error:
+/// "invalid value '0' for '--x <X>': 0 is not in 1..=64"). An absurd value must stop the
+/// start with a clear message, not panic later or be changed silently.
+fn within<T>(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: Send + Sync + 'static + std::error::Error + ToString,
+{
+    clap::builder::RangedU64ValueParser::<T>::new().range(range)
+}
+
 /// Command-line flags; every one can also come from the environment.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tickgate", version, about = "A market-data trading backend in one process")]
@@ -19,12 +30,12 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Engine shard threads (instruments are spread over them).
-    #[arg(long, env = "TICKGATE_SHARDS", default_value_t = 1, global = true)]
+    #[arg(long, env = "TICKGATE_SHARDS", default_value_t = 1, global = true, value_parser = within::<usize>(1..=64))]
     pub shards: usize,
     /// Network I/O threads (HTTP, WebSocket and SSE connections); 0 = one per core. Fewer
     /// than the cores can serve more requests when something else on the machine (a load
     /// generator) takes a core; fan-out latency prefers one per core (docs/BENCHMARKS.md).
-    #[arg(long, env = "TICKGATE_WORKERS", default_value_t = 0)]
+    #[arg(long, env = "TICKGATE_WORKERS", default_value_t = 0, value_parser = within::<usize>(0..=256))]
     pub workers: usize,
     /// Keep transparent huge pages for the heap. Off by default: the allocator asks for
     /// them, and a fault on fresh heap then zeroes 2 MiB on a hot thread (10,000
@@ -51,28 +62,28 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_SUMMARY_SYMBOL", default_value = "BTC-USD")]
     pub summary_symbol: String,
     /// Commands each engine queue holds before submitters are told to back off.
-    #[arg(long, env = "TICKGATE_QUEUE_CAPACITY", default_value_t = 65_536)]
+    #[arg(long, env = "TICKGATE_QUEUE_CAPACITY", default_value_t = 65_536, value_parser = within::<usize>(1..=16_777_216))]
     pub queue_capacity: usize,
     /// Events each engine ring keeps for readers.
-    #[arg(long, env = "TICKGATE_RING_CAPACITY", default_value_t = 1 << 18)]
+    #[arg(long, env = "TICKGATE_RING_CAPACITY", default_value_t = 1 << 18, value_parser = within::<usize>(1024..=16_777_216))]
     pub ring_capacity: usize,
     /// Chunks each fan-out channel ring keeps (a client further behind is resynced).
-    #[arg(long, env = "TICKGATE_CHANNEL_RING_CHUNKS", default_value_t = 1024)]
+    #[arg(long, env = "TICKGATE_CHANNEL_RING_CHUNKS", default_value_t = 1024, value_parser = within::<usize>(16..=65_536))]
     pub channel_ring_chunks: usize,
     /// Shortest fan-out pass in microseconds: a pass's events of one channel share a frame,
     /// so longer passes mean fewer, larger frames.
-    #[arg(long, env = "TICKGATE_FANOUT_PASS_US", default_value_t = 200)]
+    #[arg(long, env = "TICKGATE_FANOUT_PASS_US", default_value_t = 200, value_parser = within::<u64>(0..=32_000))]
     pub fanout_pass_us: u64,
     /// How long an idle engine thread spins for the next command before it parks, in
     /// microseconds. Default: 50 (waking a parked thread costs tens of microseconds and a
     /// place in the run queue; docs/BENCHMARKS.md), 0 on NATS nodes (commands come in
     /// batches a millisecond or so apart there, and a spin would take the fan-out's CPU).
-    #[arg(long, env = "TICKGATE_ENGINE_SPIN_US")]
+    #[arg(long, env = "TICKGATE_ENGINE_SPIN_US", value_parser = within::<u64>(0..=1_000_000))]
     pub engine_spin_us: Option<u64>,
     /// Fan-out writer threads, which write market data to WebSocket connections (each
     /// owns a share of them); 0 = one per two cores (the engine, the hub and the kernel's
     /// network stack need the others; docs/BENCHMARKS.md).
-    #[arg(long, env = "TICKGATE_FANOUT_WRITERS", default_value_t = 0)]
+    #[arg(long, env = "TICKGATE_FANOUT_WRITERS", default_value_t = 0, value_parser = within::<usize>(0..=64))]
     pub fanout_writers: usize,
     /// After each round that wrote, a fan-out writer rests this share of the round's time,
     /// in percent (0 to 400), before the next: fewer, larger writes, and the cores for
@@ -81,47 +92,47 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_FANOUT_ROUND_REST_PCT", default_value = "auto")]
     pub fanout_round_rest_pct: crate::fanout::RestPolicy,
     /// Open WebSocket connections at most (more get HTTP 503).
-    #[arg(long, env = "TICKGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "TICKGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = within::<usize>(1..=1_000_000))]
     pub max_connections: usize,
     /// Subscriptions per WebSocket connection at most.
-    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = 64, value_parser = within::<usize>(1..=4_096))]
     pub max_subscriptions: usize,
     /// Largest inbound WebSocket message in bytes (larger: close 1009).
-    #[arg(long, env = "TICKGATE_WS_MESSAGE_BYTES_MAX", default_value_t = 4096)]
+    #[arg(long, env = "TICKGATE_WS_MESSAGE_BYTES_MAX", default_value_t = 4096, value_parser = within::<usize>(128..=16_777_216))]
     pub ws_message_bytes_max: usize,
     /// Inbound WebSocket messages per second per connection.
-    #[arg(long, env = "TICKGATE_WS_RATE", default_value_t = 20)]
+    #[arg(long, env = "TICKGATE_WS_RATE", default_value_t = 20, value_parser = within::<u32>(1..=1_000_000))]
     pub ws_rate: u32,
     /// Inbound WebSocket burst per connection.
-    #[arg(long, env = "TICKGATE_WS_BURST", default_value_t = 40)]
+    #[arg(long, env = "TICKGATE_WS_BURST", default_value_t = 40, value_parser = within::<u32>(1..=1_000_000))]
     pub ws_burst: u32,
     /// Server ping period in milliseconds.
-    #[arg(long, env = "TICKGATE_PING_MS", default_value_t = 20_000)]
+    #[arg(long, env = "TICKGATE_PING_MS", default_value_t = 20_000, value_parser = within::<u64>(1..=3_600_000))]
     pub ping_ms: u64,
     /// Silence after a ping, in milliseconds, that closes a connection (4001).
-    #[arg(long, env = "TICKGATE_PONG_TIMEOUT_MS", default_value_t = 40_000)]
+    #[arg(long, env = "TICKGATE_PONG_TIMEOUT_MS", default_value_t = 40_000, value_parser = within::<u64>(1..=3_600_000))]
     pub pong_timeout_ms: u64,
     /// Quiet time in milliseconds after which a subscribed channel gets a heartbeat.
-    #[arg(long, env = "TICKGATE_HEARTBEAT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "TICKGATE_HEARTBEAT_MS", default_value_t = 5_000, value_parser = within::<u64>(1..=3_600_000))]
     pub heartbeat_ms: u64,
     /// A write stalled this long (milliseconds) ends the connection (its socket is full, so
     /// no close frame can be sent).
-    #[arg(long, env = "TICKGATE_WRITE_STALL_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TICKGATE_WRITE_STALL_MS", default_value_t = 10_000, value_parser = within::<u64>(1..=3_600_000))]
     pub write_stall_ms: u64,
     /// Kernel send buffer per WebSocket connection, in bytes.
-    #[arg(long, env = "TICKGATE_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024)]
+    #[arg(long, env = "TICKGATE_SOCKET_SEND_BUFFER", default_value_t = 256 * 1024, value_parser = within::<usize>(4_096..=67_108_864))]
     pub socket_send_buffer: usize,
     /// Market data a WebSocket client may have unread (written, its read receipt not yet
     /// back), in bytes, at most; at least 16 KiB. Each connection starts with 128 KiB (or
     /// this, if smaller) and doubles up to this while it reads but is held back; beyond
     /// its allowance a client gets nothing more until it catches up: what a client that
     /// stops reading costs the server, once.
-    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES", default_value_t = 1024 * 1024, value_parser = within::<u64>(16_384..=1_073_741_824))]
     pub ws_unread_bytes: u64,
     /// Growth of all WebSocket connections' allowances beyond their 128 KiB start,
     /// together, in bytes: what clients that freeze at once can cost beyond 128 KiB each
     /// (a connection whose allowance cannot grow is held back until its client reads).
-    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_TOTAL", default_value_t = 128 * 1024 * 1024)]
+    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_TOTAL", default_value_t = 128 * 1024 * 1024, value_parser = within::<u64>(0..=68_719_476_736))]
     pub ws_unread_bytes_total: u64,
     /// Each WebSocket connection's allowance once its first read receipt came back (and
     /// the least it shrinks to), in bytes, within 16 KiB and `--ws-unread-bytes`; a new
@@ -129,18 +140,18 @@ pub struct Flags {
     /// goes out per half allowance: a larger start means fewer receipts (each a pong the
     /// client writes and a wake-up of the connection's task) and a higher cost for every
     /// client that freezes.
-    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_START", default_value_t = 128 * 1024)]
+    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_START", default_value_t = 128 * 1024, value_parser = within::<u64>(16_384..=1_073_741_824))]
     pub ws_unread_bytes_start: u64,
     /// Time allowed to send the HTTP request head, in milliseconds.
-    #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000, value_parser = within::<u64>(1..=3_600_000))]
     pub handshake_timeout_ms: u64,
     /// Connections that may wait for their first request head at once; more are answered
     /// `503` and closed at once (keep it well below the process's file limit).
-    #[arg(long, env = "TICKGATE_PENDING_CONNECTIONS_MAX", default_value_t = 512)]
+    #[arg(long, env = "TICKGATE_PENDING_CONNECTIONS_MAX", default_value_t = 512, value_parser = within::<usize>(1..=1_000_000))]
     pub pending_connections_max: usize,
     /// Time allowed to send a request body once its head arrived, in milliseconds (then
     /// `408` and the connection is closed).
-    #[arg(long, env = "TICKGATE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TICKGATE_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = within::<u64>(1..=3_600_000))]
     pub body_timeout_ms: u64,
     /// Users file (JSON: username, argon2 password_hash, account); default: the demo users.
     #[arg(long, env = "TICKGATE_USERS")]
@@ -149,29 +160,29 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Token lifetime in seconds.
-    #[arg(long, env = "TICKGATE_TOKEN_LIFETIME_SECS", default_value_t = 900)]
+    #[arg(long, env = "TICKGATE_TOKEN_LIFETIME_SECS", default_value_t = 900, value_parser = within::<u64>(1..=31_536_000))]
     pub token_lifetime_secs: u64,
     /// Longest a session lives from its login, refreshes included, in seconds (then
     /// refresh answers 401 and the user logs in again).
-    #[arg(long, env = "TICKGATE_SESSION_MAX_SECS", default_value_t = 12 * 3600)]
+    #[arg(long, env = "TICKGATE_SESSION_MAX_SECS", default_value_t = 12 * 3600, value_parser = within::<u64>(1..=31_536_000))]
     pub session_max_secs: u64,
     /// Authenticated REST requests per second per user (0: unlimited); over it: 429.
     #[arg(long, env = "TICKGATE_REST_RATE", default_value_t = 1_000)]
     pub rest_rate: u32,
     /// Burst of authenticated REST requests per user.
-    #[arg(long, env = "TICKGATE_REST_BURST", default_value_t = 2_000)]
+    #[arg(long, env = "TICKGATE_REST_BURST", default_value_t = 2_000, value_parser = within::<u32>(1..=1_000_000))]
     pub rest_burst: u32,
     /// Events each user's alert history keeps for `Last-Event-ID` replay.
-    #[arg(long, env = "TICKGATE_SSE_HISTORY", default_value_t = 1_000)]
+    #[arg(long, env = "TICKGATE_SSE_HISTORY", default_value_t = 1_000, value_parser = within::<usize>(1..=1_000_000))]
     pub sse_history: usize,
     /// Open SSE streams per user at most (more: 429).
-    #[arg(long, env = "TICKGATE_SSE_STREAMS_PER_USER", default_value_t = 16)]
+    #[arg(long, env = "TICKGATE_SSE_STREAMS_PER_USER", default_value_t = 16, value_parser = within::<u64>(1..=1_000_000))]
     pub sse_streams_per_user: u64,
     /// Open SSE streams in total at most (more: 503).
-    #[arg(long, env = "TICKGATE_SSE_STREAMS_MAX", default_value_t = 20_000)]
+    #[arg(long, env = "TICKGATE_SSE_STREAMS_MAX", default_value_t = 20_000, value_parser = within::<u64>(1..=1_000_000))]
     pub sse_streams_max: u64,
     /// SSE heartbeat comment period when idle, in milliseconds.
-    #[arg(long, env = "TICKGATE_SSE_HEARTBEAT_MS", default_value_t = 15_000)]
+    #[arg(long, env = "TICKGATE_SSE_HEARTBEAT_MS", default_value_t = 15_000, value_parser = within::<u64>(100..=15_000))]
     pub sse_heartbeat_ms: u64,
     /// Bearer token of the operator endpoints (`/api/v1/admin/...`); without it they
     /// answer 403.
@@ -200,13 +211,13 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_DURABILITY", default_value = "fsync", value_parser = ["fsync", "batch-async", "none", "off"])]
     pub durability: String,
     /// Sync interval of `--durability batch-async`, in milliseconds.
-    #[arg(long, env = "TICKGATE_SYNC_INTERVAL_MS", default_value_t = 10)]
+    #[arg(long, env = "TICKGATE_SYNC_INTERVAL_MS", default_value_t = 10, value_parser = within::<u64>(1..=60_000))]
     pub sync_interval_ms: u64,
     /// Commands between two snapshots (0: never).
     #[arg(long, env = "TICKGATE_SNAPSHOT_EVERY", default_value_t = 1_000_000)]
     pub snapshot_every: u64,
     /// Journal segment size in MiB before a new segment starts.
-    #[arg(long, env = "TICKGATE_SEGMENT_MB", default_value_t = 64)]
+    #[arg(long, env = "TICKGATE_SEGMENT_MB", default_value_t = 64, value_parser = within::<u64>(1..=4_096))]
     pub segment_mb: u64,
     /// NATS server URL(s) of a scale-out deployment (`nats://host:4222`, comma-separated);
     /// needs --role engine or --role gateway. Without it: the single process.
@@ -234,7 +245,7 @@ pub struct Flags {
     pub nats_ca: Option<std::path::PathBuf>,
     /// Messages a NATS subscription buffers before the broker's messages are dropped
     /// (slow consumer; a gateway repairs the gap).
-    #[arg(long, env = "TICKGATE_NATS_BUFFER", default_value_t = 65_536)]
+    #[arg(long, env = "TICKGATE_NATS_BUFFER", default_value_t = 65_536, value_parser = within::<usize>(1..=16_777_216))]
     pub nats_buffer: usize,
     /// A subcommand instead of running the server.
     #[command(subcommand)]
@@ -364,12 +375,12 @@ impl TryFrom<Flags> for Config {
             fanout_round_rest_pct: f.fanout_round_rest_pct,
             ws,
             handshake_timeout: ms(f.handshake_timeout_ms),
-            pending_connections_max: f.pending_connections_max.max(1),
+            pending_connections_max: f.pending_connections_max,
             body_timeout: ms(f.body_timeout_ms),
             users: f.users,
             jwt_secret: f.jwt_secret,
-            token_lifetime: Duration::from_secs(f.token_lifetime_secs.max(1)),
-            session_max: Duration::from_secs(f.session_max_secs.max(1)),
+            token_lifetime: Duration::from_secs(f.token_lifetime_secs),
+            session_max: Duration::from_secs(f.session_max_secs),
             durability,
             clock: tickgate_engine::WallClock::shared(),
             rest_rate: f.rest_rate,
@@ -381,11 +392,11 @@ impl TryFrom<Flags> for Config {
                 .map(|o| o.trim().trim_end_matches('/').to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
-            sse_history: f.sse_history.max(1),
+            sse_history: f.sse_history,
             sse: crate::limits::SseLimits {
                 streams_per_user_max: f.sse_streams_per_user,
                 streams_max: f.sse_streams_max,
-                heartbeat: ms(f.sse_heartbeat_ms.clamp(1, 15_000)),
+                heartbeat: ms(f.sse_heartbeat_ms),
                 ..crate::limits::SseLimits::default()
             },
             rest_burst: f.rest_burst,
@@ -436,26 +447,10 @@ fn cluster(f: &Flags) -> Result<Option<crate::cluster::ClusterConfig>, ConfigErr
 /// Refuses limits and rates that cannot work.
 fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-    if !(1..=64).contains(&f.shards) {
-        return invalid("--shards must be 1..=64");
-    }
-    if f.queue_capacity == 0 || f.ring_capacity < 1024 || f.channel_ring_chunks < 16 {
-        return invalid(
-            "--queue-capacity > 0, --ring-capacity >= 1024, --channel-ring-chunks >= 16",
-        );
-    }
-    if f.max_connections == 0 || f.max_subscriptions == 0 || f.ws_message_bytes_max < 128 {
-        return invalid(
-            "--max-connections, --max-subscriptions > 0; --ws-message-bytes-max >= 128",
-        );
-    }
-    if f.ws_rate == 0
-        || f.ws_burst == 0
-        || f.ping_ms == 0
-        || f.heartbeat_ms == 0
-        || f.write_stall_ms == 0
-    {
-        return invalid("rates and intervals must be > 0");
+    // Each number's own range is its flag's parser's (`within`); here, what depends on
+    // more than one flag, or on the disk.
+    if f.ws_unread_bytes_start > f.ws_unread_bytes {
+        return invalid("--ws-unread-bytes-start must be at most --ws-unread-bytes");
     }
     if !f.replay_speed.is_finite() || f.replay_speed < 0.0 {
         return invalid("--replay-speed must be a number >= 0");
@@ -463,8 +458,14 @@ fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     if f.replay.as_ref().zip(Some(&f.data_dir)).is_some_and(|(r, d)| r == d) {
         return invalid("--replay needs another directory than --data-dir");
     }
-    if f.segment_mb == 0 {
-        return invalid("--segment-mb must be > 0");
+    if let Some(replay) = &f.replay {
+        if !matches!(tickgate_engine::durable::recorded_shards(replay), Ok(Some(_))) {
+            return Err(ConfigError::Invalid(format!(
+                "--replay {}: no journal there (a data directory of an earlier run, with its \
+                 SHARDS file or shard-<i> folders)",
+                replay.display()
+            )));
+        }
     }
     Ok(())
 }
@@ -501,8 +502,8 @@ fn ws_limits(f: &Flags) -> WsLimits {
         pong_timeout: ms(f.pong_timeout_ms),
         heartbeat_interval: ms(f.heartbeat_ms),
         write_stall_timeout: ms(f.write_stall_ms),
-        socket_send_buffer_bytes: f.socket_send_buffer.max(4096),
-        unread_bytes_max: f.ws_unread_bytes.max(crate::fanout::outbox::ALLOWANCE_MIN),
+        socket_send_buffer_bytes: f.socket_send_buffer,
+        unread_bytes_max: f.ws_unread_bytes,
         unread_bytes_total: f.ws_unread_bytes_total,
         unread_bytes_start: f.ws_unread_bytes_start,
         ..WsLimits::default()
@@ -559,6 +560,31 @@ mod tests {
         assert_eq!(default.ws.unread_bytes_start, crate::fanout::outbox::ALLOWANCE_START);
         let set = config(&["tickgate", "--ws-unread-bytes-start", "1048576"]).expect("valid");
         assert_eq!(set.ws.unread_bytes_start, 1024 * 1024);
+    }
+
+    #[test]
+    fn values_outside_a_flags_range_are_refused_not_changed() {
+        for (flag, value, range) in [
+            ("--sse-heartbeat-ms", "40000", "100..=15000"),
+            ("--sse-heartbeat-ms", "0", "100..=15000"),
+            ("--token-lifetime-secs", "18446744073709551615", "1..=31536000"),
+            ("--channel-ring-chunks", "18446744073709551615", "16..=65536"),
+            ("--queue-capacity", "18446744073709551615", "1..=16777216"),
+            ("--pending-connections-max", "0", "1..=1000000"),
+            ("--workers", "100000", "0..=256"),
+            ("--fanout-writers", "100000", "0..=64"),
+            ("--segment-mb", "17592186044416", "1..=4096"),
+            ("--socket-send-buffer", "0", "4096..=67108864"),
+            ("--rest-burst", "0", "1..=1000000"),
+            ("--fanout-pass-us", "20000000", "0..=32000"),
+        ] {
+            let e = config(&["tickgate", flag, value]).unwrap_err();
+            assert!(e.contains(flag) && e.contains(range), "{flag} {value}: {e}");
+        }
+        let e = config(&["tickgate", "--ws-unread-bytes", "65536"]).unwrap_err();
+        assert!(e.contains("--ws-unread-bytes-start must be at most"), "{e}");
+        let e = config(&["tickgate", "--replay", "/nonexistent/tickgate-recording"]).unwrap_err();
+        assert!(e.contains("no journal there"), "{e}");
     }
 
     #[test]

@@ -34,13 +34,19 @@ fn main() -> anyhow::Result<()> {
     let (data_dir, shards, workers) = (flags.data_dir.clone(), flags.shards, flags.workers);
     let config = Config::try_from(flags)?;
     let node = config.cluster.as_ref().map(|c| c.node.clone());
+    // Colours only for a person at a terminal (and not with NO_COLOR): a file, a pipe or
+    // journald would keep the escape codes.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_timer(NodeTime(node))
         .init();
+    stop_when_a_core_thread_panics();
     if let Err(e) = huge_pages {
         tracing::warn!("transparent huge pages stay on: {e}");
     }
@@ -53,6 +59,33 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(server::run(config, shutdown_signal()))
+}
+
+/// Whether a panic on the thread named `name` leaves the process unable to do its work:
+/// any thread of its own (an engine shard, its journal, the fan-out hub and writers, a
+/// replica, the feed...). Not tokio's workers: a request or connection task that panics is
+/// caught by tokio, and only that request or connection ends.
+fn is_core_thread(name: Option<&str>) -> bool {
+    name.is_some_and(|n| n != "main" && !n.starts_with("tokio-"))
+}
+
+/// A core thread that panics stops the process (exit code 70) after the panic's message:
+/// a dead engine shard would otherwise leave a server that answers `/healthz` `ok`, serves
+/// a frozen book and times out every order. Stopped, it is restarted by its supervisor and
+/// recovers from the journal, as after `kill -9`.
+fn stop_when_a_core_thread_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let thread = std::thread::current();
+        if is_core_thread(thread.name()) {
+            tracing::error!(
+                thread = thread.name().unwrap_or_default(),
+                "a core thread panicked; stopping (a restart recovers from the journal)"
+            );
+            std::process::exit(70);
+        }
+    }));
 }
 
 /// `tickgate verify-journal`: replays the data directory from scratch, read-only.
@@ -137,5 +170,20 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_core_thread;
+
+    #[test]
+    fn the_process_stops_for_its_own_threads_not_for_a_request_task() {
+        for name in ["engine-0", "journal-1", "fanout-writer-0", "replica-0", "hub", "feed"] {
+            assert!(is_core_thread(Some(name)), "{name}");
+        }
+        for name in [Some("tokio-runtime-worker"), Some("main"), None] {
+            assert!(!is_core_thread(name), "{name:?}");
+        }
     }
 }

@@ -626,3 +626,112 @@ fn walk(d: &Path) -> Vec<(PathBuf, u64)> {
     }
     out
 }
+
+/// A journal that cannot write any more (here: its directory taken away, as a disk that
+/// fails) stops order entry, and the operator hears of it: `/healthz` answers 503
+/// `failing` with the cause, and the log says so at once (the engine itself does not log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_failure_is_logged_and_healthz_fails() {
+    let dir = TempDir(std::env::temp_dir().join(format!("tickgate-jfail-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--durability", "fsync", "--segment-mb", "1"])
+        .args(["--feed-rate", "20000", "--data-dir"])
+        .arg(&dir.0)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the tickgate binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut proc = Proc { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut log = Vec::new();
+    while proc.addr.port() == 0 {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the server logs");
+        if let Some(at) = line.find("listening on http://") {
+            let rest = &line[at + "listening on http://".len()..];
+            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            proc.addr = addr.parse().expect("an address");
+        }
+        log.push(line);
+    }
+    // The shard's journal directory goes away; a file stands where it was, so the next
+    // segment (every 1 MiB, about a second of this feed) cannot be created.
+    std::fs::rename(dir.0.join("shard-0"), dir.0.join("moved")).expect("rename");
+    std::fs::write(dir.0.join("shard-0"), b"not a directory").expect("a file in its place");
+    let health = loop {
+        assert!(std::time::Instant::now() < deadline, "the journal never failed");
+        let (status, response) = http_raw(
+            proc.addr,
+            &format!("GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", proc.addr),
+        )
+        .await;
+        if status == 503 {
+            break body_json(&response);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["status"], "failing", "{health}");
+    assert!(health["journal"]["failure"].as_str().is_some_and(|f| !f.is_empty()), "{health}");
+    let logged = loop {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) if line.contains("ERROR") && line.contains("the journal failed") => {
+                break true
+            }
+            Ok(line) => log.push(line),
+            Err(_) => break false,
+        }
+    };
+    assert!(logged, "no ERROR line about the journal; the log:\n{}", log.join("\n"));
+    let alice = Api::login(proc.addr, 0).await;
+    let (status, refused) = alice
+        .order(json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1000.00", "qty": "0.0010"}))
+        .await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (503, Some("journal_failed")));
+}
+
+/// A data directory whose first run had no feed gets a live market when a later run has
+/// one: the feed funds its accounts the journal does not know (it used to fund them only
+/// on a fresh directory, so every order of the feed was refused for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_run_without_the_feed_does_not_starve_a_later_feed() {
+    let dir = TempDir(std::env::temp_dir().join(format!("tickgate-nofeed-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    drop(spawn(&dir.0, false, 1_000_000));
+    let proc = spawn(&dir.0, true, 1_000_000);
+    let counter = |metrics: &str, name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http_raw(
+            proc.addr,
+            &format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", proc.addr),
+        )
+        .await;
+        let (trades, commands, rejects) = (
+            counter(&metrics, "tickgate_engine_trades_total"),
+            counter(&metrics, "tickgate_engine_commands_total"),
+            counter(&metrics, "tickgate_engine_rejects_total"),
+        );
+        if trades > 0 && commands > 1_000 {
+            // The feed's orders are taken (a starved feed had nearly all refused).
+            assert!(rejects * 2 < commands, "{rejects} of {commands} refused");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no trade: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

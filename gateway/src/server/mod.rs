@@ -314,7 +314,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         server.local_addr()
     );
     let summary = summary_loop(server.engine().clone(), summary_symbol);
-    tokio::pin!(shutdown, summary);
+    let watch = watch_engine(server.engine().clone());
+    tokio::pin!(shutdown, summary, watch);
     let mut fatal = None;
     loop {
         tokio::select! {
@@ -328,6 +329,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 break;
             }
             () = &mut summary => break,
+            () = &mut watch => break,
             Some(()) = hangup.recv() => match server.reload_tls() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
                 Err(e) => tracing::warn!("TLS certificate not reloaded: {e:#}"),
@@ -338,6 +340,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     match fatal {
         Some(d) => Err(d.into()),
         None => Ok(()),
+    }
+}
+
+/// Logs, once each, a journal failure (the engine refuses every command from then on:
+/// `/healthz` says `failing`) and a snapshot warning (nothing lost, but an operator should
+/// look), as soon as they happen: the engine itself does not log.
+async fn watch_engine(handle: EngineHandle) {
+    let (mut failure_logged, mut warning_logged) = (false, false);
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        ticker.tick().await;
+        if !failure_logged {
+            if let Some(failure) = handle.durability_failure() {
+                tracing::error!(
+                    "the journal failed: {failure}; every command is refused from now on \
+                     (503 journal_failed; /healthz says failing): fix the cause, then restart \
+                     to recover from what is on disk"
+                );
+                failure_logged = true;
+            }
+        }
+        if !warning_logged {
+            if let Some(warning) = handle.snapshot_warning() {
+                tracing::warn!(
+                    "snapshot or pruning failed: {warning}; nothing is lost (the \
+                    journal keeps everything), but recovery replays more until it is fixed"
+                );
+                warning_logged = true;
+            }
+        }
     }
 }
 
