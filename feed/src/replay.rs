@@ -95,6 +95,9 @@ impl JournalReplay {
     }
 }
 
+/// The longest a paced replay sleeps before it looks at its stop flag again.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
 fn run(
     handle: &EngineHandle,
     records: &[Record],
@@ -111,9 +114,17 @@ fn run(
         if let Some(speed) = speed.filter(|s| *s > 0.0) {
             let offset = r.command.ts.0.saturating_sub(first.command.ts.0) as f64 / speed;
             let due = start + Duration::from_nanos(offset as u64);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
+            // In slices: a stop (the server shutting down) must not wait for a command
+            // the recording has minutes later.
+            loop {
+                let now = Instant::now();
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                if due <= now {
+                    break;
+                }
+                std::thread::sleep((due - now).min(STOP_CHECK));
             }
         }
         let submitted = loop {
@@ -133,4 +144,47 @@ fn run(
         stats.submitted.fetch_add(1, Ordering::Relaxed);
     }
     stats.done.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickgate_engine::runtime::{EngineRuntime, RuntimeConfig};
+    use tickgate_engine::{AccountId, Amount, AssetId, Command, Transfer, UnixNanos};
+
+    /// A paced replay whose next command is an hour away stops when told, not an hour
+    /// later (a server shutting down waits for it).
+    #[test]
+    fn a_paced_replay_stops_between_distant_commands() {
+        let runtime = EngineRuntime::start(RuntimeConfig::default()).expect("engine");
+        let transfer = |ts: u64| Record {
+            seq: 1,
+            command: Command {
+                ts: UnixNanos(ts),
+                kind: CommandKind::Transfer(Transfer {
+                    account: AccountId(1),
+                    asset: AssetId(0),
+                    amount: Amount(1),
+                    request_id: 0,
+                }),
+            },
+        };
+        let records = vec![transfer(0), transfer(3_600_000_000_000)];
+        let stats = Arc::new(ReplayStats::default());
+        let (handle, st) = (runtime.handle(), Arc::clone(&stats));
+        let worker =
+            Worker::spawn("replay-test", move |stop| run(&handle, &records, Some(1.0), stop, &st));
+        while stats.submitted.load(Ordering::Acquire) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            worker.stop();
+            let _ = done.send(());
+        });
+        // Bounded, so a regression fails instead of hanging the run.
+        assert!(stopped.recv_timeout(Duration::from_secs(30)).is_ok(), "the replay never stopped");
+        assert_eq!(stats.submitted.load(Ordering::Relaxed), 1);
+        runtime.shutdown();
+    }
 }

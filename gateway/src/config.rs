@@ -452,8 +452,9 @@ fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     if f.ws_unread_bytes_start > f.ws_unread_bytes {
         return invalid("--ws-unread-bytes-start must be at most --ws-unread-bytes");
     }
-    if !f.replay_speed.is_finite() || f.replay_speed < 0.0 {
-        return invalid("--replay-speed must be a number >= 0");
+    let speed = f.replay_speed;
+    if !(speed == 0.0 || (speed.is_finite() && (0.001..=1e6).contains(&speed))) {
+        return invalid("--replay-speed must be 0 (as fast as possible) or from 0.001 to 1000000");
     }
     if f.replay.as_ref().zip(Some(&f.data_dir)).is_some_and(|(r, d)| r == d) {
         return invalid("--replay needs another directory than --data-dir");

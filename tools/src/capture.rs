@@ -30,6 +30,12 @@ pub const VERSION: u32 = 1;
 pub const KIND_TEXT: u8 = 1;
 /// A binary frame (protocol v1 market-data messages).
 pub const KIND_BINARY: u8 = 2;
+/// The largest frame payload a capture holds: a declared length above it is damage, not a
+/// frame the recorder could have written (its client takes messages up to 64 MiB).
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// The longest plausible time between two frames of a capture (a live channel has a
+/// heartbeat every few seconds): a longer jump, or one backwards, is a damaged time.
+const FRAME_GAP_MAX_NS: u64 = 24 * 3600 * 1_000_000_000;
 
 /// One captured frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +96,10 @@ impl<W: Write> CaptureWriter<W> {
     }
 }
 
-/// Reads a whole capture, checking magic, version and every frame's checksum. An
-/// incomplete last frame is reported as torn; a bad checksum is an error.
+/// Reads a whole capture, checking magic, version and every frame: its checksum, its kind,
+/// a length a recorder could have written, a receipt time after the previous one and not a
+/// day later. An incomplete last frame is reported as torn; anything else is an error
+/// naming the file and the frame's offset.
 pub fn read(path: &Path) -> anyhow::Result<Capture> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
@@ -106,13 +114,36 @@ pub fn read(path: &Path) -> anyhow::Result<Capture> {
         bail!("{}: capture version {version}, this build reads {VERSION}", path.display());
     }
     let header_len = r.u32()? as usize;
-    let header: Value = serde_json::from_slice(r.bytes(header_len).context("header cut short")?)
-        .context("capture header is not JSON")?;
-    let mut frames = Vec::new();
-    // A frame that does not fit in what is left is a torn tail (the recorder stopped).
-    while let Ok((frame, crc, next)) = read_frame(&r) {
+    let file = path.display();
+    let header_bytes = r.bytes(header_len).with_context(|| format!("{file}: header cut short"))?;
+    let header: Value = serde_json::from_slice(header_bytes)
+        .with_context(|| format!("{file}: the capture header is not JSON"))?;
+    if !header.is_object() {
+        bail!("{file}: the capture header is not a JSON object");
+    }
+    let mut frames: Vec<CapturedFrame> = Vec::new();
+    loop {
+        let at = r.position();
+        let declared = r.clone().u32().map_or(0, |l| l as usize);
+        if declared > FRAME_BYTES_MAX {
+            bail!("{file}: damaged frame at offset {at}: a length of {declared} bytes");
+        }
+        // A frame that does not fit in what is left is a torn tail (the recorder stopped).
+        let Ok((frame, crc, next)) = read_frame(&r) else { break };
         if crc32c::crc32c(&frame.payload) != crc {
-            bail!("{}: frame checksum mismatch at offset {}", path.display(), r.position());
+            bail!("{file}: frame checksum mismatch at offset {at}");
+        }
+        if frame.kind != KIND_TEXT && frame.kind != KIND_BINARY {
+            bail!("{file}: damaged frame at offset {at}: unknown kind {}", frame.kind);
+        }
+        if let Some(previous) = frames.last().map(|f| f.received_ns) {
+            if frame.received_ns < previous || frame.received_ns - previous > FRAME_GAP_MAX_NS {
+                bail!(
+                    "{file}: damaged frame at offset {at}: received at {} ns, the frame before \
+                     at {previous} ns",
+                    frame.received_ns
+                );
+            }
         }
         frames.push(frame);
         r = next;
@@ -150,21 +181,60 @@ pub struct RecordConfig {
 
 /// Records a capture of `config.channels` into `out`; returns the frames written. The
 /// instruments in the header come from the server's `GET /api/v1/instruments`.
+///
+/// Nothing is written until the server has accepted the subscription, and the capture goes
+/// to `<out>.partial`, renamed to `out` at the end (on time, after `frames_max`, when the
+/// server closes, or on Ctrl-C): an unreachable server or a refused channel leaves an
+/// existing `out` as it was.
 pub async fn record(config: &RecordConfig, out: &Path) -> anyhow::Result<u64> {
-    let instruments = instruments(config.addr).await.unwrap_or(Value::Null);
-    let header = json!({
-        "version": VERSION,
-        "started_ns": now_ns(),
-        "server": config.addr.to_string(),
-        "channels": config.channels,
-        "instruments": instruments,
-    });
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut writer = CaptureWriter::new(BufWriter::new(file), &header)?;
-    let mut ws = client::connect(config.addr, "/ws").await?;
+    let addr = config.addr;
+    let instruments =
+        instruments(addr).await.with_context(|| format!("GET /api/v1/instruments from {addr}"))?;
+    let mut ws =
+        client::connect(addr, "/ws").await.with_context(|| format!("connecting to {addr}"))?;
     // Full-depth book snapshots, so a capture can rebuild whole books.
     let subscribe = json!({"op": "subscribe", "id": 1, "channels": config.channels, "depth": 1000});
     client::send_json(&mut ws, &subscribe).await?;
+    // The welcome, then the subscription's answer: both are part of the capture.
+    let mut first = Vec::new();
+    loop {
+        let frame = match client::next(&mut ws).await.context("the server closed at once")? {
+            Message::Text(t) => t,
+            Message::Binary(_) => bail!("market data before the subscription's answer"),
+            Message::Close(code, reason) => bail!("the server closed: {code:?} {reason}"),
+        };
+        let reply: Value = serde_json::from_str(&frame).unwrap_or(Value::Null);
+        first.push(CapturedFrame {
+            received_ns: now_ns(),
+            kind: KIND_TEXT,
+            payload: frame.into_bytes(),
+        });
+        match reply["op"].as_str() {
+            Some("subscribed") => break,
+            Some("error") => bail!(
+                "the server refused the subscription: {} ({})",
+                reply["code"].as_str().unwrap_or("?"),
+                reply["message"].as_str().unwrap_or("")
+            ),
+            _ => {}
+        }
+    }
+    let header = json!({
+        "version": VERSION,
+        "started_ns": first.first().map_or_else(now_ns, |f| f.received_ns),
+        "server": addr.to_string(),
+        "channels": config.channels,
+        "instruments": instruments,
+    });
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut writer = CaptureWriter::new(BufWriter::new(file), &header)?;
+    for frame in &first {
+        writer.frame(frame)?;
+    }
     // A reader task, so stopping on time never cancels a read in the middle of a frame.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<CapturedFrame>(4096);
     let reader = tokio::spawn(async move {
@@ -185,7 +255,9 @@ pub async fn record(config: &RecordConfig, out: &Path) -> anyhow::Result<u64> {
     });
     let deadline = tokio::time::Instant::now() + config.duration;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let (mut frames, mut bytes) = (0u64, 0u64);
+    let (mut frames, mut bytes) = (first.len() as u64, 0u64);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         tokio::select! {
             frame = rx.recv() => {
@@ -201,10 +273,13 @@ pub async fn record(config: &RecordConfig, out: &Path) -> anyhow::Result<u64> {
                 eprint!("\rrecorded {frames} frames, {:.1} MB", bytes as f64 / 1e6);
             }
             () = tokio::time::sleep_until(deadline) => break,
+            _ = &mut interrupted => break,
         }
     }
     reader.abort();
     writer.finish()?;
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
     if config.progress {
         eprintln!("\rrecorded {frames} frames, {:.1} MB to {}", bytes as f64 / 1e6, out.display());
     }
@@ -221,7 +296,11 @@ async fn instruments(addr: SocketAddr) -> anyhow::Result<Value> {
     s.read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response);
     let body = text.split("\r\n\r\n").nth(1).context("no body")?;
-    Ok(serde_json::from_str::<Value>(body)?["instruments"].clone())
+    let instruments = serde_json::from_str::<Value>(body)?["instruments"].clone();
+    if !instruments.is_array() {
+        bail!("no instruments in the answer: {}", text.lines().next().unwrap_or_default());
+    }
+    Ok(instruments)
 }
 
 /// What a replay has done so far, for its progress bar and summary.
@@ -246,8 +325,9 @@ impl ReplayStats {
     }
 }
 
-/// Serves `capture` on `listener`: every WebSocket client that connects (any path) gets
-/// the captured frames in order, paced by their receipt times at `speed` times the
+/// Serves `capture` on `listener`: `GET /api/v1/instruments` answers the capture's
+/// instruments, and every WebSocket client that connects (any path) gets the captured
+/// frames in order, paced by their receipt times at `speed` times the
 /// recorded pace (`None`: as fast as it reads), then a normal close. Runs until the task
 /// is dropped.
 pub async fn serve(listener: TcpListener, capture: Arc<Capture>, speed: Option<f64>) {
@@ -270,6 +350,17 @@ pub async fn serve_counted(
                 let capture = Arc::clone(&capture);
                 let stats = Arc::clone(&stats);
                 async move {
+                    if req.uri().path() == "/api/v1/instruments" {
+                        // What the recorder asks before it records: recording a replay keeps
+                        // the capture's instruments.
+                        let body = json!({ "instruments": capture.header["instruments"] });
+                        let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        return Ok::<_, std::convert::Infallible>(r);
+                    }
                     let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
                         let mut r = Response::new(Full::new(Bytes::from_static(b"websocket only")));
                         *r.status_mut() = hyper::StatusCode::BAD_REQUEST;

@@ -11,6 +11,26 @@ use tickgate_tools::load::{self, LoadConfig, Pattern};
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+/// A replay's pace: 0 (as fast as clients read) or from 0.001 to 1,000,000 times the
+/// recorded one.
+fn speed(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s == 0.0 || (s.is_finite() && (0.001..=1e6).contains(&s)) => Ok(s),
+        Ok(_) => Err("0, or a pace from 0.001 to 1000000".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A number of seconds: finite, 0 or more, at most a day (a typo of `--duration` must not
+/// panic or run for ever).
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(s),
+        Ok(_) => Err("seconds from 0 to 86400".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "tickgate-tools", version, about = "Instruments for tickgate latency tuning")]
 struct Cli {
@@ -26,8 +46,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
         /// Connections.
-        #[arg(long, short = 'n', default_value_t = 100)]
-        connections: usize,
+        #[arg(long, short = 'n', default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        connections: u64,
         /// Channel kinds per symbol, comma separated (book, bbo, trades).
         #[arg(long, default_value = "book,trades")]
         kinds: String,
@@ -44,10 +64,10 @@ enum Command {
         #[arg(long)]
         json_frames: bool,
         /// Measured seconds.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         duration: f64,
         /// Seconds before measuring.
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 2.0, value_parser = seconds)]
         warmup: f64,
         /// Client runtime threads.
         #[arg(long, default_value_t = 1)]
@@ -79,7 +99,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stalled: usize,
         /// Seconds from the start until the stalled connections stop reading.
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 2.0, value_parser = seconds)]
         stall_after: f64,
     },
     /// REST polling vs WebSocket push vs SSE against a running server (feed on).
@@ -100,7 +120,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
         /// Seconds of the load part, per method.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         duration: f64,
         /// The server's pid, to report its CPU use.
         #[arg(long)]
@@ -118,7 +138,7 @@ enum Command {
         #[arg(long, default_value = "book.BTC-USD,trades.BTC-USD,bbo.BTC-USD")]
         channels: String,
         /// Seconds to record.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         duration: f64,
         /// Stop after this many frames (0: no limit).
         #[arg(long, default_value_t = 0)]
@@ -136,7 +156,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
         /// Pace relative to the recording (1, 10, ...); 0: as fast as clients read.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = speed)]
         speed: f64,
     },
     /// Write a users file (JSON) for `tickgate --users`: `user<i>` with password `pw<i>`
@@ -181,10 +201,10 @@ enum Command {
         #[arg(long)]
         stagger: bool,
         /// Measured seconds.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         duration: f64,
         /// Seconds before measuring.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 3.0, value_parser = seconds)]
         warmup: f64,
         /// Client runtime threads.
         #[arg(long, default_value_t = 1)]
@@ -244,16 +264,27 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Replay { input, listen, speed } => {
             let capture = tickgate_tools::capture::read(&input)?;
-            eprintln!(
-                "{} frames from {} (channels {}); serving ws://{listen}/ at {}",
-                capture.frames.len(),
-                capture.header["server"],
-                capture.header["channels"],
-                if speed > 0.0 { format!("{speed}x") } else { "full speed".into() }
-            );
+            if capture.torn_bytes > 0 {
+                eprintln!(
+                    "{}: the last {} bytes are an incomplete frame (a recorder stopped \
+                     mid-write): left out",
+                    input.display(),
+                    capture.torn_bytes
+                );
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(listen).await?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                eprintln!(
+                    "{} frames from {} (channels {}); serving ws://{}/ at {}",
+                    capture.frames.len(),
+                    capture.header["server"],
+                    capture.header["channels"],
+                    listener.local_addr()?,
+                    if speed > 0.0 { format!("{speed}x") } else { "full speed".into() }
+                );
                 let speed = (speed > 0.0).then_some(speed);
                 let stats = std::sync::Arc::new(tickgate_tools::capture::ReplayStats::default());
                 let bar = replay_bar(capture.frames.len() as u64);
@@ -372,6 +403,7 @@ fn main() -> anyhow::Result<()> {
                 Some(("hot", s)) => Pattern::Hot(s.to_string()),
                 _ => anyhow::bail!("--pattern must be all, spread:K or hot:SYMBOL"),
             };
+            let connections = connections as usize;
             let config = LoadConfig {
                 addr,
                 connections,
@@ -403,14 +435,19 @@ fn main() -> anyhow::Result<()> {
                 config.pattern
             );
             let report = runtime.block_on(load::run(config))?;
-            if let Some(path) = &plot {
-                tickgate_tools::plot::latency_svg(&report.latency, &title, path)?;
-                eprintln!("latency plot written to {}", path.display());
-            }
+            // The report first: a plot that cannot be written must not lose the run.
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.json())?);
             } else {
                 print!("{}", report.table());
+            }
+            if let Some(path) = &plot {
+                tickgate_tools::plot::latency_svg(&report.latency, &title, path)
+                    .with_context(|| format!("writing the plot to {}", path.display()))?;
+                eprintln!("latency plot written to {}", path.display());
+            }
+            if report.connections == 0 && report.stalled == 0 {
+                anyhow::bail!("no connection to {addr} succeeded: nothing was measured");
             }
             Ok(())
         }

@@ -17,6 +17,9 @@ pub fn write(path: &Path, count: u32, first_account: u32, cheap: bool) -> anyhow
     } else {
         Argon2::default()
     };
+    if count > 0 && first_account.checked_add(count - 1).is_none() {
+        anyhow::bail!("accounts {first_account} + {count} users pass the largest account id");
+    }
     let mut users = Vec::with_capacity(count as usize);
     for i in 0..count {
         let salt = SaltString::generate(&mut OsRng);

@@ -126,16 +126,24 @@ async fn the_probe_verifies_books_and_catches_corruption_and_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_counts_what_the_server_says_it_sent() {
-    counts_what_the_server_sent(false).await;
+    counts_what_the_server_sent(false, false).await;
+}
+
+/// In JSON mode too: one message per message object (a snapshot's trades are not
+/// messages), sequences checked per channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_counts_what_the_server_says_it_sent_in_json() {
+    counts_what_the_server_sent(false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_counts_what_the_server_says_it_sent_over_wss() {
-    counts_what_the_server_sent(true).await;
+    counts_what_the_server_sent(true, false).await;
 }
 
-async fn counts_what_the_server_sent(tls: bool) {
-    let dir = std::env::temp_dir().join(format!("tickgate-probe-tls-{}-{tls}", std::process::id()));
+async fn counts_what_the_server_sent(tls: bool, json: bool) {
+    let dir = std::env::temp_dir()
+        .join(format!("tickgate-probe-tls-{}-{tls}-{json}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
@@ -154,7 +162,7 @@ async fn counts_what_the_server_sent(tls: bool) {
         kinds: vec!["book".into(), "trades".into(), "bbo".into()],
         pattern: Pattern::All,
         symbols: server.engine().instruments().iter().map(|i| i.spec.symbol.clone()).collect(),
-        json: false,
+        json,
         duration: Duration::from_millis(2_500),
         warmup: Duration::ZERO,
         idle: false,

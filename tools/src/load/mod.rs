@@ -338,6 +338,7 @@ async fn run_connection(
     let mut reader = FrameReader::from_client(ws)?;
     let mut stats = ConnStats::empty()?;
     let mut last = LastSeqs::default();
+    let mut last_json: HashMap<String, u64> = HashMap::new();
     // Latencies of one read, recorded together.
     let mut latencies: Vec<u64> = Vec::with_capacity(1024);
     let mut followed: HashMap<u32, Followed> = HashMap::new();
@@ -397,17 +398,18 @@ async fn run_connection(
                         &mut latencies,
                     )?;
                 }
-                OpCode::Text if measuring => {
-                    // JSON mode: count messages by their timestamps without a full parse.
-                    stats.bytes += payload.len() as u64;
-                    let text = std::str::from_utf8(payload).unwrap_or_default();
-                    for part in text.split("\"ts\":").skip(1) {
-                        let digits = part.bytes().take_while(u8::is_ascii_digit).count();
-                        if let Ok(ts) = part[..digits].parse::<u64>() {
-                            stats.messages += 1;
-                            latencies.push(received.saturating_sub(ts).max(1_000));
-                        }
+                OpCode::Text => {
+                    if measuring {
+                        stats.bytes += payload.len() as u64;
                     }
+                    count_json(
+                        payload,
+                        received,
+                        measuring,
+                        &mut last_json,
+                        &mut stats,
+                        &mut latencies,
+                    );
                 }
                 OpCode::Ping => {
                     let ping = payload.to_vec();
@@ -500,6 +502,55 @@ fn count_binary(
         }
     }
     Ok(())
+}
+
+/// [`count_binary`] for a JSON text frame (`?format=json`: an array of messages; the
+/// server's replies are objects, not counted): the same counts, the same sequence checks,
+/// channels by name. A full parse per frame: JSON mode is for debugging, not for speed.
+fn count_json(
+    payload: &[u8],
+    received: u64,
+    measuring: bool,
+    last: &mut HashMap<String, u64>,
+    stats: &mut ConnStats,
+    latencies: &mut Vec<u64>,
+) {
+    let Ok(serde_json::Value::Array(messages)) = serde_json::from_slice(payload) else { return };
+    for m in &messages {
+        let (Some(kind), Some(channel)) = (m["type"].as_str(), m["channel"].as_str()) else {
+            continue;
+        };
+        let seq = m["seq"].as_u64().unwrap_or(0);
+        match kind {
+            "book_snapshot" | "trades_snapshot" | "candles_snapshot" => {
+                if measuring {
+                    stats.snapshots += 1;
+                    stats.resyncs += u64::from(m["resync"].as_bool() == Some(true));
+                }
+                last.insert(channel.to_string(), seq);
+                continue;
+            }
+            "gap" => {
+                stats.gaps += u64::from(measuring);
+                last.insert(channel.to_string(), seq);
+                continue;
+            }
+            "book_delta" | "trade" | "candle" => {
+                if let Some(prev) = last.insert(channel.to_string(), seq) {
+                    if seq != prev + 1 && measuring {
+                        stats.seq_breaks += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        if measuring {
+            if let Some(ts) = m["ts"].as_u64() {
+                stats.messages += 1;
+                latencies.push(received.saturating_sub(ts).max(1_000));
+            }
+        }
+    }
 }
 
 /// Runs the probe.
