@@ -42,7 +42,9 @@ pub struct Flags {
     /// subscribers stalled for seconds with them: docs/BENCHMARKS.md).
     #[arg(long, env = "TICKGATE_TRANSPARENT_HUGE_PAGES")]
     pub transparent_huge_pages: bool,
-    /// Synthetic order flow in commands per second (0 = as fast as the engine takes them).
+    /// Synthetic order flow in commands per second (0 = as fast as the engine takes them: a
+    /// benchmark setting that keeps the engine's queue full, so users' orders wait and are
+    /// refused `engine_busy`).
     #[arg(long, env = "TICKGATE_FEED_RATE", default_value_t = 20_000)]
     pub feed_rate: u64,
     /// Turn the synthetic feed off.
