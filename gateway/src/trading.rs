@@ -439,13 +439,18 @@ impl Trading {
         account: AccountId,
         instrument: Option<InstrumentId>,
     ) -> CancelAllOutcome {
+        self.cancel_these(account, |o| instrument.is_none_or(|i| o.instrument == i)).await
+    }
+
+    /// [`Trading::cancel_all`] of the open orders `which` picks.
+    pub async fn cancel_these(
+        &self,
+        account: AccountId,
+        which: impl Fn(&OrderView) -> bool,
+    ) -> CancelAllOutcome {
         use futures_util::StreamExt;
-        let open = self.orders.orders(
-            account,
-            None,
-            |o| o.status == Status::Open && instrument.is_none_or(|i| o.instrument == i),
-            usize::MAX,
-        );
+        let open =
+            self.orders.orders(account, None, |o| o.status == Status::Open && which(o), usize::MAX);
         let results: Vec<(OrderId, Result<OrderView, ApiError>)> = futures_util::stream::iter(open)
             .map(|o| async move { (o.id, self.cancel(account, o.id).await) })
             .buffer_unordered(CANCEL_ALL_IN_FLIGHT)

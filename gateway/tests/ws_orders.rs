@@ -485,7 +485,7 @@ async fn cancel_all_over_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_on_disconnect_cancels_the_accounts_orders_when_the_connection_drops() {
+async fn cancel_on_disconnect_cancels_the_connections_or_the_accounts_orders() {
     let server = start(|_| {}).await;
     let addr = server.local_addr();
     let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
@@ -503,24 +503,42 @@ async fn cancel_on_disconnect_cancels_the_accounts_orders_when_the_connection_dr
     assert_eq!(missing["code"], "malformed", "{missing}");
 
     let sell = |n: u64, price: &str| json!({"op": "order.new", "id": n, "symbol": "SOL-USD", "side": "sell", "type": "limit", "price": price, "qty": "1.00"});
+    let rest_sell = |price: &str| json!({"symbol": "SOL-USD", "side": "sell", "type": "limit", "price": price, "qty": "1.00"});
     // Bob turns it on, then off: his order outlives his connection.
     let mut b = connect(&server, &format!("?token={}", bob.token)).await;
     assert_eq!(ask(&mut b, sell(1, "300.00"), &mut stash).await["op"], "order.accepted");
     let on = json!({"op": "cancel_on_disconnect", "id": 2, "enabled": true});
-    assert_eq!(ask(&mut b, on, &mut stash).await["enabled"], true);
+    let answer = ask(&mut b, on, &mut stash).await;
+    assert_eq!(
+        (answer["enabled"].as_bool(), answer["scope"].as_str()),
+        (Some(true), Some("connection"))
+    );
     let off = json!({"op": "cancel_on_disconnect", "id": 3, "enabled": false});
     assert_eq!(ask(&mut b, off, &mut stash).await["enabled"], false);
     drop(b);
 
-    // Alice turns it on; her order placed over REST is canceled too (the whole account's),
-    // and one sent right before the connection drops, with its answer never read.
-    let (status, rest_order) = alice
-        .order(json!({"symbol": "SOL-USD", "side": "sell", "type": "limit", "price": "301.00", "qty": "1.00"}))
-        .await;
+    // Bob again, with the default scope, the connection's: the orders it placed go, one
+    // placed over REST meanwhile stays (another program's, another tab's).
+    let mut b = connect(&server, &format!("?token={}", bob.token)).await;
+    let on = json!({"op": "cancel_on_disconnect", "id": 1, "enabled": true});
+    assert_eq!(ask(&mut b, on, &mut stash).await["scope"], "connection");
+    assert_eq!(ask(&mut b, sell(2, "310.00"), &mut stash).await["op"], "order.accepted");
+    let (status, bob_rest) = bob.order(rest_sell("311.00")).await;
+    assert_eq!(status, 201, "{bob_rest}");
+    drop(b);
+    eventually_open_orders(&bob, 2).await;
+    let (_, bob_open) = bob.call("GET", "/api/v1/orders?status=open", None, "").await;
+    let prices: Vec<_> =
+        bob_open["orders"].as_array().expect("orders").iter().map(|o| o["price"].clone()).collect();
+    assert_eq!(prices, vec![json!("311.00"), json!("300.00")], "{bob_open}");
+
+    // Alice asks for the account's scope: her order placed over REST is canceled too, and
+    // one sent right before the connection drops, with its answer never read.
+    let (status, rest_order) = alice.order(rest_sell("301.00")).await;
     assert_eq!(status, 201, "{rest_order}");
     let mut a = connect(&server, &format!("?token={}", alice.token)).await;
-    let on = json!({"op": "cancel_on_disconnect", "id": 1, "enabled": true});
-    assert_eq!(ask(&mut a, on, &mut stash).await["op"], "cancel_on_disconnect");
+    let on = json!({"op": "cancel_on_disconnect", "id": 1, "enabled": true, "scope": "account"});
+    assert_eq!(ask(&mut a, on, &mut stash).await["scope"], "account");
     assert_eq!(ask(&mut a, sell(2, "302.00"), &mut stash).await["op"], "order.accepted");
     client::send_json(&mut a, &sell(3, "303.00")).await.expect("send");
     drop(a);
@@ -530,14 +548,12 @@ async fn cancel_on_disconnect_cancels_the_accounts_orders_when_the_connection_dr
     let closed = closed["orders"].as_array().expect("orders").clone();
     assert_eq!(closed.len(), 3, "{closed:?}");
     assert!(closed.iter().all(|o| o["reason"] == "user_canceled"), "{closed:?}");
-    let (_, bob_open) = bob.call("GET", "/api/v1/orders?status=open", None, "").await;
-    assert_eq!(bob_open["orders"].as_array().map(Vec::len), Some(1), "{bob_open}");
     let (_, metrics) = http_raw(
         addr,
         &format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
     )
     .await;
-    assert!(metrics.contains("tickgate_ws_disconnect_cancels_total 3"), "{metrics}");
+    assert!(metrics.contains("tickgate_ws_disconnect_cancels_total 4"), "{metrics}");
     server.shutdown().await.expect("clean shutdown");
 }
 

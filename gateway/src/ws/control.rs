@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::error::ErrorCode;
 use crate::protocol::{self, Opcode};
 use crate::trading::{NewOrderRequest, ReplaceRequest};
+pub use crate::ws::connection::DisconnectScope;
 
 /// A client's request id, echoed as sent: any JSON number or string.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -36,6 +37,7 @@ struct Envelope {
     stp: Option<String>,
     idempotency_key: Option<String>,
     enabled: Option<bool>,
+    scope: Option<String>,
 }
 
 /// A parsed, well-formed request.
@@ -98,6 +100,8 @@ pub enum Request {
         id: Option<RequestId>,
         /// On or off.
         enabled: bool,
+        /// What to cancel (default: the connection's own orders).
+        scope: Option<DisconnectScope>,
     },
     /// Replaces an order's price and/or open quantity.
     OrderReplace {
@@ -154,6 +158,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("stp", "a string"),
     ("idempotency_key", "a string"),
     ("enabled", "true or false"),
+    ("scope", "\"connection\" or \"account\""),
 ];
 
 fn has_type(field: &str, v: &serde_json::Value) -> bool {
@@ -298,10 +303,21 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
             None => Err(err(ErrorCode::Malformed, "`order_id` is required")),
         },
         Some("order.cancel_all") => Ok(Request::OrderCancelAll { id, symbol: envelope.symbol }),
-        Some("cancel_on_disconnect") => match envelope.enabled {
-            Some(enabled) => Ok(Request::CancelOnDisconnect { id, enabled }),
-            None => Err(err(ErrorCode::Malformed, "`enabled` (true or false) is required")),
-        },
+        Some("cancel_on_disconnect") => {
+            let scope = match envelope.scope.as_deref() {
+                None => None,
+                Some("connection") => Some(DisconnectScope::Connection),
+                Some("account") => Some(DisconnectScope::Account),
+                Some(_) => {
+                    let message = "`scope` is \"connection\" or \"account\"";
+                    return Err(err(ErrorCode::InvalidParameter, message));
+                }
+            };
+            match envelope.enabled {
+                Some(enabled) => Ok(Request::CancelOnDisconnect { id, enabled, scope }),
+                None => Err(err(ErrorCode::Malformed, "`enabled` (true or false) is required")),
+            }
+        }
         Some("order.replace") => match envelope.order_id {
             Some(order_id) => {
                 let replace = ReplaceRequest { price: envelope.price, qty: envelope.qty };
@@ -479,11 +495,23 @@ mod tests {
         );
         assert_eq!(
             p(r#"{"op":"cancel_on_disconnect","enabled":false}"#),
-            Ok(Request::CancelOnDisconnect { id: None, enabled: false })
+            Ok(Request::CancelOnDisconnect { id: None, enabled: false, scope: None })
         );
         let e = p(r#"{"op":"cancel_on_disconnect","id":4,"enabled":"yes"}"#).expect_err("refused");
         assert_eq!(e.message, "`enabled` must be true or false");
         assert_eq!(code(r#"{"op":"cancel_on_disconnect"}"#), Some(ErrorCode::Malformed));
+        assert_eq!(
+            p(r#"{"op":"cancel_on_disconnect","enabled":true,"scope":"account"}"#),
+            Ok(Request::CancelOnDisconnect {
+                id: None,
+                enabled: true,
+                scope: Some(DisconnectScope::Account)
+            })
+        );
+        assert_eq!(
+            code(r#"{"op":"cancel_on_disconnect","enabled":true,"scope":"all"}"#),
+            Some(ErrorCode::InvalidParameter)
+        );
         assert_eq!(code(r#"{"op":"order.cancel_all","symbol":5}"#), Some(ErrorCode::Malformed));
     }
 

@@ -11,6 +11,7 @@
 
 mod requests;
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tickgate_engine::{AccountId, OrderId};
 
-use crate::orders::AccountReport;
+use crate::orders::{AccountReport, Status};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
@@ -96,20 +97,24 @@ pub async fn run(
         session: claims.map(|c| crate::auth::SessionWatch::new(Arc::clone(&ctx.tokens), c)),
         answers: None,
         orders: None,
-        cancel_on_disconnect: false,
+        cancel_on_disconnect: None,
+        placed: HashSet::new(),
         tally: Tally::default(),
         market: ctx.market.clone(),
     };
     let closing = conn.serve().await;
-    let disconnect_cancel = match conn.account {
-        Some(account) if conn.cancel_on_disconnect => Some((account, conn.answers.take())),
+    let disconnect_cancel = match (conn.account, conn.cancel_on_disconnect) {
+        (Some(account), Some(scope)) => {
+            Some((account, scope, std::mem::take(&mut conn.placed), conn.answers.take()))
+        }
         _ => None,
     };
     drop(conn);
     drop(attached);
-    if let Some((account, answers)) = disconnect_cancel {
+    if let Some((account, scope, placed, answers)) = disconnect_cancel {
         if !*ctx.shutdown.borrow() {
-            tokio::spawn(cancel_on_disconnect(Arc::clone(ctx), account, answers));
+            let ctx = Arc::clone(ctx);
+            tokio::spawn(cancel_on_disconnect(ctx, account, scope, placed, answers));
         }
     }
     if let Closing::Send(..) = closing {
@@ -121,17 +126,39 @@ pub async fn run(
     }
 }
 
-/// Cancels every open order of `account` after its connection ended with
-/// cancel-on-disconnect on: first waits for the connection's order requests still in
-/// flight (each ends with the engine's answer or its timeout), so an order placed just
-/// before the end is canceled too.
-async fn cancel_on_disconnect(ctx: Arc<WsContext>, account: AccountId, answers: Option<Answers>) {
+/// What cancel-on-disconnect cancels when the connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectScope {
+    /// The orders the connection placed, still open.
+    Connection,
+    /// Every open order of the account, however placed.
+    Account,
+}
+
+/// Cancels, after a connection ended with cancel-on-disconnect on, the orders its `scope`
+/// says: first waits for the connection's order requests still in flight (each ends with
+/// the engine's answer or its timeout), so an order placed just before the end is
+/// canceled too.
+async fn cancel_on_disconnect(
+    ctx: Arc<WsContext>,
+    account: AccountId,
+    scope: DisconnectScope,
+    mut placed: HashSet<OrderId>,
+    answers: Option<Answers>,
+) {
     if let Some((sender, mut receiver)) = answers {
         drop(sender);
         // Every request task holds a sender: `None` once the last one is done.
-        while receiver.recv().await.is_some() {}
+        while let Some(answer) = receiver.recv().await {
+            placed.extend(answer.placed);
+        }
     }
-    let outcome = ctx.trading.cancel_all(account, None).await;
+    let outcome = match scope {
+        DisconnectScope::Account => ctx.trading.cancel_all(account, None).await,
+        DisconnectScope::Connection => {
+            ctx.trading.cancel_these(account, |o| placed.contains(&o.id)).await
+        }
+    };
     let canceled = outcome.canceled.len() as u64;
     ctx.metrics.ws_disconnect_cancels_total.fetch_add(canceled, Ordering::Relaxed);
     if canceled > 0 || !outcome.not_canceled.is_empty() {
@@ -259,21 +286,35 @@ struct Conn {
     answers: Option<Answers>,
     /// The private `orders` channel, when subscribed.
     orders: Option<broadcast::Receiver<AccountReport>>,
-    /// Cancel the account's open orders when the connection ends (`cancel_on_disconnect`).
-    cancel_on_disconnect: bool,
+    /// What to cancel when the connection ends (`cancel_on_disconnect`), if anything.
+    cancel_on_disconnect: Option<DisconnectScope>,
+    /// Orders this connection placed and may still be open (for cancel-on-disconnect with
+    /// the connection's scope), at most [`PLACED_TRACKED_MAX`].
+    placed: HashSet<OrderId>,
     tally: Tally,
     /// On a gateway node: whether its market data is stale (it lost the engine node).
     market: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
+/// Order ids a connection remembers for cancel-on-disconnect before it forgets the closed
+/// ones among them.
+const PLACED_TRACKED_MAX: usize = 100_000;
+
 /// Order requests one connection may have waiting for the engine (the inbound rate limit
 /// keeps it far below this).
 const ANSWERS_IN_FLIGHT_MAX: usize = 256;
 
-type Answers = (tokio::sync::mpsc::Sender<Bytes>, tokio::sync::mpsc::Receiver<Bytes>);
+/// An order request's answer, and the order it placed (an `order.new` that left an order
+/// open), for cancel-on-disconnect.
+struct Answer {
+    frame: Bytes,
+    placed: Option<OrderId>,
+}
+
+type Answers = (tokio::sync::mpsc::Sender<Answer>, tokio::sync::mpsc::Receiver<Answer>);
 
 /// The next order-entry answer; never resolves before the first order request.
-async fn next_answer(answers: &mut Option<Answers>) -> Option<Bytes> {
+async fn next_answer(answers: &mut Option<Answers>) -> Option<Answer> {
     match answers {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
@@ -397,7 +438,12 @@ impl Conn {
                     let next = link.lock().heartbeats(Instant::now(), every, clock);
                     heartbeat.as_mut().reset(next.into());
                 }
-                Some(answer) = next_answer(&mut self.answers) => self.push(answer, 0),
+                Some(answer) = next_answer(&mut self.answers) => {
+                    if let Some(id) = answer.placed {
+                        self.remember_placed(id);
+                    }
+                    self.push(answer.frame, 0)
+                }
                 report = next_report(&mut self.orders) => self.report(report),
                 stale = next_market_state(&mut self.market) => {
                     let state = if stale { "stale" } else { "live" };

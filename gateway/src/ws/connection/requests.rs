@@ -56,8 +56,8 @@ impl Conn {
                 self.push(control::reply("pong", &id, serde_json::json!({ "ts": ts })), 0);
             }
             Ok(Request::Auth { id, token }) => self.auth(id, &token),
-            Ok(Request::CancelOnDisconnect { id, enabled }) => {
-                self.cancel_on_disconnect(id, enabled)
+            Ok(Request::CancelOnDisconnect { id, enabled, scope }) => {
+                self.cancel_on_disconnect(id, enabled, scope)
             }
             Ok(
                 r @ (Request::OrderNew { .. }
@@ -90,15 +90,40 @@ impl Conn {
     }
 
     /// Cancel-on-disconnect: when this connection ends (for any reason but the server's
-    /// own shutdown), every open order of its account is canceled.
-    fn cancel_on_disconnect(&mut self, id: Option<RequestId>, enabled: bool) {
+    /// own shutdown), the orders it placed that are still open (`scope` `connection`, the
+    /// default), or every open order of its account (`account`), are canceled.
+    fn cancel_on_disconnect(
+        &mut self,
+        id: Option<RequestId>,
+        enabled: bool,
+        scope: Option<DisconnectScope>,
+    ) {
         if self.account.is_none() {
             let message = "cancel_on_disconnect needs an authenticated connection".into();
             return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
         }
-        self.cancel_on_disconnect = enabled;
-        let fields = serde_json::json!({ "enabled": enabled });
+        let scope = scope.unwrap_or(DisconnectScope::Connection);
+        self.cancel_on_disconnect = enabled.then_some(scope);
+        let name = match scope {
+            DisconnectScope::Connection => "connection",
+            DisconnectScope::Account => "account",
+        };
+        let fields = serde_json::json!({ "enabled": enabled, "scope": name });
         self.push(control::reply("cancel_on_disconnect", &id, fields), 0);
+    }
+
+    /// Remembers an order this connection placed; at [`PLACED_TRACKED_MAX`], forgets those
+    /// that closed since (and, with that many open, remembers no more).
+    pub(super) fn remember_placed(&mut self, order: OrderId) {
+        if self.placed.len() >= PLACED_TRACKED_MAX {
+            let (orders, account) = (&self.ctx.trading.orders, self.account);
+            self.placed.retain(|id| {
+                account.and_then(|a| orders.order(a, *id)).is_some_and(|o| o.status == Status::Open)
+            });
+        }
+        if self.placed.len() < PLACED_TRACKED_MAX {
+            self.placed.insert(order);
+        }
     }
 
     /// Runs an order request on its own task (the engine answers asynchronously); the
@@ -122,7 +147,8 @@ impl Conn {
                 if frame.is_err() {
                     metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
                 }
-                let _ = answers.send(frame.unwrap_or_else(|e| control::error_reply(&e))).await;
+                let frame = frame.unwrap_or_else(|e| control::error_reply(&e));
+                let _ = answers.send(Answer { frame, placed: None }).await;
                 return;
             }
             let (op, result) = match &request {
@@ -137,8 +163,12 @@ impl Conn {
                 }
                 _ => return,
             };
+            let mut placed = None;
             let frame = match result {
                 Ok(order) => {
+                    if matches!(request, Request::OrderNew { .. }) && order.status == Status::Open {
+                        placed = Some(order.id);
+                    }
                     let order = crate::views::order_in(&order, trading.engine.instruments());
                     control::reply(op, &id, serde_json::json!({ "order": order }))
                 }
@@ -147,8 +177,9 @@ impl Conn {
                     control::error_reply(&RequestError { id, code: e.code, message: e.message })
                 }
             };
-            // The connection may be gone by now: then nobody needs the answer.
-            let _ = answers.send(frame).await;
+            // The connection may be gone by now: then nobody needs the answer (but
+            // cancel-on-disconnect may need the order it placed).
+            let _ = answers.send(Answer { frame, placed }).await;
         });
     }
 
