@@ -24,7 +24,7 @@ use tickgate_engine::{
 use crate::cluster::route::{Route, RouteError};
 use crate::error::{ApiError, ErrorCode};
 use crate::idempotency::{Claim, KeyCache, IDEMPOTENCY_KEY_BYTES_MAX};
-use crate::orders::{Awaiting, OrderStore, OrderView, Status};
+use crate::orders::{Awaiting, OrderStore, OrderView, Status, Verdict};
 
 /// How long a request waits for the engine's answer.
 pub const ENGINE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -212,6 +212,20 @@ impl Trading {
         self.engine.instruments().get(id.0 as usize)
     }
 
+    /// The order as its command left it (the verdict's), or as it stands now when the
+    /// verdict has none.
+    fn settled(
+        &self,
+        account: AccountId,
+        id: OrderId,
+        verdict: Verdict,
+    ) -> Result<OrderView, ApiError> {
+        match verdict.order {
+            Some(o) if self.instrument(o.instrument).is_some() => Ok(o),
+            _ => self.view(account, id),
+        }
+    }
+
     fn view(&self, account: AccountId, id: OrderId) -> Result<OrderView, ApiError> {
         let o = self
             .orders
@@ -250,7 +264,7 @@ impl Trading {
             }
         }
         let id = order.order_id;
-        let report = match self.submit_and_wait(id, Awaiting::New, CommandKind::New(order)).await {
+        let verdict = match self.submit_and_wait(id, Awaiting::New, CommandKind::New(order)).await {
             Err(e) => {
                 if let (Some(key), None) = (key, e.queued) {
                     // Never reached the engine: the key is free for a retry.
@@ -258,8 +272,9 @@ impl Trading {
                 }
                 return Err(e);
             }
-            Ok(report) => report,
+            Ok(verdict) => verdict,
         };
+        let report = verdict.report;
         match (report.kind, report.reason, key) {
             // The engine knew the key and this process did not: the claim made above is
             // wrong (the key is another order's): give it up, and learn the engine's.
@@ -272,7 +287,7 @@ impl Trading {
                 Err(ApiError::key_reused())
             }
             (ExecKind::Rejected, reason, _) => Err(ApiError::rejected(reason, "order")),
-            _ => self.view(account, id),
+            _ => self.settled(account, id, verdict),
         }
     }
 
@@ -418,15 +433,15 @@ impl Trading {
             account,
             instrument: order.instrument,
         });
-        let report = self.submit_and_wait(order.id, Awaiting::Cancel, command).await?;
-        if report.kind != ExecKind::Canceled {
+        let verdict = self.submit_and_wait(order.id, Awaiting::Cancel, command).await?;
+        if verdict.report.kind != ExecKind::Canceled {
             // Refused as unknown: it filled or was canceled meanwhile.
             return Err(ApiError::new(
                 ErrorCode::OrderClosed,
                 "the order closed before the cancel arrived",
             ));
         }
-        self.view(account, order.id)
+        self.settled(account, order.id, verdict)
     }
 
     /// Cancels every order of `account` open when it is called (of one instrument, or of
@@ -497,11 +512,20 @@ impl Trading {
             price: Price(price),
             qty: Qty(qty),
         });
-        let report = self.submit_and_wait(order.id, Awaiting::Replace, command).await?;
+        let verdict = self.submit_and_wait(order.id, Awaiting::Replace, command).await?;
+        let report = verdict.report;
         if report.kind == ExecKind::ReplaceRejected {
+            if report.reason == Some(RejectReason::UnknownOrder) {
+                // Its own order, open when the replace left: a fill or a cancel got there
+                // first (as a cancel that loses the race says).
+                return Err(ApiError::new(
+                    ErrorCode::OrderClosed,
+                    "the order closed before the replace arrived",
+                ));
+            }
             return Err(ApiError::rejected(report.reason, "replace"));
         }
-        self.view(account, order.id)
+        self.settled(account, order.id, verdict)
     }
 
     fn open_order(&self, account: AccountId, id: OrderId) -> Result<OrderView, ApiError> {
@@ -521,7 +545,7 @@ impl Trading {
         id: OrderId,
         awaiting: Awaiting,
         command: CommandKind,
-    ) -> Result<tickgate_engine::ExecReport, ApiError> {
+    ) -> Result<Verdict, ApiError> {
         let wait = self.orders.wait(id, awaiting);
         match self.route.submit(command).await {
             // No word from the engine node: it may have queued it; its reports tell.
@@ -532,7 +556,7 @@ impl Trading {
             }
         }
         match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, wait.answer).await {
-            Ok(Ok(report)) => Ok(report),
+            Ok(Ok(verdict)) => Ok(verdict),
             _ => {
                 self.orders.forget(id, wait.token);
                 Err(ApiError::timeout(id))

@@ -481,6 +481,17 @@ async fn cancel_all_over_websocket() {
     assert_eq!(all["canceled"][0]["status"], "canceled");
     let (_, open) = alice.call("GET", "/api/v1/orders?status=open", None, "").await;
     assert_eq!(open["orders"], json!([]));
+
+    // Orders sent just before a cancel-all, their answers not yet back, are covered: it
+    // waits for the connection's requests that came before it.
+    for n in 20..25 {
+        let body = json!({"op": "order.new", "id": n, "symbol": "SOL-USD", "side": "sell", "type": "limit", "price": "205.00", "qty": "1.00"});
+        client::send_json(&mut a, &body).await.expect("send");
+    }
+    let all = ask(&mut a, json!({"op": "order.cancel_all", "id": 30}), &mut stash).await;
+    assert_eq!(all["canceled"].as_array().map(Vec::len), Some(5), "{all}");
+    let (_, open) = alice.call("GET", "/api/v1/orders?status=open", None, "").await;
+    assert_eq!(open["orders"], json!([]));
     server.shutdown().await.expect("clean shutdown");
 }
 
@@ -559,7 +570,7 @@ async fn cancel_on_disconnect_cancels_the_connections_or_the_accounts_orders() {
 
 /// Waits until `api`'s user has `n` open orders.
 async fn eventually_open_orders(api: &Api, n: usize) {
-    for _ in 0..200 {
+    for _ in 0..1200 {
         let (_, open) = api.call("GET", "/api/v1/orders?status=open", None, "").await;
         if open["orders"].as_array().map(Vec::len) == Some(n) {
             return;
@@ -567,4 +578,41 @@ async fn eventually_open_orders(api: &Api, n: usize) {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     panic!("never {n} open orders");
+}
+
+/// With the engine's queue kept full (a feed as fast as it goes, a small queue), cancels
+/// are refused `engine_busy` now and then: cancel-on-disconnect retries them, as nobody is
+/// left to, until every order of the connection is canceled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_disconnect_retries_what_a_busy_engine_refused() {
+    let server = start(|c| {
+        c.queue_capacity = 64;
+        c.feed_rate = Some(0);
+        c.ws.inbound_rate_per_sec = 100_000;
+        c.ws.inbound_burst = 100_000;
+    })
+    .await;
+    let alice = Api::login(server.local_addr(), 0).await;
+    let mut a = connect(&server, &format!("?token={}", alice.token)).await;
+    let mut stash = Vec::new();
+    let on = json!({"op": "cancel_on_disconnect", "id": "on", "enabled": true});
+    assert_eq!(ask(&mut a, on, &mut stash).await["enabled"], true);
+    let mut placed = 0;
+    for n in 0..400u64 {
+        let order = json!({"op": "order.new", "id": n, "symbol": "DOGE-USD", "side": "buy", "type": "limit", "price": "0.10000", "qty": "100"});
+        let answer = ask(&mut a, order, &mut stash).await;
+        if answer["op"] == "order.accepted" {
+            placed += 1;
+            if placed == 60 {
+                break;
+            }
+        } else {
+            assert_eq!(answer["code"], "engine_busy", "{answer}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(placed, 60);
+    drop(a);
+    eventually_open_orders(&alice, 0).await;
+    server.shutdown().await.expect("clean shutdown");
 }

@@ -25,7 +25,7 @@ pub mod stored;
 pub use account::fill_id;
 use account::*;
 use answers::Waiter;
-pub use answers::{Answer, AnswerGate, Awaiting, Wait};
+pub use answers::{Answer, AnswerGate, Awaiting, Verdict, Wait};
 pub use projection::OrderProjection;
 
 /// One report on an account's private stream, in the account's report sequence: an
@@ -227,10 +227,11 @@ impl OrderStore {
         // The oldest request this report answers (the engine answers in submission order).
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         let list = waiters.get_mut(&r.order_id)?;
-        let answer = list
-            .iter()
-            .position(|w| w.awaiting.answered_by(r.kind))
-            .map(|at| Answer { tx: list.remove(at).tx, report: *r });
+        let answer = list.iter().position(|w| w.awaiting.answered_by(r.kind)).map(|at| Answer {
+            tx: list.remove(at).tx,
+            report: *r,
+            order: None,
+        });
         if list.is_empty() {
             waiters.remove(&r.order_id);
         }
@@ -494,29 +495,52 @@ mod tests {
         let mut wait = store.wait(OrderId(7), Awaiting::New);
         let command = [report(ExecKind::Accepted, 7, 1), fill(7, 2, 2, 3, 2), fill(7, 3, 3, 0, 5)];
         for r in &command {
-            gate.event(0, r.ts);
+            gate.event(0, r.ts, &store);
             if let Some(answer) = store.apply(r) {
-                gate.hold(0, answer);
+                gate.hold(0, answer, &store);
             }
             gate.release();
             assert!(wait.answer.try_recv().is_err(), "no answer inside the command");
         }
         // The next command (another timestamp) closes it; the order read then is final.
-        gate.event(0, tickgate_engine::UnixNanos(2));
+        gate.event(0, tickgate_engine::UnixNanos(2), &store);
         gate.release();
-        assert_eq!(wait.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Accepted));
+        assert_eq!(wait.answer.try_recv().map(|v| v.report.kind), Ok(ExecKind::Accepted));
         let order = store.order(AccountId(1), OrderId(7)).expect("recorded");
         assert_eq!((order.status, order.filled), (Status::Filled, Qty(5)));
         // Reaching the ring's head closes a command too.
         let mut cancel = store.wait(OrderId(8), Awaiting::New);
         let answer = store.apply(&report(ExecKind::Accepted, 8, 4)).expect("answers");
-        gate.event(0, tickgate_engine::UnixNanos(3));
-        gate.hold(0, answer);
+        gate.event(0, tickgate_engine::UnixNanos(3), &store);
+        gate.hold(0, answer, &store);
         gate.release();
         assert!(cancel.answer.try_recv().is_err());
-        gate.caught_up(0);
+        gate.caught_up(0, &store);
         gate.release();
         assert!(cancel.answer.try_recv().is_ok());
+    }
+
+    /// The answer's order is the order as its own command left it: a later command's fill
+    /// applied before the answer goes out (same hub pass) is not in it.
+    #[test]
+    fn an_answer_shows_its_command_not_the_next() {
+        let store = OrderStore::new([AccountId(1)]);
+        let mut gate = AnswerGate::new(1);
+        let mut wait = store.wait(OrderId(7), Awaiting::New);
+        let accepted = report(ExecKind::Accepted, 7, 1);
+        gate.event(0, accepted.ts, &store);
+        let answer = store.apply(&accepted).expect("answers");
+        gate.hold(0, answer, &store);
+        // The next command, a taker's, fills it; the pass ends after both.
+        let taker = ExecReport { ts: tickgate_engine::UnixNanos(2), ..fill(7, 2, 5, 0, 5) };
+        gate.event(0, taker.ts, &store);
+        assert!(store.apply(&taker).is_none());
+        gate.release();
+        let verdict = wait.answer.try_recv().expect("answered");
+        let order = verdict.order.expect("the order");
+        assert_eq!((order.status, order.filled), (Status::Open, Qty(0)));
+        let now = store.order(AccountId(1), OrderId(7)).expect("recorded");
+        assert_eq!(now.status, Status::Filled);
     }
 
     #[test]
@@ -570,12 +594,12 @@ mod tests {
         if let Some(answer) = store.apply(&report(ExecKind::Replaced, 7, 2)) {
             answer.send();
         }
-        assert_eq!(replace.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Replaced));
+        assert_eq!(replace.answer.try_recv().map(|v| v.report.kind), Ok(ExecKind::Replaced));
         assert!(cancel.answer.try_recv().is_err(), "a replace does not answer a cancel");
         if let Some(answer) = store.apply(&report(ExecKind::Canceled, 7, 3)) {
             answer.send();
         }
-        assert_eq!(cancel.answer.try_recv().map(|r| r.kind), Ok(ExecKind::Canceled));
+        assert_eq!(cancel.answer.try_recv().map(|v| v.report.kind), Ok(ExecKind::Canceled));
         assert!(other.answer.try_recv().is_err(), "a forgotten wait gets nothing");
         assert!(store.waiters.lock().unwrap().is_empty(), "answered waits are gone");
         assert_eq!(store.order(AccountId(1), OrderId(7)).map(|o| o.status), Some(Status::Canceled));

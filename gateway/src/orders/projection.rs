@@ -42,7 +42,7 @@ impl EventConsumer for OrderProjection {
         let shard = batch.shard;
         let mut applied = self.applied.get(shard).copied().unwrap_or_default();
         for e in batch.events {
-            self.answers.event(shard, e.ts());
+            self.answers.event(shard, e.ts(), &self.orders);
             if e.ts().0 != applied.last {
                 applied.complete = applied.last;
                 applied.last = e.ts().0;
@@ -50,7 +50,7 @@ impl EventConsumer for OrderProjection {
             match e {
                 Event::Exec(report) => {
                     if let Some(answer) = self.orders.apply(report) {
-                        self.answers.hold(shard, answer);
+                        self.answers.hold(shard, answer, &self.orders);
                     }
                 }
                 Event::Transfer(t) => self.orders.apply_transfer(t, shard),
@@ -58,7 +58,7 @@ impl EventConsumer for OrderProjection {
             }
         }
         if batch.caught_up {
-            self.answers.caught_up(shard);
+            self.answers.caught_up(shard, &self.orders);
             applied.complete = applied.last;
         }
         if let Some(a) = self.applied.get_mut(shard) {

@@ -71,7 +71,11 @@ pub async fn trading_status<B>(
     let notice = json!({
         "notice": if halted { "instrument_halted" } else { "instrument_resumed" },
         "symbol": instrument.spec.symbol,
-        "message": format!("trading in {} is {status}", instrument.spec.symbol),
+        "message": if halted {
+            format!("trading in {} is halted", instrument.spec.symbol)
+        } else {
+            format!("trading in {} has resumed", instrument.spec.symbol)
+        },
     });
     state.alerts.publish_system(&notice);
     // Every user on every node.

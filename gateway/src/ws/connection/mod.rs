@@ -99,6 +99,7 @@ pub async fn run(
         orders: None,
         cancel_on_disconnect: None,
         placed: HashSet::new(),
+        in_flight: Arc::default(),
         tally: Tally::default(),
         market: ctx.market.clone(),
     };
@@ -153,20 +154,54 @@ async fn cancel_on_disconnect(
             placed.extend(answer.placed);
         }
     }
-    let outcome = match scope {
+    let mut outcome = match scope {
         DisconnectScope::Account => ctx.trading.cancel_all(account, None).await,
         DisconnectScope::Connection => {
             ctx.trading.cancel_these(account, |o| placed.contains(&o.id)).await
         }
     };
-    let canceled = outcome.canceled.len() as u64;
+    // Nobody is left to retry what the engine could not take: the server does, while the
+    // engine is busy or slow (a cancel of an order that closed meanwhile is refused, not
+    // repeated), for a bounded time.
+    let mut canceled = outcome.canceled.len() as u64;
+    let (mut delay, until) = (Duration::from_millis(50), Instant::now() + DISCONNECT_RETRY_FOR);
+    loop {
+        let retry: HashSet<OrderId> = outcome
+            .not_canceled
+            .iter()
+            .filter(|(_, e)| {
+                matches!(
+                    e.code,
+                    ErrorCode::EngineBusy | ErrorCode::EngineTimeout | ErrorCode::EngineUnavailable
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if retry.is_empty() || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+        outcome = ctx.trading.cancel_these(account, |o| retry.contains(&o.id)).await;
+        canceled += outcome.canceled.len() as u64;
+    }
     ctx.metrics.ws_disconnect_cancels_total.fetch_add(canceled, Ordering::Relaxed);
-    if canceled > 0 || !outcome.not_canceled.is_empty() {
-        tracing::info!(
+    let left: Vec<u64> = outcome
+        .not_canceled
+        .iter()
+        .filter(|(_, e)| e.code != ErrorCode::OrderClosed)
+        .map(|(id, _)| id.0)
+        .collect();
+    if left.is_empty() {
+        if canceled > 0 {
+            tracing::info!(account = account.0, canceled, "cancel on disconnect");
+        }
+    } else {
+        tracing::warn!(
             account = account.0,
             canceled,
-            not_canceled = outcome.not_canceled.len(),
-            "cancel on disconnect"
+            orders = ?left,
+            "cancel on disconnect: these orders could not be canceled and stay open"
         );
     }
 }
@@ -291,10 +326,15 @@ struct Conn {
     /// Orders this connection placed and may still be open (for cancel-on-disconnect with
     /// the connection's scope), at most [`PLACED_TRACKED_MAX`].
     placed: HashSet<OrderId>,
+    /// Its order requests still running (a cancel-all waits for those before it).
+    in_flight: Arc<requests::InFlight>,
     tally: Tally,
     /// On a gateway node: whether its market data is stale (it lost the engine node).
     market: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+/// How long cancel-on-disconnect retries cancels the engine could not take (busy, slow).
+const DISCONNECT_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Order ids a connection remembers for cancel-on-disconnect before it forgets the closed
 /// ones among them.

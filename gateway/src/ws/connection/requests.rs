@@ -141,8 +141,12 @@ impl Conn {
             .clone();
         let trading = self.ctx.trading.clone();
         let metrics = Arc::clone(&self.ctx.metrics);
+        // Registered now, in the order the requests came: a cancel-all waits for the ones
+        // before it (a kill switch covers what was sent before it, answered or not).
+        let ticket = self.in_flight.open();
         tokio::spawn(async move {
             if let Request::OrderCancelAll { symbol, .. } = &request {
+                ticket.earlier_done().await;
                 let frame = cancel_all(&trading, account, id, symbol.as_deref()).await;
                 if frame.is_err() {
                     metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +167,7 @@ impl Conn {
                 }
                 _ => return,
             };
+            drop(ticket);
             let mut placed = None;
             let frame = match result {
                 Ok(order) => {
@@ -465,4 +470,59 @@ async fn cancel_all(
     let outcome = trading.cancel_all(account, instrument).await;
     let fields = crate::views::cancel_all_json(&outcome, trading.engine.instruments());
     Ok(control::reply("order.canceled_all", &id, fields))
+}
+
+/// A connection's order requests still running, by arrival: what a cancel-all waits for.
+#[derive(Debug, Default)]
+pub(super) struct InFlight {
+    state: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    done: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Registers the next request; it is done when the ticket is dropped.
+    pub(super) fn open(self: &Arc<Self>) -> Ticket {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = state.0;
+        state.0 += 1;
+        state.1.insert(n);
+        Ticket { n, in_flight: Arc::clone(self) }
+    }
+}
+
+/// One request of [`InFlight`], done when dropped (however its task ends).
+pub(super) struct Ticket {
+    n: u64,
+    in_flight: Arc<InFlight>,
+}
+
+impl Ticket {
+    /// Waits until every request that came before this one is done.
+    async fn earlier_done(&self) {
+        loop {
+            let notified = self.in_flight.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.none_earlier() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Ticket {
+    fn none_earlier(&self) -> bool {
+        let state = self.in_flight.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1.range(..self.n).next().is_none()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut state = self.in_flight.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1.remove(&self.n);
+        drop(state);
+        self.in_flight.done.notify_waiters();
+    }
 }
