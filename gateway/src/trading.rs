@@ -610,6 +610,10 @@ pub fn is_decimal(text: &str) -> bool {
 /// (`1000.000000` is `1000.00` at 2 decimals). An out-of-range message names the
 /// instrument's `bounds` (the field's name and value for each), without them the
 /// fixed-point limit.
+/// The longest decimal string taken (the OpenAPI document's `maxLength`): any price or
+/// quantity an instrument takes fits in far fewer.
+pub const DECIMAL_CHARS_MAX: usize = 40;
+
 fn parse_within(
     text: &str,
     precision: u8,
@@ -618,6 +622,10 @@ fn parse_within(
 ) -> Result<i64, ApiError> {
     if !is_decimal(text) {
         return Err(ApiError::invalid(format!("{field} must be a decimal string")));
+    }
+    if text.len() > DECIMAL_CHARS_MAX {
+        let message = format!("{field} is longer than {DECIMAL_CHARS_MAX} characters");
+        return Err(ApiError::invalid(message));
     }
     let text = without_surplus_zeros(text, precision);
     parse_fixed(text, precision).ok_or_else(|| {
@@ -716,6 +724,14 @@ mod tests {
             let e = parse_within(text, 2, "price", None).expect_err(text);
             assert_eq!(e.message, "price takes at most 2 decimals for this instrument", "{text}");
         }
+        // The documented maxLength holds, even for zeros that would change nothing.
+        let long = format!("100.{}", "0".repeat(DECIMAL_CHARS_MAX));
+        let e = parse_within(&long, 2, "price", None).expect_err("too long");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::InvalidParameter, "price is longer than 40 characters")
+        );
+        assert!(parse_within(&format!("100.{}", "0".repeat(36)), 2, "price", None).is_ok());
     }
 
     #[test]
