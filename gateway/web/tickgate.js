@@ -234,29 +234,147 @@ export class Book {
 }
 
 /**
- * One WebSocket to the server: binary market data plus JSON control messages. Keeps the
- * set of channels asked for; on every (re)connect, with backoff (0.5 s doubling to 10 s),
- * it subscribes them all again and every book waits, marked stale, for its fresh snapshot.
- * A book that sees a gap resubscribes its channel (the server answers with a snapshot).
+ * The recent trades of one trades channel, newest first, always one contiguous run of
+ * sequences (a trade's `seq` is its id, one more per trade). A snapshot (after a reconnect
+ * or a resubscribe) is merged by `seq`: no trade twice, none out of order. A snapshot or a
+ * trade that does not join what is kept (trades were missed) replaces it, so the tape
+ * never hides a hole; `apply` then returns false (resubscribe: the snapshot refills what it
+ * can). A `GAP` (trades the server could no longer send) empties it and counts them in
+ * `missed`. `version` grows with every change (for painting).
+ */
+export class TradeTape {
+  constructor(keep = 50) {
+    this.keep = keep;
+    this.trades = []; // newest first: { seq, ts, price, qty, takerSide } (BigInt values)
+    this.seq = null; // the channel's last sequence seen (BigInt), null before a snapshot
+    this.missed = 0n;
+    this.version = 0;
+  }
+
+  /** Applies one message of the channel (`body` a DataView of its body); false on a gap. */
+  apply(type, seq, ts, body) {
+    if (type === MSG.TRADES_SNAPSHOT) {
+      this.merge(decodeTradesSnapshot(body), seq);
+      return true;
+    }
+    if (type === MSG.HEARTBEAT) return this.seq === null || seq <= this.seq;
+    if (type === MSG.GAP) {
+      this.missed += body.getBigUint64(8, true) - body.getBigUint64(0, true) + 1n;
+      this.trades = [];
+      this.seq = seq;
+      this.version++;
+      return true;
+    }
+    if (type !== MSG.TRADE) return true;
+    if (this.seq !== null && seq <= this.seq) return true; // already kept (a snapshot had it)
+    const trade = { ...decodeTrade(body), seq, ts };
+    const follows = this.seq === null || seq === this.seq + 1n;
+    if (follows) this.trades.unshift(trade);
+    else this.trades = [trade];
+    if (this.trades.length > this.keep) this.trades.length = this.keep;
+    this.seq = seq;
+    this.version++;
+    return follows;
+  }
+
+  /** Merges `list` (trades oldest first, contiguous, as a TRADES_SNAPSHOT has them) valid
+   * at the channel's sequence `seq`. */
+  merge(list, seq) {
+    const incoming = list.slice().reverse();
+    const oldest = incoming.at(-1)?.seq ?? seq + 1n;
+    const newest = this.trades[0]?.seq;
+    // Kept trades join the snapshot only if they reach its oldest and are not newer than
+    // it (a server that lost its history, e.g. without a journal, starts over at 1).
+    const joins = newest !== undefined && newest + 1n >= oldest && newest <= seq;
+    if (joins) {
+      const older = this.trades.filter((t) => t.seq < oldest);
+      this.trades = incoming.concat(older);
+    } else {
+      this.trades = incoming;
+    }
+    if (this.trades.length > this.keep) this.trades.length = this.keep;
+    this.seq = seq;
+    this.version++;
+  }
+}
+
+/** `setTimeout` as a promise. */
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * One WebSocket to the server: binary market data plus JSON control messages.
+ *
+ * - Channels: `subscribe` / `unsubscribe` change the set of channels wanted; one loop
+ *   brings the server's set to it (`sync`), a request at a time, so changes made in quick
+ *   succession (a user scanning markets) go out together as at most one unsubscribe and a
+ *   subscribe or two. It stays within its own share of the server's inbound rate
+ *   (`subscribeRate` per second, `subscribeBurst`: half the server's default 20/s, burst
+ *   40, leaving the rest for orders) and retries what the server refused as
+ *   `rate_limited` or left unanswered. A channel refused for good (`unknown_symbol`,
+ *   `limit_exceeded`, `unauthorized`...) is reported as a `refused` event and not asked
+ *   for again until subscribed again.
+ * - Reconnects: on every (re)connect, with backoff (0.5 s doubling to 10 s, reset only by
+ *   the server's `welcome`, so a connection refused at once, as close 4401 is, does not
+ *   reset it), it subscribes every channel wanted again and every book, tape and candles
+ *   series waits, marked stale, for its fresh snapshot. Each close is reported as a
+ *   `close` event with the code and reason (4401: the token no longer works; 4003: the
+ *   session was ended), before the reconnect is scheduled: a listener may `close()`.
+ * - Gaps: a book, tape or candles series that sees one resubscribes its channel once (the
+ *   server answers with a snapshot, so no level survives from before).
+ * - Liveness: the state is `connecting`, `open`, `stale` or `closed`. Each subscribed
+ *   channel hears from the server at least every `heartbeat_interval_ms` (the welcome's),
+ *   so silence means a stuck link: after `probeAfterMs` of it the connection sends a
+ *   `ping`; no answer within `probeTimeoutMs`, or nothing at all for a heartbeat interval
+ *   and `staleMarginMs`, makes it `stale` (and the server's own `market_data` stale
+ *   notice does too); anything arriving makes it `open` again. Silent for two heartbeat
+ *   intervals and the margin, it is dropped and reconnected.
+ * - Requests: `request` answers every request, with `{op: "error"}` and code
+ *   `not_connected` (not sent), `disconnected` (sent, the connection ended before the
+ *   answer: it may have taken effect) or `timeout` (no answer within its time).
  */
 export class Connection extends EventTarget {
   /** `url`: the WebSocket URL, or a function giving it (asked on every (re)connect, so a
    * renewed token is used). */
-  constructor(url, { WebSocketImpl = globalThis.WebSocket } = {}) {
+  constructor(url, {
+    WebSocketImpl = globalThis.WebSocket, probeAfterMs = 1000, probeTimeoutMs = 2000,
+    staleMarginMs = 1000, requestTimeoutMs = 10_000, subscribeRate = 10, subscribeBurst = 20,
+    connectTimeoutMs = 10_000,
+  } = {}) {
     super();
     this.url = url;
     this.WebSocketImpl = WebSocketImpl;
     this.wanted = new Set(); // channel names asked for, kept across reconnects
+    this.active = new Set(); // channel names the server follows for this socket
+    this.refresh = new Set(); // followed channels that need a fresh snapshot (a gap)
+    this.refused = new Set(); // channels the server refused for good
     this.channels = new Map(); // name -> the server's description (channel_id, precisions)
-    this.byId = new Map(); // channel id -> name
+    this.byId = new Map(); // channel id -> { name, kind, symbol }
     this.books = new Map(); // symbol -> Book
+    this.tapes = new Map(); // symbol -> TradeTape
     this.candles = new Map(); // candles channel name -> CandleSeries
     this.candlesKept = 120; // candles each series keeps (and asks for on subscribe)
+    this.tradesKept = 50; // trades each tape keeps
+    this.bookDepth = 50; // levels per side of book snapshots
     this.pending = new Map(); // request id -> resolve
     this.nextId = 1;
     this.state = 'connecting';
     this.backoffMs = 500;
+    this.welcome = null; // the server's welcome on this socket
+    this.heartbeatMs = 5000; // from the welcome
+    this.probeAfterMs = probeAfterMs;
+    this.probeTimeoutMs = probeTimeoutMs;
+    this.staleMarginMs = staleMarginMs;
+    this.requestTimeoutMs = requestTimeoutMs;
+    this.connectTimeoutMs = connectTimeoutMs;
+    this.subscribeRate = subscribeRate;
+    this.subscribeBurst = subscribeBurst;
+    this.tokens = subscribeBurst;
+    this.tokensAt = Date.now();
+    this.retryMs = 1000; // after a subscription request refused as rate_limited or unanswered
     this.lastMessageAt = 0;
+    this.probeSentAt = null;
+    this.serverStale = false; // the server said its market data is stale
+    this.syncing = null;
     this.closedByUser = false;
     /** Called with (kind, symbol, message) for every bbo and trades message. */
     this.onMarket = null;
@@ -266,112 +384,284 @@ export class Connection extends EventTarget {
   }
 
   open() {
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
     const ws = new this.WebSocketImpl(typeof this.url === 'function' ? this.url() : this.url);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
+    this.welcome = null;
+    this.serverStale = false;
     this.setState('connecting');
+    this.connectTimer = setTimeout(() => {
+      if (ws === this.ws && ws.readyState === 0) this.drop('no answer to the connection request');
+    }, this.connectTimeoutMs);
     ws.onopen = () => {
-      this.backoffMs = 500;
+      clearTimeout(this.connectTimer);
+      this.lastMessageAt = Date.now();
+      this.probeSentAt = null;
+      this.active.clear();
+      this.refresh.clear();
       this.channels.clear();
       this.byId.clear();
-      for (const book of this.books.values()) book.stale = true;
-      for (const series of this.candles.values()) series.stale = true;
-      this.send([...this.wanted]);
-      this.setState('open');
+      this.markStale();
+      clearInterval(this.watchdog);
+      this.watchdog = setInterval(() => this.checkAlive(), 250);
+      this.sync();
     };
     ws.onmessage = (event) => this.onMessage(event.data);
-    ws.onclose = () => {
-      this.setState('closed');
-      for (const book of this.books.values()) book.stale = true;
-      for (const series of this.candles.values()) series.stale = true;
-      for (const resolve of this.pending.values()) resolve({ op: 'error', code: 'disconnected' });
-      this.pending.clear();
-      if (this.closedByUser) return;
-      setTimeout(() => this.open(), this.backoffMs);
-      this.backoffMs = Math.min(this.backoffMs * 2, 10_000);
-    };
+    ws.onclose = (event) => this.closed(ws, event.code, event.reason);
+  }
+
+  /** Every book, tape and candles series waits for a fresh snapshot. */
+  markStale() {
+    for (const book of this.books.values()) book.stale = true;
+    for (const series of this.candles.values()) series.stale = true;
+  }
+
+  /** The end of socket `ws` (its close event, or `drop`): report it, then reconnect. */
+  closed(ws, code, reason) {
+    if (ws !== this.ws || ws.closedSeen) return;
+    ws.closedSeen = true;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    clearTimeout(this.connectTimer);
+    clearInterval(this.watchdog);
+    this.active.clear();
+    this.markStale();
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const resolve of pending) {
+      resolve({ op: 'error', code: 'disconnected', message: 'the connection ended before the answer' });
+    }
+    this.setState('closed');
+    this.dispatchEvent(new CustomEvent('close', { detail: { code, reason } }));
+    if (this.closedByUser) return;
+    this.reconnectTimer = setTimeout(() => this.open(), this.backoffMs);
+    this.backoffMs = Math.min(this.backoffMs * 2, 10_000);
+  }
+
+  /** Gives up on the current socket (it stopped answering) and reconnects. */
+  drop(reason) {
+    const ws = this.ws;
+    try { ws.close(); } catch { /* already closing */ }
+    this.closed(ws, 1006, reason);
+  }
+
+  /** Reconnects now instead of at the end of the backoff (the network came back). */
+  reconnectNow() {
+    if (this.state !== 'closed' || this.closedByUser) return;
+    this.backoffMs = 500;
+    this.open();
   }
 
   setState(state) {
+    if (this.state === state) return;
     this.state = state;
     this.dispatchEvent(new CustomEvent('state', { detail: state }));
   }
 
   close() {
     this.closedByUser = true;
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.connectTimer);
+    clearInterval(this.watchdog);
     this.ws?.close();
   }
 
-  /** Sends a control request and resolves with its answer (matched by id). */
-  request(body) {
+  /** The watchdog: probes a silent connection, marks it stale, drops a dead one. */
+  checkAlive() {
+    if (this.ws?.readyState !== 1) return;
+    const now = Date.now();
+    const silentMs = now - this.lastMessageAt;
+    if (silentMs >= 2 * this.heartbeatMs + this.staleMarginMs) {
+      this.drop(`nothing from the server for ${silentMs} ms`);
+      return;
+    }
+    if (this.state !== 'open' && this.state !== 'stale') return;
+    if (silentMs >= this.probeAfterMs && this.probeSentAt === null) {
+      this.probeSentAt = now;
+      this.request({ op: 'ping' }, { timeoutMs: 2 * this.heartbeatMs });
+    }
+    const late = this.probeSentAt !== null && now - this.probeSentAt >= this.probeTimeoutMs;
+    if (late || silentMs >= this.heartbeatMs + this.staleMarginMs) this.setState('stale');
+  }
+
+  /** Sends a control request and resolves with its answer (matched by id), or with an
+   * error `not_connected`, `disconnected` or `timeout` (see the class). */
+  request(body, { timeoutMs = this.requestTimeoutMs } = {}) {
     const id = this.nextId++;
     return new Promise((resolve) => {
-      if (this.ws?.readyState !== 1) return resolve({ op: 'error', code: 'disconnected' });
-      this.pending.set(id, resolve);
+      if (this.ws?.readyState !== 1) {
+        resolve({ op: 'error', id, code: 'not_connected', message: 'not connected to the server' });
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        resolve({ op: 'error', id, code: 'timeout', message: `no answer within ${timeoutMs / 1000} s` });
+      }, timeoutMs);
+      this.pending.set(id, (answer) => { clearTimeout(timer); resolve(answer); });
       this.ws.send(JSON.stringify({ ...body, id }));
     });
   }
 
-  /** Follows `names` from now on, across reconnects. */
+  /** Follows `names` from now on, across reconnects; resolves once the server follows
+   * them (or refused them). */
   subscribe(names) {
     for (const name of names) {
       this.wanted.add(name);
+      this.refused.delete(name);
       const [kind, symbol] = name.split('.');
-      if (kind === 'book' && !this.books.has(symbol)) this.books.set(symbol, new Book());
-      if (kind === 'candles' && !this.candles.has(name)) this.candles.set(name, new CandleSeries(this.candlesKept));
+      let fresh = false;
+      if (kind === 'book' && !this.books.has(symbol)) { this.books.set(symbol, new Book()); fresh = true; }
+      if (kind === 'trades' && !this.tapes.has(symbol)) { this.tapes.set(symbol, new TradeTape(this.tradesKept)); fresh = true; }
+      if (kind === 'candles' && !this.candles.has(name)) { this.candles.set(name, new CandleSeries(this.candlesKept)); fresh = true; }
+      // Still followed (an unsubscribe not sent yet): only a new snapshot is needed.
+      if (fresh && this.active.has(name)) this.refresh.add(name);
     }
-    return this.ws?.readyState === 1 ? this.send(names) : Promise.resolve(null);
+    return this.sync();
   }
 
   /** Stops following `names`. */
   unsubscribe(names) {
     for (const name of names) {
       this.wanted.delete(name);
+      this.refresh.delete(name);
       const [kind, symbol] = name.split('.');
       if (kind === 'book') this.books.delete(symbol);
+      if (kind === 'trades') this.tapes.delete(symbol);
       this.candles.delete(name);
     }
-    return this.request({ op: 'unsubscribe', channels: names });
+    return this.sync();
   }
 
-  /** Subscribe requests for `names` (the private `orders` channel goes alone; candles
-   * channels together, with their series' depth: as many candles as it keeps). */
-  async send(names) {
-    const candles = names.filter((n) => n.startsWith('candles.'));
-    const market = names.filter((n) => n !== 'orders' && !n.startsWith('candles.'));
-    let answer = null;
-    if (names.includes('orders')) answer = await this.request({ op: 'subscribe', channels: ['orders'] });
-    const depth = Math.max(1, ...candles.map((n) => this.candles.get(n)?.keep ?? 1));
-    for (const [channels, d] of [[market, 50], [candles, Math.min(depth, 1000)]]) {
-      if (!channels.length) continue;
-      answer = await this.request({ op: 'subscribe', channels, depth: d });
-      if (answer.op === 'subscribed') {
-        for (const c of answer.channels) {
-          this.channels.set(c.channel, c);
-          const [kind, symbol] = c.channel.split('.');
-          this.byId.set(c.channel_id, { name: c.channel, kind, symbol });
+  /** A followed channel saw a gap: resubscribe it once for a fresh snapshot. */
+  resync(channel) {
+    if (this.refresh.has(channel.name) || !this.wanted.has(channel.name)) return;
+    this.refresh.add(channel.name);
+    this.dispatchEvent(new CustomEvent('resync', { detail: channel.symbol }));
+    this.sync();
+  }
+
+  /** Brings the server's channels to the wanted set; resolves when they match (or the
+   * socket closed: the next one starts over). One loop at a time. */
+  sync() {
+    this.syncing ??= this.syncLoop();
+    return this.syncing;
+  }
+
+  async syncLoop() {
+    try {
+      await null; // changes made in the same turn go out together
+      for (;;) {
+        const ws = this.ws;
+        if (ws?.readyState !== 1) return;
+        const request = this.nextSubscription();
+        if (!request) return;
+        const waitMs = this.takeToken();
+        if (waitMs > 0) { await sleep(waitMs); continue; } // then ask again: things change
+        const answer = await this.request(request);
+        if (ws !== this.ws) continue;
+        if (answer.code === 'rate_limited' || answer.code === 'timeout') {
+          this.tokens = 0;
+          await sleep(this.retryMs);
+        } else if (answer.code === 'disconnected' || answer.code === 'not_connected') {
+          return;
+        } else {
+          this.settle(request, answer);
         }
       }
+    } finally {
+      this.syncing = null; // before the promise settles: a sync() from now on starts anew
     }
-    return answer;
+  }
+
+  /** The next request that brings the server's channels closer to the wanted ones: the
+   * private `orders` channel alone, then what is no longer wanted, then market data (book
+   * depth `bookDepth`), then candles (with their series' depth). */
+  nextSubscription() {
+    const missing = [...this.wanted].filter((n) => (!this.active.has(n) || this.refresh.has(n)) && !this.refused.has(n));
+    if (missing.includes('orders')) return { op: 'subscribe', channels: ['orders'] };
+    const gone = [...this.active].filter((n) => !this.wanted.has(n));
+    if (gone.length) return { op: 'unsubscribe', channels: gone.slice(0, 64) };
+    const market = missing.filter((n) => n !== 'orders' && !n.startsWith('candles.')).slice(0, 64);
+    if (market.length) return { op: 'subscribe', channels: market, depth: this.bookDepth };
+    const candles = missing.filter((n) => n.startsWith('candles.')).slice(0, 64);
+    const depth = Math.min(1000, Math.max(1, ...candles.map((n) => this.candles.get(n)?.keep ?? 1)));
+    if (candles.length) return { op: 'subscribe', channels: candles, depth };
+    return null;
+  }
+
+  /** Takes one request from the subscription budget: 0, or the milliseconds to wait. */
+  takeToken() {
+    const now = Date.now();
+    this.tokens = Math.min(this.subscribeBurst, this.tokens + ((now - this.tokensAt) * this.subscribeRate) / 1000);
+    this.tokensAt = now;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - this.tokens) * 1000) / this.subscribeRate);
+  }
+
+  /** Records the server's answer to a subscription request. */
+  settle(request, answer) {
+    if (answer.op === 'subscribed') {
+      for (const name of request.channels) {
+        this.active.add(name);
+        this.refresh.delete(name);
+      }
+      for (const c of answer.channels ?? []) {
+        if (typeof c !== 'object' || c.channel_id === undefined) continue;
+        this.channels.set(c.channel, c);
+        const [kind, symbol] = c.channel.split('.');
+        this.byId.set(c.channel_id, { name: c.channel, kind, symbol });
+      }
+      return;
+    }
+    if (answer.op === 'unsubscribed' || request.op === 'unsubscribe') {
+      // Refused (not_subscribed): the server does not follow them either.
+      for (const name of request.channels) {
+        this.active.delete(name);
+        const id = this.channels.get(name)?.channel_id;
+        this.channels.delete(name);
+        if (id !== undefined && this.byId.get(id)?.name === name) this.byId.delete(id);
+      }
+      if (answer.op === 'unsubscribed') return;
+    } else {
+      for (const name of request.channels) {
+        this.refused.add(name);
+        this.refresh.delete(name);
+      }
+    }
+    this.dispatchEvent(new CustomEvent('refused', { detail: { request, answer } }));
   }
 
   onMessage(data) {
     this.lastMessageAt = Date.now();
+    this.probeSentAt = null;
+    if (this.state === 'stale' && !this.serverStale) this.setState('open');
     this.framesReceived = (this.framesReceived ?? 0) + 1;
     if (typeof data === 'string') {
       const msg = JSON.parse(data);
-      const resolve = msg.id !== undefined ? this.pending.get(msg.id) : undefined;
+      const resolve = msg.id !== undefined && msg.id !== null ? this.pending.get(msg.id) : undefined;
       if (resolve) {
         this.pending.delete(msg.id);
         resolve(msg);
-      } else {
-        this.dispatchEvent(new CustomEvent('control', { detail: msg }));
+        return;
       }
+      if (msg.op === 'welcome') {
+        this.welcome = msg;
+        if (msg.heartbeat_interval_ms > 0) this.heartbeatMs = msg.heartbeat_interval_ms;
+        this.backoffMs = 500;
+        this.setState('open');
+      } else if (msg.op === 'market_data') {
+        this.serverStale = msg.state === 'stale';
+        if (this.welcome) this.setState(this.serverStale ? 'stale' : 'open');
+      }
+      this.dispatchEvent(new CustomEvent('control', { detail: msg }));
       return;
     }
     // One pass over the frame with one DataView: book messages go straight into their
-    // book; only bbo and trades messages become objects (for `onMarket`).
+    // book; only bbo and trades messages become objects (for the tape and `onMarket`).
     const view = new DataView(data);
     for (let at = 0; at + 24 <= view.byteLength;) {
       const bodyLen = view.getUint16(at + 2, true);
@@ -385,20 +675,16 @@ export class Connection extends EventTarget {
         if (type !== MSG.HEARTBEAT) this.lastTs = ts;
         if (channel.kind === 'book') {
           const book = this.books.get(channel.symbol);
-          if (book && !book.applyAt(type, seq, ts, view, body)) {
-            // A gap: resubscribing sends a fresh snapshot, with no ghost levels.
-            this.dispatchEvent(new CustomEvent('resync', { detail: channel.symbol }));
-            this.send([channel.name]).catch(() => {});
-          }
+          if (book && !book.applyAt(type, seq, ts, view, body)) this.resync(channel);
         } else if (channel.kind === 'candles') {
           const series = this.candles.get(channel.name);
-          if (series && !series.apply(type, seq, new DataView(data, body, bodyLen))) {
-            this.send([channel.name]).catch(() => {});
-          }
+          if (series && !series.apply(type, seq, new DataView(data, body, bodyLen))) this.resync(channel);
           if (series) this.dispatchEvent(new CustomEvent('candles', { detail: channel.name }));
-        } else if (this.onMarket) {
+        } else {
           const msg = { type, flags: view.getUint8(at + 1), seq, ts, body: new DataView(data, body, bodyLen) };
-          this.onMarket(channel.kind, channel.symbol, msg);
+          const tape = channel.kind === 'trades' ? this.tapes.get(channel.symbol) : undefined;
+          if (tape && !tape.apply(type, seq, ts, msg.body)) this.resync(channel);
+          if (this.onMarket && (channel.kind !== 'trades' || tape)) this.onMarket(channel.kind, channel.symbol, msg);
         }
       }
       at = body + bodyLen;
