@@ -384,32 +384,17 @@ async fn run_connection(
                     _ => {}
                 }
             }
+            if measuring && matches!(opcode, OpCode::Binary | OpCode::Text) {
+                stats.bytes += payload.len() as u64;
+            }
             match opcode {
                 OpCode::Binary => {
-                    if measuring {
-                        stats.bytes += payload.len() as u64;
-                    }
-                    count_binary(
-                        payload,
-                        received,
-                        measuring,
-                        &mut last,
-                        &mut stats,
-                        &mut latencies,
-                    )?;
+                    let seqs = &mut last;
+                    count_binary(payload, received, measuring, seqs, &mut stats, &mut latencies)?;
                 }
                 OpCode::Text => {
-                    if measuring {
-                        stats.bytes += payload.len() as u64;
-                    }
-                    count_json(
-                        payload,
-                        received,
-                        measuring,
-                        &mut last_json,
-                        &mut stats,
-                        &mut latencies,
-                    );
+                    let seqs = &mut last_json;
+                    count_json(payload, received, measuring, seqs, &mut stats, &mut latencies);
                 }
                 OpCode::Ping => {
                     let ping = payload.to_vec();
