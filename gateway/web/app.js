@@ -53,7 +53,8 @@ async function api(method, path, body, { token = state.token } = {}) {
     if (state.token && state.token !== token) return api(method, path, body);
     if (token === state.token) signOut(`Signed out: the session is no longer valid (${json.error?.message ?? 'unauthorized'}). Log in again.`);
   }
-  return { status: r.status, json };
+  const retryAfter = Number(r.headers.get('retry-after')) || undefined;
+  return { status: r.status, json, retryAfter };
 }
 
 /** `code (message)` of an error answer (REST's `{error}` or the WebSocket's). */
@@ -345,16 +346,27 @@ const PRIVATE_TABLES = ['open-orders', 'fills', 'balances', 'positions', 'alerts
 let accountGeneration = 0; // a sign-in or sign-out makes answers still on their way stale
 
 let refreshing = null;
+let refreshAgain = false; // asked for while one was under way: its answers may predate it
 function refreshAccount() {
-  if (!state.token || refreshing) return;
+  if (!state.token) return;
+  if (refreshing) {
+    refreshAgain = true;
+    return;
+  }
   const generation = accountGeneration;
+  refreshAgain = false;
   refreshing = setTimeout(async () => {
     const answers = await Promise.all([
       api('GET', '/api/v1/orders?status=open&limit=50'), api('GET', '/api/v1/fills?limit=20'),
       api('GET', '/api/v1/account'), api('GET', '/api/v1/positions'), api('GET', '/api/v1/alerts'),
+      // The ticket's unanswered order, found by its client id (its fate, if it came).
+      unanswered ? api('GET', '/api/v1/orders?limit=50') : Promise.resolve(null),
     ]);
     refreshing = null;
     if (generation !== accountGeneration || !state.token) return;
+    // An event came while these were on their way: what they say may be older than it.
+    if (refreshAgain) refreshAccount();
+    settleUnanswered(answers.pop());
     const [orders, fills, account, positions, alerts] = answers;
     const failed = answers.find((a) => a.status !== 200);
     if (failed) {
@@ -412,6 +424,7 @@ function clearPrivate({ keepTicket = false } = {}) {
   accountGeneration++;
   clearTimeout(refreshing);
   refreshing = null;
+  refreshAgain = false;
   for (const id of PRIVATE_TABLES) $(id).replaceChildren();
   $('account-panel').classList.remove('outdated');
   if (keepTicket) return;
@@ -488,8 +501,22 @@ function syncPriceField() {
 $('ticket').type.addEventListener('change', syncPriceField);
 
 /** The last order whose answer never came: placing the same order again reuses its
- * idempotency key, so it is placed once at most. */
+ * idempotency key, so it is placed once at most, until its fate is known (an account
+ * refresh finds it by its client order id, or finds it was never placed). */
 let unanswered = null;
+
+/** With the account's recent orders (`recent`, an answer of `GET /api/v1/orders`): the
+ * unanswered order, once it shows there, is said (and its key is not reused: the same
+ * order again is a new order). */
+function settleUnanswered(recent) {
+  if (!unanswered || recent?.status !== 200) return;
+  const found = (recent.json.orders ?? []).find((o) => o.client_order_id === unanswered.clientOrderId);
+  if (!found) return;
+  const result = $('ticket-result');
+  result.className = '';
+  result.textContent = `order ${found.id} (${unanswered.described}, sent without an answer): ${found.status}, filled ${found.filled_qty}`;
+  unanswered = null;
+}
 
 $('ticket').addEventListener('submit', async (e) => {
   e.preventDefault();
@@ -512,8 +539,12 @@ $('ticket').addEventListener('submit', async (e) => {
   const order = { op: 'order.new', symbol: state.symbol, side: f.side.value, type, qty: f.qty.value.trim() };
   if (type !== 'market') order.price = f.price.value.trim();
   const signature = JSON.stringify(order);
-  order.idempotency_key = unanswered?.signature === signature ? unanswered.key
+  const retry = unanswered?.signature === signature;
+  order.idempotency_key = retry ? unanswered.key
     : `web-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+  // Its own client id: an account refresh can then tell whether it was placed.
+  order.client_order_id = retry ? unanswered.clientOrderId
+    : Math.floor(Math.random() * Number.MAX_SAFE_INTEGER);
   const described = `${order.side} ${order.qty} ${order.symbol}${order.price ? ` at ${order.price}` : ''} (${type})`;
   result.className = 'pending';
   result.textContent = `sending ${described}...`;
@@ -522,7 +553,7 @@ $('ticket').addEventListener('submit', async (e) => {
   $('place').disabled = false;
   if (unanswered?.signature === signature) unanswered = null; // its fate is known now
   if (answer.code === 'timeout' || answer.code === 'disconnected') {
-    unanswered = { signature, key: order.idempotency_key, described };
+    unanswered = { signature, key: order.idempotency_key, clientOrderId: order.client_order_id, described };
     result.className = 'error';
     result.textContent = `no answer for ${described} (${answer.message}): it may have been placed; open orders show it once the connection is back. Placing the same order again places it once at most.`;
     return;
@@ -639,6 +670,18 @@ function signedIn(token, user, expiresIn) {
   renewLater(expiresIn);
 }
 
+/** Seconds until `token` (a JWT) expires, from its `exp` claim; 0.01 (renew now) when it
+ * cannot be read. */
+function secondsLeft(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(payload)).exp;
+    return Number.isFinite(exp) ? Math.max(0.01, exp - Date.now() / 1000) : 0.01;
+  } catch {
+    return 0.01;
+  }
+}
+
 /** Renews the token a minute before it expires, or at half its life if that is shorter
  * (`expires_in` counts whole seconds from a truncated issue time, so up to a second of it
  * may already be gone). The session itself has a maximum age: when the server refuses,
@@ -660,6 +703,7 @@ function renewLater(expiresInSecs) {
  * Refused for good (401: the session reached its maximum age, was ended, or the token
  * expired meanwhile): signed out, with the reason. */
 let renewing = null; // the renewal request under way, if any
+let renewalToast = null; // the "renewal failing" toast, while shown
 async function renew(retryMs) {
   const token = state.token;
   if (!token) return;
@@ -688,9 +732,18 @@ async function renew(retryMs) {
   }
   if (retryMs >= 4000) {
     const left = Math.max(0, Math.round((state.expiresAt - Date.now()) / 1000));
-    toast(`Session renewal failing (${why(r.json.error)}): retrying; the session ends in ${left} s without it`, { kind: 'error' });
+    const text = `Session renewal failing (${why(r.json.error)}): retrying; the token ends in ${left} s without it`;
+    // One toast, its text kept current (not one more per attempt).
+    if (renewalToast?.isConnected) renewalToast.firstChild.textContent = text;
+    else renewalToast = toast(text, { kind: 'error', ms: 15_000 });
   }
-  const waitMs = Math.max(200, Math.min(retryMs, (state.expiresAt - Date.now()) / 3));
+  // Sooner as the token's end nears, never sooner than the server's Retry-After; once
+  // it has ended, backing off (1 s doubling to 10 s) until the server answers (a 401
+  // then signs out): never a request storm.
+  const retryAfterMs = (r.retryAfter ?? 0) * 1000;
+  const left = state.expiresAt - Date.now();
+  const waitMs = left > 0 ? Math.max(200, retryAfterMs, Math.min(retryMs, left / 3))
+    : Math.max(retryMs, retryAfterMs);
   renewal = setTimeout(() => renew(Math.min(retryMs * 2, 10_000)), waitMs);
 }
 
@@ -764,8 +817,8 @@ async function start() {
   connect();
   openStream();
   refreshAccount();
-  // A token kept across a reload has an unknown age: renew it now.
-  if (state.token) renewLater(0.01);
+  // A token kept across a reload: its own expiry says when to renew it.
+  if (state.token) renewLater(secondsLeft(state.token));
   syncPriceField();
   $('interval').value = state.interval;
   $('interval').addEventListener('change', (e) => {

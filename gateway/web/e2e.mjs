@@ -235,6 +235,31 @@ try {
     await page.waitForFunction(() => document.querySelectorAll('#open-orders tr').length === 0);
   });
 
+  await step('an open order and its buttons fit the account panel at every width', async () => {
+    await page.selectOption('#ticket [name=type]', 'limit');
+    await page.fill('#ticket [name=price]', '1000.00');
+    await page.fill('#ticket [name=qty]', '0.0010');
+    const before = await page.textContent('#ticket-result');
+    await page.click('#place');
+    await page.waitForFunction((b) => {
+      const text = document.getElementById('ticket-result').textContent;
+      return text !== b && /open/.test(text);
+    }, before);
+    await page.waitForSelector('#open-orders tr');
+    const overflow = () => page.evaluate(() => {
+      const panel = document.getElementById('account-panel');
+      return panel.scrollWidth - panel.clientWidth;
+    });
+    for (const width of [375, 1024, 1366, 1440, 1920]) {
+      await page.setViewportSize({ width, height: 900 });
+      await page.waitForTimeout(50); // a layout pass
+      assert.ok(await overflow() <= 1, `the account panel overflows by ${await overflow()} px at ${width} px`);
+    }
+    await page.setViewportSize({ width: 1400, height: 900 });
+    await page.click('#cancel-all');
+    await page.waitForFunction(() => document.querySelectorAll('#open-orders tr').length === 0);
+  });
+
   await step('a market order takes no price: the field is emptied and disabled', async () => {
     await page.fill('#ticket [name=price]', '65000.00');
     await page.selectOption('#ticket [name=type]', 'market');
@@ -292,11 +317,12 @@ try {
     stall();
     await page.click('#place');
     assert.match(await text('ticket-result'), /^sending/);
-    // No data for about a second: a ping; no pong within 2 s: stale (well before the 5 s
+    // No data for 2.5 s: a ping; no pong within 2 s: stale (before the 5 s
     // heartbeat interval and its margin).
     await page.waitForFunction(() => document.getElementById('book-state').textContent === 'stale'
       && document.getElementById('conn').textContent === 'stale', null, { timeout: 7_000 });
-    assert.ok(Date.now() - stalledAt < 4_500, `stale after ${Date.now() - stalledAt} ms`);
+    // Sooner than the silence alone would (a heartbeat interval and a second: 6 s).
+    assert.ok(Date.now() - stalledAt < 5_500, `stale after ${Date.now() - stalledAt} ms`);
     await page.waitForFunction(() => /^no answer/.test(document.getElementById('ticket-result').textContent), null, { timeout: 7_000 });
     // Refused at once while stale: nothing is sent into a link that does not answer.
     await page.fill('#ticket [name=price]', '1003.00');
@@ -320,15 +346,15 @@ try {
       await page.fill('#login [name=password]', 'alice-demo-password');
       await page.click('#login button');
       await page.waitForSelector('#who:not([hidden])');
-      assert.match(await text('ticket-result'), /no answer for buy/, 'kept for the same user');
+      // Kept for the same user (or already settled by the first refresh, below).
+      assert.match(await text('ticket-result'), /no answer for buy|sent without an answer/, 'kept for the same user');
     }
     await live();
     await page.waitForFunction(shown);
-    // The same order again: its idempotency key is reused, so it is not placed twice.
-    await page.fill('#ticket [name=price]', '1002.00');
-    await page.click('#place');
-    await page.waitForFunction(() => /^order \d+: open/.test(document.getElementById('ticket-result').textContent));
-    await page.waitForTimeout(300);
+    // Its fate is known now: the account's orders show it by its client order id, and the
+    // ticket says which order it became (placing the same again is then a new order).
+    await page.waitForFunction(() => /^order \d+ \(buy 0\.0010 BTC-USD at 1002\.00.*sent without an answer\): open/
+      .test(document.getElementById('ticket-result').textContent));
     assert.equal((await open()).filter((p) => p === '1002.00').length, 1, 'placed once');
     await page.click('#cancel-all');
     await page.waitForFunction(() => document.querySelectorAll('#open-orders tr').length === 0);

@@ -336,7 +336,7 @@ export class Connection extends EventTarget {
   /** `url`: the WebSocket URL, or a function giving it (asked on every (re)connect, so a
    * renewed token is used). */
   constructor(url, {
-    WebSocketImpl = globalThis.WebSocket, probeAfterMs = 1000, probeTimeoutMs = 2000,
+    WebSocketImpl = globalThis.WebSocket, probeAfterMs = 2500, probeTimeoutMs = 2000,
     staleMarginMs = 1000, requestTimeoutMs = 10_000, subscribeRate = 10, subscribeBurst = 20,
     connectTimeoutMs = 10_000,
   } = {}) {

@@ -247,7 +247,7 @@ function connection(options) {
 
 test('a silent connection is probed, marked stale, and dropped; anything arriving revives it', async (t) => {
   t.after(() => mock.timers.reset());
-  const { conn, socket } = connection();
+  const { conn, socket } = connection({ probeAfterMs: 1000 });
   socket().accept({ heartbeat: 5000 });
   assert.equal(conn.state, 'open');
   mock.timers.tick(1000);
