@@ -427,7 +427,7 @@ impl Trading {
 
     /// Cancels an open order of `account`.
     pub async fn cancel(&self, account: AccountId, id: OrderId) -> Result<OrderView, ApiError> {
-        let order = self.open_order(account, id)?;
+        let order = self.open_order_caught_up(account, id).await?;
         let command = CommandKind::Cancel(CancelOrder {
             order_id: order.id,
             account,
@@ -464,6 +464,8 @@ impl Trading {
         which: impl Fn(&OrderView) -> bool,
     ) -> CancelAllOutcome {
         use futures_util::StreamExt;
+        // Every order acknowledged anywhere (through another gateway too) is covered.
+        self.caught_up().await;
         let open =
             self.orders.orders(account, None, |o| o.status == Status::Open && which(o), usize::MAX);
         let results: Vec<(OrderId, Result<OrderView, ApiError>)> = futures_util::stream::iter(open)
@@ -495,7 +497,7 @@ impl Trading {
         if r.price.is_none() && r.qty.is_none() {
             return Err(ApiError::invalid("give a new price, a new qty, or both"));
         }
-        let order = self.open_order(account, id)?;
+        let order = self.open_order_caught_up(account, id).await?;
         let i = self.instrument(order.instrument).ok_or_else(ApiError::unknown_order)?;
         let price = match &r.price {
             Some(p) => parse_price(i, p)?,
@@ -526,6 +528,37 @@ impl Trading {
             return Err(ApiError::rejected(report.reason, "replace"));
         }
         self.settled(account, order.id, verdict)
+    }
+
+    /// [`Trading::open_order`]; on a gateway node, an order it does not know yet is looked
+    /// for again once it has caught up with the engine node (another gateway may have
+    /// acknowledged it a moment ago).
+    async fn open_order_caught_up(
+        &self,
+        account: AccountId,
+        id: OrderId,
+    ) -> Result<OrderView, ApiError> {
+        match self.open_order(account, id) {
+            Err(e) if e.code == ErrorCode::UnknownOrder && self.caught_up().await => {
+                self.open_order(account, id)
+            }
+            found => found,
+        }
+    }
+
+    /// Waits, on a gateway node, until this node knows every command the engine node had
+    /// applied when asked (see [`Route::caught_up`]); whether it does.
+    pub async fn caught_up(&self) -> bool {
+        self.route.caught_up(&self.orders).await
+    }
+
+    /// The order `id` of `account`; on a gateway node, looked for again once caught up when
+    /// not known yet. Another user's order is `None`, as a missing one.
+    pub async fn order_caught_up(&self, account: AccountId, id: OrderId) -> Option<OrderView> {
+        match self.orders.order(account, id) {
+            None if self.caught_up().await => self.orders.order(account, id),
+            found => found,
+        }
     }
 
     fn open_order(&self, account: AccountId, id: OrderId) -> Result<OrderView, ApiError> {

@@ -541,6 +541,34 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
         }
     }
 
+    // An order gateway 2 acknowledged is known at once to what acts on it through
+    // gateway 1, whose replica trails by milliseconds: a cancel-all there covers it, a GET
+    // and a cancel find it (they wait for gateway 1 to catch up with the engine node).
+    for round in 0..40 {
+        let doge = json!({"symbol": "DOGE-USD", "side": "buy", "type": "limit", "price": "0.10000", "qty": "10"});
+        // Connected to gateway 1 beforehand: its request goes out the moment gateway 2's
+        // answer is in (the race a client with two connections runs).
+        let mut to_g1 = tokio::net::TcpStream::connect(g1.addr).await.expect("connect");
+        let (status, placed) = alice.order(doge).await;
+        assert_eq!(status, 201, "{placed}");
+        let id = placed["id"].as_u64().expect("an id");
+        let (method, path) = match round % 3 {
+            0 => ("DELETE", "/api/v1/orders?symbol=DOGE-USD".to_string()),
+            1 => ("GET", format!("/api/v1/orders/{id}")),
+            _ => ("DELETE", format!("/api/v1/orders/{id}")),
+        };
+        let (status, body) = raw_call(&mut to_g1, method, &path, &g1_alice.token).await;
+        assert_eq!(status, 200, "round {round}: {body}");
+        if round % 3 == 0 {
+            let canceled = body["canceled"].as_array().expect("canceled");
+            assert!(canceled.iter().any(|o| o["id"].as_u64() == Some(id)), "round {round}: {body}");
+        }
+        if round % 3 == 1 {
+            let (status, _) = g1_alice.call("DELETE", &path, None, "").await;
+            assert_eq!(status, 200);
+        }
+    }
+
     // A logout of every session through gateway 3 ends them on every node; a new login
     // through it is good on the others.
     let (status, body) = g3_alice.call("POST", "/api/v1/auth/logout?all=true", None, "").await;
@@ -552,6 +580,27 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     for addr in [g1.addr, g2.addr] {
         eventually_status(&Api { addr, token: again.token.clone() }, 200).await;
     }
+}
+
+/// One request on an open connection: its status and JSON body.
+async fn raw_call(
+    stream: &mut tokio::net::TcpStream,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// Waits until `GET /api/v1/account` answers `status` for `api`.
@@ -653,6 +702,19 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
         }
     }
     assert_eq!(states, ["stale", "live"]);
+    // A connection opened after that is not told of a change from before it.
+    let mut fresh = client::connect(g2.addr, "/ws?format=json").await.expect("upgrade");
+    client::send_json(&mut fresh, &json!({"op": "ping", "id": "p"})).await.expect("send");
+    loop {
+        let m = tokio::time::timeout(WAIT, client::next(&mut fresh)).await.expect("in time");
+        if let Ok(client::Message::Text(t)) = m {
+            let v: Value = serde_json::from_str(&t).expect("JSON");
+            assert_ne!(v["op"], "market_data", "{v}");
+            if v["op"] == "pong" {
+                break;
+            }
+        }
+    }
     wait_for_gaps(g2.addr, 1).await;
     books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
     trade_through(g2.addr).await;

@@ -139,6 +139,12 @@ impl Subjects {
     pub fn info(&self) -> String {
         format!("{}.info", self.prefix)
     }
+
+    /// The stamp of each shard's last command the engine node applied (a u64 per shard):
+    /// what a gateway waits for before it acts on everything acknowledged so far.
+    pub fn head(&self) -> String {
+        format!("{}.head", self.prefix)
+    }
 }
 
 /// How long a request to the engine node waits for its answer.

@@ -40,6 +40,8 @@ struct ShardLog {
     bytes: usize,
     /// The last sequence applied.
     last_seq: u64,
+    /// The stamp of the last command applied.
+    last_ts: u64,
     /// The last sequence this run started with (recovered).
     run_start: u64,
 }
@@ -93,6 +95,9 @@ impl CommandLog {
         log.bytes += bytes.len();
         log.batches.push_back((first, last, bytes));
         log.last_seq = last;
+        if let Some(c) = commands.last() {
+            log.last_ts = c.ts.0;
+        }
         while log.bytes > LOG_BYTES_MAX && log.batches.len() > 1 {
             if let Some((_, _, old)) = log.batches.pop_front() {
                 log.bytes -= old.len();
@@ -113,6 +118,11 @@ impl CommandLog {
             let log = s.lock().unwrap_or_else(|e| e.into_inner());
             log.batches.front().map_or(log.last_seq + 1, |b| b.0)
         })
+    }
+
+    /// The stamp of `shard`'s last command applied this run (0: none yet).
+    pub fn last_ts(&self, shard: usize) -> u64 {
+        self.shards.get(shard).map_or(0, |s| s.lock().unwrap_or_else(|e| e.into_inner()).last_ts)
     }
 
     /// The last sequence `shard` applied.
@@ -264,6 +274,14 @@ impl Primary {
                 Ok(Ok(())) => wire::ids_reply(ids.start, ID_BLOCK),
                 _ => wire::ids_reply(0, 0),
             }
+        })));
+        let head = ctx.client.subscribe(ctx.subjects.head()).await?;
+        tasks.push(tokio::spawn(serve(Arc::clone(&ctx), head, |c, _| async move {
+            let mut stamps = bytes::BytesMut::with_capacity(c.engine.shards() * 8);
+            for shard in 0..c.engine.shards() {
+                bytes::BufMut::put_u64_le(&mut stamps, c.log.last_ts(shard));
+            }
+            stamps.freeze()
         })));
         let info = ctx.client.subscribe(ctx.subjects.info()).await?;
         tasks.push(tokio::spawn(serve(Arc::clone(&ctx), info, |c, _| async move {

@@ -10,6 +10,9 @@ use tickgate_engine::{CommandKind, OrderId};
 use super::wire::{self, SubmitCode};
 use super::{ClusterStats, Subjects, REQUEST_TIMEOUT};
 
+/// The longest [`Route::caught_up`] waits for this node's replica.
+pub const CAUGHT_UP_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Why a command did not reach an engine, or may not have.
 #[derive(Debug)]
 pub enum RouteError {
@@ -105,6 +108,41 @@ impl Route {
                 return Err(RouteError::Unreachable(why.into()));
             }
             *remote.ids.lock().unwrap_or_else(|e| e.into_inner()) = block;
+        }
+    }
+
+    /// On a gateway node, waits until `orders` has applied every command the engine node
+    /// had applied when asked (at most [`CAUGHT_UP_MAX`]): what another gateway has
+    /// acknowledged is then known here too (its replica trails by a few milliseconds).
+    /// Whether it caught up; the single process always has.
+    pub async fn caught_up(&self, orders: &crate::orders::OrderStore) -> bool {
+        let remote = match self {
+            Route::Local(_) => return true,
+            Route::Remote(remote) => remote,
+        };
+        if remote.check_connected().is_err() {
+            return false;
+        }
+        let Ok(reply) = remote.client.request(remote.subjects.head(), bytes::Bytes::new()).await
+        else {
+            return false;
+        };
+        let stamps: Vec<u64> = reply
+            .payload
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .collect();
+        let started = std::time::Instant::now();
+        loop {
+            let behind =
+                stamps.iter().enumerate().any(|(shard, ts)| orders.applied_through(shard).0 < *ts);
+            if !behind {
+                return true;
+            }
+            if started.elapsed() > CAUGHT_UP_MAX {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 

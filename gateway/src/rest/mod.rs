@@ -106,7 +106,7 @@ async fn dispatch(
         ["orders"] if post => orders::place(req, state).await,
         ["orders"] if get => orders::list(&req, state),
         ["orders"] if method == Method::DELETE => orders::cancel_all(&req, state).await,
-        ["orders", id] if get => orders::get_one(&req, state, id),
+        ["orders", id] if get => orders::get_one(&req, state, id).await,
         ["orders", id] if method == Method::DELETE => orders::cancel(&req, state, id).await,
         ["orders", id] if method == Method::PATCH => orders::replace(req, state, id).await,
         ["admin", "instruments", symbol, action @ ("halt" | "resume")] if post => {

@@ -68,13 +68,17 @@ fn parse_order_id(id: &str) -> Option<OrderId> {
 }
 
 /// `GET /api/v1/orders/{id}`.
-pub fn get_one<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
+pub async fn get_one<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
         Err(e) => return e.response(),
     };
-    // Another user's order answers exactly like a missing one.
-    let found = parse_order_id(id).and_then(|id| state.orders.order(AccountId(claims.acc), id));
+    // Another user's order answers exactly like a missing one; on a gateway node, one
+    // another gateway acknowledged a moment ago is looked for again once caught up.
+    let found = match parse_order_id(id) {
+        Some(id) => state.ws.trading.order_caught_up(AccountId(claims.acc), id).await,
+        None => None,
+    };
     match found.and_then(|o| instrument(state, o.instrument).map(|i| order_json(&o, i))) {
         Some(body) => json_response(StatusCode::OK, &body),
         None => ApiError::new(ErrorCode::UnknownOrder, "no such order").response(),

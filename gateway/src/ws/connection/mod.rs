@@ -406,6 +406,14 @@ impl Conn {
             }),
         );
         self.push(welcome, 0);
+        // A gateway node's market data freshness: the state now (said only if stale), then
+        // its changes; not a change that happened before this connection.
+        if let Some(market) = &mut self.market {
+            if *market.borrow_and_update() {
+                let notice = serde_json::json!({ "state": "stale" });
+                self.push(control::reply("market_data", &None, notice), 0);
+            }
+        }
         // Bytes that came with the upgrade request.
         self.parse_input(limits.write_batch_bytes_max);
         let link = Arc::clone(&self.link);
