@@ -72,6 +72,19 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
                 .collect();
             let status =
                 if failure.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            // A queue nine tenths full refuses orders `engine_busy` any moment: alive, but
+            // not keeping up (said, not failed: it drains by itself).
+            let engine = &state.engine;
+            let depth: Vec<usize> = (0..engine.shards()).map(|s| engine.queue_len(s)).collect();
+            let busy = depth
+                .iter()
+                .enumerate()
+                .any(|(s, d)| d * 10 >= engine.queue_capacity(s).max(1) * 9);
+            let said = match (&failure, busy) {
+                (Some(_), _) => "failing",
+                (None, true) => "busy",
+                (None, false) => "ok",
+            };
             let node = state.node.as_ref().map(|n| {
                 serde_json::json!({
                     "role": n.role.as_str(),
@@ -85,9 +98,9 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
             json_response(
                 status,
                 &serde_json::json!({
-                    "status": if failure.is_some() { "failing" } else { "ok" },
+                    "status": said,
                     "node": node,
-                    "engine": { "shards": state.engine.shards(), "commands": c.commands, "events": c.events },
+                    "engine": { "shards": state.engine.shards(), "commands": c.commands, "events": c.events, "queue_depth": depth },
                     "journal": {
                         "enabled": !journal.is_empty(),
                         "applied_seq": journal,

@@ -593,6 +593,20 @@ async fn cancel_on_disconnect_retries_what_a_busy_engine_refused() {
     })
     .await;
     let alice = Api::login(server.local_addr(), 0).await;
+    // `/healthz` says so: alive (200), but busy, with the queue's depth.
+    let addr = server.local_addr();
+    let mut health = Value::Null;
+    for _ in 0..200 {
+        let get = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let (status, response) = http_raw(addr, &get).await;
+        health = body_json(&response);
+        if status == 200 && health["status"] == "busy" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(health["status"], "busy", "{health}");
+    assert!(health["engine"]["queue_depth"][0].as_u64().is_some_and(|d| d >= 57), "{health}");
     let mut a = connect(&server, &format!("?token={}", alice.token)).await;
     let mut stash = Vec::new();
     let on = json!({"op": "cancel_on_disconnect", "id": "on", "enabled": true});

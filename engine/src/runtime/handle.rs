@@ -253,4 +253,9 @@ impl EngineHandle {
     pub fn queue_len(&self, shard: usize) -> usize {
         self.shared.shards.get(shard).map_or(0, |l| l.tx.len())
     }
+
+    /// Commands `shard`'s queue holds at most.
+    pub fn queue_capacity(&self, shard: usize) -> usize {
+        self.shared.shards.get(shard).and_then(|l| l.tx.capacity()).unwrap_or(0)
+    }
 }
