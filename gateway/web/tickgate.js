@@ -239,15 +239,18 @@ export class Book {
  * or a resubscribe) is merged by `seq`: no trade twice, none out of order. A snapshot or a
  * trade that does not join what is kept (trades were missed) replaces it, so the tape
  * never hides a hole; `apply` then returns false (resubscribe: the snapshot refills what it
- * can). A `GAP` (trades the server could no longer send) empties it and counts them in
- * `missed`. `version` grows with every change (for painting).
+ * can). A `GAP` (trades the server could no longer send) empties it, counts them in
+ * `missed` and asks for a resubscribe: the snapshot then refills what the server still
+ * keeps, and clears `missed` when it reaches back to them. `version` grows with every
+ * change (for painting).
  */
 export class TradeTape {
   constructor(keep = 50) {
     this.keep = keep;
     this.trades = []; // newest first: { seq, ts, price, qty, takerSide } (BigInt values)
     this.seq = null; // the channel's last sequence seen (BigInt), null before a snapshot
-    this.missed = 0n;
+    this.missed = 0n; // trades a GAP skipped that no snapshot has filled in since
+    this.gapFrom = null; // the first of them
     this.version = 0;
   }
 
@@ -259,11 +262,14 @@ export class TradeTape {
     }
     if (type === MSG.HEARTBEAT) return this.seq === null || seq <= this.seq;
     if (type === MSG.GAP) {
-      this.missed += body.getBigUint64(8, true) - body.getBigUint64(0, true) + 1n;
+      const from = body.getBigUint64(0, true);
+      this.missed += body.getBigUint64(8, true) - from + 1n;
+      this.gapFrom ??= from;
       this.trades = [];
       this.seq = seq;
       this.version++;
-      return true;
+      // Resubscribe: the server's snapshot refills what it still has of them.
+      return false;
     }
     if (type !== MSG.TRADE) return true;
     if (this.seq !== null && seq <= this.seq) return true; // already kept (a snapshot had it)
@@ -293,6 +299,11 @@ export class TradeTape {
       this.trades = incoming;
     }
     if (this.trades.length > this.keep) this.trades.length = this.keep;
+    // A snapshot that reaches back to the first trade a GAP skipped filled the hole.
+    if (this.gapFrom !== null && incoming.length && oldest <= this.gapFrom) {
+      this.missed = 0n;
+      this.gapFrom = null;
+    }
     this.seq = seq;
     this.version++;
   }

@@ -188,14 +188,21 @@ test('a trade tape never hides a hole: what does not join is replaced', () => {
   // A server that starts over (no journal): its history replaces the old one.
   tape.apply(MSG.TRADES_SNAPSHOT, 2n, 0n, tradesSnapshot([1, 2]));
   assert.deepEqual(seqsOf(tape), [2, 1]);
-  // GAP: the trades the server could not send are counted, the tape starts over after them.
+  // GAP: the trades the server could not send are counted, the tape starts over after
+  // them, and the caller resubscribes; the snapshot that comes fills the hole.
   const gap = new DataView(new ArrayBuffer(16));
   gap.setBigUint64(0, 3n, true);
   gap.setBigUint64(8, 7n, true);
-  tape.apply(MSG.GAP, 7n, 0n, gap);
+  assert.equal(tape.apply(MSG.GAP, 7n, 0n, gap), false, 'resubscribe');
   assert.equal(tape.missed, 5n);
   assert.equal(tape.apply(MSG.TRADE, 8n, 0n, tradeBody(8)), true);
   assert.deepEqual(seqsOf(tape), [8]);
+  tape.apply(MSG.TRADES_SNAPSHOT, 8n, 0n, tradesSnapshot(range(4, 8)));
+  assert.deepEqual(seqsOf(tape), [8, 7, 6, 5, 4]);
+  assert.equal(tape.missed, 5n, 'trade 3 is not back: still said');
+  tape.apply(MSG.GAP, 9n, 0n, gap);
+  tape.apply(MSG.TRADES_SNAPSHOT, 9n, 0n, tradesSnapshot(range(3, 9)));
+  assert.equal(tape.missed, 0n, 'a snapshot back to the first skipped trade fills the hole');
 });
 
 /** A WebSocket the test plays the server of. */
