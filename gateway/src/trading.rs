@@ -636,17 +636,18 @@ pub fn is_decimal(text: &str) -> bool {
         && frac_part.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// A decimal field of a request: not a decimal at all is `400 invalid_parameter`; a decimal
+/// The longest decimal string taken (the OpenAPI document's `maxLength`): any price or
+/// quantity an instrument takes fits in far fewer.
+pub const DECIMAL_CHARS_MAX: usize = 40;
+
+/// A decimal field of a request: not a decimal at all, or longer than
+/// [`DECIMAL_CHARS_MAX`], is `400 invalid_parameter`; a decimal
 /// this instrument cannot hold (too many decimals, out of range) is `422` with the engine's
 /// code for the field (`invalid_price`, `invalid_qty`): the request is well-formed, the
 /// instrument refuses it. Zeros past the precision are the same value and are fine
 /// (`1000.000000` is `1000.00` at 2 decimals). An out-of-range message names the
 /// instrument's `bounds` (the field's name and value for each), without them the
 /// fixed-point limit.
-/// The longest decimal string taken (the OpenAPI document's `maxLength`): any price or
-/// quantity an instrument takes fits in far fewer.
-pub const DECIMAL_CHARS_MAX: usize = 40;
-
 fn parse_within(
     text: &str,
     precision: u8,
