@@ -509,9 +509,7 @@ impl Ticket {
             notified.await;
         }
     }
-}
 
-impl Ticket {
     fn none_earlier(&self) -> bool {
         let state = self.in_flight.state.lock().unwrap_or_else(|e| e.into_inner());
         state.1.range(..self.n).next().is_none()
