@@ -45,7 +45,7 @@ pub struct Flags {
     /// Synthetic order flow in commands per second (0 = as fast as the engine takes them: a
     /// benchmark setting that keeps the engine's queue full, so users' orders wait and are
     /// refused `engine_busy`).
-    #[arg(long, env = "TICKGATE_FEED_RATE", default_value_t = 20_000)]
+    #[arg(long, env = "TICKGATE_FEED_RATE", default_value_t = 20_000, value_parser = within::<u64>(0..=10_000_000))]
     pub feed_rate: u64,
     /// Turn the synthetic feed off.
     #[arg(long, env = "TICKGATE_NO_FEED")]
@@ -141,9 +141,9 @@ pub struct Flags {
     /// connection's trial before that is a quarter of it (at least 16 KiB). A receipt ping
     /// goes out per half allowance: a larger start means fewer receipts (each a pong the
     /// client writes and a wake-up of the connection's task) and a higher cost for every
-    /// client that freezes.
-    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_START", default_value_t = 128 * 1024, value_parser = within::<u64>(16_384..=1_073_741_824))]
-    pub ws_unread_bytes_start: u64,
+    /// client that freezes. Default: 128 KiB, or `--ws-unread-bytes` if that is smaller.
+    #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES_START", value_parser = within::<u64>(16_384..=1_073_741_824))]
+    pub ws_unread_bytes_start: Option<u64>,
     /// Time allowed to send the HTTP request head, in milliseconds.
     #[arg(long, env = "TICKGATE_HANDSHAKE_TIMEOUT_MS", default_value_t = 5_000, value_parser = within::<u64>(1..=3_600_000))]
     pub handshake_timeout_ms: u64,
@@ -216,7 +216,7 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_SYNC_INTERVAL_MS", default_value_t = 10, value_parser = within::<u64>(1..=60_000))]
     pub sync_interval_ms: u64,
     /// Commands between two snapshots (0: never).
-    #[arg(long, env = "TICKGATE_SNAPSHOT_EVERY", default_value_t = 1_000_000)]
+    #[arg(long, env = "TICKGATE_SNAPSHOT_EVERY", default_value_t = 1_000_000, value_parser = within::<u64>(0..=1_000_000_000_000))]
     pub snapshot_every: u64,
     /// Journal segment size in MiB before a new segment starts.
     #[arg(long, env = "TICKGATE_SEGMENT_MB", default_value_t = 64, value_parser = within::<u64>(1..=4_096))]
@@ -451,7 +451,7 @@ fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
     // Each number's own range is its flag's parser's (`within`); here, what depends on
     // more than one flag, or on the disk.
-    if f.ws_unread_bytes_start > f.ws_unread_bytes {
+    if f.ws_unread_bytes_start.is_some_and(|start| start > f.ws_unread_bytes) {
         return invalid("--ws-unread-bytes-start must be at most --ws-unread-bytes");
     }
     let speed = f.replay_speed;
@@ -508,7 +508,10 @@ fn ws_limits(f: &Flags) -> WsLimits {
         socket_send_buffer_bytes: f.socket_send_buffer,
         unread_bytes_max: f.ws_unread_bytes,
         unread_bytes_total: f.ws_unread_bytes_total,
-        unread_bytes_start: f.ws_unread_bytes_start,
+        // 128 KiB unless given, or `--ws-unread-bytes` if that is smaller.
+        unread_bytes_start: f
+            .ws_unread_bytes_start
+            .unwrap_or(crate::fanout::outbox::ALLOWANCE_START.min(f.ws_unread_bytes)),
         ..WsLimits::default()
     }
 }
@@ -584,8 +587,14 @@ mod tests {
             let e = config(&["tickgate", flag, value]).unwrap_err();
             assert!(e.contains(flag) && e.contains(range), "{flag} {value}: {e}");
         }
-        let e = config(&["tickgate", "--ws-unread-bytes", "65536"]).unwrap_err();
+        let set = ["tickgate", "--ws-unread-bytes", "65536", "--ws-unread-bytes-start", "131072"];
+        let e = config(&set).unwrap_err();
         assert!(e.contains("--ws-unread-bytes-start must be at most"), "{e}");
+        // Not given, the start fits under a smaller maximum.
+        let small = config(&["tickgate", "--ws-unread-bytes", "32768"]).expect("valid");
+        assert_eq!(small.ws.unread_bytes_start, 32_768);
+        let e = config(&["tickgate", "--feed-rate", "1000000000000"]).unwrap_err();
+        assert!(e.contains("0..=10000000"), "{e}");
         let e = config(&["tickgate", "--replay", "/nonexistent/tickgate-recording"]).unwrap_err();
         assert!(e.contains("no journal there"), "{e}");
     }

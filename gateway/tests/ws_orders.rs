@@ -630,3 +630,68 @@ async fn cancel_on_disconnect_retries_what_a_busy_engine_refused() {
     eventually_open_orders(&alice, 0).await;
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// A cancel that loses the race with a fill is refused by the engine, which no longer has
+/// the order: its report on the `orders` channel says `order_closed`, as the answer does,
+/// with the order as it ended (not the engine's zeroed fields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_loses_to_a_fill_is_reported_order_closed_with_the_order() {
+    let server = start(|c| {
+        c.ws.inbound_rate_per_sec = 100_000;
+        c.ws.inbound_burst = 100_000;
+    })
+    .await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let mut a = connect(&server, &format!("?token={}", alice.token)).await;
+    let mut stash = Vec::new();
+    let sub = json!({"op": "subscribe", "id": "s", "channels": ["orders"]});
+    assert_eq!(ask(&mut a, sub, &mut stash).await["op"], "subscribed");
+    let mut seen = 0;
+    for round in 0..60u64 {
+        let sell = json!({"op": "order.new", "id": round * 2, "symbol": "XRP-USD", "side": "sell", "type": "limit", "price": "0.5000", "qty": "10.0"});
+        let placed = ask(&mut a, sell, &mut stash).await;
+        let id = placed["order"]["id"].as_u64().expect("placed");
+        let cancel = json!({"op": "order.cancel", "id": round * 2 + 1, "order_id": id});
+        let take = json!({"symbol": "XRP-USD", "side": "buy", "type": "ioc", "price": "0.5000", "qty": "10.0"});
+        let (answer, taken) = tokio::join!(ask(&mut a, cancel, &mut stash), bob.order(take));
+        assert_eq!(taken.0, 201, "{taken:?}");
+        if answer["op"] == "order.canceled" {
+            continue;
+        }
+        assert_eq!(answer["code"], "order_closed", "{answer}");
+        // The engine's refusal, if the cancel reached it, is on the channel: wait for it
+        // (the fill is reported before it) or for the next round's order to show up.
+        let report = loop {
+            if let Some(r) =
+                stash.iter().find(|e| e["order_id"] == id && e["kind"] == "cancel_rejected")
+            {
+                break Some(r.clone());
+            }
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(300), text(&mut a)).await;
+            match next {
+                Ok(v) if v["op"] == "execution" => stash.push(v),
+                Ok(_) => {}
+                Err(_) => break None, // refused before the engine: no report
+            }
+        };
+        let Some(report) = report else { continue };
+        seen += 1;
+        assert_eq!(
+            (
+                report["reason"].as_str(),
+                report["side"].as_str(),
+                report["filled_qty"].as_str(),
+                report["open_qty"].as_str()
+            ),
+            (Some("order_closed"), Some("sell"), Some("10.0"), Some("0.0")),
+            "{report}"
+        );
+        if seen == 3 {
+            break;
+        }
+    }
+    assert!(seen > 0, "the cancel never reached the engine after the fill in 60 rounds");
+    server.shutdown().await.expect("clean shutdown");
+}

@@ -418,8 +418,33 @@ fn transfer_fields(
     })
 }
 
-/// An order's execution report as the `orders` channel shows it.
+/// An order's execution report as the `orders` channel shows it. A cancel or replace the
+/// engine refused because the order was gone (filled or canceled first) comes with the
+/// order's fields zeroed (the engine no longer has it): shown with the order as it ended
+/// and the reason `order_closed`, as the request's answer says.
 fn exec_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json::Value {
+    use tickgate_engine::{ExecKind, RejectReason};
+    let refused = matches!(r.kind, ExecKind::CancelRejected | ExecKind::ReplaceRejected);
+    if refused && r.reason == Some(RejectReason::UnknownOrder) {
+        if let Some(o) = trading.orders.order(r.account, r.order_id) {
+            let ended = ExecReport {
+                client_order_id: o.client_order_id,
+                side: o.side,
+                order_type: o.order_type,
+                price: o.price,
+                leaves_qty: o.leaves,
+                cum_qty: o.filled,
+                ..*r
+            };
+            let mut fields = report_fields(&ended, trading);
+            fields["reason"] = "order_closed".into();
+            return fields;
+        }
+    }
+    report_fields(r, trading)
+}
+
+fn report_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json::Value {
     use tickgate_engine::types::format_fixed;
     let instrument = trading.instrument(r.instrument);
     let (symbol, pp, qp) = match instrument {
