@@ -218,18 +218,21 @@ try {
     await page.waitForSelector(`#open-orders tr[data-id="${id}"]`, { state: 'detached' });
   });
 
+  /** Places the ticket's order at `price` and waits for its answer `open`; its id. */
+  const placeOpen = async (price) => {
+    await page.fill('#ticket [name=price]', price);
+    const before = await page.textContent('#ticket-result');
+    await page.click('#place');
+    await page.waitForFunction((b) => {
+      const text = document.getElementById('ticket-result').textContent;
+      return text !== b && /open/.test(text);
+    }, before);
+    return (await page.textContent('#ticket-result')).match(/order (\d+)/)[1];
+  };
+
   await step('cancel all empties open orders', async () => {
     const ids = [];
-    for (const price of ['1000.00', '1001.00']) {
-      await page.fill('#ticket [name=price]', price);
-      const before = await page.textContent('#ticket-result');
-      await page.click('#place');
-      await page.waitForFunction((b) => {
-        const text = document.getElementById('ticket-result').textContent;
-        return text !== b && /open/.test(text);
-      }, before);
-      ids.push((await page.textContent('#ticket-result')).match(/order (\d+)/)[1]);
-    }
+    for (const price of ['1000.00', '1001.00']) ids.push(await placeOpen(price));
     for (const id of ids) await page.waitForSelector(`#open-orders tr[data-id="${id}"]`);
     await page.click('#cancel-all');
     await page.waitForFunction(() => document.querySelectorAll('#open-orders tr').length === 0);
@@ -237,14 +240,8 @@ try {
 
   await step('an open order and its buttons fit the account panel at every width', async () => {
     await page.selectOption('#ticket [name=type]', 'limit');
-    await page.fill('#ticket [name=price]', '1000.00');
     await page.fill('#ticket [name=qty]', '0.0010');
-    const before = await page.textContent('#ticket-result');
-    await page.click('#place');
-    await page.waitForFunction((b) => {
-      const text = document.getElementById('ticket-result').textContent;
-      return text !== b && /open/.test(text);
-    }, before);
+    await placeOpen('1000.00');
     await page.waitForSelector('#open-orders tr');
     const overflow = () => page.evaluate(() => {
       const panel = document.getElementById('account-panel');

@@ -149,13 +149,7 @@ pub(super) fn dump_account(account: AccountId, state: &AccountState, out: &mut V
             },
             reason: o.reason,
             order_id: o.id,
-            client_order_id: o.client_order_id,
-            side: o.side,
-            order_type: o.order_type,
-            price: o.price,
-            leaves_qty: o.leaves,
-            cum_qty: o.filled,
-            ..bare_report(account, o.instrument, o.seq)
+            ..o.onto(bare_report(account, o.instrument, o.seq))
         }));
     }
     for f in &state.fills {

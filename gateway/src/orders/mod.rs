@@ -97,6 +97,22 @@ pub struct OrderView {
     pub seq: u64,
 }
 
+impl OrderView {
+    /// `report` with this order's own fields (client id, side, type, price, open and filled
+    /// quantities) in place of its.
+    pub fn onto(&self, report: ExecReport) -> ExecReport {
+        ExecReport {
+            client_order_id: self.client_order_id,
+            side: self.side,
+            order_type: self.order_type,
+            price: self.price,
+            leaves_qty: self.leaves,
+            cum_qty: self.filled,
+            ..report
+        }
+    }
+}
+
 /// One fill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FillView {

@@ -427,16 +427,7 @@ fn exec_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_json:
     let refused = matches!(r.kind, ExecKind::CancelRejected | ExecKind::ReplaceRejected);
     if refused && r.reason == Some(RejectReason::UnknownOrder) {
         if let Some(o) = trading.orders.order(r.account, r.order_id) {
-            let ended = ExecReport {
-                client_order_id: o.client_order_id,
-                side: o.side,
-                order_type: o.order_type,
-                price: o.price,
-                leaves_qty: o.leaves,
-                cum_qty: o.filled,
-                ..*r
-            };
-            let mut fields = report_fields(&ended, trading);
+            let mut fields = report_fields(&o.onto(*r), trading);
             fields["reason"] = "order_closed".into();
             return fields;
         }
