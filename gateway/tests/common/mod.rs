@@ -190,8 +190,13 @@ impl Follower {
 
 /// A raw HTTP/1.1 exchange (`Connection: close`): returns (status, headers+body text).
 pub async fn http_raw(addr: std::net::SocketAddr, request_head: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    http_on(&mut stream, request_head).await
+}
+
+/// [`http_raw`] on a connection opened beforehand.
+pub async fn http_on(stream: &mut tokio::net::TcpStream, request_head: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(request_head.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
