@@ -33,6 +33,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// A request head over the limit (size or header lines).
     HeadTooLarge,
+    /// A request target (path and query) longer than the server takes.
+    UriTooLong,
     /// A body that did not arrive in time.
     RequestTimeout,
     /// No such route.
@@ -117,6 +119,7 @@ impl ErrorCode {
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge => "payload_too_large",
             HeadTooLarge => "head_too_large",
+            UriTooLong => "uri_too_long",
             RequestTimeout => "request_timeout",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
@@ -172,6 +175,7 @@ impl ErrorCode {
             | RequestInProgress => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            UriTooLong => StatusCode::URI_TOO_LONG,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             UnknownSymbol | Rejected(_) | IdempotencyKeyReused | LimitExceeded => {
                 StatusCode::UNPROCESSABLE_ENTITY

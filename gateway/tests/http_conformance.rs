@@ -1,6 +1,7 @@
 //! HTTP conformance over real sockets: `405` names the allowed methods, `HEAD` is served
 //! wherever `GET` is, private answers are never cached, bodies with numbers simd-json
-//! cannot hold in fields nobody reads are fine, and an empty `cursor=` is the first page.
+//! cannot hold in fields nobody reads are fine, an empty `cursor=` is the first page, and
+//! heads hyper cannot parse get the API's JSON errors.
 
 mod common;
 
@@ -130,4 +131,36 @@ async fn metrics_are_well_formed_prometheus_text() {
     };
     assert_eq!(sample("tickgate_ws_auth_refusals_total").as_deref(), Some("1"), "{body}");
     assert_eq!(sample("tickgate_ws_rejected_total").as_deref(), Some("0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_hyper_cannot_parse_get_json_errors() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let long = "a".repeat(70_000);
+    for (what, head, status, code) in [
+        ("a header line without a colon", "GET / HTTP/1.1\r\nHost x\r\n\r\n".to_string(), 400, "malformed"),
+        ("a control byte in the path", "GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), 400, "malformed"),
+        ("an unknown version", "GET / HTTP/9.9\r\nHost: x\r\n\r\n".to_string(), 400, "malformed"),
+        ("two different lengths", "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n".to_string(), 400, "malformed"),
+        ("150 header lines", format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n"), 431, "head_too_large"),
+        ("a 70,000-byte path", format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n"), 414, "uri_too_long"),
+    ] {
+        let (got, response) = http_raw(addr, &head).await;
+        assert_eq!(got, status, "{what}: {response}");
+        assert_eq!(header(&response, "content-type"), Some("application/json"), "{what}: {response}");
+        assert_eq!(body_json(&response)["error"]["code"], code, "{what}: {response}");
+    }
+    // On a kept-alive connection, after an answer: the garbage that follows gets one too.
+    let (status, response) =
+        http_raw(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n").await;
+    assert_eq!(status, 200, "{response}");
+    let second = response.split_once("}HTTP/1.1 ").map(|(_, s)| s).unwrap_or_default();
+    assert!(second.starts_with("400 "), "{response}");
+    assert!(second.contains(r#""code":"malformed""#), "{response}");
+    // The server is fine after all of it.
+    let (status, _) =
+        http_raw(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, 200);
 }

@@ -141,6 +141,11 @@ async fn https_serves_http1_and_http2_with_several_sse_streams_on_one_connection
     .await;
     assert_eq!(status, 200, "{response}");
     assert!(response.contains("BTC-USD"));
+    // A head hyper cannot parse gets the API's JSON error under TLS too.
+    let stream = tls(addr, &c).await.expect("handshake");
+    let (status, response) = raw(stream, "GET / HTTP/1.1\r\nHost localhost\r\n\r\n").await;
+    assert_eq!(status, 400, "{response}");
+    assert_eq!(body_json(&response)["error"]["code"], "malformed", "{response}");
     // A client that trusts another certificate is refused at the handshake.
     let (_, _, other) = certificate(&dir, "other");
     assert!(tls(addr, &connector(&other, &["h2"])).await.is_err());
@@ -216,7 +221,7 @@ async fn https_serves_http1_and_http2_with_several_sse_streams_on_one_connection
             }
         }
     }
-    assert_eq!(server.metrics().tls_handshakes_total.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(server.metrics().tls_handshakes_total.load(std::sync::atomic::Ordering::Relaxed), 4);
     drop(streams);
     server.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);

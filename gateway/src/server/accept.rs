@@ -12,6 +12,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use super::canned::JsonErrors;
 use super::DRAIN_TIMEOUT;
 use crate::error::{ApiError, ErrorCode};
 use crate::http;
@@ -114,7 +115,8 @@ async fn serve_connection(stream: tokio::net::TcpStream, c: Connection<'_>) {
         }
         FirstRequest::Other => {}
     }
-    serve_http(TokioIo::new(stream), c.peer, c.state, c.shutdown, c.head, pending).await;
+    serve_http(TokioIo::new(JsonErrors::new(stream)), c.peer, c.state, c.shutdown, c.head, pending)
+        .await;
 }
 
 /// Serves one TLS connection: the handshake (within the first head's deadline), then
@@ -145,7 +147,15 @@ async fn serve_tls(
     match tokio::time::timeout_at(c.head.deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             metrics.tls_handshakes_total.fetch_add(1, Ordering::Relaxed);
-            serve_http(TokioIo::new(stream), c.peer, c.state, c.shutdown, c.head, pending).await;
+            serve_http(
+                TokioIo::new(JsonErrors::new(stream)),
+                c.peer,
+                c.state,
+                c.shutdown,
+                c.head,
+                pending,
+            )
+            .await;
         }
         Ok(Err(e)) => {
             metrics.tls_handshake_failures_total.fetch_add(1, Ordering::Relaxed);

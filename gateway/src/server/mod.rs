@@ -1,6 +1,7 @@
 //! Starting and stopping the whole system: engine, feed, fan-out hub, HTTP listener.
 
 mod accept;
+pub mod canned;
 mod recovery;
 mod startup;
 

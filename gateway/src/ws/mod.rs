@@ -153,13 +153,15 @@ fn handshake_flaw<B>(req: &Request<B>) -> Option<&'static str> {
 fn take_stream(
     upgraded: hyper::upgrade::Upgraded,
 ) -> Option<(TcpStream, Bytes, Option<Box<rustls::ServerConnection>>)> {
+    use crate::server::canned::JsonErrors;
     use hyper_util::server::conn::auto::upgrade::downcast;
-    let upgraded = match downcast::<TokioIo<TcpStream>>(upgraded) {
-        Ok(parts) => return Some((parts.io.into_inner(), parts.read_buf, None)),
+    let upgraded = match downcast::<TokioIo<JsonErrors<TcpStream>>>(upgraded) {
+        Ok(parts) => return Some((parts.io.into_inner().into_inner(), parts.read_buf, None)),
         Err(upgraded) => upgraded,
     };
-    let parts = downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>(upgraded).ok()?;
-    let (io, tls) = parts.io.into_inner().into_inner();
+    type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+    let parts = downcast::<TokioIo<JsonErrors<Tls>>>(upgraded).ok()?;
+    let (io, tls) = parts.io.into_inner().into_inner().into_inner();
     Some((io, parts.read_buf, Some(Box::new(tls))))
 }
 
