@@ -1,15 +1,19 @@
-//! Login throttling: exponential backoff per username and per client address.
+//! Login throttling: exponential backoff per username from a client address, and per
+//! client address.
 //!
-//! Each username and each client address may fail [`FREE_FAILURES`] logins in a row; every
+//! Each username from each address (the pair), and each address, may fail
+//! [`FREE_FAILURES`] logins in a row; every
 //! failure after that closes the door for twice as long as the one before (1 s, 2 s, 4 s,
 //! ... up to [`BLOCK_MAX`]). While closed, login answers `429` with `Retry-After` without
 //! checking the password (right or wrong, known user or not: the same answer, at the same
 //! cost). An attempt counts as a failure from the moment it is let through
 //! ([`LoginThrottle::attempt`]), so a burst of parallel guesses is counted before any
 //! password is checked; a success takes its own count back, lifts the block that count
-//! set (unless a later attempt was counted since) and forgets the user's failures, not the
+//! set (unless a later attempt was counted since) and forgets the pair's failures, not the
 //! address's: logging in as oneself does not clear a spray from that address, and the
-//! address's next failure closes the door again. Failures followed by [`BLOCK_MAX`] of
+//! address's next failure closes the door again. A username alone is never blocked: anyone
+//! who knows it could then lock its owner out (a few wrong passwords every 15 minutes from
+//! anywhere), so guesses at one user from many addresses are bounded per address only. Failures followed by [`BLOCK_MAX`] of
 //! quiet after their block ended are no longer "in a row" and are forgotten. Time comes
 //! from the injected clock, so tests move it without sleeping.
 
@@ -31,7 +35,8 @@ const ENTRIES_MAX: usize = 100_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
-    User(String),
+    /// A username from an address (`None`: a client without one, e.g. in tests).
+    User(String, Option<IpAddr>),
     Addr(IpAddr),
 }
 
@@ -52,7 +57,7 @@ pub struct Attempt {
     addr_counted: Option<u64>,
 }
 
-/// Failure counts per username and per address.
+/// Failure counts per username and address, and per address.
 #[derive(Debug)]
 pub struct LoginThrottle {
     entries: Mutex<HashMap<Key, Entry>>,
@@ -69,7 +74,7 @@ fn plus(t: UnixNanos, d: Duration) -> UnixNanos {
 }
 
 fn keys(user: &str, addr: Option<IpAddr>) -> impl Iterator<Item = Key> {
-    std::iter::once(Key::User(user.to_string())).chain(addr.map(Key::Addr))
+    std::iter::once(Key::User(user.to_string(), addr)).chain(addr.map(Key::Addr))
 }
 
 impl LoginThrottle {
@@ -104,14 +109,14 @@ impl LoginThrottle {
         Ok(Attempt { addr_counted })
     }
 
-    /// `attempt` of `user` from `addr` succeeded: the user's failures are forgotten; the
+    /// `attempt` of `user` from `addr` succeeded: the pair's failures are forgotten; the
     /// address gets back the failure the attempt was counted as, and the block that count
     /// set is lifted unless an attempt counted after it set its own (a success never leaves
     /// the door closed behind it; the address's earlier failures stay).
     pub fn succeeded(&self, user: &str, addr: Option<IpAddr>, attempt: Attempt) {
         let now = self.clock.now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.remove(&Key::User(user.to_string()));
+        entries.remove(&Key::User(user.to_string(), addr));
         if let Some(e) = addr.and_then(|a| entries.get_mut(&Key::Addr(a))) {
             e.failures = e.failures.saturating_sub(1);
             if e.failures < FREE_FAILURES || attempt.addr_counted == Some(e.counted) {
@@ -207,16 +212,19 @@ mod tests {
         // The fifth attempt, not yet known to fail, already closes the door: a burst of
         // parallel guesses is counted before any password is checked.
         assert_eq!(t.attempt("alice", addr), Err(BLOCK_MIN));
-        // Another address is blocked for alice too, and this address for other names.
-        assert!(t.attempt("alice", Some(IpAddr::from([10, 0, 0, 1]))).is_err());
+        // This address is blocked for other names too; alice from another address is not
+        // (else anyone could lock her out by failing as her).
         assert!(t.attempt("bob", addr).is_err());
+        let elsewhere = Some(IpAddr::from([10, 0, 0, 1]));
+        let ok = t.attempt("alice", elsewhere).expect("alice from elsewhere");
+        t.succeeded("alice", elsewhere, ok);
+        assert!(t.attempt("alice", addr).is_err(), "her success elsewhere lifts nothing here");
         clock.advance(BLOCK_MIN);
         assert!(t.attempt("alice", addr).is_ok(), "the window passed");
         assert_eq!(t.attempt("alice", addr), Err(BLOCK_MIN * 2), "doubled");
         clock.advance(BLOCK_MIN * 2);
         let ok = t.attempt("alice", addr).expect("the window passed");
         t.succeeded("alice", addr, ok);
-        assert!(t.attempt("alice", None).is_ok(), "a success forgets the user's failures");
         // A success leaves no block behind: the next login from the address goes through
         // (behind a proxy, one address is everyone's)...
         let ok = t.attempt("bob", addr).expect("not blocked by alice's success");
@@ -259,6 +267,21 @@ mod tests {
         clock.advance(BLOCK_MIN * 2 + BLOCK_MAX);
         for n in 0..FREE_FAILURES - 1 {
             let _ = t.attempt(&format!("again{n}"), addr).expect("counted from zero again");
+        }
+    }
+
+    /// A success forgets its pair's failures (here a client without an address, whose
+    /// only count is the pair's).
+    #[test]
+    fn a_success_forgets_the_pairs_failures() {
+        let (_, t, _) = throttle();
+        for _ in 0..FREE_FAILURES - 1 {
+            let _ = t.attempt("alice", None).expect("free failures");
+        }
+        let ok = t.attempt("alice", None).expect("the last free one");
+        t.succeeded("alice", None, ok);
+        for _ in 0..FREE_FAILURES - 1 {
+            let _ = t.attempt("alice", None).expect("counted from zero again");
         }
     }
 }

@@ -19,6 +19,21 @@ fn get_auth(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n")
 }
 
+/// A login from another loopback address (127.0.0.2: another client, as the server sees it).
+async fn login_from_elsewhere(
+    addr: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+) -> (u16, serde_json::Value) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.2:0".parse().expect("address")).expect("bind 127.0.0.2");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let body = serde_json::json!({"username": user, "password": password}).to_string();
+    let (status, response) =
+        http_on(&mut stream, &post_json(addr, "/api/v1/auth/login", &body, "")).await;
+    (status, body_json(&response))
+}
+
 async fn login(addr: std::net::SocketAddr, user: &str, password: &str) -> (u16, serde_json::Value) {
     let body = serde_json::json!({"username": user, "password": password}).to_string();
     let (status, response) =
@@ -176,8 +191,9 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).expect("metric")
 }
 
-/// Wrong passwords are throttled per username (and per address) with 429 + Retry-After,
-/// known and unknown users alike; after the window the right password works.
+/// Wrong passwords are throttled per username from an address, and per address, with 429
+/// + Retry-After, known and unknown users alike, from that address only; after the window the right
+/// password works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled() {
     let clock = tickgate_engine::ManualClock::at_wall_time();
@@ -198,6 +214,9 @@ async fn failed_logins_are_throttled() {
     }
     // The same address is throttled for other names too (unknown ones included).
     assert_eq!(login(addr, "nobody", "x").await.0, 429);
+    // Alice from another address is not: failing as her from here does not lock her out.
+    let (status, body) = login_from_elsewhere(addr, alice, alice_password).await;
+    assert_eq!(status, 200, "{body}");
     assert!(metric(addr, "login_throttled_total").await >= 3);
     assert_eq!(metric(addr, "login_failures_total").await, 5);
     clock.advance(Duration::from_millis(1100));
