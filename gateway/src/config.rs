@@ -151,6 +151,10 @@ pub struct Flags {
     /// `503` and closed at once (keep it well below the process's file limit).
     #[arg(long, env = "TICKGATE_PENDING_CONNECTIONS_MAX", default_value_t = 512, value_parser = within::<usize>(1..=1_000_000))]
     pub pending_connections_max: usize,
+    /// Of those, connections from one client address (an IPv4 address, an IPv6 /64) at
+    /// most; more from it are answered `503` and closed at once, while others still get in.
+    #[arg(long, env = "TICKGATE_PENDING_CONNECTIONS_PER_ADDRESS", default_value_t = 128, value_parser = within::<u32>(1..=1_000_000))]
+    pub pending_connections_per_address: u32,
     /// Time allowed to send a request body once its head arrived, in milliseconds (then
     /// `408` and the connection is closed).
     #[arg(long, env = "TICKGATE_BODY_TIMEOUT_MS", default_value_t = 10_000, value_parser = within::<u64>(1..=3_600_000))]
@@ -309,6 +313,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Connections waiting for their first request head, at most.
     pub pending_connections_max: usize,
+    /// Of those, from one client address at most.
+    pub pending_connections_per_address: u32,
     /// Time allowed for a request body.
     pub body_timeout: Duration,
     /// Users file; `None`: demo users.
@@ -378,6 +384,7 @@ impl TryFrom<Flags> for Config {
             ws,
             handshake_timeout: ms(f.handshake_timeout_ms),
             pending_connections_max: f.pending_connections_max,
+            pending_connections_per_address: f.pending_connections_per_address,
             body_timeout: ms(f.body_timeout_ms),
             users: f.users,
             jwt_secret: f.jwt_secret,

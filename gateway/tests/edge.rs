@@ -20,6 +20,17 @@ async fn healthz(addr: std::net::SocketAddr) -> u16 {
     tokio::time::timeout(Duration::from_secs(5), http_raw(addr, &head)).await.map_or(0, |r| r.0)
 }
 
+/// `/healthz` from another client than the tests' others (127.0.0.2): an attack from one
+/// address takes at most its share of the places.
+async fn healthz_from_elsewhere(addr: std::net::SocketAddr) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.2:0".parse().expect("address")).expect("bind 127.0.0.2");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let exchange = http_on(&mut stream, &head);
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.map_or(0, |r| r.0)
+}
+
 async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
     let head = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let (_, text) = http_raw(addr, &head).await;
@@ -77,7 +88,7 @@ async fn a_few_bytes_never_pin_a_socket() {
             open.push((n, s));
         }
     }
-    assert_eq!(healthz(addr).await, 200, "healthz during the attack");
+    assert_eq!(healthz_from_elsewhere(addr).await, 200, "healthz during the attack");
     // The other half stay open and silent: the server closes each within its deadline.
     let started = Instant::now();
     let open = tokio::task::spawn_blocking(move || {
@@ -152,6 +163,47 @@ async fn connections_waiting_for_a_head_are_bounded() {
     assert_eq!(healthz(addr).await, 200);
     assert!(metric(addr, "connections_refused_total").await >= 10);
     assert_eq!(metric(addr, "connections_pending").await, 0);
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// One client's silent connections take at most its share of the places: the next from it
+/// is refused, while another client (here 127.0.0.2) still gets in, `/healthz` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_takes_at_most_its_share_of_the_waiting_places() {
+    let server = start(|c| {
+        c.handshake_timeout = Duration::from_secs(3);
+        c.pending_connections_max = 20;
+        c.pending_connections_per_address = 8;
+    })
+    .await;
+    let addr = server.local_addr();
+    let silent: Vec<TcpStream> =
+        (0..8).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pending(&server) < 8 {
+        assert!(Instant::now() < deadline, "the 8 silent connections were not accepted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let answer = read_until_closed(&mut s, Duration::from_secs(2)).unwrap_or_default();
+        String::from_utf8_lossy(&answer).to_string()
+    })
+    .await
+    .expect("client");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections") && answer.contains("your address"), "{answer}");
+    // Another client is served while the first one's places are all taken.
+    assert_eq!(healthz_from_elsewhere(addr).await, 200);
+    assert_eq!(pending(&server), 8, "the silent ones still wait");
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pending(&server) > 0 {
+        assert!(Instant::now() < deadline, "closed connections still pending");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Their places are given back: the first client gets in again.
+    assert_eq!(healthz(addr).await, 200);
     server.shutdown().await.expect("clean shutdown");
 }
 

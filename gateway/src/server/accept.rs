@@ -1,7 +1,8 @@
 //! Accepting connections: the pending-handshake limit, TLS, HTTP/1.1 and HTTP/2, and the
 //! hand-over of SSE streams and WebSocket upgrades.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,12 +24,89 @@ use crate::state::AppState;
 /// be doing so at once.
 pub(super) struct Handshake {
     pub(super) timeout: Duration,
-    pub(super) pending: Arc<Semaphore>,
+    pub(super) pending: Arc<PendingPlaces>,
     pub(super) tls: Option<Arc<crate::tls::Tls>>,
 }
 
-/// The answer to a connection beyond the pending bound, written without waiting.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 82\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections waiting\"}}";
+/// The places of connections without a request head yet: so many in all, and so many per
+/// client address, so that one client's flood of silent connections cannot take every
+/// place (`/healthz` and everyone else would be refused with it).
+pub(super) struct PendingPlaces {
+    all: Arc<Semaphore>,
+    per_address_max: u32,
+    by_address: std::sync::Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// A connection's place among those without a request head yet.
+pub(crate) struct Place {
+    _permit: OwnedSemaphorePermit,
+    places: Arc<PendingPlaces>,
+    address: IpAddr,
+}
+
+/// Why a connection got no place.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum NoPlace {
+    All,
+    Address,
+}
+
+impl PendingPlaces {
+    pub(super) fn new(all: usize, per_address: u32) -> Arc<Self> {
+        let by_address = std::sync::Mutex::new(HashMap::new());
+        Arc::new(PendingPlaces {
+            all: Arc::new(Semaphore::new(all)),
+            per_address_max: per_address,
+            by_address,
+        })
+    }
+
+    /// A place for a connection from `peer`, unless its address or everyone took them all.
+    pub(super) fn take(self: &Arc<Self>, peer: IpAddr) -> Result<Place, NoPlace> {
+        let address = client_address(peer);
+        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = by_address.get(&address).copied().unwrap_or(0);
+        if taken >= self.per_address_max {
+            return Err(NoPlace::Address);
+        }
+        let permit = Arc::clone(&self.all).try_acquire_owned().map_err(|_| NoPlace::All)?;
+        by_address.insert(address, taken + 1);
+        Ok(Place { _permit: permit, places: Arc::clone(self), address })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut by_address = self.places.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(taken) = by_address.get_mut(&self.address) {
+            *taken -= 1;
+            if *taken == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// The client a peer address stands for: an IPv4 address (also when mapped into IPv6), or
+/// an IPv6 /64 (one subscriber's network: its addresses are anyone's for the asking).
+fn client_address(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(v6) => {
+            IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX)))
+        }
+        v4 => v4,
+    }
+}
+
+/// The answers to a connection beyond the pending bounds, written without waiting.
+static REFUSED_ALL: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let message = "too many connections waiting for their first request";
+    ApiError::new(ErrorCode::TooManyConnections, message).retry_after(1).raw_http1("")
+});
+static REFUSED_ADDRESS: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let message = "too many connections from your address waiting for their first request";
+    ApiError::new(ErrorCode::TooManyConnections, message).retry_after(1).raw_http1("")
+});
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -52,16 +130,21 @@ pub(super) async fn accept_loop(
         };
         // Until its first request head is in, a connection holds one of a bounded number
         // of places: a flood of connections that send nothing (or a few bytes) can never
-        // use up the file descriptors the server needs.
-        let Ok(pending) = Arc::clone(&handshake.pending).try_acquire_owned() else {
-            state.metrics.connections_refused_total.fetch_add(1, Ordering::Relaxed);
-            // A fresh socket's send buffer is empty: this never blocks, and what does not
-            // fit is not worth waiting for.
-            // Under TLS there is no HTTP before the handshake: the connection just closes.
-            if handshake.tls.is_none() {
-                let _ = stream.try_write(REFUSED);
+        // use up the file descriptors the server needs, and one client's flood cannot
+        // take every place.
+        let pending = match handshake.pending.take(peer.ip()) {
+            Ok(place) => place,
+            Err(why) => {
+                state.metrics.connections_refused_total.fetch_add(1, Ordering::Relaxed);
+                // A fresh socket's send buffer is empty: this never blocks, and what does
+                // not fit is not worth waiting for.
+                // Under TLS there is no HTTP before the handshake: the connection just closes.
+                if handshake.tls.is_none() {
+                    let answer = if why == NoPlace::All { &REFUSED_ALL } else { &REFUSED_ADDRESS };
+                    let _ = stream.try_write(answer);
+                }
+                continue;
             }
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
@@ -97,7 +180,7 @@ struct Connection<'a> {
     state: &'a Arc<AppState>,
     shutdown: watch::Receiver<bool>,
     head: FirstHead,
-    pending: OwnedSemaphorePermit,
+    pending: Place,
 }
 
 /// Serves one cleartext connection: a raw alert stream, or hyper.
@@ -241,12 +324,12 @@ const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A connection's place among those without a request head yet.
 pub(crate) struct PendingGuard {
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Place>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl PendingGuard {
-    fn take(&mut self) -> Option<OwnedSemaphorePermit> {
+    fn take(&mut self) -> Option<Place> {
         let permit = self.permit.take();
         if permit.is_some() {
             self.metrics.connections_pending.fetch_sub(1, Ordering::Relaxed);
@@ -261,6 +344,42 @@ impl Drop for PendingGuard {
     }
 }
 
-fn take_permit(guard: &std::sync::Mutex<PendingGuard>) -> Option<OwnedSemaphorePermit> {
+fn take_permit(guard: &std::sync::Mutex<PendingGuard>) -> Option<Place> {
     guard.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_bounded_in_all_and_per_address() {
+        let places = PendingPlaces::new(3, 2);
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let first = places.take(a).expect("a's first");
+        let _second = places.take(a).expect("a's second");
+        assert_eq!(places.take(a).err(), Some(NoPlace::Address));
+        let _third = places.take(b).expect("b gets in");
+        assert_eq!(places.take(b).err(), Some(NoPlace::All), "all three taken");
+        drop(first);
+        let _again = places.take(a).expect("a's place given back");
+        // An IPv4 address mapped into IPv6 is the same client.
+        assert_eq!(
+            places.take("::ffff:10.0.0.1".parse().expect("ip")).err(),
+            Some(NoPlace::Address)
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let one: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:2:bbbb::2".parse().expect("ip");
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(client_address(one), client_address(other));
+        assert_ne!(client_address(one), client_address(elsewhere));
+        assert_eq!(
+            client_address("::ffff:1.2.3.4".parse().expect("ip")),
+            IpAddr::from([1, 2, 3, 4])
+        );
+    }
 }

@@ -15,7 +15,7 @@ use tickgate_engine::types::format_fixed;
 use tickgate_engine::EngineCounters;
 use tickgate_feed::{FeedDriver, Worker};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::alerts::AlertHub;
@@ -134,7 +134,10 @@ impl Server {
         let state = startup::app_state(&config, &engine, loaded, &consumers, serving)?;
         let handshake = Handshake {
             timeout: config.handshake_timeout,
-            pending: Arc::new(Semaphore::new(config.pending_connections_max)),
+            pending: accept::PendingPlaces::new(
+                config.pending_connections_max,
+                config.pending_connections_per_address,
+            ),
             tls: tls.clone(),
         };
         let node_services = match &node {
