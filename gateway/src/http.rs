@@ -40,6 +40,16 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
     if path != "/ws" {
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
+    // HTTP/1.1 names its host once (RFC 9112 3.2); HTTP/2 has its `:authority` instead.
+    let version = match req.version() {
+        hyper::Version::HTTP_10 => Some(0),
+        hyper::Version::HTTP_11 => Some(1),
+        _ => None,
+    };
+    let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
+    if let Some(flaw) = version.and_then(|v| crate::request::host_flaw(Some(v), hosts)) {
+        return ApiError::new(ErrorCode::Malformed, flaw).response().map(HttpBody::Left);
+    }
     let serves_clients = state.node.as_ref().is_none_or(|n| n.role != crate::cluster::Role::Engine);
     // The engine node answers health, metrics and public market data (to compare with
     // what gateways serve); clients belong on gateway nodes.

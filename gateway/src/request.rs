@@ -16,6 +16,17 @@ pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     })
 }
 
+/// What is wrong with a request's `Host` headers, given its HTTP/1 minor version (`None`:
+/// not known) and how many it has: HTTP/1.1 needs exactly one (RFC 9112 3.2), and no request
+/// may have two (which of them would the origin checks compare?).
+pub fn host_flaw(minor_version: Option<u8>, hosts: usize) -> Option<&'static str> {
+    match (minor_version, hosts) {
+        (_, 2..) => Some("a request has one Host header, not several"),
+        (Some(1), 0) => Some("an HTTP/1.1 request needs a Host header"),
+        _ => None,
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
 /// (RFC 7235).
 pub fn bearer(value: Option<&str>) -> Option<&str> {

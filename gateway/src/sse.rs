@@ -276,10 +276,9 @@ pub async fn serve_raw<P>(
             if n == 0 {
                 return None;
             }
-            // Where the blank line may start: it can straddle two reads.
-            let from = head.len().saturating_sub(3);
             head.extend_from_slice(&chunk[..n]);
-            if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            // Complete (whatever its line endings: bare LF is HTTP too), or never will be.
+            if !head_partial(&head) {
                 return Some(true);
             }
             if head.len() > HEAD_BYTES_MAX {
@@ -332,6 +331,13 @@ fn head_too_large() -> ApiError {
 /// `Origin` either way (for the CORS headers of the answer). Apart from `serve_raw` so
 /// the header table lives on the stack for the parse only, not in every open stream's
 /// future.
+/// Whether `head` is the start of a request head that has not ended yet (not a whole one,
+/// nor one that cannot be HTTP).
+fn head_partial(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_LINES_MAX];
+    matches!(httparse::Request::new(&mut headers).parse(head), Ok(httparse::Status::Partial))
+}
+
 fn open_parsed(head: &[u8], state: &AppState) -> (Result<Opened, ApiError>, Option<String>) {
     let mut origin = None;
     let mut headers = [httparse::EMPTY_HEADER; HEADER_LINES_MAX];
@@ -356,7 +362,11 @@ fn open_parsed(head: &[u8], state: &AppState) -> (Result<Opened, ApiError>, Opti
                 crate::request::query_param(query, "last_event_id"),
             ];
             state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
-            open(state, token, last_event_id)
+            let hosts = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count();
+            match crate::request::host_flaw(req.version, hosts) {
+                Some(flaw) => Err(ApiError::new(ErrorCode::Malformed, flaw)),
+                None => open(state, token, last_event_id),
+            }
         }
         Err(httparse::Error::TooManyHeaders) => Err(head_too_large()),
         _ => Err(ApiError::new(ErrorCode::Malformed, "unparsable request head")),

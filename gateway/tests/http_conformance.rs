@@ -164,3 +164,51 @@ async fn heads_hyper_cannot_parse_get_json_errors() {
         http_raw(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 200);
 }
+
+/// HTTP/1.1 names its host once: none or two is `400 malformed` (HTTP/1.0 needs none); the
+/// alert stream's own parser agrees, and takes bare line feeds as hyper does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_headers_and_bare_line_feeds() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let token = Api::login(addr, 0).await.token;
+    let stream = format!("/api/v1/alerts/stream?token={token}");
+    for (what, head, status) in [
+        ("no Host", "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(), 400),
+        (
+            "two Hosts",
+            "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n".to_string(),
+            400,
+        ),
+        ("HTTP/1.0 without Host", "GET /healthz HTTP/1.0\r\n\r\n".to_string(), 200),
+        (
+            "bare line feeds",
+            "GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n".to_string(),
+            200,
+        ),
+        ("a stream without Host", format!("GET {stream} HTTP/1.1\r\n\r\n"), 400),
+        (
+            "a stream with two Hosts",
+            format!("GET {stream} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            400,
+        ),
+    ] {
+        let (got, response) = http_raw(addr, &head).await;
+        assert_eq!(got, status, "{what}: {response}");
+        if status == 400 {
+            assert_eq!(body_json(&response)["error"]["code"], "malformed", "{what}: {response}");
+        }
+    }
+    // A stream asked for with bare line feeds is served (its first bytes: the 200 head).
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!("GET {stream} HTTP/1.1\nHost: x\n\n");
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await.expect("send");
+    let mut first = vec![0u8; 15];
+    let read = tokio::io::AsyncReadExt::read_exact(&mut s, &mut first);
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert_eq!(&first, b"HTTP/1.1 200 OK");
+    server.shutdown().await.expect("clean shutdown");
+}
