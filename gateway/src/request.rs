@@ -40,3 +40,16 @@ pub fn session_cookie<B>(req: &Request<B>, secure: bool) -> Option<&str> {
     let values = req.headers().get_all(COOKIE).iter().map(|v| v.as_bytes());
     crate::cors::cookie::token(values, secure)
 }
+
+/// Whether JSON `text` holds a `\uD800` to `\uDFFF` escape (either case). simd-json turns a
+/// lone surrogate escape into U+0000 where serde_json refuses it, and takes a valid pair as
+/// serde_json does: text with one goes to serde_json, so a string is either read as sent
+/// or refused.
+pub fn has_surrogate_escape(text: &[u8]) -> bool {
+    text.windows(4).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && matches!(w[2], b'd' | b'D')
+            && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+    })
+}

@@ -243,7 +243,11 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
 /// Parses a JSON body: simd-json first (fast), and where it refuses, serde_json, which
 /// also takes what simd-json does not (a number beyond 64 bits in a field nobody reads)
 /// and says what is wrong in words (field, line, column) rather than parser internals.
+/// A surrogate escape goes to serde_json alone (simd-json reads a lone one as U+0000).
 pub fn parse_json<T: serde::de::DeserializeOwned>(mut bytes: Vec<u8>) -> Result<T, String> {
+    if crate::request::has_surrogate_escape(&bytes) {
+        return serde_json::from_slice(&bytes).map_err(|e| e.to_string());
+    }
     let original = bytes.clone();
     simd_json::serde::from_slice(&mut bytes)
         .or_else(|_| serde_json::from_slice(&original))
@@ -299,4 +303,20 @@ pub fn number_param<B>(
 /// The 400 refusal of a bad parameter.
 pub fn invalid_parameter(message: &str) -> ApiError {
     ApiError::new(ErrorCode::InvalidParameter, message)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A lone surrogate escape is malformed (simd-json alone would read it as U+0000 and
+    /// answer `unknown_symbol "no instrument \u0000"`); a pair is read as sent.
+    #[test]
+    fn surrogate_escapes_are_read_in_pairs_and_refused_alone() {
+        let lone = br#"{"symbol":"\ud800","side":"buy"}"#.to_vec();
+        assert!(super::parse_json::<serde_json::Value>(lone).is_err());
+        let upper = br#"{"symbol":"x\uDC00"}"#.to_vec();
+        assert!(super::parse_json::<serde_json::Value>(upper).is_err());
+        let pair = br#"{"symbol":"\ud83d\ude00"}"#.to_vec();
+        let read: serde_json::Value = super::parse_json(pair).expect("a pair");
+        assert_eq!(read["symbol"], "\u{1F600}");
+    }
 }

@@ -219,16 +219,6 @@ pub const DEFAULT_DEPTH: usize = 50;
 /// Channels one request may name.
 pub const CHANNELS_PER_REQUEST_MAX: usize = 64;
 
-/// Whether `text` holds a `\uD800` to `\uDFFF` escape (either case).
-fn has_surrogate_escape(text: &[u8]) -> bool {
-    text.windows(4).any(|w| {
-        w[0] == b'\\'
-            && w[1] == b'u'
-            && matches!(w[2], b'd' | b'D')
-            && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
-    })
-}
-
 /// Parses one text frame. `scratch` is reused across calls (simd-json parses in place).
 pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError> {
     scratch.clear();
@@ -236,7 +226,7 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
     // simd-json turns a lone surrogate escape ("\ud800") into U+0000 where serde_json
     // refuses it, and takes a valid pair as serde_json does: text with any surrogate escape
     // goes to serde_json, so a string is either echoed as sent or refused.
-    let simd = if has_surrogate_escape(text) {
+    let simd = if crate::request::has_surrogate_escape(text) {
         Err(())
     } else {
         simd_json::serde::from_slice::<Envelope>(scratch).map_err(|_| ())
