@@ -374,7 +374,7 @@ fn channels_are_gap_free_and_bbo_only_on_change() {
     h.order(2, Buy, Limit, 95, 2);
     h.order(1, Sell, Ioc, 80, 5);
     let (mut book, mut bbo, mut trade, mut exec) = (0, 0, 0, std::collections::HashMap::new());
-    let mut bbo_events = 0;
+    let (mut bbo_events, mut last_top) = (0, None);
     for e in &h.events {
         match e {
             Event::BookDelta(d) => {
@@ -385,6 +385,7 @@ fn channels_are_gap_free_and_bbo_only_on_change() {
                 bbo += 1;
                 bbo_events += 1;
                 assert_eq!(b.seq.0, bbo);
+                last_top = Some(((b.bid_price, b.bid_qty), (b.ask_price, b.ask_qty)));
             }
             Event::Trade(t) => {
                 trade += 1;
@@ -400,8 +401,9 @@ fn channels_are_gap_free_and_bbo_only_on_change() {
         }
     }
     assert_eq!(bbo_events, 4, "89 bid did not move the top");
-    let ChannelSeqs { trades: t, book: b, bbo: o } = h.engine.channel_seqs(MKT).unwrap();
+    let ChannelSeqs { trades: t, book: b, bbo: o, bid, ask } = h.engine.channel_seqs(MKT).unwrap();
     assert_eq!((t.0, b.0, o.0), (trade, book, bbo));
+    assert_eq!(Some((bid, ask)), last_top, "the top now is what the last bbo event said");
     assert_eq!(h.book().seq.0, book, "snapshot carries the book sequence");
 }
 

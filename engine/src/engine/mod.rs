@@ -119,6 +119,11 @@ pub struct ChannelSeqs {
     pub book: Seq,
     /// Best bid and offer channel.
     pub bbo: Seq,
+    /// The best bid now (what the bbo channel's last event said): price and quantity,
+    /// zeros for an empty side.
+    pub bid: (Price, Qty),
+    /// The best offer now, as `bid`.
+    pub ask: (Price, Qty),
 }
 
 impl Engine {
@@ -226,7 +231,14 @@ impl Engine {
     /// Last sequences of the public channels of an owned instrument.
     pub fn channel_seqs(&self, instrument: InstrumentId) -> Option<ChannelSeqs> {
         let m = self.markets.get(instrument.0 as usize)?.as_ref()?;
-        Some(ChannelSeqs { trades: m.trades_seq, book: m.book_seq, bbo: m.bbo_seq })
+        let (bid_price, bid_qty, ask_price, ask_qty) = m.top();
+        Some(ChannelSeqs {
+            trades: m.trades_seq,
+            book: m.book_seq,
+            bbo: m.bbo_seq,
+            bid: (bid_price, bid_qty),
+            ask: (ask_price, ask_qty),
+        })
     }
 
     /// The remembered record of `key` for `account`, if any (a retry is answered from it).

@@ -86,6 +86,7 @@ impl MarketData {
         metrics: Arc<Metrics>,
         writers: Arc<Writers>,
         candles: Arc<Candles>,
+        replayed: &super::Replayed,
     ) -> Self {
         let clock = Arc::clone(engine.clock());
         let mut market = MarketData {
@@ -105,9 +106,39 @@ impl MarketData {
             }
         }
         for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Trades) {
+            c.seed_trades(&replayed.trades(c.instrument.id));
             market.start_trades(c);
         }
+        for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Bbo) {
+            market.start_bbo(c, replayed);
+        }
         market
+    }
+
+    /// Starts a best bid/offer channel at the engine's top and sequence (one answer: they
+    /// agree), with the time of the replayed event that set them when there is one (else
+    /// now: it was so then at the latest).
+    fn start_bbo(&mut self, channel: &Arc<Channel>, replayed: &super::Replayed) {
+        let id = channel.instrument.id;
+        match self.engine.channel_seqs(id) {
+            Ok(seqs) if seqs.bbo.0 > 0 => {
+                let ts = match replayed.bbo(id) {
+                    Some(b) if b.seq == seqs.bbo => b.ts,
+                    _ => self.engine.clock().now(),
+                };
+                channel.seed_bbo(tickgate_engine::Bbo {
+                    instrument: id,
+                    seq: seqs.bbo,
+                    ts,
+                    bid_price: seqs.bid.0,
+                    bid_qty: seqs.bid.1,
+                    ask_price: seqs.ask.0,
+                    ask_qty: seqs.ask.1,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(channel = %channel.name, "best bid/offer unknown: {e}"),
+        }
     }
 
     /// Starts a trades channel at the engine's last trade (a recovered engine, or a
@@ -433,10 +464,10 @@ impl Publisher {
     ) -> Encoded {
         match e {
             Event::BookDelta(d) => self.encode_delta(channel, state, with_json, *messages, d),
-            Event::Bbo(b) => {
-                self.encode_bbo(channel, state, with_json, *messages, b);
+            Event::Bbo(b) if self.encode_bbo(channel, state, with_json, *messages, b) => {
                 Encoded::Message
             }
+            Event::Bbo(_) => Encoded::Skipped,
             Event::Trade(t) if self.encode_trade(channel, state, with_json, messages, t) => {
                 Encoded::Message
             }
@@ -482,12 +513,15 @@ impl Publisher {
         with_json: bool,
         messages: u32,
         b: &tickgate_engine::Bbo,
-    ) {
+    ) -> bool {
+        if b.seq.0 <= state.last_seq {
+            return false; // already in the state the channel started from
+        }
         let (bid, ask) = ((b.bid_price, b.bid_qty), (b.ask_price, b.ask_qty));
         state.bbo = Some(*b);
         (state.last_seq, state.last_ts) = (b.seq.0, b.ts.0);
         if self.silent {
-            return;
+            return true;
         }
         bin::bbo(&mut self.bin, channel.id, 0, b.seq.0, b.ts.0, bid, ask);
         if with_json {
@@ -495,6 +529,7 @@ impl Publisher {
             let (i, name) = (&channel.instrument, &channel.name);
             json::bbo(&mut self.json, i, name, 0, b.seq.0, b.ts.0, bid, ask);
         }
+        true
     }
 
     /// A trade, after a gap notice when trades before it never reached the hub (its
@@ -513,15 +548,7 @@ impl Publisher {
             // Already counted in the sequence the channel started from.
             return false;
         }
-        let msg = TradeMsg {
-            seq: t.seq.0,
-            ts: t.ts.0,
-            price: t.price,
-            qty: t.qty,
-            taker_side: t.taker_side,
-            maker_order: t.maker_order.0,
-            taker_order: t.taker_order.0,
-        };
+        let msg = TradeMsg::from(t);
         if msg.seq > state.last_seq + 1 && !self.silent {
             let (from, to) = (state.last_seq + 1, msg.seq - 1);
             bin::gap(&mut self.bin, channel.id, msg.ts, from, to);

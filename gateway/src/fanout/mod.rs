@@ -208,12 +208,16 @@ impl Channel {
         }
     }
 
-    /// Starts a trades channel with the recent trades another node kept (a gateway node's
-    /// start): they are listed and replayed to subscribers as its own; later trades at or
+    /// Starts a trades channel with recent trades from before this process's hub (another
+    /// node's, on a gateway node's start; the journal's, after a restart), merged with any
+    /// it has: they are listed and replayed to subscribers as its own; later trades at or
     /// below the newest are skipped (see the hub).
     pub fn seed_trades(&self, trades: &[TradeMsg]) {
+        if trades.is_empty() {
+            return;
+        }
         let mut state = self.lock();
-        let mut seeded: Vec<TradeMsg> = trades.to_vec();
+        let mut seeded: Vec<TradeMsg> = state.trades.iter().chain(trades).copied().collect();
         seeded.sort_by_key(|t| t.seq);
         seeded.dedup_by_key(|t| t.seq);
         let skip = seeded.len().saturating_sub(TRADES_KEPT);
@@ -223,6 +227,17 @@ impl Channel {
                 (state.last_seq, state.last_ts) = last;
                 self.last_seq.store(last.0, Ordering::Release);
             }
+        }
+    }
+
+    /// Starts a best bid/offer channel at what the engine says now (a recovered engine, or
+    /// a replica, has had a market before), unless it is further already.
+    pub fn seed_bbo(&self, bbo: Bbo) {
+        let mut state = self.lock();
+        if bbo.seq.0 > state.last_seq {
+            (state.last_seq, state.last_ts) = (bbo.seq.0, bbo.ts.0);
+            state.bbo = Some(bbo);
+            self.last_seq.store(bbo.seq.0, Ordering::Release);
         }
     }
 
@@ -488,5 +503,56 @@ impl Directory {
     /// Dense index of an instrument's channel of `kind`.
     fn index(&self, instrument: u32, kind: ChannelKind) -> usize {
         instrument as usize * ChannelKind::ALL.len() + kind as usize - 1
+    }
+}
+
+/// The market's last moments that a journal's replay brought back: each instrument's last
+/// best bid/offer event and most recent trades. A restarted process starts its channels
+/// from them rather than empty (the engine's state holds the sequences and the book, not
+/// the trades or when the top last changed).
+#[derive(Debug, Default)]
+pub struct Replayed {
+    inner: Mutex<ReplayedInner>,
+}
+
+#[derive(Debug, Default)]
+struct ReplayedInner {
+    bbo: HashMap<u32, Bbo>,
+    trades: HashMap<u32, VecDeque<tickgate_engine::Trade>>,
+}
+
+impl Replayed {
+    /// Keeps `event` if it is a best bid/offer or a trade (called for every replayed event).
+    pub fn record(&self, event: &tickgate_engine::Event) {
+        use tickgate_engine::Event;
+        if !matches!(event, Event::Bbo(_) | Event::Trade(_)) {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Bbo(b) => {
+                inner.bbo.insert(b.instrument.0, *b);
+            }
+            Event::Trade(t) => {
+                let kept = inner.trades.entry(t.instrument.0).or_default();
+                if kept.len() == TRADES_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back(*t);
+            }
+            _ => {}
+        }
+    }
+
+    /// The last best bid/offer event replayed for `instrument`.
+    pub fn bbo(&self, instrument: tickgate_engine::InstrumentId) -> Option<Bbo> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).bbo.get(&instrument.0).copied()
+    }
+
+    /// The most recent trades replayed for `instrument`, oldest first.
+    pub fn trades(&self, instrument: tickgate_engine::InstrumentId) -> Vec<TradeMsg> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = inner.trades.get(&instrument.0);
+        kept.map(|k| k.iter().map(TradeMsg::from).collect()).unwrap_or_default()
     }
 }

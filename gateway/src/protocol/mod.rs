@@ -212,6 +212,20 @@ pub struct TradeMsg {
     pub taker_order: u64,
 }
 
+impl From<&tickgate_engine::Trade> for TradeMsg {
+    fn from(t: &tickgate_engine::Trade) -> Self {
+        TradeMsg {
+            seq: t.seq.0,
+            ts: t.ts.0,
+            price: t.price,
+            qty: t.qty,
+            taker_side: t.taker_side,
+            maker_order: t.maker_order.0,
+            taker_order: t.taker_order.0,
+        }
+    }
+}
+
 pub mod bin;
 mod decode;
 mod frame;

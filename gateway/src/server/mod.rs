@@ -108,6 +108,7 @@ impl Server {
             orders: Arc::clone(&loaded.orders),
             candles,
             alerts,
+            replayed: Arc::clone(&loaded.replayed),
         };
         let (hub, alert_pump) = startup::start_pumps(&config, &engine, &consumers, wakes).await?;
         if let Some(r) = &mut replica {
@@ -152,7 +153,8 @@ impl Server {
             _ => None,
         };
         let accept = tokio::spawn(accept_loop(listener, state, shutdown_rx, alive_tx, handshake));
-        let startup::Consumers { directory, metrics, writers, orders, candles, alerts } = consumers;
+        let startup::Consumers { directory, metrics, writers, orders, candles, alerts, .. } =
+            consumers;
         let candles_save = config.durability.as_ref().map(|_| candles_saver(Arc::clone(&candles)));
         Ok(Server {
             addr,

@@ -44,6 +44,8 @@ pub(super) struct Loaded {
     pub(super) history: Option<HistoryFiles>,
     pub(super) retention: Arc<Retention>,
     pub(super) candles: Arc<Candles>,
+    /// The best bids/offers and trades the journal's replay brings back.
+    pub(super) replayed: Arc<crate::fanout::Replayed>,
 }
 
 /// The order history on disk and its retention watermark.
@@ -89,7 +91,8 @@ pub(super) async fn load(config: &Config) -> anyhow::Result<Loaded> {
     let candles_dir = config.durability.as_ref().map(|d| d.dir.clone());
     let instruments = engine_spec().instruments.len();
     let candles = Arc::new(Candles::new(instruments, candles_dir.as_deref())?);
-    Ok(Loaded { tls, users, orders, history, retention, candles })
+    let replayed = Arc::default();
+    Ok(Loaded { tls, users, orders, history, retention, candles, replayed })
 }
 
 /// The running engine, and what its recovery replayed for the gateway.
@@ -320,6 +323,7 @@ pub(super) async fn start_engine(
     let replayed = Arc::new(Mutex::new(Vec::new()));
     let users: HashSet<AccountId> = loaded.users.all().map(|u| u.account).collect();
     let (sink, candles) = (Arc::clone(&replayed), Arc::clone(&loaded.candles));
+    let market = Arc::clone(&loaded.replayed);
     let runtime_config = RuntimeConfig {
         spec: engine_spec(),
         shards: config.shards,
@@ -334,7 +338,11 @@ pub(super) async fn start_engine(
             Event::Exec(r) if users.contains(&r.account) => {
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(*r);
             }
-            Event::Trade(t) => candles.apply(std::slice::from_ref(t)),
+            Event::Trade(t) => {
+                candles.apply(std::slice::from_ref(t));
+                market.record(e);
+            }
+            Event::Bbo(_) => market.record(e),
             // Transfers change no order or fill, and no one is subscribed to an account's
             // live feed before the server starts.
             _ => {}
@@ -413,6 +421,7 @@ pub(super) struct Consumers {
     pub(super) orders: Arc<OrderStore>,
     pub(super) candles: Arc<Candles>,
     pub(super) alerts: Arc<AlertHub>,
+    pub(super) replayed: Arc<crate::fanout::Replayed>,
 }
 
 /// Starts the two pumps: "fanout-hub" (users' orders, then market data) and "alerts".
@@ -424,11 +433,12 @@ pub(super) async fn start_pumps(
 ) -> anyhow::Result<(Pump, Pump)> {
     let (e, d, m) = (engine.clone(), Arc::clone(&c.directory), Arc::clone(&c.metrics));
     let (pacing, w, candles) = (config.fanout, Arc::clone(&c.writers), Arc::clone(&c.candles));
+    let replayed = Arc::clone(&c.replayed);
     let projection = OrderProjection::new(Arc::clone(&c.orders), engine.shards());
     let hub = tokio::task::spawn_blocking(move || {
         // The source first, then the books' snapshots: every later delta is seen.
         let source = RingSource::new(&e);
-        let market = MarketData::new(e, d, m, Arc::clone(&w), candles);
+        let market = MarketData::new(e, d, m, Arc::clone(&w), candles, &replayed);
         let consumers: Vec<Box<dyn EventConsumer>> = vec![Box::new(projection), Box::new(market)];
         Pump::start("fanout-hub", source, consumers, pacing.for_pump(w), &hub_wake)
     })
