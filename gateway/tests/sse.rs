@@ -402,6 +402,13 @@ async fn halting_an_instrument_rejects_orders_and_notifies_every_user() {
     let notice = a.event().await;
     assert_eq!(notice.data["notice"], "instrument_resumed");
     assert_eq!(alice.order(order).await.0, 201);
+    // A repeated command changes nothing and tells nobody: the next notice is the halt's.
+    let resume = "/api/v1/admin/instruments/ETH-USD/resume";
+    let (status, response) = http_raw(addr, &admin(resume, "operator-secret")).await;
+    assert_eq!((status, body_json(&response)["status"].as_str()), (200, Some("trading")));
+    let (status, _) = http_raw(addr, &admin(halt, "operator-secret")).await;
+    assert_eq!(status, 200);
+    assert_eq!(a.event().await.data["notice"], "instrument_halted");
     let (status, _) =
         http_raw(addr, &admin("/api/v1/admin/instruments/NOPE/halt", "operator-secret")).await;
     assert_eq!(status, 404);

@@ -49,6 +49,11 @@ pub async fn trading_status<B>(
         return ApiError::new(ErrorCode::NoSuchMarket, format!("no instrument `{symbol}`"))
             .response();
     };
+    // The state before, for the notice: users hear of a change, not of a repeated command
+    // (which is still sent: the engine's state is the engine's to say).
+    let (engine, id) = (state.engine.clone(), instrument.id);
+    let before =
+        tokio::task::spawn_blocking(move || engine.is_halted(id)).await.ok().and_then(Result::ok);
     let command = CommandKind::Status(TradingStatus { instrument: instrument.id, halted: halt });
     if let Err(e) = state.ws.trading.route.submit(command).await {
         return crate::trading::route_error(e).response();
@@ -77,12 +82,14 @@ pub async fn trading_status<B>(
             format!("trading in {} has resumed", instrument.spec.symbol)
         },
     });
-    state.alerts.publish_system(&notice);
-    // Every user on every node.
-    if let Some((link, node)) =
-        state.node.as_ref().and_then(|n| Some((n.link.as_ref()?, &n.instance)))
-    {
-        crate::cluster::alerts::broadcast_system(link, node, &notice).await;
+    if before != Some(halted) {
+        state.alerts.publish_system(&notice);
+        // Every user on every node.
+        if let Some((link, node)) =
+            state.node.as_ref().and_then(|n| Some((n.link.as_ref()?, &n.instance)))
+        {
+            crate::cluster::alerts::broadcast_system(link, node, &notice).await;
+        }
     }
     json_response(StatusCode::OK, &json!({ "symbol": instrument.spec.symbol, "status": status }))
 }
