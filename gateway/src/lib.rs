@@ -36,6 +36,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod candles;
+pub mod canned;
 pub mod client;
 pub mod cluster;
 pub mod config;

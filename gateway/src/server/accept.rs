@@ -13,8 +13,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use super::canned::JsonErrors;
 use super::DRAIN_TIMEOUT;
+use crate::canned::JsonErrors;
 use crate::error::{ApiError, ErrorCode};
 use crate::http;
 use crate::sse::FirstRequest;

@@ -1,7 +1,6 @@
 //! Starting and stopping the whole system: engine, feed, fan-out hub, HTTP listener.
 
 mod accept;
-pub mod canned;
 mod recovery;
 mod startup;
 

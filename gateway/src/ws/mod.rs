@@ -153,7 +153,7 @@ fn handshake_flaw<B>(req: &Request<B>) -> Option<&'static str> {
 fn take_stream(
     upgraded: hyper::upgrade::Upgraded,
 ) -> Option<(TcpStream, Bytes, Option<Box<rustls::ServerConnection>>)> {
-    use crate::server::canned::JsonErrors;
+    use crate::canned::JsonErrors;
     use hyper_util::server::conn::auto::upgrade::downcast;
     let upgraded = match downcast::<TokioIo<JsonErrors<TcpStream>>>(upgraded) {
         Ok(parts) => return Some((parts.io.into_inner().into_inner(), parts.read_buf, None)),
