@@ -41,13 +41,15 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
     // HTTP/1.1 names its host once (RFC 9112 3.2); HTTP/2 has its `:authority` instead.
+    // (A WebSocket handshake's refusal says so itself, with the version the server speaks.)
     let version = match req.version() {
         hyper::Version::HTTP_10 => Some(0),
         hyper::Version::HTTP_11 => Some(1),
         _ => None,
     };
     let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
-    if let Some(flaw) = version.and_then(|v| crate::request::host_flaw(Some(v), hosts)) {
+    let flaw = version.and_then(|v| crate::request::host_flaw(Some(v), hosts));
+    if let Some(flaw) = flaw.filter(|_| path != "/ws") {
         return ApiError::new(ErrorCode::Malformed, flaw).response().map(HttpBody::Left);
     }
     let serves_clients = state.node.as_ref().is_none_or(|n| n.role != crate::cluster::Role::Engine);

@@ -270,6 +270,7 @@ async fn flawed_handshakes_are_refused_with_the_version_the_server_speaks() {
         ("version 8", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
         ("HTTP/1.0", "HTTP/1.1", "HTTP/1.0"),
         ("no Host", &format!("Host: {addr}\r\n"), ""),
+        ("two Hosts", &format!("Host: {addr}\r\n"), &format!("Host: {addr}\r\nHost: {addr}\r\n")),
     ] {
         let (status, response) = http_raw(addr, &upgrade.replacen(from, to, 1)).await;
         assert_eq!(
