@@ -8,6 +8,10 @@
 //! applied on top, skipping those already counted. What a crash can lose: trades between
 //! the last save and the newest snapshot (the replay starts there), at most
 //! [`SAVE_EVERY`] of them, and only if a snapshot was taken in that window.
+//!
+//! The store also keeps each instrument's tape, its newest [`TAPE_KEPT`] trades, the same
+//! way: a restart's trades channels start with it (see the hub), where the journal's replay
+//! alone would bring back only the trades since the engine's last snapshot.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,41 @@ pub const INTERVALS: [(&str, u64); 4] = [
 pub const CANDLES_KEPT: usize = 1_000;
 /// How often the store is written to disk.
 pub const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// Trades kept per instrument on the tape.
+pub const TAPE_KEPT: usize = 1_000;
+
+/// A trade as the tape keeps it (plain numbers: the file's format).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapeTrade {
+    /// Trades channel sequence.
+    pub seq: u64,
+    /// Engine timestamp.
+    pub ts: u64,
+    /// Price, raw fixed-point units.
+    pub price: i64,
+    /// Quantity, raw fixed-point units.
+    pub qty: i64,
+    /// The taker bought.
+    pub taker_buys: bool,
+    /// Resting order.
+    pub maker_order: u64,
+    /// Incoming order.
+    pub taker_order: u64,
+}
+
+impl From<&Trade> for TapeTrade {
+    fn from(t: &Trade) -> Self {
+        TapeTrade {
+            seq: t.seq.0,
+            ts: t.ts.0,
+            price: t.price.0,
+            qty: t.qty.0,
+            taker_buys: t.taker_side == tickgate_engine::Side::Buy,
+            maker_order: t.maker_order.0,
+            taker_order: t.taker_order.0,
+        }
+    }
+}
 
 /// One candle: `[start, end)` in engine nanoseconds; prices and volume in the instrument's
 /// raw fixed-point units.
@@ -55,6 +94,10 @@ struct State {
     series: Vec<Vec<VecDeque<Candle>>>,
     /// Per instrument, the sequence of the last trade counted.
     last_seq: Vec<u64>,
+    /// Per instrument, the newest trades, oldest first (absent from files of earlier
+    /// builds).
+    #[serde(default)]
+    tape: Vec<VecDeque<TapeTrade>>,
 }
 
 /// Every instrument's candles.
@@ -90,6 +133,7 @@ impl Candles {
         };
         state.series.resize_with(instruments, || vec![VecDeque::new(); INTERVALS.len()]);
         state.last_seq.resize(instruments, 0);
+        state.tape.resize_with(instruments, VecDeque::new);
         Ok(Candles { state: Mutex::new(state), file })
     }
 
@@ -99,16 +143,22 @@ impl Candles {
             return;
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let State { series, last_seq } = &mut *state;
+        let State { series, last_seq, tape } = &mut *state;
         for t in trades {
             let i = t.instrument.0 as usize;
-            let (Some(series), Some(last)) = (series.get_mut(i), last_seq.get_mut(i)) else {
+            let (Some(series), Some(last), Some(tape)) =
+                (series.get_mut(i), last_seq.get_mut(i), tape.get_mut(i))
+            else {
                 continue;
             };
             if t.seq.0 <= *last {
                 continue;
             }
             *last = t.seq.0;
+            if tape.len() == TAPE_KEPT {
+                tape.pop_front();
+            }
+            tape.push_back(TapeTrade::from(t));
             for (candles, (_, length)) in series.iter_mut().zip(INTERVALS) {
                 add(candles, t, length);
             }
@@ -136,6 +186,19 @@ impl Candles {
         candles.iter().skip(candles.len() - newer).copied().collect()
     }
 
+    /// The newest trades of `instrument` that follow one another without a gap up to its
+    /// newest (oldest first): a tape saved before the engine's last snapshot and the
+    /// journal's trades after it may not join, and a tape with a hole is no tape.
+    pub fn tape(&self, instrument: usize) -> Vec<TapeTrade> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tape) = state.tape.get(instrument) else { return Vec::new() };
+        let mut from = tape.len().saturating_sub(1);
+        while from > 0 && tape[from - 1].seq + 1 == tape[from].seq {
+            from -= 1;
+        }
+        tape.iter().skip(from).copied().collect()
+    }
+
     /// The whole store as JSON (what [`Candles::save`] writes).
     pub fn export(&self) -> Vec<u8> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,6 +213,7 @@ impl Candles {
         let instruments = state.series.len();
         imported.series.resize_with(instruments, || vec![VecDeque::new(); INTERVALS.len()]);
         imported.last_seq.resize(instruments, 0);
+        imported.tape.resize_with(instruments, VecDeque::new);
         *state = imported;
         Ok(())
     }
@@ -254,5 +318,29 @@ mod tests {
         assert_eq!(restarted.candles(0, 0, 10), store.candles(0, 0, 10));
         assert_eq!(restarted.candles(0, 3, 10), store.candles(0, 3, 10));
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// The tape keeps the newest trades, survives a save and a load, and is given only
+    /// from its newest back to the first hole (a saved tape and the journal's later trades
+    /// that do not join).
+    #[test]
+    fn the_tape_is_kept_saved_and_given_without_holes() {
+        let dir = std::env::temp_dir().join(format!("tickgate-tape-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Candles::new(1, Some(&dir)).expect("store");
+        let trades: Vec<Trade> =
+            (1..=TAPE_KEPT as u64 + 5).map(|n| trade(n, 1.0, 100, 1)).collect();
+        store.apply(&trades);
+        let tape = store.tape(0);
+        assert_eq!(tape.len(), TAPE_KEPT, "the newest only");
+        assert_eq!(tape.last().map(|t| t.seq), Some(TAPE_KEPT as u64 + 5));
+        store.save().expect("saved");
+        let loaded = Candles::new(1, Some(&dir)).expect("loaded");
+        assert_eq!(loaded.tape(0), tape);
+        // Trades past a hole: the tape is what follows the hole.
+        let later: Vec<Trade> = (2_000..2_003).map(|n| trade(n, 2.0, 100, 1)).collect();
+        loaded.apply(&later);
+        assert_eq!(loaded.tape(0).iter().map(|t| t.seq).collect::<Vec<_>>(), [2_000, 2_001, 2_002]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -537,7 +537,8 @@ async fn bbo_and_trades_snapshots(
 
 /// After a restart on the same data directory, the best bid/offer channel starts at the
 /// top and sequence it had (it started at 0 with an empty market), and the trades channel
-/// with its recent trades (it started empty at its old sequence), from the journal.
+/// with its recent trades (it started empty at its old sequence), also when the engine's
+/// last snapshot came after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bbo_and_trades_channels_continue_across_a_restart() {
     use tickgate_engine::durable::DurabilityConfig;
@@ -564,6 +565,31 @@ async fn bbo_and_trades_channels_continue_across_a_restart() {
         assert_eq!(bbo_after[field], bbo[field], "{field}: {bbo_after} against {bbo}");
     }
     assert_eq!(trades_after, trades, "the tape as it was");
+    server.shutdown().await.expect("clean shutdown");
+
+    // A snapshot after the trades: the journal's replay starts past them, and the tape
+    // comes from the candles store's file.
+    let durability = DurabilityConfig { snapshot_every: 1, ..DurabilityConfig::new(&dir) };
+    let shard_dir = durability.shard_dir(0);
+    let snapshots = || {
+        std::fs::read_dir(&shard_dir)
+            .map(|d| {
+                d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tgs")).count()
+            })
+            .unwrap_or(0)
+    };
+    let before = snapshots();
+    let server = start(|c| c.durability = Some(durability.clone())).await;
+    let engine = server.engine().clone();
+    order(&engine, 2, sol, Side::Buy, OrderType::Limit, 10_000, 10);
+    eventually(|| snapshots() > before).await;
+    server.shutdown().await.expect("clean shutdown");
+    let server = start(|c| c.durability = Some(DurabilityConfig::new(&dir))).await;
+    let (bbo_after, trades_after) = bbo_and_trades_snapshots(&server).await;
+    for field in ["seq", "bid_price", "bid_qty", "ask_price", "ask_qty"] {
+        assert_eq!(bbo_after[field], bbo[field], "{field}: {bbo_after} against {bbo}");
+    }
+    assert_eq!(trades_after["trades"], trades["trades"], "the tape as it was");
     server.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -106,7 +106,6 @@ impl MarketData {
             }
         }
         for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Trades) {
-            c.seed_trades(&replayed.trades(c.instrument.id));
             market.start_trades(c);
         }
         for c in directory.all().iter().filter(|c| c.kind == ChannelKind::Bbo) {
@@ -143,9 +142,15 @@ impl MarketData {
 
     /// Starts a trades channel at the engine's last trade (a recovered engine, or a
     /// replica, has traded before): its first trade then follows its snapshot's sequence.
+    /// Its recent trades are the candles store's tape (saved, then the journal's replay on
+    /// top; another node's on a gateway node) when that reaches the engine's last trade.
     fn start_trades(&mut self, channel: &Arc<Channel>) {
         match self.engine.channel_seqs(channel.instrument.id) {
             Ok(seqs) => {
+                let tape = self.candles.tape(channel.instrument.id.0 as usize);
+                if tape.last().is_some_and(|t| t.seq == seqs.trades.0) {
+                    channel.seed_trades(&tape.iter().map(TradeMsg::from).collect::<Vec<_>>());
+                }
                 let mut state = channel.lock();
                 // Seeded further (a gateway node's start: see `Channel::seed_trades`)?
                 if state.last_seq < seqs.trades.0 {

@@ -506,53 +506,23 @@ impl Directory {
     }
 }
 
-/// The market's last moments that a journal's replay brought back: each instrument's last
-/// best bid/offer event and most recent trades. A restarted process starts its channels
-/// from them rather than empty (the engine's state holds the sequences and the book, not
-/// the trades or when the top last changed).
+/// What a journal's replay brought back that the engine's state does not hold: each
+/// instrument's last best bid/offer event (the time the top last changed).
 #[derive(Debug, Default)]
 pub struct Replayed {
-    inner: Mutex<ReplayedInner>,
-}
-
-#[derive(Debug, Default)]
-struct ReplayedInner {
-    bbo: HashMap<u32, Bbo>,
-    trades: HashMap<u32, VecDeque<tickgate_engine::Trade>>,
+    bbo: Mutex<HashMap<u32, Bbo>>,
 }
 
 impl Replayed {
-    /// Keeps `event` if it is a best bid/offer or a trade (called for every replayed event).
+    /// Keeps `event` if it is a best bid/offer (called for every replayed event).
     pub fn record(&self, event: &tickgate_engine::Event) {
-        use tickgate_engine::Event;
-        if !matches!(event, Event::Bbo(_) | Event::Trade(_)) {
-            return;
-        }
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match event {
-            Event::Bbo(b) => {
-                inner.bbo.insert(b.instrument.0, *b);
-            }
-            Event::Trade(t) => {
-                let kept = inner.trades.entry(t.instrument.0).or_default();
-                if kept.len() == TRADES_KEPT {
-                    kept.pop_front();
-                }
-                kept.push_back(*t);
-            }
-            _ => {}
+        if let tickgate_engine::Event::Bbo(b) = event {
+            self.bbo.lock().unwrap_or_else(|e| e.into_inner()).insert(b.instrument.0, *b);
         }
     }
 
     /// The last best bid/offer event replayed for `instrument`.
     pub fn bbo(&self, instrument: tickgate_engine::InstrumentId) -> Option<Bbo> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).bbo.get(&instrument.0).copied()
-    }
-
-    /// The most recent trades replayed for `instrument`, oldest first.
-    pub fn trades(&self, instrument: tickgate_engine::InstrumentId) -> Vec<TradeMsg> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = inner.trades.get(&instrument.0);
-        kept.map(|k| k.iter().map(TradeMsg::from).collect()).unwrap_or_default()
+        self.bbo.lock().unwrap_or_else(|e| e.into_inner()).get(&instrument.0).copied()
     }
 }

@@ -190,8 +190,9 @@ fn put_side_pad(out: &mut Vec<u8>, side: Side) {
 pub const SNAPSHOT_DEPTH_MAX: usize = 1000;
 /// Trades sent in the snapshot on subscribe.
 pub const RECENT_TRADES: usize = 32;
-/// Trades kept per instrument (for the snapshot and `GET /api/v1/markets/{sym}/trades`).
-pub const TRADES_KEPT: usize = 1000;
+/// Trades kept per instrument (for the snapshot and `GET /api/v1/markets/{sym}/trades`):
+/// the tape the candles store keeps across restarts.
+pub const TRADES_KEPT: usize = crate::candles::TAPE_KEPT;
 
 /// A trade as the gateway keeps and sends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +211,20 @@ pub struct TradeMsg {
     pub maker_order: u64,
     /// Incoming order.
     pub taker_order: u64,
+}
+
+impl From<&crate::candles::TapeTrade> for TradeMsg {
+    fn from(t: &crate::candles::TapeTrade) -> Self {
+        TradeMsg {
+            seq: t.seq,
+            ts: t.ts,
+            price: Price(t.price),
+            qty: Qty(t.qty),
+            taker_side: if t.taker_buys { Side::Buy } else { Side::Sell },
+            maker_order: t.maker_order,
+            taker_order: t.taker_order,
+        }
+    }
 }
 
 impl From<&tickgate_engine::Trade> for TradeMsg {

@@ -44,7 +44,7 @@ pub(super) struct Loaded {
     pub(super) history: Option<HistoryFiles>,
     pub(super) retention: Arc<Retention>,
     pub(super) candles: Arc<Candles>,
-    /// The best bids/offers and trades the journal's replay brings back.
+    /// The best bids/offers the journal's replay brings back.
     pub(super) replayed: Arc<crate::fanout::Replayed>,
 }
 
@@ -338,10 +338,7 @@ pub(super) async fn start_engine(
             Event::Exec(r) if users.contains(&r.account) => {
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(*r);
             }
-            Event::Trade(t) => {
-                candles.apply(std::slice::from_ref(t));
-                market.record(e);
-            }
+            Event::Trade(t) => candles.apply(std::slice::from_ref(t)),
             Event::Bbo(_) => market.record(e),
             // Transfers change no order or fill, and no one is subscribed to an account's
             // live feed before the server starts.
