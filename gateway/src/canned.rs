@@ -7,10 +7,19 @@
 //! and the socket and gives those answers the same body. It recognises them by their shape
 //! (a 4xx/5xx head with no header but those three, and no body): every answer of the API's
 //! handlers has a `content-type`, so none of them looks like that.
+//!
+//! It also closes lingering: hyper answers a request whose body it will not read (`413`,
+//! `408`, a refusal before the body) and closes the connection, and a client still sending
+//! that body then gets a reset, which many (curl among them) report as a send failure
+//! without the answer. After hyper's close (our FIN), [`JsonErrors`] reads and drops what
+//! the client still sends, until it closes too, for at most [`LINGER_TIME`] and
+//! [`LINGER_BYTES`] (what a proxy's lingering close does).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -22,6 +31,22 @@ pub struct JsonErrors<T> {
     inner: T,
     /// An error answer being written in place of hyper's.
     rewrite: Option<Rewrite>,
+    closing: Closing,
+}
+
+/// How long a closed connection keeps reading what its client still sends, at most.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much a closed connection reads (and drops) at most.
+pub const LINGER_BYTES: usize = 16 << 20;
+
+enum Closing {
+    Open,
+    /// Our side is shut: reading the client's rest, until this time or these bytes run out.
+    Lingering {
+        until: Pin<Box<tokio::time::Sleep>>,
+        left: usize,
+    },
+    Closed,
 }
 
 struct Rewrite {
@@ -34,7 +59,7 @@ struct Rewrite {
 impl<T> JsonErrors<T> {
     /// hyper's view of `inner`.
     pub fn new(inner: T) -> Self {
-        JsonErrors { inner, rewrite: None }
+        JsonErrors { inner, rewrite: None, closing: Closing::Open }
     }
 
     /// The socket (after an upgrade: nothing of hyper's is left to write then).
@@ -133,7 +158,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for JsonErrors<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -187,8 +212,34 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
+    /// Shuts our side, then lingers (see the module's documentation).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        loop {
+            match &mut this.closing {
+                Closing::Open => {
+                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    let until = Box::pin(tokio::time::sleep(LINGER_TIME));
+                    this.closing = Closing::Lingering { until, left: LINGER_BYTES };
+                }
+                Closing::Lingering { until, left } => {
+                    if *left == 0 || until.as_mut().poll(cx).is_ready() {
+                        this.closing = Closing::Closed;
+                        continue;
+                    }
+                    let mut sink = [0u8; 16 * 1024];
+                    let mut read = ReadBuf::new(&mut sink);
+                    match ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read)) {
+                        Ok(()) if !read.filled().is_empty() => {
+                            *left = left.saturating_sub(read.filled().len());
+                        }
+                        // The client closed too (or the connection broke): done.
+                        _ => this.closing = Closing::Closed,
+                    }
+                }
+                Closing::Closed => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
@@ -250,6 +301,16 @@ mod tests {
     struct Trickle {
         taken: Vec<u8>,
         ready: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(())) // the peer has closed
+        }
     }
 
     impl AsyncWrite for Trickle {

@@ -248,3 +248,32 @@ async fn answer_to(addr: std::net::SocketAddr, head: String) -> String {
     .expect("the server answers and closes");
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// A client that sends a too-large body whole before reading (as curl does without
+/// `Expect: 100-continue`) can send all of it and then reads its `413`: the server reads
+/// and drops the rest after answering (a lingering close) instead of resetting the
+/// connection under it, which curl reports as a send failure without the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_sent_whole_gets_its_413() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let token = Api::login(addr, 0).await.token;
+    // More than the socket buffers take without the server reading (the send buffer is at
+    // most 4 MiB by default, the receive buffer grows from 128 KiB as it is read): the
+    // server must read it for the write to finish.
+    let body = vec![b'x'; 12 << 20];
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let head = format!("POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+        s.write_all(head.as_bytes()).expect("send the head");
+        s.write_all(&body).expect("the whole body is taken");
+        read_until_closed(&mut s, Duration::from_secs(5))
+    })
+    .await
+    .expect("client")
+    .expect("the server answers and closes");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    server.shutdown().await.expect("clean shutdown");
+}
