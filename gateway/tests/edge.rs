@@ -61,6 +61,31 @@ fn pending(server: &tickgate_gateway::Server) -> u64 {
     server.metrics().connections_pending.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Waits until the server has taken `n` connections in without a request head yet.
+async fn wait_pending(server: &tickgate_gateway::Server, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pending(server) < n {
+        assert!(Instant::now() < deadline, "the {n} silent connections were not accepted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until no connection waits for its request head (closed ones given back).
+async fn wait_none_pending(server: &tickgate_gateway::Server) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pending(server) > 0 {
+        assert!(Instant::now() < deadline, "closed connections still pending");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What the server answers a new connection that sends nothing, until it closes it.
+fn answer_to_silence(addr: std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let answer = read_until_closed(&mut s, Duration::from_secs(2)).unwrap_or_default();
+    String::from_utf8_lossy(&answer).to_string()
+}
+
 const PREFIXES: [&[u8]; 5] = [
     b"",
     b"G",
@@ -134,19 +159,9 @@ async fn connections_waiting_for_a_head_are_bounded() {
     let silent: Vec<TcpStream> =
         (0..20).map(|_| TcpStream::connect(addr).expect("connect")).collect();
     // The server has taken all 20 in (its gauge says so) before more arrive.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pending(&server) < 20 {
-        assert!(Instant::now() < deadline, "the 20 silent connections were not accepted");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_pending(&server, 20).await;
     let refused = tokio::task::spawn_blocking(move || {
-        (0..10)
-            .map(|_| {
-                let mut s = TcpStream::connect(addr).expect("connect");
-                let answer = read_until_closed(&mut s, Duration::from_secs(2)).unwrap_or_default();
-                String::from_utf8_lossy(&answer).to_string()
-            })
-            .collect::<Vec<_>>()
+        (0..10).map(|_| answer_to_silence(addr)).collect::<Vec<_>>()
     })
     .await
     .expect("clients");
@@ -155,11 +170,7 @@ async fn connections_waiting_for_a_head_are_bounded() {
         assert!(answer.contains("too_many_connections"), "{answer}");
     }
     drop(silent);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pending(&server) > 0 {
-        assert!(Instant::now() < deadline, "closed connections still pending");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_none_pending(&server).await;
     assert_eq!(healthz(addr).await, 200);
     assert!(metric(addr, "connections_refused_total").await >= 10);
     assert_eq!(metric(addr, "connections_pending").await, 0);
@@ -179,29 +190,16 @@ async fn one_address_takes_at_most_its_share_of_the_waiting_places() {
     let addr = server.local_addr();
     let silent: Vec<TcpStream> =
         (0..8).map(|_| TcpStream::connect(addr).expect("connect")).collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pending(&server) < 8 {
-        assert!(Instant::now() < deadline, "the 8 silent connections were not accepted");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).expect("connect");
-        let answer = read_until_closed(&mut s, Duration::from_secs(2)).unwrap_or_default();
-        String::from_utf8_lossy(&answer).to_string()
-    })
-    .await
-    .expect("client");
+    wait_pending(&server, 8).await;
+    let answer =
+        tokio::task::spawn_blocking(move || answer_to_silence(addr)).await.expect("client");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too_many_connections") && answer.contains("your address"), "{answer}");
     // Another client is served while the first one's places are all taken.
     assert_eq!(healthz_from_elsewhere(addr).await, 200);
     assert_eq!(pending(&server), 8, "the silent ones still wait");
     drop(silent);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pending(&server) > 0 {
-        assert!(Instant::now() < deadline, "closed connections still pending");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_none_pending(&server).await;
     // Their places are given back: the first client gets in again.
     assert_eq!(healthz(addr).await, 200);
     server.shutdown().await.expect("clean shutdown");
