@@ -123,7 +123,10 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
                 }),
             )
         }
-        "/debug/digest" if get => digest(state).await,
+        "/debug/digest" if get => {
+            let operator = crate::rest::admin::is_operator(&req, state);
+            digest(state, operator).await
+        }
         "/metrics" if get => {
             let mut text = state.metrics.render(&state.engine);
             state.ws.links.allowances.render(&mut text);
@@ -152,11 +155,14 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
 
 /// Per shard, between two commands: the state digest (compare with
 /// `tickgate verify-journal`), the journal sequence it is valid at, and the money totals.
-async fn digest(state: &AppState) -> Response<Full<Bytes>> {
+/// `operator`: the request carries the operator token, and has a turn of its own.
+async fn digest(state: &AppState, operator: bool) -> Response<Full<Bytes>> {
     {
         // The digest hashes every balance and resting order on the engine thread: at most
-        // one per second, so it cannot be used to take the matching thread away.
-        let mut last = state.digest_gate.lock().unwrap_or_else(|e| e.into_inner());
+        // one per second (and one more for the operator), so it cannot be used to take the
+        // matching thread away, nor an anonymous poller take the operator's turn.
+        let gate = &state.digest_gate[usize::from(operator)];
+        let mut last = gate.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|t| t.elapsed() < DIGEST_INTERVAL) {
             let mut response =
                 ApiError::new(ErrorCode::RateLimited, "at most one per second").response();

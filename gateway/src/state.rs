@@ -42,7 +42,9 @@ pub struct AppState {
     /// Operator token; `None`: operator endpoints disabled.
     pub admin_token: Option<String>,
     /// When `/debug/digest` last ran (it walks the whole state on the engine thread).
-    pub digest_gate: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Two gates: anyone's, and the operator's (`--admin-token`), so that an anonymous
+    /// poller cannot take the operator's turn.
+    pub digest_gate: [std::sync::Mutex<Option<std::time::Instant>>; 2],
     /// Origins allowed cross-origin requests (CORS) and cookie-authenticated changes.
     pub origins: crate::cors::Origins,
     /// The listener speaks TLS (cookies are `Secure`).

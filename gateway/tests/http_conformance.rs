@@ -212,3 +212,30 @@ async fn host_headers_and_bare_line_feeds() {
     assert_eq!(&first, b"HTTP/1.1 200 OK");
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// `/debug/digest` runs at most once a second for anyone and once more for the operator:
+/// an anonymous poller cannot take the operator's turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_digest_has_a_turn_for_the_operator() {
+    let server = start(|c| c.admin_token = Some("operator-secret".into())).await;
+    let addr = server.local_addr();
+    let ask = |token: &str| {
+        let auth = if token.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: Bearer {token}\r\n")
+        };
+        format!("GET /debug/digest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n")
+    };
+    assert_eq!(http_raw(addr, &ask("")).await.0, 200);
+    let (status, refused) = http_raw(addr, &ask("")).await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(header(&refused, "retry-after"), Some("1"));
+    let (status, answer) = http_raw(addr, &ask("operator-secret")).await;
+    assert_eq!(status, 200, "the operator's own turn: {answer}");
+    assert!(body_json(&answer)["shards"][0]["state_digest"].is_string(), "{answer}");
+    assert_eq!(http_raw(addr, &ask("operator-secret")).await.0, 429, "once a second for it too");
+    // A wrong token is anyone.
+    assert_eq!(http_raw(addr, &ask("guess")).await.0, 429);
+    server.shutdown().await.expect("clean shutdown");
+}

@@ -18,6 +18,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether the request carries the operator token (`--admin-token`, when set).
+pub fn is_operator<B>(req: &Request<B>, state: &AppState) -> bool {
+    check(req, state).is_ok()
+}
+
 /// The 401/403 answer unless the request carries the operator token.
 fn check<B>(req: &Request<B>, state: &AppState) -> Result<(), ApiError> {
     if req.headers().get(AUTHORIZATION).is_none() {
