@@ -50,7 +50,11 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
     let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
     let flaw = version.and_then(|v| crate::request::host_flaw(Some(v), hosts));
     if let Some(flaw) = flaw.filter(|_| path != "/ws") {
-        return ApiError::new(ErrorCode::Malformed, flaw).response().map(HttpBody::Left);
+        // Closed as hyper's own refusals of a malformed head are.
+        let mut response = ApiError::new(ErrorCode::Malformed, flaw).response();
+        let close = hyper::header::HeaderValue::from_static("close");
+        response.headers_mut().insert(hyper::header::CONNECTION, close);
+        return response.map(HttpBody::Left);
     }
     let serves_clients = state.node.as_ref().is_none_or(|n| n.role != crate::cluster::Role::Engine);
     // The engine node answers health, metrics and public market data (to compare with
