@@ -42,13 +42,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
     }
     // HTTP/1.1 names its host once (RFC 9112 3.2); HTTP/2 has its `:authority` instead.
     // (A WebSocket handshake's refusal says so itself, with the version the server speaks.)
-    let version = match req.version() {
-        hyper::Version::HTTP_10 => Some(0),
-        hyper::Version::HTTP_11 => Some(1),
-        _ => None,
-    };
-    let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
-    let flaw = version.and_then(|v| crate::request::host_flaw(Some(v), hosts));
+    let flaw = crate::request::request_host_flaw(&req);
     if let Some(flaw) = flaw.filter(|_| path != "/ws") {
         // Closed as hyper's own refusals of a malformed head are.
         let mut response = ApiError::new(ErrorCode::Malformed, flaw).response();

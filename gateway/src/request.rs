@@ -27,6 +27,16 @@ pub fn host_flaw(minor_version: Option<u8>, hosts: usize) -> Option<&'static str
     }
 }
 
+/// [`host_flaw`] of a request hyper parsed (HTTP/2 has its `:authority` instead: none).
+pub fn request_host_flaw<B>(req: &Request<B>) -> Option<&'static str> {
+    let minor = match req.version() {
+        hyper::Version::HTTP_10 => 0,
+        hyper::Version::HTTP_11 => 1,
+        _ => return None,
+    };
+    host_flaw(Some(minor), req.headers().get_all(hyper::header::HOST).iter().count())
+}
+
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
 /// (RFC 7235).
 pub fn bearer(value: Option<&str>) -> Option<&str> {

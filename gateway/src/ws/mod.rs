@@ -136,12 +136,8 @@ fn handshake_flaw<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() < hyper::Version::HTTP_11 {
         return Some("a WebSocket handshake needs HTTP/1.1");
     }
-    let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
-    if req.version() == hyper::Version::HTTP_11 && hosts == 0 {
-        return Some("the handshake has no Host header");
-    }
-    if hosts > 1 {
-        return Some("the handshake has two Host headers");
+    if let Some(flaw) = crate::request::request_host_flaw(req) {
+        return Some(flaw);
     }
     let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY)?;
     let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
