@@ -23,9 +23,10 @@ pub type HttpBody = crate::sse::HttpBody;
 
 /// Routes one request, and adds the CORS headers its answer needs.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     state: Arc<AppState>,
 ) -> Result<Response<HttpBody>, Infallible> {
+    crate::request::normalize_uri(&mut req);
     if let Some(preflight) = state.origins.preflight(&req) {
         return Ok(preflight.map(HttpBody::Left));
     }

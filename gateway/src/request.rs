@@ -8,12 +8,60 @@ use hyper::Request;
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-/// The value of `name` in a query string (no percent-decoding: values here are plain).
+/// The value of `name` in a query string (no percent-decoding beyond [`normalize_uri`]'s:
+/// values here are plain).
 pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
     })
+}
+
+/// Decodes the percent-encoded unreserved characters (letters, digits, `-`, `.`, `_`, `~`)
+/// of the request's path and query, which name the same resource encoded or not (RFC 3986
+/// 6.2.2.2): `/api/v1/alerts/%73tream` is the alert stream, `BTC%2dUSD` is `BTC-USD`. Any
+/// other `%XX` (`%2F` in a segment, say) stays as sent. Leaves the request alone when there
+/// is nothing to decode.
+pub fn normalize_uri<B>(req: &mut Request<B>) {
+    let Some(decoded) = req.uri().path_and_query().and_then(|pq| decode_unreserved(pq.as_str()))
+    else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    // Decoding unreserved characters cannot make a valid path and query invalid.
+    if let Ok(path_and_query) = hyper::http::uri::PathAndQuery::try_from(decoded) {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = hyper::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// `text` with its `%XX` of unreserved characters decoded, or `None` if it has none.
+fn decode_unreserved(text: &str) -> Option<String> {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = text.as_bytes();
+    let at = |i: usize| -> Option<u8> {
+        let (high, low) = (hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?);
+        Some((high * 16 + low) as u8).filter(|&b| bytes[i] == b'%' && unreserved(b))
+    };
+    let first = (0..bytes.len()).find(|&i| at(i).is_some())?;
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..first]);
+    let mut i = first;
+    while i < bytes.len() {
+        if let Some(b) = at(i) {
+            out.push(b as char);
+            i += 3;
+        } else {
+            // Only ASCII is ever skipped over in threes, so `i` stays on a char boundary.
+            let c = text[i..].chars().next().unwrap_or_default();
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    Some(out)
 }
 
 /// What is wrong with a request's `Host` headers, given its HTTP/1 minor version (`None`:
@@ -62,4 +110,38 @@ pub fn has_surrogate_escape(text: &[u8]) -> bool {
             && matches!(w[2], b'd' | b'D')
             && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreserved_characters_are_decoded_and_nothing_else() {
+        assert_eq!(decode_unreserved("/api/v1/alerts/stream"), None);
+        assert_eq!(
+            decode_unreserved("/api/v1/alerts/%73tream").as_deref(),
+            Some("/api/v1/alerts/stream")
+        );
+        assert_eq!(
+            decode_unreserved("/api/v1/markets/BTC%2dUSD/book?depth=%35").as_deref(),
+            Some("/api/v1/markets/BTC-USD/book?depth=5")
+        );
+        // Reserved and non-ASCII encodings stay; a truncated or bad escape stays.
+        assert_eq!(decode_unreserved("/a%2Fb%20c%C3%A9"), None);
+        assert_eq!(decode_unreserved("/a%4").as_deref(), None);
+        assert_eq!(decode_unreserved("/a%zz%41").as_deref(), Some("/a%zzA"));
+        assert_eq!(decode_unreserved("%7e%5F%2E").as_deref(), Some("~_."));
+    }
+
+    #[test]
+    fn a_request_gets_its_decoded_uri() {
+        let mut req = Request::get("/api/v1/%61lerts/%73tream?x=%31").body(()).unwrap();
+        normalize_uri(&mut req);
+        assert_eq!(req.uri().path(), "/api/v1/alerts/stream");
+        assert_eq!(req.uri().query(), Some("x=1"));
+        let mut req = Request::get("http://h:1/%2F%41").body(()).unwrap();
+        normalize_uri(&mut req);
+        assert_eq!(req.uri().to_string(), "http://h:1/%2FA");
+    }
 }

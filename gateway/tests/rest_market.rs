@@ -122,11 +122,24 @@ async fn bad_market_data_requests_get_json_errors() {
         ("/api/v1/markets/BTC-USD/trades?limit=100000", 400, "invalid_parameter"),
         ("/api/v1/markets/BTC-USD", 404, "not_found"),
         ("/api/v1/nothing", 404, "not_found"),
+        // A reserved character stays encoded: no instrument has that name.
+        ("/api/v1/markets/BTC%2FUSD/book", 404, "unknown_symbol"),
     ] {
         let (got, response) = http_raw(addr, &get(addr, path, "")).await;
         assert_eq!(got, status, "{path}: {response}");
         assert_eq!(body_json(&response)["error"]["code"], code, "{path}");
     }
+    // Percent-encoded unreserved characters name the same resource (RFC 3986 6.2.2.2).
+    for path in ["/api/v1/markets/BTC%2dUSD/book?depth=%35", "/api/v1/%69nstruments"] {
+        let (got, response) = http_raw(addr, &get(addr, path, "")).await;
+        assert_eq!(got, 200, "{path}: {response}");
+    }
+    let (got, response) = http_raw(addr, &get(addr, "/api/v1/alerts/%73tream", "")).await;
+    assert_eq!(
+        (got, body_json(&response)["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "the alert stream, not an alert: {response}"
+    );
     let post = format!("POST /api/v1/instruments HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     let (status, response) = http_raw(addr, &post).await;
     assert_eq!(
