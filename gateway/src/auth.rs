@@ -309,7 +309,7 @@ impl Tokens {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|_| InvalidToken)?;
-        if claims.exp <= now || !self.stands(&claims) {
+        if claims.exp <= now || !self.stands(&claims) || has_critical_extensions(token) {
             return Err(InvalidToken);
         }
         if self.verified.len() >= VERIFIED_MAX {
@@ -321,6 +321,19 @@ impl Tokens {
         self.verified.insert(token.into(), claims.clone());
         Ok(claims)
     }
+}
+
+/// Whether a token's header names critical extensions (`crit`, RFC 7515 4.1.11), or cannot
+/// be read: this server understands none, so such a token is refused even with a good
+/// signature. (Its own tokens have none; only a holder of the secret could make one.)
+fn has_critical_extensions(token: &str) -> bool {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap_or_default();
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return true;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json)
+        .map_or(true, |fields| fields.contains_key("crit"))
 }
 
 /// A session held open (a WebSocket connection, an SSE stream): resolves
@@ -445,6 +458,28 @@ mod tests {
         assert_eq!(tokens.verify(&t).map(|c| c.acc), Ok(1));
         assert_eq!(other.verify(&t), Err(InvalidToken));
         assert_eq!(tokens.verify(&tampered), Err(InvalidToken));
+    }
+
+    #[test]
+    fn a_token_with_critical_extensions_is_refused() {
+        use base64::Engine as _;
+        let secret = b"secret-one";
+        let tokens = test_tokens(secret, Duration::from_secs(60));
+        let good = tokens.issue("alice", AccountId(1));
+        let claims = good.split('.').nth(1).expect("three parts");
+        // Signed with the right secret: only the header differs.
+        let signed = |header: &str| {
+            let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(header);
+            let message = format!("{header}.{claims}");
+            let key = EncodingKey::from_secret(secret);
+            let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256)
+                .expect("HS256 signs");
+            format!("{message}.{signature}")
+        };
+        let plain = signed(r#"{"alg":"HS256","typ":"JWT"}"#);
+        assert!(tokens.verify(&plain).is_ok(), "the same token, signed here: good");
+        let critical = signed(r#"{"alg":"HS256","typ":"JWT","crit":["exp2"],"exp2":1}"#);
+        assert_eq!(tokens.verify(&critical), Err(InvalidToken));
     }
 
     #[test]
