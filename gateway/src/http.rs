@@ -51,7 +51,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
         response.headers_mut().insert(hyper::header::CONNECTION, close);
         return response.map(HttpBody::Left);
     }
-    let serves_clients = state.node.as_ref().is_none_or(|n| n.role != crate::cluster::Role::Engine);
+    let serves_clients = state.serves_clients();
     // The engine node answers health, metrics and public market data (to compare with
     // what gateways serve); clients belong on gateway nodes.
     let public = path == "/api/v1/instruments" || path.starts_with("/api/v1/markets/");

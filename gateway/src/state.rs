@@ -53,6 +53,14 @@ pub struct AppState {
     pub node: Option<NodeInfo>,
 }
 
+impl AppState {
+    /// Whether this process serves users (the single process, a gateway node); the engine
+    /// node serves health, metrics and public market data only.
+    pub fn serves_clients(&self) -> bool {
+        self.node.as_ref().is_none_or(|n| n.role != crate::cluster::Role::Engine)
+    }
+}
+
 /// A node of a NATS deployment.
 #[derive(Debug)]
 pub struct NodeInfo {

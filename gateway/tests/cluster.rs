@@ -361,9 +361,12 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     let engine = engine(nats.addr, &dir.0);
     let (g1, g2) = (gateway(nats.addr), gateway(nats.addr));
 
-    // The engine node serves no clients.
-    let (status, body) = get(engine.addr, "/api/v1/account").await;
-    assert_eq!(status, 404, "{body}");
+    // The engine node serves no clients: no account, no alert stream (401 was the stream
+    // asking for a token).
+    for path in ["/api/v1/account", "/api/v1/alerts/stream"] {
+        let (status, body) = get(engine.addr, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
     let (status, health) = get(g1.addr, "/healthz").await;
     assert_eq!((status, health["node"]["role"].as_str()), (200, Some("gateway")), "{health}");
 

@@ -189,7 +189,12 @@ async fn serve_connection(stream: tokio::net::TcpStream, c: Connection<'_>) {
     // connection ends, whichever comes first.
     let pending = PendingGuard { permit: Some(c.pending), metrics: Arc::clone(&c.state.metrics) };
     let deadline = c.head.deadline;
-    match crate::sse::first_request(&stream, deadline).await {
+    // The engine node serves no alert stream: hyper's router refuses it there.
+    let first = match c.state.serves_clients() {
+        true => crate::sse::first_request(&stream, deadline).await,
+        false => FirstRequest::Other,
+    };
+    match first {
         FirstRequest::Closed => return,
         FirstRequest::Stream => {
             // The guard (permit and gauge) is given back once the stream's head is in.
