@@ -29,6 +29,11 @@ use crate::orders::{Awaiting, OrderStore, OrderView, Status, Verdict};
 /// How long a request waits for the engine's answer.
 pub const ENGINE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How far apart the clocks of a gateway node and the engine node may be (a request's
+/// deadline is the gateway's time; the engine node compares it with its own): NTP keeps
+/// them within milliseconds.
+pub const CLOCK_SKEW_MAX: Duration = Duration::from_secs(1);
+
 /// What an engine refusal means, for the error's message (its code is the reason's name).
 fn explain(reason: RejectReason) -> &'static str {
     use RejectReason::*;
@@ -250,17 +255,30 @@ impl Trading {
         order.order_id = self.route.order_id().await.map_err(route_error)?;
         if let Some(key) = key {
             let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
-            match self.keys.claim(account, key, fingerprint, order.order_id, self.now()) {
-                Claim::New => {
-                    let claimed = (order.instrument, order.order_id);
-                    if let Some(answer) =
-                        self.placed_elsewhere(account, key, fingerprint, claimed).await
-                    {
-                        return answer;
+            let mut looked_again = false;
+            loop {
+                match self.keys.claim(account, key, fingerprint, order.order_id, self.now()) {
+                    Claim::New => {
+                        let claimed = (order.instrument, order.order_id);
+                        if let Some(answer) =
+                            self.placed_elsewhere(account, key, fingerprint, claimed).await
+                        {
+                            return answer;
+                        }
+                        break;
                     }
+                    // The claim's order may never have been: look once, then claim again.
+                    Claim::Retry(id, at)
+                        if !looked_again
+                            && self
+                                .claim_outdated(account, key, order.instrument, id, at)
+                                .await =>
+                    {
+                        looked_again = true;
+                    }
+                    Claim::Retry(id, at) => return self.replay(account, id, at),
+                    Claim::Reused => return Err(ApiError::key_reused()),
                 }
-                Claim::Retry(id, at) => return self.replay(account, id, at),
-                Claim::Reused => return Err(ApiError::key_reused()),
             }
         }
         let id = order.order_id;
@@ -391,6 +409,43 @@ impl Trading {
         } else {
             Err(ApiError::key_reused())
         })
+    }
+
+    /// On a gateway node, whether this process's claim of `key` for order `id` (made at
+    /// `at`) is outdated, and if so, replaced by what the engine knows: a claim whose
+    /// request got no answer (`engine_timeout`) while the engine node's answer may still
+    /// come. Once the engine node can no longer take that request (its deadline, plus
+    /// [`CLOCK_SKEW_MAX`] between the nodes' clocks, has passed) and this node has caught
+    /// up with it, the replica's key table tells: no record, the order never was (the claim
+    /// is given up: the retry places it); a record of another order, the key was placed
+    /// through another node meanwhile (its record replaces the claim). Without the look, a
+    /// retry here would be answered `request_in_progress`, then `order_forgotten`, forever.
+    async fn claim_outdated(
+        &self,
+        account: AccountId,
+        key: IdempotencyKey,
+        instrument: InstrumentId,
+        id: OrderId,
+        at: UnixNanos,
+    ) -> bool {
+        let deadline = crate::cluster::REQUEST_TIMEOUT + CLOCK_SKEW_MAX;
+        if !matches!(self.route, Route::Remote(_))
+            || self.orders.order(account, id).is_some()
+            || self.now().0.saturating_sub(at.0) <= deadline.as_nanos() as u64
+            || !self.caught_up().await
+            || self.orders.order(account, id).is_some()
+        {
+            return false;
+        }
+        match self.engine_key_record(account, instrument, key).await {
+            Ok(None) => self.keys.release(account, key, id),
+            Ok(Some(record)) if record.order_id != id => {
+                self.keys.release(account, key, id);
+                self.keys.load([(account, record)]);
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// The engine knew a key this process did not (it never should): ask it which order

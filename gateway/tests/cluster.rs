@@ -731,6 +731,39 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     );
     books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
 
+    // The engine node freezes while a keyed order waits for it: the client is told to
+    // retry with its key. Back, the engine node refuses the late request (past its
+    // deadline), so the order never was: a retry through the same gateway places it,
+    // once (it was answered `request_in_progress`, then `order_forgotten`, forever).
+    let keyed = Api::login(g2.addr, 0).await;
+    let far = json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1.00", "qty": "0.0010", "client_order_id": 4242});
+    let key = "Idempotency-Key: frozen-engine\r\n";
+    let engine_pid = engine_proc.child.id().to_string();
+    let stop = Command::new("kill").args(["-STOP", &engine_pid]).status().expect("kill -STOP");
+    assert!(stop.success());
+    let (status, body) = keyed.call("POST", "/api/v1/orders", Some(far.clone()), key).await;
+    let cont = Command::new("kill").args(["-CONT", &engine_pid]).status().expect("kill -CONT");
+    assert!(cont.success());
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("engine_timeout")), "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let placed = loop {
+        let (status, body) = keyed.call("POST", "/api/v1/orders", Some(far.clone()), key).await;
+        if status == 201 {
+            break body;
+        }
+        // The engine node may take a moment to answer again.
+        assert!(status == 409 || status == 503, "{status} {body}");
+        assert!(tokio::time::Instant::now() < deadline, "the retry places the order: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (status, again) = keyed.call("POST", "/api/v1/orders", Some(far.clone()), key).await;
+    assert_eq!((status, &again["id"]), (201, &placed["id"]), "{again}");
+    let (status, open) = keyed.call("GET", "/api/v1/orders?status=open", None, "").await;
+    assert_eq!(status, 200, "{open}");
+    let open = open["orders"].as_array().expect("orders");
+    let keyed_orders = open.iter().filter(|o| o["client_order_id"] == 4242).count();
+    assert_eq!(keyed_orders, 1, "one order for the key: {open:?}");
+
     // The engine node restarts (SIGKILL, same data directory): the gateway follows its
     // new run, sequences continue, orders flow again.
     let applied = health(g2.addr).await["node"]["commands_applied"].as_u64().expect("a count");
