@@ -150,9 +150,11 @@ pub struct OrderStore {
     history: Mutex<Option<HistoryWriter>>,
     /// A history write failed (logged once; the store keeps working in memory).
     history_failed: std::sync::atomic::AtomicBool,
-    /// How far the history file covers the engine's journal (see [`stored`]), once
-    /// attached.
+    /// How far the history file covers the engine's journal once synced (see [`stored`]),
+    /// once attached: the engine prunes its snapshots by it, so it moves only after a sync.
     stored: Mutex<Option<(Watermark, std::path::PathBuf)>>,
+    /// Per shard, how far what was written to the history file reaches (not yet synced).
+    written: Mutex<Vec<u64>>,
     /// Per shard, the timestamp of the last command whose reports are all applied.
     applied: Mutex<Vec<u64>>,
     /// The engine's shard count (0 until set: taken as 1), for fill ids.
@@ -381,41 +383,60 @@ impl OrderStore {
         UnixNanos(applied.get(shard).copied().unwrap_or(0))
     }
 
-    /// Records that every report of `shard`'s commands up to the one stamped `ts` is in
-    /// the history file (the projection, after [`OrderStore::flush_history`]).
+    /// Records that every report of `shard`'s commands up to the one stamped `ts` is
+    /// written to the history file (the projection, after [`OrderStore::flush_history`]);
+    /// the watermark follows at the next [`OrderStore::sync_history`].
     pub fn mark_stored(&self, shard: usize, ts: UnixNanos) {
-        let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((mark, _)) = stored.as_ref() {
-            mark.advance(shard, ts);
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if written.len() <= shard {
+            written.resize(shard + 1, 0);
         }
+        written[shard] = written[shard].max(ts.0);
     }
 
-    /// Keeps `mark` up to date with what the history file holds, saving it in `dir` after
-    /// every sync (see [`stored`]).
+    /// Keeps `mark` up to date with what the history file holds on disk, saving it in
+    /// `dir` after every sync (see [`stored`]). The file holds what `mark` says now.
     pub fn attach_watermark(&self, mark: Watermark, dir: std::path::PathBuf) {
+        *self.written.lock().unwrap_or_else(|e| e.into_inner()) = mark.all();
         *self.stored.lock().unwrap_or_else(|e| e.into_inner()) = Some((mark, dir));
     }
 
     /// Puts what was written on disk (`fdatasync`); called about once a second, off the
     /// hub thread. A `kill -9` loses nothing written; this bounds what a power loss can.
     pub fn sync_history(&self) {
+        // Taken first: every record they cover was written before, so it is synced now
+        // or was before (they cover no more than what is on disk after the sync).
+        let marks = self.written.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let file = {
             let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
             history.as_mut().and_then(HistoryWriter::take_unsynced)
         };
-        // Taken before the sync: the marks cover no more than what the sync puts on disk.
-        let marks = {
+        let target = {
             let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-            stored.as_ref().map(|(mark, dir)| (mark.all(), dir.clone()))
+            stored.as_ref().map(|(mark, dir)| (mark.clone(), dir.clone()))
         };
         if let Some(Err(e)) | Some(Ok(Err(e))) = file.map(|f| f.map(|f| f.sync_data())) {
             if !self.history_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::error!("order history not synced: {e}");
             }
+            // Not on disk: the watermark (and the snapshots the engine keeps) stay.
+            return;
         }
-        if let Some((marks, dir)) = marks {
-            if let Err(e) = stored::save(&dir, &marks) {
-                tracing::warn!("order history watermark not saved: {e} (a restart replays more)");
+        if let Some((mark, dir)) = target {
+            match stored::save(&dir, &marks) {
+                // On disk, file and marks: the engine may now prune up to them. Before,
+                // the marks ran up to a second ahead of the disk, and a power loss could
+                // take reports whose snapshot was already pruned.
+                Ok(()) => {
+                    for (shard, ts) in marks.iter().enumerate() {
+                        mark.advance(shard, UnixNanos(*ts));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "order history watermark not saved: {e} (a restart replays more)"
+                    )
+                }
             }
         }
     }
@@ -637,6 +658,32 @@ mod tests {
             store.orders(AccountId(1), None, |_| true, usize::MAX),
             store.fills(AccountId(1), None, None, usize::MAX),
         )
+    }
+
+    /// The engine prunes its snapshots by the watermark: it must not run ahead of what is
+    /// on disk, or a power loss takes reports whose snapshot is gone.
+    #[test]
+    fn the_watermark_moves_only_once_the_history_is_on_disk() {
+        let dir =
+            std::env::temp_dir().join(format!("tickgate-orders-watermark-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = OrderStore::new([AccountId(1)]);
+        store.attach_history(HistoryWriter::create(&dir, []).expect("history file"));
+        let retention = tickgate_engine::Retention::new(2);
+        store.attach_watermark(retention.register(&[7, 9]), dir.clone());
+        let _ = store.apply(&report(ExecKind::Accepted, 1, 1));
+        store.flush_history();
+        store.mark_stored(0, UnixNanos(500));
+        assert_eq!((retention.floor(0), retention.floor(1)), (Some(7), Some(9)), "written only");
+        assert_eq!(stored::load(&dir).expect("marks"), Vec::<u64>::new());
+        store.sync_history();
+        assert_eq!((retention.floor(0), retention.floor(1)), (Some(500), Some(9)));
+        assert_eq!(stored::load(&dir).expect("marks"), vec![500, 9]);
+        // Marks that moved with nothing new written (commands without reports) follow too.
+        store.mark_stored(1, UnixNanos(900));
+        store.sync_history();
+        assert_eq!(retention.floor(1), Some(900));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
