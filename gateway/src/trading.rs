@@ -29,11 +29,6 @@ use crate::orders::{Awaiting, OrderStore, OrderView, Status, Verdict};
 /// How long a request waits for the engine's answer.
 pub const ENGINE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How far apart the clocks of a gateway node and the engine node may be (a request's
-/// deadline is the gateway's time; the engine node compares it with its own): NTP keeps
-/// them within milliseconds.
-pub const CLOCK_SKEW_MAX: Duration = Duration::from_secs(1);
-
 /// What an engine refusal means, for the error's message (its code is the reason's name).
 fn explain(reason: RejectReason) -> &'static str {
     use RejectReason::*;
@@ -415,7 +410,7 @@ impl Trading {
     /// `at`) is outdated, and if so, replaced by what the engine knows: a claim whose
     /// request got no answer (`engine_timeout`) while the engine node's answer may still
     /// come. Once the engine node can no longer take that request (its deadline, plus
-    /// [`CLOCK_SKEW_MAX`] between the nodes' clocks, has passed) and this node has caught
+    /// [`crate::cluster::CLOCK_SKEW_MAX`] between the nodes' clocks, has passed) and this node has caught
     /// up with it, the replica's key table tells: no record, the order never was (the claim
     /// is given up: the retry places it); a record of another order, the key was placed
     /// through another node meanwhile (its record replaces the claim). Without the look, a
@@ -428,7 +423,7 @@ impl Trading {
         id: OrderId,
         at: UnixNanos,
     ) -> bool {
-        let deadline = crate::cluster::REQUEST_TIMEOUT + CLOCK_SKEW_MAX;
+        let deadline = crate::cluster::REQUEST_TIMEOUT + crate::cluster::CLOCK_SKEW_MAX;
         if !matches!(self.route, Route::Remote(_))
             || self.orders.order(account, id).is_some()
             || self.now().0.saturating_sub(at.0) <= deadline.as_nanos() as u64

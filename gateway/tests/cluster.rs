@@ -679,6 +679,13 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     let mut ws = client::connect(g2.addr, "/ws?format=json").await.expect("upgrade");
     drop(nats_proc);
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // An alert asked for meanwhile is refused at once, and not created once NATS is back
+    // (it was held by the NATS client, answered 503 after 2 s, then created).
+    let alert = json!({"symbol": "BTC-USD", "condition": "above", "price": "1000000.00"});
+    let started = std::time::Instant::now();
+    let (status, body) = user.call("POST", "/api/v1/alerts", Some(alert.clone()), "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("engine_unavailable")));
+    assert!(started.elapsed() < Duration::from_secs(1), "at once: {:?}", started.elapsed());
     let nats_proc = nats_with(nats_addr.port(), Some(&config)).expect("nats-server restarts");
     want_tx.send("market_data_live".into()).expect("the SSE reader waits");
     let text = tokio::time::timeout(WAIT, notices).await.expect("in time").expect("SSE task");
@@ -712,6 +719,8 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     wait_for_gaps(g2.addr, 1).await;
     books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
     trade_through(g2.addr).await;
+    let (status, listed) = user.call("GET", "/api/v1/alerts", None, "").await;
+    assert_eq!((status, &listed["alerts"]), (200, &json!([])), "{listed}");
 
     // The gateway falls behind (stopped for a moment, then flooded with what piled up):
     // NATS drops what its subscription cannot hold (a slow consumer); the gateway repairs
@@ -741,7 +750,12 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     let engine_pid = engine_proc.child.id().to_string();
     let stop = Command::new("kill").args(["-STOP", &engine_pid]).status().expect("kill -STOP");
     assert!(stop.success());
-    let (status, body) = keyed.call("POST", "/api/v1/orders", Some(far.clone()), key).await;
+    // An alert asked for meanwhile is answered 503 and dropped by the engine node once
+    // back (its request came past its deadline).
+    let ((status, body), (alert_status, alert_body)) = tokio::join!(
+        keyed.call("POST", "/api/v1/orders", Some(far.clone()), key),
+        keyed.call("POST", "/api/v1/alerts", Some(alert.clone()), ""),
+    );
     let cont = Command::new("kill").args(["-CONT", &engine_pid]).status().expect("kill -CONT");
     assert!(cont.success());
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("engine_timeout")), "{body}");
@@ -758,6 +772,9 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     };
     let (status, again) = keyed.call("POST", "/api/v1/orders", Some(far.clone()), key).await;
     assert_eq!((status, &again["id"]), (201, &placed["id"]), "{again}");
+    assert_eq!(alert_status, 503, "{alert_body}");
+    let (status, listed) = keyed.call("GET", "/api/v1/alerts", None, "").await;
+    assert_eq!((status, &listed["alerts"]), (200, &json!([])), "{listed}");
     let (status, open) = keyed.call("GET", "/api/v1/orders?status=open", None, "").await;
     assert_eq!(status, 200, "{open}");
     let open = open["orders"].as_array().expect("orders");

@@ -58,12 +58,26 @@ pub struct Link {
     pub client: async_nats::Client,
     /// The cluster's subjects.
     pub subjects: Subjects,
+    /// This node's NATS counters (whether it is connected).
+    pub stats: Arc<super::ClusterStats>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct ApiRequest {
     account: u32,
     op: AlertOp,
+    /// The gateway's wall clock (ns since the epoch) past which the engine node may no
+    /// longer take it (before the gateway stops waiting): a request that reaches it later
+    /// is dropped (async-nats holds what is published while it reconnects, and sends it
+    /// once back), so a request answered `503` did not take effect behind the client's
+    /// back.
+    #[serde(default)]
+    deadline: Option<u64>,
+}
+
+fn now_nanos() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -96,13 +110,27 @@ impl Subjects {
 
 /// A gateway node: carries `op` out on the engine node and answers as it does.
 pub async fn forward(link: &Link, account: AccountId, op: AlertOp) -> Response<Full<Bytes>> {
-    let request = ApiRequest { account: account.0, op };
+    if !link.stats.connected.load(std::sync::atomic::Ordering::Acquire) {
+        // As order entry: at once, rather than a request held until NATS is back.
+        let why = "alerts live on the engine node, and this gateway has lost NATS (reconnecting)";
+        return ApiError::new(ErrorCode::EngineUnavailable, why).response();
+    }
+    // Short of the wait by the clocks' greatest difference: the engine node takes it only
+    // while this node still waits for the answer.
+    let deadline = now_nanos() + (super::REQUEST_TIMEOUT - super::CLOCK_SKEW_MAX).as_nanos() as u64;
+    let request = ApiRequest { account: account.0, op, deadline: Some(deadline) };
     let payload = match serde_json::to_vec(&request) {
         Ok(p) => Bytes::from(p),
         Err(e) => return ApiError::new(ErrorCode::Internal, e.to_string()).response(),
     };
     let reply = match link.client.request(link.subjects.alerts_api(), payload).await {
         Ok(reply) => reply,
+        Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+            let why = "the engine node, where alerts live, did not answer in time: the request \
+                       takes no effect if it reaches it later (GET /api/v1/alerts shows what \
+                       stands)";
+            return ApiError::new(ErrorCode::EngineUnavailable, why).response();
+        }
         Err(e) => {
             let why = format!("alerts live on the engine node, which cannot be reached: {e}");
             return ApiError::new(ErrorCode::EngineUnavailable, why).response();
@@ -152,6 +180,9 @@ pub async fn serve(
                 Some(message) = requests.next() => {
                     let Some(reply) = message.reply.clone() else { continue };
                     let answer = match serde_json::from_slice::<ApiRequest>(&message.payload) {
+                        // Its gateway has answered `503` already (clocks within
+                        // `CLOCK_SKEW_MAX`): drop it, unanswered.
+                        Ok(r) if r.deadline.is_some_and(|d| now_nanos() > d) => continue,
                         Ok(r) => answer(apply(AccountId(r.account), r.op)).await,
                         Err(e) => ApiReply { status: 400, body: serde_json::json!({"error": {"code": "malformed", "message": e.to_string()}}) },
                     };

@@ -149,6 +149,11 @@ impl Subjects {
 
 /// How long a request to the engine node waits for its answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How far apart the clocks of a gateway node and the engine node may be (a request's
+/// deadline is the gateway's time; the engine node compares it with its own): NTP keeps
+/// them within milliseconds.
+pub const CLOCK_SKEW_MAX: Duration = Duration::from_secs(1);
 /// Period of the engine node's per-shard heartbeat on the commands subject.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence on a commands subject after which a gateway calls its market data stale.

@@ -130,6 +130,7 @@ impl Node {
             link: (role == Role::Gateway).then(|| crate::cluster::alerts::Link {
                 client: self.client.clone(),
                 subjects: self.subjects(),
+                stats: Arc::clone(&self.stats),
             }),
         }
     }
