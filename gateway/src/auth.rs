@@ -323,6 +323,15 @@ impl Tokens {
     }
 }
 
+/// What nodes of a deployment compare to learn they share the token secret (a token one
+/// signs is good on the others only then): an HMAC-SHA256 of a fixed text under it, which
+/// does not tell the secret.
+pub fn secret_check(secret: &[u8]) -> String {
+    let key = EncodingKey::from_secret(secret);
+    jsonwebtoken::crypto::sign(b"tickgate: the nodes' token secret", &key, Algorithm::HS256)
+        .unwrap_or_default()
+}
+
 /// Whether a token's header names critical extensions (`crit`, RFC 7515 4.1.11), or cannot
 /// be read: this server understands none, so such a token is refused even with a good
 /// signature. (Its own tokens have none; only a holder of the secret could make one.)

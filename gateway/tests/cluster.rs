@@ -845,15 +845,26 @@ async fn nodes_use_the_brokers_token_and_a_wrong_one_stops_at_once() {
 
     let stderr = refused(nats_proc.addr, &["--nats-token", "not-it"]);
     assert!(stderr.to_lowercase().contains("authorization"), "the refusal is named: {stderr}");
+
+    // A gateway given another token secret than the engine node's stops with why (its
+    // clients' tokens would be refused by every other node).
+    let stderr =
+        refused_with(nats_proc.addr, "another-secret", &["--nats-token", "broker-token-1"]);
+    assert!(stderr.contains("token secret"), "the refusal is named: {stderr}");
 }
 
 /// Starts a gateway node with `extra` that NATS must refuse, waits for it to stop with an
 /// error (a wrong credential or certificate is not a network blip to retry forever) and
 /// returns what it wrote to stderr.
 fn refused(nats: SocketAddr, extra: &[&str]) -> String {
+    refused_with(nats, SECRET, extra)
+}
+
+/// [`refused`], the gateway given the token secret `secret`.
+fn refused_with(nats: SocketAddr, secret: &str, extra: &[&str]) -> String {
     let mut node = Command::new(BIN)
         .args(["--nats", &format!("nats://{nats}"), "--role", "gateway"])
-        .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+        .args(["--listen", "127.0.0.1:0", "--jwt-secret", secret])
         .args(extra)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

@@ -239,7 +239,7 @@ impl Primary {
         (engine, keys): (EngineHandle, Arc<KeyCache>),
         log: Arc<CommandLog>,
         stats: Arc<ClusterStats>,
-        node: String,
+        (node, secret_check): (String, String),
         journal: Option<PathBuf>,
     ) -> anyhow::Result<Primary> {
         // A run id: gateways see the engine node restart when it changes.
@@ -249,8 +249,19 @@ impl Primary {
         // above what was recovered).
         let ids = IdMark::open(journal.as_deref(), &engine)?;
         let mut tasks = Vec::new();
-        let ctx =
-            Arc::new(Ctx { client, subjects, engine, keys, log, stats, epoch, node, journal, ids });
+        let ctx = Arc::new(Ctx {
+            client,
+            subjects,
+            engine,
+            keys,
+            log,
+            stats,
+            epoch,
+            node,
+            journal,
+            ids,
+            secret_check,
+        });
         for shard in 0..ctx.engine.shards() {
             tasks.push(tokio::spawn(publish(Arc::clone(&ctx), shard)));
             let replays = ctx.client.subscribe(ctx.subjects.replay(shard)).await?;
@@ -287,6 +298,7 @@ impl Primary {
         tasks.push(tokio::spawn(serve(Arc::clone(&ctx), info, |c, _| async move {
             let info = serde_json::json!({
                 "shards": c.engine.shards(), "epoch": c.epoch, "node": c.node,
+                "secret_check": c.secret_check,
             });
             Bytes::from(info.to_string())
         })));
@@ -352,6 +364,8 @@ struct Ctx {
     stats: Arc<ClusterStats>,
     epoch: u64,
     node: String,
+    /// [`crate::auth::secret_check`] of the token secret, for gateways to compare.
+    secret_check: String,
 }
 
 impl Ctx {

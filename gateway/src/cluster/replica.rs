@@ -38,6 +38,9 @@ struct Info {
     shards: usize,
     epoch: u64,
     node: String,
+    /// Its [`crate::auth::secret_check`].
+    #[serde(default)]
+    secret_check: Option<String>,
 }
 
 /// Most shards an engine node may announce (the engine's own limit).
@@ -84,12 +87,21 @@ impl Replica {
         client: async_nats::Client,
         subjects: Subjects,
         config: RuntimeConfig,
-        stats: Arc<ClusterStats>,
+        (stats, secret_check): (Arc<ClusterStats>, String),
     ) -> anyhow::Result<(EngineRuntime, Replica)> {
         let info = engine_node(&client, &subjects).await;
         let info: Info = serde_json::from_slice(&info.payload)?;
         if !(1..=SHARDS_MAX).contains(&info.shards) {
             anyhow::bail!("the engine node announces {} shards", info.shards);
+        }
+        if info.secret_check.is_some_and(|c| c != secret_check) {
+            anyhow::bail!(
+                "this gateway's token secret (--jwt-secret / TICKGATE_JWT_SECRET) is not the \
+                 engine node {}'s: tokens one node signs would be refused by the others \
+                 (clients logged out as they move between gateways); give every node the \
+                 same secret",
+                info.node
+            );
         }
         tracing::info!(engine = %info.node, shards = info.shards, "following the engine node");
         // Subscribe before the snapshots are taken: every command after them arrives.

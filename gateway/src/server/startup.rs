@@ -207,7 +207,14 @@ pub(super) async fn start_primary(
     let id = node.config.node.clone();
     let journal = config.durability.as_ref().map(|d| d.dir.clone());
     let keys = Arc::clone(&state.ws.trading.keys);
-    Primary::start(client, node.subjects(), (engine, keys), log, stats, id, journal).await
+    let check = secret_check(config);
+    Primary::start(client, node.subjects(), (engine, keys), log, stats, (id, check), journal).await
+}
+
+/// The token secret's [`crate::auth::secret_check`] (a deployment's nodes are given one:
+/// `--nats` requires `--jwt-secret`).
+fn secret_check(config: &Config) -> String {
+    crate::auth::secret_check(config.jwt_secret.as_deref().unwrap_or_default().as_bytes())
 }
 
 /// A gateway node: a replica of the engine node's engine, from its snapshots; its publish
@@ -230,8 +237,13 @@ pub(super) async fn start_replica(
         ..RuntimeConfig::default()
     };
     let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
-    let (runtime, replica) =
-        Replica::start(client.clone(), node.subjects(), runtime_config, stats).await?;
+    let (runtime, replica) = Replica::start(
+        client.clone(),
+        node.subjects(),
+        runtime_config,
+        (stats, secret_check(config)),
+    )
+    .await?;
     orders.set_shards(runtime.handle().shards());
     // Closed orders and fills from before the replica's start: the engine node's.
     let entries =
