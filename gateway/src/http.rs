@@ -81,8 +81,18 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
                 .filter_map(|s| state.engine.journal_stats(s))
                 .map(|j| j.applied_seq.load(Ordering::Relaxed))
                 .collect();
-            let status =
-                if failure.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            // A gateway node without NATS, or whose engine node went silent, serves stale
+            // market data and refuses orders: a load balancer should send clients to
+            // another gateway meanwhile.
+            let stale = state.node.as_ref().is_some_and(|n| {
+                n.role == crate::cluster::Role::Gateway
+                    && (!n.stats.connected.load(Ordering::Relaxed) || n.stats.is_stale())
+            });
+            let status = if failure.is_some() || stale {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
             // A queue nine tenths full refuses orders `engine_busy` any moment: alive, but
             // not keeping up (said, not failed: it drains by itself).
             let engine = &state.engine;
@@ -91,10 +101,11 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
                 .iter()
                 .enumerate()
                 .any(|(s, d)| d * 10 >= engine.queue_capacity(s).max(1) * 9);
-            let said = match (&failure, busy) {
-                (Some(_), _) => "failing",
-                (None, true) => "busy",
-                (None, false) => "ok",
+            let said = match (&failure, stale, busy) {
+                (Some(_), _, _) => "failing",
+                (None, true, _) => "stale",
+                (None, false, true) => "busy",
+                (None, false, false) => "ok",
             };
             let node = state.node.as_ref().map(|n| {
                 serde_json::json!({

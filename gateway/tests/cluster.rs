@@ -627,7 +627,14 @@ async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
 /// Health of a node as JSON.
 async fn health(addr: SocketAddr) -> Value {
     let (status, h) = get(addr, "/healthz").await;
-    assert_eq!(status, 200, "{h}");
+    // 503 while a gateway's market data is stale (NATS lost, or the engine node silent).
+    let stale = h["node"]["role"] == "gateway"
+        && (h["node"]["stale"] == true || h["node"]["nats_connected"] == false);
+    if stale {
+        assert_eq!((status, h["status"].as_str()), (503, Some("stale")), "{h}");
+    } else {
+        assert_eq!(status, 200, "{h}");
+    }
     h
 }
 
@@ -679,6 +686,7 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     let mut ws = client::connect(g2.addr, "/ws?format=json").await.expect("upgrade");
     drop(nats_proc);
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(health(g2.addr).await["status"], "stale", "a load balancer looks elsewhere");
     // An alert asked for meanwhile is refused at once, and not created once NATS is back
     // (it was held by the NATS client, answered 503 after 2 s, then created).
     let alert = json!({"symbol": "BTC-USD", "condition": "above", "price": "1000000.00"});
