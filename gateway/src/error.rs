@@ -202,13 +202,22 @@ pub struct ApiError {
     /// The engine did not answer in time although the command was queued: it may still
     /// execute, as this order.
     pub queued: Option<OrderId>,
+    /// The order the answer is about (a rejected order's id, the id a timed-out one may
+    /// take): `error.order_id` in the body.
+    pub order_id: Option<OrderId>,
 }
 
 impl ApiError {
     /// An error with no retry hint.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let retry_after = (code == ErrorCode::EngineBusy).then_some(1);
-        ApiError { code, message: message.into(), retry_after, queued: None }
+        ApiError { code, message: message.into(), retry_after, queued: None, order_id: None }
+    }
+
+    /// Names the order the answer is about.
+    pub fn about(mut self, order: OrderId) -> Self {
+        self.order_id = Some(order);
+        self
     }
 
     /// Asks the client to wait `seconds` before a retry.
@@ -227,9 +236,13 @@ impl ApiError {
         self.code.status()
     }
 
-    /// `{"error": {"code", "message"}}`.
+    /// `{"error": {"code", "message"}}`, with `"order_id"` when it is about an order.
     pub fn body(&self) -> String {
-        serde_json::json!({ "error": { "code": self.code(), "message": self.message } }).to_string()
+        let mut error = serde_json::json!({ "code": self.code(), "message": self.message });
+        if let Some(order) = self.order_id {
+            error["order_id"] = order.0.into();
+        }
+        serde_json::json!({ "error": error }).to_string()
     }
 
     /// The HTTP answer: status, JSON body, `WWW-Authenticate` on a 401 for a missing or
@@ -311,6 +324,11 @@ mod tests {
         assert_eq!(response.status(), 401);
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
         assert_eq!(e.body(), r#"{"error":{"code":"unauthorized","message":"expired"}}"#);
+        let about = ApiError::new(ErrorCode::EngineTimeout, "late").about(OrderId(7));
+        assert_eq!(
+            about.body(),
+            r#"{"error":{"code":"engine_timeout","message":"late","order_id":7}}"#
+        );
         let raw = String::from_utf8(
             ApiError::new(ErrorCode::TooManyStreams, "x").retry_after(2).raw_http1("vary: a\r\n"),
         )

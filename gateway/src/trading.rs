@@ -111,7 +111,7 @@ impl ApiError {
              effect on order {}: look it up, or retry with the same Idempotency-Key",
             order.0
         );
-        let mut e = ApiError::new(ErrorCode::EngineTimeout, message);
+        let mut e = ApiError::new(ErrorCode::EngineTimeout, message).about(order);
         e.queued = Some(order);
         e
     }
@@ -299,7 +299,8 @@ impl Trading {
                 self.keys.release(account, key, id);
                 Err(ApiError::key_reused())
             }
-            (ExecKind::Rejected, reason, _) => Err(ApiError::rejected(reason, "order")),
+            // The order has its id (listed, `rejected`): the answer names it.
+            (ExecKind::Rejected, reason, _) => Err(ApiError::rejected(reason, "order").about(id)),
             _ => self.settled(account, id, verdict),
         }
     }
@@ -355,7 +356,9 @@ impl Trading {
         at: UnixNanos,
     ) -> Result<OrderView, ApiError> {
         match self.orders.order(account, id) {
-            Some(o) if o.status == Status::Rejected => Err(ApiError::rejected(o.reason, "order")),
+            Some(o) if o.status == Status::Rejected => {
+                Err(ApiError::rejected(o.reason, "order").about(id))
+            }
             Some(_) => self.view(account, id),
             // Placed long ago and no longer kept (see `ORDERS_KEPT`).
             None if self.now().0.saturating_sub(at.0)

@@ -139,6 +139,17 @@ async fn idempotent_retries_and_rejections() {
     ] {
         let (got, answer) = alice.order(body.clone()).await;
         assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body}");
+        // An order the engine refused has an id, listed as `rejected`: the answer names
+        // it. One refused before it reached the engine has none.
+        match answer["error"]["order_id"].as_u64() {
+            Some(id) => {
+                let (got, listed) =
+                    alice.call("GET", &format!("/api/v1/orders/{id}"), None, "").await;
+                assert_eq!((got, listed["status"].as_str()), (200, Some("rejected")), "{listed}");
+                assert_eq!(listed["reason"].as_str(), Some(code), "{listed}");
+            }
+            None => assert_ne!(code, "insufficient_funds", "the engine refused it: {answer}"),
+        }
     }
     let anonymous = Api { addr, token: "nope".into() };
     let (status, _) = anonymous.order(order).await;

@@ -121,6 +121,7 @@ async fn order_entry_and_private_reports_over_websocket() {
     )
     .await;
     assert_eq!(poor["code"], "insufficient_funds", "{poor}");
+    assert!(poor["order_id"].as_u64().is_some(), "the refused order's id: {poor}");
     let bad = ask(
         &mut b,
         json!({"op": "order.new", "id": 12, "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1.001", "qty": "1"}),

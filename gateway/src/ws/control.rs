@@ -326,9 +326,19 @@ fn text_frame(value: &serde_json::Value) -> Bytes {
 
 /// An error reply frame.
 pub fn error_reply(e: &RequestError) -> Bytes {
-    text_frame(&serde_json::json!({
+    error_reply_about(e, None)
+}
+
+/// An error reply frame about an order (`order_id`: a rejected order's id, the id a
+/// timed-out one may take).
+pub fn error_reply_about(e: &RequestError, order: Option<tickgate_engine::OrderId>) -> Bytes {
+    let mut reply = serde_json::json!({
         "op": "error", "id": e.id, "code": e.code.as_str(), "message": e.message,
-    }))
+    });
+    if let Some(order) = order {
+        reply["order_id"] = order.0.into();
+    }
+    text_frame(&reply)
 }
 
 /// Any other reply frame: `{"op": op, "id": id, ...fields}`.

@@ -179,7 +179,9 @@ impl Conn {
                 }
                 Err(e) => {
                     metrics.ws_errors_total.fetch_add(1, Ordering::Relaxed);
-                    control::error_reply(&RequestError { id, code: e.code, message: e.message })
+                    let order = e.order_id;
+                    let e = RequestError { id, code: e.code, message: e.message };
+                    control::error_reply_about(&e, order)
                 }
             };
             // The connection may be gone by now: then nobody needs the answer (but
