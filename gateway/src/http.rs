@@ -41,9 +41,10 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
     if path != "/ws" {
         state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
     }
-    // HTTP/1.1 names its host once (RFC 9112 3.2); HTTP/2 has its `:authority` instead.
-    // (A WebSocket handshake's refusal says so itself, with the version the server speaks.)
-    let flaw = crate::request::request_host_flaw(&req);
+    // HTTP/1.1 names its host once (RFC 9112 3.2; HTTP/2 has its `:authority` instead), and
+    // no request has two credentials, keys or origins. (A WebSocket handshake's refusal
+    // says so itself, with the version the server speaks.)
+    let flaw = crate::request::request_head_flaw(&req);
     if let Some(flaw) = flaw.filter(|_| path != "/ws") {
         // Closed as hyper's own refusals of a malformed head are.
         let mut response = ApiError::new(ErrorCode::Malformed, flaw).response();

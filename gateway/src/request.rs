@@ -64,25 +64,47 @@ fn decode_unreserved(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// What is wrong with a request's `Host` headers, given its HTTP/1 minor version (`None`:
-/// not known) and how many it has: HTTP/1.1 needs exactly one (RFC 9112 3.2), and no request
-/// may have two (which of them would the origin checks compare?).
-pub fn host_flaw(minor_version: Option<u8>, hosts: usize) -> Option<&'static str> {
-    match (minor_version, hosts) {
-        (_, 2..) => Some("a request has one Host header, not several"),
-        (Some(1), 0) => Some("an HTTP/1.1 request needs a Host header"),
-        _ => None,
+/// Headers a request has at most once, and the refusal of a second: which of two would
+/// count? `Host`: HTTP/1.1 needs exactly one (RFC 9112 3.2), and the origin checks compare
+/// it. The credentials, the idempotency key, the replay point and the origin: a proxy that
+/// adds one to a client's own must not get to choose whom or what the request is for.
+const ONCE: [(&str, &str); 5] = [
+    ("host", "a request has one Host header, not several"),
+    ("authorization", "a request has at most one Authorization header"),
+    ("idempotency-key", "a request has at most one Idempotency-Key header"),
+    ("last-event-id", "a request has at most one Last-Event-ID header"),
+    ("origin", "a request has at most one Origin header"),
+];
+
+/// What is wrong with a request's head, given its HTTP/1 minor version (`None`: not known,
+/// or HTTP/2) and its header names: a header of [`ONCE`] twice, or an HTTP/1.1 request
+/// without `Host`.
+pub fn head_flaw<'a>(
+    minor_version: Option<u8>,
+    names: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<&'static str> {
+    let mut seen = [0usize; ONCE.len()];
+    for name in names {
+        if let Some(i) =
+            ONCE.iter().position(|(once, _)| name.eq_ignore_ascii_case(once.as_bytes()))
+        {
+            seen[i] += 1;
+        }
     }
+    if let Some(i) = seen.iter().position(|&n| n >= 2) {
+        return Some(ONCE[i].1);
+    }
+    (minor_version == Some(1) && seen[0] == 0).then_some("an HTTP/1.1 request needs a Host header")
 }
 
-/// [`host_flaw`] of a request hyper parsed (HTTP/2 has its `:authority` instead: none).
-pub fn request_host_flaw<B>(req: &Request<B>) -> Option<&'static str> {
+/// [`head_flaw`] of a request hyper parsed (HTTP/2 has its `:authority`: no `Host` needed).
+pub fn request_head_flaw<B>(req: &Request<B>) -> Option<&'static str> {
     let minor = match req.version() {
-        hyper::Version::HTTP_10 => 0,
-        hyper::Version::HTTP_11 => 1,
-        _ => return None,
+        hyper::Version::HTTP_10 => Some(0),
+        hyper::Version::HTTP_11 => Some(1),
+        _ => None,
     };
-    host_flaw(Some(minor), req.headers().get_all(hyper::header::HOST).iter().count())
+    head_flaw(minor, req.headers().iter().map(|(name, _)| name.as_str().as_bytes()))
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
@@ -132,6 +154,20 @@ mod tests {
         assert_eq!(decode_unreserved("/a%4").as_deref(), None);
         assert_eq!(decode_unreserved("/a%zz%41").as_deref(), Some("/a%zzA"));
         assert_eq!(decode_unreserved("%7e%5F%2E").as_deref(), Some("~_."));
+    }
+
+    #[test]
+    fn headers_a_request_has_once() {
+        let flaw = |minor, names: &[&str]| head_flaw(minor, names.iter().map(|n| n.as_bytes()));
+        assert_eq!(flaw(Some(1), &["Host", "Cookie", "cookie", "Accept"]), None);
+        assert_eq!(flaw(Some(0), &[]), None, "HTTP/1.0 needs no Host");
+        assert_eq!(flaw(None, &["authorization"]), None, "HTTP/2: its :authority");
+        assert!(flaw(Some(1), &[]).is_some_and(|f| f.contains("needs a Host")));
+        assert!(flaw(Some(1), &["host", "HOST"]).is_some_and(|f| f.contains("one Host")));
+        for name in ["Authorization", "Idempotency-Key", "Last-Event-ID", "Origin"] {
+            let twice = flaw(None, &[name, &name.to_lowercase()]);
+            assert!(twice.is_some_and(|f| f.contains(name)), "{name}: {twice:?}");
+        }
     }
 
     #[test]

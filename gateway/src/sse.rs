@@ -362,8 +362,8 @@ fn open_parsed(head: &[u8], state: &AppState) -> (Result<Opened, ApiError>, Opti
                 crate::request::query_param(query, "last_event_id"),
             ];
             state.metrics.http_requests_total.fetch_add(1, Ordering::Relaxed);
-            let hosts = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count();
-            match crate::request::host_flaw(req.version, hosts) {
+            let names = req.headers.iter().map(|h| h.name.as_bytes());
+            match crate::request::head_flaw(req.version, names) {
                 Some(flaw) => Err(ApiError::new(ErrorCode::Malformed, flaw)),
                 None => open(state, token, last_event_id),
             }

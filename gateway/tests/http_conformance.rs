@@ -168,7 +168,7 @@ async fn heads_hyper_cannot_parse_get_json_errors() {
 /// HTTP/1.1 names its host once: none or two is `400 malformed` (HTTP/1.0 needs none); the
 /// alert stream's own parser agrees, and takes bare line feeds as hyper does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_headers_and_bare_line_feeds() {
+async fn host_headers_headers_had_once_and_bare_line_feeds() {
     let server = start(|_| {}).await;
     let addr = server.local_addr();
     let token = Api::login(addr, 0).await.token;
@@ -187,6 +187,28 @@ async fn host_headers_and_bare_line_feeds() {
             "a stream with two Hosts",
             format!("GET {stream} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
             400,
+        ),
+        // Whose request is it? Two credentials, keys or replay points are refused, not
+        // the first taken.
+        (
+            "two Authorization headers",
+            format!("GET /api/v1/account HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nAuthorization: Bearer other\r\n\r\n"),
+            400,
+        ),
+        (
+            "two Idempotency-Keys",
+            "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\nContent-Length: 0\r\n\r\n".to_string(),
+            400,
+        ),
+        (
+            "a stream with two Last-Event-IDs",
+            format!("GET {stream} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1\r\nLast-Event-ID: 2\r\n\r\n"),
+            400,
+        ),
+        (
+            "two Cookie headers (HTTP/2 splits them; allowed)",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\nCookie: b=2\r\nConnection: close\r\n\r\n".to_string(),
+            200,
         ),
     ] {
         let (got, response) = http_raw(addr, &head).await;

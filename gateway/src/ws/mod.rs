@@ -136,7 +136,7 @@ fn handshake_flaw<B>(req: &Request<B>) -> Option<&'static str> {
     if req.version() < hyper::Version::HTTP_11 {
         return Some("a WebSocket handshake needs HTTP/1.1");
     }
-    if let Some(flaw) = crate::request::request_host_flaw(req) {
+    if let Some(flaw) = crate::request::request_head_flaw(req) {
         return Some(flaw);
     }
     let key = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY)?;
