@@ -397,3 +397,19 @@ async fn cancel_all_cancels_the_callers_open_orders_of_one_market_or_all() {
     assert_eq!(bob_open["orders"][0]["id"], bobs["id"], "another user's order is untouched");
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// The demo funding of a first start waits out a full engine queue: it happens once, so a
+/// transfer dropped there would never come (accounts were left empty or half funded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_funds_every_account_even_through_a_tiny_queue() {
+    let server = start(|c| c.queue_capacity = 2).await;
+    let addr = server.local_addr();
+    for user in 0..2 {
+        let api = Api::login(addr, user).await;
+        let usd = api.balance("USD").await;
+        assert_eq!(usd["available"], "1000000.000000", "user {user}: {usd}");
+        let eth = api.balance("ETH").await;
+        assert_eq!(eth["available"], "1000.00000000", "user {user}: {eth}");
+    }
+    server.shutdown().await.expect("clean shutdown");
+}

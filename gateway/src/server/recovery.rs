@@ -167,8 +167,10 @@ pub(super) fn log_recovery(config: &Config, runtime: &EngineRuntime) -> bool {
 }
 
 /// Demo balances for every user's account on every shard: 1,000,000 of the quote asset
-/// and 1,000 of every other asset, so a fresh server can be traded on at once.
-pub(super) fn fund_demo_accounts(engine: &EngineHandle, users: &Users) {
+/// and 1,000 of every other asset, so a fresh server can be traded on at once. A full
+/// queue (a small `--queue-capacity`, the feed already running) is waited out: funding
+/// happens on the first start only, so a transfer dropped here would never come.
+pub(super) async fn fund_demo_accounts(engine: &EngineHandle, users: &Users) -> anyhow::Result<()> {
     use tickgate_engine::{Amount, AssetId, Transfer};
     for user in users.all() {
         for shard in 0..engine.shards() {
@@ -181,10 +183,22 @@ pub(super) fn fund_demo_accounts(engine: &EngineHandle, users: &Users) {
                     amount,
                     request_id: 0,
                 };
-                if let Err(e) = engine.submit_transfer(shard, t) {
-                    tracing::warn!(user = %user.username, "demo funding not queued: {e}");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    match engine.submit_transfer(shard, t) {
+                        Ok(()) => break,
+                        Err(tickgate_engine::runtime::SubmitError::QueueFull)
+                            if tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err(e) => {
+                            anyhow::bail!("demo funding of {} not queued: {e}", user.username)
+                        }
+                    }
                 }
             }
         }
     }
+    Ok(())
 }

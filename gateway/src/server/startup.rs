@@ -389,7 +389,7 @@ pub(super) async fn restore_users(
         None => None,
     };
     if started.fresh && config.replay.is_none() {
-        fund_demo_accounts(&engine, &loaded.users);
+        fund_demo_accounts(&engine, &loaded.users).await?;
     } else if !started.fresh {
         // Orders still resting in the engine are always known, including those placed
         // before the snapshot recovery started from.
