@@ -77,7 +77,7 @@ const ONCE: [(&str, &str); 5] = [
 ];
 
 /// What is wrong with a request's head, given its HTTP/1 minor version (`None`: not known,
-/// or HTTP/2) and its header names: a header of [`ONCE`] twice, or an HTTP/1.1 request
+/// or HTTP/2) and its header names: a header it has once (`ONCE`) twice, or an HTTP/1.1 request
 /// without `Host`.
 pub fn head_flaw<'a>(
     minor_version: Option<u8>,
