@@ -40,7 +40,8 @@ pub enum Entry {
     Report(ExecReport),
     /// An order as the store last saw it (a compaction record): id, client id, market,
     /// side, type, price, leaves (`leaves_qty`), filled (`cum_qty`), status (`kind`),
-    /// reason, timestamp, and the sequence of the report that last changed it.
+    /// reason, timestamp, the sequence of the report that last changed it, and when it
+    /// was placed (`last_qty`: its engine timestamp; 0 in files from before 2026-12-07).
     Order(ExecReport),
     /// A fill (a compaction record): its sequence, time, order, market, side, price and
     /// quantity (`last_price`, `last_qty`).

@@ -515,6 +515,42 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
         assert!(engine_candles.contains(c), "candle {c} as the engine node has it");
     }
 
+    // Orders placed through one gateway, then the other, then the first again (ids from
+    // two blocks): both nodes list them newest first, as the single process does.
+    let mut placed = Vec::new();
+    for (n, api) in [&g1_alice, &alice, &g1_alice, &alice].into_iter().enumerate() {
+        let doge = json!({"symbol": "DOGE-USD", "side": "buy", "type": "limit", "price": "0.10000", "qty": "10", "client_order_id": 900 + n});
+        let (status, order) = api.order(doge).await;
+        assert_eq!(status, 201, "{order}");
+        placed.push(order["id"].clone());
+    }
+    placed.reverse();
+    for api in [&g1_alice, &alice] {
+        let path = "/api/v1/orders?symbol=DOGE-USD&limit=4";
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, listed) = api.call("GET", path, None, "").await;
+            assert_eq!(status, 200, "{listed}");
+            let ids: Vec<Value> = listed["orders"]
+                .as_array()
+                .expect("orders")
+                .iter()
+                .map(|o| o["id"].clone())
+                .collect();
+            if ids == placed {
+                break;
+            }
+            // The other node's replica trails by milliseconds.
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "newest first: {ids:?}, not {placed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, _) = api.call("DELETE", "/api/v1/orders?symbol=DOGE-USD", None, "").await;
+        assert_eq!(status, 200);
+    }
+
     // One idempotency key sent at once through two gateways for orders on two shards
     // (BTC-USD on shard 0, ETH-USD on shard 1): one order, the other request refused, and
     // retries through either gateway agree.

@@ -6,11 +6,16 @@ use super::*;
 
 #[derive(Default)]
 pub(super) struct AccountState {
-    /// Change only through [`AccountState::put`], which keeps `closed` in step.
+    /// Change only through [`AccountState::put`] and [`AccountState::forget`], which keep
+    /// `by_time` and `closed` in step.
     pub(super) orders: BTreeMap<OrderId, OrderView>,
-    /// The ids of the closed orders in `orders`: the oldest is the first to forget, found
-    /// without walking past the open ones (a market maker may keep thousands open).
-    closed: BTreeSet<OrderId>,
+    /// Every order in `orders` by when it was placed (`created_ts`, then id): the order
+    /// they are listed in.
+    pub(super) by_time: BTreeSet<(u64, OrderId)>,
+    /// The closed orders in `orders`, by when they were placed: the oldest is the first to
+    /// forget, found without walking past the open ones (a market maker may keep
+    /// thousands open).
+    closed: BTreeSet<(u64, OrderId)>,
     /// Oldest first: in engine time, then id (with one shard, that is id order; with
     /// several, ids grow per shard and only time orders them all).
     pub(super) fills: VecDeque<FillView>,
@@ -21,12 +26,29 @@ pub(super) struct AccountState {
 impl AccountState {
     /// Records `view` as its order's state.
     pub(super) fn put(&mut self, view: OrderView) {
+        if let Some(old) = self.orders.get(&view.id) {
+            if old.created_ts != view.created_ts {
+                let place = (old.created_ts, old.id);
+                self.by_time.remove(&place);
+                self.closed.remove(&place);
+            }
+        }
+        let place = (view.created_ts, view.id);
+        self.by_time.insert(place);
         if view.status == Status::Open {
-            self.closed.remove(&view.id);
+            self.closed.remove(&place);
         } else {
-            self.closed.insert(view.id);
+            self.closed.insert(place);
         }
         self.orders.insert(view.id, view);
+    }
+
+    /// Forgets the oldest closed order, if any.
+    fn forget_oldest_closed(&mut self) {
+        if let Some(place) = self.closed.pop_first() {
+            self.by_time.remove(&place);
+            self.orders.remove(&place.1);
+        }
     }
 }
 
@@ -59,6 +81,7 @@ pub(super) fn apply_to(state: &mut AccountState, r: &ExecReport, shards: usize) 
             instrument: first.instrument,
             side: first.side,
             order_type: first.order_type,
+            created_ts: first.created_ts,
             ..fresh
         });
     }
@@ -109,9 +132,7 @@ pub(super) fn push_fill(state: &mut AccountState, fill: FillView) {
 pub(super) fn forget_oldest_closed(state: &mut AccountState) {
     if state.orders.len() > ORDERS_KEPT {
         // Forget the oldest closed order (open ones are always kept).
-        if let Some(id) = state.closed.pop_first() {
-            state.orders.remove(&id);
-        }
+        state.forget_oldest_closed();
     }
 }
 
@@ -149,6 +170,8 @@ pub(super) fn dump_account(account: AccountId, state: &AccountState, out: &mut V
             },
             reason: o.reason,
             order_id: o.id,
+            // When it was placed, in a field an order record does not otherwise use.
+            last_qty: Qty(o.created_ts as i64),
             ..o.onto(bare_report(account, o.instrument, o.seq))
         }));
     }
@@ -172,7 +195,10 @@ pub(super) fn load_entry(state: &mut AccountState, entry: &Entry, shards: usize)
             apply_to(state, r, shards);
         }
         Entry::Order(r) => {
-            state.put(view_of(r));
+            // A record written before orders kept when they were placed has 0 there: its
+            // last change is the nearest time known.
+            let created = u64::try_from(r.last_qty.0).ok().filter(|&ts| ts > 0);
+            state.put(OrderView { created_ts: created.unwrap_or(r.ts.0), ..view_of(r) });
             forget_oldest_closed(state);
         }
         Entry::Fill(r) => push_fill(state, fill_of(r, shards)),
@@ -194,6 +220,7 @@ pub(super) fn view_of(r: &ExecReport) -> OrderView {
         reason: r.reason,
         updated_ts: r.ts.0,
         seq: r.seq.0,
+        created_ts: r.ts.0,
     }
 }
 

@@ -95,6 +95,9 @@ pub struct OrderView {
     pub updated_ts: u64,
     /// Sequence of the report that last changed it (0: restored from the engine's book).
     pub seq: u64,
+    /// Engine timestamp of its first report, when it was placed (0: not known, an order
+    /// restored from the engine's book without history): orders are listed by it.
+    pub created_ts: u64,
 }
 
 impl OrderView {
@@ -294,6 +297,7 @@ impl OrderStore {
             reason: None,
             updated_ts: 0,
             seq: 0,
+            created_ts: 0,
         });
         state.put(OrderView {
             price: o.price,
@@ -447,7 +451,10 @@ impl OrderStore {
         accounts.get(&account)?.orders.get(&id).copied()
     }
 
-    /// Orders of `account`, newest first, with ids below `before`, filtered.
+    /// Orders of `account`, newest first (placed, in engine time, then id), after the
+    /// order `before` in that order, filtered. A `before` no longer kept was pushed out as
+    /// the oldest closed order: nothing listed comes after it. (Not id order: a gateway
+    /// node takes ids in blocks, so ids through two nodes do not follow time.)
     pub fn orders(
         &self,
         account: AccountId,
@@ -455,14 +462,19 @@ impl OrderStore {
         keep: impl Fn(&OrderView) -> bool,
         limit: usize,
     ) -> Vec<OrderView> {
+        use std::ops::Bound;
         let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         let Some(state) = accounts.get(&account) else { return Vec::new() };
-        let upper = before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let upper = match before.map(|id| state.orders.get(&id).map(|o| (o.created_ts, id))) {
+            None => Bound::Unbounded,
+            Some(Some(place)) => Bound::Excluded(place),
+            Some(None) => return Vec::new(),
+        };
         state
-            .orders
-            .range((std::ops::Bound::Unbounded, upper))
+            .by_time
+            .range((Bound::Unbounded, upper))
             .rev()
-            .map(|(_, o)| *o)
+            .filter_map(|(_, id)| state.orders.get(id).copied())
             .filter(|o| keep(o))
             .take(limit)
             .collect()
@@ -616,6 +628,35 @@ mod tests {
         store.restore_open(InstrumentId(0), &resting);
         let _ = store.apply(&report(ExecKind::Accepted, 20_000, seq + 1));
         assert_eq!((open(1_501), open(1_502)), (Some(Status::Open), None));
+    }
+
+    /// Orders placed through two gateway nodes (ids from their blocks, 4,096 apart) are
+    /// listed by when they were placed, as on the single process, pages included, and
+    /// the order survives the history's compact form.
+    #[test]
+    fn orders_are_listed_by_when_they_were_placed_not_by_id() {
+        let store = OrderStore::new([AccountId(1)]);
+        let placed = [(5_000, 1), (10, 2), (5_001, 3), (11, 4)];
+        for (seq, (id, ts)) in placed.iter().enumerate() {
+            let r = ExecReport {
+                ts: UnixNanos(*ts),
+                ..report(ExecKind::Accepted, *id, seq as u64 + 1)
+            };
+            let _ = store.apply(&r);
+        }
+        // A later change does not move an order.
+        let canceled = ExecReport { ts: UnixNanos(9), ..report(ExecKind::Canceled, 10, 5) };
+        let _ = store.apply(&canceled);
+        let ids = |orders: Vec<OrderView>| orders.iter().map(|o| o.id.0).collect::<Vec<_>>();
+        let all = |store: &OrderStore| store.orders(AccountId(1), None, |_| true, usize::MAX);
+        assert_eq!(ids(all(&store)), [11, 5_001, 10, 5_000]);
+        let page = |before| ids(store.orders(AccountId(1), Some(OrderId(before)), |_| true, 2));
+        assert_eq!(page(5_001), [10, 5_000]);
+        assert_eq!(page(10), [5_000]);
+        assert!(page(77).is_empty(), "a cursor not kept: nothing after it");
+        let compact = OrderStore::new([AccountId(1)]);
+        compact.load(&store.dump());
+        assert_eq!(all(&compact), all(&store));
     }
 
     #[test]
