@@ -278,7 +278,20 @@ impl Trading {
         }
         let id = order.order_id;
         let verdict = match self.submit_and_wait(id, Awaiting::New, CommandKind::New(order)).await {
-            Err(e) => {
+            // Placed through another gateway, whose request the engine node had first: that
+            // order is the answer (this node's replica has it, or soon will).
+            Err(Failure::Repeat(first, at)) => {
+                if let Some(key) = key {
+                    let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
+                    self.keys.release(account, key, id);
+                    let record =
+                        tickgate_engine::KeyRecord { key, order_id: first, fingerprint, ts: at };
+                    self.keys.load([(account, record)]);
+                }
+                self.caught_up().await;
+                return self.replay(account, first, at);
+            }
+            Err(Failure::Error(e)) => {
                 if let (Some(key), None) = (key, e.queued) {
                     // Never reached the engine: the key is free for a retry.
                     self.keys.release(account, key, id);
@@ -631,22 +644,44 @@ impl Trading {
         id: OrderId,
         awaiting: Awaiting,
         command: CommandKind,
-    ) -> Result<Verdict, ApiError> {
+    ) -> Result<Verdict, Failure> {
         let wait = self.orders.wait(id, awaiting);
         match self.route.submit(command).await {
             // No word from the engine node: it may have queued it; its reports tell.
             Ok(()) | Err(RouteError::NoAnswer) => {}
             Err(e) => {
                 self.orders.forget(id, wait.token);
-                return Err(route_error(e));
+                return Err(match e {
+                    RouteError::Repeat(first, at) => Failure::Repeat(first, at),
+                    e => Failure::Error(route_error(e)),
+                });
             }
         }
         match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, wait.answer).await {
             Ok(Ok(verdict)) => Ok(verdict),
             _ => {
                 self.orders.forget(id, wait.token);
-                Err(ApiError::timeout(id))
+                Err(Failure::Error(ApiError::timeout(id)))
             }
+        }
+    }
+}
+
+/// Why a command got no verdict.
+enum Failure {
+    /// The answer to give.
+    Error(ApiError),
+    /// A keyed order that repeats one placed through another gateway (that order, and the
+    /// engine time of its claim): not queued.
+    Repeat(OrderId, UnixNanos),
+}
+
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> ApiError {
+        match failure {
+            Failure::Error(e) => e,
+            // Only a new keyed order is ever a repeat, and `place` answers it itself.
+            Failure::Repeat(first, at) => route_error(RouteError::Repeat(first, at)),
         }
     }
 }
@@ -660,6 +695,9 @@ pub fn route_error(e: RouteError) -> ApiError {
             ApiError::new(ErrorCode::EngineUnavailable, "the engine node did not answer in time")
         }
         RouteError::KeyReused => ApiError::key_reused(),
+        RouteError::Repeat(first, _) => {
+            ApiError::rejected(Some(RejectReason::DuplicateRequest), "order").about(first)
+        }
     }
 }
 

@@ -580,6 +580,50 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
         }
     }
 
+    // The same keyed order sent at once through both gateways: one order, both requests
+    // answered with it (or told it is in flight, then answered), and no `rejected`
+    // `duplicate_request` report on the owner's channel for the request that came second
+    // (the engine node answers it with the first order instead of queueing it).
+    let placed_with = |api: &Api, key: String| {
+        let (api, key) = (Api { addr: api.addr, token: api.token.clone() }, key);
+        async move {
+            let doge = json!({"symbol": "DOGE-USD", "side": "buy", "type": "limit", "price": "0.10000", "qty": "10"});
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let (status, body) =
+                    api.call("POST", "/api/v1/orders", Some(doge.clone()), &key).await;
+                if status == 201 {
+                    return body["id"].clone();
+                }
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (409, Some("request_in_progress"))
+                );
+                assert!(tokio::time::Instant::now() < deadline, "{body}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    for n in 0..8 {
+        let key = format!("Idempotency-Key: same-{n}\r\n");
+        let (a, b) = tokio::join!(placed_with(&g1_alice, key.clone()), placed_with(&alice, key));
+        assert_eq!(a, b, "one order for key same-{n}");
+    }
+    let (status, marker) = alice.order(market_buy()).await;
+    assert_eq!(status, 201, "{marker}");
+    let marker = marker["id"].as_u64().expect("an id");
+    loop {
+        let m = tokio::time::timeout(WAIT, client::next(&mut ws)).await.expect("in time");
+        let Ok(client::Message::Text(t)) = m else { continue };
+        let v: Value = serde_json::from_str(&t).expect("JSON");
+        assert_ne!(v["reason"], "duplicate_request", "the second request was queued: {v}");
+        if v["op"] == "execution" && v["order_id"] == marker {
+            break;
+        }
+    }
+    let (status, _) = alice.call("DELETE", "/api/v1/orders?symbol=DOGE-USD", None, "").await;
+    assert_eq!(status, 200);
+
     // An order gateway 2 acknowledged is known at once to what acts on it through
     // gateway 1, whose replica trails by milliseconds: a cancel-all there covers it, a GET
     // and a cancel find it (they wait for gateway 1 to catch up with the engine node).

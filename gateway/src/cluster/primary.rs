@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tickgate_engine::journal::encode_record;
 use tickgate_engine::runtime::{CommandTap, EngineHandle};
-use tickgate_engine::{Command, CommandKind, UnixNanos};
+use tickgate_engine::{Command, CommandKind, OrderId, UnixNanos};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -513,7 +513,10 @@ async fn submit(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> By
         // The gateway has given up on it (it came late: a reconnection sent it now).
         Ok((_, deadline)) if now > deadline => SubmitCode::Expired,
         Ok((kind, _)) => match instrument_of(kind).and_then(|i| ctx.engine.shard_of(i)) {
-            Some(owner) if owner == shard => submit_claimed(&ctx, kind, UnixNanos(now)),
+            Some(owner) if owner == shard => match submit_claimed(&ctx, kind, UnixNanos(now)) {
+                Ok(code) => code,
+                Err((order, at)) => return wire::repeat_reply(order, at),
+            },
             _ => SubmitCode::UnknownInstrument,
         },
     };
@@ -525,7 +528,16 @@ async fn submit(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> By
 /// given one key at once for orders on two shards would both place theirs. Every keyed
 /// order of every gateway comes through here, so the second is refused. A retry of the
 /// same order (same fingerprint) goes on: its shard answers it as a repeat.
-fn submit_claimed(ctx: &Ctx, kind: CommandKind, now: UnixNanos) -> SubmitCode {
+///
+/// A retry of an order another gateway placed (same key, same order, another order id) is
+/// not queued either: `Err` names that order, which the gateway answers with. (Queued,
+/// the engine would refuse it as a `duplicate_request`: the right answer, but also a
+/// `rejected` report on the owner's `orders` channel for an order that never was.)
+fn submit_claimed(
+    ctx: &Ctx,
+    kind: CommandKind,
+    now: UnixNanos,
+) -> Result<SubmitCode, (OrderId, UnixNanos)> {
     let claimed = match kind {
         CommandKind::New(order) => order.key.map(|key| {
             let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
@@ -534,7 +546,10 @@ fn submit_claimed(ctx: &Ctx, kind: CommandKind, now: UnixNanos) -> SubmitCode {
         _ => None,
     };
     let new = match claimed {
-        Some((_, _, Claim::Reused)) => return SubmitCode::KeyReused,
+        Some((_, _, Claim::Reused)) => return Ok(SubmitCode::KeyReused),
+        Some((order, _, Claim::Retry(first, at))) if first != order.order_id => {
+            return Err((first, at))
+        }
         Some((order, key, Claim::New)) => Some((order, key)),
         Some((_, _, Claim::Retry(..))) | None => None,
     };
@@ -543,7 +558,7 @@ fn submit_claimed(ctx: &Ctx, kind: CommandKind, now: UnixNanos) -> SubmitCode {
         // Never queued: the key is free again.
         ctx.keys.release(order.account, key, order.order_id);
     }
-    SubmitCode::of(result)
+    Ok(SubmitCode::of(result))
 }
 
 #[cfg(test)]

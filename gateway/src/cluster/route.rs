@@ -25,6 +25,9 @@ pub enum RouteError {
     /// A new order whose idempotency key another order holds (one placed through another
     /// gateway): not queued.
     KeyReused,
+    /// A retry of the keyed order placed (through another gateway) as this order, at
+    /// this engine time: not queued.
+    Repeat(OrderId, tickgate_engine::UnixNanos),
 }
 
 /// Order entry's way to the engine.

@@ -26,7 +26,7 @@ use tickgate_engine::journal::{decode_records, encode_record, Record};
 use tickgate_engine::runtime::SubmitError;
 
 use super::route::RouteError;
-use tickgate_engine::{Command, CommandKind, UnixNanos};
+use tickgate_engine::{Command, CommandKind, OrderId, UnixNanos};
 
 /// Version byte of every payload this build writes and reads.
 pub const VERSION: u8 = 1;
@@ -149,6 +149,21 @@ pub enum SubmitCode {
     Expired = 6,
     /// A new order whose idempotency key another order holds: not queued.
     KeyReused = 7,
+    /// A retry of a keyed order another gateway placed (same key, same order): not
+    /// queued; the reply also names that order and when it was placed (see
+    /// [`repeat_reply`]).
+    Repeat = 8,
+}
+
+/// The reply to a submit that repeats a keyed order placed through another gateway: its
+/// order id and the engine time of its claim.
+pub fn repeat_reply(order: OrderId, at: UnixNanos) -> Bytes {
+    let mut out = BytesMut::with_capacity(18);
+    out.put_u8(VERSION);
+    out.put_u8(SubmitCode::Repeat as u8);
+    out.put_u64_le(order.0);
+    out.put_u64_le(at.0);
+    out.freeze()
 }
 
 impl SubmitCode {
@@ -181,6 +196,14 @@ impl SubmitCode {
             [VERSION, 5] => unreachable("the engine node refused the request as malformed"),
             [VERSION, 6] => unreachable("the request reached the engine node too late; not queued"),
             [VERSION, 7] => Err(RouteError::KeyReused),
+            [VERSION, 8, rest @ ..] if rest.len() == 16 => {
+                let word = |at: usize| {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(&rest[at..at + 8]);
+                    u64::from_le_bytes(bytes)
+                };
+                Err(RouteError::Repeat(OrderId(word(0)), UnixNanos(word(8))))
+            }
             _ => unreachable("not a submit reply"),
         }
     }
@@ -323,6 +346,13 @@ mod tests {
         }
         let decoded = SubmitCode::decode(&SubmitCode::KeyReused.reply());
         assert!(matches!(decoded, Err(RouteError::KeyReused)), "{decoded:?}");
+        let decoded = SubmitCode::decode(&repeat_reply(OrderId(77), UnixNanos(1_234)));
+        assert!(
+            matches!(decoded, Err(RouteError::Repeat(OrderId(77), UnixNanos(1_234)))),
+            "{decoded:?}"
+        );
+        let short = SubmitCode::decode(&repeat_reply(OrderId(77), UnixNanos(1))[..10]);
+        assert!(matches!(short, Err(RouteError::Unreachable(_))), "{short:?}");
         assert_eq!(decode_ids(&ids_reply(100, 5)), Ok(100..105));
     }
 
