@@ -67,13 +67,16 @@ fn decode_unreserved(text: &str) -> Option<String> {
 /// Headers a request has at most once, and the refusal of a second: which of two would
 /// count? `Host`: HTTP/1.1 needs exactly one (RFC 9112 3.2), and the origin checks compare
 /// it. The credentials, the idempotency key, the replay point and the origin: a proxy that
-/// adds one to a client's own must not get to choose whom or what the request is for.
-const ONCE: [(&str, &str); 5] = [
+/// adds one to a client's own must not get to choose whom or what the request is for. A
+/// WebSocket handshake's key and version (RFC 6455 4.1: once each).
+const ONCE: [(&str, &str); 7] = [
     ("host", "a request has one Host header, not several"),
     ("authorization", "a request has at most one Authorization header"),
     ("idempotency-key", "a request has at most one Idempotency-Key header"),
     ("last-event-id", "a request has at most one Last-Event-ID header"),
     ("origin", "a request has at most one Origin header"),
+    ("sec-websocket-key", "a WebSocket handshake has one Sec-WebSocket-Key header"),
+    ("sec-websocket-version", "a WebSocket handshake has one Sec-WebSocket-Version header"),
 ];
 
 /// What is wrong with a request's head, given its HTTP/1 minor version (`None`: not known,
@@ -164,7 +167,9 @@ mod tests {
         assert_eq!(flaw(None, &["authorization"]), None, "HTTP/2: its :authority");
         assert!(flaw(Some(1), &[]).is_some_and(|f| f.contains("needs a Host")));
         assert!(flaw(Some(1), &["host", "HOST"]).is_some_and(|f| f.contains("one Host")));
-        for name in ["Authorization", "Idempotency-Key", "Last-Event-ID", "Origin"] {
+        for name in
+            ["Authorization", "Idempotency-Key", "Last-Event-ID", "Origin", "Sec-WebSocket-Key"]
+        {
             let twice = flaw(None, &[name, &name.to_lowercase()]);
             assert!(twice.is_some_and(|f| f.contains(name)), "{name}: {twice:?}");
         }

@@ -271,6 +271,26 @@ async fn flawed_handshakes_are_refused_with_the_version_the_server_speaks() {
         ("HTTP/1.0", "HTTP/1.1", "HTTP/1.0"),
         ("no Host", &format!("Host: {addr}\r\n"), ""),
         ("two Hosts", &format!("Host: {addr}\r\n"), &format!("Host: {addr}\r\nHost: {addr}\r\n")),
+        (
+            "two keys",
+            good_key,
+            &format!("{good_key}\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="),
+        ),
+        (
+            "two versions",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 12",
+        ),
+        (
+            "two Origins",
+            good_key,
+            &format!("{good_key}\r\nOrigin: http://{addr}\r\nOrigin: http://evil.example"),
+        ),
+        (
+            "two Authorizations",
+            good_key,
+            &format!("{good_key}\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b"),
+        ),
     ] {
         let (status, response) = http_raw(addr, &upgrade.replacen(from, to, 1)).await;
         assert_eq!(
