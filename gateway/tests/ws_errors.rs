@@ -148,7 +148,7 @@ async fn next_pong_or_close(ws: &mut client::Client) -> Result<Vec<u8>, Option<u
 /// gets every pong; a flood gets pongs for the burst's worth, then none, then a 1008 close,
 /// and the server keeps serving the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ping_flood_is_rate_limited_like_messages() {
+async fn ping_and_pong_floods_are_rate_limited_like_messages() {
     let server = start(|c| {
         c.ws.inbound_rate_per_sec = 5;
         c.ws.inbound_burst = 5;
@@ -183,6 +183,25 @@ async fn a_ping_flood_is_rate_limited_like_messages() {
     assert!((20..60).contains(&pongs), "{pongs} pongs for {sent} pings");
 
     let pong = request(&mut bystander, json!({"op": "ping", "id": 1})).await;
+    assert_eq!(pong["op"], "pong");
+
+    // Pongs nobody asked for (no read receipt: the server's receipts carry positions it
+    // queued) cost what pings do: a flood of them is closed with 1008 too, where every
+    // one was taken before (one such client took a core).
+    let mut flood = connect(&server, "").await;
+    for n in 0..400u32 {
+        let pong = Frame::new(true, OpCode::Pong, None, Payload::Owned(n.to_be_bytes().to_vec()));
+        if flood.write_frame(pong).await.is_err() {
+            break;
+        }
+    }
+    let code = loop {
+        if let Err(code) = next_pong_or_close(&mut flood).await {
+            break code;
+        }
+    };
+    assert_eq!(code, Some(close::POLICY));
+    let pong = request(&mut bystander, json!({"op": "ping", "id": 2})).await;
     assert_eq!(pong["op"], "pong");
     server.shutdown().await.expect("clean shutdown");
 }

@@ -158,9 +158,12 @@ impl Link {
     }
 
     /// A pong arrived at `now` (clock ns): a read receipt, perhaps (see
-    /// [`Outbox::pong`]). Returns whether it released market data held back for it.
-    pub fn pong(&self, payload: &[u8], now: u64) -> bool {
-        self.lock().pong(payload, now, &self.config.allowances)
+    /// [`Outbox::pong`]). `None` when it is none (see [`Outbox::receipt`]); else whether
+    /// it released market data held back for it.
+    pub fn pong(&self, payload: &[u8], now: u64) -> Option<bool> {
+        let mut st = self.lock();
+        st.receipt(payload)?;
+        Some(st.pong(payload, now, &self.config.allowances))
     }
 
     /// The outbox. Held briefly: never across an await, at most for one non-blocking write.
@@ -326,7 +329,7 @@ mod tests {
                 st.push(vec![0u8; bytes as usize].into(), 1);
                 st.receipt_ping()
             };
-            link.pong(&ping[crate::protocol::frame_header_len(&ping)..], 0)
+            link.pong(&ping[crate::protocol::frame_header_len(&ping)..], 0) == Some(true)
         };
         assert_eq!(link.lock().allowance(), ALLOWANCE_TRIAL, "a new connection is on trial");
         assert!(hold_and_release(ALLOWANCE_TRIAL));

@@ -586,17 +586,7 @@ impl Outbox {
     /// and wants more); a connection that needed little of its allowance for a second has
     /// it halved (and gives the growth back).
     pub fn pong(&mut self, payload: &[u8], now: u64, pool: &AllowancePool) -> bool {
-        let Some(position) = payload
-            .strip_prefix(RECEIPT_TAG)
-            .and_then(|p| <[u8; 8]>::try_from(p).ok())
-            .map(u64::from_be_bytes)
-        else {
-            return false;
-        };
-        // Not a position this connection asked about, or an old one: nothing learned.
-        if position > self.queued_total || position <= self.read_total {
-            return false;
-        }
+        let Some(position) = self.receipt(payload) else { return false };
         let held = self.queued_total - self.read_total >= self.allowance;
         self.read_total = position;
         let start = self.unread_start;
@@ -628,6 +618,17 @@ impl Outbox {
             self.use_since = (now, 0, false);
         }
         held
+    }
+
+    /// The position a pong confirms, if it is a read receipt this connection asked for
+    /// and has not had yet (else it teaches nothing: an old position, one never queued, a
+    /// keep-alive's answer or a pong nobody asked for).
+    pub fn receipt(&self, payload: &[u8]) -> Option<u64> {
+        let position = payload
+            .strip_prefix(RECEIPT_TAG)
+            .and_then(|p| <[u8; 8]>::try_from(p).ok())
+            .map(u64::from_be_bytes)?;
+        (position <= self.queued_total && position > self.read_total).then_some(position)
     }
 
     /// The allowance's growth beyond the start (what the pool lent it).

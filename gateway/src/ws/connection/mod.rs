@@ -632,8 +632,13 @@ impl Conn {
                     // writer's next round: it left the connection out of its rounds while
                     // held, and the unpark wakes it (the task keeps to its own frames).
                     let now = self.ctx.links.clock.now().0;
-                    if self.link.pong(&payload, now) {
-                        self.ctx.writers.unpark(self.link.id);
+                    match self.link.pong(&payload, now) {
+                        Some(true) => self.ctx.writers.unpark(self.link.id),
+                        Some(false) => {}
+                        // No receipt (a keep-alive's answer, or a pong nobody asked for):
+                        // it costs what a ping does, so a flood of them is closed as one
+                        // of pings is (one flooding client took a core from the others).
+                        None => self.unasked_pong(),
                     }
                 }
                 Ok(Some(Inbound::Close)) => self.set_closing(Closing::Send(close::NORMAL, "")),

@@ -17,6 +17,14 @@ impl Conn {
         }
     }
 
+    /// A pong that is no read receipt: within the inbound rate it costs [`PING_COST`];
+    /// far beyond it the connection closes with 1008.
+    pub(super) fn unasked_pong(&mut self) {
+        if !self.rate.take(PING_COST) {
+            self.close_if_flooding();
+        }
+    }
+
     /// After a refusal for the inbound rate: closes with 1008 once the refusals in the
     /// window pass twice the burst. Whether it did.
     fn close_if_flooding(&mut self) -> bool {
