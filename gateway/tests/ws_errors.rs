@@ -351,10 +351,68 @@ async fn silent_clients_and_slow_handshakes_are_cut() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A client that sends a frame a byte at a time and never finishes it is silent too:
+    // only whole frames show a client alive (a byte every half second held one open).
+    let code = dribbled_frame_closes(server.local_addr()).await;
+    assert_eq!(code, Some(close::HEARTBEAT_TIMEOUT));
+
     // A TCP connection that never sends its request head is dropped.
     let (status, response) = http_raw(server.local_addr(), "GET /healthz HTTP/1.1\r\n").await;
     assert!(status == 0 || status == 408, "dropped or 408, got {status}: {response}");
     server.shutdown().await.expect("clean shutdown");
+}
+
+/// Upgrades a raw connection, starts a 1,000-byte text frame and sends its payload a byte
+/// every 20 ms; the close code the server ends it with (`None`: ended without one).
+async fn dribbled_frame_closes(addr: std::net::SocketAddr) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("upgrade request");
+    // Masked (an all-zero key), 126: a 16-bit length follows.
+    s.write_all(&[0x81, 0x80 | 126, 0x03, 0xe8, 0, 0, 0, 0]).await.expect("frame header");
+    let mut got = Vec::new();
+    let dribble = async {
+        loop {
+            if s.write_all(b"a").await.is_err() {
+                return None;
+            }
+            let mut chunk = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_millis(20), s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+                Err(_) => continue,
+            }
+            if let Some(code) = server_close_code(&got) {
+                return Some(code);
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, dribble).await.expect("closed in time")
+}
+
+/// The code of the close frame among what the server sent after its `101` head, if one
+/// came whole (server frames are unmasked).
+fn server_close_code(bytes: &[u8]) -> Option<u16> {
+    let start = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut rest = &bytes[start..];
+    while rest.len() >= 2 {
+        let (opcode, len7) = (rest[0] & 0x0f, usize::from(rest[1] & 0x7f));
+        let (len, header) = match len7 {
+            126 => (usize::from(u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?])), 4),
+            127 => return None, // no server frame here is that long
+            n => (n, 2),
+        };
+        let payload = rest.get(header..header + len)?;
+        if opcode == 0x8 && payload.len() >= 2 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        rest = &rest[header + len..];
+    }
+    None
 }
 
 /// Several requests in one TCP segment, with answers larger than the reply budget: parsing

@@ -52,6 +52,10 @@ pub fn parse(buf: &mut Vec<u8>, max_message_bytes: usize) -> Result<Option<Inbou
             None => return Ok(None),
         },
         127 => match buf.get(2..10) {
+            // RFC 6455 5.2: the most significant bit of a 64-bit length must be 0.
+            Some(b) if b[0] & 0x80 != 0 => {
+                return Err(violation(close::PROTOCOL_ERROR, "payload length's top bit set"))
+            }
             Some(b) => (u64::from_be_bytes(b.try_into().expect("8 bytes")), 10),
             None => return Ok(None),
         },
@@ -68,8 +72,13 @@ pub fn parse(buf: &mut Vec<u8>, max_message_bytes: usize) -> Result<Option<Inbou
         0x1 if !fin => {
             return Err(violation(close::UNSUPPORTED_DATA, "fragmented messages are not accepted"))
         }
+        // No fragmented message is ever started here (see above): a continuation never
+        // continues anything (RFC 6455 5.4: a protocol error).
         0x0 => {
-            return Err(violation(close::UNSUPPORTED_DATA, "fragmented messages are not accepted"))
+            return Err(violation(
+                close::PROTOCOL_ERROR,
+                "a continuation frame without a message started",
+            ))
         }
         0x2 => {
             return Err(violation(
@@ -186,7 +195,7 @@ mod tests {
         let code = |bytes: Vec<u8>| parse(&mut bytes.clone(), 4096).map_err(|v| v.code);
         assert_eq!(code(masked(0x82, b"bin")), Err(close::UNSUPPORTED_DATA));
         assert_eq!(code(masked(0x01, b"frag")), Err(close::UNSUPPORTED_DATA));
-        assert_eq!(code(masked(0x80, b"cont")), Err(close::UNSUPPORTED_DATA));
+        assert_eq!(code(masked(0x80, b"cont")), Err(close::PROTOCOL_ERROR), "continues nothing");
         assert_eq!(code(masked(0xC1, b"rsv")), Err(close::PROTOCOL_ERROR));
         assert_eq!(code(masked(0x83, b"op3")), Err(close::PROTOCOL_ERROR));
         assert_eq!(code(masked(0x09, b"frag ping")), Err(close::PROTOCOL_ERROR));
@@ -195,6 +204,8 @@ mod tests {
         assert_eq!(code(masked(0x81, &[0xff, 0xfe])), Err(close::INVALID_PAYLOAD));
         // The header alone is enough to refuse an oversized frame.
         assert_eq!(code(vec![0x81, 0x80 | 127, 0, 0, 0, 1, 0, 0, 0, 0]), Err(close::TOO_BIG));
+        let top_bit = vec![0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 5];
+        assert_eq!(code(top_bit), Err(close::PROTOCOL_ERROR), "a 64-bit length's top bit");
         assert_eq!(parse(&mut vec![0x81], 4096), Ok(None));
     }
 

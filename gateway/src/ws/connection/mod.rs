@@ -583,7 +583,6 @@ impl Conn {
                     return;
                 }
                 Ok(n) => {
-                    self.last_seen = Instant::now();
                     self.input.extend_from_slice(&chunk[..n]);
                     // Parse as we go: the buffer never holds more than one frame plus a read.
                     if !self.parse_input(budget) {
@@ -617,7 +616,13 @@ impl Conn {
                     return false;
                 }
             }
-            match inbound::parse(&mut self.input, max) {
+            let frame = inbound::parse(&mut self.input, max);
+            if let Ok(Some(_)) = frame {
+                // A whole frame shows the client alive; bytes of one that never ends do not
+                // (a byte every half second held a silent connection open for good).
+                self.last_seen = Instant::now();
+            }
+            match frame {
                 Ok(None) => return true,
                 Ok(Some(Inbound::Text(text))) => {
                     self.receipts_only = false;
