@@ -182,3 +182,58 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_stall_time() {
     assert!(matches!(next(&mut reader).await, Message::Binary(_)));
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// Snapshots go out whatever the market data's hold, but a connection gets no more of
+/// them than its allowance covers plus what the shared pool lends it: with nothing to
+/// lend, a subscribe whose snapshots do not fit is refused (`limit_exceeded`, nothing
+/// subscribed) and a smaller one fits. (A client that subscribed to every channel at full
+/// depth and never read held up to a megabyte each.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_beyond_the_allowance_need_the_pool() {
+    let server = start(|c| {
+        c.ws.unread_bytes_start = 16 * 1024; // a trial of 16 KiB
+        c.ws.unread_bytes_total = 0; // nothing to lend
+    })
+    .await;
+    let engine = server.engine().clone();
+    fund(&engine);
+    let eth = symbol_id(&engine, "ETH-USD");
+    // 1,200 levels a side: a 1,000-level JSON snapshot is some 40 KB.
+    let mut placed = 0;
+    while placed < 2_400 {
+        let (side, price) = match placed % 2 {
+            0 => (tickgate_engine::Side::Buy, 340_000 - placed / 2),
+            _ => (tickgate_engine::Side::Sell, 360_000 + placed / 2),
+        };
+        let command = tickgate_engine::CommandKind::New(tickgate_engine::NewOrder {
+            key: None,
+            order_id: engine.allocate_order_id(),
+            client_order_id: 0,
+            account: tickgate_engine::AccountId(1),
+            instrument: eth,
+            side,
+            order_type: tickgate_engine::OrderType::Limit,
+            price: tickgate_engine::Price(price),
+            qty: tickgate_engine::Qty(1_000),
+            stp: tickgate_engine::StpMode::None,
+        });
+        match engine.submit(command) {
+            Ok(()) => placed += 1,
+            Err(_) => tokio::task::yield_now().await, // a full queue: again
+        }
+    }
+    eventually(|| engine.book_snapshot(eth, 1000).is_ok_and(|b| b.bids.len() == 1000)).await;
+
+    let mut ws = connect(&server, "?format=json").await;
+    let full = json!({"op": "subscribe", "id": 1, "channels": ["book.ETH-USD"], "depth": 1000});
+    let refused = request(&mut ws, full).await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("limit_exceeded")),
+        "{refused}"
+    );
+    let small = json!({"op": "subscribe", "id": 2, "channels": ["book.ETH-USD"], "depth": 10});
+    let ack = request(&mut ws, small).await;
+    assert_eq!(ack["op"], "subscribed", "{ack}");
+    server.shutdown().await.expect("clean shutdown");
+}

@@ -166,6 +166,12 @@ impl Link {
         Some(st.pong(payload, now, &self.config.allowances))
     }
 
+    /// [`Outbox::room_for_snapshots`] of `st` (this link's outbox), lent by the pool of
+    /// every connection's allowance growth.
+    pub fn room_for_snapshots(&self, st: &mut Outbox, bytes: u64) -> bool {
+        st.room_for_snapshots(bytes, &self.config.allowances)
+    }
+
     /// The outbox. Held briefly: never across an await, at most for one non-blocking write.
     pub fn lock(&self) -> MutexGuard<'_, Outbox> {
         // Plain data that stays consistent between statements: a panic elsewhere while
@@ -290,9 +296,9 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        // The growth this connection's allowance took goes back to the others.
+        // What the pool lent this connection goes back to the others.
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        self.config.allowances.give(st.grown());
+        self.config.allowances.give(st.lent());
     }
 }
 

@@ -209,6 +209,9 @@ pub struct Outbox {
     unread_start: u64,
     /// The most the allowance grows to (`unread_bytes_max`).
     unread_max: u64,
+    /// Bytes of snapshots queued beyond the allowance, lent by the pool (see
+    /// [`Outbox::room_for_snapshots`]).
+    snapshot_loan: u64,
     /// Market data is paused for want of a read receipt (counted once per pause).
     held: bool,
     /// Since when the connection is held (`None`: not held).
@@ -254,6 +257,7 @@ impl Outbox {
             unread_start,
             use_since: (0, 0, false),
             unread_max,
+            snapshot_loan: 0,
             held: false,
             held_since: None,
             held_max: Duration::MAX,
@@ -589,6 +593,7 @@ impl Outbox {
         let Some(position) = self.receipt(payload) else { return false };
         let held = self.queued_total - self.read_total >= self.allowance;
         self.read_total = position;
+        self.repay_snapshots(pool);
         let start = self.unread_start;
         if self.allowance < start {
             // The first receipt of a connection on trial: its client reads. The start is
@@ -631,9 +636,40 @@ impl Outbox {
         (position <= self.queued_total && position > self.read_total).then_some(position)
     }
 
-    /// The allowance's growth beyond the start (what the pool lent it).
-    pub(super) fn grown(&self) -> u64 {
-        self.allowance.saturating_sub(self.unread_start)
+    /// What the pool lent this connection: its allowance's growth beyond the start, and
+    /// snapshots beyond its allowance not yet read.
+    pub(super) fn lent(&self) -> u64 {
+        self.allowance.saturating_sub(self.unread_start) + self.snapshot_loan
+    }
+
+    /// Makes room for `bytes` of snapshots (the answer to a subscribe, queued whatever the
+    /// market data's hold): what the allowance does not cover is lent by `pool`, at most
+    /// `unread_max` per connection, and repaid as the client confirms reading it (or when
+    /// the connection ends). `false`: not that much to lend (the caller refuses the
+    /// request). Without it, a client that subscribed to every channel at full depth and
+    /// never read held its snapshots, up to a megabyte in JSON, until it was closed; a
+    /// few hundred such clients took hundreds of megabytes.
+    pub fn room_for_snapshots(&mut self, bytes: u64, pool: &AllowancePool) -> bool {
+        let unconfirmed = self.queued_total - self.read_total;
+        let uncovered = (unconfirmed + bytes).saturating_sub(self.allowance.max(unconfirmed));
+        let owed = self.snapshot_loan + uncovered;
+        if uncovered == 0 {
+            return true;
+        }
+        if owed > self.unread_max || !pool.take(uncovered) {
+            return false;
+        }
+        self.snapshot_loan = owed;
+        true
+    }
+
+    /// Gives back to `pool` the snapshot loan that what the client confirmed reading no
+    /// longer needs.
+    fn repay_snapshots(&mut self, pool: &AllowancePool) {
+        let unconfirmed = self.queued_total - self.read_total;
+        let owed = unconfirmed.saturating_sub(self.allowance).min(self.snapshot_loan);
+        pool.give(self.snapshot_loan - owed);
+        self.snapshot_loan = owed;
     }
 
     /// Since when market data is held back for want of a read receipt, if it is.

@@ -481,8 +481,8 @@ fn allowances_grow_from_one_shared_pool_and_give_it_back() {
     assert!(hold_and_release(&mut b, &pool, second));
     assert_eq!((b.allowance(), pool.used()), (2 * s, 2 * s));
     // A connection that ends gives back what it took (`Link`'s drop).
-    assert_eq!(b.grown(), s);
-    pool.give(b.grown());
+    assert_eq!(b.lent(), s);
+    pool.give(b.lent());
     assert_eq!(pool.used(), s);
 }
 
@@ -552,4 +552,39 @@ fn a_quiet_subscription_gets_its_heartbeat_one_interval_after_its_last_message()
     o.subs.clear();
     let now = sent + interval * 3;
     assert_eq!(o.heartbeats(now, interval, clock.as_ref()), now + interval);
+}
+
+/// Snapshots go out whatever the hold, but what the allowance does not cover is lent by
+/// the shared pool, at most `unread_max` per connection, and repaid as the client
+/// confirms reading (or when the connection ends): a client that subscribes to
+/// everything at full depth and never reads cannot take more than that.
+#[test]
+fn snapshots_beyond_the_allowance_are_lent_by_the_pool_and_repaid_as_read() {
+    let metrics = Metrics::default();
+    let kib = 1024;
+    let pool = AllowancePool::new(600 * kib);
+    // On trial (32 KiB), at most 1 MiB of growth or loan.
+    let mut o = outbox(Format::Json).on_trial();
+    assert!(o.room_for_snapshots(20 * kib, &pool), "within the allowance");
+    assert_eq!((o.lent(), pool.used()), (0, 0));
+    o.push(Bytes::from(vec![0u8; 20 * kib as usize]), 1);
+    assert!(o.room_for_snapshots(500 * kib, &pool));
+    assert_eq!((o.lent(), pool.used()), (488 * kib, 488 * kib), "20 + 500 - 32 KiB lent");
+    o.push(Bytes::from(vec![0u8; 500 * kib as usize]), 1);
+    // The pool has not that much left for another connection.
+    let mut other = outbox(Format::Json).on_trial();
+    assert!(!other.room_for_snapshots(200 * kib, &pool), "the pool is spent");
+    assert_eq!((other.lent(), pool.used()), (0, 488 * kib), "nothing taken");
+    // Nor is one connection lent more than `unread_max`, even from a full pool.
+    let big = AllowancePool::new(u64::MAX);
+    let mut greedy = outbox(Format::Json).on_trial();
+    assert!(!greedy.room_for_snapshots(2 * 1024 * kib, &big));
+    assert_eq!(big.used(), 0);
+    // The client reads it all and confirms: the loan goes back.
+    o.drain(&metrics, usize::MAX, &WallClock, None);
+    let ping = newest_receipt(&o);
+    o.pong(&ping, 0, &pool);
+    assert_eq!(o.lent(), o.allowance().saturating_sub(ALLOWANCE_START), "no loan left");
+    assert_eq!(pool.used(), o.lent());
+    assert!(other.room_for_snapshots(200 * kib, &pool), "room again");
 }

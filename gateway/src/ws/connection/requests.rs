@@ -313,15 +313,39 @@ impl Conn {
             return self.error(RequestError { id, code: ErrorCode::LimitExceeded, message });
         }
         let json = self.format == Format::Json;
-        let mut acks = Vec::with_capacity(channels.len());
-        let mut snapshots = Vec::with_capacity(channels.len());
+        let starts: Vec<_> = channels
+            .into_iter()
+            .map(|channel| {
+                let existing = st.subs.iter().position(|s| s.channel.id == channel.id);
+                let start = match existing {
+                    Some(_) => channel.restart(json, depth),
+                    None => channel.subscribe(json, depth),
+                };
+                (channel, existing, start)
+            })
+            .collect();
+        // The snapshots go out whatever the market data's hold: beyond what the
+        // connection's allowance covers they are lent by the shared pool, or refused.
+        let bytes: u64 = starts.iter().map(|(_, _, start)| start.snapshot.len() as u64).sum();
+        if !link.room_for_snapshots(&mut st, bytes) {
+            drop(st);
+            for (channel, existing, _) in &starts {
+                if existing.is_none() {
+                    channel.unsubscribe(json);
+                }
+            }
+            let message = format!(
+                "these snapshots ({} KiB) do not fit what this connection may have unread \
+                 now: read what was sent first, or subscribe to fewer channels or a smaller \
+                 depth at a time",
+                bytes.div_ceil(1024)
+            );
+            return self.error(RequestError { id, code: ErrorCode::LimitExceeded, message });
+        }
+        let mut acks = Vec::with_capacity(starts.len());
+        let mut snapshots = Vec::with_capacity(starts.len());
         let mut joined = Vec::with_capacity(new);
-        for channel in channels {
-            let existing = st.subs.iter().position(|s| s.channel.id == channel.id);
-            let start = match existing {
-                Some(_) => channel.restart(json, depth),
-                None => channel.subscribe(json, depth),
-            };
+        for (channel, existing, start) in starts {
             acks.push(serde_json::json!({
                 "channel": channel.name,
                 "channel_id": channel.id,
