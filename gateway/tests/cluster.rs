@@ -436,18 +436,7 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     // ...from the gateway's own copy of the keys or its replica's table: no retry went on
     // to the engine, whose `duplicate_request` refusal would reach the owner's channel as
     // a report of an order that never existed. An order placed after them marks the end.
-    let (status, marker) = alice.call("POST", "/api/v1/orders", Some(market_buy()), "").await;
-    assert_eq!(status, 201, "{marker}");
-    let marker = marker["id"].as_u64().expect("an id");
-    loop {
-        let m = tokio::time::timeout(WAIT, client::next(&mut ws)).await.expect("in time");
-        let Ok(client::Message::Text(t)) = m else { continue };
-        let v: Value = serde_json::from_str(&t).expect("JSON");
-        assert_ne!(v["reason"], "duplicate_request", "a retry reached the engine: {v}");
-        if v["op"] == "execution" && v["order_id"] == marker {
-            break;
-        }
-    }
+    no_duplicate_report_until_a_marker(&alice, &mut ws, "a retry reached the engine").await;
     let g1_alice = Api { addr: g1.addr, token: alice.token.clone() };
     let (_, a1) = g1_alice.call("GET", "/api/v1/account", None, "").await;
     let (_, a2) = alice.call("GET", "/api/v1/account", None, "").await;
@@ -609,18 +598,7 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
         let (a, b) = tokio::join!(placed_with(&g1_alice, key.clone()), placed_with(&alice, key));
         assert_eq!(a, b, "one order for key same-{n}");
     }
-    let (status, marker) = alice.order(market_buy()).await;
-    assert_eq!(status, 201, "{marker}");
-    let marker = marker["id"].as_u64().expect("an id");
-    loop {
-        let m = tokio::time::timeout(WAIT, client::next(&mut ws)).await.expect("in time");
-        let Ok(client::Message::Text(t)) = m else { continue };
-        let v: Value = serde_json::from_str(&t).expect("JSON");
-        assert_ne!(v["reason"], "duplicate_request", "the second request was queued: {v}");
-        if v["op"] == "execution" && v["order_id"] == marker {
-            break;
-        }
-    }
+    no_duplicate_report_until_a_marker(&alice, &mut ws, "the second request was queued").await;
     let (status, _) = alice.call("DELETE", "/api/v1/orders?symbol=DOGE-USD", None, "").await;
     assert_eq!(status, 200);
 
@@ -662,6 +640,24 @@ async fn an_engine_node_and_two_gateways_serve_one_market_and_one_set_of_orders(
     let again = Api::login(g3.addr, 0).await;
     for addr in [g1.addr, g2.addr] {
         eventually_status(&Api { addr, token: again.token.clone() }, 200).await;
+    }
+}
+
+/// Places an order through `api` (the marker) and reads the owner's `orders` channel on
+/// `ws` up to its report: no report before it may be a `duplicate_request` refusal (a
+/// request for an order that never was, which reached the engine: `why`).
+async fn no_duplicate_report_until_a_marker(api: &Api, ws: &mut client::Client, why: &str) {
+    let (status, marker) = api.order(market_buy()).await;
+    assert_eq!(status, 201, "{marker}");
+    let marker = marker["id"].as_u64().expect("an id");
+    loop {
+        let m = tokio::time::timeout(WAIT, client::next(ws)).await.expect("in time");
+        let Ok(client::Message::Text(t)) = m else { continue };
+        let v: Value = serde_json::from_str(&t).expect("JSON");
+        assert_ne!(v["reason"], "duplicate_request", "{why}: {v}");
+        if v["op"] == "execution" && v["order_id"] == marker {
+            break;
+        }
     }
 }
 

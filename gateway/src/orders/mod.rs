@@ -701,15 +701,21 @@ mod tests {
         )
     }
 
+    /// A store for account 1 with an empty history file in a fresh temporary directory.
+    fn with_history(name: &str) -> (std::path::PathBuf, OrderStore) {
+        let dir =
+            std::env::temp_dir().join(format!("tickgate-orders-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = OrderStore::new([AccountId(1)]);
+        store.attach_history(HistoryWriter::create(&dir, []).expect("history file"));
+        (dir, store)
+    }
+
     /// The engine prunes its snapshots by the watermark: it must not run ahead of what is
     /// on disk, or a power loss takes reports whose snapshot is gone.
     #[test]
     fn the_watermark_moves_only_once_the_history_is_on_disk() {
-        let dir =
-            std::env::temp_dir().join(format!("tickgate-orders-watermark-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = OrderStore::new([AccountId(1)]);
-        store.attach_history(HistoryWriter::create(&dir, []).expect("history file"));
+        let (dir, store) = with_history("watermark");
         let retention = tickgate_engine::Retention::new(2);
         store.attach_watermark(retention.register(&[7, 9]), dir.clone());
         let _ = store.apply(&report(ExecKind::Accepted, 1, 1));
@@ -729,11 +735,7 @@ mod tests {
 
     #[test]
     fn history_rebuilds_the_store_and_replayed_reports_apply_once() {
-        let dir =
-            std::env::temp_dir().join(format!("tickgate-orders-history-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let live = OrderStore::new([AccountId(1)]);
-        live.attach_history(HistoryWriter::create(&dir, []).expect("history file"));
+        let (dir, live) = with_history("history");
         let reports = [
             report(ExecKind::Accepted, 1, 1),
             fill(1, 2, 2, 3, 2),
