@@ -113,7 +113,8 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
                     "role": n.role.as_str(),
                     "id": n.id,
                     "nats_connected": n.stats.connected.load(Ordering::Relaxed),
-                    "stale": n.stats.is_stale(),
+                    // Stale for clients: the engine node silent, or NATS lost.
+                    "stale": stale,
                     "commands_applied": n.stats.commands_applied.load(Ordering::Relaxed),
                     "gaps_repaired": n.stats.gaps.load(Ordering::Relaxed),
                 })

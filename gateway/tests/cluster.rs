@@ -706,6 +706,9 @@ async fn health(addr: SocketAddr) -> Value {
     // 503 while a gateway's market data is stale (NATS lost, or the engine node silent).
     let stale = h["node"]["role"] == "gateway"
         && (h["node"]["stale"] == true || h["node"]["nats_connected"] == false);
+    if h["node"]["nats_connected"] == false {
+        assert_eq!(h["node"]["stale"], true, "without NATS a gateway is stale: {h}");
+    }
     if stale {
         assert_eq!((status, h["status"].as_str()), (503, Some("stale")), "{h}");
     } else {

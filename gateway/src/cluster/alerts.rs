@@ -131,6 +131,10 @@ pub async fn forward(link: &Link, account: AccountId, op: AlertOp) -> Response<F
                        stands)";
             return ApiError::new(ErrorCode::EngineUnavailable, why).response();
         }
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            let why = "alerts live on the engine node, which is not running (no responders)";
+            return ApiError::new(ErrorCode::EngineUnavailable, why).response();
+        }
         Err(e) => {
             let why = format!("alerts live on the engine node, which cannot be reached: {e}");
             return ApiError::new(ErrorCode::EngineUnavailable, why).response();
