@@ -645,10 +645,12 @@ impl Trading {
         awaiting: Awaiting,
         command: CommandKind,
     ) -> Result<Verdict, Failure> {
-        let wait = self.orders.wait(id, awaiting);
-        match self.route.submit(command).await {
+        let mut wait = self.orders.wait(id, awaiting);
+        let submitted = tokio::time::Instant::now();
+        let unanswered = match self.route.submit(command).await {
+            Ok(()) => false,
             // No word from the engine node: it may have queued it; its reports tell.
-            Ok(()) | Err(RouteError::NoAnswer) => {}
+            Err(RouteError::NoAnswer) => true,
             Err(e) => {
                 self.orders.forget(id, wait.token);
                 return Err(match e {
@@ -656,8 +658,38 @@ impl Trading {
                     e => Failure::Error(route_error(e)),
                 });
             }
+        };
+        let give_up = submitted + ENGINE_ANSWER_TIMEOUT;
+        if unanswered {
+            // Past its deadline (and the clocks' difference) the engine node no longer
+            // takes the request: once this node has caught up with it, no report means it
+            // was not carried out, a definite answer rather than "may still take effect"
+            // five seconds later (an engine node frozen for three seconds).
+            let refused_after = crate::cluster::REQUEST_TIMEOUT + crate::cluster::CLOCK_SKEW_MAX;
+            let sure = tokio::time::sleep_until(submitted + refused_after);
+            tokio::select! {
+                answer = &mut wait.answer => {
+                    if let Ok(verdict) = answer {
+                        return Ok(verdict);
+                    }
+                }
+                _ = sure => {
+                    if self.caught_up().await {
+                        if let Ok(verdict) = wait.answer.try_recv() {
+                            return Ok(verdict);
+                        }
+                        self.orders.forget(id, wait.token);
+                        let message = "the engine node did not take the request in time: it \
+                                       was not carried out (retry)";
+                        return Err(Failure::Error(ApiError::new(
+                            ErrorCode::EngineUnavailable,
+                            message,
+                        )));
+                    }
+                }
+            }
         }
-        match tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, wait.answer).await {
+        match tokio::time::timeout_at(give_up, &mut wait.answer).await {
             Ok(Ok(verdict)) => Ok(verdict),
             _ => {
                 self.orders.forget(id, wait.token);

@@ -868,6 +868,29 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     let keyed_orders = open.iter().filter(|o| o["client_order_id"] == 4242).count();
     assert_eq!(keyed_orders, 1, "one order for the key: {open:?}");
 
+    // Frozen for less than the gateway's wait: the request reaches the engine node past
+    // its deadline and is refused there; the gateway, caught up with it, answers that the
+    // order was not placed (it answered "may still take effect" seven seconds in).
+    let stop = Command::new("kill").args(["-STOP", &engine_pid]).status().expect("kill -STOP");
+    assert!(stop.success());
+    let unkeyed = json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1.00", "qty": "0.0010", "client_order_id": 4343});
+    let placing = tokio::spawn({
+        let api = Api { addr: keyed.addr, token: keyed.token.clone() };
+        async move { api.order(unkeyed).await }
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let cont = Command::new("kill").args(["-CONT", &engine_pid]).status().expect("kill -CONT");
+    assert!(cont.success());
+    let (status, body) = placing.await.expect("the request task");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("engine_unavailable")),
+        "{body}"
+    );
+    let (_, orders) = keyed.call("GET", "/api/v1/orders?symbol=BTC-USD", None, "").await;
+    let orders = orders["orders"].as_array().expect("orders");
+    assert!(orders.iter().all(|o| o["client_order_id"] != 4343), "not placed: {orders:?}");
+
     // The engine node restarts (SIGKILL, same data directory): the gateway follows its
     // new run, sequences continue, orders flow again.
     let applied = health(g2.addr).await["node"]["commands_applied"].as_u64().expect("a count");

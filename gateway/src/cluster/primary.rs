@@ -248,6 +248,7 @@ impl Primary {
         // this run's ids start past them (the mark on disk; without a data directory, far
         // above what was recovered).
         let ids = IdMark::open(journal.as_deref(), &engine)?;
+        let shards = engine.shards();
         let mut tasks = Vec::new();
         let ctx = Arc::new(Ctx {
             client,
@@ -261,6 +262,7 @@ impl Primary {
             journal,
             ids,
             secret_check,
+            queued_ts: (0..shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
         });
         for shard in 0..ctx.engine.shards() {
             tasks.push(tokio::spawn(publish(Arc::clone(&ctx), shard)));
@@ -287,13 +289,7 @@ impl Primary {
             }
         })));
         let head = ctx.client.subscribe(ctx.subjects.head()).await?;
-        tasks.push(tokio::spawn(serve(Arc::clone(&ctx), head, |c, _| async move {
-            let mut stamps = bytes::BytesMut::with_capacity(c.engine.shards() * 8);
-            for shard in 0..c.engine.shards() {
-                bytes::BufMut::put_u64_le(&mut stamps, c.log.last_ts(shard));
-            }
-            stamps.freeze()
-        })));
+        tasks.push(tokio::spawn(serve_each(Arc::clone(&ctx), head, |c, _| head_stamps(c))));
         let info = ctx.client.subscribe(ctx.subjects.info()).await?;
         tasks.push(tokio::spawn(serve(Arc::clone(&ctx), info, |c, _| async move {
             let info = serde_json::json!({
@@ -366,6 +362,8 @@ struct Ctx {
     node: String,
     /// [`crate::auth::secret_check`] of the token secret, for gateways to compare.
     secret_check: String,
+    /// Per shard, the engine time at which the last gateway command was queued.
+    queued_ts: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Ctx {
@@ -505,6 +503,32 @@ async fn serve_snapshots(ctx: Arc<Ctx>, mut requests: async_nats::Subscriber, sh
     }
 }
 
+/// How long a head request waits for the engine to apply the gateways' commands queued
+/// before it came.
+const HEAD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The answer to a head request: per shard, the timestamp of the last command applied, once
+/// every command a gateway had queued when it came is applied (a command queued is not yet
+/// applied: answered before it is, a gateway could conclude that a request its head does
+/// not cover was never carried out). A single byte, "not known", if that takes longer
+/// than [`HEAD_WAIT_MAX`] (the gateway then does not count itself caught up).
+async fn head_stamps(ctx: Arc<Ctx>) -> Bytes {
+    let started = std::time::Instant::now();
+    let queued: Vec<u64> = ctx.queued_ts.iter().map(|t| t.load(Ordering::Acquire)).collect();
+    while (0..ctx.engine.shards()).any(|s| ctx.log.last_ts(s) < queued.get(s).copied().unwrap_or(0))
+    {
+        if started.elapsed() > HEAD_WAIT_MAX {
+            return Bytes::from_static(b"?");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let mut stamps = bytes::BytesMut::with_capacity(ctx.engine.shards() * 8);
+    for shard in 0..ctx.engine.shards() {
+        bytes::BufMut::put_u64_le(&mut stamps, ctx.log.last_ts(shard));
+    }
+    stamps.freeze()
+}
+
 async fn submit(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> Bytes {
     let now = ctx.engine.clock().now().0;
     let code = match wire::decode_submit(&message.payload) {
@@ -514,7 +538,15 @@ async fn submit(ctx: Arc<Ctx>, shard: usize, message: async_nats::Message) -> By
         Ok((_, deadline)) if now > deadline => SubmitCode::Expired,
         Ok((kind, _)) => match instrument_of(kind).and_then(|i| ctx.engine.shard_of(i)) {
             Some(owner) if owner == shard => match submit_claimed(&ctx, kind, UnixNanos(now)) {
-                Ok(code) => code,
+                Ok(code) => {
+                    if code == SubmitCode::Queued {
+                        // Its journal stamp will be at least this (see `head_stamps`).
+                        if let Some(queued) = ctx.queued_ts.get(shard) {
+                            queued.fetch_max(now, Ordering::AcqRel);
+                        }
+                    }
+                    code
+                }
                 Err((order, at)) => return wire::repeat_reply(order, at),
             },
             _ => SubmitCode::UnknownInstrument,

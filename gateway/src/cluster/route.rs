@@ -130,6 +130,10 @@ impl Route {
         else {
             return false;
         };
+        // A stamp per shard, or the engine node could not say (its queue not applied yet).
+        if reply.payload.is_empty() || reply.payload.len() % 8 != 0 {
+            return false;
+        }
         let stamps: Vec<u64> = reply
             .payload
             .chunks_exact(8)
