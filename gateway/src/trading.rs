@@ -668,10 +668,12 @@ impl Trading {
             let refused_after = crate::cluster::REQUEST_TIMEOUT + crate::cluster::CLOCK_SKEW_MAX;
             let sure = tokio::time::sleep_until(submitted + refused_after);
             tokio::select! {
+                // (A receiver is not polled again once it answered, whatever it said.)
                 answer = &mut wait.answer => {
-                    if let Ok(verdict) = answer {
-                        return Ok(verdict);
-                    }
+                    return answer.map_err(|_| {
+                        self.orders.forget(id, wait.token);
+                        Failure::Error(ApiError::timeout(id))
+                    });
                 }
                 _ = sure => {
                     if self.caught_up().await {
