@@ -6,7 +6,7 @@ use super::*;
 
 #[derive(Default)]
 pub(super) struct AccountState {
-    /// Change only through [`AccountState::put`] and [`AccountState::forget`], which keep
+    /// Change only through [`AccountState::put`] and `forget_oldest_closed`, which keep
     /// `by_time` and `closed` in step.
     pub(super) orders: BTreeMap<OrderId, OrderView>,
     /// Every order in `orders` by when it was placed (`created_ts`, then id): the order
