@@ -248,8 +248,9 @@ impl Trading {
         // Validated before an id is taken (on a gateway node, ids come from the engine node).
         let mut order = self.new_order(account, r, key, OrderId(0))?;
         order.order_id = self.route.order_id().await.map_err(route_error)?;
-        if let Some(key) = key {
-            let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
+        // A keyed order's key and fingerprint (unkeyed orders compute none).
+        let keyed = key.map(|key| (key, tickgate_engine::idempotency::fingerprint(&order)));
+        if let Some((key, fingerprint)) = keyed {
             let mut looked_again = false;
             loop {
                 match self.keys.claim(account, key, fingerprint, order.order_id, self.now()) {
@@ -281,8 +282,7 @@ impl Trading {
             // Placed through another gateway, whose request the engine node had first: that
             // order is the answer (this node's replica has it, or soon will).
             Err(Failure::Repeat(first, at)) => {
-                if let Some(key) = key {
-                    let fingerprint = tickgate_engine::idempotency::fingerprint(&order);
+                if let Some((key, fingerprint)) = keyed {
                     self.keys.release(account, key, id);
                     let record =
                         tickgate_engine::KeyRecord { key, order_id: first, fingerprint, ts: at };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use tickgate_engine::{OrderType, Side};
 use tickgate_gateway::client::Message;
 use tickgate_gateway::protocol::{self, MsgType};
 
@@ -199,28 +200,9 @@ async fn snapshots_beyond_the_allowance_need_the_pool() {
     fund(&engine);
     let eth = symbol_id(&engine, "ETH-USD");
     // 1,200 levels a side: a 1,000-level JSON snapshot is some 40 KB.
-    let mut placed = 0;
-    while placed < 2_400 {
-        let (side, price) = match placed % 2 {
-            0 => (tickgate_engine::Side::Buy, 340_000 - placed / 2),
-            _ => (tickgate_engine::Side::Sell, 360_000 + placed / 2),
-        };
-        let command = tickgate_engine::CommandKind::New(tickgate_engine::NewOrder {
-            key: None,
-            order_id: engine.allocate_order_id(),
-            client_order_id: 0,
-            account: tickgate_engine::AccountId(1),
-            instrument: eth,
-            side,
-            order_type: tickgate_engine::OrderType::Limit,
-            price: tickgate_engine::Price(price),
-            qty: tickgate_engine::Qty(1_000),
-            stp: tickgate_engine::StpMode::None,
-        });
-        match engine.submit(command) {
-            Ok(()) => placed += 1,
-            Err(_) => tokio::task::yield_now().await, // a full queue: again
-        }
+    for n in 0..1_200 {
+        order(&engine, 1, eth, Side::Buy, OrderType::Limit, 340_000 - n, 1_000);
+        order(&engine, 1, eth, Side::Sell, OrderType::Limit, 360_000 + n, 1_000);
     }
     eventually(|| engine.book_snapshot(eth, 1000).is_ok_and(|b| b.bids.len() == 1000)).await;
 

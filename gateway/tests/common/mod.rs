@@ -87,20 +87,24 @@ pub fn order(
     qty: i64,
 ) -> OrderId {
     let id = engine.allocate_order_id();
-    engine
-        .submit(CommandKind::New(NewOrder {
-            key: None,
-            order_id: id,
-            client_order_id: id.0,
-            account: AccountId(account),
-            instrument,
-            side,
-            order_type,
-            price: Price(price),
-            qty: Qty(qty),
-            stp: StpMode::None,
-        }))
-        .expect("queue has room");
+    let command = CommandKind::New(NewOrder {
+        key: None,
+        order_id: id,
+        client_order_id: id.0,
+        account: AccountId(account),
+        instrument,
+        side,
+        order_type,
+        price: Price(price),
+        qty: Qty(qty),
+        stp: StpMode::None,
+    });
+    // A full queue drains by itself: submit again (many orders in a row may fill it).
+    let deadline = std::time::Instant::now() + WAIT;
+    while let Err(e) = engine.submit(command) {
+        assert!(std::time::Instant::now() < deadline, "the queue never had room: {e}");
+        std::thread::yield_now();
+    }
     id
 }
 
