@@ -86,8 +86,7 @@ async fn route(req: Request<Incoming>, state: &Arc<AppState>) -> Response<HttpBo
             // market data and refuses orders: a load balancer should send clients to
             // another gateway meanwhile.
             let stale = state.node.as_ref().is_some_and(|n| {
-                n.role == crate::cluster::Role::Gateway
-                    && (!n.stats.connected.load(Ordering::Relaxed) || n.stats.is_stale())
+                n.role == crate::cluster::Role::Gateway && n.stats.stale_for_clients()
             });
             let status = if failure.is_some() || stale {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -261,12 +261,11 @@ async fn watch_staleness(
     stats: Arc<super::ClusterStats>,
     market: tokio::sync::watch::Sender<bool>,
 ) {
-    use std::sync::atomic::Ordering;
     let mut stale = false;
     let mut ticker = tokio::time::interval(STALE_CHECK);
     loop {
         ticker.tick().await;
-        let now = !stats.connected.load(Ordering::Acquire) || stats.is_stale();
+        let now = stats.stale_for_clients();
         if now == stale {
             continue;
         }

@@ -292,6 +292,12 @@ impl ClusterStats {
         self.stale_shards.load(Ordering::Acquire) != 0
     }
 
+    /// A gateway's market data is stale for its clients: NATS lost, or the engine node
+    /// silent (what `/healthz` and the clients' stale notices say).
+    pub fn stale_for_clients(&self) -> bool {
+        !self.connected.load(Ordering::Acquire) || self.is_stale()
+    }
+
     /// Prometheus lines.
     pub fn render(&self, node: &str, out: &mut String) {
         use std::fmt::Write;

@@ -190,9 +190,10 @@ async fn serve_connection(stream: tokio::net::TcpStream, c: Connection<'_>) {
     let pending = PendingGuard { permit: Some(c.pending), metrics: Arc::clone(&c.state.metrics) };
     let deadline = c.head.deadline;
     // The engine node serves no alert stream: hyper's router refuses it there.
-    let first = match c.state.serves_clients() {
-        true => crate::sse::first_request(&stream, deadline).await,
-        false => FirstRequest::Other,
+    let first = if c.state.serves_clients() {
+        crate::sse::first_request(&stream, deadline).await
+    } else {
+        FirstRequest::Other
     };
     match first {
         FirstRequest::Closed => return,
