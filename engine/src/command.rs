@@ -149,8 +149,31 @@ pub struct ReplaceOrder {
     pub instrument: InstrumentId,
     /// New limit price.
     pub price: Price,
-    /// New total open quantity (what remains to fill after the replace).
-    pub qty: Qty,
+    /// New quantity.
+    pub qty: ReplaceQty,
+}
+
+/// What a replace's quantity means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplaceQty {
+    /// What remains to fill after the replace, whatever filled before it. A replace that
+    /// crosses a fill in flight adds to what the sender meant to trade (10 open, 8 fill,
+    /// "open 5" leaves 5 more): the synthetic feed's form.
+    Open(Qty),
+    /// The order's whole quantity, what filled before the replace included (FIX's
+    /// `OrderQty`): what remains is this less what has filled when the engine applies it,
+    /// so no fill in flight adds to it. At or below what has filled, the order ends: a
+    /// `Replaced` report with nothing open, then `Canceled` (`UserCanceled`).
+    Total(Qty),
+}
+
+impl ReplaceQty {
+    /// The quantity given, whichever its meaning.
+    pub fn given(self) -> Qty {
+        match self {
+            ReplaceQty::Open(q) | ReplaceQty::Total(q) => q,
+        }
+    }
 }
 
 /// Credit (positive) or debit (negative) an account: the only way money enters or leaves.

@@ -47,8 +47,8 @@ pub use board::PublishedAccount;
 pub use book::{BookSnapshot, OrderBook, RestingOrder};
 pub use clock::{Clock, ManualClock, SharedClock, WallClock};
 pub use command::{
-    CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
-    TradingStatus, Transfer, UnknownReasonCode,
+    CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, ReplaceQty,
+    StpMode, TradingStatus, Transfer, UnknownReasonCode,
 };
 pub use engine::{ChannelSeqs, Engine, EngineCounters, EngineSpec, EventSink};
 pub use event::{

@@ -107,7 +107,10 @@ fn drive(handle: &EngineHandle, seed: u64, n: u64) {
                     account,
                     instrument,
                     price: Price(1_000 + ((r >> 28) % 21) as i64 - 10),
-                    qty: Qty(1 + ((r >> 36) % 30) as i64),
+                    qty: match Qty(1 + ((r >> 36) % 30) as i64) {
+                        q if r >> 42 & 1 == 0 => ReplaceQty::Open(q),
+                        q => ReplaceQty::Total(q),
+                    },
                 })
             }
             _ => continue,

@@ -80,7 +80,11 @@ fn command(i: u64) -> Command {
             account: AccountId(1),
             instrument: InstrumentId(0),
             price: Price(99),
-            qty: Qty(2),
+            qty: if i.is_multiple_of(2) {
+                ReplaceQty::Open(Qty(2))
+            } else {
+                ReplaceQty::Total(Qty(2))
+            },
         }),
         _ => CommandKind::Transfer(Transfer {
             account: AccountId(2),

@@ -241,6 +241,47 @@ fn replace_rejections_leave_the_order_untouched() {
 }
 
 #[test]
+fn a_total_replace_counts_what_filled_before_it() {
+    let mut h = Harness::new();
+    h.fund(1, 100_000, 0);
+    h.fund(2, 100_000, 0);
+    h.fund(7, 0, 100);
+    let (first, _) = h.order(1, Buy, Limit, 100, 10);
+    let (second, _) = h.order(2, Buy, Limit, 100, 10);
+    h.order(7, Sell, Ioc, 100, 3);
+    // "Open 5" as a total: 3 filled, so 5 in all leaves 2 open, kept in front.
+    let out = h.replace_total(1, first, 100, 5);
+    assert_eq!(kinds(&out), vec![(Replaced, None)]);
+    let r = reports(&out)[0];
+    assert_eq!((r.leaves_qty, r.cum_qty), (Qty(2), Qty(3)));
+    assert_eq!(h.balance(1, USD).held, Amount(200));
+    assert_eq!(h.book().bids, vec![(Price(100), Qty(12))]);
+    let (_, out) = h.order(7, Sell, Ioc, 100, 1);
+    assert_eq!(trades(&out)[0].maker_order, first, "quantity down kept its place");
+    // The same total again leaves what is open as it is: no change.
+    assert_eq!(rejection(&h.replace_total(1, first, 100, 5)), Some(RejectReason::NoChange));
+    // A total at or below what filled (4): taken, nothing open, and the order ends.
+    let out = h.replace_total(1, first, 100, 4);
+    assert_eq!(kinds(&out), vec![(Replaced, None), (Canceled, Some(RejectReason::UserCanceled))]);
+    assert!(reports(&out).iter().all(|r| r.leaves_qty == Qty(0) && r.cum_qty == Qty(4)));
+    assert_eq!(h.balance(1, USD).held, Amount(0));
+    assert_eq!(h.book().bids, vec![(Price(100), Qty(10))]);
+    assert_eq!(rejection(&h.replace_total(1, first, 100, 5)), Some(RejectReason::UnknownOrder));
+    // A new price with the total unchanged moves what is open, not more.
+    h.order(7, Sell, Ioc, 100, 6);
+    let out = h.replace_total(2, second, 99, 10);
+    assert_eq!((reports(&out)[0].kind, reports(&out)[0].leaves_qty), (Replaced, Qty(4)));
+    assert_eq!(h.book().bids, vec![(Price(99), Qty(4))]);
+    assert_eq!(h.balance(2, USD).held, Amount(99 * 4));
+    // The total is checked as a new order's quantity is.
+    assert_eq!(rejection(&h.replace_total(2, second, 99, 0)), Some(RejectReason::NonPositiveQty));
+    // An open quantity is what stays open, whatever filled: 6 filled, 5 more.
+    let out = h.replace(2, second, 99, 5);
+    assert_eq!((reports(&out)[0].leaves_qty, reports(&out)[0].cum_qty), (Qty(5), Qty(6)));
+    h.engine.check_invariants();
+}
+
+#[test]
 fn replace_through_the_spread_trades() {
     let mut h = Harness::new();
     h.fund(1, 10_000, 0);

@@ -14,7 +14,7 @@ use tickgate_engine::*;
 enum Op {
     New { account: u32, sell: bool, order_type: u8, price: i64, qty: i64, stp: u8 },
     Cancel { pick: usize, account_hint: bool },
-    Replace { pick: usize, price: i64, qty: i64 },
+    Replace { pick: usize, price: i64, qty: i64, total: bool },
     Withdraw { account: u32, usd: i64 },
 }
 
@@ -24,7 +24,7 @@ fn op() -> impl Strategy<Value = Op> {
             |(account, sell, order_type, price, qty, stp)| Op::New { account, sell, order_type, price, qty, stp }
         ),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, account_hint)| Op::Cancel { pick, account_hint }),
-        2 => (any::<usize>(), 95i64..106, 1i64..12).prop_map(|(pick, price, qty)| Op::Replace { pick, price, qty }),
+        2 => (any::<usize>(), 95i64..106, 1i64..12, any::<bool>()).prop_map(|(pick, price, qty, total)| Op::Replace { pick, price, qty, total }),
         1 => (0u32..4, 1i64..2_000).prop_map(|(account, usd)| Op::Withdraw { account, usd }),
     ]
 }
@@ -71,14 +71,18 @@ fn commands(ops: &[Op]) -> Vec<Command> {
                     instrument: MKT,
                 })
             }
-            Op::Replace { pick, price, qty } if !placed.is_empty() => {
+            Op::Replace { pick, price, qty, total } if !placed.is_empty() => {
                 let (id, account) = placed[pick % placed.len()];
                 CommandKind::Replace(ReplaceOrder {
                     order_id: id,
                     account: AccountId(account),
                     instrument: MKT,
                     price: Price(price),
-                    qty: Qty(qty),
+                    qty: if total {
+                        ReplaceQty::Total(Qty(qty))
+                    } else {
+                        ReplaceQty::Open(Qty(qty))
+                    },
                 })
             }
             Op::Withdraw { account, usd } => CommandKind::Transfer(Transfer {
@@ -135,6 +139,10 @@ proptest! {
                         }
                         ExecKind::Replaced => {
                             let t = orders.get_mut(&r.order_id).expect("replaced a known order");
+                            if let CommandKind::Replace(ReplaceOrder { qty: ReplaceQty::Total(q), .. }) = cmd.kind {
+                                // A total counts what filled before: never more than it in all.
+                                prop_assert_eq!(r.leaves_qty.0, (q.0 - t.filled).max(0), "{:?}", r);
+                            }
                             t.submitted += r.leaves_qty.0 - t.open;
                             t.open = r.leaves_qty.0;
                         }

@@ -14,7 +14,7 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use tickgate_engine::{
     AccountId, Amount, Asset, AssetId, CancelOrder, CommandKind, Instrument, InstrumentId,
-    NewOrder, OrderId, OrderType, Price, Qty, ReplaceOrder, Side, StpMode, Transfer,
+    NewOrder, OrderId, OrderType, Price, Qty, ReplaceOrder, ReplaceQty, Side, StpMode, Transfer,
 };
 
 /// Where order ids come from.
@@ -249,7 +249,7 @@ impl SyntheticFlow {
             account: quote.account,
             instrument: market.id,
             price: Price(quote.price),
-            qty: Qty(lots * market.lot),
+            qty: ReplaceQty::Open(Qty(lots * market.lot)),
         }))
     }
 

@@ -17,8 +17,8 @@ use tickgate_engine::runtime::{EngineHandle, SubmitError};
 use tickgate_engine::types::parse_fixed;
 use tickgate_engine::{
     AccountId, CancelOrder, CommandKind, ExecKind, IdempotencyKey, Instrument, InstrumentId,
-    KeyRecord, NewOrder, OrderId, OrderType, Price, Qty, RejectReason, ReplaceOrder, Side, StpMode,
-    UnixNanos,
+    KeyRecord, NewOrder, OrderId, OrderType, Price, Qty, RejectReason, ReplaceOrder, ReplaceQty,
+    Side, StpMode, UnixNanos,
 };
 
 use crate::cluster::route::{Route, RouteError};
@@ -151,13 +151,20 @@ pub struct NewOrderRequest {
     pub stp: Option<String>,
 }
 
-/// A replace: new price and/or new open quantity (missing: unchanged).
+/// A replace: new price and/or new quantity (missing: unchanged). The quantity is either
+/// what stays open (`qty`) or the order's whole quantity, what has filled included
+/// (`total_qty`, FIX's `OrderQty`); either way the engine gets a total, so a fill that
+/// reaches it before the replace counts against it and never adds to the order.
 #[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplaceRequest {
     /// New decimal limit price.
     pub price: Option<String>,
-    /// New decimal open quantity.
+    /// New decimal open quantity, as of the order this node knows (what has filled by
+    /// then plus this is the order's new total).
     pub qty: Option<String>,
+    /// New decimal total quantity, what has filled included; at or below what has filled
+    /// by the time the engine takes it, the order ends (`canceled`, `user_canceled`).
+    pub total_qty: Option<String>,
 }
 
 fn side_of(s: &str) -> Option<Side> {
@@ -552,16 +559,20 @@ impl Trading {
         outcome
     }
 
-    /// Replaces an open order's price and/or open quantity. Lowering the quantity at the
-    /// same price keeps its place in the queue; anything else loses it (and may trade).
+    /// Replaces an open order's price and/or quantity (see [`ReplaceRequest`]). Lowering
+    /// the quantity at the same price keeps its place in the queue; anything else loses
+    /// it (and may trade).
     pub async fn replace(
         &self,
         account: AccountId,
         id: OrderId,
         r: &ReplaceRequest,
     ) -> Result<OrderView, ApiError> {
-        if r.price.is_none() && r.qty.is_none() {
-            return Err(ApiError::invalid("give a new price, a new qty, or both"));
+        if r.qty.is_some() && r.total_qty.is_some() {
+            return Err(ApiError::invalid("give qty or total_qty, not both"));
+        }
+        if r.price.is_none() && r.qty.is_none() && r.total_qty.is_none() {
+            return Err(ApiError::invalid("give a new price, a new qty (or total_qty), or both"));
         }
         let order = self.open_order_caught_up(account, id).await?;
         let i = self.instrument(order.instrument).ok_or_else(ApiError::unknown_order)?;
@@ -569,16 +580,30 @@ impl Trading {
             Some(p) => parse_price(i, p)?,
             None => order.price.0,
         };
-        let qty = match &r.qty {
-            Some(q) => parse_qty(i, q)?,
-            None => order.leaves.0,
+        // Always a total: an open quantity, or none, counts from what has filled as this
+        // node knows it, and the engine takes away what has filled when it applies the
+        // replace. Sent as an open quantity, a replace that crossed a fill in flight would
+        // add that fill back to the order (10 open, 8 fill, "5" would leave 5 more).
+        let total = match (&r.total_qty, &r.qty) {
+            (Some(t), _) => parse_qty(i, t)?,
+            (None, Some(q)) => match parse_qty(i, q)? {
+                q if q <= 0 => {
+                    return Err(ApiError::rejected(Some(RejectReason::NonPositiveQty), "replace"))
+                }
+                q => {
+                    order.filled.0.checked_add(q).ok_or_else(|| {
+                        ApiError::rejected(Some(RejectReason::InvalidQty), "replace")
+                    })?
+                }
+            },
+            (None, None) => order.filled.0 + order.leaves.0,
         };
         let command = CommandKind::Replace(ReplaceOrder {
             order_id: order.id,
             account,
             instrument: order.instrument,
             price: Price(price),
-            qty: Qty(qty),
+            qty: ReplaceQty::Total(Qty(total)),
         });
         let verdict = self.submit_and_wait(order.id, Awaiting::Replace, command).await?;
         let report = verdict.report;

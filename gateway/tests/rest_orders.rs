@@ -230,6 +230,63 @@ async fn replace_over_rest() {
     assert_eq!((status, closed["error"]["code"].as_str()), (409, Some("order_closed")));
 }
 
+/// A replace's quantity never adds back what has filled: `qty` counts from the fills the
+/// server knows, `total_qty` is the order's whole quantity, and a total at or below what
+/// has filled ends the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_after_fills_counts_them() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let usd_before = alice.balance("USD").await["held"].clone();
+    let (status, placed) = alice.order(json!({"symbol": "SOL-USD", "side": "buy", "type": "limit", "price": "140.00", "qty": "10.00"})).await;
+    assert_eq!(status, 201, "{placed}");
+    let path = format!("/api/v1/orders/{}", placed["id"]);
+    let (status, taker) = bob.order(json!({"symbol": "SOL-USD", "side": "sell", "type": "ioc", "price": "140.00", "qty": "3.00"})).await;
+    assert_eq!((status, taker["filled_qty"].as_str()), (201, Some("3.00")), "{taker}");
+    eventually_async(|| async {
+        alice.call("GET", &path, None, "").await.1["filled_qty"] == "3.00"
+    })
+    .await;
+    let open_filled = |v: &serde_json::Value| {
+        (v["open_qty"].as_str().map(String::from), v["filled_qty"].as_str().map(String::from))
+    };
+    let some = |a: &str, b: &str| (Some(a.to_string()), Some(b.to_string()));
+    // 5 in all, 3 filled: 2 stay open.
+    let (status, total) = alice.call("PATCH", &path, Some(json!({"total_qty": "5.00"})), "").await;
+    assert_eq!((status, open_filled(&total)), (200, some("2.00", "3.00")), "{total}");
+    // An open quantity is what stays open.
+    let (status, open) = alice.call("PATCH", &path, Some(json!({"qty": "4.00"})), "").await;
+    assert_eq!((status, open_filled(&open)), (200, some("4.00", "3.00")), "{open}");
+    // A new price alone keeps the total.
+    let (status, moved) = alice.call("PATCH", &path, Some(json!({"price": "139.00"})), "").await;
+    assert_eq!((status, moved["price"].as_str()), (200, Some("139.00")), "{moved}");
+    assert_eq!(open_filled(&moved), some("4.00", "3.00"));
+    // Both quantities, or an open quantity of zero: refused, nothing changes.
+    let (status, both) =
+        alice.call("PATCH", &path, Some(json!({"qty": "1.00", "total_qty": "5.00"})), "").await;
+    assert_eq!(
+        (status, both["error"]["code"].as_str()),
+        (400, Some("invalid_parameter")),
+        "{both}"
+    );
+    let (status, zero) = alice.call("PATCH", &path, Some(json!({"qty": "0"})), "").await;
+    assert_eq!((status, zero["error"]["code"].as_str()), (422, Some("non_positive_qty")), "{zero}");
+    assert_eq!(open_filled(&alice.call("GET", &path, None, "").await.1), some("4.00", "3.00"));
+    // A total at or below what has filled: the order ends, its hold released.
+    let (status, ended) = alice.call("PATCH", &path, Some(json!({"total_qty": "3.00"})), "").await;
+    assert_eq!(
+        (status, ended["status"].as_str(), ended["reason"].as_str()),
+        (200, Some("canceled"), Some("user_canceled")),
+        "{ended}"
+    );
+    assert_eq!(open_filled(&ended), some("0.00", "3.00"));
+    assert_eq!(alice.balance("USD").await["held"], usd_before);
+    let (status, closed) = alice.call("PATCH", &path, Some(json!({"qty": "1.00"})), "").await;
+    assert_eq!((status, closed["error"]["code"].as_str()), (409, Some("order_closed")));
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_rate_limit_answers_429_with_retry_after() {
     let server = start(|c| {

@@ -5,8 +5,8 @@ use super::matching::{check_price, check_qty, report, Live};
 use super::{Engine, EventSink};
 use crate::book::RestingOrder;
 use crate::command::{
-    CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, StpMode,
-    Transfer,
+    CancelOrder, Command, CommandKind, NewOrder, OrderType, RejectReason, ReplaceOrder, ReplaceQty,
+    StpMode, Transfer,
 };
 use crate::event::{Event, ExecKind, TransferReport};
 use crate::idempotency::{fingerprint, KeyRecord};
@@ -213,19 +213,34 @@ impl Engine {
             }
         };
         let old = Live::from_resting(&order, r.instrument);
-        let mut new = Live { price: r.price, leaves: r.qty, ..old };
+        // What remains open after the replace (at most zero: a total at or below what has
+        // filled, which ends the order).
+        let leaves = match r.qty {
+            ReplaceQty::Open(q) => q,
+            ReplaceQty::Total(q) => Qty(q.0.saturating_sub(order.filled.0)),
+        };
+        let mut new = Live { price: r.price, leaves, ..old };
         let mut cx = self.ctx(r.instrument, ts, out).expect("found: owned market");
         let instrument = &cx.market.instrument;
-        let checked = check_qty(instrument, r.qty).and_then(|()| check_price(instrument, r.price));
+        let checked =
+            check_qty(instrument, r.qty.given()).and_then(|()| check_price(instrument, r.price));
         let reason = match checked {
             Err(reason) => reason,
-            Ok(()) if r.price == order.price && r.qty == order.leaves => RejectReason::NoChange,
-            Ok(()) if r.price == order.price && r.qty < order.leaves => {
+            Ok(()) if leaves.0 <= 0 => {
+                // The new total has filled already: the replace is taken (nothing stays
+                // open), then the order ends as a cancel at its owner's request ends it.
+                let none_open = Live { leaves: Qty(0), ..old };
+                cx.report(&none_open, ExecKind::Replaced, None, (Price(0), Qty(0)));
+                cx.cancel_resting(slot, RejectReason::UserCanceled);
+                return cx.flush();
+            }
+            Ok(()) if r.price == order.price && leaves == order.leaves => RejectReason::NoChange,
+            Ok(()) if r.price == order.price && leaves < order.leaves => {
                 // Lower quantity at the same price: keep time priority.
                 let (asset, old_hold) = cx.hold_of(&old);
                 let (_, new_hold) = cx.hold_of(&new);
                 cx.ledger.release(order.account, asset, Amount(old_hold.0 - new_hold.0));
-                let level_qty = cx.market.book.reduce(slot, r.qty);
+                let level_qty = cx.market.book.reduce(slot, leaves);
                 cx.touch(order.side, order.price, level_qty);
                 cx.report(&new, ExecKind::Replaced, None, (Price(0), Qty(0)));
                 return cx.flush();

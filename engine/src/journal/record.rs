@@ -9,8 +9,8 @@
 use super::{Record, RECORD_HEADER_BYTES};
 use crate::binary::{ByteReader, ByteWriter, Truncated};
 use crate::command::{
-    CancelOrder, Command, CommandKind, NewOrder, OrderType, ReplaceOrder, StpMode, TradingStatus,
-    Transfer,
+    CancelOrder, Command, CommandKind, NewOrder, OrderType, ReplaceOrder, ReplaceQty, StpMode,
+    TradingStatus, Transfer,
 };
 use crate::idempotency::IdempotencyKey;
 use crate::types::{
@@ -23,6 +23,9 @@ const KIND_REPLACE: u8 = 3;
 const KIND_TRANSFER: u8 = 4;
 const KIND_STATUS: u8 = 5;
 const KIND_NEW_KEYED: u8 = 6;
+/// A replace whose quantity is the order's total ([`ReplaceQty::Total`]); `KIND_REPLACE`'s
+/// is what remains open, as every journal before it has it.
+const KIND_REPLACE_TOTAL: u8 = 7;
 
 /// Sequence, timestamp, kind: before every body.
 const PREFIX_BYTES: usize = 8 + 8 + 1;
@@ -89,12 +92,15 @@ fn encode_kind(kind: &CommandKind, w: &mut ByteWriter<'_>) {
             w.put_u32(c.instrument.0);
         }
         CommandKind::Replace(r) => {
-            w.put_u8(KIND_REPLACE);
+            w.put_u8(match r.qty {
+                ReplaceQty::Open(_) => KIND_REPLACE,
+                ReplaceQty::Total(_) => KIND_REPLACE_TOTAL,
+            });
             w.put_u64(r.order_id.0);
             w.put_u32(r.account.0);
             w.put_u32(r.instrument.0);
             w.put_i64(r.price.0);
-            w.put_i64(r.qty.0);
+            w.put_i64(r.qty.given().0);
         }
         CommandKind::Status(st) => {
             w.put_u8(KIND_STATUS);
@@ -176,12 +182,15 @@ fn decode(r: &mut ByteReader<'_>) -> Result<Record, Unknown> {
             account: AccountId(r.u32()?),
             instrument: InstrumentId(r.u32()?),
         }),
-        KIND_REPLACE => CommandKind::Replace(ReplaceOrder {
+        kind @ (KIND_REPLACE | KIND_REPLACE_TOTAL) => CommandKind::Replace(ReplaceOrder {
             order_id: OrderId(r.u64()?),
             account: AccountId(r.u32()?),
             instrument: InstrumentId(r.u32()?),
             price: Price(r.i64()?),
-            qty: Qty(r.i64()?),
+            qty: match (kind, Qty(r.i64()?)) {
+                (KIND_REPLACE, q) => ReplaceQty::Open(q),
+                (_, q) => ReplaceQty::Total(q),
+            },
         }),
         KIND_TRANSFER => CommandKind::Transfer(Transfer {
             account: AccountId(r.u32()?),
@@ -250,7 +259,17 @@ mod tests {
                     account,
                     instrument,
                     price: Price(1),
-                    qty: Qty(1),
+                    qty: ReplaceQty::Open(Qty(1)),
+                }),
+                REPLACE_BYTES,
+            ),
+            (
+                CommandKind::Replace(ReplaceOrder {
+                    order_id,
+                    account,
+                    instrument,
+                    price: Price(1),
+                    qty: ReplaceQty::Total(Qty(1)),
                 }),
                 REPLACE_BYTES,
             ),
@@ -269,6 +288,8 @@ mod tests {
             let mut out = Vec::new();
             encode_record(1, &Command { ts: UnixNanos(1), kind }, &mut out);
             assert_eq!(out.len(), RECORD_HEADER_BYTES + bytes, "{kind:?}");
+            let back = decode_payload(&out[RECORD_HEADER_BYTES..]).map(|r| r.command.kind);
+            assert_eq!(back, Some(kind), "decodes to what was encoded");
             // Every cut of the payload is refused, never a panic.
             for cut in 0..bytes {
                 assert!(decode_payload(&out[RECORD_HEADER_BYTES..][..cut]).is_none());

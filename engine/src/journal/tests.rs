@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::command::{
-    CancelOrder, CommandKind, NewOrder, OrderType, ReplaceOrder, StpMode, TradingStatus, Transfer,
+    CancelOrder, CommandKind, NewOrder, OrderType, ReplaceOrder, ReplaceQty, StpMode,
+    TradingStatus, Transfer,
 };
 use crate::idempotency::IdempotencyKey;
 use crate::types::{
@@ -37,7 +38,7 @@ fn cmd(i: u64) -> Command {
             account: AccountId(5),
             instrument: InstrumentId(0),
             price: Price(77),
-            qty: Qty(3),
+            qty: if i % 8 == 2 { ReplaceQty::Open(Qty(3)) } else { ReplaceQty::Total(Qty(3)) },
         }),
         3 => CommandKind::Status(TradingStatus {
             instrument: InstrumentId(4),

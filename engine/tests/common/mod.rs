@@ -124,7 +124,24 @@ impl Harness {
             account: AccountId(account),
             instrument: MKT,
             price: Price(price),
-            qty: Qty(qty),
+            qty: ReplaceQty::Open(Qty(qty)),
+        }))
+    }
+
+    /// A replace whose quantity is the order's total ([`ReplaceQty::Total`]).
+    pub fn replace_total(
+        &mut self,
+        account: u32,
+        id: OrderId,
+        price: i64,
+        total: i64,
+    ) -> Vec<Event> {
+        self.run(CommandKind::Replace(ReplaceOrder {
+            order_id: id,
+            account: AccountId(account),
+            instrument: MKT,
+            price: Price(price),
+            qty: ReplaceQty::Total(Qty(total)),
         }))
     }
 

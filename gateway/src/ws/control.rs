@@ -33,6 +33,7 @@ struct Envelope {
     order_type: Option<String>,
     price: Option<String>,
     qty: Option<String>,
+    total_qty: Option<String>,
     client_order_id: Option<u64>,
     stp: Option<String>,
     idempotency_key: Option<String>,
@@ -154,6 +155,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("type", "a string"),
     ("price", "a decimal string such as \"65000.00\""),
     ("qty", "a decimal string such as \"0.0100\""),
+    ("total_qty", "a decimal string such as \"0.0100\""),
     ("client_order_id", "a non-negative integer"),
     ("stp", "a string"),
     ("idempotency_key", "a string"),
@@ -310,7 +312,11 @@ pub fn parse(text: &[u8], scratch: &mut Vec<u8>) -> Result<Request, RequestError
         }
         Some("order.replace") => match envelope.order_id {
             Some(order_id) => {
-                let replace = ReplaceRequest { price: envelope.price, qty: envelope.qty };
+                let replace = ReplaceRequest {
+                    price: envelope.price,
+                    qty: envelope.qty,
+                    total_qty: envelope.total_qty,
+                };
                 Ok(Request::OrderReplace { id, order_id, replace })
             }
             None => Err(err(ErrorCode::Malformed, "`order_id` is required")),
@@ -477,6 +483,14 @@ mod tests {
             p(r#"{"op":"order.replace","order_id":5,"qty":"1"}"#),
             Ok(Request::OrderReplace { order_id: 5, .. })
         ));
+        let Ok(Request::OrderReplace { replace, .. }) =
+            p(r#"{"op":"order.replace","order_id":5,"total_qty":"2"}"#)
+        else {
+            panic!("order.replace with total_qty parses");
+        };
+        assert_eq!((replace.qty, replace.total_qty.as_deref()), (None, Some("2")));
+        let wrong = p(r#"{"op":"order.replace","order_id":5,"total_qty":2}"#).err();
+        assert!(wrong.is_some_and(|e| e.message.contains("total_qty")), "named when mistyped");
         let code = |t: &str| p(t).map_err(|e| e.code).err();
         assert_eq!(code(r#"{"op":"order.cancel"}"#), Some(ErrorCode::Malformed));
         assert_eq!(code(r#"{"op":"order.new","symbol":"BTC-USD"}"#), Some(ErrorCode::Malformed));
