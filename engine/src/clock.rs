@@ -96,6 +96,18 @@ impl Stamper {
         now
     }
 
+    /// The stamp of a command that asks for one (a replayed recording's): `wanted` when it
+    /// comes after every stamp so far, else the next stamp as [`Stamper::stamp`] gives it.
+    /// `0` asks for none.
+    pub fn stamp_as(&mut self, wanted: UnixNanos) -> UnixNanos {
+        if wanted.0 > self.last.0 {
+            self.last = wanted;
+            wanted
+        } else {
+            self.stamp()
+        }
+    }
+
     /// A command stamped elsewhere (a journaled one): later stamps come after it.
     pub fn observe(&mut self, ts: UnixNanos) {
         self.last = self.last.max(ts);
@@ -123,6 +135,17 @@ mod tests {
         stamper.observe(UnixNanos(3));
         assert_eq!(stamper.last(), UnixNanos(20_000));
         assert_eq!(stamper.stamp(), UnixNanos(20_001));
+    }
+
+    #[test]
+    fn a_wished_stamp_is_kept_only_after_every_stamp_so_far() {
+        let clock = ManualClock::new(UnixNanos(1_000_000));
+        let mut stamper = Stamper::new(clock.clone(), UnixNanos(0));
+        assert_eq!(stamper.stamp_as(UnixNanos(7)), UnixNanos(7), "a recording's old stamp");
+        assert_eq!(stamper.stamp_as(UnixNanos(9)), UnixNanos(9));
+        assert_eq!(stamper.stamp_as(UnixNanos(0)), UnixNanos(1_000_000), "no wish: the clock");
+        assert_eq!(stamper.stamp_as(UnixNanos(12)), UnixNanos(1_000_001), "never backwards");
+        assert_eq!(stamper.stamp_as(UnixNanos(5_000_000)), UnixNanos(5_000_000));
     }
 
     #[test]

@@ -14,6 +14,6 @@ pub mod synthetic;
 pub mod worker;
 
 pub use driver::{FeedDriver, FeedStats};
-pub use replay::{JournalReplay, ReplayStats};
+pub use replay::{JournalReplay, ReplayStamps, ReplayStats};
 pub use synthetic::{FlowConfig, OrderIds, SequentialIds, SyntheticFlow};
 pub use worker::Worker;

@@ -1,8 +1,11 @@
 //! Replays a recorded command journal into a live engine: the same commands in the same
 //! order, paced by their recorded ingest times at 1x, Nx or full speed. The engine is
-//! deterministic, so the replaying engine reaches the recorded state (the timestamps of
-//! its events are its own); used with `tickgate-tools load` to measure the gateway under a
-//! realistic, bursty and reproducible stream.
+//! deterministic, so with the recording's stamps ([`ReplayStamps::Recorded`]) the
+//! replaying engine reaches the recorded state and publishes the recorded events; with
+//! its own clock's ([`ReplayStamps::Clock`]) its events carry fresh times, so
+//! `tickgate-tools load` measures the gateway's latency under a realistic, bursty and
+//! reproducible stream, and the state differs only where time counts (when idempotency
+//! keys were used, and so which have expired).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 use tickgate_engine::durable::{recorded_shards, shard_dir};
 use tickgate_engine::journal::{list_segments, read_segment, JournalError, Record};
 use tickgate_engine::runtime::{EngineHandle, SubmitError};
-use tickgate_engine::CommandKind;
+use tickgate_engine::{CommandKind, UnixNanos};
 
 use crate::worker::Worker;
 
@@ -25,6 +28,19 @@ pub struct ReplayStats {
     pub total: AtomicU64,
     /// Set when every command was submitted.
     pub done: AtomicBool,
+}
+
+/// Which stamps replayed commands get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplayStamps {
+    /// The recording's: the recorded state and events, byte for byte (as long as nothing
+    /// else is submitted meanwhile: a later stamp given to another command makes the
+    /// recorded ones after it take the clock's).
+    #[default]
+    Recorded,
+    /// This engine's clock's, as live commands get: latency from the events' stamps means
+    /// what it means live.
+    Clock,
 }
 
 /// A running replay thread; stops when dropped or on [`JournalReplay::stop`].
@@ -51,13 +67,14 @@ pub fn load(dir: &Path, shard: usize) -> Result<Vec<Record>, JournalError> {
 
 impl JournalReplay {
     /// Loads shard 0's journal of `data_dir` and starts replaying it into `handle` at
-    /// `speed` times the recorded pace (`None`: as fast as the engine takes it). Order ids
-    /// the handle allocates afterwards are moved above every id in the journal, so live
-    /// orders never collide with replayed ones.
+    /// `speed` times the recorded pace (`None`: as fast as the engine takes it), with
+    /// `stamps`. Order ids the handle allocates afterwards are moved above every id in the
+    /// journal, so live orders never collide with replayed ones.
     pub fn start(
         handle: EngineHandle,
         data_dir: PathBuf,
         speed: Option<f64>,
+        stamps: ReplayStamps,
     ) -> Result<JournalReplay, JournalError> {
         // Replays are single-shard: a recording of several would lose all but shard 0.
         if let Some(shards) = recorded_shards(&data_dir)?.filter(|n| *n > 1) {
@@ -80,7 +97,8 @@ impl JournalReplay {
         let stats = Arc::new(ReplayStats::default());
         stats.total.store(records.len() as u64, Ordering::Relaxed);
         let st = Arc::clone(&stats);
-        let worker = Worker::spawn("replay", move |stop| run(&handle, &records, speed, stop, &st));
+        let worker =
+            Worker::spawn("replay", move |stop| run(&handle, &records, (speed, stamps), stop, &st));
         Ok(JournalReplay { stats, worker })
     }
 
@@ -101,7 +119,7 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 fn run(
     handle: &EngineHandle,
     records: &[Record],
-    speed: Option<f64>,
+    (speed, stamps): (Option<f64>, ReplayStamps),
     stop: &AtomicBool,
     stats: &ReplayStats,
 ) {
@@ -132,7 +150,11 @@ fn run(
                 return;
             }
             // Transfers go to shard 0 like the recorded ones (replays are single-shard).
-            match handle.submit(r.command.kind) {
+            let ts = match stamps {
+                ReplayStamps::Recorded => r.command.ts,
+                ReplayStamps::Clock => UnixNanos(0),
+            };
+            match handle.submit_stamped(r.command.kind, ts) {
                 Ok(()) => break true,
                 Err(SubmitError::QueueFull) => std::thread::sleep(Duration::from_micros(50)),
                 Err(_) => break false,
@@ -150,7 +172,7 @@ fn run(
 mod tests {
     use super::*;
     use tickgate_engine::runtime::{EngineRuntime, RuntimeConfig};
-    use tickgate_engine::{AccountId, Amount, AssetId, Command, Transfer, UnixNanos};
+    use tickgate_engine::{AccountId, Amount, AssetId, Command, Transfer};
 
     /// A paced replay whose next command is an hour away stops when told, not an hour
     /// later (a server shutting down waits for it).
@@ -172,8 +194,9 @@ mod tests {
         let records = vec![transfer(0), transfer(3_600_000_000_000)];
         let stats = Arc::new(ReplayStats::default());
         let (handle, st) = (runtime.handle(), Arc::clone(&stats));
-        let worker =
-            Worker::spawn("replay-test", move |stop| run(&handle, &records, Some(1.0), stop, &st));
+        let worker = Worker::spawn("replay-test", move |stop| {
+            run(&handle, &records, (Some(1.0), ReplayStamps::Clock), stop, &st)
+        });
         while stats.submitted.load(Ordering::Acquire) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -57,6 +57,12 @@ pub struct Flags {
     /// Pace of --replay relative to the recording (e.g. 1, 10); 0: as fast as possible.
     #[arg(long, env = "TICKGATE_REPLAY_SPEED", default_value_t = 1.0)]
     pub replay_speed: f64,
+    /// Stamps of --replay's commands: `recorded` (the recording's: the replay reaches the
+    /// recorded state and publishes the recorded events) or `clock` (this server's clock,
+    /// as live commands: for latency measured from the events' stamps; the state then
+    /// differs where time counts, idempotency keys).
+    #[arg(long, env = "TICKGATE_REPLAY_STAMPS", default_value = "recorded", value_parser = ["recorded", "clock"])]
+    pub replay_stamps: String,
     /// Seed of the synthetic flow: the same seed gives the same market.
     #[arg(long, env = "TICKGATE_SEED", default_value_t = 42)]
     pub seed: u64,
@@ -289,6 +295,8 @@ pub struct Config {
     pub feed_rate: Option<u64>,
     /// Journal to replay instead of the synthetic feed, and its speed (`None`: full).
     pub replay: Option<(std::path::PathBuf, Option<f64>)>,
+    /// The stamps replayed commands get.
+    pub replay_stamps: tickgate_feed::ReplayStamps,
     /// Synthetic flow seed.
     pub seed: u64,
     /// Instrument shown in the summary line; `None` turns the summary off.
@@ -369,6 +377,10 @@ impl TryFrom<Flags> for Config {
                 .replay
                 .filter(|_| !gateway)
                 .map(|dir| (dir, (f.replay_speed > 0.0).then_some(f.replay_speed))),
+            replay_stamps: match f.replay_stamps.as_str() {
+                "clock" => tickgate_feed::ReplayStamps::Clock,
+                _ => tickgate_feed::ReplayStamps::Recorded,
+            },
             seed: f.seed,
             summary_symbol: Some(f.summary_symbol),
             queue_capacity: f.queue_capacity,

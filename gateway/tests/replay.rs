@@ -26,6 +26,12 @@ async fn a_replayed_journal_reaches_the_recorded_state() {
         let order = json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": price, "qty": "0.0100"});
         assert_eq!(alice.order(order).await.0, 201);
     }
+    // A keyed order: its key is remembered with its command's stamp, which the replay
+    // must give it again to reach the same state.
+    let keyed = json!({"symbol": "ETH-USD", "side": "buy", "type": "limit", "price": "2000.00", "qty": "0.100"});
+    let (status, _) =
+        alice.call("POST", "/api/v1/orders", Some(keyed), "Idempotency-Key: replay-1\r\n").await;
+    assert_eq!(status, 201);
     tokio::time::sleep(Duration::from_millis(700)).await;
     recording.stop_feed();
     let recorded = recording.engine().digest(0).expect("running");
@@ -34,7 +40,30 @@ async fn a_replayed_journal_reaches_the_recorded_state() {
     assert_eq!(verified.shards[0].state_digest, recorded.state);
     assert!(recorded.journal_seq > 1_000, "a lively recording: {}", recorded.journal_seq);
 
-    // Replay at full speed into a server without a journal of its own.
+    // Replay at full speed into a server without a journal of its own. With this server's
+    // clock's stamps the keys' times differ: the state does too (a control: the digest
+    // sees them).
+    let replaying = start(|c| {
+        c.replay = Some((dir.clone(), None));
+        c.replay_stamps = tickgate_feed::ReplayStamps::Clock;
+    })
+    .await;
+    let stats = std::sync::Arc::clone(replaying.replay().expect("replay running").stats());
+    let engine = replaying.engine().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = stats.done.load(std::sync::atomic::Ordering::Acquire);
+        let digest = engine.digest(0).expect("running");
+        if done && digest.counters.commands == recorded.journal_seq {
+            assert_ne!(digest.state, recorded.state, "the keys' times are this server's");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replay did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replaying.shutdown().await.expect("clean stop");
+
+    // With the recording's stamps (the default): the recorded state.
     let replaying = start(|c| c.replay = Some((dir.clone(), None))).await;
     let stats = std::sync::Arc::clone(replaying.replay().expect("replay running").stats());
     assert_eq!(stats.total.load(std::sync::atomic::Ordering::Relaxed), recorded.journal_seq);

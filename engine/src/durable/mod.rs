@@ -265,7 +265,7 @@ pub(crate) fn journal_loop<R: JournalItem>(
             if let Some(command) = item.command_mut() {
                 // Strictly increasing per shard: every command's events carry a timestamp
                 // no other command of the shard has (readers tell commands apart by it).
-                command.ts = stamper.stamp();
+                command.ts = stamper.stamp_as(command.ts);
                 writer.append(command);
                 records += 1;
             }

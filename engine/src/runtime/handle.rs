@@ -67,7 +67,15 @@ impl EngineHandle {
     /// Queues a command on the shard that owns its instrument. Transfers go to shard 0;
     /// use [`EngineHandle::submit_transfer`] to fund another shard's ledger.
     pub fn submit(&self, kind: CommandKind) -> Result<(), SubmitError> {
-        let command = Command { ts: UnixNanos(0), kind };
+        self.submit_stamped(kind, UnixNanos(0))
+    }
+
+    /// [`EngineHandle::submit`] for a command that asks for its stamp (a replayed
+    /// recording's, so that the replay reaches the recorded state: idempotency keys
+    /// remember when they were used). It gets `ts` if that comes after every stamp the
+    /// shard has given, else the shard's next stamp as any command does. `0`: no wish.
+    pub fn submit_stamped(&self, kind: CommandKind, ts: UnixNanos) -> Result<(), SubmitError> {
+        let command = Command { ts, kind };
         let shard = match command.instrument() {
             Some(i) => self.shard_of(i).ok_or(SubmitError::UnknownInstrument)?,
             None => 0,

@@ -112,7 +112,9 @@ impl ShardWorker {
                     // Ingest time, made strictly increasing per shard so replays and clients
                     // can rely on timestamps never going backwards, and readers can tell
                     // commands apart by their timestamp.
-                    None => command.ts = self.stamper.stamp(),
+                    // (A command that asks for a stamp, a replayed one, keeps it when it
+                    // comes after every stamp so far: `Stamper::stamp_as`.)
+                    None => command.ts = self.stamper.stamp_as(command.ts),
                 }
                 self.apply(command);
             }

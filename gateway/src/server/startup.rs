@@ -486,11 +486,12 @@ pub(super) async fn start_sources(
     // A replayed recording brings its own funding and flow.
     let replay = match &config.replay {
         Some((dir, speed)) => {
-            let (e, d, s) = (engine.clone(), dir.clone(), *speed);
+            let (e, d, s, t) = (engine.clone(), dir.clone(), *speed, config.replay_stamps);
             let replay =
-                tokio::task::spawn_blocking(move || JournalReplay::start(e, d, s)).await??;
+                tokio::task::spawn_blocking(move || JournalReplay::start(e, d, s, t)).await??;
             let total = replay.stats().total.load(std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(dir = %dir.display(), speed = ?speed, commands = total, "replaying a journal");
+            let stamps = config.replay_stamps;
+            tracing::info!(dir = %dir.display(), speed = ?speed, ?stamps, commands = total, "replaying a journal");
             Some(replay)
         }
         None => None,
