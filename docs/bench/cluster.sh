@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 feed=${1:-20000}; rounds=${2:-2}
 bin=${BIN:-./target/release/tickgate}; tools=${TOOLS:-./target/release/tickgate-tools}
-secret=bench-secret
+secret=bench-secret-of-at-least-32-bytes
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap cleanup EXIT

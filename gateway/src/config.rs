@@ -405,7 +405,7 @@ impl TryFrom<Flags> for Config {
             durability,
             clock: tickgate_engine::WallClock::shared(),
             rest_rate: f.rest_rate,
-            admin_token: f.admin_token.filter(|t| !t.is_empty()),
+            admin_token: f.admin_token,
             tls: f.tls_cert.zip(f.tls_key),
             cors_origins: f
                 .cors_origins
@@ -465,13 +465,30 @@ fn cluster(f: &Flags) -> Result<Option<crate::cluster::ClusterConfig>, ConfigErr
     }))
 }
 
-/// Refuses limits and rates that cannot work.
+/// The shortest token secret taken: HS256's hash length (RFC 7518, section 3.2).
+pub const JWT_SECRET_MIN: usize = 32;
+/// The shortest operator token taken.
+pub const ADMIN_TOKEN_MIN: usize = 16;
+
+/// Refuses limits and rates that cannot work, and secrets anyone could guess.
 fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
     // Each number's own range is its flag's parser's (`within`); here, what depends on
     // more than one flag, or on the disk.
     if f.ws_unread_bytes_start.is_some_and(|start| start > f.ws_unread_bytes) {
         return invalid("--ws-unread-bytes-start must be at most --ws-unread-bytes");
+    }
+    // A secret anyone can guess signs tokens anyone can forge: an empty one (an unset
+    // variable in a unit file) would have let any client be any user.
+    if f.jwt_secret.as_ref().is_some_and(|s| s.len() < JWT_SECRET_MIN) {
+        return invalid(&format!(
+            "--jwt-secret (TICKGATE_JWT_SECRET) must be at least {JWT_SECRET_MIN} bytes              (RFC 7518: an HS256 key as long as its hash); e.g. `head -c 32 /dev/urandom | base64`"
+        ));
+    }
+    if f.admin_token.as_ref().is_some_and(|t| t.len() < ADMIN_TOKEN_MIN) {
+        return invalid(&format!(
+            "--admin-token (TICKGATE_ADMIN_TOKEN) must be at least {ADMIN_TOKEN_MIN} bytes;              leave it out to keep the operator endpoints off"
+        ));
     }
     let speed = f.replay_speed;
     if !(speed == 0.0 || (speed.is_finite() && (0.001..=1e6).contains(&speed))) {
@@ -577,6 +594,24 @@ mod tests {
         Config::try_from(flags).map_err(|e| e.to_string())
     }
 
+    /// Secrets anyone could guess are refused at start, an empty one first of all.
+    #[test]
+    fn short_secrets_are_refused() {
+        for short in ["", "s", &"s".repeat(JWT_SECRET_MIN - 1)] {
+            let e = config(&["tickgate", "--jwt-secret", short]).err().unwrap_or_default();
+            assert!(e.contains("at least 32 bytes"), "{short:?}: {e}");
+        }
+        let long = "s".repeat(JWT_SECRET_MIN);
+        let taken = config(&["tickgate", "--jwt-secret", &long]).expect("a long enough secret");
+        assert_eq!(taken.jwt_secret.as_deref(), Some(long.as_str()));
+        for short in ["", "short-token"] {
+            let e = config(&["tickgate", "--admin-token", short]).err().unwrap_or_default();
+            assert!(e.contains("--admin-token"), "{short:?}: {e}");
+        }
+        let admin = config(&["tickgate", "--admin-token", "an-operator-token"]).expect("taken");
+        assert_eq!(admin.admin_token.as_deref(), Some("an-operator-token"));
+    }
+
     /// The read-receipt allowance's start reaches the WebSocket limits (128 KiB unless
     /// set; the outbox clamps it into 16 KiB ..= `--ws-unread-bytes`).
     #[test]
@@ -643,8 +678,9 @@ mod tests {
         assert!(e.contains("--jwt-secret"), "{e}");
         let bad_role = config(&["tickgate", "--role", "primary"]).unwrap_err();
         assert!(bad_role.contains("primary"), "{bad_role}");
+        let secret = "s".repeat(JWT_SECRET_MIN);
         let args =
-            ["tickgate", "--nats", "nats://h:4222", "--role", "gateway", "--jwt-secret", "s"];
+            ["tickgate", "--nats", "nats://h:4222", "--role", "gateway", "--jwt-secret", &secret];
         let gateway = config(&args).expect("a gateway node");
         let cluster = gateway.cluster.expect("a node");
         assert_eq!((cluster.role, cluster.prefix.as_str()), (Role::Gateway, "tickgate"));

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use tickgate_gateway::client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tickgate");
-const SECRET: &str = "cluster-test-secret";
-const ADMIN: &str = "cluster-test-admin";
+const SECRET: &str = "cluster-test-secret-of-32-bytes!";
+const ADMIN: &str = "cluster-test-admin-token";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Reads `stream` to its end on a thread (so the child never blocks on a full pipe) and
@@ -958,8 +958,11 @@ async fn nodes_use_the_brokers_token_and_a_wrong_one_stops_at_once() {
 
     // A gateway given another token secret than the engine node's stops with why (its
     // clients' tokens would be refused by every other node).
-    let stderr =
-        refused_with(nats_proc.addr, "another-secret", &["--nats-token", "broker-token-1"]);
+    let stderr = refused_with(
+        nats_proc.addr,
+        "another-secret-also-of-32-bytes!",
+        &["--nats-token", "broker-token-1"],
+    );
     assert!(stderr.contains("token secret"), "the refusal is named: {stderr}");
 }
 
