@@ -131,6 +131,31 @@ pub struct CancelAllOutcome {
     pub not_canceled: Vec<(OrderId, ApiError)>,
 }
 
+impl CancelAllOutcome {
+    /// The one error the whole request is, when no cancel could even be queued and every
+    /// one was refused for the same reason of the server's (the journal failed, the
+    /// engine is unavailable or busy): a client that reads only the status must not take
+    /// a kill switch that did nothing for one that worked. `None` when any order was
+    /// canceled, nothing was open, or the refusals differ or may still take effect.
+    pub fn refused_whole(&self) -> Option<ApiError> {
+        let ((_, first), rest) = self.not_canceled.split_first()?;
+        // Never `engine_timeout`: that cancel may still take effect.
+        let unavailable = |e: &ApiError| {
+            matches!(
+                e.code,
+                ErrorCode::JournalFailed | ErrorCode::EngineUnavailable | ErrorCode::EngineBusy
+            )
+        };
+        let whole = self.canceled.is_empty()
+            && unavailable(first)
+            && rest.iter().all(|(_, e)| e.code == first.code && unavailable(e));
+        whole.then(|| {
+            let message = format!("no order was canceled: {}", first.message);
+            ApiError { message, order_id: None, ..first.clone() }
+        })
+    }
+}
+
 /// A new order as clients send it (REST body, or the fields of `order.new`).
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NewOrderRequest {
@@ -929,6 +954,37 @@ mod tests {
                 Err(ErrorCode::InvalidParameter),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// A cancel-all is one error only when no cancel could be queued, all for one reason
+    /// of the server's.
+    #[test]
+    fn a_cancel_all_that_queued_nothing_is_the_servers_error() {
+        let outcome = |codes: &[ErrorCode]| CancelAllOutcome {
+            canceled: Vec::new(),
+            not_canceled: codes
+                .iter()
+                .enumerate()
+                .map(|(i, &code)| {
+                    (OrderId(i as u64 + 1), ApiError::new(code, "why").about(OrderId(1)))
+                })
+                .collect(),
+        };
+        assert_eq!(outcome(&[]).refused_whole(), None, "nothing open: 200, nothing canceled");
+        let failed = outcome(&[ErrorCode::JournalFailed; 3]).refused_whole().expect("one error");
+        assert_eq!((failed.code, failed.status().as_u16()), (ErrorCode::JournalFailed, 503));
+        assert_eq!(
+            (failed.message.as_str(), failed.order_id),
+            ("no order was canceled: why", None)
+        );
+        for mixed in [
+            &[ErrorCode::JournalFailed, ErrorCode::OrderClosed][..],
+            &[ErrorCode::EngineUnavailable, ErrorCode::EngineBusy],
+            &[ErrorCode::EngineTimeout],
+            &[ErrorCode::OrderClosed],
+        ] {
+            assert_eq!(outcome(mixed).refused_whole(), None, "{mixed:?}");
         }
     }
 

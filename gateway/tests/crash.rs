@@ -663,6 +663,12 @@ async fn a_journal_failure_is_logged_and_healthz_fails() {
         }
         log.push(line);
     }
+    // An open order, for the kill switch below.
+    let alice = Api::login(proc.addr, 0).await;
+    let (status, open) = alice
+        .order(json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1000.00", "qty": "0.0010"}))
+        .await;
+    assert_eq!(status, 201, "{open}");
     // The shard's journal directory goes away; a file stands where it was, so the next
     // segment (every 1 MiB, about a second of this feed) cannot be created.
     std::fs::rename(dir.0.join("shard-0"), dir.0.join("moved")).expect("rename");
@@ -691,11 +697,20 @@ async fn a_journal_failure_is_logged_and_healthz_fails() {
         }
     };
     assert!(logged, "no ERROR line about the journal; the log:\n{}", log.join("\n"));
-    let alice = Api::login(proc.addr, 0).await;
     let (status, refused) = alice
         .order(json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1000.00", "qty": "0.0010"}))
         .await;
     assert_eq!((status, refused["error"]["code"].as_str()), (503, Some("journal_failed")));
+    // A kill switch that could cancel nothing says so by its status, not a 200 whose
+    // every entry is a refusal.
+    let (status, refused) = alice.call("DELETE", "/api/v1/orders", None, "").await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (503, Some("journal_failed")),
+        "{refused}"
+    );
+    let (_, still) = alice.call("GET", &format!("/api/v1/orders/{}", open["id"]), None, "").await;
+    assert_eq!(still["status"], "open", "{still}");
 }
 
 /// A data directory whose first run had no feed gets a live market when a later run has

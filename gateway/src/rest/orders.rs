@@ -102,7 +102,8 @@ pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response
 
 /// `DELETE /api/v1/orders?symbol=`: cancels every open order of the caller (of one
 /// instrument with `symbol`). `200` with the orders canceled and those that could not be
-/// (`not_canceled`, each with its error code), whatever the mix.
+/// (`not_canceled`, each with its error code), but `503` when none could be queued for
+/// one reason of the server's ([`crate::trading::CancelAllOutcome::refused_whole`]).
 pub async fn cancel_all<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
     let claims = match authorize(req, state) {
         Ok(c) => c,
@@ -113,6 +114,9 @@ pub async fn cancel_all<B>(req: &Request<B>, state: &AppState) -> Response<Full<
         Err(e) => return e.response(),
     };
     let outcome = state.ws.trading.cancel_all(AccountId(claims.acc), instrument).await;
+    if let Some(e) = outcome.refused_whole() {
+        return e.response();
+    }
     json_response(StatusCode::OK, &cancel_all_json(&outcome, state.engine.instruments()))
 }
 

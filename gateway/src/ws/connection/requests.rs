@@ -500,7 +500,8 @@ fn report_fields(r: &ExecReport, trading: &crate::trading::Trading) -> serde_jso
     })
 }
 
-/// `order.cancel_all`: the `order.canceled_all` reply, or the error (an unknown symbol).
+/// `order.cancel_all`: the `order.canceled_all` reply, or the error (an unknown symbol; or
+/// the server's reason none could be queued, `CancelAllOutcome::refused_whole`).
 async fn cancel_all(
     trading: &crate::trading::Trading,
     account: AccountId,
@@ -518,6 +519,9 @@ async fn cancel_all(
         },
     };
     let outcome = trading.cancel_all(account, instrument).await;
+    if let Some(e) = outcome.refused_whole() {
+        return Err(RequestError { id, code: e.code, message: e.message });
+    }
     let fields = crate::views::cancel_all_json(&outcome, trading.engine.instruments());
     Ok(control::reply("order.canceled_all", &id, fields))
 }
