@@ -825,6 +825,15 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
         metrics.contains("tickgate_nats_disconnects_total{node=\"gateway-test\"} "),
         "{metrics}"
     );
+    // What a gateway sends (its orders' and replays' requests) is counted too.
+    let sent = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{node=\"gateway-test\"}} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert!(sent("tickgate_nats_messages_out_total").is_some_and(|n| n > 0), "{metrics}");
+    assert!(sent("tickgate_nats_bytes_out_total").is_some_and(|n| n > 0), "{metrics}");
     books_agree(engine_proc.addr, &[g2.addr], &mut watchers).await;
 
     // The engine node freezes while a keyed order waits for it: the client is told to

@@ -240,6 +240,7 @@ pub async fn connect(
         config.url.split(',').map(|u| u.trim().parse()).collect::<Result<_, _>>()?;
     let client = options.connect(urls).await?;
     stats.connected.store(true, Ordering::Release);
+    *stats.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.statistics());
     Ok(client)
 }
 
@@ -252,10 +253,9 @@ pub struct ClusterStats {
     pub disconnects: AtomicU64,
     /// Times NATS dropped messages for this process (slow consumer).
     pub slow_consumer: AtomicU64,
-    /// Messages published.
-    pub messages_out: AtomicU64,
-    /// Bytes published.
-    pub bytes_out: AtomicU64,
+    /// The NATS client's own counters (every message it sent: publishes, requests and
+    /// replies), once connected.
+    pub client: std::sync::Mutex<Option<std::sync::Arc<async_nats::Statistics>>>,
     /// Messages received on the commands subjects.
     pub messages_in: AtomicU64,
     /// Bytes received on the commands subjects.
@@ -303,6 +303,8 @@ impl ClusterStats {
         use std::fmt::Write;
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let b = |c: &AtomicBool| u8::from(c.load(Ordering::Relaxed));
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let sent = |pick: fn(&async_nats::Statistics) -> u64| client.as_deref().map_or(0, pick);
         let lines = [
             (
                 "tickgate_nats_connected",
@@ -325,14 +327,14 @@ impl ClusterStats {
             (
                 "tickgate_nats_messages_out_total",
                 "counter",
-                n(&self.messages_out),
-                "NATS messages published.",
+                sent(|s| s.out_messages.load(Ordering::Relaxed)),
+                "NATS messages this node sent: publishes, requests and replies.",
             ),
             (
                 "tickgate_nats_bytes_out_total",
                 "counter",
-                n(&self.bytes_out),
-                "NATS payload bytes published.",
+                sent(|s| s.out_bytes.load(Ordering::Relaxed)),
+                "NATS payload bytes this node sent (no protocol overhead).",
             ),
             (
                 "tickgate_nats_messages_in_total",

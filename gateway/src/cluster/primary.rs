@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::wire::{self, instrument_of, SubmitCode};
-use super::{ClusterStats, Subjects, HEARTBEAT};
+use super::{Subjects, HEARTBEAT};
 use crate::idempotency::{Claim, KeyCache};
 
 /// Bytes of encoded commands each shard keeps for replays (about a million commands).
@@ -238,7 +238,6 @@ impl Primary {
         subjects: Subjects,
         (engine, keys): (EngineHandle, Arc<KeyCache>),
         log: Arc<CommandLog>,
-        stats: Arc<ClusterStats>,
         (node, secret_check): (String, String),
         journal: Option<PathBuf>,
     ) -> anyhow::Result<Primary> {
@@ -256,7 +255,6 @@ impl Primary {
             engine,
             keys,
             log,
-            stats,
             epoch,
             node,
             journal,
@@ -357,7 +355,6 @@ struct Ctx {
     /// Every keyed order of every gateway passes here: the one place that sees them all.
     keys: Arc<KeyCache>,
     log: Arc<CommandLog>,
-    stats: Arc<ClusterStats>,
     epoch: u64,
     node: String,
     /// [`crate::auth::secret_check`] of the token secret, for gateways to compare.
@@ -382,14 +379,10 @@ impl Ctx {
     }
 
     async fn send(&self, subject: String, payload: Bytes) {
-        let len = payload.len() as u64;
-        match self.client.publish(subject, payload).await {
-            Ok(()) => {
-                self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
-            }
+        // (Counted by the client: `ClusterStats::client`.)
+        if let Err(e) = self.client.publish(subject, payload).await {
             // Disconnected and the client's buffer full: the gateways repair the gap.
-            Err(e) => tracing::debug!("publish failed: {e}"),
+            tracing::debug!("publish failed: {e}");
         }
     }
 }

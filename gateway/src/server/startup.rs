@@ -203,12 +203,12 @@ pub(super) async fn start_primary(
         state.orders.mark_applied(r.shard, UnixNanos(r.last_ts));
         state.ws.directory.mark_applied(r.shard, r.last_ts);
     }
-    let (client, stats) = (node.client.clone(), Arc::clone(&node.stats));
+    let client = node.client.clone();
     let id = node.config.node.clone();
     let journal = config.durability.as_ref().map(|d| d.dir.clone());
     let keys = Arc::clone(&state.ws.trading.keys);
     let check = secret_check(config);
-    Primary::start(client, node.subjects(), (engine, keys), log, stats, (id, check), journal).await
+    Primary::start(client, node.subjects(), (engine, keys), log, (id, check), journal).await
 }
 
 /// The token secret's [`crate::auth::secret_check`] (a deployment's nodes are given one:
