@@ -309,6 +309,22 @@ fn snapshots_never_wait_and_pruning_and_recovery_follow_the_slowest_consumer() {
     assert_eq!(recovery.snapshot.as_ref().map(|(_, seq)| *seq), Some(snapshots[0].0));
     assert!(recovery.retention_warning.as_deref().is_some_and(|w| w.contains("pruned")));
     runtime.shutdown();
+
+    // Every snapshot damaged, the journal before them pruned: the start is refused, and
+    // the refusal names the snapshots, not only the gap they leave.
+    for (_, path) in list_snapshots(&shard_dir).unwrap() {
+        let mut bytes = fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+    }
+    let refused = EngineRuntime::start(config(&tmp.0, 1, 500)).err().map(|e| e.to_string());
+    let refused = refused.expect("no snapshot to start from");
+    assert!(refused.contains("gap or overlap"), "{refused}");
+    assert!(
+        refused.contains("passed over as unreadable") && refused.contains("checksum"),
+        "{refused}"
+    );
 }
 
 /// A replica started from a primary's snapshot mid-stream, fed the commands the

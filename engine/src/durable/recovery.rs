@@ -76,7 +76,8 @@ pub fn recover(
         })?,
     };
     let mut sink = FnSink(on_event);
-    let replay = replay_segments(&segments, shard, from_seq + 1, &mut engine, &mut sink)?;
+    let replay = replay_segments(&segments, shard, from_seq + 1, &mut engine, &mut sink)
+        .map_err(|e| with_skipped_snapshots(e, &report.skipped_snapshots))?;
     if let Some((path, valid, torn)) = replay.torn {
         cut(&path, valid)?;
         report.torn = Some((path, torn));
@@ -134,6 +135,23 @@ fn start_snapshot(
         }
     }
     Ok(None)
+}
+
+/// A replay that could not start names the snapshots passed over on the way: when every
+/// snapshot that could have started it is damaged, the gap it reports is their doing, not
+/// a missing segment's.
+fn with_skipped_snapshots(e: JournalError, skipped: &[String]) -> JournalError {
+    match e {
+        JournalError::Corrupt { path, offset, what } if !skipped.is_empty() => {
+            let what = format!(
+                "{what}; snapshots passed over as unreadable (the journal before them was \
+                 pruned, so recovery needs one): {}",
+                skipped.join("; ")
+            );
+            JournalError::Corrupt { path, offset, what }
+        }
+        e => e,
+    }
 }
 
 struct Replay {
