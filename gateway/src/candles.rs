@@ -225,13 +225,7 @@ impl Candles {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             serde_json::to_vec(&*state).map_err(std::io::Error::other)?
         };
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let temp = file.with_extension("json.tmp");
-        std::fs::write(&temp, bytes)?;
-        std::fs::File::open(&temp)?.sync_all()?;
-        std::fs::rename(&temp, file)
+        crate::atomic_file::replace(file, &bytes)
     }
 }
 

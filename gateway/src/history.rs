@@ -173,14 +173,7 @@ impl HistoryWriter {
             e.encode(&mut bytes);
         }
         let path = dir.join(FILE);
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()?;
+        crate::atomic_file::replace(&path, &bytes)?;
         let file = OpenOptions::new().append(true).open(&path)?;
         let len = bytes.len() as u64;
         Ok(HistoryWriter {

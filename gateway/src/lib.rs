@@ -34,6 +34,7 @@
 //!   stalled the hot threads).
 
 pub mod alerts;
+pub mod atomic_file;
 pub mod auth;
 pub mod candles;
 pub mod canned;

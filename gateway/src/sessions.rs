@@ -195,24 +195,12 @@ impl Sessions {
             self.file.as_ref().map(|_| serde_json::to_vec(&*state))
         };
         if let (Some(file), Some(Ok(bytes))) = (&self.file, bytes) {
-            if let Err(e) = write_atomically(file, &bytes) {
+            if let Err(e) = crate::atomic_file::replace(file, &bytes) {
                 tracing::error!("sessions file {} not written: {e} (revocations made now are forgotten on restart)", file.display());
             }
         }
         self.epoch.send_modify(|epoch| *epoch += 1);
     }
-}
-
-fn write_atomically(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let temp = file.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&temp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&temp, file)
 }
 
 #[cfg(test)]

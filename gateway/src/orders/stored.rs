@@ -10,7 +10,7 @@
 //! The file is one line per shard, `<shard> <timestamp>`, after a version line, written
 //! to a temporary file and renamed over the old one.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 /// The file's name in the history directory.
@@ -50,11 +50,7 @@ pub fn save(dir: &Path, marks: &[u64]) -> io::Result<()> {
     for (shard, ts) in marks.iter().enumerate() {
         text.push_str(&format!("{shard} {ts}\n"));
     }
-    let temp = dir.join(format!("{FILE}.tmp"));
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_data()?;
-    std::fs::rename(&temp, dir.join(FILE))
+    crate::atomic_file::replace(&dir.join(FILE), text.as_bytes())
 }
 
 #[cfg(test)]
