@@ -750,3 +750,20 @@ async fn a_first_run_without_the_feed_does_not_starve_a_later_feed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A start on a port already in use (a second start, a mistyped port) fails before it
+/// touches the data directory: none is left behind, locked to a shard count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_stops_the_start_before_the_data_directory_is_made() {
+    let first = start(|_| {}).await;
+    let dir = TempDir(std::env::temp_dir().join(format!("tickgate-busy-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let mut config = tickgate_gateway::Config::for_tests();
+    config.listen = first.local_addr();
+    config.durability = Some(tickgate_engine::durable::DurabilityConfig::new(&dir.0));
+    let refused = tickgate_gateway::Server::start(config).await.map(|_| ()).expect_err("busy");
+    let said = format!("{refused:#}");
+    assert!(said.contains(&format!("listening on {}", first.local_addr())), "{said}");
+    assert!(!dir.0.exists(), "the data directory was made: {:?}", std::fs::read_dir(&dir.0).ok());
+    first.shutdown().await.expect("clean shutdown");
+}

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tickgate_engine::runtime::{EngineHandle, EngineRuntime};
 use tickgate_engine::types::format_fixed;
 use tickgate_engine::EngineCounters;
@@ -72,6 +73,12 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Starts everything and begins accepting connections.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        // First, before anything is opened or written: a port in use (a second start, a
+        // mistyped port) must not leave a data directory behind, locked to a shard count.
+        // Connections wait in the backlog until the server is ready.
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
         let node = startup::connect(&config).await?;
         let role = node.as_ref().map_or(Role::All, |n| n.config.role);
         let mut loaded = startup::load(&config).await?;
@@ -116,7 +123,6 @@ impl Server {
         }
         let (feed, replay) = startup::start_sources(&config, &engine, started.fresh).await?;
 
-        let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive_tx, alive) = mpsc::channel(1);
