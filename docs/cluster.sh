@@ -4,21 +4,26 @@
 # Clients connect to a gateway: http://127.0.0.1:8081/ or :8082/ (web terminal, REST,
 # WebSocket /ws, SSE). The engine node (127.0.0.1:8080) serves /healthz, /metrics and
 # public market data only. NATS listens on 127.0.0.1:4222 (monitoring: :8222).
-# Environment: NATS_PORT, ENGINE_PORT, GATEWAY_PORTS ("8081 8082"), DATA_DIR, FEED_RATE,
-# TICKGATE_JWT_SECRET (shared by every node; a random one per run by default).
+# Environment: NATS_PORT, NATS_MONITOR_PORT, ENGINE_PORT, GATEWAY_PORTS ("8081 8082"),
+# DATA_DIR, FEED_RATE, TICKGATE_JWT_SECRET (shared by every node; a random one per run by
+# default), BIN (a tickgate binary to run instead of building one from this tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v nats-server >/dev/null || { echo "needs nats-server (apt-get install nats-server)" >&2; exit 1; }
-cargo build --release -p tickgate-gateway
-bin=./target/release/tickgate
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  cargo build --release -p tickgate-gateway
+  bin=./target/release/tickgate
+fi
 nats_port=${NATS_PORT:-4222}
 engine_port=${ENGINE_PORT:-8080}
 gateway_ports=${GATEWAY_PORTS:-"8081 8082"}
 data=${DATA_DIR:-./data-cluster}
-export TICKGATE_JWT_SECRET=${TICKGATE_JWT_SECRET:-$(head -c 24 /dev/urandom | base64)}
+export TICKGATE_JWT_SECRET=${TICKGATE_JWT_SECRET:-$(head -c 32 /dev/urandom | base64)}
 pids=()
 trap 'kill -INT "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
-nats-server -a 127.0.0.1 -p "$nats_port" -m 8222 &
+nats-server -a 127.0.0.1 -p "$nats_port" -m "${NATS_MONITOR_PORT:-8222}" &
 pids+=($!)
 sleep 0.5
 nats=nats://127.0.0.1:$nats_port
