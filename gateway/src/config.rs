@@ -40,7 +40,7 @@ pub struct Flags {
     /// Keep transparent huge pages for the heap. Off by default: the allocator asks for
     /// them, and a fault on fresh heap then zeroes 2 MiB on a hot thread (10,000
     /// subscribers stalled for seconds with them: docs/BENCHMARKS.md).
-    #[arg(long, env = "TICKGATE_TRANSPARENT_HUGE_PAGES")]
+    #[arg(long, env = "TICKGATE_TRANSPARENT_HUGE_PAGES", value_parser = clap::builder::BoolishValueParser::new())]
     pub transparent_huge_pages: bool,
     /// Synthetic order flow in commands per second (0 = as fast as the engine takes them: a
     /// benchmark setting that keeps the engine's queue full, so users' orders wait and are
@@ -48,7 +48,7 @@ pub struct Flags {
     #[arg(long, env = "TICKGATE_FEED_RATE", default_value_t = 20_000, value_parser = within::<u64>(0..=10_000_000))]
     pub feed_rate: u64,
     /// Turn the synthetic feed off.
-    #[arg(long, env = "TICKGATE_NO_FEED")]
+    #[arg(long, env = "TICKGATE_NO_FEED", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_feed: bool,
     /// Instead of the synthetic feed, replay the command journal of this data directory
     /// (a recording of an earlier run) into the engine: same commands, same order.
@@ -592,6 +592,37 @@ mod tests {
     fn config(args: &[&str]) -> Result<Config, String> {
         let flags = Flags::try_parse_from(args).map_err(|e| e.to_string())?;
         Config::try_from(flags).map_err(|e| e.to_string())
+    }
+
+    /// A switch's variable takes the usual spellings (`1`, `yes`, `on`, `true` and their
+    /// opposites), as the flag's name alone does on the command line.
+    #[test]
+    fn switches_take_boolish_values_from_the_environment() {
+        use clap::{CommandFactory, FromArgMatches};
+        // Each switch read from a variable of this test's own (setting TICKGATE_NO_FEED
+        // here would race the other tests, which read it), through the flag's own parser.
+        for (id, var) in [
+            ("no_feed", "TICKGATE_TEST_BOOLISH_NO_FEED"),
+            ("transparent_huge_pages", "TICKGATE_TEST_BOOLISH_THP"),
+        ] {
+            let parse = |value: &str| {
+                std::env::set_var(var, value);
+                let command = Flags::command().mut_arg(id, |a| a.env(var));
+                let flags = command
+                    .try_get_matches_from(["tickgate"])
+                    .ok()
+                    .and_then(|m| Flags::from_arg_matches(&m).ok());
+                std::env::remove_var(var);
+                flags.map(|f| if id == "no_feed" { f.no_feed } else { f.transparent_huge_pages })
+            };
+            for (value, meant) in [("1", true), ("yes", true), ("on", true), ("true", true)] {
+                assert_eq!(parse(value), Some(meant), "{id}={value}");
+            }
+            for (value, meant) in [("0", false), ("no", false), ("off", false), ("false", false)] {
+                assert_eq!(parse(value), Some(meant), "{id}={value}");
+            }
+            assert_eq!(parse("maybe"), None, "{id}: refused, not read as either");
+        }
     }
 
     /// Secrets anyone could guess are refused at start, an empty one first of all.
