@@ -409,8 +409,8 @@ impl TryFrom<Flags> for Config {
             tls: f.tls_cert.zip(f.tls_key),
             cors_origins: f
                 .cors_origins
-                .into_iter()
-                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .iter()
+                .filter_map(|o| cors_origin(o))
                 .filter(|o| !o.is_empty())
                 .collect(),
             sse_history: f.sse_history,
@@ -465,6 +465,22 @@ fn cluster(f: &Flags) -> Result<Option<crate::cluster::ClusterConfig>, ConfigErr
     }))
 }
 
+/// `text` as the browser's `Origin` header would carry it (`http`/`https`, host lowercase,
+/// a trailing `/` taken off), or `None` when it is not an origin (a path, a query, a
+/// wildcard, another scheme, `null`). An empty entry (`a,,b`) is `Some("")`, left out.
+fn cors_origin(text: &str) -> Option<String> {
+    let text = text.trim().trim_end_matches('/');
+    if text.is_empty() {
+        return Some(String::new());
+    }
+    let uri: hyper::Uri = text.parse().ok()?;
+    let scheme = uri.scheme_str().filter(|s| matches!(*s, "http" | "https"))?;
+    let authority = uri.authority()?;
+    let plain = uri.path().is_empty() || uri.path() == "/";
+    let bare = !authority.as_str().contains(['@', '*']) && uri.query().is_none();
+    (plain && bare).then(|| format!("{scheme}://{}", authority.as_str().to_ascii_lowercase()))
+}
+
 /// The shortest token secret taken: HS256's hash length (RFC 7518, section 3.2).
 pub const JWT_SECRET_MIN: usize = 32;
 /// The shortest operator token taken.
@@ -488,6 +504,12 @@ fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     if f.admin_token.as_ref().is_some_and(|t| t.len() < ADMIN_TOKEN_MIN) {
         return invalid(&format!(
             "--admin-token (TICKGATE_ADMIN_TOKEN) must be at least {ADMIN_TOKEN_MIN} bytes;              leave it out to keep the operator endpoints off"
+        ));
+    }
+    if let Some(bad) = f.cors_origins.iter().find(|o| cors_origin(o).is_none()) {
+        return invalid(&format!(
+            "--cors-origin {bad:?} is not an origin: scheme and host (and port), as a browser \
+             sends it in Origin, e.g. https://app.example.com or http://localhost:3000"
         ));
     }
     let speed = f.replay_speed;
@@ -622,6 +644,27 @@ mod tests {
                 assert_eq!(parse(value), Some(meant), "{id}={value}");
             }
             assert_eq!(parse("maybe"), None, "{id}: refused, not read as either");
+        }
+    }
+
+    /// `--cors-origin` takes origins only, as browsers send them.
+    #[test]
+    fn cors_origins_are_origins() {
+        let taken = |o: &str| config(&["tickgate", "--cors-origin", o]).map(|c| c.cors_origins);
+        assert_eq!(taken("https://App.Example.com/"), Ok(vec!["https://app.example.com".into()]));
+        assert_eq!(taken("http://localhost:3000"), Ok(vec!["http://localhost:3000".into()]));
+        assert_eq!(taken("https://a.example,,https://b.example").map(|o| o.len()), Ok(2));
+        for bad in [
+            "notanorigin",
+            "app.example.com",
+            "https://a.example/app",
+            "ftp://a.example",
+            "https://*.example.com",
+            "null",
+            "https://a.example?x=1",
+        ] {
+            let e = taken(bad).expect_err(bad);
+            assert!(e.contains("is not an origin"), "{bad}: {e}");
         }
     }
 
