@@ -63,6 +63,37 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// What the header must hold (docs/CAPTURE.md) to be served back: `Err` says what is
+/// missing or of the wrong type.
+fn check_header(header: &Value) -> Result<(), String> {
+    let Some(fields) = header.as_object() else { return Err("is not a JSON object".into()) };
+    /// A key, whether its value is right, and what it should be.
+    type Field = (&'static str, fn(&Value) -> bool, &'static str);
+    let kinds: [Field; 5] = [
+        ("version", |v| v.as_u64() == Some(u64::from(VERSION)), "the capture's version"),
+        ("started_ns", Value::is_u64, "a time in ns"),
+        ("server", Value::is_string, "a string"),
+        (
+            "channels",
+            |v| v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            "an array of channel names",
+        ),
+        (
+            "instruments",
+            |v| v.as_array().is_some_and(|a| a.iter().all(Value::is_object)),
+            "an array of instruments",
+        ),
+    ];
+    for (key, is, what) in kinds {
+        match fields.get(key) {
+            None => return Err(format!("has no `{key}`")),
+            Some(v) if !is(v) => return Err(format!("has a `{key}` that is not {what}")),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Writes a capture: header first, then frames.
 pub struct CaptureWriter<W: Write> {
     out: W,
@@ -118,8 +149,8 @@ pub fn read(path: &Path) -> anyhow::Result<Capture> {
     let header_bytes = r.bytes(header_len).with_context(|| format!("{file}: header cut short"))?;
     let header: Value = serde_json::from_slice(header_bytes)
         .with_context(|| format!("{file}: the capture header is not JSON"))?;
-    if !header.is_object() {
-        bail!("{file}: the capture header is not a JSON object");
+    if let Err(what) = check_header(&header) {
+        bail!("{file}: the capture header {what}");
     }
     let mut frames: Vec<CapturedFrame> = Vec::new();
     loop {
@@ -434,4 +465,29 @@ async fn play(
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     Ok((capture.frames.len() as u64, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header without what a replay serves (or of the wrong type) is refused by name.
+    #[test]
+    fn a_header_must_hold_what_a_replay_serves() {
+        let whole = json!({"version": VERSION, "started_ns": 1, "server": "127.0.0.1:8080",
+            "channels": ["book.BTC-USD"], "instruments": [{"symbol": "BTC-USD"}]});
+        assert_eq!(check_header(&whole), Ok(()));
+        assert_eq!(check_header(&json!([1])), Err("is not a JSON object".into()));
+        for key in ["version", "started_ns", "server", "channels", "instruments"] {
+            let mut missing = whole.clone();
+            missing.as_object_mut().map(|o| o.remove(key));
+            assert_eq!(check_header(&missing), Err(format!("has no `{key}`")));
+            let mut wrong = whole.clone();
+            wrong[key] = json!({"a": "b"});
+            assert!(check_header(&wrong).is_err_and(|e| e.contains(key)), "{key}");
+        }
+        let mut later = whole.clone();
+        later["version"] = json!(VERSION + 1);
+        assert!(check_header(&later).is_err());
+    }
 }

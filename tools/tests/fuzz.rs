@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use tickgate_tools::capture::{self, CaptureWriter, CapturedFrame, KIND_BINARY};
 
 fn valid_capture() -> Vec<u8> {
-    let header = serde_json::json!({"version": 1, "channels": ["book.BTC-USD"]});
+    let header = serde_json::json!({"version": 1, "started_ns": 0, "server": "127.0.0.1:8080",
+        "channels": ["book.BTC-USD"], "instruments": [{"symbol": "BTC-USD"}]});
     let mut w = CaptureWriter::new(Vec::new(), &header).expect("writer");
     for n in 0..6u8 {
         let frame =
@@ -15,6 +16,16 @@ fn valid_capture() -> Vec<u8> {
         w.frame(&frame).expect("frame");
     }
     w.finish().expect("finish")
+}
+
+/// The capture the fuzzing damages reads whole (else every case would stop at its header).
+#[test]
+fn the_undamaged_capture_reads() {
+    let path = std::env::temp_dir().join(format!("tickgate-fuzz-whole-{}.tgc", std::process::id()));
+    std::fs::write(&path, valid_capture()).expect("write");
+    let read = capture::read(&path).map(|c| c.frames.len());
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(read.ok(), Some(6));
 }
 
 /// `PROPTEST_CASES` when set (a longer run), else `default`.
