@@ -50,7 +50,10 @@ pub enum UsersError {
     #[error("cannot read users file: {0}")]
     Io(#[from] std::io::Error),
     /// The file is not the expected JSON.
-    #[error("users file is not valid: {0}")]
+    #[error(
+        "users file is not valid: {0} (it is a JSON array of \
+         {{\"username\", \"password_hash\" (argon2), \"account\"}} objects)"
+    )]
     Format(#[from] serde_json::Error),
     /// A hash is not an argon2 PHC string, or a name repeats.
     #[error("users file: {0}")]
@@ -91,6 +94,9 @@ impl Users {
     /// Users from a JSON file.
     pub fn from_file(path: &std::path::Path) -> Result<Users, UsersError> {
         let entries: Vec<UserFileEntry> = serde_json::from_slice(&std::fs::read(path)?)?;
+        if entries.is_empty() {
+            return Err(UsersError::Invalid("no users in it: nobody could log in".into()));
+        }
         let mut by_name = HashMap::new();
         for e in entries {
             PasswordHash::new(&e.password_hash)
@@ -405,6 +411,27 @@ mod tests {
     fn test_tokens(secret: &[u8], lifetime: Duration) -> Tokens {
         let sessions = crate::sessions::Sessions::in_memory();
         Tokens::new(Some(secret), lifetime, Duration::from_secs(3600), &users(), sessions)
+    }
+
+    /// A users file that is not one, or holds nobody, refuses the start saying what it
+    /// should be.
+    #[test]
+    fn a_users_file_says_what_is_wrong_with_it() {
+        let path = std::env::temp_dir().join(format!("tickgate-users-{}.json", std::process::id()));
+        let refused = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            Users::from_file(&path).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(refused("username: alice").contains("a JSON array of"), "not JSON");
+        assert!(refused("[]").contains("nobody could log in"));
+        let hash = Users::demo().expect("demo").by_name["alice"].password_hash.clone();
+        std::fs::write(
+            &path,
+            serde_json::json!([{"username": "a", "password_hash": hash, "account": 1}]).to_string(),
+        )
+        .expect("write");
+        assert!(Users::from_file(&path).is_ok_and(|u| u.all().count() == 1));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
