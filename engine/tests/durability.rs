@@ -166,7 +166,7 @@ fn restart_recovers_state_from_snapshot_and_journal_and_continues() {
     let runtime = EngineRuntime::start(config(&tmp.0, 2, 700)).expect("recovers");
     let r = &runtime.recoveries()[0];
     assert!(r.snapshot.is_some() && r.replayed > 0, "{r:?}");
-    assert_eq!(r.torn.as_ref().map(|(_, n)| *n), Some(torn));
+    assert_eq!(r.torn.as_ref().map(|(_, n, written)| (*n, *written)), Some((torn, 11)));
     let handle = runtime.handle();
     assert_eq!(digests(&handle), before);
     assert!(handle.allocate_order_id().0 >= max_id, "order ids continue above the journal's");

@@ -2,6 +2,7 @@
 //! the from-scratch replay that checks a data directory.
 
 use super::*;
+use crate::journal::SegmentScan;
 
 /// What recovery of one shard did.
 #[derive(Clone, Debug, Default)]
@@ -14,8 +15,9 @@ pub struct Recovery {
     pub skipped_snapshots: Vec<String>,
     /// Journal records applied after the snapshot.
     pub replayed: u64,
-    /// Torn tail cut from the last segment: file and bytes.
-    pub torn: Option<(PathBuf, u64)>,
+    /// Torn tail cut from the last segment: file, bytes cut, and of those what the
+    /// unfinished write had put there (the rest is zeroed space the writer prepares).
+    pub torn: Option<(PathBuf, u64, u64)>,
     /// Sequence the next command gets.
     pub next_seq: u64,
     /// Ingest timestamp of the last recovered command (0 if none).
@@ -80,7 +82,7 @@ pub fn recover(
         .map_err(|e| with_skipped_snapshots(e, &report.skipped_snapshots))?;
     if let Some((path, valid, torn)) = replay.torn {
         cut(&path, valid)?;
-        report.torn = Some((path, torn));
+        report.torn = Some((path, torn.torn_bytes, torn.torn_written));
     }
     if replay.records > 0 {
         report.last_ts = replay.last_ts;
@@ -158,8 +160,8 @@ struct Replay {
     records: u64,
     next: u64,
     last_ts: u64,
-    /// Torn tail found: file, valid bytes, torn bytes.
-    torn: Option<(PathBuf, u64, u64)>,
+    /// Torn tail found: file, valid bytes, and the scan that found it.
+    torn: Option<(PathBuf, u64, SegmentScan)>,
 }
 
 /// Commands one hand-over from the reading thread to the replaying one carries.
@@ -264,7 +266,7 @@ fn read_segments(
         next = next.max(first_seq + scan.records);
         out.records += records;
         if scan.torn_bytes > 0 {
-            out.torn = Some((path.clone(), scan.valid_bytes, scan.torn_bytes));
+            out.torn = Some((path.clone(), scan.valid_bytes, scan));
         }
     }
     out.next = next;

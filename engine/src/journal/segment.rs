@@ -58,8 +58,11 @@ pub struct SegmentScan {
     pub records: u64,
     /// Bytes of valid header and records (where a torn tail was cut).
     pub valid_bytes: u64,
-    /// Bytes after the last valid record that were a torn write (last segment only).
+    /// Bytes after the last valid record that were a torn write (last segment only), the
+    /// zeroed space the writer prepares after its batches included.
     pub torn_bytes: u64,
+    /// Of those, up to the last byte that is not zero: what the unfinished write put there.
+    pub torn_written: u64,
 }
 
 /// Reads one segment, calling `each` for every record in order. `expect_seq` is the
@@ -77,7 +80,8 @@ pub fn read_segment(
     if bytes.len() < SEGMENT_HEADER_BYTES {
         if last && SEGMENT_MAGIC.starts_with(&bytes[..bytes.len().min(8)]) {
             // Created but its header never fully reached the disk: nothing in it was acked.
-            return Ok(SegmentScan { records: 0, valid_bytes: 0, torn_bytes: bytes.len() as u64 });
+            let (torn_bytes, torn_written) = torn(&bytes);
+            return Ok(SegmentScan { records: 0, valid_bytes: 0, torn_bytes, torn_written });
         }
         return Err(JournalError::corrupt(path, 0, "segment header is incomplete"));
     }
@@ -103,8 +107,9 @@ pub fn read_segment(
                 // A damaged batch is a torn tail only at the end of the last segment: no
                 // intact batch may follow it.
                 if last && !intact_batch_after(&bytes, at, expect) {
-                    let torn_bytes = (bytes.len() - at) as u64;
-                    return Ok(SegmentScan { records, valid_bytes: at as u64, torn_bytes });
+                    let (torn_bytes, torn_written) = torn(&bytes[at..]);
+                    let valid_bytes = at as u64;
+                    return Ok(SegmentScan { records, valid_bytes, torn_bytes, torn_written });
                 }
                 return Err(JournalError::corrupt(path, at, what));
             }
@@ -112,7 +117,13 @@ pub fn read_segment(
         records += read_batch(path, &bytes, &batch, &mut expect, &mut each)?;
         at = batch.end;
     }
-    Ok(SegmentScan { records, valid_bytes: at as u64, torn_bytes: 0 })
+    Ok(SegmentScan { records, valid_bytes: at as u64, torn_bytes: 0, torn_written: 0 })
+}
+
+/// A torn tail's length, and its length up to its last byte that is not zero.
+fn torn(tail: &[u8]) -> (u64, u64) {
+    let written = tail.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+    (tail.len() as u64, written as u64)
 }
 
 /// Checks a whole segment header (magic, version, shard) and returns its first sequence.

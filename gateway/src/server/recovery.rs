@@ -145,11 +145,13 @@ pub(super) fn log_recovery(config: &Config, runtime: &EngineRuntime) -> bool {
         if let Some(warning) = &r.retention_warning {
             tracing::warn!(shard = r.shard, "{warning}");
         }
-        if let Some((path, bytes)) = &r.torn {
+        if let Some((path, bytes, written)) = &r.torn {
             tracing::warn!(
                 shard = r.shard,
-                "torn journal tail cut: {bytes} bytes at the end of {}",
-                path.display()
+                "torn journal tail cut at the end of {}: an unfinished write of {written} \
+                 bytes (never acknowledged), with the {} zeroed bytes prepared after it",
+                path.display(),
+                bytes - written
             );
         }
         let rate = r.replayed as f64 / r.elapsed.as_secs_f64().max(1e-9);
