@@ -1,7 +1,7 @@
 // The web terminal: one page on the server's own origin, built on the reference client.
 // Market data over one binary WebSocket, account data over REST, alerts over SSE. Paints
 // at most once per animation frame, however fast the feed.
-import { Connection, MSG, decodeBbo, formatFixed, parseFixed } from '/tickgate.js';
+import { Connection, MSG, decodeBbo, formatFixed, parseFixed, replaceRequest } from '/tickgate.js';
 
 const $ = (id) => document.getElementById(id);
 const store = window.sessionStorage;
@@ -479,9 +479,9 @@ $('cancel-all').addEventListener('click', async () => {
 });
 
 async function replaceOrder(o) {
-  const qty = window.prompt(`New open quantity for order ${o.id}`, o.open_qty);
+  const qty = window.prompt(`New open quantity for order ${o.id} (${o.filled_qty} filled so far)`, o.open_qty);
   if (!qty) return;
-  const answer = await conn.request({ op: 'order.replace', order_id: o.id, qty: qty.trim() }, { timeoutMs: ORDER_TIMEOUT_MS });
+  const answer = await conn.request(replaceRequest(o, qty, state.bySymbol.get(o.symbol)), { timeoutMs: ORDER_TIMEOUT_MS });
   if (answer.op === 'error') reportAnswer(`Replace of order ${o.id}`, answer);
   refreshAccount();
 }

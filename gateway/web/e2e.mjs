@@ -230,6 +230,17 @@ try {
     return (await page.textContent('#ticket-result')).match(/order (\d+)/)[1];
   };
 
+  await step('replace asks for a new open quantity and the row shows it', async () => {
+    const id = await placeOpen('1000.00');
+    const row = `#open-orders tr[data-id="${id}"]`;
+    await page.waitForSelector(row);
+    page.once('dialog', (dialog) => dialog.accept('0.0004'));
+    await page.click(`${row} button:not(.cancel)`);
+    await page.waitForFunction((r) => document.querySelector(r)?.children[3]?.textContent === '0.0004', row);
+    await page.click(`${row} button.cancel`);
+    await page.waitForSelector(row, { state: 'detached' });
+  });
+
   await step('cancel all empties open orders', async () => {
     const ids = [];
     for (const price of ['1000.00', '1001.00']) ids.push(await placeOpen(price));

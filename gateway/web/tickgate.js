@@ -171,6 +171,19 @@ export function parseFixed(text, precision) {
   return m[1] ? -raw : raw;
 }
 
+/** The `order.replace` request for a new open quantity `qty` (text as typed) of order `o`
+ * (its REST/WebSocket view) of an instrument `spec`: the order's whole quantity
+ * (`total_qty`), counted from what the view `o` showed as filled, so that a fill landing
+ * after it was shown counts against it instead of adding to the order (10 open,
+ * 8 fill meanwhile, "5": 5 in all, the order ends, not 5 more). Text that is not a
+ * positive quantity goes as typed, for the server to say what is wrong with it. */
+export function replaceRequest(o, qty, spec) {
+  const p = spec?.qty_precision;
+  const [open, filled] = spec ? [parseFixed(qty, p), parseFixed(o.filled_qty, p)] : [null, null];
+  if (open === null || filled === null || open <= 0n) return { op: 'order.replace', order_id: o.id, qty: qty.trim() };
+  return { op: 'order.replace', order_id: o.id, total_qty: formatFixed(open + filled, p) };
+}
+
 /**
  * An L2 book kept from a snapshot and contiguous deltas. `apply` returns false when a
  * message cannot be applied (a sequence gap): the caller must resubscribe, and the book

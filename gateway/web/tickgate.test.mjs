@@ -3,7 +3,7 @@ import { test, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Book, CandleSeries, Connection, MSG, FLAG_RESYNC, TradeTape, decodeFrame, decodeTrade, formatFixed,
-  parseFixed,
+  parseFixed, replaceRequest,
 } from './tickgate.js';
 
 /** One binary message as the server frames it (docs/PROTOCOL.md). */
@@ -432,4 +432,16 @@ test('a book gap resubscribes once, however many deltas arrive before the snapsh
   assert.deepEqual(conn.books.get('A').levels('bids', 5), [[98n, 2n]]);
   assert.equal(socket().sent.length, 0);
   conn.close();
+});
+
+test('a replace asks for the whole quantity, counted from the fills the view showed', () => {
+  const spec = { qty_precision: 4 };
+  const order = { id: 42, open_qty: '0.7000', filled_qty: '0.3000' };
+  assert.deepEqual(replaceRequest(order, ' 0.5 ', spec), { op: 'order.replace', order_id: 42, total_qty: '0.8000' });
+  assert.deepEqual(replaceRequest({ ...order, filled_qty: '0.0000' }, '2', spec), { op: 'order.replace', order_id: 42, total_qty: '2.0000' });
+  // What is not a positive quantity goes as typed: the server names what is wrong with it.
+  for (const typed of ['0', '-1', 'abc', '0.00001']) {
+    assert.deepEqual(replaceRequest(order, typed, spec), { op: 'order.replace', order_id: 42, qty: typed });
+  }
+  assert.deepEqual(replaceRequest(order, '1', undefined), { op: 'order.replace', order_id: 42, qty: '1' });
 });
