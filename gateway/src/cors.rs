@@ -124,15 +124,29 @@ impl Origins {
         }
     }
 
+    /// Headers every answer carries, whoever asks: `nosniff` (a JSON error that echoes the
+    /// request is never read as a page or a script), and under TLS
+    /// `Strict-Transport-Security` (a browser that has been here over HTTPS never tries
+    /// cleartext again, where a token or cookie could be taken).
+    pub fn harden(&self, headers: &mut HeaderMap) {
+        headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        if self.tls {
+            headers
+                .insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
+        }
+    }
+
     /// Whether the server speaks TLS (the cookie's name and `Secure`).
     pub fn tls(&self) -> bool {
         self.tls
     }
 
-    /// [`Origins::answer`]'s headers as raw HTTP/1.1 lines (for the raw SSE path).
+    /// [`Origins::answer`]'s and [`Origins::harden`]'s headers as raw HTTP/1.1 lines (for
+    /// the raw SSE path).
     pub fn raw_headers(&self, origin: Option<&str>) -> String {
         let mut headers = HeaderMap::new();
         self.answer(&mut headers, origin);
+        self.harden(&mut headers);
         let mut out = String::new();
         for (name, value) in &headers {
             if let Ok(v) = value.to_str() {

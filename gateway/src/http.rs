@@ -21,18 +21,21 @@ const DIGEST_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Every response body: a complete one, or an SSE stream.
 pub type HttpBody = crate::sse::HttpBody;
 
-/// Routes one request, and adds the CORS headers its answer needs.
+/// Routes one request, and adds the CORS headers its answer needs and the ones every
+/// answer carries ([`crate::cors::Origins::harden`]).
 pub async fn handle(
     mut req: Request<Incoming>,
     state: Arc<AppState>,
 ) -> Result<Response<HttpBody>, Infallible> {
     crate::request::normalize_uri(&mut req);
-    if let Some(preflight) = state.origins.preflight(&req) {
+    if let Some(mut preflight) = state.origins.preflight(&req) {
+        state.origins.harden(preflight.headers_mut());
         return Ok(preflight.map(HttpBody::Left));
     }
     let origin = crate::cors::origin(&req).map(str::to_owned);
     let mut response = route(req, &state).await;
     state.origins.answer(response.headers_mut(), origin.as_deref());
+    state.origins.harden(response.headers_mut());
     Ok(response)
 }
 

@@ -27,12 +27,18 @@ pub fn asset(path: &str) -> Option<Response<Full<Bytes>>> {
     headers.insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
     // Revalidated on every load: a new server version is picked up at once.
     headers.insert(CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-cache"));
+    // Only this server's own scripts, styles and connections (its WebSocket included:
+    // `'self'` covers `ws:`/`wss:` to the same host), and never inside another site's
+    // frame: the ladder fills on a click, which a framing page could steal
+    // (clickjacking); `X-Frame-Options` says the same to browsers without CSP 2.
     headers.insert(
         "content-security-policy",
         hyper::header::HeaderValue::from_static(
-            "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'",
+            "default-src 'self'; connect-src 'self'; style-src 'self'; script-src 'self'; \
+             frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
     );
+    headers.insert("x-frame-options", hyper::header::HeaderValue::from_static("DENY"));
     Some(response)
 }
 
@@ -47,6 +53,10 @@ mod tests {
             assert_eq!(response.status(), StatusCode::OK);
         }
         assert!(asset("/nope.js").is_none());
+        let page = asset("/").expect("the page");
+        let csp = page.headers()["content-security-policy"].to_str().unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("connect-src 'self';"));
+        assert_eq!(page.headers()["x-frame-options"], "DENY");
         let total: usize = ASSETS.iter().map(|(_, _, b)| b.len()).sum();
         assert!(total < 300 * 1024, "the page stays small: {total} bytes");
     }

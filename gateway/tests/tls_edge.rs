@@ -141,6 +141,9 @@ async fn https_serves_http1_and_http2_with_several_sse_streams_on_one_connection
     .await;
     assert_eq!(status, 200, "{response}");
     assert!(response.contains("BTC-USD"));
+    // A browser that came over HTTPS stays on it; nothing is sniffed as a page.
+    assert_eq!(header(&response, "strict-transport-security"), Some("max-age=31536000"));
+    assert_eq!(header(&response, "x-content-type-options"), Some("nosniff"));
     // A head hyper cannot parse gets the API's JSON error under TLS too.
     let stream = tls(addr, &c).await.expect("handshake");
     let (status, response) = raw(stream, "GET / HTTP/1.1\r\nHost localhost\r\n\r\n").await;
@@ -391,6 +394,10 @@ async fn cors_and_cookie_sessions() {
     assert_eq!(status, 200);
     assert_eq!(header(&response, "access-control-allow-origin"), Some(APP));
     assert!(header(&response, "vary").unwrap().contains("Origin"));
+    assert_eq!(header(&response, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(header(&response, "strict-transport-security"), None, "cleartext: no HSTS");
+    let (status, response) = call(addr, "GET", "/api/v1/nope", "", None).await;
+    assert_eq!((status, header(&response, "x-content-type-options")), (404, Some("nosniff")));
     let (status, response) =
         call(addr, "GET", "/api/v1/instruments", &format!("Origin: {EVIL}\r\n"), None).await;
     assert_eq!(status, 200);
