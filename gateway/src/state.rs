@@ -23,8 +23,9 @@ pub struct AppState {
     pub users: crate::auth::Users,
     /// Token issuing and checking.
     pub tokens: Arc<crate::auth::Tokens>,
-    /// Per-user REST request rate.
-    pub rest_limit: crate::throttle::UserRateLimit,
+    /// Per-user request rate: REST requests and WebSocket order requests draw on it alike
+    /// (the same as [`WsContext::user_rate`]).
+    pub rest_limit: Arc<crate::throttle::UserRateLimit>,
     /// Users' orders and fills.
     pub orders: Arc<crate::orders::OrderStore>,
     /// Users' alert histories and price alerts.
@@ -101,4 +102,7 @@ pub struct WsContext {
     pub links: Arc<crate::fanout::link::LinkConfig>,
     /// On a gateway node: whether its market data is stale (connections tell clients).
     pub market: Option<watch::Receiver<bool>>,
+    /// Per-user request rate, shared with REST: a user's order requests over any number of
+    /// connections count against one budget.
+    pub user_rate: Arc<crate::throttle::UserRateLimit>,
 }

@@ -307,6 +307,16 @@ async fn per_user_rate_limit_answers_429_with_retry_after() {
     assert_eq!(status, 429, "{response}");
     assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
     assert_eq!(body_json(&response)["error"]["code"], "rate_limited");
+    // Order requests over WebSocket draw on the same budget: another socket, or several,
+    // do not get the user more.
+    let mut ws = connect(&server, &format!("?token={}", alice.token)).await;
+    let order = json!({"op": "order.new", "id": 1, "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1000.00", "qty": "0.0010"});
+    let refused = request(&mut ws, order).await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("rate_limited")),
+        "{refused}"
+    );
     // Another user has a bucket of their own; the public API is not per-user limited.
     assert_eq!(bob.call("GET", "/api/v1/positions", None, "").await.0, 200);
     assert_eq!(alice.call("GET", "/api/v1/instruments", None, "").await.0, 200);

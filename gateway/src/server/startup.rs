@@ -537,6 +537,8 @@ pub(super) fn app_state(
         orders: Arc::clone(&loaded.orders),
         keys: serving.keys,
     };
+    let user_rate =
+        Arc::new(crate::throttle::UserRateLimit::new(config.rest_rate, config.rest_burst));
     let ws = Arc::new(WsContext {
         directory: Arc::clone(&c.directory),
         metrics: Arc::clone(&c.metrics),
@@ -558,6 +560,7 @@ pub(super) fn app_state(
             clock: Arc::clone(&config.clock),
         }),
         market: serving.market,
+        user_rate: Arc::clone(&user_rate),
     });
     let tls = loaded.tls.is_some();
     Ok(Arc::new(AppState {
@@ -567,7 +570,7 @@ pub(super) fn app_state(
         users: loaded.users,
         tokens,
         orders: loaded.orders,
-        rest_limit: crate::throttle::UserRateLimit::new(config.rest_rate, config.rest_burst),
+        rest_limit: user_rate,
         alerts: Arc::clone(&c.alerts),
         sse: config.sse.clone(),
         digest_gate: Default::default(),

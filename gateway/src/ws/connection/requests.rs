@@ -142,6 +142,16 @@ impl Conn {
             let message = "order entry needs an authenticated connection (?token= or auth)".into();
             return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
         };
+        // One budget per user, whatever the connections and REST: ten sockets with one
+        // token do not get ten times the rate.
+        if let Err(wait) = self.ctx.user_rate.check(account.0) {
+            let message = format!(
+                "too many requests for this user (REST and WebSocket order requests share one \
+                 rate); retry in {} ms",
+                wait.as_millis().max(1)
+            );
+            return self.error(RequestError { id, code: ErrorCode::RateLimited, message });
+        }
         let answers = self
             .answers
             .get_or_insert_with(|| tokio::sync::mpsc::channel(ANSWERS_IN_FLIGHT_MAX))
