@@ -102,6 +102,11 @@ pub struct Flags {
     /// Open WebSocket connections at most (more get HTTP 503).
     #[arg(long, env = "TICKGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = within::<usize>(1..=1_000_000))]
     pub max_connections: usize,
+    /// Of --max-connections, how many are kept for connections that bring a token or the
+    /// session cookie to the upgrade (at most a tenth of --max-connections is kept):
+    /// anonymous ones get 503 that many short.
+    #[arg(long, env = "TICKGATE_WS_RESERVED_FOR_USERS", default_value_t = 100, value_parser = within::<usize>(0..=1_000_000))]
+    pub ws_reserved_for_users: usize,
     /// Subscriptions per WebSocket connection at most.
     #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = 64, value_parser = within::<usize>(1..=4_096))]
     pub max_subscriptions: usize,
@@ -555,6 +560,7 @@ fn ws_limits(f: &Flags) -> WsLimits {
     let ms = Duration::from_millis;
     WsLimits {
         connections_max: f.max_connections,
+        reserved_for_users: f.ws_reserved_for_users,
         subscriptions_per_connection_max: f.max_subscriptions,
         ws_message_bytes_max: f.ws_message_bytes_max,
         inbound_rate_per_sec: f.ws_rate,

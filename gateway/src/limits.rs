@@ -8,6 +8,10 @@ use std::time::Duration;
 pub struct WsLimits {
     /// Open WebSocket connections at most; more get HTTP 503 before the upgrade.
     pub connections_max: usize,
+    /// Of those, kept for connections that bring credentials at the upgrade (a token or
+    /// the session cookie): anonymous ones stop this many short (at most a tenth of
+    /// `connections_max`), so a flood of anonymous sockets never locks traders out.
+    pub reserved_for_users: usize,
     /// Subscriptions one connection may hold.
     pub subscriptions_per_connection_max: usize,
     /// Largest inbound message; larger closes with 1009.
@@ -44,10 +48,19 @@ pub struct WsLimits {
     pub unread_bytes_total: u64,
 }
 
+impl WsLimits {
+    /// Open connections past which an anonymous upgrade is refused.
+    pub fn anonymous_max(&self) -> usize {
+        let reserved = self.reserved_for_users.min(self.connections_max / 10);
+        self.connections_max - reserved
+    }
+}
+
 impl Default for WsLimits {
     fn default() -> Self {
         WsLimits {
             connections_max: 10_000,
+            reserved_for_users: 100,
             subscriptions_per_connection_max: 64,
             ws_message_bytes_max: 4096,
             inbound_rate_per_sec: 20,

@@ -206,6 +206,44 @@ async fn ping_and_pong_floods_are_rate_limited_like_messages() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// Anonymous connections stop short of the limit: a flood of them never locks out a user
+/// who brings a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_connections_are_kept_for_signed_in_users() {
+    let server = start(|c| {
+        c.ws.connections_max = 20;
+        c.ws.reserved_for_users = 100; // at most a tenth of 20: 2
+    })
+    .await;
+    let addr = server.local_addr();
+    let mut anonymous = Vec::new();
+    for _ in 0..18 {
+        anonymous.push(connect(&server, "").await);
+    }
+    let upgrade = |query: &str| {
+        format!(
+            "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: upgrade, close\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let (status, response) = http_raw(addr, &upgrade("")).await;
+    assert_eq!(status, 503, "{response}");
+    assert!(body_json(&response)["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("signed-in")));
+    let alice = Api::login(addr, 0).await;
+    let token = format!("?token={}", alice.token);
+    let mut users = vec![connect(&server, &token).await, connect(&server, &token).await];
+    let (status, response) = http_raw(addr, &upgrade(&token)).await;
+    assert_eq!(
+        (status, body_json(&response)["error"]["code"].as_str()),
+        (503, Some("too_many_connections"))
+    );
+    let ping = request(&mut users[0], serde_json::json!({"op": "ping", "id": 1})).await;
+    assert_eq!(ping["op"], "pong");
+    drop((anonymous, users));
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_and_http_errors_are_json() {
     let server = start(|c| c.ws.connections_max = 2).await;

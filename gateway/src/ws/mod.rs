@@ -72,11 +72,23 @@ pub fn upgrade(
     };
     // Reserve a slot before answering so concurrent upgrades cannot overshoot the limit.
     let metrics = &ctx.metrics;
-    let open = metrics.ws_connections.fetch_add(1, Ordering::AcqRel);
-    if open as usize >= ctx.limits.connections_max || *ctx.shutdown.borrow() {
+    let open = metrics.ws_connections.fetch_add(1, Ordering::AcqRel) as usize;
+    // A connection that brings no credentials (or refused ones) stops short of the limit:
+    // the last slots are kept for traders.
+    let limit = match claims {
+        Some(_) => ctx.limits.connections_max,
+        None => ctx.limits.anonymous_max(),
+    };
+    if open >= limit || *ctx.shutdown.borrow() {
         metrics.ws_connections.fetch_sub(1, Ordering::AcqRel);
         metrics.ws_rejected_total.fetch_add(1, Ordering::Relaxed);
-        return ApiError::new(ErrorCode::TooManyConnections, "connection limit reached").response();
+        let message = if open < ctx.limits.connections_max && !*ctx.shutdown.borrow() {
+            "connection limit reached for connections without a token (the rest are kept for \
+             signed-in users)"
+        } else {
+            "connection limit reached"
+        };
+        return ApiError::new(ErrorCode::TooManyConnections, message).response();
     }
     let upgraded = handshake_flaw(&req).map_or_else(
         || fastwebsockets::upgrade::upgrade(&mut req).map_err(|e| e.to_string()),
