@@ -107,6 +107,9 @@ pub struct Flags {
     /// anonymous ones get 503 that many short.
     #[arg(long, env = "TICKGATE_WS_RESERVED_FOR_USERS", default_value_t = 100, value_parser = within::<usize>(0..=1_000_000))]
     pub ws_reserved_for_users: usize,
+    /// Open orders one account may have; a new order past it is refused `limit_exceeded`.
+    #[arg(long, env = "TICKGATE_OPEN_ORDERS_MAX", default_value_t = 1_000, value_parser = within::<usize>(1..=1_000_000))]
+    pub open_orders_max: usize,
     /// Subscriptions per WebSocket connection at most.
     #[arg(long, env = "TICKGATE_MAX_SUBSCRIPTIONS", default_value_t = 64, value_parser = within::<usize>(1..=4_096))]
     pub max_subscriptions: usize,
@@ -302,6 +305,8 @@ pub struct Config {
     pub replay: Option<(std::path::PathBuf, Option<f64>)>,
     /// The stamps replayed commands get.
     pub replay_stamps: tickgate_feed::ReplayStamps,
+    /// Open orders one account may have.
+    pub open_orders_max: usize,
     /// Synthetic flow seed.
     pub seed: u64,
     /// Instrument shown in the summary line; `None` turns the summary off.
@@ -382,6 +387,7 @@ impl TryFrom<Flags> for Config {
                 .replay
                 .filter(|_| !gateway)
                 .map(|dir| (dir, (f.replay_speed > 0.0).then_some(f.replay_speed))),
+            open_orders_max: f.open_orders_max,
             replay_stamps: match f.replay_stamps.as_str() {
                 "clock" => tickgate_feed::ReplayStamps::Clock,
                 _ => tickgate_feed::ReplayStamps::Recorded,

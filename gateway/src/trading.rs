@@ -232,6 +232,9 @@ pub struct Trading {
     pub orders: Arc<OrderStore>,
     /// Idempotency keys (this process's copy of the engine's).
     pub keys: Arc<KeyCache>,
+    /// Open orders an account may have (`--open-orders-max`): a new one past it is refused
+    /// `limit_exceeded` (the engine's books and every node's store hold them all).
+    pub open_orders_max: usize,
 }
 
 impl Trading {
@@ -310,6 +313,18 @@ impl Trading {
             }
         }
         let id = order.order_id;
+        // Here, where a retry of a keyed order was answered already: a retry is never
+        // refused for the orders placed since.
+        if self.orders.open_count(account) >= self.open_orders_max {
+            if let Some((key, _)) = keyed {
+                self.keys.release(account, key, id);
+            }
+            let message = format!(
+                "at most {} open orders per account: cancel some first",
+                self.open_orders_max
+            );
+            return Err(ApiError::new(ErrorCode::LimitExceeded, message));
+        }
         let verdict = match self.submit_and_wait(id, Awaiting::New, CommandKind::New(order)).await {
             // Placed through another gateway, whose request the engine node had first: that
             // order is the answer (this node's replica has it, or soon will).

@@ -230,6 +230,48 @@ async fn replace_over_rest() {
     assert_eq!((status, closed["error"]["code"].as_str()), (409, Some("order_closed")));
 }
 
+/// An account's open orders are bounded; a keyed retry still answers its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_orders_are_bounded_per_account() {
+    let server = start(|c| c.open_orders_max = 3).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let bid = |price: &str| json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": price, "qty": "0.0010"});
+    let (status, first) = alice
+        .call("POST", "/api/v1/orders", Some(bid("1000.00")), "Idempotency-Key: cap-1\r\n")
+        .await;
+    assert_eq!(status, 201, "{first}");
+    for price in ["1001.00", "1002.00"] {
+        assert_eq!(alice.order(bid(price)).await.0, 201);
+    }
+    let (status, refused) = alice.order(bid("1003.00")).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("limit_exceeded")),
+        "{refused}"
+    );
+    // The retry of an order placed before is its answer, not a refusal.
+    let (status, again) = alice
+        .call("POST", "/api/v1/orders", Some(bid("1000.00")), "Idempotency-Key: cap-1\r\n")
+        .await;
+    assert_eq!((status, &again["id"]), (201, &first["id"]), "{again}");
+    // A key refused for the bound is free for a later attempt.
+    let (status, _) = alice
+        .call("POST", "/api/v1/orders", Some(bid("1004.00")), "Idempotency-Key: cap-2\r\n")
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(bob.order(bid("1003.00")).await.0, 201, "another account has its own bound");
+    assert_eq!(
+        alice.call("DELETE", &format!("/api/v1/orders/{}", first["id"]), None, "").await.0,
+        200
+    );
+    let (status, placed) = alice
+        .call("POST", "/api/v1/orders", Some(bid("1004.00")), "Idempotency-Key: cap-2\r\n")
+        .await;
+    assert_eq!(status, 201, "{placed}");
+    server.shutdown().await.expect("clean shutdown");
+}
+
 /// A replace's quantity never adds back what has filled: `qty` counts from the fills the
 /// server knows, `total_qty` is the order's whole quantity, and a total at or below what
 /// has filled ends the order.

@@ -43,6 +43,11 @@ impl AccountState {
         self.orders.insert(view.id, view);
     }
 
+    /// How many of its orders are open.
+    pub(super) fn open_count(&self) -> usize {
+        self.orders.len() - self.closed.len()
+    }
+
     /// Forgets the oldest closed order, if any.
     fn forget_oldest_closed(&mut self) {
         if let Some(place) = self.closed.pop_first() {

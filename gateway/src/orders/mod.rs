@@ -445,6 +445,12 @@ impl OrderStore {
         }
     }
 
+    /// How many orders of `account` are open.
+    pub fn open_count(&self, account: AccountId) -> usize {
+        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        accounts.get(&account).map_or(0, AccountState::open_count)
+    }
+
     /// One order of `account`.
     pub fn order(&self, account: AccountId, id: OrderId) -> Option<OrderView> {
         let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());

@@ -536,6 +536,7 @@ pub(super) fn app_state(
         route: serving.route,
         orders: Arc::clone(&loaded.orders),
         keys: serving.keys,
+        open_orders_max: config.open_orders_max,
     };
     let user_rate =
         Arc::new(crate::throttle::UserRateLimit::new(config.rest_rate, config.rest_burst));
