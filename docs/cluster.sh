@@ -6,7 +6,9 @@
 # public market data only. NATS listens on 127.0.0.1:4222 (monitoring: :8222).
 # Environment: NATS_PORT, NATS_MONITOR_PORT, ENGINE_PORT, GATEWAY_PORTS ("8081 8082"),
 # DATA_DIR, FEED_RATE, TICKGATE_JWT_SECRET (shared by every node; a random one per run by
-# default), BIN (a tickgate binary to run instead of building one from this tree).
+# default), TICKGATE_NATS_TOKEN (the broker's token, which every node presents: anything
+# that can publish on the subjects can place orders for any account; a random one per run
+# by default), BIN (a tickgate binary to run instead of building one from this tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v nats-server >/dev/null || { echo "needs nats-server (apt-get install nats-server)" >&2; exit 1; }
@@ -21,9 +23,10 @@ engine_port=${ENGINE_PORT:-8080}
 gateway_ports=${GATEWAY_PORTS:-"8081 8082"}
 data=${DATA_DIR:-./data-cluster}
 export TICKGATE_JWT_SECRET=${TICKGATE_JWT_SECRET:-$(head -c 32 /dev/urandom | base64)}
+export TICKGATE_NATS_TOKEN=${TICKGATE_NATS_TOKEN:-$(head -c 24 /dev/urandom | base64 | tr -d '/+=')}
 pids=()
 trap 'kill -INT "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
-nats-server -a 127.0.0.1 -p "$nats_port" -m "${NATS_MONITOR_PORT:-8222}" &
+nats-server -a 127.0.0.1 -p "$nats_port" -m "${NATS_MONITOR_PORT:-8222}" --auth "$TICKGATE_NATS_TOKEN" &
 pids+=($!)
 sleep 0.5
 nats=nats://127.0.0.1:$nats_port

@@ -194,6 +194,13 @@ pub async fn connect(
     config: &ClusterConfig,
     stats: std::sync::Arc<ClusterStats>,
 ) -> anyhow::Result<async_nats::Client> {
+    if config.creds.is_none() && config.token.is_none() && !config.url.contains('@') {
+        tracing::warn!(
+            "NATS without credentials (--nats-token, --nats-creds or user@ in the URL): any \
+             process that reaches the broker reads every order and can place orders for any \
+             account (docs/OPERATIONS.md, Scale-out, Access)"
+        );
+    }
     let events = std::sync::Arc::clone(&stats);
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("tickgate-{}", config.node))
