@@ -107,6 +107,10 @@ pub struct Flags {
     /// anonymous ones get 503 that many short.
     #[arg(long, env = "TICKGATE_WS_RESERVED_FOR_USERS", default_value_t = 100, value_parser = within::<usize>(0..=1_000_000))]
     pub ws_reserved_for_users: usize,
+    /// WebSocket connections one user may hold authenticated at once (more: 503 at the
+    /// upgrade, or `limit_exceeded` for `auth`).
+    #[arg(long, env = "TICKGATE_WS_CONNECTIONS_PER_USER", default_value_t = 64, value_parser = within::<usize>(1..=1_000_000))]
+    pub ws_connections_per_user: usize,
     /// Open orders one account may have; a new order past it is refused `limit_exceeded`.
     #[arg(long, env = "TICKGATE_OPEN_ORDERS_MAX", default_value_t = 1_000, value_parser = within::<usize>(1..=1_000_000))]
     pub open_orders_max: usize,
@@ -567,6 +571,7 @@ fn ws_limits(f: &Flags) -> WsLimits {
     WsLimits {
         connections_max: f.max_connections,
         reserved_for_users: f.ws_reserved_for_users,
+        connections_per_user_max: f.ws_connections_per_user,
         subscriptions_per_connection_max: f.max_subscriptions,
         ws_message_bytes_max: f.ws_message_bytes_max,
         inbound_rate_per_sec: f.ws_rate,

@@ -12,6 +12,9 @@ pub struct WsLimits {
     /// the session cookie): anonymous ones stop this many short (at most a tenth of
     /// `connections_max`), so a flood of anonymous sockets never locks traders out.
     pub reserved_for_users: usize,
+    /// Connections one user (account) may hold authenticated at once; more are refused at
+    /// the upgrade (`503`) or by `auth` (`limit_exceeded`, the connection stays public).
+    pub connections_per_user_max: usize,
     /// Subscriptions one connection may hold.
     pub subscriptions_per_connection_max: usize,
     /// Largest inbound message; larger closes with 1009.
@@ -61,6 +64,7 @@ impl Default for WsLimits {
         WsLimits {
             connections_max: 10_000,
             reserved_for_users: 100,
+            connections_per_user_max: 64,
             subscriptions_per_connection_max: 64,
             ws_message_bytes_max: 4096,
             inbound_rate_per_sec: 20,
@@ -104,5 +108,68 @@ impl Default for SseLimits {
             retry: Duration::from_secs(2),
             backlog_max: 1_024,
         }
+    }
+}
+
+/// How many connections each account holds authenticated, against a bound.
+#[derive(Debug, Default)]
+pub struct UserConnections {
+    held: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+}
+
+/// One account's connection, counted until dropped.
+#[derive(Debug)]
+pub struct UserSlot {
+    users: std::sync::Arc<UserConnections>,
+    account: u32,
+}
+
+impl UserConnections {
+    /// A slot for `account` if it holds fewer than `max`.
+    pub fn take(self: &std::sync::Arc<Self>, account: u32, max: usize) -> Option<UserSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(account).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot { users: std::sync::Arc::clone(self), account })
+    }
+
+    /// How many `account` holds.
+    pub fn held(&self, account: u32) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&account).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut held = self.users.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.account) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.account);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_holds_at_most_its_bound_and_a_dropped_slot_frees_one() {
+        let users = std::sync::Arc::new(UserConnections::default());
+        let (a, b) = (users.take(1, 2).expect("one"), users.take(1, 2).expect("two"));
+        assert!(users.take(1, 2).is_none(), "a third is refused");
+        let other = users.take(2, 2).expect("another account has its own bound");
+        drop(a);
+        assert_eq!(users.held(1), 1);
+        let c = users.take(1, 2).expect("a freed slot is taken again");
+        drop((b, c, other));
+        assert_eq!((users.held(1), users.held(2)), (0, 0));
+        assert!(users.held.lock().unwrap().is_empty(), "no entry kept for nobody");
     }
 }

@@ -105,4 +105,6 @@ pub struct WsContext {
     /// Per-user request rate, shared with REST: a user's order requests over any number of
     /// connections count against one budget.
     pub user_rate: Arc<crate::throttle::UserRateLimit>,
+    /// Authenticated connections per user.
+    pub user_connections: Arc<crate::limits::UserConnections>,
 }

@@ -244,6 +244,50 @@ async fn the_last_connections_are_kept_for_signed_in_users() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// One user's connections are bounded, at the upgrade and by `auth`; a closed one frees
+/// its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_holds_a_bounded_number_of_connections() {
+    let server = start(|c| c.ws.connections_per_user_max = 2).await;
+    let addr = server.local_addr();
+    let (alice, bob) = (Api::login(addr, 0).await, Api::login(addr, 1).await);
+    let token = format!("?token={}", alice.token);
+    let first = connect(&server, &token).await;
+    let _second = connect(&server, &token).await;
+    let upgrade = format!(
+        "GET /ws{token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: upgrade, close\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let (status, response) = http_raw(addr, &upgrade).await;
+    assert_eq!(status, 503, "{response}");
+    assert!(body_json(&response)["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("per user")));
+    // `auth` on a public connection: refused, and the connection stays public and open.
+    let mut public = connect(&server, "").await;
+    let refused =
+        request(&mut public, serde_json::json!({"op": "auth", "id": 1, "token": alice.token}))
+            .await;
+    assert_eq!(refused["code"], "limit_exceeded", "{refused}");
+    let ping = request(&mut public, serde_json::json!({"op": "ping", "id": 2})).await;
+    assert_eq!(ping["op"], "pong");
+    // Another user has places of their own; a closed connection frees one.
+    let _bobs = connect(&server, &format!("?token={}", bob.token)).await;
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        let answer =
+            request(&mut public, serde_json::json!({"op": "auth", "id": 3, "token": alice.token}))
+                .await;
+        if answer["op"] == "authenticated" {
+            again = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "the place of a closed connection was never freed");
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_and_http_errors_are_json() {
     let server = start(|c| c.ws.connections_max = 2).await;

@@ -562,6 +562,7 @@ pub(super) fn app_state(
         }),
         market: serving.market,
         user_rate: Arc::clone(&user_rate),
+        user_connections: Arc::default(),
     });
     let tls = loaded.tls.is_some();
     Ok(Arc::new(AppState {

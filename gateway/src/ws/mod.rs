@@ -70,6 +70,22 @@ pub fn upgrade(
             .response()
         }
     };
+    // A user's connections are bounded too (one token opening thousands would take the
+    // slots the reserve below keeps for everyone's traders).
+    let user_slot = match &claims {
+        Some(c) => match ctx.user_connections.take(c.acc, ctx.limits.connections_per_user_max) {
+            Some(slot) => Some(slot),
+            None => {
+                ctx.metrics.ws_rejected_total.fetch_add(1, Ordering::Relaxed);
+                let message = format!(
+                    "at most {} connections per user: close one first",
+                    ctx.limits.connections_per_user_max
+                );
+                return ApiError::new(ErrorCode::TooManyConnections, message).response();
+            }
+        },
+        None => None,
+    };
     // Reserve a slot before answering so concurrent upgrades cannot overshoot the limit.
     let metrics = &ctx.metrics;
     let open = metrics.ws_connections.fetch_add(1, Ordering::AcqRel) as usize;
@@ -134,7 +150,8 @@ pub fn upgrade(
         let Some((io, read_buf, tls)) = take_stream(upgraded) else {
             return tracing::error!("upgraded connection is neither TCP nor TLS over TCP");
         };
-        connection::run(io, read_buf, format, interval, claims, tls, ctx).await;
+        let user = claims.zip(user_slot);
+        connection::run(io, read_buf, format, interval, user, tls, ctx).await;
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))

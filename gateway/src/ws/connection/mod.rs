@@ -56,10 +56,11 @@ pub async fn run(
     read_buf: Bytes,
     format: Format,
     interval: Duration,
-    claims: Option<crate::auth::Claims>,
+    user: Option<(crate::auth::Claims, crate::limits::UserSlot)>,
     tls: Option<Box<rustls::ServerConnection>>,
     ctx: &Arc<WsContext>,
 ) {
+    let (claims, user_slot) = user.unzip();
     let _ = stream.set_nodelay(true);
     // A fixed send buffer bounds kernel memory per client and makes a client that stops
     // reading visible to the writer quickly (autotuning would grow it to megabytes).
@@ -95,6 +96,7 @@ pub async fn run(
         scratch: Vec::new(),
         account: claims.as_ref().map(|c| AccountId(c.acc)),
         session: claims.map(|c| crate::auth::SessionWatch::new(Arc::clone(&ctx.tokens), c)),
+        user_slot,
         answers: None,
         orders: None,
         cancel_on_disconnect: None,
@@ -316,6 +318,9 @@ struct Conn {
     account: Option<AccountId>,
     /// Its session: the connection closes with 4003 when it is revoked.
     session: Option<crate::auth::SessionWatch>,
+    /// Its place among the user's connections (`--ws-connections-per-user`), given back
+    /// when the connection ends.
+    user_slot: Option<crate::limits::UserSlot>,
     /// Order-entry answers come back from their tasks through here; created by the first
     /// order request (a channel preallocates ~1 KB, and most connections never trade).
     answers: Option<Answers>,

@@ -84,6 +84,16 @@ impl Conn {
         }
         match self.ctx.tokens.verify(token) {
             Ok(claims) => {
+                let max = self.ctx.limits.connections_per_user_max;
+                let Some(slot) = self.ctx.user_connections.take(claims.acc, max) else {
+                    let message = format!("at most {max} connections per user: close one first");
+                    return self.error(RequestError {
+                        id,
+                        code: ErrorCode::LimitExceeded,
+                        message,
+                    });
+                };
+                self.user_slot = Some(slot);
                 self.account = Some(AccountId(claims.acc));
                 let fields = serde_json::json!({ "username": claims.sub, "account": claims.acc });
                 let tokens = Arc::clone(&self.ctx.tokens);
