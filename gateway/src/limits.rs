@@ -111,45 +111,57 @@ impl Default for SseLimits {
     }
 }
 
-/// How many connections each account holds authenticated, against a bound.
-#[derive(Debug, Default)]
-pub struct UserConnections {
-    held: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
-}
-
-/// One account's connection, counted until dropped.
+/// How many places each key (an account, a client address) holds, against a bound given
+/// at each take; a place is given back when its [`Counted`] slot is dropped.
 #[derive(Debug)]
-pub struct UserSlot {
-    users: std::sync::Arc<UserConnections>,
-    account: u32,
+pub struct Counts<K> {
+    held: std::sync::Mutex<std::collections::HashMap<K, usize>>,
 }
 
-impl UserConnections {
-    /// A slot for `account` if it holds fewer than `max`.
-    pub fn take(self: &std::sync::Arc<Self>, account: u32, max: usize) -> Option<UserSlot> {
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts { held: std::sync::Mutex::default() }
+    }
+}
+
+/// One place of a key, held until dropped.
+#[derive(Debug)]
+pub struct Counted<K: std::hash::Hash + Eq + Copy> {
+    counts: std::sync::Arc<Counts<K>>,
+    key: K,
+}
+
+/// Authenticated WebSocket connections per account (`--ws-connections-per-user`).
+pub type UserConnections = Counts<u32>;
+/// One account's authenticated connection.
+pub type UserSlot = Counted<u32>;
+
+impl<K: std::hash::Hash + Eq + Copy> Counts<K> {
+    /// A place for `key` if it holds fewer than `max`.
+    pub fn take(self: &std::sync::Arc<Self>, key: K, max: usize) -> Option<Counted<K>> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let n = held.entry(account).or_default();
+        let n = held.entry(key).or_default();
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(UserSlot { users: std::sync::Arc::clone(self), account })
+        Some(Counted { counts: std::sync::Arc::clone(self), key })
     }
 
-    /// How many `account` holds.
-    pub fn held(&self, account: u32) -> usize {
+    /// How many places `key` holds.
+    pub fn held(&self, key: K) -> usize {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.get(&account).copied().unwrap_or(0)
+        held.get(&key).copied().unwrap_or(0)
     }
 }
 
-impl Drop for UserSlot {
+impl<K: std::hash::Hash + Eq + Copy> Drop for Counted<K> {
     fn drop(&mut self) {
-        let mut held = self.users.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.account) {
+        let mut held = self.counts.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                held.remove(&self.account);
+                held.remove(&self.key);
             }
         }
     }

@@ -10,6 +10,23 @@ use serde_json::json;
 use tickgate_engine::durable::{self, DurabilityConfig};
 use tickgate_gateway::server::engine_spec;
 
+/// The replaying server's state digest once its replay has submitted and applied all
+/// `commands` (bounded: a replay that never ends fails the test).
+async fn replayed_state(replaying: &tickgate_gateway::Server, commands: u64) -> u64 {
+    let stats = std::sync::Arc::clone(replaying.replay().expect("replay running").stats());
+    let engine = replaying.engine().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = stats.done.load(std::sync::atomic::Ordering::Acquire);
+        let digest = engine.digest(0).expect("running");
+        if done && digest.counters.commands == commands {
+            return digest.state;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replay did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_journal_reaches_the_recorded_state() {
     let dir = std::env::temp_dir().join(format!("tickgate-replay-{}", std::process::id()));
@@ -48,37 +65,16 @@ async fn a_replayed_journal_reaches_the_recorded_state() {
         c.replay_stamps = tickgate_feed::ReplayStamps::Clock;
     })
     .await;
-    let stats = std::sync::Arc::clone(replaying.replay().expect("replay running").stats());
-    let engine = replaying.engine().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = stats.done.load(std::sync::atomic::Ordering::Acquire);
-        let digest = engine.digest(0).expect("running");
-        if done && digest.counters.commands == recorded.journal_seq {
-            assert_ne!(digest.state, recorded.state, "the keys' times are this server's");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "replay did not finish");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let state = replayed_state(&replaying, recorded.journal_seq).await;
+    assert_ne!(state, recorded.state, "the keys' times are this server's");
     replaying.shutdown().await.expect("clean stop");
 
     // With the recording's stamps (the default): the recorded state.
     let replaying = start(|c| c.replay = Some((dir.clone(), None))).await;
-    let stats = std::sync::Arc::clone(replaying.replay().expect("replay running").stats());
+    let stats = replaying.replay().expect("replay running").stats();
     assert_eq!(stats.total.load(std::sync::atomic::Ordering::Relaxed), recorded.journal_seq);
-    let engine = replaying.engine().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = stats.done.load(std::sync::atomic::Ordering::Acquire);
-        let digest = engine.digest(0).expect("running");
-        if done && digest.counters.commands == recorded.journal_seq {
-            assert_eq!(digest.state, recorded.state, "the replay reaches the recorded state");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "replay did not finish");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let state = replayed_state(&replaying, recorded.journal_seq).await;
+    assert_eq!(state, recorded.state, "the replay reaches the recorded state");
     // New orders get ids above every replayed one.
     let alice = Api::login(replaying.local_addr(), 0).await;
     let (status, placed) = alice

@@ -119,13 +119,7 @@ impl Harness {
     }
 
     pub fn replace(&mut self, account: u32, id: OrderId, price: i64, qty: i64) -> Vec<Event> {
-        self.run(CommandKind::Replace(ReplaceOrder {
-            order_id: id,
-            account: AccountId(account),
-            instrument: MKT,
-            price: Price(price),
-            qty: ReplaceQty::Open(Qty(qty)),
-        }))
+        self.replace_as(account, id, price, ReplaceQty::Open(Qty(qty)))
     }
 
     /// A replace whose quantity is the order's total ([`ReplaceQty::Total`]).
@@ -136,13 +130,12 @@ impl Harness {
         price: i64,
         total: i64,
     ) -> Vec<Event> {
-        self.run(CommandKind::Replace(ReplaceOrder {
-            order_id: id,
-            account: AccountId(account),
-            instrument: MKT,
-            price: Price(price),
-            qty: ReplaceQty::Total(Qty(total)),
-        }))
+        self.replace_as(account, id, price, ReplaceQty::Total(Qty(total)))
+    }
+
+    fn replace_as(&mut self, account: u32, id: OrderId, price: i64, qty: ReplaceQty) -> Vec<Event> {
+        let (order_id, account, instrument, price) = (id, AccountId(account), MKT, Price(price));
+        self.run(CommandKind::Replace(ReplaceOrder { order_id, account, instrument, price, qty }))
     }
 
     pub fn balance(&self, account: u32, asset: AssetId) -> Balance {

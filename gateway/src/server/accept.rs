@@ -1,7 +1,6 @@
 //! Accepting connections: the pending-handshake limit, TLS, HTTP/1.1 and HTTP/2, and the
 //! hand-over of SSE streams and WebSocket upgrades.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,15 +32,14 @@ pub(super) struct Handshake {
 /// place (`/healthz` and everyone else would be refused with it).
 pub(super) struct PendingPlaces {
     all: Arc<Semaphore>,
-    per_address_max: u32,
-    by_address: std::sync::Mutex<HashMap<IpAddr, u32>>,
+    per_address_max: usize,
+    by_address: Arc<crate::limits::Counts<IpAddr>>,
 }
 
 /// A connection's place among those without a request head yet.
 pub(crate) struct Place {
     _permit: OwnedSemaphorePermit,
-    places: Arc<PendingPlaces>,
-    address: IpAddr,
+    _address: crate::limits::Counted<IpAddr>,
 }
 
 /// Why a connection got no place.
@@ -53,37 +51,21 @@ pub(super) enum NoPlace {
 
 impl PendingPlaces {
     pub(super) fn new(all: usize, per_address: u32) -> Arc<Self> {
-        let by_address = std::sync::Mutex::new(HashMap::new());
         Arc::new(PendingPlaces {
             all: Arc::new(Semaphore::new(all)),
-            per_address_max: per_address,
-            by_address,
+            per_address_max: per_address as usize,
+            by_address: Arc::default(),
         })
     }
 
     /// A place for a connection from `peer`, unless its address or everyone took them all.
     pub(super) fn take(self: &Arc<Self>, peer: IpAddr) -> Result<Place, NoPlace> {
         let address = client_address(peer);
-        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = by_address.get(&address).copied().unwrap_or(0);
-        if taken >= self.per_address_max {
-            return Err(NoPlace::Address);
-        }
+        let address =
+            self.by_address.take(address, self.per_address_max).ok_or(NoPlace::Address)?;
+        // (No place in all: the address's is given back as `address` drops.)
         let permit = Arc::clone(&self.all).try_acquire_owned().map_err(|_| NoPlace::All)?;
-        by_address.insert(address, taken + 1);
-        Ok(Place { _permit: permit, places: Arc::clone(self), address })
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut by_address = self.places.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(taken) = by_address.get_mut(&self.address) {
-            *taken -= 1;
-            if *taken == 0 {
-                by_address.remove(&self.address);
-            }
-        }
+        Ok(Place { _permit: permit, _address: address })
     }
 }
 
