@@ -359,6 +359,11 @@ async fn per_user_rate_limit_answers_429_with_retry_after() {
         (Some("error"), Some("rate_limited")),
         "{refused}"
     );
+    // Cancels are never refused for the rate: a user who spent it can still take risk off.
+    let kill = request(&mut ws, json!({"op": "order.cancel_all", "id": 2})).await;
+    assert_eq!(kill["op"], "order.canceled_all", "{kill}");
+    assert_eq!(alice.call("DELETE", "/api/v1/orders", None, "").await.0, 200);
+    assert_eq!(alice.call("DELETE", "/api/v1/orders/999999", None, "").await.0, 404);
     // Another user has a bucket of their own; the public API is not per-user limited.
     assert_eq!(bob.call("GET", "/api/v1/positions", None, "").await.0, 200);
     assert_eq!(alice.call("GET", "/api/v1/instruments", None, "").await.0, 200);

@@ -85,9 +85,10 @@ pub async fn get_one<B>(req: &Request<B>, state: &AppState, id: &str) -> Respons
     }
 }
 
-/// `DELETE /api/v1/orders/{id}`.
+/// `DELETE /api/v1/orders/{id}`. Not counted against the user's request rate, as no
+/// cancel is: a user who spent it must still be able to take risk off.
 pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response<Full<Bytes>> {
-    let claims = match authorize(req, state) {
+    let claims = match super::authenticate(req, state) {
         Ok(c) => c,
         Err(e) => return e.response(),
     };
@@ -103,9 +104,10 @@ pub async fn cancel<B>(req: &Request<B>, state: &AppState, id: &str) -> Response
 /// `DELETE /api/v1/orders?symbol=`: cancels every open order of the caller (of one
 /// instrument with `symbol`). `200` with the orders canceled and those that could not be
 /// (`not_canceled`, each with its error code), but `503` when none could be queued for
-/// one reason of the server's ([`crate::trading::CancelAllOutcome::refused_whole`]).
+/// one reason of the server's ([`crate::trading::CancelAllOutcome::refused_whole`]). Not
+/// counted against the user's request rate (see [`cancel`]).
 pub async fn cancel_all<B>(req: &Request<B>, state: &AppState) -> Response<Full<Bytes>> {
-    let claims = match authorize(req, state) {
+    let claims = match super::authenticate(req, state) {
         Ok(c) => c,
         Err(e) => return e.response(),
     };

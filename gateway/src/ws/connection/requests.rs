@@ -153,8 +153,11 @@ impl Conn {
             return self.error(RequestError { id, code: ErrorCode::Unauthorized, message });
         };
         // One budget per user, whatever the connections and REST: ten sockets with one
-        // token do not get ten times the rate.
-        if let Err(wait) = self.ctx.user_rate.check(account.0) {
+        // token do not get ten times the rate. Cancels are not counted: a user who spent
+        // the budget must still be able to take risk off (a kill switch never waits).
+        let counted = matches!(request, Request::OrderNew { .. } | Request::OrderReplace { .. });
+        let over = counted.then(|| self.ctx.user_rate.check(account.0).err()).flatten();
+        if let Some(wait) = over {
             let message = format!(
                 "too many requests for this user (REST and WebSocket order requests share one \
                  rate); retry in {} ms",
