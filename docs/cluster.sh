@@ -25,8 +25,13 @@ data=${DATA_DIR:-./data-cluster}
 export TICKGATE_JWT_SECRET=${TICKGATE_JWT_SECRET:-$(head -c 32 /dev/urandom | base64)}
 export TICKGATE_NATS_TOKEN=${TICKGATE_NATS_TOKEN:-$(head -c 24 /dev/urandom | base64 | tr -d '/+=')}
 pids=()
-trap 'kill -INT "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
-nats-server -a 127.0.0.1 -p "$nats_port" -m "${NATS_MONITOR_PORT:-8222}" --auth "$TICKGATE_NATS_TOKEN" &
+trap 'kill -INT "${pids[@]}" 2>/dev/null; wait; rm -f "${conf:-}"' EXIT INT TERM
+# The token goes in a file only this user reads (on the command line, `ps` would show it
+# to every local user); the nodes take it from the environment.
+conf=$(mktemp)
+chmod 600 "$conf"
+printf 'authorization { token: "%s" }\n' "$TICKGATE_NATS_TOKEN" > "$conf"
+nats-server -a 127.0.0.1 -p "$nats_port" -m "${NATS_MONITOR_PORT:-8222}" -c "$conf" &
 pids+=($!)
 sleep 0.5
 nats=nats://127.0.0.1:$nats_port

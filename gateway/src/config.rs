@@ -180,7 +180,8 @@ pub struct Flags {
     /// Users file (JSON: username, argon2 password_hash, account); default: the demo users.
     #[arg(long, env = "TICKGATE_USERS")]
     pub users: Option<std::path::PathBuf>,
-    /// Secret that signs tokens (default: random per process, so tokens die with it).
+    /// Secret that signs tokens, at least 32 bytes (default: random per process, so tokens
+    /// die with it).
     #[arg(long, env = "TICKGATE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Token lifetime in seconds.
@@ -208,8 +209,8 @@ pub struct Flags {
     /// SSE heartbeat comment period when idle, in milliseconds.
     #[arg(long, env = "TICKGATE_SSE_HEARTBEAT_MS", default_value_t = 15_000, value_parser = within::<u64>(100..=15_000))]
     pub sse_heartbeat_ms: u64,
-    /// Bearer token of the operator endpoints (`/api/v1/admin/...`); without it they
-    /// answer 403.
+    /// Bearer token of the operator endpoints (`/api/v1/admin/...`), at least 16 bytes;
+    /// without it they answer 403.
     #[arg(long, env = "TICKGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Certificate chain (PEM) to serve HTTPS and WSS on the listener (with --tls-key);
@@ -513,12 +514,14 @@ fn check_limits(f: &Flags) -> Result<(), ConfigError> {
     // variable in a unit file) would have let any client be any user.
     if f.jwt_secret.as_ref().is_some_and(|s| s.len() < JWT_SECRET_MIN) {
         return invalid(&format!(
-            "--jwt-secret (TICKGATE_JWT_SECRET) must be at least {JWT_SECRET_MIN} bytes              (RFC 7518: an HS256 key as long as its hash); e.g. `head -c 32 /dev/urandom | base64`"
+            "--jwt-secret (TICKGATE_JWT_SECRET) must be at least {JWT_SECRET_MIN} bytes (RFC \
+             7518: an HS256 key as long as its hash); e.g. `head -c 32 /dev/urandom | base64`"
         ));
     }
     if f.admin_token.as_ref().is_some_and(|t| t.len() < ADMIN_TOKEN_MIN) {
         return invalid(&format!(
-            "--admin-token (TICKGATE_ADMIN_TOKEN) must be at least {ADMIN_TOKEN_MIN} bytes;              leave it out to keep the operator endpoints off"
+            "--admin-token (TICKGATE_ADMIN_TOKEN) must be at least {ADMIN_TOKEN_MIN} bytes; \
+             leave it out to keep the operator endpoints off"
         ));
     }
     if let Some(bad) = f.cors_origins.iter().find(|o| cors_origin(o).is_none()) {
@@ -690,7 +693,8 @@ mod tests {
     fn short_secrets_are_refused() {
         for short in ["", "s", &"s".repeat(JWT_SECRET_MIN - 1)] {
             let e = config(&["tickgate", "--jwt-secret", short]).err().unwrap_or_default();
-            assert!(e.contains("at least 32 bytes"), "{short:?}: {e}");
+            assert!(e.contains("at least 32 bytes (RFC 7518"), "{short:?}: {e}");
+            assert!(!e.contains("  "), "one space between words: {e}");
         }
         let long = "s".repeat(JWT_SECRET_MIN);
         let taken = config(&["tickgate", "--jwt-secret", &long]).expect("a long enough secret");

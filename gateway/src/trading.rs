@@ -235,6 +235,9 @@ pub struct Trading {
     /// Open orders an account may have (`--open-orders-max`): a new one past it is refused
     /// `limit_exceeded` (the engine's books and every node's store hold them all).
     pub open_orders_max: usize,
+    /// New orders of each account on their way to the engine: counted with the open ones,
+    /// so that orders sent at once cannot all pass the bound on the same count.
+    pub placing: Arc<crate::limits::Counts<u32>>,
 }
 
 impl Trading {
@@ -314,8 +317,11 @@ impl Trading {
         }
         let id = order.order_id;
         // Here, where a retry of a keyed order was answered already: a retry is never
-        // refused for the orders placed since.
-        if self.orders.open_count(account) >= self.open_orders_max {
+        // refused for the orders placed since. The place is held until the answer, when
+        // the order is in the store as open (or not at all): for that moment it counts
+        // twice, never not at all.
+        let room = self.open_orders_max.saturating_sub(self.orders.open_count(account));
+        let Some(_placing) = self.placing.take(account.0, room) else {
             if let Some((key, _)) = keyed {
                 self.keys.release(account, key, id);
             }
@@ -324,7 +330,7 @@ impl Trading {
                 self.open_orders_max
             );
             return Err(ApiError::new(ErrorCode::LimitExceeded, message));
-        }
+        };
         let verdict = match self.submit_and_wait(id, Awaiting::New, CommandKind::New(order)).await {
             // Placed through another gateway, whose request the engine node had first: that
             // order is the answer (this node's replica has it, or soon will).

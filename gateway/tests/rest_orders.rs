@@ -269,6 +269,15 @@ async fn open_orders_are_bounded_per_account() {
         .call("POST", "/api/v1/orders", Some(bid("1004.00")), "Idempotency-Key: cap-2\r\n")
         .await;
     assert_eq!(status, 201, "{placed}");
+    // Orders sent at once do not all pass on the same count (30 open with a bound of 5
+    // before): bob has one open, so 2 of 12 get in.
+    let sent = (0..12).map(|n| bob.order(bid(&format!("{}.00", 900 + n))));
+    let answers = futures_util::future::join_all(sent).await;
+    let placed = answers.iter().filter(|(status, _)| *status == 201).count();
+    let refused = answers.iter().filter(|(_, a)| a["error"]["code"] == "limit_exceeded").count();
+    assert_eq!((placed, refused), (2, 10), "{answers:?}");
+    let (_, open) = bob.call("GET", "/api/v1/orders?status=open", None, "").await;
+    assert_eq!(open["orders"].as_array().map(Vec::len), Some(3), "{open}");
     server.shutdown().await.expect("clean shutdown");
 }
 

@@ -537,6 +537,7 @@ pub(super) fn app_state(
         orders: Arc::clone(&loaded.orders),
         keys: serving.keys,
         open_orders_max: config.open_orders_max,
+        placing: Arc::default(),
     };
     let user_rate =
         Arc::new(crate::throttle::UserRateLimit::new(config.rest_rate, config.rest_burst));
