@@ -149,7 +149,8 @@ impl<K: std::hash::Hash + Eq + Copy> Counts<K> {
     }
 
     /// How many places `key` holds.
-    pub fn held(&self, key: K) -> usize {
+    #[cfg(test)]
+    fn held(&self, key: K) -> usize {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.get(&key).copied().unwrap_or(0)
     }

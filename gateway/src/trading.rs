@@ -140,15 +140,13 @@ impl CancelAllOutcome {
     pub fn refused_whole(&self) -> Option<ApiError> {
         let ((_, first), rest) = self.not_canceled.split_first()?;
         // Never `engine_timeout`: that cancel may still take effect.
-        let unavailable = |e: &ApiError| {
-            matches!(
-                e.code,
-                ErrorCode::JournalFailed | ErrorCode::EngineUnavailable | ErrorCode::EngineBusy
-            )
-        };
+        let unavailable = matches!(
+            first.code,
+            ErrorCode::JournalFailed | ErrorCode::EngineUnavailable | ErrorCode::EngineBusy
+        );
         let whole = self.canceled.is_empty()
-            && unavailable(first)
-            && rest.iter().all(|(_, e)| e.code == first.code && unavailable(e));
+            && unavailable
+            && rest.iter().all(|(_, e)| e.code == first.code);
         whole.then(|| {
             let message = format!("no order was canceled: {}", first.message);
             ApiError { message, order_id: None, ..first.clone() }
