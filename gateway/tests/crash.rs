@@ -425,8 +425,11 @@ async fn acknowledged_orders_survive_sigkill() {
             };
             let (records, batches, syncs) =
                 (journal("records"), journal("batches"), journal("syncs"));
+            // (The counters are separate atomics read one after the other while the
+            // journal runs: a batch's sync may be counted before the batch is, so the
+            // syncs may be one ahead of the batches read; CI saw 1,022 and 1,023.)
             assert!(
-                records >= batches && batches >= syncs && syncs > 0,
+                records >= batches && batches + 1 >= syncs && syncs > 0,
                 "{records} {batches} {syncs}"
             );
             assert!(journal("bytes") > records, "records are longer than a byte");
