@@ -19,13 +19,17 @@
 //! share). The first receipt gives it [`ALLOWANCE_START`]; from then on a pong that
 //! releases a hold (the client read what it was allowed and wants more) doubles it, up
 //! to `unread_bytes_max`, if the [`AllowancePool`] all connections share still has the
-//! growth; a second in which the connection was never held and never had more than a
-//! quarter of it in flight when a receipt came back halves it, down to the start, and
-//! gives the growth back. A client far away that reads fast gets what its round trip
-//! needs within a few round trips; one that reads promptly nearby keeps the start. What
-//! a client that freezes costs is its allowance, copied once into its kernel by the
-//! writer thread the healthy ones share: 1,000 clients freezing at once with 1 MiB each
-//! stopped every healthy connection for a second (docs/BENCHMARKS.md). A receipt ping
+//! growth, and so does a second in which the client answered more than
+//! [`RECEIPTS_PER_SEC`] receipts a second (it reads a lot, and every receipt costs both
+//! sides a wake-up); a second in which the connection was never held, never had more than
+//! a quarter of it in flight when a receipt came back, and would have answered at most
+//! that many through half of it halves it, down to the start, and gives the growth back.
+//! A client far away that reads fast gets what its round trip needs within a few round
+//! trips; one that reads a little promptly nearby keeps the start. What a client that
+//! freezes costs is its allowance, copied once into its kernel by the writer thread the
+//! healthy ones share: 1,000 clients freezing at once with 1 MiB each stopped every
+//! healthy connection for a second (docs/BENCHMARKS.md); the pool bounds what growth adds
+//! to that, however many connections grew. A receipt ping
 //! goes out per half allowance queued, so a client reading along confirms as it goes; a
 //! held connection always has one within half an allowance of its end. A client that
 //! never answers falls behind the rings and is treated as any slow consumer.
@@ -125,9 +129,18 @@ impl AllowancePool {
     }
 }
 
-/// A connection that needed little of its allowance for this long (never held, never more
-/// than a quarter of it in flight when a receipt came back) has it halved.
-const SHRINK_AFTER_NS: u64 = 1_000_000_000;
+/// How long the allowance's use is watched before it may shrink or grow for the receipts'
+/// rate: a connection that needed little of it for this long (never held, never more than
+/// a quarter of it in flight when a receipt came back, and few receipts) has it halved.
+const WATCH_NS: u64 = 1_000_000_000;
+/// Read receipts a second a connection that keeps up should cost at most: one that
+/// confirms more (a client reading a megabyte a second through a 128 KiB allowance answers
+/// 16 pings a second) has its allowance doubled, if the pool has the growth, and keeps it
+/// while it would answer more than half as many through half of it. Every receipt is a
+/// ping the client answers and a wake-up of the connection's task: at 20 M msgs/s over
+/// 1,000 connections, 16,000 a second took 14 % of a core in the server's tasks alone,
+/// on the cores the writer and the clients share (docs/BENCHMARKS.md).
+const RECEIPTS_PER_SEC: u64 = 8;
 /// Prefix of a read-receipt ping's payload (then the byte position, 8 bytes big-endian).
 const RECEIPT_TAG: &[u8] = b"tgr";
 
@@ -144,6 +157,32 @@ pub struct Sub {
     pub last_seq: u64,
     /// When something was last sent on this subscription.
     pub last_sent: Instant,
+}
+
+/// How a connection used its allowance since `since` (clock ns): the most still in flight
+/// when a receipt came back, whether it was held, and the position confirmed at `since`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    since: u64,
+    peak: u64,
+    held: bool,
+    confirmed: u64,
+}
+
+impl Usage {
+    /// A watch from `now`, with `confirmed` read so far.
+    fn from(now: u64, confirmed: u64) -> Usage {
+        Usage { since: now, confirmed, ..Usage::default() }
+    }
+
+    /// Whether confirming `position` at `now` makes more than [`RECEIPTS_PER_SEC`] receipts
+    /// a second since the watch began, for a receipt every half of `allowance`.
+    fn receipts_above(&self, allowance: u64, position: u64, now: u64) -> bool {
+        let read = u128::from(position.saturating_sub(self.confirmed));
+        let elapsed = u128::from(now.saturating_sub(self.since).max(1));
+        let per_receipt = u128::from((allowance / 2).max(1));
+        read * 1_000_000_000 > u128::from(RECEIPTS_PER_SEC) * per_receipt * elapsed
+    }
 }
 
 /// A part of the frame [`Outbox::seal`] queues.
@@ -201,9 +240,8 @@ pub struct Outbox {
     last_receipt: u64,
     /// Unconfirmed bytes allowed now (see the module's doc).
     allowance: u64,
-    /// Since when (clock ns) the allowance's use is watched, the most still in flight when
-    /// a receipt came back since then, and whether the connection was held since then.
-    use_since: (u64, u64, bool),
+    /// How the allowance was used since the watch began.
+    usage: Usage,
     /// The allowance at first, and the least it shrinks to (within `ALLOWANCE_MIN` and
     /// `unread_max`).
     unread_start: u64,
@@ -255,7 +293,7 @@ impl Outbox {
             last_receipt: 0,
             allowance: unread_start,
             unread_start,
-            use_since: (0, 0, false),
+            usage: Usage::default(),
             unread_max,
             snapshot_loan: 0,
             held: false,
@@ -535,7 +573,7 @@ impl Outbox {
             if !std::mem::replace(&mut self.held, true) {
                 metrics.ws_receipt_holds_total.fetch_add(1, Ordering::Relaxed);
             }
-            self.use_since.2 = true;
+            self.usage.held = true;
             // A client that stopped reading is never drained again, so it never falls
             // behind the rings: it is closed once it has been held as long as a full
             // socket may stall (its socket has room: the close frame can go out).
@@ -586,9 +624,10 @@ impl Outbox {
 
     /// A pong arrived at `now` (clock ns): if it answers a receipt ping in flight, the
     /// client has read up to its position. Returns whether market data was held back for
-    /// want of it (then the allowance doubles, if `pool` has the growth: the client reads,
-    /// and wants more); a connection that needed little of its allowance for a second has
-    /// it halved (and gives the growth back).
+    /// want of it. The allowance doubles, if `pool` has the growth, when the client needed
+    /// more (it was held: it reads, and wants more) or answered more than
+    /// [`RECEIPTS_PER_SEC`] receipts a second over a watch; a connection that needed
+    /// little of it over a watch has it halved (and gives the growth back).
     pub fn pong(&mut self, payload: &[u8], now: u64, pool: &AllowancePool) -> bool {
         let Some(position) = self.receipt(payload) else { return false };
         let held = self.queued_total - self.read_total >= self.allowance;
@@ -599,28 +638,30 @@ impl Outbox {
             // The first receipt of a connection on trial: its client reads. The start is
             // every reader's, not growth from the pool.
             self.allowance = start;
-            self.use_since = (now, 0, false);
+            self.usage = Usage::from(now, position);
             return held;
         }
         // What was sent after the ping and is still unread when its pong comes back: what
         // the client needs in flight (a round trip's worth, and what waits for it).
         let in_flight = self.queued_total - position;
-        let (since, peak, was_held) = self.use_since;
-        let peak = peak.max(in_flight);
-        self.use_since.1 = peak;
-        if held {
+        let usage = &mut self.usage;
+        usage.peak = usage.peak.max(in_flight);
+        let watched = now.saturating_sub(usage.since);
+        if held || (watched >= WATCH_NS && usage.receipts_above(self.allowance, position, now)) {
             let grown = self.allowance.saturating_mul(2).min(self.unread_max);
             if pool.take(grown - self.allowance) {
                 self.allowance = grown;
             }
-            self.use_since = (now, 0, false);
-        } else if now.saturating_sub(since) >= SHRINK_AFTER_NS {
-            if !was_held && peak <= self.allowance / 4 {
-                let shrunk = (self.allowance / 2).max(start);
+            self.usage = Usage::from(now, position);
+        } else if watched >= WATCH_NS {
+            let half = self.allowance / 2;
+            let little = !usage.held && usage.peak <= self.allowance / 4;
+            if little && !usage.receipts_above(half, position, now) {
+                let shrunk = half.max(start);
                 pool.give(self.allowance.saturating_sub(shrunk));
                 self.allowance = shrunk;
             }
-            self.use_since = (now, 0, false);
+            self.usage = Usage::from(now, position);
         }
         held
     }

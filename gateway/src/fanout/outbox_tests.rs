@@ -366,43 +366,49 @@ fn pass(p: &mut crate::fanout::Publisher, seq: &mut u64, trades: u64) {
     p.publish();
 }
 
-/// What a client that stops reading costs is its allowance: one that read promptly kept
-/// the small starting one, so the writer copies at most that (and one pass) into its
-/// kernel, however much it was allowed to grow to (measured: 1,000 clients freezing at
-/// once with 1 MiB each stopped every healthy connection for a second).
+/// What a client that stops reading costs is its allowance. One that read a little
+/// promptly kept the small starting one; one that read a lot, as much as keeps its
+/// receipts to [`RECEIPTS_PER_SEC`] a second, no more (measured: 1,000 clients freezing at
+/// once with 1 MiB each stopped every healthy connection for a second). Either way the
+/// writer copies at most that (and one pass) into its kernel once it stops.
 #[test]
-fn a_prompt_reader_that_stalls_costs_only_its_small_allowance() {
-    let (mut publisher, mut o, _channel) = following(1024 * 1024);
-    let metrics = Metrics::default();
-    let clock = ManualClock::new(UnixNanos(1_000_000_000));
-    let (mut seq, mut largest) = (0, 0);
-    // A pass every millisecond; the client reads what was written and answers the newest
-    // ping it saw within the millisecond.
-    for _ in 0..2_000 {
-        pass(&mut publisher, &mut seq, 20);
-        let queued = o.queued_total;
-        o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
-        largest = largest.max(o.queued_total - queued);
-        clock.advance(Duration::from_nanos(500_000));
-        client_reads(&mut o, clock.now().0);
-        clock.advance(Duration::from_nanos(500_000));
+fn a_prompt_reader_that_stalls_costs_only_the_allowance_its_rate_needs() {
+    // Trades a millisecond (64 bytes each): about 130 KB a second (2 receipts a second
+    // through the start), then about 640 KB a second (10 through the start, 5 through
+    // twice it).
+    for (trades, grown) in [(2, ALLOWANCE_START), (10, 2 * ALLOWANCE_START)] {
+        let (mut publisher, mut o, _channel) = following(1024 * 1024);
+        let metrics = Metrics::default();
+        let clock = ManualClock::new(UnixNanos(1_000_000_000));
+        let (mut seq, mut largest, mut receipts) = (0, 0, 0);
+        // A pass every millisecond; the client reads what was written and answers the
+        // newest ping it saw within the millisecond.
+        for ms in 0..3_000 {
+            pass(&mut publisher, &mut seq, trades);
+            let queued = o.queued_total;
+            o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
+            largest = largest.max(o.queued_total - queued);
+            clock.advance(Duration::from_nanos(500_000));
+            let confirmed = o.read_total;
+            client_reads(&mut o, clock.now().0);
+            receipts += u64::from(ms >= 2_000 && o.read_total != confirmed);
+            clock.advance(Duration::from_nanos(500_000));
+        }
+        let allowance = o.allowance();
+        assert_eq!(allowance, grown, "{trades} trades a millisecond");
+        assert!(receipts <= RECEIPTS_PER_SEC, "{receipts} receipts in the last second");
+        // It stops reading: the writer keeps draining as passes come, and stops at the
+        // allowance (plus what one pass adds).
+        let read = o.read_total;
+        for _ in 0..2_000 {
+            pass(&mut publisher, &mut seq, trades);
+            o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
+            clock.advance(Duration::from_nanos(1_000_000));
+        }
+        let unread = o.queued_total - read;
+        assert!(unread <= allowance + largest, "{unread} bytes unread, allowance {allowance}");
+        assert!(unread >= allowance, "it had the allowance: {unread}");
     }
-    assert!(o.queued_total > 2 * 1024 * 1024, "megabytes went out: {}", o.queued_total);
-    assert_eq!(o.allowance(), ALLOWANCE_START, "little in flight: the small allowance");
-    // It stops reading: the writer keeps draining as passes come, and stops at the
-    // allowance (plus what one pass adds).
-    let read = o.read_total;
-    for _ in 0..2_000 {
-        pass(&mut publisher, &mut seq, 20);
-        o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
-        clock.advance(Duration::from_nanos(1_000_000));
-    }
-    let unread = o.queued_total - read;
-    assert!(
-        unread <= ALLOWANCE_START + largest,
-        "{unread} bytes unread, allowance {ALLOWANCE_START}"
-    );
-    assert!(unread >= ALLOWANCE_START, "it had the allowance: {unread}");
 }
 
 /// The client reads everything written and answers the newest ping it read, at `now`.
@@ -417,8 +423,8 @@ fn client_reads(o: &mut Outbox, now: u64) {
 
 /// A client that reads, but needs more in flight than it has (one 100 ms away that reads
 /// everything at once), is held, released, and its allowance doubles each time up to the
-/// most allowed; once it needs little again (it reads along every millisecond), the
-/// allowance halves back to the start.
+/// most allowed; once it needs little again (it reads a little along every millisecond),
+/// the allowance halves back to the start.
 #[test]
 fn the_allowance_grows_for_a_client_that_needs_it_and_shrinks_when_it_does_not() {
     let (mut publisher, mut o, _channel) = following(512 * 1024);
@@ -426,12 +432,12 @@ fn the_allowance_grows_for_a_client_that_needs_it_and_shrinks_when_it_does_not()
     let clock = ManualClock::new(UnixNanos(1_000_000_000));
     let mut seq = 0;
     let mut allowances = vec![o.allowance() / 1024];
-    // Rounds of: `passes` hub passes drained as they come, then `wait`, then the client
+    // Rounds of: `passes` hub passes of `trades` drained as they come, then `wait`, then the client
     // reads everything written and answers the newest ping.
-    let mut rounds = |n: usize, passes: usize, wait: Duration| {
+    let mut rounds = |n: usize, (passes, trades): (usize, u64), wait: Duration| {
         for _ in 0..n {
             for _ in 0..passes {
-                pass(&mut publisher, &mut seq, 20);
+                pass(&mut publisher, &mut seq, trades);
                 o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
             }
             clock.advance(wait);
@@ -441,9 +447,10 @@ fn the_allowance_grows_for_a_client_that_needs_it_and_shrinks_when_it_does_not()
     };
     // Far away: a round trip's worth of passes (about 640 KB) between reads, the pong
     // 100 ms after; the writer sends what the allowance lets it.
-    rounds(20, 500, Duration::from_millis(100));
-    // Then reading along every millisecond.
-    rounds(5_000, 1, Duration::from_millis(1));
+    rounds(20, (500, 20), Duration::from_millis(100));
+    // Then reading along every millisecond, two trades a millisecond (a receipt a second
+    // through twice the start).
+    rounds(8_000, (1, 2), Duration::from_millis(1));
     allowances.dedup();
     // (The backlog the far client left may grow it once more while it is caught up.)
     assert_eq!(allowances[..3], [128, 256, 512], "{allowances:?}");
