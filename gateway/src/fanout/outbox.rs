@@ -140,7 +140,7 @@ const WATCH_NS: u64 = 1_000_000_000;
 /// ping the client answers and a wake-up of the connection's task: at 20 M msgs/s over
 /// 1,000 connections, 16,000 a second took 14 % of a core in the server's tasks alone,
 /// on the cores the writer and the clients share (docs/BENCHMARKS.md).
-const RECEIPTS_PER_SEC: u64 = 8;
+pub const RECEIPTS_PER_SEC: u64 = 8;
 /// Prefix of a read-receipt ping's payload (then the byte position, 8 bytes big-endian).
 const RECEIPT_TAG: &[u8] = b"tgr";
 
