@@ -145,7 +145,7 @@ pub struct Flags {
     /// Market data a WebSocket client may have unread (written, its read receipt not yet
     /// back), in bytes, at most; at least 16 KiB. Each connection starts with 128 KiB (or
     /// this, if smaller) and doubles up to this while it reads but is held back, or reads
-    /// so much that it answers more than 8 read receipts a second; beyond
+    /// so much that it answers more than 12 read receipts a second; beyond
     /// its allowance a client gets nothing more until it catches up: what a client that
     /// stops reading costs the server, once.
     #[arg(long, env = "TICKGATE_WS_UNREAD_BYTES", default_value_t = 1024 * 1024, value_parser = within::<u64>(16_384..=1_073_741_824))]

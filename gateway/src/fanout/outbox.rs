@@ -23,7 +23,8 @@
 //! [`RECEIPTS_PER_SEC`] receipts a second (it reads a lot, and every receipt costs both
 //! sides a wake-up); a second in which the connection was never held, never had more than
 //! a quarter of it in flight when a receipt came back, and would have answered at most
-//! that many through half of it halves it, down to the start, and gives the growth back.
+//! half that many through half of it halves it, down to the start, and gives the growth
+//! back.
 //! A client far away that reads fast gets what its round trip needs within a few round
 //! trips; one that reads a little promptly nearby keeps the start. What a client that
 //! freezes costs is its allowance, copied once into its kernel by the writer thread the
@@ -136,11 +137,15 @@ const WATCH_NS: u64 = 1_000_000_000;
 /// Read receipts a second a connection that keeps up should cost at most: one that
 /// confirms more (a client reading a megabyte a second through a 128 KiB allowance answers
 /// 16 pings a second) has its allowance doubled, if the pool has the growth, and keeps it
-/// while it would answer more than half as many through half of it. Every receipt is a
+/// while it would answer more than half as many through half of it (a client reading
+/// 768 KB a second through 256 KiB keeps it down to 384 KB a second). Every receipt is a
 /// ping the client answers and a wake-up of the connection's task: at 20 M msgs/s over
 /// 1,000 connections, 16,000 a second took 14 % of a core in the server's tasks alone,
-/// on the cores the writer and the clients share (docs/BENCHMARKS.md).
-pub const RECEIPTS_PER_SEC: u64 = 8;
+/// on the cores the writer and the clients share. Not fewer: a small allowance is also
+/// what holds the writer back from a client that falls behind on a busy machine, and 8
+/// grew every connection at 10 M msgs/s (9 receipts a second each) for a worse p99
+/// there (docs/BENCHMARKS.md).
+pub const RECEIPTS_PER_SEC: u64 = 12;
 /// Prefix of a read-receipt ping's payload (then the byte position, 8 bytes big-endian).
 const RECEIPT_TAG: &[u8] = b"tgr";
 
@@ -175,13 +180,13 @@ impl Usage {
         Usage { since: now, confirmed, ..Usage::default() }
     }
 
-    /// Whether confirming `position` at `now` makes more than [`RECEIPTS_PER_SEC`] receipts
-    /// a second since the watch began, for a receipt every half of `allowance`.
-    fn receipts_above(&self, allowance: u64, position: u64, now: u64) -> bool {
+    /// Whether confirming `position` at `now` makes more than `per_sec` receipts a second
+    /// since the watch began, for a receipt every half of `allowance`.
+    fn receipts_above(&self, per_sec: u64, allowance: u64, position: u64, now: u64) -> bool {
         let read = u128::from(position.saturating_sub(self.confirmed));
         let elapsed = u128::from(now.saturating_sub(self.since).max(1));
         let per_receipt = u128::from((allowance / 2).max(1));
-        read * 1_000_000_000 > u128::from(RECEIPTS_PER_SEC) * per_receipt * elapsed
+        read * 1_000_000_000 > u128::from(per_sec) * per_receipt * elapsed
     }
 }
 
@@ -647,16 +652,19 @@ impl Outbox {
         let usage = &mut self.usage;
         usage.peak = usage.peak.max(in_flight);
         let watched = now.saturating_sub(usage.since);
-        if held || (watched >= WATCH_NS && usage.receipts_above(self.allowance, position, now)) {
+        let busy = |per_sec, allowance| usage.receipts_above(per_sec, allowance, position, now);
+        if held || (watched >= WATCH_NS && busy(RECEIPTS_PER_SEC, self.allowance)) {
             let grown = self.allowance.saturating_mul(2).min(self.unread_max);
             if pool.take(grown - self.allowance) {
                 self.allowance = grown;
             }
             self.usage = Usage::from(now, position);
         } else if watched >= WATCH_NS {
+            // Half as many receipts as would grow it, through half of it: a client whose
+            // rate wavers about what grew it keeps it.
             let half = self.allowance / 2;
             let little = !usage.held && usage.peak <= self.allowance / 4;
-            if little && !usage.receipts_above(half, position, now) {
+            if little && !busy(RECEIPTS_PER_SEC / 2, half) {
                 let shrunk = half.max(start);
                 pool.give(self.allowance.saturating_sub(shrunk));
                 self.allowance = shrunk;

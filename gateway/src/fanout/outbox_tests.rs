@@ -374,9 +374,9 @@ fn pass(p: &mut crate::fanout::Publisher, seq: &mut u64, trades: u64) {
 #[test]
 fn a_prompt_reader_that_stalls_costs_only_the_allowance_its_rate_needs() {
     // Trades a millisecond (64 bytes each): about 130 KB a second (2 receipts a second
-    // through the start), then about 640 KB a second (10 through the start, 5 through
+    // through the start), then about 960 KB a second (15 through the start, 7.5 through
     // twice it).
-    for (trades, grown) in [(2, ALLOWANCE_START), (10, 2 * ALLOWANCE_START)] {
+    for (trades, grown) in [(2, ALLOWANCE_START), (15, 2 * ALLOWANCE_START)] {
         let (mut publisher, mut o, _channel) = following(1024 * 1024);
         let metrics = Metrics::default();
         let clock = ManualClock::new(UnixNanos(1_000_000_000));
@@ -409,6 +409,30 @@ fn a_prompt_reader_that_stalls_costs_only_the_allowance_its_rate_needs() {
         assert!(unread <= allowance + largest, "{unread} bytes unread, allowance {allowance}");
         assert!(unread >= allowance, "it had the allowance: {unread}");
     }
+}
+
+/// A client whose rate wavers about what grew its allowance keeps it: 13 receipts a second
+/// through the start grows it, and seconds at 7 through the start (3.5 through the grown
+/// one) do not shrink it back, so it is not grown and shrunk every other second.
+#[test]
+fn a_reader_whose_rate_wavers_about_the_growth_keeps_its_allowance() {
+    let (mut publisher, mut o, _channel) = following(1024 * 1024);
+    let metrics = Metrics::default();
+    let clock = ManualClock::new(UnixNanos(1_000_000_000));
+    let mut seq = 0;
+    let mut allowances = Vec::new();
+    // Seconds of 13 trades a millisecond (64 bytes each: 832 KB a second), then of 7.
+    for trades in [13, 13, 7, 13, 7, 7, 13, 7] {
+        for _ in 0..1_000 {
+            pass(&mut publisher, &mut seq, trades);
+            o.drain(&metrics, 256 * 1024, clock.as_ref(), None);
+            clock.advance(Duration::from_nanos(500_000));
+            client_reads(&mut o, clock.now().0);
+            clock.advance(Duration::from_nanos(500_000));
+        }
+        allowances.push(o.allowance() / 1024);
+    }
+    assert_eq!(allowances, [128, 256, 256, 256, 256, 256, 256, 256]);
 }
 
 /// The client reads everything written and answers the newest ping it read, at `now`.
