@@ -814,8 +814,7 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     // the gap and serves correct books, without a restart.
     let gaps = health(g2.addr).await["node"]["gaps_repaired"].as_u64().expect("a count");
     let pid = g2.child.id().to_string();
-    let stop = Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
-    assert!(stop.success());
+    freeze(&pid).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cont = Command::new("kill").args(["-CONT", &pid]).status().expect("kill -CONT");
     assert!(cont.success());
@@ -844,8 +843,7 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     let far = json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1.00", "qty": "0.0010", "client_order_id": 4242});
     let key = "Idempotency-Key: frozen-engine\r\n";
     let engine_pid = engine_proc.child.id().to_string();
-    let stop = Command::new("kill").args(["-STOP", &engine_pid]).status().expect("kill -STOP");
-    assert!(stop.success());
+    freeze(&engine_pid).await;
     // An alert asked for meanwhile is answered 503 and dropped by the engine node once
     // back (its request came past its deadline).
     let ((status, body), (alert_status, alert_body)) = tokio::join!(
@@ -880,8 +878,7 @@ async fn gateways_ride_out_a_gateway_kill_a_broker_restart_and_an_engine_restart
     // Frozen for less than the gateway's wait: the request reaches the engine node past
     // its deadline and is refused there; the gateway, caught up with it, answers that the
     // order was not placed (it answered "may still take effect" seven seconds in).
-    let stop = Command::new("kill").args(["-STOP", &engine_pid]).status().expect("kill -STOP");
-    assert!(stop.success());
+    freeze(&engine_pid).await;
     let unkeyed = json!({"symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1.00", "qty": "0.0010", "client_order_id": 4343});
     let placing = tokio::spawn({
         let api = Api { addr: keyed.addr, token: keyed.token.clone() };
@@ -1122,4 +1119,28 @@ async fn nodes_log_in_with_a_credentials_file_and_an_unknown_account_stops_at_on
 
     let stderr = refused(nats_proc.addr, &["--nats-creds", &stranger_creds]);
     assert!(stderr.to_lowercase().contains("authorization"), "the refusal is named: {stderr}");
+}
+
+/// Stops process `pid` (`SIGSTOP`) and waits until every one of its threads shows stopped,
+/// so that what the test sends next finds it frozen. (CI, 2026-12-08: an alert sent right
+/// after `kill` returned was created, where a 503 was expected; whether the stop's
+/// delivery was late is not known.)
+async fn freeze(pid: &str) {
+    let stop = Command::new("kill").args(["-STOP", pid]).status().expect("kill -STOP");
+    assert!(stop.success());
+    let stopped = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+        tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            let state =
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            matches!(state, Some('T' | 't') | None)
+        })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !stopped() {
+        assert!(tokio::time::Instant::now() < deadline, "process {pid} did not stop");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -456,8 +456,8 @@ fn the_allowance_grows_for_a_client_that_needs_it_and_shrinks_when_it_does_not()
     let clock = ManualClock::new(UnixNanos(1_000_000_000));
     let mut seq = 0;
     let mut allowances = vec![o.allowance() / 1024];
-    // Rounds of: `passes` hub passes of `trades` drained as they come, then `wait`, then the client
-    // reads everything written and answers the newest ping.
+    // Rounds of: `passes` hub passes of `trades` drained as they come, then `wait`, then
+    // the client reads everything written and answers the newest ping.
     let mut rounds = |n: usize, (passes, trades): (usize, u64), wait: Duration| {
         for _ in 0..n {
             for _ in 0..passes {
