@@ -31,7 +31,7 @@ follow=(--pattern all --symbols BTC-USD,ETH-USD,SOL-USD,XRP-USD --kinds book,tra
   > "$out/healthy.json" 2>"$out/healthy.err" &
 healthy=$!
 for _ in $(seq 50); do
-  n=$(curl -s 127.0.0.1:$port/metrics | awk '/^tickgate_ws_connections / { print $2 }')
+  n=$(curl -s 127.0.0.1:$port/metrics | awk '/^tickgate_ws_connections / { print $2 }' || true)
   [ "${n:-0}" -ge 50 ] && break
   sleep 0.1
 done
