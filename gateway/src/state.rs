@@ -108,3 +108,14 @@ pub struct WsContext {
     /// Authenticated connections per user.
     pub user_connections: Arc<crate::limits::UserConnections>,
 }
+
+impl WsContext {
+    /// One of `account`'s authenticated connections (`--ws-connections-per-user`), or why
+    /// not: the upgrade answers it `503`, `auth` `limit_exceeded`.
+    pub fn user_slot(&self, account: u32) -> Result<crate::limits::UserSlot, String> {
+        let max = self.limits.connections_per_user_max;
+        self.user_connections
+            .take(account, max)
+            .ok_or_else(|| format!("at most {max} connections per user: close one first"))
+    }
+}

@@ -73,14 +73,10 @@ pub fn upgrade(
     // A user's connections are bounded too (one token opening thousands would take the
     // slots the reserve below keeps for everyone's traders).
     let user_slot = match &claims {
-        Some(c) => match ctx.user_connections.take(c.acc, ctx.limits.connections_per_user_max) {
-            Some(slot) => Some(slot),
-            None => {
+        Some(c) => match ctx.user_slot(c.acc) {
+            Ok(slot) => Some(slot),
+            Err(message) => {
                 ctx.metrics.ws_rejected_total.fetch_add(1, Ordering::Relaxed);
-                let message = format!(
-                    "at most {} connections per user: close one first",
-                    ctx.limits.connections_per_user_max
-                );
                 return ApiError::new(ErrorCode::TooManyConnections, message).response();
             }
         },

@@ -84,14 +84,12 @@ impl Conn {
         }
         match self.ctx.tokens.verify(token) {
             Ok(claims) => {
-                let max = self.ctx.limits.connections_per_user_max;
-                let Some(slot) = self.ctx.user_connections.take(claims.acc, max) else {
-                    let message = format!("at most {max} connections per user: close one first");
-                    return self.error(RequestError {
-                        id,
-                        code: ErrorCode::LimitExceeded,
-                        message,
-                    });
+                let slot = match self.ctx.user_slot(claims.acc) {
+                    Ok(slot) => slot,
+                    Err(message) => {
+                        let code = ErrorCode::LimitExceeded;
+                        return self.error(RequestError { id, code, message });
+                    }
                 };
                 self.user_slot = Some(slot);
                 self.account = Some(AccountId(claims.acc));
